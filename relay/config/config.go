@@ -1,0 +1,136 @@
+// Package config defines mailhop's configuration: the TOML file's shape, its
+// defaults, and the checks that run on load. Every problem found names the key
+// (and line, where the parser knows it), so an operator can fix the file
+// without reading code.
+package config
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Listener modes.
+const (
+	ModeSubmission  = "submission"  // STARTTLS offered, AUTH required (port 587 style)
+	ModeSubmissions = "submissions" // implicit TLS, AUTH required (port 465 style)
+	ModeRelay       = "relay"       // port-25 style: trusted networks relay without AUTH
+)
+
+// Route TLS modes.
+const (
+	RouteTLSStartTLS = "starttls" // STARTTLS required, certificate verified
+	RouteTLSImplicit = "tls"      // implicit TLS, certificate verified
+	RouteTLSNone     = "none"     // plain text
+)
+
+// Config is the whole configuration file, after defaults and validation.
+type Config struct {
+	Hostname string     `toml:"hostname"`
+	DataDir  string     `toml:"data_dir"`
+	TLS      TLS        `toml:"tls"`
+	Listener []Listener `toml:"listener"`
+	Policy   Policy     `toml:"policy"`
+	User     []User     `toml:"user"`
+	Delivery Delivery   `toml:"delivery"`
+	Route    []Route    `toml:"route"`
+	DKIM     []DKIM     `toml:"dkim"`
+	Admin    Admin      `toml:"admin"`
+	Log      Log        `toml:"log"`
+	Limits   Limits     `toml:"limits"`
+
+	// Path is the file the configuration was loaded from (not a TOML key).
+	Path string `toml:"-"`
+}
+
+// TLS holds the certificate for the inbound listeners.
+type TLS struct {
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// Listener is one [[listener]]: an address and the mode it serves.
+type Listener struct {
+	Address string `toml:"address"`
+	Mode    string `toml:"mode"`
+}
+
+// Policy is who may relay and what a message may be.
+type Policy struct {
+	TrustedNetworks []string `toml:"trusted_networks"`
+	MaxMessageSize  int64    `toml:"max_message_size"`
+	MaxRecipients   int      `toml:"max_recipients"`
+
+	// Trusted is TrustedNetworks parsed (not a TOML key).
+	Trusted []netip.Prefix `toml:"-"`
+}
+
+// User is one [[user]] that may authenticate.
+type User struct {
+	Name         string   `toml:"name"`
+	PasswordHash string   `toml:"password_hash"`
+	Senders      []string `toml:"senders"`
+}
+
+// Delivery configures the outbound side.
+type Delivery struct {
+	Resolvers            []string   `toml:"resolvers"`
+	MXPort               int        `toml:"mx_port"`
+	RetryIntervals       []Duration `toml:"retry_intervals"`
+	MaxQueueAge          Duration   `toml:"max_queue_age"`
+	DelayWarning         Duration   `toml:"delay_warning"`
+	Concurrency          int        `toml:"concurrency"`
+	PerDomainConcurrency int        `toml:"per_domain_concurrency"`
+
+	// Per-stage timeouts of the SMTP client (RFC 5321 §4.5.3.2).
+	ConnectTimeout  Duration `toml:"connect_timeout"`
+	GreetingTimeout Duration `toml:"greeting_timeout"`
+	CommandTimeout  Duration `toml:"command_timeout"` // EHLO, MAIL, RCPT, STARTTLS, AUTH
+	DataInitTimeout Duration `toml:"data_init_timeout"`
+	DataTimeout     Duration `toml:"data_timeout"` // whole body transfer
+	DataEndTimeout  Duration `toml:"data_end_timeout"`
+	// IdleConnTimeout is how long a connection to a remote host is kept for reuse.
+	IdleConnTimeout Duration `toml:"idle_conn_timeout"`
+}
+
+// Route sends some domains through a smarthost instead of MX.
+type Route struct {
+	Domains    []string `toml:"domains"`
+	Smarthosts []string `toml:"-"` // smarthost, normalised to a list
+	Smarthost  any      `toml:"smarthost"`
+	TLS        string   `toml:"tls"`
+	CAFile     string   `toml:"ca_file"`
+	Username   string   `toml:"username"`
+	Password   string   `toml:"password"`
+}
+
+// DKIM is one signing key.
+type DKIM struct {
+	Domain   string `toml:"domain"`
+	Selector string `toml:"selector"`
+	KeyFile  string `toml:"key_file"`
+}
+
+// Admin configures the local control socket and metrics.
+type Admin struct {
+	Socket         string `toml:"socket"`
+	MetricsAddress string `toml:"metrics_address"`
+}
+
+// Log configures log/slog output.
+type Log struct {
+	Format string `toml:"format"`
+	Level  string `toml:"level"`
+}
+
+// Limits bounds what one client may use of the inbound server.
+type Limits struct {
+	MaxConnections      int      `toml:"max_connections"`        // in total
+	MaxConnectionsPerIP int      `toml:"max_connections_per_ip"` // per client address
+	IdleTimeout         Duration `toml:"idle_timeout"`           // between commands
+	SessionTimeout      Duration `toml:"session_timeout"`        // whole connection
+	MaxLineLength       int      `toml:"max_line_length"`        // bytes, text lines in DATA
+	MaxErrors           int      `toml:"max_errors"`             // then 421 and disconnect
+}
+
+// Duration is a time.Duration written in TOML as a string such as "5m".
+type Duration struct{ time.Duration }
