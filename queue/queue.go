@@ -88,9 +88,9 @@ type Result struct {
 // recipient left is removed from the queue.
 func (q *Queue) Done(id string, res Result) error { return errors.New("not implemented") }
 
-// Release gives a handed-out message back unchanged (no attempt counted),
-// to be retried at once; used when delivery was cancelled by shutdown.
-func (q *Queue) Release(id string) error { return nil }
+// Requeue gives a handed-out message back unchanged (no attempt counted),
+// due at once; used when delivery was cancelled by shutdown.
+func (q *Queue) Requeue(id string) error { return nil }
 
 // List returns copies of every queued envelope, oldest first.
 func (q *Queue) List() []*Envelope { return nil }
@@ -98,11 +98,11 @@ func (q *Queue) List() []*Envelope { return nil }
 // Get returns a copy of one envelope.
 func (q *Queue) Get(id string) (*Envelope, error) { return nil, ErrNotFound }
 
-// Hold stops delivery of a message until Unhold.
+// Hold stops delivery of a message until Release.
 func (q *Queue) Hold(id string) error { return ErrNotFound }
 
-// Unhold releases a held message, due at once.
-func (q *Queue) Unhold(id string) error { return ErrNotFound }
+// Release ends a hold; the message is due at once.
+func (q *Queue) Release(id string) error { return ErrNotFound }
 
 // Delete removes a message from the queue without any report.
 func (q *Queue) Delete(id string) error { return ErrNotFound }
