@@ -1,0 +1,66 @@
+package dnsmx
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/idna"
+)
+
+// normalize turns a mail domain as written in an address into what is asked
+// of DNS: a lower-case ASCII FQDN. An address literal (RFC 5321 §4.1.3:
+// "[192.0.2.1]", "[IPv6:2001:db8::1]") is returned as addr instead.
+// A name that cannot be a domain is a permanent error.
+func normalize(domain string) (fqdn string, addr netip.Addr, err error) {
+	d := strings.TrimSpace(domain)
+	if strings.HasPrefix(d, "[") && strings.HasSuffix(d, "]") {
+		lit := d[1 : len(d)-1]
+		if len(lit) > 5 && strings.EqualFold(lit[:5], "IPv6:") {
+			a, err := netip.ParseAddr(lit[5:])
+			if err != nil || !a.Is6() || a.Zone() != "" {
+				return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad IPv6 address literal")
+			}
+			return "", a, nil
+		}
+		a, err := netip.ParseAddr(lit)
+		if err != nil || !a.Is4() {
+			return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad address literal")
+		}
+		return "", a, nil
+	}
+	d = strings.TrimSuffix(d, ".")
+	if d == "" {
+		return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "empty domain")
+	}
+	if isASCII(d) {
+		d = strings.ToLower(d)
+	} else {
+		// RFC 5890: a U-label is looked up as its A-label. The Lookup
+		// profile also maps case and width (UTS #46).
+		d, err = idna.Lookup.ToASCII(d)
+		if err != nil {
+			return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad internationalized domain: %v", err)
+		}
+		d = strings.ToLower(d)
+	}
+	fqdn = dns.Fqdn(d)
+	if _, ok := dns.IsDomainName(fqdn); !ok || strings.Contains(d, "..") || strings.ContainsAny(d, " \t\r\n\\") {
+		return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "not a valid domain name")
+	}
+	return fqdn, netip.Addr{}, nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// hostName is the form MX.Host takes: lower case, no trailing dot.
+func hostName(fqdn string) string {
+	return strings.TrimSuffix(strings.ToLower(fqdn), ".")
+}
