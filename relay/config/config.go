@@ -5,6 +5,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -100,7 +101,12 @@ type Route struct {
 	TLS        string   `toml:"tls"`
 	CAFile     string   `toml:"ca_file"`
 	Username   string   `toml:"username"`
-	Password   string   `toml:"password"`
+	// Password is the AUTH password. It may be written inline, or read from
+	// PasswordFile or the environment variable PasswordEnv (at most one of
+	// the three); after loading, Password holds the value whichever was used.
+	Password     string `toml:"password"`
+	PasswordFile string `toml:"password_file"`
+	PasswordEnv  string `toml:"password_env"`
 }
 
 // DKIM is one signing key.
@@ -134,3 +140,18 @@ type Limits struct {
 
 // Duration is a time.Duration written in TOML as a string such as "5m".
 type Duration struct{ time.Duration }
+
+// UnmarshalText parses a duration such as "90s", "5m" or "1h30m".
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (write a number with a unit, like \"30s\", \"5m\", \"2h\")", text)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes the duration the way UnmarshalText reads it.
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(d.Duration.String()), nil
+}

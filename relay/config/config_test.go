@@ -1,0 +1,438 @@
+package config
+
+import (
+	"errors"
+	"io/fs"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const testHash = "$2a$10$ztPAUp3f7JGTN.bLAAKzEumSXR.CLs0LFSVyqEeFt8571pCmrhScq" // "change-me"
+
+// minimal is the smallest valid file.
+const minimal = `
+hostname = "mx.example.com"
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+`
+
+func mustParse(t *testing.T, text string) *Config {
+	t.Helper()
+	cfg, err := Parse([]byte(text), filepath.Join(t.TempDir(), "config.toml"))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return cfg
+}
+
+func TestExampleConfig(t *testing.T) {
+	t.Parallel()
+	const path = "../../config.example.toml"
+	cfg, err := Load(path)
+	if err != nil {
+		t.Fatalf("the example configuration has problems:\n%v", err)
+	}
+	if cfg.Hostname != "localhost" {
+		t.Errorf("hostname = %q", cfg.Hostname)
+	}
+	if len(cfg.Listener) != 3 || len(cfg.Route) != 0 || len(cfg.DKIM) != 0 {
+		t.Errorf("listeners, routes, dkim = %d, %d, %d; want 3, 0, 0", len(cfg.Listener), len(cfg.Route), len(cfg.DKIM))
+	}
+	if want := filepath.Join("..", "..", "data"); cfg.DataDir != want {
+		t.Errorf("data_dir = %q, want %q (relative to the file)", cfg.DataDir, want)
+	}
+	u := cfg.FindUser("app")
+	if u == nil {
+		t.Fatal("no user app")
+	}
+	if !u.MaySend("someone@example.com") {
+		t.Error("app may not send as someone@example.com")
+	}
+	// The example states that its hash is of "change-me".
+	if u.PasswordHash != testHash {
+		t.Errorf("password_hash changed; update testHash if it is still the hash of \"change-me\"")
+	}
+	// Every key the example sets equals the default: the comments say so.
+	def := mustParse(t, minimal)
+	def.Delivery.Resolvers = []string{}
+	if !reflect.DeepEqual(cfg.Policy.Trusted, def.Policy.Trusted) ||
+		!reflect.DeepEqual(cfg.Delivery, def.Delivery) ||
+		cfg.Limits != def.Limits || cfg.Log != def.Log {
+		t.Error("a value in config.example.toml differs from the default its comment states")
+	}
+}
+
+// TestBadConfigs loads each testdata/bad/NAME/config.toml and wants an *Error
+// whose text contains every line of want.txt.
+func TestBadConfigs(t *testing.T) {
+	t.Parallel()
+	dirs, err := filepath.Glob("testdata/bad/*")
+	if err != nil || len(dirs) == 0 {
+		t.Fatalf("no bad configs: %v", err)
+	}
+	for _, dir := range dirs {
+		t.Run(filepath.Base(dir), func(t *testing.T) {
+			t.Parallel()
+			want, err := os.ReadFile(filepath.Join(dir, "want.txt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := Load(filepath.Join(dir, "config.toml"))
+			if err == nil {
+				t.Fatalf("loaded without error: %+v", cfg)
+			}
+			var ce *Error
+			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
+				t.Fatalf("error is %T, want *Error with problems: %v", err, err)
+			}
+			if cfg != nil {
+				t.Error("Config not nil on error")
+			}
+			t.Logf("\n%v", err)
+			for _, w := range strings.Split(strings.TrimSpace(string(want)), "\n") {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not contain %q:\n%v", w, err)
+				}
+			}
+			for _, p := range ce.Problems {
+				if p.Msg == "" {
+					t.Errorf("problem without message: %+v", p)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	t.Parallel()
+	_, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("err = %v, want fs.ErrNotExist", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cfg, err := Parse([]byte(`
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+`), filepath.Join(dir, "config.toml"))
+	if host, _ := os.Hostname(); !validDomain(host) {
+		t.Skipf("this machine's host name %q is not a domain name", host)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := os.Hostname()
+	checks := []struct {
+		name      string
+		got, want any
+	}{
+		{"hostname", cfg.Hostname, strings.TrimSuffix(host, ".")},
+		{"data_dir", cfg.DataDir, filepath.Join(dir, "data")},
+		{"admin.socket", cfg.Admin.Socket, filepath.Join(dir, "data", "admin.sock")},
+		{"trusted", cfg.Policy.Trusted, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}},
+		{"max_message_size", cfg.Policy.MaxMessageSize, int64(26214400)},
+		{"max_recipients", cfg.Policy.MaxRecipients, 100},
+		{"mx_port", cfg.Delivery.MXPort, 25},
+		{"retry", cfg.RetryDurations(), []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}},
+		{"max_queue_age", cfg.Delivery.MaxQueueAge.Duration, 120 * time.Hour},
+		{"delay_warning", cfg.Delivery.DelayWarning.Duration, 4 * time.Hour},
+		{"concurrency", cfg.Delivery.Concurrency, 100},
+		{"per_domain_concurrency", cfg.Delivery.PerDomainConcurrency, 10},
+		{"connect_timeout", cfg.Delivery.ConnectTimeout.Duration, 30 * time.Second},
+		{"greeting_timeout", cfg.Delivery.GreetingTimeout.Duration, 5 * time.Minute},
+		{"command_timeout", cfg.Delivery.CommandTimeout.Duration, 5 * time.Minute},
+		{"data_init_timeout", cfg.Delivery.DataInitTimeout.Duration, 2 * time.Minute},
+		{"data_timeout", cfg.Delivery.DataTimeout.Duration, 10 * time.Minute},
+		{"data_end_timeout", cfg.Delivery.DataEndTimeout.Duration, 10 * time.Minute},
+		{"idle_conn_timeout", cfg.Delivery.IdleConnTimeout.Duration, 30 * time.Second},
+		{"log", cfg.Log, Log{Format: "text", Level: "info"}},
+		{"limits", cfg.Limits, Limits{
+			MaxConnections: 1000, MaxConnectionsPerIP: 20,
+			IdleTimeout: Duration{5 * time.Minute}, SessionTimeout: Duration{30 * time.Minute},
+			MaxLineLength: 998, MaxErrors: 10,
+		}},
+	}
+	for _, c := range checks {
+		if !reflect.DeepEqual(c.got, c.want) {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
+		}
+	}
+}
+
+func TestValuesOverrideDefaults(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, `data_dir = "/var/spool/mailhop"`+minimal+`
+[policy]
+trusted_networks = []
+[delivery]
+retry_intervals = ["30s"]
+resolvers = ["9.9.9.9", "2620:fe::fe", "[::1]:5353", "dns.example:53"]
+[admin]
+socket = "ctl.sock"
+`)
+	if len(cfg.Policy.Trusted) != 0 || cfg.IsTrusted(netip.MustParseAddr("127.0.0.1")) {
+		t.Errorf("trusted_networks = [] still trusts %v", cfg.Policy.Trusted)
+	}
+	if got := cfg.RetryDurations(); !slices.Equal(got, []time.Duration{30 * time.Second}) {
+		t.Errorf("retry = %v", got)
+	}
+	if want := []string{"9.9.9.9:53", "[2620:fe::fe]:53", "[::1]:5353", "dns.example:53"}; !slices.Equal(cfg.Delivery.Resolvers, want) {
+		t.Errorf("resolvers = %q, want %q", cfg.Delivery.Resolvers, want)
+	}
+	if cfg.DataDir != "/var/spool/mailhop" {
+		t.Errorf("data_dir = %q", cfg.DataDir)
+	}
+	if want := filepath.Join(filepath.Dir(cfg.Path), "ctl.sock"); cfg.Admin.Socket != want {
+		t.Errorf("socket = %q, want %q", cfg.Admin.Socket, want)
+	}
+}
+
+func TestIsTrusted(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, minimal+`
+[policy]
+trusted_networks = ["10.1.0.0/16", "192.0.2.7", "2001:db8::/32", "::ffff:198.51.100.0/120"]
+`)
+	for ip, want := range map[string]bool{
+		"10.1.2.3":             true,
+		"10.2.0.1":             false,
+		"192.0.2.7":            true,
+		"192.0.2.8":            false,
+		"::ffff:10.1.2.3":      true, // 4in6, as a dual-stack listener reports it
+		"::ffff:10.2.0.1":      false,
+		"2001:db8::1":          true,
+		"2001:db9::1":          false,
+		"198.51.100.9":         true, // trusted as a mapped prefix
+		"127.0.0.1":            false,
+		"fe80::1%eth0":         false,
+		"2001:db8::1%eth0":     true,
+		"::ffff:192.0.2.7":     true,
+		"::1":                  false,
+		"::ffff:198.51.100.10": true,
+	} {
+		if got := cfg.IsTrusted(netip.MustParseAddr(ip)); got != want {
+			t.Errorf("IsTrusted(%s) = %v, want %v", ip, got, want)
+		}
+	}
+}
+
+func TestMaySend(t *testing.T) {
+	t.Parallel()
+	u := &User{Name: "app", Senders: []string{"app@example.com", "@Example.ORG"}}
+	for addr, want := range map[string]bool{
+		"app@example.com":        true,
+		"app@EXAMPLE.com":        true,
+		"App@example.com":        false, // local parts compare exactly
+		"other@example.com":      false,
+		"anyone@example.org":     true,
+		"anyone@sub.example.org": false,
+		"x@example.org.":         true,
+		"":                       false,
+		"example.org":            false,
+		"@example.org":           false,
+		"app@example.com.evil":   false,
+	} {
+		if got := u.MaySend(addr); got != want {
+			t.Errorf("MaySend(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+func TestFindUser(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, minimal+`
+[[user]]
+name = "app"
+password_hash = "`+testHash+`"
+[[user]]
+name = "cron"
+password_hash = "`+testHash+`"
+`)
+	if u := cfg.FindUser("cron"); u == nil || u.Name != "cron" {
+		t.Errorf("FindUser(cron) = %+v", u)
+	}
+	if u := cfg.FindUser("nobody"); u != nil {
+		t.Errorf("FindUser(nobody) = %+v", u)
+	}
+}
+
+func TestRouteFor(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, minimal+`
+[[route]]
+domains = ["*"]
+smarthost = "all.example.net:587"
+[[route]]
+domains = ["Example.COM", "example.org"]
+smarthost = "special.example.net:465"
+tls = "tls"
+`)
+	for domain, want := range map[string]string{
+		"example.com":  "special.example.net:465",
+		"EXAMPLE.com.": "special.example.net:465",
+		"example.org":  "special.example.net:465",
+		"example.net":  "all.example.net:587",
+	} {
+		r := cfg.RouteFor(domain)
+		if r == nil || r.Smarthosts[0] != want {
+			t.Errorf("RouteFor(%q) = %+v, want smarthost %s", domain, r, want)
+		}
+	}
+	if cfg.Route[0].TLS != RouteTLSStartTLS {
+		t.Errorf("default route tls = %q", cfg.Route[0].TLS)
+	}
+
+	noStar := mustParse(t, minimal+`
+[[route]]
+domains = ["example.com"]
+smarthost = "a.example.net:587"
+`)
+	if r := noStar.RouteFor("example.net"); r != nil {
+		t.Errorf("RouteFor without * = %+v, want nil (MX)", r)
+	}
+}
+
+func TestSmarthostStringOrList(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, minimal+`
+[[route]]
+domains = ["a.example"]
+smarthost = "one.example.net:587"
+[[route]]
+domains = ["b.example"]
+smarthost = ["two.example.net:587", "[2001:db8::25]:25", "192.0.2.1:2525"]
+`)
+	if got := cfg.Route[0].Smarthosts; !slices.Equal(got, []string{"one.example.net:587"}) {
+		t.Errorf("string smarthost = %q", got)
+	}
+	if got, want := cfg.Route[1].Smarthosts, []string{"two.example.net:587", "[2001:db8::25]:25", "192.0.2.1:2525"}; !slices.Equal(got, want) {
+		t.Errorf("list smarthost = %q, want %q", got, want)
+	}
+}
+
+func TestRoutePasswordSources(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "pw"), []byte("from-file\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MAILHOP_TEST_PASSWORD", "from-env")
+	text := minimal + `
+[[route]]
+domains = ["a.example"]
+smarthost = "a.example.net:587"
+username = "u"
+password_file = "pw"
+[[route]]
+domains = ["b.example"]
+smarthost = "b.example.net:587"
+username = "u"
+password_env = "MAILHOP_TEST_PASSWORD"
+[[route]]
+domains = ["c.example"]
+smarthost = "c.example.net:587"
+username = "u"
+password = "inline"
+`
+	cfg, err := Parse([]byte(text), filepath.Join(dir, "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"from-file", "from-env", "inline"} {
+		if got := cfg.Route[i].Password; got != want {
+			t.Errorf("route[%d].Password = %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestProblemsAreAllReported(t *testing.T) {
+	t.Parallel()
+	_, err := Parse([]byte(`hostname = "mx.example.com"
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "bad"
+[[listener]]
+address = "nope"
+mode = "relay"
+[policy]
+max_recipients = 0
+`), "c.toml")
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v", err)
+	}
+	want := []Problem{
+		{Key: "listener[0].mode", Line: 4},
+		{Key: "listener[1].address", Line: 6},
+		{Key: "policy.max_recipients", Line: 9},
+	}
+	if len(ce.Problems) != len(want) {
+		t.Fatalf("got %d problems, want %d:\n%v", len(ce.Problems), len(want), err)
+	}
+	for i, w := range want {
+		if p := ce.Problems[i]; p.Key != w.Key || p.Line != w.Line {
+			t.Errorf("problem %d = %s:%d, want %s:%d", i, p.Key, p.Line, w.Key, w.Line)
+		}
+	}
+	if !strings.HasPrefix(err.Error(), `c.toml:4: listener[0].mode: "bad" is not one of submission, submissions, relay`) {
+		t.Errorf("Error() = %q", err.Error())
+	}
+}
+
+func TestCertificateFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cert.pem"), []byte("not a cert"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "key.pem"), []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Parse([]byte(minimal+`
+[tls]
+cert_file = "cert.pem"
+key_file = "key.pem"
+`), filepath.Join(dir, "config.toml"))
+	if err == nil || !strings.Contains(err.Error(), "tls.cert_file: cannot use the certificate") {
+		t.Errorf("err = %v", err)
+	}
+}
+
+func TestLineIndex(t *testing.T) {
+	t.Parallel()
+	li := newLineIndex([]byte(`a = 1
+list = [
+  "x = y",
+  "z",
+]
+s = """
+[[fake]]
+b = 2
+"""
+[t]
+k = 1 # comment
+"quoted".key = 2
+[[arr]]
+x = 1
+[[arr]]
+x = 2
+`))
+	for key, want := range map[string]int{
+		"a": 1, "list[1]": 2, "s": 6, "b": 0, "fake": 0, "t.k": 11, "t.quoted.key": 12,
+		"arr[0].x": 14, "arr[1].x": 16, "arr[1].y": 15, "arr[2]": 0, "t.missing": 10,
+	} {
+		if got := li.lineOf(key); got != want {
+			t.Errorf("lineOf(%q) = %d, want %d", key, got, want)
+		}
+	}
+}

@@ -1,0 +1,81 @@
+package config
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// IsTrusted reports whether a client at ip may relay without AUTH: whether ip
+// is in one of policy.trusted_networks. An IPv4 address written as IPv6
+// (::ffff:192.0.2.1, as a dual-stack socket reports it) counts as IPv4.
+func (c *Config) IsTrusted(ip netip.Addr) bool {
+	ip = ip.WithZone("").Unmap()
+	for _, p := range c.Policy.Trusted {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// MaySend reports whether the user may use addr as the envelope sender
+// (MAIL FROM): addr equals one of the user's senders, or the user has
+// "@domain" for addr's domain. Domains compare without case, local parts
+// exactly. The null sender never matches.
+func (u *User) MaySend(addr string) bool {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 {
+		return false
+	}
+	local, domain := addr[:at], strings.TrimSuffix(addr[at+1:], ".")
+	for _, s := range u.Senders {
+		sat := strings.LastIndexByte(s, '@')
+		if sat < 0 || !strings.EqualFold(strings.TrimSuffix(s[sat+1:], "."), domain) {
+			continue
+		}
+		if sat == 0 || s[:sat] == local {
+			return true
+		}
+	}
+	return false
+}
+
+// FindUser returns the [[user]] with this name (compared exactly), or nil.
+func (c *Config) FindUser(name string) *User {
+	for i := range c.User {
+		if c.User[i].Name == name {
+			return &c.User[i]
+		}
+	}
+	return nil
+}
+
+// RouteFor returns the route for mail to domain: the route listing the
+// domain (compared without case), else the route with "*", else nil, which
+// means delivery by MX.
+func (c *Config) RouteFor(domain string) *Route {
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	var wildcard *Route
+	for i := range c.Route {
+		for _, d := range c.Route[i].Domains {
+			switch {
+			case strings.EqualFold(d, domain):
+				return &c.Route[i]
+			case d == "*" && wildcard == nil:
+				wildcard = &c.Route[i]
+			}
+		}
+	}
+	return wildcard
+}
+
+// RetryDurations returns delivery.retry_intervals as durations: the wait
+// before the second attempt, the third, and so on; the last one repeats.
+func (c *Config) RetryDurations() []time.Duration {
+	out := make([]time.Duration, len(c.Delivery.RetryIntervals))
+	for i, d := range c.Delivery.RetryIntervals {
+		out[i] = d.Duration
+	}
+	return out
+}

@@ -1,0 +1,529 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+// maxFileSize bounds every file the configuration points at (keys,
+// certificates, password files): they are small, and a mistake such as a path
+// into /proc must not make the check read forever.
+const maxFileSize = 1 << 20
+
+// validate checks every value, records each problem under its key, and fills
+// the derived fields (Policy.Trusted, Route.Smarthosts, Route.Password from a
+// file or the environment).
+func (c *Config) validate(ps *problems) {
+	switch {
+	case c.Hostname == "":
+		ps.add("hostname", "is required (the host name could not be found from the system)")
+	case !validDomain(c.Hostname) || isIP(c.Hostname):
+		ps.add("hostname", "%q is not a valid domain name", c.Hostname)
+	}
+	if c.DataDir == "" {
+		ps.add("data_dir", "must not be empty")
+	}
+	c.validateTLS(ps)
+	c.validateListeners(ps)
+	c.validatePolicy(ps)
+	c.validateUsers(ps)
+	c.validateDelivery(ps)
+	c.validateRoutes(ps)
+	c.validateDKIM(ps)
+	if c.Admin.MetricsAddress != "" {
+		if err := checkListenAddress(c.Admin.MetricsAddress); err != nil {
+			ps.add("admin.metrics_address", "%v", err)
+		}
+	}
+	oneOf(ps, "log.format", c.Log.Format, "text", "json")
+	oneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")
+	l := &c.Limits
+	positive(ps, "limits.max_connections", l.MaxConnections)
+	positive(ps, "limits.max_connections_per_ip", l.MaxConnectionsPerIP)
+	positiveDuration(ps, "limits.idle_timeout", l.IdleTimeout)
+	positiveDuration(ps, "limits.session_timeout", l.SessionTimeout)
+	positive(ps, "limits.max_line_length", l.MaxLineLength)
+	positive(ps, "limits.max_errors", l.MaxErrors)
+}
+
+func (c *Config) validateTLS(ps *problems) {
+	cert, key := c.TLS.CertFile, c.TLS.KeyFile
+	switch {
+	case cert == "" && key == "":
+		return
+	case cert == "":
+		ps.add("tls.cert_file", "is empty but tls.key_file is set: set both or neither")
+		return
+	case key == "":
+		ps.add("tls.key_file", "is empty but tls.cert_file is set: set both or neither")
+		return
+	}
+	certPEM, err1 := readFile(cert)
+	if err1 != nil {
+		ps.add("tls.cert_file", "%v", err1)
+	}
+	keyPEM, err2 := readFile(key)
+	if err2 != nil {
+		ps.add("tls.key_file", "%v", err2)
+	}
+	if err1 == nil && err2 == nil {
+		if _, err := tls.X509KeyPair(certPEM, keyPEM); err != nil {
+			ps.add("tls.cert_file", "cannot use the certificate with tls.key_file: %v", err)
+		}
+	}
+}
+
+func (c *Config) validateListeners(ps *problems) {
+	if len(c.Listener) == 0 {
+		ps.add("listener", "at least one [[listener]] is required")
+	}
+	seen := map[string]int{}
+	for i, l := range c.Listener {
+		key := fmt.Sprintf("listener[%d]", i)
+		if err := checkListenAddress(l.Address); err != nil {
+			ps.add(key+".address", "%v", err)
+		} else if canon, ok := canonicalAddress(l.Address); ok {
+			if j, dup := seen[canon]; dup {
+				ps.add(key+".address", "%q is also the address of listener[%d]", l.Address, j)
+			} else {
+				seen[canon] = i
+			}
+		}
+		oneOf(ps, key+".mode", l.Mode, ModeSubmission, ModeSubmissions, ModeRelay)
+	}
+}
+
+func (c *Config) validatePolicy(ps *problems) {
+	p := &c.Policy
+	p.Trusted = nil
+	for i, s := range p.TrustedNetworks {
+		pfx, err := parseNetwork(s)
+		if err != nil {
+			ps.add(fmt.Sprintf("policy.trusted_networks[%d]", i), "%v", err)
+			continue
+		}
+		p.Trusted = append(p.Trusted, pfx)
+	}
+	if p.MaxMessageSize <= 0 {
+		ps.add("policy.max_message_size", "must be more than 0 bytes, not %d", p.MaxMessageSize)
+	}
+	positive(ps, "policy.max_recipients", p.MaxRecipients)
+}
+
+func (c *Config) validateUsers(ps *problems) {
+	seen := map[string]int{}
+	for i, u := range c.User {
+		key := fmt.Sprintf("user[%d]", i)
+		switch j, dup := seen[u.Name]; {
+		case u.Name == "":
+			ps.add(key+".name", "is required")
+		case dup:
+			ps.add(key+".name", "%q is also the name of user[%d]", u.Name, j)
+		default:
+			seen[u.Name] = i
+		}
+		if err := checkBcrypt(u.PasswordHash); err != nil {
+			ps.add(key+".password_hash", "%v", err)
+		}
+		for j, s := range u.Senders {
+			if err := checkSender(s); err != nil {
+				ps.add(fmt.Sprintf("%s.senders[%d]", key, j), "%v", err)
+			}
+		}
+	}
+}
+
+func (c *Config) validateDelivery(ps *problems) {
+	d := &c.Delivery
+	for i, r := range d.Resolvers {
+		norm, err := normaliseResolver(r)
+		if err != nil {
+			ps.add(fmt.Sprintf("delivery.resolvers[%d]", i), "%v", err)
+			continue
+		}
+		d.Resolvers[i] = norm
+	}
+	if d.MXPort < 1 || d.MXPort > 65535 {
+		ps.add("delivery.mx_port", "must be a port number from 1 to 65535, not %d", d.MXPort)
+	}
+	if len(d.RetryIntervals) == 0 {
+		ps.add("delivery.retry_intervals", "must list at least one interval")
+	}
+	for i, r := range d.RetryIntervals {
+		positiveDuration(ps, fmt.Sprintf("delivery.retry_intervals[%d]", i), r)
+	}
+	positiveDuration(ps, "delivery.max_queue_age", d.MaxQueueAge)
+	positiveDuration(ps, "delivery.delay_warning", d.DelayWarning)
+	positive(ps, "delivery.concurrency", d.Concurrency)
+	positive(ps, "delivery.per_domain_concurrency", d.PerDomainConcurrency)
+	positiveDuration(ps, "delivery.connect_timeout", d.ConnectTimeout)
+	positiveDuration(ps, "delivery.greeting_timeout", d.GreetingTimeout)
+	positiveDuration(ps, "delivery.command_timeout", d.CommandTimeout)
+	positiveDuration(ps, "delivery.data_init_timeout", d.DataInitTimeout)
+	positiveDuration(ps, "delivery.data_timeout", d.DataTimeout)
+	positiveDuration(ps, "delivery.data_end_timeout", d.DataEndTimeout)
+	positiveDuration(ps, "delivery.idle_conn_timeout", d.IdleConnTimeout)
+}
+
+func (c *Config) validateRoutes(ps *problems) {
+	owner := map[string]int{} // domain → route index
+	for i := range c.Route {
+		r := &c.Route[i]
+		key := fmt.Sprintf("route[%d]", i)
+		if len(r.Domains) == 0 {
+			ps.add(key+".domains", "must list at least one domain (or \"*\" for all others)")
+		}
+		for j, d := range r.Domains {
+			dkey := fmt.Sprintf("%s.domains[%d]", key, j)
+			if d != "*" && !validDomain(d) {
+				ps.add(dkey, "%q is not a domain name (write exact domains, or \"*\" alone for all others)", d)
+				continue
+			}
+			if k, dup := owner[d]; dup {
+				if d == "*" {
+					ps.add(dkey, "\"*\" is already in route[%d]: only one route may take all other domains", k)
+				} else {
+					ps.add(dkey, "%q is already in route[%d]: a domain may be in one route only", d, k)
+				}
+				continue
+			}
+			owner[d] = i
+		}
+		r.validateSmarthost(ps, key)
+		oneOf(ps, key+".tls", r.TLS, RouteTLSStartTLS, RouteTLSImplicit, RouteTLSNone)
+		if r.CAFile != "" {
+			if pem, err := readFile(r.CAFile); err != nil {
+				ps.add(key+".ca_file", "%v", err)
+			} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+				ps.add(key+".ca_file", "%s holds no PEM certificate", r.CAFile)
+			}
+		}
+		r.validatePassword(ps, key)
+	}
+}
+
+// validateSmarthost normalises smarthost (a string or an array of strings)
+// into Smarthosts.
+func (r *Route) validateSmarthost(ps *problems, key string) {
+	key += ".smarthost"
+	r.Smarthosts = nil
+	var hosts []string
+	switch v := r.Smarthost.(type) {
+	case nil:
+	case string:
+		hosts = []string{v}
+	case []any:
+		for j, h := range v {
+			s, ok := h.(string)
+			if !ok {
+				ps.add(fmt.Sprintf("%s[%d]", key, j), "must be a string \"host:port\"")
+				return
+			}
+			hosts = append(hosts, s)
+		}
+	default:
+		ps.add(key, "must be a string \"host:port\" or an array of them")
+		return
+	}
+	if len(hosts) == 0 {
+		ps.add(key, "is required: the \"host:port\" of the upstream server, or an array of them")
+		return
+	}
+	for j, h := range hosts {
+		k := key
+		if _, isList := r.Smarthost.([]any); isList {
+			k = fmt.Sprintf("%s[%d]", key, j)
+		}
+		if err := checkHostPort(h, false); err != nil {
+			ps.add(k, "%v", err)
+			continue
+		}
+		r.Smarthosts = append(r.Smarthosts, h)
+	}
+}
+
+// validatePassword checks that username and exactly one password source go
+// together, and loads the password from its file or environment variable.
+func (r *Route) validatePassword(ps *problems, key string) {
+	var set []string
+	if r.Password != "" {
+		set = append(set, "password")
+	}
+	if r.PasswordFile != "" {
+		set = append(set, "password_file")
+	}
+	if r.PasswordEnv != "" {
+		set = append(set, "password_env")
+	}
+	switch {
+	case len(set) > 1:
+		ps.add(key+"."+set[1], "%s are set together: use only one of password, password_file, password_env", strings.Join(set, " and "))
+		return
+	case r.Username == "" && len(set) == 1:
+		ps.add(key+"."+set[0], "is set but username is not: set both or neither")
+		return
+	case r.Username != "" && len(set) == 0:
+		ps.add(key+".username", "is set without a password: add password, password_file or password_env")
+		return
+	}
+	switch {
+	case r.PasswordFile != "":
+		data, err := readFile(r.PasswordFile)
+		if err != nil {
+			ps.add(key+".password_file", "%v", err)
+			return
+		}
+		pw := strings.TrimSuffix(strings.TrimSuffix(string(data), "\n"), "\r")
+		if pw == "" {
+			ps.add(key+".password_file", "%s is empty", r.PasswordFile)
+			return
+		}
+		r.Password = pw
+	case r.PasswordEnv != "":
+		pw, ok := os.LookupEnv(r.PasswordEnv)
+		switch {
+		case !ok:
+			ps.add(key+".password_env", "environment variable %s is not set", r.PasswordEnv)
+		case pw == "":
+			ps.add(key+".password_env", "environment variable %s is empty", r.PasswordEnv)
+		default:
+			r.Password = pw
+		}
+	}
+}
+
+func (c *Config) validateDKIM(ps *problems) {
+	for i, d := range c.DKIM {
+		key := fmt.Sprintf("dkim[%d]", i)
+		switch {
+		case d.Domain == "":
+			ps.add(key+".domain", "is required")
+		case !validDomain(d.Domain):
+			ps.add(key+".domain", "%q is not a valid domain name", d.Domain)
+		}
+		switch {
+		case d.Selector == "":
+			ps.add(key+".selector", "is required")
+		case !validDomain(d.Selector):
+			ps.add(key+".selector", "%q is not a valid selector (letters, digits, '-' and '.')", d.Selector)
+		}
+		if d.KeyFile == "" {
+			ps.add(key+".key_file", "is required")
+		} else if _, err := readFile(d.KeyFile); err != nil {
+			ps.add(key+".key_file", "%v", err)
+		}
+	}
+}
+
+// oneOf records a problem unless v is one of allowed.
+func oneOf(ps *problems, key, v string, allowed ...string) {
+	for _, a := range allowed {
+		if v == a {
+			return
+		}
+	}
+	ps.add(key, "%q is not one of %s", v, strings.Join(allowed, ", "))
+}
+
+func positive(ps *problems, key string, n int) {
+	if n <= 0 {
+		ps.add(key, "must be more than 0, not %d", n)
+	}
+}
+
+func positiveDuration(ps *problems, key string, d Duration) {
+	if d.Duration <= 0 {
+		ps.add(key, "must be a duration more than 0, not %q", d.Duration.String())
+	}
+}
+
+// readFile reads a small regular file named by the configuration.
+func readFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, describeFileError(path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if fi.Size() > maxFileSize {
+		return nil, fmt.Errorf("%s is too large (%d bytes) for this setting", path, fi.Size())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, describeFileError(path, err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s: %v", path, err)
+	}
+	return data, nil
+}
+
+func describeFileError(path string, err error) error {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("%s does not exist", path)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("%s is not readable (permission denied)", path)
+	}
+	return fmt.Errorf("cannot read %s: %v", path, err)
+}
+
+// validDomain reports whether s is a domain name in ASCII (A-labels for
+// international names), with an optional final dot.
+func validDomain(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isIP(s string) bool {
+	_, err := netip.ParseAddr(s)
+	return err == nil
+}
+
+// checkHostPort checks "host:port" where host is a domain name or an IP
+// address (IPv6 in brackets). With allowEmpty, host may be empty and port 0
+// (listen on every address; let the kernel choose a port).
+func checkHostPort(s string, allowEmpty bool) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		if strings.Contains(err.Error(), "missing port") {
+			return fmt.Errorf("%q has no port: write \"host:port\"", s)
+		}
+		return fmt.Errorf("%q is not \"host:port\" (IPv6 goes in brackets: \"[::1]:2525\")", s)
+	}
+	switch {
+	case host == "" && allowEmpty:
+	case host == "":
+		return fmt.Errorf("%q has no host", s)
+	case isIP(host):
+		if strings.Contains(host, ":") && !strings.HasPrefix(s, "[") {
+			return fmt.Errorf("%q: put an IPv6 address in brackets, like \"[::1]:2525\"", s)
+		}
+	case !validDomain(host):
+		return fmt.Errorf("%q: %q is neither an IP address nor a host name", s, host)
+	}
+	n, err := strconv.Atoi(port)
+	low := 1
+	if allowEmpty {
+		low = 0
+	}
+	if err != nil || n < low || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from %d to 65535", s, port, low)
+	}
+	return nil
+}
+
+// checkListenAddress checks an address to listen on.
+func checkListenAddress(s string) error {
+	if s == "" {
+		return errors.New("is required, like \"127.0.0.1:2525\" or \"[::1]:2525\"")
+	}
+	return checkHostPort(s, true)
+}
+
+// canonicalAddress is the form of a listen address used to find duplicates;
+// ok is false for port 0, which never collides.
+func canonicalAddress(s string) (string, bool) {
+	host, port, _ := net.SplitHostPort(s)
+	if port == "0" {
+		return "", false
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		host = a.Unmap().String()
+	}
+	return net.JoinHostPort(strings.ToLower(host), port), true
+}
+
+// parseNetwork parses a CIDR prefix or a bare IP address (a /32 or /128).
+// IPv4-mapped IPv6 prefixes become IPv4 prefixes, so IsTrusted matches both
+// spellings of an IPv4 client.
+func parseNetwork(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return p, fmt.Errorf("%q is not a network like \"192.0.2.0/24\" or \"2001:db8::/32\"", s)
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return p, fmt.Errorf("%q is not an IP address or a network like \"192.0.2.0/24\"", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
+// checkBcrypt checks that h looks like a bcrypt hash.
+func checkBcrypt(h string) error {
+	if h == "" {
+		return errors.New("is required (make one with \"mailhop passwd\")")
+	}
+	ok := len(h) == 60 && (strings.HasPrefix(h, "$2a$") || strings.HasPrefix(h, "$2b$") || strings.HasPrefix(h, "$2y$"))
+	if ok {
+		_, err := bcrypt.Cost([]byte(h))
+		ok = err == nil
+	}
+	if !ok {
+		return errors.New("is not a bcrypt hash (\"$2a$\", \"$2b$\" or \"$2y$\", 60 characters; make one with \"mailhop passwd\")")
+	}
+	return nil
+}
+
+// checkSender checks a senders entry: "local@domain" or "@domain".
+func checkSender(s string) error {
+	at := strings.LastIndexByte(s, '@')
+	if at < 0 {
+		return fmt.Errorf("%q is neither an address (\"app@example.com\") nor \"@domain\"", s)
+	}
+	local, domain := s[:at], s[at+1:]
+	if !validDomain(domain) {
+		return fmt.Errorf("%q: %q is not a valid domain name", s, domain)
+	}
+	if strings.ContainsAny(local, " \t<>\"") {
+		return fmt.Errorf("%q: write the bare address, without spaces, quotes or <>", s)
+	}
+	return nil
+}
+
+// normaliseResolver turns a DNS server address into "host:port", adding port
+// 53 to a bare IP address.
+func normaliseResolver(s string) (string, error) {
+	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil && a.Zone() == "" {
+		return net.JoinHostPort(a.String(), "53"), nil
+	}
+	if err := checkHostPort(s, false); err != nil {
+		return "", err
+	}
+	return s, nil
+}
