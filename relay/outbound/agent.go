@@ -1,0 +1,365 @@
+package outbound
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// Options configures an Agent.
+type Options struct {
+	Config   *config.Config // required
+	Queue    *queue.Queue   // required
+	Resolver MXResolver     // required
+	Logger   *slog.Logger   // nil: slog.Default()
+	Now      func() time.Time
+	// Dial opens connections; nil: a net.Dialer. Tests and proxies set it.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Agent is the delivery agent: it takes due messages from the queue and
+// delivers them. Its methods are safe for concurrent use.
+type Agent struct {
+	q        *queue.Queue
+	resolver MXResolver
+	log      *slog.Logger
+	now      func() time.Time
+	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	cfg     atomic.Pointer[config.Config]
+	pool    *pool
+	total   chan struct{} // delivery.concurrency connection slots
+	domains *limiter      // delivery.per_domain_concurrency
+
+	mu      sync.Mutex
+	noTLS   map[netip.Addr]time.Time // STARTTLS handshake failed: plain until
+	caPools map[string]*x509.CertPool
+
+	stats counters
+}
+
+// New returns an Agent; call Run to start delivering.
+func New(opts Options) (*Agent, error) {
+	if opts.Config == nil || opts.Queue == nil || opts.Resolver == nil {
+		return nil, errors.New("outbound: Config, Queue and Resolver are required")
+	}
+	a := &Agent{
+		q:        opts.Queue,
+		resolver: opts.Resolver,
+		log:      opts.Logger,
+		now:      opts.Now,
+		dial:     opts.Dial,
+		pool:     newPool(),
+		noTLS:    make(map[netip.Addr]time.Time),
+		caPools:  make(map[string]*x509.CertPool),
+	}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	if a.now == nil {
+		a.now = time.Now
+	}
+	if a.dial == nil {
+		var d net.Dialer
+		a.dial = d.DialContext
+	}
+	n := opts.Config.Delivery.Concurrency
+	if n <= 0 {
+		n = 100
+	}
+	per := opts.Config.Delivery.PerDomainConcurrency
+	if per <= 0 {
+		per = 10
+	}
+	a.total = make(chan struct{}, n)
+	a.domains = newLimiter(per)
+	a.cfg.Store(opts.Config)
+	return a, nil
+}
+
+// SetConfig switches to a reloaded configuration for the attempts that
+// start afterwards: hostname, routes, ports, timeouts, ages. The
+// concurrency limits keep the values given to New.
+func (a *Agent) SetConfig(cfg *config.Config) { a.cfg.Store(cfg) }
+
+func (a *Agent) config() *config.Config { return a.cfg.Load() }
+
+// Run delivers due messages until ctx is done, at most
+// delivery.concurrency at a time. When ctx is done, in-flight attempts are
+// cut short (their connections closed); a message that nothing was decided
+// for is given back with Requeue, any other has its outcome recorded with
+// Done. Run returns nil after that, or the queue's error if Next fails
+// for another reason.
+func (a *Agent) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer a.pool.closeAll()
+	defer wg.Wait()
+	slots := make(chan struct{}, cap(a.total))
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return nil
+		}
+		env, err := a.q.Next(ctx)
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("outbound: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
+			a.process(ctx, env)
+		}()
+	}
+}
+
+// process makes one delivery attempt of env and records it.
+func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
+	cfg := a.config()
+	body, err := a.q.Body(env.ID)
+	if err != nil {
+		a.log.Error("cannot open body", "queue_id", env.ID, "err", err)
+		a.record(env, cfg, &attempt{lastErr: "body: " + err.Error()}, nil)
+		return
+	}
+	defer body.Close()
+
+	at := &attempt{}
+	if n, _ := countReceived(body); n > maxReceived {
+		// RFC 5321 §6.3: a loop; bounce rather than circulate forever.
+		e := smtperr.New(0, "5.4.6", "mail loop: %d Received header fields (more than %d)", n, maxReceived)
+		for i := range env.Recipients {
+			if env.Recipients[i].State == queue.Pending {
+				at.rcpts = append(at.rcpts, rcptResult{index: i, state: queue.Failed, reply: e})
+			}
+		}
+	} else {
+		at = a.deliverMessage(ctx, cfg, env, body)
+	}
+	if ctx.Err() != nil && !at.decided() {
+		if err := a.q.Requeue(env.ID); err != nil {
+			a.log.Error("requeue failed", "queue_id", env.ID, "err", err)
+		}
+		return
+	}
+	a.record(env, cfg, at, body)
+}
+
+// attempt collects the outcome of one attempt of a message.
+type attempt struct {
+	rcpts   []rcptResult
+	groups  []groupResult
+	lastErr string
+}
+
+// decided reports whether any recipient reached a final state.
+func (at *attempt) decided() bool {
+	for _, r := range at.rcpts {
+		if r.state != queue.Pending {
+			return true
+		}
+	}
+	return false
+}
+
+// groupResult is the outcome of one domain group.
+type groupResult struct {
+	domain string
+	rcpts  []rcptResult
+	mx     string // host that answered (or was last tried)
+	addr   string
+	tls    string
+	dur    time.Duration
+	err    *smtperr.Error // when no host answered, or DNS failed
+}
+
+// deliverMessage delivers every domain group of env's pending recipients
+// in parallel.
+func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body) *attempt {
+	at := &attempt{}
+	byDomain := make(map[string][]int)
+	var order []string
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		if r.State != queue.Pending {
+			continue
+		}
+		d := r.Domain()
+		if d == "" {
+			at.rcpts = append(at.rcpts, rcptResult{index: i, state: queue.Failed,
+				reply: smtperr.New(0, "5.1.3", "recipient address has no domain")})
+			continue
+		}
+		if _, ok := byDomain[d]; !ok {
+			order = append(order, d)
+		}
+		byDomain[d] = append(byDomain[d], i)
+	}
+	groups := make([]groupResult, len(order))
+	var wg sync.WaitGroup
+	for gi, d := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			groups[gi] = a.limitedGroup(ctx, cfg, env, body, d, byDomain[d])
+		}()
+	}
+	wg.Wait()
+	for _, g := range groups {
+		at.rcpts = append(at.rcpts, g.rcpts...)
+	}
+	at.groups = groups
+	return at
+}
+
+// limitedGroup runs deliverGroup within the concurrency limits.
+func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, domain string, idx []int) groupResult {
+	release, err := a.domains.acquire(ctx, domain)
+	if err == nil {
+		defer release()
+		select {
+		case a.total <- struct{}{}:
+			defer func() { <-a.total }()
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+	}
+	if err != nil {
+		e := smtperr.New(0, "4.3.2", "delivery interrupted: %v", err)
+		return groupResult{domain: domain, err: e, rcpts: allPending(idx, e)}
+	}
+	return a.deliverGroup(ctx, cfg, &txn{env: env, body: body, rcpts: idx}, domain)
+}
+
+func allPending(idx []int, e *smtperr.Error) []rcptResult {
+	out := make([]rcptResult, len(idx))
+	for i, x := range idx {
+		out[i] = rcptResult{index: x, state: queue.Pending, reply: e}
+	}
+	return out
+}
+
+// deliverGroup delivers one message to the recipients of one domain: the
+// domain's hosts in order, each address in turn, until one answers.
+func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, domain string) (gr groupResult) {
+	start := time.Now()
+	gr.domain = domain
+	defer func() {
+		gr.dur = time.Since(start)
+		a.stats.attempts.Add(1)
+		a.stats.attemptNanos.Add(int64(gr.dur))
+	}()
+	targets, err := a.targets(ctx, cfg, domain)
+	if err != nil {
+		e := dnsFailure(err)
+		st := queue.Pending
+		if !e.Temporary() {
+			st = queue.Failed
+		}
+		gr.err = e
+		for _, x := range t.rcpts {
+			gr.rcpts = append(gr.rcpts, rcptResult{index: x, state: st, reply: e})
+		}
+		return gr
+	}
+	tm := timeouts(cfg)
+	last := smtperr.New(0, "4.4.4", "no host to deliver to")
+	for i := range targets {
+		tg := &targets[i]
+		if tg.addrs == nil {
+			addrs, err := a.resolver.LookupHost(ctx, tg.host)
+			if err != nil {
+				// A smarthost that does not resolve is a configuration
+				// or DNS problem: try the next, never bounce.
+				last = &smtperr.Error{Enhanced: "4.4.3", Msg: err.Error()}
+				gr.mx = tg.host
+				continue
+			}
+			tg.addrs = addrs
+		}
+		for _, ip := range tg.addrs {
+			ap := netip.AddrPortFrom(ip.Unmap(), uint16(tg.port))
+			gr.mx, gr.addr, gr.tls = tg.host, ap.String(), ""
+			res, tlsVer, serr := a.tryAddr(ctx, cfg, tg, ap, t, tm)
+			gr.tls = tlsVer
+			if serr == nil {
+				gr.rcpts = res
+				return gr
+			}
+			last = serr.err
+			a.log.Debug("host did not answer", "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	// No host answered: whatever the last reply, try again later.
+	e := *last
+	if !e.Temporary() {
+		e = smtperr.Error{Enhanced: "4.4.1", Msg: last.Error()}
+	}
+	gr.err = &e
+	gr.rcpts = allPending(t.rcpts, &e)
+	return gr
+}
+
+// tryAddr delivers t through one address: a pooled connection if there is
+// one (redialling once when it turns out dead), else a new one. It returns
+// the TLS version used ("" for none).
+func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, ap netip.AddrPort, t *txn, tm stageTimeouts) ([]rcptResult, string, *stageError) {
+	mode := a.modeFor(tg, ap.Addr())
+	cn := a.pool.get(connKey{addr: ap.String(), mode: mode, route: routeKey(tg.route)})
+	for {
+		if cn == nil {
+			c, err := a.dialConn(ctx, cfg, tg, ap, mode)
+			if err != nil {
+				se := err.(*stageError)
+				if se.tls && mode == modeOpportunistic && ctx.Err() == nil {
+					// RFC 7435: opportunistic TLS must not make mail
+					// undeliverable; retry in plain text and remember.
+					a.log.Info("STARTTLS failed; retrying without TLS", "mx", tg.host, "addr", ap.String(), "err", se.err.Error())
+					a.rememberNoTLS(ap.Addr())
+					mode = modePlain
+					continue
+				}
+				return nil, "", se
+			}
+			cn = c
+		}
+		res, broken, serr := a.transact(ctx, cn, t, tm)
+		if serr != nil {
+			cn.close()
+			if cn.reused && ctx.Err() == nil {
+				cn = nil // a stale pooled connection: dial afresh
+				continue
+			}
+			return nil, cn.tlsVer, serr
+		}
+		if broken {
+			cn.close()
+		} else {
+			cn.reused = false
+			a.pool.put(cn, tm.idle)
+		}
+		return res, cn.tlsVer, nil
+	}
+}

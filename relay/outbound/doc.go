@@ -1,0 +1,65 @@
+// Package outbound is mailhop's delivery agent: the half of the relay that
+// becomes an SMTP client. It takes due messages from the queue, finds where
+// each recipient's domain takes mail, delivers over SMTP and reports every
+// recipient's outcome back to the queue, which owns state and time.
+//
+// # One attempt
+//
+//  1. Agent.Run takes a due message from queue.Next (at most
+//     delivery.concurrency messages are in flight).
+//  2. The stored header block is read; more than 50 Received fields is a
+//     mail loop: every pending recipient fails with 5.4.6 (RFC 5321 §6.3).
+//  3. Pending recipients are grouped by domain (lower-cased). The groups of
+//     one message are delivered in parallel, each holding one slot of
+//     delivery.per_domain_concurrency for its domain and one of
+//     delivery.concurrency in total.
+//  4. A group's destinations: the [[route]] for its domain (its smarthosts,
+//     in order), else the domain's MX hosts from dnsmx (in order, implicit MX
+//     included) at delivery.mx_port. Each host's addresses are tried in turn
+//     until one answers; a refused or dropped connection, a timeout, a
+//     failed greeting or EHLO, a 421 reply before DATA, a failed STARTTLS
+//     demanded by a route, or failed AUTH moves on to the next address.
+//  5. On the connection: EHLO with the configured hostname; STARTTLS when
+//     offered (MX: opportunistic, no certificate check, and a failed
+//     handshake is retried in plain text on a new connection and
+//     remembered for the host; routes: required and verified); AUTH
+//     PLAIN/LOGIN for routes with credentials, only over TLS; then MAIL
+//     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
+//     ORCPT) and DATA with the stored bytes. A connection whose transaction
+//     ended cleanly is kept for delivery.idle_conn_timeout and reused (RSET
+//     first) by the next message to the same address, TLS mode and route.
+//  6. The outcomes go back to the queue with queue.Done; when delivery was
+//     cut short by shutdown and nothing changed, the message is given back
+//     with queue.Requeue.
+//
+// # Failure classification
+//
+// Every recipient of an attempt ends in one of the queue's states:
+//
+//	reply/event                                         state      report
+//	2xx to RCPT and to the end of DATA                  Delivered  success DSN if NOTIFY=SUCCESS
+//	4xx to MAIL, RCPT, DATA                             Pending    -
+//	refused/dropped connection, timeout, no host answered
+//	temporary DNS failure (SERVFAIL, timeout; 4.4.3)    Pending    -
+//	5xx to MAIL, RCPT, DATA                             Failed     bounce
+//	NXDOMAIN (5.1.2), null MX (5.1.10)                  Failed     bounce
+//	remote SIZE smaller than the message (5.3.4)        Failed     bounce
+//	SMTPUTF8 message, server without SMTPUTF8 (5.6.7)   Failed     bounce
+//	more than 50 Received fields (5.4.6)                Failed     bounce
+//	Pending, and older than delivery.max_queue_age      Failed     bounce (4.4.7, expired)
+//	Pending, older than delivery.delay_warning          Pending    one "delayed" DSN
+//
+// Anything unknown is temporary: mail is retried, never dropped. When no
+// host answered at all, the recipients stay Pending whatever the last
+// connection-level reply was. The queue schedules the next attempt from
+// delivery.retry_intervals.
+//
+// # What is durable when
+//
+// A bounce or other report is queued with queue.Enqueue (from the null
+// sender, to the original sender) before queue.Done marks the recipients it
+// reports on: a crash in between can at worst repeat a report, never lose
+// one. When the report cannot be queued, its recipients stay Pending and the
+// next attempt tries again. No report is ever sent about a message from the
+// null sender, nor for recipients with NOTIFY=NEVER.
+package outbound

@@ -1,0 +1,427 @@
+package outbound
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"mime/multipart"
+	"net/mail"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// dsnRcpt is one recipient in a delivery status notification.
+type dsnRcpt struct {
+	rcpt   *queue.Recipient
+	action string // failed, delayed, delivered, relayed
+	reply  *smtperr.Error
+	remote string // Remote-MTA host, "" when none answered
+}
+
+type dsnInput struct {
+	hostname string
+	env      *queue.Envelope
+	body     queue.Body
+	rcpts    []dsnRcpt // all with the same kind of action
+	now      time.Time
+}
+
+// dsnMessage is a generated report: head and tail around the original
+// message (when it is returned whole), so a large message is streamed from
+// the queue rather than held in memory.
+type dsnMessage struct {
+	head, tail []byte
+	full       queue.Body // nil: headers only, already in head
+	bodyType   string     // "" or "8BITMIME"
+}
+
+func (m *dsnMessage) reader() io.Reader {
+	if m.full == nil {
+		return io.MultiReader(bytes.NewReader(m.head), bytes.NewReader(m.tail))
+	}
+	return io.MultiReader(bytes.NewReader(m.head), io.NewSectionReader(m.full, 0, m.full.Size()), bytes.NewReader(m.tail))
+}
+
+const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
+
+// buildDSN writes an RFC 3464 report: multipart/report with a readable
+// explanation, a message/delivery-status part and the original headers (or
+// the whole original for a failure report with RET=FULL). Lines end in CRLF.
+func buildDSN(in *dsnInput) (*dsnMessage, error) {
+	if len(in.rcpts) == 0 {
+		return nil, errors.New("dsn: no recipients")
+	}
+	env := in.env
+	kind := in.rcpts[0].action
+	subject := "Undelivered Mail Returned to Sender"
+	switch kind {
+	case "delayed":
+		subject = "Delayed Mail (still being retried)"
+	case "delivered", "relayed":
+		subject = "Successful Mail Delivery Report"
+	}
+	boundary := randHex(12) + "/" + in.hostname
+	var b bytes.Buffer
+	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
+
+	w("From: Mail Delivery System <MAILER-DAEMON@%s>", in.hostname)
+	w("To: <%s>", env.From)
+	w("Subject: %s", subject)
+	w("Date: %s", in.now.Format(rfc5322Date))
+	w("Message-ID: <%d.%s@%s>", in.now.UnixNano(), randHex(8), in.hostname)
+	w("Auto-Submitted: auto-replied")
+	w("MIME-Version: 1.0")
+	w("Content-Type: multipart/report; report-type=delivery-status;")
+	w("\tboundary=\"%s\"", boundary)
+	w("")
+	w("This is a MIME-encapsulated message.")
+	w("")
+
+	// (1) The explanation for a person.
+	w("--%s", boundary)
+	w("Content-Type: text/plain; charset=utf-8")
+	w("Content-Transfer-Encoding: 8bit")
+	w("Content-Description: Notification")
+	w("")
+	w("This is the mail system at host %s.", in.hostname)
+	w("")
+	switch kind {
+	case "failed":
+		w("I'm sorry to have to inform you that your message could not be")
+		w("delivered to one or more recipients. The details are below.")
+	case "delayed":
+		w("Your message could not be delivered yet to one or more recipients.")
+		w("Delivery is still being retried; you do not need to send it again.")
+	default:
+		w("Your message was successfully delivered to the destination(s)")
+		w("listed below.")
+	}
+	w("")
+	for _, r := range in.rcpts {
+		line := "<" + r.rcpt.Address + ">: "
+		if r.reply != nil {
+			line += sanitize(r.reply.Error())
+		} else {
+			line += r.action
+		}
+		if r.remote != "" {
+			line += " (host " + r.remote + ")"
+		}
+		w("%s", line)
+	}
+	w("")
+
+	// (2) The machine-readable report (RFC 3464 §2.2, §2.3).
+	w("--%s", boundary)
+	w("Content-Type: message/delivery-status")
+	w("Content-Description: Delivery report")
+	w("")
+	w("Reporting-MTA: dns; %s", in.hostname)
+	if env.EnvID != "" {
+		w("Original-Envelope-Id: %s", sanitize(env.EnvID))
+	}
+	if !env.Arrived.IsZero() {
+		w("Arrival-Date: %s", env.Arrived.Format(rfc5322Date))
+	}
+	for _, r := range in.rcpts {
+		w("")
+		if typ, addr, ok := strings.Cut(r.rcpt.ORCPT, ";"); ok && addr != "" {
+			w("Original-Recipient: %s; %s", strings.ToLower(strings.TrimSpace(typ)), sanitize(addr))
+		}
+		w("Final-Recipient: %s; %s", addrType(r.rcpt.Address), sanitize(r.rcpt.Address))
+		w("Action: %s", r.action)
+		w("Status: %s", dsnStatus(r))
+		if r.remote != "" {
+			w("Remote-MTA: dns; %s", r.remote)
+		}
+		if r.reply != nil && r.reply.Code != 0 {
+			w("Diagnostic-Code: smtp; %s", sanitize(r.reply.Error()))
+		}
+		if r.action != "delivered" && r.action != "relayed" || r.remote != "" {
+			w("Last-Attempt-Date: %s", in.now.Format(rfc5322Date))
+		}
+	}
+	w("")
+
+	// (3) The original: headers, or the whole message for RET=FULL.
+	m := &dsnMessage{}
+	w("--%s", boundary)
+	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.body != nil {
+		w("Content-Type: message/rfc822")
+		w("Content-Description: Undelivered Message")
+		w("")
+		m.full = in.body
+		if strings.EqualFold(env.BodyType, "8BITMIME") || strings.EqualFold(env.BodyType, "BINARYMIME") {
+			m.bodyType = "8BITMIME"
+		}
+	} else {
+		w("Content-Type: text/rfc822-headers")
+		w("Content-Description: Headers of the original message")
+		w("")
+		if in.body != nil {
+			hdr := headerBlock(in.body, in.body.Size())
+			b.Write(hdr)
+			if len(hdr) > 0 && !bytes.HasSuffix(hdr, []byte("\r\n")) {
+				b.WriteString("\r\n")
+			}
+		}
+	}
+	m.head = append([]byte(nil), b.Bytes()...)
+	var t bytes.Buffer
+	if m.full != nil && in.body.Size() > 0 && !endsWithCRLF(in.body) {
+		t.WriteString("\r\n")
+	}
+	fmt.Fprintf(&t, "\r\n--%s--\r\n", boundary)
+	m.tail = t.Bytes()
+	if m.bodyType == "" && !isASCII(m.head) {
+		m.bodyType = "8BITMIME"
+	}
+	return m, nil
+}
+
+// dsnStatus is the Status field: the reply's enhanced code when its class
+// fits the action, else a generic one.
+func dsnStatus(r dsnRcpt) string {
+	switch r.action {
+	case "delivered", "relayed":
+		if r.reply != nil && strings.HasPrefix(r.reply.Enhanced, "2.") {
+			return r.reply.Enhanced
+		}
+		return "2.0.0"
+	case "delayed":
+		if r.reply != nil && strings.HasPrefix(r.reply.Enhanced, "4.") {
+			return r.reply.Enhanced
+		}
+		return "4.0.0"
+	}
+	if r.reply == nil {
+		return "5.0.0"
+	}
+	return r.reply.Status()
+}
+
+func addrType(addr string) string {
+	if isASCII([]byte(addr)) {
+		return "rfc822"
+	}
+	return "utf-8" // RFC 6533 §3
+}
+
+func endsWithCRLF(b queue.Body) bool {
+	if b.Size() < 2 {
+		return false
+	}
+	var p [2]byte
+	if _, err := b.ReadAt(p[:], b.Size()-2); err != nil {
+		return false
+	}
+	return p == [2]byte{'\r', '\n'}
+}
+
+// sanitize makes s safe for one header line: no control characters, at
+// most 900 bytes.
+func sanitize(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+	if len(s) > 900 {
+		s = s[:900]
+	}
+	return s
+}
+
+func isASCII(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func randHex(n int) string {
+	p := make([]byte, n)
+	rand.Read(p)
+	return hex.EncodeToString(p)
+}
+
+// DSN is a parsed RFC 3464 delivery status notification.
+type DSN struct {
+	Header       mail.Header // the report's own header (From, To, Subject, ...)
+	Human        string      // the first part, for a person
+	ReportingMTA string      // "dns; relay.example.com"
+	EnvelopeID   string      // Original-Envelope-Id, or ""
+	ArrivalDate  string      // Arrival-Date, or ""
+	Recipients   []DSNRecipient
+	OriginalType string // content type of the third part ("" when absent)
+	Original     []byte // its content
+}
+
+// DSNRecipient is one per-recipient block of a message/delivery-status.
+type DSNRecipient struct {
+	OriginalRecipient string // "rfc822; a@example.com", or ""
+	FinalRecipient    string // "rfc822; a@example.com"
+	Action            string // failed, delayed, delivered, relayed, expanded
+	Status            string // "5.1.1"
+	RemoteMTA         string // "dns; mx.example.com", or ""
+	DiagnosticCode    string // "smtp; 550 5.1.1 no such user", or ""
+	LastAttemptDate   string
+}
+
+// Address returns the address of FinalRecipient, without its type.
+func (r *DSNRecipient) Address() string {
+	_, a, _ := strings.Cut(r.FinalRecipient, ";")
+	return strings.TrimSpace(a)
+}
+
+// maxDSNBytes bounds what ParseDSN reads from one part.
+const maxDSNBytes = 64 << 20
+
+// ParseDSN parses and checks a multipart/report; report-type=delivery-status
+// message (RFC 3464, RFC 6522). It fails when a required field is missing
+// or malformed: Reporting-MTA, and per recipient Final-Recipient, Action and
+// Status.
+func ParseDSN(r io.Reader) (*DSN, error) {
+	msg, err := mail.ReadMessage(bufio.NewReader(r))
+	if err != nil {
+		return nil, fmt.Errorf("dsn: %w", err)
+	}
+	mt, params, err := mime.ParseMediaType(msg.Header.Get("Content-Type"))
+	if err != nil {
+		return nil, fmt.Errorf("dsn: content-type: %w", err)
+	}
+	if mt != "multipart/report" || !strings.EqualFold(params["report-type"], "delivery-status") {
+		return nil, fmt.Errorf("dsn: not a delivery report: %s report-type=%q", mt, params["report-type"])
+	}
+	if params["boundary"] == "" {
+		return nil, errors.New("dsn: no boundary")
+	}
+	d := &DSN{Header: msg.Header}
+	mr := multipart.NewReader(msg.Body, params["boundary"])
+	sawStatus := false
+	for i := 0; ; i++ {
+		p, err := mr.NextRawPart()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dsn: part %d: %w", i+1, err)
+		}
+		content, err := io.ReadAll(io.LimitReader(p, maxDSNBytes))
+		if err != nil {
+			return nil, fmt.Errorf("dsn: part %d: %w", i+1, err)
+		}
+		ct := p.Header.Get("Content-Type")
+		pt := "text/plain"
+		if ct != "" {
+			if pt, _, err = mime.ParseMediaType(ct); err != nil {
+				return nil, fmt.Errorf("dsn: part %d content-type: %w", i+1, err)
+			}
+		}
+		switch {
+		case i == 0:
+			d.Human = string(content)
+		case pt == "message/delivery-status" || pt == "message/global-delivery-status":
+			if sawStatus {
+				return nil, errors.New("dsn: two delivery-status parts")
+			}
+			sawStatus = true
+			if err := d.parseStatus(content); err != nil {
+				return nil, err
+			}
+		case sawStatus && d.OriginalType == "":
+			d.OriginalType, d.Original = pt, content
+		}
+	}
+	if !sawStatus {
+		return nil, errors.New("dsn: no message/delivery-status part")
+	}
+	return d, nil
+}
+
+func (d *DSN) parseStatus(content []byte) error {
+	tr := textproto.NewReader(bufio.NewReader(bytes.NewReader(content)))
+	for block := 0; ; block++ {
+		h, err := tr.ReadMIMEHeader()
+		if err != nil && err != io.EOF {
+			return fmt.Errorf("dsn: delivery-status block %d: %w", block+1, err)
+		}
+		if len(h) == 0 {
+			if err == io.EOF {
+				break
+			}
+			continue
+		}
+		if block == 0 {
+			d.ReportingMTA = h.Get("Reporting-Mta")
+			d.EnvelopeID = h.Get("Original-Envelope-Id")
+			d.ArrivalDate = h.Get("Arrival-Date")
+			if !typed(d.ReportingMTA) {
+				return fmt.Errorf("dsn: bad or missing Reporting-MTA %q", d.ReportingMTA)
+			}
+		} else {
+			r := DSNRecipient{
+				OriginalRecipient: h.Get("Original-Recipient"),
+				FinalRecipient:    h.Get("Final-Recipient"),
+				Action:            strings.ToLower(h.Get("Action")),
+				Status:            h.Get("Status"),
+				RemoteMTA:         h.Get("Remote-Mta"),
+				DiagnosticCode:    h.Get("Diagnostic-Code"),
+				LastAttemptDate:   h.Get("Last-Attempt-Date"),
+			}
+			if err := r.check(); err != nil {
+				return fmt.Errorf("dsn: recipient %d: %w", len(d.Recipients)+1, err)
+			}
+			d.Recipients = append(d.Recipients, r)
+		}
+		if err == io.EOF {
+			break
+		}
+	}
+	if d.ReportingMTA == "" {
+		return errors.New("dsn: no per-message fields")
+	}
+	if len(d.Recipients) == 0 {
+		return errors.New("dsn: no per-recipient fields")
+	}
+	return nil
+}
+
+func (r *DSNRecipient) check() error {
+	if !typed(r.FinalRecipient) {
+		return fmt.Errorf("bad or missing Final-Recipient %q", r.FinalRecipient)
+	}
+	switch r.Action {
+	case "failed", "delayed", "delivered", "relayed", "expanded":
+	default:
+		return fmt.Errorf("bad Action %q", r.Action)
+	}
+	st, _, _ := strings.Cut(r.Status, " ")
+	if !smtperr.ValidEnhanced(st) {
+		return fmt.Errorf("bad Status %q", r.Status)
+	}
+	for _, f := range []string{r.OriginalRecipient, r.RemoteMTA, r.DiagnosticCode} {
+		if f != "" && !typed(f) {
+			return fmt.Errorf("field without a type: %q", f)
+		}
+	}
+	return nil
+}
+
+// typed reports whether v has the "type; value" shape of RFC 3464 fields.
+func typed(v string) bool {
+	t, rest, ok := strings.Cut(v, ";")
+	return ok && strings.TrimSpace(t) != "" && !strings.ContainsAny(strings.TrimSpace(t), " \t") && strings.TrimSpace(rest) != ""
+}

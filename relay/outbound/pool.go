@@ -1,0 +1,106 @@
+package outbound
+
+import (
+	"sync"
+	"time"
+)
+
+// maxIdlePerKey bounds the idle connections kept per (address, TLS mode,
+// route); busier hosts are bounded by per-domain concurrency anyway.
+const maxIdlePerKey = 4
+
+// pool keeps set-up connections after a clean transaction so the next
+// message to the same host skips connect, greeting, EHLO, STARTTLS and AUTH.
+type pool struct {
+	mu     sync.Mutex
+	idle   map[connKey][]*conn
+	closed bool
+}
+
+func newPool() *pool { return &pool{idle: make(map[connKey][]*conn)} }
+
+// get takes the most recently used idle connection for k, or nil.
+func (p *pool) get(k connKey) *conn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.idle[k]
+	if len(l) == 0 {
+		return nil
+	}
+	cn := l[len(l)-1]
+	p.idle[k] = l[:len(l)-1]
+	if len(p.idle[k]) == 0 {
+		delete(p.idle, k)
+	}
+	cn.idle.Stop()
+	cn.reused = true
+	return cn
+}
+
+// put keeps cn for at most idle, or closes it when the pool is full.
+func (p *pool) put(cn *conn, idle time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || len(p.idle[cn.key]) >= maxIdlePerKey || idle <= 0 {
+		go quit(cn)
+		return
+	}
+	p.idle[cn.key] = append(p.idle[cn.key], cn)
+	cn.idle = time.AfterFunc(idle, func() {
+		if p.remove(cn) {
+			quit(cn)
+		}
+	})
+}
+
+// remove takes cn out of the pool; false when it is no longer there.
+func (p *pool) remove(cn *conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.idle[cn.key]
+	for i, x := range l {
+		if x == cn {
+			p.idle[cn.key] = append(l[:i:i], l[i+1:]...)
+			if len(p.idle[cn.key]) == 0 {
+				delete(p.idle, cn.key)
+			}
+			return true
+		}
+	}
+	return false
+}
+
+// closeAll closes every idle connection; later puts close at once.
+func (p *pool) closeAll() {
+	p.mu.Lock()
+	var all []*conn
+	for _, l := range p.idle {
+		all = append(all, l...)
+	}
+	p.idle = make(map[connKey][]*conn)
+	p.closed = true
+	p.mu.Unlock()
+	for _, cn := range all {
+		cn.idle.Stop()
+		quit(cn)
+	}
+}
+
+// size returns the number of idle connections (for tests and metrics).
+func (p *pool) size() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.idle {
+		n += len(l)
+	}
+	return n
+}
+
+// quit ends a connection politely, without waiting long for the reply.
+func quit(cn *conn) {
+	cn.c.CommandTimeout = 5 * time.Second
+	if cn.c.Quit() != nil {
+		cn.close()
+	}
+}

@@ -1,0 +1,303 @@
+package outbound
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// Defaults for the ages in [delivery] when the configuration leaves them 0.
+const (
+	defaultMaxQueueAge  = 120 * time.Hour
+	defaultDelayWarning = 4 * time.Hour
+)
+
+// record turns an attempt into reports and a queue.Result: expiry first,
+// then the DSNs (queued before Done marks their recipients), then Done,
+// then the log lines.
+func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, body queue.Body) {
+	now := a.now()
+	age := now.Sub(env.Arrived)
+	maxAge := orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge)
+	expired := map[int]bool{}
+	for i := range at.rcpts {
+		r := &at.rcpts[i]
+		if r.state == queue.Pending && !env.Arrived.IsZero() && age > maxAge {
+			last := "no attempt made"
+			if r.reply != nil {
+				last = r.reply.Error()
+			}
+			r.state = queue.Failed
+			r.reply = &smtperr.Error{Enhanced: "4.4.7",
+				Msg: fmt.Sprintf("message expired after %s in the queue; last error: %s", age.Round(time.Minute), last)}
+			expired[r.index] = true
+		}
+	}
+	res := queue.Result{LastError: at.lastErr, DelayWarned: env.DelayWarned}
+	if body != nil {
+		a.reports(env, cfg, at, body, &res, now)
+	}
+	for _, r := range at.rcpts {
+		u := queue.RcptUpdate{Index: r.index, State: r.state}
+		if r.reply != nil {
+			u.Code = r.reply.Code
+			u.Reply = replyText(r.reply)
+			if r.state != queue.Delivered && res.LastError == "" {
+				res.LastError = env.Recipients[r.index].Address + ": " + r.reply.Error()
+			}
+		}
+		res.Recipients = append(res.Recipients, u)
+	}
+	if err := a.q.Done(env.ID, res); err != nil {
+		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
+	}
+	a.logAttempt(env, at, expired)
+}
+
+// reports queues the DSNs this attempt calls for. A failure report that
+// cannot be queued leaves its recipients Pending, to be reported next time.
+func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, body queue.Body, res *queue.Result, now time.Time) {
+	if env.From == "" {
+		// Never a report about a report (RFC 3464 §2, RFC 5321 §6.1).
+		return
+	}
+	remote := func(r *rcptResult) string { return r.remote }
+	var failed, success, delayed []dsnRcpt
+	var failedIdx []int
+	for i := range at.rcpts {
+		r := &at.rcpts[i]
+		rc := &env.Recipients[r.index]
+		switch r.state {
+		case queue.Failed:
+			if rc.Notify.Has(queue.NotifyFailure) {
+				failed = append(failed, dsnRcpt{rcpt: rc, action: "failed", reply: r.reply, remote: remote(r)})
+				failedIdx = append(failedIdx, i)
+			}
+		case queue.Delivered:
+			if rc.Notify.Has(queue.NotifySuccess) {
+				act := "delivered"
+				if r.relayed {
+					act = "relayed" // RFC 3461 §6.2.1: next hop has no DSN
+				}
+				success = append(success, dsnRcpt{rcpt: rc, action: act, reply: r.reply, remote: remote(r)})
+			}
+		case queue.Pending:
+			if rc.Notify.Has(queue.NotifyDelay) {
+				delayed = append(delayed, dsnRcpt{rcpt: rc, action: "delayed", reply: r.reply, remote: remote(r)})
+			}
+		}
+	}
+	host := cfg.Hostname
+	if len(failed) > 0 {
+		if err := a.sendReport(env, body, host, failed, now); err != nil {
+			a.log.Error("cannot queue bounce; recipients stay pending", "queue_id", env.ID, "err", err)
+			for _, i := range failedIdx {
+				at.rcpts[i].state = queue.Pending
+			}
+			res.LastError = "queueing bounce: " + err.Error()
+		}
+	}
+	if len(success) > 0 {
+		if err := a.sendReport(env, body, host, success, now); err != nil {
+			a.log.Error("cannot queue success report", "queue_id", env.ID, "err", err)
+		}
+	}
+	if !env.DelayWarned && now.Sub(env.Arrived) >= orDur(cfg.Delivery.DelayWarning, defaultDelayWarning) && hasPending(at) {
+		res.DelayWarned = true
+		if len(delayed) > 0 {
+			if err := a.sendReport(env, body, host, delayed, now); err != nil {
+				a.log.Error("cannot queue delay report", "queue_id", env.ID, "err", err)
+				res.DelayWarned = false
+			}
+		}
+	}
+}
+
+func hasPending(at *attempt) bool {
+	for _, r := range at.rcpts {
+		if r.state == queue.Pending {
+			return true
+		}
+	}
+	return false
+}
+
+// sendReport builds a DSN and queues it from the null sender.
+func (a *Agent) sendReport(env *queue.Envelope, body queue.Body, hostname string, rcpts []dsnRcpt, now time.Time) error {
+	msg, err := buildDSN(&dsnInput{hostname: hostname, env: env, body: body, rcpts: rcpts, now: now})
+	if err != nil {
+		return err
+	}
+	rep := &queue.Envelope{
+		From:       "",
+		Recipients: []queue.Recipient{{Address: env.From}},
+		Arrived:    now,
+		SMTPUTF8:   env.SMTPUTF8,
+		BodyType:   msg.bodyType,
+	}
+	if err := a.q.Enqueue(rep, msg.reader()); err != nil {
+		return err
+	}
+	a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.ID, "action", rcpts[0].action, "to", env.From, "rcpts", len(rcpts))
+	return nil
+}
+
+// BounceNow bounces every pending recipient of message id at once (the
+// operator's `mailhop queue bounce ID`): a failure report goes to the
+// sender (unless NOTIFY or a null sender forbid it) and the recipients are
+// marked Failed.
+func (a *Agent) BounceNow(id string) error {
+	env, err := a.q.Claim(id)
+	if err != nil {
+		return err
+	}
+	cfg := a.config()
+	body, err := a.q.Body(id)
+	if err != nil {
+		_ = a.q.Requeue(id)
+		return err
+	}
+	defer body.Close()
+	at := &attempt{}
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		if r.State != queue.Pending {
+			continue
+		}
+		msg := "bounced by the administrator"
+		if r.Reply != "" {
+			msg += "; last error: " + r.Reply
+		}
+		at.rcpts = append(at.rcpts, rcptResult{index: i, state: queue.Failed,
+			reply: &smtperr.Error{Enhanced: "5.0.0", Msg: msg}})
+	}
+	a.record(env, cfg, at, body)
+	for _, r := range at.rcpts {
+		if r.state != queue.Failed {
+			return fmt.Errorf("outbound: bounce of %s could not be queued; recipients stay pending", id)
+		}
+	}
+	return nil
+}
+
+// replyText is what the queue keeps as a recipient's last reply:
+// "5.1.1 text", the code being stored apart.
+func replyText(e *smtperr.Error) string {
+	if e.Enhanced != "" {
+		return e.Enhanced + " " + e.Msg
+	}
+	return e.Msg
+}
+
+func orDur(d config.Duration, def time.Duration) time.Duration {
+	if d.Duration > 0 {
+		return d.Duration
+	}
+	return def
+}
+
+// logAttempt writes one line per domain group attempted and one per final
+// recipient outcome, and counts them.
+func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
+	next := ""
+	if e, err := a.q.Get(env.ID); err == nil && e.Pending() > 0 {
+		next = e.NextAttempt.Format(time.RFC3339)
+	}
+	for _, g := range at.groups {
+		attrs := []any{"queue_id", env.ID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
+			"tls", g.tls, "dur", g.dur.Round(time.Millisecond)}
+		code, reply := 0, ""
+		if g.err != nil {
+			code, reply = g.err.Code, g.err.Error()
+		} else if len(g.rcpts) > 0 && g.rcpts[0].reply != nil {
+			code, reply = g.rcpts[0].reply.Code, replyText(g.rcpts[0].reply)
+		}
+		attrs = append(attrs, "code", code, "reply", reply)
+		if groupPending(g) && next != "" {
+			attrs = append(attrs, "next_attempt", next)
+		} else {
+			attrs = append(attrs, "outcome", "done")
+		}
+		a.log.Info("attempt", attrs...)
+	}
+	for _, r := range at.rcpts {
+		rc := env.Recipients[r.index]
+		attrs := []any{"queue_id", env.ID, "rcpt", rc.Address}
+		if r.reply != nil {
+			attrs = append(attrs, "code", r.reply.Code, "reply", replyText(r.reply))
+		}
+		if r.remote != "" {
+			attrs = append(attrs, "mx", r.remote)
+		}
+		switch {
+		case r.state == queue.Delivered:
+			a.stats.delivered.Add(1)
+			a.log.Info("delivered", attrs...)
+		case r.state == queue.Failed && expired[r.index]:
+			a.stats.bounced.Add(1)
+			a.log.Info("expired", attrs...)
+		case r.state == queue.Failed:
+			a.stats.bounced.Add(1)
+			a.log.Info("bounced", attrs...)
+		default:
+			a.stats.deferred.Add(1)
+			a.log.Debug("deferred", attrs...)
+		}
+	}
+}
+
+func groupPending(g groupResult) bool {
+	for _, r := range g.rcpts {
+		if r.state == queue.Pending {
+			return true
+		}
+	}
+	return false
+}
+
+// limiter bounds concurrent deliveries per domain; entries exist only
+// while used, so the map does not grow with the number of domains seen.
+type limiter struct {
+	mu  sync.Mutex
+	max int
+	m   map[string]*slot
+}
+
+type slot struct {
+	ch    chan struct{}
+	users int
+}
+
+func newLimiter(max int) *limiter { return &limiter{max: max, m: make(map[string]*slot)} }
+
+func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
+	l.mu.Lock()
+	s := l.m[key]
+	if s == nil {
+		s = &slot{ch: make(chan struct{}, l.max)}
+		l.m[key] = s
+	}
+	s.users++
+	l.mu.Unlock()
+	select {
+	case s.ch <- struct{}{}:
+		return func() { <-s.ch; l.leave(key, s) }, nil
+	case <-ctx.Done():
+		l.leave(key, s)
+		return nil, ctx.Err()
+	}
+}
+
+func (l *limiter) leave(key string, s *slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s.users--
+	if s.users == 0 {
+		delete(l.m, key)
+	}
+}

@@ -1,0 +1,154 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// MXResolver is what the agent asks of DNS; *dnsmx.Resolver implements it.
+// Errors should be *dnsmx.Error; any other error is treated as temporary.
+type MXResolver interface {
+	LookupMX(ctx context.Context, domain string) ([]dnsmx.MX, error)
+	LookupHost(ctx context.Context, host string) ([]netip.Addr, error)
+}
+
+// noTLSFor is how long a host whose STARTTLS handshake failed is reached
+// in plain text before STARTTLS is tried again.
+const noTLSFor = 3 * time.Hour
+
+// routeFor returns the [[route]] for domain: an exact match first, then "*".
+func routeFor(cfg *config.Config, domain string) *config.Route {
+	var star *config.Route
+	for i := range cfg.Route {
+		r := &cfg.Route[i]
+		for _, d := range r.Domains {
+			d = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), "."))
+			switch d {
+			case domain:
+				return r
+			case "*":
+				if star == nil {
+					star = r
+				}
+			}
+		}
+	}
+	return star
+}
+
+// smarthosts returns a route's "host:port" list.
+func smarthosts(r *config.Route) []string {
+	if len(r.Smarthosts) > 0 {
+		return r.Smarthosts
+	}
+	switch v := r.Smarthost.(type) {
+	case string:
+		return []string{v}
+	case []string:
+		return v
+	case []any:
+		var out []string
+		for _, x := range v {
+			if s, ok := x.(string); ok {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// targets lists where mail for domain goes, in the order to try.
+func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) ([]target, error) {
+	if r := routeFor(cfg, domain); r != nil && len(smarthosts(r)) > 0 {
+		var out []target
+		for _, hp := range smarthosts(r) {
+			host, portStr, err := net.SplitHostPort(hp)
+			if err != nil {
+				host, portStr = hp, "25"
+			}
+			port, _ := strconv.Atoi(portStr)
+			t := target{host: host, port: port, route: r}
+			if ip, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+				t.addrs = []netip.Addr{ip}
+			}
+			out = append(out, t)
+		}
+		return out, nil
+	}
+	mxs, err := a.resolver.LookupMX(ctx, domain)
+	if err != nil {
+		return nil, err
+	}
+	port := cfg.Delivery.MXPort
+	if port == 0 {
+		port = 25
+	}
+	out := make([]target, 0, len(mxs))
+	for _, mx := range mxs {
+		addrs := mx.Addrs
+		if addrs == nil {
+			addrs = []netip.Addr{} // no address: nothing to try (LookupMX resolves them)
+		}
+		out = append(out, target{host: strings.TrimSuffix(mx.Host, "."), addrs: addrs, port: port})
+	}
+	return out, nil
+}
+
+// dnsFailure converts a lookup error for the DSN and the queue.
+func dnsFailure(err error) *smtperr.Error {
+	var e *dnsmx.Error
+	if errors.As(err, &e) {
+		return &smtperr.Error{Enhanced: e.Enhanced, Msg: e.Error()}
+	}
+	if dnsmx.IsTemporary(err) {
+		return &smtperr.Error{Enhanced: dnsmx.CodeTemporary, Msg: err.Error()}
+	}
+	return &smtperr.Error{Enhanced: dnsmx.CodeNoSuchDomain, Msg: err.Error()}
+}
+
+// modeFor picks the TLS mode for t at addr.
+func (a *Agent) modeFor(t *target, addr netip.Addr) string {
+	if t.route != nil {
+		switch t.route.TLS {
+		case config.RouteTLSImplicit:
+			return modeImplicit
+		case config.RouteTLSNone:
+			return modePlain
+		}
+		return modeStartTLS
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if until, ok := a.noTLS[addr]; ok {
+		if a.now().Before(until) {
+			return modePlain
+		}
+		delete(a.noTLS, addr)
+	}
+	return modeOpportunistic
+}
+
+// rememberNoTLS records a failed STARTTLS handshake with addr.
+func (a *Agent) rememberNoTLS(addr netip.Addr) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	if len(a.noTLS) > 10000 {
+		for k, until := range a.noTLS {
+			if now.After(until) {
+				delete(a.noTLS, k)
+			}
+		}
+	}
+	a.noTLS[addr] = now.Add(noTLSFor)
+}

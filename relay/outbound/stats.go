@@ -1,0 +1,80 @@
+package outbound
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"sync/atomic"
+	"time"
+)
+
+// Stats is a snapshot of the agent's counters since New, for metrics.
+type Stats struct {
+	Delivered    uint64        // recipients delivered
+	Deferred     uint64        // recipient attempts left pending
+	Bounced      uint64        // recipients failed (including expired)
+	TLSConns     uint64        // outbound connections that used TLS
+	Attempts     uint64        // domain-group attempts
+	AttemptTotal time.Duration // summed duration of those attempts
+	IdleConns    int           // connections kept for reuse now
+}
+
+type counters struct {
+	delivered, deferred, bounced, tlsConns, attempts atomic.Uint64
+	attemptNanos                                     atomic.Int64
+}
+
+// Stats returns the current counters.
+func (a *Agent) Stats() Stats {
+	return Stats{
+		Delivered:    a.stats.delivered.Load(),
+		Deferred:     a.stats.deferred.Load(),
+		Bounced:      a.stats.bounced.Load(),
+		TLSConns:     a.stats.tlsConns.Load(),
+		Attempts:     a.stats.attempts.Load(),
+		AttemptTotal: time.Duration(a.stats.attemptNanos.Load()),
+		IdleConns:    a.pool.size(),
+	}
+}
+
+// maxReceived is the most Received fields a message may carry before it is
+// taken for a loop (RFC 5321 §6.3 suggests 100 as an upper bound; 50 is
+// the usual MTA choice).
+const maxReceived = 50
+
+// maxHeaderBytes bounds how much of a stored message is read as its header.
+const maxHeaderBytes = 1 << 20
+
+// headerBlock returns the header block of a stored message (without the
+// blank line ending it), at most maxHeaderBytes.
+func headerBlock(r io.ReaderAt, size int64) []byte {
+	br := bufio.NewReader(io.NewSectionReader(r, 0, min(size, maxHeaderBytes)))
+	var out bytes.Buffer
+	atStart := true
+	for {
+		line, err := br.ReadSlice('\n')
+		if atStart && (bytes.Equal(line, []byte("\r\n")) || bytes.Equal(line, []byte("\n"))) {
+			break
+		}
+		out.Write(line)
+		atStart = err == nil
+		if err != nil && err != bufio.ErrBufferFull {
+			break
+		}
+	}
+	return out.Bytes()
+}
+
+// countReceived counts the Received fields in a stored message's header.
+func countReceived(b interface {
+	io.ReaderAt
+	Size() int64
+}) (int, error) {
+	n := 0
+	for _, line := range bytes.Split(headerBlock(b, b.Size()), []byte("\n")) {
+		if len(line) >= 9 && bytes.EqualFold(line[:9], []byte("received:")) {
+			n++
+		}
+	}
+	return n, nil
+}

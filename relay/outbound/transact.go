@@ -1,0 +1,217 @@
+package outbound
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// rcptResult is one recipient's outcome in one attempt.
+type rcptResult struct {
+	index   int             // into Envelope.Recipients
+	state   queue.RcptState // Delivered, Pending or Failed
+	reply   *smtperr.Error  // the reply (a 250 when delivered) or the failure
+	remote  string          // the host that answered, "" when none did
+	relayed bool            // delivered to a server without the DSN extension
+}
+
+// txn is one SMTP transaction for a domain group.
+type txn struct {
+	env   *queue.Envelope
+	body  queue.Body
+	rcpts []int // indices into env.Recipients
+}
+
+// transact runs MAIL, RCPT and DATA on cn. It returns a result per
+// recipient, or a *stageError when the connection failed before any
+// recipient's fate was decided (the caller tries the next address). broken
+// reports that cn must not be reused.
+func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts) (res []rcptResult, broken bool, serr *stageError) {
+	stop := context.AfterFunc(ctx, func() { cn.raw.Close() })
+	defer func() {
+		if !stop() {
+			broken = true
+		}
+	}()
+	c := cn.c
+	c.CommandTimeout = tm.command
+	if cn.reused {
+		// RFC 5321 §4.1.1.5: a clean state before the next transaction.
+		if err := c.Reset(); err != nil {
+			return nil, true, stageErr("rset", err)
+		}
+	}
+	all := func(st queue.RcptState, e *smtperr.Error) []rcptResult {
+		out := make([]rcptResult, len(t.rcpts))
+		for i, idx := range t.rcpts {
+			out[i] = rcptResult{index: idx, state: st, reply: e, remote: cn.host}
+		}
+		return out
+	}
+	env := t.env
+	size := t.body.Size()
+	if env.SMTPUTF8 && !cn.utf8 {
+		// RFC 6531 §3.4: no downgrade here; the message cannot be sent.
+		return all(queue.Failed, smtperr.New(0, "5.6.7", "message needs SMTPUTF8, which %s does not support", cn.host)), false, nil
+	}
+	if cn.maxSize > 0 && size > cn.maxSize {
+		// RFC 1870 §6.1: the server said it will not take it.
+		return all(queue.Failed, smtperr.New(0, "5.3.4", "message of %d bytes exceeds the %d-byte limit of %s", size, cn.maxSize, cn.host)), false, nil
+	}
+
+	opts := &smtp.MailOptions{Size: size, UTF8: env.SMTPUTF8, EnvelopeID: env.EnvID}
+	switch strings.ToUpper(env.BodyType) {
+	case "8BITMIME":
+		opts.Body = smtp.Body8BitMIME
+	case "7BIT":
+		opts.Body = smtp.Body7Bit
+	}
+	switch strings.ToUpper(env.Ret) {
+	case "FULL":
+		opts.Return = smtp.DSNReturnFull
+	case "HDRS":
+		opts.Return = smtp.DSNReturnHeaders
+	}
+	if err := c.Mail(env.From, opts); err != nil {
+		if se, ok := replyError(err); ok && se.Code != 421 {
+			_ = c.Reset()
+			return all(stateOf(se), se), false, nil
+		}
+		return nil, true, stageErr("mail", err)
+	}
+
+	res = make([]rcptResult, len(t.rcpts))
+	var accepted []int // positions in res
+	for i, idx := range t.rcpts {
+		r := &env.Recipients[idx]
+		res[i] = rcptResult{index: idx, remote: cn.host}
+		if err := c.Rcpt(r.Address, rcptOptions(r)); err != nil {
+			se, ok := replyError(err)
+			if !ok || se.Code == 421 {
+				return nil, true, stageErr("rcpt", err)
+			}
+			res[i].state, res[i].reply = stateOf(se), se
+			continue
+		}
+		accepted = append(accepted, i)
+	}
+	if len(accepted) == 0 {
+		if err := c.Reset(); err != nil {
+			return res, true, nil
+		}
+		return res, false, nil
+	}
+	setAccepted := func(st queue.RcptState, e *smtperr.Error) {
+		for _, i := range accepted {
+			res[i].state, res[i].reply = st, e
+		}
+	}
+
+	// From here on a dropped connection leaves the accepted recipients
+	// Pending: the server may or may not have the message (RFC 5321 §6.1
+	// prefers a duplicate to a loss).
+	c.CommandTimeout = tm.dataInit
+	w, err := c.Data()
+	c.CommandTimeout = tm.command
+	if err != nil {
+		if se, ok := replyError(err); ok {
+			setAccepted(stateOf(se), se)
+			return res, se.Code == 421, nil
+		}
+		setAccepted(queue.Pending, stageErr("data", err).err)
+		return res, true, nil
+	}
+	cn.raw.SetDeadline(time.Now().Add(tm.data))
+	_, err = io.Copy(w, io.NewSectionReader(t.body, 0, size))
+	if err != nil {
+		setAccepted(queue.Pending, stageErr("data transfer", err).err)
+		return res, true, nil
+	}
+	c.SubmissionTimeout = tm.dataEnd
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		if se, ok := replyError(err); ok {
+			setAccepted(stateOf(se), se)
+			return res, se.Code == 421, nil
+		}
+		setAccepted(queue.Pending, stageErr("end of data", err).err)
+		return res, true, nil
+	}
+	enh, text := smtperr.ParseReply(strings.ReplaceAll(resp.StatusText, "\n", " "))
+	ok := &smtperr.Error{Code: 250, Enhanced: enh, Msg: text}
+	setAccepted(queue.Delivered, ok)
+	for _, i := range accepted {
+		res[i].relayed = !cn.dsn
+	}
+	return res, false, nil
+}
+
+// replyError reports whether err is a reply from the server (as opposed to
+// a network or local error).
+func replyError(err error) (*smtperr.Error, bool) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return smtperr.FromSMTP(se), true
+	}
+	return nil, false
+}
+
+// stateOf maps a server's reply to a recipient state.
+func stateOf(e *smtperr.Error) queue.RcptState {
+	switch {
+	case e.Code >= 200 && e.Code < 300:
+		return queue.Delivered
+	case e.Temporary():
+		return queue.Pending
+	}
+	return queue.Failed
+}
+
+// rcptOptions carries the recipient's DSN parameters (RFC 3461 §4); go-smtp
+// only sends them when the server offers DSN.
+func rcptOptions(r *queue.Recipient) *smtp.RcptOptions {
+	o := &smtp.RcptOptions{}
+	n := r.Notify
+	switch {
+	case n == 0:
+	case n&queue.NotifyNever != 0:
+		o.Notify = []smtp.DSNNotify{smtp.DSNNotifyNever}
+	default:
+		if n&queue.NotifySuccess != 0 {
+			o.Notify = append(o.Notify, smtp.DSNNotifySuccess)
+		}
+		if n&queue.NotifyFailure != 0 {
+			o.Notify = append(o.Notify, smtp.DSNNotifyFailure)
+		}
+		if n&queue.NotifyDelay != 0 {
+			o.Notify = append(o.Notify, smtp.DSNNotifyDelayed)
+		}
+	}
+	if typ, addr, ok := strings.Cut(r.ORCPT, ";"); ok && addr != "" {
+		switch strings.ToLower(strings.TrimSpace(typ)) {
+		case "rfc822":
+			if isPrintableASCII(addr) {
+				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
+			}
+		case "utf-8":
+			o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeUTF8, addr
+		}
+	}
+	return o
+}
+
+func isPrintableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
