@@ -2,9 +2,10 @@
 // which hosts, at which addresses, should mail for a domain go to?
 //
 // Every query goes through github.com/miekg/dns to the configured servers
-// (or those of /etc/resolv.conf), tried in order: UDP with EDNS0 (1232-byte
-// payload, RFC 9715 advice) and the RD bit set, retried over TCP when the
-// answer comes back truncated (TC bit).
+// (or those of /etc/resolv.conf), tried in order: UDP with EDNS0 (a
+// 1232-byte payload, the DNS Flag Day 2020 value that avoids IP
+// fragmentation) and the RD bit set, retried over TCP when the answer comes
+// back truncated (TC bit).
 //
 // LookupMX follows RFC 5321 §5.1 and RFC 7505:
 //

@@ -31,7 +31,11 @@ func (e *Error) Error() string {
 
 // IsTemporary reports whether err is a temporary DNS failure. Errors that are
 // not (or do not wrap) a *Error are temporary: an unknown failure is retried.
+// A nil error is not a failure, so not temporary.
 func IsTemporary(err error) bool {
+	if err == nil {
+		return false
+	}
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Temporary

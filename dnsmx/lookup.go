@@ -196,8 +196,8 @@ func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) ([]netip.Addr, 
 	}
 	var v4, v6 result
 	var wg sync.WaitGroup
-	wg.Go(func() { v4.rrs, v4.nx, v4.err = r.resolve(ctx, fqdn, dns.TypeA) })
 	wg.Go(func() { v6.rrs, v6.nx, v6.err = r.resolve(ctx, fqdn, dns.TypeAAAA) })
+	v4.rrs, v4.nx, v4.err = r.resolve(ctx, fqdn, dns.TypeA)
 	wg.Wait()
 
 	var addrs []netip.Addr

@@ -557,6 +557,9 @@ func TestError_As(t *testing.T) {
 	if !strings.Contains(e.Error(), "missing.example") || !strings.Contains(e.Error(), "5.1.2") {
 		t.Errorf("Error() = %q", e.Error())
 	}
+	if IsTemporary(nil) {
+		t.Error("IsTemporary(nil) = true")
+	}
 	if !IsTemporary(errors.New("something unknown")) {
 		t.Error("an unknown error must be temporary")
 	}
