@@ -1,13 +1,36 @@
-// Package queue is mailhop's durable mail queue.
+// Package queue is mailhop's durable mail queue: it keeps every accepted
+// message until each of its recipients is delivered or has failed, and
+// decides when each message is tried next.
 //
-// STUB: the API below is final; the implementation is being written.
+// The life of a message:
+//
+//  1. Enqueue stores envelope and body; it returns only when both are on
+//     stable storage (this is what lets the SMTP server answer 250).
+//  2. The message is due at once. Next hands it to the delivery agent and
+//     no one else until Done (or Requeue).
+//  3. Done records the attempt's outcome per recipient (durably). Recipients
+//     still Pending are tried again after the next retry interval
+//     (Options.RetryIntervals, the last repeating, with ±10% jitter). When
+//     none is Pending the message leaves the queue.
+//
+// Scheduling is one min-heap of due times under one mutex: a million
+// deferred messages are a million small heap entries, not goroutines or
+// timers. Only Enqueue, Done, Hold, Release and Delete write to storage;
+// Flush and Requeue change the in-memory schedule only (after a restart
+// every message is due at its last recorded time).
 package queue
 
 import (
+	"container/heap"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 )
 
@@ -17,35 +40,160 @@ var ErrNotFound = errors.New("queue: no such message")
 // ErrClosed is returned after Close.
 var ErrClosed = errors.New("queue: closed")
 
+// ErrBusy is returned by Claim for a message that is being delivered.
+var ErrBusy = errors.New("queue: message is being delivered")
+
 // Options configures a Queue.
 type Options struct {
 	// RetryIntervals are the waits between attempts; the last one repeats.
+	// Empty: 1m, 5m, 15m, 30m, 1h, 2h, 4h.
 	RetryIntervals []time.Duration
 	// Logger receives recovery and storage events. Nil: slog.Default().
 	Logger *slog.Logger
 	// Now is the clock. Nil: time.Now.
 	Now func() time.Time
+	// Store replaces the embedded LogStore (which Open creates in dir).
+	Store Store
 }
 
+// DefaultRetryIntervals is used when Options.RetryIntervals is empty.
+var DefaultRetryIntervals = []time.Duration{time.Minute, 5 * time.Minute, 15 * time.Minute,
+	30 * time.Minute, time.Hour, 2 * time.Hour, 4 * time.Hour}
+
 // Queue is the durable queue. Its methods are safe for concurrent use.
-type Queue struct{}
+type Queue struct {
+	store Store
+	opts  Options
+	ids   idGen
+
+	mu     sync.Mutex
+	sched  map[string]*slot
+	heap   slotHeap
+	wake   chan struct{} // closed and replaced when the heap changes
+	closed bool
+}
+
+// slot is the scheduler's view of one message.
+type slot struct {
+	id       string
+	due      time.Time
+	idx      int // in heap, -1 when not
+	held     bool
+	inflight bool
+	domains  []string // of pending recipients, for Flush(domain)
+	pending  int      // recipients still pending
+}
 
 // Open opens (creating if needed) the queue stored in dir and recovers every
 // message found there.
-func Open(dir string, opts Options) (*Queue, error) { return nil, errors.New("not implemented") }
+func Open(dir string, opts Options) (*Queue, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if len(opts.RetryIntervals) == 0 {
+		opts.RetryIntervals = DefaultRetryIntervals
+	}
+	store := opts.Store
+	if store == nil {
+		var err error
+		if store, err = OpenLogStore(filepath.Clean(dir), opts.Logger); err != nil {
+			return nil, err
+		}
+	}
+	q := &Queue{store: store, opts: opts, sched: make(map[string]*slot), wake: make(chan struct{})}
+	q.ids.now = opts.Now
+	for _, env := range store.Messages() {
+		q.ids.observe(env.ID)
+		q.schedule(env)
+	}
+	return q, nil
+}
+
+// schedule adds env to the scheduler. Called under mu, or before sharing.
+func (q *Queue) schedule(env *Envelope) {
+	s := &slot{id: env.ID, due: env.NextAttempt, idx: -1, held: env.Held, domains: pendingDomains(env), pending: env.Pending()}
+	q.sched[env.ID] = s
+	if !s.held {
+		heap.Push(&q.heap, s)
+	}
+}
+
+func pendingDomains(env *Envelope) []string {
+	var ds []string
+	for i := range env.Recipients {
+		if env.Recipients[i].State != Pending {
+			continue
+		}
+		d := env.Recipients[i].Domain()
+		found := false
+		for _, x := range ds {
+			if x == d {
+				found = true
+				break
+			}
+		}
+		if !found {
+			ds = append(ds, d)
+		}
+	}
+	return ds
+}
+
+// signal wakes Next. Called under mu.
+func (q *Queue) signal() {
+	close(q.wake)
+	q.wake = make(chan struct{})
+}
 
 // Close stops the queue; Next returns ErrClosed afterwards.
-func (q *Queue) Close() error { return nil }
+func (q *Queue) Close() error {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return nil
+	}
+	q.closed = true
+	q.signal()
+	q.mu.Unlock()
+	return q.store.Close()
+}
 
 // NewID returns a fresh queue ID: unique, and sorting by arrival.
-func (q *Queue) NewID() string { return "" }
+func (q *Queue) NewID() string { return q.ids.next() }
 
 // Enqueue stores a new message durably. env.ID must come from NewID (or be
 // empty, and is then assigned). body is read to EOF; an error reading it
 // aborts the message and is returned (wrapped: errors.Is/As see it). When
 // Enqueue returns nil the envelope and body are on stable storage.
 // env.Size is set from the bytes stored.
-func (q *Queue) Enqueue(env *Envelope, body io.Reader) error { return errors.New("not implemented") }
+func (q *Queue) Enqueue(env *Envelope, body io.Reader) error {
+	if env.ID == "" {
+		env.ID = q.NewID()
+	}
+	if !validID(env.ID) {
+		return fmt.Errorf("queue: bad message id %q", env.ID)
+	}
+	if len(env.Recipients) == 0 {
+		return errors.New("queue: message without recipients")
+	}
+	if env.Arrived.IsZero() {
+		env.Arrived = q.opts.Now()
+	}
+	env.NextAttempt = env.Arrived
+	if err := q.store.Put(env, body); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if _, dup := q.sched[env.ID]; !dup && !q.closed {
+		q.schedule(env)
+		q.signal()
+	}
+	return nil
+}
 
 // Body is a reader over one stored message body.
 type Body interface {
@@ -56,16 +204,88 @@ type Body interface {
 }
 
 // Body opens the body of a queued message.
-func (q *Queue) Body(id string) (Body, error) { return nil, ErrNotFound }
+func (q *Queue) Body(id string) (Body, error) { return q.store.Body(id) }
 
 // Next blocks until a message is due for delivery (not held, not already
 // handed out, NextAttempt reached) and returns a copy of its envelope. The
 // message stays handed out until Done is called for it.
-func (q *Queue) Next(ctx context.Context) (*Envelope, error) { return nil, ErrClosed }
+func (q *Queue) Next(ctx context.Context) (*Envelope, error) {
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		q.mu.Lock()
+		if q.closed {
+			q.mu.Unlock()
+			return nil, ErrClosed
+		}
+		wait := time.Duration(-1)
+		if len(q.heap) > 0 {
+			s := q.heap[0]
+			wait = s.due.Sub(q.opts.Now())
+			if wait <= 0 {
+				heap.Pop(&q.heap)
+				s.inflight = true
+				q.mu.Unlock()
+				env, err := q.store.Get(s.id)
+				if err != nil { // deleted meanwhile
+					q.mu.Lock()
+					delete(q.sched, s.id)
+					q.mu.Unlock()
+					continue
+				}
+				return env, nil
+			}
+		}
+		wake := q.wake
+		q.mu.Unlock()
+		var tc <-chan time.Time
+		if wait > 0 {
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			tc = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-wake:
+		case <-tc:
+		}
+	}
+}
 
 // Claim hands out one message now, whatever its schedule (for an operator's
-// `bounce`); it fails if the message is already handed out.
-func (q *Queue) Claim(id string) (*Envelope, error) { return nil, ErrNotFound }
+// `bounce`); it fails with ErrBusy if the message is already handed out.
+func (q *Queue) Claim(id string) (*Envelope, error) {
+	q.mu.Lock()
+	s, ok := q.sched[id]
+	if !ok {
+		q.mu.Unlock()
+		return nil, ErrNotFound
+	}
+	if s.inflight {
+		q.mu.Unlock()
+		return nil, ErrBusy
+	}
+	if s.idx >= 0 {
+		heap.Remove(&q.heap, s.idx)
+	}
+	s.inflight = true
+	q.mu.Unlock()
+	env, err := q.store.Get(id)
+	if err != nil {
+		q.mu.Lock()
+		delete(q.sched, id)
+		q.mu.Unlock()
+	}
+	return env, err
+}
 
 // RcptUpdate is the outcome of one attempt for one recipient.
 type RcptUpdate struct {
@@ -86,37 +306,235 @@ type Result struct {
 // Done records an attempt's outcome durably and gives the message back to
 // the scheduler. Attempts is incremented. A message with no Pending
 // recipient left is removed from the queue.
-func (q *Queue) Done(id string, res Result) error { return errors.New("not implemented") }
+func (q *Queue) Done(id string, res Result) error {
+	q.mu.Lock()
+	s, ok := q.sched[id]
+	if !ok || !s.inflight {
+		q.mu.Unlock()
+		return ErrNotFound
+	}
+	q.mu.Unlock()
+	env, err := q.store.Get(id)
+	if err != nil {
+		q.forget(id)
+		return err
+	}
+	u := &StateUpdate{ID: id, Attempts: env.Attempts + 1, LastError: res.LastError,
+		DelayWarned: env.DelayWarned || res.DelayWarned, Rcpts: res.Recipients}
+	u.NextAttempt = res.RetryAt
+	if u.NextAttempt.IsZero() {
+		u.NextAttempt = q.opts.Now().Add(q.retryAfter(u.Attempts))
+	}
+	after, removed, err := q.store.Update(u)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			q.forget(id)
+		} else {
+			q.Requeue(id) // keep it scheduled; the attempt is retried
+		}
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if removed {
+		delete(q.sched, id)
+		return nil
+	}
+	s.inflight = false
+	s.due = after.NextAttempt
+	s.held = after.Held
+	s.domains = pendingDomains(after)
+	s.pending = after.Pending()
+	if !s.held {
+		heap.Push(&q.heap, s)
+		q.signal()
+	}
+	return nil
+}
+
+func (q *Queue) forget(id string) {
+	q.mu.Lock()
+	if s, ok := q.sched[id]; ok && s.idx >= 0 {
+		heap.Remove(&q.heap, s.idx)
+	}
+	delete(q.sched, id)
+	q.mu.Unlock()
+}
+
+// retryAfter is the wait after the n-th attempt, with ±10% jitter.
+func (q *Queue) retryAfter(n int) time.Duration {
+	iv := q.opts.RetryIntervals
+	d := iv[min(max(n-1, 0), len(iv)-1)]
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
 
 // Requeue gives a handed-out message back unchanged (no attempt counted),
 // due at once; used when delivery was cancelled by shutdown.
-func (q *Queue) Requeue(id string) error { return nil }
+func (q *Queue) Requeue(id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.sched[id]
+	if !ok {
+		return ErrNotFound
+	}
+	if s.inflight {
+		s.inflight = false
+		s.due = q.opts.Now()
+		if !s.held {
+			heap.Push(&q.heap, s)
+			q.signal()
+		}
+	}
+	return nil
+}
 
 // List returns copies of every queued envelope, oldest first.
-func (q *Queue) List() []*Envelope { return nil }
+func (q *Queue) List() []*Envelope { return q.store.Messages() }
 
 // Get returns a copy of one envelope.
-func (q *Queue) Get(id string) (*Envelope, error) { return nil, ErrNotFound }
+func (q *Queue) Get(id string) (*Envelope, error) { return q.store.Get(id) }
 
-// Hold stops delivery of a message until Release.
-func (q *Queue) Hold(id string) error { return ErrNotFound }
+// InFlight reports whether a message is being delivered right now.
+func (q *Queue) InFlight(id string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.sched[id]
+	return ok && s.inflight
+}
+
+// Hold stops delivery of a message until Release. A delivery already under
+// way finishes.
+func (q *Queue) Hold(id string) error {
+	if err := q.store.SetHeld(id, true); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if s, ok := q.sched[id]; ok {
+		s.held = true
+		if s.idx >= 0 {
+			heap.Remove(&q.heap, s.idx)
+		}
+	}
+	return nil
+}
 
 // Release ends a hold; the message is due at once.
-func (q *Queue) Release(id string) error { return ErrNotFound }
+func (q *Queue) Release(id string) error {
+	if err := q.store.SetHeld(id, false); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if s, ok := q.sched[id]; ok && s.held {
+		s.held = false
+		s.due = q.opts.Now()
+		if !s.inflight {
+			heap.Push(&q.heap, s)
+			q.signal()
+		}
+	}
+	return nil
+}
 
-// Delete removes a message from the queue without any report.
-func (q *Queue) Delete(id string) error { return ErrNotFound }
+// Delete removes a message from the queue without any report. A delivery
+// under way finishes, but its outcome is not recorded.
+func (q *Queue) Delete(id string) error {
+	if err := q.store.Remove(id); err != nil {
+		return err
+	}
+	q.forget(id)
+	return nil
+}
 
 // Flush makes every queued message (or those with a pending recipient in
 // domain, when domain is not "") due now. It returns how many.
-func (q *Queue) Flush(domain string) int { return 0 }
+func (q *Queue) Flush(domain string) int {
+	domain = strings.ToLower(domain)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := q.opts.Now()
+	n := 0
+	for _, s := range q.sched {
+		if s.held || s.inflight {
+			continue
+		}
+		if domain != "" && !containsString(s.domains, domain) {
+			continue
+		}
+		s.due = now
+		if s.idx >= 0 {
+			heap.Fix(&q.heap, s.idx)
+		} else {
+			heap.Push(&q.heap, s)
+		}
+		n++
+	}
+	if n > 0 {
+		q.signal()
+	}
+	return n
+}
+
+func containsString(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
 
 // Stats is a summary of the queue for metrics.
 type Stats struct {
 	Messages   int
-	Recipients int // pending recipients
-	Oldest     time.Time
+	Recipients int       // pending recipients
+	Oldest     time.Time // arrival of the oldest message (zero when empty)
 }
 
 // Stats returns the queue's current size.
-func (q *Queue) Stats() Stats { return Stats{} }
+func (q *Queue) Stats() Stats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	var st Stats
+	oldest := ""
+	for id, s := range q.sched {
+		st.Messages++
+		st.Recipients += s.pending
+		if oldest == "" || id < oldest {
+			oldest = id
+		}
+	}
+	if t, ok := idTime(oldest); ok {
+		st.Oldest = time.UnixMicro(int64(t))
+	}
+	return st
+}
+
+// slotHeap orders slots by due time (then ID, which is arrival order).
+type slotHeap []*slot
+
+func (h slotHeap) Len() int { return len(h) }
+func (h slotHeap) Less(i, j int) bool {
+	if h[i].due.Equal(h[j].due) {
+		return h[i].id < h[j].id
+	}
+	return h[i].due.Before(h[j].due)
+}
+func (h slotHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].idx, h[j].idx = i, j
+}
+func (h *slotHeap) Push(x any) {
+	s := x.(*slot)
+	s.idx = len(*h)
+	*h = append(*h, s)
+}
+func (h *slotHeap) Pop() any {
+	old := *h
+	s := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	s.idx = -1
+	return s
+}

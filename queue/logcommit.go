@@ -1,0 +1,229 @@
+package queue
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
+)
+
+// maxBatch bounds how many records one write+fsync carries.
+const maxBatch = 512
+
+// commitLoop is the only writer of the log. It takes every record waiting,
+// writes them with one write and one fdatasync, applies their effects in log
+// order, and then wakes their writers.
+func (s *LogStore) commitLoop() {
+	defer close(s.exited)
+	batch := make([]*commitReq, 0, maxBatch)
+	var buf []byte
+	for {
+		r, ok := <-s.reqs
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], r)
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case r, ok := <-s.reqs:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, r)
+			default:
+				break drain
+			}
+		}
+		buf = s.commit(batch, buf[:0])
+		if cap(buf) > 8<<20 {
+			buf = nil
+		}
+		s.maintain()
+	}
+}
+
+// commit writes one batch durably and applies it; it tells each writer.
+func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
+	err := s.ensureActive()
+	var offs []int64
+	if err == nil {
+		seg := s.active
+		offs = make([]int64, len(batch))
+		for i, r := range batch {
+			offs[i] = seg.size + int64(len(buf))
+			buf = append(buf, r.buf...)
+		}
+		if _, err = seg.f.WriteAt(buf, seg.size); err == nil {
+			err = syscall.Fdatasync(int(seg.f.Fd()))
+		}
+		if err != nil {
+			// After a failed write or fsync the file's state is unknown:
+			// never append to it again.
+			err = fmt.Errorf("queue: writing %s: %w", seg.path, err)
+			s.log.Error("queue write failed", "err", err)
+			s.mu.Lock()
+			seg.f.Close()
+			seg.f = nil
+			s.active = nil
+			s.mu.Unlock()
+		} else {
+			s.mu.Lock()
+			seg.size += int64(len(buf))
+			for i, r := range batch {
+				if r.apply != nil {
+					r.apply(seg, offs[i])
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+	for _, r := range batch {
+		r.done <- err
+	}
+	return buf
+}
+
+// ensureActive makes sure there is a segment to append to.
+func (s *LogStore) ensureActive() error {
+	if s.active != nil {
+		return nil
+	}
+	var seq uint64 = 1
+	if n := len(s.segs); n > 0 {
+		seq = s.segs[n-1].seq + 1
+	}
+	seg := &segment{seq: seq, path: s.segPath(seq)}
+	f, err := os.OpenFile(seg.path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	if err == nil {
+		if err = syncDir(s.dir); err != nil {
+			f.Close()
+			os.Remove(seg.path)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("queue: new segment: %w", err)
+	}
+	seg.f = f
+	s.mu.Lock()
+	s.segs = append(s.segs, seg)
+	s.bySeq[seq] = seg
+	s.active = seg
+	s.mu.Unlock()
+	return nil
+}
+
+// maintain rotates a full segment, deletes segments nothing needs, and
+// copies long-lived messages out of the oldest segment when there are many.
+func (s *LogStore) maintain() {
+	if s.active != nil && s.active.size >= s.segMax {
+		s.mu.Lock()
+		s.active.f.Close()
+		s.active.f = nil
+		s.active = nil
+		s.mu.Unlock()
+	}
+	s.deleteDead()
+	if len(s.segs) > compactAt && s.segs[0] != s.active {
+		s.compactOldest()
+		s.deleteDead()
+	}
+}
+
+// deleteDead removes leading segments that no live message refers to.
+func (s *LogStore) deleteDead() {
+	s.mu.Lock()
+	var gone []string
+	for len(s.segs) > 0 && s.segs[0].refs == 0 && s.segs[0] != s.active {
+		seg := s.segs[0]
+		s.segs = s.segs[1:]
+		delete(s.bySeq, seg.seq)
+		gone = append(gone, seg.path)
+	}
+	s.mu.Unlock()
+	for _, p := range gone {
+		if err := os.Remove(p); err != nil {
+			s.log.Warn("queue: removing segment", "path", p, "err", err)
+		}
+	}
+	if len(gone) > 0 {
+		if err := syncDir(s.dir); err != nil {
+			s.log.Warn("queue: syncing after segment removal", "err", err)
+		}
+	}
+}
+
+// compactOldest writes a snapshot of every live message that has a record
+// in the oldest segment, so that segment can go. Runs in the committer, so
+// the snapshots see every record applied so far and nothing else.
+func (s *LogStore) compactOldest() {
+	old := s.segs[0]
+	var f *os.File
+	var fseq uint64
+	var batch []*commitReq
+	size := 0
+	s.mu.Lock()
+	for id, m := range s.msgs {
+		if !slices.Contains(m.segs, old.seq) {
+			continue
+		}
+		b := beginRecord(nil, recMessage)
+		b = append(b, bodyInline, 0, 0, 0, 0, 0, 0, 0, 0)
+		bodyStart := len(b)
+		if m.file {
+			b[bodyStart-9] = bodyFile
+		} else {
+			if f == nil || fseq != m.seq {
+				var err error
+				if f != nil {
+					f.Close()
+				}
+				fseq = m.seq
+				if f, err = os.Open(s.segPath(m.seq)); err != nil {
+					s.log.Error("queue: compaction cannot read segment", "err", err)
+					s.mu.Unlock()
+					return
+				}
+			}
+			b = slices.Grow(b, int(m.env.Size))[:bodyStart+int(m.env.Size)]
+			if _, err := f.ReadAt(b[bodyStart:], m.boff); err != nil {
+				s.log.Error("queue: compaction cannot read body", "queue_id", id, "err", err)
+				f.Close()
+				s.mu.Unlock()
+				return
+			}
+			binary.LittleEndian.PutUint64(b[bodyStart-8:], uint64(m.env.Size))
+		}
+		e := encoder{b: b}
+		e.envelope(m.env)
+		finishRecord(e.b, 0)
+		id, m, file := id, m, m.file
+		batch = append(batch, &commitReq{buf: e.b, done: make(chan error, 1), apply: func(seg *segment, off int64) {
+			if cur, ok := s.msgs[id]; !ok || cur != m {
+				return
+			}
+			for _, q := range m.segs {
+				if sg := s.bySeq[q]; sg != nil {
+					sg.refs--
+				}
+			}
+			m.segs = m.segs[:0]
+			if !file {
+				m.seq, m.boff = seg.seq, off+int64(bodyStart)
+			}
+			s.touch(m, seg)
+		}})
+		size += len(e.b)
+		if len(batch) >= maxBatch || size > 8<<20 {
+			break
+		}
+	}
+	s.mu.Unlock()
+	if f != nil {
+		f.Close()
+	}
+	if len(batch) > 0 {
+		s.commit(batch, nil)
+	}
+}

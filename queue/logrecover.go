@@ -1,0 +1,209 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// recover replays every segment, oldest first. Damage never stops a start:
+// a record that fails its checksum is skipped (its bytes copied to
+// quarantine/), and an incomplete record at the end of a segment, the trace
+// of a crash in mid-write, was never acknowledged and is ignored.
+func (s *LogStore) recover() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	var seqs []uint64
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, "seg-") || !strings.HasSuffix(name, ".log") {
+			continue
+		}
+		seq, err := strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(name, "seg-"), ".log"), 16, 64)
+		if err != nil {
+			s.log.Warn("queue: ignoring unexpected file", "name", name)
+			continue
+		}
+		seqs = append(seqs, seq)
+	}
+	slices.Sort(seqs)
+	for _, seq := range seqs {
+		seg := &segment{seq: seq, path: s.segPath(seq)}
+		data, err := os.ReadFile(seg.path)
+		if err != nil {
+			s.log.Error("queue: unreadable segment moved aside", "path", seg.path, "err", err)
+			s.moveAside(seg.path)
+			continue
+		}
+		seg.size = int64(len(data))
+		s.segs = append(s.segs, seg)
+		s.bySeq[seq] = seg
+		s.replay(seg, data)
+	}
+	s.checkBodies()
+	s.deleteDead()
+	return nil
+}
+
+// replay applies the records of one segment.
+func (s *LogStore) replay(seg *segment, data []byte) {
+	off := 0
+	for off < len(data) {
+		n, ok := recordAt(data, off)
+		if !ok {
+			next := nextRecord(data, off+1)
+			if next < 0 {
+				if tail := len(data) - off; !allZero(data[off:]) {
+					s.log.Warn("queue: ignoring incomplete record at end of segment (crash during a write that was never acknowledged)",
+						"segment", seg.path, "offset", off, "bytes", tail)
+				}
+				return
+			}
+			s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:next])
+			s.log.Error("queue: damaged record moved to quarantine", "segment", seg.path, "offset", off, "bytes", next-off)
+			off = next
+			continue
+		}
+		body := data[off+headerSize : off+headerSize+n]
+		rec, err := parsePayload(body[0], body[1:])
+		if err != nil {
+			s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:off+headerSize+n])
+			s.log.Error("queue: undecodable record moved to quarantine", "segment", seg.path, "offset", off, "err", err)
+		} else {
+			s.replayRecord(seg, int64(off+headerSize+1), rec)
+		}
+		off += headerSize + n
+	}
+}
+
+// recordAt checks the frame at off and returns its length (type+payload).
+func recordAt(data []byte, off int) (int, bool) {
+	if len(data)-off < headerSize+1 {
+		return 0, false
+	}
+	h := data[off:]
+	if binary.LittleEndian.Uint32(h) != recordMagic {
+		return 0, false
+	}
+	n := int(binary.LittleEndian.Uint32(h[4:]))
+	if n < 1 || n > maxRecordLen || n > len(data)-off-headerSize {
+		return 0, false
+	}
+	if crc32.Checksum(h[headerSize:headerSize+n], crcTable) != binary.LittleEndian.Uint32(h[8:]) {
+		return 0, false
+	}
+	return n, true
+}
+
+// nextRecord finds the next valid frame at or after off, or -1.
+func nextRecord(data []byte, off int) int {
+	var magic [4]byte
+	binary.LittleEndian.PutUint32(magic[:], recordMagic)
+	for off < len(data) {
+		i := bytes.Index(data[off:], magic[:])
+		if i < 0 {
+			return -1
+		}
+		if _, ok := recordAt(data, off+i); ok {
+			return off + i
+		}
+		off += i + 1
+	}
+	return -1
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// replayRecord applies one record read back at start. payloadOff is where
+// the record's payload starts in the segment.
+func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord) {
+	switch r.typ {
+	case recMessage:
+		m, ok := s.msgs[r.env.ID]
+		if !ok {
+			m = &storedMsg{}
+			s.msgs[r.env.ID] = m
+		}
+		m.env, m.file = r.env, r.where == bodyFile
+		if !m.file {
+			m.seq, m.boff = seg.seq, payloadOff+int64(r.boff)
+		}
+		s.touch(m, seg)
+	case recState:
+		if m, ok := s.msgs[r.st.ID]; ok {
+			r.st.apply(m.env)
+			s.touch(m, seg)
+		}
+	case recHold:
+		if m, ok := s.msgs[r.id]; ok {
+			m.env.Held = r.held
+			s.touch(m, seg)
+		}
+	case recDone:
+		if m, ok := s.msgs[r.id]; ok {
+			s.drop(r.id, m)
+		}
+	}
+}
+
+// checkBodies moves aside messages whose body file is missing or short, and
+// removes body files that no message refers to (left by a crash between the
+// body's fsync and its record's).
+func (s *LogStore) checkBodies() {
+	for id, m := range s.msgs {
+		if !m.file {
+			continue
+		}
+		fi, err := os.Stat(s.bodyPath(id))
+		if err == nil && fi.Size() == m.env.Size {
+			continue
+		}
+		s.log.Error("queue: message without its body moved to quarantine", "queue_id", id, "err", err)
+		if js, err := json.MarshalIndent(m.env, "", "  "); err == nil {
+			s.quarantine(id+".envelope.json", js)
+		}
+		s.moveAside(s.bodyPath(id))
+		m.file = false
+		s.drop(id, m) // a later start finds it again only if no done record is written; Open writes one
+		s.lost = append(s.lost, id)
+	}
+	entries, _ := os.ReadDir(filepath.Join(s.dir, "bodies"))
+	for _, e := range entries {
+		if m, ok := s.msgs[e.Name()]; !ok || !m.file {
+			os.Remove(filepath.Join(s.dir, "bodies", e.Name()))
+		}
+	}
+}
+
+// quarantine writes data to quarantine/name.
+func (s *LogStore) quarantine(name string, data []byte) {
+	if err := os.WriteFile(filepath.Join(s.dir, "quarantine", name), data, 0o600); err != nil {
+		s.log.Error("queue: cannot write to quarantine", "name", name, "err", err)
+	}
+}
+
+// moveAside renames path into quarantine/.
+func (s *LogStore) moveAside(path string) {
+	if _, err := os.Stat(path); err != nil {
+		return
+	}
+	if err := os.Rename(path, filepath.Join(s.dir, "quarantine", filepath.Base(path))); err != nil {
+		s.log.Error("queue: cannot move aside", "path", path, "err", err)
+	}
+}

@@ -1,0 +1,458 @@
+package queue
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+)
+
+// LogStore is the embedded Store: an append-only log of checksummed records
+// in segment files, with group commit. Each writer encodes its record in its
+// own goroutine and hands it to one committer goroutine, which writes every
+// record that arrived meanwhile with one write and one fdatasync, then wakes
+// the writers. So one fsync covers many messages.
+//
+// Layout of the directory:
+//
+//	LOCK                 flock: one process at a time
+//	seg-<seq>.log        segments; the newest is appended to
+//	bodies/<ID>          bodies larger than InlineMax, one file each
+//	quarantine/          damaged records and envelopes moved aside at start
+//
+// A segment is deleted when no live message has a record in it and every
+// older segment is gone (so a "done" record never outlives the message record
+// it cancels). A message that stays long is copied forward (a snapshot
+// record) so it does not pin old segments.
+type LogStore struct {
+	dir  string
+	log  *slog.Logger
+	lock *os.File
+
+	reqs   chan *commitReq
+	cmu    sync.RWMutex // guards closed against sends on reqs
+	closed bool
+	exited chan struct{}
+
+	mu     sync.Mutex
+	msgs   map[string]*storedMsg
+	segs   []*segment // oldest first; the last is active
+	bySeq  map[uint64]*segment
+	active *segment // nil after a write error until a new one is made
+	lost   []string // messages moved aside at recovery: a done record is due
+	segMax int64    // segment size that starts a new one
+}
+
+// InlineMax is the largest body kept inside the log; larger bodies get a
+// file of their own, so memory does not grow with message size.
+const InlineMax = 64 << 10
+
+// segmentMax is the size at which a new segment is started.
+const segmentMax = 32 << 20
+
+// compactAt is the number of segments above which the oldest is compacted.
+const compactAt = 4
+
+type segment struct {
+	seq  uint64
+	path string
+	f    *os.File // the active segment only
+	size int64
+	refs int // live messages with a record in this segment
+}
+
+type storedMsg struct {
+	env  *Envelope
+	seq  uint64 // segment of the body (inline)
+	boff int64  // offset of the inline body in that segment
+	file bool   // body in bodies/ID
+	segs []uint64
+}
+
+type commitReq struct {
+	buf   []byte
+	apply func(seg *segment, off int64) // under mu, after the fsync
+	done  chan error
+}
+
+// OpenLogStore opens (creating if needed) a log store in dir and recovers it.
+func OpenLogStore(dir string, log *slog.Logger) (*LogStore, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "bodies"), filepath.Join(dir, "quarantine")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("queue: %w", err)
+		}
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("queue: %s is in use by another process: %w", dir, err)
+	}
+	s := &LogStore{
+		dir: dir, log: log, lock: lock,
+		reqs:   make(chan *commitReq, 1024),
+		exited: make(chan struct{}),
+		msgs:   make(map[string]*storedMsg),
+		bySeq:  make(map[uint64]*segment),
+		segMax: segmentMax,
+	}
+	if err := s.recover(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	go s.commitLoop()
+	for _, id := range s.lost {
+		if err := s.writeDone(id); err != nil {
+			s.log.Warn("queue: recording quarantined message", "queue_id", id, "err", err)
+		}
+	}
+	s.lost = nil
+	return s, nil
+}
+
+// Close finishes pending writes and releases the directory.
+func (s *LogStore) Close() error {
+	s.cmu.Lock()
+	if s.closed {
+		s.cmu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.reqs)
+	s.cmu.Unlock()
+	<-s.exited
+	s.mu.Lock()
+	if s.active != nil {
+		s.active.f.Close()
+	}
+	s.mu.Unlock()
+	return s.lock.Close()
+}
+
+// submit hands a record to the committer and waits until it is durable.
+func (s *LogStore) submit(r *commitReq) error {
+	r.done = make(chan error, 1)
+	s.cmu.RLock()
+	if s.closed {
+		s.cmu.RUnlock()
+		return ErrClosed
+	}
+	s.reqs <- r
+	s.cmu.RUnlock()
+	return <-r.done
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, InlineMax+4096); return &b }}
+
+// Put implements Store.
+func (s *LogStore) Put(env *Envelope, body io.Reader) error {
+	bp := bufPool.Get().(*[]byte)
+	defer func() { *bp = (*bp)[:0]; bufPool.Put(bp) }()
+	b := beginRecord((*bp)[:0], recMessage)
+	b = append(b, bodyInline, 0, 0, 0, 0, 0, 0, 0, 0)
+	bodyStart := len(b)
+
+	// Read the body into the record until it outgrows InlineMax.
+	var err error
+	for err == nil {
+		if len(b)-bodyStart > InlineMax {
+			break
+		}
+		if cap(b)-len(b) < 4096 {
+			b = slices.Grow(b, 16384)
+		}
+		var n int
+		n, err = body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+	}
+	file := false
+	if err == io.EOF {
+		err = nil
+	} else if err == nil {
+		// Too big for the log: the body gets its own file.
+		n, ferr := s.writeBodyFile(env.ID, b[bodyStart:], body)
+		if ferr != nil {
+			return ferr
+		}
+		file = true
+		env.Size = n
+		b = b[:bodyStart]
+		b[bodyStart-9] = bodyFile
+	} else {
+		return fmt.Errorf("queue: reading message: %w", err)
+	}
+	if !file {
+		env.Size = int64(len(b) - bodyStart)
+		binary.LittleEndian.PutUint64(b[bodyStart-8:], uint64(env.Size))
+	}
+	e := encoder{b: b}
+	e.envelope(env)
+	b = e.b
+	finishRecord(b, 0)
+	*bp = b
+
+	stored := &storedMsg{env: env.clone(), file: file}
+	err = s.submit(&commitReq{buf: b, apply: func(seg *segment, off int64) {
+		if !file {
+			stored.seq, stored.boff = seg.seq, off+int64(bodyStart)
+		}
+		s.msgs[env.ID] = stored
+		s.touch(stored, seg)
+	}})
+	if err != nil && file {
+		os.Remove(s.bodyPath(env.ID))
+	}
+	return err
+}
+
+func (s *LogStore) bodyPath(id string) string { return filepath.Join(s.dir, "bodies", id) }
+
+// writeBodyFile writes head and then the rest of r to bodies/id, durably.
+func (s *LogStore) writeBodyFile(id string, head []byte, r io.Reader) (int64, error) {
+	if !validID(id) {
+		return 0, fmt.Errorf("queue: bad message id %q", id)
+	}
+	path := s.bodyPath(id)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("queue: %w", err)
+	}
+	fail := func(err error) (int64, error) {
+		f.Close()
+		os.Remove(path)
+		return 0, err
+	}
+	if _, err := f.Write(head); err != nil {
+		return fail(fmt.Errorf("queue: writing body: %w", err))
+	}
+	n, err := io.Copy(f, r)
+	if err != nil {
+		var we *os.PathError
+		if errors.As(err, &we) {
+			return fail(fmt.Errorf("queue: writing body: %w", err))
+		}
+		return fail(fmt.Errorf("queue: reading message: %w", err))
+	}
+	if err := f.Sync(); err != nil {
+		return fail(fmt.Errorf("queue: syncing body: %w", err))
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return 0, fmt.Errorf("queue: %w", err)
+	}
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		os.Remove(path)
+		return 0, err
+	}
+	return int64(len(head)) + n, nil
+}
+
+// touch records that m has a record in seg. Called under mu.
+func (s *LogStore) touch(m *storedMsg, seg *segment) {
+	if !slices.Contains(m.segs, seg.seq) {
+		m.segs = append(m.segs, seg.seq)
+		seg.refs++
+	}
+}
+
+// drop forgets m. Called under mu, after its done record is durable.
+func (s *LogStore) drop(id string, m *storedMsg) {
+	delete(s.msgs, id)
+	for _, q := range m.segs {
+		if seg := s.bySeq[q]; seg != nil {
+			seg.refs--
+		}
+	}
+	if m.file {
+		os.Remove(s.bodyPath(id))
+	}
+}
+
+// Update implements Store.
+func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
+	s.mu.Lock()
+	m, ok := s.msgs[u.ID]
+	if !ok {
+		s.mu.Unlock()
+		return nil, false, ErrNotFound
+	}
+	after := m.env.clone()
+	s.mu.Unlock()
+	u.apply(after)
+	removed := after.Pending() == 0
+
+	var b []byte
+	if removed {
+		e := encoder{b: beginRecord(nil, recDone)}
+		e.str(u.ID)
+		b = e.b
+	} else {
+		e := encoder{b: beginRecord(nil, recState)}
+		e.state(u)
+		b = e.b
+	}
+	finishRecord(b, 0)
+	var out *Envelope
+	err := s.submit(&commitReq{buf: b, apply: func(seg *segment, _ int64) {
+		m, ok := s.msgs[u.ID]
+		if !ok {
+			return
+		}
+		u.apply(m.env)
+		out = m.env.clone()
+		if removed {
+			s.drop(u.ID, m)
+		} else {
+			s.touch(m, seg)
+		}
+	}})
+	if err != nil {
+		return nil, false, err
+	}
+	if out == nil {
+		return nil, false, ErrNotFound
+	}
+	return out, removed, nil
+}
+
+// writeDone appends a done record for id.
+func (s *LogStore) writeDone(id string) error {
+	e := encoder{b: beginRecord(nil, recDone)}
+	e.str(id)
+	finishRecord(e.b, 0)
+	return s.submit(&commitReq{buf: e.b, apply: func(*segment, int64) {
+		if m, ok := s.msgs[id]; ok {
+			s.drop(id, m)
+		}
+	}})
+}
+
+// SetHeld implements Store.
+func (s *LogStore) SetHeld(id string, held bool) error {
+	e := encoder{b: beginRecord(nil, recHold)}
+	e.str(id)
+	e.bool(held)
+	finishRecord(e.b, 0)
+	found := false
+	err := s.submit(&commitReq{buf: e.b, apply: func(seg *segment, _ int64) {
+		if m, ok := s.msgs[id]; ok {
+			found = true
+			m.env.Held = held
+			s.touch(m, seg)
+		}
+	}})
+	if err == nil && !found {
+		err = ErrNotFound
+	}
+	return err
+}
+
+// Remove implements Store.
+func (s *LogStore) Remove(id string) error {
+	s.mu.Lock()
+	_, ok := s.msgs[id]
+	s.mu.Unlock()
+	if !ok {
+		return ErrNotFound
+	}
+	return s.writeDone(id)
+}
+
+// Get implements Store.
+func (s *LogStore) Get(id string) (*Envelope, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.msgs[id]
+	if !ok {
+		return nil, ErrNotFound
+	}
+	return m.env.clone(), nil
+}
+
+// Messages implements Store.
+func (s *LogStore) Messages() []*Envelope {
+	s.mu.Lock()
+	out := make([]*Envelope, 0, len(s.msgs))
+	for _, m := range s.msgs {
+		out = append(out, m.env.clone())
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b *Envelope) int { return cmpString(a.ID, b.ID) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// fileBody is a Body over a section of an open file.
+type fileBody struct {
+	*io.SectionReader
+	f *os.File
+}
+
+func (b *fileBody) Close() error { return b.f.Close() }
+
+// Body implements Store. The file is opened for each reader, so a segment
+// deleted by compaction meanwhile stays readable until Close.
+func (s *LogStore) Body(id string) (Body, error) {
+	for try := 0; ; try++ {
+		s.mu.Lock()
+		m, ok := s.msgs[id]
+		var path string
+		var off, size int64
+		if ok {
+			size = m.env.Size
+			if m.file {
+				path = s.bodyPath(id)
+			} else {
+				path, off = s.segPath(m.seq), m.boff
+			}
+		}
+		s.mu.Unlock()
+		if !ok {
+			return nil, ErrNotFound
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && try < 3 {
+				continue // moved by compaction: look again
+			}
+			return nil, fmt.Errorf("queue: opening body of %s: %w", id, err)
+		}
+		return &fileBody{SectionReader: io.NewSectionReader(f, off, size), f: f}, nil
+	}
+}
+
+func (s *LogStore) segPath(seq uint64) string {
+	return filepath.Join(s.dir, fmt.Sprintf("seg-%016x.log", seq))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("queue: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("queue: syncing %s: %w", dir, err)
+	}
+	return nil
+}

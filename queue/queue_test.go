@@ -1,0 +1,430 @@
+package queue
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func openTest(t *testing.T, dir string) *Queue {
+	t.Helper()
+	q, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { q.Close() })
+	return q
+}
+
+func newEnv(rcpts ...string) *Envelope {
+	env := &Envelope{From: "sender@example.org", ClientAddr: "127.0.0.1", BodyType: "8BITMIME",
+		Ret: "HDRS", EnvID: "env-1", User: "app"}
+	for _, r := range rcpts {
+		env.Recipients = append(env.Recipients, Recipient{Address: r, Notify: NotifyFailure | NotifyDelay, ORCPT: "rfc822;" + r})
+	}
+	return env
+}
+
+func bodyOf(t *testing.T, q *Queue, id string) []byte {
+	t.Helper()
+	b, err := q.Body(id)
+	if err != nil {
+		t.Fatalf("Body(%s): %v", id, err)
+	}
+	defer b.Close()
+	data, err := io.ReadAll(b)
+	if err != nil {
+		t.Fatalf("reading body: %v", err)
+	}
+	if int64(len(data)) != b.Size() {
+		t.Fatalf("body size %d, Size() %d", len(data), b.Size())
+	}
+	return data
+}
+
+func bigBody(n int) []byte {
+	var b bytes.Buffer
+	for i := 0; b.Len() < n; i++ {
+		fmt.Fprintf(&b, "line %d: the quick brown fox jumps over the lazy dog\r\n", i)
+	}
+	return b.Bytes()[:n]
+}
+
+func TestEnqueueAndRecover(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	small := []byte("Subject: hi\r\n\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9\r\n")
+	large := bigBody(3*InlineMax + 17)
+	envS, envL := newEnv("a@x.test", "b@y.test"), newEnv("c@x.test")
+	if err := q.Enqueue(envS, bytes.NewReader(small)); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(envL, bytes.NewReader(large)); err != nil {
+		t.Fatal(err)
+	}
+	if envS.Size != int64(len(small)) || envL.Size != int64(len(large)) {
+		t.Fatalf("sizes %d %d", envS.Size, envL.Size)
+	}
+	if envS.ID >= envL.ID {
+		t.Fatalf("IDs do not sort by arrival: %s %s", envS.ID, envL.ID)
+	}
+	q.Close()
+
+	q2 := openTest(t, dir)
+	list := q2.List()
+	if len(list) != 2 || list[0].ID != envS.ID || list[1].ID != envL.ID {
+		t.Fatalf("recovered %v", list)
+	}
+	got := list[0]
+	if got.From != envS.From || len(got.Recipients) != 2 || got.Recipients[1].Address != "b@y.test" ||
+		got.Recipients[0].ORCPT != "rfc822;a@x.test" || got.Recipients[0].Notify != NotifyFailure|NotifyDelay ||
+		got.Ret != "HDRS" || got.EnvID != "env-1" || got.User != "app" || got.BodyType != "8BITMIME" {
+		t.Fatalf("envelope changed: %+v", got)
+	}
+	if !bytes.Equal(bodyOf(t, q2, envS.ID), small) || !bytes.Equal(bodyOf(t, q2, envL.ID), large) {
+		t.Fatal("body changed across restart")
+	}
+	if id := q2.NewID(); id <= envL.ID {
+		t.Fatalf("new ID %s does not sort after recovered %s", id, envL.ID)
+	}
+}
+
+type failingReader struct{ n int }
+
+var errBadData = errors.New("bad data")
+
+func (r *failingReader) Read(p []byte) (int, error) {
+	if r.n <= 0 {
+		return 0, errBadData
+	}
+	n := min(len(p), r.n)
+	for i := range p[:n] {
+		p[i] = 'x'
+	}
+	r.n -= n
+	return n, nil
+}
+
+func TestEnqueueBodyErrorStoresNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	for _, n := range []int{10, 5 * InlineMax} {
+		err := q.Enqueue(newEnv("a@x.test"), &failingReader{n: n})
+		if !errors.Is(err, errBadData) {
+			t.Fatalf("want errBadData, got %v", err)
+		}
+	}
+	if n := len(q.List()); n != 0 {
+		t.Fatalf("%d messages stored after failed reads", n)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "bodies")); len(ents) != 0 {
+		t.Fatalf("body files left: %v", ents)
+	}
+}
+
+func TestDeliveryCycle(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var mu sync.Mutex
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	q, err := Open(dir, Options{Now: clock, RetryIntervals: []time.Duration{time.Minute, time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newEnv("ok@x.test", "bad@x.test", "later@y.test")
+	if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	got, err := q.Next(ctx)
+	if err != nil || got.ID != env.ID {
+		t.Fatalf("Next: %v %v", got, err)
+	}
+	if _, err := q.Claim(env.ID); !errors.Is(err, ErrBusy) {
+		t.Fatalf("Claim of in-flight message: %v", err)
+	}
+	err = q.Done(env.ID, Result{LastError: "451 try later", Recipients: []RcptUpdate{
+		{Index: 0, State: Delivered, Code: 250, Reply: "ok"},
+		{Index: 1, State: Failed, Code: 550, Reply: "no such user"},
+		{Index: 2, State: Pending, Code: 451, Reply: "try later"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := q.Get(env.ID)
+	if e.Attempts != 1 || e.Recipients[0].State != Delivered || e.Recipients[1].State != Failed ||
+		e.Recipients[2].State != Pending || e.Recipients[2].Code != 451 {
+		t.Fatalf("after attempt: %+v", e)
+	}
+	if d := e.NextAttempt.Sub(now); d < 54*time.Second || d > 66*time.Second {
+		t.Fatalf("next attempt in %v, want about 1m", d)
+	}
+	// Not due yet: Next must wait.
+	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
+	if _, err := q.Next(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Next before due: %v", err)
+	}
+	cancelShort()
+	if st := q.Stats(); st.Messages != 1 || st.Recipients != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	if n := q.Flush("y.test"); n != 1 {
+		t.Fatalf("Flush(y.test) = %d", n)
+	}
+	if n := q.Flush("x.test"); n != 0 {
+		t.Fatalf("Flush(x.test) = %d (no pending recipient there)", n)
+	}
+	if _, err := q.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 2, State: Delivered, Code: 250}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Get(env.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("finished message still queued: %v", err)
+	}
+	q.Close()
+	q2 := openTest(t, dir)
+	if n := len(q2.List()); n != 0 {
+		t.Fatalf("finished message resurrected after restart (%d)", n)
+	}
+}
+
+func TestScheduleSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	env := newEnv("a@x.test", "b@x.test")
+	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Next(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	retry := time.Now().Add(3 * time.Hour).Truncate(time.Second)
+	if err := q.Done(env.ID, Result{RetryAt: retry, LastError: "451 later", Recipients: []RcptUpdate{{Index: 0, State: Delivered, Code: 250}}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Hold(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	q2 := openTest(t, dir)
+	e, err := q2.Get(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.NextAttempt.Equal(retry) || e.Attempts != 1 || !e.Held || e.LastError != "451 later" ||
+		e.Recipients[0].State != Delivered || e.Recipients[1].State != Pending {
+		t.Fatalf("state after restart: %+v", e)
+	}
+	if err := q2.Release(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if got, err := q2.Next(ctx); err != nil || got.ID != env.ID {
+		t.Fatalf("released message not due: %v", err)
+	}
+	if err := q2.Requeue(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := q2.Delete(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q2.Get(env.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatal("deleted message still there")
+	}
+}
+
+func TestConcurrentEnqueueGroupCommit(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	const writers, each = 20, 25
+	var wg sync.WaitGroup
+	ids := make(chan string, writers*each)
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				env := newEnv(fmt.Sprintf("r%d-%d@x.test", w, i))
+				body := fmt.Sprintf("Subject: %d-%d\r\n\r\nhello\r\n", w, i)
+				if err := q.Enqueue(env, strings.NewReader(body)); err != nil {
+					t.Error(err)
+					return
+				}
+				ids <- env.ID
+			}
+		}(w)
+	}
+	wg.Wait()
+	close(ids)
+	seen := map[string]bool{}
+	for id := range ids {
+		if seen[id] {
+			t.Fatalf("duplicate ID %s", id)
+		}
+		seen[id] = true
+	}
+	q.Close()
+	q2 := openTest(t, dir)
+	if n := len(q2.List()); n != writers*each {
+		t.Fatalf("recovered %d of %d", n, writers*each)
+	}
+}
+
+// segments returns the segment files in dir, oldest first.
+func segments(t *testing.T, dir string) []string {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, "seg-*.log"))
+	return m
+}
+
+func TestCorruptRecordQuarantined(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	var ids []string
+	for i := 0; i < 3; i++ {
+		env := newEnv("a@x.test")
+		if err := q.Enqueue(env, strings.NewReader(fmt.Sprintf("message %d\r\n", i))); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, env.ID)
+	}
+	q.Close()
+	seg := segments(t, dir)[0]
+	data, _ := os.ReadFile(seg)
+	// Damage the middle record's payload, and add a torn half-record at the end.
+	i := bytes.Index(data, []byte("message 1"))
+	data[i] ^= 0xff
+	data = append(data, data[:20]...)
+	os.WriteFile(seg, data, 0o600)
+
+	q2 := openTest(t, dir)
+	list := q2.List()
+	if len(list) != 2 || list[0].ID != ids[0] || list[1].ID != ids[2] {
+		t.Fatalf("after damage recovered %v", list)
+	}
+	if string(bodyOf(t, q2, ids[2])) != "message 2\r\n" {
+		t.Fatal("record after the damaged one is wrong")
+	}
+	if q, _ := filepath.Glob(filepath.Join(dir, "quarantine", "*.bad")); len(q) != 1 {
+		t.Fatalf("quarantine holds %v", q)
+	}
+}
+
+func TestMissingBodyFileQuarantined(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	env := newEnv("a@x.test")
+	if err := q.Enqueue(env, bytes.NewReader(bigBody(2*InlineMax))); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	os.Remove(filepath.Join(dir, "bodies", env.ID))
+	os.WriteFile(filepath.Join(dir, "bodies", "ORPHAN0000000000"), []byte("x"), 0o600)
+	q2 := openTest(t, dir)
+	if n := len(q2.List()); n != 0 {
+		t.Fatalf("message without body still queued")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "quarantine", env.ID+".envelope.json")); err != nil {
+		t.Fatalf("envelope not quarantined: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bodies", "ORPHAN0000000000")); !os.IsNotExist(err) {
+		t.Fatalf("orphan body file not removed: %v", err)
+	}
+	q2.Close()
+	q3 := openTest(t, dir) // and the next start is clean too
+	if n := len(q3.List()); n != 0 {
+		t.Fatal("quarantined message came back")
+	}
+}
+
+func TestCompactionKeepsLiveMessages(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	q.store.(*LogStore).segMax = 4096
+	// One long-lived message with a state update, then lots of traffic.
+	keep := newEnv("stay@x.test", "done@x.test")
+	if err := q.Enqueue(keep, strings.NewReader("keep me\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := q.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Done(keep.ID, Result{RetryAt: time.Now().Add(time.Hour), Recipients: []RcptUpdate{{Index: 1, State: Delivered, Code: 250}}}); err != nil {
+		t.Fatal(err)
+	}
+	body := bigBody(1500)
+	for i := 0; i < 100; i++ {
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(segments(t, dir)); n > compactAt+2 {
+		t.Fatalf("%d segments left: compaction did not run", n)
+	}
+	q.Close()
+	q2 := openTest(t, dir)
+	list := q2.List()
+	if len(list) != 1 || list[0].ID != keep.ID || list[0].Recipients[1].State != Delivered ||
+		list[0].Recipients[0].State != Pending || list[0].Attempts != 1 {
+		t.Fatalf("after compaction: %+v", list)
+	}
+	if string(bodyOf(t, q2, keep.ID)) != "keep me\r\n" {
+		t.Fatal("body lost in compaction")
+	}
+}
+
+func TestSecondOpenRefused(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	openTest(t, dir)
+	if _, err := Open(dir, Options{}); err == nil {
+		t.Fatal("a second Open of the same directory succeeded")
+	}
+}
+
+func BenchmarkEnqueue10K(b *testing.B) {
+	q, err := Open(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer q.Close()
+	body := bigBody(10 << 10)
+	b.SetBytes(int64(len(body)))
+	b.SetParallelism(10) // 10 × GOMAXPROCS writers, like 20 SMTP sessions on 2 cores
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := q.Enqueue(newEnv("a@x.test"), bytes.NewReader(body)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

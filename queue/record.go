@@ -1,0 +1,315 @@
+package queue
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+)
+
+// On-disk record framing, in every segment file:
+//
+//	magic  uint32  recordMagic, so a reader can find the next record after damage
+//	length uint32  length of type+payload
+//	crc    uint32  CRC-32C of type+payload
+//	type   uint8
+//	payload
+//
+// All integers in the frame are little-endian; the payload uses varints.
+const (
+	recordMagic  = 0x314c484d // "MHL1" little-endian
+	headerSize   = 12
+	maxRecordLen = 256 << 20
+)
+
+// Record types.
+const (
+	recMessage byte = 1 // a whole message: envelope, schedule, body location (new, or a compaction snapshot)
+	recState   byte = 2 // the outcome of an attempt: schedule fields and changed recipients
+	recHold    byte = 3 // hold flag set or cleared
+	recDone    byte = 4 // the message left the queue
+)
+
+// Body locations in a recMessage.
+const (
+	bodyInline byte = 1 // the body follows the envelope in the same record
+	bodyFile   byte = 2 // the body is in bodies/ID
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// errCorrupt marks a record that failed its checks.
+var errCorrupt = errors.New("corrupt record")
+
+// beginRecord appends a frame header with a placeholder length and CRC.
+func beginRecord(b []byte, typ byte) []byte {
+	b = binary.LittleEndian.AppendUint32(b, recordMagic)
+	b = append(b, 0, 0, 0, 0, 0, 0, 0, 0, typ)
+	return b
+}
+
+// finishRecord fills in the length and CRC of the record that starts at b[start:].
+func finishRecord(b []byte, start int) {
+	body := b[start+headerSize:]
+	binary.LittleEndian.PutUint32(b[start+4:], uint32(len(body)))
+	binary.LittleEndian.PutUint32(b[start+8:], crc32.Checksum(body, crcTable))
+}
+
+// encoder appends varint-framed values.
+type encoder struct{ b []byte }
+
+func (e *encoder) uvarint(v uint64) { e.b = binary.AppendUvarint(e.b, v) }
+func (e *encoder) varint(v int64)   { e.b = binary.AppendVarint(e.b, v) }
+func (e *encoder) byte1(v byte)     { e.b = append(e.b, v) }
+func (e *encoder) str(s string)     { e.uvarint(uint64(len(s))); e.b = append(e.b, s...) }
+func (e *encoder) time(t time.Time) {
+	if t.IsZero() {
+		e.varint(0)
+		return
+	}
+	e.varint(t.UnixNano())
+}
+func (e *encoder) bool(v bool) {
+	if v {
+		e.byte1(1)
+	} else {
+		e.byte1(0)
+	}
+}
+
+// decoder reads what encoder wrote; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) fail() {
+	if d.err == nil {
+		d.err = errCorrupt
+	}
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.fail()
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte1() byte {
+	if d.err != nil || len(d.b) < 1 {
+		d.fail()
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) bool() bool { return d.byte1() != 0 }
+
+func (d *decoder) str() string {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail()
+		return ""
+	}
+	s := string(d.b[:n])
+	d.b = d.b[n:]
+	return s
+}
+
+func (d *decoder) time() time.Time {
+	v := d.varint()
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, v)
+}
+
+// count reads a length that must fit in what is left (each element takes at
+// least min bytes), so corrupt input cannot make us allocate without bound.
+func (d *decoder) count(min int) int {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)/min) {
+		d.fail()
+		return 0
+	}
+	return int(n)
+}
+
+// encodeEnvelope appends every field of env.
+func (e *encoder) envelope(env *Envelope) {
+	e.str(env.ID)
+	e.str(env.From)
+	e.time(env.Arrived)
+	e.str(env.User)
+	e.str(env.ClientAddr)
+	e.str(env.ClientHelo)
+	e.str(env.BodyType)
+	e.bool(env.SMTPUTF8)
+	e.bool(env.RequireTLS)
+	e.str(env.Ret)
+	e.str(env.EnvID)
+	e.varint(env.Size)
+	e.uvarint(uint64(env.Attempts))
+	e.time(env.NextAttempt)
+	e.str(env.LastError)
+	e.bool(env.Held)
+	e.bool(env.DelayWarned)
+	e.uvarint(uint64(len(env.Recipients)))
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		e.str(r.Address)
+		e.str(r.ORCPT)
+		e.byte1(byte(r.Notify))
+		e.byte1(byte(r.State))
+		e.uvarint(uint64(r.Code))
+		e.str(r.Reply)
+	}
+}
+
+func (d *decoder) envelope() *Envelope {
+	env := &Envelope{}
+	env.ID = d.str()
+	env.From = d.str()
+	env.Arrived = d.time()
+	env.User = d.str()
+	env.ClientAddr = d.str()
+	env.ClientHelo = d.str()
+	env.BodyType = d.str()
+	env.SMTPUTF8 = d.bool()
+	env.RequireTLS = d.bool()
+	env.Ret = d.str()
+	env.EnvID = d.str()
+	env.Size = d.varint()
+	env.Attempts = int(d.uvarint())
+	env.NextAttempt = d.time()
+	env.LastError = d.str()
+	env.Held = d.bool()
+	env.DelayWarned = d.bool()
+	n := d.count(5)
+	env.Recipients = make([]Recipient, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		r := &env.Recipients[i]
+		r.Address = d.str()
+		r.ORCPT = d.str()
+		r.Notify = Notify(d.byte1())
+		r.State = RcptState(d.byte1())
+		r.Code = int(d.uvarint())
+		r.Reply = d.str()
+	}
+	if d.err == nil && (env.ID == "" || env.Size < 0) {
+		d.fail()
+	}
+	return env
+}
+
+func (e *encoder) state(s *StateUpdate) {
+	e.str(s.ID)
+	e.uvarint(uint64(s.Attempts))
+	e.time(s.NextAttempt)
+	e.str(s.LastError)
+	e.bool(s.DelayWarned)
+	e.uvarint(uint64(len(s.Rcpts)))
+	for _, r := range s.Rcpts {
+		e.uvarint(uint64(r.Index))
+		e.byte1(byte(r.State))
+		e.uvarint(uint64(r.Code))
+		e.str(r.Reply)
+	}
+}
+
+func (d *decoder) state() *StateUpdate {
+	s := &StateUpdate{}
+	s.ID = d.str()
+	s.Attempts = int(d.uvarint())
+	s.NextAttempt = d.time()
+	s.LastError = d.str()
+	s.DelayWarned = d.bool()
+	n := d.count(4)
+	s.Rcpts = make([]RcptUpdate, n)
+	for i := 0; i < n && d.err == nil; i++ {
+		s.Rcpts[i] = RcptUpdate{Index: int(d.uvarint()), State: RcptState(d.byte1()), Code: int(d.uvarint()), Reply: d.str()}
+	}
+	return s
+}
+
+// parsedRecord is one record read back from a segment.
+type parsedRecord struct {
+	typ   byte
+	env   *Envelope    // recMessage
+	where byte         // recMessage: bodyInline or bodyFile
+	boff  int          // recMessage inline: offset of the body within the payload
+	st    *StateUpdate // recState
+	id    string       // recHold, recDone
+	held  bool         // recHold
+}
+
+// parsePayload decodes the type+payload bytes of one record.
+func parsePayload(typ byte, p []byte) (*parsedRecord, error) {
+	d := &decoder{b: p}
+	r := &parsedRecord{typ: typ}
+	switch typ {
+	case recMessage:
+		// where(1) | body length (8, little-endian) | body, when inline | envelope
+		if len(p) < 9 {
+			return nil, fmt.Errorf("%w: short message record", errCorrupt)
+		}
+		r.where = p[0]
+		n := binary.LittleEndian.Uint64(p[1:9])
+		if n > uint64(len(p)-9) {
+			return nil, fmt.Errorf("%w: body length", errCorrupt)
+		}
+		r.boff = 9
+		d.b = p[9+n:]
+		r.env = d.envelope()
+		if d.err == nil {
+			switch r.where {
+			case bodyInline:
+				if uint64(r.env.Size) != n {
+					d.fail()
+				}
+			case bodyFile:
+				if n != 0 {
+					d.fail()
+				}
+			default:
+				d.fail()
+			}
+		}
+	case recState:
+		r.st = d.state()
+	case recHold:
+		r.id = d.str()
+		r.held = d.bool()
+	case recDone:
+		r.id = d.str()
+	default:
+		return nil, fmt.Errorf("%w: unknown type %d", errCorrupt, typ)
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("%w: type %d", d.err, typ)
+	}
+	return r, nil
+}
