@@ -69,6 +69,8 @@ func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
 			s.active = nil
 			s.mu.Unlock()
 		} else {
+			s.batches.Add(1)
+			s.records.Add(uint64(len(batch)))
 			s.mu.Lock()
 			seg.size += int64(len(buf))
 			for i, r := range batch {

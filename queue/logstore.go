@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -47,6 +48,14 @@ type LogStore struct {
 	active *segment // nil after a write error until a new one is made
 	lost   []string // messages moved aside at recovery: a done record is due
 	segMax int64    // segment size that starts a new one
+
+	batches, records atomic.Uint64 // commits (fsyncs) and records written
+}
+
+// CommitStats returns how many group commits (one fsync each) and records
+// the store has written: records/batches is the group-commit factor.
+func (s *LogStore) CommitStats() (batches, records uint64) {
+	return s.batches.Load(), s.records.Load()
 }
 
 // InlineMax is the largest body kept inside the log; larger bodies get a

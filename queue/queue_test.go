@@ -427,4 +427,6 @@ func BenchmarkEnqueue10K(b *testing.B) {
 			}
 		}
 	})
+	batches, records := q.store.(*LogStore).CommitStats()
+	b.ReportMetric(float64(records)/float64(max(batches, 1)), "msgs/fsync")
 }
