@@ -47,6 +47,10 @@ type Agent struct {
 	caPools map[string]*x509.CertPool
 
 	stats counters
+
+	// onRecord, when set (by tests), is called after each attempt is
+	// recorded (requeued: false) or given back (requeued: true).
+	onRecord func(id string, requeued bool)
 }
 
 // New returns an Agent; call Run to start delivering.
@@ -155,6 +159,9 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 	if ctx.Err() != nil && !at.decided() {
 		if err := a.q.Requeue(env.ID); err != nil {
 			a.log.Error("requeue failed", "queue_id", env.ID, "err", err)
+		}
+		if a.onRecord != nil {
+			a.onRecord(env.ID, true)
 		}
 		return
 	}

@@ -57,6 +57,9 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
 	}
 	a.logAttempt(env, at, expired)
+	if a.onRecord != nil {
+		a.onRecord(env.ID, false)
+	}
 }
 
 // reports queues the DSNs this attempt calls for. A failure report that
@@ -137,7 +140,7 @@ func (a *Agent) sendReport(env *queue.Envelope, body queue.Body, hostname string
 		From:       "",
 		Recipients: []queue.Recipient{{Address: env.From}},
 		Arrived:    now,
-		SMTPUTF8:   env.SMTPUTF8,
+		SMTPUTF8:   !isASCII([]byte(env.From)),
 		BodyType:   msg.bodyType,
 	}
 	if err := a.q.Enqueue(rep, msg.reader()); err != nil {

@@ -25,26 +25,6 @@ type MXResolver interface {
 // in plain text before STARTTLS is tried again.
 const noTLSFor = 3 * time.Hour
 
-// routeFor returns the [[route]] for domain: an exact match first, then "*".
-func routeFor(cfg *config.Config, domain string) *config.Route {
-	var star *config.Route
-	for i := range cfg.Route {
-		r := &cfg.Route[i]
-		for _, d := range r.Domains {
-			d = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(d), "."))
-			switch d {
-			case domain:
-				return r
-			case "*":
-				if star == nil {
-					star = r
-				}
-			}
-		}
-	}
-	return star
-}
-
 // smarthosts returns a route's "host:port" list.
 func smarthosts(r *config.Route) []string {
 	if len(r.Smarthosts) > 0 {
@@ -69,7 +49,7 @@ func smarthosts(r *config.Route) []string {
 
 // targets lists where mail for domain goes, in the order to try.
 func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) ([]target, error) {
-	if r := routeFor(cfg, domain); r != nil && len(smarthosts(r)) > 0 {
+	if r := cfg.RouteFor(domain); r != nil && len(smarthosts(r)) > 0 {
 		var out []target
 		for _, hp := range smarthosts(r) {
 			host, portStr, err := net.SplitHostPort(hp)

@@ -1,0 +1,645 @@
+package outbound
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
+
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// zone returns a zone where each domain has one MX host at ip.
+func zone(domainIP ...string) dnstest.Zone {
+	z := dnstest.Zone{}
+	for i := 0; i+1 < len(domainIP); i += 2 {
+		addMX(z, domainIP[i], 10, "mx."+domainIP[i], domainIP[i+1])
+	}
+	return z
+}
+
+func TestDelivery_Success_ByteIdenticalBody(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@EXAMPLE.test"})
+	msgs := h.first.Wait(t, 1)
+	h.waitRecords(id, 1)
+	m := msgs[0]
+	if !bytes.Equal(m.Data, []byte(testBody)) {
+		t.Errorf("body differs:\n got %q\nwant %q", m.Data, testBody)
+	}
+	if m.From != "sender@sender.test" || len(m.To) != 2 {
+		t.Errorf("envelope = %q %q", m.From, m.To)
+	}
+	if m.Helo != "relay.test" {
+		t.Errorf("EHLO name = %q", m.Helo)
+	}
+	if m.MailOpts.Size != int64(len(testBody)) {
+		t.Errorf("SIZE = %d, want %d", m.MailOpts.Size, len(testBody))
+	}
+	if env := h.envelope(id); env != nil {
+		t.Errorf("message still queued: %+v", env.Recipients)
+	}
+	if s := h.agent.Stats(); s.Delivered != 2 || s.Attempts != 1 {
+		t.Errorf("Stats = %+v", s)
+	}
+	logs := h.logs.String()
+	for _, want := range []string{"msg=attempt", "queue_id=" + id, "domain=example.test", "mx=mx.example.test",
+		"addr=127.0.0.2:", "code=250", "msg=delivered"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+}
+
+func TestDelivery_PrimaryMXDown_NextMXGetsIt(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.9") // nothing listens there
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.2")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(id, 1)
+	if h.envelope(id) != nil {
+		t.Error("message still queued")
+	}
+}
+
+func TestDelivery_Greeting421_NextMX(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.2")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	busy := h.server("127.0.0.3", smtptest.Behaviour{Greeting421: true})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(id, 1)
+	if busy.Conns() != 1 {
+		t.Errorf("primary saw %d connections, want 1", busy.Conns())
+	}
+}
+
+func TestDelivery_EqualPreferencesShareLoad(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 10, "mx2.example.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	second := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.start()
+	const n = 30
+	var ids []string
+	for i := 0; i < n; i++ {
+		ids = append(ids, h.submit(testBody, []string{fmt.Sprintf("r%d@example.test", i)}))
+	}
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+	}
+	a, b := len(h.first.Messages()), len(second.Messages())
+	if a+b != n || a == 0 || b == 0 {
+		t.Errorf("messages per MX = %d, %d; want %d shared by both", a, b, n)
+	}
+}
+
+func TestDelivery_TemporaryFailure_ThenSuccessOnRetry(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if calls.Add(1) == 1 {
+			return smtptest.Reply(451, "4.2.0", "try later")
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil || env.Recipients[0].State != queue.Pending || env.Recipients[0].Code != 451 || env.Attempts != 1 {
+		t.Fatalf("after 451: %+v", env)
+	}
+	if !strings.Contains(env.Recipients[0].Reply, "try later") || env.LastError == "" {
+		t.Errorf("reply %q, last error %q", env.Recipients[0].Reply, env.LastError)
+	}
+	if !env.NextAttempt.After(time.Now().Add(30 * time.Minute)) {
+		t.Errorf("next attempt %v, want about an hour away", env.NextAttempt)
+	}
+	if strings.Contains(h.logs.String(), "next_attempt=") == false {
+		t.Error("attempt log has no next_attempt")
+	}
+	h.q.Flush("")
+	h.waitRecords(id, 2)
+	if len(h.first.Messages()) != 1 || h.envelope(id) != nil {
+		t.Errorf("after retry: %d messages, queued %v", len(h.first.Messages()), h.envelope(id))
+	}
+}
+
+func TestDelivery_MixedReplies_PartialDelivery(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		switch {
+		case strings.HasPrefix(to, "bad"):
+			return smtptest.Reply(550, "5.1.1", "no such user")
+		case strings.HasPrefix(to, "later"):
+			return smtptest.Reply(451, "4.3.0", "greylisted")
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"good@example.test", "bad@example.test", "later@example.test"})
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue with a pending recipient")
+	}
+	want := []queue.RcptState{queue.Delivered, queue.Failed, queue.Pending}
+	for i, w := range want {
+		if env.Recipients[i].State != w {
+			t.Errorf("recipient %d: %v, want %v (%d %s)", i, env.Recipients[i].State, w, env.Recipients[i].Code, env.Recipients[i].Reply)
+		}
+	}
+	if got := h.first.Messages(); len(got) != 1 || len(got[0].To) != 1 || got[0].To[0] != "good@example.test" {
+		t.Errorf("delivered: %+v", got)
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 || d.Recipients[0].Address() != "bad@example.test" || d.Recipients[0].Status != "5.1.1" {
+		t.Errorf("bounce recipients: %+v", d.Recipients)
+	}
+}
+
+// parseBounce checks that m is a report from the null sender to the
+// original sender and parses it.
+func parseBounce(t *testing.T, m smtptest.Message) *DSN {
+	t.Helper()
+	if m.From != "" || len(m.To) != 1 || m.To[0] != "sender@sender.test" {
+		t.Fatalf("report envelope: from %q to %q", m.From, m.To)
+	}
+	if bytes.Contains(bytes.ReplaceAll(m.Data, []byte("\r\n"), nil), []byte("\n")) {
+		t.Error("report has bare LF")
+	}
+	d, err := ParseDSN(bytes.NewReader(m.Data))
+	if err != nil {
+		t.Fatalf("ParseDSN: %v\n%s", err, m.Data)
+	}
+	if got := d.Header.Get("Auto-Submitted"); got != "auto-replied" {
+		t.Errorf("Auto-Submitted = %q", got)
+	}
+	if got := d.Header.Get("From"); got != "Mail Delivery System <MAILER-DAEMON@relay.test>" {
+		t.Errorf("From = %q", got)
+	}
+	if d.ReportingMTA != "dns; relay.test" {
+		t.Errorf("Reporting-MTA = %q", d.ReportingMTA)
+	}
+	return d
+}
+
+func TestDelivery_PermanentFailure_BounceIsRFC3464(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{DSN: true, Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.1.1", "no such user here")
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) {
+		e.EnvID = "env-42"
+		e.Recipients[0].ORCPT = "rfc822;orig@example.test"
+	})
+	h.waitRecords(id, 1)
+	if h.envelope(id) != nil {
+		t.Error("message still queued after a 5xx")
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if d.EnvelopeID != "env-42" || d.ArrivalDate == "" {
+		t.Errorf("per-message fields: envid %q arrival %q", d.EnvelopeID, d.ArrivalDate)
+	}
+	r := d.Recipients[0]
+	want := DSNRecipient{OriginalRecipient: "rfc822; orig@example.test", FinalRecipient: "rfc822; a@example.test",
+		Action: "failed", Status: "5.1.1", RemoteMTA: "dns; mx.example.test",
+		DiagnosticCode: "smtp; 550 5.1.1 no such user here", LastAttemptDate: r.LastAttemptDate}
+	if r != want || r.LastAttemptDate == "" {
+		t.Errorf("recipient fields:\n got %+v\nwant %+v", r, want)
+	}
+	if d.OriginalType != "text/rfc822-headers" || !bytes.Contains(d.Original, []byte("Subject: hello\r\n")) || bytes.Contains(d.Original, []byte("Hello.")) {
+		t.Errorf("original part %s: %q", d.OriginalType, d.Original)
+	}
+	if !strings.Contains(d.Human, "a@example.test") || !strings.Contains(d.Human, "no such user here") {
+		t.Errorf("human part: %q", d.Human)
+	}
+	if h.agent.Stats().Bounced != 1 || !strings.Contains(h.logs.String(), "msg=bounced") {
+		t.Error("bounce not counted or logged")
+	}
+}
+
+func TestDelivery_RetFull_ReturnsWholeMessage(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.7.1", "refused")
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.Ret = "FULL" })
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if d.OriginalType != "message/rfc822" || !bytes.Equal(d.Original, []byte(testBody)) {
+		t.Errorf("original part %s:\n%q", d.OriginalType, d.Original)
+	}
+}
+
+func TestDelivery_NullMXAndNXDOMAIN_BounceAtOnce(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{"nullmx.test.": {dnstest.MX("nullmx.test", 0, ".")}}
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@nullmx.test", "b@nxdomain.test"})
+	h.waitRecords(id, 1)
+	if h.envelope(id) != nil {
+		t.Error("message still queued")
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	got := map[string]string{}
+	for _, r := range d.Recipients {
+		got[r.Address()] = r.Status
+	}
+	if got["a@nullmx.test"] != "5.1.10" || got["b@nxdomain.test"] != "5.1.2" {
+		t.Errorf("statuses %v", got)
+	}
+}
+
+func TestDelivery_SERVFAIL_StaysPending(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("broken.test", "127.0.0.2"))
+	h.dns.SetRcode("broken.test", dns.RcodeServerFailure)
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@broken.test"})
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil || env.Recipients[0].State != queue.Pending || !strings.Contains(env.Recipients[0].Reply, "4.4.3") {
+		t.Fatalf("after SERVFAIL: %+v", env)
+	}
+	h.dns.SetRcode("broken.test", dns.RcodeSuccess)
+	h.q.Flush("")
+	h.waitRecords(id, 2)
+	if len(h.first.Messages()) != 1 || len(senderMX.Messages()) != 0 {
+		t.Errorf("after repair: %d delivered, %d reports", len(h.first.Messages()), len(senderMX.Messages()))
+	}
+}
+
+func TestDelivery_StalledServer_TimesOutAndStaysPending(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{StallData: true}, zone("example.test", "127.0.0.2", "slow.test", "127.0.0.3"))
+	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.DataEndTimeout.Duration = 300 * time.Millisecond
+	h.cfg.Delivery.GreetingTimeout.Duration = 300 * time.Millisecond
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	id2 := h.submit(testBody, []string{"a@slow.test"})
+	for _, id := range []string{id1, id2} {
+		h.waitRecords(id, 1)
+		env := h.envelope(id)
+		if env == nil || env.Recipients[0].State != queue.Pending || env.Attempts != 1 {
+			t.Errorf("%s after stall: %+v", id, env)
+		}
+	}
+}
+
+func TestDelivery_DropMidData_StaysPending(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{DropInData: true}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody+strings.Repeat("x\r\n", 100000), []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil || env.Recipients[0].State != queue.Pending {
+		t.Fatalf("after drop: %+v", env)
+	}
+}
+
+func TestDelivery_ConnectionReuse(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id1, 1)
+	id2 := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id2, 1)
+	msgs := h.first.Messages()
+	if len(msgs) != 2 || h.first.Conns() != 1 || msgs[0].Conn != msgs[1].Conn {
+		t.Errorf("%d messages over %d connections", len(msgs), h.first.Conns())
+	}
+}
+
+func TestDelivery_StaleReusedConnection_Redials(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id1, 1)
+	// Kill the pooled connection from our side without telling the pool.
+	for _, l := range h.agent.pool.idle {
+		for _, cn := range l {
+			cn.raw.Close()
+		}
+	}
+	id2 := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id2, 1)
+	if len(h.first.Messages()) != 2 || h.envelope(id2) != nil {
+		t.Errorf("second message not delivered after a stale connection")
+	}
+}
+
+func TestDelivery_TooManyReceived_Bounces546(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	body := strings.Repeat("Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n", 51) + testBody
+	id := h.submit(body, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if d.Recipients[0].Status != "5.4.6" || len(h.first.Messages()) != 0 {
+		t.Errorf("status %q, delivered %d", d.Recipients[0].Status, len(h.first.Messages()))
+	}
+	// 50 is still fine.
+	body = strings.Repeat("Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n", 50) + testBody
+	h.submit(body, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+}
+
+func TestDelivery_Expired_Bounces(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.2.1", "mailbox busy")
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.cfg.Delivery.MaxQueueAge.Duration = 48 * time.Hour
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.Arrived = time.Now().Add(-49 * time.Hour) })
+	h.waitRecords(id, 1)
+	if h.envelope(id) != nil {
+		t.Error("expired message still queued")
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if r := d.Recipients[0]; r.Action != "failed" || r.Status != "4.4.7" {
+		t.Errorf("expired recipient: %+v", r)
+	}
+	if !strings.Contains(h.logs.String(), "msg=expired") {
+		t.Error("no expired log line")
+	}
+}
+
+func TestDelivery_DelayWarning_Once(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.2.1", "mailbox busy")
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.Arrived = time.Now().Add(-5 * time.Hour) })
+	h.waitRecords(id, 1)
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if r := d.Recipients[0]; r.Action != "delayed" || r.Status != "4.2.1" {
+		t.Errorf("delayed recipient: %+v", r)
+	}
+	env := h.envelope(id)
+	if env == nil || !env.DelayWarned || env.Recipients[0].State != queue.Pending {
+		t.Fatalf("after delay warning: %+v", env)
+	}
+	h.q.Flush("example.test")
+	h.waitRecords(id, 2)
+	if n := len(senderMX.Messages()); n != 1 {
+		t.Errorf("%d reports after the second attempt, want 1", n)
+	}
+}
+
+func TestDSN_NotifyNever_NoBounce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{DSN: true, Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.1.1", "no such user")
+	}}, zone("example.test", "127.0.0.2"))
+	h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.Recipients[0].Notify = queue.NotifyNever })
+	h.waitRecords(id, 1)
+	if h.envelope(id) != nil {
+		t.Error("still queued")
+	}
+	if n := len(h.q.List()); n != 0 {
+		t.Errorf("%d messages queued (a report?) with NOTIFY=NEVER", n)
+	}
+}
+
+func TestDSN_NullSender_NeverBounced(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.1.1", "no such user")
+	}}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.From = "" })
+	h.waitRecords(id, 1)
+	if n := len(h.q.List()); n != 0 {
+		t.Errorf("%d messages queued after a bounce failed", n)
+	}
+}
+
+func TestDSN_NotifySuccess(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		dsn    bool
+		action string
+	}{{"server with DSN: delivered", true, "delivered"}, {"server without DSN: relayed", false, "relayed"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{DSN: tc.dsn}, zone("example.test", "127.0.0.2"))
+			senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+			h.start()
+			h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) {
+				e.Recipients[0].Notify = queue.NotifySuccess | queue.NotifyFailure
+				e.Recipients[0].ORCPT = "rfc822;a@example.test"
+				e.EnvID = "xyz"
+				e.Ret = "HDRS"
+			})
+			m := h.first.Wait(t, 1)[0]
+			d := parseBounce(t, senderMX.Wait(t, 1)[0])
+			if r := d.Recipients[0]; r.Action != tc.action || !strings.HasPrefix(r.Status, "2.") {
+				t.Errorf("success report recipient: %+v", r)
+			}
+			ro := m.RcptOpts[0]
+			if tc.dsn {
+				if len(ro.Notify) != 2 || ro.OriginalRecipient != "a@example.test" || m.MailOpts.EnvelopeID != "xyz" || m.MailOpts.Return != smtp.DSNReturnHeaders {
+					t.Errorf("DSN parameters not passed on: %+v %+v", ro, m.MailOpts)
+				}
+			} else if len(ro.Notify) != 0 || m.MailOpts.EnvelopeID != "" {
+				t.Errorf("DSN parameters sent to a server without DSN: %+v", ro)
+			}
+		})
+	}
+}
+
+func TestDelivery_SMTPUTF8AndSize(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{MaxSize: 100}, zone("example.test", "127.0.0.2", "utf8.test", "127.0.0.3"))
+	utf8 := h.server("127.0.0.3", smtptest.Behaviour{SMTPUTF8: true})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	h.submit(testBody, []string{"big@example.test"})
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if d.Recipients[0].Status != "5.3.4" {
+		t.Errorf("too big: %+v", d.Recipients[0])
+	}
+	h.submit("Subject: x\r\n\r\nhi\r\n", []string{"ü@example.test", "ü@utf8.test"}, func(e *queue.Envelope) { e.SMTPUTF8 = true })
+	d = parseBounce(t, senderMX.Wait(t, 2)[1])
+	if d.Recipients[0].Status != "5.6.7" || d.Recipients[0].Address() != "ü@example.test" {
+		t.Errorf("no SMTPUTF8: %+v", d.Recipients[0])
+	}
+	if m := utf8.Wait(t, 1)[0]; !m.MailOpts.UTF8 || m.To[0] != "ü@utf8.test" {
+		t.Errorf("SMTPUTF8 delivery: %+v", m)
+	}
+}
+
+func TestDelivery_OpportunisticTLS(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "mx.example.test")
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig()}, zone("example.test", "127.0.0.2", "broken.test", "127.0.0.3"))
+	broken := h.server("127.0.0.3", smtptest.Behaviour{BrokenTLS: true})
+	h.start()
+	// The CA is not trusted: MX delivery does not verify.
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS || m[0].Helo != "relay.test" {
+		t.Fatalf("TLS delivery: %+v", m)
+	}
+	if !strings.Contains(h.logs.String(), `tls="TLS 1.3"`) || h.agent.Stats().TLSConns != 1 {
+		t.Errorf("TLS version not logged or counted")
+	}
+	// A failed handshake falls back to plain text, and is remembered.
+	id = h.submit(testBody, []string{"a@broken.test"})
+	h.waitRecords(id, 1)
+	if m := broken.Messages(); len(m) != 1 || m[0].TLS {
+		t.Fatalf("fallback delivery: %+v", m)
+	}
+	id = h.submit(testBody, []string{"b@broken.test"})
+	h.waitRecords(id, 1)
+	if n := broken.Conns(); n != 2 {
+		t.Errorf("broken-TLS server saw %d connections, want 2 (handshake, plain; then reuse)", n)
+	}
+}
+
+func TestRoute_SmarthostAuthStartTLS_Failover(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart2.test")
+	z := dnstest.Zone{
+		"smart1.test.": {dnstest.A("smart1.test", "127.0.0.9")}, // down
+		"smart2.test.": {dnstest.A("smart2.test", "127.0.0.2")},
+	}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"}}, z)
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"smart1.test", "smart2.test"}, "starttls", pki.caFile))
+	h.start()
+	id := h.submit(testBody, []string{"anyone@anywhere.test"})
+	h.waitRecords(id, 1)
+	m := h.first.Messages()
+	if len(m) != 1 || !m[0].TLS || m[0].User != "app" {
+		t.Fatalf("smarthost delivery: %+v\n%s", m, h.logs.String())
+	}
+	if h.envelope(id) != nil {
+		t.Error("still queued")
+	}
+}
+
+func TestRoute_SmarthostUntrustedCertificate_StaysPending(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart.test")
+	other := newPKI(t, "smart.test")
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"}}, z)
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"smart.test"}, "starttls", other.caFile))
+	h.start()
+	id := h.submit(testBody, []string{"anyone@anywhere.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env == nil || env.Recipients[0].State != queue.Pending || len(h.first.Messages()) != 0 {
+		t.Fatalf("unverified smarthost: %+v, %d delivered", env, len(h.first.Messages()))
+	}
+}
+
+func TestRoute_ImplicitTLS(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart.test")
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Implicit: true, Users: map[string]string{"app": "s3cret"}}, z)
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"smart.test"}, "tls", pki.caFile))
+	h.start()
+	id := h.submit(testBody, []string{"x@routed.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS || m[0].User != "app" {
+		t.Fatalf("implicit TLS delivery: %+v", m)
+	}
+}
+
+func routeTo(h *harness, hosts []string, mode, ca string) (r configRoute) {
+	r.Domains = []string{"*"}
+	for _, host := range hosts {
+		r.Smarthosts = append(r.Smarthosts, fmt.Sprintf("%s:%d", host, h.port))
+	}
+	r.TLS, r.CAFile, r.Username, r.Password = mode, ca, "app", "s3cret"
+	return r
+}
+
+func TestRun_ShutdownRequeuesInFlight(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{StallData: true}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Hour
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	// Wait until the server holds the message, then shut down.
+	select {
+	case <-h.first.Stalled():
+	case <-time.After(10 * time.Second):
+		t.Fatal("server never got the message")
+	}
+	h.stop()
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil || env.Attempts != 0 || env.Recipients[0].State != queue.Pending {
+		t.Fatalf("after shutdown: %+v", env)
+	}
+}
+
+func TestBounceNow(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, nil)
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	id := h.submit(testBody, []string{"a@held.test", "b@held.test"})
+	if err := h.q.Hold(id); err != nil {
+		t.Fatal(err)
+	}
+	h.start()
+	if err := h.agent.BounceNow(id); err != nil {
+		t.Fatal(err)
+	}
+	if h.envelope(id) != nil {
+		t.Error("bounced message still queued")
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 2 || d.Recipients[0].Status != "5.0.0" {
+		t.Errorf("operator bounce: %+v", d.Recipients)
+	}
+	if err := h.agent.BounceNow(id); err == nil {
+		t.Error("BounceNow of a gone message succeeded")
+	}
+}
+
+type configRoute = config.Route

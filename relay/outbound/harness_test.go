@@ -1,0 +1,253 @@
+package outbound
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// harness is a queue, a DNS server, a config and an agent, all real, on
+// loopback. Every SMTP server of a test listens on the same port (port) on
+// different 127.0.0.x addresses, and the agent's mx_port is that port.
+type harness struct {
+	t     *testing.T
+	q     *queue.Queue
+	dns   *dnstest.Server
+	cfg   *config.Config
+	agent *Agent
+	port  int
+	first *smtptest.Server // the server that fixed the port, on 127.0.0.2
+	logs  *syncBuffer
+
+	mu      sync.Mutex
+	records map[string]int // queue ID → attempts recorded or requeued
+	changed chan struct{}
+	cancel  context.CancelFunc
+	stopped chan struct{}
+}
+
+// newHarness starts a server on 127.0.0.2 with b (the port for all the
+// others) and a DNS server with zone. sender.test's MX is 127.0.0.250.
+func newHarness(t *testing.T, b smtptest.Behaviour, zone dnstest.Zone) *harness {
+	t.Helper()
+	first := smtptest.New(t, "127.0.0.2:0", b)
+	h := &harness{t: t, first: first, port: first.Port(), records: map[string]int{}, changed: make(chan struct{}), logs: &syncBuffer{}}
+	if zone == nil {
+		zone = dnstest.Zone{}
+	}
+	addMX(zone, "sender.test", 10, "mx.sender.test", "127.0.0.250")
+	h.dns = dnstest.New(t, zone)
+	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	h.q = q
+	h.cfg = &config.Config{Hostname: "relay.test"}
+	h.cfg.Delivery.MXPort = h.port
+	h.cfg.Delivery.Concurrency = 10
+	h.cfg.Delivery.PerDomainConcurrency = 5
+	h.cfg.Delivery.ConnectTimeout.Duration = 2 * time.Second
+	h.cfg.Delivery.GreetingTimeout.Duration = 2 * time.Second
+	h.cfg.Delivery.CommandTimeout.Duration = 2 * time.Second
+	h.cfg.Delivery.DataEndTimeout.Duration = 2 * time.Second
+	h.cfg.Delivery.IdleConnTimeout.Duration = time.Minute
+	return h
+}
+
+// addMX adds "domain MX pref host" and host's A record.
+func addMX(z dnstest.Zone, domain string, pref uint16, host, ip string) {
+	z[domain+"."] = append(z[domain+"."], dnstest.MX(domain, pref, host))
+	z[host+"."] = append(z[host+"."], dnstest.A(host, ip))
+}
+
+// server starts another scripted server on ip at the harness port.
+func (h *harness) server(ip string, b smtptest.Behaviour) *smtptest.Server {
+	return smtptest.New(h.t, fmt.Sprintf("%s:%d", ip, h.port), b)
+}
+
+// start creates the agent and runs it until the test ends.
+func (h *harness) start() {
+	h.t.Helper()
+	r, err := dnsmx.NewResolver([]string{h.dns.Addr}, time.Second)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	a, err := New(Options{Config: h.cfg, Queue: h.q, Resolver: r,
+		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	a.onRecord = func(id string, _ bool) {
+		h.mu.Lock()
+		h.records[id]++
+		close(h.changed)
+		h.changed = make(chan struct{})
+		h.mu.Unlock()
+	}
+	h.agent = a
+	ctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	h.stopped = make(chan struct{})
+	go func() {
+		defer close(h.stopped)
+		if err := a.Run(ctx); err != nil {
+			h.t.Errorf("Run: %v", err)
+		}
+	}()
+	h.t.Cleanup(h.stop)
+	h.t.Cleanup(func() {
+		if h.t.Failed() {
+			h.t.Logf("agent log:\n%s", h.logs.String())
+		}
+	})
+}
+
+// stop cancels Run and waits for it to return.
+func (h *harness) stop() {
+	h.cancel()
+	select {
+	case <-h.stopped:
+	case <-time.After(10 * time.Second):
+		h.t.Error("Run did not return within 10s of cancel")
+	}
+}
+
+// waitRecords waits until n attempts of id have been recorded.
+func (h *harness) waitRecords(id string, n int) {
+	h.t.Helper()
+	timeout := time.NewTimer(15 * time.Second)
+	defer timeout.Stop()
+	for {
+		h.mu.Lock()
+		got, ch := h.records[id], h.changed
+		h.mu.Unlock()
+		if got >= n {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			h.t.Fatalf("%d attempts of %s recorded after 15s, want %d\nlog:\n%s", got, id, n, h.logs.String())
+		}
+	}
+}
+
+// submit queues a message from sender@sender.test to rcpts.
+func (h *harness) submit(body string, rcpts []string, mod ...func(*queue.Envelope)) string {
+	h.t.Helper()
+	env := &queue.Envelope{From: "sender@sender.test"}
+	for _, r := range rcpts {
+		env.Recipients = append(env.Recipients, queue.Recipient{Address: r})
+	}
+	for _, m := range mod {
+		m(env)
+	}
+	if err := h.q.Enqueue(env, strings.NewReader(body)); err != nil {
+		h.t.Fatal(err)
+	}
+	return env.ID
+}
+
+// rcptStates returns id's recipients, or nil when it has left the queue.
+func (h *harness) envelope(id string) *queue.Envelope {
+	env, err := h.q.Get(id)
+	if err != nil {
+		return nil
+	}
+	return env
+}
+
+const testBody = "From: Sender <sender@sender.test>\r\n" +
+	"To: rcpt@example.test\r\n" +
+	"Subject: hello\r\n" +
+	"Message-ID: <1@sender.test>\r\n" +
+	"\r\n" +
+	"Hello.\r\n" +
+	".leading dot\r\n" +
+	"..two dots\r\n" +
+	".\r\n" +
+	"last line without dot\r\n"
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// testPKI is a CA and a certificate it signed for some names.
+type testPKI struct {
+	caFile string
+	cert   tls.Certificate
+}
+
+func newPKI(t *testing.T, names ...string) *testPKI {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "mailhop test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return &testPKI{caFile: caFile, cert: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}}
+}
+
+func (p *testPKI) serverConfig() *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{p.cert}}
+}
