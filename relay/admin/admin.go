@@ -1,0 +1,271 @@
+// Package admin is mailhop's local control interface: HTTP with JSON bodies
+// on a unix socket (mode 0600), behind every `mailhop queue` command. Only
+// processes that can open the socket file can use it, so the file's
+// permissions are its access control.
+//
+// Endpoints:
+//
+//	GET  /v1/queue                       list (filters: state, domain, sender, rcpt, min_age)
+//	GET  /v1/queue/{id}                  one message
+//	POST /v1/queue/flush[?domain=D]      retry now
+//	POST /v1/queue/{id}/hold|release|delete|bounce
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+)
+
+// Bouncer bounces a queued message at once (the delivery agent).
+type Bouncer interface {
+	BounceNow(id string) error
+}
+
+// Server serves the admin API.
+type Server struct {
+	Queue   *queue.Queue
+	Bouncer Bouncer
+	Log     *slog.Logger
+	// Extra handlers mounted next to the queue API (e.g. sendmail injection).
+	Extra map[string]http.Handler
+
+	srv *http.Server
+}
+
+// Recipient is one recipient in the API's JSON.
+type Recipient struct {
+	Address string `json:"address"`
+	State   string `json:"state"`
+	Code    int    `json:"code,omitempty"`
+	Reply   string `json:"reply,omitempty"`
+	ORCPT   string `json:"orcpt,omitempty"`
+	Notify  string `json:"notify,omitempty"`
+}
+
+// Message is one queued message in the API's JSON.
+type Message struct {
+	ID          string      `json:"id"`
+	From        string      `json:"from"`
+	Recipients  []Recipient `json:"recipients"`
+	Arrived     time.Time   `json:"arrived"`
+	Size        int64       `json:"size"`
+	Attempts    int         `json:"attempts"`
+	NextAttempt time.Time   `json:"next_attempt"`
+	LastError   string      `json:"last_error"`
+	Held        bool        `json:"held"`
+	User        string      `json:"user,omitempty"`
+	Client      string      `json:"client,omitempty"`
+	Ret         string      `json:"ret,omitempty"`
+	EnvID       string      `json:"envid,omitempty"`
+}
+
+// FromEnvelope converts a queue envelope to its API form.
+func FromEnvelope(e *queue.Envelope) Message {
+	m := Message{ID: e.ID, From: e.From, Arrived: e.Arrived, Size: e.Size, Attempts: e.Attempts,
+		NextAttempt: e.NextAttempt, LastError: e.LastError, Held: e.Held, User: e.User,
+		Client: e.ClientAddr, Ret: e.Ret, EnvID: e.EnvID, Recipients: make([]Recipient, len(e.Recipients))}
+	for i, r := range e.Recipients {
+		m.Recipients[i] = Recipient{Address: r.Address, State: r.State.String(), Code: r.Code,
+			Reply: r.Reply, ORCPT: r.ORCPT, Notify: r.Notify.String()}
+	}
+	return m
+}
+
+// Filter selects messages for a list.
+type Filter struct {
+	State  string        // a recipient in this state: pending, delivered, failed; or "held"
+	Domain string        // a recipient in this domain
+	Sender string        // envelope sender contains this
+	Rcpt   string        // a recipient address contains this
+	MinAge time.Duration // arrived at least this long ago
+}
+
+// Match reports whether m passes f.
+func (f Filter) Match(m *Message, now time.Time) bool {
+	if f.Sender != "" && !strings.Contains(strings.ToLower(m.From), strings.ToLower(f.Sender)) {
+		return false
+	}
+	if f.MinAge > 0 && now.Sub(m.Arrived) < f.MinAge {
+		return false
+	}
+	if f.State == "held" {
+		if !m.Held {
+			return false
+		}
+	}
+	if f.Domain == "" && f.Rcpt == "" && (f.State == "" || f.State == "held") {
+		return true
+	}
+	for _, r := range m.Recipients {
+		if f.State != "" && f.State != "held" && r.State != f.State {
+			continue
+		}
+		if f.Domain != "" && !strings.EqualFold(domainOf(r.Address), f.Domain) {
+			continue
+		}
+		if f.Rcpt != "" && !strings.Contains(strings.ToLower(r.Address), strings.ToLower(f.Rcpt)) {
+			continue
+		}
+		return true
+	}
+	return false
+}
+
+func domainOf(addr string) string {
+	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
+		return addr[i+1:]
+	}
+	return ""
+}
+
+// Listen creates the unix socket at path (replacing a stale one) with mode 0600.
+func Listen(path string) (net.Listener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("admin: %s: another mailhop is running", path)
+	}
+	os.Remove(path)
+	old := umask(0o177)
+	ln, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves the API on ln until Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/queue", s.list)
+	mux.HandleFunc("GET /v1/queue/{id}", s.show)
+	mux.HandleFunc("POST /v1/queue/flush", s.flush)
+	mux.HandleFunc("POST /v1/queue/{id}/{action}", s.action)
+	for p, h := range s.Extra {
+		mux.Handle(p, h)
+	}
+	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	err := s.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops the API server.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.srv == nil {
+		return nil
+	}
+	return s.srv.Shutdown(ctx)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// apiError is the body of every error reply.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeErr(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, queue.ErrBusy):
+		code = http.StatusConflict
+	}
+	writeJSON(w, code, apiError{Error: err.Error()})
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	qv := r.URL.Query()
+	f := Filter{State: qv.Get("state"), Domain: qv.Get("domain"), Sender: qv.Get("sender"), Rcpt: qv.Get("rcpt")}
+	if v := qv.Get("min_age"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{Error: "min_age: " + err.Error()})
+			return
+		}
+		f.MinAge = d
+	}
+	now := time.Now()
+	out := []Message{}
+	for _, e := range s.Queue.List() {
+		m := FromEnvelope(e)
+		if f.Match(&m, now) {
+			out = append(out, m)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) show(w http.ResponseWriter, r *http.Request) {
+	e, err := s.Queue.Get(r.PathValue("id"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, FromEnvelope(e))
+}
+
+// Result is the reply to an action.
+type Result struct {
+	OK      bool   `json:"ok"`
+	Count   int    `json:"count,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+func (s *Server) flush(w http.ResponseWriter, r *http.Request) {
+	n := s.Queue.Flush(r.URL.Query().Get("domain"))
+	s.Log.Info("queue flushed by operator", "domain", r.URL.Query().Get("domain"), "messages", n)
+	writeJSON(w, http.StatusOK, Result{OK: true, Count: n})
+}
+
+func (s *Server) action(w http.ResponseWriter, r *http.Request) {
+	id, act := r.PathValue("id"), r.PathValue("action")
+	var err error
+	switch act {
+	case "hold":
+		err = s.Queue.Hold(id)
+	case "release":
+		err = s.Queue.Release(id)
+	case "delete":
+		err = s.Queue.Delete(id)
+	case "bounce":
+		if s.Bouncer == nil {
+			err = errors.New("bounce: no delivery agent")
+		} else {
+			err = s.Bouncer.BounceNow(id)
+		}
+	default:
+		writeJSON(w, http.StatusNotFound, apiError{Error: "unknown action " + act})
+		return
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	s.Log.Info("queue "+act+" by operator", "queue_id", id)
+	writeJSON(w, http.StatusOK, Result{OK: true, Count: 1})
+}

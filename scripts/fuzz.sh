@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every Fuzz* target in the module for a fixed time each:
+#   scripts/fuzz.sh [DURATION]     (default 10s; use 10m for a real campaign)
+# A crash or a recovered panic fails the run; new failing inputs are written
+# to the package's testdata/fuzz/ by go test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+t=${1:-10s}
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+    echo "-- $pkg $f ($t)"
+    go test -run '^$' -fuzz "^$f\$" -fuzztime "$t" "$pkg"
+  done
+done

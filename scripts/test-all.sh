@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every mailhop test on a fresh Debian machine: installs the real
+# clients and servers the tests talk to, then vet, unit, integration and
+# short fuzz runs. .ci/run calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v swaks >/dev/null || need+=(swaks)
+command -v curl >/dev/null || need+=(curl)
+command -v python3 >/dev/null || need+=(python3)
+[ -x /usr/sbin/smtp-sink ] || [ -x /usr/lib/postfix/sbin/smtp-sink ] || need+=(postfix)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  # Installing postfix must not start a mail server or ask questions.
+  echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+echo "== gofmt, go vet"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; fi
+go vet ./...
+
+echo "== unit and integration tests (race detector on)"
+go test -race -count=1 -timeout 12m ./...
+
+echo "== fuzz targets, ${FUZZTIME:=10s} each"
+scripts/fuzz.sh "$FUZZTIME"
