@@ -1,0 +1,138 @@
+// Command mailhop is an SMTP relay: it accepts mail from clients and
+// applications, queues it durably, and delivers it to each recipient
+// domain's mail servers (or through a smarthost), retrying until delivered,
+// bounced or expired.
+//
+// This file only dispatches subcommands; the work is in relay/ and queue/.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+const usage = `mailhop — an SMTP relay
+
+Usage:
+  mailhop serve --config FILE           run the relay in the foreground (logs to stderr)
+  mailhop check-config --config FILE    check a configuration; exit 1 with every problem found
+  mailhop passwd                        read a password on stdin, print its bcrypt hash
+  mailhop queue list [--json] [filters] list queued mail
+  mailhop queue show ID                 one message, with every recipient
+  mailhop queue flush [--domain D]      retry now
+  mailhop queue hold|release|delete|bounce ID
+  mailhop version
+
+Commands that need the configuration take --config FILE; without it they use
+$MAILHOP_CONFIG, then /etc/mailhop/config.toml.
+`
+
+// Exit codes for our own commands (sendmail uses sysexits).
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) < 2 {
+		fmt.Fprint(stderr, usage)
+		return exitUsage
+	}
+	cmd, rest := args[1], args[2:]
+	switch cmd {
+	case "serve":
+		return cmdServe(rest, stderr)
+	case "check-config":
+		return cmdCheckConfig(rest, stdout, stderr)
+	case "passwd":
+		return cmdPasswd(rest, stdin, stdout, stderr)
+	case "queue":
+		return cmdQueue(rest, stdout, stderr)
+	case "version", "--version", "-v":
+		fmt.Fprintf(stdout, "mailhop %s\n", version)
+		return exitOK
+	case "help", "--help", "-h":
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "mailhop: unknown command %q\n\n%s", cmd, usage)
+	return exitUsage
+}
+
+// parseInterspersed parses flags that may come before, between or after
+// positional arguments (`queue show ID --config F`), returning the
+// positional ones.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		if args[0] == "--" {
+			return append(pos, args[1:]...), nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+// configPath returns the configuration file to use.
+func configPath(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if env := os.Getenv("MAILHOP_CONFIG"); env != "" {
+		return env
+	}
+	return "/etc/mailhop/config.toml"
+}
+
+// loadConfig loads the configuration, printing every problem on failure.
+func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		var ce *config.Error
+		if errors.As(err, &ce) {
+			fmt.Fprintln(stderr, strings.TrimRight(ce.Error(), "\n"))
+		} else {
+			fmt.Fprintf(stderr, "mailhop: %v\n", err)
+		}
+		return nil, false
+	}
+	return cfg, true
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgFlag := fs.String("config", "", "configuration file")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return exitUsage
+	}
+	path := configPath(*cfgFlag)
+	if _, ok := loadConfig(path, stderr); !ok {
+		return exitFail
+	}
+	abs, _ := filepath.Abs(path)
+	fmt.Fprintf(stdout, "%s: OK\n", abs)
+	return exitOK
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/admin"
+)
+
+// cmdQueue runs `mailhop queue ...` against the running relay's admin
+// socket. list and show also work while the relay is stopped: they then
+// read the queue directory themselves.
+func cmdQueue(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("queue", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgFlag := fs.String("config", "", "configuration file")
+	asJSON := fs.Bool("json", false, "print JSON (list, show)")
+	var f admin.Filter
+	fs.StringVar(&f.State, "state", "", "list: only messages with a recipient in this state (pending, delivered, failed) or held")
+	fs.StringVar(&f.Domain, "domain", "", "list: only messages with a recipient in this domain; flush: only this domain")
+	fs.StringVar(&f.Sender, "sender", "", "list: envelope sender contains this")
+	fs.StringVar(&f.Rcpt, "rcpt", "", "list: a recipient contains this")
+	fs.DurationVar(&f.MinAge, "min-age", 0, "list: queued at least this long")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) == 0 {
+		fmt.Fprint(stderr, "mailhop queue: need a subcommand: list, show, flush, hold, release, delete, bounce\n")
+		return exitUsage
+	}
+	cfg, ok := loadConfig(configPath(*cfgFlag), stderr)
+	if !ok {
+		return exitFail
+	}
+	c := admin.NewClient(cfg.Admin.Socket)
+	sub, rest := pos[0], pos[1:]
+	fail := func(err error) int {
+		fmt.Fprintf(stderr, "mailhop queue %s: %v\n", sub, err)
+		return exitFail
+	}
+	// offline opens the queue directory when the relay is not running.
+	offline := func() (*queue.Queue, error) {
+		return queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+	}
+	switch sub {
+	case "list":
+		msgs, err := c.List(f)
+		if errors.Is(err, admin.ErrNotRunning) {
+			q, oerr := offline()
+			if oerr != nil {
+				return fail(fmt.Errorf("%v; and reading the queue directory: %v", err, oerr))
+			}
+			msgs = nil
+			now := time.Now()
+			for _, e := range q.List() {
+				m := admin.FromEnvelope(e)
+				if f.Match(&m, now) {
+					msgs = append(msgs, m)
+				}
+			}
+			q.Close()
+			err = nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		if *asJSON {
+			if msgs == nil {
+				msgs = []admin.Message{}
+			}
+			return printJSON(stdout, msgs)
+		}
+		printTable(stdout, msgs)
+		return exitOK
+	case "show":
+		if len(rest) != 1 {
+			fmt.Fprintln(stderr, "usage: mailhop queue show ID")
+			return exitUsage
+		}
+		m, err := c.Show(rest[0])
+		if errors.Is(err, admin.ErrNotRunning) {
+			q, oerr := offline()
+			if oerr != nil {
+				return fail(fmt.Errorf("%v; and reading the queue directory: %v", err, oerr))
+			}
+			e, gerr := q.Get(rest[0])
+			q.Close()
+			if gerr != nil {
+				return fail(fmt.Errorf("%s: %w", rest[0], gerr))
+			}
+			mm := admin.FromEnvelope(e)
+			m, err = &mm, nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		if *asJSON {
+			return printJSON(stdout, m)
+		}
+		printTable(stdout, []admin.Message{*m})
+		return exitOK
+	case "flush":
+		n, err := c.Flush(f.Domain)
+		if err != nil {
+			return fail(err)
+		}
+		fmt.Fprintf(stdout, "%d message(s) due now\n", n)
+		return exitOK
+	case "hold", "release", "delete", "bounce":
+		if len(rest) == 0 {
+			fmt.Fprintf(stderr, "usage: mailhop queue %s ID...\n", sub)
+			return exitUsage
+		}
+		code := exitOK
+		for _, id := range rest {
+			if err := c.Action(id, sub); err != nil {
+				fmt.Fprintf(stderr, "mailhop queue %s %s: %v\n", sub, id, err)
+				code = exitFail
+				continue
+			}
+			fmt.Fprintf(stdout, "%s: %s\n", id, pastTense[sub])
+		}
+		return code
+	}
+	fmt.Fprintf(stderr, "mailhop queue: unknown subcommand %q\n", sub)
+	return exitUsage
+}
+
+var pastTense = map[string]string{"hold": "held", "release": "released", "delete": "deleted", "bounce": "bounced"}
+
+func printJSON(w io.Writer, v any) int {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
+		return exitFail
+	}
+	return exitOK
+}
+
+// printTable prints messages for people: one line per message, then one
+// per recipient with its state and last reply.
+func printTable(w io.Writer, msgs []admin.Message) {
+	if len(msgs) == 0 {
+		fmt.Fprintln(w, "queue is empty")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tSIZE\tARRIVED\tATTEMPTS\tNEXT ATTEMPT\tSENDER")
+	for _, m := range msgs {
+		next := m.NextAttempt.Local().Format("2006-01-02 15:04:05")
+		if m.Held {
+			next = "held"
+		}
+		from := m.From
+		if from == "" {
+			from = "<>"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", m.ID, m.Size, m.Arrived.Local().Format("2006-01-02 15:04:05"),
+			m.Attempts, next, from)
+		for _, r := range m.Recipients {
+			reply := ""
+			if r.Code != 0 || r.Reply != "" {
+				reply = strings.TrimSpace(fmt.Sprintf("%d %s", r.Code, r.Reply))
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t\t\t\n", r.State, r.Address, oneLine(reply))
+		}
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d message(s)\n", len(msgs))
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\r", " ")
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 120 {
+		s = s[:117] + "..."
+	}
+	return s
+}
