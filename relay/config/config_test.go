@@ -436,3 +436,24 @@ x = 2
 		}
 	}
 }
+
+func TestUnknownKeysEachReported(t *testing.T) {
+	t.Parallel()
+	_, err := Parse([]byte(`hostname = "mx.example.com"
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+bogus = 1
+[[listener]]
+address = "127.0.0.1:2526"
+mode = "relay"
+bogus = 2
+[extra]
+a = 1
+b = 2
+`), "c.toml")
+	want := "c.toml:5: listener[0].bogus: unknown key\nc.toml:9: listener[1].bogus: unknown key\nc.toml:10: extra: unknown key"
+	if err == nil || err.Error() != want {
+		t.Errorf("got:\n%v\nwant:\n%s", err, want)
+	}
+}

@@ -213,9 +213,11 @@ func (d *decoder) unknownKeys() {
 		plain := strings.Join(k, ".")
 		n := seen[plain]
 		seen[plain]++
-		for _, p := range append(reported, d.failed...) {
-			if plain == p || strings.HasPrefix(plain, p+".") {
-				return // the table above is already reported
+		for _, list := range [][]string{reported, d.failed} {
+			for _, p := range list {
+				if strings.HasPrefix(plain, p+".") {
+					return // the key above is already reported
+				}
 			}
 		}
 		reported = append(reported, plain)
