@@ -1,0 +1,152 @@
+package outbound
+
+import (
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// memBody is a queue.Body over bytes.
+type memBody struct{ *bytes.Reader }
+
+func (memBody) Close() error { return nil }
+
+func newMemBody(s string) memBody { return memBody{bytes.NewReader([]byte(s))} }
+
+func buildTestDSN(t testing.TB, action string, env *queue.Envelope, body string) []byte {
+	t.Helper()
+	var rcpts []dsnRcpt
+	for i := range env.Recipients {
+		rcpts = append(rcpts, dsnRcpt{rcpt: &env.Recipients[i], action: action,
+			reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "no\r\nsuch user"}, remote: "mx.example.test"})
+	}
+	m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(body), rcpts: rcpts, now: time.Unix(1700000000, 0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(m.reader())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func TestBuildDSN_RoundTrip(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: "E1", Arrived: time.Unix(1699990000, 0),
+		Recipients: []queue.Recipient{{Address: "a@example.test", ORCPT: "rfc822;A@example.test"}, {Address: "b@example.test"}}}
+	raw := buildTestDSN(t, "failed", env, testBody)
+	if bytes.Contains(bytes.ReplaceAll(raw, []byte("\r\n"), nil), []byte("\n")) || bytes.Contains(bytes.ReplaceAll(raw, []byte("\r\n"), nil), []byte("\r")) {
+		t.Fatal("bare CR or LF in the report")
+	}
+	d, err := ParseDSN(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, raw)
+	}
+	if len(d.Recipients) != 2 || d.Recipients[0].OriginalRecipient != "rfc822; A@example.test" || d.Recipients[1].OriginalRecipient != "" {
+		t.Errorf("recipients: %+v", d.Recipients)
+	}
+	if d.Recipients[0].DiagnosticCode != "smtp; 550 5.1.1 no  such user" {
+		t.Errorf("diagnostic (control characters must be gone): %q", d.Recipients[0].DiagnosticCode)
+	}
+	if d.EnvelopeID != "E1" || !strings.Contains(d.ArrivalDate, "Nov 2023") {
+		t.Errorf("per-message: %q %q", d.EnvelopeID, d.ArrivalDate)
+	}
+	if d.Header.Get("Subject") != "Undelivered Mail Returned to Sender" || d.Header.Get("Message-Id") == "" || d.Header.Get("Date") == "" {
+		t.Errorf("header: %v", d.Header)
+	}
+}
+
+func TestParseDSN_Rejects(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Recipients: []queue.Recipient{{Address: "a@example.test"}}}
+	good := string(buildTestDSN(t, "failed", env, testBody))
+	for name, bad := range map[string]string{
+		"not a report":         strings.Replace(good, "multipart/report", "multipart/mixed", 1),
+		"wrong report type":    strings.Replace(good, "report-type=delivery-status", "report-type=disposition-notification", 1),
+		"no reporting MTA":     strings.Replace(good, "Reporting-MTA: dns; relay.test\r\n", "", 1),
+		"untyped final rcpt":   strings.Replace(good, "Final-Recipient: rfc822; ", "Final-Recipient: ", 1),
+		"bad action":           strings.Replace(good, "Action: failed", "Action: exploded", 1),
+		"bad status":           strings.Replace(good, "Status: 5.1.1", "Status: 9.9", 1),
+		"no recipient":         good[:strings.Index(good, "\r\nFinal-Recipient")] + "\r\n\r\n--" + strings.SplitN(good[strings.Index(good, "\r\n--")+4:], "\r\n", 2)[0] + "--\r\n",
+		"no status part":       strings.Replace(good, "message/delivery-status", "text/plain", 1),
+		"garbage":              "hello",
+		"missing content type": "Subject: x\r\n\r\nbody\r\n",
+	} {
+		if _, err := ParseDSN(strings.NewReader(bad)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestBuildDSN_DelayedAndSuccess(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Ret: "FULL", Recipients: []queue.Recipient{{Address: "a@example.test"}}}
+	for action, status := range map[string]string{"delayed": "4.0.0", "relayed": "2.0.0", "delivered": "2.0.0"} {
+		d, err := ParseDSN(bytes.NewReader(buildTestDSN(t, action, env, testBody)))
+		if err != nil {
+			t.Fatalf("%s: %v", action, err)
+		}
+		// The 550 reply has the wrong class for these actions.
+		if r := d.Recipients[0]; r.Action != action || r.Status != status {
+			t.Errorf("%s: %+v", action, r)
+		}
+		if d.OriginalType != "text/rfc822-headers" {
+			t.Errorf("%s: RET=FULL must only return the message in failure reports, got %s", action, d.OriginalType)
+		}
+	}
+}
+
+func TestCountReceived(t *testing.T) {
+	body := "Received: a\r\nreceived: b\r\n\tcontinued\r\nX-Received: no\r\nSubject: x\r\n\r\nReceived: in the body\r\n"
+	if n, _ := countReceived(newMemBody(body)); n != 2 {
+		t.Errorf("countReceived = %d, want 2", n)
+	}
+	long := "X-Long: " + strings.Repeat("a", 10000) + "\r\nReceived: c\r\n\r\n"
+	if n, _ := countReceived(newMemBody(long)); n != 1 {
+		t.Errorf("after a long line: %d, want 1", n)
+	}
+}
+
+func TestSMTPErrClassify(t *testing.T) {
+	for _, tc := range []struct {
+		e    smtperr.Error
+		temp bool
+		st   string
+	}{
+		{smtperr.Error{Code: 550, Enhanced: "5.1.1"}, false, "5.1.1"},
+		{smtperr.Error{Code: 451, Enhanced: "5.1.1"}, true, "4.0.0"},
+		{smtperr.Error{Code: 0, Enhanced: "5.1.10"}, false, "5.1.10"},
+		{smtperr.Error{Code: 0, Enhanced: "4.4.7"}, true, "4.4.7"},
+		{smtperr.Error{}, true, "4.0.0"},
+	} {
+		if tc.e.Temporary() != tc.temp || tc.e.Status() != tc.st {
+			t.Errorf("%+v: temporary %v status %s", tc.e, tc.e.Temporary(), tc.e.Status())
+		}
+	}
+	if e := smtperr.Classify(io.EOF); !e.Temporary() {
+		t.Error("an unknown error must be temporary")
+	}
+}
+
+func FuzzParseDSN(f *testing.F) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: "E", Recipients: []queue.Recipient{{Address: "a@example.test", ORCPT: "rfc822;a@example.test"}}}
+	f.Add(buildTestDSN(f, "failed", env, testBody))
+	f.Add([]byte("Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nFinal-Recipient: rfc822; a@b\r\nAction: failed\r\nStatus: 5.0.0\r\n--b--\r\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d, err := ParseDSN(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if d.ReportingMTA == "" || len(d.Recipients) == 0 {
+			t.Fatalf("accepted a report without required fields: %+v", d)
+		}
+		for _, r := range d.Recipients {
+			if r.Address() == "" || !smtperr.ValidEnhanced(strings.Fields(r.Status)[0]) {
+				t.Fatalf("accepted a bad recipient: %+v", r)
+			}
+		}
+	})
+}

@@ -1,0 +1,51 @@
+package outbound
+
+import (
+	"context"
+	"testing"
+
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+func TestLimiter_PerDomain(t *testing.T) {
+	l := newLimiter(2)
+	ctx := context.Background()
+	r1, err1 := l.acquire(ctx, "a.test")
+	r2, err2 := l.acquire(ctx, "a.test")
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := l.acquire(done, "a.test"); err == nil {
+		t.Fatal("third slot granted with a limit of 2")
+	}
+	r3, err := l.acquire(ctx, "b.test") // other domains are not affected
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1()
+	r4, err := l.acquire(ctx, "a.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2()
+	r3()
+	r4()
+	if len(l.m) != 0 {
+		t.Errorf("limiter keeps %d idle domains", len(l.m))
+	}
+}
+
+func TestDelivery_ImplicitMX(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{"implicit.test.": {dnstest.A("implicit.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.start()
+	id := h.submit(testBody, []string{"a@implicit.test"})
+	h.waitRecords(id, 1)
+	if len(h.first.Messages()) != 1 {
+		t.Fatal("not delivered to the implicit MX")
+	}
+}
