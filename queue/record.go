@@ -139,6 +139,23 @@ func (d *decoder) str() string {
 	return s
 }
 
+// internStr reads a string, sharing the copy with an equal one read before.
+func (d *decoder) internStr(seen map[string]string) string {
+	n := d.uvarint()
+	if d.err != nil || n > uint64(len(d.b)) {
+		d.fail()
+		return ""
+	}
+	raw := d.b[:n]
+	d.b = d.b[n:]
+	if s, ok := seen[string(raw)]; ok {
+		return s
+	}
+	s := string(raw)
+	seen[s] = s
+	return s
+}
+
 func (d *decoder) time() time.Time {
 	v := d.varint()
 	if v == 0 {
@@ -210,6 +227,7 @@ func (d *decoder) envelope() *Envelope {
 	env.DelayWarned = d.bool()
 	n := d.count(5)
 	env.Recipients = make([]Recipient, n)
+	replies := map[string]string{}
 	for i := 0; i < n && d.err == nil; i++ {
 		r := &env.Recipients[i]
 		r.Address = d.str()
@@ -217,7 +235,7 @@ func (d *decoder) envelope() *Envelope {
 		r.Notify = Notify(d.byte1())
 		r.State = RcptState(d.byte1())
 		r.Code = int(d.uvarint())
-		r.Reply = d.str()
+		r.Reply = d.internStr(replies)
 	}
 	if d.err == nil && (env.ID == "" || env.Size < 0) {
 		d.fail()
@@ -249,8 +267,9 @@ func (d *decoder) state() *StateUpdate {
 	s.DelayWarned = d.bool()
 	n := d.count(4)
 	s.Rcpts = make([]RcptUpdate, n)
+	replies := map[string]string{} // one attempt often gives many recipients the same reply
 	for i := 0; i < n && d.err == nil; i++ {
-		s.Rcpts[i] = RcptUpdate{Index: int(d.uvarint()), State: RcptState(d.byte1()), Code: int(d.uvarint()), Reply: d.str()}
+		s.Rcpts[i] = RcptUpdate{Index: int(d.uvarint()), State: RcptState(d.byte1()), Code: int(d.uvarint()), Reply: d.internStr(replies)}
 	}
 	return s
 }
