@@ -68,11 +68,8 @@ func (d *decoder) decode(data []byte, cfg *Config) bool {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			msg := pe.Message
-			if pe.Usage != "" {
-				msg += " (" + strings.TrimSpace(pe.Usage) + ")"
-			}
-			d.ps.addAt("", pe.Position.Line, "TOML syntax: %s", msg)
+			// pe.Usage is a multi-line essay; one line per problem is the contract.
+			d.ps.addAt("", pe.Position.Line, "TOML syntax: %s", pe.Message)
 		} else {
 			d.ps.addAt("", 0, "TOML: %v", err)
 		}
