@@ -27,7 +27,10 @@
 //     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
 //     ORCPT) and DATA with the stored bytes. A connection whose transaction
 //     ended cleanly is kept for delivery.idle_conn_timeout and reused (RSET
-//     first) by the next message to the same address, TLS mode and route.
+//     first) by the next message to the same address, TLS mode and route;
+//     at most 4 are kept idle per such key. The go-smtp client sends one
+//     command at a time (no PIPELINING) and adds BODY=8BITMIME whenever
+//     the server offers 8BITMIME.
 //  6. The outcomes go back to the queue with queue.Done; when delivery was
 //     cut short by shutdown and nothing changed, the message is given back
 //     with queue.Requeue.

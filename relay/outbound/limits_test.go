@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -47,5 +49,32 @@ func TestDelivery_ImplicitMX(t *testing.T) {
 	h.waitRecords(id, 1)
 	if len(h.first.Messages()) != 1 {
 		t.Fatal("not delivered to the implicit MX")
+	}
+}
+
+func TestDelivery_5xxIsAnAnswer_421MovesOn(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "reject.test", 10, "mx1.reject.test", "127.0.0.2")
+	addMX(z, "reject.test", 20, "mx2.reject.test", "127.0.0.3")
+	addMX(z, "closing.test", 10, "mx1.closing.test", "127.0.0.4")
+	addMX(z, "closing.test", 20, "mx2.closing.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.1.1", "no such user")
+	}}, z)
+	h.server("127.0.0.4", smtptest.Behaviour{Mail: func(string, *smtp.MailOptions) error {
+		return smtptest.Reply(421, "4.3.2", "shutting down")
+	}})
+	backup := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@reject.test"})
+	h.waitRecords(id, 1)
+	if backup.Conns() != 0 {
+		t.Fatal("a 5xx to RCPT made the agent try the next MX")
+	}
+	id = h.submit(testBody, []string{"a@closing.test"})
+	h.waitRecords(id, 1)
+	if m := backup.Messages(); len(m) != 1 || m[0].To[0] != "a@closing.test" {
+		t.Fatalf("a 421 to MAIL did not move on to the next MX: %+v", m)
 	}
 }
