@@ -298,6 +298,7 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	}
 	after := m.env.clone()
 	s.mu.Unlock()
+	internReplies(u.Rcpts)
 	u.apply(after)
 	removed := after.Pending() == 0
 
@@ -345,6 +346,22 @@ func (s *LogStore) writeDone(id string) error {
 			s.drop(id, m)
 		}
 	}})
+}
+
+// internReplies makes equal reply texts share one string: an attempt often
+// gives hundreds of recipients the same reply, and envelopes stay in memory.
+func internReplies(rs []RcptUpdate) {
+	if len(rs) < 2 {
+		return
+	}
+	seen := make(map[string]string)
+	for i := range rs {
+		if s, ok := seen[rs[i].Reply]; ok {
+			rs[i].Reply = s
+		} else {
+			seen[rs[i].Reply] = rs[i].Reply
+		}
+	}
 }
 
 // SetHeld implements Store.
