@@ -261,6 +261,16 @@ func (r *relay) kill() {
 	<-exited
 }
 
+// pid returns the running process's ID.
+func (r *relay) pid() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cmd == nil {
+		r.t.Fatal("relay not running")
+	}
+	return r.cmd.Process.Pid
+}
+
 // signal sends sig to the running process.
 func (r *relay) signal(sig os.Signal) {
 	r.mu.Lock()
