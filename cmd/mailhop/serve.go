@@ -49,6 +49,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 		return exitFail
 	}
 	log := newLogger(cfg.Log, stderr)
+	warnReadableSecrets(cfg, path, log)
 	if err := serve(cfg, path, log); err != nil {
 		log.Error("mailhop stopped", "err", err)
 		return exitFail
@@ -151,6 +152,25 @@ loop:
 	}
 	log.Info("mailhop stopped")
 	return runErr
+}
+
+// warnReadableSecrets warns when a configuration that holds secrets
+// (password hashes, smarthost passwords) can be read by every local user.
+func warnReadableSecrets(cfg *config.Config, path string, log *slog.Logger) {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o004 == 0 {
+		return
+	}
+	secrets := len(cfg.User) > 0
+	for _, r := range cfg.Route {
+		if r.Password != "" && r.PasswordFile == "" && r.PasswordEnv == "" {
+			secrets = true
+		}
+	}
+	if secrets {
+		log.Warn("the configuration file holds secrets and is readable by every user; chmod o-r it",
+			"config", path, "mode", fi.Mode().Perm().String())
+	}
 }
 
 // reload loads the configuration again (SIGHUP). A configuration with
