@@ -120,6 +120,9 @@ type DKIM struct {
 type Admin struct {
 	Socket         string `toml:"socket"`
 	MetricsAddress string `toml:"metrics_address"`
+	// SocketGroup, when set, makes the socket mode 0660 with this group, so
+	// its members (applications using `mailhop sendmail`) may use it.
+	SocketGroup string `toml:"socket_group"`
 }
 
 // Log configures log/slog output.
@@ -136,6 +139,9 @@ type Limits struct {
 	SessionTimeout      Duration `toml:"session_timeout"`        // whole connection
 	MaxLineLength       int      `toml:"max_line_length"`        // bytes, text lines in DATA
 	MaxErrors           int      `toml:"max_errors"`             // then 421 and disconnect
+	// ShutdownTimeout is how long SMTP transactions and deliveries may take
+	// to finish after SIGTERM before they are cut off.
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
 }
 
 // Duration is a time.Duration written in TOML as a string such as "5m".

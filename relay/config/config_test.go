@@ -160,7 +160,7 @@ mode = "relay"
 		{"limits", cfg.Limits, Limits{
 			MaxConnections: 1000, MaxConnectionsPerIP: 20,
 			IdleTimeout: Duration{5 * time.Minute}, SessionTimeout: Duration{30 * time.Minute},
-			MaxLineLength: 998, MaxErrors: 10,
+			MaxLineLength: 998, MaxErrors: 10, ShutdownTimeout: Duration{30 * time.Second},
 		}},
 	}
 	for _, c := range checks {

@@ -74,6 +74,7 @@ func defaults() *Config {
 			SessionTimeout:      Duration{30 * time.Minute},
 			MaxLineLength:       DefaultMaxLineLength,
 			MaxErrors:           DefaultMaxErrors,
+			ShutdownTimeout:     Duration{30 * time.Second},
 		},
 	}
 }

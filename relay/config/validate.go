@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"strconv"
 	"strings"
 
@@ -45,6 +46,11 @@ func (c *Config) validate(ps *problems) {
 			ps.add("admin.metrics_address", "%v", err)
 		}
 	}
+	if g := c.Admin.SocketGroup; g != "" {
+		if _, err := user.LookupGroup(g); err != nil {
+			ps.add("admin.socket_group", "group %q does not exist on this system", g)
+		}
+	}
 	oneOf(ps, "log.format", c.Log.Format, "text", "json")
 	oneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")
 	l := &c.Limits
@@ -54,6 +60,7 @@ func (c *Config) validate(ps *problems) {
 	positiveDuration(ps, "limits.session_timeout", l.SessionTimeout)
 	positive(ps, "limits.max_line_length", l.MaxLineLength)
 	positive(ps, "limits.max_errors", l.MaxErrors)
+	positiveDuration(ps, "limits.shutdown_timeout", l.ShutdownTimeout)
 }
 
 func (c *Config) validateTLS(ps *problems) {
