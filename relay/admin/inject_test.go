@@ -80,7 +80,9 @@ func startInject(t *testing.T, withCred bool) *injectEnv {
 	srv := &Server{Queue: q, Log: log, Extra: map[string]http.Handler{InjectPath: in}}
 	done := make(chan struct{})
 	go func() { srv.Serve(ln); close(done) }()
-	t.Cleanup(func() { srv.Shutdown(t.Context()); <-done })
+	// Closing the listener stops Serve. (Server.Shutdown would race with a
+	// Serve that has not yet stored its http.Server.)
+	t.Cleanup(func() { ln.Close(); <-done })
 	return &injectEnv{q: q, in: in, client: NewClient(sock), cfg: cfg}
 }
 
