@@ -26,6 +26,15 @@ type Options struct {
 	Now      func() time.Time
 	// Dial opens connections; nil: a net.Dialer. Tests and proxies set it.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Observer, when set, is told of every attempt and delivery (metrics).
+	Observer Observer
+}
+
+// Observer receives timings as they happen, for histograms. Its methods
+// are called from delivery goroutines and must be quick.
+type Observer interface {
+	AttemptDone(dur time.Duration)        // one domain-group attempt ended
+	Delivered(sinceArrival time.Duration) // one recipient delivered
 }
 
 // Agent is the delivery agent: it takes due messages from the queue and
@@ -47,6 +56,7 @@ type Agent struct {
 	caPools map[string]*x509.CertPool
 
 	stats counters
+	obs   Observer
 
 	// onRecord, when set (by tests), is called after each attempt is
 	// recorded (requeued: false) or given back (requeued: true).
@@ -64,6 +74,7 @@ func New(opts Options) (*Agent, error) {
 		log:      opts.Logger,
 		now:      opts.Now,
 		dial:     opts.Dial,
+		obs:      opts.Observer,
 		pool:     newPool(),
 		noTLS:    make(map[netip.Addr]time.Time),
 		caPools:  make(map[string]*x509.CertPool),
@@ -271,6 +282,9 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		gr.dur = time.Since(start)
 		a.stats.attempts.Add(1)
 		a.stats.attemptNanos.Add(int64(gr.dur))
+		if a.obs != nil {
+			a.obs.AttemptDone(gr.dur)
+		}
 	}()
 	targets, err := a.targets(ctx, cfg, domain)
 	if err != nil {

@@ -240,6 +240,9 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 		switch {
 		case r.state == queue.Delivered:
 			a.stats.delivered.Add(1)
+			if a.obs != nil {
+				a.obs.Delivered(a.now().Sub(env.Arrived))
+			}
 			a.log.Info("delivered", attrs...)
 		case r.state == queue.Failed && expired[r.index]:
 			a.stats.bounced.Add(1)
