@@ -1,6 +1,8 @@
 package smtp
 
 import (
+	"bufio"
+	"bytes"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -19,27 +21,28 @@ import (
 	"github.com/emersion/go-sasl"
 )
 
-// Number of errors we'll tolerate per connection before closing. Defaults to 3.
-const errThreshold = 3
-
 type Conn struct {
 	conn   net.Conn
 	text   *textproto.Conn
 	server *Server
 	helo   string
 
-	// Number of errors witnessed on this connection
+	// Number of error replies (4xx/5xx) sent on this connection; see
+	// Server.MaxErrors.
 	errCount int
+	// closing is set once a 421 reply has been written: the connection is
+	// closed after the current command (RFC 5321 §3.8).
+	closing bool
 
 	session    Session
 	locker     sync.Mutex
 	binarymime bool
 
-	lineLimitReader *lineLimitReader
-	bdatPipe        *io.PipeWriter
-	bdatStatus      *statusCollector // used for BDAT on LMTP
-	dataResult      chan error
-	bytesReceived   int64 // counts total size of chunks when BDAT is used
+	bdatCheck     *lineChecker // bare CR/LF and line length across BDAT chunks
+	bdatPipe      *io.PipeWriter
+	bdatStatus    *statusCollector // used for BDAT on LMTP
+	dataResult    chan error
+	bytesReceived int64 // counts total size of chunks when BDAT is used
 
 	fromReceived bool
 	recipients   []string
@@ -57,16 +60,12 @@ func newConn(c net.Conn, s *Server) *Conn {
 }
 
 func (c *Conn) init() {
-	c.lineLimitReader = &lineLimitReader{
-		R:         c.conn,
-		LineLimit: c.server.MaxLineLength,
-	}
 	rwc := struct {
 		io.Reader
 		io.Writer
 		io.Closer
 	}{
-		Reader: c.lineLimitReader,
+		Reader: timeoutReader{c},
 		Writer: c.conn,
 		Closer: c.conn,
 	}
@@ -101,7 +100,7 @@ func (c *Conn) handle(cmd string, arg string) {
 	}()
 
 	if cmd == "" {
-		c.protocolError(500, EnhancedCode{5, 5, 2}, "Error: bad syntax")
+		c.writeResponse(500, EnhancedCode{5, 5, 2}, "Error: bad syntax")
 		return
 	}
 
@@ -146,7 +145,7 @@ func (c *Conn) handle(cmd string, arg string) {
 		c.handleStartTLS()
 	default:
 		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)
-		c.protocolError(500, EnhancedCode{5, 5, 2}, msg)
+		c.writeResponse(500, EnhancedCode{5, 5, 2}, msg)
 	}
 }
 
@@ -206,16 +205,13 @@ func (c *Conn) authAllowed() bool {
 	return isTLS || c.server.AllowInsecureAuth
 }
 
-// protocolError writes errors responses and closes the connection once too many
-// have occurred.
-func (c *Conn) protocolError(code int, ec EnhancedCode, msg string) {
-	c.writeResponse(code, ec, msg)
-
-	c.errCount++
-	if c.errCount > errThreshold {
-		c.writeResponse(500, EnhancedCode{5, 5, 1}, "Too many errors. Quiting now")
-		c.Close()
+// tooManyErrors reports whether the session has used up Server.MaxErrors.
+func (c *Conn) tooManyErrors() bool {
+	max := c.server.MaxErrors
+	if max == 0 {
+		max = DefaultMaxErrors
 	}
+	return max > 0 && c.errCount >= max
 }
 
 // GREET state -> waiting for HELO
@@ -317,11 +313,16 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 // READY state -> waiting for MAIL
 func (c *Conn) handleMail(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "MAIL not allowed during message transfer")
+		return
+	}
+	if c.fromReceived {
+		// RFC 5321 §4.1.4: MAIL while a transaction is open is out of sequence.
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Nested MAIL command")
 		return
 	}
 
@@ -333,8 +334,11 @@ func (c *Conn) handleMail(arg string) {
 
 	p := parser{s: strings.TrimSpace(arg)}
 	from, err := p.parseReversePath()
+	if err == nil && p.sourceRoute && c.server.RejectSourceRoutes {
+		err = errSourceRoute
+	}
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting MAIL arg syntax of FROM:<address>")
+		c.writeResponse(501, EnhancedCode{5, 1, 3}, "Bad address syntax")
 		return
 	}
 	args, err := parseArgs(p.s)
@@ -358,7 +362,7 @@ func (c *Conn) handleMail(arg string) {
 			}
 
 			if c.server.MaxMessageBytes > 0 && int64(size) > c.server.MaxMessageBytes {
-				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
+				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit")
 				return
 			}
 
@@ -671,11 +675,11 @@ func isPrintableASCII(val string) bool {
 // MAIL state -> waiting for RCPTs followed by DATA
 func (c *Conn) handleRcpt(arg string) {
 	if !c.fromReceived {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing MAIL FROM command.")
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "RCPT not allowed during message transfer")
 		return
 	}
 
@@ -687,8 +691,11 @@ func (c *Conn) handleRcpt(arg string) {
 
 	p := parser{s: strings.TrimSpace(arg)}
 	recipient, err := p.parsePath()
+	if err == nil && p.sourceRoute && c.server.RejectSourceRoutes {
+		err = errSourceRoute
+	}
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Was expecting RCPT arg syntax of TO:<address>")
+		c.writeResponse(501, EnhancedCode{5, 1, 3}, "Bad address syntax")
 		return
 	}
 
@@ -817,7 +824,12 @@ func checkNotifySet(values []DSNNotify) error {
 
 func (c *Conn) handleAuth(arg string) {
 	if c.helo == "" {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Please introduce yourself first.")
+		return
+	}
+	if c.fromReceived {
+		// RFC 4954 §4: AUTH is not permitted during a mail transaction.
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "AUTH not permitted during a mail transaction")
 		return
 	}
 	if c.didAuth {
@@ -827,12 +839,13 @@ func (c *Conn) handleAuth(arg string) {
 
 	parts := strings.Fields(arg)
 	if len(parts) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 4}, "Missing parameter")
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing parameter")
 		return
 	}
 
 	if !c.authAllowed() {
-		c.writeResponse(523, EnhancedCode{5, 7, 10}, "TLS is required")
+		// RFC 3207 §4: 530 5.7.0 when TLS must come first.
+		c.writeResponse(530, EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 		return
 	}
 
@@ -844,7 +857,7 @@ func (c *Conn) handleAuth(arg string) {
 		var err error
 		ir, err = decodeSASLResponse(parts[1])
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.writeResponse(501, EnhancedCode{5, 5, 2}, "Invalid base64 data")
 			return
 		}
 	}
@@ -873,9 +886,13 @@ func (c *Conn) handleAuth(arg string) {
 		}
 		c.writeResponse(334, NoEnhancedCode, encoded)
 
-		encoded, err = c.readLine()
-		if err != nil {
-			return // TODO: error handling
+		encoded, err = c.readLineLimit(c.authLineLimit())
+		if err == errLineTooLong {
+			c.writeResponse(500, EnhancedCode{5, 5, 2}, "Line too long")
+			return
+		} else if err != nil {
+			c.readError(err)
+			return
 		}
 
 		if encoded == "*" {
@@ -886,7 +903,7 @@ func (c *Conn) handleAuth(arg string) {
 
 		response, err = decodeSASLResponse(encoded)
 		if err != nil {
-			c.writeResponse(454, EnhancedCode{4, 7, 0}, "Invalid base64 data")
+			c.writeResponse(501, EnhancedCode{5, 5, 2}, "Invalid base64 data")
 			return
 		}
 	}
@@ -933,7 +950,9 @@ func (c *Conn) handleStartTLS() {
 	tlsConn := tls.Server(c.conn, c.server.TLSConfig)
 
 	if err := tlsConn.Handshake(); err != nil {
-		c.writeResponse(550, EnhancedCode{5, 0, 0}, "Handshake error")
+		// The stream is no longer in a known state: a reply in plain text
+		// could not be read by the client, so just close.
+		c.closing = true
 		return
 	}
 
@@ -960,16 +979,16 @@ func (c *Conn) handleData(arg string) {
 		return
 	}
 	if c.bdatPipe != nil {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed during message transfer")
 		return
 	}
 	if c.binarymime {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "DATA not allowed for BINARYMIME messages")
 		return
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		return
 	}
 
@@ -984,10 +1003,18 @@ func (c *Conn) handleData(arg string) {
 	}
 
 	r := newDataReader(c)
-	code, enhancedCode, msg := dataErrorToStatus(c.Session().Data(r))
-	r.limited = false
-	io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
-	c.writeResponse(code, enhancedCode, msg)
+	err := c.Session().Data(r)
+	// Make sure all the data has been consumed, up to the real end marker.
+	if !r.drain() {
+		c.readError(r.ioErr)
+		return
+	}
+	if r.err != nil {
+		// The data itself was refused (bare CR/LF, line or size limit): that
+		// is the reply, whatever Data made of the reader's error.
+		err = r.err
+	}
+	c.writeResponse(dataErrorToStatus(err))
 }
 
 func (c *Conn) handleBdat(arg string) {
@@ -1018,14 +1045,14 @@ func (c *Conn) handleBdat(arg string) {
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(502, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
+		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
 		// The chunk follows the command even when the command is rejected.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
 		return
 	}
 
 	if c.server.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.server.MaxMessageBytes {
-		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Max message size exceeded")
+		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit")
 
 		// Discard chunk itself without passing it to backend.
 		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
@@ -1043,6 +1070,10 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
+		c.bdatCheck = &lineChecker{maxLine: c.server.MaxLineLength}
+		// Taken here, not in the goroutine: reset waits for the goroutine
+		// while holding the lock that Session() takes.
+		session := c.Session()
 
 		go func() {
 			defer func() {
@@ -1056,11 +1087,11 @@ func (c *Conn) handleBdat(arg string) {
 
 			var err error
 			if !c.server.LMTP {
-				err = c.Session().Data(r)
+				err = session.Data(r)
 			} else {
-				lmtpSession, ok := c.Session().(LMTPSession)
+				lmtpSession, ok := session.(LMTPSession)
 				if !ok {
-					err = c.Session().Data(r)
+					err = session.Data(r)
 					for _, rcpt := range c.recipients {
 						c.bdatStatus.SetStatus(rcpt, err)
 					}
@@ -1074,22 +1105,30 @@ func (c *Conn) handleBdat(arg string) {
 		}()
 	}
 
-	c.lineLimitReader.LineLimit = 0
-	defer func() {
-		c.lineLimitReader.LineLimit = c.server.MaxLineLength
-	}()
-
 	chunk := io.LimitReader(c.text.R, int64(size))
-	_, err = io.Copy(c.bdatPipe, chunk)
+	_, err = io.Copy(c.bdatPipe, &checkedReader{r: chunk, check: c.bdatCheck})
+	if err == nil && last {
+		err = c.bdatCheck.finish()
+	}
 	if err != nil {
-		// Backend might return an error early using CloseWithError without consuming
-		// the whole chunk.
-		io.Copy(ioutil.Discard, chunk)
+		// Backend might return an error early using CloseWithError without
+		// consuming the whole chunk, or the chunk itself was refused.
+		if _, rerr := io.Copy(ioutil.Discard, chunk); rerr != nil {
+			c.readError(rerr)
+			return
+		}
+		if c.bdatCheck.err != nil {
+			err = c.bdatCheck.err
+		}
+		// Let the backend see why the message was dropped, and wait for it.
+		c.bdatPipe.CloseWithError(err)
+		<-c.dataResult
+		c.bdatPipe = nil
 
 		c.writeResponse(dataErrorToStatus(err))
 
 		if err == errPanic {
-			c.Close()
+			c.closing = true
 		}
 
 		c.reset()
@@ -1102,6 +1141,7 @@ func (c *Conn) handleBdat(arg string) {
 		c.bdatPipe.Close()
 
 		err := <-c.dataResult
+		c.bdatPipe = nil
 
 		if c.server.LMTP {
 			c.bdatStatus.fillRemaining(err)
@@ -1114,7 +1154,7 @@ func (c *Conn) handleBdat(arg string) {
 		}
 
 		if err == errPanic {
-			c.Close()
+			c.closing = true
 			return
 		}
 
@@ -1217,8 +1257,10 @@ func (c *Conn) handleDataLMTP() {
 	if !ok {
 		// Fallback to using a single status for all recipients.
 		err := c.Session().Data(r)
-		r.limited = false
-		io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+		r.drain() // Make sure all the data has been consumed
+		if r.err != nil {
+			err = r.err
+		}
 		for _, rcpt := range c.recipients {
 			status.SetStatus(rcpt, err)
 		}
@@ -1239,9 +1281,12 @@ func (c *Conn) handleDataLMTP() {
 				}
 			}()
 
-			status.fillRemaining(lmtpSession.LMTPData(r, status))
-			r.limited = false
-			io.Copy(ioutil.Discard, r) // Make sure all the data has been consumed
+			err := lmtpSession.LMTPData(r, status)
+			r.drain() // Make sure all the data has been consumed
+			if r.err != nil {
+				err = r.err
+			}
+			status.fillRemaining(err)
 			done <- true
 		}()
 	}
@@ -1254,7 +1299,7 @@ func (c *Conn) handleDataLMTP() {
 	// If done gets false, the panic occurred in LMTPData and the connection
 	// should be closed.
 	if !<-done {
-		c.Close()
+		c.closing = true
 	}
 }
 
@@ -1275,6 +1320,16 @@ func (c *Conn) Reject() {
 	c.Close()
 }
 
+// readError answers a failed read: a timeout gets 421 (RFC 5321 §4.5.3.2),
+// anything else (the client went away) no reply. The connection is closed
+// after the current command either way.
+func (c *Conn) readError(err error) {
+	c.closing = true
+	if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
+		c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+	}
+}
+
 func (c *Conn) greet() {
 	protocol := "ESMTP"
 	if c.server.LMTP {
@@ -1284,6 +1339,16 @@ func (c *Conn) greet() {
 }
 
 func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
+	switch {
+	case code == 421:
+		// RFC 5321 §3.8: 421 means the server closes the channel.
+		c.closing = true
+	case code == 452 && enhCode == (EnhancedCode{4, 5, 3}):
+		// Too many recipients is normal flow (RFC 5321 §4.5.3.1.10).
+	case code >= 400:
+		c.errCount++
+	}
+
 	// TODO: error handling
 	if c.server.WriteTimeout != 0 {
 		c.conn.SetWriteDeadline(time.Now().Add(c.server.WriteTimeout))
@@ -1323,15 +1388,71 @@ func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
 	}
 }
 
-// Reads a line of input
+// Reads a command line of input.
 func (c *Conn) readLine() (string, error) {
-	if c.server.ReadTimeout != 0 {
-		if err := c.conn.SetReadDeadline(time.Now().Add(c.server.ReadTimeout)); err != nil {
+	return c.readLineLimit(c.commandLineLimit())
+}
+
+func (c *Conn) commandLineLimit() int {
+	if c.server.MaxCommandLength > 0 {
+		return c.server.MaxCommandLength
+	}
+	return DefaultMaxCommandLength
+}
+
+// authLineLimit is the limit for SASL responses: RFC 4954 §4 wants at
+// least 12288 octets.
+func (c *Conn) authLineLimit() int {
+	if l := c.commandLineLimit(); l > 12288 {
+		return l
+	}
+	return 12288
+}
+
+// readLineLimit reads one line of at most limit octets including the line
+// ending. A longer line is read to its end and discarded, and
+// errLineTooLong is returned, so that the session can go on in step with
+// the client.
+func (c *Conn) readLineLimit(limit int) (string, error) {
+	var line []byte
+	tooLong := false
+	for {
+		frag, err := c.text.R.ReadSlice('\n')
+		if err != nil && err != bufio.ErrBufferFull {
 			return "", err
 		}
+		if !tooLong {
+			if len(line)+len(frag) > limit {
+				tooLong = true
+				line = nil
+			} else {
+				line = append(line, frag...)
+			}
+		}
+		if err == nil {
+			break
+		}
 	}
+	if tooLong {
+		return "", errLineTooLong
+	}
+	line = bytes.TrimSuffix(line, []byte("\n"))
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	return string(line), nil
+}
 
-	return c.text.ReadLine()
+// timeoutReader refreshes the read deadline before every read from the
+// network, so that Server.ReadTimeout bounds each wait for the client, in
+// commands and in message data alike.
+type timeoutReader struct{ c *Conn }
+
+func (r timeoutReader) Read(b []byte) (int, error) {
+	if d := r.c.server.ReadTimeout; d != 0 {
+		if err := r.c.conn.SetReadDeadline(time.Now().Add(d)); err != nil {
+			return 0, err
+		}
+	}
+	return r.c.conn.Read(b)
 }
 
 func (c *Conn) reset() {
@@ -1340,8 +1461,12 @@ func (c *Conn) reset() {
 
 	if c.bdatPipe != nil {
 		c.bdatPipe.CloseWithError(ErrDataReset)
+		// Wait for Session.Data to return, so that Session.Reset below never
+		// runs concurrently with it.
+		<-c.dataResult
 		c.bdatPipe = nil
 	}
+	c.bdatCheck = nil
 	c.bdatStatus = nil
 	c.bytesReceived = 0
 

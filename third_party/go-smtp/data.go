@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 )
@@ -44,20 +45,65 @@ func (err *SMTPError) Temporary() bool {
 var ErrDataTooLarge = &SMTPError{
 	Code:         552,
 	EnhancedCode: EnhancedCode{5, 3, 4},
-	Message:      "Maximum message size exceeded",
+	Message:      "Message size exceeds fixed limit",
 }
 
+// ErrBareLineEnding is the reply to message data that holds a CR or an LF
+// that is not part of a CRLF pair. Such data is refused as a whole: a
+// server that forwarded it could let a next hop see an end of data where
+// this one saw none (SMTP smuggling, CVE-2023-51764 and its family).
+var ErrBareLineEnding = &SMTPError{
+	Code:         550,
+	EnhancedCode: EnhancedCode{5, 6, 11},
+	Message:      "Bare CR or LF not allowed",
+}
+
+// ErrDataLineTooLong is the reply to message data with a text line longer
+// than Server.MaxLineLength (RFC 5321 §4.5.3.1.6, §4.5.3.1.10).
+var ErrDataLineTooLong = &SMTPError{
+	Code:         500,
+	EnhancedCode: EnhancedCode{5, 5, 2},
+	Message:      "Line too long",
+}
+
+// errLineTooLong is returned by readLineLimit for an over-long command line.
+var errLineTooLong = errors.New("smtp: line too long")
+
+// dataReader reads the DATA of a message (RFC 5321 §4.1.1.4): it removes
+// dot-stuffing and stops at the end marker. Only <CRLF>.<CRLF> ends the
+// data; the CRLF that ends the DATA command counts as the first CRLF.
+//
+// Refusals (bare CR or LF, an over-long line, the size limit) are sticky:
+// Read returns the error from then on, drain still consumes the data up to
+// the real end marker, and the error is the reply.
 type dataReader struct {
 	r     *bufio.Reader
 	state int
 
 	limited bool
 	n       int64 // Maximum bytes remaining
+
+	maxLine int // octets per line including CRLF; 0: no limit
+	lineLen int
+
+	err   *SMTPError // the data is refused
+	ioErr error      // the connection failed
 }
+
+// States of dataReader.
+const (
+	stateBeginLine = iota // beginning of line (after CRLF); initial state
+	stateDot              // read . at beginning of line
+	stateDotCR            // read .<CR> at beginning of line
+	stateCR               // read <CR>
+	stateData             // reading data in middle of line
+	stateEOF              // reached <CRLF>.<CRLF>
+)
 
 func newDataReader(c *Conn) *dataReader {
 	dr := &dataReader{
-		r: c.text.R,
+		r:       c.text.R,
+		maxLine: c.server.MaxLineLength,
 	}
 
 	if c.server.MaxMessageBytes > 0 {
@@ -68,81 +114,194 @@ func newDataReader(c *Conn) *dataReader {
 	return dr
 }
 
-func (r *dataReader) Read(b []byte) (n int, err error) {
-	if r.limited {
-		if r.n <= 0 {
-			return 0, ErrDataTooLarge
+func (r *dataReader) fail(err *SMTPError) {
+	if r.err == nil {
+		r.err = err
+	}
+}
+
+// step advances the state machine by one input byte and reports whether
+// the byte is part of the message.
+func (r *dataReader) step(c byte) bool {
+	r.lineLen++
+	if r.maxLine > 0 && r.lineLen > r.maxLine {
+		r.fail(ErrDataLineTooLong)
+	}
+	switch r.state {
+	case stateBeginLine:
+		switch c {
+		case '.':
+			r.state = stateDot
+			return false
+		case '\r':
+			r.state = stateCR
+		case '\n':
+			r.fail(ErrBareLineEnding)
+			r.state = stateData
+		default:
+			r.state = stateData
 		}
-		if int64(len(b)) > r.n {
-			b = b[0:r.n]
+	case stateDot:
+		switch c {
+		case '\r':
+			r.state = stateDotCR
+			return false
+		case '\n':
+			r.fail(ErrBareLineEnding)
+			r.state = stateData
+		default:
+			r.state = stateData
+		}
+	case stateDotCR:
+		if c == '\n' {
+			r.state = stateEOF
+			return false
+		}
+		r.fail(ErrBareLineEnding)
+		if c == '\r' {
+			r.state = stateCR
+		} else {
+			r.state = stateData
+		}
+	case stateCR:
+		switch c {
+		case '\n':
+			r.state = stateBeginLine
+			r.lineLen = 0
+		case '\r':
+			r.fail(ErrBareLineEnding)
+		default:
+			r.fail(ErrBareLineEnding)
+			r.state = stateData
+		}
+	case stateData:
+		switch c {
+		case '\r':
+			r.state = stateCR
+		case '\n':
+			r.fail(ErrBareLineEnding)
 		}
 	}
+	return true
+}
 
-	// Code below is taken from net/textproto with only one modification to
-	// not rewrite CRLF -> LF.
-
-	// Run data through a simple state machine to
-	// elide leading dots and detect End-of-Data (<CR><LF>.<CR><LF>) line.
-	const (
-		stateBeginLine = iota // beginning of line; initial state; must be zero
-		stateDot              // read . at beginning of line
-		stateDotCR            // read .\r at beginning of line
-		stateCR               // read \r (possibly at end of line)
-		stateData             // reading data in middle of line
-		stateEOF              // reached .\r\n end marker line
-	)
-	for n < len(b) && r.state != stateEOF {
+func (r *dataReader) Read(b []byte) (n int, err error) {
+	for n < len(b) && r.state != stateEOF && r.err == nil {
 		var c byte
 		c, err = r.r.ReadByte()
 		if err != nil {
 			if err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}
-			break
+			r.ioErr = err
+			return n, err
 		}
-		switch r.state {
-		case stateBeginLine:
-			if c == '.' {
-				r.state = stateDot
-				continue
-			}
-			if c == '\r' {
-				r.state = stateCR
+		if !r.step(c) {
+			continue
+		}
+		if r.limited {
+			if r.n <= 0 {
+				r.fail(ErrDataTooLarge)
 				break
 			}
-			r.state = stateData
-		case stateDot:
-			if c == '\r' {
-				r.state = stateDotCR
-				continue
-			}
-			r.state = stateData
-		case stateDotCR:
-			if c == '\n' {
-				r.state = stateEOF
-				continue
-			}
-			r.state = stateData
-		case stateCR:
-			if c == '\n' {
-				r.state = stateBeginLine
-				break
-			}
-			r.state = stateData
-		case stateData:
-			if c == '\r' {
-				r.state = stateCR
-			}
+			r.n--
 		}
 		b[n] = c
 		n++
 	}
-	if err == nil && r.state == stateEOF {
-		err = io.EOF
+	if r.err != nil {
+		return n, r.err
 	}
+	if r.state == stateEOF {
+		return n, io.EOF
+	}
+	return n, nil
+}
 
-	if r.limited {
-		r.n -= int64(n)
+// drain consumes the rest of the data up to the end marker. It reports
+// false if the connection failed first (r.ioErr).
+func (r *dataReader) drain() bool {
+	for r.state != stateEOF {
+		if r.ioErr != nil {
+			return false
+		}
+		c, err := r.r.ReadByte()
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			r.ioErr = err
+			return false
+		}
+		r.step(c)
 	}
-	return
+	return true
+}
+
+// lineChecker applies the rules of dataReader to BDAT chunks (RFC 3030),
+// whose data is not dot-stuffed and has no end marker: no bare CR or LF,
+// no line longer than maxLine. Its state carries over from chunk to chunk.
+type lineChecker struct {
+	maxLine int
+	lineLen int
+	cr      bool // the last byte was a CR
+	err     *SMTPError
+}
+
+func (lc *lineChecker) fail(err *SMTPError) {
+	if lc.err == nil {
+		lc.err = err
+	}
+}
+
+func (lc *lineChecker) check(b []byte) {
+	for _, c := range b {
+		lc.lineLen++
+		if lc.maxLine > 0 && lc.lineLen > lc.maxLine {
+			lc.fail(ErrDataLineTooLong)
+		}
+		if lc.cr {
+			lc.cr = false
+			if c == '\n' {
+				lc.lineLen = 0
+				continue
+			}
+			lc.fail(ErrBareLineEnding)
+		}
+		switch c {
+		case '\r':
+			lc.cr = true
+		case '\n':
+			lc.fail(ErrBareLineEnding)
+		}
+	}
+}
+
+// finish is called after the last chunk: a final CR is a bare CR.
+func (lc *lineChecker) finish() error {
+	if lc.cr {
+		lc.fail(ErrBareLineEnding)
+	}
+	if lc.err != nil {
+		return lc.err
+	}
+	return nil
+}
+
+// checkedReader passes a BDAT chunk through a lineChecker.
+type checkedReader struct {
+	r     io.Reader
+	check *lineChecker
+}
+
+func (cr *checkedReader) Read(b []byte) (int, error) {
+	if cr.check.err != nil {
+		return 0, cr.check.err
+	}
+	n, err := cr.r.Read(b)
+	cr.check.check(b[:n])
+	if cr.check.err != nil {
+		return 0, cr.check.err
+	}
+	return n, err
 }

@@ -102,7 +102,12 @@ func parseDeliverByArgument(arg string) *DeliverByOptions {
 // parser parses command arguments defined in RFC 5321 section 4.1.2.
 type parser struct {
 	s string
+
+	// sourceRoute is set when parsePath met (and skipped) a source route.
+	sourceRoute bool
 }
+
+var errSourceRoute = fmt.Errorf("source route")
 
 func (p *parser) peekByte() (byte, bool) {
 	if len(p.s) == 0 {
@@ -155,6 +160,7 @@ func (p *parser) parsePath() (string, error) {
 			return "", fmt.Errorf("malformed a-d-l")
 		}
 		p.s = p.s[i+1:]
+		p.sourceRoute = true
 	}
 	mbox, err := p.parseMailbox()
 	if err != nil {
@@ -207,18 +213,25 @@ func (p *parser) parseLocalPart() (string, error) {
 	var sb strings.Builder
 
 	if p.acceptByte('"') { // quoted-string
+		// Kept quoted, as sent: unquoting would change the address
+		// ("a@b"@c is not a@b@c).
+		sb.WriteByte('"')
 		for {
 			ch, ok := p.readByte()
-			switch ch {
-			case '\\':
-				ch, ok = p.readByte()
-			case '"':
-				return sb.String(), nil
-			}
 			if !ok {
 				return "", fmt.Errorf("malformed quoted-string")
 			}
 			sb.WriteByte(ch)
+			switch ch {
+			case '\\':
+				ch, ok = p.readByte()
+				if !ok {
+					return "", fmt.Errorf("malformed quoted-string")
+				}
+				sb.WriteByte(ch)
+			case '"':
+				return sb.String(), nil
+			}
 		}
 	} else { // dot-string
 		for {

@@ -15,7 +15,7 @@ func TestParser(t *testing.T) {
 		{"root@nsa.gov AUTH=asdf@example.org", "root@nsa.gov", " AUTH=asdf@example.org"},
 	}
 	for _, tc := range validReversePaths {
-		p := parser{tc.raw}
+		p := parser{s: tc.raw}
 		path, err := p.parseReversePath()
 		if err != nil {
 			t.Errorf("parser.parseReversePath(%q) = %v", tc.raw, err)
@@ -36,7 +36,7 @@ func TestParser(t *testing.T) {
 		"<root@nsa.gov",
 	}
 	for _, tc := range invalidReversePaths {
-		p := parser{tc}
+		p := parser{s: tc}
 		if path, err := p.parseReversePath(); err == nil {
 			t.Errorf("parser.parseReversePath(%q) = %q, want error", tc, path)
 		}

@@ -31,10 +31,27 @@ type Server struct {
 	// Enable LMTP mode, as defined in RFC 2033.
 	LMTP bool
 
-	Domain            string
-	MaxRecipients     int
-	MaxMessageBytes   int64
-	MaxLineLength     int
+	Domain          string
+	MaxRecipients   int
+	MaxMessageBytes int64
+	// MaxLineLength is the longest text line accepted in DATA or BDAT, in
+	// octets including CRLF (0: no limit). A longer line makes the whole
+	// message fail with 500 5.5.2 once its data has been read.
+	MaxLineLength int
+	// MaxCommandLength is the longest command line accepted, in octets
+	// including CRLF (0: DefaultMaxCommandLength). A longer line gets
+	// 500 5.5.2 and the session goes on.
+	MaxCommandLength int
+	// MaxErrors is the number of error replies (4xx and 5xx, except
+	// 452 4.5.3 too many recipients) a session may get; the reply that
+	// reaches it is followed by 421 4.7.0 and the connection is closed.
+	// 0: DefaultMaxErrors; negative: no limit.
+	MaxErrors int
+	// RejectSourceRoutes makes MAIL and RCPT refuse a path with a source
+	// route (<@a,@b:user@c>, RFC 5321 §4.1.1.3) with 501 5.1.3 instead of
+	// silently stripping the route.
+	RejectSourceRoutes bool
+
 	AllowInsecureAuth bool
 	Debug             io.Writer
 	ErrorLog          Logger
@@ -89,6 +106,16 @@ type Server struct {
 	listeners []net.Listener
 	conns     map[*Conn]struct{}
 }
+
+// DefaultMaxCommandLength is the default Server.MaxCommandLength. RFC 5321
+// §4.5.3.1.4 allows 512 octets for a command line, which ESMTP parameters
+// (RFC 5321 §4.5.3.1.4 allows extensions to raise it) can exceed; 2048 is
+// what Postfix accepts (line_length_limit).
+const DefaultMaxCommandLength = 2048
+
+// DefaultMaxErrors is the default Server.MaxErrors (Postfix:
+// smtpd_hard_error_limit is 20, 10 under stress).
+const DefaultMaxErrors = 10
 
 // New creates a new SMTP server.
 func NewServer(be Backend) *Server {
@@ -175,25 +202,21 @@ func (s *Server) handleConn(c *Conn) error {
 
 	c.greet()
 
-	for {
+	for !c.closing {
 		line, err := c.readLine()
-		if err == nil {
+		switch {
+		case err == nil:
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
-				c.protocolError(501, EnhancedCode{5, 5, 2}, "Bad command")
-				continue
+				c.writeResponse(501, EnhancedCode{5, 5, 2}, "Bad command")
+			} else {
+				c.handle(cmd, arg)
 			}
-
-			c.handle(cmd, arg)
-		} else {
-			if err == io.EOF || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			if err == ErrTooLongLine {
-				c.writeResponse(500, EnhancedCode{5, 4, 0}, "Too long line, closing connection")
-				return nil
-			}
-
+		case err == errLineTooLong:
+			c.writeResponse(500, EnhancedCode{5, 5, 2}, "Line too long")
+		case err == io.EOF || errors.Is(err, net.ErrClosed):
+			return nil
+		default:
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
 				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
 				return nil
@@ -202,7 +225,11 @@ func (s *Server) handleConn(c *Conn) error {
 			c.writeResponse(421, EnhancedCode{4, 4, 0}, "Connection error, sorry")
 			return err
 		}
+		if !c.closing && c.tooManyErrors() {
+			c.writeResponse(421, EnhancedCode{4, 7, 0}, "Too many errors, closing connection")
+		}
 	}
+	return nil
 }
 
 func (s *Server) network() string {

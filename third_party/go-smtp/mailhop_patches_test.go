@@ -1,0 +1,75 @@
+package smtp
+
+import (
+	"bufio"
+	"io"
+	"strings"
+	"testing"
+)
+
+// TestDataReaderEndMarker checks that only <CRLF>.<CRLF> ends DATA and that
+// every bare CR or LF refuses the message (mailhop patch).
+func TestDataReaderEndMarker(t *testing.T) {
+	cases := []struct {
+		name, in, rest string
+		err            *SMTPError
+		body           string
+	}{
+		{"clean", "a\r\n..b\r\n.\r\nNEXT", "NEXT", nil, "a\r\n.b\r\n"},
+		{"empty", ".\r\nNEXT", "NEXT", nil, ""},
+		{"LF.CRLF", "a\n.\r\nb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"CR.CRLF", "a\r.\r\nb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"LF.LF", "a\n.\nb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"CR.CR", "a\r.\rb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"CRLF.CR", "a\r\n.\rb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"LF.CR", "a\n.\rb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"CRLF.LF", "a\r\n.\nb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"CRCRLF", "a\r\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
+		{"long", "aaaaaaaaaa\r\n.\r\nNEXT", "NEXT", ErrDataLineTooLong, ""},
+		{"size", "123456789\r\n123456789\r\n.\r\nNEXT", "NEXT", ErrDataTooLarge, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			br := bufio.NewReader(strings.NewReader(tc.in))
+			r := &dataReader{r: br, maxLine: 11, limited: true, n: 15}
+			got, err := io.ReadAll(r)
+			if !r.drain() {
+				t.Fatalf("drain: %v", r.ioErr)
+			}
+			rest, _ := io.ReadAll(br)
+			if string(rest) != tc.rest {
+				t.Errorf("left in stream %q, want %q", rest, tc.rest)
+			}
+			if tc.err == nil {
+				if err != nil || r.err != nil {
+					t.Fatalf("err %v / %v", err, r.err)
+				}
+				if string(got) != tc.body {
+					t.Errorf("body %q, want %q", got, tc.body)
+				}
+				return
+			}
+			if err != tc.err || r.err != tc.err {
+				t.Errorf("err %v / %v, want %v", err, r.err, tc.err)
+			}
+		})
+	}
+}
+
+func TestLineCheckerAcrossChunks(t *testing.T) {
+	lc := &lineChecker{}
+	lc.check([]byte("a\r"))
+	lc.check([]byte("\nb\r\n"))
+	if err := lc.finish(); err != nil {
+		t.Fatal(err)
+	}
+	for _, chunks := range [][]string{{"a\n"}, {"a\r", "b"}, {"a\r"}, {"a\r\n\r"}} {
+		lc := &lineChecker{}
+		for _, c := range chunks {
+			lc.check([]byte(c))
+		}
+		if err := lc.finish(); err != ErrBareLineEnding {
+			t.Errorf("%q: err %v", chunks, err)
+		}
+	}
+}
