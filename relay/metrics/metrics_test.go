@@ -1,0 +1,90 @@
+package metrics
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMetrics_SnapshotAndHistograms(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	m := New(func() Snapshot {
+		return Snapshot{Received: 7, Refused: map[string]uint64{"relay_denied": 2, "auth_failed": 1},
+			Delivered: 5, Deferred: 3, Bounced: 1, QueueMessages: 2, QueueRecipients: 4,
+			QueueOldest: now.Add(-90 * time.Second), ConnectionsIn: 3, TLSIn: 6, TLSOut: 8,
+			DNSLookups: 11, DNSFailures: 2, Fsyncs: 9}
+	})
+	m.now = func() time.Time { return now }
+	m.AttemptDone(200 * time.Millisecond)
+	m.Delivered(3 * time.Second)
+	m.Delivered(2 * time.Hour)
+
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	text := rec.Body.String()
+	for _, line := range []string{
+		"mailhop_messages_received_total 7",
+		`mailhop_messages_refused_total{reason="auth_failed"} 1`,
+		`mailhop_messages_refused_total{reason="relay_denied"} 2`,
+		"mailhop_messages_delivered_total 5",
+		"mailhop_messages_deferred_total 3",
+		"mailhop_messages_bounced_total 1",
+		"mailhop_queue_messages 2",
+		"mailhop_queue_recipients 4",
+		"mailhop_queue_oldest_age_seconds 90",
+		`mailhop_connections_open{direction="in"} 3`,
+		`mailhop_tls_connections_total{direction="in"} 6`,
+		`mailhop_tls_connections_total{direction="out"} 8`,
+		"mailhop_dns_lookups_total 11",
+		"mailhop_dns_failures_total 2",
+		"mailhop_queue_fsyncs_total 9",
+		"# TYPE mailhop_messages_received_total counter",
+		"# TYPE mailhop_queue_messages gauge",
+		"# TYPE mailhop_delivery_latency_seconds histogram",
+	} {
+		if !strings.Contains(text, "\n"+line+"\n") {
+			t.Errorf("/metrics lacks the line %q", line)
+		}
+	}
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		switch mf.GetName() {
+		case "mailhop_delivery_latency_seconds":
+			if c := mf.GetMetric()[0].GetHistogram().GetSampleCount(); c != 2 {
+				t.Errorf("latency count = %d, want 2", c)
+			}
+		case "mailhop_delivery_attempt_duration_seconds":
+			if c := mf.GetMetric()[0].GetHistogram().GetSampleCount(); c != 1 {
+				t.Errorf("attempt count = %d, want 1", c)
+			}
+		}
+	}
+}
+
+func TestServer_ServesMetricsOverHTTP(t *testing.T) {
+	t.Parallel()
+	m := New(func() Snapshot { return Snapshot{Received: 1} })
+	s, err := Listen("127.0.0.1:0", m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(t.Context())
+	resp, err := http.Get("http://" + s.Addr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, w := range []string{"mailhop_messages_received_total 1", "mailhop_queue_messages 0", "go_goroutines"} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("/metrics lacks %q", w)
+		}
+	}
+}
