@@ -70,7 +70,8 @@ var (
 	descFsyncs     = prometheus.NewDesc("mailhop_queue_fsyncs_total", "Queue group commits, one fsync each.", nil, nil)
 )
 
-// New returns metrics reading counters from snapshot at each scrape.
+// New returns metrics reading counters from snapshot at each scrape (nil:
+// none until SetSnapshot).
 func New(snapshot func() Snapshot) *Metrics {
 	m := &Metrics{
 		reg:      prometheus.NewRegistry(),
@@ -92,6 +93,11 @@ func New(snapshot func() Snapshot) *Metrics {
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
+
+// SetSnapshot replaces the function read at each scrape. It is for wiring
+// (the parts that keep the counters are made after the Metrics, which the
+// delivery agent needs as its Observer) and must be called before serving.
+func (m *Metrics) SetSnapshot(f func() Snapshot) { m.snapshot = f }
 
 // AttemptDone records one attempt's duration (outbound.Observer).
 func (m *Metrics) AttemptDone(d time.Duration) { m.attempt.Observe(d.Seconds()) }
@@ -118,6 +124,9 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
+	if c.m.snapshot == nil {
+		return
+	}
 	s := c.m.snapshot()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
