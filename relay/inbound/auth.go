@@ -1,0 +1,151 @@
+package inbound
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// Replies of AUTH (RFC 4954 §6).
+var (
+	errAuthInvalid = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8},
+		Message: "Authentication credentials invalid"}
+	errAuthMalformed = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+		Message: "Malformed authentication response"}
+	errAuthTooMany = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Too many failed authentications, closing connection"}
+)
+
+var (
+	dummyHashOnce sync.Once
+	dummyHash     []byte
+)
+
+// checkPassword compares password with the user's bcrypt hash. For an
+// unknown user it compares with a fixed dummy hash of the same cost, so the
+// time taken does not tell whether a user exists.
+func checkPassword(hash string, password string) bool {
+	if hash == "" {
+		dummyHashOnce.Do(func() {
+			dummyHash, _ = bcrypt.GenerateFromPassword([]byte("mailhop dummy password"), bcrypt.DefaultCost)
+		})
+		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		return false
+	}
+	return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
+}
+
+// loginServer is the server side of AUTH LOGIN (draft-murchison-sasl-login):
+// "Username:", then "Password:". go-sasl has only the client.
+type loginServer struct {
+	step     int
+	username string
+	check    func(username, password string) error
+}
+
+func (l *loginServer) Next(response []byte) (challenge []byte, done bool, err error) {
+	switch l.step {
+	case 0:
+		l.step = 1
+		if response == nil { // no initial response
+			return []byte("Username:"), false, nil
+		}
+		fallthrough
+	case 1:
+		l.username = string(response)
+		l.step = 2
+		return []byte("Password:"), false, nil
+	case 2:
+		l.step = 3
+		return nil, true, l.check(l.username, string(response))
+	}
+	return nil, false, errAuthMalformed
+}
+
+// countedServer wraps a SASL mechanism: it turns errors without SMTP
+// meaning (go-sasl's "invalid response") into 501, and reports every
+// failure to the session's failure counter, which may slow the reply down
+// or turn it into 421.
+type countedServer struct {
+	sasl.Server
+	fail func(err error) error
+}
+
+func (c *countedServer) Next(response []byte) ([]byte, bool, error) {
+	challenge, done, err := c.Server.Next(response)
+	if err != nil {
+		var se *smtp.SMTPError
+		if !errors.As(err, &se) {
+			err = errAuthMalformed
+		}
+		return nil, false, c.fail(err)
+	}
+	return challenge, done, nil
+}
+
+// authMechanisms are the mechanisms offered (after TLS only; go-smtp does
+// not advertise or accept AUTH before TLS).
+var authMechanisms = []string{sasl.Plain, sasl.Login}
+
+// AuthMechanisms implements smtp.AuthSession.
+func (ss *session) AuthMechanisms() []string { return authMechanisms }
+
+// Auth implements smtp.AuthSession.
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	var inner sasl.Server
+	switch mech {
+	case sasl.Plain:
+		inner = sasl.NewPlainServer(func(identity, username, password string) error {
+			if identity != "" && identity != username {
+				checkPassword("", password) // same time as a wrong password
+				ss.log.Info("auth failed", "user", username, "reason", "authorization identity")
+				return errAuthInvalid
+			}
+			return ss.authenticate(username, password)
+		})
+	case sasl.Login:
+		inner = &loginServer{check: ss.authenticate}
+	default:
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return &countedServer{Server: inner, fail: ss.authFailed}, nil
+}
+
+// authenticate checks a user's password; on success the session is
+// authenticated as that user. Passwords are never logged.
+func (ss *session) authenticate(username, password string) error {
+	cfg := ss.s.cfg.Load()
+	hash := ""
+	if u := cfg.FindUser(username); u != nil {
+		hash = u.PasswordHash
+	}
+	if !checkPassword(hash, password) {
+		ss.log.Info("auth failed", "user", username)
+		return errAuthInvalid
+	}
+	ss.user = username
+	ss.log.Info("auth succeeded", "user", username)
+	return nil
+}
+
+// authFailed counts a failed AUTH for the client's address: after
+// AuthDelayAfter failures each reply waits AuthDelayStep more per failure;
+// at AuthMaxFailures the reply is 421 (go-smtp then closes) and the address
+// is refused for AuthBlockFor.
+func (ss *session) authFailed(err error) error {
+	s := ss.s
+	s.stats.authFailures.Add(1)
+	n := s.authFails.fail(ss.ip, time.Now(), s.AuthBlockFor, s.AuthMaxFailures)
+	if s.AuthMaxFailures > 0 && n >= s.AuthMaxFailures {
+		ss.log.Warn("too many failed authentications, address blocked", "failures", n, "for", s.AuthBlockFor)
+		return errAuthTooMany
+	}
+	if extra := n - s.AuthDelayAfter; extra > 0 && s.AuthDelayStep > 0 {
+		time.Sleep(time.Duration(extra) * s.AuthDelayStep)
+	}
+	return err
+}

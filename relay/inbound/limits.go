@@ -1,0 +1,215 @@
+package inbound
+
+import (
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// Defaults of the AUTH failure limits (Server fields).
+const (
+	DefaultAuthDelayAfter   = 3                // failures before replies slow down
+	DefaultAuthDelayStep    = time.Second      // extra delay per failure after that
+	DefaultAuthMaxFailures  = 10               // then 421 and the address is blocked
+	DefaultAuthBlockFor     = 10 * time.Minute // how long the address is blocked
+	rejectWriteTimeout      = 5 * time.Second
+	sessionWriteGrace       = 10 * time.Second
+	acceptRetryMaxDelay     = time.Second
+	defaultShutdownDeadline = 30 * time.Second
+)
+
+// remoteIP returns the client address of c, IPv4-mapped IPv6 unmapped.
+func remoteIP(a net.Addr) netip.Addr {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		ip, _ := netip.AddrFromSlice(ta.IP)
+		return ip.Unmap()
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// connLimits counts open connections in total and per client address.
+type connLimits struct {
+	mu    sync.Mutex
+	total int
+	perIP map[netip.Addr]int
+}
+
+// acquire takes a slot for ip, or reports false when a limit is reached
+// (0 means no limit).
+func (l *connLimits) acquire(ip netip.Addr, maxTotal, maxPerIP int) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if maxTotal > 0 && l.total >= maxTotal || maxPerIP > 0 && l.perIP[ip] >= maxPerIP {
+		return false
+	}
+	if l.perIP == nil {
+		l.perIP = make(map[netip.Addr]int)
+	}
+	l.total++
+	l.perIP[ip]++
+	return true
+}
+
+func (l *connLimits) release(ip netip.Addr) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.total--
+	if l.perIP[ip]--; l.perIP[ip] <= 0 {
+		delete(l.perIP, ip)
+	}
+}
+
+func (l *connLimits) open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.total
+}
+
+// limitListener is the accept path: it refuses a connection from a blocked
+// address or over a connection limit with 421 4.7.0 before go-smtp sees it,
+// and wraps the others so that closing frees their slot and the session
+// timeout bounds every read.
+type limitListener struct {
+	net.Listener
+	s *Server
+}
+
+func (ll *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := ll.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		s := ll.s
+		cfg := s.cfg.Load()
+		ip := remoteIP(c.RemoteAddr())
+		if s.authFails.blocked(ip, time.Now()) {
+			s.stats.connRejected.Add(1)
+			s.log.Info("connection refused", "client", ip.String(), "reason", "auth_blocked")
+			go reject(c, "421 4.7.0 "+cfg.Hostname+" Too many failed authentications, try again later")
+			continue
+		}
+		if !s.conns.acquire(ip, cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerIP) {
+			s.stats.connRejected.Add(1)
+			s.log.Info("connection refused", "client", ip.String(), "reason", "too_many_connections")
+			go reject(c, "421 4.7.0 "+cfg.Hostname+" Too many connections, try again later")
+			continue
+		}
+		s.log.Debug("connection opened", "client", ip.String(), "local", c.LocalAddr().String())
+		tc := &trackedConn{Conn: c, s: s, ip: ip}
+		if d := cfg.Limits.SessionTimeout.Duration; d > 0 {
+			tc.end = time.Now().Add(d)
+			c.SetDeadline(tc.end)
+		}
+		return tc, nil
+	}
+}
+
+// reject answers a refused connection and closes it.
+func reject(c net.Conn, reply string) {
+	c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
+	c.Write([]byte(reply + "\r\n"))
+	c.Close()
+}
+
+// trackedConn holds a connection slot until closed, and keeps every read
+// deadline within the session timeout (RFC 5321 §4.5.3.2 bounds each wait;
+// this bounds the whole session).
+type trackedConn struct {
+	net.Conn
+	s    *Server
+	ip   netip.Addr
+	end  time.Time // session deadline; zero: none
+	once sync.Once
+}
+
+func (c *trackedConn) clamp(t time.Time, grace time.Duration) time.Time {
+	if c.end.IsZero() {
+		return t
+	}
+	if end := c.end.Add(grace); t.IsZero() || t.After(end) {
+		return end
+	}
+	return t
+}
+
+func (c *trackedConn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.SetWriteDeadline(t)
+}
+
+func (c *trackedConn) SetReadDeadline(t time.Time) error {
+	return c.Conn.SetReadDeadline(c.clamp(t, 0))
+}
+
+// SetWriteDeadline leaves a little time after the session deadline, so that
+// the 421 that ends a timed-out session can still be written.
+func (c *trackedConn) SetWriteDeadline(t time.Time) error {
+	return c.Conn.SetWriteDeadline(c.clamp(t, sessionWriteGrace))
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() {
+		c.s.conns.release(c.ip)
+		c.s.log.Debug("connection closed", "client", c.ip.String())
+	})
+	return err
+}
+
+// authFailures counts failed AUTH attempts per client address, in memory.
+type authFailures struct {
+	mu sync.Mutex
+	m  map[netip.Addr]*authRecord
+}
+
+type authRecord struct {
+	fails        int
+	last         time.Time
+	blockedUntil time.Time
+}
+
+// fail records a failure for ip and returns the number of failures so far.
+// A record is forgotten blockFor after its last failure.
+func (a *authFailures) fail(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		a.m = make(map[netip.Addr]*authRecord)
+	}
+	a.expire(now, blockFor)
+	r := a.m[ip]
+	if r == nil {
+		r = &authRecord{}
+		a.m[ip] = r
+	}
+	r.fails++
+	r.last = now
+	if maxFailures > 0 && r.fails >= maxFailures {
+		r.blockedUntil = now.Add(blockFor)
+	}
+	return r.fails
+}
+
+// expire drops stale records, so the map cannot grow without bound.
+func (a *authFailures) expire(now time.Time, blockFor time.Duration) {
+	for ip, r := range a.m {
+		if now.Sub(r.last) > blockFor && now.After(r.blockedUntil) {
+			delete(a.m, ip)
+		}
+	}
+}
+
+func (a *authFailures) blocked(ip netip.Addr, now time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.m[ip]
+	return r != nil && now.Before(r.blockedUntil)
+}

@@ -1,0 +1,138 @@
+package inbound
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+// maxHeaderScan is how much of a submitted message is searched for its
+// Message-ID and Date fields. A longer header is not an error: nothing is
+// added then.
+const maxHeaderScan = 64 << 10
+
+// message returns the body to queue: the Received field, on submission
+// listeners Message-ID and Date when the message has none (RFC 6409 §8.2,
+// §8.3), then the data as received, byte for byte.
+func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Reader, now time.Time) io.Reader {
+	var prefix bytes.Buffer
+	prefix.WriteString(ss.receivedField(cfg.Hostname, env, now))
+	if ss.mode == config.ModeRelay {
+		return io.MultiReader(&prefix, data)
+	}
+	br := bufio.NewReaderSize(data, maxHeaderScan)
+	head, _ := br.Peek(maxHeaderScan) // an error shows again when br is read
+	hasID, hasDate, ok := scanHeader(head, len(head) < maxHeaderScan)
+	if ok && !hasID {
+		fmt.Fprintf(&prefix, "Message-ID: <%s.%s@%s>\r\n", env.ID, randomToken(), cfg.Hostname)
+	}
+	if ok && !hasDate {
+		fmt.Fprintf(&prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
+	}
+	return io.MultiReader(&prefix, br)
+}
+
+// scanHeader looks for Message-ID and Date fields in the header block at
+// the start of msg (RFC 5322 §2.1: it ends at the first empty line). ok is
+// false when the header's end was not seen in msg and msg is not the whole
+// message.
+func scanHeader(msg []byte, whole bool) (hasID, hasDate, ok bool) {
+	end := bytes.Index(msg, []byte("\r\n\r\n"))
+	switch {
+	case bytes.HasPrefix(msg, []byte("\r\n")):
+		return false, false, true // no header at all
+	case end >= 0:
+		msg = msg[:end+2]
+	case !whole:
+		return false, false, false
+	}
+	for len(msg) > 0 {
+		line := msg
+		if i := bytes.Index(msg, []byte("\r\n")); i >= 0 {
+			line, msg = msg[:i], msg[i+2:]
+		} else {
+			msg = nil
+		}
+		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
+			continue // folded continuation
+		}
+		name, _, found := bytes.Cut(line, []byte(":"))
+		if !found {
+			continue
+		}
+		switch strings.ToLower(strings.TrimRight(string(name), " \t")) {
+		case "message-id":
+			hasID = true
+		case "date":
+			hasDate = true
+		}
+	}
+	return hasID, hasDate, true
+}
+
+func randomToken() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// receivedField builds the trace field of RFC 5321 §4.4:
+//
+//	Received: from HELO ([IP])
+//		by HOSTNAME (mailhop) with ESMTPSA id QUEUEID
+//		for <rcpt>
+//		(version=TLS1.3 cipher=TLS_AES_128_GCM_SHA256);
+//		Mon, 02 Jan 2006 15:04:05 -0700
+//
+// "with" follows RFC 3848 (S: TLS, A: authenticated). "for" is only given
+// for a single recipient, so a message to many does not list them all.
+// Each part is on its own folded line, under 78 columns for ordinary
+// values.
+func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.Time) string {
+	proto := "ESMTP"
+	if ss.tls != nil {
+		proto += "S"
+	}
+	if ss.user != "" {
+		proto += "A"
+	}
+	lines := []string{
+		fmt.Sprintf("Received: from %s ([%s])", sanitizeHelo(ss.helo), ss.ip.String()),
+		fmt.Sprintf("by %s (mailhop) with %s id %s", hostname, proto, env.ID),
+	}
+	if len(env.Recipients) == 1 {
+		lines = append(lines, "for <"+env.Recipients[0].Address+">")
+	}
+	if ss.tls != nil {
+		lines = append(lines, fmt.Sprintf("(version=%s cipher=%s)",
+			tls13Name(ss.tls.Version), cipherName(ss.tls.CipherSuite)))
+	}
+	lines[len(lines)-1] += ";"
+	lines = append(lines, now.Format(time.RFC1123Z))
+	return strings.Join(lines, "\r\n\t") + "\r\n"
+}
+
+// sanitizeHelo keeps the client's HELO name from breaking the header: only
+// printable ASCII without spaces or parentheses, at most 255 octets.
+func sanitizeHelo(h string) string {
+	if h == "" {
+		return "unknown"
+	}
+	var b strings.Builder
+	for i := 0; i < len(h) && i < 255; i++ {
+		c := h[i]
+		if c <= ' ' || c >= 127 || c == '(' || c == ')' || c == '\\' || c == ';' {
+			c = '?'
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}

@@ -1,0 +1,260 @@
+package inbound
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+// Server is mailhop's inbound SMTP server: one go-smtp server per
+// configured listener, sharing the configuration, the queue, the TLS
+// certificate and the connection and AUTH limits.
+type Server struct {
+	// AUTH failure limits per client address; set before serving (tests
+	// shorten them). See the Default* constants.
+	AuthDelayAfter  int
+	AuthDelayStep   time.Duration
+	AuthMaxFailures int
+	AuthBlockFor    time.Duration
+
+	cfg  atomic.Pointer[config.Config]
+	cert atomic.Pointer[tls.Certificate]
+	q    *queue.Queue
+	log  *slog.Logger
+	tls  *tls.Config
+
+	conns     connLimits
+	authFails authFailures
+	stats     counters
+
+	mu        sync.Mutex
+	servers   []*smtp.Server
+	listeners []net.Listener
+	closing   atomic.Bool
+}
+
+// New returns a server for cfg that queues into q. It loads the TLS
+// certificate, or generates a self-signed one in data_dir/tls when none is
+// configured (logged as a warning).
+func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{
+		AuthDelayAfter:  DefaultAuthDelayAfter,
+		AuthDelayStep:   DefaultAuthDelayStep,
+		AuthMaxFailures: DefaultAuthMaxFailures,
+		AuthBlockFor:    DefaultAuthBlockFor,
+		q:               q,
+		log:             log,
+	}
+	s.cfg.Store(cfg)
+	s.stats.refused = make(map[string]uint64)
+	if err := s.ReloadCertificate(); err != nil {
+		return nil, err
+	}
+	s.tls = s.newTLSConfig()
+	return s, nil
+}
+
+// SetConfig swaps in a reloaded configuration: users, senders, trusted
+// networks, recipient limit and connection limits apply to new commands and
+// connections at once; the certificate is reloaded. Settings that shape a
+// listener (addresses, modes, message size, line length, timeouts, error
+// limit) take effect at the next start.
+func (s *Server) SetConfig(cfg *config.Config) error {
+	old := s.cfg.Swap(cfg)
+	if err := s.ReloadCertificate(); err != nil {
+		s.cfg.Store(old)
+		return err
+	}
+	return nil
+}
+
+// smtpServer builds the go-smtp server for one listener.
+func (s *Server) smtpServer(l config.Listener) *smtp.Server {
+	cfg := s.cfg.Load()
+	srv := smtp.NewServer(&backend{s: s, mode: l.Mode})
+	srv.Domain = cfg.Hostname
+	srv.TLSConfig = s.tls
+	srv.MaxMessageBytes = cfg.Policy.MaxMessageSize
+	srv.MaxLineLength = 0
+	if cfg.Limits.MaxLineLength > 0 {
+		srv.MaxLineLength = cfg.Limits.MaxLineLength + 2 // the config counts without CRLF
+	}
+	srv.MaxErrors = cfg.Limits.MaxErrors
+	srv.ReadTimeout = cfg.Limits.IdleTimeout.Duration
+	srv.WriteTimeout = cfg.Limits.IdleTimeout.Duration
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.RejectSourceRoutes = true
+	srv.AllowInsecureAuth = false
+	srv.ErrorLog = errorLog{s.log}
+	return srv
+}
+
+// Serve serves one listener in the mode of l until Shutdown; ln is already
+// bound (its address may differ from l.Address, e.g. port 0 in tests). For
+// "submissions" the connections are wrapped in TLS here.
+func (s *Server) Serve(ln net.Listener, l config.Listener) error {
+	switch l.Mode {
+	case config.ModeSubmission, config.ModeSubmissions, config.ModeRelay:
+	default:
+		return fmt.Errorf("inbound: unknown listener mode %q", l.Mode)
+	}
+	srv := s.smtpServer(l)
+	var wrapped net.Listener = &limitListener{Listener: ln, s: s}
+	if l.Mode == config.ModeSubmissions {
+		wrapped = tls.NewListener(wrapped, s.tls)
+	}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return smtp.ErrServerClosed
+	}
+	s.servers = append(s.servers, srv)
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	s.log.Info("listening", "address", ln.Addr().String(), "mode", l.Mode)
+	return srv.Serve(wrapped)
+}
+
+// ListenAndServe binds every configured listener and serves them until ctx
+// is done (then it shuts down, giving running transactions
+// limits.shutdown_timeout to finish) or until Shutdown is called.
+func (s *Server) ListenAndServe(ctx context.Context) error {
+	cfg := s.cfg.Load()
+	var lns []net.Listener
+	for _, l := range cfg.Listener {
+		ln, err := net.Listen("tcp", l.Address)
+		if err != nil {
+			for _, o := range lns {
+				o.Close()
+			}
+			return fmt.Errorf("listener %s: %w", l.Address, err)
+		}
+		lns = append(lns, ln)
+	}
+	errc := make(chan error, len(lns))
+	for i, l := range cfg.Listener {
+		go func() { errc <- s.Serve(lns[i], l) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	grace := cfg.Limits.ShutdownTimeout.Duration
+	if grace <= 0 {
+		grace = defaultShutdownDeadline
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if serr := s.Shutdown(sctx); err == nil && serr != nil && !errors.Is(serr, smtp.ErrServerClosed) {
+		err = serr
+	}
+	if errors.Is(err, smtp.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// Addrs returns the addresses of the listeners being served.
+func (s *Server) Addrs() []net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var as []net.Addr
+	for _, ln := range s.listeners {
+		as = append(as, ln.Addr())
+	}
+	return as
+}
+
+// Shutdown stops accepting connections and refuses new transactions (421),
+// lets the transactions under way finish until ctx is done, then closes
+// every connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	servers := append([]*smtp.Server(nil), s.servers...)
+	s.mu.Unlock()
+
+	var wg sync.WaitGroup
+	errs := make([]error, len(servers))
+	for i, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
+				srv.Close() // deadline passed: close what is left
+				errs[i] = err
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// errorLog feeds go-smtp's internal error messages (panics, accept errors)
+// into slog.
+type errorLog struct{ log *slog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) {
+	e.log.Error("smtp server error", "error", fmt.Sprintf(format, v...))
+}
+
+func (e errorLog) Println(v ...any) {
+	e.log.Error("smtp server error", "error", fmt.Sprint(v...))
+}
+
+// Stats is a snapshot of the server's counters, for metrics.
+type Stats struct {
+	Accepted            uint64            // messages queued
+	Refused             map[string]uint64 // refusals by reason (see reason* constants)
+	OpenConnections     int
+	RejectedConnections uint64 // refused at connect: limits or a blocked address
+	AuthFailures        uint64
+}
+
+type counters struct {
+	accepted     atomic.Uint64
+	connRejected atomic.Uint64
+	authFailures atomic.Uint64
+	mu           sync.Mutex
+	refused      map[string]uint64
+}
+
+func (c *counters) refuse(reason string) {
+	c.mu.Lock()
+	c.refused[reason]++
+	c.mu.Unlock()
+}
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Accepted:            s.stats.accepted.Load(),
+		OpenConnections:     s.conns.open(),
+		RejectedConnections: s.stats.connRejected.Load(),
+		AuthFailures:        s.stats.authFailures.Load(),
+		Refused:             make(map[string]uint64),
+	}
+	s.stats.mu.Lock()
+	for k, v := range s.stats.refused {
+		st.Refused[k] = v
+	}
+	s.stats.mu.Unlock()
+	return st
+}

@@ -1,0 +1,272 @@
+package inbound
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+// Refusal reasons, the keys of Stats.Refused and the "reason" of log lines.
+const (
+	reasonAuthRequired  = "auth_required"
+	reasonTLSRequired   = "tls_required"
+	reasonBadAddress    = "bad_address"
+	reasonSenderBinding = "sender_not_owned"
+	reasonRelayDenied   = "relay_denied"
+	reasonTooManyRcpts  = "too_many_recipients"
+	reasonShutdown      = "shutting_down"
+	reasonSize          = "size"
+	reasonBareEOL       = "bare_line_ending"
+	reasonLineLength    = "line_length"
+	reasonQueue         = "queue_error"
+	reasonAborted       = "aborted"
+	reasonOther         = "other"
+)
+
+func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+var (
+	errMustStartTLS   = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+	errAuthRequired   = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
+	errBadAddress     = smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad address syntax")
+	errSenderNotOwned = smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not owned by user")
+	errRelayDenied    = smtpErr(554, smtp.EnhancedCode{5, 7, 1}, "Relay access denied")
+	errTooManyRcpts   = smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")
+	errShuttingDown   = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
+	// errLocal is the only reply a queue failure gets: never the internal
+	// text (go-smtp would send any other error's text with a 554).
+	errLocal = smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Requested action aborted: local error in processing")
+)
+
+// backend creates a session per client greeting (and again after STARTTLS).
+type backend struct {
+	s    *Server
+	mode string
+}
+
+func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	ip := remoteIP(c.Conn().RemoteAddr())
+	ss := &session{s: b.s, mode: b.mode, conn: c, ip: ip, helo: c.Hostname()}
+	if st, ok := c.TLSConnectionState(); ok {
+		ss.tls = &st
+	}
+	ss.log = b.s.log.With("client", ip.String())
+	return ss, nil
+}
+
+// session is one client's SMTP session between greeting and QUIT (or
+// STARTTLS, which starts a new one). Its methods are called by go-smtp in
+// command order, never concurrently.
+type session struct {
+	s    *Server
+	mode string
+	conn *smtp.Conn
+	ip   netip.Addr
+	helo string
+	tls  *tls.ConnectionState
+	user string // after a successful AUTH
+	log  *slog.Logger
+
+	// The transaction: set by MAIL, cleared by Reset.
+	from     string
+	mailOpts smtp.MailOptions
+	rcpts    []queue.Recipient
+	seen     map[string]bool // Address.Key of rcpts
+}
+
+func (ss *session) trusted() bool {
+	return ss.s.cfg.Load().IsTrusted(ss.ip)
+}
+
+func (ss *session) tlsVersion() string {
+	if ss.tls == nil {
+		return "none"
+	}
+	return tls13Name(ss.tls.Version)
+}
+
+// refuse logs a refused MAIL or RCPT and counts it.
+func (ss *session) refuse(cmd, reason string, err *smtp.SMTPError, args ...any) error {
+	ss.s.stats.refuse(reason)
+	ss.log.Info(cmd+" refused", append([]any{"reason", reason, "user", ss.user, "code", err.Code}, args...)...)
+	return err
+}
+
+// Mail implements smtp.Session: who may start a transaction, sender
+// syntax, and sender binding for authenticated users.
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.s.closing.Load() {
+		return ss.refuse("mail", reasonShutdown, errShuttingDown, "from", from)
+	}
+	if ss.mode != config.ModeRelay && ss.user == "" {
+		// RFC 6409 §4.3: submission requires authentication; AUTH
+		// requires TLS first.
+		if ss.tls == nil {
+			return ss.refuse("mail", reasonTLSRequired, errMustStartTLS, "from", from)
+		}
+		return ss.refuse("mail", reasonAuthRequired, errAuthRequired, "from", from)
+	}
+	if from != "" {
+		if _, err := ParseAddress(from, opts.UTF8); err != nil {
+			return ss.refuse("mail", reasonBadAddress, errBadAddress, "from", from)
+		}
+	}
+	if ss.user != "" {
+		u := ss.s.cfg.Load().FindUser(ss.user)
+		if u == nil || !u.MaySend(from) {
+			return ss.refuse("mail", reasonSenderBinding, errSenderNotOwned, "from", from)
+		}
+	}
+	ss.from = from
+	ss.mailOpts = *opts
+	return nil
+}
+
+// Rcpt implements smtp.Session: recipient syntax, the relay decision and
+// the recipient limit. Every recipient is remote (mailhop is a relay): it
+// is accepted only from an authenticated user or a trusted network, so no
+// address trick (percent hack, bang path, quoted "@") can get an untrusted
+// client through.
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	addr, err := ParseAddress(to, ss.mailOpts.UTF8)
+	if err != nil {
+		return ss.refuse("rcpt", reasonBadAddress, errBadAddress, "from", ss.from, "rcpt", to)
+	}
+	if ss.user == "" && !ss.trusted() {
+		return ss.refuse("rcpt", reasonRelayDenied, errRelayDenied, "from", ss.from, "rcpt", to)
+	}
+	key := addr.Key()
+	if ss.seen[key] {
+		return nil // RFC 5321 §3.3 allows duplicates; stored once
+	}
+	if max := ss.s.cfg.Load().Policy.MaxRecipients; max > 0 && len(ss.rcpts) >= max {
+		return ss.refuse("rcpt", reasonTooManyRcpts, errTooManyRcpts, "from", ss.from, "rcpt", to)
+	}
+	r := queue.Recipient{Address: to, Notify: notifyOf(opts.Notify)}
+	if opts.OriginalRecipient != "" {
+		r.ORCPT = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+	}
+	if ss.seen == nil {
+		ss.seen = make(map[string]bool)
+	}
+	ss.seen[key] = true
+	ss.rcpts = append(ss.rcpts, r)
+	return nil
+}
+
+func notifyOf(ns []smtp.DSNNotify) queue.Notify {
+	var n queue.Notify
+	for _, v := range ns {
+		switch v {
+		case smtp.DSNNotifyNever:
+			n |= queue.NotifyNever
+		case smtp.DSNNotifySuccess:
+			n |= queue.NotifySuccess
+		case smtp.DSNNotifyFailure:
+			n |= queue.NotifyFailure
+		case smtp.DSNNotifyDelayed:
+			n |= queue.NotifyDelay
+		}
+	}
+	return n
+}
+
+// Data implements smtp.Session: it streams the message into the queue
+// behind a Received header (and Message-ID/Date on submission listeners)
+// and answers 250 only once the queue has it on stable storage.
+func (ss *session) Data(r io.Reader) error {
+	cfg := ss.s.cfg.Load()
+	now := time.Now()
+	env := &queue.Envelope{
+		ID:         ss.s.q.NewID(),
+		From:       ss.from,
+		Recipients: append([]queue.Recipient(nil), ss.rcpts...),
+		Arrived:    now,
+		User:       ss.user,
+		ClientAddr: ss.ip.String(),
+		ClientHelo: ss.helo,
+		BodyType:   string(ss.mailOpts.Body),
+		SMTPUTF8:   ss.mailOpts.UTF8,
+		RequireTLS: ss.mailOpts.RequireTLS,
+		Ret:        string(ss.mailOpts.Return),
+		EnvID:      ss.mailOpts.EnvelopeID,
+	}
+	body := ss.message(cfg, env, r, now)
+	err := ss.s.q.Enqueue(env, body)
+	if err == nil {
+		ss.s.stats.accepted.Add(1)
+		reply := "OK: queued as " + env.ID
+		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply)
+		return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, reply)
+	}
+	// The data reader's own refusals (size, bare CR/LF, line length) carry
+	// their reply; anything else is a local failure.
+	reply, reason := errLocal, reasonQueue
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &se):
+		reply, reason = se, dataReason(se)
+	case errors.Is(err, io.ErrUnexpectedEOF) || isNetError(err):
+		reason = reasonAborted
+	}
+	ss.s.stats.refuse(reason)
+	ss.logTransaction("message refused", env, reply.Code, enhanced(reply)+reply.Message, "reason", reason, "error", err.Error())
+	return reply
+}
+
+func dataReason(se *smtp.SMTPError) string {
+	switch se {
+	case smtp.ErrDataTooLarge:
+		return reasonSize
+	case smtp.ErrBareLineEnding:
+		return reasonBareEOL
+	case smtp.ErrDataLineTooLong:
+		return reasonLineLength
+	}
+	return reasonOther
+}
+
+func isNetError(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne)
+}
+
+func enhanced(e *smtp.SMTPError) string {
+	c := e.EnhancedCode
+	if c == smtp.EnhancedCodeNotSet || c == smtp.NoEnhancedCode {
+		return ""
+	}
+	return fmt.Sprintf("%d.%d.%d ", c[0], c[1], c[2])
+}
+
+// logTransaction writes the one line per transaction (stable keys).
+func (ss *session) logTransaction(msg string, env *queue.Envelope, code int, reply string, extra ...any) {
+	args := []any{
+		"queue_id", env.ID, "user", ss.user, "from", env.From,
+		"rcpts", len(env.Recipients), "size", env.Size, "tls", ss.tlsVersion(),
+		"code", code, "reply", reply,
+	}
+	ss.log.Info(msg, append(args, extra...)...)
+}
+
+// Reset implements smtp.Session.
+func (ss *session) Reset() {
+	ss.from = ""
+	ss.mailOpts = smtp.MailOptions{}
+	ss.rcpts = nil
+	ss.seen = nil
+}
+
+// Logout implements smtp.Session.
+func (ss *session) Logout() error { return nil }
