@@ -31,6 +31,9 @@ Usage:
   mailhop queue show ID                 one message, with every recipient
   mailhop queue flush [--domain D]      retry now
   mailhop queue hold|release|delete|bounce ID
+  mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]
+                                        send the message on stdin (also as a
+                                        symlink named sendmail)
   mailhop version
 
 Commands that need the configuration take --config FILE; without it they use
@@ -49,6 +52,10 @@ func main() {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) > 0 && filepath.Base(args[0]) == "sendmail" {
+		// Installed as /usr/sbin/sendmail (a symlink): sendmail's command line.
+		return cmdSendmail(args[1:], stdin, stdout, stderr)
+	}
 	if len(args) < 2 {
 		fmt.Fprint(stderr, usage)
 		return exitUsage
@@ -63,6 +70,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdPasswd(rest, stdin, stdout, stderr)
 	case "queue":
 		return cmdQueue(rest, stdout, stderr)
+	case "sendmail":
+		return cmdSendmail(rest, stdin, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "mailhop %s\n", version)
 		return exitOK

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -18,12 +20,17 @@ import (
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/inbound"
+	"github.com/mailhop/mailhop/relay/metrics"
 	"github.com/mailhop/mailhop/relay/outbound"
 )
 
 // shutdownGrace is how long SMTP transactions and deliveries may take to
-// finish after SIGTERM.
+// finish after SIGTERM when limits.shutdown_timeout is not set.
 const shutdownGrace = 30 * time.Second
+
+// pickupInterval is how often the pickup directory is looked at after the
+// start, for files sendmail wrote while the relay was starting.
+const pickupInterval = 30 * time.Second
 
 // newLogger builds the slog logger the [log] section asks for.
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
@@ -63,9 +70,14 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
-	q, err := queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{
-		RetryIntervals: cfg.RetryDurations(), Logger: log})
+	store, err := queue.OpenLogStore(filepath.Join(cfg.DataDir, "queue"), log)
 	if err != nil {
+		return err
+	}
+	q, err := queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{
+		RetryIntervals: cfg.RetryDurations(), Logger: log, Store: store})
+	if err != nil {
+		store.Close()
 		return err
 	}
 	defer q.Close()
@@ -76,7 +88,16 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("delivery.resolvers: %w", err)
 	}
-	agent, err := outbound.New(outbound.Options{Config: cfg, Queue: q, Resolver: res, Logger: log})
+	var current atomic.Pointer[config.Config] // the running configuration, for the injector
+	current.Store(cfg)
+	inj := &admin.Injector{Queue: q, Config: current.Load, Log: log}
+	var mets *metrics.Metrics
+	var observer outbound.Observer
+	if cfg.Admin.MetricsAddress != "" {
+		mets = metrics.New(nil) // the snapshot function is set below, once every part exists
+		observer = mets
+	}
+	agent, err := outbound.New(outbound.Options{Config: cfg, Queue: q, Resolver: res, Logger: log, Observer: observer})
 	if err != nil {
 		return err
 	}
@@ -84,12 +105,37 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if mets != nil {
+		mets.SetSnapshot(func() metrics.Snapshot { return snapshot(q, store, agent, res, in, inj) })
+		ms, err := metrics.Listen(cfg.Admin.MetricsAddress, mets)
+		if err != nil {
+			return fmt.Errorf("admin.metrics_address: %w", err)
+		}
+		defer ms.Shutdown(context.Background())
+		log.Info("metrics served", "address", "http://"+ms.Addr().String()+"/metrics")
+	}
+
+	// Messages sendmail left while the relay was stopped go in first.
+	pickupDir, err := admin.PreparePickup(cfg.DataDir, cfg.Admin.SocketGroup)
+	if err != nil {
+		return err
+	}
+	drainPickup(inj, pickupDir, log)
 
 	adminLn, err := admin.Listen(cfg.Admin.Socket)
 	if err != nil {
 		return err
 	}
-	adm := &admin.Server{Queue: q, Bouncer: agent, Log: log}
+	if cfg.Admin.SocketGroup != "" {
+		if err := admin.SetSocketGroup(cfg.Admin.Socket, cfg.Admin.SocketGroup); err != nil {
+			adminLn.Close()
+			return err
+		}
+	}
+	// Each connection carries its peer's uid, which injection records.
+	adminLn = admin.PeerCredListener(adminLn)
+	adm := &admin.Server{Queue: q, Bouncer: agent, Log: log,
+		Extra: map[string]http.Handler{admin.InjectPath: inj}}
 	go func() {
 		if err := adm.Serve(adminLn); err != nil {
 			log.Error("admin socket stopped", "err", err)
@@ -105,6 +151,9 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	defer stopServe()
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- in.ListenAndServe(serveCtx) }()
+
+	pickupTick := time.NewTicker(pickupInterval)
+	defer pickupTick.Stop()
 
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
@@ -122,9 +171,12 @@ loop:
 		case err := <-agentDone:
 			runErr = fmt.Errorf("delivery agent: %w", err)
 			break loop
+		case <-pickupTick.C:
+			drainPickup(inj, pickupDir, log)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				cfg = reload(path, cfg, in, agent, log)
+				current.Store(cfg)
 				continue
 			}
 			log.Info("shutting down", "signal", sig.String())
@@ -134,7 +186,11 @@ loop:
 
 	// Stop accepting, let open transactions finish, then stop deliveries
 	// (in-flight attempts are given back to the queue), then the queue.
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	grace := cfg.Limits.ShutdownTimeout.Duration
+	if grace <= 0 {
+		grace = shutdownGrace
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
 	if err := in.Shutdown(ctx); err != nil {
 		log.Warn("inbound shutdown", "err", err)
@@ -170,6 +226,42 @@ func warnReadableSecrets(cfg *config.Config, path string, log *slog.Logger) {
 	if secrets {
 		log.Warn("the configuration file holds secrets and is readable by every user; chmod o-r it",
 			"config", path, "mode", fi.Mode().Perm().String())
+	}
+}
+
+// drainPickup queues what sendmail left in the pickup directory.
+func drainPickup(inj *admin.Injector, dir string, log *slog.Logger) {
+	n, err := inj.DrainPickup(dir)
+	if err != nil {
+		log.Error("pickup directory: not every file could be queued; will try again", "dir", dir, "queued", n, "err", err)
+	} else if n > 0 {
+		log.Info("pickup directory drained", "dir", dir, "queued", n)
+	}
+}
+
+// snapshot reads every part's counters for one metrics scrape.
+func snapshot(q *queue.Queue, store *queue.LogStore, agent *outbound.Agent, res *dnsmx.Resolver,
+	in *inbound.Server, inj *admin.Injector) metrics.Snapshot {
+	qs := q.Stats()
+	ob := agent.Stats()
+	is := in.Stats()
+	lookups, failures := res.Stats()
+	batches, _ := store.CommitStats()
+	return metrics.Snapshot{
+		Received:        is.Accepted + inj.Injected(),
+		Refused:         is.Refused,
+		Delivered:       ob.Delivered,
+		Deferred:        ob.Deferred,
+		Bounced:         ob.Bounced,
+		QueueMessages:   qs.Messages,
+		QueueRecipients: qs.Recipients,
+		QueueOldest:     qs.Oldest,
+		ConnectionsIn:   is.OpenConnections,
+		// TLSIn: inbound.Stats has no TLS connection counter yet.
+		TLSOut:      ob.TLSConns,
+		DNSLookups:  lookups,
+		DNSFailures: failures,
+		Fsyncs:      batches,
 	}
 }
 

@@ -1,0 +1,579 @@
+package main
+
+// mailhop sendmail: the sendmail(8) command line that cron, PHP's mail(),
+// mail(1), monitoring scripts and most Unix software call to send mail. It
+// reads one message on stdin and hands it to the running relay over the
+// admin socket (POST /v1/inject); when the relay is not running it leaves the
+// message in data_dir/pickup, which the relay queues when it starts. If
+// neither works it exits with EX_TEMPFAIL and says so: the caller keeps the
+// message. Exit codes are sendmail's, from sysexits.h.
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/mail"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/mailhop/mailhop/relay/admin"
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+// sysexits.h
+const (
+	exOK          = 0
+	exUsage       = 64
+	exDataErr     = 65
+	exNoInput     = 66
+	exUnavailable = 69
+	exSoftware    = 70
+	exTempFail    = 75
+	exNoPerm      = 77
+	exConfig      = 78
+)
+
+const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C FILE] [--config FILE] [RCPT...] < message
+  -t       take recipients from To, Cc and Bcc (Bcc is removed); RCPT arguments are added
+  -i, -oi  a line with a single dot does not end the message
+  -f FROM  envelope sender (default: your login name @ hostname); -f '<>' is the null sender
+  -F NAME  your full name, for the From: header mailhop adds when the message has none
+  -v       say what happened
+Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -N D -R R -V E -X F -L T -h N -U -G
+`
+
+type sendmailOpts struct {
+	extract  bool // -t
+	noDot    bool // -i: a lone "." does not end input
+	from     string
+	fromSet  bool
+	fullName string
+	config   string
+	verbose  bool
+	rcpts    []string
+}
+
+// sendmailErr is a failure with its exit code.
+type sendmailErr struct {
+	code int
+	msg  string
+}
+
+func (e *sendmailErr) Error() string { return e.msg }
+
+func sendmailFail(code int, format string, args ...any) *sendmailErr {
+	return &sendmailErr{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// parseSendmailArgs reads sendmail's getopt-style options: letters may be
+// grouped (-ti), values attached (-fme@x) or separate (-f me@x).
+func parseSendmailArgs(args []string) (*sendmailOpts, error) {
+	o := &sendmailOpts{}
+	// Options whose value is the next argument when not attached.
+	withValue := "fFrCBNRVXLhOp"
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			o.rcpts = append(o.rcpts, args[i+1:]...)
+			break
+		}
+		if a == "--config" || a == "-config" {
+			if i+1 >= len(args) {
+				return nil, sendmailFail(exUsage, "--config needs a file")
+			}
+			i++
+			o.config = args[i]
+			continue
+		}
+		if v, ok := strings.CutPrefix(a, "--config="); ok {
+			o.config = v
+			continue
+		}
+		if len(a) < 2 || a[0] != '-' {
+			o.rcpts = append(o.rcpts, a)
+			continue
+		}
+		if strings.HasPrefix(a, "--") {
+			return nil, sendmailFail(exUsage, "unknown option %s", a)
+		}
+		switch a[1] {
+		case 'o':
+			// -oi is -i; every other -oX is a sendmail.cf option (-oem,
+			// -odb, -oQ/path, -oL9 ...) that means nothing here.
+			if a == "-oi" {
+				o.noDot = true
+			} else if a == "-o" {
+				i++ // "-o X" form
+			}
+			continue
+		case 'b':
+			switch a {
+			case "-bm":
+				continue
+			case "-bs":
+				return nil, sendmailFail(exUsage, "-bs (SMTP on stdin) is not supported: connect to a relay listener instead")
+			case "-bp":
+				return nil, sendmailFail(exUsage, "-bp is not supported: use `mailhop queue list`")
+			}
+			return nil, sendmailFail(exUsage, "%s is not supported (only -bm, deliver mail)", a)
+		case 'q':
+			return nil, sendmailFail(exUsage, "%s is not supported: use `mailhop queue flush`", a)
+		case 'I':
+			return nil, sendmailFail(exUsage, "-I (newaliases) is not supported: mailhop has no aliases")
+		case 'd', 'e':
+			continue // debugging, error modes: ignored
+		}
+		// A group of letters, possibly ending in one that takes a value.
+	letters:
+		for j := 1; j < len(a); j++ {
+			c := a[j]
+			if strings.IndexByte(withValue, c) >= 0 {
+				v := a[j+1:]
+				if v == "" {
+					if i+1 >= len(args) {
+						return nil, sendmailFail(exUsage, "-%c needs a value", c)
+					}
+					i++
+					v = args[i]
+				}
+				switch c {
+				case 'f', 'r':
+					o.from, o.fromSet = v, true
+				case 'F':
+					o.fullName = v
+				case 'C':
+					o.config = v
+				}
+				break letters
+			}
+			switch c {
+			case 't':
+				o.extract = true
+			case 'i':
+				o.noDot = true
+			case 'v':
+				o.verbose = true
+			case 'm', 'n', 'U', 'G', 'A', 'c', 'x':
+				// me-too, no aliasing, initial submission, gateway ...: ignored
+			default:
+				return nil, sendmailFail(exUsage, "unknown option -%c", c)
+			}
+		}
+	}
+	return o, nil
+}
+
+// sendmailConfig is the part of the configuration sendmail needs. It is read
+// leniently (unknown and invalid keys elsewhere are the relay's business), so
+// a user who may not read the TLS key or a password file can still send.
+type sendmailConfig struct {
+	Hostname string `toml:"hostname"`
+	DataDir  string `toml:"data_dir"`
+	Admin    struct {
+		Socket string `toml:"socket"`
+	} `toml:"admin"`
+	Policy struct {
+		MaxMessageSize int64 `toml:"max_message_size"`
+	} `toml:"policy"`
+}
+
+func loadSendmailConfig(path string) (*sendmailConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrPermission) {
+			return nil, sendmailFail(exNoPerm, "cannot read the configuration %s: %v (ask to be added to the relay's admin.socket_group, which may read it)", path, err)
+		}
+		return nil, sendmailFail(exConfig, "cannot read the configuration %s: %v (set --config, -C or $MAILHOP_CONFIG)", path, err)
+	}
+	var c sendmailConfig
+	if _, err := toml.Decode(string(data), &c); err != nil {
+		return nil, sendmailFail(exConfig, "configuration %s: %v (`mailhop check-config` says more)", path, err)
+	}
+	dir := filepath.Dir(path)
+	if c.DataDir == "" {
+		c.DataDir = config.DefaultDataDir
+	}
+	if !filepath.IsAbs(c.DataDir) {
+		c.DataDir = filepath.Join(dir, c.DataDir)
+	}
+	if c.Admin.Socket == "" {
+		c.Admin.Socket = filepath.Join(c.DataDir, config.DefaultAdminSocketName)
+	} else if !filepath.IsAbs(c.Admin.Socket) {
+		c.Admin.Socket = filepath.Join(dir, c.Admin.Socket)
+	}
+	if c.Hostname == "" {
+		c.Hostname, _ = os.Hostname()
+	}
+	c.Hostname = strings.TrimSuffix(c.Hostname, ".")
+	if c.Policy.MaxMessageSize <= 0 {
+		c.Policy.MaxMessageSize = config.DefaultMaxMessageSize
+	}
+	return &c, nil
+}
+
+func cmdSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	err := sendmail(args, stdin, stdout)
+	if err == nil {
+		return exOK
+	}
+	var se *sendmailErr
+	if !errors.As(err, &se) {
+		se = &sendmailErr{code: exSoftware, msg: err.Error()}
+	}
+	fmt.Fprintf(stderr, "mailhop sendmail: %s\n", se.msg)
+	if se.code == exUsage {
+		fmt.Fprint(stderr, sendmailUsage)
+	}
+	return se.code
+}
+
+func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
+	o, err := parseSendmailArgs(args)
+	if err != nil {
+		return err
+	}
+	cfg, err := loadSendmailConfig(configPath(o.config))
+	if err != nil {
+		return err
+	}
+	login, uid := localUser()
+	sender := login + "@" + cfg.Hostname
+	if o.fromSet {
+		sender = strings.TrimSpace(o.from)
+		if sender == "<>" || sender == "" {
+			sender = ""
+		} else {
+			sender = qualify(strings.Trim(sender, "<>"), cfg.Hostname)
+		}
+	}
+	msg, err := readMessage(stdin, !o.noDot, cfg.Policy.MaxMessageSize)
+	if err != nil {
+		return err
+	}
+	headerFrom := sender
+	if headerFrom == "" {
+		headerFrom = login + "@" + cfg.Hostname
+	}
+	out, found, err := rewriteHeaders(msg, o.extract, headerFields{
+		from: headerFrom, fullName: o.fullName, hostname: cfg.Hostname, now: time.Now()})
+	if err != nil {
+		return err
+	}
+	var rcpts []string
+	for _, r := range o.rcpts {
+		for _, p := range strings.Split(r, ",") {
+			if p = strings.Trim(strings.TrimSpace(p), "<>"); p != "" {
+				rcpts = append(rcpts, p)
+			}
+		}
+	}
+	rcpts = append(rcpts, found...)
+	rcpts = dedupe(rcpts, cfg.Hostname)
+	if len(rcpts) == 0 {
+		if o.extract {
+			return sendmailFail(exDataErr, "no recipients: none given and no To, Cc or Bcc header")
+		}
+		return sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
+	}
+	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid}
+	id, err := handOver(cfg, env, out)
+	if err != nil {
+		return err
+	}
+	if o.verbose {
+		fmt.Fprintln(stdout, id)
+	}
+	return nil
+}
+
+// handOver gives the message to the relay, or to the pickup directory when
+// the relay is not running. It returns what happened, for -v.
+func handOver(cfg *sendmailConfig, env *admin.InjectEnvelope, msg []byte) (string, error) {
+	c, err := net.DialTimeout("unix", cfg.Admin.Socket, 10*time.Second)
+	if err == nil {
+		c.Close()
+		id, err := admin.NewClient(cfg.Admin.Socket).Inject(env, bytes.NewReader(msg))
+		if err == nil {
+			return "queued as " + id, nil
+		}
+		var st *admin.StatusError
+		if errors.As(err, &st) {
+			return "", statusExit(st)
+		}
+		// The relay went away in the middle: whether it queued the message is
+		// unknown. A second copy beats none (at least once).
+		return pickup(cfg, env, msg, err)
+	}
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		return "", sendmailFail(exNoPerm, "no permission to use the relay's socket %s (the relay's admin.socket_group may use it)", cfg.Admin.Socket)
+	}
+	return pickup(cfg, env, msg, err)
+}
+
+func pickup(cfg *sendmailConfig, env *admin.InjectEnvelope, msg []byte, why error) (string, error) {
+	dir := filepath.Join(cfg.DataDir, admin.PickupDirName)
+	path, err := admin.WritePickup(dir, env, bytes.NewReader(msg))
+	if err != nil {
+		return "", sendmailFail(exTempFail, "the relay is not running (%v), and the message could not be left in %s: %v; message NOT sent",
+			why, dir, err)
+	}
+	return "relay not running; left in " + path + " to be queued when it starts", nil
+}
+
+func statusExit(st *admin.StatusError) error {
+	switch st.Code {
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		return sendmailFail(exDataErr, "refused: %s", st.Msg)
+	case http.StatusForbidden:
+		return sendmailFail(exNoPerm, "refused: %s", st.Msg)
+	case http.StatusServiceUnavailable:
+		return sendmailFail(exTempFail, "the relay cannot take the message now: %s; message NOT sent", st.Msg)
+	case http.StatusNotFound, http.StatusMethodNotAllowed:
+		return sendmailFail(exUnavailable, "the running relay does not accept local mail (too old?): %s", st.Msg)
+	}
+	return sendmailFail(exSoftware, "the relay answered %d: %s", st.Code, st.Msg)
+}
+
+// localUser returns the caller's login name and uid.
+func localUser() (string, int) {
+	uid := os.Getuid()
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return u.Username, uid
+	}
+	for _, k := range []string{"LOGNAME", "USER"} {
+		if v := os.Getenv(k); v != "" {
+			return v, uid
+		}
+	}
+	return fmt.Sprintf("uid%d", uid), uid
+}
+
+// qualify appends @hostname to an address without a domain ("root").
+func qualify(addr, hostname string) string {
+	if strings.Contains(addr, "@") {
+		return addr
+	}
+	return addr + "@" + hostname
+}
+
+func dedupe(addrs []string, hostname string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, a := range addrs {
+		a = qualify(a, hostname)
+		k := strings.ToLower(a)
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// readMessage reads the message from r. With dotEnds, a line holding only
+// "." ends it, as in sendmail without -i. More than max bytes is an error.
+func readMessage(r io.Reader, dotEnds bool, max int64) ([]byte, error) {
+	if r == nil {
+		return nil, sendmailFail(exNoInput, "no message on standard input")
+	}
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf bytes.Buffer
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			buf.Write(line)
+			if int64(buf.Len()) > max {
+				return nil, tooLarge(max)
+			}
+			continue
+		}
+		if dotEnds && (string(line) == ".\n" || string(line) == ".\r\n" || (err == io.EOF && string(line) == ".")) {
+			break
+		}
+		buf.Write(line)
+		if int64(buf.Len()) > max {
+			return nil, tooLarge(max)
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, sendmailFail(exNoInput, "reading the message: %v", err)
+		}
+	}
+	return buf.Bytes(), nil
+}
+
+func tooLarge(max int64) error {
+	return sendmailFail(exDataErr, "message larger than the relay's policy.max_message_size (%d bytes)", max)
+}
+
+// headerFields are what rewriteHeaders adds when missing.
+type headerFields struct {
+	from, fullName, hostname string
+	now                      time.Time
+}
+
+// rewriteHeaders removes Bcc, adds From, Date and Message-ID when missing,
+// and with extract returns the addresses of To, Cc and Bcc. A message that
+// does not start with a header gets the added fields and a blank line in
+// front of it.
+func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string, error) {
+	// An mbox "From " line at the top is not a header field; drop it.
+	if bytes.HasPrefix(msg, []byte("From ")) {
+		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
+			msg = msg[i+1:]
+		} else {
+			msg = nil
+		}
+	}
+	fields, body := splitHeader(msg)
+	var out bytes.Buffer
+	var rcpts []string
+	has := map[string]bool{}
+	for _, f := range fields {
+		name := strings.ToLower(f.name)
+		has[name] = true
+		if extract && (name == "to" || name == "cc" || name == "bcc") {
+			addrs, err := parseAddrs(f.value(), hf.hostname)
+			if err != nil {
+				return nil, nil, sendmailFail(exDataErr, "%s: header: %v", f.name, err)
+			}
+			rcpts = append(rcpts, addrs...)
+		}
+		if name == "bcc" {
+			continue // RFC 5322 §3.6.3: blind copies do not show
+		}
+		out.Write(f.raw)
+	}
+	var add bytes.Buffer
+	if !has["from"] {
+		if hf.fullName != "" {
+			add.WriteString("From: " + (&mail.Address{Name: hf.fullName, Address: hf.from}).String() + "\n")
+		} else {
+			add.WriteString("From: " + hf.from + "\n")
+		}
+	}
+	if !has["date"] {
+		add.WriteString("Date: " + hf.now.Format("Mon, 02 Jan 2006 15:04:05 -0700") + "\n")
+	}
+	if !has["message-id"] {
+		var rnd [8]byte
+		rand.Read(rnd[:])
+		add.WriteString(fmt.Sprintf("Message-ID: <%s.%s@%s>\n", hf.now.UTC().Format("20060102150405"), hex.EncodeToString(rnd[:]), hf.hostname))
+	}
+	res := append(out.Bytes(), add.Bytes()...)
+	if len(fields) == 0 {
+		res = append(res, '\n')
+	}
+	return append(res, body...), rcpts, nil
+}
+
+// field is one header field, with its continuation lines.
+type field struct {
+	name string
+	raw  []byte // every line, with line endings
+}
+
+// value is the field body, unfolded (RFC 5322 §2.2.3).
+func (f field) value() string {
+	v := string(f.raw[len(f.name)+1:])
+	v = strings.NewReplacer("\r\n", "", "\n", "").Replace(v)
+	return strings.TrimSpace(v)
+}
+
+// splitHeader returns the header fields and the rest (blank line included).
+// When the message does not start with a field, there is no header.
+func splitHeader(msg []byte) ([]field, []byte) {
+	var fields []field
+	rest := msg
+	for len(rest) > 0 {
+		end := bytes.IndexByte(rest, '\n')
+		line := rest
+		if end >= 0 {
+			line = rest[:end+1]
+		}
+		trim := bytes.TrimRight(line, "\r\n")
+		if len(trim) == 0 {
+			return fields, rest // the blank line and the body
+		}
+		if (trim[0] == ' ' || trim[0] == '\t') && len(fields) > 0 {
+			fields[len(fields)-1].raw = append(fields[len(fields)-1].raw, line...)
+			rest = rest[len(line):]
+			continue
+		}
+		colon := bytes.IndexByte(trim, ':')
+		if colon <= 0 || !isFieldName(trim[:colon]) {
+			if len(fields) == 0 {
+				return nil, msg
+			}
+			// Not a field: the header ends here without a blank line.
+			return fields, append([]byte("\n"), rest...)
+		}
+		fields = append(fields, field{name: string(trim[:colon]), raw: append([]byte(nil), line...)})
+		rest = rest[len(line):]
+		if end < 0 {
+			break
+		}
+	}
+	if len(fields) > 0 && len(rest) == 0 && !bytes.HasSuffix(fields[len(fields)-1].raw, []byte("\n")) {
+		fields[len(fields)-1].raw = append(fields[len(fields)-1].raw, '\n')
+	}
+	return fields, rest
+}
+
+func isFieldName(b []byte) bool {
+	for _, c := range b {
+		if c <= ' ' || c > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+// parseAddrs reads an address list leniently: RFC 5322 lists, and the bare
+// local names cron and scripts write ("root"), which get @hostname.
+func parseAddrs(v, hostname string) ([]string, error) {
+	if strings.TrimSpace(v) == "" {
+		return nil, nil
+	}
+	if list, err := mail.ParseAddressList(v); err == nil {
+		out := make([]string, len(list))
+		for i, a := range list {
+			out[i] = a.Address
+		}
+		return out, nil
+	}
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if a, err := mail.ParseAddress(p); err == nil {
+			out = append(out, a.Address)
+			continue
+		}
+		// "Name <root>" or "root": a local name.
+		if i := strings.LastIndexByte(p, '<'); i >= 0 && strings.HasSuffix(p, ">") {
+			p = p[i+1 : len(p)-1]
+		}
+		if p == "" || strings.ContainsAny(p, " \t<>()\",;") {
+			return nil, fmt.Errorf("cannot read the address %q", p)
+		}
+		out = append(out, qualify(p, hostname))
+	}
+	return out, nil
+}
