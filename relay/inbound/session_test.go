@@ -1,0 +1,301 @@
+package inbound
+
+import (
+	"crypto/tls"
+	"encoding/base64"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+func plainIR(user, pass string) string {
+	return base64.StdEncoding.EncodeToString([]byte("\x00" + user + "\x00" + pass))
+}
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
+func TestRelay_UntrustedWithoutAuth_Denied(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Limits.MaxErrors = 50 })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<someone@example.com>", "S: 250 ",
+	)
+	// Whatever the address, an untrusted unauthenticated client never relays.
+	for _, rcpt := range []string{
+		"<victim@example.net>",
+		"<user%remote.example@mx.test>",
+		"<remote.example!user@mx.test>",
+		`<"user@remote.example"@mx.test>`,
+		"<user@[127.0.0.1]>",
+		"<USER@MX.TEST>",
+	} {
+		d.write("RCPT TO:" + rcpt + "\r\n")
+		d.expect("554 5.7.1 Relay access denied")
+	}
+	for _, rcpt := range []string{
+		"<@mx.test:user@remote.example>", // source route: refused outright
+		"<user@remote.example.>",         // trailing dot
+		"<a@b@remote.example>",
+		"<usér@remote.example>", // UTF-8 without SMTPUTF8
+	} {
+		d.write("RCPT TO:" + rcpt + "\r\n")
+		d.expect("501 5.1.3 ")
+	}
+	d.script("C: DATA", "S: 503 5.5.1 ")
+	if n := len(ts.q.List()); n != 0 {
+		t.Fatalf("%d messages queued", n)
+	}
+}
+
+func TestRelay_TrustedWithoutAuth_Accepted(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<anyone@anywhere.example>", "S: 250 ",
+		"C: RCPT TO:<bob@example.net>", "S: 250 ",
+		"C: RCPT TO:<bob@EXAMPLE.net>", "S: 250 ", // duplicate: stored once
+		"C: DATA", "S: 354 ",
+		"C: Subject: hi", "C: ", "C: hello", "C: .", "S: 250 2.0.0 OK: queued as ",
+	)
+	envs := ts.q.List()
+	if len(envs) != 1 || len(envs[0].Recipients) != 1 || envs[0].From != "anyone@anywhere.example" {
+		t.Fatalf("queued %+v", envs)
+	}
+}
+
+func TestSubmission_EHLOAndAuthBeforeTLS(t *testing.T) {
+	ts := startServer(t)
+	d := dial(t, ts.addr[config.ModeSubmission])
+	d.expect("220 ")
+	d.write("EHLO client.test\r\n")
+	caps := strings.Join(d.replyLines(), "\n")
+	for _, c := range []string{"PIPELINING", "8BITMIME", "SMTPUTF8", "SIZE 1048576", "ENHANCEDSTATUSCODES", "STARTTLS", "CHUNKING", "DSN"} {
+		if !strings.Contains(caps, c) {
+			t.Errorf("EHLO lacks %s:\n%s", c, caps)
+		}
+	}
+	if strings.Contains(caps, "AUTH") {
+		t.Errorf("AUTH offered before TLS:\n%s", caps)
+	}
+	d.script(
+		"C: AUTH PLAIN "+plainIR("alice", testPassword), "S: 530 5.7.0 Must issue a STARTTLS command first",
+		"C: MAIL FROM:<alice@example.com>", "S: 530 5.7.0 Must issue a STARTTLS command first",
+	)
+	d.starttls()
+	d.script("C: MAIL FROM:<alice@example.com>", "S: 530 5.7.0 Authentication required")
+	d.write("EHLO client.test\r\n")
+	caps = strings.Join(d.replyLines(), "\n")
+	if !strings.Contains(caps, "AUTH PLAIN LOGIN") || strings.Contains(caps, "STARTTLS") {
+		t.Errorf("EHLO after TLS:\n%s", caps)
+	}
+}
+
+func TestSubmission_AuthReplies(t *testing.T) {
+	ts := startServer(t)
+	d := dial(t, ts.addr[config.ModeSubmission])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ")
+	d.starttls()
+	d.script(
+		"C: AUTH PLAIN "+plainIR("alice", "wrong"), "S: 535 5.7.8 Authentication credentials invalid",
+		"C: AUTH PLAIN "+plainIR("nobody", "wrong"), "S: 535 5.7.8 Authentication credentials invalid",
+		"C: AUTH PLAIN !!!notbase64", "S: 501 5.5.2 ",
+		"C: AUTH CRAM-MD5", "S: 504 5.5.4 ",
+		"C: AUTH LOGIN", "S: 334 "+b64("Username:"),
+		"C: "+b64("alice"), "S: 334 "+b64("Password:"),
+		"C: "+b64(testPassword), "S: 235 2.0.0 ",
+		"C: MAIL FROM:<mallory@example.com>", "S: 553 5.7.1 Sender address not owned by user",
+		"C: MAIL FROM:<anyone@EXAMPLE.ORG>", "S: 250 ",
+		"C: RSET", "S: 250 ",
+		"C: MAIL FROM:<alice@example.com>", "S: 250 ",
+		"C: RCPT TO:<bob@example.net>", "S: 250 ",
+	)
+	if strings.Contains(ts.logs.String(), testPassword) || strings.Contains(ts.logs.String(), b64(testPassword)) {
+		t.Fatal("password in the log")
+	}
+}
+
+// sendWithClient submits one message with the go-smtp client, STARTTLS and
+// AUTH PLAIN.
+func sendWithClient(t *testing.T, addr, from string, to []string, body string) error {
+	t.Helper()
+	c, err := smtp.DialStartTLS(addr, &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Auth(sasl.NewPlainClient("", "alice", testPassword)); err != nil {
+		return err
+	}
+	return c.SendMail(from, to, strings.NewReader(body))
+}
+
+func TestSubmission_ClientPlainAuth_BodyKept(t *testing.T) {
+	ts := startServer(t)
+	body := "From: alice@example.com\r\nSubject: dots\r\nMessage-ID: <x@y>\r\nDate: Mon, 02 Jan 2006 15:04:05 +0000\r\n\r\n" +
+		".leading dot\r\n..two dots\r\n.\r\n8-bit: \xc3\xa9t\xc3\xa9 \xff\r\nend\r\n"
+	if err := sendWithClient(t, ts.addr[config.ModeSubmission], "alice@example.com", []string{"bob@example.net"}, body); err != nil {
+		t.Fatal(err)
+	}
+	m := ts.queued()
+	if len(m) != 1 {
+		t.Fatalf("%d queued", len(m))
+	}
+	for env, got := range m {
+		if rest := stripReceived(t, got); rest != body {
+			t.Errorf("body changed:\n got %q\nwant %q", rest, body)
+		}
+		if env.User != "alice" || env.From != "alice@example.com" || env.ClientAddr != "127.0.0.1" {
+			t.Errorf("envelope %+v", env)
+		}
+	}
+}
+
+func TestSubmissions_ImplicitTLS(t *testing.T) {
+	ts := startServer(t)
+	d := dialTLS(t, ts.addr[config.ModeSubmissions])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<alice@example.com>", "S: 530 5.7.0 Authentication required",
+		"C: AUTH PLAIN "+plainIR("alice", testPassword), "S: 235 ",
+		"C: MAIL FROM:<alice@example.com> SIZE=2000000", "S: 552 5.3.4 Message size exceeds fixed limit",
+		"C: MAIL FROM:<alice@example.com> SIZE=100", "S: 250 ",
+		"C: RCPT TO:<r1@example.net> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;r1@example.net", "S: 250 ",
+	)
+	for i := 2; i <= 6; i++ {
+		d.write("RCPT TO:<r" + string(rune('0'+i)) + "@example.net>\r\n")
+		if i <= 5 {
+			d.expect("250 ")
+		} else {
+			d.expect("452 4.5.3 Too many recipients")
+		}
+	}
+	d.script("C: DATA", "S: 354 ")
+	d.write("Subject: x\r\n\r\n" + strings.Repeat(strings.Repeat("x", 900)+"\r\n", 1200) + ".\r\n")
+	d.expect("552 5.3.4 Message size exceeds fixed limit")
+	d.script("C: NOOP", "S: 250 ")
+	if n := len(ts.q.List()); n != 0 {
+		t.Fatalf("%d messages queued", n)
+	}
+}
+
+func TestOutOfSequence_503(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: MAIL FROM:<a@example.com>", "S: 503 5.5.1 ",
+		"C: RCPT TO:<a@example.com>", "S: 503 5.5.1 ",
+		"C: DATA", "S: 503 5.5.1 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: RCPT TO:<a@example.com>", "S: 503 5.5.1 ",
+		"C: DATA", "S: 503 5.5.1 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 503 5.5.1 ",
+		"C: DATA", "S: 503 5.5.1 ",
+		"C: BDAT 0 LAST", "S: 503 5.5.1 ",
+		"C: NOOP", "S: 250 ",
+	)
+}
+
+func TestLongCommandLine_500(t *testing.T) {
+	ts := startServer(t)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ")
+	d.write("NOOP " + strings.Repeat("x", 3000) + "\r\n")
+	d.expect("500 5.5.2 Line too long")
+	d.script("C: NOOP", "S: 250 ")
+}
+
+func TestTooManyErrors_421(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Limits.MaxErrors = 3 })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: XYZZ", "S: 500 ",
+		"C: XYZZ", "S: 500 ",
+		"C: XYZZ", "S: 500 ",
+		"S: 421 4.7.0 ",
+	)
+	if !d.closed() {
+		t.Fatal("connection still open")
+	}
+}
+
+func TestAuthFailures_SlowThenBlocked(t *testing.T) {
+	ts := startServer(t)
+	ts.s.AuthMaxFailures = 3
+	d := dialTLS(t, ts.addr[config.ModeSubmissions])
+	d.script(
+		"S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: AUTH PLAIN "+plainIR("alice", "x"), "S: 535 5.7.8 ",
+		"C: AUTH PLAIN "+plainIR("alice", "y"), "S: 535 5.7.8 ",
+		"C: AUTH PLAIN "+plainIR("alice", "z"), "S: 421 4.7.0 ",
+	)
+	if !d.closed() {
+		t.Fatal("connection still open after 421")
+	}
+	// The address is now refused at connect, on every listener.
+	d2 := dial(t, ts.addr[config.ModeRelay])
+	d2.expect("421 4.7.0 ")
+	if st := ts.s.Stats(); st.AuthFailures != 3 || st.RejectedConnections != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestMaxConnectionsPerIP_421(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Limits.MaxConnectionsPerIP = 2 })
+	a := dial(t, ts.addr[config.ModeRelay])
+	a.expect("220 ")
+	b := dial(t, ts.addr[config.ModeSubmission])
+	b.expect("220 ")
+	c := dial(t, ts.addr[config.ModeRelay])
+	c.expect("421 4.7.0 ")
+	if !c.closed() {
+		t.Fatal("refused connection still open")
+	}
+	a.script("C: NOOP", "S: 250 ")
+}
+
+func TestQueueFailure_451WithoutInternalText(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ",
+		"C: DATA", "S: 354 ",
+	)
+	ts.q.Close()
+	d.write("Subject: x\r\n\r\nhello\r\n.\r\n")
+	if got := d.reply(); got != "451 4.3.0 Requested action aborted: local error in processing" {
+		t.Fatalf("reply %q", got)
+	}
+	if !strings.Contains(ts.logs.String(), `msg="message refused"`) || !strings.Contains(ts.logs.String(), "reason=queue_error") {
+		t.Fatalf("no refusal logged:\n%s", ts.logs.String())
+	}
+}
+
+// stripReceived removes the Received field mailhop prepends (its first line
+// and folded continuation lines).
+func stripReceived(t *testing.T, msg string) string {
+	t.Helper()
+	if !strings.HasPrefix(msg, "Received: ") {
+		t.Fatalf("no Received field first: %q", msg)
+	}
+	for {
+		i := strings.Index(msg, "\r\n")
+		msg = msg[i+2:]
+		if !strings.HasPrefix(msg, "\t") {
+			return msg
+		}
+	}
+}
