@@ -113,17 +113,14 @@ func (w *mxWorld) down(ip string) {
 // and more TOML (routes).
 func (w *mxWorld) start(retry, delivery, extra string) *relay {
 	w.t.Helper()
-	d := fmt.Sprintf(`resolvers = [%q]
-mx_port = %d
-retry_intervals = [%q]
-connect_timeout = "3s"
-greeting_timeout = "5s"
-command_timeout = "5s"
-data_init_timeout = "5s"
-data_timeout = "5s"
-data_end_timeout = "5s"
-%s
-`, w.dns.Addr, w.port, retry, delivery)
+	d := fmt.Sprintf("resolvers = [%q]\nmx_port = %d\nretry_intervals = [%q]\n", w.dns.Addr, w.port, retry)
+	for _, kv := range [][2]string{{"connect_timeout", "3s"}, {"greeting_timeout", "5s"}, {"command_timeout", "5s"},
+		{"data_init_timeout", "5s"}, {"data_timeout", "5s"}, {"data_end_timeout", "5s"}} {
+		if !strings.Contains(delivery, kv[0]+" ") {
+			d += fmt.Sprintf("%s = %q\n", kv[0], kv[1])
+		}
+	}
+	d += delivery + "\n"
 	w.r = startRelay(w.t, relayOpts{Delivery: d, NoRoute: true, Extra: extra})
 	return w.r
 }
