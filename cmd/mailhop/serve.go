@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -136,8 +138,14 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	adminLn = admin.PeerCredListener(adminLn)
 	adm := &admin.Server{Queue: q, Bouncer: agent, Log: log,
 		Extra: map[string]http.Handler{admin.InjectPath: inj}}
+	// admin.Server.Serve stores its http.Server before it first calls
+	// Accept; Shutdown waits for that first Accept so it never races the
+	// store (a shutdown right after the start).
+	adminUp := &firstAccept{Listener: adminLn, called: make(chan struct{})}
+	adminDone := make(chan struct{})
 	go func() {
-		if err := adm.Serve(adminLn); err != nil {
+		defer close(adminDone)
+		if err := adm.Serve(adminUp); err != nil {
 			log.Error("admin socket stopped", "err", err)
 		}
 	}()
@@ -202,7 +210,11 @@ loop:
 	case <-ctx.Done():
 		log.Warn("deliveries did not stop in time")
 	}
-	adm.Shutdown(ctx)
+	select {
+	case <-adminUp.called:
+		adm.Shutdown(ctx)
+	case <-adminDone:
+	}
 	if err := q.Close(); err != nil && !errors.Is(err, queue.ErrClosed) {
 		log.Error("closing queue", "err", err)
 	}
@@ -227,6 +239,18 @@ func warnReadableSecrets(cfg *config.Config, path string, log *slog.Logger) {
 		log.Warn("the configuration file holds secrets and is readable by every user; chmod o-r it",
 			"config", path, "mode", fi.Mode().Perm().String())
 	}
+}
+
+// firstAccept closes called when Accept is first called.
+type firstAccept struct {
+	net.Listener
+	once   sync.Once
+	called chan struct{}
+}
+
+func (l *firstAccept) Accept() (net.Conn, error) {
+	l.once.Do(func() { close(l.called) })
+	return l.Listener.Accept()
 }
 
 // drainPickup queues what sendmail left in the pickup directory.
