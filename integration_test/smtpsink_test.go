@@ -108,6 +108,10 @@ func sinkMessage(t testing.TB, dump []byte) (msg []byte, mailArgs string, rcptAr
 		switch {
 		case bytes.HasPrefix(l, []byte("X-Mail-Args: ")):
 			mailArgs = string(bytes.TrimSpace(l[len("X-Mail-Args: "):]))
+		case bytes.HasPrefix(l, []byte("X-Helo-Args: ")):
+			if h := string(bytes.TrimSpace(l[len("X-Helo-Args: "):])); h != "mx.relay.test" {
+				t.Errorf("EHLO at smtp-sink: %q, want the configured hostname mx.relay.test", h)
+			}
 		case bytes.HasPrefix(l, []byte("X-Rcpt-Args: ")):
 			rcptArgs = append(rcptArgs, string(bytes.TrimSpace(l[len("X-Rcpt-Args: "):])))
 		}
