@@ -129,7 +129,7 @@ func TestCrashSafety(t *testing.T) {
 	const (
 		workers  = 24
 		minTotal = 500
-		kills    = 5
+		kills    = 8
 		// While the killer is at work clients go on past their quota, up
 		// to maxEach, so that every kill falls on a loaded server.
 		maxEach = 10 * ((minTotal + workers - 1) / workers)
@@ -154,6 +154,8 @@ func TestCrashSafety(t *testing.T) {
 		wg       sync.WaitGroup
 	)
 	killing.Store(true)
+	// On any early exit (a failed start), stop the clients before returning.
+	defer func() { stop.Store(true); wg.Wait() }()
 	deadline := time.Now().Add(90 * time.Second)
 
 	for w := range workers {

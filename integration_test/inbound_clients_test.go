@@ -301,6 +301,9 @@ func TestRealClients(t *testing.T) {
 			if !slices.Equal(rcpts, s.rcpts) {
 				t.Errorf("recipients %q, want %q", rcpts, s.rcpts)
 			}
+			if want := strings.Contains(s.name, "smtputf8"); env.SMTPUTF8 != want {
+				t.Errorf("envelope SMTPUTF8 %v, want %v", env.SMTPUTF8, want)
+			}
 			if env.User != s.user {
 				t.Errorf("user %q, want %q", env.User, s.user)
 			}
