@@ -128,7 +128,11 @@ func (s *Server) Serve(ln net.Listener, l config.Listener) error {
 	s.listeners = append(s.listeners, ln)
 	s.mu.Unlock()
 	s.log.Info("listening", "address", ln.Addr().String(), "mode", l.Mode)
-	return srv.Serve(wrapped)
+	err := srv.Serve(wrapped)
+	if s.closing.Load() {
+		return nil
+	}
+	return err
 }
 
 // ListenAndServe binds every configured listener and serves them until ctx
@@ -189,6 +193,11 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing.Store(true)
 	servers := append([]*smtp.Server(nil), s.servers...)
+	// Closed here too: a Serve that has not reached go-smtp's Serve yet
+	// would otherwise accept forever.
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
 	s.mu.Unlock()
 
 	var wg sync.WaitGroup
