@@ -461,22 +461,33 @@ func TestDSN_NotifySuccess(t *testing.T) {
 		name   string
 		dsn    bool
 		action string
-	}{{"server with DSN: delivered", true, "delivered"}, {"server without DSN: relayed", false, "relayed"}} {
+	}{{"server with DSN: no report, NOTIFY passed on", true, ""}, {"server without DSN: relayed", false, "relayed"}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, smtptest.Behaviour{DSN: tc.dsn}, zone("example.test", "127.0.0.2"))
 			senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
 			h.start()
-			h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) {
+			id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) {
 				e.Recipients[0].Notify = queue.NotifySuccess | queue.NotifyFailure
 				e.Recipients[0].ORCPT = "rfc822;a@example.test"
 				e.EnvID = "xyz"
 				e.Ret = "HDRS"
 			})
 			m := h.first.Wait(t, 1)[0]
-			d := parseBounce(t, senderMX.Wait(t, 1)[0])
-			if r := d.Recipients[0]; r.Action != tc.action || !strings.HasPrefix(r.Status, "2.") {
-				t.Errorf("success report recipient: %+v", r)
+			if tc.action == "" {
+				// Reporting went on with NOTIFY. Once the attempt is
+				// recorded (any report is queued before that), a probe to
+				// the sender's MX must be the first thing it receives.
+				h.waitRecords(id, 1)
+				h.submit("Subject: probe\r\n\r\nx\r\n", []string{"nobody@sender.test"})
+				if got := senderMX.Wait(t, 1)[0]; got.From == "" {
+					t.Errorf("a success report was sent although the next server has DSN: %q", got.Data)
+				}
+			} else {
+				d := parseBounce(t, senderMX.Wait(t, 1)[0])
+				if r := d.Recipients[0]; r.Action != tc.action || !strings.HasPrefix(r.Status, "2.") {
+					t.Errorf("success report recipient: %+v", r)
+				}
 			}
 			ro := m.RcptOpts[0]
 			if tc.dsn {

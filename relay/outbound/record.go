@@ -82,12 +82,11 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 				failedIdx = append(failedIdx, i)
 			}
 		case queue.Delivered:
-			if rc.Notify.Has(queue.NotifySuccess) {
-				act := "delivered"
-				if r.relayed {
-					act = "relayed" // RFC 3461 §6.2.1: next hop has no DSN
-				}
-				success = append(success, dsnRcpt{rcpt: rc, action: act, reply: r.reply, remote: remote(r)})
+			// RFC 3461 §5.2.1: handed to a server with DSN, NOTIFY went
+			// with it and reporting is that server's job. §5.2.2: to a
+			// server without DSN, we report "relayed" ourselves.
+			if rc.Notify.Has(queue.NotifySuccess) && r.relayed {
+				success = append(success, dsnRcpt{rcpt: rc, action: "relayed", reply: r.reply, remote: remote(r)})
 			}
 		case queue.Pending:
 			if rc.Notify.Has(queue.NotifyDelay) {
