@@ -158,7 +158,7 @@ mode = "relay"
 		{"idle_conn_timeout", cfg.Delivery.IdleConnTimeout.Duration, 30 * time.Second},
 		{"log", cfg.Log, Log{Format: "text", Level: "info"}},
 		{"limits", cfg.Limits, Limits{
-			MaxConnections: 1000, MaxConnectionsPerIP: 20,
+			MaxConnections: 2000, MaxConnectionsPerIP: 50,
 			IdleTimeout: Duration{5 * time.Minute}, SessionTimeout: Duration{30 * time.Minute},
 			MaxLineLength: 998, MaxErrors: 10, ShutdownTimeout: Duration{30 * time.Second},
 		}},

@@ -15,8 +15,8 @@ const (
 	DefaultMXPort               = 25
 	DefaultConcurrency          = 100
 	DefaultPerDomainConcurrency = 10
-	DefaultMaxConnections       = 1000
-	DefaultMaxConnectionsPerIP  = 20
+	DefaultMaxConnections       = 2000
+	DefaultMaxConnectionsPerIP  = 50
 	DefaultMaxLineLength        = 998 // RFC 5322 §2.1.1, without CRLF
 	DefaultMaxErrors            = 10
 	DefaultAdminSocketName      = "admin.sock"

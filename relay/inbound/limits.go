@@ -94,7 +94,14 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 			go reject(c, "421 4.7.0 "+cfg.Hostname+" Too many failed authentications, try again later")
 			continue
 		}
-		if !s.conns.acquire(ip, cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerIP) {
+		perIP := cfg.Limits.MaxConnectionsPerIP
+		if cfg.IsTrusted(ip) {
+			// Like Postfix's smtpd_client_event_limit_exceptions: the
+			// trusted networks (applications, cron) are not rate-limited
+			// per address; the total limit still applies.
+			perIP = 0
+		}
+		if !s.conns.acquire(ip, cfg.Limits.MaxConnections, perIP) {
 			s.stats.connRejected.Add(1)
 			s.log.Info("connection refused", "client", ip.String(), "reason", "too_many_connections")
 			go reject(c, "421 4.7.0 "+cfg.Hostname+" Too many connections, try again later")
