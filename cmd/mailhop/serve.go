@@ -192,23 +192,32 @@ loop:
 		}
 	}
 
-	// Stop accepting, let open transactions finish, then stop deliveries
-	// (in-flight attempts are given back to the queue), then the queue.
+	// Stop taking new mail on both sides at once, and let SMTP
+	// transactions and deliveries under way finish within the grace time.
+	// A delivery still running then is cut, and its message given back to
+	// the queue (it may be sent again: at least once, never lost). Then the
+	// queue closes.
 	grace := cfg.Limits.ShutdownTimeout.Duration
 	if grace <= 0 {
 		grace = shutdownGrace
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
+	stopAgent()
 	if err := in.Shutdown(ctx); err != nil {
 		log.Warn("inbound shutdown", "err", err)
 	}
 	stopServe()
-	stopAgent()
 	select {
 	case <-agentDone:
 	case <-ctx.Done():
-		log.Warn("deliveries did not stop in time")
+		log.Warn("deliveries did not finish in time; cutting them short", "grace", grace)
+		agent.Abort()
+		select {
+		case <-agentDone:
+		case <-time.After(10 * time.Second):
+			log.Error("deliveries did not stop")
+		}
 	}
 	select {
 	case <-adminUp.called:

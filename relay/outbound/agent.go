@@ -56,6 +56,9 @@ type Agent struct {
 	caPools map[string]*x509.CertPool
 
 	stats counters
+
+	abortCtx context.Context // deliveries run under it; Abort cancels it
+	abort    context.CancelFunc
 	obs   Observer
 
 	// onRecord, when set (by tests), is called after each attempt is
@@ -97,11 +100,16 @@ func New(opts Options) (*Agent, error) {
 	if per <= 0 {
 		per = 10
 	}
+	a.abortCtx, a.abort = context.WithCancel(context.Background())
 	a.total = make(chan struct{}, n)
 	a.domains = newLimiter(per)
 	a.cfg.Store(opts.Config)
 	return a, nil
 }
+
+// Abort cuts short the deliveries under way (after Run's context is done
+// and the shutdown deadline has passed).
+func (a *Agent) Abort() { a.abort() }
 
 // SetConfig switches to a reloaded configuration for the attempts that
 // start afterwards: hostname, routes, ports, timeouts, ages. The
@@ -111,15 +119,18 @@ func (a *Agent) SetConfig(cfg *config.Config) { a.cfg.Store(cfg) }
 func (a *Agent) config() *config.Config { return a.cfg.Load() }
 
 // Run delivers due messages until ctx is done, at most
-// delivery.concurrency at a time. When ctx is done, in-flight attempts are
-// cut short (their connections closed); a message that nothing was decided
-// for is given back with Requeue, any other has its outcome recorded with
-// Done. Run returns nil after that, or the queue's error if Next fails
-// for another reason.
+// delivery.concurrency at a time. When ctx is done, Run takes no new
+// message and waits for the attempts under way to finish — a delivery cut
+// after the remote server accepted it would be sent again later — unless
+// Abort is called, which cuts them short (their connections closed): a
+// message that nothing was decided for is then given back with Requeue, any
+// other has its outcome recorded with Done. Run returns nil after that, or
+// the queue's error if Next fails for another reason.
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer a.pool.closeAll()
 	defer wg.Wait()
+	dctx := a.abortCtx
 	slots := make(chan struct{}, cap(a.total))
 	for {
 		select {
@@ -139,7 +150,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			defer func() { <-slots }()
-			a.process(ctx, env)
+			a.process(dctx, env)
 		}()
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -626,6 +627,39 @@ func TestRun_ShutdownRequeuesInFlight(t *testing.T) {
 	env := h.envelope(id)
 	if env == nil || env.Attempts != 0 || env.Recipients[0].State != queue.Pending {
 		t.Fatalf("after shutdown: %+v", env)
+	}
+}
+
+func TestRun_ShutdownLetsDeliveriesFinish(t *testing.T) {
+	t.Parallel()
+	inData, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h := newHarness(t, smtptest.Behaviour{Data: func(*smtptest.Message) error {
+		once.Do(func() { close(inData) })
+		<-release
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	select {
+	case <-inData:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server never got the message")
+	}
+	// Shutdown begins while the remote server holds the message: the
+	// attempt must finish and be recorded, not be cut and sent again.
+	h.cancel()
+	close(release)
+	select {
+	case <-h.stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after the delivery finished")
+	}
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("delivered message still queued after shutdown: %+v", env)
+	}
+	if n := len(h.first.Messages()); n != 1 {
+		t.Fatalf("server received %d messages", n)
 	}
 }
 

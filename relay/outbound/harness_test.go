@@ -125,9 +125,10 @@ func (h *harness) start() {
 	})
 }
 
-// stop cancels Run and waits for it to return.
+// stop cancels Run, cuts deliveries under way, and waits for Run to return.
 func (h *harness) stop() {
 	h.cancel()
+	h.agent.Abort()
 	select {
 	case <-h.stopped:
 	case <-time.After(10 * time.Second):
