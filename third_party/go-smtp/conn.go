@@ -91,11 +91,13 @@ func (c *Conn) handle(cmd string, arg string) {
 	// and close connection.
 	defer func() {
 		if err := recover(); err != nil {
-			c.writeResponse(421, EnhancedCode{4, 0, 0}, "Internal server error")
-			c.Close()
-
+			// Logged first, so the log has it by the time the client sees
+			// the connection close.
 			stack := debug.Stack()
 			c.server.ErrorLog.Printf("panic serving %v: %v\n%s", c.conn.RemoteAddr(), err, stack)
+
+			c.writeResponse(421, EnhancedCode{4, 0, 0}, "Internal server error")
+			c.Close()
 		}
 	}()
 

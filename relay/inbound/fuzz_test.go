@@ -1,0 +1,131 @@
+package inbound
+
+import (
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+// pipeListener hands out one end of a net.Pipe per Accept.
+type pipeListener struct {
+	conns chan net.Conn
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error { l.once.Do(func() { close(l.done) }); return nil }
+
+func (l *pipeListener) Addr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 25}
+}
+
+// pipeConn reports a loopback TCP remote address, as the session needs a
+// client IP, and tells when the server closed it.
+type pipeConn struct {
+	net.Conn
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (*pipeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242} }
+
+func (c *pipeConn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return c.Conn.Close()
+}
+
+// FuzzSession feeds random dialogs to a relay-mode session (loopback
+// trusted, so transactions reach the queue) over net.Pipe. The session must
+// never panic: go-smtp recovers panics and logs them, so a logged "panic"
+// fails the run.
+func FuzzSession(f *testing.F) {
+	seeds := []string{
+		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\nQUIT\r\n",
+		"EHLO x\r\nMAIL FROM:<a@example.com> BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=x\r\nRCPT TO:<b@example.net> NOTIFY=NEVER ORCPT=rfc822;b@example.net\r\nBDAT 5 LAST\r\nhi\r\n\r\n",
+		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nx\n.\r\nMAIL FROM:<e@example.com>\r\n.\r\n",
+		"HELO x\r\nAUTH PLAIN AGFsaWNlAHg=\r\nAUTH LOGIN\r\n*\r\nSTARTTLS\r\n",
+		"EHLO x\r\nMAIL FROM:<@a,@b:c@d>\r\nRCPT TO:<\"a b\"@[IPv6:::1]>\r\nRSET\r\nVRFY x\r\nNOOP\r\n",
+		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nBDAT 3\r\nabcBDAT 2 LAST\r\n\r\n",
+		strings.Repeat("X", 3000) + "\r\nEHLO x\r\n",
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	cfg := testConfig(&testing.T{})
+	cfg.DataDir = f.TempDir()
+	trustLoopback(cfg)
+	q, err := queue.Open(f.TempDir(), queue.Options{Logger: log})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer q.Close()
+	s, err := New(cfg, q, log)
+	if err != nil {
+		f.Fatal(err)
+	}
+	s.AuthDelayStep = 0
+	s.AuthMaxFailures = 0 // no block that would make later inputs trivial
+	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	served := make(chan struct{})
+	go func() {
+		s.Serve(ln, config.Listener{Mode: config.ModeRelay})
+		close(served)
+	}()
+	defer func() { ln.Close(); <-served }()
+
+	f.Fuzz(func(t *testing.T, dialog []byte) {
+		client, server := net.Pipe()
+		sc := &pipeConn{Conn: server, closed: make(chan struct{})}
+		ln.conns <- sc
+		client.SetDeadline(time.Now().Add(10 * time.Second))
+		go io.Copy(io.Discard, client) // the replies
+		client.Write(dialog)
+		client.Write([]byte("\r\n.\r\nQUIT\r\n"))
+		// The server may still wait for data (a BDAT chunk): end of input.
+		client.Close()
+		<-sc.closed
+		if out := logs.String(); strings.Contains(out, "panic serving") {
+			t.Fatalf("panic in session:\n%s", out)
+		}
+	})
+}
+
+// TestFuzzSessionHarnessSeesPanics makes sure the fuzz harness can fail: a session
+// that panics must be seen.
+func TestFuzzSessionHarnessSeesPanics(t *testing.T) {
+	logs := &syncBuffer{}
+	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { panic("boom") }))
+	srv.ErrorLog = errorLog{slog.New(slog.NewTextHandler(logs, nil))}
+	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	client, server := net.Pipe()
+	ln.conns <- server
+	go client.Write([]byte("EHLO x\r\nQUIT\r\n"))
+	var out bytes.Buffer
+	io.Copy(&out, client)
+	if !strings.Contains(logs.String(), "panic serving") {
+		t.Fatalf("panic not logged; client saw %q", out.String())
+	}
+}
