@@ -7,12 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -138,14 +136,10 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	adminLn = admin.PeerCredListener(adminLn)
 	adm := &admin.Server{Queue: q, Bouncer: agent, Log: log,
 		Extra: map[string]http.Handler{admin.InjectPath: inj}}
-	// admin.Server.Serve stores its http.Server before it first calls
-	// Accept; Shutdown waits for that first Accept so it never races the
-	// store (a shutdown right after the start).
-	adminUp := &firstAccept{Listener: adminLn, called: make(chan struct{})}
 	adminDone := make(chan struct{})
 	go func() {
 		defer close(adminDone)
-		if err := adm.Serve(adminUp); err != nil {
+		if err := adm.Serve(adminLn); err != nil {
 			log.Error("admin socket stopped", "err", err)
 		}
 	}()
@@ -219,11 +213,8 @@ loop:
 			log.Error("deliveries did not stop")
 		}
 	}
-	select {
-	case <-adminUp.called:
-		adm.Shutdown(ctx)
-	case <-adminDone:
-	}
+	adm.Shutdown(ctx)
+	<-adminDone
 	if err := q.Close(); err != nil && !errors.Is(err, queue.ErrClosed) {
 		log.Error("closing queue", "err", err)
 	}
@@ -250,17 +241,6 @@ func warnReadableSecrets(cfg *config.Config, path string, log *slog.Logger) {
 	}
 }
 
-// firstAccept closes called when Accept is first called.
-type firstAccept struct {
-	net.Listener
-	once   sync.Once
-	called chan struct{}
-}
-
-func (l *firstAccept) Accept() (net.Conn, error) {
-	l.once.Do(func() { close(l.called) })
-	return l.Listener.Accept()
-}
 
 // drainPickup queues what sendmail left in the pickup directory.
 func drainPickup(inj *admin.Injector, dir string, log *slog.Logger) {

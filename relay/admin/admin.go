@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
@@ -39,7 +40,9 @@ type Server struct {
 	// Extra handlers mounted next to the queue API (e.g. sendmail injection).
 	Extra map[string]http.Handler
 
-	srv *http.Server
+	mu     sync.Mutex
+	srv    *http.Server
+	closed bool
 }
 
 // Recipient is one recipient in the API's JSON.
@@ -158,8 +161,16 @@ func (s *Server) Serve(ln net.Listener) error {
 	for p, h := range s.Extra {
 		mux.Handle(p, h)
 	}
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	err := s.srv.Serve(ln)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.srv = srv
+	s.mu.Unlock()
+	err := srv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -168,10 +179,14 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // Shutdown stops the API server.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.srv == nil {
+	s.mu.Lock()
+	s.closed = true
+	srv := s.srv
+	s.mu.Unlock()
+	if srv == nil {
 		return nil
 	}
-	return s.srv.Shutdown(ctx)
+	return srv.Shutdown(ctx)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
