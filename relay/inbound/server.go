@@ -206,10 +206,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, smtp.ErrServerClosed) {
-				srv.Close() // deadline passed: close what is left
-				errs[i] = err
+			err := srv.Shutdown(ctx)
+			if err == nil || errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
+				return // (the listeners were closed above)
 			}
+			srv.Close() // deadline passed: close what is left
+			errs[i] = err
 		}()
 	}
 	wg.Wait()

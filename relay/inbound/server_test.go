@@ -1,0 +1,121 @@
+package inbound
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+)
+
+func TestSelfSignedCertificate_GeneratedOnceAndReused(t *testing.T) {
+	cfg := testConfig(t)
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	if _, err := New(cfg, nil, log); err != nil {
+		t.Fatal(err)
+	}
+	crt := filepath.Join(cfg.DataDir, "tls", "selfsigned.crt")
+	key := filepath.Join(cfg.DataDir, "tls", "selfsigned.key")
+	first, err := os.ReadFile(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(key); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi.Mode(), err)
+	}
+	if !bytes.Contains(logs.Bytes(), []byte("level=WARN")) {
+		t.Fatalf("no warning logged: %s", logs.String())
+	}
+	s, err := New(cfg, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, _ := os.ReadFile(crt); !bytes.Equal(first, second) {
+		t.Fatal("certificate generated again instead of reused")
+	}
+	if leaf := s.cert.Load().Leaf; leaf == nil || leaf.DNSNames[0] != "mx.test" {
+		t.Fatalf("certificate for %v", leaf.DNSNames)
+	}
+	// A reload with a configured pair swaps the certificate in.
+	cfg2 := *cfg
+	cfg2.DataDir = t.TempDir()
+	other, err := New(&cfg2, nil, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg3 := *cfg
+	cfg3.TLS.CertFile = filepath.Join(cfg2.DataDir, "tls", "selfsigned.crt")
+	cfg3.TLS.KeyFile = filepath.Join(cfg2.DataDir, "tls", "selfsigned.key")
+	if err := s.SetConfig(&cfg3); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(s.cert.Load().Certificate[0], other.cert.Load().Certificate[0]) {
+		t.Fatal("certificate not swapped by SetConfig")
+	}
+}
+
+func TestListenAndServe_UntilContextDone(t *testing.T) {
+	cfg := testConfig(t)
+	trustLoopback(cfg)
+	cfg.Listener = []config.Listener{{Address: "127.0.0.1:0", Mode: config.ModeRelay}}
+	q, err := queue.Open(t.TempDir(), queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	s, err := New(cfg, q, slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.ListenAndServe(ctx) }()
+	var addr string
+	for addr == "" { // Addrs is filled once Serve has started
+		if as := s.Addrs(); len(as) == 1 {
+			addr = as[0].String()
+		}
+		select {
+		case err := <-done:
+			t.Fatal("ListenAndServe returned early:", err)
+		default:
+		}
+	}
+	d := dial(t, addr)
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	cancel()
+	// The transaction under way finishes during shutdown...
+	d.script("C: hi", "C: .", "S: 250 ")
+	// ...but no new one starts.
+	d.script("C: MAIL FROM:<a@example.com>", "S: 421 4.3.2 ")
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestIdleTimeout_421(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Limits.IdleTimeout = config.Duration{Duration: 100 * time.Millisecond} })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "S: 421 4.4.2 ")
+}
+
+func TestSessionTimeout_421(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Limits.SessionTimeout = config.Duration{Duration: 200 * time.Millisecond} })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.expect("220 ")
+	// Busy, never idle: only the session timeout can end this.
+	for {
+		d.write("NOOP\r\n")
+		if got := d.reply(); got[:3] == "421" {
+			break
+		}
+	}
+}
