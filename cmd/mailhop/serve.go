@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -57,6 +58,13 @@ func cmdServe(args []string, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	warnReadableSecrets(cfg, path, log)
+	if p := os.Getenv("MAILHOP_CPUPROFILE"); p != "" {
+		// For profiling load runs: a CPU profile of the whole run.
+		if f, err := os.Create(p); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	if err := serve(cfg, path, log); err != nil {
 		log.Error("mailhop stopped", "err", err)
 		return exitFail
