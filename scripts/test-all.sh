@@ -22,9 +22,11 @@ echo "== gofmt, go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; fi
 go vet ./...
+(cd third_party/go-smtp && go vet ./...)
 
 echo "== unit and integration tests (race detector on)"
 go test -race -count=1 -timeout 12m ./...
+(cd third_party/go-smtp && go test -race -count=1 ./...)
 
 echo "== fuzz targets, ${FUZZTIME:=10s} each"
 scripts/fuzz.sh "$FUZZTIME"

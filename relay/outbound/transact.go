@@ -42,12 +42,6 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	}()
 	c := cn.c
 	c.CommandTimeout = tm.command
-	if cn.reused {
-		// RFC 5321 §4.1.1.5: a clean state before the next transaction.
-		if err := c.Reset(); err != nil {
-			return nil, true, stageErr("rset", err)
-		}
-	}
 	all := func(st queue.RcptState, e *smtperr.Error) []rcptResult {
 		out := make([]rcptResult, len(t.rcpts))
 		for i, idx := range t.rcpts {
@@ -79,33 +73,39 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	case "HDRS":
 		opts.Return = smtp.DSNReturnHeaders
 	}
-	if err := c.Mail(env.From, opts); err != nil {
-		if se, ok := replyError(err); ok && se.Code != 421 {
-			_ = c.Reset()
-			return all(stateOf(se), se), false, nil
-		}
+	addrs := make([]string, len(t.rcpts))
+	ropts := make([]*smtp.RcptOptions, len(t.rcpts))
+	for i, idx := range t.rcpts {
+		addrs[i], ropts[i] = env.Recipients[idx].Address, rcptOptions(&env.Recipients[idx])
+	}
+	// RSET (on a reused connection: RFC 5321 §4.1.1.5, a clean state),
+	// MAIL, every RCPT and DATA go out in one write when the server offers
+	// PIPELINING (RFC 2920).
+	c.CommandTimeout = max(tm.command, tm.dataInit)
+	rep, w, err := c.StartTransaction(cn.reused, env.From, opts, addrs, ropts)
+	c.CommandTimeout = tm.command
+	if err != nil {
+		// The network failed, or the server said 421 and closed: nothing
+		// was decided, the caller tries the next address.
 		return nil, true, stageErr("mail", err)
 	}
-
+	if rep.Reset != nil {
+		return nil, true, stageErr("rset", rep.Reset)
+	}
+	if se, ok := replyError(rep.Mail); ok {
+		return all(stateOf(se), se), false, nil
+	}
 	res = make([]rcptResult, len(t.rcpts))
 	var accepted []int // positions in res
 	for i, idx := range t.rcpts {
-		r := &env.Recipients[idx]
 		res[i] = rcptResult{index: idx, remote: cn.host}
-		if err := c.Rcpt(r.Address, rcptOptions(r)); err != nil {
-			se, ok := replyError(err)
-			if !ok || se.Code == 421 {
-				return nil, true, stageErr("rcpt", err)
-			}
+		if se, ok := replyError(rep.Rcpt[i]); ok {
 			res[i].state, res[i].reply = stateOf(se), se
 			continue
 		}
 		accepted = append(accepted, i)
 	}
 	if len(accepted) == 0 {
-		if err := c.Reset(); err != nil {
-			return res, true, nil
-		}
 		return res, false, nil
 	}
 	setAccepted := func(st queue.RcptState, e *smtperr.Error) {
@@ -117,15 +117,12 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	// From here on a dropped connection leaves the accepted recipients
 	// Pending: the server may or may not have the message (RFC 5321 §6.1
 	// prefers a duplicate to a loss).
-	c.CommandTimeout = tm.dataInit
-	w, err := c.Data()
-	c.CommandTimeout = tm.command
-	if err != nil {
-		if se, ok := replyError(err); ok {
+	if rep.Data != nil {
+		if se, ok := replyError(rep.Data); ok {
 			setAccepted(stateOf(se), se)
-			return res, se.Code == 421, nil
+			return res, false, nil
 		}
-		setAccepted(queue.Pending, stageErr("data", err).err)
+		setAccepted(queue.Pending, stageErr("data", rep.Data).err)
 		return res, true, nil
 	}
 	cn.raw.SetDeadline(time.Now().Add(tm.data))

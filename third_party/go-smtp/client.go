@@ -424,13 +424,29 @@ func (c *Client) Auth(a sasl.Client) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Mail(from string, opts *MailOptions) error {
-	if err := validateLine(from); err != nil {
-		return err
-	}
 	if err := c.hello(); err != nil {
 		return err
 	}
+	cmd, err := c.mailCmd(from, opts)
+	if err != nil {
+		return err
+	}
+	if _, _, err := c.cmd(250, "%s", cmd); err != nil {
+		return err
+	}
 
+	// A new transaction has started, forget the previous recipients.
+	c.rcpts = nil
+
+	return nil
+}
+
+// mailCmd builds a MAIL command line (mailhop patch: shared with
+// StartPipelined).
+func (c *Client) mailCmd(from string, opts *MailOptions) (string, error) {
+	if err := validateLine(from); err != nil {
+		return "", err
+	}
 	var sb strings.Builder
 	// A high enough power of 2 than 510+14+26+11+9+9+39+500
 	sb.Grow(2048)
@@ -445,14 +461,14 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		if _, ok := c.ext["REQUIRETLS"]; ok {
 			sb.WriteString(" REQUIRETLS")
 		} else {
-			return errors.New("smtp: server does not support REQUIRETLS")
+			return "", errors.New("smtp: server does not support REQUIRETLS")
 		}
 	}
 	if opts != nil && opts.UTF8 {
 		if _, ok := c.ext["SMTPUTF8"]; ok {
 			sb.WriteString(" SMTPUTF8")
 		} else {
-			return errors.New("smtp: server does not support SMTPUTF8")
+			return "", errors.New("smtp: server does not support SMTPUTF8")
 		}
 	}
 	if _, ok := c.ext["DSN"]; ok && opts != nil {
@@ -462,11 +478,11 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		case "":
 			// This space is intentionally left blank
 		default:
-			return errors.New("smtp: Unknown RET parameter value")
+			return "", errors.New("smtp: Unknown RET parameter value")
 		}
 		if opts.EnvelopeID != "" {
 			if !isPrintableASCII(opts.EnvelopeID) {
-				return errors.New("smtp: Malformed ENVID parameter value")
+				return "", errors.New("smtp: Malformed ENVID parameter value")
 			}
 			fmt.Fprintf(&sb, " ENVID=%s", encodeXtext(opts.EnvelopeID))
 		}
@@ -477,14 +493,7 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 		}
 		// We can safely discard parameter if server does not support AUTH.
 	}
-	if _, _, err := c.cmd(250, "%s", sb.String()); err != nil {
-		return err
-	}
-
-	// A new transaction has started, forget the previous recipients.
-	c.rcpts = nil
-
-	return nil
+	return sb.String(), nil
 }
 
 // Rcpt issues a RCPT command to the server using the provided email address.
@@ -496,10 +505,23 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 //
 // If server returns an error, it will be of type *SMTPError.
 func (c *Client) Rcpt(to string, opts *RcptOptions) error {
-	if err := validateLine(to); err != nil {
+	cmd, err := c.rcptCmd(to, opts)
+	if err != nil {
 		return err
 	}
+	if _, _, err := c.cmd(25, "%s", cmd); err != nil {
+		return err
+	}
+	c.rcpts = append(c.rcpts, to)
+	return nil
+}
 
+// rcptCmd builds a RCPT command line (mailhop patch: shared with
+// StartPipelined).
+func (c *Client) rcptCmd(to string, opts *RcptOptions) (string, error) {
+	if err := validateLine(to); err != nil {
+		return "", err
+	}
 	var sb strings.Builder
 	// A high enough power of 2 than 510+29+501
 	sb.Grow(2048)
@@ -508,7 +530,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 		if len(opts.Notify) != 0 {
 			sb.WriteString(" NOTIFY=")
 			if err := checkNotifySet(opts.Notify); err != nil {
-				return errors.New("smtp: Malformed NOTIFY parameter value")
+				return "", errors.New("smtp: Malformed NOTIFY parameter value")
 			}
 			for i, v := range opts.Notify {
 				if i != 0 {
@@ -522,7 +544,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 			switch opts.OriginalRecipientType {
 			case DSNAddressTypeRFC822:
 				if !isPrintableASCII(opts.OriginalRecipient) {
-					return errors.New("smtp: Illegal address")
+					return "", errors.New("smtp: Illegal address")
 				}
 				enc = encodeXtext(opts.OriginalRecipient)
 			case DSNAddressTypeUTF8:
@@ -532,7 +554,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 					enc = encodeUTF8AddrXtext(opts.OriginalRecipient)
 				}
 			default:
-				return errors.New("smtp: Unknown address type")
+				return "", errors.New("smtp: Unknown address type")
 			}
 			fmt.Fprintf(&sb, " ORCPT=%s;%s", string(opts.OriginalRecipientType), enc)
 		}
@@ -542,7 +564,7 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 	if _, ok := c.ext["DELIVERBY"]; ok && opts != nil && opts.DeliverBy != nil {
 		if opts.DeliverBy.Mode == DeliverByReturn && opts.DeliverBy.Time < 1 {
-			return errors.New("smtp: DELIVERBY mode must be greater than zero with return mode")
+			return "", errors.New("smtp: DELIVERBY mode must be greater than zero with return mode")
 		}
 		arg := fmt.Sprintf(" BY=%d;%s", int(opts.DeliverBy.Time.Seconds()), opts.DeliverBy.Mode)
 		if opts.DeliverBy.Trace {
@@ -552,15 +574,11 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	}
 	if _, ok := c.ext["MT-PRIORITY"]; ok && opts != nil && opts.MTPriority != nil {
 		if *opts.MTPriority < -9 || *opts.MTPriority > 9 {
-			return errors.New("smtp: MT-PRIORITY must be between -9 and 9")
+			return "", errors.New("smtp: MT-PRIORITY must be between -9 and 9")
 		}
 		sb.WriteString(fmt.Sprintf(" MT-PRIORITY=%d", *opts.MTPriority))
 	}
-	if _, _, err := c.cmd(25, "%s", sb.String()); err != nil {
-		return err
-	}
-	c.rcpts = append(c.rcpts, to)
-	return nil
+	return sb.String(), nil
 }
 
 // DataCommand is a pending DATA command. DataCommand is an io.WriteCloser.
@@ -708,7 +726,7 @@ func (c *Client) Data() (*DataCommand, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &DataCommand{client: c, wc: c.text.DotWriter()}, nil
+	return &DataCommand{client: c, wc: newDotWriter(c.text.W)}, nil
 }
 
 // SendMail will use an existing connection to send an email from
@@ -873,10 +891,9 @@ func (c *Client) Reset() error {
 		return err
 	}
 
-	// allow custom HELLO again
-	c.didHello = false
-	c.helloError = nil
-
+	// mailhop patch: RSET clears the transaction, not the session (RFC
+	// 5321 §4.1.1.5); the EHLO and its extensions stay valid, so reusing
+	// a connection costs no second EHLO.
 	c.rcpts = nil
 	return nil
 }

@@ -83,6 +83,9 @@ func (c *Conn) init() {
 	}
 
 	c.text = textproto.NewConn(rwc)
+	// mailhop patch: a 16 KiB read buffer (textproto's is 4 KiB), so a
+	// typical message body takes one read system call, not several.
+	c.text.R = bufio.NewReaderSize(rwc, 16<<10)
 }
 
 // Commands are dispatched to the appropriate handler functions.

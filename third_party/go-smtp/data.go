@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -187,6 +188,12 @@ func (r *dataReader) step(c byte) bool {
 
 func (r *dataReader) Read(b []byte) (n int, err error) {
 	for n < len(b) && r.state != stateEOF && r.err == nil {
+		if r.state == stateData {
+			if k := r.copyRun(b[n:]); k > 0 {
+				n += k
+				continue
+			}
+		}
 		var c byte
 		c, err = r.r.ReadByte()
 		if err != nil {
@@ -216,6 +223,36 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// copyRun copies the ordinary bytes (neither CR nor LF) that follow in the
+// middle of a line straight from the read buffer, the fast path of Read;
+// CR, LF, the line and size limits are left to step. It returns 0 when
+// there is no such byte buffered.
+func (r *dataReader) copyRun(b []byte) int {
+	buf, _ := r.r.Peek(r.r.Buffered())
+	if len(buf) > len(b) {
+		buf = buf[:len(b)]
+	}
+	if i := bytes.IndexByte(buf, '\r'); i >= 0 {
+		buf = buf[:i]
+	}
+	if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+		buf = buf[:i]
+	}
+	if r.maxLine > 0 && len(buf) > r.maxLine-r.lineLen {
+		buf = buf[:max(r.maxLine-r.lineLen, 0)]
+	}
+	if r.limited && int64(len(buf)) > r.n {
+		buf = buf[:max(r.n, 0)]
+	}
+	k := copy(b, buf)
+	r.r.Discard(k)
+	r.lineLen += k
+	if r.limited {
+		r.n -= int64(k)
+	}
+	return k
 }
 
 // drain consumes the rest of the data up to the end marker. It reports

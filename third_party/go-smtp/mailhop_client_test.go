@@ -1,0 +1,145 @@
+package smtp
+
+// mailhop patch tests: the dot-stuffing writer and StartTransaction.
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net"
+	"strings"
+	"testing"
+)
+
+func TestDotWriter(t *testing.T) {
+	for _, tc := range []struct {
+		chunks []string
+		want   string
+	}{
+		{[]string{"a\r\nb\r\n"}, "a\r\nb\r\n.\r\n"},
+		{[]string{".a\r\n..b\r\n.\r\n"}, "..a\r\n...b\r\n..\r\n.\r\n"},
+		{[]string{"no final newline"}, "no final newline\r\n.\r\n"},
+		{[]string{"bare\nlf\n.x"}, "bare\r\nlf\r\n..x\r\n.\r\n"},
+		{[]string{"bare\rcr\r"}, "bare\r\ncr\r\n.\r\n"},
+		{[]string{"split\r", "\n.dot\r", "\nend\r\n"}, "split\r\n..dot\r\nend\r\n.\r\n"},
+		{[]string{"x\r", "\r\n"}, "x\r\n\r\n.\r\n"},
+		{[]string{"", "a", "", "\r\n", "."}, "a\r\n..\r\n.\r\n"},
+		{nil, ".\r\n"},
+	} {
+		var out bytes.Buffer
+		bw := bufio.NewWriter(&out)
+		d := newDotWriter(bw)
+		for _, c := range tc.chunks {
+			if n, err := d.Write([]byte(c)); err != nil || n != len(c) {
+				t.Fatalf("Write(%q) = %d, %v", c, n, err)
+			}
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if out.String() != tc.want {
+			t.Errorf("%q: got %q, want %q", tc.chunks, out.String(), tc.want)
+		}
+	}
+}
+
+// pipeServer is a minimal scripted SMTP server: it reads commands and
+// answers each from replies (by command verb), recording what it got.
+func pipeServer(t *testing.T, ext string, replies map[string]string) (net.Conn, *bytes.Buffer, chan struct{}) {
+	t.Helper()
+	client, server := net.Pipe()
+	got := &bytes.Buffer{}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer server.Close()
+		r := bufio.NewReader(server)
+		io.WriteString(server, "220 hi\r\n")
+		inData := false
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			got.WriteString(line)
+			if inData {
+				if line == ".\r\n" {
+					inData = false
+					io.WriteString(server, "250 2.0.0 queued\r\n")
+				}
+				continue
+			}
+			verb := strings.ToUpper(strings.Fields(line)[0])
+			switch {
+			case verb == "EHLO":
+				io.WriteString(server, "250-hi\r\n"+ext+"250 8BITMIME\r\n")
+			case verb == "QUIT":
+				io.WriteString(server, "221 bye\r\n")
+				return
+			case verb == "RCPT":
+				rep := "250 ok\r\n"
+				for k, v := range replies {
+					if strings.Contains(line, k) {
+						rep = v
+					}
+				}
+				io.WriteString(server, rep)
+			case verb == "DATA":
+				rep := replies["DATA"]
+				if rep == "" {
+					rep = "354 go\r\n"
+				}
+				io.WriteString(server, rep)
+				inData = strings.HasPrefix(rep, "354")
+			default:
+				io.WriteString(server, "250 ok\r\n")
+			}
+		}
+	}()
+	return client, got, done
+}
+
+func TestStartTransaction(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		ext := ""
+		if pipelining {
+			ext = "250-PIPELINING\r\n"
+		}
+		conn, got, done := pipeServer(t, ext, map[string]string{"bad@": "550 5.1.1 no such user\r\n", "later@": "451 4.2.0 later\r\n"})
+		c := NewClient(conn)
+		if err := c.Hello("me.test"); err != nil {
+			t.Fatal(err)
+		}
+		rep, dc, err := c.StartTransaction(true, "a@x.test", nil, []string{"ok@y.test", "bad@y.test", "later@y.test"}, nil)
+		if err != nil || dc == nil {
+			t.Fatalf("pipelining=%v: %v %+v", pipelining, err, rep)
+		}
+		if rep.Reset != nil || rep.Mail != nil || rep.Rcpt[0] != nil || rep.Data != nil {
+			t.Fatalf("replies: %+v", rep)
+		}
+		if se, ok := rep.Rcpt[1].(*SMTPError); !ok || se.Code != 550 {
+			t.Fatalf("bad@: %v", rep.Rcpt[1])
+		}
+		if se, ok := rep.Rcpt[2].(*SMTPError); !ok || se.Code != 451 {
+			t.Fatalf("later@: %v", rep.Rcpt[2])
+		}
+		io.WriteString(dc, "Subject: x\r\n\r\n.hi\r\n")
+		resp, err := dc.CloseWithResponse()
+		if err != nil || !strings.Contains(resp.StatusText, "queued") {
+			t.Fatalf("end of data: %v %v", resp, err)
+		}
+		// The connection is reused without a second EHLO.
+		rep, dc, err = c.StartTransaction(true, "a@x.test", nil, []string{"bad@y.test"}, nil)
+		if err != nil || dc != nil || rep.Data == nil {
+			t.Fatalf("all recipients refused: %v %v %+v", err, dc, rep)
+		}
+		c.Quit()
+		<-done
+		if n := strings.Count(got.String(), "EHLO"); n != 1 {
+			t.Errorf("pipelining=%v: %d EHLO, want 1:\n%s", pipelining, n, got)
+		}
+		if !strings.Contains(got.String(), "\r\n..hi\r\n.\r\n") {
+			t.Errorf("body not dot-stuffed:\n%s", got)
+		}
+	}
+}
