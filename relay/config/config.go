@@ -114,6 +114,9 @@ type DKIM struct {
 	Domain   string `toml:"domain"`
 	Selector string `toml:"selector"`
 	KeyFile  string `toml:"key_file"`
+	// SubDomains: the key also signs mail whose From: is in a subdomain
+	// of Domain (d= stays Domain, which DMARC's relaxed alignment accepts).
+	SubDomains bool `toml:"sub_domains"`
 }
 
 // Admin configures the local control socket and metrics.
