@@ -34,6 +34,8 @@ Usage:
   mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [RCPT...]
                                         send the message on stdin (also as a
                                         symlink named sendmail)
+  mailhop dkim keygen --domain D --selector S --out FILE [--type rsa|ed25519] [--bits 2048]
+                                        write a DKIM key, print its DNS record
   mailhop version
 
 Commands that need the configuration take --config FILE; without it they use
@@ -72,6 +74,8 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return cmdQueue(rest, stdout, stderr)
 	case "sendmail":
 		return cmdSendmail(rest, stdin, stdout, stderr)
+	case "dkim":
+		return cmdDKIM(rest, stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintf(stdout, "mailhop %s\n", version)
 		return exitOK
