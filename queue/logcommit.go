@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"syscall"
+	"time"
 )
 
 // maxBatch bounds how many records one write+fsync carries.
@@ -18,8 +19,18 @@ func (s *LogStore) commitLoop() {
 	defer close(s.exited)
 	batch := make([]*commitReq, 0, maxBatch)
 	var buf []byte
+	syncTimer := time.NewTimer(time.Hour)
+	syncTimer.Stop()
+	defer s.syncDirty()
 	for {
-		r, ok := <-s.reqs
+		var r *commitReq
+		var ok bool
+		select {
+		case r, ok = <-s.reqs:
+		case <-syncTimer.C:
+			s.syncDirty()
+			continue
+		}
 		if !ok {
 			return
 		}
@@ -36,12 +47,32 @@ func (s *LogStore) commitLoop() {
 				break drain
 			}
 		}
+		wasDirty := s.dirty != nil
 		buf = s.commit(batch, buf[:0])
 		if cap(buf) > 8<<20 {
 			buf = nil
 		}
+		if !wasDirty && s.dirty != nil {
+			syncTimer.Reset(lazySync)
+		}
 		s.maintain()
 	}
+}
+
+// syncDirty fsyncs the segment holding lazy records not yet synced.
+func (s *LogStore) syncDirty() {
+	seg := s.dirty
+	if seg == nil {
+		return
+	}
+	s.dirty = nil
+	if seg.f == nil {
+		return // closed after a write error; nothing more to do
+	}
+	if err := syscall.Fdatasync(int(seg.f.Fd())); err != nil {
+		s.log.Error("queue: syncing lazy records", "segment", seg.path, "err", err)
+	}
+	s.batches.Add(1)
 }
 
 // commit writes one batch durably and applies it; it tells each writer.
@@ -55,8 +86,19 @@ func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
 			offs[i] = seg.size + int64(len(buf))
 			buf = append(buf, r.buf...)
 		}
+		lazy := true
+		for _, r := range batch {
+			lazy = lazy && r.lazy
+		}
 		if _, err = seg.f.WriteAt(buf, seg.size); err == nil {
-			err = syscall.Fdatasync(int(seg.f.Fd()))
+			if lazy {
+				s.dirty = seg
+			} else {
+				err = syscall.Fdatasync(int(seg.f.Fd()))
+				if s.dirty == seg {
+					s.dirty = nil
+				}
+			}
 		}
 		if err != nil {
 			// After a failed write or fsync the file's state is unknown:
@@ -69,7 +111,9 @@ func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
 			s.active = nil
 			s.mu.Unlock()
 		} else {
-			s.batches.Add(1)
+			if !lazy {
+				s.batches.Add(1)
+			}
 			s.records.Add(uint64(len(batch)))
 			s.mu.Lock()
 			seg.size += int64(len(buf))
@@ -120,6 +164,9 @@ func (s *LogStore) ensureActive() error {
 // copies long-lived messages out of the oldest segment when there are many.
 func (s *LogStore) maintain() {
 	if s.active != nil && s.active.size >= s.segMax {
+		if s.dirty == s.active {
+			s.syncDirty()
+		}
 		s.mu.Lock()
 		s.active.f.Close()
 		s.active.f = nil
@@ -141,6 +188,8 @@ func (s *LogStore) deleteDead() {
 		seg := s.segs[0]
 		s.segs = s.segs[1:]
 		delete(s.bySeq, seg.seq)
+		seg.dead = true
+		seg.closeReader()
 		gone = append(gone, seg.path)
 	}
 	s.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // LogStore is the embedded Store: an append-only log of checksummed records
@@ -48,6 +49,7 @@ type LogStore struct {
 	active *segment // nil after a write error until a new one is made
 	lost   []string // messages moved aside at recovery: a done record is due
 	segMax int64    // segment size that starts a new one
+	dirty  *segment // holds lazy records not yet fsynced (committer only)
 
 	batches, records atomic.Uint64 // commits (fsyncs) and records written
 }
@@ -74,6 +76,13 @@ type segment struct {
 	f    *os.File // the active segment only
 	size int64
 	refs int // live messages with a record in this segment
+
+	// Bodies are read through one shared read-only handle per segment,
+	// opened on first use and closed when the segment is gone and its
+	// last reader is done.
+	rf      *os.File
+	readers int
+	dead    bool
 }
 
 type storedMsg struct {
@@ -86,9 +95,16 @@ type storedMsg struct {
 
 type commitReq struct {
 	buf   []byte
-	apply func(seg *segment, off int64) // under mu, after the fsync
+	apply func(seg *segment, off int64) // under mu, after the write (and fsync)
 	done  chan error
+	// lazy: the record must survive a crash of the process (it is written
+	// before done) but not necessarily a power loss, so it needs no fsync
+	// of its own: the next fsync covers it, at the latest lazySync later.
+	lazy bool
 }
+
+// lazySync bounds how long a lazy record may wait for an fsync.
+const lazySync = 200 * time.Millisecond
 
 // OpenLogStore opens (creating if needed) a log store in dir and recovers it.
 func OpenLogStore(dir string, log *slog.Logger) (*LogStore, error) {
@@ -144,6 +160,10 @@ func (s *LogStore) Close() error {
 	s.mu.Lock()
 	if s.active != nil {
 		s.active.f.Close()
+	}
+	for _, seg := range s.segs {
+		seg.dead = true
+		seg.closeReader()
 	}
 	s.mu.Unlock()
 	return s.lock.Close()
@@ -314,7 +334,11 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	}
 	finishRecord(b, 0)
 	var out *Envelope
-	err := s.submit(&commitReq{buf: b, apply: func(seg *segment, _ int64) {
+	// An attempt's outcome is written lazily: lost only to a power loss in
+	// the next lazySync, and then the attempt is simply made again (a
+	// duplicate, never a loss: a bounce is queued durably before this).
+	// Postfix does not sync the removal of a delivered message either.
+	err := s.submit(&commitReq{lazy: true, buf: b, apply: func(seg *segment, _ int64) {
 		m, ok := s.msgs[u.ID]
 		if !ok {
 			return
@@ -428,42 +452,66 @@ func cmpString(a, b string) int {
 	return 0
 }
 
-// fileBody is a Body over a section of an open file.
+// fileBody is a Body over a section of an open file; done releases it.
 type fileBody struct {
 	*io.SectionReader
-	f *os.File
+	done func()
 }
 
-func (b *fileBody) Close() error { return b.f.Close() }
+func (b *fileBody) Close() error {
+	if b.done != nil {
+		b.done()
+		b.done = nil
+	}
+	return nil
+}
 
-// Body implements Store. The file is opened for each reader, so a segment
-// deleted by compaction meanwhile stays readable until Close.
+// Body implements Store. An inline body is read through its segment's
+// shared handle, which stays open while any reader has it, even if the
+// segment is deleted meanwhile.
 func (s *LogStore) Body(id string) (Body, error) {
-	for try := 0; ; try++ {
-		s.mu.Lock()
-		m, ok := s.msgs[id]
-		var path string
-		var off, size int64
-		if ok {
-			size = m.env.Size
-			if m.file {
-				path = s.bodyPath(id)
-			} else {
-				path, off = s.segPath(m.seq), m.boff
-			}
-		}
+	s.mu.Lock()
+	m, ok := s.msgs[id]
+	if !ok {
 		s.mu.Unlock()
-		if !ok {
-			return nil, ErrNotFound
-		}
-		f, err := os.Open(path)
+		return nil, ErrNotFound
+	}
+	size := m.env.Size
+	if m.file {
+		s.mu.Unlock()
+		f, err := os.Open(s.bodyPath(id))
 		if err != nil {
-			if errors.Is(err, os.ErrNotExist) && try < 3 {
-				continue // moved by compaction: look again
-			}
 			return nil, fmt.Errorf("queue: opening body of %s: %w", id, err)
 		}
-		return &fileBody{SectionReader: io.NewSectionReader(f, off, size), f: f}, nil
+		return &fileBody{SectionReader: io.NewSectionReader(f, 0, size), done: func() { f.Close() }}, nil
+	}
+	defer s.mu.Unlock()
+	seg := s.bySeq[m.seq]
+	if seg == nil {
+		return nil, fmt.Errorf("queue: body of %s: segment %d is gone", id, m.seq)
+	}
+	if seg.rf == nil {
+		f, err := os.Open(seg.path)
+		if err != nil {
+			return nil, fmt.Errorf("queue: opening body of %s: %w", id, err)
+		}
+		seg.rf = f
+	}
+	seg.readers++
+	return &fileBody{SectionReader: io.NewSectionReader(seg.rf, m.boff, size), done: func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		seg.readers--
+		seg.closeReader()
+	}}, nil
+}
+
+// closeReader closes the shared read handle of a deleted segment once no
+// one reads it. Called under mu.
+func (seg *segment) closeReader() {
+	if seg.dead && seg.readers == 0 && seg.rf != nil {
+		seg.rf.Close()
+		seg.rf = nil
 	}
 }
 

@@ -401,6 +401,58 @@ func TestCompactionKeepsLiveMessages(t *testing.T) {
 	}
 }
 
+func TestBodyReadableWhileItsSegmentGoes(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	q.store.(*LogStore).segMax = 4096
+	keep := newEnv("stay@x.test")
+	if err := q.Enqueue(keep, strings.NewReader("keep me\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	b, err := q.Body(keep.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := segments(t, dir)[0]
+	ctx := context.Background()
+	// Traffic until compaction has moved the message and its first
+	// segment is deleted.
+	for i := 0; i < 200; i++ {
+		if _, err := os.Stat(first); os.IsNotExist(err) {
+			break
+		}
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(bigBody(1500))); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			got, err := q.Next(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.ID == env.ID {
+				break
+			}
+			q.Requeue(got.ID)
+		}
+		if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Stat(first); !os.IsNotExist(err) {
+		t.Fatal("the first segment was never deleted")
+	}
+	data, err := io.ReadAll(b)
+	b.Close()
+	if err != nil || string(data) != "keep me\r\n" {
+		t.Fatalf("reading a body whose segment went: %q %v", data, err)
+	}
+	if string(bodyOf(t, q, keep.ID)) != "keep me\r\n" {
+		t.Fatal("body after compaction")
+	}
+}
+
 func TestSecondOpenRefused(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
