@@ -1,0 +1,100 @@
+package mtasts
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+)
+
+// cached returns the unexpired cached policy of domain, or nil. A domain
+// not yet in memory is looked for in Dir.
+func (f *Fetcher) cached(domain string) *Policy {
+	f.mu.Lock()
+	p, ok := f.policies[domain]
+	f.mu.Unlock()
+	if !ok {
+		p = f.load(domain)
+		f.mu.Lock()
+		if f.policies == nil {
+			f.policies = make(map[string]*Policy)
+		}
+		if q, ok := f.policies[domain]; ok {
+			p = q // stored meanwhile
+		} else {
+			f.policies[domain] = p // nil too: Dir is read once per domain
+		}
+		f.mu.Unlock()
+	}
+	if p == nil || !f.now().Before(p.Expires()) {
+		return nil
+	}
+	return p
+}
+
+// store caches p in memory and in Dir (best effort: a cache that cannot be
+// written only costs a fetch after a restart).
+func (f *Fetcher) store(p *Policy) {
+	f.mu.Lock()
+	if f.policies == nil {
+		f.policies = make(map[string]*Policy)
+	}
+	f.policies[p.Domain] = p
+	f.mu.Unlock()
+	if f.Dir == "" {
+		return
+	}
+	data, err := json.MarshalIndent(p, "", "  ")
+	if err != nil {
+		return
+	}
+	writeAtomic(f.path(p.Domain), data)
+}
+
+// path is the cache file of domain (validated by Get: letters, digits,
+// '-', '_' and dots, so it is a plain file name).
+func (f *Fetcher) path(domain string) string {
+	return filepath.Join(f.Dir, domain+".json")
+}
+
+// load reads the cached policy of domain from Dir; nil if there is none or
+// it is unreadable (then it is fetched again).
+func (f *Fetcher) load(domain string) *Policy {
+	if f.Dir == "" {
+		return nil
+	}
+	data, err := os.ReadFile(f.path(domain))
+	if err != nil {
+		return nil
+	}
+	var p Policy
+	if json.Unmarshal(data, &p) != nil || p.Domain != domain || p.ID == "" ||
+		(p.Mode != Enforce && p.Mode != Testing && p.Mode != None) {
+		return nil
+	}
+	p.MaxAge = min(p.MaxAge, MaxMaxAge)
+	return &p
+}
+
+// writeAtomic replaces path with data: a temporary file, fsync, rename,
+// fsync of the directory. Errors are ignored (see store).
+func writeAtomic(path string, data []byte) {
+	dir := filepath.Dir(path)
+	if os.MkdirAll(dir, 0o700) != nil {
+		return
+	}
+	tmp, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return
+	}
+	_, werr := tmp.Write(data)
+	serr := tmp.Sync()
+	cerr := tmp.Close()
+	if werr != nil || serr != nil || cerr != nil || os.Rename(tmp.Name(), path) != nil {
+		os.Remove(tmp.Name())
+		return
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+}
