@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // SpoolMemory is how much of a body Spool keeps in memory; the rest goes
@@ -72,15 +73,10 @@ func (s *Signer) Spool(msg io.Reader, dir string) (*Signed, error) {
 		sp.close()
 		return nil, err
 	}
-	body, err := sp.reader()
-	if err != nil {
-		sp.close()
-		return nil, err
-	}
 	return &Signed{
 		Fields: fields,
 		Keys:   keys,
-		r:      io.MultiReader(bytes.NewReader([]byte(fields)), bytes.NewReader(h), body),
+		r:      io.MultiReader(strings.NewReader(fields), bytes.NewReader(h), sp.reader()),
 		file:   sp.file,
 	}, nil
 }
@@ -121,11 +117,11 @@ func (s *spill) Write(p []byte) (int, error) {
 }
 
 // reader returns a reader over everything written.
-func (s *spill) reader() (io.Reader, error) {
+func (s *spill) reader() io.Reader {
 	if s.file == nil {
-		return bytes.NewReader(s.mem), nil
+		return bytes.NewReader(s.mem)
 	}
-	return io.MultiReader(bytes.NewReader(s.mem), io.NewSectionReader(s.file, 0, s.n)), nil
+	return io.MultiReader(bytes.NewReader(s.mem), io.NewSectionReader(s.file, 0, s.n))
 }
 
 func (s *spill) close() {
