@@ -78,7 +78,6 @@ func New(opts Options) (*Agent, error) {
 		now:      opts.Now,
 		dial:     opts.Dial,
 		obs:      opts.Observer,
-		pool:     newPool(),
 		noTLS:    make(map[netip.Addr]time.Time),
 		caPools:  make(map[string]*x509.CertPool),
 	}
@@ -89,7 +88,7 @@ func New(opts Options) (*Agent, error) {
 		a.now = time.Now
 	}
 	if a.dial == nil {
-		var d net.Dialer
+		d := net.Dialer{KeepAlive: -1} // idle connections are closed by idle_conn_timeout
 		a.dial = d.DialContext
 	}
 	n := opts.Config.Delivery.Concurrency
@@ -102,6 +101,7 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.abortCtx, a.abort = context.WithCancel(context.Background())
 	a.total = make(chan struct{}, n)
+	a.pool = newPool(per)
 	a.domains = newLimiter(per)
 	a.cfg.Store(opts.Config)
 	return a, nil

@@ -5,19 +5,19 @@ import (
 	"time"
 )
 
-// maxIdlePerKey bounds the idle connections kept per (address, TLS mode,
-// route); busier hosts are bounded by per-domain concurrency anyway.
-const maxIdlePerKey = 4
-
 // pool keeps set-up connections after a clean transaction so the next
 // message to the same host skips connect, greeting, EHLO, STARTTLS and AUTH.
 type pool struct {
-	mu     sync.Mutex
-	idle   map[connKey][]*conn
-	closed bool
+	mu      sync.Mutex
+	idle    map[connKey][]*conn
+	closed  bool
+	maxIdle int // per (address, TLS mode, route)
 }
 
-func newPool() *pool { return &pool{idle: make(map[connKey][]*conn)} }
+// newPool keeps up to maxIdle idle connections per key: as many as the
+// deliveries to one domain that may run at once, so a busy host's
+// connections are all reused.
+func newPool(maxIdle int) *pool { return &pool{idle: make(map[connKey][]*conn), maxIdle: maxIdle} }
 
 // get takes the most recently used idle connection for k, or nil.
 func (p *pool) get(k connKey) *conn {
@@ -41,7 +41,7 @@ func (p *pool) get(k connKey) *conn {
 func (p *pool) put(cn *conn, idle time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || len(p.idle[cn.key]) >= maxIdlePerKey || idle <= 0 {
+	if p.closed || len(p.idle[cn.key]) >= p.maxIdle || idle <= 0 {
 		go quit(cn)
 		return
 	}
