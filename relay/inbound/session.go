@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -101,6 +102,17 @@ func (ss *session) refuse(cmd, reason string, err *smtp.SMTPError, args ...any) 
 	ss.s.stats.refuse(reason)
 	ss.log.Info(cmd+" refused", append([]any{"reason", reason, "user", ss.user, "code", err.Code}, args...)...)
 	return err
+}
+
+// Refused implements smtp.RefusalLogger: go-smtp refused a command itself
+// (a SIZE= over the limit), so it is logged and counted here like the
+// session's own refusals.
+func (ss *session) Refused(cmd string, err *smtp.SMTPError) {
+	reason := reasonOther
+	if err == smtp.ErrDataTooLarge {
+		reason = reasonSize
+	}
+	ss.refuse(strings.ToLower(cmd), reason, err)
 }
 
 // Mail implements smtp.Session: who may start a transaction, sender

@@ -100,3 +100,10 @@ type AuthSession interface {
 	AuthMechanisms() []string
 	Auth(mech string) (sasl.Server, error)
 }
+
+// RefusalLogger is an optional Session interface (mailhop patch): the server
+// calls Refused for a command it refused itself before the session saw it
+// (a SIZE parameter over the limit), so the backend can log and count it.
+type RefusalLogger interface {
+	Refused(cmd string, err *SMTPError)
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"io/ioutil"
+	"math"
 	"net"
 	"net/textproto"
 	"regexp"
@@ -86,6 +87,14 @@ func (c *Conn) init() {
 	// mailhop patch: a 16 KiB read buffer (textproto's is 4 KiB), so a
 	// typical message body takes one read system call, not several.
 	c.text.R = bufio.NewReaderSize(rwc, 16<<10)
+}
+
+// refused tells a session that implements RefusalLogger about a command
+// the server refused itself (mailhop patch).
+func (c *Conn) refused(cmd string, err *SMTPError) {
+	if rl, ok := c.Session().(RefusalLogger); ok {
+		rl.Refused(cmd, err)
+	}
 }
 
 // Commands are dispatched to the appropriate handler functions.
@@ -360,18 +369,29 @@ func (c *Conn) handleMail(arg string) {
 	for key, value := range args {
 		switch key {
 		case "SIZE":
-			size, err := strconv.ParseUint(value, 10, 32)
-			if err != nil {
+			// mailhop patch: RFC 1870 allows up to 20 digits. A number
+			// too big for 63 bits is still a size (too large), not a
+			// syntax error.
+			if value == "" {
+				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse SIZE as an integer")
+				return
+			}
+			size, err := strconv.ParseInt(value, 10, 64)
+			if errors.Is(err, strconv.ErrRange) && len(value) <= 20 && value[0] != '-' && value[0] != '+' {
+				size, err = math.MaxInt64, nil
+			}
+			if err != nil || size < 0 || value[0] == '+' {
 				c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse SIZE as an integer")
 				return
 			}
 
-			if c.server.MaxMessageBytes > 0 && int64(size) > c.server.MaxMessageBytes {
+			if c.server.MaxMessageBytes > 0 && size > c.server.MaxMessageBytes {
+				c.refused("MAIL", ErrDataTooLarge)
 				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit")
 				return
 			}
 
-			opts.Size = int64(size)
+			opts.Size = size
 		case "SMTPUTF8":
 			if !c.server.EnableSMTPUTF8 {
 				c.writeResponse(504, EnhancedCode{5, 5, 4}, "SMTPUTF8 is not implemented")

@@ -1,0 +1,34 @@
+package smtp_test
+
+// mailhop patch test: the SIZE parameter of MAIL (RFC 1870).
+
+import (
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+)
+
+func TestMailSizeParameter(t *testing.T) {
+	for _, tc := range []struct {
+		size string
+		want string
+	}{
+		{"1099511627776", "552 5.3.4"},
+		{"99999999999999999999", "552 5.3.4"},
+		{"100", "250 "},
+		{"", "501 5.5.4"},
+		{"+5", "501 5.5.4"},
+		{"-5", "501 5.5.4"},
+		{"12x", "501 5.5.4"},
+	} {
+		_, _, c, scanner, _ := testServerEhlo(t, func(s *smtp.Server) { s.MaxMessageBytes = 1000 })
+		io.WriteString(c, "MAIL FROM:<a@b.test> SIZE="+tc.size+"\r\n")
+		scanner.Scan()
+		if got := scanner.Text(); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("SIZE=%q: %q, want %q", tc.size, got, tc.want)
+		}
+		c.Close()
+	}
+}
