@@ -266,7 +266,6 @@ func warnReadableSecrets(cfg *config.Config, path string, log *slog.Logger) {
 	}
 }
 
-
 // drainPickup queues what sendmail left in the pickup directory.
 func drainPickup(inj *admin.Injector, dir string, log *slog.Logger) {
 	n, err := inj.DrainPickup(dir)
@@ -295,11 +294,11 @@ func snapshot(q *queue.Queue, store *queue.LogStore, agent *outbound.Agent, res 
 		QueueRecipients: qs.Recipients,
 		QueueOldest:     qs.Oldest,
 		ConnectionsIn:   is.OpenConnections,
-		// TLSIn: inbound.Stats has no TLS connection counter yet.
-		TLSOut:      ob.TLSConns,
-		DNSLookups:  lookups,
-		DNSFailures: failures,
-		Fsyncs:      batches,
+		TLSIn:           is.TLSConnections,
+		TLSOut:          ob.TLSConns,
+		DNSLookups:      lookups,
+		DNSFailures:     failures,
+		Fsyncs:          batches,
 	}
 }
 

@@ -240,12 +240,14 @@ type Stats struct {
 	OpenConnections     int
 	RejectedConnections uint64 // refused at connect: limits or a blocked address
 	AuthFailures        uint64
+	TLSConnections      uint64 // connections that reached TLS (STARTTLS or implicit)
 }
 
 type counters struct {
 	accepted     atomic.Uint64
 	connRejected atomic.Uint64
 	authFailures atomic.Uint64
+	tlsConns     atomic.Uint64
 	mu           sync.Mutex
 	refused      map[string]uint64
 }
@@ -263,6 +265,7 @@ func (s *Server) Stats() Stats {
 		OpenConnections:     s.conns.open(),
 		RejectedConnections: s.stats.connRejected.Load(),
 		AuthFailures:        s.stats.authFailures.Load(),
+		TLSConnections:      s.stats.tlsConns.Load(),
 		Refused:             make(map[string]uint64),
 	}
 	s.stats.mu.Lock()

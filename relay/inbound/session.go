@@ -61,6 +61,7 @@ func (b *backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ss := &session{s: b.s, mode: b.mode, conn: c, ip: ip, helo: c.Hostname()}
 	if st, ok := c.TLSConnectionState(); ok {
 		ss.tls = &st
+		b.s.stats.tlsConns.Add(1) // after STARTTLS or on an implicit-TLS listener: once a connection
 	}
 	ss.log = b.s.log.With("client", ip.String())
 	return ss, nil

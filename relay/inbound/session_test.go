@@ -185,6 +185,10 @@ func TestSubmissions_ImplicitTLS(t *testing.T) {
 	if n := len(ts.q.List()); n != 0 {
 		t.Fatalf("%d messages queued", n)
 	}
+	st := ts.s.Stats()
+	if st.TLSConnections != 1 || st.Refused["size"] != 2 {
+		t.Errorf("stats: %+v (want 1 TLS connection, 2 size refusals: SIZE= at MAIL and the data)", st)
+	}
 }
 
 func TestOutOfSequence_503(t *testing.T) {
