@@ -24,6 +24,20 @@ const (
 	RouteTLSNone     = "none"     // plain text
 )
 
+// TLS security levels for delivery by MX (delivery.tls_policy and
+// [[tls_policy]] level), with the meanings of Postfix's
+// smtp_tls_security_level.
+const (
+	TLSNone    = "none"    // never STARTTLS
+	TLSMay     = "may"     // STARTTLS when offered, certificate not checked; MTA-STS and DANE applied where published
+	TLSEncrypt = "encrypt" // TLS required, certificate not checked
+	TLSVerify  = "verify"  // TLS required, certificate valid for the MX host name
+	TLSDANE    = "dane"    // DANE where TLSA records are published (DNSSEC), else as may
+)
+
+// TLSLevels lists the TLS security levels in increasing strictness.
+var TLSLevels = []string{TLSNone, TLSMay, TLSEncrypt, TLSVerify, TLSDANE}
+
 // Config is the whole configuration file, after defaults and validation.
 type Config struct {
 	Hostname string     `toml:"hostname"`
@@ -34,6 +48,8 @@ type Config struct {
 	User     []User     `toml:"user"`
 	Delivery Delivery   `toml:"delivery"`
 	Route    []Route    `toml:"route"`
+	// TLSPolicies are the [[tls_policy]] entries: a TLS level per domain.
+	TLSPolicies []TLSPolicy `toml:"tls_policy"`
 	DKIM     []DKIM     `toml:"dkim"`
 	Admin    Admin      `toml:"admin"`
 	Log      Log        `toml:"log"`
@@ -91,6 +107,28 @@ type Delivery struct {
 	DataEndTimeout  Duration `toml:"data_end_timeout"`
 	// IdleConnTimeout is how long a connection to a remote host is kept for reuse.
 	IdleConnTimeout Duration `toml:"idle_conn_timeout"`
+
+	// TLSPolicy is the TLS level for MX delivery to domains without a
+	// [[tls_policy]] entry (TLSMay by default).
+	TLSPolicy string `toml:"tls_policy"`
+	// ExtraRootsFile names PEM certificates trusted, besides the system
+	// roots, for verified TLS (level verify, MTA-STS, routes) and for
+	// fetching MTA-STS policies: for testing and private CAs.
+	ExtraRootsFile string `toml:"extra_roots_file"`
+	// DNSSECTrustedResolver says the resolvers validate DNSSEC and are
+	// reached over a trusted path, so their AD bit is believed: only then
+	// are TLSA records (DANE) used.
+	DNSSECTrustedResolver bool `toml:"dnssec_trusted_resolver"`
+	// MTASTSPort is the HTTPS port MTA-STS policies are fetched from (443;
+	// tests use another).
+	MTASTSPort int `toml:"mta_sts_port"`
+}
+
+// TLSPolicy is one [[tls_policy]]: the TLS level for MX delivery to some
+// domains.
+type TLSPolicy struct {
+	Domains []string `toml:"domains"`
+	Level   string   `toml:"level"`
 }
 
 // Route sends some domains through a smarthost instead of MX.

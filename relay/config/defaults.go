@@ -20,6 +20,7 @@ const (
 	DefaultMaxLineLength        = 998 // RFC 5322 §2.1.1, without CRLF
 	DefaultMaxErrors            = 10
 	DefaultAdminSocketName      = "admin.sock"
+	DefaultMTASTSPort           = 443
 )
 
 // DefaultTrustedNetworks are the networks that may relay without AUTH when
@@ -65,6 +66,8 @@ func defaults() *Config {
 			DataTimeout:     Duration{10 * time.Minute},
 			DataEndTimeout:  Duration{10 * time.Minute},
 			IdleConnTimeout: Duration{30 * time.Second},
+			TLSPolicy:       TLSMay,
+			MTASTSPort:      DefaultMTASTSPort,
 		},
 		Log: Log{Format: "text", Level: "info"},
 		Limits: Limits{
@@ -95,6 +98,7 @@ func (c *Config) resolvePaths(dir string) {
 	}
 	abs(&c.TLS.CertFile)
 	abs(&c.TLS.KeyFile)
+	abs(&c.Delivery.ExtraRootsFile)
 	for i := range c.Route {
 		abs(&c.Route[i].CAFile)
 		abs(&c.Route[i].PasswordFile)
@@ -118,5 +122,10 @@ func (c *Config) finish() {
 	}
 	for i := range c.DKIM {
 		c.DKIM[i].Domain = strings.ToLower(strings.TrimSuffix(c.DKIM[i].Domain, "."))
+	}
+	for i := range c.TLSPolicies {
+		for j, d := range c.TLSPolicies[i].Domains {
+			c.TLSPolicies[i].Domains[j] = strings.ToLower(strings.TrimSuffix(d, "."))
+		}
 	}
 }

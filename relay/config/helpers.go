@@ -70,6 +70,24 @@ func (c *Config) RouteFor(domain string) *Route {
 	return wildcard
 }
 
+// TLSLevelFor returns the TLS level for MX delivery to domain: the level
+// of the [[tls_policy]] listing it (compared without case), else
+// delivery.tls_policy, else TLSMay.
+func (c *Config) TLSLevelFor(domain string) string {
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	for i := range c.TLSPolicies {
+		for _, d := range c.TLSPolicies[i].Domains {
+			if strings.EqualFold(d, domain) {
+				return c.TLSPolicies[i].Level
+			}
+		}
+	}
+	if c.Delivery.TLSPolicy != "" {
+		return c.Delivery.TLSPolicy
+	}
+	return TLSMay
+}
+
 // RetryDurations returns delivery.retry_intervals as durations: the wait
 // before the second attempt, the third, and so on; the last one repeats.
 func (c *Config) RetryDurations() []time.Duration {

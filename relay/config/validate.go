@@ -40,6 +40,7 @@ func (c *Config) validate(ps *problems) {
 	c.validateUsers(ps)
 	c.validateDelivery(ps)
 	c.validateRoutes(ps)
+	c.validateTLSPolicies(ps)
 	c.validateDKIM(ps)
 	if c.Admin.MetricsAddress != "" {
 		if err := checkListenAddress(c.Admin.MetricsAddress); err != nil {
@@ -180,6 +181,57 @@ func (c *Config) validateDelivery(ps *problems) {
 	positiveDuration(ps, "delivery.data_timeout", d.DataTimeout)
 	positiveDuration(ps, "delivery.data_end_timeout", d.DataEndTimeout)
 	positiveDuration(ps, "delivery.idle_conn_timeout", d.IdleConnTimeout)
+	c.validateTLSLevel(ps, "delivery.tls_policy", d.TLSPolicy)
+	if d.MTASTSPort < 1 || d.MTASTSPort > 65535 {
+		ps.add("delivery.mta_sts_port", "must be a port number from 1 to 65535, not %d", d.MTASTSPort)
+	}
+	if d.ExtraRootsFile != "" {
+		if pem, err := readFile(d.ExtraRootsFile); err != nil {
+			ps.add("delivery.extra_roots_file", "%v", err)
+		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			ps.add("delivery.extra_roots_file", "%s holds no PEM certificate", d.ExtraRootsFile)
+		}
+	}
+}
+
+// validateTLSLevel checks one TLS level: a known one, and "dane" only with
+// a resolver trusted to validate DNSSEC.
+func (c *Config) validateTLSLevel(ps *problems, key, level string) {
+	before := len(ps.list)
+	oneOf(ps, key, level, TLSLevels...)
+	if len(ps.list) == before && level == TLSDANE && !c.Delivery.DNSSECTrustedResolver {
+		ps.add(key, "\"dane\" needs delivery.dnssec_trusted_resolver = true (a DNSSEC-validating resolver whose AD bit can be believed)")
+	}
+}
+
+// validateTLSPolicies checks the [[tls_policy]] entries: domains listed
+// once, a known level.
+func (c *Config) validateTLSPolicies(ps *problems) {
+	owner := map[string]int{}
+	for i := range c.TLSPolicies {
+		p := &c.TLSPolicies[i]
+		key := fmt.Sprintf("tls_policy[%d]", i)
+		if len(p.Domains) == 0 {
+			ps.add(key+".domains", "must list at least one domain")
+		}
+		for j, d := range p.Domains {
+			dkey := fmt.Sprintf("%s.domains[%d]", key, j)
+			if !validDomain(d) || isIP(d) {
+				ps.add(dkey, "%q is not a domain name (write exact domains; delivery.tls_policy covers all others)", d)
+				continue
+			}
+			if k, dup := owner[d]; dup {
+				ps.add(dkey, "%q is already in tls_policy[%d]: a domain may be in one tls_policy only", d, k)
+				continue
+			}
+			owner[d] = i
+		}
+		if p.Level == "" {
+			ps.add(key+".level", "is required: one of %s", strings.Join(TLSLevels, ", "))
+			continue
+		}
+		c.validateTLSLevel(ps, key+".level", p.Level)
+	}
 }
 
 func (c *Config) validateRoutes(ps *problems) {
