@@ -8,6 +8,8 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mailhop/mailhop/relay/config"
 )
 
 // Replies of AUTH (RFC 4954 §6).
@@ -20,20 +22,52 @@ var (
 		Message: "Too many failed authentications, closing connection"}
 )
 
-var (
-	dummyHashOnce sync.Once
-	dummyHash     []byte
-)
+// dummyHashes holds one hash per bcrypt cost (int → []byte), made on first
+// use, for comparing the passwords of unknown users.
+var dummyHashes sync.Map
+
+// dummyHash returns a hash of a fixed password made with cost.
+func dummyHash(cost int) []byte {
+	if h, ok := dummyHashes.Load(cost); ok {
+		return h.([]byte)
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte("mailhop dummy password"), cost)
+	if err != nil { // cost out of range: cannot happen with usualCost
+		h, _ = bcrypt.GenerateFromPassword([]byte("mailhop dummy password"), bcrypt.DefaultCost)
+	}
+	actual, _ := dummyHashes.LoadOrStore(cost, h)
+	return actual.([]byte)
+}
+
+// usualCost is the bcrypt cost most of the configured users' hashes have
+// (the higher one on a tie; bcrypt.DefaultCost without users). An unknown
+// user's password is compared at that cost: a dummy hash of a fixed cost
+// would take a different time than the real hashes whenever their cost
+// differs (the cost is the operator's choice), and tell an attacker which
+// user names exist.
+func usualCost(users []config.User) int {
+	count := map[int]int{}
+	best, bestN := bcrypt.DefaultCost, 0
+	for _, u := range users {
+		c, err := bcrypt.Cost([]byte(u.PasswordHash))
+		if err != nil {
+			continue
+		}
+		count[c]++
+		if n := count[c]; n > bestN || n == bestN && c > best {
+			best, bestN = c, n
+		}
+	}
+	return best
+}
 
 // checkPassword compares password with the user's bcrypt hash. For an
-// unknown user it compares with a fixed dummy hash of the same cost, so the
-// time taken does not tell whether a user exists.
-func checkPassword(hash string, password string) bool {
+// unknown user (hash "") it compares with a dummy hash of dummyCost, the
+// cost of the real hashes, so the time taken does not tell whether a user
+// exists.
+func checkPassword(hash string, password string, dummyCost int) bool {
 	if hash == "" {
-		dummyHashOnce.Do(func() {
-			dummyHash, _ = bcrypt.GenerateFromPassword([]byte("mailhop dummy password"), bcrypt.DefaultCost)
-		})
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		bcrypt.CompareHashAndPassword(dummyHash(dummyCost), []byte(password))
 		return false
 	}
 	return bcrypt.CompareHashAndPassword([]byte(hash), []byte(password)) == nil
@@ -101,7 +135,8 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		inner = sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
-				checkPassword("", password) // same time as a wrong password
+				// The same time as a wrong password.
+				checkPassword("", password, usualCost(ss.s.cfg.Load().User))
 				ss.log.Info("auth failed", "user", username, "reason", "authorization identity")
 				return errAuthInvalid
 			}
@@ -123,7 +158,7 @@ func (ss *session) authenticate(username, password string) error {
 	if u := cfg.FindUser(username); u != nil {
 		hash = u.PasswordHash
 	}
-	if !checkPassword(hash, password) {
+	if !checkPassword(hash, password, usualCost(cfg.User)) {
 		ss.log.Info("auth failed", "user", username)
 		return errAuthInvalid
 	}

@@ -104,6 +104,9 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 	if ss.user != "" {
 		proto += "A"
 	}
+	if !ss.conn.ESMTP() && proto == "ESMTP" {
+		proto = "SMTP" // HELO: RFC 3848 has names only for EHLO with TLS or AUTH
+	}
 	lines := []string{
 		fmt.Sprintf("Received: from %s ([%s])", sanitizeHelo(ss.helo), ss.ip.String()),
 		fmt.Sprintf("by %s (mailhop) with %s id %s", hostname, proto, env.ID),

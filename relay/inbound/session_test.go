@@ -71,6 +71,34 @@ func TestRelay_TrustedWithoutAuth_Accepted(t *testing.T) {
 	}
 }
 
+func TestReceived_WithFollowsGreeting(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	for _, tc := range []struct{ greet, with string }{{"HELO", "with SMTP id"}, {"EHLO", "with ESMTP id"}} {
+		d := dial(t, ts.addr[config.ModeRelay])
+		d.script(
+			"S: 220 ",
+			"C: "+tc.greet+" client.test", "S: 250",
+			"C: MAIL FROM:<a@b.example>", "S: 250 ",
+			"C: RCPT TO:<c@"+strings.ToLower(tc.greet)+".example>", "S: 250 ",
+			"C: DATA", "S: 354 ",
+			"C: Subject: hi", "C: ", "C: hello", "C: .", "S: 250 2.0.0 OK: queued as ",
+		)
+	}
+	queued := ts.queued()
+	if len(queued) != 2 {
+		t.Fatalf("%d messages queued", len(queued))
+	}
+	for env, body := range queued {
+		want := "with ESMTP id"
+		if env.Recipients[0].Address == "c@helo.example" {
+			want = "with SMTP id"
+		}
+		if !strings.Contains(body, want) {
+			t.Errorf("%s: Received field lacks %q:\n%s", env.Recipients[0].Address, want, body)
+		}
+	}
+}
+
 func TestSubmission_EHLOAndAuthBeforeTLS(t *testing.T) {
 	ts := startServer(t)
 	d := dial(t, ts.addr[config.ModeSubmission])

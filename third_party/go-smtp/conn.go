@@ -27,6 +27,7 @@ type Conn struct {
 	text   *textproto.Conn
 	server *Server
 	helo   string
+	esmtp  bool // the greeting was EHLO (or LHLO)
 
 	// Number of error replies (4xx/5xx) sent on this connection; see
 	// Server.MaxErrors.
@@ -210,6 +211,12 @@ func (c *Conn) Hostname() string {
 	return c.helo
 }
 
+// ESMTP reports whether the client greeted with EHLO rather than HELO
+// (mailhop patch: for the "with" clause of a Received field, RFC 3848).
+func (c *Conn) ESMTP() bool {
+	return c.esmtp
+}
+
 func (c *Conn) Conn() net.Conn {
 	return c.conn
 }
@@ -238,6 +245,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	// c.helo is populated before NewSession so
 	// NewSession can access it via Conn.Hostname.
 	c.helo = domain
+	c.esmtp = enhanced
 
 	// RFC 5321: "An EHLO command MAY be issued by a client later in the session"
 	if c.session != nil {
