@@ -87,6 +87,13 @@ func freePort(t testing.TB, host string) string {
 	return ln.Addr().String()
 }
 
+// dialFrom connects to addr from the local address ip (another 127.0.0.x
+// than 127.0.0.1 makes a client from an untrusted or different address).
+func dialFrom(ip, addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout, LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	return d.Dial("tcp", addr)
+}
+
 // relayOpts shapes the configuration of a test relay.
 type relayOpts struct {
 	Extra string // TOML appended at the end (routes, [delivery] keys, users...)
@@ -97,6 +104,10 @@ type relayOpts struct {
 	Policy string
 	// NoRoute leaves out the default route that parks mail on a closed port.
 	NoRoute bool
+	// ConfigMode is the configuration file's mode (default 0600).
+	ConfigMode os.FileMode
+	// Env is added to the relay process's environment ("KEY=value").
+	Env []string
 }
 
 // relay is one running mailhop process.
@@ -109,6 +120,7 @@ type relay struct {
 	Subs    string
 
 	mu     sync.Mutex
+	env    []string
 	cmd    *exec.Cmd
 	logs   *syncBuffer
 	exited chan struct{}
@@ -135,7 +147,7 @@ func (s *syncBuffer) String() string {
 func startRelay(t testing.TB, o relayOpts) *relay {
 	t.Helper()
 	dir := t.TempDir()
-	r := &relay{t: t, dir: dir, cfgPath: filepath.Join(dir, "config.toml"),
+	r := &relay{t: t, dir: dir, cfgPath: filepath.Join(dir, "config.toml"), env: o.Env,
 		Relay: freePort(t, "127.0.0.1"), Sub: freePort(t, "127.0.0.1"), Subs: freePort(t, "127.0.0.1")}
 	if o.Delivery == "" {
 		// A resolver that answers nothing (a closed port) and long retries.
@@ -179,7 +191,14 @@ level = "debug"
 %s
 %s
 `, filepath.Join(dir, "data"), r.Relay, r.Sub, r.Subs, o.Policy, testUser, testHash(), o.Delivery, route, o.Extra)
-	if err := os.WriteFile(r.cfgPath, []byte(cfg), 0o600); err != nil {
+	mode := o.ConfigMode
+	if mode == 0 {
+		mode = 0o600
+	}
+	if err := os.WriteFile(r.cfgPath, []byte(cfg), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(r.cfgPath, mode); err != nil { // not masked by the umask
 		t.Fatal(err)
 	}
 	r.start()
@@ -196,6 +215,9 @@ func (r *relay) start() {
 	}
 	cmd := exec.Command(mailhopBin, "serve", "--config", r.cfgPath)
 	cmd.Stdout, cmd.Stderr = r.logs, r.logs
+	if len(r.env) > 0 {
+		cmd.Env = append(os.Environ(), r.env...)
+	}
 	if err := cmd.Start(); err != nil {
 		r.mu.Unlock()
 		r.t.Fatalf("starting mailhop: %v", err)
@@ -292,6 +314,9 @@ func (r *relay) mailhop(args ...string) (string, string, int) {
 	r.t.Helper()
 	args = append(args, "--config", r.cfgPath)
 	cmd := exec.Command(mailhopBin, args...)
+	if len(r.env) > 0 {
+		cmd.Env = append(os.Environ(), r.env...)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
