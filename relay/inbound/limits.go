@@ -32,7 +32,26 @@ func remoteIP(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// connLimits counts open connections in total and per client address.
+// ipv6ClientBits is how much of an IPv6 client address names one client
+// for the per-address limits (connections, AUTH failures): its /64, the
+// subnet of one site (RFC 6177). Anyone with IPv6 has a whole /64, so
+// counting single addresses would let one client take 2^64 turns. Postfix
+// aggregates at /84 by default (smtpd_client_ipv6_prefix_length, 3.8);
+// we take the whole /64, as the AUTH block is useless otherwise.
+const ipv6ClientBits = 64
+
+// clientKey returns the key of ip in the per-client counters: the address
+// itself for IPv4, its /64 for IPv6.
+func clientKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() {
+		if p, err := ip.Prefix(ipv6ClientBits); err == nil {
+			return p.Addr()
+		}
+	}
+	return ip
+}
+
+// connLimits counts open connections in total and per client (clientKey).
 type connLimits struct {
 	mu    sync.Mutex
 	total int
@@ -42,6 +61,7 @@ type connLimits struct {
 // acquire takes a slot for ip, or reports false when a limit is reached
 // (0 means no limit).
 func (l *connLimits) acquire(ip netip.Addr, maxTotal, maxPerIP int) bool {
+	ip = clientKey(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if maxTotal > 0 && l.total >= maxTotal || maxPerIP > 0 && l.perIP[ip] >= maxPerIP {
@@ -56,6 +76,7 @@ func (l *connLimits) acquire(ip netip.Addr, maxTotal, maxPerIP int) bool {
 }
 
 func (l *connLimits) release(ip netip.Addr) {
+	ip = clientKey(ip)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
@@ -171,7 +192,7 @@ func (c *trackedConn) Close() error {
 	return err
 }
 
-// authFailures counts failed AUTH attempts per client address, in memory.
+// authFailures counts failed AUTH attempts per client (clientKey), in memory.
 type authFailures struct {
 	mu sync.Mutex
 	m  map[netip.Addr]*authRecord
@@ -186,6 +207,7 @@ type authRecord struct {
 // fail records a failure for ip and returns the number of failures so far.
 // A record is forgotten blockFor after its last failure.
 func (a *authFailures) fail(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int) int {
+	ip = clientKey(ip)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.m == nil {
@@ -215,6 +237,7 @@ func (a *authFailures) expire(now time.Time, blockFor time.Duration) {
 }
 
 func (a *authFailures) blocked(ip netip.Addr, now time.Time) bool {
+	ip = clientKey(ip)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	r := a.m[ip]

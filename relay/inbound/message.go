@@ -22,22 +22,97 @@ const maxHeaderScan = 64 << 10
 // message returns the body to queue: the Received field, on submission
 // listeners Message-ID and Date when the message has none (RFC 6409 §8.2,
 // §8.3), then the data as received, byte for byte.
-func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Reader, now time.Time) io.Reader {
+// The returned sniffer gives the message's Message-ID, once the body has
+// been read, for the log.
+func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Reader, now time.Time) (io.Reader, *idSniffer) {
 	var prefix bytes.Buffer
 	prefix.WriteString(ss.receivedField(cfg.Hostname, env, now))
+	sn := &idSniffer{r: data}
 	if ss.mode == config.ModeRelay {
-		return io.MultiReader(&prefix, data)
+		return io.MultiReader(&prefix, sn), sn
 	}
-	br := bufio.NewReaderSize(data, maxHeaderScan)
+	br := bufio.NewReaderSize(sn, maxHeaderScan)
 	head, _ := br.Peek(maxHeaderScan) // an error shows again when br is read
 	hasID, hasDate, ok := scanHeader(head, len(head) < maxHeaderScan)
 	if ok && !hasID {
-		fmt.Fprintf(&prefix, "Message-ID: <%s.%s@%s>\r\n", env.ID, randomToken(), cfg.Hostname)
+		sn.id = fmt.Sprintf("<%s.%s@%s>", env.ID, randomToken(), cfg.Hostname)
+		fmt.Fprintf(&prefix, "Message-ID: %s\r\n", sn.id)
 	}
 	if ok && !hasDate {
 		fmt.Fprintf(&prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
 	}
-	return io.MultiReader(&prefix, br)
+	return io.MultiReader(&prefix, br), sn
+}
+
+// maxSniff bounds how much of the start of a message idSniffer keeps.
+const maxSniff = 32 << 10
+
+// idSniffer passes a message through and keeps its start, up to the end
+// of the header (or maxSniff bytes), to find the Message-ID for the log.
+type idSniffer struct {
+	r    io.Reader
+	head []byte
+	done bool
+	id   string // set when mailhop added the field itself
+}
+
+func (s *idSniffer) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if !s.done && n > 0 {
+		from := max(len(s.head)-3, 0)
+		s.head = append(s.head, p[:min(n, maxSniff-len(s.head))]...)
+		if len(s.head) >= maxSniff || bytes.Contains(s.head[from:], []byte("\r\n\r\n")) || bytes.HasPrefix(s.head, []byte("\r\n")) {
+			s.done = true
+		}
+	}
+	return n, err
+}
+
+// messageID returns the Message-ID field's value ("" when none was seen).
+func (s *idSniffer) messageID() string {
+	if s.id != "" {
+		return s.id
+	}
+	return headerValue(s.head, "message-id")
+}
+
+// headerValue returns the unfolded, trimmed value of the first field
+// called name (lower case) in the header block at the start of msg.
+func headerValue(msg []byte, name string) string {
+	if end := bytes.Index(msg, []byte("\r\n\r\n")); end >= 0 {
+		msg = msg[:end+2]
+	}
+	var val []byte
+	in := false
+	for len(msg) > 0 {
+		line := msg
+		if i := bytes.Index(msg, []byte("\r\n")); i >= 0 {
+			line, msg = msg[:i], msg[i+2:]
+		} else {
+			msg = nil
+		}
+		if len(line) == 0 {
+			break // the empty line ends the header
+		}
+		if line[0] == ' ' || line[0] == '\t' {
+			if in {
+				val = append(val, line...)
+			}
+			continue
+		}
+		if in {
+			break
+		}
+		k, v, found := bytes.Cut(line, []byte(":"))
+		if found && strings.EqualFold(strings.TrimRight(string(k), " \t"), name) {
+			in, val = true, append(val, v...)
+		}
+	}
+	v := strings.TrimSpace(string(val))
+	if len(v) > 200 {
+		v = v[:200]
+	}
+	return v
 }
 
 // scanHeader looks for Message-ID and Date fields in the header block at

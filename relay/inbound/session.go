@@ -215,12 +215,12 @@ func (ss *session) Data(r io.Reader) error {
 		Ret:        string(ss.mailOpts.Return),
 		EnvID:      ss.mailOpts.EnvelopeID,
 	}
-	body := ss.message(cfg, env, r, now)
+	body, sniff := ss.message(cfg, env, r, now)
 	err := ss.s.q.Enqueue(env, body)
 	if err == nil {
 		ss.s.stats.accepted.Add(1)
 		reply := "OK: queued as " + env.ID
-		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply)
+		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply, "message_id", sniff.messageID())
 		return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, reply)
 	}
 	// The data reader's own refusals (size, bare CR/LF, line length) carry

@@ -1,0 +1,53 @@
+package inbound
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// One IPv6 client owns a whole /64: the per-address limits must count it
+// as one, or it could open 2^64 times the connections and AUTH guesses.
+func TestLimits_IPv6CountedPer64(t *testing.T) {
+	a := netip.MustParseAddr("2001:db8:1:2::1")
+	sameSite := netip.MustParseAddr("2001:db8:1:2:ffff:ffff:ffff:fffe")
+	otherSite := netip.MustParseAddr("2001:db8:1:3::1")
+	v4a, v4b := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2")
+
+	var l connLimits
+	if !l.acquire(a, 0, 1) {
+		t.Fatal("first connection refused")
+	}
+	if l.acquire(sameSite, 0, 1) {
+		t.Errorf("a second connection from the same /64 was allowed over a limit of 1 per client")
+	}
+	if !l.acquire(otherSite, 0, 1) {
+		t.Errorf("a connection from another /64 was refused")
+	}
+	if !l.acquire(v4a, 0, 1) || !l.acquire(v4b, 0, 1) {
+		t.Errorf("IPv4 addresses are separate clients")
+	}
+	l.release(sameSite) // frees the slot a took: same client
+	if !l.acquire(a, 0, 1) {
+		t.Errorf("slot not freed by a release from the same /64")
+	}
+	if n := len(l.perIP); n != 4 {
+		t.Errorf("%d clients counted, want 4", n)
+	}
+
+	var f authFailures
+	now := time.Now()
+	for i := 0; i < 3; i++ {
+		f.fail(a, now, time.Minute, 3)
+	}
+	if !f.blocked(sameSite, now) {
+		t.Errorf("another address of the blocked /64 is not blocked")
+	}
+	if f.blocked(otherSite, now) || f.blocked(v4a, now) {
+		t.Errorf("a different client is blocked")
+	}
+	f.fail(v4a, now, time.Minute, 3)
+	if n := f.fail(v4b, now, time.Minute, 3); n != 1 {
+		t.Errorf("IPv4 failures shared between addresses: %d", n)
+	}
+}
