@@ -35,9 +35,9 @@ func remoteIP(a net.Addr) netip.Addr {
 // ipv6ClientBits is how much of an IPv6 client address names one client
 // for the per-address limits (connections, AUTH failures): its /64, the
 // subnet of one site (RFC 6177). Anyone with IPv6 has a whole /64, so
-// counting single addresses would let one client take 2^64 turns. Postfix
-// aggregates at /84 by default (smtpd_client_ipv6_prefix_length, 3.8);
-// we take the whole /64, as the AUTH block is useless otherwise.
+// counting single addresses would let one client take 2^64 turns and make
+// the AUTH block useless. (Postfix 3.8 and later also count IPv6 clients
+// by a prefix for their limits.)
 const ipv6ClientBits = 64
 
 // clientKey returns the key of ip in the per-client counters: the address
