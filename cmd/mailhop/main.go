@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dkimsign"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -142,7 +143,13 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	path := configPath(*cfgFlag)
-	if _, ok := loadConfig(path, stderr); !ok {
+	cfg, ok := loadConfig(path, stderr)
+	if !ok {
+		return exitFail
+	}
+	// Keys are checked by loading them, as serve does.
+	if _, err := dkimsign.New(cfg.DKIM); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", path, err)
 		return exitFail
 	}
 	abs, _ := filepath.Abs(path)

@@ -158,10 +158,10 @@ func (s *Signer) KeysFor(fromDomain string) []*Key {
 
 // keysForHeader returns the keys for the message with this header block,
 // and the h= list to sign.
-func (s *Signer) keysForHeader(header []byte) ([]*Key, []string) {
+func (s *Signer) keysForHeader(header []byte, allow func(string) bool) ([]*Key, []string) {
 	fs := fields(header)
 	d := fromDomain(fs)
-	if d == "" {
+	if d == "" || allow != nil && !allow(d) {
 		return nil, nil
 	}
 	keys := s.KeysFor(d)
@@ -177,7 +177,7 @@ func (s *Signer) keysForHeader(header []byte) ([]*Key, []string) {
 // CRLF) to put above the message, or "" when no key applies. Only the
 // header is held in memory.
 func (s *Signer) Sign(header []byte, body io.Reader) (string, error) {
-	keys, hk := s.keysForHeader(header)
+	keys, hk := s.keysForHeader(header, nil)
 	if keys == nil {
 		return "", nil
 	}

@@ -55,6 +55,13 @@ func newReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, 32<<10
 // other errors (the temporary file) are wrapped. On error nothing needs
 // closing.
 func (s *Signer) Spool(msg io.Reader, dir string) (*Signed, error) {
+	return s.SpoolFor(msg, dir, nil)
+}
+
+// SpoolFor is Spool, signing only when allow (if not nil) accepts the
+// domain of the message's From: field — for example, only domains the
+// authenticated user may send as.
+func (s *Signer) SpoolFor(msg io.Reader, dir string, allow func(fromDomain string) bool) (*Signed, error) {
 	br := newReader(msg)
 	h, err := readHeader(br, MaxHeaderBytes)
 	switch {
@@ -63,7 +70,7 @@ func (s *Signer) Spool(msg io.Reader, dir string) (*Signed, error) {
 	case err != nil:
 		return nil, err
 	}
-	keys, hk := s.keysForHeader(h)
+	keys, hk := s.keysForHeader(h, allow)
 	if keys == nil {
 		return &Signed{r: io.MultiReader(bytes.NewReader(h), br)}, nil
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dkimsign"
 )
 
 // Server is mailhop's inbound SMTP server: one go-smtp server per
@@ -30,6 +33,7 @@ type Server struct {
 
 	cfg  atomic.Pointer[config.Config]
 	cert atomic.Pointer[tls.Certificate]
+	dkim atomic.Pointer[dkimsign.Signer] // signs at enqueue ([[dkim]])
 	q    *queue.Queue
 	log  *slog.Logger
 	tls  *tls.Config
@@ -64,6 +68,9 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 	if err := s.ReloadCertificate(); err != nil {
 		return nil, err
 	}
+	if err := s.loadDKIM(cfg); err != nil {
+		return nil, err
+	}
 	s.tls = s.newTLSConfig()
 	return s, nil
 }
@@ -79,6 +86,26 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 		s.cfg.Store(old)
 		return err
 	}
+	if err := s.loadDKIM(cfg); err != nil {
+		s.cfg.Store(old)
+		return err
+	}
+	return nil
+}
+
+// loadDKIM loads the [[dkim]] keys and the directory that signing spools
+// large messages to.
+func (s *Server) loadDKIM(cfg *config.Config) error {
+	sg, err := dkimsign.New(cfg.DKIM)
+	if err != nil {
+		return err
+	}
+	if sg.Len() > 0 {
+		if err := os.MkdirAll(filepath.Join(cfg.DataDir, "tmp"), 0o700); err != nil {
+			return fmt.Errorf("dkim: %w", err)
+		}
+	}
+	s.dkim.Store(sg)
 	return nil
 }
 

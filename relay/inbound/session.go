@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dkimsign"
 )
 
 // Refusal reasons, the keys of Stats.Refused and the "reason" of log lines.
@@ -216,13 +218,58 @@ func (ss *session) Data(r io.Reader) error {
 		EnvID:      ss.mailOpts.EnvelopeID,
 	}
 	body, sniff := ss.message(cfg, env, r, now)
+	var signed *dkimsign.Signed
+	if sg := ss.s.dkim.Load(); sg != nil && sg.Len() > 0 {
+		// Signed once, as it is queued, so every retry carries the same
+		// signature. An authenticated user's mail is signed only for the
+		// domains it may send as.
+		var err error
+		signed, err = sg.SpoolFor(body, filepath.Join(cfg.DataDir, "tmp"), ss.maySign(cfg))
+		if err != nil {
+			return ss.refuseData(env, err)
+		}
+		defer signed.Close()
+		body = signed
+	}
 	err := ss.s.q.Enqueue(env, body)
 	if err == nil {
 		ss.s.stats.accepted.Add(1)
 		reply := "OK: queued as " + env.ID
-		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply, "message_id", sniff.messageID())
+		extra := []any{"message_id", sniff.messageID()}
+		if signed != nil && len(signed.Keys) > 0 {
+			extra = append(extra, "dkim", signed.Keys[0].Domain)
+		}
+		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply, extra...)
 		return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, reply)
 	}
+	return ss.refuseData(env, err)
+}
+
+// maySign returns the domains check for DKIM signing: an authenticated
+// user's mail is signed for a From: domain it may send as; mail from a
+// trusted network for any configured domain.
+func (ss *session) maySign(cfg *config.Config) func(string) bool {
+	if ss.user == "" {
+		return nil
+	}
+	u := cfg.FindUser(ss.user)
+	return func(domain string) bool {
+		if u == nil {
+			return false
+		}
+		for _, p := range u.Senders {
+			at := strings.LastIndexByte(p, '@')
+			if at >= 0 && strings.EqualFold(p[at+1:], domain) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// refuseData turns a failed DATA into its reply and the transaction's log
+// line.
+func (ss *session) refuseData(env *queue.Envelope, err error) error {
 	// The data reader's own refusals (size, bare CR/LF, line length) carry
 	// their reply; anything else is a local failure.
 	reply, reason := errLocal, reasonQueue
