@@ -28,6 +28,11 @@ type Options struct {
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// Observer, when set, is told of every attempt and delivery (metrics).
 	Observer Observer
+	// MTASTS finds MTA-STS policies for MX delivery. Nil: when Resolver
+	// has LookupTXT (as *dnsmx.Resolver does), a *mtasts.Fetcher over it,
+	// caching in data_dir/mta-sts so policies survive restarts; otherwise
+	// MTA-STS is not applied.
+	MTASTS STSGetter
 }
 
 // Observer receives timings as they happen, for histograms. Its methods
@@ -55,7 +60,11 @@ type Agent struct {
 	noTLS   map[netip.Addr]time.Time // STARTTLS handshake failed: plain until
 	caPools map[string]*x509.CertPool
 
-	stats counters
+	stats    counters
+	tlsStats tlsStats
+
+	sts  STSGetter    // nil: MTA-STS not applied
+	tlsa TLSAResolver // nil: no DANE
 
 	abortCtx context.Context // deliveries run under it; Abort cancels it
 	abort    context.CancelFunc
@@ -84,6 +93,8 @@ func New(opts Options) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.Default()
 	}
+	a.tlsStats.now = opts.Now
+	a.tlsa, _ = opts.Resolver.(TLSAResolver)
 	if a.now == nil {
 		a.now = time.Now
 	}
@@ -104,6 +115,12 @@ func New(opts Options) (*Agent, error) {
 	a.pool = newPool(per)
 	a.domains = newLimiter(per)
 	a.cfg.Store(opts.Config)
+	a.sts = opts.MTASTS
+	if a.sts == nil {
+		if txt, ok := opts.Resolver.(txtResolver); ok {
+			a.sts = a.newSTSFetcher(opts.Config, txt)
+		}
+	}
 	return a, nil
 }
 
@@ -213,7 +230,9 @@ type groupResult struct {
 	rcpts  []rcptResult
 	mx     string // host that answered (or was last tried)
 	addr   string
-	tls    string
+	tls    string // TLS version, "" for none
+	policy string // TLS policy source of the last connection tried
+	verif  bool   // its certificate was verified
 	dur    time.Duration
 	err    *smtperr.Error // when no host answered, or DNS failed
 }
@@ -310,17 +329,45 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		}
 		return gr
 	}
+	routed := len(targets) > 0 && targets[0].route != nil
+	dt, perr := a.domainPolicy(ctx, cfg, domain, routed, t.env.RequireTLS, t.env.ID)
+	if perr != nil {
+		gr.err = perr
+		for _, x := range t.rcpts {
+			gr.rcpts = append(gr.rcpts, rcptResult{index: x, state: queue.Failed, reply: perr})
+		}
+		return gr
+	}
 	tm := timeouts(cfg)
 	last := smtperr.New(0, "4.4.4", "no host to deliver to")
+	// policyOnly stays true while every host failed for want of the TLS
+	// the policy (or REQUIRETLS) demands.
+	policyOnly, tried := true, 0
 	for i := range targets {
 		tg := &targets[i]
+		if tg.addrs != nil && len(tg.addrs) == 0 {
+			continue // an MX host without addresses: nothing to try
+		}
+		gr.mx = tg.host
+		plan, serr := a.plan(ctx, cfg, dt, tg, t.env.ID)
+		if serr != nil {
+			tried++
+			last, policyOnly = serr.err, policyOnly && serr.policy
+			gr.policy = ""
+			a.logPolicyFailure(t.env.ID, domain, tg.host, "", dt, nil, serr)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		gr.policy = plan.source
 		if tg.addrs == nil {
 			addrs, err := a.resolver.LookupHost(ctx, tg.host)
 			if err != nil {
 				// A smarthost that does not resolve is a configuration
 				// or DNS problem: try the next, never bounce.
 				last = &smtperr.Error{Enhanced: "4.4.3", Msg: err.Error()}
-				gr.mx = tg.host
+				policyOnly = false
 				continue
 			}
 			tg.addrs = addrs
@@ -328,14 +375,19 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		for _, ip := range tg.addrs {
 			ap := netip.AddrPortFrom(ip.Unmap(), uint16(tg.port))
 			gr.mx, gr.addr, gr.tls = tg.host, ap.String(), ""
-			res, tlsVer, serr := a.tryAddr(ctx, cfg, tg, ap, t, tm)
-			gr.tls = tlsVer
+			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm)
+			gr.tls, gr.policy, gr.verif = info.version, info.policy, info.verified
 			if serr == nil {
 				gr.rcpts = res
 				return gr
 			}
-			last = serr.err
-			a.log.Debug("host did not answer", "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
+			tried++
+			last, policyOnly = serr.err, policyOnly && serr.policy
+			if serr.policy {
+				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)
+			} else {
+				a.log.Debug("host did not answer", "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
+			}
 			if ctx.Err() != nil {
 				break
 			}
@@ -343,6 +395,17 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		if ctx.Err() != nil {
 			break
 		}
+	}
+	if t.env.RequireTLS && policyOnly && tried > 0 && ctx.Err() == nil {
+		// RFC 8689 §4.2.1: no host could take it with verified TLS and
+		// REQUIRETLS: return it to the sender.
+		e := &smtperr.Error{Enhanced: "5.7.30", Msg: "REQUIRETLS: no host of " + domain +
+			" accepted the message over verified TLS with REQUIRETLS; last: " + last.Error()}
+		gr.err = e
+		for _, x := range t.rcpts {
+			gr.rcpts = append(gr.rcpts, rcptResult{index: x, state: queue.Failed, reply: e, remote: gr.mx})
+		}
+		return gr
 	}
 	// No host answered: whatever the last reply, try again later.
 	e := *last
@@ -354,29 +417,43 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	return gr
 }
 
-// tryAddr delivers t through one address: a pooled connection if there is
-// one (redialling once when it turns out dead), else a new one. It returns
-// the TLS version used ("" for none).
-func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, ap netip.AddrPort, t *txn, tm stageTimeouts) ([]rcptResult, string, *stageError) {
-	mode := a.modeFor(tg, ap.Addr())
-	cn := a.pool.get(connKey{addr: ap.String(), mode: mode, route: routeKey(tg.route)})
+// connInfo is what an attempt learnt about a connection's TLS, for logs.
+type connInfo struct {
+	version  string // "" for plain text
+	policy   string // the plan's source
+	verified bool
+}
+
+// tryAddr delivers t through one address under plan: a pooled connection
+// if there is one (redialling once when it turns out dead), else a new one.
+func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts) ([]rcptResult, connInfo, *stageError) {
+	if plan.wantsTLS() && !plan.required && a.knownNoTLS(ap.Addr()) {
+		p := *plan
+		p.plain = true
+		plan = &p
+	}
+	info := connInfo{policy: plan.source}
+	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route)})
 	for {
 		if cn == nil {
-			c, err := a.dialConn(ctx, cfg, tg, ap, mode)
+			c, err := a.dialConn(ctx, cfg, tg, ap, plan)
 			if err != nil {
 				se := err.(*stageError)
-				if se.tls && mode == modeOpportunistic && ctx.Err() == nil {
+				if se.tls && plan.wantsTLS() && !plan.required && ctx.Err() == nil {
 					// RFC 7435: opportunistic TLS must not make mail
 					// undeliverable; retry in plain text and remember.
 					a.log.Info("STARTTLS failed; retrying without TLS", "mx", tg.host, "addr", ap.String(), "err", se.err.Error())
 					a.rememberNoTLS(ap.Addr())
-					mode = modePlain
+					p := *plan
+					p.plain = true
+					plan = &p
 					continue
 				}
-				return nil, "", se
+				return nil, info, se
 			}
 			cn = c
 		}
+		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified}
 		res, broken, serr := a.transact(ctx, cn, t, tm)
 		if serr != nil {
 			cn.close()
@@ -384,7 +461,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, ap 
 				cn = nil // a stale pooled connection: dial afresh
 				continue
 			}
-			return nil, cn.tlsVer, serr
+			return nil, info, serr
 		}
 		if broken {
 			cn.close()
@@ -392,6 +469,25 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, ap 
 			cn.reused = false
 			a.pool.put(cn, tm.idle)
 		}
-		return res, cn.tlsVer, nil
+		return res, info, nil
 	}
+}
+
+// logPolicyFailure logs why a host was skipped for the TLS policy (or
+// could not be asked: a TLSA lookup failed).
+func (a *Agent) logPolicyFailure(queueID, domain, mx, addr string, dt *domainTLS, p *tlsPlan, se *stageError) {
+	attrs := []any{"queue_id", queueID, "domain", domain, "mx", mx}
+	if addr != "" {
+		attrs = append(attrs, "addr", addr)
+	}
+	if p != nil {
+		attrs = append(attrs, "tls_policy", p.source)
+	} else if dt.sts != nil {
+		attrs = append(attrs, "tls_policy", srcMTASTS)
+	}
+	if dt.requireTLS {
+		attrs = append(attrs, "requiretls", true)
+	}
+	attrs = append(attrs, "stage", se.stage, "err", se.err.Error())
+	a.log.Warn("TLS policy not met; host skipped", attrs...)
 }

@@ -4,8 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -21,14 +21,6 @@ import (
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
-// TLS modes of a connection (connKey.mode).
-const (
-	modeOpportunistic = "opportunistic" // MX: STARTTLS when offered, unverified
-	modePlain         = "plain"         // MX after a failed handshake, or route tls = "none"
-	modeStartTLS      = config.RouteTLSStartTLS
-	modeImplicit      = config.RouteTLSImplicit
-)
-
 // target is one host to try for a domain group: an MX host or a smarthost.
 type target struct {
 	host  string       // name for logs, TLS ServerName and Remote-MTA
@@ -40,7 +32,8 @@ type target struct {
 // connKey identifies connections that are interchangeable for reuse.
 type connKey struct {
 	addr  string // ip:port
-	mode  string
+	host  string // the name certificates are checked against
+	mode  string // tlsPlan.key()
 	route string // "" for MX; smarthost and user for a route
 }
 
@@ -51,6 +44,9 @@ type conn struct {
 	key     connKey
 	host    string
 	tlsVer  string // "" when plain text
+	// verified: the certificate passed the plan's check (or, when the
+	// plan checks none, would have passed a PKIX check).
+	verified bool
 	dsn     bool
 	utf8    bool
 	maxSize int64 // 0: none announced
@@ -67,6 +63,11 @@ type stageError struct {
 	stage string
 	err   *smtperr.Error
 	tls   bool // the TLS handshake itself failed
+	// policy: the TLS policy was not met (TLS missing or failed where
+	// required, certificate rejected, MX not in the MTA-STS policy, no
+	// REQUIRETLS): the mail is deferred, or bounced for REQUIRETLS.
+	policy bool
+	cause  error // the certificate check's error, when it failed
 }
 
 func (e *stageError) Error() string { return e.stage + ": " + e.err.Error() }
@@ -96,8 +97,8 @@ func netStatus(err error) string {
 }
 
 // dialConn connects to addr for target t and runs the greeting, EHLO,
-// STARTTLS and AUTH. mode is the TLS mode to use.
-func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, addr netip.AddrPort, mode string) (*conn, error) {
+// STARTTLS and AUTH as plan p says.
+func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, addr netip.AddrPort, p *tlsPlan) (*conn, error) {
 	tm := timeouts(cfg)
 	dctx, cancel := context.WithTimeout(ctx, tm.connect)
 	raw, err := a.dial(dctx, "tcp", addr.String())
@@ -109,18 +110,20 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
 
-	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), mode: mode, route: routeKey(t.route)}}
+	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route)}}
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()
+		if se.policy || se.tls {
+			a.countTLSFailure(p, t.host, addr.String(), se)
+		}
 		return nil, se
 	}
-	if mode == modeImplicit {
-		tc := tls.Client(raw, a.tlsConfig(t, true))
+	var vr tlsResult
+	if p.implicit {
+		tc := tls.Client(raw, a.clientTLS(p, t.host, &vr))
 		tc.SetDeadline(time.Now().Add(tm.greeting))
 		if err := tc.HandshakeContext(ctx); err != nil {
-			se := stageErr("tls", err)
-			se.tls = true
-			return fail(se)
+			return fail(handshakeErr(err, &vr))
 		}
 		tc.SetDeadline(time.Time{})
 		cn.raw, cn.tlsVer = tc, tls.VersionName(tc.ConnectionState().Version)
@@ -133,11 +136,18 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	c.CommandTimeout = tm.command
 	ok, _ := c.Extension("STARTTLS")
 	switch {
-	case mode == modeStartTLS && !ok:
-		return fail(&stageError{stage: "starttls", err: smtperr.New(0, "4.7.4", "server does not offer STARTTLS, required by the route")})
-	case (mode == modeStartTLS || mode == modeOpportunistic) && ok:
-		tc, err := startTLS(cn.raw, a.tlsConfig(t, mode == modeStartTLS), tm.command)
+	case p.implicit || p.plain:
+	case !ok && p.required:
+		return fail(policyError("starttls", "4.7.4", "%s does not offer STARTTLS, required by TLS policy %s", t.host, p.source))
+	case !ok && p.stsTesting:
+		a.log.Warn("mta-sts testing: server does not offer STARTTLS; delivering anyway", "domain", p.policyDomain, "mx", t.host, "addr", addr.String())
+		a.countTLSFailure(p, t.host, addr.String(), policyError("starttls", "4.7.4", "STARTTLS not offered"))
+	case ok:
+		tc, err := startTLS(cn.raw, a.clientTLS(p, t.host, &vr), tm.command)
 		if err != nil {
+			if err.tls {
+				return fail(handshakeErr(err, &vr))
+			}
 			return fail(err)
 		}
 		// The go-smtp client cannot STARTTLS with our EHLO name, so the
@@ -148,6 +158,19 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		c.CommandTimeout = tm.command
 		if err := c.Hello(cfg.Hostname); err != nil {
 			return fail(stageErr("ehlo after starttls", err))
+		}
+	}
+	cn.verified = cn.tlsVer != "" && vr.verified
+	if cn.tlsVer != "" && p.stsTesting && !vr.verified {
+		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", "domain", p.policyDomain,
+			"mx", t.host, "addr", addr.String(), "err", fmt.Sprint(vr.err))
+		a.countTLSFailure(p, t.host, addr.String(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
+	} else if cn.tlsVer != "" {
+		a.tlsStats.success(p.policyDomain, p.policyType, p.policyStr, t.host)
+	}
+	if p.requireTLS {
+		if ok, _ := c.Extension("REQUIRETLS"); !ok {
+			return fail(policyError("requiretls", "5.7.30", "%s does not offer REQUIRETLS (RFC 8689)", t.host))
 		}
 	}
 	cn.c = c
@@ -165,6 +188,36 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		a.stats.tlsConns.Add(1)
 	}
 	return cn, nil
+}
+
+// handshakeErr describes a failed TLS handshake: a rejected certificate is
+// the policy's failure (4.7.5), anything else a TLS failure.
+func handshakeErr(err error, vr *tlsResult) *stageError {
+	var se *stageError
+	if !errors.As(err, &se) {
+		se = stageErr("tls handshake", err)
+	}
+	se.tls = true
+	if vr.err != nil {
+		se.err = smtperr.New(0, "4.7.5", "certificate rejected: %v", vr.err)
+		se.policy, se.cause = true, vr.err
+	}
+	return se
+}
+
+// countTLSFailure counts a failed session for TLS reporting.
+func (a *Agent) countTLSFailure(p *tlsPlan, host, addr string, se *stageError) {
+	ip, _, _ := net.SplitHostPort(addr)
+	result := "validation-failure"
+	switch {
+	case se.stage == "starttls":
+		result = "starttls-not-supported"
+	case se.stage == "requiretls":
+		result = "validation-failure"
+	case se.cause != nil && p.check != checkDANE:
+		result = resultType(se.cause)
+	}
+	a.tlsStats.failure(p.policyDomain, p.policyType, p.policyStr, host, ip, result, se.err.Error())
 }
 
 // auth authenticates over TLS with PLAIN or LOGIN (RFC 4954); credentials
@@ -189,41 +242,6 @@ func (a *Agent) auth(cn *conn, r *config.Route) *stageError {
 		return se
 	}
 	return nil
-}
-
-// tlsConfig returns the TLS client configuration for t: verified against
-// the system roots and the route's ca_file for routes, unverified (TLS 1.2
-// or later) for opportunistic MX delivery.
-func (a *Agent) tlsConfig(t *target, verify bool) *tls.Config {
-	cfg := &tls.Config{ServerName: t.host, MinVersion: tls.VersionTLS12}
-	if !verify {
-		cfg.InsecureSkipVerify = true // RFC 7435 opportunistic security
-		return cfg
-	}
-	cfg.RootCAs = a.rootCAs(t.route)
-	return cfg
-}
-
-// rootCAs returns the system roots plus the route's ca_file (cached).
-func (a *Agent) rootCAs(r *config.Route) *x509.CertPool {
-	if r == nil || r.CAFile == "" {
-		return nil // system roots
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if p, ok := a.caPools[r.CAFile]; ok {
-		return p
-	}
-	pool, err := x509.SystemCertPool()
-	if err != nil || pool == nil {
-		pool = x509.NewCertPool()
-	}
-	pem, err := os.ReadFile(r.CAFile)
-	if err != nil || !pool.AppendCertsFromPEM(pem) {
-		a.log.Error("route ca_file unusable; using system roots only", "ca_file", r.CAFile, "err", err)
-	}
-	a.caPools[r.CAFile] = pool
-	return pool
 }
 
 // startTLS sends STARTTLS on raw (after EHLO) and runs the handshake.

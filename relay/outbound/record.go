@@ -131,6 +131,13 @@ func hasPending(at *attempt) bool {
 
 // sendReport builds a DSN and queues it from the null sender.
 func (a *Agent) sendReport(env *queue.Envelope, body queue.Body, hostname string, rcpts []dsnRcpt, now time.Time) error {
+	if env.RequireTLS && env.Ret != "" {
+		// RFC 8689 §5: the report travels without REQUIRETLS, so it
+		// carries the original's header only, never its body.
+		e := *env
+		e.Ret = ""
+		env = &e
+	}
 	msg, err := buildDSN(&dsnInput{hostname: hostname, env: env, body: body, rcpts: rcpts, now: now})
 	if err != nil {
 		return err
@@ -212,7 +219,10 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 	}
 	for _, g := range at.groups {
 		attrs := []any{"queue_id", env.ID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
-			"tls", g.tls, "dur", g.dur.Round(time.Millisecond)}
+			"tls", g.tls, "tls_policy", g.policy, "tls_verified", g.verif, "dur", g.dur.Round(time.Millisecond)}
+		if env.RequireTLS {
+			attrs = append(attrs, "requiretls", true)
+		}
 		code, reply := 0, ""
 		if g.err != nil {
 			code, reply = g.err.Code, g.err.Error()

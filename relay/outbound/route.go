@@ -96,26 +96,18 @@ func dnsFailure(err error) *smtperr.Error {
 	return &smtperr.Error{Enhanced: dnsmx.CodeNoSuchDomain, Msg: err.Error()}
 }
 
-// modeFor picks the TLS mode for t at addr.
-func (a *Agent) modeFor(t *target, addr netip.Addr) string {
-	if t.route != nil {
-		switch t.route.TLS {
-		case config.RouteTLSImplicit:
-			return modeImplicit
-		case config.RouteTLSNone:
-			return modePlain
-		}
-		return modeStartTLS
-	}
+// knownNoTLS reports whether a STARTTLS handshake with addr failed
+// recently, so opportunistic TLS skips it (for noTLSFor).
+func (a *Agent) knownNoTLS(addr netip.Addr) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if until, ok := a.noTLS[addr]; ok {
 		if a.now().Before(until) {
-			return modePlain
+			return true
 		}
 		delete(a.noTLS, addr)
 	}
-	return modeOpportunistic
+	return false
 }
 
 // rememberNoTLS records a failed STARTTLS handshake with addr.

@@ -60,7 +60,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return all(queue.Failed, smtperr.New(0, "5.3.4", "message of %d bytes exceeds the %d-byte limit of %s", size, cn.maxSize, cn.host)), false, nil
 	}
 
-	opts := &smtp.MailOptions{Size: size, UTF8: env.SMTPUTF8, EnvelopeID: env.EnvID}
+	// REQUIRETLS goes on only when the plan checked that the server
+	// offers it over verified TLS (RFC 8689 §4.2.1).
+	opts := &smtp.MailOptions{Size: size, UTF8: env.SMTPUTF8, EnvelopeID: env.EnvID, RequireTLS: env.RequireTLS}
 	switch strings.ToUpper(env.BodyType) {
 	case "8BITMIME":
 		opts.Body = smtp.Body8BitMIME
