@@ -50,10 +50,10 @@ type Config struct {
 	Route    []Route    `toml:"route"`
 	// TLSPolicies are the [[tls_policy]] entries: a TLS level per domain.
 	TLSPolicies []TLSPolicy `toml:"tls_policy"`
-	DKIM     []DKIM     `toml:"dkim"`
-	Admin    Admin      `toml:"admin"`
-	Log      Log        `toml:"log"`
-	Limits   Limits     `toml:"limits"`
+	DKIM        []DKIM      `toml:"dkim"`
+	Admin       Admin       `toml:"admin"`
+	Log         Log         `toml:"log"`
+	Limits      Limits      `toml:"limits"`
 
 	// Path is the file the configuration was loaded from (not a TOML key).
 	Path string `toml:"-"`

@@ -68,7 +68,7 @@ type Agent struct {
 
 	abortCtx context.Context // deliveries run under it; Abort cancels it
 	abort    context.CancelFunc
-	obs   Observer
+	obs      Observer
 
 	// onRecord, when set (by tests), is called after each attempt is
 	// recorded (requeued: false) or given back (requeued: true).

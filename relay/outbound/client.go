@@ -39,18 +39,18 @@ type connKey struct {
 
 // conn is one SMTP client connection, set up and ready for MAIL.
 type conn struct {
-	c       *smtp.Client
-	raw     net.Conn // what c reads and writes (TLS included)
-	key     connKey
-	host    string
-	tlsVer  string // "" when plain text
+	c      *smtp.Client
+	raw    net.Conn // what c reads and writes (TLS included)
+	key    connKey
+	host   string
+	tlsVer string // "" when plain text
 	// verified: the certificate passed the plan's check (or, when the
 	// plan checks none, would have passed a PKIX check).
 	verified bool
-	dsn     bool
-	utf8    bool
-	maxSize int64 // 0: none announced
-	reused  bool
+	dsn      bool
+	utf8     bool
+	maxSize  int64 // 0: none announced
+	reused   bool
 
 	idle *time.Timer // while in the pool
 }
