@@ -125,6 +125,7 @@ func (s *Server) smtpServer(l config.Listener) *smtp.Server {
 	srv.WriteTimeout = cfg.Limits.IdleTimeout.Duration
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
+	srv.EnableREQUIRETLS = true // RFC 8689; offered over TLS only, kept in Envelope.RequireTLS
 	srv.RejectSourceRoutes = true
 	srv.AllowInsecureAuth = false
 	srv.ErrorLog = errorLog{s.log}
