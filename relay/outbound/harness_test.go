@@ -40,6 +40,8 @@ type harness struct {
 	port  int
 	first *smtptest.Server // the server that fixed the port, on 127.0.0.2
 	logs  *syncBuffer
+	// editOpts, when set, changes the Options before each start.
+	editOpts func(*Options)
 
 	mu      sync.Mutex
 	records map[string]int // queue ID → attempts recorded or requeued
@@ -91,12 +93,16 @@ func (h *harness) server(ip string, b smtptest.Behaviour) *smtptest.Server {
 // start creates the agent and runs it until the test ends.
 func (h *harness) start() {
 	h.t.Helper()
-	r, err := dnsmx.NewResolver([]string{h.dns.Addr}, time.Second)
+	r, err := dnsmx.NewResolver([]string{h.dns.Addr}, 5*time.Second)
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	a, err := New(Options{Config: h.cfg, Queue: h.q, Resolver: r,
-		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	opts := Options{Config: h.cfg, Queue: h.q, Resolver: r,
+		Logger: slog.New(slog.NewTextHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	if h.editOpts != nil {
+		h.editOpts(&opts)
+	}
+	a, err := New(opts)
 	if err != nil {
 		h.t.Fatal(err)
 	}

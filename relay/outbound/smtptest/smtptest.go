@@ -3,7 +3,7 @@
 // starts one, records every message it accepts, and closes it when the test
 // ends. A Behaviour can answer 4xx or 5xx per command or recipient, stall,
 // drop the connection in the middle of DATA, and offer or omit STARTTLS,
-// AUTH, DSN, SMTPUTF8 and SIZE.
+// AUTH, DSN, SMTPUTF8, SIZE and REQUIRETLS.
 package smtptest
 
 import (
@@ -41,10 +41,11 @@ type Behaviour struct {
 	BrokenTLS bool        // offer STARTTLS, then fail every handshake
 	Implicit  bool        // TLS from the first byte (with TLS as configuration)
 
-	DSN      bool              // offer DSN
-	SMTPUTF8 bool              // offer SMTPUTF8
-	MaxSize  int64             // announce SIZE with this limit (0: SIZE without a limit)
-	Users    map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
+	DSN        bool              // offer DSN
+	RequireTLS bool              // offer REQUIRETLS (RFC 8689; go-smtp offers it over TLS only)
+	SMTPUTF8   bool              // offer SMTPUTF8
+	MaxSize    int64             // announce SIZE with this limit (0: SIZE without a limit)
+	Users      map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
 }
 
 // Message is one message the server accepted.
@@ -124,6 +125,7 @@ func New(t testing.TB, addr string, b Behaviour) *Server {
 	srv.Domain = b.Hostname
 	srv.EnableDSN = b.DSN
 	srv.EnableSMTPUTF8 = b.SMTPUTF8
+	srv.EnableREQUIRETLS = b.RequireTLS
 	srv.MaxMessageBytes = b.MaxSize
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute

@@ -1,0 +1,492 @@
+package outbound
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// tlsWorld is a harness with four MX hosts that differ in TLS:
+//
+//	good.test       127.0.0.2  certificate from the trusted CA for its name
+//	untrusted.test  127.0.0.3  certificate for its name from an unknown CA
+//	wrongname.test  127.0.0.4  certificate from the trusted CA for another name
+//	nostarttls.test 127.0.0.5  no STARTTLS
+type tlsWorld struct {
+	*harness
+	ca                                 *testCA
+	good, untrusted, wrongname, noTLS *smtptest.Server
+}
+
+func newTLSWorld(t *testing.T) *tlsWorld {
+	ca, other := newTestCA(t), newTestCA(t)
+	w := &tlsWorld{ca: ca}
+	w.harness = newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.good.test"))},
+		zone("good.test", "127.0.0.2", "untrusted.test", "127.0.0.3", "wrongname.test", "127.0.0.4", "nostarttls.test", "127.0.0.5"))
+	w.good = w.first
+	w.untrusted = w.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.untrusted.test"))})
+	w.wrongname = w.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "elsewhere.test"))})
+	w.noTLS = w.server("127.0.0.5", smtptest.Behaviour{})
+	w.cfg.Delivery.ExtraRootsFile = ca.file
+	return w
+}
+
+// Each level against a server with a good certificate, an untrusted one, one
+// for another name, and none at all.
+func TestTLSPolicy_Levels(t *testing.T) {
+	t.Parallel()
+	const (
+		plain      = "plain"
+		tlsOK      = "tls verified"
+		tlsUnverif = "tls unverified"
+	)
+	type want struct{ good, untrusted, wrongname, noTLS string } // a mode, or an enhanced code: deferred
+	for _, tc := range []struct {
+		level string
+		want  want
+	}{
+		{config.TLSNone, want{plain, plain, plain, plain}},
+		{config.TLSMay, want{tlsOK, tlsUnverif, tlsUnverif, plain}},
+		{config.TLSEncrypt, want{tlsOK, tlsUnverif, tlsUnverif, "4.7.4"}},
+		{config.TLSVerify, want{tlsOK, "4.7.5", "4.7.5", "4.7.4"}},
+	} {
+		t.Run(tc.level, func(t *testing.T) {
+			t.Parallel()
+			w := newTLSWorld(t)
+			w.cfg.Delivery.TLSPolicy = tc.level
+			w.start()
+			for _, c := range []struct {
+				domain string
+				srv    *smtptest.Server
+				want   string
+			}{
+				{"good.test", w.good, tc.want.good},
+				{"untrusted.test", w.untrusted, tc.want.untrusted},
+				{"wrongname.test", w.wrongname, tc.want.wrongname},
+				{"nostarttls.test", w.noTLS, tc.want.noTLS},
+			} {
+				id := w.submit(testBody, []string{"rcpt@" + c.domain})
+				w.waitRecords(id, 1)
+				line := w.lastAttempt(c.domain)
+				if !strings.Contains(line, "tls_policy="+tc.level) {
+					t.Errorf("%s: attempt log lacks tls_policy=%s: %s", c.domain, tc.level, line)
+				}
+				msgs := c.srv.Messages()
+				switch c.want {
+				case plain, tlsOK, tlsUnverif:
+					if len(msgs) != 1 || w.outcome(id).state != queue.Delivered {
+						t.Errorf("%s: %d messages, outcome %+v; want delivered", c.domain, len(msgs), w.outcome(id))
+						continue
+					}
+					if gotTLS := msgs[0].TLS; gotTLS != (c.want != plain) {
+						t.Errorf("%s: delivered with TLS = %v, want %s", c.domain, gotTLS, c.want)
+					}
+					if c.want != plain && !strings.Contains(line, "tls_verified="+map[bool]string{true: "true", false: "false"}[c.want == tlsOK]) {
+						t.Errorf("%s: want %s: %s", c.domain, c.want, line)
+					}
+				default:
+					if len(msgs) != 0 {
+						t.Errorf("%s: delivered %d messages, want none (never in plain text)", c.domain, len(msgs))
+					}
+					w.deferredWith(id, c.want)
+				}
+			}
+			if tc.level == config.TLSNone {
+				if n := w.agent.Stats().TLSConns; n != 0 {
+					t.Errorf("level none made %d TLS connections", n)
+				}
+			}
+			if tc.level == config.TLSVerify {
+				for domain, result := range map[string]string{
+					"untrusted.test":  "certificate-not-trusted",
+					"wrongname.test":  "certificate-host-mismatch",
+					"nostarttls.test": "starttls-not-supported",
+				} {
+					c := w.counts(domain, policyNone)
+					if c.Failure == 0 || len(c.Failures) == 0 || c.Failures[0].ResultType != result {
+						t.Errorf("%s: TLS counts %+v, want a %s failure", domain, c, result)
+					}
+				}
+				if c := w.counts("good.test", policyNone); c.Success != 1 || c.Failure != 0 {
+					t.Errorf("good.test: TLS counts %+v", c)
+				}
+			}
+		})
+	}
+}
+
+// [[tls_policy]] entries override delivery.tls_policy per domain.
+func TestTLSPolicy_PerDomainOverride(t *testing.T) {
+	t.Parallel()
+	w := newTLSWorld(t)
+	w.cfg.Delivery.TLSPolicy = config.TLSVerify
+	w.cfg.TLSPolicies = []config.TLSPolicy{
+		{Domains: []string{"untrusted.test"}, Level: config.TLSEncrypt},
+		{Domains: []string{"good.test"}, Level: config.TLSNone},
+	}
+	w.start()
+	id := w.submit(testBody, []string{"a@untrusted.test"})
+	w.waitRecords(id, 1)
+	if m := w.untrusted.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("encrypt override: %+v", m)
+	}
+	id = w.submit(testBody, []string{"a@good.test"})
+	w.waitRecords(id, 1)
+	if m := w.good.Messages(); len(m) != 1 || m[0].TLS {
+		t.Errorf("none override: %+v", m)
+	}
+	id = w.submit(testBody, []string{"a@wrongname.test"})
+	w.waitRecords(id, 1)
+	w.deferredWith(id, "4.7.5")
+}
+
+// A route's tls = "starttls" is the verify level against the smarthost's
+// name; extra_roots_file is trusted there too.
+func TestTLSPolicy_RouteStartTLSVerifiesWithExtraRoots(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t)
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "smart.test")), Users: map[string]string{"app": "s3cret"}}, z)
+	r := routeTo(h, []string{"smart.test"}, "starttls", "")
+	h.cfg.Route = append(h.cfg.Route, r)
+	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.start()
+	id := h.submit(testBody, []string{"x@routed.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("route delivery: %+v", m)
+	}
+	if line := h.lastAttempt("routed.test"); !strings.Contains(line, "tls_policy=route") || !strings.Contains(line, "tls_verified=true") {
+		t.Errorf("attempt log: %s", line)
+	}
+}
+
+// MTA-STS enforce and testing against matching and non-matching MX hosts,
+// valid and invalid certificates, no STARTTLS, and a policy fetch failure;
+// one HTTPS server (certificate from the trusted CA) serves every policy.
+func TestMTASTS_Modes(t *testing.T) {
+	t.Parallel()
+	ca, other := newTestCA(t), newTestCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.enforce.test"))}, zone(
+		"enforce.test", "127.0.0.2",
+		"mismatch.test", "127.0.0.3",
+		"badcert.test", "127.0.0.4",
+		"testing.test", "127.0.0.5",
+		"nostarttls.test", "127.0.0.6",
+		"fetchfails.test", "127.0.0.7",
+	))
+	mismatch := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.mismatch.test"))})
+	badcert := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.badcert.test"))})
+	testing_ := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.testing.test"))})
+	noTLS := h.server("127.0.0.6", smtptest.Behaviour{})
+	fetchFails := h.server("127.0.0.7", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.fetchfails.test"))})
+	sts := newSTSServer(t, ca, map[string]string{
+		"enforce.test":    stsPolicy("enforce", "mx.enforce.test"),
+		"mismatch.test":   stsPolicy("enforce", "mx.elsewhere.test"),
+		"badcert.test":    stsPolicy("enforce", "*.badcert.test"),
+		"testing.test":    stsPolicy("testing", "mx.testing.test"),
+		"nostarttls.test": stsPolicy("enforce", "mx.nostarttls.test"),
+		"fetchfails.test": "", // 404
+	})
+	for _, d := range []string{"enforce.test", "mismatch.test", "badcert.test", "testing.test", "nostarttls.test", "fetchfails.test"} {
+		h.publishSTS(d, "1")
+	}
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+
+	send := func(domain string) string {
+		id := h.submit(testBody, []string{"rcpt@" + domain})
+		h.waitRecords(id, 1)
+		return id
+	}
+	// enforce, matching MX, valid certificate: delivered, verified.
+	send("enforce.test")
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("enforce.test: %+v", m)
+	}
+	if line := h.lastAttempt("enforce.test"); !strings.Contains(line, "tls_policy=mta-sts") || !strings.Contains(line, "tls_verified=true") {
+		t.Errorf("enforce.test attempt: %s", line)
+	}
+	if c := h.counts("enforce.test", policySTS); c.Success != 1 || len(c.PolicyString) == 0 || c.MXHosts[0] != "mx.enforce.test" {
+		t.Errorf("enforce.test counts: %+v", c)
+	}
+	// enforce, MX not in the policy: deferred without connecting.
+	id := send("mismatch.test")
+	h.deferredWith(id, "4.7.5")
+	if n := mismatch.Conns(); n != 0 {
+		t.Errorf("mismatch.test: %d connections to an MX outside the policy", n)
+	}
+	if !strings.Contains(h.logs.String(), "does not match the MTA-STS policy of mismatch.test") {
+		t.Error("mismatch not logged")
+	}
+	// enforce, certificate from an unknown CA: deferred.
+	id = send("badcert.test")
+	h.deferredWith(id, "4.7.5")
+	if len(badcert.Messages()) != 0 {
+		t.Error("badcert.test: delivered despite an invalid certificate")
+	}
+	// enforce, no STARTTLS: deferred.
+	id = send("nostarttls.test")
+	h.deferredWith(id, "4.7.4")
+	if len(noTLS.Messages()) != 0 {
+		t.Error("nostarttls.test: delivered in plain text")
+	}
+	// testing, invalid certificate: delivered, logged and counted.
+	send("testing.test")
+	if m := testing_.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("testing.test: %+v", m)
+	}
+	if !strings.Contains(h.logs.String(), "mta-sts testing: certificate not valid") {
+		t.Error("testing-mode failure not logged")
+	}
+	if c := h.counts("testing.test", policySTS); c.Failure != 1 || c.Failures[0].ResultType != "certificate-not-trusted" {
+		t.Errorf("testing.test counts: %+v", c)
+	}
+	// TXT record but the policy cannot be fetched, nothing cached: as if
+	// there were no policy (RFC 8461 §5), opportunistic delivery.
+	send("fetchfails.test")
+	if m := fetchFails.Messages(); len(m) != 1 {
+		t.Errorf("fetchfails.test: %+v", m)
+	}
+	if line := h.lastAttempt("fetchfails.test"); !strings.Contains(line, "tls_policy=may") {
+		t.Errorf("fetchfails.test attempt: %s", line)
+	}
+	if sts.fetches.Load() < 6 {
+		t.Errorf("%d policy fetches", sts.fetches.Load())
+	}
+}
+
+// The policy cache is on disk: a new agent (new Fetcher, same data_dir)
+// applies the cached enforce policy while the HTTPS server is down.
+func TestMTASTS_CacheSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	ca := newTestCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
+	evil := h.server("127.0.0.3", smtptest.Behaviour{})
+	sts := newSTSServer(t, ca, map[string]string{"example.test": stsPolicy("enforce", "mx.example.test")})
+	h.publishSTS("example.test", "7")
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if len(h.first.Messages()) != 1 {
+		t.Fatalf("first delivery failed:\n%s", h.logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(h.cfg.DataDir, "mta-sts", "example.test.json")); err != nil {
+		t.Fatalf("policy not cached on disk: %v", err)
+	}
+
+	// Restart with the policy server gone and the MX record pointing
+	// elsewhere (an attacker's plain-text server).
+	h.stop()
+	sts.srv.Close()
+	h.dns.Set("example.test.", dnstest.MX("example.test", 10, "mx.evil.test"))
+	h.dns.Set("mx.evil.test.", dnstest.A("mx.evil.test", "127.0.0.3"))
+	h.start()
+	id = h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id, 1)
+	h.deferredWith(id, "4.7.5")
+	if evil.Conns() != 0 {
+		t.Errorf("the MX outside the cached policy got %d connections", evil.Conns())
+	}
+}
+
+// DANE-EE and DANE-TA, matching and not; a DANE host without STARTTLS; a
+// failed TLSA lookup; TLSA records none of which is usable.
+func TestDANE(t *testing.T) {
+	t.Parallel()
+	ca, other := newTestCA(t), newTestCA(t)
+	eeCert := other.issue(t, "not-the-mx-name.test") // DANE-EE checks neither name nor issuer
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(eeCert)}, zone(
+		"ee.test", "127.0.0.2",
+		"eemismatch.test", "127.0.0.3",
+		"ta.test", "127.0.0.4",
+		"tawrongname.test", "127.0.0.5",
+		"nostarttls.test", "127.0.0.6",
+		"servfail.test", "127.0.0.7",
+		"unusable.test", "127.0.0.8",
+	))
+	eeMismatch := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.eemismatch.test"))})
+	ta := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.ta.test"))})
+	taWrong := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.other.test"))})
+	noTLS := h.server("127.0.0.6", smtptest.Behaviour{})
+	servfail := h.server("127.0.0.7", smtptest.Behaviour{TLS: serverTLS(eeCert)})
+	unusable := h.server("127.0.0.8", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.unusable.test"))})
+	p := h.port
+	add := func(host string, rr dns.RR) { h.dns.Add("_"+itoa(p)+"._tcp."+host+".", rr) }
+	add("mx.ee.test", tlsaRR(t, p, "mx.ee.test", 3, 1, 1, eeCert.Leaf))
+	add("mx.eemismatch.test", tlsaRR(t, p, "mx.eemismatch.test", 3, 1, 1, eeCert.Leaf)) // not its certificate
+	add("mx.ta.test", tlsaRR(t, p, "mx.ta.test", 2, 0, 1, ca.cert))
+	add("mx.tawrongname.test", tlsaRR(t, p, "mx.tawrongname.test", 2, 0, 1, ca.cert))
+	add("mx.nostarttls.test", tlsaRR(t, p, "mx.nostarttls.test", 3, 1, 1, eeCert.Leaf))
+	add("mx.unusable.test", tlsaRR(t, p, "mx.unusable.test", 1, 1, 1, eeCert.Leaf)) // PKIX-EE: unusable for SMTP
+	h.dns.SetRcode("_"+itoa(p)+"._tcp.mx.servfail.test.", dns.RcodeServerFailure)
+	h.dns.SetAD(true)
+	h.cfg.Delivery.DNSSECTrustedResolver = true
+	h.start()
+
+	send := func(domain string) string {
+		id := h.submit(testBody, []string{"rcpt@" + domain})
+		h.waitRecords(id, 1)
+		return id
+	}
+	send("ee.test")
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("DANE-EE match: %+v", m)
+	}
+	if line := h.lastAttempt("ee.test"); !strings.Contains(line, "tls_policy=dane") || !strings.Contains(line, "tls_verified=true") {
+		t.Errorf("DANE-EE attempt: %s", line)
+	}
+	if c := h.counts("ee.test", policyTLSA); c.Success != 1 || len(c.PolicyString) != 1 || !strings.HasPrefix(c.PolicyString[0], "3 1 1 ") {
+		t.Errorf("DANE-EE counts: %+v", c)
+	}
+	id := send("eemismatch.test")
+	h.deferredWith(id, "4.7.5")
+	if len(eeMismatch.Messages()) != 0 {
+		t.Error("DANE-EE mismatch delivered")
+	}
+	send("ta.test")
+	if m := ta.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("DANE-TA: %+v", m)
+	}
+	id = send("tawrongname.test")
+	h.deferredWith(id, "4.7.5")
+	if len(taWrong.Messages()) != 0 {
+		t.Error("DANE-TA with a certificate for another name delivered")
+	}
+	id = send("nostarttls.test")
+	h.deferredWith(id, "4.7.4")
+	if len(noTLS.Messages()) != 0 {
+		t.Error("DANE host without STARTTLS got the message in plain text")
+	}
+	id = send("servfail.test")
+	h.deferredWith(id, "4.4.3")
+	if servfail.Conns() != 0 {
+		t.Error("host with a failed TLSA lookup was contacted")
+	}
+	send("unusable.test")
+	if m := unusable.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Errorf("unusable TLSA (encrypt, unauthenticated): %+v", m)
+	}
+	if line := h.lastAttempt("unusable.test"); !strings.Contains(line, "tls_policy=dane") || !strings.Contains(line, "tls_verified=false") {
+		t.Errorf("unusable TLSA attempt: %s", line)
+	}
+}
+
+// Without the AD bit (or without dnssec_trusted_resolver) TLSA records
+// are ignored: a mismatching record does not stop opportunistic delivery.
+func TestDANE_NotTrustedIsIgnored(t *testing.T) {
+	t.Parallel()
+	other := newTestCA(t)
+	for _, c := range []struct {
+		name      string
+		ad, trust bool
+	}{{"no AD bit", false, true}, {"resolver not trusted", true, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
+			h.dns.Add("_"+itoa(h.port)+"._tcp.mx.example.test.", tlsaRR(t, h.port, "mx.example.test", 3, 1, 1, other.cert))
+			h.dns.SetAD(c.ad)
+			h.cfg.Delivery.DNSSECTrustedResolver = c.trust
+			h.start()
+			id := h.submit(testBody, []string{"a@example.test"})
+			h.waitRecords(id, 1)
+			if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+				t.Fatalf("opportunistic delivery: %+v", m)
+			}
+			if line := h.lastAttempt("example.test"); !strings.Contains(line, "tls_policy=may") {
+				t.Errorf("attempt: %s", line)
+			}
+		})
+	}
+}
+
+// REQUIRETLS (RFC 8689): verified TLS to a server that offers REQUIRETLS,
+// passed on in MAIL; anything less bounces with 5.7.30 (the bounce without
+// REQUIRETLS, and without the body).
+func TestREQUIRETLS(t *testing.T) {
+	t.Parallel()
+	ca, other := newTestCA(t), newTestCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.ok.test")), RequireTLS: true}, zone(
+		"ok.test", "127.0.0.2",
+		"noext.test", "127.0.0.3",
+		"badcert.test", "127.0.0.4",
+		"down.test", "127.0.0.5",
+		"off.test", "127.0.0.6",
+	))
+	noExt := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.noext.test"))})
+	badcert := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.badcert.test")), RequireTLS: true})
+	off := h.server("127.0.0.6", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.off.test")), RequireTLS: true})
+	bounces := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.TLSPolicies = []config.TLSPolicy{{Domains: []string{"off.test"}, Level: config.TLSNone}}
+	h.start()
+	requireTLS := func(e *queue.Envelope) { e.RequireTLS, e.Ret = true, "FULL" }
+	send := func(domain string, mod ...func(*queue.Envelope)) string {
+		id := h.submit(testBody, []string{"rcpt@" + domain}, mod...)
+		h.waitRecords(id, 1)
+		return id
+	}
+
+	send("ok.test", requireTLS)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS || !m[0].MailOpts.RequireTLS {
+		t.Fatalf("REQUIRETLS delivery: %+v", m)
+	}
+	if line := h.lastAttempt("ok.test"); !strings.Contains(line, "tls_verified=true") || !strings.Contains(line, "requiretls=true") {
+		t.Errorf("attempt: %s", line)
+	}
+
+	nBounces := 0
+	for _, c := range []struct {
+		domain string
+		srv    *smtptest.Server
+	}{{"noext.test", noExt}, {"badcert.test", badcert}, {"off.test", off}} {
+		id := send(c.domain, requireTLS)
+		if o := h.outcome(id); !o.gone {
+			t.Errorf("%s: %+v, want bounced", c.domain, o)
+		}
+		if n := len(c.srv.Messages()); n != 0 {
+			t.Errorf("%s: delivered %d", c.domain, n)
+		}
+		nBounces++
+		m := bounces.Wait(t, nBounces)[nBounces-1]
+		if m.From != "" || m.MailOpts.RequireTLS {
+			t.Errorf("%s: bounce from %q with REQUIRETLS %v", c.domain, m.From, m.MailOpts.RequireTLS)
+		}
+		body := string(m.Data)
+		if !strings.Contains(body, "5.7.30") || !strings.Contains(body, "rcpt@"+c.domain) {
+			t.Errorf("%s: bounce lacks 5.7.30:\n%s", c.domain, body)
+		}
+		if strings.Contains(body, "last line without dot") {
+			t.Errorf("%s: bounce of a REQUIRETLS message returns its body", c.domain)
+		}
+	}
+	if off.Conns() != 0 {
+		t.Error("off.test (tls_policy none) was contacted for a REQUIRETLS message")
+	}
+	// The same message without REQUIRETLS goes to noext.test as usual.
+	send("noext.test")
+	if m := noExt.Messages(); len(m) != 1 || m[0].MailOpts.RequireTLS {
+		t.Errorf("plain message to noext.test: %+v", m)
+	}
+	// A host that cannot be reached is not a REQUIRETLS failure: retried.
+	id := send("down.test", requireTLS)
+	if o := h.outcome(id); o.state != queue.Pending {
+		t.Errorf("down.test: %+v, want pending", o)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
