@@ -23,7 +23,7 @@ import (
 //	nostarttls.test 127.0.0.5  no STARTTLS
 type tlsWorld struct {
 	*harness
-	ca                                 *testCA
+	ca                                *testCA
 	good, untrusted, wrongname, noTLS *smtptest.Server
 }
 
