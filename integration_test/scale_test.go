@@ -137,7 +137,7 @@ func sendPipelined(addr string, m, n int) error {
 			return fmt.Errorf("reply %d: %q", i, line)
 		}
 	}
-	fmt.Fprintf(bw, "Subject: scale %d\r\nMessage-ID: <scale-%d@example.com>\r\n\r\n%s\r\n.\r\nQUIT\r\n", m, m, strings.Repeat("x", 1000))
+	fmt.Fprintf(bw, "Subject: scale %d\r\nMessage-ID: <scale-%d@example.com>\r\n\r\n%s\r\n.\r\nQUIT\r\n", m, m, strings.Repeat(strings.Repeat("x", 98)+"\r\n", 10))
 	bw.Flush()
 	line, err := readReply()
 	if err != nil {
