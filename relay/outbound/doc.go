@@ -19,21 +19,53 @@
 //     until one answers; a refused or dropped connection, a timeout, a
 //     failed greeting or EHLO, a 421 reply before DATA, a failed STARTTLS
 //     demanded by a route, or failed AUTH moves on to the next address.
-//  5. On the connection: EHLO with the configured hostname; STARTTLS when
-//     offered (MX: opportunistic, no certificate check, and a failed
-//     handshake is retried in plain text on a new connection and
-//     remembered for the host; routes: required and verified); AUTH
+//  5. On the connection: EHLO with the configured hostname; STARTTLS as
+//     the TLS policy says (below; MX at level may: when offered, no
+//     certificate check, and a failed handshake is retried in plain text
+//     on a new connection and remembered for the host); AUTH
 //     PLAIN/LOGIN for routes with credentials, only over TLS; then MAIL
 //     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
 //     ORCPT) and DATA with the stored bytes. A connection whose transaction
 //     ended cleanly is kept for delivery.idle_conn_timeout and reused (RSET
 //     first) by the next message to the same address, TLS mode and route;
-//     at most 4 are kept idle per such key. The go-smtp client sends one
+//     at most per_domain_concurrency are kept idle per such key. The go-smtp client sends one
 //     command at a time (no PIPELINING) and adds BODY=8BITMIME whenever
 //     the server offers 8BITMIME.
 //  6. The outcomes go back to the queue with queue.Done; when delivery was
 //     cut short by shutdown and nothing changed, the message is given back
 //     with queue.Requeue.
+//
+// # TLS policy
+//
+// Each domain group gets a TLS level: a route's tls key (starttls and tls:
+// required and verified against the smarthost's name; none: plain), else
+// the [[tls_policy]] entry listing the domain, else delivery.tls_policy
+// (none, may, encrypt, verify, dane; config.TLSLevelFor). For MX delivery
+// at every level but none, the domain's MTA-STS policy (RFC 8461) is found
+// once per attempt (Options.MTASTS, by default an mtasts.Fetcher caching
+// in data_dir/mta-sts). Then, per MX host:
+//
+//	DANE: dnssec_trusted_resolver, level may/encrypt/dane, TLSA with AD
+//	  usable records (DANE-TA 2, DANE-EE 3)   TLS required, VerifyDANE
+//	  records, none usable                    TLS required, unauthenticated
+//	  lookup failed (SERVFAIL, timeout)       host skipped, 4.4.3
+//	MTA-STS enforce: MX not in the policy     host skipped, 4.7.5
+//	MTA-STS enforce: MX in the policy         TLS required, PKIX for the MX name
+//	MTA-STS testing                           the level's own rules; failures
+//	                                          logged and counted, never refused
+//	level encrypt / verify                    TLS required / and PKIX
+//	REQUIRETLS message (RFC 8689)             at least TLS with PKIX (or DANE),
+//	                                          and the server must offer REQUIRETLS
+//
+// Certificates are always checked in tls.Config.VerifyConnection, so that
+// the outcome (tls_verified in the attempt log) is known even where it is
+// not enforced. A required TLS that fails skips the host with a 4.7.x
+// error (never plain text); when no host is left the recipients stay
+// Pending — except for a REQUIRETLS message whose every host failed for
+// want of verified TLS or REQUIRETLS: it fails with 5.7.30, and its
+// bounce (sent without REQUIRETLS) carries the header only (RFC 8689 §5).
+// Each new connection is counted per policy domain (Agent.TLSResults) for
+// TLS reporting (RFC 8460).
 //
 // # Failure classification
 //
@@ -49,6 +81,8 @@
 //	remote SIZE smaller than the message (5.3.4)        Failed     bounce
 //	SMTPUTF8 message, server without SMTPUTF8 (5.6.7)   Failed     bounce
 //	more than 50 Received fields (5.4.6)                Failed     bounce
+//	required TLS missing or rejected (4.7.4, 4.7.5)     Pending    -
+//	REQUIRETLS not possible with any host (5.7.30)      Failed     bounce (header only)
 //	Pending, and older than delivery.max_queue_age      Failed     bounce (4.4.7, expired)
 //	Pending, older than delivery.delay_warning          Pending    one "delayed" DSN
 //
