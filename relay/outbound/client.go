@@ -160,6 +160,11 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 			return fail(stageErr("ehlo after starttls", err))
 		}
 	}
+	if p.requireTLS {
+		if ok, _ := c.Extension("REQUIRETLS"); !ok {
+			return fail(policyError("requiretls", "5.7.30", "%s does not offer REQUIRETLS (RFC 8689)", t.host))
+		}
+	}
 	cn.verified = cn.tlsVer != "" && vr.verified
 	if cn.tlsVer != "" && p.stsTesting && !vr.verified {
 		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", "domain", p.policyDomain,
@@ -167,11 +172,6 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		a.countTLSFailure(p, t.host, addr.String(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
 	} else if cn.tlsVer != "" {
 		a.tlsStats.success(p.policyDomain, p.policyType, p.policyStr, t.host)
-	}
-	if p.requireTLS {
-		if ok, _ := c.Extension("REQUIRETLS"); !ok {
-			return fail(policyError("requiretls", "5.7.30", "%s does not offer REQUIRETLS (RFC 8689)", t.host))
-		}
 	}
 	cn.c = c
 	if r := t.route; r != nil && r.Username != "" {
