@@ -326,3 +326,21 @@ func TestVersionPrints(t *testing.T) {
 		t.Fatalf("version: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 }
+
+// The queue commands read only data_dir and admin.socket: an operator's
+// shell without the service's password_env variable can still use them.
+func TestQueueCommandsWithoutServiceSecrets(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, relayOpts{
+		NoRoute: true,
+		Env:     []string{"MAILHOP_IT_ROUTE_PW=secret"},
+		Extra: fmt.Sprintf("[[route]]\ndomains = [\"*\"]\nsmarthost = %q\ntls = \"none\"\nusername = \"u\"\npassword_env = \"MAILHOP_IT_ROUTE_PW\"\n",
+			freePort(t, "127.0.0.1")),
+	})
+	cmd := exec.Command(mailhopBin, "queue", "list", "--json", "--config", r.cfgPath)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // not the service's environment
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.HasPrefix(strings.TrimSpace(string(out)), "[") {
+		t.Fatalf("queue list without the route's password variable: %v\n%s", err, out)
+	}
+}

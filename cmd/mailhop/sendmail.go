@@ -175,10 +175,11 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 	return o, nil
 }
 
-// sendmailConfig is the part of the configuration sendmail needs. It is read
-// leniently (unknown and invalid keys elsewhere are the relay's business), so
-// a user who may not read the TLS key or a password file can still send.
-type sendmailConfig struct {
+// clientConfig is the part of the configuration that sendmail and the queue
+// commands need. It is read leniently (unknown and invalid keys elsewhere
+// are the relay's business), so a user who may not read the TLS key or a
+// password file, or lacks a password_env variable, can still use them.
+type clientConfig struct {
 	Hostname string `toml:"hostname"`
 	DataDir  string `toml:"data_dir"`
 	Admin    struct {
@@ -189,7 +190,7 @@ type sendmailConfig struct {
 	} `toml:"policy"`
 }
 
-func loadSendmailConfig(path string) (*sendmailConfig, error) {
+func loadClientConfig(path string) (*clientConfig, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) {
@@ -197,7 +198,7 @@ func loadSendmailConfig(path string) (*sendmailConfig, error) {
 		}
 		return nil, sendmailFail(exConfig, "cannot read the configuration %s: %v (set --config, -C or $MAILHOP_CONFIG)", path, err)
 	}
-	var c sendmailConfig
+	var c clientConfig
 	if _, err := toml.Decode(string(data), &c); err != nil {
 		return nil, sendmailFail(exConfig, "configuration %s: %v (`mailhop check-config` says more)", path, err)
 	}
@@ -244,7 +245,7 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := loadSendmailConfig(configPath(o.config))
+	cfg, err := loadClientConfig(configPath(o.config))
 	if err != nil {
 		return err
 	}
@@ -300,7 +301,7 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 
 // handOver gives the message to the relay, or to the pickup directory when
 // the relay is not running. It returns what happened, for -v.
-func handOver(cfg *sendmailConfig, env *admin.InjectEnvelope, msg []byte) (string, error) {
+func handOver(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte) (string, error) {
 	c, err := net.DialTimeout("unix", cfg.Admin.Socket, 10*time.Second)
 	if err == nil {
 		c.Close()
@@ -322,7 +323,7 @@ func handOver(cfg *sendmailConfig, env *admin.InjectEnvelope, msg []byte) (strin
 	return pickup(cfg, env, msg, err)
 }
 
-func pickup(cfg *sendmailConfig, env *admin.InjectEnvelope, msg []byte, why error) (string, error) {
+func pickup(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte, why error) (string, error) {
 	dir := filepath.Join(cfg.DataDir, admin.PickupDirName)
 	path, err := admin.WritePickup(dir, env, bytes.NewReader(msg))
 	if err != nil {
