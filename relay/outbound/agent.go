@@ -260,15 +260,20 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 		byDomain[d] = append(byDomain[d], i)
 	}
 	groups := make([]groupResult, len(order))
-	var wg sync.WaitGroup
-	for gi, d := range order {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			groups[gi] = a.limitedGroup(ctx, cfg, env, body, d, byDomain[d])
-		}()
+	if len(order) == 1 {
+		// The common case: one domain, no goroutine to spare.
+		groups[0] = a.limitedGroup(ctx, cfg, env, body, order[0], byDomain[order[0]])
+	} else {
+		var wg sync.WaitGroup
+		for gi, d := range order {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				groups[gi] = a.limitedGroup(ctx, cfg, env, body, d, byDomain[d])
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
 	for _, g := range groups {
 		at.rcpts = append(at.rcpts, g.rcpts...)
 	}
