@@ -184,7 +184,8 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 	defer body.Close()
 
 	at := &attempt{}
-	if n, _ := countReceived(body); n > maxReceived {
+	n, msgID := scanStored(body)
+	if n > maxReceived {
 		// RFC 5321 §6.3: a loop; bounce rather than circulate forever.
 		e := smtperr.New(0, "5.4.6", "mail loop: %d Received header fields (more than %d)", n, maxReceived)
 		for i := range env.Recipients {
@@ -195,6 +196,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 	} else {
 		at = a.deliverMessage(ctx, cfg, env, body)
 	}
+	at.messageID = msgID
 	if ctx.Err() != nil && !at.decided() {
 		if err := a.q.Requeue(env.ID); err != nil {
 			a.log.Error("requeue failed", "queue_id", env.ID, "err", err)
@@ -209,9 +211,10 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 
 // attempt collects the outcome of one attempt of a message.
 type attempt struct {
-	rcpts   []rcptResult
-	groups  []groupResult
-	lastErr string
+	rcpts     []rcptResult
+	groups    []groupResult
+	lastErr   string
+	messageID string // for the log
 }
 
 // decided reports whether any recipient reached a final state.
@@ -391,7 +394,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			if serr.policy {
 				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)
 			} else {
-				a.log.Debug("host did not answer", "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
+				a.log.Debug("host did not answer", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
 			}
 			if ctx.Err() != nil {
 				break

@@ -55,7 +55,7 @@ func TestDelivery_Success_ByteIdenticalBody(t *testing.T) {
 	}
 	logs := h.logs.String()
 	for _, want := range []string{"msg=attempt", "queue_id=" + id, "domain=example.test", "mx=mx.example.test",
-		"addr=127.0.0.2:", "code=250", "msg=delivered"} {
+		"addr=127.0.0.2:", "code=250", "msg=delivered", "message_id=<1@sender.test>"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %q", want)
 		}

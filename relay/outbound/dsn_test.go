@@ -108,6 +108,13 @@ func TestCountReceived(t *testing.T) {
 	if n, _ := countReceived(newMemBody(long)); n != 1 {
 		t.Errorf("after a long line: %d, want 1", n)
 	}
+	folded := "Subject: x\r\nMessage-ID:\r\n <a.b@c.test>\r\n\r\nMessage-ID: <body@x>\r\n"
+	if _, id := scanStored(newMemBody(folded)); id != "<a.b@c.test>" {
+		t.Errorf("Message-ID %q", id)
+	}
+	if _, id := scanStored(newMemBody(body)); id != "" {
+		t.Errorf("Message-ID %q from a message without one", id)
+	}
 }
 
 func TestSMTPErrClassify(t *testing.T) {

@@ -218,7 +218,7 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 		next = e.NextAttempt.Format(time.RFC3339)
 	}
 	for _, g := range at.groups {
-		attrs := []any{"queue_id", env.ID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
+		attrs := []any{"queue_id", env.ID, "message_id", at.messageID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
 			"tls", g.tls, "tls_policy", g.policy, "tls_verified", g.verif, "dur", g.dur.Round(time.Millisecond)}
 		if env.RequireTLS {
 			attrs = append(attrs, "requiretls", true)
@@ -239,7 +239,7 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 	}
 	for _, r := range at.rcpts {
 		rc := env.Recipients[r.index]
-		attrs := []any{"queue_id", env.ID, "rcpt", rc.Address}
+		attrs := []any{"queue_id", env.ID, "message_id", at.messageID, "rcpt", rc.Address}
 		if r.reply != nil {
 			attrs = append(attrs, "code", r.reply.Code, "reply", replyText(r.reply))
 		}

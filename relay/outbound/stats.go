@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"io"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -70,11 +71,34 @@ func countReceived(b interface {
 	io.ReaderAt
 	Size() int64
 }) (int, error) {
-	n := 0
-	for _, line := range bytes.Split(headerBlock(b, b.Size()), []byte("\n")) {
-		if len(line) >= 9 && bytes.EqualFold(line[:9], []byte("received:")) {
-			n++
+	n, _ := scanStored(b)
+	return n, nil
+}
+
+// scanStored reads a stored message's header once: the number of Received
+// fields (for loop detection) and the Message-ID (for the log).
+func scanStored(b interface {
+	io.ReaderAt
+	Size() int64
+}) (received int, messageID string) {
+	lines := bytes.Split(headerBlock(b, b.Size()), []byte("\n"))
+	for i, line := range lines {
+		switch {
+		case len(line) >= 9 && bytes.EqualFold(line[:9], []byte("received:")):
+			received++
+		case messageID == "" && len(line) >= 11 && bytes.EqualFold(line[:11], []byte("message-id:")):
+			v := string(line[11:])
+			for _, more := range lines[i+1:] {
+				if len(more) == 0 || (more[0] != ' ' && more[0] != '\t') {
+					break
+				}
+				v += string(more)
+			}
+			messageID = strings.TrimSpace(strings.ReplaceAll(v, "\r", ""))
+			if len(messageID) > 200 {
+				messageID = messageID[:200]
+			}
 		}
 	}
-	return n, nil
+	return received, messageID
 }
