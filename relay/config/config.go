@@ -122,6 +122,23 @@ type Delivery struct {
 	// MTASTSPort is the HTTPS port MTA-STS policies are fetched from (443;
 	// tests use another).
 	MTASTSPort int `toml:"mta_sts_port"`
+
+	// TLSReports sends RFC 8460 TLS reports: every TLSReportInterval, to
+	// each domain that publishes a _smtp._tls TXT record, the TLS outcomes
+	// of the sessions to it in that period.
+	TLSReports        bool     `toml:"tls_reports"`
+	TLSReportInterval Duration `toml:"tls_report_interval"`
+	// TLSReportFrom sends the reports (header From, envelope sender and
+	// contact-info); "" means postmaster@hostname.
+	TLSReportFrom string `toml:"tls_report_from"`
+}
+
+// ReportFrom returns the address TLS reports come from.
+func (d *Delivery) ReportFrom(hostname string) string {
+	if d.TLSReportFrom != "" {
+		return d.TLSReportFrom
+	}
+	return "postmaster@" + hostname
 }
 
 // TLSPolicy is one [[tls_policy]]: the TLS level for MX delivery to some
@@ -180,6 +197,7 @@ type Limits struct {
 	SessionTimeout      Duration `toml:"session_timeout"`        // whole connection
 	MaxLineLength       int      `toml:"max_line_length"`        // bytes, text lines in DATA
 	MaxErrors           int      `toml:"max_errors"`             // then 421 and disconnect
+	MaxHeaderSize       int      `toml:"max_header_size"`        // bytes of a message's header block
 	// ShutdownTimeout is how long SMTP transactions and deliveries may take
 	// to finish after SIGTERM before they are cut off.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`

@@ -160,7 +160,7 @@ mode = "relay"
 		{"limits", cfg.Limits, Limits{
 			MaxConnections: 2000, MaxConnectionsPerIP: 50,
 			IdleTimeout: Duration{5 * time.Minute}, SessionTimeout: Duration{30 * time.Minute},
-			MaxLineLength: 998, MaxErrors: 10, ShutdownTimeout: Duration{30 * time.Second},
+			MaxLineLength: 998, MaxErrors: 10, MaxHeaderSize: 102400, ShutdownTimeout: Duration{30 * time.Second},
 		}},
 	}
 	for _, c := range checks {

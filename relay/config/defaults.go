@@ -19,6 +19,7 @@ const (
 	DefaultMaxConnectionsPerIP  = 50
 	DefaultMaxLineLength        = 998 // RFC 5322 §2.1.1, without CRLF
 	DefaultMaxErrors            = 10
+	DefaultMaxHeaderSize        = 102400 // Postfix's header_size_limit
 	DefaultAdminSocketName      = "admin.sock"
 	DefaultMTASTSPort           = 443
 )
@@ -68,6 +69,10 @@ func defaults() *Config {
 			IdleConnTimeout: Duration{30 * time.Second},
 			TLSPolicy:       TLSMay,
 			MTASTSPort:      DefaultMTASTSPort,
+
+			// RFC 8460 TLS reports, once a day.
+			TLSReports:        true,
+			TLSReportInterval: Duration{24 * time.Hour},
 		},
 		Log: Log{Format: "text", Level: "info"},
 		Limits: Limits{
@@ -77,6 +82,7 @@ func defaults() *Config {
 			SessionTimeout:      Duration{30 * time.Minute},
 			MaxLineLength:       DefaultMaxLineLength,
 			MaxErrors:           DefaultMaxErrors,
+			MaxHeaderSize:       DefaultMaxHeaderSize,
 			ShutdownTimeout:     Duration{30 * time.Second},
 		},
 	}

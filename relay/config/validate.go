@@ -12,6 +12,7 @@ import (
 	"os/user"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/crypto/bcrypt"
 )
@@ -61,6 +62,7 @@ func (c *Config) validate(ps *problems) {
 	positiveDuration(ps, "limits.session_timeout", l.SessionTimeout)
 	positive(ps, "limits.max_line_length", l.MaxLineLength)
 	positive(ps, "limits.max_errors", l.MaxErrors)
+	positive(ps, "limits.max_header_size", l.MaxHeaderSize)
 	positiveDuration(ps, "limits.shutdown_timeout", l.ShutdownTimeout)
 }
 
@@ -190,6 +192,14 @@ func (c *Config) validateDelivery(ps *problems) {
 			ps.add("delivery.extra_roots_file", "%v", err)
 		} else if !x509.NewCertPool().AppendCertsFromPEM(pem) {
 			ps.add("delivery.extra_roots_file", "%s holds no PEM certificate", d.ExtraRootsFile)
+		}
+	}
+	if d.TLSReportInterval.Duration < time.Second {
+		ps.add("delivery.tls_report_interval", "must be a duration of at least 1s, not %q", d.TLSReportInterval.Duration.String())
+	}
+	if f := d.TLSReportFrom; f != "" {
+		if err := checkSender(f); err != nil || strings.HasPrefix(f, "@") {
+			ps.add("delivery.tls_report_from", "%q is not an address such as \"postmaster@relay.example\"", f)
 		}
 	}
 }

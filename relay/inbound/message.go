@@ -214,3 +214,43 @@ func sanitizeHelo(h string) string {
 	}
 	return b.String()
 }
+
+// headerLimit passes a message through and fails it with errHeaderTooLarge
+// when its header block (up to the empty line) is longer than limit bytes.
+// The data reader still drains the rest, so the client gets the 552 after
+// its final dot.
+type headerLimit struct {
+	r     io.Reader
+	limit int
+	n     int    // header bytes seen so far
+	tail  []byte // the last bytes of the previous read, to find a CRLFCRLF across reads
+	done  bool
+}
+
+func (h *headerLimit) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if h.done || n == 0 {
+		return n, err
+	}
+	buf := append(h.tail, p[:n]...)
+	switch {
+	case h.n == len(h.tail) && bytes.HasPrefix(buf, []byte("\r\n")):
+		h.done = true // no header at all (buf holds the message from its start)
+	default:
+		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
+			h.n += i + 2 - len(h.tail)
+			h.done = true
+		} else {
+			h.n += n
+		}
+	}
+	// Until the end is seen, up to 2 bytes counted may be the empty line
+	// that ends the header, which is not part of it.
+	if h.n > h.limit && (h.done || h.n > h.limit+2) {
+		return n, errHeaderTooLarge
+	}
+	if !h.done {
+		h.tail = append(h.tail[:0], buf[max(len(buf)-3, 0):]...)
+	}
+	return n, err
+}

@@ -30,6 +30,7 @@ const (
 	reasonSize          = "size"
 	reasonBareEOL       = "bare_line_ending"
 	reasonLineLength    = "line_length"
+	reasonHeaderSize    = "header_size"
 	reasonQueue         = "queue_error"
 	reasonAborted       = "aborted"
 	reasonOther         = "other"
@@ -49,7 +50,8 @@ var (
 	errShuttingDown   = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 	// errLocal is the only reply a queue failure gets: never the internal
 	// text (go-smtp would send any other error's text with a 554).
-	errLocal = smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Requested action aborted: local error in processing")
+	errHeaderTooLarge = smtpErr(552, smtp.EnhancedCode{5, 3, 4}, "Message header exceeds the size limit")
+	errLocal          = smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Requested action aborted: local error in processing")
 )
 
 // backend creates a session per client greeting (and again after STARTTLS).
@@ -217,6 +219,9 @@ func (ss *session) Data(r io.Reader) error {
 		Ret:        string(ss.mailOpts.Return),
 		EnvID:      ss.mailOpts.EnvelopeID,
 	}
+	if cfg.Limits.MaxHeaderSize > 0 {
+		r = &headerLimit{r: r, limit: cfg.Limits.MaxHeaderSize}
+	}
 	body, sniff := ss.message(cfg, env, r, now)
 	var signed *dkimsign.Signed
 	if sg := ss.s.dkim.Load(); sg != nil && sg.Len() > 0 {
@@ -293,6 +298,8 @@ func dataReason(se *smtp.SMTPError) string {
 		return reasonBareEOL
 	case smtp.ErrDataLineTooLong:
 		return reasonLineLength
+	case errHeaderTooLarge:
+		return reasonHeaderSize
 	}
 	return reasonOther
 }
