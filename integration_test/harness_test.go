@@ -76,16 +76,34 @@ var testHash = sync.OnceValue(func() string {
 	return string(h)
 })
 
-// freePort returns a TCP port on host that was free a moment ago.
+// freePort returns a TCP port on host that was free a moment ago and that
+// no other call in this test process has returned (the kernel hands a port
+// that was just closed out again, and two listeners of one relay, or a
+// listener and a parking route, must never share one).
 func freePort(t testing.TB, host string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	for {
+		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			t.Fatalf("free port: %v", err)
+		}
+		addr := ln.Addr().String()
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		portsMu.Lock()
+		seen := portsGiven[port]
+		portsGiven[port] = true
+		portsMu.Unlock()
+		if !seen {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // dialFrom connects to addr from the local address ip (another 127.0.0.x
 // than 127.0.0.1 makes a client from an untrusted or different address).
