@@ -62,6 +62,7 @@ type Agent struct {
 
 	stats    counters
 	tlsStats tlsStats
+	tlsrpt   tlsReporter // TLS reports: SendTLSReports, tlsReportLoop
 
 	sts  STSGetter    // nil: MTA-STS not applied
 	tlsa TLSAResolver // nil: no DANE
@@ -98,6 +99,7 @@ func New(opts Options) (*Agent, error) {
 	if a.now == nil {
 		a.now = time.Now
 	}
+	a.tlsrpt.start = a.now()
 	if a.dial == nil {
 		d := net.Dialer{KeepAlive: -1} // idle connections are closed by idle_conn_timeout
 		a.dial = d.DialContext
@@ -142,11 +144,19 @@ func (a *Agent) config() *config.Config { return a.cfg.Load() }
 // Abort is called, which cuts them short (their connections closed): a
 // message that nothing was decided for is then given back with Requeue, any
 // other has its outcome recorded with Done. Run returns nil after that, or
-// the queue's error if Next fails for another reason.
+// the queue's error if Next fails for another reason. Meanwhile it sends
+// TLS reports every delivery.tls_report_interval (see SendTLSReports).
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer a.pool.closeAll()
 	defer wg.Wait()
+	reports, stopReports := context.WithCancel(ctx)
+	defer stopReports() // before wg.Wait, which waits for the loop too
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.tlsReportLoop(reports)
+	}()
 	dctx := a.abortCtx
 	slots := make(chan struct{}, cap(a.total))
 	for {
