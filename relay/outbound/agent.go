@@ -194,7 +194,8 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 	defer body.Close()
 
 	at := &attempt{}
-	n, msgID := scanStored(body)
+	hdr := scanStored(body)
+	n, msgID := hdr.received, hdr.messageID
 	if n > maxReceived {
 		// RFC 5321 §6.3: a loop; bounce rather than circulate forever.
 		e := smtperr.New(0, "5.4.6", "mail loop: %d Received header fields (more than %d)", n, maxReceived)
@@ -204,7 +205,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 			}
 		}
 	} else {
-		at = a.deliverMessage(ctx, cfg, env, body)
+		at = a.deliverMessage(ctx, cfg, env, body, hdr.tlsOptional)
 	}
 	at.messageID = msgID
 	if ctx.Err() != nil && !at.decided() {
@@ -252,7 +253,7 @@ type groupResult struct {
 
 // deliverMessage delivers every domain group of env's pending recipients
 // in parallel.
-func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body) *attempt {
+func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, tlsOptional bool) *attempt {
 	at := &attempt{}
 	byDomain := make(map[string][]int)
 	var order []string
@@ -275,14 +276,14 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 	groups := make([]groupResult, len(order))
 	if len(order) == 1 {
 		// The common case: one domain, no goroutine to spare.
-		groups[0] = a.limitedGroup(ctx, cfg, env, body, order[0], byDomain[order[0]])
+		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional}, order[0])
 	} else {
 		var wg sync.WaitGroup
 		for gi, d := range order {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				groups[gi] = a.limitedGroup(ctx, cfg, env, body, d, byDomain[d])
+				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional}, d)
 			}()
 		}
 		wg.Wait()
@@ -295,7 +296,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 }
 
 // limitedGroup runs deliverGroup within the concurrency limits.
-func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, domain string, idx []int) groupResult {
+func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, domain string) groupResult {
 	release, err := a.domains.acquire(ctx, domain)
 	if err == nil {
 		defer release()
@@ -308,9 +309,9 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, env *queue
 	}
 	if err != nil {
 		e := smtperr.New(0, "4.3.2", "delivery interrupted: %v", err)
-		return groupResult{domain: domain, err: e, rcpts: allPending(idx, e)}
+		return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e)}
 	}
-	return a.deliverGroup(ctx, cfg, &txn{env: env, body: body, rcpts: idx}, domain)
+	return a.deliverGroup(ctx, cfg, t, domain)
 }
 
 func allPending(idx []int, e *smtperr.Error) []rcptResult {
@@ -348,7 +349,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		return gr
 	}
 	routed := len(targets) > 0 && targets[0].route != nil
-	dt, perr := a.domainPolicy(ctx, cfg, domain, routed, t.env.RequireTLS, t.env.ID)
+	dt, perr := a.domainPolicy(ctx, cfg, domain, routed, t.env.RequireTLS, t.tlsOptional, t.env.ID)
 	if perr != nil {
 		gr.err = perr
 		for _, x := range t.rcpts {

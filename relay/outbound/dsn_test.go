@@ -109,11 +109,14 @@ func TestCountReceived(t *testing.T) {
 		t.Errorf("after a long line: %d, want 1", n)
 	}
 	folded := "Subject: x\r\nMessage-ID:\r\n <a.b@c.test>\r\n\r\nMessage-ID: <body@x>\r\n"
-	if _, id := scanStored(newMemBody(folded)); id != "<a.b@c.test>" {
-		t.Errorf("Message-ID %q", id)
+	if h := scanStored(newMemBody(folded)); h.messageID != "<a.b@c.test>" || h.tlsOptional {
+		t.Errorf("header %+v", h)
 	}
-	if _, id := scanStored(newMemBody(body)); id != "" {
-		t.Errorf("Message-ID %q from a message without one", id)
+	if h := scanStored(newMemBody(body)); h.messageID != "" {
+		t.Errorf("Message-ID %q from a message without one", h.messageID)
+	}
+	if h := scanStored(newMemBody("TLS-Required: No\r\nSubject: x\r\n\r\n")); !h.tlsOptional {
+		t.Errorf("TLS-Required: No not seen")
 	}
 }
 

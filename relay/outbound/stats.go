@@ -71,34 +71,45 @@ func countReceived(b interface {
 	io.ReaderAt
 	Size() int64
 }) (int, error) {
-	n, _ := scanStored(b)
-	return n, nil
+	return scanStored(b).received, nil
 }
 
-// scanStored reads a stored message's header once: the number of Received
-// fields (for loop detection) and the Message-ID (for the log).
+// storedHeader is what delivery reads from a stored message's header.
+type storedHeader struct {
+	received    int    // Received fields, for loop detection
+	messageID   string // for the log
+	tlsOptional bool   // TLS-Required: No (RFC 8689 §5)
+}
+
+// scanStored reads a stored message's header once.
 func scanStored(b interface {
 	io.ReaderAt
 	Size() int64
-}) (received int, messageID string) {
+}) storedHeader {
+	var h storedHeader
 	lines := bytes.Split(headerBlock(b, b.Size()), []byte("\n"))
+	value := func(i, prefix int) string {
+		v := string(lines[i][prefix:])
+		for _, more := range lines[i+1:] {
+			if len(more) == 0 || (more[0] != ' ' && more[0] != '\t') {
+				break
+			}
+			v += string(more)
+		}
+		return strings.TrimSpace(strings.ReplaceAll(v, "\r", ""))
+	}
 	for i, line := range lines {
 		switch {
 		case len(line) >= 9 && bytes.EqualFold(line[:9], []byte("received:")):
-			received++
-		case messageID == "" && len(line) >= 11 && bytes.EqualFold(line[:11], []byte("message-id:")):
-			v := string(line[11:])
-			for _, more := range lines[i+1:] {
-				if len(more) == 0 || (more[0] != ' ' && more[0] != '\t') {
-					break
-				}
-				v += string(more)
+			h.received++
+		case h.messageID == "" && len(line) >= 11 && bytes.EqualFold(line[:11], []byte("message-id:")):
+			h.messageID = value(i, 11)
+			if len(h.messageID) > 200 {
+				h.messageID = h.messageID[:200]
 			}
-			messageID = strings.TrimSpace(strings.ReplaceAll(v, "\r", ""))
-			if len(messageID) > 200 {
-				messageID = messageID[:200]
-			}
+		case len(line) >= 13 && bytes.EqualFold(line[:13], []byte("tls-required:")):
+			h.tlsOptional = strings.EqualFold(value(i, 13), "no")
 		}
 	}
-	return received, messageID
+	return h
 }

@@ -78,7 +78,11 @@ type domainTLS struct {
 	level      string         // config level ("" for a route)
 	sts        *mtasts.Policy // enforce or testing mode; nil when none applies
 	requireTLS bool           // the message has REQUIRETLS
+	optional   bool           // TLS-Required: No: opportunistic whatever the policies
 }
+
+// srcTLSOptional is the plan source of a message with TLS-Required: No.
+const srcTLSOptional = "tls-required-no"
 
 // tlsPlan says how one connection to one host uses TLS.
 type tlsPlan struct {
@@ -126,9 +130,17 @@ func policyError(stage, enh, format string, args ...any) *stageError {
 
 // domainPolicy finds what applies to every host of domain: its level and,
 // for MX delivery, its MTA-STS policy.
-func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain string, routed, requireTLS bool, queueID string) (*domainTLS, *smtperr.Error) {
+//
+// A message with the header field "TLS-Required: No" (RFC 8689 §5; TLS
+// reports carry it, RFC 8460 §5.3) is delivered opportunistically whatever
+// the level, MTA-STS or DANE say, and is not counted for TLS reports.
+func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain string, routed, requireTLS, tlsOptional bool, queueID string) (*domainTLS, *smtperr.Error) {
 	dt := &domainTLS{domain: domain, requireTLS: requireTLS}
 	if routed {
+		return dt, nil
+	}
+	if tlsOptional && !requireTLS {
+		dt.level, dt.optional = config.TLSMay, true
 		return dt, nil
 	}
 	dt.level = cfg.TLSLevelFor(domain)
@@ -178,6 +190,10 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 	}
 	p.source = dt.level
 	p.roots = a.rootPool("", cfg.Delivery.ExtraRootsFile)
+	if dt.optional {
+		p.source, p.policyDomain = srcTLSOptional, "" // opportunistic, not counted
+		return p, nil
+	}
 	switch dt.level {
 	case config.TLSNone:
 		p.plain = true

@@ -149,6 +149,31 @@ func TestTLSPolicy_PerDomainOverride(t *testing.T) {
 	w.deferredWith(id, "4.7.5")
 }
 
+// TLS-Required: No (RFC 8689 §5, carried by TLS reports) makes delivery
+// opportunistic whatever the policy says, and the session is not counted.
+func TestTLSPolicy_TLSRequiredNo(t *testing.T) {
+	t.Parallel()
+	w := newTLSWorld(t)
+	w.cfg.Delivery.TLSPolicy = config.TLSVerify
+	w.start()
+	id := w.submit(testBody, []string{"a@untrusted.test"})
+	w.waitRecords(id, 1)
+	w.deferredWith(id, "4.7.5")
+	id = w.submit("TLS-Required: No\r\n"+testBody, []string{"b@untrusted.test"})
+	w.waitRecords(id, 1)
+	if m := w.untrusted.Messages(); len(m) != 1 || m[0].To[0] != "b@untrusted.test" {
+		t.Fatalf("TLS-Required: No message not delivered despite the verify level: %+v", m)
+	}
+	res := w.agent.TLSResults(false)
+	total := 0
+	for _, r := range res {
+		total += int(r.Success + r.Failure)
+	}
+	if total != 1 {
+		t.Errorf("TLS report counts %+v: want only the first (refused) session counted", res)
+	}
+}
+
 // A route's tls = "starttls" is the verify level against the smarthost's
 // name; extra_roots_file is trusted there too.
 func TestTLSPolicy_RouteStartTLSVerifiesWithExtraRoots(t *testing.T) {

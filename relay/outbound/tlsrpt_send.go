@@ -354,6 +354,7 @@ func (r *builtReport) message(rcpt string, now time.Time) ([]byte, error) {
 	h("TLS-Report-Domain", r.domain)
 	h("TLS-Report-Submitter", host)
 	h("Auto-Submitted", "auto-generated") // RFC 3834: no auto-replies to it
+	h("TLS-Required", "No")               // RFC 8460 §5.3: delivered even where TLS fails
 	h("MIME-Version", "1.0")
 	h("Content-Type", `multipart/report; report-type="tlsrpt"; boundary="`+mw.Boundary()+`"`)
 	b.WriteString("\r\n")

@@ -58,6 +58,9 @@ type tlsStats struct {
 const maxTLSDomains = 100000
 
 func (s *tlsStats) entry(domain, typ string, policy []string) *tlsTally {
+	if domain == "" {
+		return nil // not counted: a message with TLS-Required: No
+	}
 	if s.m == nil {
 		s.m = make(map[tlsKey]*tlsTally)
 	}

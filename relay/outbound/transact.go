@@ -24,9 +24,10 @@ type rcptResult struct {
 
 // txn is one SMTP transaction for a domain group.
 type txn struct {
-	env   *queue.Envelope
-	body  queue.Body
-	rcpts []int // indices into env.Recipients
+	env         *queue.Envelope
+	body        queue.Body
+	rcpts       []int // indices into env.Recipients
+	tlsOptional bool  // the message says TLS-Required: No
 }
 
 // transact runs MAIL, RCPT and DATA on cn. It returns a result per
