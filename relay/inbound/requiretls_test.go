@@ -44,3 +44,15 @@ func TestRelay_REQUIRETLSOfferedOverTLSAndQueued(t *testing.T) {
 		t.Errorf("%d messages queued, want 2", n)
 	}
 }
+
+// REQUIRETLS asked for on a plain connection is refused (RFC 8689 §4.1).
+func TestRelay_REQUIRETLSRefusedWithoutTLS(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@b.example> REQUIRETLS", "S: 530 5.7.10 ",
+		"C: MAIL FROM:<a@b.example>", "S: 250 ",
+	)
+}

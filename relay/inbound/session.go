@@ -50,8 +50,9 @@ var (
 	errShuttingDown   = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 	// errLocal is the only reply a queue failure gets: never the internal
 	// text (go-smtp would send any other error's text with a 554).
-	errHeaderTooLarge = smtpErr(552, smtp.EnhancedCode{5, 3, 4}, "Message header exceeds the size limit")
-	errLocal          = smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Requested action aborted: local error in processing")
+	errRequireTLSPlain = smtpErr(530, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS needs a TLS connection")
+	errHeaderTooLarge  = smtpErr(552, smtp.EnhancedCode{5, 3, 4}, "Message header exceeds the size limit")
+	errLocal           = smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Requested action aborted: local error in processing")
 )
 
 // backend creates a session per client greeting (and again after STARTTLS).
@@ -133,6 +134,10 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return ss.refuse("mail", reasonTLSRequired, errMustStartTLS, "from", from)
 		}
 		return ss.refuse("mail", reasonAuthRequired, errAuthRequired, "from", from)
+	}
+	if opts.RequireTLS && ss.tls == nil {
+		// RFC 8689 §4.1: REQUIRETLS is offered, and taken, over TLS only.
+		return ss.refuse("mail", reasonTLSRequired, errRequireTLSPlain, "from", from)
 	}
 	if from != "" {
 		if _, err := ParseAddress(from, opts.UTF8); err != nil {
