@@ -67,6 +67,15 @@ func cmdServe(args []string, stderr io.Writer) int {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
+	if p := os.Getenv("MAILHOP_MEMPROFILE"); p != "" {
+		// For profiling load runs: where the run allocated, written at exit.
+		defer func() {
+			if f, err := os.Create(p); err == nil {
+				pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
 	if err := serve(cfg, path, log); err != nil {
 		log.Error("mailhop stopped", "err", err)
 		return exitFail

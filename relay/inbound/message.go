@@ -59,9 +59,17 @@ type idSniffer struct {
 func (s *idSniffer) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
 	if !s.done && n > 0 {
+		// Keep only the header: up to the end found in this read, or all
+		// of it while no end is seen (bounded by maxSniff).
 		from := max(len(s.head)-3, 0)
-		s.head = append(s.head, p[:min(n, maxSniff-len(s.head))]...)
-		if len(s.head) >= maxSniff || bytes.Contains(s.head[from:], []byte("\r\n\r\n")) || bytes.HasPrefix(s.head, []byte("\r\n")) {
+		take := p[:min(n, maxSniff-len(s.head))]
+		s.head = append(s.head, take...)
+		if bytes.HasPrefix(s.head, []byte("\r\n")) {
+			s.done = true
+		} else if i := bytes.Index(s.head[from:], []byte("\r\n\r\n")); i >= 0 {
+			s.head = s.head[:from+i+4]
+			s.done = true
+		} else if len(s.head) >= maxSniff {
 			s.done = true
 		}
 	}
@@ -232,25 +240,36 @@ func (h *headerLimit) Read(p []byte) (int, error) {
 	if h.done || n == 0 {
 		return n, err
 	}
-	buf := append(h.tail, p[:n]...)
+	// The end of the header may straddle reads: look at the last bytes of
+	// the reads before and the start of this one together, then at this
+	// read alone. end is relative to this read (negative: the header's
+	// last CRLF was already counted, and so were a few bytes after it).
+	data := p[:n]
+	found, end := false, 0
+	joint := append(append(make([]byte, 0, 6), h.tail...), data[:min(len(data), 3)]...)
 	switch {
-	case h.n == len(h.tail) && bytes.HasPrefix(buf, []byte("\r\n")):
-		h.done = true // no header at all (buf holds the message from its start)
+	case h.n == len(h.tail) && bytes.HasPrefix(joint, []byte("\r\n")):
+		h.done = true // the message starts with the empty line: no header
+		return n, err
+	case bytes.Contains(joint, []byte("\r\n\r\n")):
+		found, end = true, bytes.Index(joint, []byte("\r\n\r\n"))+2-len(h.tail)
 	default:
-		if i := bytes.Index(buf, []byte("\r\n\r\n")); i >= 0 {
-			h.n += i + 2 - len(h.tail)
-			h.done = true
-		} else {
-			h.n += n
+		if i := bytes.Index(data, []byte("\r\n\r\n")); i >= 0 {
+			found, end = true, i+2
 		}
+	}
+	if found {
+		h.n += end
+		h.done = true
+	} else {
+		h.n += n
+		h.tail = append(h.tail, data[max(len(data)-3, 0):]...)
+		h.tail = h.tail[max(len(h.tail)-3, 0):]
 	}
 	// Until the end is seen, up to 2 bytes counted may be the empty line
 	// that ends the header, which is not part of it.
 	if h.n > h.limit && (h.done || h.n > h.limit+2) {
 		return n, errHeaderTooLarge
-	}
-	if !h.done {
-		h.tail = append(h.tail[:0], buf[max(len(buf)-3, 0):]...)
 	}
 	return n, err
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -129,7 +130,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return res, true, nil
 	}
 	cn.raw.SetDeadline(time.Now().Add(tm.data))
-	_, err = io.Copy(w, io.NewSectionReader(t.body, 0, size))
+	buf := copyBufs.Get().(*[]byte)
+	_, err = io.CopyBuffer(w, io.NewSectionReader(t.body, 0, size), *buf)
+	copyBufs.Put(buf)
 	if err != nil {
 		setAccepted(queue.Pending, stageErr("data transfer", err).err)
 		return res, true, nil
@@ -152,6 +155,10 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	}
 	return res, false, nil
 }
+
+// copyBufs are the buffers bodies are copied to the connection through
+// (io.Copy would allocate 32 KiB for every message).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 // replyError reports whether err is a reply from the server (as opposed to
 // a network or local error).

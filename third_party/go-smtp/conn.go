@@ -84,10 +84,34 @@ func (c *Conn) init() {
 		}
 	}
 
-	c.text = textproto.NewConn(rwc)
 	// mailhop patch: a 16 KiB read buffer (textproto's is 4 KiB), so a
-	// typical message body takes one read system call, not several.
-	c.text.R = bufio.NewReaderSize(rwc, 16<<10)
+	// typical message body takes one read system call, not several; both
+	// buffers come from pools and go back when the connection ends
+	// (release), since a relay serves many short connections. The Conn's
+	// Close goes to c.conn, so textproto.Conn's own conn is not needed.
+	br := readBufs.Get().(*bufio.Reader)
+	br.Reset(rwc)
+	bw := writeBufs.Get().(*bufio.Writer)
+	bw.Reset(rwc)
+	c.text = &textproto.Conn{Reader: *textproto.NewReader(br), Writer: *textproto.NewWriter(bw)}
+}
+
+var (
+	readBufs  = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+	writeBufs = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+// release gives the connection's buffers back to their pools; called once
+// the connection is closed and its handler has returned.
+func (c *Conn) release() {
+	if c.text == nil {
+		return
+	}
+	c.text.R.Reset(nil)
+	readBufs.Put(c.text.R)
+	c.text.W.Reset(nil)
+	writeBufs.Put(c.text.W)
+	c.text = nil
 }
 
 // refused tells a session that implements RefusalLogger about a command
