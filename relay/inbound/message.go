@@ -63,6 +63,9 @@ func (s *idSniffer) Read(p []byte) (int, error) {
 		// of it while no end is seen (bounded by maxSniff).
 		from := max(len(s.head)-3, 0)
 		take := p[:min(n, maxSniff-len(s.head))]
+		if i := bytes.Index(take, []byte("\r\n\r\n")); i >= 0 {
+			take = take[:i+4] // the body is not kept
+		}
 		s.head = append(s.head, take...)
 		if bytes.HasPrefix(s.head, []byte("\r\n")) {
 			s.done = true

@@ -81,13 +81,34 @@ type storedHeader struct {
 	tlsOptional bool   // TLS-Required: No (RFC 8689 §5)
 }
 
+// storedHeaderBlock is headerBlock for a message as the queue stores it
+// (CRLF line ends): usually one read of the first 8 KiB, no allocation for
+// a buffered reader.
+func storedHeaderBlock(b interface {
+	io.ReaderAt
+	Size() int64
+}) []byte {
+	buf := make([]byte, min(b.Size(), 8<<10))
+	n, _ := b.ReadAt(buf, 0)
+	buf = buf[:n]
+	switch i := bytes.Index(buf, []byte("\r\n\r\n")); {
+	case bytes.HasPrefix(buf, []byte("\r\n")):
+		return nil
+	case i >= 0:
+		return buf[:i+2]
+	case int64(n) == b.Size():
+		return buf // the whole message is header
+	}
+	return headerBlock(b, b.Size())
+}
+
 // scanStored reads a stored message's header once.
 func scanStored(b interface {
 	io.ReaderAt
 	Size() int64
 }) storedHeader {
 	var h storedHeader
-	lines := bytes.Split(headerBlock(b, b.Size()), []byte("\n"))
+	lines := bytes.Split(storedHeaderBlock(b), []byte("\n"))
 	value := func(i, prefix int) string {
 		v := string(lines[i][prefix:])
 		for _, more := range lines[i+1:] {
