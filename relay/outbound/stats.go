@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"io"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -87,8 +88,8 @@ type storedHeader struct {
 func storedHeaderBlock(b interface {
 	io.ReaderAt
 	Size() int64
-}) []byte {
-	buf := make([]byte, min(b.Size(), 8<<10))
+}, buf []byte) []byte {
+	buf = buf[:min(b.Size(), int64(len(buf)))]
 	n, _ := b.ReadAt(buf, 0)
 	buf = buf[:n]
 	switch i := bytes.Index(buf, []byte("\r\n\r\n")); {
@@ -102,13 +103,18 @@ func storedHeaderBlock(b interface {
 	return headerBlock(b, b.Size())
 }
 
+// headBufs are the buffers stored headers are read into.
+var headBufs = sync.Pool{New: func() any { b := make([]byte, 8<<10); return &b }}
+
 // scanStored reads a stored message's header once.
 func scanStored(b interface {
 	io.ReaderAt
 	Size() int64
 }) storedHeader {
 	var h storedHeader
-	lines := bytes.Split(storedHeaderBlock(b), []byte("\n"))
+	bp := headBufs.Get().(*[]byte)
+	defer headBufs.Put(bp)
+	lines := bytes.Split(storedHeaderBlock(b, *bp), []byte("\n"))
 	value := func(i, prefix int) string {
 		v := string(lines[i][prefix:])
 		for _, more := range lines[i+1:] {

@@ -448,8 +448,7 @@ func (c *Client) mailCmd(from string, opts *MailOptions) (string, error) {
 		return "", err
 	}
 	var sb strings.Builder
-	// A high enough power of 2 than 510+14+26+11+9+9+39+500
-	sb.Grow(2048)
+	sb.Grow(128) // mailhop patch: was 2048, allocated for every command
 	fmt.Fprintf(&sb, "MAIL FROM:<%s>", from)
 	if _, ok := c.ext["8BITMIME"]; ok {
 		sb.WriteString(" BODY=8BITMIME")
@@ -523,8 +522,7 @@ func (c *Client) rcptCmd(to string, opts *RcptOptions) (string, error) {
 		return "", err
 	}
 	var sb strings.Builder
-	// A high enough power of 2 than 510+29+501
-	sb.Grow(2048)
+	sb.Grow(128) // mailhop patch: was 2048, allocated for every command
 	fmt.Fprintf(&sb, "RCPT TO:<%s>", to)
 	if _, ok := c.ext["DSN"]; ok && opts != nil {
 		if len(opts.Notify) != 0 {
