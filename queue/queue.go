@@ -394,6 +394,18 @@ func (q *Queue) List() []*Envelope { return q.store.Messages() }
 // Get returns a copy of one envelope.
 func (q *Queue) Get(id string) (*Envelope, error) { return q.store.Get(id) }
 
+// Due returns when a queued message is next due, without copying its
+// envelope; false when it is no longer queued.
+func (q *Queue) Due(id string) (time.Time, bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.sched[id]
+	if !ok {
+		return time.Time{}, false
+	}
+	return s.due, true
+}
+
 // InFlight reports whether a message is being delivered right now.
 func (q *Queue) InFlight(id string) bool {
 	q.mu.Lock()

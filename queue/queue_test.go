@@ -171,6 +171,9 @@ func TestDeliveryCycle(t *testing.T) {
 	if d := e.NextAttempt.Sub(now); d < 54*time.Second || d > 66*time.Second {
 		t.Fatalf("next attempt in %v, want about 1m", d)
 	}
+	if due, ok := q.Due(env.ID); !ok || !due.Equal(e.NextAttempt) {
+		t.Fatalf("Due = %v %v, want %v", due, ok, e.NextAttempt)
+	}
 	// Not due yet: Next must wait.
 	short, cancelShort := context.WithTimeout(ctx, 50*time.Millisecond)
 	if _, err := q.Next(short); !errors.Is(err, context.DeadlineExceeded) {
@@ -194,6 +197,9 @@ func TestDeliveryCycle(t *testing.T) {
 	}
 	if _, err := q.Get(env.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("finished message still queued: %v", err)
+	}
+	if _, ok := q.Due(env.ID); ok {
+		t.Fatal("finished message still scheduled")
 	}
 	q.Close()
 	q2 := openTest(t, dir)

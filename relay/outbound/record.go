@@ -214,8 +214,8 @@ func orDur(d config.Duration, def time.Duration) time.Duration {
 // recipient outcome, and counts them.
 func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
 	next := ""
-	if e, err := a.q.Get(env.ID); err == nil && e.Pending() > 0 {
-		next = e.NextAttempt.Format(time.RFC3339)
+	if due, ok := a.q.Due(env.ID); ok {
+		next = due.Format(time.RFC3339)
 	}
 	for _, g := range at.groups {
 		attrs := []any{"queue_id", env.ID, "message_id", at.messageID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
