@@ -380,9 +380,16 @@ func (a *Agent) stsDial(ctx context.Context, network, addr string) (net.Conn, er
 	if p := a.config().Delivery.MTASTSPort; p > 0 && port == "443" {
 		port = strconv.Itoa(p)
 	}
+	return a.dialHost(ctx, host, port)
+}
+
+// dialHost connects to host:port, the host's addresses from the agent's
+// resolver (so tests and split-horizon setups see the same DNS as
+// delivery), each address in turn.
+func (a *Agent) dialHost(ctx context.Context, host, port string) (net.Conn, error) {
 	pn, err := strconv.Atoi(port)
 	if err != nil {
-		return nil, fmt.Errorf("bad port in %q", addr)
+		return nil, fmt.Errorf("bad port %q", port)
 	}
 	var ips []netip.Addr
 	if ip, err := netip.ParseAddr(host); err == nil {

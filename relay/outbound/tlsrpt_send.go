@@ -33,10 +33,8 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/textproto"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -449,31 +447,11 @@ func (s *reportSender) post(ctx context.Context, r *builtReport, u *url.URL) err
 	return nil
 }
 
-// reportDial connects to an https: rua host, its addresses from the
-// agent's resolver (so tests and split-horizon setups see the same DNS as
-// delivery).
+// reportDial connects to an https: rua host (see dialHost).
 func (a *Agent) reportDial(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, err
 	}
-	pn, err := strconv.Atoi(port)
-	if err != nil {
-		return nil, fmt.Errorf("bad port in %q", addr)
-	}
-	var ips []netip.Addr
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ips = []netip.Addr{ip}
-	} else if ips, err = a.resolver.LookupHost(ctx, host); err != nil {
-		return nil, err
-	}
-	last := fmt.Errorf("%s has no address", host)
-	for _, ip := range ips {
-		c, err := a.dial(ctx, "tcp", netip.AddrPortFrom(ip.Unmap(), uint16(pn)).String())
-		if err == nil {
-			return c, nil
-		}
-		last = err
-	}
-	return nil, last
+	return a.dialHost(ctx, host, port)
 }
