@@ -124,12 +124,17 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 	q.SetQuestion(name, qtype)
 	q.RecursionDesired = true
 	q.SetEdns0(ednsSize, false)
+	return r.ask(ctx, q, strings.TrimSuffix(name, "."))
+}
 
-	qs := dns.TypeToString[qtype]
+// ask sends q to each server in turn until one gives a usable answer
+// (NOERROR or NXDOMAIN); errName names the query in errors.
+func (r *Resolver) ask(ctx context.Context, q *dns.Msg, errName string) (*dns.Msg, error) {
+	qs := dns.TypeToString[q.Question[0].Qtype]
 	var last error
 	for _, srv := range r.servers {
 		if err := ctx.Err(); err != nil {
-			return nil, temporary(strings.TrimSuffix(name, "."), "%s lookup: %v", qs, err)
+			return nil, temporary(errName, "%s lookup: %v", qs, err)
 		}
 		m, err := r.exchangeOne(ctx, srv, q)
 		if err != nil {
@@ -143,7 +148,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 			last = fmt.Errorf("%s lookup via %s: server answered %s", qs, srv, dns.RcodeToString[m.Rcode])
 		}
 	}
-	return nil, temporary(strings.TrimSuffix(name, "."), "%v", last)
+	return nil, temporary(errName, "%v", last)
 }
 
 // exchangeOne sends q to one server over UDP, and again over TCP if the

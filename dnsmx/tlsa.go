@@ -74,26 +74,7 @@ func (r *Resolver) exchangeDNSSEC(ctx context.Context, name string, qtype uint16
 	q.RecursionDesired = true
 	q.AuthenticatedData = true
 	q.SetEdns0(ednsSize, true)
-
-	qs := dns.TypeToString[qtype]
-	var last error
-	for _, srv := range r.servers {
-		if err := ctx.Err(); err != nil {
-			return nil, temporary(hostName(name), "%s lookup: %v", qs, err)
-		}
-		m, err := r.exchangeOne(ctx, srv, q)
-		if err != nil {
-			last = fmt.Errorf("%s lookup via %s: %w", qs, srv, err)
-			continue
-		}
-		switch m.Rcode {
-		case dns.RcodeSuccess, dns.RcodeNameError:
-			return m, nil
-		default:
-			last = fmt.Errorf("%s lookup via %s: server answered %s", qs, srv, dns.RcodeToString[m.Rcode])
-		}
-	}
-	return nil, temporary(hostName(name), "%v", last)
+	return r.ask(ctx, q, hostName(name))
 }
 
 // TLSA certificate usages, selectors and matching types (RFC 6698 §2.1,
