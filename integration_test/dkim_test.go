@@ -101,4 +101,18 @@ func TestDKIMSignedEndToEnd(t *testing.T) {
 	if !r.hasLine("message accepted", "dkim=example.com") {
 		t.Errorf("the accepted line does not name the signing domain")
 	}
+
+	// Mail from local programs through `mailhop sendmail` is signed too.
+	local := "From: cron@example.com\r\nTo: carol@dest.test\r\nSubject: from cron\r\n\r\ndone\r\n"
+	if out, errs, code := r.sendmail(local, "-t", "-f", "cron@example.com"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s%s", code, out, errs)
+	}
+	got = waitMsgs(t, mx, 2, 20*time.Second)[1].Data
+	vs, err = dkim.VerifyWithOptions(strings.NewReader(string(got)), &dkim.VerifyOptions{LookupTXT: lookupTXT(w.dns.Addr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(vs) != 2 || vs[0].Err != nil || vs[1].Err != nil {
+		t.Fatalf("mail from sendmail: %d signatures (%+v):\n%s", len(vs), vs, got)
+	}
 }

@@ -124,6 +124,7 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	inj.Signer = in.DKIM
 	if mets != nil {
 		mets.SetSnapshot(func() metrics.Snapshot { return snapshot(q, store, agent, res, in, inj) })
 		ms, err := metrics.Listen(cfg.Admin.MetricsAddress, mets)

@@ -52,6 +52,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dkimsign"
 )
 
 // InjectPath is where the injection endpoint is mounted on the admin socket.
@@ -105,6 +106,10 @@ type Injector struct {
 	Log    *slog.Logger
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// Signer returns the DKIM signer of the running configuration (nil:
+	// no signing). Local mail is signed for any configured domain, like
+	// mail from a trusted network.
+	Signer func() *dkimsign.Signer
 
 	injected atomic.Uint64
 }
@@ -191,7 +196,21 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 	}
 	hdr := receivedHeader(name, uid, cfg.Hostname, qe.ID, qe.Arrived)
 	lim := &sizeLimit{r: &crlfReader{r: bufio.NewReaderSize(body, 32<<10)}, left: cfg.Policy.MaxMessageSize}
-	err := in.Queue.Enqueue(qe, io.MultiReader(strings.NewReader(hdr), lim))
+	var msg io.Reader = io.MultiReader(strings.NewReader(hdr), lim)
+	var err error
+	if in.Signer != nil {
+		if sg := in.Signer(); sg != nil && sg.Len() > 0 {
+			// Signed once, as it is queued (like SMTP submissions).
+			var signed *dkimsign.Signed
+			if signed, err = sg.Spool(msg, filepath.Join(cfg.DataDir, "tmp")); err == nil {
+				defer signed.Close()
+				msg = signed
+			}
+		}
+	}
+	if err == nil {
+		err = in.Queue.Enqueue(qe, msg)
+	}
 	if err != nil {
 		if lim.over {
 			return "", injectErr(http.StatusRequestEntityTooLarge,

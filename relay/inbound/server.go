@@ -93,6 +93,10 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 	return nil
 }
 
+// DKIM returns the signer of the running configuration (for other ways
+// into the queue, such as sendmail).
+func (s *Server) DKIM() *dkimsign.Signer { return s.dkim.Load() }
+
 // loadDKIM loads the [[dkim]] keys and the directory that signing spools
 // large messages to.
 func (s *Server) loadDKIM(cfg *config.Config) error {
