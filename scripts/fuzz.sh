@@ -7,10 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 t=${1:-10s}
-for pkg in $(go list ./...); do
-  dir=$(go list -f '{{.Dir}}' "$pkg")
-  for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
-    echo "-- $pkg $f ($t)"
-    go test -run "^$" -fuzz "^$f\$" -fuzztime "$t" -fuzzminimizetime 5s ${FUZZ_PARALLEL:+-parallel "$FUZZ_PARALLEL"} "$pkg"
+for mod in . third_party/go-smtp; do
+  for pkg in $(cd "$mod" && go list ./...); do
+    dir=$(cd "$mod" && go list -f '{{.Dir}}' "$pkg")
+    for f in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+      echo "-- $pkg $f ($t)"
+      (cd "$mod" && go test -run "^$" -fuzz "^$f\$" -fuzztime "$t" -fuzzminimizetime 5s ${FUZZ_PARALLEL:+-parallel "$FUZZ_PARALLEL"} "$pkg")
+    done
   done
 done

@@ -5,7 +5,6 @@ package smtp
 
 import (
 	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -247,19 +246,6 @@ func (d *dotWriter) Close() error {
 }
 
 var _ io.WriteCloser = (*dotWriter)(nil)
-
-// indexCRLF returns the index of the first CR or LF in b, or -1.
-func indexCRLF(b []byte) int {
-	n := bytes.IndexByte(b, '\n')
-	lim := b
-	if n >= 0 {
-		lim = b[:n]
-	}
-	if r := bytes.IndexByte(lim, '\r'); r >= 0 {
-		return r
-	}
-	return n
-}
 
 // bodyBufs are the 32 KiB buffers a dotWriter collects a body in, so that
 // a typical message goes out in one write system call.

@@ -225,34 +225,63 @@ func (r *dataReader) Read(b []byte) (n int, err error) {
 	return n, nil
 }
 
-// copyRun copies the ordinary bytes (neither CR nor LF) that follow in the
-// middle of a line straight from the read buffer, the fast path of Read;
-// CR, LF, the line and size limits are left to step. It returns 0 when
-// there is no such byte buffered.
+// copyRun is the fast path of Read, in the middle of a line: it copies
+// straight from the read buffer the ordinary bytes that follow, and goes on
+// across line ends that are a plain CRLF followed by an ordinary byte
+// (neither '.', CR nor LF). Anything else — a possible end marker, a
+// dot-stuffed line, a bare CR or LF, the line or size limit — is left to
+// step, byte by byte. It returns 0 when there is nothing it can copy.
 func (r *dataReader) copyRun(b []byte) int {
 	buf, _ := r.r.Peek(r.r.Buffered())
 	if len(buf) > len(b) {
 		buf = buf[:len(b)]
 	}
-	if i := bytes.IndexByte(buf, '\r'); i >= 0 {
-		buf = buf[:i]
-	}
-	if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-		buf = buf[:i]
-	}
-	if r.maxLine > 0 && len(buf) > r.maxLine-r.lineLen {
-		buf = buf[:max(r.maxLine-r.lineLen, 0)]
-	}
 	if r.limited && int64(len(buf)) > r.n {
 		buf = buf[:max(r.n, 0)]
 	}
-	k := copy(b, buf)
-	r.r.Discard(k)
-	r.lineLen += k
-	if r.limited {
-		r.n -= int64(k)
+	k, lineLen := 0, r.lineLen
+	for k < len(buf) {
+		i := indexCRLF(buf[k:])
+		if i < 0 {
+			i = len(buf) - k
+		}
+		if r.maxLine > 0 && lineLen+i > r.maxLine {
+			i = max(r.maxLine-lineLen, 0)
+			k, lineLen = k+i, lineLen+i
+			break
+		}
+		k, lineLen = k+i, lineLen+i
+		if k+2 >= len(buf) || buf[k] != '\r' || buf[k+1] != '\n' {
+			break
+		}
+		if c := buf[k+2]; c == '.' || c == '\r' || c == '\n' {
+			break
+		}
+		if r.maxLine > 0 && lineLen+2 > r.maxLine {
+			break
+		}
+		k, lineLen = k+2, 0
 	}
-	return k
+	n := copy(b, buf[:k])
+	r.r.Discard(n)
+	r.lineLen = lineLen
+	if r.limited {
+		r.n -= int64(n)
+	}
+	return n
+}
+
+// indexCRLF returns the index of the first CR or LF in b, or -1.
+func indexCRLF(b []byte) int {
+	n := bytes.IndexByte(b, '\n')
+	lim := b
+	if n >= 0 {
+		lim = b[:n]
+	}
+	if r := bytes.IndexByte(lim, '\r'); r >= 0 {
+		return r
+	}
+	return n
 }
 
 // drain consumes the rest of the data up to the end marker. It reports

@@ -5,6 +5,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // TestDataReaderEndMarker checks that only <CRLF>.<CRLF> ends DATA and that
@@ -72,4 +73,46 @@ func TestLineCheckerAcrossChunks(t *testing.T) {
 			t.Errorf("%q: err %v", chunks, err)
 		}
 	}
+}
+
+// readData runs a dataReader over in, either with a large buffer (the
+// fast path copies runs and line ends) or one byte at a time (only the
+// byte-wise state machine), and returns the body, the refusal and what
+// is left in the stream.
+func readData(in string, maxLine int, limit int64, oneByte bool) (string, *SMTPError, string) {
+	var src io.Reader = strings.NewReader(in)
+	if oneByte {
+		src = iotest.OneByteReader(src)
+	}
+	br := bufio.NewReaderSize(src, 64)
+	if !oneByte {
+		br = bufio.NewReaderSize(src, 4096)
+	}
+	r := &dataReader{r: br, maxLine: maxLine, limited: limit > 0, n: limit}
+	got, _ := io.ReadAll(r)
+	r.drain()
+	rest, _ := io.ReadAll(br)
+	return string(got), r.err, string(rest)
+}
+
+// FuzzDataReaderFastPath: the fast path (copyRun) must give exactly what
+// the byte-wise state machine gives, whatever the data (mailhop patch).
+func FuzzDataReaderFastPath(f *testing.F) {
+	for _, s := range []string{
+		"a\r\n..b\r\n.\r\nNEXT", "Subject: x\r\n\r\nline one\r\nline two\r\n.\r\n", "a\n.\r\nb\r\n.\r\n",
+		"x\r\r\n.\r\n", strings.Repeat("y", 30) + "\r\n.\r\n", "\r\n.\r\n", "a\r\n.b\r\n..\r\n.\r\nQUIT\r\n",
+	} {
+		f.Add(s, uint8(20), uint16(100))
+	}
+	f.Fuzz(func(t *testing.T, in string, maxLine uint8, limit uint16) {
+		ml := int(maxLine)
+		if ml != 0 && ml < 3 {
+			ml = 3
+		}
+		gotF, errF, restF := readData(in, ml, int64(limit), false)
+		gotS, errS, restS := readData(in, ml, int64(limit), true)
+		if errF != errS || (errF == nil && gotF != gotS) || restF != restS {
+			t.Fatalf("fast path %q %v rest %q; byte-wise %q %v rest %q", gotF, errF, restF, gotS, errS, restS)
+		}
+	})
 }
