@@ -98,7 +98,7 @@ func TestDKIMSignedEndToEnd(t *testing.T) {
 			t.Errorf("a message changed after signing still verifies (%s)", v.Domain)
 		}
 	}
-	if !r.hasLine("message accepted", "dkim=example.com") {
+	if !r.waitLine("message accepted", "dkim=example.com") {
 		t.Errorf("the accepted line does not name the signing domain")
 	}
 

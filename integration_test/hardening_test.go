@@ -196,7 +196,7 @@ func TestHardeningOpenRelay(t *testing.T) {
 	if msgs := r.list(); len(msgs) != 0 {
 		t.Errorf("queue holds %d message(s) from an untrusted client: %+v", len(msgs), msgs)
 	}
-	if !r.hasLine(`msg="rcpt refused"`, "reason=relay_denied", "client=127.0.0.1") {
+	if !r.waitLine(`msg="rcpt refused"`, "reason=relay_denied", "client=127.0.0.1") {
 		t.Errorf("no log line for a refused relay attempt")
 	}
 }
@@ -217,6 +217,12 @@ func startTap(t testing.TB, addr, target string) *wireTap {
 	if err != nil {
 		t.Fatalf("tap: %v", err)
 	}
+	return startTapOn(t, ln, target)
+}
+
+// startTapOn is startTap on a listener the test made.
+func startTapOn(t testing.TB, ln net.Listener, target string) *wireTap {
+	t.Helper()
 	tap := &wireTap{}
 	var wg sync.WaitGroup
 	var open sync.Map
@@ -313,7 +319,7 @@ func TestHardeningSmuggling(t *testing.T) {
 		"mx.dest.test.": {dnstest.A("mx.dest.test", "127.0.0.2")},
 	})
 	next := w.mx("127.0.0.3", smtptest.Behaviour{Hostname: "next.test"})
-	tap := startTap(t, w.addr("127.0.0.2"), next.Addr)
+	tap := startTapOn(t, w.listen("127.0.0.2"), next.Addr)
 	r := w.start("1h", "", "")
 
 	fakeEnds := []struct{ name, eod string }{
@@ -630,10 +636,10 @@ func TestHardeningAuthAbuse(t *testing.T) {
 		d2 := tlsDialogFrom(t, "127.0.0.51", r.Sub)
 		d2.expect(235, "", "AUTH PLAIN %s", plainResp(testUser, testPassword))
 		d2.quit()
-		if !r.hasLine("address blocked", "client="+attacker, "failures=10") {
+		if !r.waitLine("address blocked", "client="+attacker, "failures=10") {
 			t.Errorf("no log line for the blocked address")
 		}
-		if !r.hasLine("connection refused", "client="+attacker, "reason=auth_blocked") {
+		if !r.waitLine("connection refused", "client="+attacker, "reason=auth_blocked") {
 			t.Errorf("no log line for the refused connection")
 		}
 	})
@@ -1062,7 +1068,7 @@ password_env = %q
 		ConfigMode: 0o644,
 		Env:        []string{envName + "=" + envPass},
 	})
-	if !r.hasLine("readable by every user", "mode=-rw-r--r--") {
+	if !r.waitLine("readable by every user", "mode=-rw-r--r--") {
 		t.Errorf("no warning about the world-readable configuration")
 	}
 

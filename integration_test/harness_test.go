@@ -444,6 +444,22 @@ func runTool(t testing.TB, stdin []byte, name string, args ...string) (string, e
 	return string(out), err
 }
 
+// waitLine reports whether a log line containing every part appears within
+// 10 seconds: the log reaches the test through a pipe, a little after the
+// relay wrote it.
+func (r *relay) waitLine(parts ...string) bool {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if r.hasLine(parts...) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond) // polling the log, bounded
+	}
+}
+
 // hasLine reports whether the relay's log has a line containing every part.
 func (r *relay) hasLine(parts ...string) bool {
 	for _, line := range strings.Split(r.logs.String(), "\n") {

@@ -283,7 +283,7 @@ func TestRefusalsPolicy(t *testing.T) {
 		{`msg="mail refused"`, "code=530"},
 		{`msg="message accepted"`, "queue_id=", "user=app", "from=app@example.com", "rcpts=1", "tls=TLS"},
 	} {
-		if !r.hasLine(l...) {
+		if !r.waitLine(l...) {
 			t.Errorf("no log line with %q", l)
 		}
 	}
@@ -402,7 +402,7 @@ func TestRefusalsLimits(t *testing.T) {
 		{`msg="rcpt refused"`, "code=452"},
 		{`msg="message accepted"`, "queue_id=", "client=127.0.0.1", "from=a@example.com", "rcpts=3", "size=", "tls=", "code=250"},
 	} {
-		if !r.hasLine(l...) {
+		if !r.waitLine(l...) {
 			t.Errorf("no log line with %q", l)
 		}
 	}

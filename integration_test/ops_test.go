@@ -259,7 +259,7 @@ func TestOpsSendmailPickupWhenStopped(t *testing.T) {
 	if files := pickupFiles(t, pickup); len(files) != 0 {
 		t.Errorf("pickup still holds %q", files)
 	}
-	if !r.hasLine("pickup", msgs[0].ID) {
+	if !r.waitLine("pickup", msgs[0].ID) {
 		t.Errorf("no log line with the queue ID about the pickup\n%s", r.logs.String())
 	}
 	b := r.queuedBodies()[msgs[0].ID]
@@ -571,7 +571,7 @@ func TestOpsReloadAddsUserAndRefusesBrokenFile(t *testing.T) {
 	r.writeConfig(broken)
 	r.signal(syscall.SIGHUP)
 	waitFor(t, "the refused reload", 10*time.Second, func() bool { return reloads("reload refused") >= 1 })
-	if !r.hasLine("reload refused", "log.format") {
+	if !r.waitLine("reload refused", "log.format") {
 		t.Errorf("the refusal does not name the bad key\n%s", r.logs.String())
 	}
 	if reloads("configuration reloaded") != 1 {
@@ -626,7 +626,7 @@ func TestOpsSIGTERMUnderLoadLosesNothing(t *testing.T) {
 	waitFor(t, "a third of the load to be acknowledged", 60*time.Second, func() bool { return nAcked.Load() >= conns*perConn/3 })
 	r.stop() // SIGTERM; fails the test unless the exit is clean (0)
 	wg.Wait()
-	if !r.hasLine("shutting down") {
+	if !r.waitLine("shutting down") {
 		t.Errorf("no shutdown line in the log")
 	}
 	r.start()

@@ -86,6 +86,11 @@ func cmdServe(args []string, stderr io.Writer) int {
 // serve wires the parts together and runs until SIGTERM or SIGINT:
 // inbound server → queue → delivery agent → DNS, plus the admin socket.
 func serve(cfg *config.Config, path string, log *slog.Logger) error {
+	// Signals are caught from the first moment: a SIGTERM while the relay
+	// starts (its ports may already accept) still means a clean stop.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
@@ -177,9 +182,6 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	pickupTick := time.NewTicker(pickupInterval)
 	defer pickupTick.Stop()
 
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	log.Info("mailhop started", "version", version, "hostname", cfg.Hostname, "config", path,
 		"admin_socket", cfg.Admin.Socket)
 

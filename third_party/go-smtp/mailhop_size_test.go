@@ -3,9 +3,12 @@ package smtp_test
 // mailhop patch test: the SIZE parameter of MAIL (RFC 1870).
 
 import (
+	"context"
 	"io"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 )
@@ -30,5 +33,22 @@ func TestMailSizeParameter(t *testing.T) {
 			t.Errorf("SIZE=%q: %q, want %q", tc.size, got, tc.want)
 		}
 		c.Close()
+	}
+}
+
+// Concurrent Shutdown and Close calls must not panic (mailhop patch).
+func TestConcurrentShutdown(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		_, s, c, _ := testServerGreeted(t)
+		c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		var wg sync.WaitGroup
+		for j := 0; j < 4; j++ {
+			wg.Add(2)
+			go func() { defer wg.Done(); s.Shutdown(ctx) }()
+			go func() { defer wg.Done(); s.Close() }()
+		}
+		wg.Wait()
+		cancel()
 	}
 }

@@ -283,16 +283,28 @@ func (s *Server) ListenAndServeTLS() error {
 	return s.Serve(l)
 }
 
+// closeDone closes s.done once and reports whether this call did it
+// (mailhop patch: two concurrent Shutdown or Close calls both passed the
+// check and closed it twice, a panic).
+func (s *Server) closeDone() bool {
+	s.locker.Lock()
+	defer s.locker.Unlock()
+	select {
+	case <-s.done:
+		return false
+	default:
+		close(s.done)
+		return true
+	}
+}
+
 // Close immediately closes all active listeners and connections.
 //
 // Close returns any error returned from closing the server's underlying
 // listener(s).
 func (s *Server) Close() error {
-	select {
-	case <-s.done:
+	if !s.closeDone() {
 		return ErrServerClosed
-	default:
-		close(s.done)
 	}
 
 	var err error
@@ -319,11 +331,8 @@ func (s *Server) Close() error {
 // Shutdown returns the context's error, otherwise it returns any
 // error returned from closing the Server's underlying Listener(s).
 func (s *Server) Shutdown(ctx context.Context) error {
-	select {
-	case <-s.done:
+	if !s.closeDone() {
 		return ErrServerClosed
-	default:
-		close(s.done)
 	}
 
 	var err error

@@ -117,6 +117,13 @@ func New(t testing.TB, addr string, b Behaviour) *Server {
 	if err != nil {
 		t.Fatalf("smtptest: listen %s: %v", addr, err)
 	}
+	return NewListener(t, ln, b)
+}
+
+// NewListener is New on a listener the test made (e.g. on a port it held
+// reserved); the server closes it when t ends.
+func NewListener(t testing.TB, ln net.Listener, b Behaviour) *Server {
+	t.Helper()
 	if b.Hostname == "" {
 		b.Hostname = "mx.test"
 	}
