@@ -82,6 +82,8 @@ type slot struct {
 	inflight bool
 	domains  []string // of pending recipients, for Flush(domain)
 	pending  int      // recipients still pending
+	attempts int      // attempts made, and whether a delay DSN went out:
+	warned   bool     // Done needs them without copying the envelope
 }
 
 // Open opens (creating if needed) the queue stored in dir and recovers every
@@ -114,7 +116,8 @@ func Open(dir string, opts Options) (*Queue, error) {
 
 // schedule adds env to the scheduler. Called under mu, or before sharing.
 func (q *Queue) schedule(env *Envelope) {
-	s := &slot{id: env.ID, due: env.NextAttempt, idx: -1, held: env.Held, domains: pendingDomains(env), pending: env.Pending()}
+	s := &slot{id: env.ID, due: env.NextAttempt, idx: -1, held: env.Held, domains: pendingDomains(env),
+		pending: env.Pending(), attempts: env.Attempts, warned: env.DelayWarned}
 	q.sched[env.ID] = s
 	if !s.held {
 		heap.Push(&q.heap, s)
@@ -313,14 +316,10 @@ func (q *Queue) Done(id string, res Result) error {
 		q.mu.Unlock()
 		return ErrNotFound
 	}
+	// Only the holder of the message calls Done, so these stay as read.
+	u := &StateUpdate{ID: id, Attempts: s.attempts + 1, LastError: res.LastError,
+		DelayWarned: s.warned || res.DelayWarned, Rcpts: res.Recipients}
 	q.mu.Unlock()
-	env, err := q.store.Get(id)
-	if err != nil {
-		q.forget(id)
-		return err
-	}
-	u := &StateUpdate{ID: id, Attempts: env.Attempts + 1, LastError: res.LastError,
-		DelayWarned: env.DelayWarned || res.DelayWarned, Rcpts: res.Recipients}
 	u.NextAttempt = res.RetryAt
 	if u.NextAttempt.IsZero() {
 		u.NextAttempt = q.opts.Now().Add(q.retryAfter(u.Attempts))
@@ -345,6 +344,7 @@ func (q *Queue) Done(id string, res Result) error {
 	s.held = after.Held
 	s.domains = pendingDomains(after)
 	s.pending = after.Pending()
+	s.attempts, s.warned = after.Attempts, after.DelayWarned
 	if !s.held {
 		heap.Push(&q.heap, s)
 		q.signal()
