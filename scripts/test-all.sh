@@ -28,5 +28,5 @@ echo "== unit and integration tests (race detector on)"
 go test -race -count=1 -timeout 12m ./...
 (cd third_party/go-smtp && go test -race -count=1 ./...)
 
-echo "== fuzz targets, ${FUZZTIME:=10s} each"
+echo "== fuzz targets, ${FUZZTIME:=5000x} each"
 scripts/fuzz.sh "$FUZZTIME"
