@@ -51,6 +51,10 @@ type conn struct {
 	utf8     bool
 	maxSize  int64 // 0: none announced
 	reused   bool
+	// inTxn: a MAIL was sent and no reply to the end of data came back,
+	// so the server may still hold a transaction: the next one starts
+	// with RSET (RFC 5321 §4.1.1.5).
+	inTxn bool
 
 	idle *time.Timer // while in the pool
 }

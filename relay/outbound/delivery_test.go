@@ -341,6 +341,34 @@ func TestDelivery_ConnectionReuse(t *testing.T) {
 	if len(msgs) != 2 || h.first.Conns() != 1 || msgs[0].Conn != msgs[1].Conn {
 		t.Errorf("%d messages over %d connections", len(msgs), h.first.Conns())
 	}
+	// The first transaction ended cleanly: no RSET before the second.
+	if n := strings.Count(h.first.Received(), "RSET\r\n"); n != 0 {
+		t.Errorf("%d RSET commands after clean transactions", n)
+	}
+}
+
+// TestDelivery_ConnectionReuse_RsetAfterRefusedRecipients: a transaction
+// whose every recipient was refused leaves MAIL open on the server, so the
+// next one on that connection starts with RSET.
+func TestDelivery_ConnectionReuse_RsetAfterRefusedRecipients(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "gone@") {
+			return smtptest.Reply(550, "5.1.1", "no such user")
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id1 := h.submit(testBody, []string{"gone@example.test"})
+	h.waitRecords(id1, 1)
+	id2 := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id2, 1)
+	if msgs := h.first.Messages(); len(msgs) != 1 || h.first.Conns() != 1 {
+		t.Fatalf("%d messages over %d connections", len(msgs), h.first.Conns())
+	}
+	if n := strings.Count(h.first.Received(), "RSET\r\n"); n != 1 {
+		t.Errorf("%d RSET commands, want 1 before the second transaction", n)
+	}
 }
 
 func TestDelivery_StaleReusedConnection_Redials(t *testing.T) {

@@ -26,11 +26,12 @@
 //     PLAIN/LOGIN for routes with credentials, only over TLS; then MAIL
 //     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
 //     ORCPT) and DATA with the stored bytes. A connection whose transaction
-//     ended cleanly is kept for delivery.idle_conn_timeout and reused (RSET
-//     first) by the next message to the same address, TLS mode and route;
-//     at most per_domain_concurrency are kept idle per such key. The go-smtp client sends one
-//     command at a time (no PIPELINING) and adds BODY=8BITMIME whenever
-//     the server offers 8BITMIME.
+//     ended cleanly is kept for delivery.idle_conn_timeout and reused by the
+//     next message to the same address, TLS mode and route (with RSET
+//     first when the last transaction stopped before its end of data); at
+//     most per_domain_concurrency are kept idle per such key. With
+//     PIPELINING, RSET, MAIL, every RCPT and DATA go out in one write;
+//     BODY=8BITMIME is added whenever the server offers 8BITMIME.
 //  6. The outcomes go back to the queue with queue.Done; when delivery was
 //     cut short by shutdown and nothing changed, the message is given back
 //     with queue.Requeue.

@@ -82,11 +82,13 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	for i, idx := range t.rcpts {
 		addrs[i], ropts[i] = env.Recipients[idx].Address, rcptOptions(&env.Recipients[idx])
 	}
-	// RSET (on a reused connection: RFC 5321 §4.1.1.5, a clean state),
-	// MAIL, every RCPT and DATA go out in one write when the server offers
-	// PIPELINING (RFC 2920).
+	// RSET (when the last transaction on this connection did not get as
+	// far as the reply to its end of data), MAIL, every RCPT and DATA go
+	// out in one write when the server offers PIPELINING (RFC 2920).
 	c.CommandTimeout = max(tm.command, tm.dataInit)
-	rep, w, err := c.StartTransaction(cn.reused, env.From, opts, addrs, ropts)
+	rset := cn.inTxn
+	cn.inTxn = true
+	rep, w, err := c.StartTransaction(rset, env.From, opts, addrs, ropts)
 	c.CommandTimeout = tm.command
 	if err != nil {
 		// The network failed, or the server said 421 and closed: nothing
@@ -139,6 +141,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	}
 	c.SubmissionTimeout = tm.dataEnd
 	resp, err := w.CloseWithResponse()
+	if _, ok := replyError(err); ok || err == nil {
+		cn.inTxn = false // any reply to the end of data ends the transaction
+	}
 	if err != nil {
 		if se, ok := replyError(err); ok {
 			setAccepted(stateOf(se), se)

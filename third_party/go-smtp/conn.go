@@ -1426,15 +1426,53 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	// transform each single line with \n, into separate lines
 	text = strings.Split(strings.Join(text, "\n"), "\n")
 
+	// The whole reply goes out in one write: a multiline reply (EHLO) sent
+	// line by line costs a system call and a wakeup of the client per line.
+	w := c.text.W
 	lastLineIndex := len(text) - 1
 	for i := 0; i < lastLineIndex; i++ {
-		c.text.PrintfLine("%d-%v", code, text[i])
+		writeReplyLine(w, code, '-', NoEnhancedCode, text[i])
 	}
-	if enhCode == NoEnhancedCode {
-		c.text.PrintfLine("%d %v", code, text[lastLineIndex])
-	} else {
-		c.text.PrintfLine("%d %v.%v.%v %v", code, enhCode[0], enhCode[1], enhCode[2], text[lastLineIndex])
+	writeReplyLine(w, code, ' ', enhCode, text[lastLineIndex])
+	// Intermediate replies (354, 334), the greeting and STARTTLS's 220, and
+	// any reply before the channel closes always go out at once.
+	mustFlush := code/100 == 3 || code == 220 || code == 221 || c.closing
+	if mustFlush || !c.pipelinedInput() {
+		w.Flush()
 	}
+}
+
+// writeReplyLine writes one line of a reply: code, separator ('-' or ' '),
+// the enhanced code unless it is NoEnhancedCode, the text and CRLF.
+func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, text string) {
+	var b [16]byte
+	line := strconv.AppendInt(b[:0], int64(code), 10)
+	line = append(line, sep)
+	w.Write(line)
+	if enhCode != NoEnhancedCode {
+		e := strconv.AppendInt(b[:0], int64(enhCode[0]), 10)
+		e = append(e, '.')
+		e = strconv.AppendInt(e, int64(enhCode[1]), 10)
+		e = append(e, '.')
+		e = strconv.AppendInt(e, int64(enhCode[2]), 10)
+		e = append(e, ' ')
+		w.Write(e)
+	}
+	w.WriteString(text)
+	w.WriteString("\r\n")
+}
+
+// pipelinedInput reports whether the client has already sent a whole
+// further command line, so a reply may wait in the buffer and go out
+// together with the replies to the commands that follow (RFC 2920 §3.2;
+// Postfix's smtpd does the same). The buffer is flushed before any read
+// that could block, so a client never waits for a reply held back here.
+func (c *Conn) pipelinedInput() bool {
+	if c.text.R.Buffered() == 0 {
+		return false
+	}
+	b, _ := c.text.R.Peek(c.text.R.Buffered())
+	return bytes.IndexByte(b, '\n') >= 0
 }
 
 func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
@@ -1471,6 +1509,9 @@ func (c *Conn) authLineLimit() int {
 // errLineTooLong is returned, so that the session can go on in step with
 // the client.
 func (c *Conn) readLineLimit(limit int) (string, error) {
+	if c.text.W.Buffered() > 0 && !c.pipelinedInput() {
+		c.text.W.Flush() // replies held back for pipelining (see writeResponse)
+	}
 	var line []byte
 	tooLong := false
 	for {

@@ -103,6 +103,7 @@ type Server struct {
 
 	mu        sync.Mutex
 	msgs      []Message
+	input     []byte // everything clients sent (countedConn.Read)
 	conns     int
 	changed   chan struct{} // closed and replaced on every new message
 	stalled   chan struct{} // closed when StallData first stalls
@@ -214,6 +215,24 @@ func (s *Server) Wait(t testing.TB, n int) []Message {
 type countedConn struct {
 	net.Conn
 	id int
+	s  *Server
+}
+
+// Read records what the client sent (see Received).
+func (c *countedConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.s.mu.Lock()
+	c.s.input = append(c.s.input, p[:n]...)
+	c.s.mu.Unlock()
+	return n, err
+}
+
+// Received returns every byte clients sent to the server, all connections
+// in the order read; over TLS that is the encrypted stream.
+func (s *Server) Received() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return string(s.input)
 }
 
 func (s *Server) accept(inner *chanListener) {
@@ -238,7 +257,7 @@ func (s *Server) accept(inner *chanListener) {
 			}()
 			continue
 		}
-		var nc net.Conn = &countedConn{Conn: c, id: id}
+		var nc net.Conn = &countedConn{Conn: c, id: id, s: s}
 		if s.b.Implicit {
 			nc = tls.Server(nc, s.b.TLS)
 		}
