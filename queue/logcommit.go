@@ -82,9 +82,12 @@ func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
 	if err == nil {
 		seg := s.active
 		offs = make([]int64, len(batch))
+		salt := segSalt(seg.seq)
 		for i, r := range batch {
 			offs[i] = seg.size + int64(len(buf))
+			start := len(buf)
 			buf = append(buf, r.buf...)
+			saltRecord(buf[start:], salt)
 		}
 		lazy := true
 		for _, r := range batch {
@@ -140,8 +143,16 @@ func (s *LogStore) ensureActive() error {
 	if n := len(s.segs); n > 0 {
 		seq = s.segs[n-1].seq + 1
 	}
-	seg := &segment{seq: seq, path: s.segPath(seq)}
-	f, err := os.OpenFile(seg.path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+	seg := &segment{seq: seq, path: s.segPath(seq), owned: true}
+	var f *os.File
+	var err error
+	if s.takeSpare(seg.path) {
+		f, err = os.OpenFile(seg.path, os.O_RDWR, 0o600)
+	} else {
+		seg.grown = true
+		f, err = os.OpenFile(seg.path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
+		s.kickPreparer()
+	}
 	if err == nil {
 		if err = syncDir(s.dir); err != nil {
 			f.Close()
@@ -163,7 +174,7 @@ func (s *LogStore) ensureActive() error {
 // maintain rotates a full segment, deletes segments nothing needs, and
 // copies long-lived messages out of the oldest segment when there are many.
 func (s *LogStore) maintain() {
-	if s.active != nil && s.active.size >= s.segMax {
+	if a := s.active; a != nil && (a.size >= s.segMax || a.grown && a.size >= earlySwitch && s.spareIsReady()) {
 		if s.dirty == s.active {
 			s.syncDirty()
 		}
@@ -190,7 +201,9 @@ func (s *LogStore) deleteDead() {
 		delete(s.bySeq, seg.seq)
 		seg.dead = true
 		seg.closeReader()
-		gone = append(gone, seg.path)
+		if !s.recycle(seg) {
+			gone = append(gone, seg.path)
+		}
 	}
 	s.mu.Unlock()
 	for _, p := range gone {

@@ -58,18 +58,29 @@ func (s *LogStore) recover() error {
 func (s *LogStore) replay(seg *segment, data []byte) {
 	off := 0
 	for off < len(data) {
-		n, ok := recordAt(data, off)
-		if !ok {
-			next := nextRecord(data, off+1)
+		n, st := recordAt(data, off, seg.seq)
+		if st != frameOK {
+			next := nextRecord(data, off+1, seg.seq)
 			if next < 0 {
-				if tail := len(data) - off; !allZero(data[off:]) {
+				switch {
+				case st == frameStale || staleAfter(data, off, seg.seq):
+					// The rest is a recycled file's earlier life (its
+					// first bytes overwritten by this one's records).
+				case !allZero(data[off:]):
 					s.log.Warn("queue: ignoring incomplete record at end of segment (crash during a write that was never acknowledged)",
-						"segment", seg.path, "offset", off, "bytes", tail)
+						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				}
 				return
 			}
-			s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:next])
-			s.log.Error("queue: damaged record moved to quarantine", "segment", seg.path, "offset", off, "bytes", next-off)
+			if st == frameStale {
+				// Records of this segment after old ones: only a write
+				// that never completed (and was never acknowledged)
+				// leaves that; the old records are no one's.
+				s.log.Warn("queue: skipping old records of a recycled segment", "segment", seg.path, "offset", off, "bytes", next-off)
+			} else {
+				s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:next])
+				s.log.Error("queue: damaged record moved to quarantine", "segment", seg.path, "offset", off, "bytes", next-off)
+			}
 			off = next
 			continue
 		}
@@ -85,27 +96,45 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 	}
 }
 
-// recordAt checks the frame at off and returns its length (type+payload).
-func recordAt(data []byte, off int) (int, bool) {
+// What recordAt found.
+const (
+	frameOK    = iota // a record of this segment
+	frameBad          // no record, or a damaged one
+	frameStale        // a whole record of an earlier life of a recycled file
+)
+
+// recordAt checks the frame at off in segment seq and returns its length
+// (type+payload) and what it is.
+func recordAt(data []byte, off int, seq uint64) (int, int) {
 	if len(data)-off < headerSize+1 {
-		return 0, false
+		return 0, frameBad
 	}
 	h := data[off:]
 	if binary.LittleEndian.Uint32(h) != recordMagic {
-		return 0, false
+		return 0, frameBad
 	}
 	n := int(binary.LittleEndian.Uint32(h[4:]))
 	if n < 1 || n > maxRecordLen || n > len(data)-off-headerSize {
-		return 0, false
+		return 0, frameBad
 	}
-	if crc32.Checksum(h[headerSize:headerSize+n], crcTable) != binary.LittleEndian.Uint32(h[8:]) {
-		return 0, false
+	salt := crc32.Checksum(h[headerSize:headerSize+n], crcTable) ^ binary.LittleEndian.Uint32(h[8:])
+	switch {
+	case salt == segSalt(seq) || salt == 0: // 0: written before salting
+		return n, frameOK
+	case saltSeq(salt) < uint32(seq):
+		return n, frameStale
 	}
-	return n, true
+	return 0, frameBad
 }
 
-// nextRecord finds the next valid frame at or after off, or -1.
-func nextRecord(data []byte, off int) int {
+// nextRecord finds the next record of segment seq at or after off, or -1.
+func nextRecord(data []byte, off int, seq uint64) int {
+	return findFrame(data, off, seq, frameOK)
+}
+
+// findFrame finds the first frame at or after off that recordAt says is
+// want (frameOK or frameStale), or -1.
+func findFrame(data []byte, off int, seq uint64, want int) int {
 	var magic [4]byte
 	binary.LittleEndian.PutUint32(magic[:], recordMagic)
 	for off < len(data) {
@@ -113,12 +142,18 @@ func nextRecord(data []byte, off int) int {
 		if i < 0 {
 			return -1
 		}
-		if _, ok := recordAt(data, off+i); ok {
+		if _, st := recordAt(data, off+i, seq); st == want {
 			return off + i
 		}
 		off += i + 1
 	}
 	return -1
+}
+
+// staleAfter reports whether a record of an earlier life of the file
+// starts at or after off.
+func staleAfter(data []byte, off int, seq uint64) bool {
+	return findFrame(data, off, seq, frameStale) >= 0
 }
 
 func allZero(b []byte) bool {

@@ -25,6 +25,7 @@ import (
 //
 //	LOCK                 flock: one process at a time
 //	seg-<seq>.log        segments; the newest is appended to
+//	spare.log            a written file the next segment starts from (logspare.go)
 //	bodies/<ID>          bodies larger than InlineMax, one file each
 //	quarantine/          damaged records and envelopes moved aside at start
 //
@@ -51,6 +52,12 @@ type LogStore struct {
 	segMax int64    // segment size that starts a new one
 	dirty  *segment // holds lazy records not yet fsynced (committer only)
 
+	spareMu    sync.Mutex // guards spareReady and renames to and from spare.log
+	spareReady bool
+	prepKick   chan struct{} // asks prepareSpares for a spare
+	prepQuit   chan struct{} // closed by Close
+	prepDone   chan struct{} // closed when prepareSpares returns
+
 	batches, records atomic.Uint64 // commits (fsyncs) and records written
 }
 
@@ -76,6 +83,9 @@ type segment struct {
 	f    *os.File // the active segment only
 	size int64
 	refs int // live messages with a record in this segment
+	// owned: made by this process, so its file may be recycled (see
+	// logspare.go); grown: it started as an empty file, not as a spare.
+	owned, grown bool
 
 	// Bodies are read through one shared read-only handle per segment,
 	// opened on first use and closed when the segment is gone and its
@@ -131,11 +141,17 @@ func OpenLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 		msgs:   make(map[string]*storedMsg),
 		bySeq:  make(map[uint64]*segment),
 		segMax: segmentMax,
+
+		prepKick: make(chan struct{}, 1),
+		prepQuit: make(chan struct{}),
+		prepDone: make(chan struct{}),
 	}
+	s.removeSpares()
 	if err := s.recover(); err != nil {
 		lock.Close()
 		return nil, err
 	}
+	go s.prepareSpares()
 	go s.commitLoop()
 	for _, id := range s.lost {
 		if err := s.writeDone(id); err != nil {
@@ -157,6 +173,7 @@ func (s *LogStore) Close() error {
 	close(s.reqs)
 	s.cmu.Unlock()
 	<-s.exited
+	s.stopPreparer()
 	s.mu.Lock()
 	if s.active != nil {
 		s.active.f.Close()

@@ -12,11 +12,14 @@ import (
 //
 //	magic  uint32  recordMagic, so a reader can find the next record after damage
 //	length uint32  length of type+payload
-//	crc    uint32  CRC-32C of type+payload
+//	crc    uint32  CRC-32C of type+payload, XOR segSalt(segment number)
 //	type   uint8
 //	payload
 //
 // All integers in the frame are little-endian; the payload uses varints.
+// The salt lets recovery tell the records of a recycled segment file's
+// earlier life from its new ones (logspare.go); records written before
+// salting (salt 0) are still read.
 const (
 	recordMagic  = 0x314c484d // "MHL1" little-endian
 	headerSize   = 12
@@ -54,6 +57,32 @@ func finishRecord(b []byte, start int) {
 	body := b[start+headerSize:]
 	binary.LittleEndian.PutUint32(b[start+4:], uint32(len(body)))
 	binary.LittleEndian.PutUint32(b[start+8:], crc32.Checksum(body, crcTable))
+}
+
+// saltMul is odd, so segSalt is one-to-one on the low 32 bits of seq and
+// segSalt(seq) is 0 only for seq 0 (never a segment number: they start
+// at 1); saltInv is its inverse modulo 2^32.
+const saltMul uint32 = 0x9e3779b1
+
+var saltInv = func() uint32 {
+	x := saltMul // Newton's iteration: each step doubles the correct bits
+	for range 5 {
+		x *= 2 - saltMul*x
+	}
+	return x
+}()
+
+// segSalt is what the CRC of every record written to segment seq is XORed
+// with.
+func segSalt(seq uint64) uint32 { return uint32(seq) * saltMul }
+
+// saltSeq returns the low 32 bits of the segment number a salt was made
+// from.
+func saltSeq(salt uint32) uint32 { return salt * saltInv }
+
+// saltRecord salts the CRC of the record that starts at b[0].
+func saltRecord(b []byte, salt uint32) {
+	binary.LittleEndian.PutUint32(b[8:], binary.LittleEndian.Uint32(b[8:])^salt)
 }
 
 // encoder appends varint-framed values.

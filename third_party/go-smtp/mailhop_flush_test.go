@@ -2,7 +2,9 @@ package smtp_test
 
 import (
 	"bufio"
+	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -143,5 +145,63 @@ func TestPipelinedRepliesGrouped(t *testing.T) {
 	}
 	if rep := readReply(t, r); !strings.HasPrefix(rep, "221 ") {
 		t.Fatalf("QUIT: %q", rep)
+	}
+}
+
+// TestConnGoroutinesReused: connections one after another and at once are
+// all served by reused goroutines, and Close lets every idle one go
+// (mailhop patch).
+func TestConnGoroutinesReused(t *testing.T) {
+	before := runtime.NumGoroutine()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := smtp.NewServer(new(backend))
+	s.Domain = "localhost"
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	session := func() error {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		r := bufio.NewReader(c)
+		c.Write([]byte("HELO a\r\nNOOP\r\nQUIT\r\n"))
+		for _, want := range []string{"220 ", "250 ", "250 ", "221 "} {
+			line, err := r.ReadString('\n')
+			if err != nil || !strings.HasPrefix(line, want) {
+				return fmt.Errorf("got %q (%v), want %q", line, err, want)
+			}
+		}
+		return nil
+	}
+	for i := 0; i < 3; i++ {
+		if err := session(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := make(chan error, 5)
+	for i := 0; i < 5; i++ {
+		go func() { errs <- session() }()
+	}
+	for i := 0; i < 5; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before", runtime.NumGoroutine(), before)
+		}
+		runtime.Gosched()
+		time.Sleep(time.Millisecond)
 	}
 }
