@@ -159,6 +159,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	dctx := a.abortCtx
 	slots := make(chan struct{}, cap(a.total))
+	jobs := make(chan *queue.Envelope) // to workers waiting for another message
 	for {
 		select {
 		case slots <- struct{}{}:
@@ -173,12 +174,40 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("outbound: %w", err)
 		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-slots }()
-			a.process(dctx, env)
-		}()
+		select {
+		case jobs <- env:
+		default:
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				a.deliveryWorker(ctx, dctx, env, jobs, slots)
+			}()
+		}
+	}
+}
+
+// workerIdle is how long a delivery goroutine waits for another message
+// before it exits.
+const workerIdle = 10 * time.Second
+
+// deliveryWorker processes env, then further messages from jobs until none
+// comes for workerIdle or ctx ends. Each message frees its slot when done.
+// Reusing goroutines saves growing a fresh stack to the depth of a
+// delivery for every message.
+func (a *Agent) deliveryWorker(ctx, dctx context.Context, env *queue.Envelope, jobs <-chan *queue.Envelope, slots <-chan struct{}) {
+	idle := time.NewTimer(workerIdle)
+	defer idle.Stop()
+	for {
+		a.process(dctx, env)
+		<-slots
+		idle.Reset(workerIdle)
+		select {
+		case env = <-jobs:
+		case <-idle.C:
+			return
+		case <-ctx.Done():
+			return
+		}
 	}
 }
 
