@@ -94,7 +94,8 @@ func TestRecycledSegmentRecovery(t *testing.T) {
 	// Traffic until a dead segment has become the spare (a spare with
 	// records in it, not a prepared one of zeros) and a new segment has
 	// started from it.
-	sawRecycled, taken := false, false
+	var recycledSpare os.FileInfo // a spare holding records: a recycled segment
+	taken := false
 	for i := 0; i < 400 && !taken; i++ {
 		env := newEnv("x@y.test")
 		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
@@ -102,12 +103,16 @@ func TestRecycledSegmentRecovery(t *testing.T) {
 		}
 		deliverAll(t, q, env.ID)
 		delivered[env.ID] = true
-		spare, err := os.ReadFile(filepath.Join(dir, spareName))
-		switch {
-		case err == nil && !allZero(spare):
-			sawRecycled = true
-		case os.IsNotExist(err) && sawRecycled:
-			taken = true
+		for _, p := range segments(t, dir) {
+			if fi, err := os.Stat(p); err == nil && recycledSpare != nil && os.SameFile(fi, recycledSpare) {
+				taken = true
+			}
+		}
+		if recycledSpare == nil {
+			sp := filepath.Join(dir, spareName)
+			if data, err := os.ReadFile(sp); err == nil && !allZero(data) {
+				recycledSpare, _ = os.Stat(sp)
+			}
 		}
 	}
 	if !taken {
