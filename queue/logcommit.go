@@ -49,19 +49,14 @@ func (s *LogStore) commitLoop() {
 		}
 		batch = append(batch[:0], r)
 		if lastN > 1 && !r.lazy {
-			batch = s.gather(batch, min(2*lastN, maxBatch), gather)
+			gather.Reset(commitDelay)
+			batch = s.gather(batch, min(2*lastN, maxBatch), gather.C)
+			gather.Stop()
 		}
-	drain:
-		for len(batch) < maxBatch {
-			select {
-			case r, ok := <-s.reqs:
-				if !ok {
-					break drain
-				}
-				batch = append(batch, r)
-			default:
-				break drain
-			}
+		// Whatever else is waiting (the committer is the only receiver, so
+		// a buffered request is there to take).
+		for len(batch) < maxBatch && len(s.reqs) > 0 {
+			batch = append(batch, <-s.reqs)
 		}
 		lastN = 0 // lazy records come from deliveries, not from waiting writers
 		for _, r := range batch {
@@ -81,11 +76,9 @@ func (s *LogStore) commitLoop() {
 	}
 }
 
-// gather adds records to batch until it holds want or commitDelay has
-// passed (or the store is closing).
-func (s *LogStore) gather(batch []*commitReq, want int, t *time.Timer) []*commitReq {
-	t.Reset(commitDelay)
-	defer t.Stop()
+// gather adds records to batch until it holds want or deadline fires (or
+// the store is closing).
+func (s *LogStore) gather(batch []*commitReq, want int, deadline <-chan time.Time) []*commitReq {
 	for len(batch) < want {
 		select {
 		case r, ok := <-s.reqs:
@@ -93,7 +86,7 @@ func (s *LogStore) gather(batch []*commitReq, want int, t *time.Timer) []*commit
 				return batch
 			}
 			batch = append(batch, r)
-		case <-t.C:
+		case <-deadline:
 			return batch
 		}
 	}

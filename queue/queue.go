@@ -119,9 +119,22 @@ func (q *Queue) schedule(env *Envelope) {
 	s := &slot{id: env.ID, due: env.NextAttempt, idx: -1, held: env.Held, domains: pendingDomains(env),
 		pending: env.Pending(), attempts: env.Attempts, warned: env.DelayWarned}
 	q.sched[env.ID] = s
-	if !s.held {
+	q.ready(s)
+}
+
+// ready puts s into the heap at s.due, or moves it there, unless it is
+// held or in flight; it reports whether s is in the heap. Called under mu;
+// the caller signals.
+func (q *Queue) ready(s *slot) bool {
+	if s.held || s.inflight {
+		return false
+	}
+	if s.idx >= 0 {
+		heap.Fix(&q.heap, s.idx)
+	} else {
 		heap.Push(&q.heap, s)
 	}
+	return true
 }
 
 func pendingDomains(env *Envelope) []string {
@@ -345,8 +358,7 @@ func (q *Queue) Done(id string, res Result) error {
 	s.domains = pendingDomains(after)
 	s.pending = after.Pending()
 	s.attempts, s.warned = after.Attempts, after.DelayWarned
-	if !s.held {
-		heap.Push(&q.heap, s)
+	if q.ready(s) {
 		q.signal()
 	}
 	return nil
@@ -380,8 +392,7 @@ func (q *Queue) Requeue(id string) error {
 	if s.inflight {
 		s.inflight = false
 		s.due = q.opts.Now()
-		if !s.held {
-			heap.Push(&q.heap, s)
+		if q.ready(s) {
 			q.signal()
 		}
 	}
@@ -441,8 +452,7 @@ func (q *Queue) Release(id string) error {
 	if s, ok := q.sched[id]; ok && s.held {
 		s.held = false
 		s.due = q.opts.Now()
-		if !s.inflight {
-			heap.Push(&q.heap, s)
+		if q.ready(s) {
 			q.signal()
 		}
 	}
@@ -475,11 +485,7 @@ func (q *Queue) Flush(domain string) int {
 			continue
 		}
 		s.due = now
-		if s.idx >= 0 {
-			heap.Fix(&q.heap, s.idx)
-		} else {
-			heap.Push(&q.heap, s)
-		}
+		q.ready(s)
 		n++
 	}
 	if n > 0 {
