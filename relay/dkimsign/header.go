@@ -1,75 +1,26 @@
 package dkimsign
 
 import (
-	"bufio"
-	"bytes"
-	"errors"
 	"io"
 	"mime"
 	"net/mail"
 	"strings"
+
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // MaxHeaderBytes bounds the header block Spool reads into memory; a
 // message with a longer header is queued unsigned.
 const MaxHeaderBytes = 256 << 10
 
-// errHeaderIncomplete: the header block did not end within MaxHeaderBytes,
-// or the message ended before the empty line that ends it.
-var errHeaderIncomplete = errors.New("dkimsign: header block incomplete or too long")
-
-// readHeader reads the header block from br, up to and including the empty
-// line that ends it (RFC 5322 §2.1). On errHeaderIncomplete the bytes read
-// so far are returned; any other error is br's.
-func readHeader(br *bufio.Reader, limit int) ([]byte, error) {
-	var h []byte
-	lineStart := true // line is a whole line, not the rest of a long one
-	for {
-		line, err := br.ReadSlice('\n')
-		h = append(h, line...)
-		if err == nil && lineStart && (len(line) == 2 && line[0] == '\r' || len(line) == 1) {
-			return h, nil
-		}
-		lineStart = err == nil
-		if len(h) > limit {
-			return h, errHeaderIncomplete
-		}
-		switch err {
-		case nil, bufio.ErrBufferFull:
-		case io.EOF:
-			return h, errHeaderIncomplete
-		default:
-			return h, err
-		}
-	}
-}
-
 // fields returns the unfolded header fields of a header block as name
 // (as written) and value pairs, in order.
 func fields(h []byte) [][2]string {
 	var out [][2]string
-	for len(h) > 0 {
-		i := bytes.IndexByte(h, '\n')
-		var line []byte
-		if i < 0 {
-			line, h = h, nil
-		} else {
-			line, h = h[:i+1], h[i+1:]
-		}
-		line = bytes.TrimRight(line, "\r\n")
-		if len(line) == 0 {
-			break
-		}
-		if (line[0] == ' ' || line[0] == '\t') && len(out) > 0 {
-			out[len(out)-1][1] += " " + strings.TrimSpace(string(line))
-			continue
-		}
-		name, value, ok := bytes.Cut(line, []byte(":"))
-		if !ok {
-			continue
-		}
-		out = append(out, [2]string{strings.TrimSpace(string(name)), strings.TrimSpace(string(value))})
-	}
+	mailhdr.Fields(h, func(name, value []byte) bool {
+		out = append(out, [2]string{string(name), mailhdr.Unfold(value)})
+		return true
+	})
 	return out
 }
 

@@ -35,6 +35,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // Key is one signing key of a domain.
@@ -189,7 +190,7 @@ func (s *Signer) Sign(header []byte, body io.Reader) (string, error) {
 // in CRLF.
 func (k *Key) Sign(msg io.Reader) (string, error) {
 	br := newReader(msg)
-	h, err := readHeader(br, MaxHeaderBytes)
+	h, err := mailhdr.Read(br, MaxHeaderBytes)
 	if err != nil {
 		return "", err
 	}

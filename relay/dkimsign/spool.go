@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 	"io"
 	"os"
 	"strings"
@@ -63,9 +64,9 @@ func (s *Signer) Spool(msg io.Reader, dir string) (*Signed, error) {
 // authenticated user may send as.
 func (s *Signer) SpoolFor(msg io.Reader, dir string, allow func(fromDomain string) bool) (*Signed, error) {
 	br := newReader(msg)
-	h, err := readHeader(br, MaxHeaderBytes)
+	h, err := mailhdr.Read(br, MaxHeaderBytes)
 	switch {
-	case errors.Is(err, errHeaderIncomplete):
+	case errors.Is(err, mailhdr.ErrIncomplete):
 		return &Signed{r: io.MultiReader(bytes.NewReader(h), br)}, nil
 	case err != nil:
 		return nil, err

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // maxHeaderScan is how much of a submitted message is searched for its
@@ -90,36 +91,14 @@ func (s *idSniffer) messageID() string {
 // headerValue returns the unfolded, trimmed value of the first field
 // called name (lower case) in the header block at the start of msg.
 func headerValue(msg []byte, name string) string {
-	if end := bytes.Index(msg, []byte("\r\n\r\n")); end >= 0 {
-		msg = msg[:end+2]
-	}
-	var val []byte
-	in := false
-	for len(msg) > 0 {
-		line := msg
-		if i := bytes.Index(msg, []byte("\r\n")); i >= 0 {
-			line, msg = msg[:i], msg[i+2:]
-		} else {
-			msg = nil
+	var v string
+	mailhdr.Fields(msg, func(n, value []byte) bool {
+		if mailhdr.Is(n, name) {
+			v = mailhdr.Unfold(value)
+			return false
 		}
-		if len(line) == 0 {
-			break // the empty line ends the header
-		}
-		if line[0] == ' ' || line[0] == '\t' {
-			if in {
-				val = append(val, line...)
-			}
-			continue
-		}
-		if in {
-			break
-		}
-		k, v, found := bytes.Cut(line, []byte(":"))
-		if found && strings.EqualFold(strings.TrimRight(string(k), " \t"), name) {
-			in, val = true, append(val, v...)
-		}
-	}
-	v := strings.TrimSpace(string(val))
+		return true
+	})
 	if len(v) > 200 {
 		v = v[:200]
 	}
@@ -140,27 +119,11 @@ func scanHeader(msg []byte, whole bool) (hasID, hasDate, ok bool) {
 	case !whole:
 		return false, false, false
 	}
-	for len(msg) > 0 {
-		line := msg
-		if i := bytes.Index(msg, []byte("\r\n")); i >= 0 {
-			line, msg = msg[:i], msg[i+2:]
-		} else {
-			msg = nil
-		}
-		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
-			continue // folded continuation
-		}
-		name, _, found := bytes.Cut(line, []byte(":"))
-		if !found {
-			continue
-		}
-		switch strings.ToLower(strings.TrimRight(string(name), " \t")) {
-		case "message-id":
-			hasID = true
-		case "date":
-			hasDate = true
-		}
-	}
+	mailhdr.Fields(msg, func(name, _ []byte) bool {
+		hasID = hasID || mailhdr.Is(name, "Message-ID")
+		hasDate = hasDate || mailhdr.Is(name, "Date")
+		return true
+	})
 	return hasID, hasDate, true
 }
 

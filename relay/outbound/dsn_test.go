@@ -101,11 +101,11 @@ func TestBuildDSN_DelayedAndSuccess(t *testing.T) {
 
 func TestCountReceived(t *testing.T) {
 	body := "Received: a\r\nreceived: b\r\n\tcontinued\r\nX-Received: no\r\nSubject: x\r\n\r\nReceived: in the body\r\n"
-	if n, _ := countReceived(newMemBody(body)); n != 2 {
-		t.Errorf("countReceived = %d, want 2", n)
+	if n := scanStored(newMemBody(body)).received; n != 2 {
+		t.Errorf("Received fields counted: %d, want 2", n)
 	}
 	long := "X-Long: " + strings.Repeat("a", 10000) + "\r\nReceived: c\r\n\r\n"
-	if n, _ := countReceived(newMemBody(long)); n != 1 {
+	if n := scanStored(newMemBody(long)).received; n != 1 {
 		t.Errorf("after a long line: %d, want 1", n)
 	}
 	folded := "Subject: x\r\nMessage-ID:\r\n <a.b@c.test>\r\n\r\nMessage-ID: <body@x>\r\n"

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // Stats is a snapshot of the agent's counters since New, for metrics.
@@ -50,29 +52,11 @@ const maxHeaderBytes = 1 << 20
 // headerBlock returns the header block of a stored message (without the
 // blank line ending it), at most maxHeaderBytes.
 func headerBlock(r io.ReaderAt, size int64) []byte {
-	br := bufio.NewReader(io.NewSectionReader(r, 0, min(size, maxHeaderBytes)))
-	var out bytes.Buffer
-	atStart := true
-	for {
-		line, err := br.ReadSlice('\n')
-		if atStart && (bytes.Equal(line, []byte("\r\n")) || bytes.Equal(line, []byte("\n"))) {
-			break
-		}
-		out.Write(line)
-		atStart = err == nil
-		if err != nil && err != bufio.ErrBufferFull {
-			break
-		}
+	h, err := mailhdr.Read(bufio.NewReader(io.NewSectionReader(r, 0, min(size, maxHeaderBytes))), maxHeaderBytes)
+	if err == nil {
+		h = mailhdr.TrimEnd(h)
 	}
-	return out.Bytes()
-}
-
-// countReceived counts the Received fields in a stored message's header.
-func countReceived(b interface {
-	io.ReaderAt
-	Size() int64
-}) (int, error) {
-	return scanStored(b).received, nil
+	return h
 }
 
 // storedHeader is what delivery reads from a stored message's header.
@@ -114,29 +98,19 @@ func scanStored(b interface {
 	var h storedHeader
 	bp := headBufs.Get().(*[]byte)
 	defer headBufs.Put(bp)
-	lines := bytes.Split(storedHeaderBlock(b, *bp), []byte("\n"))
-	value := func(i, prefix int) string {
-		v := string(lines[i][prefix:])
-		for _, more := range lines[i+1:] {
-			if len(more) == 0 || (more[0] != ' ' && more[0] != '\t') {
-				break
-			}
-			v += string(more)
-		}
-		return strings.TrimSpace(strings.ReplaceAll(v, "\r", ""))
-	}
-	for i, line := range lines {
+	mailhdr.Fields(storedHeaderBlock(b, *bp), func(name, value []byte) bool {
 		switch {
-		case len(line) >= 9 && bytes.EqualFold(line[:9], []byte("received:")):
+		case mailhdr.Is(name, "Received"):
 			h.received++
-		case h.messageID == "" && len(line) >= 11 && bytes.EqualFold(line[:11], []byte("message-id:")):
-			h.messageID = value(i, 11)
+		case h.messageID == "" && mailhdr.Is(name, "Message-ID"):
+			h.messageID = mailhdr.Unfold(value)
 			if len(h.messageID) > 200 {
 				h.messageID = h.messageID[:200]
 			}
-		case len(line) >= 13 && bytes.EqualFold(line[:13], []byte("tls-required:")):
-			h.tlsOptional = strings.EqualFold(value(i, 13), "no")
+		case mailhdr.Is(name, "TLS-Required"):
+			h.tlsOptional = strings.EqualFold(mailhdr.Unfold(value), "no")
 		}
-	}
+		return true
+	})
 	return h
 }

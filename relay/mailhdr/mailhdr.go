@@ -1,0 +1,119 @@
+// Package mailhdr walks the header fields of an Internet message (RFC 5322
+// §2.2): the one reader of header blocks for the inbound session, delivery
+// and DKIM signing.
+package mailhdr
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+)
+
+// Fields calls fn with the name (white space trimmed) and the raw value of
+// each field of the header block at the start of h, in order, until fn
+// returns false, h ends, or the empty line that ends the header. A raw value
+// is everything after the colon, continuation lines included with their
+// line ends (see Unfold). Lines may end in CRLF or LF. A line without a
+// colon, or a continuation line before any field, is skipped. fn's slices
+// point into h.
+func Fields(h []byte, fn func(name, value []byte) bool) {
+	for len(h) > 0 {
+		line, rest := cutLine(h)
+		if len(line) == 0 {
+			return // the empty line ends the header
+		}
+		if isWSP(line[0]) {
+			h = rest // a continuation of nothing
+			continue
+		}
+		end := len(line) // where the value ends in h
+		for len(rest) > 0 && isWSP(rest[0]) {
+			next, after := cutLine(rest)
+			end = len(h) - len(rest) + len(next)
+			rest = after
+		}
+		if colon := bytes.IndexByte(line, ':'); colon >= 0 {
+			if !fn(bytes.TrimSpace(line[:colon]), h[colon+1:end]) {
+				return
+			}
+		}
+		h = rest
+	}
+}
+
+// Unfold returns a raw value as one line (RFC 5322 §2.2.3: line ends
+// removed, the white space that folded them kept), without leading and
+// trailing white space.
+func Unfold(v []byte) string {
+	if bytes.IndexAny(v, "\r\n") < 0 {
+		return string(bytes.TrimSpace(v))
+	}
+	out := make([]byte, 0, len(v))
+	for _, c := range v {
+		if c != '\r' && c != '\n' {
+			out = append(out, c)
+		}
+	}
+	return string(bytes.TrimSpace(out))
+}
+
+// Is reports whether name is the field name want, ignoring case.
+func Is(name []byte, want string) bool {
+	return len(name) == len(want) && bytes.EqualFold(name, []byte(want))
+}
+
+// cutLine splits off the first line of b, without its CRLF or LF.
+func cutLine(b []byte) (line, rest []byte) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return b, nil
+	}
+	line, rest = b[:i], b[i+1:]
+	if n := len(line); n > 0 && line[n-1] == '\r' {
+		line = line[:n-1]
+	}
+	return line, rest
+}
+
+func isWSP(c byte) bool { return c == ' ' || c == '\t' }
+
+// ErrIncomplete reports that a header block did not end within the limit,
+// or that the message ended before the empty line that ends it.
+var ErrIncomplete = errors.New("header block incomplete or too long")
+
+// Read reads the header block from br, up to and including the empty line
+// that ends it (RFC 5322 §2.1), reading at most about limit bytes. On
+// ErrIncomplete the bytes read so far are returned; any other error is
+// br's.
+func Read(br *bufio.Reader, limit int) ([]byte, error) {
+	var h []byte
+	lineStart := true // line is a whole line, not the rest of a long one
+	for {
+		line, err := br.ReadSlice('\n')
+		h = append(h, line...)
+		if err == nil && lineStart && (len(line) == 2 && line[0] == '\r' || len(line) == 1) {
+			return h, nil
+		}
+		lineStart = err == nil
+		if len(h) > limit {
+			return h, ErrIncomplete
+		}
+		switch err {
+		case nil, bufio.ErrBufferFull:
+		case io.EOF:
+			return h, ErrIncomplete
+		default:
+			return h, err
+		}
+	}
+}
+
+// TrimEnd returns a header block that Read returned without error without
+// the empty line that ends it.
+func TrimEnd(h []byte) []byte {
+	if bytes.HasSuffix(h, []byte("\r\n")) && (len(h) == 2 || h[len(h)-3] == '\n') {
+		return h[:len(h)-2]
+	}
+	return h[:len(h)-1]
+}

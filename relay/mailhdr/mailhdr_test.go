@@ -1,0 +1,93 @@
+package mailhdr
+
+import (
+	"bufio"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func collect(h string) []string {
+	var out []string
+	Fields([]byte(h), func(name, value []byte) bool {
+		out = append(out, fmt.Sprintf("%s=%q", name, Unfold(value)))
+		return true
+	})
+	return out
+}
+
+func TestFields(t *testing.T) {
+	cases := []struct {
+		name, in string
+		want     []string
+	}{
+		{"crlf", "From: a@b.test\r\nSubject: hi\r\n\r\nbody: not a field\r\n",
+			[]string{`From="a@b.test"`, `Subject="hi"`}},
+		{"lf", "From: a@b.test\nSubject: hi\n\nbody: x\n", []string{`From="a@b.test"`, `Subject="hi"`}},
+		{"folded", "Subject: one\r\n two\r\n\tthree\r\nTo: x\r\n\r\n",
+			[]string{`Subject="one two\tthree"`, `To="x"`}},
+		{"name white space", "Received : x\r\n\r\n", []string{`Received="x"`}},
+		{"no colon skipped", "garbage\r\nTo: x\r\n\r\n", []string{`To="x"`}},
+		{"leading continuation skipped", " stray\r\nTo: x\r\n\r\n", []string{`To="x"`}},
+		{"no end of header", "To: x\r\nCc: y", []string{`To="x"`, `Cc="y"`}},
+		{"empty header", "\r\nTo: x\r\n", nil},
+		{"empty value", "X-Empty:\r\n\r\n", []string{`X-Empty=""`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			got := collect(tc.in)
+			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestFieldsStops(t *testing.T) {
+	n := 0
+	Fields([]byte("A: 1\r\nB: 2\r\nC: 3\r\n\r\n"), func(name, _ []byte) bool {
+		n++
+		return !Is(name, "b")
+	})
+	if n != 2 {
+		t.Fatalf("fn called %d times after returning false at the second field", n)
+	}
+}
+
+func FuzzFields(f *testing.F) {
+	f.Add([]byte("From: a\r\n b\r\n\r\n"))
+	f.Add([]byte(":\n\t\r\n"))
+	f.Fuzz(func(t *testing.T, h []byte) {
+		Fields(h, func(name, value []byte) bool {
+			if bytes := Unfold(value); strings.ContainsAny(bytes, "\r\n") {
+				t.Fatalf("unfolded value has a line end: %q", bytes)
+			}
+			return true
+		})
+	})
+}
+
+func TestReadAndTrimEnd(t *testing.T) {
+	cases := []struct{ in, header, trimmed string }{
+		{"A: 1\r\nB: 2\r\n\r\nbody\r\n", "A: 1\r\nB: 2\r\n\r\n", "A: 1\r\nB: 2\r\n"},
+		{"A: 1\n\nbody\n", "A: 1\n\n", "A: 1\n"},
+		{"\r\nbody", "\r\n", ""},
+		{"\nbody", "\n", ""},
+	}
+	for _, tc := range cases {
+		h, err := Read(bufio.NewReader(strings.NewReader(tc.in)), 1000)
+		if err != nil || string(h) != tc.header {
+			t.Errorf("Read(%q) = %q, %v; want %q", tc.in, h, err, tc.header)
+			continue
+		}
+		if got := string(TrimEnd(h)); got != tc.trimmed {
+			t.Errorf("TrimEnd(%q) = %q, want %q", h, got, tc.trimmed)
+		}
+	}
+	if _, err := Read(bufio.NewReader(strings.NewReader("A: 1\r\nB: 2\r\n")), 1000); err != ErrIncomplete {
+		t.Errorf("header without its end: %v", err)
+	}
+	if _, err := Read(bufio.NewReader(strings.NewReader("A: "+strings.Repeat("x", 100)+"\r\n\r\n")), 50); err != ErrIncomplete {
+		t.Errorf("header over the limit: %v", err)
+	}
+}
