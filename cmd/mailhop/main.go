@@ -135,17 +135,27 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
 	return cfg, true
 }
 
-func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+// configCommand parses the flags of a command that takes only --config
+// and loads the configuration; a non-zero code is the exit status.
+func configCommand(name string, args []string, stderr io.Writer) (cfg *config.Config, path string, code int) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "configuration file")
 	if _, err := parseInterspersed(fs, args); err != nil {
-		return exitUsage
+		return nil, "", exitUsage
 	}
-	path := configPath(*cfgFlag)
+	path = configPath(*cfgFlag)
 	cfg, ok := loadConfig(path, stderr)
 	if !ok {
-		return exitFail
+		return nil, path, exitFail
+	}
+	return cfg, path, exitOK
+}
+
+func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
+	cfg, path, code := configCommand("check-config", args, stderr)
+	if code != exitOK {
+		return code
 	}
 	// Keys are checked by loading them, as serve does.
 	if _, err := dkimsign.New(cfg.DKIM); err != nil {

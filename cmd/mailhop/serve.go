@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -46,16 +45,9 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 }
 
 func cmdServe(args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	cfgFlag := fs.String("config", "", "configuration file")
-	if _, err := parseInterspersed(fs, args); err != nil {
-		return exitUsage
-	}
-	path := configPath(*cfgFlag)
-	cfg, ok := loadConfig(path, stderr)
-	if !ok {
-		return exitFail
+	cfg, path, code := configCommand("serve", args, stderr)
+	if code != exitOK {
+		return code
 	}
 	log := newLogger(cfg.Log, stderr)
 	warnReadableSecrets(cfg, path, log)
