@@ -14,14 +14,8 @@ package integration_test
 //	daneta.test   DANE-TA 2 0 1 (certificate SHA-256) of the MX's CA  → delivered over TLS
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -29,65 +23,14 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
 
-// daneCA is a CA that no one trusts but the TLSA records.
-type daneCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newDANECA(t *testing.T) *daneCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "DANE test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &daneCA{cert: cert, key: key}
-}
-
-// issue returns a certificate for name, presented with the CA certificate
-// after it (DANE-TA needs the anchor in the chain the server sends).
-func (ca *daneCA) issue(t *testing.T, name string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}
-}
-
-// tlsaRecord is "_port._tcp.host TLSA usage selector mtype" for cert.
-func tlsaRecord(t *testing.T, port int, host string, usage, selector, mtype uint8, cert *x509.Certificate) dns.RR {
-	t.Helper()
-	data, err := dns.CertificateToDANE(selector, mtype, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dnstest.RR(fmt.Sprintf("_%d._tcp.%s. 300 IN TLSA %d %d %d %s", port, host, usage, selector, mtype, data))
-}
-
 func TestDANEEndToEnd(t *testing.T) {
 	t.Parallel()
-	ca, stranger := newDANECA(t), newDANECA(t)
+	ca, stranger := testpki.NewCA(t), testpki.NewCA(t)
 	z := dnstest.Zone{}
 	for d, ip := range map[string]string{"daneee.test": "127.0.0.2", "danebad.test": "127.0.0.3", "daneta.test": "127.0.0.4"} {
 		z[d+"."] = []dns.RR{dnstest.MX(d, 10, "mx."+d)}
@@ -96,15 +39,15 @@ func TestDANEEndToEnd(t *testing.T) {
 	w := newMXWorld(t, z)
 	w.dns.SetAD(true)
 
-	eeCert := ca.issue(t, "mx.daneee.test")
-	taCert := ca.issue(t, "mx.daneta.test")
+	eeCert := ca.Issue(t, "mx.daneee.test")
+	taCert := ca.Issue(t, "mx.daneta.test")
 	ee := w.mx("127.0.0.2", smtptest.Behaviour{TLS: &tls.Config{Certificates: []tls.Certificate{eeCert}}})
-	bad := w.mx("127.0.0.3", smtptest.Behaviour{TLS: &tls.Config{Certificates: []tls.Certificate{ca.issue(t, "mx.danebad.test")}}})
+	bad := w.mx("127.0.0.3", smtptest.Behaviour{TLS: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, "mx.danebad.test")}}})
 	ta := w.mx("127.0.0.4", smtptest.Behaviour{TLS: &tls.Config{Certificates: []tls.Certificate{taCert}}})
-	w.dns.Set(fmt.Sprintf("_%d._tcp.mx.daneee.test.", w.port), tlsaRecord(t, w.port, "mx.daneee.test", 3, 1, 1, eeCert.Leaf))
+	w.dns.Set(fmt.Sprintf("_%d._tcp.mx.daneee.test.", w.port), testpki.TLSA(t, w.port, "mx.daneee.test", 3, 1, 1, eeCert.Leaf))
 	w.dns.Set(fmt.Sprintf("_%d._tcp.mx.danebad.test.", w.port),
-		tlsaRecord(t, w.port, "mx.danebad.test", 3, 1, 1, stranger.issue(t, "mx.danebad.test").Leaf))
-	w.dns.Set(fmt.Sprintf("_%d._tcp.mx.daneta.test.", w.port), tlsaRecord(t, w.port, "mx.daneta.test", 2, 0, 1, ca.cert))
+		testpki.TLSA(t, w.port, "mx.danebad.test", 3, 1, 1, stranger.Issue(t, "mx.danebad.test").Leaf))
+	w.dns.Set(fmt.Sprintf("_%d._tcp.mx.daneta.test.", w.port), testpki.TLSA(t, w.port, "mx.daneta.test", 2, 0, 1, ca.Cert))
 
 	r := w.start("1h", "dnssec_trusted_resolver = true\n", "")
 	t.Cleanup(func() {

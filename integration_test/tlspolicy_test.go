@@ -18,17 +18,10 @@ package integration_test
 //	noreqtls.test   REQUIRETLS message, server does not              → bounced 5.7.30
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -42,58 +35,14 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
 
-// tlsCA is a CA for one test; file holds its certificate as PEM.
-type tlsCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string
-}
-
-func newTLSCA(t *testing.T) *tlsCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "tls policy test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	file := filepath.Join(t.TempDir(), "roots.pem")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return &tlsCA{cert: cert, key: key, file: file}
-}
-
-// server returns a TLS server configuration with a certificate for names.
-func (ca *tlsCA) server(t *testing.T, names ...string) *tls.Config {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: names[0]},
-		DNSNames: names, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
-}
-
 // policyServer serves each domain's MTA-STS policy at
 // https://mta-sts.DOMAIN/.well-known/mta-sts.txt on 127.0.0.1.
-func policyServer(t *testing.T, ca *tlsCA, policies map[string]string) (port string) {
+func policyServer(t *testing.T, ca *testpki.CA, policies map[string]string) (port string) {
 	t.Helper()
 	var names []string
 	for d := range policies {
@@ -113,7 +62,7 @@ func policyServer(t *testing.T, ca *tlsCA, policies map[string]string) (port str
 		io.WriteString(w, p)
 	}))
 	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	srv.TLS = ca.server(t, names...)
+	srv.TLS = ca.ServerConfig(t, names...)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	_, port, _ = net.SplitHostPort(srv.Listener.Addr().String())
@@ -122,7 +71,7 @@ func policyServer(t *testing.T, ca *tlsCA, policies map[string]string) (port str
 
 func TestTLSPolicyEndToEnd(t *testing.T) {
 	t.Parallel()
-	ca, other := newTLSCA(t), newTLSCA(t)
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
 	z := dnstest.Zone{}
 	mx := func(domain, ip string) {
 		z[domain+"."] = append(z[domain+"."], dnstest.MX(domain, 10, "mx."+domain))
@@ -149,15 +98,15 @@ func TestTLSPolicyEndToEnd(t *testing.T) {
 	})
 
 	w := newMXWorld(t, z)
-	good := w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "mx.sts.test", TLS: ca.server(t, "mx.sts.test")})
-	bad := w.mx("127.0.0.3", smtptest.Behaviour{TLS: other.server(t, "mx.stsbad.test")})
-	outside := w.mx("127.0.0.4", smtptest.Behaviour{TLS: ca.server(t, "mx.stsother.test")})
-	verified := w.mx("127.0.0.5", smtptest.Behaviour{TLS: ca.server(t, "mx.verified.test")})
+	good := w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "mx.sts.test", TLS: ca.ServerConfig(t, "mx.sts.test")})
+	bad := w.mx("127.0.0.3", smtptest.Behaviour{TLS: other.ServerConfig(t, "mx.stsbad.test")})
+	outside := w.mx("127.0.0.4", smtptest.Behaviour{TLS: ca.ServerConfig(t, "mx.stsother.test")})
+	verified := w.mx("127.0.0.5", smtptest.Behaviour{TLS: ca.ServerConfig(t, "mx.verified.test")})
 	noTLS := w.mx("127.0.0.6", smtptest.Behaviour{})
-	reqTLS := w.mx("127.0.0.7", smtptest.Behaviour{TLS: ca.server(t, "mx.reqtls.test"), RequireTLS: true})
-	noReqTLS := w.mx("127.0.0.8", smtptest.Behaviour{TLS: ca.server(t, "mx.noreqtls.test")})
+	reqTLS := w.mx("127.0.0.7", smtptest.Behaviour{TLS: ca.ServerConfig(t, "mx.reqtls.test"), RequireTLS: true})
+	noReqTLS := w.mx("127.0.0.8", smtptest.Behaviour{TLS: ca.ServerConfig(t, "mx.noreqtls.test")})
 
-	delivery := fmt.Sprintf("extra_roots_file = %q\nmta_sts_port = %s\n", ca.file, stsPort)
+	delivery := fmt.Sprintf("extra_roots_file = %q\nmta_sts_port = %s\n", ca.File, stsPort)
 	extra := "[[tls_policy]]\ndomains = [\"verified.test\", \"verifynotls.test\"]\nlevel = \"verify\"\n"
 	r := w.start("1h", delivery, extra)
 	t.Cleanup(func() {

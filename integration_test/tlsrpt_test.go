@@ -33,6 +33,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -154,7 +155,7 @@ func (s *postSink) reports() ([][]byte, []string) {
 
 func TestTLSReportsEndToEnd(t *testing.T) {
 	t.Parallel()
-	ca, other := newTLSCA(t), newTLSCA(t)
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
 
 	sink := &postSink{}
 	hs := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -165,7 +166,7 @@ func TestTLSReportsEndToEnd(t *testing.T) {
 		sink.mu.Unlock()
 	}))
 	hs.Config.ErrorLog = log.New(io.Discard, "", 0)
-	hs.TLS = ca.server(t, "tlsrpt.good.test")
+	hs.TLS = ca.ServerConfig(t, "tlsrpt.good.test")
 	hs.StartTLS()
 	t.Cleanup(hs.Close)
 	_, httpsPort, _ := net.SplitHostPort(hs.Listener.Addr().String())
@@ -181,11 +182,11 @@ func TestTLSReportsEndToEnd(t *testing.T) {
 	z["_smtp._tls.untrusted.test."] = []dns.RR{dnstest.TXT("_smtp._tls.untrusted.test", "v=TLSRPTv1; rua=mailto:tls-reports@reports.test")}
 
 	w := newMXWorld(t, z)
-	good := w.mx("127.0.0.2", smtptest.Behaviour{TLS: ca.server(t, "mx.good.test")})
-	untrusted := w.mx("127.0.0.3", smtptest.Behaviour{TLS: other.server(t, "mx.untrusted.test")})
-	rua := w.mx("127.0.0.4", smtptest.Behaviour{TLS: ca.server(t, "mx.reports.test")})
+	good := w.mx("127.0.0.2", smtptest.Behaviour{TLS: ca.ServerConfig(t, "mx.good.test")})
+	untrusted := w.mx("127.0.0.3", smtptest.Behaviour{TLS: other.ServerConfig(t, "mx.untrusted.test")})
+	rua := w.mx("127.0.0.4", smtptest.Behaviour{TLS: ca.ServerConfig(t, "mx.reports.test")})
 
-	delivery := fmt.Sprintf("extra_roots_file = %q\ntls_report_interval = \"1s\"\n", ca.file)
+	delivery := fmt.Sprintf("extra_roots_file = %q\ntls_report_interval = \"1s\"\n", ca.File)
 	extra := "[[tls_policy]]\ndomains = [\"untrusted.test\"]\nlevel = \"verify\"\n"
 	r := w.start("1h", delivery, extra)
 	t.Cleanup(func() {

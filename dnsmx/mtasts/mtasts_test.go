@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 )
 
 const policyV1 = "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.mx.example.com\r\nmax_age: 86400\r\n"
@@ -26,14 +27,14 @@ func stsZone(id string) dnstest.Zone {
 type fixture struct {
 	dns   *dnstest.Server
 	https *stsServer
-	ca    *testCA
+	ca    *testpki.CA
 	clock *clock
 	dir   string
 }
 
 func newFixture(t *testing.T, policy string) *fixture {
 	t.Helper()
-	ca := newCA(t)
+	ca := testpki.NewCA(t)
 	return &fixture{
 		dns:   dnstest.New(t, stsZone("1")),
 		https: newSTSServer(t, ca, policy, "mta-sts.example.com"),
@@ -48,7 +49,7 @@ func newFixture(t *testing.T, policy string) *fixture {
 func (fx *fixture) fetcher(t *testing.T) *Fetcher {
 	return &Fetcher{
 		LookupTXT:  lookupTXT(t, fx.dns),
-		HTTPClient: fx.https.client(fx.ca.pool),
+		HTTPClient: fx.https.client(fx.ca.Pool),
 		Dir:        fx.dir,
 		Now:        fx.clock.Now,
 	}
@@ -211,7 +212,7 @@ func TestGet_FetchFailuresGiveNoPolicy(t *testing.T) {
 			}
 			f := fx.fetcher(t)
 			if !c.trusted {
-				f.HTTPClient = fx.https.client(newCA(t).pool)
+				f.HTTPClient = fx.https.client(testpki.NewCA(t).Pool)
 			}
 			p, err := f.Get(ctx, "example.com")
 			if p != nil || err == nil || !strings.Contains(err.Error(), c.want) {

@@ -1,102 +1,26 @@
 package outbound
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
-
-	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/queue"
 )
-
-// testCA is a certificate authority made for one test.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	file string // the CA certificate as PEM, for extra_roots_file
-}
-
-var serial atomic.Int64
-
-func newTestCA(t *testing.T) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: "mailhop test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	file := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, file: file}
-}
-
-// issue returns a server certificate for names, presented with the CA
-// certificate after it (as DANE-TA needs).
-func (ca *testCA) issue(t *testing.T, names ...string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der, ca.cert.Raw}, PrivateKey: key, Leaf: leaf}
-}
 
 // serverTLS is a server configuration presenting c.
 func serverTLS(c tls.Certificate) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{c}}
-}
-
-// tlsaRR is the TLSA record "usage selector mtype" for cert at
-// _port._tcp.host.
-func tlsaRR(t *testing.T, port int, host string, usage, selector, mtype uint8, cert *x509.Certificate) dns.RR {
-	t.Helper()
-	data, err := dns.CertificateToDANE(selector, mtype, cert)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return dnstest.RR(fmt.Sprintf("_%d._tcp.%s. 300 IN TLSA %d %d %d %s", port, host, usage, selector, mtype, data))
 }
 
 // stsServer serves MTA-STS policies over HTTPS on 127.0.0.1, one per
@@ -110,7 +34,7 @@ type stsServer struct {
 	policies map[string]string // domain → policy text ("" → 404)
 }
 
-func newSTSServer(t *testing.T, ca *testCA, policies map[string]string) *stsServer {
+func newSTSServer(t *testing.T, ca *testpki.CA, policies map[string]string) *stsServer {
 	t.Helper()
 	s := &stsServer{policies: policies}
 	var names []string
@@ -134,7 +58,7 @@ func newSTSServer(t *testing.T, ca *testCA, policies map[string]string) *stsServ
 		io.WriteString(w, p)
 	}))
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	s.srv.TLS = serverTLS(ca.issue(t, names...))
+	s.srv.TLS = serverTLS(ca.Issue(t, names...))
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	_, p, _ := net.SplitHostPort(s.srv.Listener.Addr().String())

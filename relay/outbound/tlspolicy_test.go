@@ -10,6 +10,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -23,20 +24,20 @@ import (
 //	nostarttls.test 127.0.0.5  no STARTTLS
 type tlsWorld struct {
 	*harness
-	ca                                *testCA
+	ca                                *testpki.CA
 	good, untrusted, wrongname, noTLS *smtptest.Server
 }
 
 func newTLSWorld(t *testing.T) *tlsWorld {
-	ca, other := newTestCA(t), newTestCA(t)
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
 	w := &tlsWorld{ca: ca}
-	w.harness = newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.good.test"))},
+	w.harness = newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.good.test"))},
 		zone("good.test", "127.0.0.2", "untrusted.test", "127.0.0.3", "wrongname.test", "127.0.0.4", "nostarttls.test", "127.0.0.5"))
 	w.good = w.first
-	w.untrusted = w.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.untrusted.test"))})
-	w.wrongname = w.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "elsewhere.test"))})
+	w.untrusted = w.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.untrusted.test"))})
+	w.wrongname = w.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "elsewhere.test"))})
 	w.noTLS = w.server("127.0.0.5", smtptest.Behaviour{})
-	w.cfg.Delivery.ExtraRootsFile = ca.file
+	w.cfg.Delivery.ExtraRootsFile = ca.File
 	return w
 }
 
@@ -178,12 +179,12 @@ func TestTLSPolicy_TLSRequiredNo(t *testing.T) {
 // name; extra_roots_file is trusted there too.
 func TestTLSPolicy_RouteStartTLSVerifiesWithExtraRoots(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t)
+	ca := testpki.NewCA(t)
 	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
-	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "smart.test")), Users: map[string]string{"app": "s3cret"}}, z)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "smart.test")), Users: map[string]string{"app": "s3cret"}}, z)
 	r := routeTo(h, []string{"smart.test"}, "starttls", "")
 	h.cfg.Route = append(h.cfg.Route, r)
-	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.Delivery.ExtraRootsFile = ca.File
 	h.start()
 	id := h.submit(testBody, []string{"x@routed.test"})
 	h.waitRecords(id, 1)
@@ -200,8 +201,8 @@ func TestTLSPolicy_RouteStartTLSVerifiesWithExtraRoots(t *testing.T) {
 // one HTTPS server (certificate from the trusted CA) serves every policy.
 func TestMTASTS_Modes(t *testing.T) {
 	t.Parallel()
-	ca, other := newTestCA(t), newTestCA(t)
-	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.enforce.test"))}, zone(
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.enforce.test"))}, zone(
 		"enforce.test", "127.0.0.2",
 		"mismatch.test", "127.0.0.3",
 		"badcert.test", "127.0.0.4",
@@ -209,11 +210,11 @@ func TestMTASTS_Modes(t *testing.T) {
 		"nostarttls.test", "127.0.0.6",
 		"fetchfails.test", "127.0.0.7",
 	))
-	mismatch := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.mismatch.test"))})
-	badcert := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.badcert.test"))})
-	testing_ := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.testing.test"))})
+	mismatch := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.mismatch.test"))})
+	badcert := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.badcert.test"))})
+	testing_ := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.testing.test"))})
 	noTLS := h.server("127.0.0.6", smtptest.Behaviour{})
-	fetchFails := h.server("127.0.0.7", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.fetchfails.test"))})
+	fetchFails := h.server("127.0.0.7", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.fetchfails.test"))})
 	sts := newSTSServer(t, ca, map[string]string{
 		"enforce.test":    stsPolicy("enforce", "mx.enforce.test"),
 		"mismatch.test":   stsPolicy("enforce", "mx.elsewhere.test"),
@@ -226,7 +227,7 @@ func TestMTASTS_Modes(t *testing.T) {
 		h.publishSTS(d, "1")
 	}
 	h.cfg.DataDir = t.TempDir()
-	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.Delivery.ExtraRootsFile = ca.File
 	h.cfg.Delivery.MTASTSPort = sts.port
 	h.start()
 
@@ -296,13 +297,13 @@ func TestMTASTS_Modes(t *testing.T) {
 // applies the cached enforce policy while the HTTPS server is down.
 func TestMTASTS_CacheSurvivesRestart(t *testing.T) {
 	t.Parallel()
-	ca := newTestCA(t)
-	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
+	ca := testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
 	evil := h.server("127.0.0.3", smtptest.Behaviour{})
 	sts := newSTSServer(t, ca, map[string]string{"example.test": stsPolicy("enforce", "mx.example.test")})
 	h.publishSTS("example.test", "7")
 	h.cfg.DataDir = t.TempDir()
-	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.Delivery.ExtraRootsFile = ca.File
 	h.cfg.Delivery.MTASTSPort = sts.port
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test"})
@@ -333,8 +334,8 @@ func TestMTASTS_CacheSurvivesRestart(t *testing.T) {
 // failed TLSA lookup; TLSA records none of which is usable.
 func TestDANE(t *testing.T) {
 	t.Parallel()
-	ca, other := newTestCA(t), newTestCA(t)
-	eeCert := other.issue(t, "not-the-mx-name.test") // DANE-EE checks neither name nor issuer
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	eeCert := other.Issue(t, "not-the-mx-name.test") // DANE-EE checks neither name nor issuer
 	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(eeCert)}, zone(
 		"ee.test", "127.0.0.2",
 		"eemismatch.test", "127.0.0.3",
@@ -344,20 +345,20 @@ func TestDANE(t *testing.T) {
 		"servfail.test", "127.0.0.7",
 		"unusable.test", "127.0.0.8",
 	))
-	eeMismatch := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.eemismatch.test"))})
-	ta := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.ta.test"))})
-	taWrong := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.other.test"))})
+	eeMismatch := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.eemismatch.test"))})
+	ta := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.ta.test"))})
+	taWrong := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.other.test"))})
 	noTLS := h.server("127.0.0.6", smtptest.Behaviour{})
 	servfail := h.server("127.0.0.7", smtptest.Behaviour{TLS: serverTLS(eeCert)})
-	unusable := h.server("127.0.0.8", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.unusable.test"))})
+	unusable := h.server("127.0.0.8", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.unusable.test"))})
 	p := h.port
 	add := func(host string, rr dns.RR) { h.dns.Add("_"+itoa(p)+"._tcp."+host+".", rr) }
-	add("mx.ee.test", tlsaRR(t, p, "mx.ee.test", 3, 1, 1, eeCert.Leaf))
-	add("mx.eemismatch.test", tlsaRR(t, p, "mx.eemismatch.test", 3, 1, 1, eeCert.Leaf)) // not its certificate
-	add("mx.ta.test", tlsaRR(t, p, "mx.ta.test", 2, 0, 1, ca.cert))
-	add("mx.tawrongname.test", tlsaRR(t, p, "mx.tawrongname.test", 2, 0, 1, ca.cert))
-	add("mx.nostarttls.test", tlsaRR(t, p, "mx.nostarttls.test", 3, 1, 1, eeCert.Leaf))
-	add("mx.unusable.test", tlsaRR(t, p, "mx.unusable.test", 1, 1, 1, eeCert.Leaf)) // PKIX-EE: unusable for SMTP
+	add("mx.ee.test", testpki.TLSA(t, p, "mx.ee.test", 3, 1, 1, eeCert.Leaf))
+	add("mx.eemismatch.test", testpki.TLSA(t, p, "mx.eemismatch.test", 3, 1, 1, eeCert.Leaf)) // not its certificate
+	add("mx.ta.test", testpki.TLSA(t, p, "mx.ta.test", 2, 0, 1, ca.Cert))
+	add("mx.tawrongname.test", testpki.TLSA(t, p, "mx.tawrongname.test", 2, 0, 1, ca.Cert))
+	add("mx.nostarttls.test", testpki.TLSA(t, p, "mx.nostarttls.test", 3, 1, 1, eeCert.Leaf))
+	add("mx.unusable.test", testpki.TLSA(t, p, "mx.unusable.test", 1, 1, 1, eeCert.Leaf)) // PKIX-EE: unusable for SMTP
 	h.dns.SetRcode("_"+itoa(p)+"._tcp.mx.servfail.test.", dns.RcodeServerFailure)
 	h.dns.SetAD(true)
 	h.cfg.Delivery.DNSSECTrustedResolver = true
@@ -415,15 +416,15 @@ func TestDANE(t *testing.T) {
 // are ignored: a mismatching record does not stop opportunistic delivery.
 func TestDANE_NotTrustedIsIgnored(t *testing.T) {
 	t.Parallel()
-	other := newTestCA(t)
+	other := testpki.NewCA(t)
 	for _, c := range []struct {
 		name      string
 		ad, trust bool
 	}{{"no AD bit", false, true}, {"resolver not trusted", true, false}} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
-			h.dns.Add("_"+itoa(h.port)+"._tcp.mx.example.test.", tlsaRR(t, h.port, "mx.example.test", 3, 1, 1, other.cert))
+			h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
+			h.dns.Add("_"+itoa(h.port)+"._tcp.mx.example.test.", testpki.TLSA(t, h.port, "mx.example.test", 3, 1, 1, other.Cert))
 			h.dns.SetAD(c.ad)
 			h.cfg.Delivery.DNSSECTrustedResolver = c.trust
 			h.start()
@@ -444,19 +445,19 @@ func TestDANE_NotTrustedIsIgnored(t *testing.T) {
 // REQUIRETLS, and without the body).
 func TestREQUIRETLS(t *testing.T) {
 	t.Parallel()
-	ca, other := newTestCA(t), newTestCA(t)
-	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.ok.test")), RequireTLS: true}, zone(
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.ok.test")), RequireTLS: true}, zone(
 		"ok.test", "127.0.0.2",
 		"noext.test", "127.0.0.3",
 		"badcert.test", "127.0.0.4",
 		"down.test", "127.0.0.5",
 		"off.test", "127.0.0.6",
 	))
-	noExt := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.noext.test"))})
-	badcert := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(other.issue(t, "mx.badcert.test")), RequireTLS: true})
-	off := h.server("127.0.0.6", smtptest.Behaviour{TLS: serverTLS(ca.issue(t, "mx.off.test")), RequireTLS: true})
+	noExt := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.noext.test"))})
+	badcert := h.server("127.0.0.4", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.badcert.test")), RequireTLS: true})
+	off := h.server("127.0.0.6", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.off.test")), RequireTLS: true})
 	bounces := h.server("127.0.0.250", smtptest.Behaviour{})
-	h.cfg.Delivery.ExtraRootsFile = ca.file
+	h.cfg.Delivery.ExtraRootsFile = ca.File
 	h.cfg.TLSPolicies = []config.TLSPolicy{{Domains: []string{"off.test"}, Level: config.TLSNone}}
 	h.start()
 	requireTLS := func(e *queue.Envelope) { e.RequireTLS, e.Ret = true, "FULL" }

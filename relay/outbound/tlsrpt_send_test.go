@@ -27,6 +27,7 @@ import (
 	"github.com/emersion/go-msgauth/dkim"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -120,7 +121,7 @@ func TestTLSReports_MailtoThroughQueue(t *testing.T) {
 	w.dns.Set("reports.test.", dnstest.MX("reports.test", 10, "mx.reports.test"))
 	w.dns.Set("mx.reports.test.", dnstest.A("mx.reports.test", "127.0.0.6"))
 	w.dns.Set("_smtp._tls.untrusted.test.", dnstest.TXT("_smtp._tls.untrusted.test", "v=TLSRPTv1; rua=mailto:tls-reports@reports.test"))
-	rua := w.server("127.0.0.6", smtptest.Behaviour{TLS: serverTLS(w.ca.issue(t, "mx.reports.test"))})
+	rua := w.server("127.0.0.6", smtptest.Behaviour{TLS: serverTLS(w.ca.Issue(t, "mx.reports.test"))})
 	// RFC 8460 §5.3: reports SHOULD be DKIM-signed; relay.test has a key.
 	_, key, _ := ed25519.GenerateKey(rand.Reader)
 	pemKey, err := dkimsign.MarshalPrivateKey(key)
@@ -249,7 +250,7 @@ type reportSink struct {
 	body [][]byte
 }
 
-func newReportSink(t *testing.T, ca *testCA, name string) *reportSink {
+func newReportSink(t *testing.T, ca *testpki.CA, name string) *reportSink {
 	s := &reportSink{}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b, _ := io.ReadAll(r.Body)
@@ -262,7 +263,7 @@ func newReportSink(t *testing.T, ca *testCA, name string) *reportSink {
 		}
 	}))
 	s.srv.Config.ErrorLog = log.New(io.Discard, "", 0)
-	s.srv.TLS = serverTLS(ca.issue(t, name))
+	s.srv.TLS = serverTLS(ca.Issue(t, name))
 	s.srv.StartTLS()
 	t.Cleanup(s.srv.Close)
 	_, s.port, _ = net.SplitHostPort(s.srv.Listener.Addr().String())
