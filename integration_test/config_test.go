@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -206,7 +207,7 @@ func TestConfigExampleLoadsAndServes(t *testing.T) {
 		t.Fatalf("check-config of the rewritten example: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
 	}
 
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cmd := exec.Command(mailhopBin, "serve", "--config", path)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

@@ -27,6 +27,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/admin"
 )
@@ -140,25 +141,8 @@ type relay struct {
 	mu     sync.Mutex
 	env    []string
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *testlog.Buffer
 	exited chan struct{}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // startRelay writes a configuration and starts mailhop with it.
@@ -229,7 +213,7 @@ func (r *relay) start() {
 	r.t.Helper()
 	r.mu.Lock()
 	if r.logs == nil {
-		r.logs = &syncBuffer{}
+		r.logs = &testlog.Buffer{}
 	}
 	cmd := exec.Command(mailhopBin, "serve", "--config", r.cfgPath)
 	cmd.Stdout, cmd.Stderr = r.logs, r.logs

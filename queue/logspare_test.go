@@ -4,32 +4,14 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
-
-// syncBuffer is a log destination tests can read while the store writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // copyDir copies the files of a live store's directory (not bodies/ or
 // quarantine/): what a kill -9 would leave, since every acknowledged
@@ -81,7 +63,7 @@ func deliverAll(t *testing.T, q *Queue, id string) {
 func TestRecycledSegmentRecovery(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	var logs syncBuffer
+	var logs testlog.Buffer
 	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -130,7 +112,7 @@ func TestRecycledSegmentRecovery(t *testing.T) {
 
 	crash := t.TempDir()
 	copyDir(t, dir, crash)
-	var logs2 syncBuffer
+	var logs2 testlog.Buffer
 	q2, err := Open(crash, Options{Logger: slog.New(slog.NewTextHandler(&logs2, nil))})
 	if err != nil {
 		t.Fatal(err)

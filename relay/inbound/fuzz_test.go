@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 )
@@ -70,7 +71,7 @@ func FuzzSession(f *testing.F) {
 	for _, s := range seeds {
 		f.Add([]byte(s))
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	cfg := testConfig(&testing.T{})
 	cfg.DataDir = f.TempDir()
@@ -114,7 +115,7 @@ func FuzzSession(f *testing.F) {
 // TestFuzzSessionHarnessSeesPanics makes sure the fuzz harness can fail: a session
 // that panics must be seen.
 func TestFuzzSessionHarnessSeesPanics(t *testing.T) {
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	srv := smtp.NewServer(smtp.BackendFunc(func(*smtp.Conn) (smtp.Session, error) { panic("boom") }))
 	srv.ErrorLog = errorLog{slog.New(slog.NewTextHandler(logs, nil))}
 	ln := &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}

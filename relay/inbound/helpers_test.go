@@ -2,7 +2,6 @@ package inbound
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
@@ -16,29 +15,12 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 )
 
 const testPassword = "correct horse"
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // testServer is a running Server with one listener per mode on loopback
 // and a real queue in a temporary directory.
@@ -48,7 +30,7 @@ type testServer struct {
 	q    *queue.Queue
 	cfg  *config.Config
 	addr map[string]string // mode -> host:port
-	logs *syncBuffer
+	logs *testlog.Buffer
 }
 
 // testConfig is a configuration where loopback is NOT trusted (so relay
@@ -95,7 +77,7 @@ func startServer(t *testing.T, edit ...func(*config.Config)) *testServer {
 	for _, e := range edit {
 		e(cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	q, err := queue.Open(t.TempDir(), queue.Options{Logger: log})
 	if err != nil {

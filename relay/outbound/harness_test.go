@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
@@ -30,7 +30,7 @@ type harness struct {
 	agent *Agent
 	port  int
 	first *smtptest.Server // the server that fixed the port, on 127.0.0.2
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 	// editOpts, when set, changes the Options before each start.
 	editOpts func(*Options)
 
@@ -46,7 +46,7 @@ type harness struct {
 func newHarness(t *testing.T, b smtptest.Behaviour, zone dnstest.Zone) *harness {
 	t.Helper()
 	first := smtptest.New(t, "127.0.0.2:0", b)
-	h := &harness{t: t, first: first, port: first.Port(), records: map[string]int{}, changed: make(chan struct{}), logs: &syncBuffer{}}
+	h := &harness{t: t, first: first, port: first.Port(), records: map[string]int{}, changed: make(chan struct{}), logs: &testlog.Buffer{}}
 	if zone == nil {
 		zone = dnstest.Zone{}
 	}
@@ -188,23 +188,6 @@ const testBody = "From: Sender <sender@sender.test>\r\n" +
 	"..two dots\r\n" +
 	".\r\n" +
 	"last line without dot\r\n"
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // testPKI is a CA and a certificate it signed for some names.
 type testPKI struct {
