@@ -213,10 +213,7 @@ func orDur(d config.Duration, def time.Duration) time.Duration {
 // logAttempt writes one line per domain group attempted and one per final
 // recipient outcome, and counts them.
 func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
-	next := ""
-	if due, ok := a.q.Due(env.ID); ok {
-		next = due.Format(time.RFC3339)
-	}
+	next := "" // the next attempt, looked up only when a group is pending
 	for _, g := range at.groups {
 		attrs := []any{"queue_id", env.ID, "message_id", at.messageID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
 			"tls", g.tls, "tls_policy", g.policy, "tls_verified", g.verif, "dur", g.dur.Round(time.Millisecond)}
@@ -230,7 +227,13 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 			code, reply = g.rcpts[0].reply.Code, replyText(g.rcpts[0].reply)
 		}
 		attrs = append(attrs, "code", code, "reply", reply)
-		if groupPending(g) && next != "" {
+		pending := groupPending(g)
+		if pending && next == "" {
+			if due, ok := a.q.Due(env.ID); ok {
+				next = due.Format(time.RFC3339)
+			}
+		}
+		if pending && next != "" {
 			attrs = append(attrs, "next_attempt", next)
 		} else {
 			attrs = append(attrs, "outcome", "done")
