@@ -247,6 +247,14 @@ func TestMaySend(t *testing.T) {
 			t.Errorf("MaySend(%q) = %v, want %v", addr, got, want)
 		}
 	}
+	for domain, want := range map[string]bool{
+		"example.com": true, "EXAMPLE.COM.": true, "example.org": true,
+		"sub.example.org": false, "example.net": false, "": false,
+	} {
+		if got := u.SendsFrom(domain); got != want {
+			t.Errorf("SendsFrom(%q) = %v, want %v", domain, got, want)
+		}
+	}
 }
 
 func TestFindUser(t *testing.T) {

@@ -28,10 +28,10 @@ func (u *User) MaySend(addr string) bool {
 	if at <= 0 {
 		return false
 	}
-	local, domain := addr[:at], strings.TrimSuffix(addr[at+1:], ".")
+	local, domain := addr[:at], addr[at+1:]
 	for _, s := range u.Senders {
 		sat := strings.LastIndexByte(s, '@')
-		if sat < 0 || !strings.EqualFold(strings.TrimSuffix(s[sat+1:], "."), domain) {
+		if sat < 0 || !sameDomain(s[sat+1:], domain) {
 			continue
 		}
 		if sat == 0 || s[:sat] == local {
@@ -39,6 +39,23 @@ func (u *User) MaySend(addr string) bool {
 		}
 	}
 	return false
+}
+
+// SendsFrom reports whether some address in domain is among the user's
+// senders (an exact address or "@domain"): mail the user sends is DKIM
+// signed only for such domains.
+func (u *User) SendsFrom(domain string) bool {
+	for _, s := range u.Senders {
+		if sat := strings.LastIndexByte(s, '@'); sat >= 0 && sameDomain(s[sat+1:], domain) {
+			return true
+		}
+	}
+	return false
+}
+
+// sameDomain compares domain names without case and a final dot.
+func sameDomain(a, b string) bool {
+	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
 }
 
 // FindUser returns the [[user]] with this name (compared exactly), or nil.

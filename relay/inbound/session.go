@@ -263,18 +263,7 @@ func (ss *session) maySign(cfg *config.Config) func(string) bool {
 		return nil
 	}
 	u := cfg.FindUser(ss.user)
-	return func(domain string) bool {
-		if u == nil {
-			return false
-		}
-		for _, p := range u.Senders {
-			at := strings.LastIndexByte(p, '@')
-			if at >= 0 && strings.EqualFold(p[at+1:], domain) {
-				return true
-			}
-		}
-		return false
-	}
+	return func(domain string) bool { return u != nil && u.SendsFrom(domain) }
 }
 
 // refuseData turns a failed DATA into its reply and the transaction's log
