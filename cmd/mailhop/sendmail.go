@@ -188,6 +188,17 @@ type clientConfig struct {
 	Policy struct {
 		MaxMessageSize int64 `toml:"max_message_size"`
 	} `toml:"policy"`
+	Limits struct {
+		MaxLineLength int `toml:"max_line_length"`
+		MaxHeaderSize int `toml:"max_header_size"`
+	} `toml:"limits"`
+}
+
+// limits are the limits SMTP applies to a message, as this configuration
+// sets them; a message left in the pickup directory must meet them.
+func (c *clientConfig) limits() admin.Limits {
+	return admin.Limits{MaxMessageSize: c.Policy.MaxMessageSize, MaxLineLength: c.Limits.MaxLineLength,
+		MaxHeaderSize: c.Limits.MaxHeaderSize}
 }
 
 func loadClientConfig(path string) (*clientConfig, error) {
@@ -220,6 +231,12 @@ func loadClientConfig(path string) (*clientConfig, error) {
 	c.Hostname = strings.TrimSuffix(c.Hostname, ".")
 	if c.Policy.MaxMessageSize <= 0 {
 		c.Policy.MaxMessageSize = config.DefaultMaxMessageSize
+	}
+	if c.Limits.MaxLineLength <= 0 {
+		c.Limits.MaxLineLength = config.DefaultMaxLineLength
+	}
+	if c.Limits.MaxHeaderSize <= 0 {
+		c.Limits.MaxHeaderSize = config.DefaultMaxHeaderSize
 	}
 	return &c, nil
 }
@@ -300,7 +317,11 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 }
 
 // handOver gives the message to the relay, or to the pickup directory when
-// the relay is not running. It returns what happened, for -v.
+// the relay is not running. It returns what happened, for -v. The relay
+// checks the message against the limits of its running configuration (a
+// refusal is EX_DATAERR); the pickup directory gets only a message that meets
+// those of the configuration file, which the relay checks again when it
+// queues the file.
 func handOver(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte) (string, error) {
 	c, err := net.DialTimeout("unix", cfg.Admin.Socket, 10*time.Second)
 	if err == nil {
@@ -324,6 +345,9 @@ func handOver(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte) (string,
 }
 
 func pickup(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte, why error) (string, error) {
+	if err := admin.CheckLimits(bytes.NewReader(msg), cfg.limits()); err != nil {
+		return "", refused(err.Error())
+	}
 	dir := filepath.Join(cfg.DataDir, admin.PickupDirName)
 	path, err := admin.WritePickup(dir, env, bytes.NewReader(msg))
 	if err != nil {
@@ -336,7 +360,7 @@ func pickup(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte, why error)
 func statusExit(st *admin.StatusError) error {
 	switch st.Code {
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
-		return sendmailFail(exDataErr, "refused: %s", st.Msg)
+		return refused(strings.TrimPrefix(st.Msg, "inject: "))
 	case http.StatusForbidden:
 		return sendmailFail(exNoPerm, "refused: %s", st.Msg)
 	case http.StatusServiceUnavailable:
@@ -345,6 +369,12 @@ func statusExit(st *admin.StatusError) error {
 		return sendmailFail(exUnavailable, "the running relay does not accept local mail (too old?): %s", st.Msg)
 	}
 	return sendmailFail(exSoftware, "the relay answered %d: %s", st.Code, st.Msg)
+}
+
+// refused is a message the relay would not take (EX_DATAERR): the same
+// line whether the running relay or sendmail itself found the problem.
+func refused(why string) error {
+	return sendmailFail(exDataErr, "message refused, not sent: %s", why)
 }
 
 // localUser returns the caller's login name and uid.
@@ -418,7 +448,7 @@ func readMessage(r io.Reader, dotEnds bool, max int64) ([]byte, error) {
 }
 
 func tooLarge(max int64) error {
-	return sendmailFail(exDataErr, "message larger than the relay's policy.max_message_size (%d bytes)", max)
+	return refused((&admin.LimitError{Key: admin.KeyMaxMessageSize, Limit: max}).Error())
 }
 
 // headerFields are what rewriteHeaders adds when missing.

@@ -1,10 +1,31 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/smtp"
+	"net/textproto"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mailhop/mailhop/internal/testlog"
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/admin"
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/inbound"
 )
 
 func TestParseSendmailArgs(t *testing.T) {
@@ -92,4 +113,383 @@ func TestRewriteHeaders_NoHeaderGetsFromWithFullName(t *testing.T) {
 	if !strings.HasPrefix(s, "From: \"The App\" <app@h.test>\n") || !strings.HasSuffix(s, "\n\njust a line\n") {
 		t.Errorf("out = %q", s)
 	}
+}
+
+// writeConfig writes a relay configuration into a new directory (data_dir
+// there, one relay listener on a kernel-chosen port, loopback trusted)
+// with extra appended, and returns its path.
+func writeConfig(t *testing.T, extra string) string {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "mailhop.toml")
+	cfg := `hostname = "relay.test"
+data_dir = "data"
+
+[[listener]]
+address = "127.0.0.1:0"
+mode = "relay"
+
+[delivery]
+resolvers = ["127.0.0.1:1"]
+retry_intervals = ["1h"]
+` + extra
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// localRelay is the part of a running relay that mail enters through, in
+// this process: the SMTP server and the admin socket with the injector,
+// queueing into one queue, wired as serve wires them.
+type localRelay struct {
+	cfgPath string
+	smtp    string // host:port of the relay listener
+	q       *queue.Queue
+}
+
+func startLocalRelay(t *testing.T, extra string) *localRelay {
+	t.Helper()
+	path := writeConfig(t, extra)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	q, err := queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := inbound.New(cfg, q, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", cfg.Listener[0].Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	smtpDone := make(chan struct{})
+	go func() { in.Serve(ln, cfg.Listener[0]); close(smtpDone) }()
+	inj := &admin.Injector{Queue: q, Config: func() *config.Config { return cfg }, Log: log}
+	aln, err := admin.Listen(cfg.Admin.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm := &admin.Server{Queue: q, Log: log, Extra: map[string]http.Handler{admin.InjectPath: inj}}
+	admDone := make(chan struct{})
+	go func() { adm.Serve(admin.PeerCredListener(aln)); close(admDone) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		in.Shutdown(ctx)
+		<-smtpDone
+		aln.Close() // stops Serve (Shutdown could race with a Serve not yet started)
+		<-admDone
+		q.Close()
+	})
+	return &localRelay{cfgPath: path, smtp: ln.Addr().String(), q: q}
+}
+
+// sendSMTP sends msg (LF line endings, made CRLF) over SMTP and returns the
+// reply to the end of data: 250, or the refusal's code and text.
+func sendSMTP(t *testing.T, addr, msg string) (int, string) {
+	t.Helper()
+	c, err := smtp.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("localhost"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Mail("a@example.com"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("b@example.net"); err != nil {
+		t.Fatal(err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(w, strings.ReplaceAll(msg, "\n", "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	err = w.Close()
+	var te *textproto.Error
+	if errors.As(err, &te) {
+		return te.Code, te.Msg
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return 250, ""
+}
+
+// runSendmail runs `mailhop sendmail --config CFG ARGS` in this process.
+func runSendmail(cfgPath, msg string, args ...string) (stdout, stderr string, code int) {
+	var out, errs bytes.Buffer
+	argv := append([]string{"mailhop", "sendmail", "--config", cfgPath}, args...)
+	code = run(argv, strings.NewReader(msg), &out, &errs)
+	return out.String(), errs.String(), code
+}
+
+// limitCases are messages at and just over each limit of limitsTOML. Each
+// has From, Date and Message-ID, so sendmail adds nothing to it and SMTP
+// and sendmail see the same bytes.
+const limitsTOML = `
+[policy]
+max_message_size = 4096
+
+[limits]
+max_line_length = 100
+max_header_size = 1024
+`
+
+var limitCases = func() []struct{ name, msg, key string } {
+	head := "From: a@example.com\nDate: Wed, 04 Mar 2026 05:06:07 +0000\nMessage-ID: <1@relay.test>\n"
+	headLen := len(head) + strings.Count(head, "\n")                                 // with CRLF
+	field := func(n int) string { return "X-F: " + strings.Repeat("h", n-7) + "\n" } // n octets with CRLF
+	body := func(n int) string {                                                     // n octets with CRLF, in lines of 100
+		return strings.Repeat(strings.Repeat("b", 98)+"\n", n/100) + strings.Repeat("b", n%100-2) + "\n"
+	}
+	return []struct{ name, msg, key string }{
+		{"header line of 100", head + field(102) + "\nx\n", ""},
+		{"header line of 101", head + field(103) + "\nx\n", admin.KeyMaxLineLength},
+		{"body line of 100", head + "\n" + strings.Repeat("b", 100) + "\n", ""},
+		{"body line of 101", head + "\n" + strings.Repeat("b", 101) + "\n", admin.KeyMaxLineLength},
+		// The empty line that ends the header does not count.
+		{"header of 1024", head + strings.Repeat(field(100), 9) + field(1024-headLen-900) + "\nx\n", ""},
+		{"header of 1025", head + strings.Repeat(field(100), 9) + field(1025-headLen-900) + "\nx\n", admin.KeyMaxHeaderSize},
+		{"message of 4096", head + "\n" + body(4096-headLen-2), ""},
+		{"message of 4097", head + "\n" + body(4097-headLen-2), admin.KeyMaxMessageSize},
+	}
+}()
+
+// TestSendmail_LimitsAsSMTP sends each message over SMTP and through
+// sendmail to the same relay: SMTP's 500 5.5.2 or 552 5.3.4 is sendmail's
+// EX_DATAERR naming the limit, SMTP's 250 is sendmail's 0, and only those
+// are queued.
+func TestSendmail_LimitsAsSMTP(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, limitsTOML)
+	wantSMTP := map[string]string{"": "250", admin.KeyMaxLineLength: "500 5.5.2",
+		admin.KeyMaxHeaderSize: "552 5.3.4", admin.KeyMaxMessageSize: "552 5.3.4"}
+	accepted := 0
+	for _, c := range limitCases {
+		code, text := sendSMTP(t, r.smtp, c.msg)
+		if got := strings.TrimSpace(fmt.Sprintf("%d %.5s", code, text)); got != wantSMTP[c.key] {
+			t.Errorf("%s: SMTP answered %d %s, want %s", c.name, code, text, wantSMTP[c.key])
+		}
+		_, errs, exit := runSendmail(r.cfgPath, c.msg, "-f", "a@example.com", "b@example.net")
+		switch {
+		case c.key == "" && exit != 0:
+			t.Errorf("%s: sendmail exit %d (%s), want 0", c.name, exit, errs)
+		case c.key != "" && (exit != exDataErr || !strings.Contains(errs, c.key) || strings.Count(errs, "\n") != 1):
+			t.Errorf("%s: sendmail exit %d, stderr %q; want 65 and one line naming %s", c.name, exit, errs, c.key)
+		}
+		if c.key == "" {
+			accepted++
+		}
+	}
+	if n := len(r.q.List()); n != 2*accepted {
+		t.Errorf("%d messages queued, want %d (each accepted message twice)", n, 2*accepted)
+	}
+}
+
+// TestSendmail_RelayStopped_LimitsBeforePickup: with the relay down,
+// sendmail applies the configuration's limits itself: a message that
+// breaks one is refused (EX_DATAERR) and never left in the pickup
+// directory.
+func TestSendmail_RelayStopped_LimitsBeforePickup(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, limitsTOML)
+	pickupDir, err := admin.PreparePickup(filepath.Join(filepath.Dir(path), "data"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := 0
+	for _, c := range limitCases {
+		_, errs, exit := runSendmail(path, c.msg, "-f", "a@example.com", "b@example.net")
+		switch {
+		case c.key == "" && exit != 0:
+			t.Errorf("%s: exit %d (%s), want 0", c.name, exit, errs)
+		case c.key != "" && (exit != exDataErr || !strings.Contains(errs, c.key)):
+			t.Errorf("%s: exit %d, stderr %q; want 65 naming %s", c.name, exit, errs, c.key)
+		}
+		if c.key == "" {
+			left++
+		}
+		ents, err := os.ReadDir(pickupDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if files := len(ents) - 1; files != left { // bad/ is there too
+			t.Fatalf("after %s: %d files in pickup, want %d", c.name, files, left)
+		}
+	}
+}
+
+// TestSendmailBinary_LimitsAndPickup runs the real binary: the cases of the
+// bug report against a running relay (EX_DATAERR, one line on stderr,
+// nothing queued), the same with the relay stopped (nothing left in the
+// pickup directory), and a pickup file over a limit — written by a sendmail
+// that did not check — moved to pickup/bad when the relay starts, with a
+// log line naming the limit.
+func TestSendmailBinary_LimitsAndPickup(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(t.TempDir(), "mailhop")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	path := writeConfig(t, "[policy]\nmax_message_size = 300000\n")
+	dataDir := filepath.Join(filepath.Dir(path), "data")
+	pickupDir := filepath.Join(dataDir, admin.PickupDirName)
+	logs := &testlog.Buffer{}
+	mailhop := func(stdin string, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(bin, args...)
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errs bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errs
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+		return out.String(), errs.String(), cmd.ProcessState.ExitCode()
+	}
+	sendmail := func(msg string) (string, int) {
+		_, errs, code := mailhop(msg, "sendmail", "--config", path, "-f", "a@example.com", "bl@example.net")
+		return errs, code
+	}
+	queued := func() int {
+		t.Helper()
+		out, errs, code := mailhop("", "queue", "list", "--json", "--config", path)
+		var msgs []admin.Message
+		if code != 0 || json.Unmarshal([]byte(out), &msgs) != nil {
+			t.Fatalf("queue list: exit %d: %s%s", code, out, errs)
+		}
+		return len(msgs)
+	}
+	serve := startServe(t, bin, path, filepath.Join(dataDir, "admin.sock"), logs)
+
+	bad := map[string]string{
+		admin.KeyMaxLineLength:  "Subject: bl\nLong: " + strings.Repeat("b", 3000) + "\n\nx\n",
+		admin.KeyMaxHeaderSize:  "Subject: bl\n" + strings.Repeat("X-F: "+strings.Repeat("h", 900)+"\n", 250) + "\nx\n",
+		admin.KeyMaxMessageSize: "Subject: bl\n\n" + strings.Repeat(strings.Repeat("b", 900)+"\n", 400),
+	}
+	for key, msg := range bad {
+		errs, code := sendmail(msg)
+		if code != exDataErr || !strings.Contains(errs, key) || strings.Count(errs, "\n") != 1 {
+			t.Errorf("relay running, over %s: exit %d, stderr %q; want 65 and one line naming it", key, code, errs)
+		}
+	}
+	good := "Subject: ok\nLong: " + strings.Repeat("b", 992) + "\n\nx\n" // a line of 998
+	if errs, code := sendmail(good); code != 0 {
+		t.Fatalf("relay running, a line of 998: exit %d: %s", code, errs)
+	}
+	if n := queued(); n != 1 {
+		t.Errorf("relay running: %d queued, want 1", n)
+	}
+	serve.stop()
+
+	for key, msg := range bad {
+		errs, code := sendmail(msg)
+		if code != exDataErr || !strings.Contains(errs, key) {
+			t.Errorf("relay stopped, over %s: exit %d, stderr %q; want 65 naming it", key, code, errs)
+		}
+	}
+	if files, _ := filepath.Glob(filepath.Join(pickupDir, "[0-9]*")); len(files) != 0 {
+		t.Fatalf("relay stopped: refused messages left in pickup: %q", files)
+	}
+	if errs, code := sendmail(good); code != 0 {
+		t.Fatalf("relay stopped, a line of 998: exit %d: %s", code, errs)
+	}
+	over, err := admin.WritePickup(pickupDir, &admin.InjectEnvelope{From: "a@example.com",
+		Recipients: []string{"bl@example.net"}, UID: os.Getuid()}, strings.NewReader(bad[admin.KeyMaxLineLength]))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	startServe(t, bin, path, filepath.Join(dataDir, "admin.sock"), logs) // drains pickup before it opens the socket
+	if _, err := os.Stat(filepath.Join(pickupDir, "bad", filepath.Base(over))); err != nil {
+		t.Errorf("the pickup file over the line limit is not in pickup/bad: %v", err)
+	}
+	if files, _ := filepath.Glob(filepath.Join(pickupDir, "[0-9]*")); len(files) != 0 {
+		t.Errorf("pickup still holds %q", files)
+	}
+	if !logHas(logs.String(), "pickup: file refused; moved aside", filepath.Base(over), admin.KeyMaxLineLength) {
+		t.Errorf("no log line naming the file and the limit:\n%s", logs.String())
+	}
+	if n := queued(); n != 2 {
+		t.Errorf("after the restart: %d queued, want 2", n)
+	}
+}
+
+// served is a `mailhop serve` process.
+type served struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// startServe runs `mailhop serve` and waits until its admin socket answers;
+// it is stopped (SIGTERM) at the end of the test.
+func startServe(t *testing.T, bin, cfgPath, socket string, logs *testlog.Buffer) *served {
+	t.Helper()
+	cmd := exec.Command(bin, "serve", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &served{t: t, cmd: cmd, exited: make(chan struct{})}
+	go func() { cmd.Wait(); close(s.exited) }()
+	t.Cleanup(s.stop)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c, err := net.Dial("unix", socket); err == nil {
+			c.Close()
+			return s
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("mailhop serve exited:\n%s", logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mailhop serve: no admin socket after 20s:\n%s", logs.String())
+		}
+	}
+}
+
+// stop sends SIGTERM and waits for the exit (SIGKILL after 10 s).
+func (s *served) stop() {
+	select {
+	case <-s.exited:
+		return
+	default:
+	}
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.exited:
+	case <-time.After(10 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.exited
+		s.t.Error("mailhop serve did not stop on SIGTERM")
+	}
+}
+
+// logHas reports whether one line of logs holds every part.
+func logHas(logs string, parts ...string) bool {
+	for _, l := range strings.Split(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }

@@ -12,20 +12,23 @@ package admin
 // message. The relay does not believe the user the client names: it asks the
 // kernel who is on the other end of the socket (SO_PEERCRED, see
 // PeerCredListener) and writes that user into its Received header and the
-// queue envelope. Line endings are normalised to CRLF, the Received header is
+// queue envelope. Line endings are normalised to CRLF, the limits SMTP
+// applies are checked with the same meaning (Limits), the Received header is
 // prepended, and the message is queued; the reply names the queue ID:
 //
 //	200 {"id":"..."}
-//	400 malformed envelope or message    403 peer unknown
-//	413 over policy.max_message_size     503 the queue could not store it
+//	400 malformed envelope or message, or a line over limits.max_line_length
+//	403 peer unknown
+//	413 over policy.max_message_size or limits.max_header_size
+//	503 the queue could not store it
 //
 // When the relay is not running, sendmail writes the same bytes (envelope
 // line, then message) as one file into data_dir/pickup (WritePickup:
 // temporary file, fsync, rename, fsync of the directory), and the relay
 // queues and then deletes each such file when it starts (DrainPickup). The
 // file's owner names the user there, as the peer's credentials do on the
-// socket. A file that cannot be read as an injection is moved to
-// pickup/bad and logged, never deleted.
+// socket. A file that cannot be read as an injection, or whose message
+// breaks a limit, is moved to pickup/bad and logged, never deleted.
 
 import (
 	"bufio"
@@ -195,7 +198,8 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		qe.Recipients = append(qe.Recipients, queue.Recipient{Address: r})
 	}
 	hdr := receivedHeader(name, uid, cfg.Hostname, qe.ID, qe.Arrived)
-	lim := &sizeLimit{r: &crlfReader{r: bufio.NewReaderSize(body, 32<<10)}, left: cfg.Policy.MaxMessageSize}
+	// The limits SMTP applies, from the running configuration.
+	lim := newLimitReader(&crlfReader{r: bufio.NewReaderSize(body, 32<<10)}, LimitsOf(cfg))
 	var msg io.Reader = io.MultiReader(strings.NewReader(hdr), lim)
 	var err error
 	if in.Signer != nil {
@@ -212,9 +216,10 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		err = in.Queue.Enqueue(qe, msg)
 	}
 	if err != nil {
-		if lim.over {
-			return "", injectErr(http.StatusRequestEntityTooLarge,
-				"inject: message larger than policy.max_message_size (%d bytes)", cfg.Policy.MaxMessageSize)
+		if lim.err != nil {
+			in.Log.Info("inject: message refused", "queue_id", qe.ID, "from", qe.From, "user", name, "uid", uid,
+				"via", via, "limit", lim.err.Key, "err", lim.err.Error())
+			return "", injectErr(lim.err.status(), "inject: %v", lim.err)
 		}
 		in.Log.Error("inject: queueing failed", "queue_id", qe.ID, "user", name, "uid", uid, "via", via, "err", err)
 		return "", injectErr(http.StatusServiceUnavailable, "inject: the queue could not store the message; try again later")
@@ -335,25 +340,155 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// sizeLimit fails the read once more than left bytes came through
-// (left <= 0: no limit), so Enqueue aborts the message.
-type sizeLimit struct {
-	r    io.Reader
-	left int64
-	over bool
-	seen int64
+// Limits are the limits SMTP puts on a message's data, which local mail
+// must meet with the same meaning (a limit of 0 is no limit). Each is
+// measured on the message as it would be queued — line endings made CRLF,
+// before the relay's Received field — as SMTP measures what the client sent
+// (submitted Date and Message-ID fields, and sendmail's, count):
+//
+//   - policy.max_message_size: octets of the whole message, CRLFs included
+//     (go-smtp's MaxMessageBytes; over SMTP 552 5.3.4).
+//   - limits.max_line_length: octets of one line, header or body, not
+//     counting its CRLF (go-smtp's MaxLineLength, which relay/inbound sets
+//     to this + 2; over SMTP 500 5.5.2).
+//   - limits.max_header_size: octets of the header block, from the start to
+//     the CRLF of its last field included, without the empty line that ends
+//     it; with no empty line, the whole message; a message that starts with
+//     the empty line has none (relay/inbound's headerLimit; over SMTP
+//     552 5.3.4).
+type Limits struct {
+	MaxMessageSize int64
+	MaxLineLength  int
+	MaxHeaderSize  int
 }
 
-var errTooLarge = errors.New("message too large")
+// LimitsOf returns the limits of a configuration.
+func LimitsOf(cfg *config.Config) Limits {
+	return Limits{MaxMessageSize: cfg.Policy.MaxMessageSize, MaxLineLength: cfg.Limits.MaxLineLength,
+		MaxHeaderSize: cfg.Limits.MaxHeaderSize}
+}
 
-func (s *sizeLimit) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	s.seen += int64(n)
-	if s.left > 0 && s.seen > s.left {
-		s.over = true
-		return 0, errTooLarge
+// The configuration keys a LimitError names.
+const (
+	KeyMaxMessageSize = "policy.max_message_size"
+	KeyMaxLineLength  = "limits.max_line_length"
+	KeyMaxHeaderSize  = "limits.max_header_size"
+)
+
+// LimitError is a message that breaks one of the Limits.
+type LimitError struct {
+	Key      string // KeyMaxMessageSize, KeyMaxLineLength or KeyMaxHeaderSize
+	Limit    int64
+	InHeader bool // KeyMaxLineLength: the line is in the header
+}
+
+func (e *LimitError) Error() string {
+	switch e.Key {
+	case KeyMaxLineLength:
+		part := "body"
+		if e.InHeader {
+			part = "header"
+		}
+		return fmt.Sprintf("a %s line is longer than %s (%d octets, not counting CRLF)", part, e.Key, e.Limit)
+	case KeyMaxHeaderSize:
+		return fmt.Sprintf("header block larger than %s (%d bytes)", e.Key, e.Limit)
+	}
+	return fmt.Sprintf("message larger than %s (%d bytes)", e.Key, e.Limit)
+}
+
+// status is the HTTP status of the refusal: 413 for the sizes (SMTP's
+// 552 5.3.4), 400 for a line (500 5.5.2).
+func (e *LimitError) status() int {
+	if e.Key == KeyMaxLineLength {
+		return http.StatusBadRequest
+	}
+	return http.StatusRequestEntityTooLarge
+}
+
+// CheckLimits reads msg as Inject would queue it and returns the
+// *LimitError of the first limit it breaks, or nil. sendmail checks a
+// message with it before leaving it in the pickup directory.
+func CheckLimits(msg io.Reader, lim Limits) error {
+	lr := newLimitReader(&crlfReader{r: bufio.NewReaderSize(msg, 32<<10)}, lim)
+	if _, err := io.Copy(io.Discard, lr); err != nil {
+		if lr.err != nil {
+			return lr.err
+		}
+		return err
+	}
+	return nil
+}
+
+// limitReader passes a message with CRLF line endings (crlfReader's
+// output: a CR is always followed by an LF) through, and fails the read —
+// so Enqueue aborts the message — as soon as it breaks one of the Limits.
+// The error sticks.
+type limitReader struct {
+	r        io.Reader
+	lim      Limits
+	size     int64 // octets so far
+	line     int   // octets of the current line so far, without CR and LF
+	header   int   // octets of the header's finished lines, CRLFs included
+	inHeader bool  // no empty line yet
+	err      *LimitError
+}
+
+func newLimitReader(r io.Reader, lim Limits) *limitReader {
+	return &limitReader{r: r, lim: lim, inHeader: true}
+}
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
+	}
+	n, err := l.r.Read(p)
+	if l.err = l.check(p[:n]); l.err != nil {
+		return 0, l.err
 	}
 	return n, err
+}
+
+// check accounts for b, line by line, and returns the first limit broken.
+func (l *limitReader) check(b []byte) *LimitError {
+	for len(b) > 0 {
+		seg, ended := b, false
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			seg, ended = b[:i+1], true
+		}
+		b = b[len(seg):]
+		l.size += int64(len(seg))
+		if l.lim.MaxMessageSize > 0 && l.size > l.lim.MaxMessageSize {
+			return &LimitError{Key: KeyMaxMessageSize, Limit: l.lim.MaxMessageSize}
+		}
+		text := seg
+		if ended {
+			text = text[:len(text)-1]
+		}
+		text = bytes.TrimSuffix(text, []byte("\r")) // the CR of a CRLF split across reads
+		l.line += len(text)
+		if l.lim.MaxLineLength > 0 && l.line > l.lim.MaxLineLength {
+			return &LimitError{Key: KeyMaxLineLength, Limit: int64(l.lim.MaxLineLength), InHeader: l.inHeader}
+		}
+		if l.inHeader && l.lim.MaxHeaderSize > 0 && l.header+l.line > l.lim.MaxHeaderSize {
+			// Already over without this line's CRLF: no need to wait for it.
+			return &LimitError{Key: KeyMaxHeaderSize, Limit: int64(l.lim.MaxHeaderSize)}
+		}
+		if !ended {
+			continue
+		}
+		if l.inHeader {
+			if l.line == 0 {
+				l.inHeader = false // the empty line: not part of the header
+			} else {
+				l.header += l.line + 2
+				if l.lim.MaxHeaderSize > 0 && l.header > l.lim.MaxHeaderSize {
+					return &LimitError{Key: KeyMaxHeaderSize, Limit: int64(l.lim.MaxHeaderSize)}
+				}
+			}
+		}
+		l.line = 0
+	}
+	return nil
 }
 
 // PeerCredListener wraps the admin socket's listener so that each accepted

@@ -11,9 +11,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 )
@@ -247,3 +249,184 @@ func TestSetSocketGroup(t *testing.T) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestCheckLimits pins each limit at its edge, with the meaning SMTP gives
+// it: line length without the CRLF, the header up to its last field's CRLF
+// (not the empty line), the size with CRLF line endings.
+func TestCheckLimits(t *testing.T) {
+	t.Parallel()
+	lim := Limits{MaxMessageSize: 200, MaxLineLength: 10, MaxHeaderSize: 30}
+	line := func(n int) string { return strings.Repeat("b", n) }
+	cases := []struct {
+		name, msg string
+		key       string // "": accepted
+		inHeader  bool
+	}{
+		{"header line at the limit", "S: " + line(7) + "\n\nx\n", "", false},
+		{"header line over", "S: " + line(8) + "\n\nx\n", KeyMaxLineLength, true},
+		{"header line at the limit, CRLF", "S: " + line(7) + "\r\n\r\nx\r\n", "", false},
+		{"header line at the limit, CR alone", "S: " + line(7) + "\r\rx\r", "", false},
+		{"body line at the limit", "S: x\n\n" + line(10) + "\n", "", false},
+		{"body line over", "S: x\n\n" + line(11) + "\n", KeyMaxLineLength, false},
+		{"last line without a line ending, over", "S: x\n\n" + line(11), KeyMaxLineLength, false},
+		// Header: 3 fields of 8 octets + CRLF = 30 octets; the empty line is not counted.
+		{"header at the limit", "A: 12345\nB: 12345\nC: 12345\n\nx\n", "", false},
+		{"header over", "A: 12345\nB: 12345\nC: 123456\n\nx\n", KeyMaxHeaderSize, false},
+		{"no empty line: all header", "A: 12345\nB: 12345\nC: 12345\nD\n", KeyMaxHeaderSize, false},
+		{"starts with the empty line: no header", "\n12345678\n12345678\n12345678\n12345678\n", "", false},
+		{"big body after a small header", "S: x\n\n" + strings.Repeat("1234567\n", 20), "", false},
+		// Size: the empty line and 22 lines of 7 + CRLF = 200 octets with CRLF (177 with LF).
+		{"size at the limit", "\n" + strings.Repeat("1234567\n", 22), "", false},
+		{"size over", "\n" + strings.Repeat("1234567\n", 21) + "12345678\n", KeyMaxMessageSize, false},
+	}
+	for _, c := range cases {
+		for _, oneByte := range []bool{false, true} { // a CRLF split across reads changes nothing
+			var r io.Reader = strings.NewReader(c.msg)
+			if oneByte {
+				r = iotest.OneByteReader(r)
+			}
+			err := CheckLimits(r, lim)
+			var le *LimitError
+			switch {
+			case c.key == "" && err != nil:
+				t.Errorf("%s (one byte: %v): %v, want accepted", c.name, oneByte, err)
+			case c.key != "" && (!errors.As(err, &le) || le.Key != c.key || le.InHeader != c.inHeader):
+				t.Errorf("%s (one byte: %v): %v, want %s (header: %v)", c.name, oneByte, err, c.key, c.inHeader)
+			case le != nil && !strings.Contains(le.Error(), c.key):
+				t.Errorf("%s: %q does not name %s", c.name, le.Error(), c.key)
+			}
+		}
+	}
+	if err := CheckLimits(strings.NewReader("S: "+line(5000)+"\n\n"+line(5000)+"\n"), Limits{}); err != nil {
+		t.Errorf("no limits: %v", err)
+	}
+}
+
+// TestInject_LimitsOfTheRunningConfig: each limit refuses the message with
+// the status sendmail turns into EX_DATAERR, nothing is queued, and a
+// reloaded configuration's limits apply to the next message.
+func TestInject_LimitsOfTheRunningConfig(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	var cur atomic.Pointer[config.Config]
+	cfg := *e.cfg
+	cfg.Policy.MaxMessageSize = 4096
+	cfg.Limits = config.Limits{MaxLineLength: 998, MaxHeaderSize: 1024}
+	cur.Store(&cfg)
+	e.in.Config = cur.Load
+	env := &InjectEnvelope{From: "a@relay.test", Recipients: []string{"b@example.com"}}
+	hundreds := strings.Repeat(strings.Repeat("b", 98)+"\n", 40)
+	cases := []struct {
+		name, msg string
+		status    int
+		key       string
+	}{
+		{"line of 998", "Long: " + strings.Repeat("b", 992) + "\n\nx\n", http.StatusOK, ""},
+		{"line of 999", "Long: " + strings.Repeat("b", 993) + "\n\nx\n", http.StatusBadRequest, KeyMaxLineLength},
+		{"header of 1024", strings.Repeat("X-F: "+strings.Repeat("h", 121)+"\n", 8) + "\nx\n", http.StatusOK, ""},
+		{"header of 1025", strings.Repeat("X-F: "+strings.Repeat("h", 121)+"\n", 7) + "X-F: " + strings.Repeat("h", 122) + "\n\nx\n", http.StatusRequestEntityTooLarge, KeyMaxHeaderSize},
+		// "S: x" CRLF CRLF is 8 octets, then 40 lines of 100 with their CRLF, then 88.
+		{"size of 4096", "S: x\n\n" + hundreds + strings.Repeat("b", 86) + "\n", http.StatusOK, ""},
+		{"size of 4097", "S: x\n\n" + hundreds + strings.Repeat("b", 87) + "\n", http.StatusRequestEntityTooLarge, KeyMaxMessageSize},
+	}
+	queued := 0
+	for _, c := range cases {
+		_, err := e.client.Inject(env, strings.NewReader(c.msg))
+		if c.status == http.StatusOK {
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+			}
+			queued++
+			continue
+		}
+		var se *StatusError
+		if !errors.As(err, &se) || se.Code != c.status || !strings.Contains(se.Msg, c.key) {
+			t.Errorf("%s: err = %v, want status %d naming %s", c.name, err, c.status, c.key)
+		}
+	}
+	if n := len(e.q.List()); n != queued {
+		t.Errorf("%d messages queued, want %d", n, queued)
+	}
+	// A reload (SIGHUP) lowers the line limit: the next message meets it.
+	lower := cfg
+	lower.Limits.MaxLineLength = 100
+	cur.Store(&lower)
+	_, err := e.client.Inject(env, strings.NewReader("Long: "+strings.Repeat("b", 95)+"\n\nx\n"))
+	var se *StatusError
+	if !errors.As(err, &se) || !strings.Contains(se.Msg, "limits.max_line_length (100 octets") {
+		t.Errorf("after the reload: err = %v, want the 100-octet limit", err)
+	}
+}
+
+// TestPickup_OverLimitMovedAside: a pickup file whose message breaks a
+// limit is moved to bad/ with a log line naming the limit, like any file
+// the relay cannot take; the others are queued.
+func TestPickup_OverLimitMovedAside(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	logs := &testlog.Buffer{}
+	e.in.Log = slog.New(slog.NewTextHandler(logs, nil))
+	cfg := *e.cfg
+	cfg.Policy.MaxMessageSize = 300000
+	cfg.Limits = config.Limits{MaxLineLength: 998, MaxHeaderSize: 102400}
+	e.in.Config = func() *config.Config { return &cfg }
+	dir, err := PreparePickup(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &InjectEnvelope{From: "app@relay.test", Recipients: []string{"x@example.com"}, UID: os.Getuid()}
+	files := map[string]string{ // message -> the key its refusal names ("": queued)
+		"Subject: ok\n\nbody\n": "",
+		"Subject: bl\nLong: " + strings.Repeat("b", 3000) + "\n\nx\n":        KeyMaxLineLength,
+		strings.Repeat("X-F: "+strings.Repeat("h", 900)+"\n", 250) + "\nx\n": KeyMaxHeaderSize,
+		"S: x\n\n" + strings.Repeat(strings.Repeat("b", 900)+"\n", 400):      KeyMaxMessageSize,
+	}
+	paths := map[string]string{}
+	for msg, key := range files {
+		p, err := WritePickup(dir, env, strings.NewReader(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		paths[p] = key
+	}
+	n, err := e.in.DrainPickup(dir)
+	if err != nil || n != 1 {
+		t.Fatalf("DrainPickup = %d, %v; want 1 queued", n, err)
+	}
+	for p, key := range paths {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s still in pickup/: %v", filepath.Base(p), err)
+		}
+		bad := filepath.Join(dir, "bad", filepath.Base(p))
+		_, err := os.Stat(bad)
+		if key == "" {
+			if err == nil {
+				t.Errorf("the good file was moved aside")
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("file refused for %s not in bad/: %v", key, err)
+		}
+		if !logHas(logs.String(), "pickup: file refused; moved aside", filepath.Base(p), key) {
+			t.Errorf("no log line naming %s and %s:\n%s", filepath.Base(p), key, logs.String())
+		}
+	}
+	if msgs := e.q.List(); len(msgs) != 1 {
+		t.Errorf("%d queued, want 1", len(msgs))
+	}
+}
+
+// logHas reports whether one line of logs holds every part.
+func logHas(logs string, parts ...string) bool {
+	for _, l := range strings.Split(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
