@@ -25,7 +25,11 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	cfgFlag := fs.String("config", "", "configuration file")
 	asJSON := fs.Bool("json", false, "print JSON (list, show)")
 	var f admin.Filter
-	fs.StringVar(&f.State, "state", "", "list: only messages with a recipient in this state (pending, delivered, failed) or held")
+	fs.Func("state", "list: only messages with a recipient in this state (pending, delivered, failed) or held", func(v string) error {
+		s, err := parseQueueState(v)
+		f.State = s
+		return err
+	})
 	fs.StringVar(&f.Domain, "domain", "", "list: only messages with a recipient in this domain; flush: only this domain")
 	fs.StringVar(&f.Sender, "sender", "", "list: envelope sender contains this")
 	fs.StringVar(&f.Rcpt, "rcpt", "", "list: a recipient contains this")
@@ -138,6 +142,29 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "mailhop queue: unknown subcommand %q\n", sub)
 	return exitUsage
+}
+
+// queueStates are the values of `queue list --state`: a recipient's state
+// (queue.RcptState's names) or "held".
+var queueStates = []string{"pending", "delivered", "failed", "held"}
+
+// parseQueueState returns the --state value v in its canonical form
+// (matching is case-insensitive), or an error naming the valid values.
+// Postfix's "deferred" is deliberately not an alias: it means "tried and
+// failed temporarily", while pending also holds recipients never tried and
+// those of held messages, so a list under that name would show more than it
+// says.
+func parseQueueState(v string) (string, error) {
+	for _, s := range queueStates {
+		if strings.EqualFold(v, s) {
+			return s, nil
+		}
+	}
+	hint := ""
+	if strings.EqualFold(v, "deferred") {
+		hint = " (for Postfix's deferred use pending, which also lists mail not yet tried)"
+	}
+	return "", fmt.Errorf("want one of %s%s", strings.Join(queueStates, ", "), hint)
 }
 
 var pastTense = map[string]string{"hold": "held", "release": "released", "delete": "deleted", "bounce": "bounced"}
