@@ -49,12 +49,21 @@ type Conn struct {
 	fromReceived bool
 	recipients   []string
 	didAuth      bool
+
+	// lim are the limits of this connection, taken from the Server when
+	// it was accepted (Server.SetConnLimits).
+	lim ConnLimits
+	// waitMu guards waitingOn: the connection while the session waits for
+	// a command outside a transaction (Shutdown interrupts that read).
+	waitMu    sync.Mutex
+	waitingOn net.Conn
 }
 
 func newConn(c net.Conn, s *Server) *Conn {
 	sc := &Conn{
 		server: s,
 		conn:   c,
+		lim:    s.connLimits(),
 	}
 
 	sc.init()
@@ -252,7 +261,7 @@ func (c *Conn) authAllowed() bool {
 
 // tooManyErrors reports whether the session has used up Server.MaxErrors.
 func (c *Conn) tooManyErrors() bool {
-	max := c.server.MaxErrors
+	max := c.lim.MaxErrors
 	if max == 0 {
 		max = DefaultMaxErrors
 	}
@@ -288,7 +297,9 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	}
 
 	if !enhanced {
-		c.writeResponse(250, EnhancedCode{2, 0, 0}, fmt.Sprintf("Hello %s", domain))
+		// RFC 5321 §4.1.1.1: the reply starts with the server's own name
+		// (mailhop patch; upstream sent "250 2.0.0 Hello <client>").
+		c.writeResponse(250, NoEnhancedCode, c.server.greetingName()+" Hello "+domain)
 		return
 	}
 
@@ -325,13 +336,13 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	if c.server.EnableDSN {
 		caps = append(caps, "DSN")
 	}
-	if c.server.MaxMessageBytes > 0 {
-		caps = append(caps, fmt.Sprintf("SIZE %v", c.server.MaxMessageBytes))
+	if c.lim.MaxMessageBytes > 0 {
+		caps = append(caps, fmt.Sprintf("SIZE %v", c.lim.MaxMessageBytes))
 	} else {
 		caps = append(caps, "SIZE")
 	}
-	if c.server.MaxRecipients > 0 {
-		caps = append(caps, fmt.Sprintf("LIMITS RCPTMAX=%v", c.server.MaxRecipients))
+	if c.lim.MaxRecipients > 0 {
+		caps = append(caps, fmt.Sprintf("LIMITS RCPTMAX=%v", c.lim.MaxRecipients))
 	}
 	if c.server.EnableRRVS {
 		caps = append(caps, "RRVS")
@@ -351,7 +362,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		}
 	}
 
-	args := []string{"Hello " + domain}
+	args := []string{c.server.greetingName() + " Hello " + domain}
 	args = append(args, caps...)
 	c.writeResponse(250, NoEnhancedCode, args...)
 }
@@ -378,7 +389,7 @@ func (c *Conn) handleMail(arg string) {
 		return
 	}
 
-	p := parser{s: strings.TrimSpace(arg)}
+	p := parser{s: strings.TrimSpace(arg), strict: c.server.RequireAngleBrackets}
 	from, err := p.parseReversePath()
 	if err == nil && p.sourceRoute && c.server.RejectSourceRoutes {
 		err = errSourceRoute
@@ -389,7 +400,7 @@ func (c *Conn) handleMail(arg string) {
 	}
 	args, err := parseArgs(p.s)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse MAIL ESMTP parameters")
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, argsError("MAIL", err))
 		return
 	}
 
@@ -417,7 +428,7 @@ func (c *Conn) handleMail(arg string) {
 				return
 			}
 
-			if c.server.MaxMessageBytes > 0 && size > c.server.MaxMessageBytes {
+			if c.lim.MaxMessageBytes > 0 && size > c.lim.MaxMessageBytes {
 				c.refused("MAIL", ErrDataTooLarge)
 				c.writeResponse(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit")
 				return
@@ -746,8 +757,16 @@ func (c *Conn) handleRcpt(arg string) {
 		return
 	}
 
-	p := parser{s: strings.TrimSpace(arg)}
-	recipient, err := p.parsePath()
+	p := parser{s: strings.TrimSpace(arg), strict: c.server.RequireAngleBrackets}
+	var recipient string
+	var err error
+	if rest, ok := cutPrefixFold(p.s, "<postmaster>"); ok {
+		// RFC 5321 §4.1.1.3: "<Postmaster>" without a domain is a valid
+		// recipient (any case); the backend decides where it goes.
+		recipient, p.s = "postmaster", rest
+	} else {
+		recipient, err = p.parsePath()
+	}
 	if err == nil && p.sourceRoute && c.server.RejectSourceRoutes {
 		err = errSourceRoute
 	}
@@ -756,14 +775,14 @@ func (c *Conn) handleRcpt(arg string) {
 		return
 	}
 
-	if c.server.MaxRecipients > 0 && len(c.recipients) >= c.server.MaxRecipients {
-		c.writeResponse(452, EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %v recipients reached", c.server.MaxRecipients))
+	if c.lim.MaxRecipients > 0 && len(c.recipients) >= c.lim.MaxRecipients {
+		c.writeResponse(452, EnhancedCode{4, 5, 3}, fmt.Sprintf("Maximum limit of %v recipients reached", c.lim.MaxRecipients))
 		return
 	}
 
 	args, err := parseArgs(p.s)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unable to parse RCPT ESMTP parameters")
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, argsError("RCPT", err))
 		return
 	}
 
@@ -1108,7 +1127,7 @@ func (c *Conn) handleBdat(arg string) {
 		return
 	}
 
-	if c.server.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.server.MaxMessageBytes {
+	if c.lim.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.lim.MaxMessageBytes {
 		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit")
 
 		// Discard chunk itself without passing it to backend.
@@ -1127,7 +1146,7 @@ func (c *Conn) handleBdat(arg string) {
 		r, c.bdatPipe = io.Pipe()
 
 		c.dataResult = make(chan error, 1)
-		c.bdatCheck = &lineChecker{maxLine: c.server.MaxLineLength}
+		c.bdatCheck = &lineChecker{maxLine: c.lim.MaxLineLength}
 		// Taken here, not in the goroutine: reset waits for the goroutine
 		// while holding the lock that Session() takes.
 		session := c.Session()
@@ -1407,8 +1426,8 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	}
 
 	// TODO: error handling
-	if c.server.WriteTimeout != 0 {
-		c.conn.SetWriteDeadline(time.Now().Add(c.server.WriteTimeout))
+	if c.lim.WriteTimeout != 0 {
+		c.conn.SetWriteDeadline(time.Now().Add(c.lim.WriteTimeout))
 	}
 
 	// All responses must include an enhanced code, if it is missing - use
@@ -1545,12 +1564,42 @@ func (c *Conn) readLineLimit(limit int) (string, error) {
 type timeoutReader struct{ c *Conn }
 
 func (r timeoutReader) Read(b []byte) (int, error) {
-	if d := r.c.server.ReadTimeout; d != 0 {
+	if d := r.c.lim.ReadTimeout; d != 0 {
 		if err := r.c.conn.SetReadDeadline(time.Now().Add(d)); err != nil {
 			return 0, err
 		}
 	}
+	// After the deadline is set: Shutdown sets draining before it moves
+	// the deadline of a waiting session, so one of the two stops this read.
+	if r.c.waitingOn != nil && r.c.server.draining.Load() {
+		return 0, errDraining
+	}
 	return r.c.conn.Read(b)
+}
+
+// errDraining ends a wait for a command when the server shuts down.
+var errDraining = errors.New("smtp: server shutting down")
+
+// setWaiting marks whether the session now waits for a command outside a
+// transaction, the wait Shutdown cuts short.
+func (c *Conn) setWaiting(idle bool) {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if idle {
+		c.waitingOn = c.conn
+	} else {
+		c.waitingOn = nil
+	}
+}
+
+// interruptIdle wakes the session if it waits for a command outside a
+// transaction (called by Shutdown after setting draining).
+func (c *Conn) interruptIdle() {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if c.waitingOn != nil {
+		c.waitingOn.SetReadDeadline(time.Now())
+	}
 }
 
 func (c *Conn) reset() {

@@ -104,12 +104,12 @@ const (
 func newDataReader(c *Conn) *dataReader {
 	dr := &dataReader{
 		r:       c.text.R,
-		maxLine: c.server.MaxLineLength,
+		maxLine: c.lim.MaxLineLength,
 	}
 
-	if c.server.MaxMessageBytes > 0 {
+	if c.lim.MaxMessageBytes > 0 {
 		dr.limited = true
-		dr.n = int64(c.server.MaxMessageBytes)
+		dr.n = int64(c.lim.MaxMessageBytes)
 	}
 
 	return dr

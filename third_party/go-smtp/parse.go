@@ -1,6 +1,7 @@
 package smtp
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -49,20 +50,42 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 //	" BODY=8BITMIME SIZE=1024 SMTPUTF8"
 //
 // The leading space is mandatory.
+//
+// mailhop patch: a parameter given twice is an error (*duplicateArgError):
+// RFC 5321 §4.1.2 does not allow it and RFC 3461 §4 says each DSN
+// parameter appears at most once; upstream kept the last one.
 func parseArgs(s string) (map[string]string, error) {
 	argMap := map[string]string{}
 	for _, arg := range strings.Fields(s) {
 		m := strings.Split(arg, "=")
+		key := strings.ToUpper(m[0])
+		if _, dup := argMap[key]; dup {
+			return nil, &duplicateArgError{key}
+		}
 		switch len(m) {
 		case 2:
-			argMap[strings.ToUpper(m[0])] = m[1]
+			argMap[key] = m[1]
 		case 1:
-			argMap[strings.ToUpper(m[0])] = ""
+			argMap[key] = ""
 		default:
 			return nil, fmt.Errorf("failed to parse arg string: %q", arg)
 		}
 	}
 	return argMap, nil
+}
+
+// duplicateArgError is a MAIL or RCPT parameter given more than once.
+type duplicateArgError struct{ key string }
+
+func (e *duplicateArgError) Error() string { return "duplicate parameter " + e.key }
+
+// argsError is the reply text for a parameter list parseArgs refused.
+func argsError(cmd string, err error) string {
+	var de *duplicateArgError
+	if errors.As(err, &de) {
+		return "Duplicate " + cmd + " parameter " + de.key
+	}
+	return "Unable to parse " + cmd + " ESMTP parameters"
 }
 
 func parseHelloArgument(arg string) (string, error) {
@@ -105,6 +128,8 @@ type parser struct {
 
 	// sourceRoute is set when parsePath met (and skipped) a source route.
 	sourceRoute bool
+	// strict: a path must be in angle brackets (Server.RequireAngleBrackets).
+	strict bool
 }
 
 var errSourceRoute = fmt.Errorf("source route")
@@ -154,6 +179,9 @@ func (p *parser) parseReversePath() (string, error) {
 
 func (p *parser) parsePath() (string, error) {
 	hasBracket := p.acceptByte('<')
+	if !hasBracket && p.strict {
+		return "", fmt.Errorf("path not in angle brackets")
+	}
 	if p.acceptByte('@') {
 		i := strings.IndexByte(p.s, ':')
 		if i < 0 {

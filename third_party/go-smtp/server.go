@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -51,6 +52,10 @@ type Server struct {
 	// route (<@a,@b:user@c>, RFC 5321 §4.1.1.3) with 501 5.1.3 instead of
 	// silently stripping the route.
 	RejectSourceRoutes bool
+	// RequireAngleBrackets makes MAIL and RCPT refuse a path without its
+	// angle brackets (RFC 5321 §4.1.2 Path; Postfix's
+	// strict_rfc821_envelopes) with 501 5.1.3 (mailhop patch).
+	RequireAngleBrackets bool
 
 	AllowInsecureAuth bool
 	Debug             io.Writer
@@ -108,6 +113,14 @@ type Server struct {
 	locker    sync.Mutex
 	listeners []net.Listener
 	conns     map[*Conn]struct{}
+
+	// limMu guards the limit fields (MaxMessageBytes, MaxLineLength,
+	// MaxRecipients, MaxErrors, ReadTimeout, WriteTimeout) once serving:
+	// see SetConnLimits (mailhop patch).
+	limMu sync.Mutex
+	// draining is set by Shutdown: sessions waiting for a command outside
+	// a transaction get 421 4.3.2 at once (mailhop patch).
+	draining atomic.Bool
 }
 
 // DefaultMaxCommandLength is the default Server.MaxCommandLength. RFC 5321
@@ -223,10 +236,10 @@ func (s *Server) handleConn(c *Conn) error {
 	}()
 
 	if tlsConn, ok := c.conn.(*tls.Conn); ok {
-		if d := s.ReadTimeout; d != 0 {
+		if d := c.lim.ReadTimeout; d != 0 {
 			c.conn.SetReadDeadline(time.Now().Add(d))
 		}
-		if d := s.WriteTimeout; d != 0 {
+		if d := c.lim.WriteTimeout; d != 0 {
 			c.conn.SetWriteDeadline(time.Now().Add(d))
 		}
 		if err := tlsConn.Handshake(); err != nil {
@@ -237,8 +250,18 @@ func (s *Server) handleConn(c *Conn) error {
 	c.greet()
 
 	for !c.closing {
+		idle := !c.fromReceived && c.bdatPipe == nil
+		if idle && s.draining.Load() {
+			c.writeResponse(421, EnhancedCode{4, 3, 2}, s.greetingName()+" Service shutting down, closing connection")
+			return nil
+		}
+		c.setWaiting(idle)
 		line, err := c.readLine()
+		c.setWaiting(false)
 		switch {
+		case err == errDraining:
+			c.writeResponse(421, EnhancedCode{4, 3, 2}, s.greetingName()+" Service shutting down, closing connection")
+			return nil
 		case err == nil:
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
@@ -251,6 +274,10 @@ func (s *Server) handleConn(c *Conn) error {
 		case err == io.EOF || errors.Is(err, net.ErrClosed):
 			return nil
 		default:
+			if neterr, ok := err.(net.Error); ok && neterr.Timeout() && idle && s.draining.Load() {
+				c.writeResponse(421, EnhancedCode{4, 3, 2}, s.greetingName()+" Service shutting down, closing connection")
+				return nil
+			}
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
 				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
 				return nil
@@ -319,6 +346,43 @@ func (s *Server) ListenAndServeTLS() error {
 // closeDone closes s.done once and reports whether this call did it
 // (mailhop patch: two concurrent Shutdown or Close calls both passed the
 // check and closed it twice, a panic).
+// ConnLimits are the limits a connection applies. A connection takes them
+// from its Server when it is accepted and keeps them to its end (mailhop
+// patch).
+type ConnLimits struct {
+	MaxMessageBytes int64
+	MaxLineLength   int
+	MaxRecipients   int
+	MaxErrors       int
+	ReadTimeout     time.Duration
+	WriteTimeout    time.Duration
+}
+
+// SetConnLimits changes the Server's limit fields for the connections
+// accepted afterwards; open connections keep theirs. Unlike assigning the
+// fields, it is safe while the Server is serving (a configuration reload).
+func (s *Server) SetConnLimits(l ConnLimits) {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	s.MaxMessageBytes, s.MaxLineLength, s.MaxRecipients, s.MaxErrors = l.MaxMessageBytes, l.MaxLineLength, l.MaxRecipients, l.MaxErrors
+	s.ReadTimeout, s.WriteTimeout = l.ReadTimeout, l.WriteTimeout
+}
+
+func (s *Server) connLimits() ConnLimits {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	return ConnLimits{s.MaxMessageBytes, s.MaxLineLength, s.MaxRecipients, s.MaxErrors, s.ReadTimeout, s.WriteTimeout}
+}
+
+// greetingName is the name the server gives for itself in its greeting
+// and its EHLO/HELO reply.
+func (s *Server) greetingName() string {
+	if s.Domain == "" {
+		return "localhost"
+	}
+	return s.Domain
+}
+
 func (s *Server) closeDone() bool {
 	s.locker.Lock()
 	defer s.locker.Unlock()
@@ -374,6 +438,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if lerr := l.Close(); lerr != nil && err == nil {
 			err = lerr
 		}
+	}
+	// mailhop patch: a session waiting for a command outside a
+	// transaction is told at once (421 4.3.2, RFC 5321 §3.8) instead of
+	// holding the shutdown until it sends something or times out; a
+	// session in a transaction may finish it, then gets the same 421.
+	s.draining.Store(true)
+	for c := range s.conns {
+		c.interruptIdle()
 	}
 	s.locker.Unlock()
 

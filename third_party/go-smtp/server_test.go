@@ -281,7 +281,7 @@ func testServerEhlo(t *testing.T, fn ...serverConfigureFunc) (be *backend, s *sm
 	io.WriteString(c, "EHLO localhost\r\n")
 
 	scanner.Scan()
-	if scanner.Text() != "250-Hello localhost" {
+	if scanner.Text() != "250-localhost Hello localhost" {
 		t.Fatal("Invalid EHLO response:", scanner.Text())
 	}
 
@@ -357,8 +357,8 @@ func TestServer_helo(t *testing.T) {
 	}
 }
 
-func testServerAuthenticated(t *testing.T) (be *backend, s *smtp.Server, c net.Conn, scanner *bufio.Scanner) {
-	be, s, c, scanner, caps := testServerEhlo(t)
+func testServerAuthenticated(t *testing.T, fn ...serverConfigureFunc) (be *backend, s *smtp.Server, c net.Conn, scanner *bufio.Scanner) {
+	be, s, c, scanner, caps := testServerEhlo(t, fn...)
 
 	if _, ok := caps["AUTH PLAIN"]; !ok {
 		t.Fatal("AUTH PLAIN capability is missing when auth is enabled")
@@ -545,11 +545,10 @@ func TestServerBadSize(t *testing.T) {
 }
 
 func TestServerTooBig(t *testing.T) {
-	_, s, c, scanner := testServerAuthenticated(t)
+	// mailhop patch: limits are taken when a connection is accepted.
+	_, s, c, scanner := testServerAuthenticated(t, func(s *smtp.Server) { s.MaxMessageBytes = 4294967294 })
 	defer s.Close()
 	defer c.Close()
-
-	s.MaxMessageBytes = 4294967294
 
 	io.WriteString(c, "MAIL FROM:<alice@wonderland.book> SIZE=4294967295\r\n")
 	scanner.Scan()
@@ -779,10 +778,9 @@ func TestServer_tooManyInvalidCommands(t *testing.T) {
 }
 
 func TestServer_tooLongMessage(t *testing.T) {
-	be, s, c, scanner := testServerAuthenticated(t)
+	// mailhop patch: limits are taken when a connection is accepted.
+	be, s, c, scanner := testServerAuthenticated(t, func(s *smtp.Server) { s.MaxMessageBytes = 50 })
 	defer s.Close()
-
-	s.MaxMessageBytes = 50
 
 	io.WriteString(c, "MAIL FROM:<root@nsa.gov>\r\n")
 	scanner.Scan()
@@ -1255,10 +1253,9 @@ func TestServer_Chunking_EarlyErrorDuringChunk(t *testing.T) {
 }
 
 func TestServer_Chunking_tooLongMessage(t *testing.T) {
-	be, s, c, scanner := testServerAuthenticated(t)
+	// mailhop patch: limits are taken when a connection is accepted.
+	be, s, c, scanner := testServerAuthenticated(t, func(s *smtp.Server) { s.MaxMessageBytes = 50 })
 	defer s.Close()
-
-	s.MaxMessageBytes = 50
 
 	io.WriteString(c, "MAIL FROM:<root@nsa.gov>\r\n")
 	scanner.Scan()

@@ -1,0 +1,203 @@
+package smtp_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+)
+
+// reply reads one (possibly multi-line) reply and returns its last line.
+func reply(t *testing.T, r *bufio.Reader) string {
+	t.Helper()
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading reply: %v (got %q)", err, line)
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 || line[3] != '-' {
+			return line
+		}
+	}
+}
+
+func dialServer(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if got := reply(t, r); !strings.HasPrefix(got, "220 ") {
+		t.Fatalf("greeting: %q", got)
+	}
+	return c, r
+}
+
+func sessionTestServer(t *testing.T) (*smtp.Server, string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := smtp.NewServer(new(backend))
+	s.Domain = "mx.example"
+	s.AllowInsecureAuth = true
+	s.EnableDSN = true
+	go s.Serve(l)
+	t.Cleanup(func() { s.Close() })
+	return s, l.Addr().String()
+}
+
+func TestDuplicateParametersRefused(t *testing.T) {
+	_, addr := sessionTestServer(t)
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "EHLO client.example\r\n")
+	reply(t, r)
+	for _, tc := range []struct{ cmd, want string }{
+		{"MAIL FROM:<a@example.com> RET=FULL RET=HDRS", "501 5.5.4 Duplicate MAIL parameter RET"},
+		{"MAIL FROM:<a@example.com> size=10 SIZE=20", "501 5.5.4 Duplicate MAIL parameter SIZE"},
+		{"MAIL FROM:<a@example.com> ENVID=x", "250 "},
+		{"RCPT TO:<b@example.com> NOTIFY=NEVER NOTIFY=SUCCESS", "501 5.5.4 Duplicate RCPT parameter NOTIFY"},
+		{"RCPT TO:<b@example.com> ORCPT=rfc822;a@b ORCPT=rfc822;c@d", "501 5.5.4 Duplicate RCPT parameter ORCPT"},
+		{"RCPT TO:<b@example.com> NOTIFY=NEVER ORCPT=rfc822;a@b", "250 "},
+	} {
+		io.WriteString(c, tc.cmd+"\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.cmd, got, tc.want)
+		}
+	}
+}
+
+func TestGreetingRepliesNameTheServer(t *testing.T) {
+	_, addr := sessionTestServer(t)
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "HELO client.example\r\n")
+	if got := reply(t, r); got != "250 mx.example Hello client.example" {
+		t.Errorf("HELO: %q, want the server's name first (RFC 5321 §4.1.1.1)", got)
+	}
+	io.WriteString(c, "EHLO client.example\r\n")
+	first, err := r.ReadString('\n')
+	if err != nil || first != "250-mx.example Hello client.example\r\n" {
+		t.Errorf("EHLO first line %q (%v), want the server's name first", first, err)
+	}
+}
+
+func TestSetConnLimitsAppliesToNewConnections(t *testing.T) {
+	s, addr := sessionTestServer(t)
+	s.SetConnLimits(smtp.ConnLimits{MaxMessageBytes: 1000})
+	old, oldR := dialServer(t, addr)
+	io.WriteString(old, "EHLO client.example\r\n")
+	reply(t, oldR)
+
+	s.SetConnLimits(smtp.ConnLimits{MaxMessageBytes: 5000})
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "EHLO client.example\r\n")
+	if got := readAll(t, r); !strings.Contains(got, "SIZE 5000") {
+		t.Errorf("new connection's EHLO %q, want SIZE 5000", got)
+	}
+	io.WriteString(c, "MAIL FROM:<a@example.com> SIZE=4000\r\n")
+	if got := reply(t, r); !strings.HasPrefix(got, "250 ") {
+		t.Errorf("new connection, SIZE=4000: %q", got)
+	}
+	// The connection opened before keeps the limit it started with.
+	io.WriteString(old, "MAIL FROM:<a@example.com> SIZE=4000\r\n")
+	if got := reply(t, oldR); !strings.HasPrefix(got, "552 5.3.4") {
+		t.Errorf("old connection, SIZE=4000: %q, want 552 5.3.4", got)
+	}
+}
+
+// readAll reads one multi-line reply whole.
+func readAll(t *testing.T, r *bufio.Reader) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString(line)
+		if len(line) < 4 || line[3] != '-' {
+			return b.String()
+		}
+	}
+}
+
+func TestShutdownTellsIdleSessionsAndLetsTransactionsFinish(t *testing.T) {
+	s, addr := sessionTestServer(t)
+	idle, idleR := dialServer(t, addr)
+	io.WriteString(idle, "EHLO client.example\r\n")
+	reply(t, idleR)
+	busy, busyR := dialServer(t, addr)
+	io.WriteString(busy, "EHLO client.example\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.com>\r\n")
+	reply(t, busyR)
+	reply(t, busyR)
+	if got := reply(t, busyR); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("RCPT: %q", got)
+	}
+
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		done <- s.Shutdown(ctx)
+	}()
+	// The idle session hears at once, not when its timeout comes.
+	if got := reply(t, idleR); !strings.HasPrefix(got, "421 4.3.2 mx.example ") {
+		t.Errorf("idle session: %q, want 421 4.3.2", got)
+	}
+	if _, err := idleR.ReadByte(); err != io.EOF {
+		t.Errorf("idle session not closed after 421: %v", err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) while a transaction was open", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	// The open transaction finishes, then the session is closed.
+	io.WriteString(busy, "DATA\r\n")
+	if got := reply(t, busyR); !strings.HasPrefix(got, "354 ") {
+		t.Fatalf("DATA: %q", got)
+	}
+	io.WriteString(busy, "Subject: x\r\n\r\nbody\r\n.\r\n")
+	if got := reply(t, busyR); !strings.HasPrefix(got, "250 ") {
+		t.Errorf("end of data during shutdown: %q, want 250", got)
+	}
+	if got := reply(t, busyR); !strings.HasPrefix(got, "421 4.3.2 ") {
+		t.Errorf("after the transaction: %q, want 421 4.3.2", got)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Shutdown: %v", err)
+	}
+}
+
+func TestAngleBracketsAndPostmaster(t *testing.T) {
+	s, addr := sessionTestServer(t)
+	s.RequireAngleBrackets = true // before the first connection
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "EHLO client.example\r\n")
+	reply(t, r)
+	for _, tc := range []struct{ cmd, want string }{
+		{"MAIL FROM:a@example.com", "501 5.1.3"},
+		{"MAIL FROM:<>", "250 "},
+		{"RCPT TO:b@example.com", "501 5.1.3"},
+		{"RCPT TO:b@example.com NOTIFY=NEVER", "501 5.1.3"},
+		{"RCPT TO:<b@example.com>", "250 "},
+		{"RCPT TO:<Postmaster>", "250 "},
+		{"RCPT TO:<postmaster> NOTIFY=NEVER", "250 "},
+		{"RCPT TO:<postmasterx>", "501 5.1.3"},
+	} {
+		io.WriteString(c, tc.cmd+"\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.cmd, got, tc.want)
+		}
+	}
+}
