@@ -219,12 +219,18 @@ loop:
 	select {
 	case <-agentDone:
 	case <-ctx.Done():
-		log.Warn("deliveries did not finish in time; cutting them short", "grace", grace)
-		agent.Abort()
 		select {
 		case <-agentDone:
-		case <-time.After(10 * time.Second):
-			log.Error("deliveries did not stop")
+			// Done as well: the inbound side used up the grace time,
+			// not the deliveries.
+		default:
+			log.Warn("deliveries did not finish in time; cutting them short", "grace", grace)
+			agent.Abort()
+			select {
+			case <-agentDone:
+			case <-time.After(10 * time.Second):
+				log.Error("deliveries did not stop")
+			}
 		}
 	}
 	adm.Shutdown(ctx)

@@ -236,4 +236,54 @@ func TestIPv6Listener(t *testing.T) {
 	if len(envs) != 1 || envs[0].ClientAddr != "::1" {
 		t.Fatalf("queued %+v", envs)
 	}
+	for _, body := range ts.queued() {
+		// RFC 5321 §4.1.3: an IPv6 address literal carries its tag.
+		if !strings.HasPrefix(body, "Received: from client.test ([IPv6:::1])\r\n") {
+			t.Errorf("Received field %q", body[:min(len(body), 60)])
+		}
+	}
+}
+
+// TestDataWithoutHeader_BodyStartsAfterOurFields: a continuation line or
+// text at the start of the data must not join the Received field (or the
+// fields added on submission): an empty line goes in between, as Postfix's
+// cleanup does.
+func TestDataWithoutHeader_BodyStartsAfterOurFields(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	cases := []struct{ name, data, wantAfterOurs string }{
+		{"continuation line", " (from trusted.example [10.0.0.1])\r\nSubject: x\r\n\r\nbody\r\n",
+			"\r\n (from trusted.example [10.0.0.1])\r\nSubject: x\r\n\r\nbody\r\n"},
+		{"text", "just text, no header\r\n", "\r\njust text, no header\r\n"},
+		{"mbox From line", "From someone Mon Jan  1 00:00:00 2026\r\nSubject: x\r\n\r\nb\r\n",
+			"\r\nFrom someone Mon Jan  1 00:00:00 2026\r\nSubject: x\r\n\r\nb\r\n"},
+		{"a header", "Subject: x\r\n\r\nbody\r\n", "Subject: x\r\n\r\nbody\r\n"},
+		{"empty header", "\r\nbody\r\n", "\r\nbody\r\n"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := map[string]bool{}
+			for _, e := range ts.q.List() {
+				before[e.ID] = true
+			}
+			d := dial(t, ts.addr[config.ModeRelay])
+			d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+				"C: MAIL FROM:<a@example.com>", "S: 250 ",
+				"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+			d.write(tc.data + ".\r\n")
+			d.expect("250 ")
+			for env, body := range ts.queued() {
+				if before[env.ID] {
+					continue
+				}
+				// Our Received field ends with its date line.
+				m := regexp.MustCompile(`\t[A-Z][a-z]{2}, \d{2} [A-Z][a-z]{2} \d{4} [\d:]{8} [+-]\d{4}\r\n`).FindStringIndex(body)
+				if m == nil {
+					t.Fatalf("no Received date in %q", body)
+				}
+				if got := body[m[1]:]; got != tc.wantAfterOurs {
+					t.Errorf("after the Received field: %q, want %q", got, tc.wantAfterOurs)
+				}
+			}
+		})
+	}
 }

@@ -1,6 +1,7 @@
 package inbound
 
 import (
+	"crypto/tls"
 	"net"
 	"net/netip"
 	"sync"
@@ -98,7 +99,16 @@ func (l *connLimits) open() int {
 type limitListener struct {
 	net.Listener
 	s *Server
+	// tls is set on an implicit-TLS listener: a refusal is said over TLS
+	// (RFC 8314 §3.3), never in plain text the client cannot read.
+	tls *tls.Config
+	// rejecting bounds the refusals answered at once; beyond it a refused
+	// connection is closed without a reply.
+	rejecting chan struct{}
 }
+
+// maxRejecting is how many refused connections may be answered at once.
+const maxRejecting = 64
 
 func (ll *limitListener) Accept() (net.Conn, error) {
 	for {
@@ -112,7 +122,7 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if s.authFails.blocked(ip, time.Now()) {
 			s.stats.connRejected.Add(1)
 			s.log.Info("connection refused", "client", ip.String(), "reason", "auth_blocked")
-			go reject(c, "421 4.7.0 "+cfg.Hostname+" Too many failed authentications, try again later")
+			ll.reject(c, "421 4.7.0 "+cfg.Hostname+" Too many failed authentications, try again later")
 			continue
 		}
 		perIP := cfg.Limits.MaxConnectionsPerIP
@@ -125,7 +135,7 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		if !s.conns.acquire(ip, cfg.Limits.MaxConnections, perIP) {
 			s.stats.connRejected.Add(1)
 			s.log.Info("connection refused", "client", ip.String(), "reason", "too_many_connections")
-			go reject(c, "421 4.7.0 "+cfg.Hostname+" Too many connections, try again later")
+			ll.reject(c, "421 4.7.0 "+cfg.Hostname+" Too many connections, try again later")
 			continue
 		}
 		s.log.Debug("connection opened", "client", ip.String(), "local", c.LocalAddr().String())
@@ -138,11 +148,29 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 	}
 }
 
-// reject answers a refused connection and closes it.
-func reject(c net.Conn, reply string) {
-	c.SetWriteDeadline(time.Now().Add(rejectWriteTimeout))
-	c.Write([]byte(reply + "\r\n"))
-	c.Close()
+// reject answers a refused connection and closes it, in the background
+// (over TLS on an implicit-TLS listener, after the handshake); when too
+// many refusals are under way it only closes.
+func (ll *limitListener) reject(c net.Conn, reply string) {
+	select {
+	case ll.rejecting <- struct{}{}:
+	default:
+		c.Close()
+		return
+	}
+	go func() {
+		defer func() { <-ll.rejecting }()
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(rejectWriteTimeout))
+		if ll.tls != nil {
+			tc := tls.Server(c, ll.tls)
+			if tc.Handshake() != nil {
+				return
+			}
+			c = tc
+		}
+		c.Write([]byte(reply + "\r\n"))
+	}()
 }
 
 // trackedConn holds a connection slot until closed, and keeps every read

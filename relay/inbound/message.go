@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -25,16 +26,29 @@ const maxHeaderScan = 64 << 10
 // §8.3), then the data as received, byte for byte.
 // The returned sniffer gives the message's Message-ID, once the body has
 // been read, for the log.
+//
+// Data that does not start with a header field (a continuation line, text
+// without a header) is the body: an empty line goes between mailhop's
+// fields and it, so that no client line can join the Received field.
 func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Reader, now time.Time) (io.Reader, *idSniffer) {
 	var prefix bytes.Buffer
 	prefix.WriteString(ss.receivedField(cfg.Hostname, env, now))
 	sn := &idSniffer{r: data}
 	if ss.mode == config.ModeRelay {
-		return io.MultiReader(&prefix, sn), sn
+		br := bufio.NewReaderSize(sn, firstLineScan)
+		head, _ := br.Peek(firstLineScan) // an error shows again when br is read
+		if !mailhdr.StartsWithField(head) {
+			prefix.WriteString("\r\n")
+		}
+		return io.MultiReader(&prefix, br), sn
 	}
 	br := bufio.NewReaderSize(sn, maxHeaderScan)
 	head, _ := br.Peek(maxHeaderScan) // an error shows again when br is read
 	hasID, hasDate, ok := scanHeader(head, len(head) < maxHeaderScan)
+	noHeader := !mailhdr.StartsWithField(head)
+	if noHeader {
+		hasID, hasDate, ok = false, false, true
+	}
 	if ok && !hasID {
 		sn.id = fmt.Sprintf("<%s.%s@%s>", env.ID, randomToken(), cfg.Hostname)
 		fmt.Fprintf(&prefix, "Message-ID: %s\r\n", sn.id)
@@ -42,8 +56,15 @@ func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Read
 	if ok && !hasDate {
 		fmt.Fprintf(&prefix, "Date: %s\r\n", now.Format(time.RFC1123Z))
 	}
+	if noHeader {
+		prefix.WriteString("\r\n")
+	}
 	return io.MultiReader(&prefix, br), sn
 }
+
+// firstLineScan is how much of a relayed message is read ahead to see
+// whether it starts with a header field: a first line's worth.
+const firstLineScan = 1024
 
 // maxSniff bounds how much of the start of a message idSniffer keeps.
 const maxSniff = 32 << 10
@@ -157,7 +178,7 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 		proto = "SMTP" // HELO: RFC 3848 has names only for EHLO with TLS or AUTH
 	}
 	lines := []string{
-		fmt.Sprintf("Received: from %s ([%s])", sanitizeHelo(ss.helo), ss.ip.String()),
+		fmt.Sprintf("Received: from %s (%s)", sanitizeHelo(ss.helo), addressLiteral(ss.ip)),
 		fmt.Sprintf("by %s (mailhop) with %s id %s", hostname, proto, env.ID),
 	}
 	if len(env.Recipients) == 1 {
@@ -170,6 +191,15 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 	lines[len(lines)-1] += ";"
 	lines = append(lines, now.Format(time.RFC1123Z))
 	return strings.Join(lines, "\r\n\t") + "\r\n"
+}
+
+// addressLiteral writes ip as RFC 5321 §4.1.3 does: [192.0.2.1],
+// [IPv6:2001:db8::1].
+func addressLiteral(ip netip.Addr) string {
+	if ip.Is6() {
+		return "[IPv6:" + ip.String() + "]"
+	}
+	return "[" + ip.String() + "]"
 }
 
 // sanitizeHelo keeps the client's HELO name from breaking the header: only

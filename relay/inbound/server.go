@@ -77,9 +77,10 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 
 // SetConfig swaps in a reloaded configuration: users, senders, trusted
 // networks, recipient limit and connection limits apply to new commands and
-// connections at once; the certificate is reloaded. Settings that shape a
-// listener (addresses, modes, message size, line length, timeouts, error
-// limit) take effect at the next start.
+// connections at once; message size, line length, idle timeout and error
+// limit to the connections accepted afterwards; the certificate is
+// reloaded. The listeners themselves (addresses, modes) change at the next
+// start.
 func (s *Server) SetConfig(cfg *config.Config) error {
 	old := s.cfg.Swap(cfg)
 	if err := s.ReloadCertificate(); err != nil {
@@ -90,7 +91,26 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 		s.cfg.Store(old)
 		return err
 	}
+	s.mu.Lock()
+	for _, srv := range s.servers {
+		srv.SetConnLimits(sessionLimits(cfg))
+	}
+	s.mu.Unlock()
 	return nil
+}
+
+// sessionLimits are the per-connection limits go-smtp applies for cfg.
+func sessionLimits(cfg *config.Config) smtp.ConnLimits {
+	l := smtp.ConnLimits{
+		MaxMessageBytes: cfg.Policy.MaxMessageSize,
+		MaxErrors:       cfg.Limits.MaxErrors,
+		ReadTimeout:     cfg.Limits.IdleTimeout.Duration,
+		WriteTimeout:    cfg.Limits.IdleTimeout.Duration,
+	}
+	if cfg.Limits.MaxLineLength > 0 {
+		l.MaxLineLength = cfg.Limits.MaxLineLength + 2 // the config counts without CRLF
+	}
+	return l
 }
 
 // DKIM returns the signer of the running configuration (for other ways
@@ -119,18 +139,12 @@ func (s *Server) smtpServer(l config.Listener) *smtp.Server {
 	srv := smtp.NewServer(&backend{s: s, mode: l.Mode})
 	srv.Domain = cfg.Hostname
 	srv.TLSConfig = s.tls
-	srv.MaxMessageBytes = cfg.Policy.MaxMessageSize
-	srv.MaxLineLength = 0
-	if cfg.Limits.MaxLineLength > 0 {
-		srv.MaxLineLength = cfg.Limits.MaxLineLength + 2 // the config counts without CRLF
-	}
-	srv.MaxErrors = cfg.Limits.MaxErrors
-	srv.ReadTimeout = cfg.Limits.IdleTimeout.Duration
-	srv.WriteTimeout = cfg.Limits.IdleTimeout.Duration
+	srv.SetConnLimits(sessionLimits(cfg))
 	srv.EnableSMTPUTF8 = true
 	srv.EnableDSN = true
 	srv.EnableREQUIRETLS = true // RFC 8689; offered over TLS only, kept in Envelope.RequireTLS
 	srv.RejectSourceRoutes = true
+	srv.RequireAngleBrackets = true
 	srv.AllowInsecureAuth = false
 	srv.ErrorLog = errorLog{s.log}
 	return srv
@@ -146,8 +160,10 @@ func (s *Server) Serve(ln net.Listener, l config.Listener) error {
 		return fmt.Errorf("inbound: unknown listener mode %q", l.Mode)
 	}
 	srv := s.smtpServer(l)
-	var wrapped net.Listener = &limitListener{Listener: ln, s: s}
+	ll := &limitListener{Listener: ln, s: s, rejecting: make(chan struct{}, maxRejecting)}
+	var wrapped net.Listener = ll
 	if l.Mode == config.ModeSubmissions {
+		ll.tls = s.tls
 		wrapped = tls.NewListener(wrapped, s.tls)
 	}
 	s.mu.Lock()

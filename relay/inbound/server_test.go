@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,5 +118,53 @@ func TestSessionTimeout_421(t *testing.T) {
 		if got := d.reply(); got[:3] == "421" {
 			break
 		}
+	}
+}
+
+// TestSetConfig_LimitsApplyToNewConnections: a reload changes the message
+// size, line length and idle timeout of the connections accepted after it;
+// a session already open keeps what it started with.
+func TestSetConfig_LimitsApplyToNewConnections(t *testing.T) {
+	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Policy.MaxMessageSize = 1000 })
+	old := dial(t, ts.addr[config.ModeRelay])
+	old.script("S: 220 ", "C: EHLO client.test", "S: 250 ")
+
+	cfg := *ts.cfg
+	cfg.Policy.MaxMessageSize = 5000
+	cfg.Limits.MaxLineLength = 100
+	cfg.Limits.IdleTimeout = config.Duration{Duration: 300 * time.Millisecond}
+	if err := ts.s.SetConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.expect("220 ")
+	d.write("EHLO client.test\r\n")
+	if ehlo := strings.Join(d.replyLines(), "\n"); !strings.Contains(ehlo, "SIZE 5000") {
+		t.Errorf("EHLO after reload:\n%s\nwant SIZE 5000", ehlo)
+	}
+	d.script("C: MAIL FROM:<a@example.com> SIZE=4000", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: x\r\n\r\n" + strings.Repeat("y", 101) + "\r\n.\r\n")
+	d.expect("500 5.5.2 ")
+	// The new idle timeout ends the new session...
+	start := time.Now()
+	d.expect("421 4.4.2 ")
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Errorf("idle session closed after %v, want about 300ms", waited)
+	}
+	// ...while the session opened before keeps the old size limit.
+	old.script("C: MAIL FROM:<a@example.com> SIZE=4000", "S: 552 5.3.4 ")
+}
+
+func TestPostmasterFromTrustedClient(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<PostMaster>", "S: 250 ",
+		"C: DATA", "S: 354 ", "C: Subject: hi", "C: ", "C: hello", "C: .", "S: 250 ")
+	envs := ts.q.List()
+	if len(envs) != 1 || len(envs[0].Recipients) != 1 || envs[0].Recipients[0].Address != "postmaster@mx.test" {
+		t.Fatalf("queued %+v, want one message to postmaster@mx.test", envs)
 	}
 }

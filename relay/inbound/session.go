@@ -41,9 +41,12 @@ func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 }
 
 var (
-	errMustStartTLS   = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
-	errAuthRequired   = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
-	errBadAddress     = smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad address syntax")
+	errMustStartTLS = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+	errAuthRequired = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
+	errBadAddress   = smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad address syntax")
+	// errNeedsUTF8: a UTF-8 address in a transaction without SMTPUTF8
+	// (RFC 6531 §3.5, RFC 6533 §3: 5.6.7; Postfix's words).
+	errNeedsUTF8      = smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Must declare SMTPUTF8 to send unicode address")
 	errSenderNotOwned = smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not owned by user")
 	errRelayDenied    = smtpErr(554, smtp.EnhancedCode{5, 7, 1}, "Relay access denied")
 	errTooManyRcpts   = smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")
@@ -141,7 +144,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if from != "" {
 		if _, err := ParseAddress(from, opts.UTF8); err != nil {
-			return ss.refuse("mail", reasonBadAddress, errBadAddress, "from", from)
+			return ss.refuse("mail", reasonBadAddress, addressError(from, opts.UTF8), "from", from)
 		}
 	}
 	if ss.user != "" {
@@ -161,9 +164,15 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // address trick (percent hack, bang path, quoted "@") can get an untrusted
 // client through.
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if to == "postmaster" {
+		// "<Postmaster>" (RFC 5321 §4.1.1.3): mailhop has no mailboxes,
+		// so it is the postmaster of its own hostname, relayed like any
+		// other recipient (Postfix appends $myorigin the same way).
+		to = "postmaster@" + ss.s.cfg.Load().Hostname
+	}
 	addr, err := ParseAddress(to, ss.mailOpts.UTF8)
 	if err != nil {
-		return ss.refuse("rcpt", reasonBadAddress, errBadAddress, "from", ss.from, "rcpt", to)
+		return ss.refuse("rcpt", reasonBadAddress, addressError(to, ss.mailOpts.UTF8), "from", ss.from, "rcpt", to)
 	}
 	if ss.user == "" && !ss.trusted() {
 		return ss.refuse("rcpt", reasonRelayDenied, errRelayDenied, "from", ss.from, "rcpt", to)
@@ -185,6 +194,18 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	ss.seen[key] = true
 	ss.rcpts = append(ss.rcpts, r)
 	return nil
+}
+
+// addressError is the reply to an address ParseAddress refused: 553 5.6.7
+// when it is a valid UTF-8 address in a transaction without SMTPUTF8,
+// 501 5.1.3 otherwise.
+func addressError(a string, utf8 bool) *smtp.SMTPError {
+	if !utf8 {
+		if _, err := ParseAddress(a, true); err == nil {
+			return errNeedsUTF8
+		}
+	}
+	return errBadAddress
 }
 
 func notifyOf(ns []smtp.DSNNotify) queue.Notify {

@@ -42,11 +42,19 @@ func TestRelay_UntrustedWithoutAuth_Denied(t *testing.T) {
 		"<@mx.test:user@remote.example>", // source route: refused outright
 		"<user@remote.example.>",         // trailing dot
 		"<a@b@remote.example>",
-		"<usér@remote.example>", // UTF-8 without SMTPUTF8
+		"remote@example.net", // no angle brackets (strict, like strict_rfc821_envelopes)
+		"<postmasterx>",
 	} {
 		d.write("RCPT TO:" + rcpt + "\r\n")
 		d.expect("501 5.1.3 ")
 	}
+	// UTF-8 without SMTPUTF8: Postfix's reply (RFC 6531 §3.5).
+	d.write("RCPT TO:<usér@remote.example>\r\n")
+	d.expect("553 5.6.7 ")
+	// <Postmaster> is valid syntax: it is mailhop's own postmaster, relayed
+	// like any other address, so denied here.
+	d.write("RCPT TO:<Postmaster>\r\n")
+	d.expect("554 5.7.1 Relay access denied")
 	d.script("C: DATA", "S: 503 5.5.1 ")
 	if n := len(ts.q.List()); n != 0 {
 		t.Fatalf("%d messages queued", n)
@@ -295,6 +303,13 @@ func TestMaxConnectionsPerIP_421(t *testing.T) {
 		t.Fatal("refused connection still open")
 	}
 	a.script("C: NOOP", "S: 250 ")
+	// On the implicit-TLS listener the refusal comes over TLS (RFC 8314
+	// §3.3): a client that starts with a handshake reads the 421.
+	s := dialTLS(t, ts.addr[config.ModeSubmissions])
+	s.expect("421 4.7.0 ")
+	if !s.closed() {
+		t.Fatal("refused TLS connection still open")
+	}
 }
 
 func TestQueueFailure_451WithoutInternalText(t *testing.T) {

@@ -117,3 +117,26 @@ func TrimEnd(h []byte) []byte {
 	}
 	return h[:len(h)-1]
 }
+
+// StartsWithField reports whether msg, the start of a message, begins with
+// a header field (a field name of printable ASCII and a colon, RFC 5322
+// §2.2) or with the empty line that ends an empty header. Anything else —
+// a continuation line, an mbox "From " line, text — starts the body: a
+// relay that prepends its own fields must put the empty line between them
+// and it, or that line would join the header (Postfix's cleanup does the
+// same). A field name must be found within the first line, so msg needs
+// only to hold that much (998 octets, RFC 5322 §2.1.1).
+func StartsWithField(msg []byte) bool {
+	if len(msg) == 0 || bytes.HasPrefix(msg, []byte("\r\n")) {
+		return true
+	}
+	for i, c := range msg {
+		switch {
+		case c == ':':
+			return i > 0
+		case c < '!' || c > '~':
+			return false
+		}
+	}
+	return false
+}

@@ -91,3 +91,27 @@ func TestReadAndTrimEnd(t *testing.T) {
 		t.Errorf("header over the limit: %v", err)
 	}
 }
+
+func TestStartsWithField(t *testing.T) {
+	for _, tc := range []struct {
+		msg  string
+		want bool
+	}{
+		{"Subject: x\r\n", true},
+		{"X-Long-Name-1.2_3: v", true},
+		{"\r\nbody", true},
+		{"", true},
+		{" folded\r\nSubject: x\r\n", false},
+		{"\tfolded", false},
+		{"just text\r\n", false},
+		{"From someone Mon Jan 1\r\n", false},
+		{": no name\r\n", false},
+		{"Sub ject: x\r\n", false},
+		{"Subj\xc3\xa9ct: x\r\n", false},
+		{"NoColonInTheFirstBytes", false},
+	} {
+		if got := StartsWithField([]byte(tc.msg)); got != tc.want {
+			t.Errorf("StartsWithField(%q) = %v, want %v", tc.msg, got, tc.want)
+		}
+	}
+}
