@@ -303,16 +303,17 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 		byDomain[d] = append(byDomain[d], i)
 	}
 	groups := make([]groupResult, len(order))
+	forms := &msgForms{body: body}
 	if len(order) == 1 {
 		// The common case: one domain, no goroutine to spare.
-		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional}, order[0])
+		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms}, order[0])
 	} else {
 		var wg sync.WaitGroup
 		for gi, d := range order {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional}, d)
+				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms}, d)
 			}()
 		}
 		wg.Wait()

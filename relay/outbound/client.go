@@ -49,6 +49,7 @@ type conn struct {
 	verified bool
 	dsn      bool
 	utf8     bool
+	eightBit bool  // offers 8BITMIME
 	maxSize  int64 // 0: none announced
 	reused   bool
 	// inTxn: a MAIL was sent and no reply to the end of data came back,
@@ -185,6 +186,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	}
 	cn.dsn, _ = c.Extension("DSN")
 	cn.utf8, _ = c.Extension("SMTPUTF8")
+	cn.eightBit, _ = c.Extension("8BITMIME")
 	if ok, v := c.Extension("SIZE"); ok {
 		cn.maxSize, _ = strconv.ParseInt(v, 10, 64)
 	}

@@ -31,7 +31,10 @@
 //     first when the last transaction stopped before its end of data); at
 //     most per_domain_concurrency are kept idle per such key. With
 //     PIPELINING, RSET, MAIL, every RCPT and DATA go out in one write;
-//     BODY=8BITMIME is added whenever the server offers 8BITMIME.
+//     BODY=8BITMIME is added whenever the server offers 8BITMIME. To a
+//     server without it, a message holding 8-bit octets goes in a 7-bit
+//     form: its 8-bit body parts encoded as quoted-printable (RFC 6152
+//     §3; downgrade.go).
 //  6. The outcomes go back to the queue with queue.Done; when delivery was
 //     cut short by shutdown and nothing changed, the message is given back
 //     with queue.Requeue.
@@ -81,6 +84,8 @@
 //	NXDOMAIN (5.1.2), null MX (5.1.10)                  Failed     bounce
 //	remote SIZE smaller than the message (5.3.4)        Failed     bounce
 //	SMTPUTF8 message, server without SMTPUTF8 (5.6.7)   Failed     bounce
+//	8-bit message that cannot be made 7-bit, server
+//	without 8BITMIME (5.6.3)                            Failed     bounce
 //	more than 50 Received fields (5.4.6)                Failed     bounce
 //	required TLS missing or rejected (4.7.4, 4.7.5)     Pending    -
 //	REQUIRETLS not possible with any host (5.7.30)      Failed     bounce (header only)

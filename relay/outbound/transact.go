@@ -29,6 +29,7 @@ type txn struct {
 	body        queue.Body
 	rcpts       []int // indices into env.Recipients
 	tlsOptional bool  // the message says TLS-Required: No
+	forms       *msgForms
 }
 
 // transact runs MAIL, RCPT and DATA on cn. It returns a result per
@@ -56,6 +57,24 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	if env.SMTPUTF8 && !cn.utf8 {
 		// RFC 6531 §3.4: no downgrade here; the message cannot be sent.
 		return all(queue.Failed, smtperr.New(0, "5.6.7", "message needs SMTPUTF8, which %s does not support", cn.host)), false, nil
+	}
+	var seven *conversion // the 7-bit form sent instead of the stored bytes
+	if !cn.eightBit {
+		// RFC 6152 §3: a server without 8BITMIME gets 7-bit data only.
+		var err error
+		seven, err = t.forms.sevenBit()
+		var ue *unconvertibleError
+		switch {
+		case errors.As(err, &ue):
+			a.log.Info("message cannot be converted to 7bit", "queue_id", env.ID, "mx", cn.host, "err", ue.reason)
+			return all(queue.Failed, smtperr.New(0, "5.6.3", "message needs 8BITMIME, which %s does not support (cannot convert to 7bit: %s)", cn.host, ue.reason)), false, nil
+		case err != nil:
+			return all(queue.Pending, smtperr.New(0, "4.3.0", "reading the message: %v", err)), false, nil
+		case seven != nil:
+			a.log.Info("message converted to 7bit", "queue_id", env.ID, "mx", cn.host,
+				"parts_encoded", seven.encoded, "size", size, "converted_size", seven.size)
+			size = seven.size
+		}
 	}
 	if cn.maxSize > 0 && size > cn.maxSize {
 		// RFC 1870 §6.1: the server said it will not take it.
@@ -132,9 +151,13 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return res, true, nil
 	}
 	cn.raw.SetDeadline(time.Now().Add(tm.data))
-	buf := copyBufs.Get().(*[]byte)
-	_, err = io.CopyBuffer(w, io.NewSectionReader(t.body, 0, size), *buf)
-	copyBufs.Put(buf)
+	if seven != nil {
+		_, err = seven.WriteTo(w)
+	} else {
+		buf := copyBufs.Get().(*[]byte)
+		_, err = io.CopyBuffer(w, io.NewSectionReader(t.body, 0, size), *buf)
+		copyBufs.Put(buf)
+	}
 	if err != nil {
 		setAccepted(queue.Pending, stageErr("data transfer", err).err)
 		return res, true, nil

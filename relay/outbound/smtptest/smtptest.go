@@ -3,10 +3,11 @@
 // starts one, records every message it accepts, and closes it when the test
 // ends. A Behaviour can answer 4xx or 5xx per command or recipient, stall,
 // drop the connection in the middle of DATA, and offer or omit STARTTLS,
-// AUTH, DSN, SMTPUTF8, SIZE and REQUIRETLS.
+// AUTH, DSN, SMTPUTF8, SIZE and REQUIRETLS, and leave out 8BITMIME.
 package smtptest
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"io"
@@ -44,6 +45,7 @@ type Behaviour struct {
 	DSN        bool              // offer DSN
 	RequireTLS bool              // offer REQUIRETLS (RFC 8689; go-smtp offers it over TLS only)
 	SMTPUTF8   bool              // offer SMTPUTF8
+	No8BitMIME bool              // do not offer 8BITMIME (on plain-text connections only)
 	MaxSize    int64             // announce SIZE with this limit (0: SIZE without a limit)
 	Users      map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
 }
@@ -216,6 +218,18 @@ type countedConn struct {
 	net.Conn
 	id int
 	s  *Server
+}
+
+// Write leaves 8BITMIME out of EHLO replies for No8BitMIME (the server
+// writes each reply in one piece).
+func (c *countedConn) Write(p []byte) (int, error) {
+	if c.s.b.No8BitMIME && bytes.Contains(p, []byte("250-8BITMIME\r\n")) {
+		if _, err := c.Conn.Write(bytes.ReplaceAll(p, []byte("250-8BITMIME\r\n"), nil)); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
 }
 
 // Read records what the client sent (see Received).

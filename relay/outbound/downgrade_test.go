@@ -1,0 +1,292 @@
+package outbound
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"mime"
+	"mime/multipart"
+	"mime/quotedprintable"
+	"net/mail"
+	"strings"
+	"testing"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// A multipart/mixed message: an 8-bit text part without a transfer
+// encoding, a 7-bit part, and a nested multipart/alternative whose parts
+// are labelled 8bit (one 8-bit, one not).
+const mixed8bit = "From: a@sender.test\r\n" +
+	"To: b@example.test\r\n" +
+	"Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n" +
+	"MIME-Version: 1.0\r\n" +
+	"Content-Type: multipart/mixed; boundary=\"outer\"\r\n" +
+	"Content-Transfer-Encoding: 8bit\r\n" +
+	"\r\n" +
+	"This is a MIME message.\r\n" +
+	"--outer\r\n" +
+	"Content-Type: text/plain; charset=utf-8\r\n" +
+	"\r\n" +
+	"Grüße aus Köln, = and a trailing space \r\n" +
+	".a line with a dot\r\n" +
+	"--outer\r\n" +
+	"Content-Type: text/plain\r\n" +
+	"\r\n" +
+	"plain ascii = stays as it is\r\n" +
+	"--outer\r\n" +
+	"Content-Type: multipart/alternative; boundary=inner\r\n" +
+	"\r\n" +
+	"--inner\r\n" +
+	"Content-Type: text/plain; charset=iso-8859-1\r\n" +
+	"Content-Transfer-Encoding: 8bit\r\n" +
+	"\r\n" +
+	"caf\xe9\r\n" +
+	"--inner\r\n" +
+	"Content-Type: text/html\r\n" +
+	"Content-Transfer-Encoding: 8BIT\r\n" +
+	"\r\n" +
+	"<p>ascii only</p>\r\n" +
+	"--inner--\r\n" +
+	"\r\n" +
+	"--outer--\r\n" +
+	"epilogue\r\n"
+
+// parts walks a MIME entity and returns every leaf's content type,
+// transfer encoding and decoded content, in order.
+func parts(t *testing.T, h mail.Header, body io.Reader) [][3]string {
+	t.Helper()
+	mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
+	if err != nil {
+		mt = "text/plain"
+	}
+	if strings.HasPrefix(mt, "multipart/") {
+		var out [][3]string
+		mr := multipart.NewReader(body, params["boundary"])
+		for {
+			p, err := mr.NextRawPart()
+			if err == io.EOF {
+				return out
+			}
+			if err != nil {
+				t.Fatalf("multipart: %v", err)
+			}
+			out = append(out, parts(t, mail.Header(p.Header), p)...)
+		}
+	}
+	cte := strings.ToLower(h.Get("Content-Transfer-Encoding"))
+	var r io.Reader = body
+	if cte == "quoted-printable" {
+		r = quotedprintable.NewReader(body)
+	}
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("reading a %s part: %v", mt, err)
+	}
+	return [][3]string{{mt, cte, string(b)}}
+}
+
+func is7bit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDelivery_No8BitMIME_MultipartConvertedToQuotedPrintable(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{No8BitMIME: true}, zone("example.test", "127.0.0.2", "eight.test", "127.0.0.3"))
+	eight := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(mixed8bit, []string{"b@example.test", "c@eight.test"}, func(e *queue.Envelope) { e.BodyType = "8BITMIME" })
+	m := h.first.Wait(t, 1)[0]
+	h.waitRecords(id, 1)
+	if h.envelope(id) != nil {
+		t.Fatal("message still queued")
+	}
+	if !is7bit(m.Data) {
+		t.Fatalf("8-bit octets sent to a server without 8BITMIME:\n%s", m.Data)
+	}
+	if m.MailOpts.Body != "" {
+		t.Errorf("BODY=%s sent to a server without 8BITMIME", m.MailOpts.Body)
+	}
+	if m.MailOpts.Size != int64(len(m.Data)) {
+		t.Errorf("SIZE=%d, but %d bytes were sent", m.MailOpts.Size, len(m.Data))
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := msg.Header.Get("Content-Transfer-Encoding"); got != "7bit" {
+		t.Errorf("top-level Content-Transfer-Encoding %q, want 7bit", got)
+	}
+	if n := strings.Count(string(m.Data), "Content-Transfer-Encoding:"); n != 4 {
+		t.Errorf("%d Content-Transfer-Encoding fields, want 4 (one per labelled or converted entity):\n%s", n, m.Data)
+	}
+	got := parts(t, msg.Header, msg.Body)
+	want := [][3]string{
+		{"text/plain", "quoted-printable", "Grüße aus Köln, = and a trailing space \r\n.a line with a dot"},
+		{"text/plain", "", "plain ascii = stays as it is"},
+		{"text/plain", "quoted-printable", "caf\xe9"},
+		{"text/html", "7bit", "<p>ascii only</p>"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("parts:\n%q\nwant\n%q\nmessage:\n%s", got, want, m.Data)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("part %d: %q, want %q", i, got[i], want[i])
+		}
+	}
+	for _, keep := range []string{"This is a MIME message.\r\n--outer\r\n", "\r\nplain ascii = stays as it is\r\n--outer\r\n", "--outer--\r\nepilogue\r\n"} {
+		if !strings.Contains(string(m.Data), keep) {
+			t.Errorf("%q not kept as it was", keep)
+		}
+	}
+	if !strings.Contains(h.logs.String(), "msg=\"message converted to 7bit\"") {
+		t.Error("conversion not logged")
+	}
+	// A server with 8BITMIME gets the stored bytes.
+	if m := eight.Wait(t, 1)[0]; !bytes.Equal(m.Data, []byte(mixed8bit)) || m.MailOpts.Body != smtp.Body8BitMIME {
+		t.Errorf("8BITMIME server: BODY=%q, body changed: %v", m.MailOpts.Body, !bytes.Equal(m.Data, []byte(mixed8bit)))
+	}
+}
+
+func TestDelivery_No8BitMIME_PlainMessageGetsMIMEHeaders(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{No8BitMIME: true}, zone("example.test", "127.0.0.2"))
+	h.start()
+	// Not declared 8BITMIME: the body is looked at all the same.
+	body := "From: a@sender.test\r\nSubject: hi\r\n\r\nsmørrebrød\r\n" + strings.Repeat("x", 200) + "\r\n.\r\nend\r\n"
+	h.submit(body, []string{"b@example.test"})
+	m := h.first.Wait(t, 1)[0]
+	if !is7bit(m.Data) {
+		t.Fatalf("8-bit octets sent:\n%s", m.Data)
+	}
+	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"MIME-Version": "1.0", "Content-Type": "text/plain; charset=unknown-8bit",
+		"Content-Transfer-Encoding": "quoted-printable", "Subject": "hi"} {
+		if got := msg.Header.Get(k); got != v {
+			t.Errorf("%s: %q, want %q", k, got, v)
+		}
+	}
+	dec, err := io.ReadAll(quotedprintable.NewReader(msg.Body))
+	if err != nil || string(dec) != "smørrebrød\r\n"+strings.Repeat("x", 200)+"\r\n.\r\nend\r\n" {
+		t.Errorf("decoded body %q, %v", dec, err)
+	}
+	for _, l := range strings.Split(string(m.Data), "\r\n") {
+		if len(l) > 78 {
+			t.Errorf("line of %d octets: %q", len(l), l)
+		}
+	}
+}
+
+func TestDelivery_No8BitMIME_UnconvertibleBounces563(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, body string }{
+		{"8-bit header", "From: a@sender.test\r\nSubject: Grüße\r\n\r\nhello\r\n"},
+		{"8-bit message/rfc822 part", "From: a@sender.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" +
+			"--b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n" +
+			"--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\nGrüße\r\n--b--\r\n"},
+		{"8-bit part header", "From: a@sender.test\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" +
+			"--b\r\nContent-Type: text/plain; name=\"Grüße.txt\"\r\n\r\nhello\r\n--b--\r\n"},
+		{"8-bit in a base64 part", "From: a@sender.test\r\nMIME-Version: 1.0\r\nContent-Transfer-Encoding: base64\r\n\r\naGVsbG8\xff\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{No8BitMIME: true}, zone("example.test", "127.0.0.2"))
+			senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+			h.start()
+			id := h.submit(tc.body, []string{"b@example.test"}, func(e *queue.Envelope) { e.BodyType = "8BITMIME" })
+			h.waitRecords(id, 1)
+			d := parseBounce(t, senderMX.Wait(t, 1)[0])
+			r := d.Recipients[0]
+			if r.Status != "5.6.3" || !strings.Contains(d.Human, "message needs 8BITMIME, which mx.example.test does not support") {
+				t.Errorf("bounce: %+v", r)
+			}
+			if n := len(h.first.Messages()); n != 0 {
+				t.Errorf("%d messages delivered", n)
+			}
+		})
+	}
+}
+
+// TestTo7bit checks conversions of bodies that need no server.
+func TestTo7bit(t *testing.T) {
+	for _, tc := range []struct {
+		name, in, want string
+		unconvertible  bool
+	}{
+		{name: "7-bit: nothing to do", in: "Subject: x\r\n\r\nhello\r\n", want: ""},
+		{name: "digest part defaults to message/rfc822", unconvertible: true,
+			in: "Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nSubject: x\r\n\r\nGrüße\r\n--d--\r\n"},
+		{name: "8-bit preamble", unconvertible: true,
+			in: "Content-Type: multipart/mixed; boundary=d\r\n\r\nGrüße\r\n--d\r\n\r\nx\r\n--d--\r\n"},
+		{name: "multipart without boundary", unconvertible: true,
+			in: "Content-Type: multipart/mixed\r\n\r\nGrüße\r\n"},
+		{name: "delimiter with padding, part without header",
+			in:   "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d \t\r\n\r\n\xe9\r\n--d-- \r\n",
+			want: "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d \t\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=E9\r\n--d-- \r\n"},
+		{name: "unclosed multipart",
+			in:   "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d\r\nContent-Type: text/plain\r\n\r\n\xe9",
+			want: "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=E9"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newMemBody(tc.in)
+			c, err := to7bit(b, b.Size())
+			var ue *unconvertibleError
+			if tc.unconvertible {
+				if !errors.As(err, &ue) {
+					t.Fatalf("to7bit = %v, %v; want unconvertible", c, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == "" {
+				if c != nil {
+					t.Errorf("a 7-bit message was converted")
+				}
+				return
+			}
+			var out bytes.Buffer
+			if n, err := c.WriteTo(&out); err != nil || n != c.size {
+				t.Fatalf("WriteTo = %d, %v; size %d", n, err, c.size)
+			}
+			if out.String() != tc.want {
+				t.Errorf("got\n%q\nwant\n%q", out.String(), tc.want)
+			}
+		})
+	}
+}
+
+// TestTo7bit_LongLines: a line longer than the reader's buffer is read in
+// pieces, its 8-bit octets found anywhere in it.
+func TestTo7bit_LongLines(t *testing.T) {
+	long := strings.Repeat("a", 100<<10) + "\xe9" + strings.Repeat("b", 1000)
+	in := "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d\r\n\r\n" + long + "\r\n--d--\r\n"
+	b := newMemBody(in)
+	c, err := to7bit(b, b.Size())
+	if err != nil || c == nil {
+		t.Fatalf("to7bit = %v, %v", c, err)
+	}
+	var out bytes.Buffer
+	c.WriteTo(&out)
+	msg, err := mail.ReadMessage(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := parts(t, msg.Header, msg.Body)
+	if len(got) != 1 || got[0][2] != long {
+		t.Errorf("long line not kept")
+	}
+}
