@@ -26,7 +26,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print JSON (list, show)")
 	var f admin.Filter
 	fs.Func("state", "list: only messages with a recipient in this state (pending, delivered, failed) or held", func(v string) error {
-		s, err := parseQueueState(v)
+		s, err := admin.ParseState(v)
 		f.State = s
 		return err
 	})
@@ -142,29 +142,6 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "mailhop queue: unknown subcommand %q\n", sub)
 	return exitUsage
-}
-
-// queueStates are the values of `queue list --state`: a recipient's state
-// (queue.RcptState's names) or "held".
-var queueStates = []string{"pending", "delivered", "failed", "held"}
-
-// parseQueueState returns the --state value v in its canonical form
-// (matching is case-insensitive), or an error naming the valid values.
-// Postfix's "deferred" is deliberately not an alias: it means "tried and
-// failed temporarily", while pending also holds recipients never tried and
-// those of held messages, so a list under that name would show more than it
-// says.
-func parseQueueState(v string) (string, error) {
-	for _, s := range queueStates {
-		if strings.EqualFold(v, s) {
-			return s, nil
-		}
-	}
-	hint := ""
-	if strings.EqualFold(v, "deferred") {
-		hint = " (for Postfix's deferred use pending, which also lists mail not yet tried)"
-	}
-	return "", fmt.Errorf("want one of %s%s", strings.Join(queueStates, ", "), hint)
 }
 
 var pastTense = map[string]string{"hold": "held", "release": "released", "delete": "deleted", "bounce": "bounced"}

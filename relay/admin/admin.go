@@ -93,6 +93,29 @@ type Filter struct {
 	MinAge time.Duration // arrived at least this long ago
 }
 
+// States are the values of Filter.State: a recipient's state
+// (queue.RcptState's names) or "held".
+var States = []string{"pending", "delivered", "failed", "held"}
+
+// ParseState returns v, a Filter.State from a user, in its canonical form
+// (matching is case-insensitive), or an error naming the valid values.
+// Postfix's "deferred" is deliberately not an alias: it means "tried and
+// failed temporarily", while pending also holds recipients never tried and
+// those of held messages, so a list under that name would show more than it
+// says.
+func ParseState(v string) (string, error) {
+	for _, s := range States {
+		if strings.EqualFold(v, s) {
+			return s, nil
+		}
+	}
+	hint := ""
+	if strings.EqualFold(v, "deferred") {
+		hint = " (for Postfix's deferred use pending, which also lists mail not yet tried)"
+	}
+	return "", fmt.Errorf("want one of %s%s", strings.Join(States, ", "), hint)
+}
+
 // Match reports whether m passes f.
 func (f Filter) Match(m *Message, now time.Time) bool {
 	if f.Sender != "" && !strings.Contains(strings.ToLower(m.From), strings.ToLower(f.Sender)) {
@@ -216,6 +239,14 @@ func writeErr(w http.ResponseWriter, err error) {
 func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	qv := r.URL.Query()
 	f := Filter{State: qv.Get("state"), Domain: qv.Get("domain"), Sender: qv.Get("sender"), Rcpt: qv.Get("rcpt")}
+	if f.State != "" {
+		st, err := ParseState(f.State)
+		if err != nil {
+			writeJSON(w, http.StatusBadRequest, apiError{Error: "state: " + err.Error()})
+			return
+		}
+		f.State = st
+	}
 	if v := qv.Get("min_age"); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil {

@@ -430,3 +430,25 @@ func logHas(logs string, parts ...string) bool {
 	}
 	return false
 }
+
+// TestList_StateValidated: the API refuses a state it does not know (400)
+// instead of listing nothing, and matches the known ones in any case.
+func TestList_StateValidated(t *testing.T) {
+	e := startInject(t, false)
+	if err := e.q.Enqueue(&queue.Envelope{From: "a@example.com", Recipients: []queue.Recipient{{Address: "b@example.net"}}},
+		strings.NewReader("Subject: x\r\n\r\nhi\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []string{"pending", "PENDING"} {
+		if l, err := e.client.List(Filter{State: st}); err != nil || len(l) != 1 {
+			t.Errorf("state %q: %d messages, %v; want 1", st, len(l), err)
+		}
+	}
+	for _, st := range []string{"bogus", "deferred"} {
+		_, err := e.client.List(Filter{State: st})
+		var se *StatusError
+		if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(se.Msg, "pending, delivered, failed, held") {
+			t.Errorf("state %q: %v, want a 400 naming the states", st, err)
+		}
+	}
+}
