@@ -233,7 +233,13 @@ type headerLimit struct {
 
 func (h *headerLimit) Read(p []byte) (int, error) {
 	n, err := h.r.Read(p)
-	if h.done || n == 0 {
+	if h.done {
+		return n, err
+	}
+	if n == 0 {
+		if err == io.EOF && h.n > h.limit {
+			return 0, errHeaderTooLarge // no empty line: all of it was header
+		}
 		return n, err
 	}
 	// The end of the header may straddle reads: look at the last bytes of
@@ -263,8 +269,9 @@ func (h *headerLimit) Read(p []byte) (int, error) {
 		h.tail = h.tail[max(len(h.tail)-3, 0):]
 	}
 	// Until the end is seen, up to 2 bytes counted may be the empty line
-	// that ends the header, which is not part of it.
-	if h.n > h.limit && (h.done || h.n > h.limit+2) {
+	// that ends the header, which is not part of it — unless nothing
+	// follows: a message without the empty line is all header.
+	if h.n > h.limit && (h.done || h.n > h.limit+2 || err == io.EOF) {
 		return n, errHeaderTooLarge
 	}
 	return n, err

@@ -40,6 +40,10 @@ func TestHeaderLimit(t *testing.T) {
 		{"at the limit", strings.Repeat(big, 3) + "\r\nbody", true},
 		{"over", strings.Repeat(big, 4) + "\r\nbody", false},
 		{"never ends", strings.Repeat(big, 10), false},
+		// Without the empty line the whole message is header.
+		{"no empty line, at the limit", strings.Repeat(big, 3), true},
+		{"no empty line, one over", strings.Repeat(big, 3) + "X", false},
+		{"no empty line, two over", strings.Repeat(big, 3) + "X:", false},
 	} {
 		for _, oneByte := range []bool{false, true} {
 			var r io.Reader = strings.NewReader(tc.msg)
