@@ -519,6 +519,20 @@ type msgForms struct {
 	sevenOnce sync.Once
 	seven     *conversion // nil: the message is 7-bit already
 	sevenErr  error
+
+	hdrOnce  sync.Once
+	hdrASCII bool
+}
+
+// headerASCII reports whether the message's header is all ASCII (RFC
+// 6531 §3.2: otherwise it needs SMTPUTF8).
+func (m *msgForms) headerASCII() bool {
+	m.hdrOnce.Do(func() {
+		bp := headBufs.Get().(*[]byte)
+		defer headBufs.Put(bp)
+		m.hdrASCII = isASCII(storedHeaderBlock(m.body, *bp))
+	})
+	return m.hdrASCII
 }
 
 // sevenBit returns the message's 7-bit form (see to7bit).

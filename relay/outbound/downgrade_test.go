@@ -290,3 +290,41 @@ func TestTo7bit_LongLines(t *testing.T) {
 		t.Errorf("long line not kept")
 	}
 }
+
+// TestDelivery_SMTPUTF8_NotNeeded_SentWithout: a message sent with
+// SMTPUTF8 whose addresses and header are ASCII goes to a server without
+// SMTPUTF8 without the parameter (RFC 6531 §3.2); a non-ASCII recipient
+// alone bounces, a non-ASCII header or sender bounces them all.
+func TestDelivery_SMTPUTF8_NotNeeded_SentWithout(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{SMTPUTF8: true})
+	h.start()
+	utf8 := func(e *queue.Envelope) { e.SMTPUTF8, e.BodyType = true, "8BITMIME" }
+
+	body := "From: a@sender.test\r\nSubject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n\r\nGrüße\r\n"
+	id := h.submit(body, []string{"a@example.test", "ü@example.test"}, utf8)
+	m := h.first.Wait(t, 1)[0]
+	h.waitRecords(id, 1)
+	if m.MailOpts.UTF8 || len(m.To) != 1 || m.To[0] != "a@example.test" || !bytes.Equal(m.Data, []byte(body)) {
+		t.Errorf("delivered: SMTPUTF8 %v, to %q, body %q", m.MailOpts.UTF8, m.To, m.Data)
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 || d.Recipients[0].Address() != "ü@example.test" || d.Recipients[0].Status != "5.6.7" ||
+		!strings.Contains(d.Human, "non-ASCII recipient address") {
+		t.Errorf("bounce: %+v\n%s", d.Recipients, d.Human)
+	}
+
+	id = h.submit("From: a@sender.test\r\nSubject: Grüße\r\n\r\nhi\r\n", []string{"b@example.test"}, utf8)
+	h.waitRecords(id, 1)
+	d = parseBounce(t, senderMX.Wait(t, 2)[1])
+	if d.Recipients[0].Status != "5.6.7" || !strings.Contains(d.Human, "non-ASCII header") {
+		t.Errorf("bounce: %+v\n%s", d.Recipients, d.Human)
+	}
+
+	id = h.submit("Subject: hi\r\n\r\nhi\r\n", []string{"c@example.test"}, utf8, func(e *queue.Envelope) { e.From = "ü@sender.test" })
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil || len(h.first.Messages()) != 1 || !strings.Contains(h.logs.String(), "non-ASCII sender address") {
+		t.Errorf("non-ASCII sender: queued %+v, %d delivered", env, len(h.first.Messages()))
+	}
+}

@@ -45,18 +45,48 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	}()
 	c := cn.c
 	c.CommandTimeout = tm.command
-	all := func(st queue.RcptState, e *smtperr.Error) []rcptResult {
-		out := make([]rcptResult, len(t.rcpts))
-		for i, idx := range t.rcpts {
-			out[i] = rcptResult{index: idx, state: st, reply: e, remote: cn.host}
-		}
-		return out
-	}
 	env := t.env
 	size := t.body.Size()
-	if env.SMTPUTF8 && !cn.utf8 {
-		// RFC 6531 §3.4: no downgrade here; the message cannot be sent.
-		return all(queue.Failed, smtperr.New(0, "5.6.7", "message needs SMTPUTF8, which %s does not support", cn.host)), false, nil
+	// res holds every recipient's outcome; send are the positions in res
+	// (and t.rcpts) of those the transaction is for.
+	res = make([]rcptResult, len(t.rcpts))
+	send := make([]int, 0, len(t.rcpts))
+	for i, idx := range t.rcpts {
+		res[i] = rcptResult{index: idx, remote: cn.host}
+		send = append(send, i)
+	}
+	all := func(st queue.RcptState, e *smtperr.Error) []rcptResult {
+		for _, i := range send {
+			res[i].state, res[i].reply = st, e
+		}
+		return res
+	}
+	utf8 := env.SMTPUTF8
+	if utf8 && !cn.utf8 {
+		// RFC 6531 §3.2, §3.4: SMTPUTF8 is needed only for a non-ASCII
+		// address or header; a message that has none goes without it
+		// (Postfix's SMTPUTF8_README). There is no downgrade otherwise.
+		needs := func(what string) *smtperr.Error {
+			return smtperr.New(0, "5.6.7", "message needs SMTPUTF8 (%s), which %s does not support", what, cn.host)
+		}
+		switch {
+		case !isASCII([]byte(env.From)):
+			return all(queue.Failed, needs("non-ASCII sender address")), false, nil
+		case !t.forms.headerASCII():
+			return all(queue.Failed, needs("non-ASCII header")), false, nil
+		}
+		utf8 = false
+		send = send[:0]
+		for i, idx := range t.rcpts {
+			if isASCII([]byte(env.Recipients[idx].Address)) {
+				send = append(send, i)
+			} else {
+				res[i].state, res[i].reply = queue.Failed, needs("non-ASCII recipient address")
+			}
+		}
+		if len(send) == 0 {
+			return res, false, nil
+		}
 	}
 	var seven *conversion // the 7-bit form sent instead of the stored bytes
 	if !cn.eightBit {
@@ -83,7 +113,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 
 	// REQUIRETLS goes on only when the plan checked that the server
 	// offers it over verified TLS (RFC 8689 §4.2.1).
-	opts := &smtp.MailOptions{Size: size, UTF8: env.SMTPUTF8, EnvelopeID: env.EnvID, RequireTLS: env.RequireTLS}
+	opts := &smtp.MailOptions{Size: size, UTF8: utf8, EnvelopeID: env.EnvID, RequireTLS: env.RequireTLS}
 	switch strings.ToUpper(env.BodyType) {
 	case "8BITMIME":
 		opts.Body = smtp.Body8BitMIME
@@ -96,10 +126,11 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	case "HDRS":
 		opts.Return = smtp.DSNReturnHeaders
 	}
-	addrs := make([]string, len(t.rcpts))
-	ropts := make([]*smtp.RcptOptions, len(t.rcpts))
-	for i, idx := range t.rcpts {
-		addrs[i], ropts[i] = env.Recipients[idx].Address, rcptOptions(&env.Recipients[idx])
+	addrs := make([]string, len(send))
+	ropts := make([]*smtp.RcptOptions, len(send))
+	for j, i := range send {
+		rc := &env.Recipients[t.rcpts[i]]
+		addrs[j], ropts[j] = rc.Address, rcptOptions(rc)
 	}
 	// RSET (when the last transaction on this connection did not get as
 	// far as the reply to its end of data), MAIL, every RCPT and DATA go
@@ -120,11 +151,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	if se, ok := replyError(rep.Mail); ok {
 		return all(stateOf(se), se), false, nil
 	}
-	res = make([]rcptResult, len(t.rcpts))
 	var accepted []int // positions in res
-	for i, idx := range t.rcpts {
-		res[i] = rcptResult{index: idx, remote: cn.host}
-		if se, ok := replyError(rep.Rcpt[i]); ok {
+	for j, i := range send {
+		if se, ok := replyError(rep.Rcpt[j]); ok {
 			res[i].state, res[i].reply = stateOf(se), se
 			continue
 		}
