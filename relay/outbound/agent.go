@@ -291,7 +291,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 		if r.State != queue.Pending {
 			continue
 		}
-		d := r.Domain()
+		d := asciiDomain(r.Domain()) // one group, and policy, per domain however written
 		if d == "" {
 			at.rcpts = append(at.rcpts, rcptResult{index: i, state: queue.Failed,
 				reply: smtperr.New(0, "5.1.3", "recipient address has no domain")})

@@ -9,7 +9,9 @@
 //     delivery.concurrency messages are in flight).
 //  2. The stored header block is read; more than 50 Received fields is a
 //     mail loop: every pending recipient fails with 5.4.6 (RFC 5321 §6.3).
-//  3. Pending recipients are grouped by domain (lower-cased). The groups of
+//  3. Pending recipients are grouped by domain (lower-cased, international
+//     names as A-labels, which routes, TLS policy, MTA-STS, DANE and TLS
+//     reports are then all looked up by: asciiDomain). The groups of
 //     one message are delivered in parallel, each holding one slot of
 //     delivery.per_domain_concurrency for its domain and one of
 //     delivery.concurrency in total.

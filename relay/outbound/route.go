@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/idna"
+
 	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/smtperr"
@@ -45,6 +47,22 @@ func smarthosts(r *config.Route) []string {
 		return out
 	}
 	return nil
+}
+
+// asciiDomain returns a recipient domain in the form everything about it
+// is looked up by — routes, [[tls_policy]], MTA-STS, DANE, TLS reports,
+// MX: lower case, international labels as A-labels (RFC 5890; the Lookup
+// profile of UTS #46, as dnsmx uses). So a domain written in Unicode
+// (u@müller.example, with SMTPUTF8) gets exactly the policy of its ASCII
+// form and cannot lower TLS. A name that is not a valid IDN is returned
+// lower-cased; its MX lookup then fails for good.
+func asciiDomain(d string) string {
+	if !isASCII([]byte(d)) {
+		if a, err := idna.Lookup.ToASCII(d); err == nil {
+			d = a
+		}
+	}
+	return strings.ToLower(d)
 }
 
 // targets lists where mail for domain goes, in the order to try.
