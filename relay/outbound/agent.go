@@ -430,6 +430,17 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 				gr.rcpts = res
 				return gr
 			}
+			if serr.loop {
+				le, final := a.loopBack(t.env.ID, domain, tg, ap.String(), serr)
+				if final {
+					gr.err = le
+					for _, x := range t.rcpts {
+						gr.rcpts = append(gr.rcpts, rcptResult{index: x, state: queue.Failed, reply: le, remote: tg.host})
+					}
+					return gr
+				}
+				serr.err = le
+			}
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
 			if serr.policy {
@@ -464,6 +475,23 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	gr.err = &e
 	gr.rcpts = allPending(t.rcpts, &e)
 	return gr
+}
+
+// loopBack decides what a host that turned out to be this relay means
+// (RFC 5321 §5.1). An MX host: the domain's mail would come straight
+// back, so its recipients fail now with 5.4.6, as Postfix bounces "mail
+// for DOMAIN loops back to myself" (final). A smarthost of a [[route]]:
+// a configuration mistake, not the sender's; the host is skipped and,
+// when no other takes the mail, it stays queued with 4.4.6 until the
+// configuration is fixed.
+func (a *Agent) loopBack(queueID, domain string, tg *target, addr string, se *stageError) (*smtperr.Error, bool) {
+	if tg.route != nil {
+		a.log.Error("smarthost loops back to myself; check the [[route]] for this domain", "queue_id", queueID,
+			"domain", domain, "mx", tg.host, "addr", addr, "err", se.err.Msg)
+		return smtperr.New(0, "4.4.6", "smarthost %s loops back to myself (%s)", tg.host, se.err.Msg), false
+	}
+	a.log.Warn("mail loops back to myself", "queue_id", queueID, "domain", domain, "mx", tg.host, "addr", addr, "err", se.err.Msg)
+	return smtperr.New(0, "5.4.6", "mail for %s loops back to myself (%s)", domain, se.err.Msg), true
 }
 
 // connInfo is what an attempt learnt about a connection's TLS, for logs.

@@ -72,7 +72,10 @@ type stageError struct {
 	// required, certificate rejected, MX not in the MTA-STS policy, no
 	// REQUIRETLS): the mail is deferred, or bounced for REQUIRETLS.
 	policy bool
-	cause  error // the certificate check's error, when it failed
+	// loop: the server greeted or answered EHLO with our own hostname
+	// (RFC 5321 §5.1): delivering would send the mail back to us.
+	loop  bool
+	cause error // the certificate check's error, when it failed
 }
 
 func (e *stageError) Error() string { return e.stage + ": " + e.err.Error() }
@@ -138,6 +141,11 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	if err := c.Hello(cfg.Hostname); err != nil {
 		return fail(stageErr("greeting", err))
 	}
+	if name, ok := namesUs(c, cfg.Hostname); ok {
+		quitClient(c)
+		return fail(&stageError{stage: "greeting", loop: true,
+			err: smtperr.New(0, "5.4.6", "%s greets as %s, which is this relay's hostname", t.host, name)})
+	}
 	c.CommandTimeout = tm.command
 	ok, _ := c.Extension("STARTTLS")
 	switch {
@@ -194,6 +202,28 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		a.stats.tlsConns.Add(1)
 	}
 	return cn, nil
+}
+
+// namesUs reports whether the server's greeting or its reply to EHLO
+// starts with hostname (ignoring case and a final dot): then the
+// connection came back to this relay (RFC 5321 §5.1: "mail for X loops
+// back to myself", as Postfix says). The name found is returned.
+func namesUs(c *smtp.Client, hostname string) (string, bool) {
+	me := strings.TrimSuffix(hostname, ".")
+	for _, text := range []string{c.Greeting(), c.HelloReply()} {
+		if f := strings.Fields(text); len(f) > 0 && strings.EqualFold(strings.TrimSuffix(f[0], "."), me) {
+			return f[0], true
+		}
+	}
+	return "", false
+}
+
+// quitClient ends a session politely without waiting long for the reply.
+func quitClient(c *smtp.Client) {
+	c.CommandTimeout = 5 * time.Second
+	if c.Quit() != nil {
+		c.Close()
+	}
 }
 
 // handshakeErr describes a failed TLS handshake: a rejected certificate is

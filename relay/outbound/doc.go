@@ -92,6 +92,9 @@
 //	8-bit message that cannot be made 7-bit, server
 //	without 8BITMIME (5.6.3)                            Failed     bounce
 //	more than 50 Received fields (5.4.6)                Failed     bounce
+//	an MX host greets or answers EHLO with our hostname
+//	  (5.4.6 "loops back to myself", RFC 5321 §5.1)     Failed     bounce
+//	a smarthost does (4.4.6; the next one is tried)     Pending    -
 //	required TLS missing or rejected (4.7.4, 4.7.5)     Pending    -
 //	REQUIRETLS not possible with any host (5.7.30)      Failed     bounce (header only)
 //	Pending, and older than delivery.max_queue_age      Failed     bounce (4.4.7, expired)

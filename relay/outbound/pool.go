@@ -98,9 +98,4 @@ func (p *pool) size() int {
 }
 
 // quit ends a connection politely, without waiting long for the reply.
-func quit(cn *conn) {
-	cn.c.CommandTimeout = 5 * time.Second
-	if cn.c.Quit() != nil {
-		cn.close()
-	}
-}
+func quit(cn *conn) { quitClient(cn.c) }

@@ -34,6 +34,8 @@ type Client struct {
 	greetError error             // the error from the greeting
 	didHello   bool              // whether we've said HELO/EHLO/LHLO
 	helloError error             // the error from the hello
+	greeting   string            // text of the 220 greeting (mailhop patch)
+	helloReply string            // first line of the EHLO/HELO reply text (mailhop patch)
 	rcpts      []string          // recipients accumulated for the current transaction
 
 	// Time to wait for command responses (this includes 3xx reply to DATA).
@@ -191,7 +193,8 @@ func (c *Client) greet() error {
 	defer c.conn.SetDeadline(time.Time{})
 
 	c.didGreet = true
-	_, _, err := c.readResponse(220)
+	_, msg, err := c.readResponse(220)
+	c.greeting = msg
 	if err != nil {
 		c.greetError = err
 		c.text.Close()
@@ -269,7 +272,10 @@ func (c *Client) cmd(expectCode int, format string, args ...interface{}) (int, s
 // server does not support ehlo.
 func (c *Client) helo() error {
 	c.ext = nil
-	_, _, err := c.cmd(250, "HELO %s", c.localName)
+	_, msg, err := c.cmd(250, "HELO %s", c.localName)
+	if err == nil {
+		c.helloReply, _, _ = strings.Cut(msg, "\n")
+	}
 	return err
 }
 
@@ -287,6 +293,7 @@ func (c *Client) ehlo() error {
 	}
 	ext := make(map[string]string)
 	extList := strings.Split(msg, "\n")
+	c.helloReply = extList[0]
 	if len(extList) > 1 {
 		extList = extList[1:]
 		for _, line := range extList {
@@ -331,6 +338,16 @@ func (c *Client) startTLS(config *tls.Config) error {
 	c.didHello = false
 	return nil
 }
+
+// Greeting returns the text of the server's greeting (the 220 reply
+// without its code, lines joined by "\n"), or "" before it was read.
+// (mailhop patch: loop detection compares the name in it with its own.)
+func (c *Client) Greeting() string { return c.greeting }
+
+// HelloReply returns the first line of the text of the server's reply to
+// EHLO or HELO (RFC 5321 §4.1.1.1: the server's name first), or "" before
+// a successful one. (mailhop patch)
+func (c *Client) HelloReply() string { return c.helloReply }
 
 // TLSConnectionState returns the client's TLS connection state.
 // The return values are their zero values if STARTTLS did

@@ -1,0 +1,118 @@
+package smtp
+
+// mailhop patch tests of the client, against scripted servers on real
+// loopback sockets.
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// scriptServer listens on 127.0.0.1, greets with greeting, answers each
+// command line with the reply replies gives for its verb ("" closes the
+// connection), and records the lines it got.
+type scriptServer struct {
+	ln   net.Listener
+	mu   sync.Mutex
+	got  []string
+	done chan struct{}
+}
+
+func newScriptServer(t *testing.T, greeting string, replies map[string]string) *scriptServer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &scriptServer{ln: ln, done: make(chan struct{})}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		defer close(s.done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, greeting)
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			s.mu.Lock()
+			s.got = append(s.got, strings.TrimRight(line, "\r\n"))
+			s.mu.Unlock()
+			verb := strings.ToUpper(strings.Fields(line + " x")[0])
+			rep, ok := replies[verb]
+			if !ok {
+				rep = "502 5.5.1 not here\r\n"
+			}
+			if rep == "" {
+				return
+			}
+			io.WriteString(c, rep)
+		}
+	}()
+	return s
+}
+
+func (s *scriptServer) dial(t *testing.T) *Client {
+	t.Helper()
+	conn, err := net.Dial("tcp", s.ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewClient(conn)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// lines waits for the server's connection to end and returns what it got.
+func (s *scriptServer) lines() []string {
+	<-s.done
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.got...)
+}
+
+func TestClientGreetingAndHelloReply(t *testing.T) {
+	s := newScriptServer(t, "220-mx.example.org ESMTP\r\n220 second line\r\n", map[string]string{
+		"EHLO": "250-mx.example.org Hello client.test\r\n250 PIPELINING\r\n",
+		"QUIT": "221 bye\r\n",
+	})
+	c := s.dial(t)
+	if c.Greeting() != "" || c.HelloReply() != "" {
+		t.Error("greeting known before it was read")
+	}
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	if g := c.Greeting(); g != "mx.example.org ESMTP\nsecond line" {
+		t.Errorf("Greeting() = %q", g)
+	}
+	if h := c.HelloReply(); h != "mx.example.org Hello client.test" {
+		t.Errorf("HelloReply() = %q", h)
+	}
+	c.Quit()
+}
+
+func TestClientHelloReplyAfterHELO(t *testing.T) {
+	s := newScriptServer(t, "220 mx ESMTP\r\n", map[string]string{
+		"EHLO": "502 5.5.1 no\r\n",
+		"HELO": "250 old.example.org greets client.test\r\n",
+		"QUIT": "221 bye\r\n",
+	})
+	c := s.dial(t)
+	if err := c.Hello("client.test"); err != nil {
+		t.Fatal(err)
+	}
+	if h := c.HelloReply(); h != "old.example.org greets client.test" {
+		t.Errorf("HelloReply() = %q", h)
+	}
+	c.Quit()
+}
