@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,10 +53,11 @@ type Agent struct {
 	now      func() time.Time
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	cfg     atomic.Pointer[config.Config]
-	pool    *pool
-	total   chan struct{} // delivery.concurrency connection slots
-	domains *limiter      // delivery.per_domain_concurrency
+	cfg      atomic.Pointer[config.Config]
+	pool     *pool
+	inflight *sem     // delivery.concurrency messages being delivered
+	total    *sem     // delivery.concurrency connection slots
+	domains  *limiter // delivery.per_domain_concurrency
 
 	mu      sync.Mutex
 	noTLS   map[netip.Addr]time.Time // STARTTLS handshake failed: plain until
@@ -64,8 +67,9 @@ type Agent struct {
 	tlsStats tlsStats
 	tlsrpt   tlsReporter // TLS reports: SendTLSReports, tlsReportLoop
 
-	sts  STSGetter    // nil: MTA-STS not applied
-	tlsa TLSAResolver // nil: no DANE
+	sts    STSGetter    // nil: MTA-STS not applied
+	stsOwn bool         // sts was made by New from the configuration
+	tlsa   TLSAResolver // nil: no DANE
 
 	abortCtx context.Context // deliveries run under it; Abort cancels it
 	abort    context.CancelFunc
@@ -104,23 +108,16 @@ func New(opts Options) (*Agent, error) {
 		d := net.Dialer{KeepAlive: -1} // idle connections are closed by idle_conn_timeout
 		a.dial = d.DialContext
 	}
-	n := opts.Config.Delivery.Concurrency
-	if n <= 0 {
-		n = 100
-	}
-	per := opts.Config.Delivery.PerDomainConcurrency
-	if per <= 0 {
-		per = 10
-	}
+	n, per := concurrency(opts.Config)
 	a.abortCtx, a.abort = context.WithCancel(context.Background())
-	a.total = make(chan struct{}, n)
+	a.inflight, a.total = newSem(n), newSem(n)
 	a.pool = newPool(per)
 	a.domains = newLimiter(per)
 	a.cfg.Store(opts.Config)
 	a.sts = opts.MTASTS
 	if a.sts == nil {
 		if txt, ok := opts.Resolver.(txtResolver); ok {
-			a.sts = a.newSTSFetcher(opts.Config, txt)
+			a.sts, a.stsOwn = a.newSTSFetcher(opts.Config, txt), true
 		}
 	}
 	return a, nil
@@ -130,10 +127,47 @@ func New(opts Options) (*Agent, error) {
 // and the shutdown deadline has passed).
 func (a *Agent) Abort() { a.abort() }
 
+// concurrency returns delivery.concurrency and per_domain_concurrency.
+func concurrency(cfg *config.Config) (total, perDomain int) {
+	total, perDomain = cfg.Delivery.Concurrency, cfg.Delivery.PerDomainConcurrency
+	if total <= 0 {
+		total = 100
+	}
+	if perDomain <= 0 {
+		perDomain = 10
+	}
+	return total, perDomain
+}
+
 // SetConfig switches to a reloaded configuration for the attempts that
-// start afterwards: hostname, routes, ports, timeouts, ages. The
-// concurrency limits keep the values given to New.
-func (a *Agent) SetConfig(cfg *config.Config) { a.cfg.Store(cfg) }
+// start afterwards: hostname, routes, TLS policies, ports, timeouts, ages,
+// retry_intervals (from the next attempt's scheduling on), and the
+// concurrency limits (deliveries under way above a lowered limit finish;
+// no new one starts until the count is below it). What the agent was built
+// with at start — delivery.resolvers, and the MTA-STS cache's data_dir and
+// roots (extra_roots_file) — needs a restart; a change to those is logged
+// as a warning.
+func (a *Agent) SetConfig(cfg *config.Config) {
+	old := a.cfg.Swap(cfg)
+	n, per := concurrency(cfg)
+	a.inflight.setMax(n)
+	a.total.setMax(n)
+	a.domains.setMax(per)
+	a.pool.setMaxIdle(per)
+	var restart []string
+	if !slices.Equal(old.Delivery.Resolvers, cfg.Delivery.Resolvers) {
+		restart = append(restart, "delivery.resolvers")
+	}
+	if a.stsOwn && old.DataDir != cfg.DataDir {
+		restart = append(restart, "data_dir (MTA-STS cache)")
+	}
+	if a.stsOwn && old.Delivery.ExtraRootsFile != cfg.Delivery.ExtraRootsFile {
+		restart = append(restart, "delivery.extra_roots_file (MTA-STS fetches)")
+	}
+	if len(restart) > 0 {
+		a.log.Warn("reload: these delivery settings take effect only after a restart", "keys", strings.Join(restart, ", "))
+	}
+}
 
 func (a *Agent) config() *config.Config { return a.cfg.Load() }
 
@@ -158,17 +192,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.tlsReportLoop(reports)
 	}()
 	dctx := a.abortCtx
-	slots := make(chan struct{}, cap(a.total))
 	jobs := make(chan *queue.Envelope) // to workers waiting for another message
 	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
+		if a.inflight.acquire(ctx) != nil {
 			return nil
 		}
 		env, err := a.q.Next(ctx)
 		if err != nil {
-			<-slots
+			a.inflight.release()
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -180,7 +211,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				a.deliveryWorker(ctx, dctx, env, jobs, slots)
+				a.deliveryWorker(ctx, dctx, env, jobs)
 			}()
 		}
 	}
@@ -194,12 +225,12 @@ const workerIdle = 10 * time.Second
 // comes for workerIdle or ctx ends. Each message frees its slot when done.
 // Reusing goroutines saves growing a fresh stack to the depth of a
 // delivery for every message.
-func (a *Agent) deliveryWorker(ctx, dctx context.Context, env *queue.Envelope, jobs <-chan *queue.Envelope, slots <-chan struct{}) {
+func (a *Agent) deliveryWorker(ctx, dctx context.Context, env *queue.Envelope, jobs <-chan *queue.Envelope) {
 	idle := time.NewTimer(workerIdle)
 	defer idle.Stop()
 	for {
 		a.process(dctx, env)
-		<-slots
+		a.inflight.release()
 		idle.Reset(workerIdle)
 		select {
 		case env = <-jobs:
@@ -330,11 +361,8 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	release, err := a.domains.acquire(ctx, domain)
 	if err == nil {
 		defer release()
-		select {
-		case a.total <- struct{}{}:
-			defer func() { <-a.total }()
-		case <-ctx.Done():
-			err = ctx.Err()
+		if err = a.total.acquire(ctx); err == nil {
+			defer a.total.release()
 		}
 	}
 	if err != nil {

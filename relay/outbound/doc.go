@@ -102,8 +102,9 @@
 //
 // Anything unknown is temporary: mail is retried, never dropped. When no
 // host answered at all, the recipients stay Pending whatever the last
-// connection-level reply was. The queue schedules the next attempt from
-// delivery.retry_intervals.
+// connection-level reply was. The next attempt is due after the attempt
+// count's entry of delivery.retry_intervals, as configured now (a reload
+// applies from the next attempt on), jittered by ±10%; the queue keeps it.
 //
 // # What is durable when
 //

@@ -19,6 +19,14 @@ type pool struct {
 // connections are all reused.
 func newPool(maxIdle int) *pool { return &pool{idle: make(map[connKey][]*conn), maxIdle: maxIdle} }
 
+// setMaxIdle changes maxIdle (a reload); connections over it go as their
+// idle time ends.
+func (p *pool) setMaxIdle(n int) {
+	p.mu.Lock()
+	p.maxIdle = n
+	p.mu.Unlock()
+}
+
 // get takes the most recently used idle connection for k, or nil.
 func (p *pool) get(k connKey) *conn {
 	p.mu.Lock()

@@ -1,9 +1,8 @@
 package outbound
 
 import (
-	"context"
 	"fmt"
-	"sync"
+	"math/rand/v2"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
@@ -38,7 +37,13 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			expired[r.index] = true
 		}
 	}
+	// The next attempt follows the running configuration's
+	// retry_intervals, so a reload changes the schedule from the next
+	// attempt on (the queue's own intervals are those of the start).
 	res := queue.Result{LastError: at.lastErr, DelayWarned: env.DelayWarned}
+	if d, ok := retryAfter(cfg, env.Attempts+1); ok {
+		res.RetryAt = now.Add(d)
+	}
 	if body != nil {
 		a.reports(env, cfg, at, body, &res, now)
 	}
@@ -203,6 +208,19 @@ func replyText(e *smtperr.Error) string {
 	return e.Msg
 }
 
+// retryAfter is the wait after the n-th attempt: the n-th of
+// delivery.retry_intervals (the last one repeating), with ±10% jitter so
+// messages that failed together do not come back together; false when
+// the configuration has none (the queue's own then apply).
+func retryAfter(cfg *config.Config, n int) (time.Duration, bool) {
+	iv := cfg.Delivery.RetryIntervals
+	if len(iv) == 0 {
+		return 0, false
+	}
+	d := iv[min(max(n-1, 0), len(iv)-1)].Duration
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64())), true
+}
+
 func orDur(d config.Duration, def time.Duration) time.Duration {
 	if d.Duration > 0 {
 		return d.Duration
@@ -276,46 +294,4 @@ func groupPending(g groupResult) bool {
 		}
 	}
 	return false
-}
-
-// limiter bounds concurrent deliveries per domain; entries exist only
-// while used, so the map does not grow with the number of domains seen.
-type limiter struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]*slot
-}
-
-type slot struct {
-	ch    chan struct{}
-	users int
-}
-
-func newLimiter(max int) *limiter { return &limiter{max: max, m: make(map[string]*slot)} }
-
-func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
-	l.mu.Lock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{ch: make(chan struct{}, l.max)}
-		l.m[key] = s
-	}
-	s.users++
-	l.mu.Unlock()
-	select {
-	case s.ch <- struct{}{}:
-		return func() { <-s.ch; l.leave(key, s) }, nil
-	case <-ctx.Done():
-		l.leave(key, s)
-		return nil, ctx.Err()
-	}
-}
-
-func (l *limiter) leave(key string, s *slot) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s.users--
-	if s.users == 0 {
-		delete(l.m, key)
-	}
 }

@@ -1,0 +1,152 @@
+package outbound
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// reloaded returns a copy of h's configuration changed by edit, as a
+// SIGHUP would load it.
+func (h *harness) reloaded(edit func(*config.Config)) *config.Config {
+	c := *h.cfg
+	c.Delivery.RetryIntervals = append([]config.Duration(nil), h.cfg.Delivery.RetryIntervals...)
+	edit(&c)
+	return &c
+}
+
+func TestReload_RetryIntervals_ApplyToTheNextAttempt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.2.0", "try later")
+	}}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.RetryIntervals = []config.Duration{{Duration: 3 * time.Hour}}
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if next := time.Until(h.envelope(id).NextAttempt); next < 2*time.Hour {
+		t.Fatalf("next attempt in %v, want about 3h", next)
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) {
+		c.Delivery.RetryIntervals = []config.Duration{{Duration: time.Minute}, {Duration: 2 * time.Minute}}
+	}))
+	h.q.Flush("")
+	h.waitRecords(id, 2)
+	// The second attempt is followed by the second interval.
+	if next := time.Until(h.envelope(id).NextAttempt); next < 100*time.Second || next > 140*time.Second {
+		t.Errorf("next attempt in %v after the reload, want about 2m", next)
+	}
+}
+
+// gate holds messages in the server's DATA until n are inside at once.
+type gate struct {
+	mu      sync.Mutex
+	inside  int
+	n       int
+	all     chan struct{}
+	release chan struct{}
+}
+
+func newGate(n int) *gate {
+	return &gate{n: n, all: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (g *gate) data(*smtptest.Message) error {
+	g.mu.Lock()
+	g.inside++
+	if g.inside == g.n {
+		close(g.all)
+	}
+	g.mu.Unlock()
+	<-g.release
+	return nil
+}
+
+// wait fails unless n messages are inside at once within 10 s, then lets
+// them all go.
+func (g *gate) wait(t *testing.T) {
+	t.Helper()
+	defer close(g.release)
+	select {
+	case <-g.all:
+	case <-time.After(10 * time.Second):
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		t.Fatalf("%d deliveries at once, want %d", g.inside, g.n)
+	}
+}
+
+func TestReload_Concurrency_Raised(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		domains []string
+		set     func(c *config.Config, n int)
+	}{
+		{"per_domain_concurrency", []string{"example.test", "example.test", "example.test"},
+			func(c *config.Config, n int) { c.Delivery.PerDomainConcurrency = n }},
+		{"concurrency", []string{"example.test", "other.test", "third.test"},
+			func(c *config.Config, n int) { c.Delivery.Concurrency = n }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := newGate(3)
+			h := newHarness(t, smtptest.Behaviour{Data: g.data}, zone("example.test", "127.0.0.2", "other.test", "127.0.0.2", "third.test", "127.0.0.2"))
+			tc.set(h.cfg, 1)
+			h.cfg.Delivery.DataEndTimeout.Duration = time.Minute // no delivery gives up while held
+			h.start()
+			for i, d := range tc.domains {
+				h.submit(testBody, []string{fmt.Sprintf("r%d@%s", i, d)})
+			}
+			h.agent.SetConfig(h.reloaded(func(c *config.Config) { tc.set(c, 3) }))
+			g.wait(t)
+			h.first.Wait(t, 3)
+		})
+	}
+}
+
+func TestSem_Lowered(t *testing.T) {
+	s := newSem(2)
+	ctx := context.Background()
+	s.acquire(ctx)
+	s.acquire(ctx)
+	s.setMax(1)
+	s.release()
+	done, cancel := context.WithCancel(ctx)
+	cancel()
+	if s.acquire(done) == nil {
+		t.Fatal("a slot was granted with one held and a limit of 1")
+	}
+	waiting := make(chan error)
+	go func() { waiting <- s.acquire(ctx) }()
+	s.release()
+	if err := <-waiting; err != nil {
+		t.Fatal(err)
+	}
+	s.setMax(2)
+	if err := s.acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReload_RestartOnlySettingsWarned(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, nil)
+	h.start()
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.PerDomainConcurrency = 2 }))
+	if strings.Contains(h.logs.String(), "take effect only after a restart") {
+		t.Error("warned about a reload that needs no restart")
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.Resolvers = []string{"192.0.2.53:53"} }))
+	if !strings.Contains(h.logs.String(), `keys=delivery.resolvers`) {
+		t.Errorf("no warning naming delivery.resolvers:\n%s", h.logs.String())
+	}
+}
