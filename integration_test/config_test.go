@@ -335,7 +335,7 @@ func TestQueueCommandsWithoutServiceSecrets(t *testing.T) {
 	r := startRelay(t, relayOpts{
 		NoRoute: true,
 		Env:     []string{"MAILHOP_IT_ROUTE_PW=secret"},
-		Extra: fmt.Sprintf("[[route]]\ndomains = [\"*\"]\nsmarthost = %q\ntls = \"none\"\nusername = \"u\"\npassword_env = \"MAILHOP_IT_ROUTE_PW\"\n",
+		Extra: fmt.Sprintf("[[route]]\ndomains = [\"*\"]\nsmarthost = %q\ntls = \"starttls\"\nusername = \"u\"\npassword_env = \"MAILHOP_IT_ROUTE_PW\"\n",
 			freePort(t, "127.0.0.1")),
 	})
 	cmd := exec.Command(mailhopBin, "queue", "list", "--json", "--config", r.cfgPath)

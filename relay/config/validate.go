@@ -278,6 +278,11 @@ func (c *Config) validateRoutes(ps *problems) {
 			}
 		}
 		r.validatePassword(ps, key)
+		if r.TLS == RouteTLSNone && r.Username != "" {
+			// mailhop never sends credentials in plain text (RFC 4954
+			// §4), so such a route could never deliver.
+			ps.add(key+".username", "AUTH needs tls = %q or %q: credentials are never sent over a plain-text connection", RouteTLSStartTLS, RouteTLSImplicit)
+		}
 	}
 }
 
