@@ -399,27 +399,25 @@ func (c *Client) Auth(a sasl.Client) error {
 	}
 	code, msg64, err := c.cmd(0, "%s", strings.TrimSpace(fmt.Sprintf("AUTH %s %s", mech, resp64)))
 	for err == nil {
-		var msg []byte
 		switch code {
-		case 334:
-			msg, err = encoding.DecodeString(msg64)
 		case 235:
-			// the last message isn't base64 because it isn't a challenge
-			msg = []byte(msg64)
+			return nil
+		case 334:
 		default:
-			err = toSMTPErr(&textproto.Error{Code: code, Msg: msg64})
+			// The server's final reply (535, 454, 504, ...): the exchange
+			// is over. "*" cancels an exchange only in answer to a 334
+			// challenge (RFC 4954 §4); sent now it would be taken for a
+			// command (mailhop patch: upstream sent it after any failure).
+			return toSMTPErr(&textproto.Error{Code: code, Msg: msg64})
 		}
+		msg, err := encoding.DecodeString(msg64)
 		if err == nil {
-			if code == 334 {
-				resp, err = a.Next(msg)
-			} else {
-				resp = nil
-			}
+			resp, err = a.Next(msg)
 		}
 		if err != nil {
-			// abort the AUTH
+			// Cancel the exchange in answer to the challenge.
 			c.cmd(501, "*")
-			break
+			return err
 		}
 		if resp == nil {
 			break

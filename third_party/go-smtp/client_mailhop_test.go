@@ -5,11 +5,15 @@ package smtp
 
 import (
 	"bufio"
+	"errors"
 	"io"
 	"net"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/emersion/go-sasl"
 )
 
 // scriptServer listens on 127.0.0.1, greets with greeting, answers each
@@ -115,4 +119,46 @@ func TestClientHelloReplyAfterHELO(t *testing.T) {
 		t.Errorf("HelloReply() = %q", h)
 	}
 	c.Quit()
+}
+
+// After a failed AUTH (535) the exchange is over: the next line the server
+// sees is the client's next command, not "*" (RFC 4954 §4).
+func TestClientAuthFailedSendsNoCancel(t *testing.T) {
+	s := newScriptServer(t, "220 mx ESMTP\r\n", map[string]string{
+		"EHLO": "250-mx Hello\r\n250 AUTH PLAIN\r\n",
+		"AUTH": "535 5.7.8 Authentication credentials invalid\r\n",
+		"QUIT": "221 bye\r\n",
+	})
+	c := s.dial(t)
+	err := c.Auth(sasl.NewPlainClient("", "user", "wrong"))
+	var se *SMTPError
+	if !errors.As(err, &se) || se.Code != 535 {
+		t.Fatalf("Auth = %v, want the 535", err)
+	}
+	if err := c.Quit(); err != nil {
+		t.Fatalf("Quit after the failed AUTH: %v", err)
+	}
+	want := []string{"EHLO localhost", "AUTH PLAIN AHVzZXIAd3Jvbmc=", "QUIT"}
+	if got := s.lines(); !reflect.DeepEqual(got, want) {
+		t.Errorf("server got %q, want %q", got, want)
+	}
+}
+
+// A challenge the client cannot answer is cancelled with "*".
+func TestClientAuthBadChallengeCancelled(t *testing.T) {
+	s := newScriptServer(t, "220 mx ESMTP\r\n", map[string]string{
+		"EHLO": "250-mx Hello\r\n250 AUTH LOGIN\r\n",
+		"AUTH": "334 not base64!\r\n",
+		"*":    "501 5.7.0 cancelled\r\n",
+		"QUIT": "221 bye\r\n",
+	})
+	c := s.dial(t)
+	if err := c.Auth(sasl.NewLoginClient("user", "pw")); err == nil {
+		t.Fatal("Auth succeeded")
+	}
+	c.Quit()
+	want := []string{"EHLO localhost", "AUTH LOGIN dXNlcg==", "*", "QUIT"}
+	if got := s.lines(); !reflect.DeepEqual(got, want) {
+		t.Errorf("server got %q, want %q", got, want)
+	}
 }
