@@ -554,6 +554,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 					plan = &p
 					continue
 				}
+				info.version, info.verified = se.tlsVer, se.verified
 				return nil, info, se
 			}
 			cn = c

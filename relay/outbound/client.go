@@ -76,6 +76,10 @@ type stageError struct {
 	// (RFC 5321 §5.1): delivering would send the mail back to us.
 	loop  bool
 	cause error // the certificate check's error, when it failed
+	// TLS that was set up before the failure (AUTH refused, no
+	// REQUIRETLS), for the attempt log: "" when none.
+	tlsVer   string
+	verified bool
 }
 
 func (e *stageError) Error() string { return e.stage + ": " + e.err.Error() }
@@ -119,14 +123,15 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	defer stop()
 
 	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route)}}
+	var vr tlsResult
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()
+		se.tlsVer, se.verified = cn.tlsVer, cn.tlsVer != "" && vr.verified
 		if se.policy || se.tls {
 			a.countTLSFailure(p, t.host, addr.String(), se)
 		}
 		return nil, se
 	}
-	var vr tlsResult
 	if p.implicit {
 		tc := tls.Client(raw, a.clientTLS(p, t.host, &vr))
 		tc.SetDeadline(time.Now().Add(tm.greeting))

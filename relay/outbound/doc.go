@@ -19,7 +19,8 @@
 //     in order), else the domain's MX hosts from dnsmx (in order, implicit MX
 //     included) at delivery.mx_port. Each host's addresses are tried in turn
 //     until one answers; a refused or dropped connection, a timeout, a
-//     failed greeting or EHLO, a 421 reply before DATA, a failed STARTTLS
+//     failed greeting (a refusing one, 554, is answered with QUIT first,
+//     RFC 5321 §3.1) or EHLO, a 421 reply before DATA, a failed STARTTLS
 //     demanded by a route, or failed AUTH moves on to the next address.
 //  5. On the connection: EHLO with the configured hostname; STARTTLS as
 //     the TLS policy says (below; MX at level may: when offered, no

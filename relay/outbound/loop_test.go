@@ -39,8 +39,8 @@ func TestDelivery_MXGreetsAsUs_Bounces546(t *testing.T) {
 	}
 }
 
-// rawServer answers with a fixed greeting and EHLO reply on ip at the
-// harness port, and records the commands it gets.
+// rawServer answers with a fixed greeting line (code included) and EHLO
+// reply on ip at the harness port, and records the commands it gets.
 func rawServer(t *testing.T, h *harness, ip, greeting, ehlo string) *lockedBuilder {
 	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, h.port))
 	if err != nil {
@@ -56,7 +56,7 @@ func rawServer(t *testing.T, h *harness, ip, greeting, ehlo string) *lockedBuild
 			}
 			go func() {
 				defer c.Close()
-				fmt.Fprintf(c, "220 %s\r\n", greeting)
+				fmt.Fprintf(c, "%s\r\n", greeting)
 				r := bufio.NewReader(c)
 				for {
 					l, err := r.ReadString('\n')
@@ -85,7 +85,7 @@ func rawServer(t *testing.T, h *harness, ip, greeting, ehlo string) *lockedBuild
 func TestDelivery_EHLOReplyNamesUs_Bounces546(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
-	got := rawServer(t, h, "127.0.0.3", "gateway.test ESMTP", "relay.test. Hello relay.test")
+	got := rawServer(t, h, "127.0.0.3", "220 gateway.test ESMTP", "relay.test. Hello relay.test")
 	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test"})

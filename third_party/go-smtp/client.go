@@ -197,10 +197,33 @@ func (c *Client) greet() error {
 	c.greeting = msg
 	if err != nil {
 		c.greetError = err
+		var se *SMTPError
+		if errors.As(err, &se) && se.Code != 421 {
+			c.quitRefused()
+		}
 		c.text.Close()
 	}
 
 	return c.greetError
+}
+
+// quitRefusedTimeout bounds the QUIT sent after a refusing greeting.
+const quitRefusedTimeout = 5 * time.Second
+
+// quitRefused sends QUIT to a server that refused the session in its
+// greeting (554) and waits briefly for the reply: such a server keeps the
+// connection open until the client quits (RFC 5321 §3.1). After 421 the
+// server closes by itself (§3.8), so nothing is sent. Best effort: errors
+// are ignored. (mailhop patch: upstream closed without QUIT.)
+func (c *Client) quitRefused() {
+	c.conn.SetDeadline(time.Now().Add(min(c.CommandTimeout, quitRefusedTimeout)))
+	id, err := c.text.Cmd("QUIT")
+	if err != nil {
+		return
+	}
+	c.text.StartResponse(id)
+	c.text.ReadResponse(221)
+	c.text.EndResponse(id)
 }
 
 // hello runs a hello exchange if needed.

@@ -162,3 +162,29 @@ func TestClientAuthBadChallengeCancelled(t *testing.T) {
 		t.Errorf("server got %q, want %q", got, want)
 	}
 }
+
+// A server that refuses the session in its greeting (554) waits for QUIT
+// (RFC 5321 §3.1); one that says 421 closes by itself and gets nothing.
+func TestClientRefusingGreetingGetsQuit(t *testing.T) {
+	for _, tc := range []struct {
+		greeting string
+		want     []string
+	}{
+		{"554 5.7.1 mx.example.org no service for you\r\n", []string{"QUIT"}},
+		{"421 4.3.2 mx.example.org busy\r\n", nil},
+	} {
+		s := newScriptServer(t, tc.greeting, map[string]string{"QUIT": "221 bye\r\n"})
+		c := s.dial(t)
+		err := c.Hello("client.test")
+		var se *SMTPError
+		if !errors.As(err, &se) || se.Code != int(tc.greeting[0]-'0')*100+int(tc.greeting[1]-'0')*10+int(tc.greeting[2]-'0') {
+			t.Fatalf("Hello = %v", err)
+		}
+		if tc.want == nil {
+			c.Close() // the script server waits for the client to go
+		}
+		if got := s.lines(); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("after %q the server got %q, want %q", tc.greeting, got, tc.want)
+		}
+	}
+}
