@@ -328,3 +328,31 @@ func TestDelivery_SMTPUTF8_NotNeeded_SentWithout(t *testing.T) {
 		t.Errorf("non-ASCII sender: queued %+v, %d delivered", env, len(h.first.Messages()))
 	}
 }
+
+// FuzzTo7bit: whatever the message, to7bit does not panic, and a
+// conversion it returns is 7-bit, as long as it says, and the same each
+// time it is written.
+func FuzzTo7bit(f *testing.F) {
+	f.Add(mixed8bit)
+	f.Add("Subject: x\r\n\r\nGrüße\r\n")
+	f.Add("Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\n\xe9\r\n--a--\r\n")
+	f.Add("Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nx\r\n--d--\r\n\xff")
+	f.Fuzz(func(t *testing.T, in string) {
+		b := newMemBody(in)
+		c, err := to7bit(b, b.Size())
+		if err != nil || c == nil {
+			return
+		}
+		var out1, out2 bytes.Buffer
+		if _, err := c.WriteTo(&out1); err != nil {
+			t.Fatal(err)
+		}
+		c.WriteTo(&out2)
+		if int64(out1.Len()) != c.size || !bytes.Equal(out1.Bytes(), out2.Bytes()) {
+			t.Fatalf("size %d, wrote %d and %d bytes", c.size, out1.Len(), out2.Len())
+		}
+		if !is7bit(out1.Bytes()) {
+			t.Fatalf("8-bit output:\n%q", out1.Bytes())
+		}
+	})
+}
