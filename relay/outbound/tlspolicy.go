@@ -79,6 +79,10 @@ type domainTLS struct {
 	sts        *mtasts.Policy // enforce or testing mode; nil when none applies
 	requireTLS bool           // the message has REQUIRETLS
 	optional   bool           // TLS-Required: No: opportunistic whatever the policies
+	// stsFetchFailed: the MTA-STS policy could not be fetched (and none
+	// was cached); the attempt was counted for TLS reports as that
+	// failure, so its sessions are not counted again.
+	stsFetchFailed bool
 }
 
 // srcTLSOptional is the plan source of a message with TLS-Required: No.
@@ -160,6 +164,7 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		// the domain published none.
 		a.log.Info("mta-sts: no policy applied", "queue_id", queueID, "domain", domain, "err", err.Error())
 		a.tlsStats.failure(domain, policySTS, nil, "", "", "sts-policy-fetch-error", err.Error())
+		dt.stsFetchFailed = true
 	case p != nil && err != nil:
 		a.log.Debug("mta-sts: refresh failed, cached policy stands", "queue_id", queueID, "domain", domain, "err", err.Error())
 	}
@@ -193,6 +198,11 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 	if dt.optional {
 		p.source, p.policyDomain = srcTLSOptional, "" // opportunistic, not counted
 		return p, nil
+	}
+	if dt.stsFetchFailed {
+		// One session, one count (RFC 8460 §4): this attempt is in the
+		// report as its policy fetch error, not also as no-policy-found.
+		p.policyDomain = ""
 	}
 	switch dt.level {
 	case config.TLSNone:

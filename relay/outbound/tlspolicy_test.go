@@ -288,6 +288,14 @@ func TestMTASTS_Modes(t *testing.T) {
 	if line := h.lastAttempt("fetchfails.test"); !strings.Contains(line, "tls_policy=may") {
 		t.Errorf("fetchfails.test attempt: %s", line)
 	}
+	// One session, counted once (RFC 8460 §4): as the fetch error, not
+	// also as a no-policy-found success.
+	if c := h.counts("fetchfails.test", policySTS); c.Failure != 1 || c.Failures[0].ResultType != "sts-policy-fetch-error" {
+		t.Errorf("fetchfails.test sts counts: %+v", c)
+	}
+	if c := h.counts("fetchfails.test", policyNone); c.Success+c.Failure != 0 {
+		t.Errorf("fetchfails.test counted again as %s: %+v", policyNone, c)
+	}
 	if sts.fetches.Load() < 6 {
 		t.Errorf("%d policy fetches", sts.fetches.Load())
 	}
