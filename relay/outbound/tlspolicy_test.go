@@ -262,6 +262,12 @@ func TestMTASTS_Modes(t *testing.T) {
 	if len(badcert.Messages()) != 0 {
 		t.Error("badcert.test: delivered despite an invalid certificate")
 	}
+	// The report's mx-host for an MTA-STS policy is the policy's pattern
+	// (RFC 8460 §4.4); the host is in the failure details.
+	if c := h.counts("badcert.test", policySTS); len(c.MXHosts) != 1 || c.MXHosts[0] != "*.badcert.test" ||
+		c.Failure != 1 || c.Failures[0].ReceivingMX != "mx.badcert.test" {
+		t.Errorf("badcert.test counts: %+v", c)
+	}
 	// enforce, no STARTTLS: deferred.
 	id = send("nostarttls.test")
 	h.deferredWith(id, "4.7.4")

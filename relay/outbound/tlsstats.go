@@ -88,9 +88,28 @@ func (s *tlsStats) success(domain, typ string, policy []string, mx string) {
 	defer s.mu.Unlock()
 	if t := s.entry(domain, typ, policy); t != nil {
 		t.success++
-		if mx != "" {
-			t.mx[mx] = true
+		t.noteMX(typ, mx)
+	}
+}
+
+// noteMX records the mx-host of the report's policy (RFC 8460 §4.4): for
+// an MTA-STS policy the policy's own "mx" patterns (as in the RFC's
+// example, "*.mail.company-y.example"), otherwise the host the session
+// went to. The host itself is in each failure's receiving-mx-hostname.
+func (t *tlsTally) noteMX(typ, mx string) {
+	if typ == policySTS {
+		found := false
+		for _, l := range t.policy {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "mx" {
+				t.mx[strings.TrimSpace(v)], found = true, true
+			}
 		}
+		if found {
+			return
+		}
+	}
+	if mx != "" {
+		t.mx[mx] = true
 	}
 }
 
@@ -102,9 +121,7 @@ func (s *tlsStats) failure(domain, typ string, policy []string, mx, ip, result, 
 		return
 	}
 	t.failure++
-	if mx != "" {
-		t.mx[mx] = true
-	}
+	t.noteMX(typ, mx)
 	k := failKey{result, mx, ip}
 	f := t.failures[k]
 	if f == nil {
