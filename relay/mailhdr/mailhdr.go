@@ -125,7 +125,9 @@ func TrimEnd(h []byte) []byte {
 // relay that prepends its own fields must put the empty line between them
 // and it, or that line would join the header (Postfix's cleanup does the
 // same). A field name must be found within the first line, so msg needs
-// only to hold that much (998 octets, RFC 5322 §2.1.1).
+// only to hold that much (998 octets, RFC 5322 §2.1.1). White space
+// between the name and the colon (the obsolete syntax of RFC 5322 §4.5.3)
+// is allowed, as Postfix allows it.
 func StartsWithField(msg []byte) bool {
 	if len(msg) == 0 || bytes.HasPrefix(msg, []byte("\r\n")) {
 		return true
@@ -134,6 +136,9 @@ func StartsWithField(msg []byte) bool {
 		switch {
 		case c == ':':
 			return i > 0
+		case isWSP(c) && i > 0:
+			rest := bytes.TrimLeft(msg[i:], " \t")
+			return len(rest) > 0 && rest[0] == ':'
 		case c < '!' || c > '~':
 			return false
 		}

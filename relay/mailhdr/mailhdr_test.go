@@ -107,6 +107,9 @@ func TestStartsWithField(t *testing.T) {
 		{"From someone Mon Jan 1\r\n", false},
 		{": no name\r\n", false},
 		{"Sub ject: x\r\n", false},
+		{"Subject : obsolete white space\r\n", true},
+		{"Subject\t: x\r\n", true},
+		{"Subject \r\n", false},
 		{"Subj\xc3\xa9ct: x\r\n", false},
 		{"NoColonInTheFirstBytes", false},
 	} {

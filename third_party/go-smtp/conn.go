@@ -272,7 +272,11 @@ func (c *Conn) tooManyErrors() bool {
 func (c *Conn) handleGreet(enhanced bool, arg string) {
 	domain, err := parseHelloArgument(arg)
 	if err != nil {
-		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Domain/address argument required for HELO")
+		cmd := "HELO"
+		if enhanced {
+			cmd = "EHLO"
+		}
+		c.writeResponse(501, EnhancedCode{5, 5, 2}, "Domain/address argument required for "+cmd)
 		return
 	}
 	// c.helo is populated before NewSession so
@@ -299,7 +303,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	if !enhanced {
 		// RFC 5321 §4.1.1.1: the reply starts with the server's own name
 		// (mailhop patch; upstream sent "250 2.0.0 Hello <client>").
-		c.writeResponse(250, NoEnhancedCode, c.server.greetingName()+" Hello "+domain)
+		c.writeResponse(250, NoEnhancedCode, c.server.greetingName()+" Hello "+printable(domain))
 		return
 	}
 
@@ -362,7 +366,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		}
 	}
 
-	args := []string{c.server.greetingName() + " Hello " + domain}
+	args := []string{c.server.greetingName() + " Hello " + printable(domain)}
 	args = append(args, caps...)
 	c.writeResponse(250, NoEnhancedCode, args...)
 }
@@ -738,6 +742,22 @@ func isPrintableASCII(val string) bool {
 		}
 	}
 	return true
+}
+
+// printable is s as it may be echoed in a reply: control characters
+// (a bare CR could end a reply line early) become '?', and it is cut at
+// 255 octets (mailhop patch).
+func printable(s string) string {
+	if len(s) > 255 {
+		s = s[:255]
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < ' ' || c == 0x7f {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 // MAIL state -> waiting for RCPTs followed by DATA

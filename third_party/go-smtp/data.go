@@ -132,6 +132,9 @@ func (r *dataReader) step(c byte) bool {
 	case stateBeginLine:
 		switch c {
 		case '.':
+			// The dot added for transparency does not count toward the
+			// line length (RFC 5321 §4.5.3.1.6).
+			r.lineLen--
 			r.state = stateDot
 			return false
 		case '\r':

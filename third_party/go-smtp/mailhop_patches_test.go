@@ -27,6 +27,9 @@ func TestDataReaderEndMarker(t *testing.T) {
 		{"CRLF.LF", "a\r\n.\nb\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
 		{"CRCRLF", "a\r\r\n.\r\nNEXT", "NEXT", ErrBareLineEnding, ""},
 		{"long", "aaaaaaaaaa\r\n.\r\nNEXT", "NEXT", ErrDataLineTooLong, ""},
+		// The transparency dot is not part of the line (RFC 5321 §4.5.3.1.6).
+		{"stuffed, at the limit", "..aaaaaaaa\r\n.\r\nNEXT", "NEXT", nil, ".aaaaaaaa\r\n"},
+		{"stuffed, over", "..aaaaaaaaa\r\n.\r\nNEXT", "NEXT", ErrDataLineTooLong, ""},
 		{"size", "123456789\r\n123456789\r\n.\r\nNEXT", "NEXT", ErrDataTooLarge, ""},
 	}
 	for _, tc := range cases {

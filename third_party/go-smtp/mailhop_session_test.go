@@ -201,3 +201,16 @@ func TestAngleBracketsAndPostmaster(t *testing.T) {
 		}
 	}
 }
+
+func TestGreetingEchoIsPrintable(t *testing.T) {
+	_, addr := sessionTestServer(t)
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "HELO a\x00b\x1bc\rd\r\n")
+	if got := reply(t, r); got != "250 mx.example Hello a?b?c?d" {
+		t.Errorf("HELO with control characters: %q", got)
+	}
+	io.WriteString(c, "EHLO\r\n")
+	if got := reply(t, r); got != "501 5.5.2 Domain/address argument required for EHLO" {
+		t.Errorf("bare EHLO: %q", got)
+	}
+}
