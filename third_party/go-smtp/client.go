@@ -433,7 +433,8 @@ func (c *Client) Auth(a sasl.Client) error {
 			// command (mailhop patch: upstream sent it after any failure).
 			return toSMTPErr(&textproto.Error{Code: code, Msg: msg64})
 		}
-		msg, err := encoding.DecodeString(msg64)
+		var msg []byte
+		msg, err = encoding.DecodeString(msg64)
 		if err == nil {
 			resp, err = a.Next(msg)
 		}

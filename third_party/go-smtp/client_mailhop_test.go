@@ -163,6 +163,22 @@ func TestClientAuthBadChallengeCancelled(t *testing.T) {
 	}
 }
 
+// A connection lost in the middle of AUTH is a network error, not a reply:
+// the caller must not take it for the server's answer.
+func TestClientAuthConnectionLostIsNotAReply(t *testing.T) {
+	s := newScriptServer(t, "220 mx ESMTP\r\n", map[string]string{
+		"EHLO": "250-mx Hello\r\n250 AUTH LOGIN\r\n",
+		"AUTH": "334 UGFzc3dvcmQ6\r\n",
+		"CHC=": "", // the password ("pw"): the server hangs up
+	})
+	c := s.dial(t)
+	err := c.Auth(sasl.NewLoginClient("user", "pw"))
+	var se *SMTPError
+	if err == nil || errors.As(err, &se) {
+		t.Fatalf("Auth = %#v, want the network error", err)
+	}
+}
+
 // A server that refuses the session in its greeting (554) waits for QUIT
 // (RFC 5321 §3.1); one that says 421 closes by itself and gets nothing.
 func TestClientRefusingGreetingGetsQuit(t *testing.T) {
