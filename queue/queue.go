@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -373,9 +374,23 @@ func (q *Queue) forget(id string) {
 	q.mu.Unlock()
 }
 
+// SetRetryIntervals replaces Options.RetryIntervals for the attempts
+// recorded from now on (a configuration reload); a message already
+// scheduled keeps its time. Empty: no change.
+func (q *Queue) SetRetryIntervals(iv []time.Duration) {
+	if len(iv) == 0 {
+		return
+	}
+	q.mu.Lock()
+	q.opts.RetryIntervals = slices.Clone(iv)
+	q.mu.Unlock()
+}
+
 // retryAfter is the wait after the n-th attempt, with ±10% jitter.
 func (q *Queue) retryAfter(n int) time.Duration {
+	q.mu.Lock()
 	iv := q.opts.RetryIntervals
+	q.mu.Unlock()
 	d := iv[min(max(n-1, 0), len(iv)-1)]
 	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
 }

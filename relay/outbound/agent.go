@@ -114,6 +114,7 @@ func New(opts Options) (*Agent, error) {
 	a.pool = newPool(per)
 	a.domains = newLimiter(per)
 	a.cfg.Store(opts.Config)
+	a.q.SetRetryIntervals(opts.Config.RetryDurations())
 	a.sts = opts.MTASTS
 	if a.sts == nil {
 		if txt, ok := opts.Resolver.(txtResolver); ok {
@@ -149,6 +150,7 @@ func concurrency(cfg *config.Config) (total, perDomain int) {
 // as a warning.
 func (a *Agent) SetConfig(cfg *config.Config) {
 	old := a.cfg.Swap(cfg)
+	a.q.SetRetryIntervals(cfg.RetryDurations())
 	n, per := concurrency(cfg)
 	a.inflight.setMax(n)
 	a.total.setMax(n)

@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
@@ -37,13 +36,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			expired[r.index] = true
 		}
 	}
-	// The next attempt follows the running configuration's
-	// retry_intervals, so a reload changes the schedule from the next
-	// attempt on (the queue's own intervals are those of the start).
 	res := queue.Result{LastError: at.lastErr, DelayWarned: env.DelayWarned}
-	if d, ok := retryAfter(cfg, env.Attempts+1); ok {
-		res.RetryAt = now.Add(d)
-	}
 	if body != nil {
 		a.reports(env, cfg, at, body, &res, now)
 	}
@@ -206,19 +199,6 @@ func replyText(e *smtperr.Error) string {
 		return e.Enhanced + " " + e.Msg
 	}
 	return e.Msg
-}
-
-// retryAfter is the wait after the n-th attempt: the n-th of
-// delivery.retry_intervals (the last one repeating), with ±10% jitter so
-// messages that failed together do not come back together; false when
-// the configuration has none (the queue's own then apply).
-func retryAfter(cfg *config.Config, n int) (time.Duration, bool) {
-	iv := cfg.Delivery.RetryIntervals
-	if len(iv) == 0 {
-		return 0, false
-	}
-	d := iv[min(max(n-1, 0), len(iv)-1)].Duration
-	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64())), true
 }
 
 func orDur(d config.Duration, def time.Duration) time.Duration {
