@@ -30,6 +30,7 @@ import (
 
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
 // sysexits.h
@@ -196,8 +197,8 @@ type clientConfig struct {
 
 // limits are the limits SMTP applies to a message, as this configuration
 // sets them; a message left in the pickup directory must meet them.
-func (c *clientConfig) limits() admin.Limits {
-	return admin.Limits{MaxMessageSize: c.Policy.MaxMessageSize, MaxLineLength: c.Limits.MaxLineLength,
+func (c *clientConfig) limits() msglimit.Limits {
+	return msglimit.Limits{MaxMessageSize: c.Policy.MaxMessageSize, MaxLineLength: c.Limits.MaxLineLength,
 		MaxHeaderSize: c.Limits.MaxHeaderSize}
 }
 
@@ -448,7 +449,7 @@ func readMessage(r io.Reader, dotEnds bool, max int64) ([]byte, error) {
 }
 
 func tooLarge(max int64) error {
-	return refused((&admin.LimitError{Key: admin.KeyMaxMessageSize, Limit: max}).Error())
+	return refused((&msglimit.Error{Key: msglimit.KeyMaxMessageSize, Limit: max}).Error())
 }
 
 // headerFields are what rewriteHeaders adds when missing.

@@ -26,6 +26,7 @@ import (
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/inbound"
+	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
 func TestParseSendmailArgs(t *testing.T) {
@@ -255,14 +256,14 @@ var limitCases = func() []struct{ name, msg, key string } {
 	}
 	return []struct{ name, msg, key string }{
 		{"header line of 100", head + field(102) + "\nx\n", ""},
-		{"header line of 101", head + field(103) + "\nx\n", admin.KeyMaxLineLength},
+		{"header line of 101", head + field(103) + "\nx\n", msglimit.KeyMaxLineLength},
 		{"body line of 100", head + "\n" + strings.Repeat("b", 100) + "\n", ""},
-		{"body line of 101", head + "\n" + strings.Repeat("b", 101) + "\n", admin.KeyMaxLineLength},
+		{"body line of 101", head + "\n" + strings.Repeat("b", 101) + "\n", msglimit.KeyMaxLineLength},
 		// The empty line that ends the header does not count.
 		{"header of 1024", head + strings.Repeat(field(100), 9) + field(1024-headLen-900) + "\nx\n", ""},
-		{"header of 1025", head + strings.Repeat(field(100), 9) + field(1025-headLen-900) + "\nx\n", admin.KeyMaxHeaderSize},
+		{"header of 1025", head + strings.Repeat(field(100), 9) + field(1025-headLen-900) + "\nx\n", msglimit.KeyMaxHeaderSize},
 		{"message of 4096", head + "\n" + body(4096-headLen-2), ""},
-		{"message of 4097", head + "\n" + body(4097-headLen-2), admin.KeyMaxMessageSize},
+		{"message of 4097", head + "\n" + body(4097-headLen-2), msglimit.KeyMaxMessageSize},
 	}
 }()
 
@@ -273,8 +274,8 @@ var limitCases = func() []struct{ name, msg, key string } {
 func TestSendmail_LimitsAsSMTP(t *testing.T) {
 	t.Parallel()
 	r := startLocalRelay(t, limitsTOML)
-	wantSMTP := map[string]string{"": "250", admin.KeyMaxLineLength: "500 5.5.2",
-		admin.KeyMaxHeaderSize: "552 5.3.4", admin.KeyMaxMessageSize: "552 5.3.4"}
+	wantSMTP := map[string]string{"": "250", msglimit.KeyMaxLineLength: "500 5.5.2",
+		msglimit.KeyMaxHeaderSize: "552 5.3.4", msglimit.KeyMaxMessageSize: "552 5.3.4"}
 	accepted := 0
 	for _, c := range limitCases {
 		code, text := sendSMTP(t, r.smtp, c.msg)
@@ -375,9 +376,9 @@ func TestSendmailBinary_LimitsAndPickup(t *testing.T) {
 	serve := startServe(t, bin, path, filepath.Join(dataDir, "admin.sock"), logs)
 
 	bad := map[string]string{
-		admin.KeyMaxLineLength:  "Subject: bl\nLong: " + strings.Repeat("b", 3000) + "\n\nx\n",
-		admin.KeyMaxHeaderSize:  "Subject: bl\n" + strings.Repeat("X-F: "+strings.Repeat("h", 900)+"\n", 250) + "\nx\n",
-		admin.KeyMaxMessageSize: "Subject: bl\n\n" + strings.Repeat(strings.Repeat("b", 900)+"\n", 400),
+		msglimit.KeyMaxLineLength:  "Subject: bl\nLong: " + strings.Repeat("b", 3000) + "\n\nx\n",
+		msglimit.KeyMaxHeaderSize:  "Subject: bl\n" + strings.Repeat("X-F: "+strings.Repeat("h", 900)+"\n", 250) + "\nx\n",
+		msglimit.KeyMaxMessageSize: "Subject: bl\n\n" + strings.Repeat(strings.Repeat("b", 900)+"\n", 400),
 	}
 	for key, msg := range bad {
 		errs, code := sendmail(msg)
@@ -407,7 +408,7 @@ func TestSendmailBinary_LimitsAndPickup(t *testing.T) {
 		t.Fatalf("relay stopped, a line of 998: exit %d: %s", code, errs)
 	}
 	over, err := admin.WritePickup(pickupDir, &admin.InjectEnvelope{From: "a@example.com",
-		Recipients: []string{"bl@example.net"}, UID: os.Getuid()}, strings.NewReader(bad[admin.KeyMaxLineLength]))
+		Recipients: []string{"bl@example.net"}, UID: os.Getuid()}, strings.NewReader(bad[msglimit.KeyMaxLineLength]))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -419,7 +420,7 @@ func TestSendmailBinary_LimitsAndPickup(t *testing.T) {
 	if files, _ := filepath.Glob(filepath.Join(pickupDir, "[0-9]*")); len(files) != 0 {
 		t.Errorf("pickup still holds %q", files)
 	}
-	if !logHas(logs.String(), "pickup: file refused; moved aside", filepath.Base(over), admin.KeyMaxLineLength) {
+	if !logHas(logs.String(), "pickup: file refused; moved aside", filepath.Base(over), msglimit.KeyMaxLineLength) {
 		t.Errorf("no log line naming the file and the limit:\n%s", logs.String())
 	}
 	if n := queued(); n != 2 {

@@ -13,7 +13,7 @@ package admin
 // kernel who is on the other end of the socket (SO_PEERCRED, see
 // PeerCredListener) and writes that user into its Received header and the
 // queue envelope. Line endings are normalised to CRLF, the limits SMTP
-// applies are checked with the same meaning (Limits), the Received header is
+// applies are checked with the same meaning (package msglimit), the Received header is
 // prepended, and the message is queued; the reply names the queue ID:
 //
 //	200 {"id":"..."}
@@ -56,6 +56,7 @@ import (
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
+	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
 // InjectPath is where the injection endpoint is mounted on the admin socket.
@@ -199,7 +200,7 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 	}
 	hdr := receivedHeader(name, uid, cfg.Hostname, qe.ID, qe.Arrived)
 	// The limits SMTP applies, from the running configuration.
-	lim := newLimitReader(&crlfReader{r: bufio.NewReaderSize(body, 32<<10)}, LimitsOf(cfg))
+	lim := msglimit.NewReader(&crlfReader{r: bufio.NewReaderSize(body, 32<<10)}, msglimit.Of(cfg))
 	var msg io.Reader = io.MultiReader(strings.NewReader(hdr), lim)
 	var err error
 	if in.Signer != nil {
@@ -216,10 +217,10 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		err = in.Queue.Enqueue(qe, msg)
 	}
 	if err != nil {
-		if lim.err != nil {
+		if le := lim.Err(); le != nil {
 			in.Log.Info("inject: message refused", "queue_id", qe.ID, "from", qe.From, "user", name, "uid", uid,
-				"via", via, "limit", lim.err.Key, "err", lim.err.Error())
-			return "", injectErr(lim.err.status(), "inject: %v", lim.err)
+				"via", via, "limit", le.Key, "err", le.Error())
+			return "", injectErr(limitStatus(le), "inject: %v", le)
 		}
 		in.Log.Error("inject: queueing failed", "queue_id", qe.ID, "user", name, "uid", uid, "via", via, "err", err)
 		return "", injectErr(http.StatusServiceUnavailable, "inject: the queue could not store the message; try again later")
@@ -340,155 +341,27 @@ func (c *crlfReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Limits are the limits SMTP puts on a message's data, which local mail
-// must meet with the same meaning (a limit of 0 is no limit). Each is
-// measured on the message as it would be queued — line endings made CRLF,
-// before the relay's Received field — as SMTP measures what the client sent
-// (submitted Date and Message-ID fields, and sendmail's, count):
-//
-//   - policy.max_message_size: octets of the whole message, CRLFs included
-//     (go-smtp's MaxMessageBytes; over SMTP 552 5.3.4).
-//   - limits.max_line_length: octets of one line, header or body, not
-//     counting its CRLF (go-smtp's MaxLineLength, which relay/inbound sets
-//     to this + 2; over SMTP 500 5.5.2).
-//   - limits.max_header_size: octets of the header block, from the start to
-//     the CRLF of its last field included, without the empty line that ends
-//     it; with no empty line, the whole message; a message that starts with
-//     the empty line has none (relay/inbound's headerLimit; over SMTP
-//     552 5.3.4).
-type Limits struct {
-	MaxMessageSize int64
-	MaxLineLength  int
-	MaxHeaderSize  int
-}
-
-// LimitsOf returns the limits of a configuration.
-func LimitsOf(cfg *config.Config) Limits {
-	return Limits{MaxMessageSize: cfg.Policy.MaxMessageSize, MaxLineLength: cfg.Limits.MaxLineLength,
-		MaxHeaderSize: cfg.Limits.MaxHeaderSize}
-}
-
-// The configuration keys a LimitError names.
-const (
-	KeyMaxMessageSize = "policy.max_message_size"
-	KeyMaxLineLength  = "limits.max_line_length"
-	KeyMaxHeaderSize  = "limits.max_header_size"
-)
-
-// LimitError is a message that breaks one of the Limits.
-type LimitError struct {
-	Key      string // KeyMaxMessageSize, KeyMaxLineLength or KeyMaxHeaderSize
-	Limit    int64
-	InHeader bool // KeyMaxLineLength: the line is in the header
-}
-
-func (e *LimitError) Error() string {
-	switch e.Key {
-	case KeyMaxLineLength:
-		part := "body"
-		if e.InHeader {
-			part = "header"
-		}
-		return fmt.Sprintf("a %s line is longer than %s (%d octets, not counting CRLF)", part, e.Key, e.Limit)
-	case KeyMaxHeaderSize:
-		return fmt.Sprintf("header block larger than %s (%d bytes)", e.Key, e.Limit)
-	}
-	return fmt.Sprintf("message larger than %s (%d bytes)", e.Key, e.Limit)
-}
-
-// status is the HTTP status of the refusal: 413 for the sizes (SMTP's
-// 552 5.3.4), 400 for a line (500 5.5.2).
-func (e *LimitError) status() int {
-	if e.Key == KeyMaxLineLength {
-		return http.StatusBadRequest
-	}
-	return http.StatusRequestEntityTooLarge
-}
-
 // CheckLimits reads msg as Inject would queue it and returns the
-// *LimitError of the first limit it breaks, or nil. sendmail checks a
+// *msglimit.Error of the first limit it breaks, or nil. sendmail checks a
 // message with it before leaving it in the pickup directory.
-func CheckLimits(msg io.Reader, lim Limits) error {
-	lr := newLimitReader(&crlfReader{r: bufio.NewReaderSize(msg, 32<<10)}, lim)
+func CheckLimits(msg io.Reader, lim msglimit.Limits) error {
+	lr := msglimit.NewReader(&crlfReader{r: bufio.NewReaderSize(msg, 32<<10)}, lim)
 	if _, err := io.Copy(io.Discard, lr); err != nil {
-		if lr.err != nil {
-			return lr.err
+		if le := lr.Err(); le != nil {
+			return le
 		}
 		return err
 	}
 	return nil
 }
 
-// limitReader passes a message with CRLF line endings (crlfReader's
-// output: a CR is always followed by an LF) through, and fails the read —
-// so Enqueue aborts the message — as soon as it breaks one of the Limits.
-// The error sticks.
-type limitReader struct {
-	r        io.Reader
-	lim      Limits
-	size     int64 // octets so far
-	line     int   // octets of the current line so far, without CR and LF
-	header   int   // octets of the header's finished lines, CRLFs included
-	inHeader bool  // no empty line yet
-	err      *LimitError
-}
-
-func newLimitReader(r io.Reader, lim Limits) *limitReader {
-	return &limitReader{r: r, lim: lim, inHeader: true}
-}
-
-func (l *limitReader) Read(p []byte) (int, error) {
-	if l.err != nil {
-		return 0, l.err
+// limitStatus is the HTTP status of the refusal: 413 for the sizes (SMTP's
+// 552 5.3.4), 400 for a line (500 5.5.2).
+func limitStatus(e *msglimit.Error) int {
+	if e.Key == msglimit.KeyMaxLineLength {
+		return http.StatusBadRequest
 	}
-	n, err := l.r.Read(p)
-	if l.err = l.check(p[:n]); l.err != nil {
-		return 0, l.err
-	}
-	return n, err
-}
-
-// check accounts for b, line by line, and returns the first limit broken.
-func (l *limitReader) check(b []byte) *LimitError {
-	for len(b) > 0 {
-		seg, ended := b, false
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			seg, ended = b[:i+1], true
-		}
-		b = b[len(seg):]
-		l.size += int64(len(seg))
-		if l.lim.MaxMessageSize > 0 && l.size > l.lim.MaxMessageSize {
-			return &LimitError{Key: KeyMaxMessageSize, Limit: l.lim.MaxMessageSize}
-		}
-		text := seg
-		if ended {
-			text = text[:len(text)-1]
-		}
-		text = bytes.TrimSuffix(text, []byte("\r")) // the CR of a CRLF split across reads
-		l.line += len(text)
-		if l.lim.MaxLineLength > 0 && l.line > l.lim.MaxLineLength {
-			return &LimitError{Key: KeyMaxLineLength, Limit: int64(l.lim.MaxLineLength), InHeader: l.inHeader}
-		}
-		if l.inHeader && l.lim.MaxHeaderSize > 0 && l.header+l.line > l.lim.MaxHeaderSize {
-			// Already over without this line's CRLF: no need to wait for it.
-			return &LimitError{Key: KeyMaxHeaderSize, Limit: int64(l.lim.MaxHeaderSize)}
-		}
-		if !ended {
-			continue
-		}
-		if l.inHeader {
-			if l.line == 0 {
-				l.inHeader = false // the empty line: not part of the header
-			} else {
-				l.header += l.line + 2
-				if l.lim.MaxHeaderSize > 0 && l.header > l.lim.MaxHeaderSize {
-					return &LimitError{Key: KeyMaxHeaderSize, Limit: int64(l.lim.MaxHeaderSize)}
-				}
-			}
-		}
-		l.line = 0
-	}
-	return nil
+	return http.StatusRequestEntityTooLarge
 }
 
 // PeerCredListener wraps the admin socket's listener so that each accepted

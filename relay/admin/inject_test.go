@@ -18,6 +18,7 @@ import (
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
 func TestCRLFReader(t *testing.T) {
@@ -255,7 +256,7 @@ func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewRea
 // (not the empty line), the size with CRLF line endings.
 func TestCheckLimits(t *testing.T) {
 	t.Parallel()
-	lim := Limits{MaxMessageSize: 200, MaxLineLength: 10, MaxHeaderSize: 30}
+	lim := msglimit.Limits{MaxMessageSize: 200, MaxLineLength: 10, MaxHeaderSize: 30}
 	line := func(n int) string { return strings.Repeat("b", n) }
 	cases := []struct {
 		name, msg string
@@ -263,21 +264,21 @@ func TestCheckLimits(t *testing.T) {
 		inHeader  bool
 	}{
 		{"header line at the limit", "S: " + line(7) + "\n\nx\n", "", false},
-		{"header line over", "S: " + line(8) + "\n\nx\n", KeyMaxLineLength, true},
+		{"header line over", "S: " + line(8) + "\n\nx\n", msglimit.KeyMaxLineLength, true},
 		{"header line at the limit, CRLF", "S: " + line(7) + "\r\n\r\nx\r\n", "", false},
 		{"header line at the limit, CR alone", "S: " + line(7) + "\r\rx\r", "", false},
 		{"body line at the limit", "S: x\n\n" + line(10) + "\n", "", false},
-		{"body line over", "S: x\n\n" + line(11) + "\n", KeyMaxLineLength, false},
-		{"last line without a line ending, over", "S: x\n\n" + line(11), KeyMaxLineLength, false},
+		{"body line over", "S: x\n\n" + line(11) + "\n", msglimit.KeyMaxLineLength, false},
+		{"last line without a line ending, over", "S: x\n\n" + line(11), msglimit.KeyMaxLineLength, false},
 		// Header: 3 fields of 8 octets + CRLF = 30 octets; the empty line is not counted.
 		{"header at the limit", "A: 12345\nB: 12345\nC: 12345\n\nx\n", "", false},
-		{"header over", "A: 12345\nB: 12345\nC: 123456\n\nx\n", KeyMaxHeaderSize, false},
-		{"no empty line: all header", "A: 12345\nB: 12345\nC: 12345\nD\n", KeyMaxHeaderSize, false},
+		{"header over", "A: 12345\nB: 12345\nC: 123456\n\nx\n", msglimit.KeyMaxHeaderSize, false},
+		{"no empty line: all header", "A: 12345\nB: 12345\nC: 12345\nD\n", msglimit.KeyMaxHeaderSize, false},
 		{"starts with the empty line: no header", "\n12345678\n12345678\n12345678\n12345678\n", "", false},
 		{"big body after a small header", "S: x\n\n" + strings.Repeat("1234567\n", 20), "", false},
 		// Size: the empty line and 22 lines of 7 + CRLF = 200 octets with CRLF (177 with LF).
 		{"size at the limit", "\n" + strings.Repeat("1234567\n", 22), "", false},
-		{"size over", "\n" + strings.Repeat("1234567\n", 21) + "12345678\n", KeyMaxMessageSize, false},
+		{"size over", "\n" + strings.Repeat("1234567\n", 21) + "12345678\n", msglimit.KeyMaxMessageSize, false},
 	}
 	for _, c := range cases {
 		for _, oneByte := range []bool{false, true} { // a CRLF split across reads changes nothing
@@ -286,7 +287,7 @@ func TestCheckLimits(t *testing.T) {
 				r = iotest.OneByteReader(r)
 			}
 			err := CheckLimits(r, lim)
-			var le *LimitError
+			var le *msglimit.Error
 			switch {
 			case c.key == "" && err != nil:
 				t.Errorf("%s (one byte: %v): %v, want accepted", c.name, oneByte, err)
@@ -297,7 +298,7 @@ func TestCheckLimits(t *testing.T) {
 			}
 		}
 	}
-	if err := CheckLimits(strings.NewReader("S: "+line(5000)+"\n\n"+line(5000)+"\n"), Limits{}); err != nil {
+	if err := CheckLimits(strings.NewReader("S: "+line(5000)+"\n\n"+line(5000)+"\n"), msglimit.Limits{}); err != nil {
 		t.Errorf("no limits: %v", err)
 	}
 }
@@ -322,12 +323,12 @@ func TestInject_LimitsOfTheRunningConfig(t *testing.T) {
 		key       string
 	}{
 		{"line of 998", "Long: " + strings.Repeat("b", 992) + "\n\nx\n", http.StatusOK, ""},
-		{"line of 999", "Long: " + strings.Repeat("b", 993) + "\n\nx\n", http.StatusBadRequest, KeyMaxLineLength},
+		{"line of 999", "Long: " + strings.Repeat("b", 993) + "\n\nx\n", http.StatusBadRequest, msglimit.KeyMaxLineLength},
 		{"header of 1024", strings.Repeat("X-F: "+strings.Repeat("h", 121)+"\n", 8) + "\nx\n", http.StatusOK, ""},
-		{"header of 1025", strings.Repeat("X-F: "+strings.Repeat("h", 121)+"\n", 7) + "X-F: " + strings.Repeat("h", 122) + "\n\nx\n", http.StatusRequestEntityTooLarge, KeyMaxHeaderSize},
+		{"header of 1025", strings.Repeat("X-F: "+strings.Repeat("h", 121)+"\n", 7) + "X-F: " + strings.Repeat("h", 122) + "\n\nx\n", http.StatusRequestEntityTooLarge, msglimit.KeyMaxHeaderSize},
 		// "S: x" CRLF CRLF is 8 octets, then 40 lines of 100 with their CRLF, then 88.
 		{"size of 4096", "S: x\n\n" + hundreds + strings.Repeat("b", 86) + "\n", http.StatusOK, ""},
-		{"size of 4097", "S: x\n\n" + hundreds + strings.Repeat("b", 87) + "\n", http.StatusRequestEntityTooLarge, KeyMaxMessageSize},
+		{"size of 4097", "S: x\n\n" + hundreds + strings.Repeat("b", 87) + "\n", http.StatusRequestEntityTooLarge, msglimit.KeyMaxMessageSize},
 	}
 	queued := 0
 	for _, c := range cases {
@@ -377,9 +378,9 @@ func TestPickup_OverLimitMovedAside(t *testing.T) {
 	env := &InjectEnvelope{From: "app@relay.test", Recipients: []string{"x@example.com"}, UID: os.Getuid()}
 	files := map[string]string{ // message -> the key its refusal names ("": queued)
 		"Subject: ok\n\nbody\n": "",
-		"Subject: bl\nLong: " + strings.Repeat("b", 3000) + "\n\nx\n":        KeyMaxLineLength,
-		strings.Repeat("X-F: "+strings.Repeat("h", 900)+"\n", 250) + "\nx\n": KeyMaxHeaderSize,
-		"S: x\n\n" + strings.Repeat(strings.Repeat("b", 900)+"\n", 400):      KeyMaxMessageSize,
+		"Subject: bl\nLong: " + strings.Repeat("b", 3000) + "\n\nx\n":        msglimit.KeyMaxLineLength,
+		strings.Repeat("X-F: "+strings.Repeat("h", 900)+"\n", 250) + "\nx\n": msglimit.KeyMaxHeaderSize,
+		"S: x\n\n" + strings.Repeat(strings.Repeat("b", 900)+"\n", 400):      msglimit.KeyMaxMessageSize,
 	}
 	paths := map[string]string{}
 	for msg, key := range files {

@@ -4,7 +4,6 @@ import (
 	"io"
 	"strings"
 	"testing"
-	"testing/iotest"
 
 	"github.com/mailhop/mailhop/relay/config"
 )
@@ -24,36 +23,6 @@ func TestIDSniffer(t *testing.T) {
 		}
 		if got := sn.messageID(); got != tc.want {
 			t.Errorf("%.40q: Message-ID %q, want %q", tc.msg, got, tc.want)
-		}
-	}
-}
-
-func TestHeaderLimit(t *testing.T) {
-	big := "X-Big: " + strings.Repeat("a", 300) + "\r\n"
-	for _, tc := range []struct {
-		name string
-		msg  string
-		ok   bool
-	}{
-		{"small", "Subject: x\r\n\r\n" + strings.Repeat("body\r\n", 500), true},
-		{"no header", "\r\n" + strings.Repeat("b", 5000), true},
-		{"at the limit", strings.Repeat(big, 3) + "\r\nbody", true},
-		{"over", strings.Repeat(big, 4) + "\r\nbody", false},
-		{"never ends", strings.Repeat(big, 10), false},
-		// Without the empty line the whole message is header.
-		{"no empty line, at the limit", strings.Repeat(big, 3), true},
-		{"no empty line, one over", strings.Repeat(big, 3) + "X", false},
-		{"no empty line, two over", strings.Repeat(big, 3) + "X:", false},
-	} {
-		for _, oneByte := range []bool{false, true} {
-			var r io.Reader = strings.NewReader(tc.msg)
-			if oneByte {
-				r = iotest.OneByteReader(r)
-			}
-			_, err := io.ReadAll(&headerLimit{r: r, limit: 3 * len(big)})
-			if tc.ok != (err == nil) || err != nil && err != errHeaderTooLarge {
-				t.Errorf("%s (one byte at a time: %v): %v", tc.name, oneByte, err)
-			}
 		}
 	}
 }

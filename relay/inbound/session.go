@@ -16,6 +16,7 @@ import (
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
+	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
 // Refusal reasons, the keys of Stats.Refused and the "reason" of log lines.
@@ -246,7 +247,9 @@ func (ss *session) Data(r io.Reader) error {
 		EnvID:      ss.mailOpts.EnvelopeID,
 	}
 	if cfg.Limits.MaxHeaderSize > 0 {
-		r = &headerLimit{r: r, limit: cfg.Limits.MaxHeaderSize}
+		// Size and line length are go-smtp's; the header is counted as
+		// local submission counts it.
+		r = msglimit.NewReader(r, msglimit.Limits{MaxHeaderSize: cfg.Limits.MaxHeaderSize})
 	}
 	body, sniff := ss.message(cfg, env, r, now)
 	var signed *dkimsign.Signed
@@ -294,9 +297,12 @@ func (ss *session) refuseData(env *queue.Envelope, err error) error {
 	// their reply; anything else is a local failure.
 	reply, reason := errLocal, reasonQueue
 	var se *smtp.SMTPError
+	var le *msglimit.Error
 	switch {
 	case errors.As(err, &se):
 		reply, reason = se, dataReason(se)
+	case errors.As(err, &le):
+		reply, reason = errHeaderTooLarge, reasonHeaderSize
 	case errors.Is(err, io.ErrUnexpectedEOF) || isNetError(err):
 		reason = reasonAborted
 	}
@@ -313,8 +319,6 @@ func dataReason(se *smtp.SMTPError) string {
 		return reasonBareEOL
 	case smtp.ErrDataLineTooLong:
 		return reasonLineLength
-	case errHeaderTooLarge:
-		return reasonHeaderSize
 	}
 	return reasonOther
 }
