@@ -32,6 +32,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/outbound"
@@ -410,17 +411,8 @@ func (r *relay) logLine(parts ...string) string {
 	if !r.waitLine(parts...) { // the log comes through a pipe
 		return ""
 	}
-	for _, line := range strings.Split(r.logs.String(), "\n") {
-		ok := true
-		for _, p := range parts {
-			if !strings.Contains(line, p) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return line
-		}
+	if lines := testlog.Lines(r.logs.String(), parts...); len(lines) > 0 {
+		return lines[0]
 	}
 	return ""
 }

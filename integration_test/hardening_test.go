@@ -14,17 +14,10 @@ package integration_test
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/textproto"
 	"os"
@@ -37,6 +30,8 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
+	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -862,17 +857,7 @@ func TestHardeningResourceLimits(t *testing.T) {
 
 // countLines counts the lines of logs that contain every part.
 func countLines(logs string, parts ...string) int {
-	n := 0
-	for _, line := range strings.Split(logs, "\n") {
-		ok := true
-		for _, p := range parts {
-			ok = ok && strings.Contains(line, p)
-		}
-		if ok {
-			n++
-		}
-	}
-	return n
+	return len(testlog.Lines(logs, parts...))
 }
 
 // raiseFileLimit makes sure this process (and the relay it starts, which
@@ -1139,76 +1124,6 @@ password_env = %q
 // ---------------------------------------------------------------------
 // 6. TLS.
 
-// certFiles is a CA and a way to issue leaf certificates into files.
-type certFiles struct {
-	ca    *x509.Certificate
-	caKey *ecdsa.PrivateKey
-	pool  *x509.CertPool
-}
-
-func newCertFiles(t testing.TB) *certFiles {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "hardening test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca)
-	return &certFiles{ca: ca, caKey: key, pool: pool}
-}
-
-// issue writes a certificate for mx.relay.test with common name cn and its
-// key to certFile and keyFile, each replaced atomically.
-func (cf *certFiles) issue(t testing.TB, cn string, serial int64, certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn},
-		DNSNames:  []string{"mx.relay.test"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, cf.ca, &key.PublicKey, cf.caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{
-		{keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})},
-		{certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})},
-	} {
-		tmp := f.name + ".tmp"
-		if err := os.WriteFile(tmp, f.data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Rename(tmp, f.name); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 // handshake connects to addr (through STARTTLS when starttls) with cfg
 // and returns the connection state, or the handshake error.
 func handshake(t testing.TB, addr string, starttls bool, cfg *tls.Config) (tls.ConnectionState, error) {
@@ -1244,10 +1159,10 @@ func handshake(t testing.TB, addr string, starttls bool, cfg *tls.Config) (tls.C
 // ReloadCertificate, called by cmd/mailhop's reload through SetConfig.
 func TestHardeningTLS(t *testing.T) {
 	t.Parallel()
-	cf := newCertFiles(t)
+	ca := testpki.NewCA(t)
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	cf.issue(t, "certificate A", 10, certFile, keyFile)
+	testpki.WriteFiles(t, ca.IssueNamed(t, "certificate A", "mx.relay.test"), certFile, keyFile)
 	r := startRelay(t, relayOpts{Extra: fmt.Sprintf("[tls]\ncert_file = %q\nkey_file = %q\n", certFile, keyFile)})
 
 	listeners := []struct {
@@ -1302,7 +1217,7 @@ func TestHardeningTLS(t *testing.T) {
 		}
 	})
 
-	verified := &tls.Config{RootCAs: cf.pool, ServerName: "mx.relay.test"}
+	verified := &tls.Config{RootCAs: ca.Pool, ServerName: "mx.relay.test"}
 	presented := func(l struct {
 		name     string
 		addr     string
@@ -1325,7 +1240,7 @@ func TestHardeningTLS(t *testing.T) {
 		open := dial(t, r.Relay, false)
 		open.ehlo()
 		pid := r.pid()
-		cf.issue(t, "certificate B", 11, certFile, keyFile)
+		testpki.WriteFiles(t, ca.IssueNamed(t, "certificate B", "mx.relay.test"), certFile, keyFile)
 		n := strings.Count(r.logs.String(), "configuration reloaded")
 		r.signal(syscall.SIGHUP)
 		waitFor(t, "the reload", 20*time.Second, func() bool {

@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -446,17 +445,5 @@ func (r *relay) waitLine(parts ...string) bool {
 
 // hasLine reports whether the relay's log has a line containing every part.
 func (r *relay) hasLine(parts ...string) bool {
-	for _, line := range strings.Split(r.logs.String(), "\n") {
-		ok := true
-		for _, p := range parts {
-			if !strings.Contains(line, p) {
-				ok = false
-				break
-			}
-		}
-		if ok {
-			return true
-		}
-	}
-	return false
+	return len(testlog.Lines(r.logs.String(), parts...)) > 0
 }

@@ -66,9 +66,17 @@ func NewCA(t testing.TB) *CA {
 // needs; the extra certificate changes nothing for a PKIX check.
 func (ca *CA) Issue(t testing.TB, names ...string) tls.Certificate {
 	t.Helper()
+	return ca.IssueNamed(t, names[0], names...)
+}
+
+// IssueNamed is Issue with a common name of its own (which tests may use
+// to tell certificates apart), names being only the subject alternative
+// names.
+func (ca *CA) IssueNamed(t testing.TB, cn string, names ...string) tls.Certificate {
+	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: names[0]},
+		SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
@@ -88,6 +96,36 @@ func (ca *CA) Issue(t testing.TB, names ...string) tls.Certificate {
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der, ca.Cert.Raw}, PrivateKey: key, Leaf: leaf}
+}
+
+// WriteFiles writes cert's chain and key as PEM to certFile and keyFile,
+// each replaced atomically (a server that reloads them never reads half a
+// file).
+func WriteFiles(t testing.TB, cert tls.Certificate, certFile, keyFile string) {
+	t.Helper()
+	keyDER, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	for _, f := range []struct {
+		name string
+		data []byte
+	}{
+		{keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})},
+		{certFile, chain},
+	} {
+		tmp := f.name + ".tmp"
+		if err := os.WriteFile(tmp, f.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, f.name); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 // ServerConfig is a TLS server configuration presenting a certificate

@@ -409,27 +409,13 @@ func TestPickup_OverLimitMovedAside(t *testing.T) {
 		if err != nil {
 			t.Errorf("file refused for %s not in bad/: %v", key, err)
 		}
-		if !logHas(logs.String(), "pickup: file refused; moved aside", filepath.Base(p), key) {
+		if len(testlog.Lines(logs.String(), "pickup: file refused; moved aside", filepath.Base(p), key)) == 0 {
 			t.Errorf("no log line naming %s and %s:\n%s", filepath.Base(p), key, logs.String())
 		}
 	}
 	if msgs := e.q.List(); len(msgs) != 1 {
 		t.Errorf("%d queued, want 1", len(msgs))
 	}
-}
-
-// logHas reports whether one line of logs holds every part.
-func logHas(logs string, parts ...string) bool {
-	for _, l := range strings.Split(logs, "\n") {
-		all := true
-		for _, p := range parts {
-			all = all && strings.Contains(l, p)
-		}
-		if all {
-			return true
-		}
-	}
-	return false
 }
 
 // TestList_StateValidated: the API refuses a state it does not know (400)
