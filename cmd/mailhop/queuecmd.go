@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
@@ -155,17 +154,19 @@ func printJSON(w io.Writer, v any) int {
 	return exitOK
 }
 
-// printTable prints messages for people: one line per message, then one
-// per recipient with its state and last reply.
+// printTable prints messages for people: one line per message, its columns
+// aligned over all messages, then one indented line per recipient with its
+// state, address and last reply (recipient lines do not take part in the
+// alignment, so a long reply does not widen the message columns).
 func printTable(w io.Writer, msgs []admin.Message) {
 	if len(msgs) == 0 {
 		fmt.Fprintln(w, "queue is empty")
 		return
 	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSIZE\tARRIVED\tATTEMPTS\tNEXT ATTEMPT\tSENDER")
+	const stamp = "2006-01-02 15:04:05"
+	rows := [][]string{{"ID", "SIZE", "ARRIVED", "ATTEMPTS", "NEXT ATTEMPT", "SENDER"}}
 	for _, m := range msgs {
-		next := m.NextAttempt.Local().Format("2006-01-02 15:04:05")
+		next := m.NextAttempt.Local().Format(stamp)
 		if m.Held {
 			next = "held"
 		}
@@ -173,17 +174,41 @@ func printTable(w io.Writer, msgs []admin.Message) {
 		if from == "" {
 			from = "<>"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%s\t%s\n", m.ID, m.Size, m.Arrived.Local().Format("2006-01-02 15:04:05"),
-			m.Attempts, next, from)
-		for _, r := range m.Recipients {
-			reply := ""
-			if r.Code != 0 || r.Reply != "" {
-				reply = strings.TrimSpace(fmt.Sprintf("%d %s", r.Code, r.Reply))
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t\t\t\n", r.State, r.Address, oneLine(reply))
+		rows = append(rows, []string{m.ID, fmt.Sprint(m.Size), m.Arrived.Local().Format(stamp),
+			fmt.Sprint(m.Attempts), next, from})
+	}
+	widths := make([]int, len(rows[0]))
+	for _, row := range rows {
+		for i, cell := range row {
+			widths[i] = max(widths[i], len(cell))
 		}
 	}
-	tw.Flush()
+	line := func(row []string) {
+		var b strings.Builder
+		for i, cell := range row {
+			if i == len(row)-1 {
+				b.WriteString(cell)
+				break
+			}
+			fmt.Fprintf(&b, "%-*s  ", widths[i], cell)
+		}
+		fmt.Fprintln(w, b.String())
+	}
+	line(rows[0])
+	for i, m := range msgs {
+		line(rows[i+1])
+		for _, r := range m.Recipients {
+			reply := r.Reply
+			if r.Code != 0 {
+				reply = fmt.Sprintf("%d %s", r.Code, r.Reply)
+			}
+			fmt.Fprintf(w, "    %-9s  %s", r.State, r.Address)
+			if reply = oneLine(strings.TrimSpace(reply)); reply != "" {
+				fmt.Fprintf(w, "  (%s)", reply)
+			}
+			fmt.Fprintln(w)
+		}
+	}
 	fmt.Fprintf(w, "%d message(s)\n", len(msgs))
 }
 

@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/admin"
 )
 
 // runQueue runs `mailhop queue ARGS --config CFG` in this process.
@@ -66,5 +68,46 @@ func TestQueueList_State(t *testing.T) {
 		if _, _, code := runQueue(cfgPath, "list", "--min-age", "bogus"); code != exitUsage {
 			t.Errorf("%s: --min-age bogus: exit %d, want 2 (as for --state)", name, code)
 		}
+	}
+}
+
+// TestPrintTable_Layout: the message columns line up over every message, a
+// long reply on a recipient line does not widen them, and a reply without an
+// SMTP code (a DNS error) is shown without a made-up code 0.
+func TestPrintTable_Layout(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	msgs := []admin.Message{
+		{ID: "003628CBROVGIJSR", From: "a@example.com", Size: 307, Arrived: at, NextAttempt: at, Attempts: 1,
+			Recipients: []admin.Recipient{{Address: "x@example.net", State: "pending", Reply: "4.4.3 dns example.net: " + strings.Repeat("timeout ", 10)}}},
+		{ID: "003628CBRPTGS78S", From: "", Size: 1234567, Arrived: at, Held: true,
+			Recipients: []admin.Recipient{{Address: "y@example.org", State: "failed", Code: 550, Reply: "5.1.1 no such user"}}},
+	}
+	var b bytes.Buffer
+	printTable(&b, msgs)
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	if len(lines) != 6 {
+		t.Fatalf("want a header, 2 message lines, 2 recipient lines and a count, got:\n%s", b.String())
+	}
+	col := strings.Index(lines[0], "SENDER")
+	for _, i := range []int{1, 3} {
+		if len(lines[i]) < col || strings.Contains(lines[i][:col], "example") {
+			t.Errorf("message line %q: the sender does not start at column %d of the header", lines[i], col)
+		}
+	}
+	if !strings.HasSuffix(lines[1], "a@example.com") || !strings.HasSuffix(lines[3], "<>") || !strings.Contains(lines[3], "held") {
+		t.Errorf("message lines:\n%s\n%s", lines[1], lines[3])
+	}
+	if col > 100 {
+		t.Errorf("the recipient's reply widened the columns: SENDER at column %d", col)
+	}
+	if !strings.Contains(lines[2], "pending") || !strings.Contains(lines[2], "(4.4.3 dns") || strings.Contains(lines[2], "(0 ") {
+		t.Errorf("recipient line %q", lines[2])
+	}
+	if !strings.Contains(lines[4], "failed") || !strings.Contains(lines[4], "(550 5.1.1 no such user)") {
+		t.Errorf("recipient line %q", lines[4])
+	}
+	if lines[5] != "2 message(s)" {
+		t.Errorf("last line %q", lines[5])
 	}
 }
