@@ -21,6 +21,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -684,6 +685,76 @@ func TestOpsDistConfigsLoad(t *testing.T) {
 		"ExecReload=/bin/kill -HUP $MAINPID", "KillSignal=SIGTERM", "TimeoutStopSec="} {
 		if !bytes.Contains(unit, []byte("\n"+w)) {
 			t.Errorf("mailhop.service lacks %q", w)
+		}
+	}
+}
+
+// TestOpsSendmailDSNOptions: sendmail's -N, -R and -V are Postfix's DSN
+// options: an MX with the DSN extension gets them as NOTIFY, RET and ENVID; one
+// without makes mailhop report "relayed" to the sender with the envelope ID;
+// -N never means a failure is not reported; a bad value is a usage error.
+func TestOpsSendmailDSNOptions(t *testing.T) {
+	t.Parallel()
+	w := newMXWorld(t, dnstest.Zone{
+		"dsn.test.":      {dnstest.MX("dsn.test", 10, "mx.dsn.test")},
+		"mx.dsn.test.":   {dnstest.A("mx.dsn.test", "127.0.0.2")},
+		"plain.test.":    {dnstest.MX("plain.test", 10, "mx.plain.test")},
+		"mx.plain.test.": {dnstest.A("mx.plain.test", "127.0.0.3")},
+		"gone.test.":     {dnstest.MX("gone.test", 10, "mx.gone.test")},
+		"mx.gone.test.":  {dnstest.A("mx.gone.test", "127.0.0.4")},
+	})
+	withDSN := w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "mx.dsn.test", DSN: true})
+	plain := w.mx("127.0.0.3", smtptest.Behaviour{Hostname: "mx.plain.test"})
+	w.mx("127.0.0.4", smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.1.1", "no such user")
+	}})
+	r := w.start("1h", "", "")
+
+	if _, errs, code := r.sendmail("Subject: a\n\nx\n", "-f", senderAddr, "-N", "success,failure", "-R", "hdrs",
+		"-V", "job-1", "a@dsn.test"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	m := waitMsgs(t, withDSN, 1, 20*time.Second)[0]
+	if m.MailOpts.EnvelopeID != "job-1" || m.MailOpts.Return != smtp.DSNReturnHeaders {
+		t.Errorf("MAIL parameters passed on: ENVID %q RET %q, want job-1 HDRS", m.MailOpts.EnvelopeID, m.MailOpts.Return)
+	}
+	if len(m.RcptOpts) != 1 {
+		t.Fatalf("rcpt options: %+v", m.RcptOpts)
+	}
+	got := m.RcptOpts[0].Notify
+	slices.Sort(got)
+	if !slices.Equal(got, []smtp.DSNNotify{smtp.DSNNotifyFailure, smtp.DSNNotifySuccess}) {
+		t.Errorf("NOTIFY passed on as %v, want SUCCESS,FAILURE", got)
+	}
+
+	if _, errs, code := r.sendmail("Subject: b\n\nx\n", "-f", senderAddr, "-Nsuccess", "-Vjob-2", "b@plain.test"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	waitMsgs(t, plain, 1, 20*time.Second)
+	rep := waitMsgs(t, w.senderMX, 1, 20*time.Second)[0]
+	d := checkReport(t, rep)
+	if rc := reportFor(t, d, "b@plain.test"); rc.Action != "relayed" {
+		t.Errorf("Action %q, want relayed", rc.Action)
+	}
+	if d.EnvelopeID != "job-2" {
+		t.Errorf("Original-Envelope-Id %q, want job-2", d.EnvelopeID)
+	}
+
+	if _, errs, code := r.sendmail("Subject: c\n\nx\n", "-f", senderAddr, "-N", "never", "c@gone.test"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	waitFor(t, "the bounce of c@gone.test logged", 20*time.Second, func() bool {
+		return r.logLine("msg=bounced", "rcpt=c@gone.test") != ""
+	})
+	waitQueueEmpty(t, r, 10*time.Second)
+	if n := len(w.senderMX.Messages()); n != 1 {
+		t.Errorf("the sender got %d messages, want only the success report (-N never)", n)
+	}
+
+	for _, bad := range [][]string{{"-N", "never,success"}, {"-R", "body"}, {"-V", "two words"}} {
+		_, errs, code := r.sendmail("Subject: d\n\nx\n", append(bad, "d@dsn.test")...)
+		if code != 64 || !strings.Contains(errs, "mailhop sendmail") {
+			t.Errorf("sendmail %q: exit %d (%s), want 64 with a message", bad, code, errs)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"fmt"
 	"strings"
 	"time"
 )
@@ -47,6 +48,39 @@ func (n Notify) Has(c Notify) bool {
 		return c == NotifyFailure || c == NotifyDelay
 	}
 	return n&c != 0
+}
+
+// ParseNotify reads a NOTIFY value as SMTP and sendmail's -N option write it:
+// "NEVER", or a comma-separated list of SUCCESS, FAILURE and DELAY, in any
+// case. "" is the zero value (the default conditions).
+func ParseNotify(s string) (Notify, error) {
+	if s == "" {
+		return 0, nil
+	}
+	var n Notify
+	for _, part := range strings.Split(s, ",") {
+		var c Notify
+		switch strings.ToUpper(strings.TrimSpace(part)) {
+		case "NEVER":
+			c = NotifyNever
+		case "SUCCESS":
+			c = NotifySuccess
+		case "FAILURE":
+			c = NotifyFailure
+		case "DELAY":
+			c = NotifyDelay
+		default:
+			return 0, fmt.Errorf("NOTIFY %q: %q is not NEVER, SUCCESS, FAILURE or DELAY", s, part)
+		}
+		if n&c != 0 {
+			return 0, fmt.Errorf("NOTIFY %q: %s given twice", s, strings.TrimSpace(part))
+		}
+		n |= c
+	}
+	if n&NotifyNever != 0 && n != NotifyNever {
+		return 0, fmt.Errorf("NOTIFY %q: NEVER cannot be combined with other conditions", s)
+	}
+	return n, nil
 }
 
 // String renders n as the NOTIFY parameter's value ("" when unset).

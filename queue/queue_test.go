@@ -488,3 +488,24 @@ func BenchmarkEnqueue10K(b *testing.B) {
 	batches, records := q.store.(*LogStore).CommitStats()
 	b.ReportMetric(float64(records)/float64(max(batches, 1)), "msgs/fsync")
 }
+
+func TestParseNotify(t *testing.T) {
+	t.Parallel()
+	good := map[string]Notify{
+		"":                      0,
+		"never":                 NotifyNever,
+		"NEVER":                 NotifyNever,
+		"success,failure,delay": NotifySuccess | NotifyFailure | NotifyDelay,
+		"Delay, Failure":        NotifyDelay | NotifyFailure,
+	}
+	for in, want := range good {
+		if got, err := ParseNotify(in); err != nil || got != want {
+			t.Errorf("ParseNotify(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"never,success", "sometimes", "success,success", ",", "success,"} {
+		if _, err := ParseNotify(in); err == nil {
+			t.Errorf("ParseNotify(%q): no error", in)
+		}
+	}
+}

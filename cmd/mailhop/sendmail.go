@@ -51,8 +51,11 @@ const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C
   -i, -oi  a line with a single dot does not end the message
   -f FROM  envelope sender (default: your login name @ hostname); -f '<>' is the null sender
   -F NAME  your full name, for the From: header mailhop adds when the message has none
+  -N DSN   delivery status notifications: never, or a list of success, failure, delay
+  -R RET   what a bounce returns: full (the message) or hdrs (its header)
+  -V ENVID an envelope identifier, quoted in delivery status notifications
   -v       say what happened
-Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -N D -R R -V E -X F -L T -h N -U -G
+Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -X F -L T -h N -U -G
 `
 
 type sendmailOpts struct {
@@ -64,6 +67,8 @@ type sendmailOpts struct {
 	config   string
 	verbose  bool
 	rcpts    []string
+	// DSN (RFC 3461): -N, -R, -V
+	notify, ret, envid string
 }
 
 // sendmailErr is a failure with its exit code.
@@ -156,6 +161,12 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 					o.fullName = v
 				case 'C':
 					o.config = v
+				case 'N':
+					o.notify = v
+				case 'R':
+					o.ret = v
+				case 'V':
+					o.envid = v
 				}
 				break letters
 			}
@@ -172,6 +183,9 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 				return nil, sendmailFail(exUsage, "unknown option -%c", c)
 			}
 		}
+	}
+	if err := admin.CheckDSN(o.notify, o.ret, o.envid); err != nil {
+		return nil, sendmailFail(exUsage, "-N/-R/-V: %v", err)
 	}
 	return o, nil
 }
@@ -306,7 +320,8 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 		}
 		return sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
 	}
-	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid}
+	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
+		Notify: o.notify, Ret: o.ret, EnvID: o.envid}
 	id, err := handOver(cfg, env, out)
 	if err != nil {
 		return err

@@ -42,7 +42,9 @@ func TestParseSendmailArgs(t *testing.T) {
 		{[]string{"-fme@x.test", "-FMe", "-C", "/c.toml", "a@b.test", "--config", "/d.toml"},
 			sendmailOpts{from: "me@x.test", fromSet: true, fullName: "Me", config: "/d.toml", rcpts: []string{"a@b.test"}}},
 		{[]string{"-it", "-B", "8BITMIME", "-N", "never", "-bm", "--", "-odd@b.test"},
-			sendmailOpts{extract: true, noDot: true, rcpts: []string{"-odd@b.test"}}},
+			sendmailOpts{extract: true, noDot: true, notify: "never", rcpts: []string{"-odd@b.test"}}},
+		{[]string{"-N", "success,delay", "-Rhdrs", "-V", "job-42", "a@b.test"},
+			sendmailOpts{notify: "success,delay", ret: "hdrs", envid: "job-42", rcpts: []string{"a@b.test"}}},
 		{[]string{"-r", "<>", "x@y.test"}, sendmailOpts{from: "<>", fromSet: true, rcpts: []string{"x@y.test"}}},
 	}
 	for _, c := range cases {
@@ -55,7 +57,9 @@ func TestParseSendmailArgs(t *testing.T) {
 			t.Errorf("%q = %+v, want %+v", c.args, *got, c.want)
 		}
 	}
-	for _, bad := range [][]string{{"-bs"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"}} {
+	for _, bad := range [][]string{{"-bs"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
+		{"-N", "never,success", "a@b.test"}, {"-N", "sometimes", "a@b.test"}, {"-R", "body", "a@b.test"},
+		{"-V", "two words", "a@b.test"}, {"-V", strings.Repeat("x", 101), "a@b.test"}} {
 		_, err := parseSendmailArgs(bad)
 		se, ok := err.(*sendmailErr)
 		if !ok || se.code != exUsage {

@@ -82,6 +82,12 @@ type InjectEnvelope struct {
 	// sendmail running as root, which hands the file to the relay's user).
 	User string `json:"user,omitempty"`
 	UID  int    `json:"uid"`
+	// DSN (RFC 3461), as sendmail's -N, -R and -V give them: Notify is
+	// "NEVER" or a list of SUCCESS, FAILURE, DELAY for every recipient, Ret
+	// "FULL" or "HDRS", EnvID the envelope identifier. Empty: not given.
+	Notify string `json:"notify,omitempty"`
+	Ret    string `json:"ret,omitempty"`
+	EnvID  string `json:"envid,omitempty"`
 }
 
 // InjectResult is the reply to a successful injection.
@@ -194,9 +200,12 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		ClientAddr: "127.0.0.1",
 		ClientHelo: "localhost",
 		Arrived:    in.now(),
+		Ret:        strings.ToUpper(env.Ret),
+		EnvID:      env.EnvID,
 	}
+	notify, _ := queue.ParseNotify(env.Notify) // checked above
 	for _, r := range env.Recipients {
-		qe.Recipients = append(qe.Recipients, queue.Recipient{Address: r})
+		qe.Recipients = append(qe.Recipients, queue.Recipient{Address: r, Notify: notify})
 	}
 	hdr := receivedHeader(name, uid, cfg.Hostname, qe.ID, qe.Arrived)
 	// The limits SMTP applies, from the running configuration.
@@ -248,6 +257,30 @@ func checkInjectEnvelope(env *InjectEnvelope) error {
 	for _, r := range env.Recipients {
 		if err := checkAddress(r); err != nil {
 			return injectErr(http.StatusBadRequest, "inject: recipient %q: %v", r, err)
+		}
+	}
+	if err := CheckDSN(env.Notify, env.Ret, env.EnvID); err != nil {
+		return injectErr(http.StatusBadRequest, "inject: %v", err)
+	}
+	return nil
+}
+
+// CheckDSN checks the DSN parameters of a local submission (sendmail's -N,
+// -R, -V): what SMTP's NOTIFY, RET and ENVID would accept (RFC 3461 §4.1,
+// §4.3, §4.4: an ENVID is at most 100 printable ASCII characters).
+func CheckDSN(notify, ret, envid string) error {
+	if _, err := queue.ParseNotify(notify); err != nil {
+		return err
+	}
+	if ret != "" && !strings.EqualFold(ret, "FULL") && !strings.EqualFold(ret, "HDRS") {
+		return fmt.Errorf("RET %q is not FULL or HDRS", ret)
+	}
+	if len(envid) > 100 {
+		return errors.New("ENVID longer than 100 characters")
+	}
+	for _, c := range []byte(envid) {
+		if c < 0x21 || c > 0x7e {
+			return fmt.Errorf("ENVID %q: only printable ASCII without spaces", envid)
 		}
 	}
 	return nil

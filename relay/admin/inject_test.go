@@ -139,6 +139,31 @@ func TestInject_QueuesWithPeerUserAndReceived(t *testing.T) {
 	}
 }
 
+// TestInject_DSN: the envelope's DSN parameters (sendmail -N, -R, -V) are
+// queued with the message: NOTIFY on every recipient, RET in upper case.
+func TestInject_DSN(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	env := &InjectEnvelope{From: "cron@relay.test", Recipients: []string{"a@example.com", "b@example.com"},
+		Notify: "success,DELAY", Ret: "hdrs", EnvID: "job+2B1"}
+	id, err := e.client.Inject(env, strings.NewReader("Subject: hi\n\nline\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qe, err := e.q.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qe.Ret != "HDRS" || qe.EnvID != "job+2B1" {
+		t.Errorf("RET %q ENVID %q", qe.Ret, qe.EnvID)
+	}
+	for _, r := range qe.Recipients {
+		if r.Notify != queue.NotifySuccess|queue.NotifyDelay {
+			t.Errorf("%s: NOTIFY %q, want SUCCESS,DELAY", r.Address, r.Notify)
+		}
+	}
+}
+
 func TestInject_Refusals(t *testing.T) {
 	t.Parallel()
 	e := startInject(t, true)
@@ -152,6 +177,9 @@ func TestInject_Refusals(t *testing.T) {
 		{"bad recipient", &InjectEnvelope{Recipients: []string{"a b@c.test"}}, "x\n", http.StatusBadRequest},
 		{"unqualified recipient", &InjectEnvelope{Recipients: []string{"root"}}, "x\n", http.StatusBadRequest},
 		{"too large", &InjectEnvelope{Recipients: []string{"a@b.test"}}, strings.Repeat("x\n", 4000), http.StatusRequestEntityTooLarge},
+		{"NOTIFY never with success", &InjectEnvelope{Recipients: []string{"a@b.test"}, Notify: "never,success"}, "x\n", http.StatusBadRequest},
+		{"RET body", &InjectEnvelope{Recipients: []string{"a@b.test"}, Ret: "body"}, "x\n", http.StatusBadRequest},
+		{"ENVID with a space", &InjectEnvelope{Recipients: []string{"a@b.test"}, EnvID: "a b"}, "x\n", http.StatusBadRequest},
 	}
 	for _, c := range cases {
 		_, err := e.client.Inject(c.env, strings.NewReader(c.msg))
