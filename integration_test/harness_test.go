@@ -126,6 +126,9 @@ type relayOpts struct {
 	ConfigMode os.FileMode
 	// Env is added to the relay process's environment ("KEY=value").
 	Env []string
+	// Setup runs with the relay's directory before the first start (data_dir
+	// is its "data"), e.g. to mount a small file system there.
+	Setup func(dir string)
 }
 
 // relay is one running mailhop process.
@@ -150,6 +153,9 @@ func startRelay(t testing.TB, o relayOpts) *relay {
 	dir := t.TempDir()
 	r := &relay{t: t, dir: dir, cfgPath: filepath.Join(dir, "config.toml"), env: o.Env,
 		Relay: freePort(t, "127.0.0.1"), Sub: freePort(t, "127.0.0.1"), Subs: freePort(t, "127.0.0.1")}
+	if o.Setup != nil {
+		o.Setup(dir)
+	}
 	if o.Delivery == "" {
 		// A resolver that answers nothing (a closed port) and long retries.
 		o.Delivery = fmt.Sprintf("resolvers = [%q]\nretry_intervals = [\"1h\"]\n", freePort(t, "127.0.0.1"))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // Spare segments.
@@ -115,10 +116,20 @@ func (s *LogStore) prepareSpares() {
 	}
 }
 
+// spareRoomFactor: a spare is prepared only when the file system has room
+// for this many segments.
+const spareRoomFactor = 4
+
 // prepareSpare writes segMax zero bytes to spare.tmp, syncs it, and makes
 // it the spare unless one was recycled meanwhile.
 func (s *LogStore) prepareSpare() error {
 	if s.spareIsReady() {
+		return nil
+	}
+	// A spare is an optimisation: not at the price of filling a small or
+	// nearly full disk with zeros, even for a moment.
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err == nil && int64(st.Bavail)*int64(st.Bsize) < spareRoomFactor*s.segMax {
 		return nil
 	}
 	tmp := s.spareTmpPath()

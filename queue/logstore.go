@@ -26,6 +26,7 @@ import (
 //	LOCK                 flock: one process at a time
 //	seg-<seq>.log        segments; the newest is appended to
 //	spare.log            a written file the next segment starts from (logspare.go)
+//	reserve              room kept for deletions on a full disk (logreserve.go)
 //	bodies/<ID>          bodies larger than InlineMax, one file each
 //	quarantine/          damaged records and envelopes moved aside at start
 //
@@ -59,6 +60,12 @@ type LogStore struct {
 	prepDone   chan struct{} // closed when prepareSpares returns
 
 	batches, records atomic.Uint64 // commits (fsyncs) and records written
+
+	// The reserve (logreserve.go): reserved is read on every Put; resMu
+	// guards writing and deleting the file and resTried.
+	reserved atomic.Bool
+	resMu    sync.Mutex
+	resTried time.Time
 }
 
 // CommitStats returns how many group commits (one fsync each) and records
@@ -151,8 +158,12 @@ func OpenLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 		lock.Close()
 		return nil, err
 	}
+	os.Remove(filepath.Join(dir, reserveTmpName))
 	go s.prepareSpares()
 	go s.commitLoop()
+	if err := s.makeReserve(); err != nil {
+		s.log.Warn("queue: no room for the reserve kept for deletions: new mail is refused until there is", "err", err)
+	}
 	for _, id := range s.lost {
 		if err := s.writeDone(id); err != nil {
 			s.log.Warn("queue: recording quarantined message", "queue_id", id, "err", err)
@@ -203,6 +214,9 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, InlineMax+4096); 
 
 // Put implements Store.
 func (s *LogStore) Put(env *Envelope, body io.Reader) error {
+	if !s.haveReserve() {
+		return ErrDiskFull
+	}
 	bp := bufPool.Get().(*[]byte)
 	defer func() { *bp = (*bp)[:0]; bufPool.Put(bp) }()
 	b := beginRecord((*bp)[:0], recMessage)
@@ -355,7 +369,7 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	// the next lazySync, and then the attempt is simply made again (a
 	// duplicate, never a loss: a bounce is queued durably before this).
 	// Postfix does not sync the removal of a delivered message either.
-	err := s.submit(&commitReq{lazy: true, buf: b, apply: func(seg *segment, _ int64) {
+	err := s.submitFreeing(&commitReq{lazy: true, buf: b, apply: func(seg *segment, _ int64) {
 		m, ok := s.msgs[u.ID]
 		if !ok {
 			return
@@ -382,7 +396,7 @@ func (s *LogStore) writeDone(id string) error {
 	e := encoder{b: beginRecord(nil, recDone)}
 	e.str(id)
 	finishRecord(e.b, 0)
-	return s.submit(&commitReq{buf: e.b, apply: func(*segment, int64) {
+	return s.submitFreeing(&commitReq{buf: e.b, apply: func(*segment, int64) {
 		if m, ok := s.msgs[id]; ok {
 			s.drop(id, m)
 		}
@@ -412,7 +426,7 @@ func (s *LogStore) SetHeld(id string, held bool) error {
 	e.bool(held)
 	finishRecord(e.b, 0)
 	found := false
-	err := s.submit(&commitReq{buf: e.b, apply: func(seg *segment, _ int64) {
+	err := s.submitFreeing(&commitReq{buf: e.b, apply: func(seg *segment, _ int64) {
 		if m, ok := s.msgs[id]; ok {
 			found = true
 			m.env.Held = held
