@@ -270,12 +270,22 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // errorLog feeds go-smtp's internal error messages (panics, accept errors)
-// into slog.
+// into slog. A session that ends with a network error (a failed implicit-TLS
+// handshake, a reset connection: what port probes and vanishing clients
+// cause) is the client's doing, not the server's: it is logged at info level
+// as "connection lost", like Postfix's "lost connection".
 type errorLog struct{ log *slog.Logger }
 
 func (e errorLog) Printf(format string, v ...any) {
+	if format == connErrorFormat && len(v) == 2 {
+		e.log.Info("connection lost", "client", fmt.Sprint(v[0]), "error", fmt.Sprint(v[1]))
+		return
+	}
 	e.log.Error("smtp server error", "error", fmt.Sprintf(format, v...))
 }
+
+// connErrorFormat is how go-smtp reports a session that ended with an error.
+const connErrorFormat = "error handling %v: %s"
 
 func (e errorLog) Println(v ...any) {
 	e.log.Error("smtp server error", "error", fmt.Sprint(v...))

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -166,5 +167,34 @@ func TestPostmasterFromTrustedClient(t *testing.T) {
 	envs := ts.q.List()
 	if len(envs) != 1 || len(envs[0].Recipients) != 1 || envs[0].Recipients[0].Address != "postmaster@mx.test" {
 		t.Fatalf("queued %+v, want one message to postmaster@mx.test", envs)
+	}
+}
+
+// TestConnectionLostIsNotAnError: a port probe on the implicit-TLS listener
+// (connect, then close without a handshake) is logged at info level as a lost
+// connection naming the TLS handshake, not as a server error.
+func TestConnectionLostIsNotAnError(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	c, err := net.Dial("tcp", ts.addr[config.ModeSubmissions])
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	var line string
+	deadline := time.Now().Add(5 * time.Second)
+	for line == "" && time.Now().Before(deadline) {
+		for _, l := range strings.Split(ts.logs.String(), "\n") {
+			if strings.Contains(l, "connection lost") {
+				line = l
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // polling the log, not synchronising on time
+	}
+	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "TLS handshake") || !strings.Contains(line, "client=127.0.0.1:") {
+		t.Errorf("log line %q, want an INFO 'connection lost' naming the client and the TLS handshake", line)
+	}
+	if strings.Contains(ts.logs.String(), "level=ERROR") {
+		t.Errorf("a port probe was logged as an error:\n%s", ts.logs.String())
 	}
 }
