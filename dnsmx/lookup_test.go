@@ -598,3 +598,32 @@ func TestNewResolver_Servers(t *testing.T) {
 		t.Error("empty server accepted")
 	}
 }
+
+func TestIsDomainSyntax(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", 63)
+	for _, c := range []struct {
+		s          string
+		utf8, want bool
+	}{
+		{"example.com", false, true},
+		{"a-b.c1.EXAMPLE", false, true},
+		{"xn--bcher-kva.example", false, true},
+		{"bücher.example", false, false},
+		{"bücher.example", true, true},
+		{"", false, false},
+		{"example.com.", false, false},
+		{"a..b", false, false},
+		{"-a.b", false, false},
+		{"a-.b", false, false},
+		{"a_b.c", false, false},
+		{long + ".x", false, true},
+		{long + "a.x", false, false},
+		{strings.Repeat(long+".", 4)[:255], false, true},
+		{strings.Repeat(long+".", 4) + "x", false, false},
+	} {
+		if got := IsDomainSyntax(c.s, c.utf8); got != c.want {
+			t.Errorf("IsDomainSyntax(%q, %v) = %v, want %v", c.s, c.utf8, got, c.want)
+		}
+	}
+}

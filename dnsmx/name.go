@@ -64,3 +64,27 @@ func isASCII(s string) bool {
 func hostName(fqdn string) string {
 	return strings.TrimSuffix(strings.ToLower(fqdn), ".")
 }
+
+// IsDomainSyntax reports whether s is written as a domain of RFC 5321
+// §4.1.2: dot-separated labels of letters, digits and inner hyphens, each
+// 1–63 octets, at most 255 octets in all, no trailing dot. With utf8, octets
+// of UTF-8 (U-labels, RFC 6531) are letters too. It checks the form only;
+// whether the name exists is DNS's business.
+func IsDomainSyntax(s string, utf8 bool) bool {
+	if s == "" || len(s) > 255 {
+		return false
+	}
+	for label := range strings.SplitSeq(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			ok := 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c >= 0x80 && utf8
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mailhop/mailhop/dnsmx"
 )
 
 // maxFileSize bounds every file the configuration points at (keys,
@@ -458,22 +460,7 @@ func describeFileError(path string, err error) error {
 // validDomain reports whether s is a domain name in ASCII (A-labels for
 // international names), with an optional final dot.
 func validDomain(s string) bool {
-	s = strings.TrimSuffix(s, ".")
-	if s == "" || len(s) > 253 {
-		return false
-	}
-	for _, label := range strings.Split(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-') {
-				return false
-			}
-		}
-	}
-	return true
+	return dnsmx.IsDomainSyntax(strings.TrimSuffix(s, "."), false)
 }
 
 func isIP(s string) bool {

@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mailhop/mailhop/dnsmx"
 )
 
 // Address is a mailbox of an SMTP path, parsed by RFC 5321 §4.1.2 (and RFC
@@ -30,7 +32,6 @@ var errAddressSyntax = errors.New("bad address syntax")
 // Limits of RFC 5321 §4.5.3.1.
 const (
 	maxLocalPart = 64
-	maxDomain    = 255
 	maxPath      = 254 // 256 octets of path minus the angle brackets
 )
 
@@ -135,25 +136,7 @@ func isDotString(s string, utf8OK bool) bool {
 
 // isDomain checks Domain = sub-domain *("." sub-domain), sub-domain =
 // Let-dig [Ldh-str] (RFC 5321), or a U-label with utf8OK. No trailing dot.
-func isDomain(s string, utf8OK bool) bool {
-	if s == "" || len(s) > maxDomain {
-		return false
-	}
-	for _, label := range strings.Split(s, ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return false
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' ||
-				c >= 0x80 && utf8OK
-			if !ok {
-				return false
-			}
-		}
-	}
-	return true
-}
+func isDomain(s string, utf8OK bool) bool { return dnsmx.IsDomainSyntax(s, utf8OK) }
 
 // isAddressLiteral checks "[" IPv4-address-literal / IPv6-address-literal "]".
 // General-address-literal (a standardized tag other than IPv6) is refused.
