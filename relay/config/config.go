@@ -198,6 +198,10 @@ type Limits struct {
 	MaxLineLength       int      `toml:"max_line_length"`        // bytes, text lines in DATA
 	MaxErrors           int      `toml:"max_errors"`             // then 421 and disconnect
 	MaxHeaderSize       int      `toml:"max_header_size"`        // bytes of a message's header block
+	// MaxAuthFailures failed AUTHs from one address (IPv6: one /64) get
+	// it refused at connect for AuthBlockTime.
+	MaxAuthFailures int      `toml:"max_auth_failures"`
+	AuthBlockTime   Duration `toml:"auth_block_time"`
 	// ShutdownTimeout is how long SMTP transactions and deliveries may take
 	// to finish after SIGTERM before they are cut off.
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`

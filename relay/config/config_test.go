@@ -161,6 +161,7 @@ mode = "relay"
 			MaxConnections: 2000, MaxConnectionsPerIP: 50,
 			IdleTimeout: Duration{5 * time.Minute}, SessionTimeout: Duration{30 * time.Minute},
 			MaxLineLength: 998, MaxErrors: 10, MaxHeaderSize: 102400, ShutdownTimeout: Duration{30 * time.Second},
+			MaxAuthFailures: 10, AuthBlockTime: Duration{10 * time.Minute},
 		}},
 	}
 	for _, c := range checks {

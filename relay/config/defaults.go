@@ -19,6 +19,7 @@ const (
 	DefaultMaxConnectionsPerIP  = 50
 	DefaultMaxLineLength        = 998 // RFC 5322 §2.1.1, without CRLF
 	DefaultMaxErrors            = 10
+	DefaultMaxAuthFailures      = 10
 	DefaultMaxHeaderSize        = 102400 // Postfix's header_size_limit
 	DefaultAdminSocketName      = "admin.sock"
 	DefaultMTASTSPort           = 443
@@ -82,6 +83,8 @@ func defaults() *Config {
 			SessionTimeout:      Duration{30 * time.Minute},
 			MaxLineLength:       DefaultMaxLineLength,
 			MaxErrors:           DefaultMaxErrors,
+			MaxAuthFailures:     DefaultMaxAuthFailures,
+			AuthBlockTime:       Duration{10 * time.Minute},
 			MaxHeaderSize:       DefaultMaxHeaderSize,
 			ShutdownTimeout:     Duration{30 * time.Second},
 		},

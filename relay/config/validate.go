@@ -64,6 +64,8 @@ func (c *Config) validate(ps *problems) {
 	positiveDuration(ps, "limits.session_timeout", l.SessionTimeout)
 	positive(ps, "limits.max_line_length", l.MaxLineLength)
 	positive(ps, "limits.max_errors", l.MaxErrors)
+	positive(ps, "limits.max_auth_failures", l.MaxAuthFailures)
+	positiveDuration(ps, "limits.auth_block_time", l.AuthBlockTime)
 	positive(ps, "limits.max_header_size", l.MaxHeaderSize)
 	positiveDuration(ps, "limits.shutdown_timeout", l.ShutdownTimeout)
 }

@@ -169,14 +169,15 @@ func (ss *session) authenticate(username, password string) error {
 
 // authFailed counts a failed AUTH for the client's address: after
 // AuthDelayAfter failures each reply waits AuthDelayStep more per failure;
-// at AuthMaxFailures the reply is 421 (go-smtp then closes) and the address
-// is refused for AuthBlockFor.
+// at limits.max_auth_failures the reply is 421 (go-smtp then closes) and the
+// address is refused for limits.auth_block_time.
 func (ss *session) authFailed(err error) error {
 	s := ss.s
+	lim := s.cfg.Load().Limits
 	s.stats.authFailures.Add(1)
-	n := s.authFails.fail(ss.ip, time.Now(), s.AuthBlockFor, s.AuthMaxFailures)
-	if s.AuthMaxFailures > 0 && n >= s.AuthMaxFailures {
-		ss.log.Warn("too many failed authentications, address blocked", "failures", n, "for", s.AuthBlockFor)
+	n := s.authFails.fail(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures)
+	if lim.MaxAuthFailures > 0 && n >= lim.MaxAuthFailures {
+		ss.log.Warn("too many failed authentications, address blocked", "failures", n, "for", lim.AuthBlockTime.Duration)
 		return errAuthTooMany
 	}
 	if extra := n - s.AuthDelayAfter; extra > 0 && s.AuthDelayStep > 0 {

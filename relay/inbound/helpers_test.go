@@ -63,6 +63,8 @@ func testConfig(t *testing.T) *config.Config {
 			SessionTimeout:      config.Duration{Duration: 2 * time.Minute},
 			MaxLineLength:       998,
 			MaxErrors:           10,
+			MaxAuthFailures:     10,
+			AuthBlockTime:       config.Duration{Duration: 10 * time.Minute},
 		},
 	}
 }

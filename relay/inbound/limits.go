@@ -10,10 +10,8 @@ import (
 
 // Defaults of the AUTH failure limits (Server fields).
 const (
-	DefaultAuthDelayAfter   = 3                // failures before replies slow down
-	DefaultAuthDelayStep    = time.Second      // extra delay per failure after that
-	DefaultAuthMaxFailures  = 10               // then 421 and the address is blocked
-	DefaultAuthBlockFor     = 10 * time.Minute // how long the address is blocked
+	DefaultAuthDelayAfter   = 3           // failures before replies slow down
+	DefaultAuthDelayStep    = time.Second // extra delay per failure after that
 	rejectWriteTimeout      = 5 * time.Second
 	sessionWriteGrace       = 10 * time.Second
 	acceptRetryMaxDelay     = time.Second

@@ -24,12 +24,12 @@ import (
 // configured listener, sharing the configuration, the queue, the TLS
 // certificate and the connection and AUTH limits.
 type Server struct {
-	// AUTH failure limits per client address; set before serving (tests
-	// shorten them). See the Default* constants.
-	AuthDelayAfter  int
-	AuthDelayStep   time.Duration
-	AuthMaxFailures int
-	AuthBlockFor    time.Duration
+	// Slowing down of AUTH failures per client address; set before serving
+	// (tests shorten them). See the Default* constants. How many failures
+	// block the address, and for how long, are [limits] max_auth_failures
+	// and auth_block_time.
+	AuthDelayAfter int
+	AuthDelayStep  time.Duration
 
 	cfg  atomic.Pointer[config.Config]
 	cert atomic.Pointer[tls.Certificate]
@@ -56,12 +56,10 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 		log = slog.Default()
 	}
 	s := &Server{
-		AuthDelayAfter:  DefaultAuthDelayAfter,
-		AuthDelayStep:   DefaultAuthDelayStep,
-		AuthMaxFailures: DefaultAuthMaxFailures,
-		AuthBlockFor:    DefaultAuthBlockFor,
-		q:               q,
-		log:             log,
+		AuthDelayAfter: DefaultAuthDelayAfter,
+		AuthDelayStep:  DefaultAuthDelayStep,
+		q:              q,
+		log:            log,
 	}
 	s.cfg.Store(cfg)
 	s.stats.refused = make(map[string]uint64)

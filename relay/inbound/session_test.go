@@ -271,8 +271,7 @@ func TestTooManyErrors_421(t *testing.T) {
 }
 
 func TestAuthFailures_SlowThenBlocked(t *testing.T) {
-	ts := startServer(t)
-	ts.s.AuthMaxFailures = 3
+	ts := startServer(t, func(c *config.Config) { c.Limits.MaxAuthFailures = 3 })
 	d := dialTLS(t, ts.addr[config.ModeSubmissions])
 	d.script(
 		"S: 220 ", "C: EHLO client.test", "S: 250 ",
@@ -288,6 +287,26 @@ func TestAuthFailures_SlowThenBlocked(t *testing.T) {
 	d2.expect("421 4.7.0 ")
 	if st := ts.s.Stats(); st.AuthFailures != 3 || st.RejectedConnections != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestAuthFailures_ReloadedLimit: SIGHUP's SetConfig changes
+// limits.max_auth_failures for the next failures.
+func TestAuthFailures_ReloadedLimit(t *testing.T) {
+	ts := startServer(t)
+	cfg := *ts.cfg
+	cfg.Limits.MaxAuthFailures = 2
+	if err := ts.s.SetConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	d := dialTLS(t, ts.addr[config.ModeSubmissions])
+	d.script(
+		"S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: AUTH PLAIN "+plainIR("alice", "x"), "S: 535 5.7.8 ",
+		"C: AUTH PLAIN "+plainIR("alice", "y"), "S: 421 4.7.0 ",
+	)
+	if !d.closed() {
+		t.Fatal("connection still open after 421")
 	}
 }
 
