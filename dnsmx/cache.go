@@ -103,6 +103,14 @@ func (c *cache) resize(size int) {
 	}
 }
 
+// clear forgets every answer.
+func (c *cache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ll.Init()
+	clear(c.items)
+}
+
 func (c *cache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()

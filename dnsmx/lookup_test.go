@@ -627,3 +627,37 @@ func TestIsDomainSyntax(t *testing.T) {
 		}
 	}
 }
+
+// TestSetServers: after SetServers the queries go to the new servers, and
+// the cache holds nothing the old ones said.
+func TestSetServers(t *testing.T) {
+	t.Parallel()
+	old := dnstest.New(t, dnstest.Zone{
+		"example.com.":    {dnstest.MX("example.com", 10, "mx.old.example")},
+		"mx.old.example.": {dnstest.A("mx.old.example", "192.0.2.1")},
+	})
+	fresh := dnstest.New(t, dnstest.Zone{
+		"example.com.":    {dnstest.MX("example.com", 10, "mx.new.example")},
+		"mx.new.example.": {dnstest.A("mx.new.example", "192.0.2.2")},
+	})
+	r, err := NewResolver([]string{old.Addr}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if mxs, err := r.LookupMX(ctx, "example.com"); err != nil || len(mxs) != 1 || mxs[0].Host != "mx.old.example" {
+		t.Fatalf("before: %+v, %v", mxs, err)
+	}
+	if err := r.SetServers([]string{fresh.Addr}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Servers(); len(got) != 1 || got[0] != fresh.Addr {
+		t.Errorf("Servers() = %v", got)
+	}
+	if mxs, err := r.LookupMX(ctx, "example.com"); err != nil || len(mxs) != 1 || mxs[0].Host != "mx.new.example" {
+		t.Errorf("after: %+v, %v (cached from the old server?)", mxs, err)
+	}
+	if err := r.SetServers([]string{" "}); err == nil || r.Servers()[0] != fresh.Addr {
+		t.Errorf("a bad server list: err %v, servers %v", err, r.Servers())
+	}
+}

@@ -28,7 +28,7 @@ type Resolver struct {
 	// Now is the clock for cache expiry; tests replace it. Nil means time.Now.
 	Now func() time.Time
 
-	servers []string
+	servers atomic.Pointer[[]string] // replaced whole by SetServers
 	timeout time.Duration
 	cache   *cache
 
@@ -45,6 +45,30 @@ func NewResolver(servers []string, timeout time.Duration) (*Resolver, error) {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
+	list, err := serverList(servers)
+	if err != nil {
+		return nil, err
+	}
+	r := &Resolver{timeout: timeout, cache: newCache(DefaultCacheSize)}
+	r.servers.Store(&list)
+	return r, nil
+}
+
+// SetServers sends the queries from now on to servers, read as NewResolver
+// reads them (none: /etc/resolv.conf); the cache is emptied, as its answers
+// came from the old servers. On error nothing changes.
+func (r *Resolver) SetServers(servers []string) error {
+	list, err := serverList(servers)
+	if err != nil {
+		return err
+	}
+	r.servers.Store(&list)
+	r.cache.clear()
+	return nil
+}
+
+// serverList turns configured servers into "host:port" addresses.
+func serverList(servers []string) ([]string, error) {
 	if len(servers) == 0 {
 		cfg, err := dns.ClientConfigFromFile(resolvConf)
 		if err != nil {
@@ -69,11 +93,11 @@ func NewResolver(servers []string, timeout time.Duration) (*Resolver, error) {
 		}
 		list = append(list, s)
 	}
-	return &Resolver{servers: list, timeout: timeout, cache: newCache(DefaultCacheSize)}, nil
+	return list, nil
 }
 
 // Servers returns the servers queries go to, in order ("host:port").
-func (r *Resolver) Servers() []string { return append([]string(nil), r.servers...) }
+func (r *Resolver) Servers() []string { return append([]string(nil), *r.servers.Load()...) }
 
 // SetCacheSize bounds the answer cache to n entries, evicting the least
 // recently used; n <= 0 empties and disables the cache.
@@ -132,7 +156,7 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 func (r *Resolver) ask(ctx context.Context, q *dns.Msg, errName string) (*dns.Msg, error) {
 	qs := dns.TypeToString[q.Question[0].Qtype]
 	var last error
-	for _, srv := range r.servers {
+	for _, srv := range *r.servers.Load() {
 		if err := ctx.Err(); err != nil {
 			return nil, temporary(errName, "%s lookup: %v", qs, err)
 		}

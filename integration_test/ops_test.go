@@ -758,3 +758,47 @@ func TestOpsSendmailDSNOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestOpsReloadResolvers: SIGHUP applies delivery.resolvers at once: with a
+// dead resolver mail is deferred (DNS temporarily failing), with the working
+// one back a flush delivers it.
+func TestOpsReloadResolvers(t *testing.T) {
+	t.Parallel()
+	w := newMXWorld(t, dnstest.Zone{
+		"dest.test.":    {dnstest.MX("dest.test", 10, "mx.dest.test")},
+		"mx.dest.test.": {dnstest.A("mx.dest.test", "127.0.0.2")},
+	})
+	mx := w.mx("127.0.0.2", smtptest.Behaviour{})
+	r := w.start("1h", "", "")
+	good, err := os.ReadFile(r.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := fmt.Sprintf("resolvers = [%q]", w.dns.Addr)
+	if !strings.Contains(string(good), live) {
+		t.Fatalf("config has no %s", live)
+	}
+	reloads := func() int { return strings.Count(r.logs.String(), "configuration reloaded") }
+	r.writeConfig(strings.Replace(string(good), live, fmt.Sprintf("resolvers = [%q]", freePort(t, "127.0.0.1")), 1))
+	r.signal(syscall.SIGHUP)
+	waitFor(t, "the reload", 10*time.Second, func() bool { return reloads() == 1 })
+
+	submitMail(t, r, submission{From: senderAddr, To: []string{"a@dest.test"}}, deliveryMessage("resolvers", "a@dest.test"))
+	waitFor(t, "the deferral", 20*time.Second, func() bool {
+		return r.hasLine("msg=attempt", "domain=dest.test", "4.4.3")
+	})
+	if n := len(mx.Messages()); n != 0 {
+		t.Fatalf("delivered %d messages through a dead resolver", n)
+	}
+
+	r.writeConfig(string(good))
+	r.signal(syscall.SIGHUP)
+	waitFor(t, "the second reload", 10*time.Second, func() bool { return reloads() == 2 })
+	if _, errs, code := r.mailhop("queue", "flush"); code != 0 {
+		t.Fatalf("queue flush: exit %d: %s", code, errs)
+	}
+	waitMsgs(t, mx, 1, 20*time.Second)
+	if r.hasLine("take effect only after a restart") {
+		t.Errorf("the reload warned that resolvers need a restart:\n%s", r.logs.String())
+	}
+}

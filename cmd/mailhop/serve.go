@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"runtime/pprof"
+	"slices"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -191,7 +192,7 @@ loop:
 			drainPickup(inj, pickupDir, log)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				cfg = reload(path, cfg, in, agent, log)
+				cfg = reload(path, cfg, in, agent, res, log)
 				current.Store(cfg)
 				continue
 			}
@@ -314,14 +315,24 @@ func snapshot(q *queue.Queue, store *queue.LogStore, agent *outbound.Agent, res 
 
 // reload loads the configuration again (SIGHUP). A configuration with
 // problems is refused and the running one stays.
-func reload(path string, old *config.Config, in *inbound.Server, agent *outbound.Agent, log *slog.Logger) *config.Config {
+func reload(path string, old *config.Config, in *inbound.Server, agent *outbound.Agent, res *dnsmx.Resolver, log *slog.Logger) *config.Config {
 	cfg, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: configuration has problems; keeping the running one", "err", err)
 		return old
 	}
+	resolversChanged := !slices.Equal(old.Delivery.Resolvers, cfg.Delivery.Resolvers)
+	if resolversChanged {
+		if err := res.SetServers(cfg.Delivery.Resolvers); err != nil {
+			log.Error("reload refused: delivery.resolvers", "err", err)
+			return old
+		}
+	}
 	if err := in.SetConfig(cfg); err != nil {
 		log.Error("reload refused", "err", err)
+		if resolversChanged {
+			_ = res.SetServers(old.Delivery.Resolvers) // worked before
+		}
 		return old
 	}
 	agent.SetConfig(cfg)

@@ -146,7 +146,11 @@ func TestReload_RestartOnlySettingsWarned(t *testing.T) {
 		t.Error("warned about a reload that needs no restart")
 	}
 	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.Resolvers = []string{"192.0.2.53:53"} }))
-	if !strings.Contains(h.logs.String(), `keys=delivery.resolvers`) {
-		t.Errorf("no warning naming delivery.resolvers:\n%s", h.logs.String())
+	if strings.Contains(h.logs.String(), "take effect only after a restart") {
+		t.Error("warned about delivery.resolvers, which the reload applies (dnsmx.Resolver.SetServers)")
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.ExtraRootsFile = "/nonexistent/roots.pem" }))
+	if !strings.Contains(h.logs.String(), "extra_roots_file") {
+		t.Errorf("no warning naming delivery.extra_roots_file:\n%s", h.logs.String())
 	}
 }
