@@ -802,3 +802,103 @@ func TestOpsReloadResolvers(t *testing.T) {
 		t.Errorf("the reload warned that resolvers need a restart:\n%s", r.logs.String())
 	}
 }
+
+// TestOpsSocketGroupMember: a member of admin.socket_group (here the user
+// nobody in the group nogroup) may send mail with sendmail, also while the
+// relay is stopped (the pickup directory; exit 0 once the file is there, or
+// a caller that retried would send it twice), and may list the queue, but
+// may not delete other people's mail: only root and the relay's user may.
+// Needs root, to run commands as another user.
+func TestOpsSocketGroupMember(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("running commands as another user needs root")
+	}
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	grp, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Skip("no group nogroup")
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(grp.Gid)
+	r := startRelay(t, relayOpts{Extra: "[admin]\nsocket_group = \"nogroup\"\n"})
+	// nobody must reach the binary and the configuration.
+	bin := filepath.Join(r.dir, "bin", "mailhop")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(mailhopBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Dir(r.dir), r.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(r.cfgPath, 0, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(r.cfgPath, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	asNobody := func(stdin string, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(bin, append(args, "--config", r.cfgPath)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}}
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			if _, ok := err.(*exec.ExitError); !ok {
+				t.Fatalf("running %v as nobody: %v", args, err)
+			}
+		}
+		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	}
+
+	out, errs, code := asNobody("Subject: running\n\nx\n", "sendmail", "-v", "-f", "web@example.com", "a@example.net")
+	if code != 0 {
+		t.Fatalf("sendmail as nobody: exit %d: %s%s", code, out, errs)
+	}
+	fields := strings.Fields(out)
+	if len(fields) == 0 {
+		t.Fatalf("sendmail -v printed no queue ID")
+	}
+	id := fields[len(fields)-1]
+	if _, errs, code := asNobody("", "queue", "list"); code != 0 {
+		t.Errorf("queue list as a group member: exit %d: %s", code, errs)
+	}
+	if _, errs, code := asNobody("", "queue", "delete", id); code == 0 || !strings.Contains(errs, "only root") {
+		t.Errorf("queue delete as a group member: exit %d: %s", code, errs)
+	}
+	if !r.waitLine("queue delete refused", "user=nobody") {
+		t.Errorf("the refused delete is not logged with the user")
+	}
+	if _, errs, code := r.mailhop("queue", "show", id); code != 0 {
+		t.Fatalf("the message is gone after a refused delete: %s", errs)
+	}
+
+	r.stop()
+	if _, errs, code := asNobody("Subject: stopped\n\nx\n", "sendmail", "-f", "web@example.com", "b@example.net"); code != 0 {
+		t.Fatalf("sendmail as nobody with the relay stopped: exit %d: %s", code, errs)
+	}
+	r.start()
+	waitFor(t, "the pickup file queued", 10*time.Second, func() bool {
+		for _, m := range r.list() {
+			if len(m.Recipients) == 1 && m.Recipients[0].Address == "b@example.net" {
+				return true
+			}
+		}
+		return false
+	})
+	if n := len(r.list()); n != 2 {
+		t.Errorf("queue holds %d messages, want 2", n)
+	}
+}

@@ -284,12 +284,44 @@ type Result struct {
 
 func (s *Server) flush(w http.ResponseWriter, r *http.Request) {
 	n := s.Queue.Flush(r.URL.Query().Get("domain"))
-	s.Log.Info("queue flushed by operator", "domain", r.URL.Query().Get("domain"), "messages", n)
+	s.Log.Info("queue flushed by operator", "domain", r.URL.Query().Get("domain"), "messages", n, "user", peerUser(r))
 	writeJSON(w, http.StatusOK, Result{OK: true, Count: n})
+}
+
+// mayAdminister reports whether the peer of r may change other people's
+// mail (hold, release, delete, bounce): root and the relay's own user, as
+// only root may run Postfix's postsuper. Members of admin.socket_group may
+// submit mail, list the queue and flush it (Postfix lets anyone run mailq and
+// postqueue -f), not more. A connection without peer credentials (a test
+// listener that is not a PeerCredListener) is the relay's own.
+func mayAdminister(r *http.Request) (uid int, ok bool) {
+	uid, known := parsePeerAddr(r.RemoteAddr)
+	if !known {
+		return os.Getuid(), true
+	}
+	return uid, uid == 0 || uid == os.Getuid()
+}
+
+// peerUser names the peer of r for the log ("" when unknown).
+func peerUser(r *http.Request) string {
+	uid, ok := parsePeerAddr(r.RemoteAddr)
+	if !ok {
+		return ""
+	}
+	return userName(uid)
 }
 
 func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 	id, act := r.PathValue("id"), r.PathValue("action")
+	if act != "hold" && act != "release" && act != "delete" && act != "bounce" {
+		writeJSON(w, http.StatusBadRequest, apiError{Error: "unknown action " + act + " (hold, release, delete, bounce)"})
+		return
+	}
+	if uid, ok := mayAdminister(r); !ok {
+		s.Log.Warn("queue "+act+" refused: not root or the relay's user", "queue_id", id, "uid", uid, "user", userName(uid))
+		writeJSON(w, http.StatusForbidden, apiError{Error: act + ": only root or the relay's user may change queued mail"})
+		return
+	}
 	var err error
 	switch act {
 	case "hold":
@@ -304,14 +336,11 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 		} else {
 			err = s.Bouncer.BounceNow(id)
 		}
-	default:
-		writeJSON(w, http.StatusNotFound, apiError{Error: "unknown action " + act})
-		return
 	}
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	s.Log.Info("queue "+act+" by operator", "queue_id", id)
+	s.Log.Info("queue "+act+" by operator", "queue_id", id, "user", peerUser(r))
 	writeJSON(w, http.StatusOK, Result{OK: true, Count: 1})
 }
