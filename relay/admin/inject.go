@@ -56,6 +56,7 @@ import (
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
+	"github.com/mailhop/mailhop/relay/inbound"
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
@@ -202,6 +203,7 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		Arrived:    in.now(),
 		Ret:        strings.ToUpper(env.Ret),
 		EnvID:      env.EnvID,
+		SMTPUTF8:   needsUTF8(env),
 	}
 	notify, _ := queue.ParseNotify(env.Notify) // checked above
 	for _, r := range env.Recipients {
@@ -288,19 +290,23 @@ func CheckDSN(notify, ret, envid string) error {
 
 // checkAddress accepts local@domain with no spaces, controls or brackets.
 func checkAddress(a string) error {
-	if len(a) > 254 {
-		return errors.New("longer than 254 bytes")
-	}
-	at := strings.LastIndexByte(a, '@')
-	if at <= 0 || at == len(a)-1 {
-		return errors.New("not of the form local@domain")
-	}
-	for _, c := range []byte(a) {
-		if c <= ' ' || c == 0x7f || c == '<' || c == '>' {
-			return errors.New("contains a space, a control character or an angle bracket")
-		}
+	if _, err := inbound.ParseAddress(a, true); err != nil {
+		return errors.New("not a valid address (RFC 5321 §4.1.2: local@domain, no source route, one @ outside quotes, no trailing dot)")
 	}
 	return nil
+}
+
+// needsUTF8 reports whether an envelope address is not ASCII: such mail
+// travels only with SMTPUTF8 (RFC 6531).
+func needsUTF8(env *InjectEnvelope) bool {
+	for _, a := range append([]string{env.From}, env.Recipients...) {
+		for i := 0; i < len(a); i++ {
+			if a[i] >= 0x80 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // receivedHeader is the trace field for a local submission (RFC 5321

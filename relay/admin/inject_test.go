@@ -164,6 +164,27 @@ func TestInject_DSN(t *testing.T) {
 	}
 }
 
+// TestInject_UTF8Address: a UTF-8 address is valid (RFC 6531) and the
+// message is queued as needing SMTPUTF8; an ASCII one is not.
+func TestInject_UTF8Address(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	for _, c := range []struct {
+		rcpt string
+		utf8 bool
+	}{{"jörg@bücher.test", true}, {"joerg@[192.0.2.1]", false}} {
+		id, err := e.client.Inject(&InjectEnvelope{From: "a@relay.test", Recipients: []string{c.rcpt}}, strings.NewReader("Subject: x\n\nx\n"))
+		if err != nil {
+			t.Errorf("%s: %v", c.rcpt, err)
+			continue
+		}
+		qe, err := e.q.Get(id)
+		if err != nil || qe.SMTPUTF8 != c.utf8 {
+			t.Errorf("%s: SMTPUTF8 %v, want %v (%v)", c.rcpt, qe.SMTPUTF8, c.utf8, err)
+		}
+	}
+}
+
 func TestInject_Refusals(t *testing.T) {
 	t.Parallel()
 	e := startInject(t, true)
@@ -176,6 +197,10 @@ func TestInject_Refusals(t *testing.T) {
 		{"no recipients", &InjectEnvelope{From: "a@b.test"}, "x\n", http.StatusBadRequest},
 		{"bad recipient", &InjectEnvelope{Recipients: []string{"a b@c.test"}}, "x\n", http.StatusBadRequest},
 		{"unqualified recipient", &InjectEnvelope{Recipients: []string{"root"}}, "x\n", http.StatusBadRequest},
+		{"two @", &InjectEnvelope{Recipients: []string{"a@@b.test"}}, "x\n", http.StatusBadRequest},
+		{"trailing dot", &InjectEnvelope{Recipients: []string{"a@b.test."}}, "x\n", http.StatusBadRequest},
+		{"source route", &InjectEnvelope{From: "@relay.test:x@b.test", Recipients: []string{"a@b.test"}}, "x\n", http.StatusBadRequest},
+		{"empty label", &InjectEnvelope{Recipients: []string{"a@b..test"}}, "x\n", http.StatusBadRequest},
 		{"too large", &InjectEnvelope{Recipients: []string{"a@b.test"}}, strings.Repeat("x\n", 4000), http.StatusRequestEntityTooLarge},
 		{"NOTIFY never with success", &InjectEnvelope{Recipients: []string{"a@b.test"}, Notify: "never,success"}, "x\n", http.StatusBadRequest},
 		{"RET body", &InjectEnvelope{Recipients: []string{"a@b.test"}, Ret: "body"}, "x\n", http.StatusBadRequest},
