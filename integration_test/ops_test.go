@@ -751,6 +751,12 @@ func TestOpsSendmailDSNOptions(t *testing.T) {
 		t.Errorf("the sender got %d messages, want only the success report (-N never)", n)
 	}
 
+	for _, bad := range []string{"d@@dsn.test", "d@dsn.test.", "@relay.test:d@dsn.test"} {
+		_, errs, code := r.sendmail("Subject: d\n\nx\n", "-f", senderAddr, bad)
+		if code != 65 || !strings.Contains(errs, "not a valid address") {
+			t.Errorf("sendmail %q: exit %d (%s), want 65 naming the bad address", bad, code, errs)
+		}
+	}
 	for _, bad := range [][]string{{"-N", "never,success"}, {"-R", "body"}, {"-V", "two words"}} {
 		_, errs, code := r.sendmail("Subject: d\n\nx\n", append(bad, "d@dsn.test")...)
 		if code != 64 || !strings.Contains(errs, "mailhop sendmail") {

@@ -322,6 +322,9 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
 		Notify: o.notify, Ret: o.ret, EnvID: o.envid}
+	if err := admin.CheckEnvelope(env); err != nil {
+		return sendmailFail(exDataErr, "message refused, not sent: %v", err)
+	}
 	id, err := handOver(cfg, env, out)
 	if err != nil {
 		return err

@@ -242,8 +242,19 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 	return qe.ID, nil
 }
 
+// CheckEnvelope is what the relay checks of an injection's envelope, for
+// sendmail to check before it hands a message over (also to the pickup
+// directory, whose bad files would otherwise only be found at the start).
+func CheckEnvelope(env *InjectEnvelope) error {
+	if err := checkInjectEnvelope(env); err != nil {
+		return errors.New(strings.TrimPrefix(err.Error(), "inject: "))
+	}
+	return nil
+}
+
 // checkInjectEnvelope refuses envelopes the queue or a remote server could
-// not take: no recipient, or an address with spaces or control characters.
+// not take: no recipient, an address that is not one (RFC 5321), bad DSN
+// parameters.
 func checkInjectEnvelope(env *InjectEnvelope) error {
 	if len(env.Recipients) == 0 {
 		return injectErr(http.StatusBadRequest, "inject: no recipients")
