@@ -64,6 +64,9 @@ func TestDiskFull(t *testing.T) {
 	if refusal.Code != 451 || !strings.HasPrefix(refusal.Msg, "4.3.0 ") {
 		t.Errorf("refusal %d %q, want 451 4.3.0", refusal.Code, refusal.Msg)
 	}
+	if !r.waitLine("message refused", "code=451", "reason=queue_error") {
+		t.Errorf("the refusal is not logged as reason=queue_error")
+	}
 	for _, leak := range []string{"/", "space", "ENOSPC", "write", "queue:"} {
 		if strings.Contains(refusal.Msg, leak) {
 			t.Errorf("refusal %q shows internal detail (%q)", refusal.Msg, leak)

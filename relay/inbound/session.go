@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -323,8 +324,11 @@ func dataReason(se *smtp.SMTPError) string {
 	return reasonOther
 }
 
+// isNetError reports whether err came from the client's connection (it went
+// away or timed out), not from the disk: *os.PathError and syscall.Errno
+// have Timeout methods too, so the type is what tells them apart.
 func isNetError(err error) bool {
-	var ne interface{ Timeout() bool }
+	var ne *net.OpError
 	return errors.As(err, &ne)
 }
 
