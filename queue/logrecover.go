@@ -201,6 +201,9 @@ func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord)
 // removes body files that no message refers to (left by a crash between the
 // body's fsync and its record's).
 func (s *LogStore) checkBodies() {
+	if s.readOnly {
+		return // reading only: nothing is moved or removed
+	}
 	for id, m := range s.msgs {
 		if !m.file {
 			continue
@@ -228,6 +231,9 @@ func (s *LogStore) checkBodies() {
 
 // quarantine writes data to quarantine/name.
 func (s *LogStore) quarantine(name string, data []byte) {
+	if s.readOnly {
+		return
+	}
 	if err := os.WriteFile(filepath.Join(s.dir, "quarantine", name), data, 0o600); err != nil {
 		s.log.Error("queue: cannot write to quarantine", "name", name, "err", err)
 	}
@@ -235,6 +241,9 @@ func (s *LogStore) quarantine(name string, data []byte) {
 
 // moveAside renames path into quarantine/.
 func (s *LogStore) moveAside(path string) {
+	if s.readOnly {
+		return
+	}
 	if _, err := os.Stat(path); err != nil {
 		return
 	}

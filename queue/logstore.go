@@ -66,6 +66,8 @@ type LogStore struct {
 	reserved atomic.Bool
 	resMu    sync.Mutex
 	resTried time.Time
+
+	readOnly bool // OpenLogStoreReadOnly: no goroutines, no writes
 }
 
 // CommitStats returns how many group commits (one fsync each) and records
@@ -128,6 +130,43 @@ func OpenLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 	if log == nil {
 		log = slog.Default()
 	}
+	return openLogStore(dir, log)
+}
+
+// ErrReadOnly is returned by the changes of a store opened read-only.
+var ErrReadOnly = errors.New("queue: opened read-only (the relay is not running)")
+
+// OpenLogStoreReadOnly opens an existing log store in dir to read it, for
+// `mailhop queue list` while the relay is stopped: it creates nothing,
+// changes nothing (a damaged record is reported, not moved aside), and
+// takes a shared lock, so it fails while a relay holds the queue. Changes
+// return ErrReadOnly. A directory that is not a queue is an error: a wrong
+// data_dir must not look like an empty queue.
+func OpenLogStoreReadOnly(dir string, log *slog.Logger) (*LogStore, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	lock, err := os.Open(filepath.Join(dir, "LOCK"))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("queue: no queue at %s (is data_dir right? the relay creates it at its first start)", dir)
+		}
+		return nil, fmt.Errorf("queue: %w", err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("queue: %s is in use by another process: %w", dir, err)
+	}
+	s := &LogStore{dir: dir, log: log, lock: lock, readOnly: true,
+		msgs: make(map[string]*storedMsg), bySeq: make(map[uint64]*segment), segMax: segmentMax}
+	if err := s.recover(); err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func openLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "bodies"), filepath.Join(dir, "quarantine")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("queue: %w", err)
@@ -175,6 +214,15 @@ func OpenLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 
 // Close finishes pending writes and releases the directory.
 func (s *LogStore) Close() error {
+	if s.readOnly {
+		s.mu.Lock()
+		for _, seg := range s.segs {
+			seg.dead = true
+			seg.closeReader()
+		}
+		s.mu.Unlock()
+		return s.lock.Close()
+	}
 	s.cmu.Lock()
 	if s.closed {
 		s.cmu.Unlock()
@@ -199,6 +247,9 @@ func (s *LogStore) Close() error {
 
 // submit hands a record to the committer and waits until it is durable.
 func (s *LogStore) submit(r *commitReq) error {
+	if s.readOnly {
+		return ErrReadOnly
+	}
 	r.done = make(chan error, 1)
 	s.cmu.RLock()
 	if s.closed {
@@ -214,6 +265,9 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, InlineMax+4096); 
 
 // Put implements Store.
 func (s *LogStore) Put(env *Envelope, body io.Reader) error {
+	if s.readOnly {
+		return ErrReadOnly
+	}
 	if !s.haveReserve() {
 		return ErrDiskFull
 	}

@@ -55,6 +55,8 @@ type Options struct {
 	Now func() time.Time
 	// Store replaces the embedded LogStore (which Open creates in dir).
 	Store Store
+	// ReadOnly opens the embedded LogStore with OpenLogStoreReadOnly.
+	ReadOnly bool
 }
 
 // DefaultRetryIntervals is used when Options.RetryIntervals is empty.
@@ -102,7 +104,11 @@ func Open(dir string, opts Options) (*Queue, error) {
 	store := opts.Store
 	if store == nil {
 		var err error
-		if store, err = OpenLogStore(filepath.Clean(dir), opts.Logger); err != nil {
+		open := OpenLogStore
+		if opts.ReadOnly {
+			open = OpenLogStoreReadOnly
+		}
+		if store, err = open(filepath.Clean(dir), opts.Logger); err != nil {
 			return nil, err
 		}
 	}

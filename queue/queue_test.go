@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -508,4 +510,71 @@ func TestParseNotify(t *testing.T) {
 			t.Errorf("ParseNotify(%q): no error", in)
 		}
 	}
+}
+
+// TestOpenReadOnly: a read-only open lists what is queued, creates and
+// changes nothing, refuses changes, fails on a directory that is no queue
+// and while a writer holds the queue.
+func TestOpenReadOnly(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "queue")
+	if _, err := Open(dir, Options{ReadOnly: true}); err == nil || !strings.Contains(err.Error(), "no queue at") {
+		t.Fatalf("read-only open of a missing queue: %v", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the read-only open created %s", dir)
+	}
+	q, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &Envelope{ID: q.NewID(), From: "a@example.com", Recipients: []Recipient{{Address: "b@example.net"}}}
+	if err := q.Enqueue(env, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(dir, Options{ReadOnly: true}); err == nil {
+		t.Error("a read-only open succeeded while a writer holds the queue")
+	}
+	q.Close()
+
+	before := treeOf(t, dir)
+	ro, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ro.List(); len(got) != 1 || got[0].ID != env.ID {
+		t.Errorf("read-only list = %+v", got)
+	}
+	if err := ro.Hold(env.ID); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("Hold on a read-only queue: %v", err)
+	}
+	if err := ro.Enqueue(&Envelope{ID: ro.NewID(), From: "a@example.com", Recipients: []Recipient{{Address: "c@example.net"}}},
+		strings.NewReader("x\r\n")); !errors.Is(err, ErrReadOnly) {
+		t.Errorf("Enqueue on a read-only queue: %v", err)
+	}
+	ro.Close()
+	if after := treeOf(t, dir); !slices.Equal(before, after) {
+		t.Errorf("the read-only open changed the directory:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+// treeOf lists dir's files with their sizes.
+func treeOf(t *testing.T, dir string) []string {
+	t.Helper()
+	var out []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		out = append(out, fmt.Sprintf("%s %d", p, fi.Size()))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

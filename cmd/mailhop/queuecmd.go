@@ -57,7 +57,8 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	// offline opens the queue directory when the relay is not running.
 	offline := func() (*queue.Queue, error) {
-		return queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+		return queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{ReadOnly: true,
+			Logger: slog.New(slog.NewTextHandler(stderr, nil))})
 	}
 	switch sub {
 	case "list":
