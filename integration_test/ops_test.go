@@ -15,6 +15,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -907,4 +908,40 @@ func TestOpsSocketGroupMember(t *testing.T) {
 	if n := len(r.list()); n != 2 {
 		t.Errorf("queue holds %d messages, want 2", n)
 	}
+}
+
+// TestOpsReloadRestartOnlySettings: a reload that changes what the process
+// bound at its start (a listener, the metrics address) says so, naming the
+// keys, and keeps the running ones; [log] level applies at once.
+func TestOpsReloadRestartOnlySettings(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, relayOpts{})
+	orig, err := os.ReadFile(r.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := freePort(t, "127.0.0.1")
+	changed := strings.Replace(string(orig), fmt.Sprintf("address = %q", r.Relay), fmt.Sprintf("address = %q", moved), 1)
+	changed = strings.Replace(changed, "level = \"debug\"", "level = \"info\"", 1)
+	changed += "\n[admin]\nmetrics_address = \"" + freePort(t, "127.0.0.1") + "\"\n"
+	r.writeConfig(changed)
+	r.signal(syscall.SIGHUP)
+	waitFor(t, "the reload", 10*time.Second, func() bool { return r.hasLine("configuration reloaded") })
+	if !r.waitLine("take effect only after a restart", "listener", "admin.metrics_address") {
+		t.Errorf("no warning naming listener and admin.metrics_address:\n%s", r.logs.String())
+	}
+	// The running listener stays.
+	c, err := net.DialTimeout("tcp", r.Relay, 5*time.Second)
+	if err != nil {
+		t.Fatalf("the running listener went away: %v", err)
+	}
+	c.Close()
+	// Debug lines stop: a delivery attempt's "deferred" line is debug.
+	mark := len(r.logs.String())
+	submitMail(t, r, submission{From: "a@example.com", To: []string{"b@example.net"}}, []byte("Subject: x\r\n\r\nx\r\n"))
+	waitFor(t, "the attempt", 20*time.Second, func() bool { return strings.Contains(r.logs.String()[mark:], "msg=attempt") })
+	if tail := r.logs.String()[mark:]; strings.Contains(tail, "level=DEBUG") {
+		t.Errorf("debug lines after the reload to level info:\n%s", tail)
+	}
+	r.writeConfig(string(orig))
 }

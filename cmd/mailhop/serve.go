@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -34,11 +35,20 @@ const shutdownGrace = 30 * time.Second
 // start, for files sendmail wrote while the relay was starting.
 const pickupInterval = 30 * time.Second
 
+// logLevel is the running [log] level; a reload sets it.
+var logLevel = new(slog.LevelVar)
+
+// setLogLevel sets logLevel from a validated [log] level.
+func setLogLevel(name string) {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(name))
+	logLevel.Set(level)
+}
+
 // newLogger builds the slog logger the [log] section asks for.
 func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var level slog.Level
-	_ = level.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: level}
+	setLogLevel(c.Level)
+	opts := &slog.HandlerOptions{Level: logLevel}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
@@ -321,6 +331,10 @@ func reload(path string, old *config.Config, in *inbound.Server, agent *outbound
 		log.Error("reload refused: configuration has problems; keeping the running one", "err", err)
 		return old
 	}
+	restart := restartOnly(old, cfg)
+	// The queue, admin socket, pickup directory and generated certificate
+	// stay where they are until a restart.
+	cfg.DataDir = old.DataDir
 	resolversChanged := !slices.Equal(old.Delivery.Resolvers, cfg.Delivery.Resolvers)
 	if resolversChanged {
 		if err := res.SetServers(cfg.Delivery.Resolvers); err != nil {
@@ -336,6 +350,34 @@ func reload(path string, old *config.Config, in *inbound.Server, agent *outbound
 		return old
 	}
 	agent.SetConfig(cfg)
+	setLogLevel(cfg.Log.Level)
 	log.Info("configuration reloaded", "config", path)
+	if len(restart) > 0 {
+		log.Warn("reload: these settings take effect only after a restart; the running ones stay", "keys", strings.Join(restart, ", "))
+	}
 	return cfg
+}
+
+// restartOnly names the settings that differ between old and cfg and that
+// only a restart applies: what the process bound or opened at its start.
+func restartOnly(old, cfg *config.Config) []string {
+	var keys []string
+	if !slices.Equal(old.Listener, cfg.Listener) {
+		keys = append(keys, "listener")
+	}
+	for _, c := range []struct {
+		key      string
+		old, new string
+	}{
+		{"data_dir", old.DataDir, cfg.DataDir},
+		{"admin.socket", old.Admin.Socket, cfg.Admin.Socket},
+		{"admin.socket_group", old.Admin.SocketGroup, cfg.Admin.SocketGroup},
+		{"admin.metrics_address", old.Admin.MetricsAddress, cfg.Admin.MetricsAddress},
+		{"log.format", old.Log.Format, cfg.Log.Format},
+	} {
+		if c.old != c.new {
+			keys = append(keys, c.key)
+		}
+	}
+	return keys
 }

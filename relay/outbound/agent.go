@@ -144,10 +144,10 @@ func concurrency(cfg *config.Config) (total, perDomain int) {
 // retry_intervals (from the next attempt's scheduling on), and the
 // concurrency limits (deliveries under way above a lowered limit finish;
 // no new one starts until the count is below it). What the agent was built
-// with at start — the MTA-STS cache's data_dir and roots
-// (extra_roots_file) — needs a restart; a change to those is logged as a
-// warning. delivery.resolvers belong to the resolver (dnsmx.Resolver's
-// SetServers, called by the reload).
+// with at start — the roots of MTA-STS fetches (extra_roots_file) — needs a
+// restart; a change is logged as a warning. delivery.resolvers belong to the
+// resolver (dnsmx.Resolver's SetServers) and data_dir to the process (the
+// reload keeps the running one).
 func (a *Agent) SetConfig(cfg *config.Config) {
 	old := a.cfg.Swap(cfg)
 	a.q.SetRetryIntervals(cfg.RetryDurations())
@@ -157,9 +157,6 @@ func (a *Agent) SetConfig(cfg *config.Config) {
 	a.domains.setMax(per)
 	a.pool.setMaxIdle(per)
 	var restart []string
-	if a.stsOwn && old.DataDir != cfg.DataDir {
-		restart = append(restart, "data_dir (MTA-STS cache)")
-	}
 	if a.stsOwn && old.Delivery.ExtraRootsFile != cfg.Delivery.ExtraRootsFile {
 		restart = append(restart, "delivery.extra_roots_file (MTA-STS fetches)")
 	}
