@@ -166,6 +166,17 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 			if err.tls {
 				return fail(handshakeErr(err, &vr))
 			}
+			if !p.required && err.err.Code >= 400 && err.err.Code != 421 {
+				// STARTTLS refused (454 TLS not available, 502): with
+				// opportunistic TLS the session goes on in plain text,
+				// as Postfix's smtp_tls_security_level = may does.
+				a.log.Info("STARTTLS refused; continuing without TLS", "mx", t.host, "addr", addr.String(),
+					"reply", err.err.Error())
+				if p.stsTesting {
+					a.countTLSFailure(p, t.host, addr.String(), policyError("starttls", "4.7.4", "STARTTLS refused: %v", err.err))
+				}
+				break
+			}
 			return fail(err)
 		}
 		// The go-smtp client cannot STARTTLS with our EHLO name, so the

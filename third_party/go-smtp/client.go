@@ -159,8 +159,10 @@ func (c *Client) setConn(conn net.Conn) {
 
 	r = &lineLimitReader{
 		R: conn,
-		// Doubled maximum line length per RFC 5321 (Section 4.5.3.1.6)
-		LineLimit: 2000,
+		// mailhop patch: replies longer than RFC 5321's 512 octets are
+		// read (and cut to maxReplyLine) up to this bound on memory;
+		// upstream failed the session on a line over 2000.
+		LineLimit: replyLineLimit,
 	}
 
 	r = io.TeeReader(r, clientDebugWriter{c})
@@ -268,12 +270,93 @@ func (c *Client) Hello(localName string) error {
 }
 
 func (c *Client) readResponse(expectCode int) (int, string, error) {
-	code, msg, err := c.text.ReadResponse(expectCode)
+	code, msg, err := c.readReply(expectCode)
 	if protoErr, ok := err.(*textproto.Error); ok {
 		err = toSMTPErr(protoErr)
 	}
 	return code, msg, err
 }
+
+// mailhop patch: reply lines.
+const (
+	replyLineLimit = 16 << 10 // a longer line fails the session
+	maxReplyLine   = 2048     // the part of a reply line kept (as Postfix does)
+)
+
+// readReply reads one reply (RFC 5321 §4.2) and checks its code against
+// expectCode as textproto.Reader.ReadResponse does (1–3 digits of prefix),
+// with three differences (mailhop patch): a line holding only the code,
+// without the space (§4.2: "250" as well as "250 "), is a reply; a line
+// longer than maxReplyLine is cut there, not an error; and a positive reply
+// (2xx, 3xx) other than the one expected — 250 where DATA must get 354 — is
+// a temporary failure (451 4.5.0, "protocol error"), never a success: the
+// upstream code returned it as an error carrying the 250, which a caller
+// looking at the code took for an accepted message whose body was never
+// sent.
+func (c *Client) readReply(expectCode int) (int, string, error) {
+	code := 0
+	var msg strings.Builder
+	for first := true; ; first = false {
+		line, err := c.text.ReadLine()
+		if err != nil {
+			return 0, "", err
+		}
+		if len(line) > maxReplyLine {
+			line = line[:maxReplyLine]
+		}
+		if len(line) < 3 || !isDigits(line[:3]) || len(line) > 3 && line[3] != ' ' && line[3] != '-' {
+			return 0, "", textproto.ProtocolError("malformed reply: " + printable(line))
+		}
+		lineCode, _ := strconv.Atoi(line[:3])
+		if first {
+			code = lineCode
+		} else if lineCode != code {
+			return 0, "", textproto.ProtocolError(fmt.Sprintf("reply lines with different codes: %d and %d", code, lineCode))
+		}
+		if !first {
+			msg.WriteByte('\n')
+		}
+		if len(line) > 4 {
+			msg.WriteString(line[4:])
+		}
+		if len(line) == 3 || line[3] == ' ' {
+			break
+		}
+	}
+	text := msg.String()
+	if codeMatches(code, expectCode) {
+		return code, text, nil
+	}
+	if code < 400 {
+		return code, text, &textproto.Error{Code: 451,
+			Msg: fmt.Sprintf("4.5.0 protocol error: the server answered %d where %d was expected: %s", code, expectCode, printable(text))}
+	}
+	return code, text, &textproto.Error{Code: code, Msg: text}
+}
+
+// codeMatches is textproto's rule: expect of 1, 2 or 3 digits is a prefix of
+// code; 0 accepts any.
+func codeMatches(code, expect int) bool {
+	switch {
+	case expect <= 0:
+		return true
+	case expect < 10:
+		return code/100 == expect
+	case expect < 100:
+		return code/10 == expect
+	}
+	return code == expect
+}
+
+func isDigits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
 
 // cmd is a convenience function that sends a command and returns the response
 // textproto.Error returned by c.text.ReadResponse is converted into SMTPError.

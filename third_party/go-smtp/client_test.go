@@ -274,15 +274,37 @@ func TestClient_TooLongLine(t *testing.T) {
 	}
 	c := NewClient(fake)
 
+	// mailhop patch: a reply line of about 2 KB is read (cut to 2048
+	// octets) and keeps its code; upstream failed with ErrTooLongLine.
 	err := c.Mail("whatever", nil)
-	if err != ErrTooLongLine {
+	var se *SMTPError
+	if !errors.As(err, &se) || se.Code != 500 || len(se.Message) > maxReplyLine {
+		t.Fatal("MAIL: want the 500 reply, cut:", err)
+	}
+}
+
+// TestClient_TooLongLineOverLimit: a reply line over replyLineLimit fails
+// the session, and the failure is sticky (mailhop patch: the limit that
+// upstream had at 2000 octets).
+func TestClient_TooLongLineOverLimit(t *testing.T) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte("220 hi\r\n250 ok\r\n500 " + strings.Repeat("x", replyLineLimit) + "\r\n"))
+		pw.Close()
+	}()
+	var wrote bytes.Buffer
+	var fake faker
+	fake.ReadWriter = struct {
+		io.Reader
+		io.Writer
+	}{pr, &wrote}
+	c := NewClient(fake)
+	if err := c.Mail("whatever", nil); err != ErrTooLongLine {
 		t.Fatal("MAIL succeeded or returned a different error:", err)
 	}
-
 	// ErrTooLongLine is "sticky" since the connection is in broken state and
 	// the only reasonable way to recover is to close it.
-	err = c.Mail("whatever", nil)
-	if err != ErrTooLongLine {
+	if err := c.Mail("whatever", nil); err != ErrTooLongLine {
 		t.Fatal("Second MAIL succeeded or returned a different error:", err)
 	}
 }

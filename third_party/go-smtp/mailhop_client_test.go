@@ -5,6 +5,7 @@ package smtp
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"io"
 	"net"
 	"strings"
@@ -140,6 +141,71 @@ func TestStartTransaction(t *testing.T) {
 		}
 		if !strings.Contains(got.String(), "\r\n..hi\r\n.\r\n") {
 			t.Errorf("body not dot-stuffed:\n%s", got)
+		}
+	}
+}
+
+// TestStartTransaction_DataAnswered250: a server that answers DATA with 250
+// instead of 354 has not taken the message: the DATA reply is a temporary
+// protocol error (451 4.5.0), and no DataCommand is returned (mailhop
+// patch; upstream's error carried the 250, which looked like success).
+func TestStartTransaction_DataAnswered250(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		ext := ""
+		if pipelining {
+			ext = "250-PIPELINING\r\n"
+		}
+		conn, _, done := pipeServer(t, ext, map[string]string{"DATA": "250 2.0.0 ok I guess\r\n"})
+		c := NewClient(conn)
+		rep, dc, err := c.StartTransaction(false, "a@x.test", nil, []string{"ok@y.test"}, nil)
+		if err != nil || dc != nil {
+			t.Fatalf("pipelining=%v: err %v, DataCommand %v", pipelining, err, dc)
+		}
+		var se *SMTPError
+		if !errors.As(rep.Data, &se) || se.Code != 451 || se.EnhancedCode != (EnhancedCode{4, 5, 0}) ||
+			!strings.Contains(se.Message, "250") {
+			t.Errorf("pipelining=%v: DATA reply %#v, want 451 4.5.0 naming the 250", pipelining, rep.Data)
+		}
+		c.Close()
+		<-done
+	}
+}
+
+// TestReadReply: replies as RFC 5321 §4.2 allows them (mailhop patch).
+func TestReadReply(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		expect int
+		code   int
+		msg    string
+		err    string // part of the error text; "" for none
+	}{
+		{"250\r\n", 250, 250, "", ""},
+		{"550\r\n", 250, 550, "", "550"},
+		{"250-first\r\n250 second\r\n", 250, 250, "first\nsecond", ""},
+		{"250-first\r\n251 second\r\n", 250, 0, "", "different codes"},
+		{"2x0 what\r\n", 250, 0, "", "malformed reply"},
+		{"250_ok\r\n", 250, 0, "", "malformed reply"},
+		{"354 go ahead\r\n", 250, 354, "", "protocol error"},
+		{"251 forwarded\r\n", 25, 251, "forwarded", ""},
+	} {
+		pr, pw := io.Pipe()
+		go func() { pw.Write([]byte("220 hi\r\n" + tc.in)); pw.Close() }()
+		var fake faker
+		fake.ReadWriter = struct {
+			io.Reader
+			io.Writer
+		}{pr, io.Discard}
+		c := NewClient(fake)
+		if _, _, err := c.readResponse(220); err != nil {
+			t.Fatalf("greeting: %v", err)
+		}
+		code, msg, err := c.readResponse(tc.expect)
+		if tc.err == "" && (err != nil || code != tc.code || msg != tc.msg) {
+			t.Errorf("%q: %d %q %v; want %d %q", tc.in, code, msg, err, tc.code, tc.msg)
+		}
+		if tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%q: error %v, want one containing %q", tc.in, err, tc.err)
 		}
 	}
 }

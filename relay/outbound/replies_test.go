@@ -1,0 +1,135 @@
+package outbound
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// scriptedServer is an SMTP server on ip that answers each command with
+// reply(verb, line) (the verb in upper case; "." for the end of the data),
+// records every line it reads, and takes the data after a 354.
+func scriptedServer(t *testing.T, h *harness, ip string, reply func(verb, line string) string) *lockedBuilder {
+	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, h.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := &lockedBuilder{}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				fmt.Fprintf(c, "%s", reply("", ""))
+				r := bufio.NewReader(c)
+				inData := false
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					got.add(l)
+					if inData {
+						if l == ".\r\n" {
+							inData = false
+							fmt.Fprintf(c, "%s", reply(".", l))
+						}
+						continue
+					}
+					verb := strings.ToUpper(strings.Fields(l + " x")[0])
+					rep := reply(verb, l)
+					fmt.Fprintf(c, "%s", rep)
+					if verb == "DATA" && strings.HasPrefix(rep, "354") {
+						inData = true
+					}
+					if verb == "QUIT" {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return got
+}
+
+// plainReplies answers like a plain server with PIPELINING and STARTTLS
+// offered; over lets a test replace the reply to one verb.
+func plainReplies(over map[string]string) func(verb, line string) string {
+	return func(verb, line string) string {
+		if r, ok := over[verb]; ok {
+			return r
+		}
+		switch verb {
+		case "":
+			return "220 mx.example.test ESMTP\r\n"
+		case "EHLO":
+			return "250-mx.example.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
+		case "DATA":
+			return "354 go ahead\r\n"
+		case "QUIT":
+			return "221 bye\r\n"
+		}
+		return "250 2.0.0 ok\r\n"
+	}
+}
+
+// A server that answers DATA with 250 instead of 354 has not taken the
+// message: it is deferred (4.5.0), never recorded as delivered, and the
+// body is not sent.
+func TestDelivery_DataAnswered250_Deferred(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{"DATA": "250 2.0.0 ok I guess\r\n", "STARTTLS": "454 4.7.0 no TLS\r\n"}))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	h.deferredWith(id, "4.5.0")
+	if strings.Contains(got.String(), "Subject:") {
+		t.Errorf("the body was sent after DATA got 250:\n%s", got.String())
+	}
+}
+
+// With opportunistic TLS, a server that refuses STARTTLS (454) gets the
+// mail in plain text in the same session; replies that are only a code
+// ("250", RFC 5321 §4.2) are replies.
+func TestDelivery_STARTTLSRefused_PlainText(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{
+		"STARTTLS": "454 4.7.0 TLS not available\r\n", "MAIL": "250\r\n", "RCPT": "250\r\n", ".": "250\r\n"}))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if o := h.outcome(id); !o.gone {
+		t.Fatalf("outcome %+v, want delivered", o)
+	}
+	s := got.String()
+	if strings.Count(s, "EHLO") != 1 || !strings.Contains(s, "STARTTLS\r\n") || !strings.Contains(s, "\r\n.\r\n") {
+		t.Errorf("want one session: EHLO, STARTTLS, then the mail in plain text; got:\n%s", s)
+	}
+}
+
+// A 550 with a reply line of about 2 KB (longer than RFC 5321's 512) is a
+// 550: the recipient bounces, the attempt does not fail as a whole.
+func TestDelivery_LongReplyLine(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	long := "550 5.1.1 " + strings.Repeat("no such user ", 160) + "\r\n"
+	scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{"RCPT": long, "STARTTLS": "502 5.5.1 no\r\n"}))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env != nil && env.Recipients[0].State != queue.Failed {
+		t.Errorf("recipient %+v, want failed (550)", env.Recipients[0])
+	}
+}
