@@ -357,7 +357,6 @@ func isDigits(s string) bool {
 	return s != ""
 }
 
-
 // cmd is a convenience function that sends a command and returns the response
 // textproto.Error returned by c.text.ReadResponse is converted into SMTPError.
 func (c *Client) cmd(expectCode int, format string, args ...interface{}) (int, string, error) {
