@@ -103,7 +103,7 @@ type Delivery struct {
 	GreetingTimeout Duration `toml:"greeting_timeout"`
 	CommandTimeout  Duration `toml:"command_timeout"` // EHLO, MAIL, RCPT, STARTTLS, AUTH
 	DataInitTimeout Duration `toml:"data_init_timeout"`
-	DataTimeout     Duration `toml:"data_timeout"` // whole body transfer
+	DataTimeout     Duration `toml:"data_timeout"` // each write of the body (up to 32 KiB)
 	DataEndTimeout  Duration `toml:"data_end_timeout"`
 	// IdleConnTimeout is how long a connection to a remote host is kept for reuse.
 	IdleConnTimeout Duration `toml:"idle_conn_timeout"`

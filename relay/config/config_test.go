@@ -153,7 +153,7 @@ mode = "relay"
 		{"greeting_timeout", cfg.Delivery.GreetingTimeout.Duration, 5 * time.Minute},
 		{"command_timeout", cfg.Delivery.CommandTimeout.Duration, 5 * time.Minute},
 		{"data_init_timeout", cfg.Delivery.DataInitTimeout.Duration, 2 * time.Minute},
-		{"data_timeout", cfg.Delivery.DataTimeout.Duration, 10 * time.Minute},
+		{"data_timeout", cfg.Delivery.DataTimeout.Duration, 3 * time.Minute},
 		{"data_end_timeout", cfg.Delivery.DataEndTimeout.Duration, 10 * time.Minute},
 		{"idle_conn_timeout", cfg.Delivery.IdleConnTimeout.Duration, 30 * time.Second},
 		{"log", cfg.Log, Log{Format: "text", Level: "info"}},

@@ -65,7 +65,7 @@ func defaults() *Config {
 			GreetingTimeout: Duration{5 * time.Minute},
 			CommandTimeout:  Duration{5 * time.Minute},
 			DataInitTimeout: Duration{2 * time.Minute},
-			DataTimeout:     Duration{10 * time.Minute},
+			DataTimeout:     Duration{3 * time.Minute},
 			DataEndTimeout:  Duration{10 * time.Minute},
 			IdleConnTimeout: Duration{30 * time.Second},
 			TLSPolicy:       TLSMay,

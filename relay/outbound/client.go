@@ -385,7 +385,7 @@ func timeouts(cfg *config.Config) stageTimeouts {
 		greeting: or(d.GreetingTimeout, 5*time.Minute),
 		command:  or(d.CommandTimeout, 5*time.Minute),
 		dataInit: or(d.DataInitTimeout, 2*time.Minute),
-		data:     or(d.DataTimeout, 10*time.Minute),
+		data:     or(d.DataTimeout, 3*time.Minute),
 		dataEnd:  or(d.DataEndTimeout, 10*time.Minute),
 		idle:     or(d.IdleConnTimeout, 30*time.Second),
 	}

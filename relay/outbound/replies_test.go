@@ -2,10 +2,13 @@ package outbound
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -131,5 +134,44 @@ func TestDelivery_LongReplyLine(t *testing.T) {
 	env := h.envelope(id)
 	if env != nil && env.Recipients[0].State != queue.Failed {
 		t.Errorf("recipient %+v, want failed (550)", env.Recipients[0])
+	}
+}
+
+// deadlineWriter gives each write data_timeout, not the whole body: a peer
+// that reads slowly but steadily gets a body that takes several times the
+// timeout in all.
+func TestDeadlineWriter_PerWrite(t *testing.T) {
+	t.Parallel()
+	client, server := net.Pipe()
+	defer client.Close()
+	read := make(chan int)
+	go func() {
+		defer server.Close()
+		buf := make([]byte, 8<<10)
+		n := 0
+		for {
+			time.Sleep(15 * time.Millisecond) // the slow reader under test, not synchronisation
+			m, err := server.Read(buf)
+			n += m
+			if err != nil {
+				read <- n
+				return
+			}
+		}
+	}()
+	dw := &deadlineWriter{w: client, conn: client, d: 250 * time.Millisecond}
+	body := bytes.Repeat([]byte("x"), 256<<10) // 32 reads of 8 KiB: about 0.5 s in all
+	start := time.Now()
+	_, err := io.CopyBuffer(dw, io.NewSectionReader(bytes.NewReader(body), 0, int64(len(body))), make([]byte, 32<<10))
+	took := time.Since(start)
+	client.Close()
+	if err != nil {
+		t.Fatalf("after %v: %v (a deadline for the whole body?)", took, err)
+	}
+	if n := <-read; n != len(body) {
+		t.Errorf("the reader got %d bytes, want %d", n, len(body))
+	}
+	if took < 250*time.Millisecond {
+		t.Skipf("the transfer took %v, not longer than one timeout: nothing shown", took)
 	}
 }

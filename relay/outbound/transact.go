@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -179,12 +180,14 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		setAccepted(queue.Pending, stageErr("data", rep.Data).err)
 		return res, true, nil
 	}
-	cn.raw.SetDeadline(time.Now().Add(tm.data))
+	// data_timeout bounds each write, not the whole body (RFC 5321
+	// §4.5.3.2.5): a slow link that keeps moving is not cut off.
+	dw := &deadlineWriter{w: w, conn: cn.raw, d: tm.data}
 	if seven != nil {
-		_, err = seven.WriteTo(w)
+		_, err = seven.WriteTo(dw)
 	} else {
 		buf := copyBufs.Get().(*[]byte)
-		_, err = io.CopyBuffer(w, io.NewSectionReader(t.body, 0, size), *buf)
+		_, err = io.CopyBuffer(dw, io.NewSectionReader(t.body, 0, size), *buf)
 		copyBufs.Put(buf)
 	}
 	if err != nil {
@@ -211,6 +214,19 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		res[i].relayed = !cn.dsn
 	}
 	return res, false, nil
+}
+
+// deadlineWriter gives every write to w (and so the flushes of w's buffer to
+// conn that it causes) d from now to go through.
+type deadlineWriter struct {
+	w    io.Writer
+	conn net.Conn
+	d    time.Duration
+}
+
+func (dw *deadlineWriter) Write(p []byte) (int, error) {
+	dw.conn.SetDeadline(time.Now().Add(dw.d))
+	return dw.w.Write(p)
 }
 
 // copyBufs are the buffers bodies are copied to the connection through
