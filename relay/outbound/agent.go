@@ -565,6 +565,9 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			}
 			return nil, info, serr
 		}
+		if !broken {
+			broken = a.moreTransactions(ctx, cn, t, tm, res)
+		}
 		if broken {
 			cn.close()
 		} else {
@@ -572,6 +575,46 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			a.pool.put(cn, tm.idle)
 		}
 		return res, info, nil
+	}
+}
+
+// moreTransactions sends the message again, on the same connection, to the
+// recipients a server refused with 452 because a transaction had too many
+// (RFC 5321 §4.5.3.1.10: the client sends to the accepted ones and tries
+// the rest in a later transaction), as long as each transaction gets some
+// recipient through; what is still 452 then waits for the next attempt.
+// res is updated in place; it reports whether cn must not be reused.
+func (a *Agent) moreTransactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, res []rcptResult) bool {
+	pos := make([]int, len(res)) // positions in res of this transaction's recipients
+	for i := range pos {
+		pos[i] = i
+	}
+	for {
+		var again []int
+		for _, p := range pos {
+			if r := res[p]; r.state == queue.Pending && r.reply != nil && r.reply.Code == 452 {
+				again = append(again, p)
+			}
+		}
+		if len(again) == 0 || len(again) == len(pos) || ctx.Err() != nil {
+			return false
+		}
+		t2 := *t
+		t2.rcpts = make([]int, len(again))
+		for i, p := range again {
+			t2.rcpts[i] = res[p].index
+		}
+		res2, broken, serr := a.transact(ctx, cn, &t2, tm)
+		if serr != nil {
+			return true // those recipients stay as they were: pending
+		}
+		for i, p := range again {
+			res[p] = res2[i]
+		}
+		if broken {
+			return true
+		}
+		pos = again
 	}
 }
 

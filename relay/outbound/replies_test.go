@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,5 +174,42 @@ func TestDeadlineWriter_PerWrite(t *testing.T) {
 	}
 	if took < 250*time.Millisecond {
 		t.Skipf("the transfer took %v, not longer than one timeout: nothing shown", took)
+	}
+}
+
+// A server that takes two recipients per transaction and answers 452 4.5.3
+// to the rest gets the message again at once for those, on the same
+// connection, until every recipient is through (RFC 5321 §4.5.3.1.10).
+func TestDelivery_452TooManyRecipients_MoreTransactions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	var mu sync.Mutex
+	n := 0
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		switch verb {
+		case "MAIL", "RSET":
+			n = 0
+		case "RCPT":
+			if n++; n > 2 {
+				return "452 4.5.3 too many recipients\r\n"
+			}
+		}
+		return plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})(verb, line)
+	})
+	h.start()
+	rcpts := []string{"a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"}
+	id := h.submit(testBody, rcpts)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	s := got.String()
+	if c := strings.Count(s, "\r\n.\r\n"); c != 3 {
+		t.Errorf("%d transactions with data, want 3 (2+2+1 recipients):\n%s", c, s)
+	}
+	if c := strings.Count(s, "EHLO"); c != 1 {
+		t.Errorf("%d sessions, want one", c)
 	}
 }
