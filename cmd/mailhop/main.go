@@ -163,6 +163,9 @@ func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 		return exitFail
 	}
 	abs, _ := filepath.Abs(path)
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", path, w)
+	}
 	fmt.Fprintf(stdout, "%s: OK\n", abs)
 	return exitOK
 }

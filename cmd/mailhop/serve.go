@@ -62,6 +62,9 @@ func cmdServe(args []string, stderr io.Writer) int {
 	}
 	log := newLogger(cfg.Log, stderr)
 	warnReadableSecrets(cfg, path, log)
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration: " + w)
+	}
 	tuneGC()
 	if p := os.Getenv("MAILHOP_CPUPROFILE"); p != "" {
 		// For profiling load runs: a CPU profile of the whole run.

@@ -466,3 +466,19 @@ b = 2
 		t.Errorf("got:\n%v\nwant:\n%s", err, want)
 	}
 }
+
+func TestWarnings_ExamplePasswords(t *testing.T) {
+	t.Parallel()
+	cfg, err := Load("../../config.example.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := cfg.Warnings()
+	if len(ws) == 0 || !strings.Contains(ws[0], "user[0]") || !strings.Contains(ws[0], "mailhop passwd") {
+		t.Errorf("config.example.toml's user with the published password: warnings %q", ws)
+	}
+	cfg.User[0].PasswordHash = "$2a$10$abcdefghijklmnopqrstuu5Z9N2H2r1yqYb8m1kz8i3rOQWc6x6hW"
+	if ws := cfg.Warnings(); len(ws) != 0 {
+		t.Errorf("warnings for a hash of its own: %q", ws)
+	}
+}

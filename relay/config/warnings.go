@@ -1,0 +1,31 @@
+package config
+
+import "fmt"
+
+// ExamplePasswordHash is the password_hash of the example users in
+// config.example.toml and dist/: the bcrypt hash of "change-me", which
+// anyone who reads the README knows.
+const ExamplePasswordHash = "$2a$10$ztPAUp3f7JGTN.bLAAKzEumSXR.CLs0LFSVyqEeFt8571pCmrhScq"
+
+// examplePassword is the documented password of the examples.
+const examplePassword = "change-me"
+
+// Warnings returns what is allowed but most likely a mistake: users with
+// the example password, a smarthost password left at the example's. The
+// configuration still loads (config.example.toml must run as it is);
+// check-config prints them and serve logs them.
+func (c *Config) Warnings() []string {
+	var ws []string
+	for i, u := range c.User {
+		if u.PasswordHash == ExamplePasswordHash {
+			ws = append(ws, fmt.Sprintf("user[%d] (%s): password_hash is the example's (the password %q, published in the README): make one with `mailhop passwd`",
+				i, u.Name, examplePassword))
+		}
+	}
+	for i, r := range c.Route {
+		if r.Password == examplePassword {
+			ws = append(ws, fmt.Sprintf("route[%d]: password is the example's %q", i, examplePassword))
+		}
+	}
+	return ws
+}
