@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -101,16 +102,23 @@ func (c *Config) validateListeners(ps *problems) {
 	if len(c.Listener) == 0 {
 		ps.add("listener", "at least one [[listener]] is required")
 	}
-	seen := map[string]int{}
+	var bound []listenEndpoint
 	for i, l := range c.Listener {
 		key := fmt.Sprintf("listener[%d]", i)
 		if err := checkListenAddress(l.Address); err != nil {
 			ps.add(key+".address", "%v", err)
-		} else if canon, ok := canonicalAddress(l.Address); ok {
-			if j, dup := seen[canon]; dup {
-				ps.add(key+".address", "%q is also the address of listener[%d]", l.Address, j)
+		} else if ep, ok := endpointOf(l.Address, i); ok {
+			clash := -1
+			for _, o := range bound {
+				if ep.overlaps(o) {
+					clash = o.index
+					break
+				}
+			}
+			if clash >= 0 {
+				ps.add(key+".address", "%q overlaps listener[%d] (%q): both cannot be bound", l.Address, clash, c.Listener[clash].Address)
 			} else {
-				seen[canon] = i
+				bound = append(bound, ep)
 			}
 		}
 		oneOf(ps, key+".mode", l.Mode, ModeSubmission, ModeSubmissions, ModeRelay)
@@ -513,15 +521,69 @@ func checkListenAddress(s string) error {
 
 // canonicalAddress is the form of a listen address used to find duplicates;
 // ok is false for port 0, which never collides.
-func canonicalAddress(s string) (string, bool) {
-	host, port, _ := net.SplitHostPort(s)
-	if port == "0" {
-		return "", false
+// listenEndpoint is what a listener binds: a port on some addresses.
+type listenEndpoint struct {
+	index int
+	port  string
+	addrs []netip.Addr // nil: every address (see v4only)
+	// v4only: "0.0.0.0", every IPv4 address; "" and "::" are every address
+	// of both families (Go listens dual-stack).
+	v4only bool
+}
+
+// endpointOf reads a listener address; port 0 (the kernel chooses) never
+// clashes. "localhost" is 127.0.0.1 and ::1 (RFC 6761); other names are
+// not looked up.
+func endpointOf(s string, index int) (listenEndpoint, bool) {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil || port == "0" {
+		return listenEndpoint{}, false
 	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		host = a.Unmap().String()
+	ep := listenEndpoint{index: index, port: port}
+	switch h := strings.ToLower(host); {
+	case h == "" || h == "::":
+	case h == "0.0.0.0":
+		ep.v4only = true
+	case h == "localhost":
+		ep.addrs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+	default:
+		a, err := netip.ParseAddr(h)
+		if err != nil {
+			return listenEndpoint{}, false
+		}
+		ep.addrs = []netip.Addr{a.Unmap()}
 	}
-	return net.JoinHostPort(strings.ToLower(host), port), true
+	return ep, true
+}
+
+// covers reports whether e binds address a.
+func (e listenEndpoint) covers(a netip.Addr) bool {
+	switch {
+	case e.addrs == nil && e.v4only:
+		return a.Is4()
+	case e.addrs == nil:
+		return true
+	}
+	return slices.Contains(e.addrs, a)
+}
+
+// overlaps reports whether e and o cannot both be bound.
+func (e listenEndpoint) overlaps(o listenEndpoint) bool {
+	if e.port != o.port {
+		return false
+	}
+	if e.addrs == nil && o.addrs == nil {
+		return true // two wildcards (IPv4 and dual-stack clash too)
+	}
+	if e.addrs == nil {
+		e, o = o, e
+	}
+	for _, a := range e.addrs {
+		if o.covers(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // parseNetwork parses a CIDR prefix or a bare IP address (a /32 or /128).
