@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -51,7 +52,11 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		}
 		res.Recipients = append(res.Recipients, u)
 	}
-	if err := a.q.Done(env.ID, res); err != nil {
+	if err := a.q.Done(env.ID, res); errors.Is(err, queue.ErrNotFound) {
+		// `mailhop queue delete` during the attempt: the delete won, the
+		// attempt's outcome (logged below) is all that is left of it.
+		a.log.Info("message deleted during its delivery attempt", "queue_id", env.ID)
+	} else if err != nil {
 		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
 	}
 	a.logAttempt(env, at, expired)
