@@ -49,10 +49,10 @@ type Server struct {
 type Recipient struct {
 	Address string `json:"address"`
 	State   string `json:"state"`
-	Code    int    `json:"code,omitempty"`
-	Reply   string `json:"reply,omitempty"`
-	ORCPT   string `json:"orcpt,omitempty"`
-	Notify  string `json:"notify,omitempty"`
+	Code    int    `json:"code"`
+	Reply   string `json:"reply"`
+	ORCPT   string `json:"orcpt"`
+	Notify  string `json:"notify"`
 }
 
 // Message is one queued message in the API's JSON.
@@ -66,10 +66,10 @@ type Message struct {
 	NextAttempt time.Time   `json:"next_attempt"`
 	LastError   string      `json:"last_error"`
 	Held        bool        `json:"held"`
-	User        string      `json:"user,omitempty"`
-	Client      string      `json:"client,omitempty"`
-	Ret         string      `json:"ret,omitempty"`
-	EnvID       string      `json:"envid,omitempty"`
+	User        string      `json:"user"`
+	Client      string      `json:"client"`
+	Ret         string      `json:"ret"`
+	EnvID       string      `json:"envid"`
 }
 
 // FromEnvelope converts a queue envelope to its API form.
