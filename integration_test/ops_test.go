@@ -945,3 +945,76 @@ func TestOpsReloadRestartOnlySettings(t *testing.T) {
 	}
 	r.writeConfig(string(orig))
 }
+
+// TestOpsStartNotifiesSystemd: under a Type=notify unit mailhop says
+// READY=1 once its listeners are bound and STOPPING=1 at SIGTERM; a port
+// already in use fails the start with one error line and no "started".
+func TestOpsStartNotifiesSystemd(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "notify")
+	pc, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	got := make(chan string, 4)
+	go func() {
+		buf := make([]byte, 256)
+		for {
+			n, err := pc.Read(buf)
+			if err != nil {
+				return
+			}
+			got <- string(buf[:n])
+		}
+	}()
+	r := startRelay(t, relayOpts{Env: []string{"NOTIFY_SOCKET=" + sock}})
+	select {
+	case s := <-got:
+		if s != "READY=1" {
+			t.Errorf("first notification %q, want READY=1", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no READY=1")
+	}
+	r.stop()
+	select {
+	case s := <-got:
+		if s != "STOPPING=1" {
+			t.Errorf("notification at SIGTERM %q, want STOPPING=1", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("no STOPPING=1")
+	}
+
+	// A second relay (its own data_dir) on the same ports cannot bind them.
+	r.start()
+	<-got // the first relay's READY=1
+	orig, err := os.ReadFile(r.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := filepath.Join(t.TempDir(), "second.toml")
+	text := strings.Replace(string(orig), filepath.Join(r.dir, "data"), filepath.Join(filepath.Dir(second), "data"), 1)
+	if err := os.WriteFile(second, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(mailhopBin, "serve", "--config", second)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	if err := cmd.Run(); err == nil {
+		t.Fatalf("a second relay on the same ports started:\n%s", logs.String())
+	}
+	out := logs.String()
+	if strings.Contains(out, "mailhop started") || strings.Count(out, "mailhop stopped") != 1 || !strings.Contains(out, "address already in use") {
+		t.Errorf("a failed start should log one error naming the port, no 'started':\n%s", out)
+	}
+	select {
+	case s := <-got:
+		if s == "READY=1" {
+			t.Errorf("READY=1 from a relay that could not bind")
+		}
+	default:
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -183,13 +184,17 @@ func serve(cfg *config.Config, path string, log *slog.Logger) error {
 	serveCtx, stopServe := context.WithCancel(context.Background())
 	defer stopServe()
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- in.ListenAndServe(serveCtx) }()
+	if lns, err := in.Listen(serveCtx); err != nil {
+		serveDone <- err // stop again, cleanly
+	} else {
+		go func() { serveDone <- in.ServeListeners(serveCtx, lns) }()
+		log.Info("mailhop started", "version", version, "hostname", cfg.Hostname, "config", path,
+			"admin_socket", cfg.Admin.Socket)
+		sdNotify("READY=1")
+	}
 
 	pickupTick := time.NewTicker(pickupInterval)
 	defer pickupTick.Stop()
-
-	log.Info("mailhop started", "version", version, "hostname", cfg.Hostname, "config", path,
-		"admin_socket", cfg.Admin.Socket)
 
 	var runErr error
 loop:
@@ -210,6 +215,7 @@ loop:
 				continue
 			}
 			log.Info("shutting down", "signal", sig.String())
+			sdNotify("STOPPING=1")
 			break loop
 		}
 	}
@@ -252,8 +258,28 @@ loop:
 	if err := q.Close(); err != nil && !errors.Is(err, queue.ErrClosed) {
 		log.Error("closing queue", "err", err)
 	}
-	log.Info("mailhop stopped")
+	if runErr == nil {
+		log.Info("mailhop stopped") // else the caller logs the error
+	}
 	return runErr
+}
+
+// sdNotify tells systemd (a Type=notify unit) how the service stands; it does
+// nothing outside systemd. Best effort: errors are ignored.
+func sdNotify(state string) {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return
+	}
+	if path[0] == '@' {
+		path = "\x00" + path[1:] // an abstract socket
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.Write([]byte(state))
 }
 
 // tuneGC trades a little memory for much less CPU: the live heap of a relay

@@ -185,6 +185,16 @@ func (s *Server) Serve(ln net.Listener, l config.Listener) error {
 // is done (then it shuts down, giving running transactions
 // limits.shutdown_timeout to finish) or until Shutdown is called.
 func (s *Server) ListenAndServe(ctx context.Context) error {
+	lns, err := s.Listen(ctx)
+	if err != nil {
+		return err
+	}
+	return s.ServeListeners(ctx, lns)
+}
+
+// Listen binds every [[listener]] of the configuration, in order; on error
+// none stays bound. Connections wait in the backlog until ServeListeners.
+func (s *Server) Listen(ctx context.Context) ([]net.Listener, error) {
 	cfg := s.cfg.Load()
 	var lns []net.Listener
 	for _, l := range cfg.Listener {
@@ -196,10 +206,17 @@ func (s *Server) ListenAndServe(ctx context.Context) error {
 			for _, o := range lns {
 				o.Close()
 			}
-			return fmt.Errorf("listener %s: %w", l.Address, err)
+			return nil, fmt.Errorf("listener %s: %w", l.Address, err)
 		}
 		lns = append(lns, ln)
 	}
+	return lns, nil
+}
+
+// ServeListeners serves lns (from Listen, one per [[listener]] in order)
+// until ctx ends, then shuts down within limits.shutdown_timeout.
+func (s *Server) ServeListeners(ctx context.Context, lns []net.Listener) error {
+	cfg := s.cfg.Load()
 	errc := make(chan error, len(lns))
 	for i, l := range cfg.Listener {
 		go func() { errc <- s.Serve(lns[i], l) }()
