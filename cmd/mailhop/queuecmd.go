@@ -30,7 +30,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		return err
 	})
 	fs.StringVar(&f.Domain, "domain", "", "list: only messages with a recipient in this domain; flush: only this domain")
-	fs.StringVar(&f.Sender, "sender", "", "list: envelope sender contains this")
+	fs.StringVar(&f.Sender, "sender", "", "list: envelope sender contains this; '<>' (or MAILER-DAEMON): the null sender of bounces")
 	fs.StringVar(&f.Rcpt, "rcpt", "", "list: a recipient contains this")
 	fs.DurationVar(&f.MinAge, "min-age", 0, "list: queued at least this long")
 	pos, err := parseInterspersed(fs, args)

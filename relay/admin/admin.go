@@ -118,7 +118,11 @@ func ParseState(v string) (string, error) {
 
 // Match reports whether m passes f.
 func (f Filter) Match(m *Message, now time.Time) bool {
-	if f.Sender != "" && !strings.Contains(strings.ToLower(m.From), strings.ToLower(f.Sender)) {
+	if f.Sender == "<>" || strings.EqualFold(f.Sender, "MAILER-DAEMON") {
+		if m.From != "" { // "<>": the null sender, bounces and reports
+			return false
+		}
+	} else if f.Sender != "" && !strings.Contains(strings.ToLower(m.From), strings.ToLower(f.Sender)) {
 		return false
 	}
 	if f.MinAge > 0 && now.Sub(m.Arrived) < f.MinAge {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 	"testing/iotest"
 
 	"github.com/mailhop/mailhop/internal/testlog"
@@ -490,5 +491,22 @@ func TestList_StateValidated(t *testing.T) {
 		if !errors.As(err, &se) || se.Code != http.StatusBadRequest || !strings.Contains(se.Msg, "pending, delivered, failed, held") {
 			t.Errorf("state %q: %v, want a 400 naming the states", st, err)
 		}
+	}
+}
+
+// TestFilter_NullSender: --sender '<>' (or MAILER-DAEMON) finds bounces, the
+// messages of the null sender, and nothing else.
+func TestFilter_NullSender(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	bounce, mail := Message{From: ""}, Message{From: "app@example.com"}
+	for _, s := range []string{"<>", "MAILER-DAEMON", "mailer-daemon"} {
+		f := Filter{Sender: s}
+		if !f.Match(&bounce, now) || f.Match(&mail, now) {
+			t.Errorf("--sender %q: bounce %v, other mail %v", s, f.Match(&bounce, now), f.Match(&mail, now))
+		}
+	}
+	if f := (Filter{Sender: "example"}); f.Match(&bounce, now) || !f.Match(&mail, now) {
+		t.Errorf("--sender example matches the null sender, or not app@example.com")
 	}
 }
