@@ -1,6 +1,7 @@
 package inbound
 
 import (
+	"bufio"
 	"crypto/sha256"
 	"crypto/tls"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
@@ -285,5 +287,57 @@ func TestDataWithoutHeader_BodyStartsAfterOurFields(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A client that announces BDAT 100 LAST, sends less and closes has not sent
+// a message: nothing is queued, and the refusal is logged as aborted
+// (go-smtp took the EOF for the end of the chunk and queued a truncated
+// message).
+func TestBDAT_LastChunkCutShort_NothingQueued(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	c, err := net.Dial("tcp", ts.addr[config.ModeRelay])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	readReply := func() string {
+		t.Helper()
+		var last string
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("reading a reply: %v", err)
+			}
+			last = l
+			if len(l) < 4 || l[3] != '-' {
+				return last
+			}
+		}
+	}
+	readReply()
+	for _, cmd := range []string{"EHLO client.test", "MAIL FROM:<a@example.com>", "RCPT TO:<b@example.net>"} {
+		fmt.Fprintf(c, "%s\r\n", cmd)
+		if r := readReply(); !strings.HasPrefix(r, "250") {
+			t.Fatalf("%s: %q", cmd, r)
+		}
+	}
+	io.WriteString(c, "BDAT 100 LAST\r\nSubject: x\r\n\r\nonly part")
+	c.(*net.TCPConn).CloseWrite()
+	rest, _ := io.ReadAll(br)
+	if strings.Contains(string(rest), "250") {
+		t.Errorf("a cut-short BDAT LAST got %q", rest)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(ts.logs.String(), "message refused") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling the log, not synchronising on time
+	}
+	if !strings.Contains(ts.logs.String(), "reason=aborted") {
+		t.Errorf("no aborted refusal logged:\n%s", ts.logs.String())
+	}
+	if n := len(ts.q.List()); n != 0 {
+		t.Errorf("%d message(s) queued from a cut-short chunk", n)
 	}
 }

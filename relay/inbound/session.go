@@ -308,7 +308,17 @@ func (ss *session) refuseData(env *queue.Envelope, err error) error {
 		reason = reasonAborted
 	}
 	ss.s.stats.refuse(reason)
-	ss.logTransaction("message refused", env, reply.Code, enhanced(reply)+reply.Message, "reason", reason, "error", err.Error())
+	code, text := reply.Code, enhanced(reply)+reply.Message
+	if reason == reasonAborted {
+		// The client is gone, or gets go-smtp's idle-timeout reply: log
+		// what it saw, not a reply never sent.
+		code, text = 0, "connection lost during the message"
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			code, text = 421, "4.4.2 Idle timeout"
+		}
+	}
+	ss.logTransaction("message refused", env, code, text, "reason", reason, "error", err.Error())
 	return reply
 }
 

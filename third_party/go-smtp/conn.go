@@ -1201,8 +1201,24 @@ func (c *Conn) handleBdat(arg string) {
 		}()
 	}
 
-	chunk := io.LimitReader(c.text.R, int64(size))
+	chunk := &chunkReader{r: io.LimitReader(c.text.R, int64(size))}
 	_, err = io.Copy(c.bdatPipe, &checkedReader{r: chunk, check: c.bdatCheck})
+	if err == nil && chunk.n < int64(size) {
+		chunk.err = io.ErrUnexpectedEOF // the client left inside the chunk
+	}
+	if chunk.err != nil {
+		// mailhop patch: the connection failed inside the chunk (timeout,
+		// reset, EOF). The message is incomplete: the backend gets the
+		// error (upstream accepted a chunk cut short by EOF as complete,
+		// and queued a truncated message), and nothing more is read
+		// (upstream read the rest of the chunk, waiting for the client a
+		// second time).
+		c.bdatPipe.CloseWithError(chunk.err)
+		<-c.dataResult
+		c.bdatPipe = nil
+		c.readError(chunk.err)
+		return
+	}
 	if err == nil && last {
 		err = c.bdatCheck.finish()
 	}
@@ -1419,6 +1435,23 @@ func (c *Conn) Reject() {
 // readError answers a failed read: a timeout gets 421 (RFC 5321 §4.5.3.2),
 // anything else (the client went away) no reply. The connection is closed
 // after the current command either way.
+// chunkReader reads a BDAT chunk and remembers how much it read and the
+// connection's error, apart from the backend's (mailhop patch).
+type chunkReader struct {
+	r   io.Reader
+	n   int64
+	err error
+}
+
+func (cr *chunkReader) Read(b []byte) (int, error) {
+	n, err := cr.r.Read(b)
+	cr.n += int64(n)
+	if err != nil && err != io.EOF {
+		cr.err = err
+	}
+	return n, err
+}
+
 func (c *Conn) readError(err error) {
 	c.closing = true
 	if neterr, ok := err.(net.Error); ok && neterr.Timeout() {

@@ -190,6 +190,12 @@ func (r *dataReader) step(c byte) bool {
 }
 
 func (r *dataReader) Read(b []byte) (n int, err error) {
+	if r.ioErr != nil {
+		// mailhop patch: a failed connection stays failed. Reading again
+		// would wait for the client once more (a stalled client held the
+		// session for twice the read timeout).
+		return 0, r.ioErr
+	}
 	for n < len(b) && r.state != stateEOF && r.err == nil {
 		if r.state == stateData {
 			if k := r.copyRun(b[n:]); k > 0 {

@@ -2,7 +2,9 @@ package smtp
 
 import (
 	"bufio"
+	"errors"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -118,4 +120,38 @@ func FuzzDataReaderFastPath(f *testing.F) {
 			t.Fatalf("fast path %q %v rest %q; byte-wise %q %v rest %q", gotF, errF, restF, gotS, errS, restS)
 		}
 	})
+}
+
+// flakyReader fails its first read with err, then has data.
+type flakyReader struct {
+	err   error
+	reads int
+}
+
+func (f *flakyReader) Read(b []byte) (int, error) {
+	f.reads++
+	if f.reads == 1 {
+		return 0, f.err
+	}
+	return copy(b, "more\r\n.\r\n"), nil
+}
+
+// TestDataReader_ConnectionErrorSticks: after the connection failed (a read
+// timeout), the data reader returns that error again without reading: a
+// second read would wait for the client a second time.
+func TestDataReader_ConnectionErrorSticks(t *testing.T) {
+	fr := &flakyReader{err: os.ErrDeadlineExceeded}
+	r := &dataReader{r: bufio.NewReader(fr), maxLine: 1000}
+	buf := make([]byte, 64)
+	for i := 0; i < 3; i++ {
+		if _, err := r.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("read %d: %v, want the deadline error", i, err)
+		}
+	}
+	if r.drain() {
+		t.Error("drain after a connection error reported the data complete")
+	}
+	if fr.reads != 1 {
+		t.Errorf("the connection was read %d times, want 1", fr.reads)
+	}
 }

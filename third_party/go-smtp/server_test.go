@@ -1176,8 +1176,35 @@ func TestServer_Chunking_ClosedInTheMiddle(t *testing.T) {
 	// Bye!
 	c.Close()
 
-	if err := <-be.dataErrors; err != smtp.ErrDataReset {
+	// mailhop patch: the backend learns that the chunk was cut short
+	// (io.ErrUnexpectedEOF); upstream gave ErrDataReset.
+	if err := <-be.dataErrors; err != io.ErrUnexpectedEOF && err != smtp.ErrDataReset {
 		t.Fatal("Backend received a different error:", err)
+	}
+}
+
+// TestServer_Chunking_LastChunkCutShort: a client that sends less than a
+// BDAT LAST chunk announced and then closes has not sent a message: the
+// backend gets an error, not a truncated message (mailhop patch; upstream
+// took the EOF for the end of the chunk and accepted the message).
+func TestServer_Chunking_LastChunkCutShort(t *testing.T) {
+	be, s, c, scanner := testServerAuthenticated(t)
+	defer s.Close()
+	defer c.Close()
+	be.dataErrors = make(chan error, 10)
+
+	io.WriteString(c, "MAIL FROM:<root@nsa.gov>\r\n")
+	scanner.Scan()
+	io.WriteString(c, "RCPT TO:<root@gchq.gov.uk>\r\n")
+	scanner.Scan()
+	io.WriteString(c, "BDAT 100 LAST\r\nSubject: x\r\n\r\nonly part")
+	c.(interface{ CloseWrite() error }).CloseWrite()
+
+	if err := <-be.dataErrors; err != io.ErrUnexpectedEOF {
+		t.Fatal("Backend received a different error:", err)
+	}
+	if len(be.messages) != 0 {
+		t.Fatalf("a truncated message was accepted: %+v", be.messages[0])
 	}
 }
 
