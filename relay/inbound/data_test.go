@@ -341,3 +341,34 @@ func TestBDAT_LastChunkCutShort_NothingQueued(t *testing.T) {
 		t.Errorf("%d message(s) queued from a cut-short chunk", n)
 	}
 }
+
+// A message that already carries 50 Received fields (51 with ours) is a
+// loop: refused at the end of DATA with 554 5.4.6 (Postfix's
+// hopcount_limit), so no bounce goes to a sender that may be forged; 49 is
+// accepted.
+func TestData_TooManyHopsRefused(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	for _, c := range []struct {
+		hops int
+		want string
+	}{{49, "250 "}, {50, "554 5.4.6 "}} {
+		var b strings.Builder
+		for i := range c.hops {
+			fmt.Fprintf(&b, "Received: from hop%d.example by hop%d.example;\r\n\tTue, 1 Jan 2026 00:00:00 +0000\r\n", i, i+1)
+		}
+		b.WriteString("Subject: loop\r\n\r\nbody\r\n")
+		d := dial(t, ts.addr[config.ModeRelay])
+		d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+			"C: MAIL FROM:<a@example.com>", "S: 250 ",
+			"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+		d.write(b.String() + ".\r\n")
+		d.expect(c.want)
+	}
+	if n := len(ts.q.List()); n != 1 {
+		t.Errorf("%d messages queued, want only the one with 49 hops", n)
+	}
+	if !strings.Contains(ts.logs.String(), "reason=mail_loop") {
+		t.Errorf("the refusal is not logged as reason=mail_loop")
+	}
+}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-smtp"
+
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/mailhdr"
@@ -78,6 +80,16 @@ type idSniffer struct {
 	id   string // set when mailhop added the field itself
 }
 
+// maxHops is the most Received fields a message may carry, mailhop's
+// own included (Postfix's hopcount_limit; delivery takes more for a loop,
+// RFC 5321 §6.3).
+const maxHops = 50
+
+// errTooManyHops refuses a message that has been around too often: a loop.
+// Refusing it at the end of DATA (as Postfix does) tells the client, where
+// accepting it would mean a bounce to a sender that may be forged.
+var errTooManyHops = smtpErr(554, smtp.EnhancedCode{5, 4, 6}, "Too many hops: mail loop (more than 50 Received header fields)")
+
 func (s *idSniffer) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
 	if !s.done && n > 0 {
@@ -98,7 +110,23 @@ func (s *idSniffer) Read(p []byte) (int, error) {
 			s.done = true
 		}
 	}
+	if err == io.EOF && countReceived(s.head)+1 > maxHops {
+		return n, errTooManyHops // at the end of the data, the whole head seen
+	}
 	return n, err
+}
+
+// countReceived counts the Received fields in the header block at the
+// start of msg.
+func countReceived(msg []byte) int {
+	n := 0
+	mailhdr.Fields(msg, func(name, _ []byte) bool {
+		if mailhdr.Is(name, "received") {
+			n++
+		}
+		return true
+	})
+	return n
 }
 
 // messageID returns the Message-ID field's value ("" when none was seen).

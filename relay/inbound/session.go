@@ -33,6 +33,7 @@ const (
 	reasonBareEOL       = "bare_line_ending"
 	reasonLineLength    = "line_length"
 	reasonHeaderSize    = "header_size"
+	reasonMailLoop      = "mail_loop"
 	reasonQueue         = "queue_error"
 	reasonAborted       = "aborted"
 	reasonOther         = "other"
@@ -330,6 +331,8 @@ func dataReason(se *smtp.SMTPError) string {
 		return reasonBareEOL
 	case smtp.ErrDataLineTooLong:
 		return reasonLineLength
+	case errTooManyHops:
+		return reasonMailLoop
 	}
 	return reasonOther
 }
