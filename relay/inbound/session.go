@@ -150,7 +150,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return ss.refuse("mail", reasonBadAddress, addressError(from, opts.UTF8), "from", from)
 		}
 	}
-	if ss.user != "" {
+	if ss.user != "" && from != "" {
+		// The null sender is anyone's: read receipts (MDNs, RFC 8098
+		// §2.1) and other notifications a mail client sends use it.
 		u := ss.s.cfg.Load().FindUser(ss.user)
 		if u == nil || !u.MaySend(from) {
 			return ss.refuse("mail", reasonSenderBinding, errSenderNotOwned, "from", from)

@@ -150,6 +150,8 @@ func TestSubmission_AuthReplies(t *testing.T) {
 		"C: MAIL FROM:<mallory@example.com>", "S: 553 5.7.1 Sender address not owned by user",
 		"C: MAIL FROM:<anyone@EXAMPLE.ORG>", "S: 250 ",
 		"C: RSET", "S: 250 ",
+		"C: MAIL FROM:<>", "S: 250 ", // a read receipt (RFC 8098)
+		"C: RSET", "S: 250 ",
 		"C: MAIL FROM:<alice@example.com>", "S: 250 ",
 		"C: RCPT TO:<bob@example.net>", "S: 250 ",
 	)
