@@ -372,3 +372,22 @@ func TestData_TooManyHopsRefused(t *testing.T) {
 		t.Errorf("the refusal is not logged as reason=mail_loop")
 	}
 }
+
+// A transaction with SMTPUTF8 is "with UTF8SMTP" in the Received field
+// (RFC 6531 §3.7.3); STARTTLS with a parameter is a syntax error (RFC 3207).
+func TestReceived_UTF8SMTP_AndSTARTTLSSyntax(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: STARTTLS now", "S: 501 5.5.4 ",
+		"C: MAIL FROM:<jörg@example.com> SMTPUTF8", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: ü\r\n\r\nbody\r\n.\r\n")
+	d.expect("250 ")
+	for _, body := range ts.queued() {
+		if !strings.Contains(body, "(mailhop) with UTF8SMTP id ") {
+			t.Errorf("Received field: %q", body[:min(len(body), 200)])
+		}
+	}
+}

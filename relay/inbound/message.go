@@ -190,7 +190,9 @@ func randomToken() string {
 //		(version=TLS1.3 cipher=TLS_AES_128_GCM_SHA256);
 //		Mon, 02 Jan 2006 15:04:05 -0700
 //
-// "with" follows RFC 3848 (S: TLS, A: authenticated). "for" is only given
+// "with" follows RFC 3848 (S: TLS, A: authenticated), and RFC 6531 §3.7.3
+// for a transaction with SMTPUTF8 (UTF8SMTP, UTF8SMTPS, UTF8SMTPA,
+// UTF8SMTPSA). "for" is only given
 // for a single recipient, so a message to many does not list them all.
 // Each part is on its own folded line, under 78 columns for ordinary
 // values.
@@ -204,6 +206,9 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 	}
 	if !ss.conn.ESMTP() && proto == "ESMTP" {
 		proto = "SMTP" // HELO: RFC 3848 has names only for EHLO with TLS or AUTH
+	}
+	if env.SMTPUTF8 {
+		proto = "UTF8SMTP" + strings.TrimPrefix(proto, "ESMTP")
 	}
 	lines := []string{
 		fmt.Sprintf("Received: from %s (%s)", sanitizeHelo(ss.helo), addressLiteral(ss.ip)),

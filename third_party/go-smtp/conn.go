@@ -190,6 +190,11 @@ func (c *Conn) handle(cmd string, arg string) {
 	case "AUTH":
 		c.handleAuth(arg)
 	case "STARTTLS":
+		if arg != "" {
+			// mailhop patch: RFC 3207 §4: STARTTLS takes no parameters.
+			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Syntax: STARTTLS (no parameters)")
+			return
+		}
 		c.handleStartTLS()
 	default:
 		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)

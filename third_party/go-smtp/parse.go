@@ -21,8 +21,12 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 
 	l := len(line)
 	switch {
-	case strings.HasPrefix(strings.ToUpper(line), "STARTTLS"):
+	case strings.EqualFold(line, "STARTTLS"):
 		return "STARTTLS", "", nil
+	case l > 8 && strings.EqualFold(line[:9], "STARTTLS "):
+		// mailhop patch: the parameters are kept, for the 501 RFC 3207
+		// wants (upstream dropped them and started TLS).
+		return "STARTTLS", strings.TrimSpace(line[9:]), nil
 	case l == 0:
 		return "", "", nil
 	case l < 4:
