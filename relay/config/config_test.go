@@ -481,4 +481,9 @@ func TestWarnings_ExamplePasswords(t *testing.T) {
 	if ws := cfg.Warnings(); len(ws) != 0 {
 		t.Errorf("warnings for a hash of its own: %q", ws)
 	}
+	cfg.Policy.TrustedNetworks = []string{"10.0.0.1/8", "192.0.2.0/24", "2001:db8::1/64"}
+	ws = cfg.Warnings()
+	if len(ws) != 2 || !strings.Contains(ws[0], "10.0.0.0/8") || !strings.Contains(ws[1], "2001:db8::/64") {
+		t.Errorf("trusted_networks with host bits: warnings %q", ws)
+	}
 }

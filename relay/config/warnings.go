@@ -1,6 +1,9 @@
 package config
 
-import "fmt"
+import (
+	"fmt"
+	"net/netip"
+)
 
 // ExamplePasswordHash is the password_hash of the example users in
 // config.example.toml and dist/: the bcrypt hash of "change-me", which
@@ -20,6 +23,12 @@ func (c *Config) Warnings() []string {
 		if u.PasswordHash == ExamplePasswordHash {
 			ws = append(ws, fmt.Sprintf("user[%d] (%s): password_hash is the example's (the password %q, published in the README): make one with `mailhop passwd`",
 				i, u.Name, examplePassword))
+		}
+	}
+	for i, n := range c.Policy.TrustedNetworks {
+		if p, err := netip.ParsePrefix(n); err == nil && p.Masked() != p {
+			ws = append(ws, fmt.Sprintf("policy.trusted_networks[%d]: %q has host bits set; it means %s (write that, or /%d for one host)",
+				i, n, p.Masked(), p.Addr().BitLen()))
 		}
 	}
 	for i, r := range c.Route {
