@@ -263,9 +263,13 @@ func TestRefusalsPolicy(t *testing.T) {
 		d.ehlo()
 		d.expect(235, "", "AUTH PLAIN %s", plainResp(testUser, testPassword))
 		for _, from := range []string{"someone@example.net", "other@example.org", "app@sub.example.com",
-			"app@example.com.evil.test", ""} {
+			"app@example.com.evil.test"} {
 			d.expect(553, "5.7.1", "MAIL FROM:<%s>", from)
 		}
+		// The null sender is anyone's (read receipts, RFC 8098), as Postfix's
+		// reject_sender_login_mismatch skips it.
+		d.expect(250, "", "MAIL FROM:<>")
+		d.expect(250, "", "RSET")
 		// Allowed: any address at example.com (any case of the domain), and boss@example.org.
 		d.expect(250, "", "MAIL FROM:<anyone@EXAMPLE.com>")
 		d.expect(250, "", "RSET")

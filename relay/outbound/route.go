@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
@@ -106,7 +107,8 @@ func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) 
 func dnsFailure(err error) *smtperr.Error {
 	var e *dnsmx.Error
 	if errors.As(err, &e) {
-		return &smtperr.Error{Enhanced: e.Enhanced, Msg: e.Error()}
+		// The enhanced code leads the reply text: not repeated at its end.
+		return &smtperr.Error{Enhanced: e.Enhanced, Msg: fmt.Sprintf("dns %s: %s", e.Domain, e.Msg)}
 	}
 	if dnsmx.IsTemporary(err) {
 		return &smtperr.Error{Enhanced: dnsmx.CodeTemporary, Msg: err.Error()}
