@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -87,9 +88,31 @@ func (e *stageError) Error() string { return e.stage + ": " + e.err.Error() }
 func stageErr(stage string, err error) *stageError {
 	se := smtperr.Classify(err)
 	if se.Code == 0 {
-		se = &smtperr.Error{Enhanced: netStatus(err), Msg: se.Msg}
+		se = &smtperr.Error{Enhanced: netStatus(err), Msg: netText(stage, err, se.Msg)}
 	}
 	return &stageError{stage: stage, err: se}
+}
+
+// netText says what went wrong with the connection in words a sender
+// reading a delay notice or `queue list` understands, naming the stage
+// (Postfix's "conversation timed out while sending MAIL FROM"), instead of
+// Go's "read tcp 127.0.0.1:39812->192.0.2.1:25: i/o timeout". Errors it does
+// not know keep their own text after the stage.
+func netText(stage string, err error, text string) string {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+		return "timed out during " + stage
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "no route to the host"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed by the server during " + stage
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE):
+		return "connection reset by the server during " + stage
+	}
+	return stage + ": " + text
 }
 
 // netStatus picks an RFC 3463 status for a network error.

@@ -3,11 +3,14 @@ package outbound
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -211,5 +214,26 @@ func TestDelivery_452TooManyRecipients_MoreTransactions(t *testing.T) {
 	}
 	if c := strings.Count(s, "EHLO"); c != 1 {
 		t.Errorf("%d sessions, want one", c)
+	}
+}
+
+// Network failures read as words with the stage, not as Go's socket text.
+func TestStageErr_NetworkTexts(t *testing.T) {
+	t.Parallel()
+	op := func(e error) error { return &net.OpError{Op: "read", Net: "tcp", Err: e} }
+	for _, c := range []struct {
+		err       error
+		enh, text string
+	}{
+		{op(os.ErrDeadlineExceeded), "4.4.2", "timed out during mail"},
+		{&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}, "4.4.1", "connection refused"},
+		{io.EOF, "4.4.2", "connection closed by the server during mail"},
+		{op(os.NewSyscallError("read", syscall.ECONNRESET)), "4.4.2", "connection reset by the server during mail"},
+		{errors.New("something odd"), "4.4.2", "mail: something odd"},
+	} {
+		se := stageErr("mail", c.err).err
+		if se.Enhanced != c.enh || se.Msg != c.text {
+			t.Errorf("%v: %s %q, want %s %q", c.err, se.Enhanced, se.Msg, c.enh, c.text)
+		}
 	}
 }
