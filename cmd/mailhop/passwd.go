@@ -16,7 +16,12 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("passwd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return exitUsage
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "mailhop passwd: unexpected argument %q: the password is read from stdin\n", pos[0])
 		return exitUsage
 	}
 	line, err := bufio.NewReader(stdin).ReadString('\n')
