@@ -80,7 +80,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			err = nil
 		}
 		if err != nil {
-			return fail(fmt.Errorf("%s: %w", rest[0], err))
+			return fail(err)
 		}
 		if *asJSON {
 			if msgs == nil {
@@ -110,7 +110,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			m, err = &mm, nil
 		}
 		if err != nil {
-			return fail(err)
+			return fail(fmt.Errorf("%s: %w", rest[0], err))
 		}
 		if *asJSON {
 			return printJSON(stdout, m)
