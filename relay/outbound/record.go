@@ -33,7 +33,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			}
 			r.state = queue.Failed
 			r.reply = &smtperr.Error{Enhanced: "4.4.7",
-				Msg: fmt.Sprintf("message expired after %s in the queue; last error: %s", age.Round(time.Minute), last)}
+				Msg: fmt.Sprintf("message expired after %s in the queue; last error: %s", queueAge(age), last)}
 			expired[r.index] = true
 		}
 	}
@@ -63,6 +63,16 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	if a.onRecord != nil {
 		a.onRecord(env.ID, false)
 	}
+}
+
+// queueAge writes how long a message was queued, to the second below an
+// hour and to the minute above (never rounded up: "5m0s" for 4m44s read as
+// more than a max_queue_age of 5m).
+func queueAge(d time.Duration) time.Duration {
+	if d < time.Hour {
+		return d.Truncate(time.Second)
+	}
+	return d.Truncate(time.Minute)
 }
 
 // reports queues the DSNs this attempt calls for. A failure report that
