@@ -42,6 +42,10 @@ var TLSLevels = []string{TLSNone, TLSMay, TLSEncrypt, TLSVerify, TLSDANE}
 type Config struct {
 	Hostname string     `toml:"hostname"`
 	DataDir  string     `toml:"data_dir"`
+	// Postmaster, when set, is where mail to <Postmaster> and
+	// postmaster@hostname goes; such mail is then accepted from anyone
+	// (RFC 5321 §4.5.1). Empty: it is relayed like any other address.
+	Postmaster string `toml:"postmaster"`
 	TLS      TLS        `toml:"tls"`
 	Listener []Listener `toml:"listener"`
 	Policy   Policy     `toml:"policy"`

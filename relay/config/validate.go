@@ -38,6 +38,14 @@ func (c *Config) validate(ps *problems) {
 	if c.DataDir == "" {
 		ps.add("data_dir", "must not be empty")
 	}
+	if c.Postmaster != "" {
+		at := strings.LastIndexByte(c.Postmaster, '@')
+		if at <= 0 || !validDomain(c.Postmaster[at+1:]) || strings.ContainsAny(c.Postmaster, " <>\t") {
+			ps.add("postmaster", "%q is not an address like \"ops@example.com\"", c.Postmaster)
+		} else if strings.EqualFold(c.Postmaster[:at], "postmaster") && strings.EqualFold(strings.TrimSuffix(c.Postmaster[at+1:], "."), c.Hostname) {
+			ps.add("postmaster", "%q is postmaster@hostname itself: name a mailbox elsewhere", c.Postmaster)
+		}
+	}
 	c.validateTLS(ps)
 	c.validateListeners(ps)
 	c.validatePolicy(ps)

@@ -169,17 +169,25 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 // address trick (percent hack, bang path, quoted "@") can get an untrusted
 // client through.
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	cfg := ss.s.cfg.Load()
 	if to == "postmaster" {
 		// "<Postmaster>" (RFC 5321 §4.1.1.3): mailhop has no mailboxes,
-		// so it is the postmaster of its own hostname, relayed like any
-		// other recipient (Postfix appends $myorigin the same way).
-		to = "postmaster@" + ss.s.cfg.Load().Hostname
+		// so it is the postmaster of its own hostname (Postfix appends
+		// $myorigin the same way).
+		to = "postmaster@" + cfg.Hostname
 	}
 	addr, err := ParseAddress(to, ss.mailOpts.UTF8)
 	if err != nil {
 		return ss.refuse("rcpt", reasonBadAddress, addressError(to, ss.mailOpts.UTF8), "from", ss.from, "rcpt", to)
 	}
-	if ss.user == "" && !ss.trusted() {
+	toPostmaster := cfg.Postmaster != "" && strings.EqualFold(addr.Local, "postmaster") &&
+		strings.EqualFold(addr.Domain, cfg.Hostname)
+	if toPostmaster {
+		// RFC 5321 §4.5.1: the postmaster takes mail from anyone; it goes
+		// to the configured mailbox.
+		to = cfg.Postmaster
+		addr, _ = ParseAddress(to, true)
+	} else if ss.user == "" && !ss.trusted() {
 		return ss.refuse("rcpt", reasonRelayDenied, errRelayDenied, "from", ss.from, "rcpt", to)
 	}
 	key := addr.Key()
@@ -192,6 +200,8 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	r := queue.Recipient{Address: to, Notify: notifyOf(opts.Notify)}
 	if opts.OriginalRecipient != "" {
 		r.ORCPT = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+	} else if toPostmaster {
+		r.ORCPT = "rfc822;postmaster@" + cfg.Hostname // what the sender wrote (RFC 3461 §4.2)
 	}
 	if ss.seen == nil {
 		ss.seen = make(map[string]bool)

@@ -367,3 +367,26 @@ func stripReceived(t *testing.T, msg string) string {
 		}
 	}
 }
+
+// With postmaster set, <Postmaster> and postmaster@hostname are accepted
+// from anyone (RFC 5321 §4.5.1) and go to that mailbox; other recipients
+// stay denied.
+func TestRcpt_PostmasterFromAnyone(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Postmaster = "ops@example.org" })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<someone@elsewhere.example>", "S: 250 ",
+		"C: RCPT TO:<Postmaster>", "S: 250 ",
+		"C: RCPT TO:<POSTMASTER@mx.test>", "S: 250 ",
+		"C: RCPT TO:<postmaster@other.example>", "S: 554 5.7.1 ",
+		"C: DATA", "S: 354 ")
+	d.write("Subject: abuse report\r\n\r\nhello\r\n.\r\n")
+	d.expect("250 ")
+	envs := ts.q.List()
+	if len(envs) != 1 || len(envs[0].Recipients) != 1 {
+		t.Fatalf("queued: %+v", envs)
+	}
+	if r := envs[0].Recipients[0]; r.Address != "ops@example.org" || r.ORCPT != "rfc822;postmaster@mx.test" {
+		t.Errorf("recipient %+v, want ops@example.org with ORCPT rfc822;postmaster@mx.test", r)
+	}
+}
