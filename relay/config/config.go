@@ -40,18 +40,18 @@ var TLSLevels = []string{TLSNone, TLSMay, TLSEncrypt, TLSVerify, TLSDANE}
 
 // Config is the whole configuration file, after defaults and validation.
 type Config struct {
-	Hostname string     `toml:"hostname"`
-	DataDir  string     `toml:"data_dir"`
+	Hostname string `toml:"hostname"`
+	DataDir  string `toml:"data_dir"`
 	// Postmaster, when set, is where mail to <Postmaster> and
 	// postmaster@hostname goes; such mail is then accepted from anyone
 	// (RFC 5321 §4.5.1). Empty: it is relayed like any other address.
-	Postmaster string `toml:"postmaster"`
-	TLS      TLS        `toml:"tls"`
-	Listener []Listener `toml:"listener"`
-	Policy   Policy     `toml:"policy"`
-	User     []User     `toml:"user"`
-	Delivery Delivery   `toml:"delivery"`
-	Route    []Route    `toml:"route"`
+	Postmaster string     `toml:"postmaster"`
+	TLS        TLS        `toml:"tls"`
+	Listener   []Listener `toml:"listener"`
+	Policy     Policy     `toml:"policy"`
+	User       []User     `toml:"user"`
+	Delivery   Delivery   `toml:"delivery"`
+	Route      []Route    `toml:"route"`
 	// TLSPolicies are the [[tls_policy]] entries: a TLS level per domain.
 	TLSPolicies []TLSPolicy `toml:"tls_policy"`
 	DKIM        []DKIM      `toml:"dkim"`
