@@ -36,24 +36,23 @@ const shutdownGrace = 30 * time.Second
 // start, for files sendmail wrote while the relay was starting.
 const pickupInterval = 30 * time.Second
 
-// logLevel is the running [log] level; a reload sets it.
-var logLevel = new(slog.LevelVar)
-
-// setLogLevel sets logLevel from a validated [log] level.
-func setLogLevel(name string) {
+// setLogLevel sets lv from a validated [log] level.
+func setLogLevel(lv *slog.LevelVar, name string) {
 	var level slog.Level
 	_ = level.UnmarshalText([]byte(name))
-	logLevel.Set(level)
+	lv.Set(level)
 }
 
-// newLogger builds the slog logger the [log] section asks for.
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	setLogLevel(c.Level)
-	opts := &slog.HandlerOptions{Level: logLevel}
+// newLogger builds the slog logger the [log] section asks for, with its
+// level in a LevelVar that a reload can set.
+func newLogger(c config.Log, w io.Writer) (*slog.Logger, *slog.LevelVar) {
+	lv := new(slog.LevelVar)
+	setLogLevel(lv, c.Level)
+	opts := &slog.HandlerOptions{Level: lv}
 	if c.Format == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		return slog.New(slog.NewJSONHandler(w, opts)), lv
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(slog.NewTextHandler(w, opts)), lv
 }
 
 func cmdServe(args []string, stderr io.Writer) int {
@@ -61,7 +60,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return code
 	}
-	log := newLogger(cfg.Log, stderr)
+	log, level := newLogger(cfg.Log, stderr)
 	warnReadableSecrets(cfg, path, log)
 	for _, w := range cfg.Warnings() {
 		log.Warn("configuration: " + w)
@@ -83,7 +82,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 			}
 		}()
 	}
-	if err := serve(cfg, path, log); err != nil {
+	if err := serve(cfg, path, log, level); err != nil {
 		log.Error("mailhop stopped", "err", err)
 		return exitFail
 	}
@@ -92,7 +91,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 
 // serve wires the parts together and runs until SIGTERM or SIGINT:
 // inbound server → queue → delivery agent → DNS, plus the admin socket.
-func serve(cfg *config.Config, path string, log *slog.Logger) error {
+func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelVar) error {
 	// Signals are caught from the first moment: a SIGTERM while the relay
 	// starts (its ports may already accept) still means a clean stop.
 	sigs := make(chan os.Signal, 4)
@@ -210,7 +209,7 @@ loop:
 			drainPickup(inj, pickupDir, log)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				cfg = reload(path, cfg, in, agent, res, log)
+				cfg = reload(path, cfg, in, agent, res, log, level)
 				current.Store(cfg)
 				continue
 			}
@@ -354,7 +353,8 @@ func snapshot(q *queue.Queue, store *queue.LogStore, agent *outbound.Agent, res 
 
 // reload loads the configuration again (SIGHUP). A configuration with
 // problems is refused and the running one stays.
-func reload(path string, old *config.Config, in *inbound.Server, agent *outbound.Agent, res *dnsmx.Resolver, log *slog.Logger) *config.Config {
+func reload(path string, old *config.Config, in *inbound.Server, agent *outbound.Agent, res *dnsmx.Resolver,
+	log *slog.Logger, level *slog.LevelVar) *config.Config {
 	cfg, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: configuration has problems; keeping the running one", "err", err)
@@ -379,7 +379,7 @@ func reload(path string, old *config.Config, in *inbound.Server, agent *outbound
 		return old
 	}
 	agent.SetConfig(cfg)
-	setLogLevel(cfg.Log.Level)
+	setLogLevel(level, cfg.Log.Level)
 	log.Info("configuration reloaded", "config", path)
 	if len(restart) > 0 {
 		log.Warn("reload: these settings take effect only after a restart; the running ones stay", "keys", strings.Join(restart, ", "))
