@@ -237,3 +237,53 @@ func TestStageErr_NetworkTexts(t *testing.T) {
 		}
 	}
 }
+
+// A server that refuses a big message in the middle of its body (552) and
+// closes: the 552 is the outcome (the recipient bounces), not a broken
+// pipe retried until the message expires.
+func TestDelivery_EarlyReplyDuringBody(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.3:%d", h.port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				fmt.Fprintf(c, "220 mx.example.test\r\n")
+				for {
+					l, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch strings.ToUpper(strings.Fields(l + " x")[0]) {
+					case "EHLO":
+						fmt.Fprintf(c, "250-mx.example.test\r\n250 PIPELINING\r\n")
+					case "DATA":
+						fmt.Fprintf(c, "354 go\r\n")
+						io.CopyN(io.Discard, r, 64<<10) // some of the body, then no more
+						fmt.Fprintf(c, "552 5.3.4 message too big for this server\r\n")
+						return
+					default:
+						fmt.Fprintf(c, "250 ok\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	h.start()
+	big := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 998)+"\r\n", 16<<10) // 16 MB: more than the socket buffers
+	id := h.submit(big, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil && env.Recipients[0].State != queue.Failed {
+		t.Errorf("recipient %+v, want failed with the 552", env.Recipients[0])
+	}
+}

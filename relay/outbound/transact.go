@@ -191,6 +191,16 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		copyBufs.Put(buf)
 	}
 	if err != nil {
+		// The server may have refused the message early and closed (a 552
+		// in the middle of a big body): its reply is the outcome.
+		var ne net.Error
+		if !(errors.As(err, &ne) && ne.Timeout()) {
+			if early := c.EarlyReply(2 * time.Second); early != nil {
+				se := smtperr.FromSMTP(early)
+				setAccepted(stateOf(se), se)
+				return res, true, nil
+			}
+		}
 		setAccepted(queue.Pending, stageErr("data transfer", err).err)
 		return res, true, nil
 	}

@@ -180,6 +180,21 @@ func (c *Client) setConn(conn net.Conn) {
 	c.text = textproto.NewConn(rwc)
 }
 
+// EarlyReply reads a reply the server may have sent before a failed write
+// of the message body — a 552 "message too big" before it closed the
+// connection (RFC 5321 §4.2.5 lets a server answer early) — waiting at
+// most timeout. It returns the reply as an *SMTPError, or nil when there is
+// none to read (mailhop patch).
+func (c *Client) EarlyReply(timeout time.Duration) *SMTPError {
+	c.conn.SetReadDeadline(time.Now().Add(timeout))
+	defer c.conn.SetReadDeadline(time.Time{})
+	code, msg, err := c.readResponse(0)
+	if err != nil || code < 400 {
+		return nil
+	}
+	return toSMTPErr(&textproto.Error{Code: code, Msg: msg})
+}
+
 // Close closes the connection.
 func (c *Client) Close() error {
 	return c.text.Close()
