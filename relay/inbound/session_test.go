@@ -390,3 +390,14 @@ func TestRcpt_PostmasterFromAnyone(t *testing.T) {
 		t.Errorf("recipient %+v, want ops@example.org with ORCPT rfc822;postmaster@mx.test", r)
 	}
 }
+
+// An AUTH command with its initial response may be 12288 octets long (RFC
+// 4954 §4); other commands keep the 2048-octet limit.
+func TestAuth_LongInitialResponse(t *testing.T) {
+	ts := startServer(t)
+	d := dialTLS(t, ts.addr[config.ModeSubmissions])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: AUTH PLAIN "+plainIR("alice", strings.Repeat("p", 6000)), "S: 535 5.7.8 ",
+		"C: NOOP "+strings.Repeat("x", 3000), "S: 500 5.5.2 ",
+		"C: NOOP", "S: 250 ")
+}

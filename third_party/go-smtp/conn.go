@@ -1562,7 +1562,14 @@ func (c *Conn) writeError(code int, enhCode EnhancedCode, err error) {
 
 // Reads a command line of input.
 func (c *Conn) readLine() (string, error) {
-	return c.readLineLimit(c.commandLineLimit())
+	// mailhop patch: an AUTH command with its initial response may be as
+	// long as a SASL response (RFC 4954 §4: 12288 octets); every other
+	// command keeps the command limit.
+	line, err := c.readLineLimit(c.authLineLimit())
+	if err == nil && len(line)+2 > c.commandLineLimit() && !(len(line) > 5 && strings.EqualFold(line[:5], "AUTH ")) {
+		return "", errLineTooLong
+	}
+	return line, err
 }
 
 func (c *Conn) commandLineLimit() int {
