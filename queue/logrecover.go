@@ -67,7 +67,7 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 					// The rest is a recycled file's earlier life (its
 					// first bytes overwritten by this one's records).
 				case !allZero(data[off:]):
-					s.log.Warn("queue: ignoring incomplete record at end of segment (crash during a write that was never acknowledged)",
+					s.log.Warn("queue: ignoring incomplete record at end of segment (a write cut short by a crash or a full disk; it was never acknowledged)",
 						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				}
 				return
