@@ -175,7 +175,6 @@ func TestSpool_NoKeyOrNoFrom_PassesThroughUnsigned(t *testing.T) {
 		"no from":        strings.Replace(testMsg, "From: Alice <alice@example.com>\r\n", "", 1),
 		"two froms":      strings.Replace(testMsg, "To:", "From: alice@example.com\r\nTo:", 1),
 		"mixed domains":  strings.Replace(testMsg, "Alice <alice@example.com>", "alice@example.com, eve@example.net", 1),
-		"no empty line":  "From: alice@example.com\r\nSubject: x\r\n",
 		"header only LF": "From: alice@example.com\nSubject: x",
 		"huge header":    "From: alice@example.com\r\nX-Big: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\nbody\r\n",
 	}
@@ -330,5 +329,29 @@ func TestSubDomainSignature_VerifiesWithParentKey(t *testing.T) {
 	}
 	if vs := verify(t, lookup, out); vs[0].Err != nil || vs[0].Domain != "example.com" {
 		t.Fatalf("verification: domain %q, %v", vs[0].Domain, vs[0].Err)
+	}
+}
+
+// A message that is all header (no empty line, no body; RFC 5322 §3.5) is
+// signed and queued with the empty line that ends a header; the signature
+// verifies. Without a key for its From: domain it passes unchanged.
+func TestSpool_HeaderOnlyMessage(t *testing.T) {
+	t.Parallel()
+	k := mustKey(t, "example.com", "rsa1", false, rsaKey())
+	lookup, _ := publish(t, k)
+	s := NewFromKeys(k)
+	const msg = "From: alice@example.com\r\nTo: bob@example.org\r\nSubject: cron: disk 91% full\r\n"
+	signed, m := spoolAll(t, s, msg)
+	if m.Fields == "" || signed != m.Fields+msg+"\r\n" {
+		t.Fatalf("want Fields + the header + an empty line, got:\n%q", signed)
+	}
+	for _, v := range verify(t, lookup, signed) {
+		if v.Err != nil {
+			t.Errorf("signature does not verify: %v", v.Err)
+		}
+	}
+	other := "From: carol@unsigned.test\r\nSubject: x\r\n"
+	if out, m := spoolAll(t, s, other); out != other || m.Fields != "" {
+		t.Errorf("a header-only message without a key changed: %q", out)
 	}
 }

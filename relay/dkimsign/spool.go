@@ -65,15 +65,22 @@ func (s *Signer) Spool(msg io.Reader, dir string) (*Signed, error) {
 func (s *Signer) SpoolFor(msg io.Reader, dir string, allow func(fromDomain string) bool) (*Signed, error) {
 	br := newReader(msg)
 	h, err := mailhdr.Read(br, MaxHeaderBytes)
+	unchanged := &Signed{r: io.MultiReader(bytes.NewReader(h), br)}
 	switch {
+	case errors.Is(err, mailhdr.ErrIncomplete) && headerOnly(h, br):
+		// A message that is all header (RFC 5322 §3.5: the body is
+		// optional) is signed with the empty line that ends a header and
+		// an empty body (RFC 6376 §3.4.3-4), and queued with that line
+		// when, and only when, it is signed.
+		h = append(h[:len(h):len(h)], "\r\n"...)
 	case errors.Is(err, mailhdr.ErrIncomplete):
-		return &Signed{r: io.MultiReader(bytes.NewReader(h), br)}, nil
+		return unchanged, nil
 	case err != nil:
 		return nil, err
 	}
 	keys, hk := s.keysForHeader(h, allow)
 	if keys == nil {
-		return &Signed{r: io.MultiReader(bytes.NewReader(h), br)}, nil
+		return unchanged, nil
 	}
 	sp := &spill{dir: dir}
 	fields, err := signWith(keys, hk, h, br, sp)
@@ -87,6 +94,16 @@ func (s *Signer) SpoolFor(msg io.Reader, dir string, allow func(fromDomain strin
 		r:      io.MultiReader(strings.NewReader(fields), bytes.NewReader(h), sp.reader()),
 		file:   sp.file,
 	}, nil
+}
+
+// headerOnly reports whether h, which mailhdr.Read gave back incomplete, is
+// a whole message of header fields: it ended at the end of the input, within
+// the limit, on a line end, and starts with a field.
+func headerOnly(h []byte, br *bufio.Reader) bool {
+	if _, err := br.Peek(1); err != io.EOF {
+		return false
+	}
+	return len(h) <= MaxHeaderBytes && bytes.HasSuffix(h, []byte("\r\n")) && mailhdr.StartsWithField(h)
 }
 
 // spill is a writer that keeps the first SpoolMemory bytes in memory and
