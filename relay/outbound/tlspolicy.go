@@ -120,6 +120,11 @@ func (p *tlsPlan) key() string {
 	if p.requireTLS {
 		k += "/requiretls"
 	}
+	if p.stsTesting {
+		// Its certificate is checked and counted (RFC 8461 §5): not a
+		// connection made without that check.
+		k += "/sts-testing"
+	}
 	return k
 }
 

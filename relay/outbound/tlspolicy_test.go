@@ -530,3 +530,35 @@ func TestREQUIRETLS(t *testing.T) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+// An MTA-STS testing policy is checked and counted also when a connection
+// to the same MX host is idle in the pool from mail without a policy: that
+// connection was made without the check, so it is not reused for it.
+func TestMTASTS_TestingNotOnAnUncheckedPooledConnection(t *testing.T) {
+	t.Parallel()
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	z := zone("testing.test", "127.0.0.5")
+	z["plain.test."] = append(z["plain.test."], dnstest.MX("plain.test", 10, "mx.testing.test"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	mx := h.server("127.0.0.5", smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.testing.test"))})
+	sts := newSTSServer(t, ca, map[string]string{"testing.test": stsPolicy("testing", "mx.testing.test")})
+	h.publishSTS("testing.test", "1")
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+
+	for _, d := range []string{"plain.test", "testing.test"} {
+		id := h.submit(testBody, []string{"rcpt@" + d})
+		h.waitRecords(id, 1)
+	}
+	if n := len(mx.Messages()); n != 2 {
+		t.Fatalf("the MX got %d messages, want 2", n)
+	}
+	if !strings.Contains(h.logs.String(), "mta-sts testing: certificate not valid") {
+		t.Error("the testing-mode certificate failure was not logged")
+	}
+	if c := h.counts("testing.test", policySTS); c.Failure != 1 {
+		t.Errorf("testing.test counts: %+v", c)
+	}
+}
