@@ -64,10 +64,13 @@ func fromDomain(fs [][2]string) string {
 	return domain
 }
 
-// signedFields are the header fields signed when present (RFC 6376 §5.4.1).
+// signedFields are the header fields signed when present (RFC 6376 §5.4.1;
+// List-Unsubscribe and List-Unsubscribe-Post must be, RFC 8058 §4, for
+// one-click unsubscribe to count).
 var signedFields = []string{
 	"From", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To",
 	"References", "MIME-Version", "Content-Type", "Content-Transfer-Encoding", "Reply-To",
+	"List-Unsubscribe", "List-Unsubscribe-Post",
 }
 
 // overSigned are listed once more than they occur (RFC 6376 §8.15), so a

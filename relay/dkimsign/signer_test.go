@@ -355,3 +355,19 @@ func TestSpool_HeaderOnlyMessage(t *testing.T) {
 		t.Errorf("a header-only message without a key changed: %q", out)
 	}
 }
+
+// List-Unsubscribe and List-Unsubscribe-Post are signed when present (RFC
+// 8058 §4).
+func TestSpool_SignsListUnsubscribe(t *testing.T) {
+	t.Parallel()
+	k := mustKey(t, "example.com", "rsa1", false, rsaKey())
+	lookup, _ := publish(t, k)
+	msg := strings.Replace(testMsg, "MIME-Version:", "List-Unsubscribe: <https://example.com/u/1>\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nMIME-Version:", 1)
+	signed, _ := spoolAll(t, NewFromKeys(k), msg)
+	for _, v := range verify(t, lookup, signed) {
+		got := strings.ToLower(strings.Join(v.HeaderKeys, ":"))
+		if v.Err != nil || !strings.Contains(got, "list-unsubscribe:list-unsubscribe-post") {
+			t.Errorf("h=%s err=%v", got, v.Err)
+		}
+	}
+}
