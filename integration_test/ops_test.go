@@ -930,6 +930,14 @@ func TestOpsReloadRestartOnlySettings(t *testing.T) {
 	if !r.waitLine("take effect only after a restart", "listener", "admin.metrics_address") {
 		t.Errorf("no warning naming listener and admin.metrics_address:\n%s", r.logs.String())
 	}
+	// The same file again: still not what runs, still warned about.
+	r.signal(syscall.SIGHUP)
+	waitFor(t, "the second reload", 10*time.Second, func() bool {
+		return strings.Count(r.logs.String(), "configuration reloaded") == 2
+	})
+	if n := strings.Count(r.logs.String(), "take effect only after a restart"); n != 2 {
+		t.Errorf("%d restart warnings after reloading the same changed file twice, want 2", n)
+	}
 	// The running listener stays.
 	c, err := net.DialTimeout("tcp", r.Relay, 5*time.Second)
 	if err != nil {
@@ -943,7 +951,15 @@ func TestOpsReloadRestartOnlySettings(t *testing.T) {
 	if tail := r.logs.String()[mark:]; strings.Contains(tail, "level=DEBUG") {
 		t.Errorf("debug lines after the reload to level info:\n%s", tail)
 	}
+	// Back to what runs: no warning.
 	r.writeConfig(string(orig))
+	r.signal(syscall.SIGHUP)
+	waitFor(t, "the third reload", 10*time.Second, func() bool {
+		return strings.Count(r.logs.String(), "configuration reloaded") == 3
+	})
+	if n := strings.Count(r.logs.String(), "take effect only after a restart"); n != 2 {
+		t.Errorf("a reload back to the running settings warned (%d warnings in all)", n)
+	}
 }
 
 // TestOpsStartNotifiesSystemd: under a Type=notify unit mailhop says

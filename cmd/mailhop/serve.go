@@ -92,6 +92,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 // serve wires the parts together and runs until SIGTERM or SIGINT:
 // inbound server → queue → delivery agent → DNS, plus the admin socket.
 func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelVar) error {
+	boot := cfg // what the process binds and opens now; reloads compare with it
 	// Signals are caught from the first moment: a SIGTERM while the relay
 	// starts (its ports may already accept) still means a clean stop.
 	sigs := make(chan os.Signal, 4)
@@ -209,7 +210,7 @@ loop:
 			drainPickup(inj, pickupDir, log)
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
-				cfg = reload(path, cfg, in, agent, res, log, level)
+				cfg = reload(path, cfg, boot, in, agent, res, log, level)
 				current.Store(cfg)
 				continue
 			}
@@ -353,14 +354,16 @@ func snapshot(q *queue.Queue, store *queue.LogStore, agent *outbound.Agent, res 
 
 // reload loads the configuration again (SIGHUP). A configuration with
 // problems is refused and the running one stays.
-func reload(path string, old *config.Config, in *inbound.Server, agent *outbound.Agent, res *dnsmx.Resolver,
+// boot is the configuration the process started with: what only a restart
+// applies (listeners, sockets) still runs as boot says.
+func reload(path string, old, boot *config.Config, in *inbound.Server, agent *outbound.Agent, res *dnsmx.Resolver,
 	log *slog.Logger, level *slog.LevelVar) *config.Config {
 	cfg, err := config.Load(path)
 	if err != nil {
 		log.Error("reload refused: configuration has problems; keeping the running one", "err", err)
 		return old
 	}
-	restart := restartOnly(old, cfg)
+	restart := restartOnly(boot, cfg)
 	// The queue, admin socket, pickup directory and generated certificate
 	// stay where they are until a restart.
 	cfg.DataDir = old.DataDir

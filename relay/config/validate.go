@@ -532,7 +532,7 @@ func checkListenAddress(s string) error {
 // listenEndpoint is what a listener binds: a port on some addresses.
 type listenEndpoint struct {
 	index int
-	port  string
+	port  int
 	addrs []netip.Addr // nil: every address (see v4only)
 	// v4only: "0.0.0.0", every IPv4 address; "" and "::" are every address
 	// of both families (Go listens dual-stack).
@@ -540,11 +540,12 @@ type listenEndpoint struct {
 }
 
 // endpointOf reads a listener address; port 0 (the kernel chooses) never
-// clashes. "localhost" is 127.0.0.1 and ::1 (RFC 6761); other names are
-// not looked up.
+// clashes. "localhost" is 127.0.0.1 (RFC 6761; Go binds the IPv4 address
+// of a name); other names are not looked up.
 func endpointOf(s string, index int) (listenEndpoint, bool) {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil || port == "0" {
+	host, portText, err := net.SplitHostPort(s)
+	port, perr := strconv.Atoi(portText)
+	if err != nil || perr != nil || port == 0 {
 		return listenEndpoint{}, false
 	}
 	ep := listenEndpoint{index: index, port: port}
@@ -553,7 +554,8 @@ func endpointOf(s string, index int) (listenEndpoint, bool) {
 	case h == "0.0.0.0":
 		ep.v4only = true
 	case h == "localhost":
-		ep.addrs = []netip.Addr{netip.MustParseAddr("127.0.0.1"), netip.IPv6Loopback()}
+		// Go listens on one address of a name, IPv4 first.
+		ep.addrs = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	default:
 		a, err := netip.ParseAddr(h)
 		if err != nil {

@@ -391,3 +391,29 @@ func TestReceived_UTF8SMTP_AndSTARTTLSSyntax(t *testing.T) {
 		}
 	}
 }
+
+
+// A client that leaves between BDAT chunks (after a complete chunk that
+// is not the last) aborted its message: logged as aborted, not as a queue
+// error, and nothing is queued.
+func TestBDAT_LeftBetweenChunks_Aborted(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ")
+	d.write("BDAT 12\r\nSubject: x\r\n")
+	d.expect("250 ")
+	d.c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(ts.logs.String(), "message refused") && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // polling the log, not synchronising on time
+	}
+	if logs := ts.logs.String(); !strings.Contains(logs, "reason=aborted") || strings.Contains(logs, "reason=queue_error") {
+		t.Errorf("want one aborted refusal, no queue error:\n%s", logs)
+	}
+	if n := len(ts.q.List()); n != 0 {
+		t.Errorf("%d message(s) queued", n)
+	}
+}

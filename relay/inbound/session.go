@@ -317,7 +317,9 @@ func (ss *session) refuseData(env *queue.Envelope, err error) error {
 		reply, reason = se, dataReason(se)
 	case errors.As(err, &le):
 		reply, reason = errHeaderTooLarge, reasonHeaderSize
-	case errors.Is(err, io.ErrUnexpectedEOF) || isNetError(err):
+	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, smtp.ErrDataReset) || isNetError(err):
+		// The client went away or stalled, also between BDAT chunks
+		// (go-smtp then ends the message with ErrDataReset).
 		reason = reasonAborted
 	}
 	ss.s.stats.refuse(reason)

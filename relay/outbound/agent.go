@@ -467,6 +467,13 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			}
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
+			if last.Code == 0 && !serr.policy {
+				// No reply from the server: say which one did not answer
+				// ("mx.example.com[192.0.2.1]:25: connection refused").
+				named := *last
+				named.Msg = fmt.Sprintf("%s[%s]:%d: %s", tg.host, ap.Addr(), ap.Port(), last.Msg)
+				last = &named
+			}
 			if serr.policy {
 				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)
 			} else {

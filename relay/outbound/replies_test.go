@@ -287,3 +287,45 @@ func TestDelivery_EarlyReplyDuringBody(t *testing.T) {
 		t.Errorf("recipient %+v, want failed with the 552", env.Recipients[0])
 	}
 }
+
+// A host that does not answer is named in the recipient's reply, as
+// Postfix names it ("connect to host[addr]:port: Connection refused").
+func TestDelivery_NoAnswer_ReplyNamesTheHost(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.9"))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	want := fmt.Sprintf("4.4.1 mx.example.test[127.0.0.9]:%d: connection refused", h.port)
+	if o := h.outcome(id); o.state != queue.Pending || o.reply != want {
+		t.Errorf("outcome %+v, want pending with %q", o, want)
+	}
+}
+
+// 552 to RCPT (old servers' "too many recipients") is taken as 452: the
+// rest go in a further transaction, nothing bounces.
+func TestDelivery_552ToRcpt_TakenAs452(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	var mu sync.Mutex
+	n := 0
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		switch verb {
+		case "MAIL", "RSET":
+			n = 0
+		case "RCPT":
+			if n++; n > 2 {
+				return "552 5.5.3 Too many recipients\r\n"
+			}
+		}
+		return plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})(verb, line)
+	})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("recipients after the attempt: %+v", env.Recipients)
+	}
+}

@@ -155,6 +155,17 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	var accepted []int // positions in res
 	for j, i := range send {
 		if se, ok := replyError(rep.Rcpt[j]); ok {
+			if se.Code == 552 {
+				// RFC 5321 §4.5.3.1.10: 552 to RCPT is how old servers say
+				// "too many recipients"; it is taken as 452, as Postfix
+				// does, so the rest go in a further transaction.
+				t4 := *se
+				t4.Code = 452
+				if strings.HasPrefix(t4.Enhanced, "5.") {
+					t4.Enhanced = "4" + t4.Enhanced[1:]
+				}
+				se = &t4
+			}
 			res[i].state, res[i].reply = stateOf(se), se
 			continue
 		}
