@@ -392,7 +392,6 @@ func TestReceived_UTF8SMTP_AndSTARTTLSSyntax(t *testing.T) {
 	}
 }
 
-
 // A client that leaves between BDAT chunks (after a complete chunk that
 // is not the last) aborted its message: logged as aborted, not as a queue
 // error, and nothing is queued.
