@@ -88,7 +88,7 @@ const maxHops = 50
 // errTooManyHops refuses a message that has been around too often: a loop.
 // Refusing it at the end of DATA (as Postfix does) tells the client, where
 // accepting it would mean a bounce to a sender that may be forged.
-var errTooManyHops = smtpErr(554, smtp.EnhancedCode{5, 4, 6}, "Too many hops: mail loop (more than 50 Received header fields)")
+var errTooManyHops = smtpErr(554, smtp.EnhancedCode{5, 4, 6}, "Too many hops: mail loop (relayed 50 times already)")
 
 func (s *idSniffer) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)

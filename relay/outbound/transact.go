@@ -186,7 +186,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	if rep.Data != nil {
 		if se, ok := replyError(rep.Data); ok {
 			setAccepted(stateOf(se), se)
-			return res, false, nil
+			// After a protocol error (a reply that does not fit DATA) the
+			// session is not trusted for more mail.
+			return res, strings.HasPrefix(se.Msg, "protocol error"), nil
 		}
 		setAccepted(queue.Pending, stageErr("data", rep.Data).err)
 		return res, true, nil
