@@ -18,13 +18,11 @@ import (
 	"fmt"
 	"mime"
 	"net"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -34,6 +32,7 @@ import (
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/internal/testpki"
+	"github.com/mailhop/mailhop/internal/testport"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/outbound"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -52,7 +51,7 @@ type mxWorld struct {
 	port     int
 	senderMX *smtptest.Server // MX of sender.test: bounces arrive here
 	r        *relay
-	reserved map[string]int // ip → a socket bound (not listening) to ip:port
+	ports    *testport.Ports // P on 127.0.0.2 … 127.0.0.<mxIPs+1>
 }
 
 // mxIPs are the addresses a world keeps its port P reserved on, so that no
@@ -62,7 +61,12 @@ const mxIPs = 30
 func newMXWorld(t *testing.T, zone dnstest.Zone) *mxWorld {
 	t.Helper()
 	w := &mxWorld{t: t}
-	w.reservePort()
+	ips := make([]string, 0, mxIPs)
+	for i := 2; i <= mxIPs+1; i++ {
+		ips = append(ips, fmt.Sprintf("127.0.0.%d", i))
+	}
+	w.ports = testport.Reserve(t, ips...)
+	w.port = w.ports.Port()
 	w.senderMX = w.mx(senderMXIP, smtptest.Behaviour{Hostname: "mx.sender.test"})
 	z := dnstest.Zone{
 		"sender.test.":    {dnstest.MX("sender.test", 10, "mx.sender.test")},
@@ -75,63 +79,6 @@ func newMXWorld(t *testing.T, zone dnstest.Zone) *mxWorld {
 	return w
 }
 
-// reservePort picks a port P free on 127.0.0.2 … 127.0.0.<mxIPs+1> and
-// binds it there (without listening) until a server takes it.
-func (w *mxWorld) reservePort() {
-	w.t.Helper()
-	bindOn := func(ip string, port int) (int, int, error) {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-		if err != nil {
-			return -1, 0, err
-		}
-		// As net.Listen does: a server on this port can be restarted while
-		// its old connections wait in TIME_WAIT.
-		syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
-		sa := &syscall.SockaddrInet4{Port: port}
-		copy(sa.Addr[:], net.ParseIP(ip).To4())
-		if err := syscall.Bind(fd, sa); err != nil {
-			syscall.Close(fd)
-			return -1, 0, err
-		}
-		got, err := syscall.Getsockname(fd)
-		if err != nil {
-			syscall.Close(fd)
-			return -1, 0, err
-		}
-		return fd, got.(*syscall.SockaddrInet4).Port, nil
-	}
-	for try := 0; try < 50; try++ {
-		fd, port, err := bindOn("127.0.0.2", 0)
-		if err != nil {
-			w.t.Fatalf("reserving a port: %v", err)
-		}
-		res := map[string]int{"127.0.0.2": fd}
-		ok := true
-		for i := 3; i <= mxIPs+1; i++ {
-			ip := fmt.Sprintf("127.0.0.%d", i)
-			fd, _, err := bindOn(ip, port)
-			if err != nil {
-				ok = false
-				break
-			}
-			res[ip] = fd
-		}
-		if ok {
-			w.port, w.reserved = port, res
-			w.t.Cleanup(func() {
-				for _, fd := range w.reserved {
-					syscall.Close(fd)
-				}
-			})
-			return
-		}
-		for _, fd := range res {
-			syscall.Close(fd)
-		}
-	}
-	w.t.Fatal("no port free on every test address")
-}
-
 func (w *mxWorld) addr(ip string) string { return net.JoinHostPort(ip, strconv.Itoa(w.port)) }
 
 // mx starts a scripted SMTP server on ip:P.
@@ -141,49 +88,17 @@ func (w *mxWorld) mx(ip string, b smtptest.Behaviour) *smtptest.Server {
 }
 
 // listen turns the reservation of ip:P into a listener, without ever
-// letting the port go (a release and a new bind could lose it to another
-// test's kernel-chosen port).
+// letting the port go.
 func (w *mxWorld) listen(ip string) net.Listener {
 	w.t.Helper()
-	fd, ok := w.reserved[ip]
-	if !ok {
-		ln, err := net.Listen("tcp", w.addr(ip))
-		if err != nil {
-			w.t.Fatalf("listen %s: %v", w.addr(ip), err)
-		}
-		return ln
-	}
-	delete(w.reserved, ip)
-	if err := syscall.Listen(fd, 128); err != nil {
-		syscall.Close(fd)
-		w.t.Fatalf("listen %s: %v", w.addr(ip), err)
-	}
-	f := os.NewFile(uintptr(fd), w.addr(ip))
-	defer f.Close() // FileListener has its own copy
-	ln, err := net.FileListener(f)
-	if err != nil {
-		w.t.Fatalf("listen %s: %v", w.addr(ip), err)
-	}
-	return ln
+	return w.ports.Listen(ip)
 }
 
 // down makes ip:P refuse connections: the port is bound (so nothing else
 // takes it while the test runs) but not listening.
 func (w *mxWorld) down(ip string) {
 	w.t.Helper()
-	if _, ok := w.reserved[ip]; !ok {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-		if err != nil {
-			w.t.Fatal(err)
-		}
-		sa := &syscall.SockaddrInet4{Port: w.port}
-		copy(sa.Addr[:], net.ParseIP(ip).To4())
-		if err := syscall.Bind(fd, sa); err != nil {
-			syscall.Close(fd)
-			w.t.Fatalf("reserving %s: %v", w.addr(ip), err)
-		}
-		w.reserved[ip] = fd
-	}
+	w.ports.Down(ip)
 	if c, err := net.DialTimeout("tcp", w.addr(ip), time.Second); err == nil {
 		c.Close()
 		w.t.Fatalf("%s accepts connections; want it down", w.addr(ip))

@@ -3,7 +3,6 @@ package outbound
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/internal/testpki"
+	"github.com/mailhop/mailhop/internal/testport"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -29,7 +29,8 @@ type harness struct {
 	cfg   *config.Config
 	agent *Agent
 	port  int
-	first *smtptest.Server // the server that fixed the port, on 127.0.0.2
+	ports *testport.Ports  // port on every address the tests use
+	first *smtptest.Server // the MX on 127.0.0.2
 	logs  *testlog.Buffer
 	// editOpts, when set, changes the Options before each start.
 	editOpts func(*Options)
@@ -41,12 +42,18 @@ type harness struct {
 	stopped chan struct{}
 }
 
-// newHarness starts a server on 127.0.0.2 with b (the port for all the
-// others) and a DNS server with zone. sender.test's MX is 127.0.0.250.
+// harnessIPs are the addresses the tests' servers listen on, all at one
+// port, reserved on each from the start (see testport).
+var harnessIPs = []string{"127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5", "127.0.0.6", "127.0.0.7",
+	"127.0.0.8", "127.0.0.9", "127.0.0.250"}
+
+// newHarness starts a server on 127.0.0.2 with b and a DNS server with
+// zone. sender.test's MX is 127.0.0.250.
 func newHarness(t *testing.T, b smtptest.Behaviour, zone dnstest.Zone) *harness {
 	t.Helper()
-	first := smtptest.New(t, "127.0.0.2:0", b)
-	h := &harness{t: t, first: first, port: first.Port(), records: map[string]int{}, changed: make(chan struct{}), logs: &testlog.Buffer{}}
+	ports := testport.Reserve(t, harnessIPs...)
+	first := smtptest.NewListener(t, ports.Listen("127.0.0.2"), b)
+	h := &harness{t: t, first: first, port: ports.Port(), ports: ports, records: map[string]int{}, changed: make(chan struct{}), logs: &testlog.Buffer{}}
 	if zone == nil {
 		zone = dnstest.Zone{}
 	}
@@ -78,7 +85,7 @@ func addMX(z dnstest.Zone, domain string, pref uint16, host, ip string) {
 
 // server starts another scripted server on ip at the harness port.
 func (h *harness) server(ip string, b smtptest.Behaviour) *smtptest.Server {
-	return smtptest.New(h.t, fmt.Sprintf("%s:%d", ip, h.port), b)
+	return smtptest.NewListener(h.t, h.ports.Listen(ip), b)
 }
 
 // start creates the agent and runs it until the test ends.

@@ -3,7 +3,6 @@ package outbound
 import (
 	"bufio"
 	"fmt"
-	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -42,10 +41,7 @@ func TestDelivery_MXGreetsAsUs_Bounces546(t *testing.T) {
 // rawServer answers with a fixed greeting line (code included) and EHLO
 // reply on ip at the harness port, and records the commands it gets.
 func rawServer(t *testing.T, h *harness, ip, greeting, ehlo string) *lockedBuilder {
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, h.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := h.ports.Listen(ip)
 	t.Cleanup(func() { ln.Close() })
 	got := &lockedBuilder{}
 	go func() {

@@ -22,10 +22,7 @@ import (
 // reply(verb, line) (the verb in upper case; "." for the end of the data),
 // records every line it reads, and takes the data after a 354.
 func scriptedServer(t *testing.T, h *harness, ip string, reply func(verb, line string) string) *lockedBuilder {
-	ln, err := net.Listen("tcp", fmt.Sprintf("%s:%d", ip, h.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := h.ports.Listen(ip)
 	t.Cleanup(func() { ln.Close() })
 	got := &lockedBuilder{}
 	go func() {
@@ -244,10 +241,7 @@ func TestStageErr_NetworkTexts(t *testing.T) {
 func TestDelivery_EarlyReplyDuringBody(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
-	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.3:%d", h.port))
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := h.ports.Listen("127.0.0.3")
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
