@@ -31,8 +31,9 @@ type cacheKey struct {
 // NOERROR or NXDOMAIN; failures are errors and never stored) and the answer
 // section. Its slices are shared between callers and must not be modified.
 type answer struct {
-	rcode int
-	rrs   []dns.RR
+	rcode  int
+	rrs    []dns.RR
+	secure bool // the AD bit: a validating resolver vouched for it (DNSSEC)
 }
 
 type cacheEntry struct {

@@ -26,6 +26,10 @@ type MX struct {
 	Pref     uint16       // MX preference; lower is tried first
 	Addrs    []netip.Addr // A and AAAA of Host (IPv4 first)
 	Implicit bool         // no MX records: the domain's own address (RFC 5321 §5.1)
+	// Secure: the MX answer and Host's address answers all carried the AD
+	// bit (DNSSEC-validated). Only then may DANE TLSA records be used for
+	// Host (RFC 7672 §2.2).
+	Secure bool
 }
 
 // LookupMX returns the hosts to try for domain, in order: sorted by
@@ -68,7 +72,7 @@ func (r *Resolver) lookupHost(ctx context.Context, host string) ([]netip.Addr, e
 	if lit.IsValid() {
 		return []netip.Addr{lit}, nil
 	}
-	addrs, err := r.lookupAddrs(ctx, fqdn)
+	addrs, _, err := r.lookupAddrs(ctx, fqdn)
 	if err != nil {
 		return nil, onDomain(err, hostName(fqdn), "")
 	}
@@ -85,7 +89,7 @@ func (r *Resolver) lookupMX(ctx context.Context, domain string) ([]MX, error) {
 	}
 	d := hostName(fqdn)
 
-	rrs, nx, err := r.resolve(ctx, fqdn, dns.TypeMX)
+	rrs, nx, mxSecure, err := r.resolveSecure(ctx, fqdn, dns.TypeMX)
 	if err != nil {
 		return nil, onDomain(err, d, "")
 	}
@@ -95,11 +99,11 @@ func (r *Resolver) lookupMX(ctx context.Context, domain string) ([]MX, error) {
 	if len(rrs) == 0 {
 		// RFC 5321 §5.1: no MX records, so the domain itself is the
 		// one host, with preference 0.
-		addrs, err := r.lookupAddrs(ctx, fqdn)
+		addrs, addrSecure, err := r.lookupAddrs(ctx, fqdn)
 		if err != nil {
 			return nil, onDomain(err, d, "no MX records; ")
 		}
-		return []MX{{Host: d, Addrs: addrs, Implicit: true}}, nil
+		return []MX{{Host: d, Addrs: addrs, Implicit: true, Secure: mxSecure && addrSecure}}, nil
 	}
 
 	recs := make([]*dns.MX, 0, len(rrs))
@@ -145,7 +149,9 @@ func (r *Resolver) lookupMX(ctx context.Context, domain string) ([]MX, error) {
 	var wg sync.WaitGroup
 	for i := range hosts {
 		wg.Go(func() {
-			hosts[i].Addrs, errs[i] = r.lookupAddrs(ctx, dns.Fqdn(hosts[i].Host))
+			var addrSecure bool
+			hosts[i].Addrs, addrSecure, errs[i] = r.lookupAddrs(ctx, dns.Fqdn(hosts[i].Host))
+			hosts[i].Secure = mxSecure && addrSecure
 		})
 	}
 	wg.Wait()
@@ -187,20 +193,22 @@ func isIPLiteral(h string) bool {
 // lookupAddrs returns the A and AAAA addresses of fqdn, IPv4 first, asking
 // for both at once. If one family fails but the other has addresses, the
 // addresses win. No address at all is a permanent error; a failure of
-// either query with no address from the other is temporary.
-func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) ([]netip.Addr, error) {
+// either query with no address from the other is temporary. secure reports
+// that both answers carried the AD bit.
+func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) (addrs []netip.Addr, secure bool, err error) {
 	type result struct {
-		rrs []dns.RR
-		nx  bool
-		err error
+		rrs    []dns.RR
+		nx     bool
+		secure bool
+		err    error
 	}
 	var v4, v6 result
 	var wg sync.WaitGroup
-	wg.Go(func() { v6.rrs, v6.nx, v6.err = r.resolve(ctx, fqdn, dns.TypeAAAA) })
-	v4.rrs, v4.nx, v4.err = r.resolve(ctx, fqdn, dns.TypeA)
+	wg.Go(func() { v6.rrs, v6.nx, v6.secure, v6.err = r.resolveSecure(ctx, fqdn, dns.TypeAAAA) })
+	v4.rrs, v4.nx, v4.secure, v4.err = r.resolveSecure(ctx, fqdn, dns.TypeA)
 	wg.Wait()
+	secure = v4.err == nil && v6.err == nil && v4.secure && v6.secure
 
-	var addrs []netip.Addr
 	for _, rr := range append(v4.rrs, v6.rrs...) {
 		var a netip.Addr
 		switch rr := rr.(type) {
@@ -214,18 +222,18 @@ func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) ([]netip.Addr, 
 		}
 	}
 	if len(addrs) > 0 {
-		return addrs, nil
+		return addrs, secure, nil
 	}
 	if v4.err != nil {
-		return nil, v4.err
+		return nil, false, v4.err
 	}
 	if v6.err != nil {
-		return nil, v6.err
+		return nil, false, v6.err
 	}
 	if v4.nx || v6.nx {
-		return nil, permanent(hostName(fqdn), CodeNoSuchDomain, "no such host (NXDOMAIN)")
+		return nil, false, permanent(hostName(fqdn), CodeNoSuchDomain, "no such host (NXDOMAIN)")
 	}
-	return nil, permanent(hostName(fqdn), CodeNoSuchDomain, "host has no A or AAAA records")
+	return nil, false, permanent(hostName(fqdn), CodeNoSuchDomain, "host has no A or AAAA records")
 }
 
 // resolve returns the records of type qtype at name, following CNAMEs: the
@@ -233,12 +241,21 @@ func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) ([]netip.Addr, 
 // stopped there. nx reports NXDOMAIN (for the end of the chain); no records
 // and no error is NODATA. The error is a temporary *Error.
 func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, nx bool, err error) {
+	rrs, nx, _, err = r.resolveSecure(ctx, name, qtype)
+	return rrs, nx, err
+}
+
+// resolveSecure is resolve that also reports whether every answer on the
+// way (the CNAME chain included) carried the AD bit.
+func (r *Resolver) resolveSecure(ctx context.Context, name string, qtype uint16) (rrs []dns.RR, nx, secure bool, err error) {
 	hops := 0
+	secure = true
 	for {
 		a, err := r.query(ctx, name, qtype)
 		if err != nil {
-			return nil, false, err
+			return nil, false, false, err
 		}
+		secure = secure && a.secure
 		target := name
 		for {
 			var found []dns.RR
@@ -255,22 +272,22 @@ func (r *Resolver) resolve(ctx context.Context, name string, qtype uint16) (rrs 
 				}
 			}
 			if len(found) > 0 {
-				return found, false, nil
+				return found, false, secure, nil
 			}
 			if next == "" {
 				break
 			}
 			hops++
 			if hops > maxCNAMEHops {
-				return nil, false, temporary(hostName(name), "more than %d CNAMEs from %s", maxCNAMEHops, hostName(name))
+				return nil, false, false, temporary(hostName(name), "more than %d CNAMEs from %s", maxCNAMEHops, hostName(name))
 			}
 			target = next
 		}
 		if a.rcode == dns.RcodeNameError {
-			return nil, true, nil
+			return nil, true, secure, nil
 		}
 		if target == name {
-			return nil, false, nil
+			return nil, false, secure, nil
 		}
 		// The server gave the CNAME but not what it points to.
 		name = target

@@ -661,3 +661,36 @@ func TestSetServers(t *testing.T) {
 		t.Errorf("a bad server list: err %v, servers %v", err, r.Servers())
 	}
 }
+
+// MX.Secure: the MX answer and the host's address answers all carried the
+// AD bit (RFC 7672 §2.2); one answer without it makes the host insecure.
+func TestLookupMX_Secure(t *testing.T) {
+	t.Parallel()
+	srv := dnstest.New(t, dnstest.Zone{
+		"example.com.":     {dnstest.MX("example.com", 10, "mx1.example.com"), dnstest.MX("example.com", 20, "mx2.example.com")},
+		"mx1.example.com.": {dnstest.A("mx1.example.com", "192.0.2.1")},
+		"mx2.example.com.": {dnstest.A("mx2.example.com", "192.0.2.2")},
+		"implicit.test.":   {dnstest.A("implicit.test", "192.0.2.3")},
+	})
+	srv.SetAD(true)
+	srv.SetInsecure("mx2.example.com")
+	r, err := NewResolver([]string{srv.Addr}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mxs, err := r.LookupMX(context.Background(), "example.com")
+	if err != nil || len(mxs) != 2 {
+		t.Fatalf("LookupMX: %+v, %v", mxs, err)
+	}
+	if !mxs[0].Secure || mxs[1].Secure {
+		t.Errorf("secure: %s %v, %s %v; want true, false", mxs[0].Host, mxs[0].Secure, mxs[1].Host, mxs[1].Secure)
+	}
+	if mxs, err := r.LookupMX(context.Background(), "implicit.test"); err != nil || !mxs[0].Secure || !mxs[0].Implicit {
+		t.Errorf("implicit MX: %+v, %v", mxs, err)
+	}
+	srv.SetInsecure("example.com")
+	r2, _ := NewResolver([]string{srv.Addr}, time.Second)
+	if mxs, err := r2.LookupMX(context.Background(), "example.com"); err != nil || mxs[0].Secure {
+		t.Errorf("an insecure MX answer: %+v, %v", mxs, err)
+	}
+}

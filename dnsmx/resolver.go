@@ -132,7 +132,7 @@ func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*answe
 	if err != nil {
 		return nil, err
 	}
-	a := &answer{rcode: m.Rcode, rrs: m.Answer}
+	a := &answer{rcode: m.Rcode, rrs: m.Answer, secure: m.AuthenticatedData}
 	if ttl := ttlOf(m); ttl > 0 {
 		r.cache.put(k, a, now.Add(ttl))
 	}
@@ -147,6 +147,10 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 	q := new(dns.Msg)
 	q.SetQuestion(name, qtype)
 	q.RecursionDesired = true
+	// The AD bit asks a validating resolver to say whether the answer is
+	// DNSSEC-secure (RFC 6840 §5.7); DANE needs that of the MX and address
+	// records (RFC 7672 §2.2).
+	q.AuthenticatedData = true
 	q.SetEdns0(ednsSize, false)
 	return r.ask(ctx, q, strings.TrimSuffix(name, "."))
 }

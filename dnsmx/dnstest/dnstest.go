@@ -57,6 +57,7 @@ type Server struct {
 	drops    map[string]bool
 	truncate map[string]bool
 	ad       bool
+	insecure map[string]bool // names answered without AD even with SetAD(true)
 	chase    bool
 	closed   bool
 }
@@ -209,6 +210,18 @@ func (s *Server) SetAD(on bool) {
 	s.ad = on
 }
 
+// SetInsecure makes the answers for name carry no AD bit even when SetAD is
+// on: a name in a zone that is not signed, or whose validation a resolver
+// could not finish, among secure ones.
+func (s *Server) SetInsecure(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.insecure == nil {
+		s.insecure = make(map[string]bool)
+	}
+	s.insecure[canon(name)] = true
+}
+
 // ChaseCNAME says whether an answer that meets a CNAME also carries the
 // records the CNAME points to (the default) or stops at the CNAME, making
 // the client ask again for the target.
@@ -254,7 +267,7 @@ func (s *Server) answer(req *dns.Msg, udp bool) (m *dns.Msg, drop bool) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	m.AuthenticatedData = s.ad
+	m.AuthenticatedData = s.ad && !s.insecure[name]
 	if s.drops[name] {
 		return nil, true
 	}

@@ -28,6 +28,9 @@ type target struct {
 	addrs []netip.Addr // nil: resolve host with LookupHost when reached
 	port  int
 	route *config.Route // nil for MX delivery
+	// dnssec: the MX record and host's addresses are DNSSEC-secure, so its
+	// TLSA records may be used (RFC 7672 §2.2).
+	dnssec bool
 }
 
 // connKey identifies connections that are interchangeable for reuse.

@@ -219,8 +219,12 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 		p.required, p.check = true, checkPKIX
 	}
 
-	// DANE first: it takes precedence over MTA-STS (RFC 8461 §2).
-	if dt.level != config.TLSVerify && cfg.Delivery.DNSSECTrustedResolver && a.tlsa != nil {
+	// DANE first: it takes precedence over MTA-STS (RFC 8461 §2). Only
+	// for a host whose MX record and addresses are DNSSEC-secure: an
+	// attacker who can forge those could name a host with TLSA records of
+	// his own (RFC 7672 §2.2); otherwise the domain's other policies apply,
+	// as Postfix's "dane" level falls back to "may".
+	if dt.level != config.TLSVerify && cfg.Delivery.DNSSECTrustedResolver && a.tlsa != nil && tg.dnssec {
 		recs, secure, err := a.tlsa.LookupTLSA(ctx, tg.host, tg.port)
 		switch {
 		case err != nil && dnsmx.IsTemporary(err):

@@ -434,12 +434,20 @@ func TestDANE_NotTrustedIsIgnored(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		ad, trust bool
-	}{{"no AD bit", false, true}, {"resolver not trusted", true, false}} {
+		insecure  string // a name answered without the AD bit
+	}{{"no AD bit", false, true, ""}, {"resolver not trusted", true, false, ""},
+		// RFC 7672 §2.2: TLSA records count only for a host named by a
+		// secure MX record set, with secure address records.
+		{"MX records not secure", true, true, "example.test"},
+		{"MX host address not secure", true, true, "mx.example.test"}} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
 			h.dns.Add("_"+itoa(h.port)+"._tcp.mx.example.test.", testpki.TLSA(t, h.port, "mx.example.test", 3, 1, 1, other.Cert))
 			h.dns.SetAD(c.ad)
+			if c.insecure != "" {
+				h.dns.SetInsecure(c.insecure)
+			}
 			h.cfg.Delivery.DNSSECTrustedResolver = c.trust
 			h.start()
 			id := h.submit(testBody, []string{"a@example.test"})
