@@ -276,7 +276,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			if err == nil || errors.Is(err, smtp.ErrServerClosed) || errors.Is(err, net.ErrClosed) {
 				return // (the listeners were closed above)
 			}
-			srv.Close() // deadline passed: close what is left
+			srv.AbortConns() // deadline passed: 421 and close what is left
 			errs[i] = err
 		}()
 	}

@@ -198,3 +198,28 @@ func TestConnectionLostIsNotAnError(t *testing.T) {
 		t.Errorf("a port probe was logged as an error:\n%s", ts.logs.String())
 	}
 }
+
+// A session still in the middle of a message when the shutdown deadline
+// passes is told 421 4.3.2 before its connection closes (RFC 5321 §3.8);
+// nothing is queued.
+func TestShutdown_DeadlinePassed_421(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: half a message\r\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := ts.s.Shutdown(ctx); err == nil {
+		t.Error("Shutdown returned nil with a transaction still open")
+	}
+	d.expect("421 4.3.2 ")
+	if !d.closed() {
+		t.Error("the connection is still open after the 421")
+	}
+	if n := len(ts.q.List()); n != 0 {
+		t.Errorf("%d message(s) queued", n)
+	}
+}

@@ -421,6 +421,29 @@ func (s *Server) Close() error {
 	return err
 }
 
+// AbortConns ends every open session after a Shutdown whose deadline
+// passed: each client is sent "421 4.3.2 … Service shutting down" (RFC 5321
+// §3.8: a server that must close says so), waiting at most a second, and
+// its connection is closed; an unfinished message was never acknowledged.
+// Close cannot do this after Shutdown (mailhop patch).
+func (s *Server) AbortConns() {
+	s.locker.Lock()
+	conns := make([]*Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.locker.Unlock()
+	line := "421 4.3.2 " + s.greetingName() + " Service shutting down, closing connection\r\n"
+	for _, c := range conns {
+		// Straight to the connection: the session goroutine may be in the
+		// middle of reading a message, and net.Conn writes are safe to
+		// make from another goroutine.
+		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		io.WriteString(c.conn, line)
+		c.conn.Close()
+	}
+}
+
 // Shutdown gracefully shuts down the server without interrupting any
 // active connections. Shutdown works by first closing all open
 // listeners and then waiting indefinitely for connections to return to
