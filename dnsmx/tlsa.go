@@ -27,7 +27,7 @@ import (
 // resolver also returns for bogus data, or a timeout) — RFC 7672 §2.2.1
 // says not to deliver to the host then if its address records were
 // secure — or a permanent one for a name that is not a host name.
-// Answers are not cached.
+// Answers are cached for their TTL, with their AD bit.
 func (r *Resolver) LookupTLSA(ctx context.Context, mxHost string, port int) (records []*dns.TLSA, secure bool, err error) {
 	fqdn, lit, err := normalize(mxHost)
 	if err != nil {
@@ -37,17 +37,25 @@ func (r *Resolver) LookupTLSA(ctx context.Context, mxHost string, port int) (rec
 		return nil, false, permanent(mxHost, CodeNoSuchDomain, "no TLSA records for an address or port %d", port)
 	}
 	name := fmt.Sprintf("_%d._tcp.%s", port, fqdn)
-	m, err := r.exchangeDNSSEC(ctx, name, dns.TypeTLSA)
-	if err != nil {
-		return nil, false, err
+	k, now := cacheKey{name, dns.TypeTLSA}, r.now()
+	a := r.cache.get(k, now)
+	if a == nil {
+		m, err := r.exchangeDNSSEC(ctx, name, dns.TypeTLSA)
+		if err != nil {
+			return nil, false, err
+		}
+		a = &answer{rcode: m.Rcode, rrs: m.Answer, secure: m.AuthenticatedData}
+		if ttl := ttlOf(m); ttl > 0 {
+			r.cache.put(k, a, now.Add(ttl))
+		}
 	}
-	secure = m.AuthenticatedData
+	secure = a.secure
 	// The records at name, or at the end of a CNAME chain in the answer
 	// (RFC 7672 §2.2.3 allows TLSA records reached through CNAMEs).
 	owner := name
 	for range maxCNAMEHops + 1 {
 		next := ""
-		for _, rr := range m.Answer {
+		for _, rr := range a.rrs {
 			if !strings.EqualFold(rr.Header().Name, owner) {
 				continue
 			}
