@@ -157,13 +157,10 @@ func (c *Client) setConn(conn net.Conn) {
 	var r io.Reader = conn
 	var w io.Writer = conn
 
-	r = &lineLimitReader{
-		R: conn,
-		// mailhop patch: replies longer than RFC 5321's 512 octets are
-		// read (and cut to maxReplyLine) up to this bound on memory;
-		// upstream failed the session on a line over 2000.
-		LineLimit: replyLineLimit,
-	}
+	// mailhop patch: a reply line longer than replyLineLimit loses the
+	// rest of its octets instead of failing the session (upstream failed
+	// on a line over 2000); readReply cuts it further to maxReplyLine.
+	r = &lineCutReader{r: conn, limit: replyLineLimit}
 
 	r = io.TeeReader(r, clientDebugWriter{c})
 	w = io.MultiWriter(w, clientDebugWriter{c})
@@ -294,9 +291,39 @@ func (c *Client) readResponse(expectCode int) (int, string, error) {
 
 // mailhop patch: reply lines.
 const (
-	replyLineLimit = 16 << 10 // a longer line fails the session
+	replyLineLimit = 16 << 10 // octets of a line read; the rest is dropped
 	maxReplyLine   = 2048     // the part of a reply line kept (as Postfix does)
 )
+
+// lineCutReader passes at most limit octets of each line through (the line
+// end always), dropping the rest of a longer line: memory stays bounded
+// whatever a server sends, and the session goes on (mailhop patch).
+type lineCutReader struct {
+	r     io.Reader
+	limit int
+	n     int // octets of the current line passed so far
+}
+
+func (lc *lineCutReader) Read(b []byte) (int, error) {
+	for {
+		n, err := lc.r.Read(b)
+		out := 0
+		for _, c := range b[:n] {
+			if c == '\n' {
+				lc.n = 0
+			} else if lc.n >= lc.limit {
+				continue
+			} else {
+				lc.n++
+			}
+			b[out] = c
+			out++
+		}
+		if out > 0 || err != nil || n == 0 {
+			return out, err
+		}
+	}
+}
 
 // readReply reads one reply (RFC 5321 §4.2) and checks its code against
 // expectCode as textproto.Reader.ReadResponse does (1–3 digits of prefix),
