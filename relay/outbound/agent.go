@@ -113,6 +113,7 @@ func New(opts Options) (*Agent, error) {
 	a.pool = newPool(per)
 	a.domains = newLimiter(per)
 	a.cfg.Store(opts.Config)
+	a.loadTLSCounts() // after the configuration: its data_dir has the file
 	a.q.SetRetryIntervals(opts.Config.RetryDurations())
 	a.sts = opts.MTASTS
 	if a.sts == nil {

@@ -126,6 +126,14 @@ func (a *Agent) SendTLSReports(ctx context.Context) (TLSReportResult, error) {
 // tlsReportLoop calls SendTLSReports at the end of every period until ctx
 // is done. With delivery.tls_reports off the period's counts are dropped.
 func (a *Agent) tlsReportLoop(ctx context.Context) {
+	save := func() {
+		if err := a.saveTLSCounts(); err != nil {
+			a.log.Warn("tls reports: counts not saved", "err", err)
+		}
+	}
+	defer save() // at the stop: the next run goes on counting
+	saveTick := time.NewTicker(tlsSaveInterval)
+	defer saveTick.Stop()
 	for {
 		iv := a.config().Delivery.TLSReportInterval.Duration
 		if iv <= 0 {
@@ -133,22 +141,30 @@ func (a *Agent) tlsReportLoop(ctx context.Context) {
 		}
 		now := a.now()
 		t := time.NewTimer(nextReportTime(now, iv).Sub(now))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-saveTick.C:
+				save()
+			case <-t.C:
+				break wait
+			}
 		}
 		if !a.config().Delivery.TLSReports {
 			a.tlsrpt.mu.Lock()
 			a.TLSResults(true)
 			a.tlsrpt.start = a.now()
 			a.tlsrpt.mu.Unlock()
+			save()
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, reportRunTimeout)
 		res, err := a.SendTLSReports(rctx)
 		cancel()
+		save() // the period just reported is not to be counted again
 		if err != nil {
 			a.log.Warn("tls reports: some could not be sent", "domains", res.Domains, "reports", res.Reports, "sent", res.Sent, "err", err)
 		} else if res.Domains > 0 {
