@@ -1167,8 +1167,10 @@ func (c *Conn) handleBdat(arg string) {
 	}
 
 	if c.bdatPipe == nil {
-		var r *io.PipeReader
-		r, c.bdatPipe = io.Pipe()
+		r, w := io.Pipe()
+		c.locker.Lock() // mailhop patch: Close reads it from another goroutine
+		c.bdatPipe = w
+		c.locker.Unlock()
 
 		c.dataResult = make(chan error, 1)
 		c.bdatCheck = &lineChecker{maxLine: c.lim.MaxLineLength}
@@ -1218,9 +1220,10 @@ func (c *Conn) handleBdat(arg string) {
 		// and queued a truncated message), and nothing more is read
 		// (upstream read the rest of the chunk, waiting for the client a
 		// second time).
-		c.bdatPipe.CloseWithError(chunk.err)
+		if p := c.takeBdatPipe(); p != nil {
+			p.CloseWithError(chunk.err)
+		}
 		<-c.dataResult
-		c.bdatPipe = nil
 		c.readError(chunk.err)
 		return
 	}
@@ -1238,9 +1241,10 @@ func (c *Conn) handleBdat(arg string) {
 			err = c.bdatCheck.err
 		}
 		// Let the backend see why the message was dropped, and wait for it.
-		c.bdatPipe.CloseWithError(err)
+		if p := c.takeBdatPipe(); p != nil {
+			p.CloseWithError(err)
+		}
 		<-c.dataResult
-		c.bdatPipe = nil
 
 		c.writeResponse(dataErrorToStatus(err))
 
@@ -1255,10 +1259,10 @@ func (c *Conn) handleBdat(arg string) {
 	c.bytesReceived += int64(size)
 
 	if last {
-		c.bdatPipe.Close()
-
+		if p := c.takeBdatPipe(); p != nil {
+			p.Close()
+		}
 		err := <-c.dataResult
-		c.bdatPipe = nil
 
 		if c.server.LMTP {
 			c.bdatStatus.fillRemaining(err)
@@ -1440,6 +1444,17 @@ func (c *Conn) Reject() {
 // readError answers a failed read: a timeout gets 421 (RFC 5321 §4.5.3.2),
 // anything else (the client went away) no reply. The connection is closed
 // after the current command either way.
+// takeBdatPipe clears the BDAT message pipe under the lock and returns it,
+// or nil when Close (from another goroutine) took it first (mailhop patch:
+// the pipe was set and cleared without the lock Close takes).
+func (c *Conn) takeBdatPipe() *io.PipeWriter {
+	c.locker.Lock()
+	defer c.locker.Unlock()
+	p := c.bdatPipe
+	c.bdatPipe = nil
+	return p
+}
+
 // chunkReader reads a BDAT chunk and remembers how much it read and the
 // connection's error, apart from the backend's (mailhop patch).
 type chunkReader struct {
