@@ -502,7 +502,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// No host answered: whatever the last reply, try again later.
 	e := *last
 	if !e.Temporary() {
-		e = smtperr.Error{Enhanced: "4.4.1", Msg: last.Error()}
+		e = smtperr.Error{Enhanced: "4.4.1", Msg: last.Msg} // its own codes would read as a second status
 	}
 	gr.err = &e
 	gr.rcpts = allPending(t.rcpts, &e)
