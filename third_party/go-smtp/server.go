@@ -181,7 +181,20 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 
+		// mailhop patch: counted under the lock and only while the server
+		// is not shutting down, so that no Add comes after Shutdown's Wait
+		// has begun (a connection accepted as the listener closed raced
+		// with it).
+		s.locker.Lock()
+		select {
+		case <-s.done:
+			s.locker.Unlock()
+			c.Close()
+			return nil
+		default:
+		}
 		s.wg.Add(1)
+		s.locker.Unlock()
 		select {
 		case s.idle <- c:
 		default:
