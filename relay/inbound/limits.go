@@ -59,26 +59,40 @@ type connLimits struct {
 
 // acquire takes a slot for ip, or reports false when a limit is reached
 // (0 means no limit).
+// An invalid ip (the zero Addr) counts toward the total only: trusted
+// clients do not use up their address's (or /64's) share.
 func (l *connLimits) acquire(ip netip.Addr, maxTotal, maxPerIP int) bool {
-	ip = clientKey(ip)
+	counted := ip.IsValid()
+	if counted {
+		ip = clientKey(ip)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if maxTotal > 0 && l.total >= maxTotal || maxPerIP > 0 && l.perIP[ip] >= maxPerIP {
+	if maxTotal > 0 && l.total >= maxTotal || counted && maxPerIP > 0 && l.perIP[ip] >= maxPerIP {
 		return false
 	}
-	if l.perIP == nil {
-		l.perIP = make(map[netip.Addr]int)
-	}
 	l.total++
-	l.perIP[ip]++
+	if counted {
+		if l.perIP == nil {
+			l.perIP = make(map[netip.Addr]int)
+		}
+		l.perIP[ip]++
+	}
 	return true
 }
 
+// release gives back what acquire took for the same ip.
 func (l *connLimits) release(ip netip.Addr) {
-	ip = clientKey(ip)
+	counted := ip.IsValid()
+	if counted {
+		ip = clientKey(ip)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
+	if !counted {
+		return
+	}
 	if l.perIP[ip]--; l.perIP[ip] <= 0 {
 		delete(l.perIP, ip)
 	}
@@ -117,27 +131,31 @@ func (ll *limitListener) Accept() (net.Conn, error) {
 		s := ll.s
 		cfg := s.cfg.Load()
 		ip := remoteIP(c.RemoteAddr())
-		if s.authFails.blocked(ip, time.Now()) {
+		trusted := cfg.IsTrusted(ip)
+		// The trusted networks are exempt from the AUTH block (a neighbour
+		// in the same /64 failing AUTH must not lock out cron), as from
+		// the per-address limit below.
+		if !trusted && s.authFails.blocked(ip, time.Now()) {
 			s.stats.connRejected.Add(1)
 			s.log.Info("connection refused", "client", ip.String(), "reason", "auth_blocked")
 			ll.reject(c, "421 4.7.0 "+cfg.Hostname+" Too many failed authentications, try again later")
 			continue
 		}
-		perIP := cfg.Limits.MaxConnectionsPerIP
-		if cfg.IsTrusted(ip) {
-			// Like Postfix's smtpd_client_event_limit_exceptions: the
-			// trusted networks (applications, cron) are not rate-limited
-			// per address; the total limit still applies.
-			perIP = 0
+		// Like Postfix's smtpd_client_event_limit_exceptions: the trusted
+		// networks (applications, cron) are not limited per address, nor
+		// counted toward their /64's limit; the total limit still applies.
+		key := ip
+		if trusted {
+			key = netip.Addr{}
 		}
-		if !s.conns.acquire(ip, cfg.Limits.MaxConnections, perIP) {
+		if !s.conns.acquire(key, cfg.Limits.MaxConnections, cfg.Limits.MaxConnectionsPerIP) {
 			s.stats.connRejected.Add(1)
 			s.log.Info("connection refused", "client", ip.String(), "reason", "too_many_connections")
 			ll.reject(c, "421 4.7.0 "+cfg.Hostname+" Too many connections, try again later")
 			continue
 		}
 		s.log.Debug("connection opened", "client", ip.String(), "local", c.LocalAddr().String())
-		tc := &trackedConn{Conn: c, s: s, ip: ip}
+		tc := &trackedConn{Conn: c, s: s, ip: ip, key: key}
 		if d := cfg.Limits.SessionTimeout.Duration; d > 0 {
 			tc.end = time.Now().Add(d)
 			c.SetDeadline(tc.end)
@@ -178,7 +196,8 @@ type trackedConn struct {
 	net.Conn
 	s    *Server
 	ip   netip.Addr
-	end  time.Time // session deadline; zero: none
+	key  netip.Addr // what the per-address limit counted (zero: not counted)
+	end  time.Time  // session deadline; zero: none
 	once sync.Once
 }
 
@@ -212,7 +231,7 @@ func (c *trackedConn) SetWriteDeadline(t time.Time) error {
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {
-		c.s.conns.release(c.ip)
+		c.s.conns.release(c.key)
 		c.s.log.Debug("connection closed", "client", c.ip.String())
 	})
 	return err

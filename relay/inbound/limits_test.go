@@ -51,3 +51,24 @@ func TestLimits_IPv6CountedPer64(t *testing.T) {
 		t.Errorf("IPv4 failures shared between addresses: %d", n)
 	}
 }
+
+// A connection counted without an address (a trusted client) takes a slot
+// of the total only: its /64's neighbours keep their own limit.
+func TestLimits_TrustedNotCountedPerAddress(t *testing.T) {
+	var l connLimits
+	for range 3 {
+		if !l.acquire(netip.Addr{}, 10, 1) {
+			t.Fatal("an uncounted connection was refused")
+		}
+	}
+	if !l.acquire(netip.MustParseAddr("2001:db8:1:2::1"), 10, 1) {
+		t.Error("a neighbour was refused because of uncounted connections")
+	}
+	if l.open() != 4 || len(l.perIP) != 1 {
+		t.Errorf("total %d, per-address entries %d; want 4 and 1", l.open(), len(l.perIP))
+	}
+	l.release(netip.Addr{})
+	if l.open() != 3 || len(l.perIP) != 1 {
+		t.Errorf("after a release: total %d, per-address entries %d", l.open(), len(l.perIP))
+	}
+}

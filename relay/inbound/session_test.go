@@ -1,8 +1,11 @@
 package inbound
 
 import (
+	"bufio"
 	"crypto/tls"
 	"encoding/base64"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -400,4 +403,38 @@ func TestAuth_LongInitialResponse(t *testing.T) {
 		"C: AUTH PLAIN "+plainIR("alice", strings.Repeat("p", 6000)), "S: 535 5.7.8 ",
 		"C: NOOP "+strings.Repeat("x", 3000), "S: 500 5.5.2 ",
 		"C: NOOP", "S: 250 ")
+}
+
+// A trusted client is not refused at connect because AUTH failed too often
+// from its address (Postfix exempts $mynetworks the same way); others are.
+func TestAuthBlock_TrustedExempt(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) {
+		c.Limits.MaxAuthFailures = 2
+		c.Policy.Trusted = append(c.Policy.Trusted, netip.MustParsePrefix("127.0.0.7/32"))
+	})
+	for _, ip := range []string{"127.0.0.7", "127.0.0.8"} {
+		c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).Dial("tcp", ts.addr[config.ModeSubmissions])
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		d := &dialog{t: t, c: tc, r: bufio.NewReader(tc)}
+		d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+			"C: AUTH PLAIN "+plainIR("alice", "x"), "S: 535 ",
+			"C: AUTH PLAIN "+plainIR("alice", "y"), "S: 421 4.7.0 ")
+		tc.Close()
+		again, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}).Dial("tcp", ts.addr[config.ModeRelay])
+		if err != nil {
+			t.Fatal(err)
+		}
+		line, _ := bufio.NewReader(again).ReadString('\n')
+		again.Close()
+		want := "421 4.7.0 "
+		if ip == "127.0.0.7" {
+			want = "220 "
+		}
+		if !strings.HasPrefix(line, want) {
+			t.Errorf("%s after its AUTH failures: %q, want %q", ip, line, want)
+		}
+	}
 }
