@@ -123,12 +123,19 @@ func (r *Resolver) now() time.Time {
 // name is a lower-case FQDN. The error is always a temporary *Error:
 // NXDOMAIN and NODATA are answers, not errors.
 func (r *Resolver) query(ctx context.Context, name string, qtype uint16) (*answer, error) {
+	return r.cached(ctx, name, qtype, r.exchange)
+}
+
+// cached returns the answer for (name, qtype) from the cache, or asks with
+// exchange and keeps the answer (with its AD bit) for its TTL.
+func (r *Resolver) cached(ctx context.Context, name string, qtype uint16,
+	exchange func(context.Context, string, uint16) (*dns.Msg, error)) (*answer, error) {
 	k := cacheKey{name, qtype}
 	now := r.now()
 	if a := r.cache.get(k, now); a != nil {
 		return a, nil
 	}
-	m, err := r.exchange(ctx, name, qtype)
+	m, err := exchange(ctx, name, qtype)
 	if err != nil {
 		return nil, err
 	}

@@ -37,17 +37,9 @@ func (r *Resolver) LookupTLSA(ctx context.Context, mxHost string, port int) (rec
 		return nil, false, permanent(mxHost, CodeNoSuchDomain, "no TLSA records for an address or port %d", port)
 	}
 	name := fmt.Sprintf("_%d._tcp.%s", port, fqdn)
-	k, now := cacheKey{name, dns.TypeTLSA}, r.now()
-	a := r.cache.get(k, now)
-	if a == nil {
-		m, err := r.exchangeDNSSEC(ctx, name, dns.TypeTLSA)
-		if err != nil {
-			return nil, false, err
-		}
-		a = &answer{rcode: m.Rcode, rrs: m.Answer, secure: m.AuthenticatedData}
-		if ttl := ttlOf(m); ttl > 0 {
-			r.cache.put(k, a, now.Add(ttl))
-		}
+	a, err := r.cached(ctx, name, dns.TypeTLSA, r.exchangeDNSSEC)
+	if err != nil {
+		return nil, false, err
 	}
 	secure = a.secure
 	// The records at name, or at the end of a CNAME chain in the answer

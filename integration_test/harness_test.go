@@ -437,16 +437,7 @@ func runTool(t testing.TB, stdin []byte, name string, args ...string) (string, e
 // 10 seconds: the log reaches the test through a pipe, a little after the
 // relay wrote it.
 func (r *relay) waitLine(parts ...string) bool {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if r.hasLine(parts...) {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond) // polling the log, bounded
-	}
+	return r.logs.WaitLine(10*time.Second, parts...) != ""
 }
 
 // hasLine reports whether the relay's log has a line containing every part.

@@ -984,24 +984,21 @@ func TestOpsStartNotifiesSystemd(t *testing.T) {
 			got <- string(buf[:n])
 		}
 	}()
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case s := <-got:
+			if s != want {
+				t.Errorf("notification %q, want %s", s, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s", want)
+		}
+	}
 	r := startRelay(t, relayOpts{Env: []string{"NOTIFY_SOCKET=" + sock}})
-	select {
-	case s := <-got:
-		if s != "READY=1" {
-			t.Errorf("first notification %q, want READY=1", s)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("no READY=1")
-	}
+	expect("READY=1")
 	r.stop()
-	select {
-	case s := <-got:
-		if s != "STOPPING=1" {
-			t.Errorf("notification at SIGTERM %q, want STOPPING=1", s)
-		}
-	case <-time.After(10 * time.Second):
-		t.Error("no STOPPING=1")
-	}
+	expect("STOPPING=1")
 
 	// A second relay (its own data_dir) on the same ports cannot bind them.
 	r.start()

@@ -244,35 +244,31 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 
 // CheckEnvelope is what the relay checks of an injection's envelope, for
 // sendmail to check before it hands a message over (also to the pickup
-// directory, whose bad files would otherwise only be found at the start).
+// directory, whose bad files would otherwise only be found at the start):
+// no recipient, an address that is not one (RFC 5321), bad DSN parameters.
 func CheckEnvelope(env *InjectEnvelope) error {
-	if err := checkInjectEnvelope(env); err != nil {
-		return errors.New(strings.TrimPrefix(err.Error(), "inject: "))
-	}
-	return nil
-}
-
-// checkInjectEnvelope refuses envelopes the queue or a remote server could
-// not take: no recipient, an address that is not one (RFC 5321), bad DSN
-// parameters.
-func checkInjectEnvelope(env *InjectEnvelope) error {
 	if len(env.Recipients) == 0 {
-		return injectErr(http.StatusBadRequest, "inject: no recipients")
+		return errors.New("no recipients")
 	}
 	if len(env.Recipients) > maxInjectRecipients {
-		return injectErr(http.StatusBadRequest, "inject: more than %d recipients", maxInjectRecipients)
+		return fmt.Errorf("more than %d recipients", maxInjectRecipients)
 	}
 	if env.From != "" {
 		if err := checkAddress(env.From); err != nil {
-			return injectErr(http.StatusBadRequest, "inject: sender %q: %v", env.From, err)
+			return fmt.Errorf("sender %q: %v", env.From, err)
 		}
 	}
 	for _, r := range env.Recipients {
 		if err := checkAddress(r); err != nil {
-			return injectErr(http.StatusBadRequest, "inject: recipient %q: %v", r, err)
+			return fmt.Errorf("recipient %q: %v", r, err)
 		}
 	}
-	if err := CheckDSN(env.Notify, env.Ret, env.EnvID); err != nil {
+	return CheckDSN(env.Notify, env.Ret, env.EnvID)
+}
+
+// checkInjectEnvelope is CheckEnvelope as the relay answers it: 400.
+func checkInjectEnvelope(env *InjectEnvelope) error {
+	if err := CheckEnvelope(env); err != nil {
 		return injectErr(http.StatusBadRequest, "inject: %v", err)
 	}
 	return nil

@@ -330,10 +330,7 @@ func TestBDAT_LastChunkCutShort_NothingQueued(t *testing.T) {
 	if strings.Contains(string(rest), "250") {
 		t.Errorf("a cut-short BDAT LAST got %q", rest)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(ts.logs.String(), "message refused") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // polling the log, not synchronising on time
-	}
+	ts.logs.WaitLine(5*time.Second, "message refused")
 	if !strings.Contains(ts.logs.String(), "reason=aborted") {
 		t.Errorf("no aborted refusal logged:\n%s", ts.logs.String())
 	}
@@ -405,10 +402,7 @@ func TestBDAT_LeftBetweenChunks_Aborted(t *testing.T) {
 	d.write("BDAT 12\r\nSubject: x\r\n")
 	d.expect("250 ")
 	d.c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(ts.logs.String(), "message refused") && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // polling the log, not synchronising on time
-	}
+	ts.logs.WaitLine(5*time.Second, "message refused")
 	if logs := ts.logs.String(); !strings.Contains(logs, "reason=aborted") || strings.Contains(logs, "reason=queue_error") {
 		t.Errorf("want one aborted refusal, no queue error:\n%s", logs)
 	}

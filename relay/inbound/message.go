@@ -80,15 +80,11 @@ type idSniffer struct {
 	id   string // set when mailhop added the field itself
 }
 
-// maxHops is the most Received fields a message may carry, mailhop's
-// own included (Postfix's hopcount_limit; delivery takes more for a loop,
-// RFC 5321 §6.3).
-const maxHops = 50
-
 // errTooManyHops refuses a message that has been around too often: a loop.
 // Refusing it at the end of DATA (as Postfix does) tells the client, where
 // accepting it would mean a bounce to a sender that may be forged.
-var errTooManyHops = smtpErr(554, smtp.EnhancedCode{5, 4, 6}, "Too many hops: mail loop (relayed 50 times already)")
+var errTooManyHops = smtpErr(554, smtp.EnhancedCode{5, 4, 6},
+	fmt.Sprintf("Too many hops: mail loop (relayed %d times already)", mailhdr.MaxReceived))
 
 func (s *idSniffer) Read(p []byte) (int, error) {
 	n, err := s.r.Read(p)
@@ -110,7 +106,7 @@ func (s *idSniffer) Read(p []byte) (int, error) {
 			s.done = true
 		}
 	}
-	if err == io.EOF && countReceived(s.head)+1 > maxHops {
+	if err == io.EOF && countReceived(s.head)+1 > mailhdr.MaxReceived {
 		return n, errTooManyHops // at the end of the data, the whole head seen
 	}
 	return n, err

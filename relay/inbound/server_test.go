@@ -181,16 +181,7 @@ func TestConnectionLostIsNotAnError(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	var line string
-	deadline := time.Now().Add(5 * time.Second)
-	for line == "" && time.Now().Before(deadline) {
-		for _, l := range strings.Split(ts.logs.String(), "\n") {
-			if strings.Contains(l, "connection lost") {
-				line = l
-			}
-		}
-		time.Sleep(10 * time.Millisecond) // polling the log, not synchronising on time
-	}
+	line := ts.logs.WaitLine(5*time.Second, "connection lost")
 	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "TLS handshake") || !strings.Contains(line, "client=127.0.0.1:") {
 		t.Errorf("log line %q, want an INFO 'connection lost' naming the client and the TLS handshake", line)
 	}

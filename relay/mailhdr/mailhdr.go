@@ -10,6 +10,13 @@ import (
 	"io"
 )
 
+// MaxReceived is the most Received fields a message may carry, the relay's
+// own included, before it is taken for a loop (RFC 5321 §6.3 suggests 100
+// as an upper bound; 50 is the usual MTA choice, Postfix's hopcount_limit).
+// The SMTP server refuses such a message at the end of DATA; delivery
+// bounces one that got into the queue otherwise.
+const MaxReceived = 50
+
 // Fields calls fn with the name (white space trimmed) and the raw value of
 // each field of the header block at the start of h, in order, until fn
 // returns false, h ends, or the empty line that ends the header. A raw value

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -253,9 +254,9 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 	at := &attempt{}
 	hdr := scanStored(body)
 	n, msgID := hdr.received, hdr.messageID
-	if n > maxReceived {
+	if n > mailhdr.MaxReceived {
 		// RFC 5321 §6.3: a loop; bounce rather than circulate forever.
-		e := smtperr.New(0, "5.4.6", "mail loop: %d Received header fields (more than %d)", n, maxReceived)
+		e := smtperr.New(0, "5.4.6", "mail loop: %d Received header fields (more than %d)", n, mailhdr.MaxReceived)
 		for i := range env.Recipients {
 			if env.Recipients[i].State == queue.Pending {
 				at.rcpts = append(at.rcpts, rcptResult{index: i, state: queue.Failed, reply: e})

@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"bufio"
 	"fmt"
 	"strings"
 	"sync"
@@ -41,39 +40,17 @@ func TestDelivery_MXGreetsAsUs_Bounces546(t *testing.T) {
 // rawServer answers with a fixed greeting line (code included) and EHLO
 // reply on ip at the harness port, and records the commands it gets.
 func rawServer(t *testing.T, h *harness, ip, greeting, ehlo string) *lockedBuilder {
-	ln := h.ports.Listen(ip)
-	t.Cleanup(func() { ln.Close() })
-	got := &lockedBuilder{}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				fmt.Fprintf(c, "%s\r\n", greeting)
-				r := bufio.NewReader(c)
-				for {
-					l, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					got.add(l)
-					switch strings.ToUpper(strings.Fields(l + " x")[0]) {
-					case "EHLO":
-						fmt.Fprintf(c, "250-%s\r\n250 PIPELINING\r\n", ehlo)
-					case "QUIT":
-						fmt.Fprintf(c, "221 bye\r\n")
-						return
-					default:
-						fmt.Fprintf(c, "502 no\r\n")
-					}
-				}
-			}()
+	return scriptedServer(t, h, ip, func(verb, _ string) string {
+		switch verb {
+		case "":
+			return greeting + "\r\n"
+		case "EHLO":
+			return fmt.Sprintf("250-%s\r\n250 PIPELINING\r\n", ehlo)
+		case "QUIT":
+			return "221 bye\r\n"
 		}
-	}()
-	return got
+		return "502 no\r\n"
+	})
 }
 
 // A server that greets with another name but answers EHLO with ours is

@@ -86,6 +86,26 @@ func plainReplies(over map[string]string) func(verb, line string) string {
 	}
 }
 
+// rcptLimitServer takes max recipients per transaction and answers refusal
+// to the others.
+func rcptLimitServer(t *testing.T, h *harness, ip string, max int, refusal string) *lockedBuilder {
+	var mu sync.Mutex
+	n := 0
+	return scriptedServer(t, h, ip, func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		switch verb {
+		case "MAIL", "RSET":
+			n = 0
+		case "RCPT":
+			if n++; n > max {
+				return refusal
+			}
+		}
+		return plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})(verb, line)
+	})
+}
+
 // A server that answers DATA with 250 instead of 354 has not taken the
 // message: it is deferred (4.5.0), never recorded as delivered, and the
 // body is not sent.
@@ -183,21 +203,7 @@ func TestDeadlineWriter_PerWrite(t *testing.T) {
 func TestDelivery_452TooManyRecipients_MoreTransactions(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
-	var mu sync.Mutex
-	n := 0
-	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
-		mu.Lock()
-		defer mu.Unlock()
-		switch verb {
-		case "MAIL", "RSET":
-			n = 0
-		case "RCPT":
-			if n++; n > 2 {
-				return "452 4.5.3 too many recipients\r\n"
-			}
-		}
-		return plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})(verb, line)
-	})
+	got := rcptLimitServer(t, h, "127.0.0.3", 2, "452 4.5.3 too many recipients\r\n")
 	h.start()
 	rcpts := []string{"a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"}
 	id := h.submit(testBody, rcpts)
@@ -301,21 +307,7 @@ func TestDelivery_NoAnswer_ReplyNamesTheHost(t *testing.T) {
 func TestDelivery_552ToRcpt_TakenAs452(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
-	var mu sync.Mutex
-	n := 0
-	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
-		mu.Lock()
-		defer mu.Unlock()
-		switch verb {
-		case "MAIL", "RSET":
-			n = 0
-		case "RCPT":
-			if n++; n > 2 {
-				return "552 5.5.3 Too many recipients\r\n"
-			}
-		}
-		return plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})(verb, line)
-	})
+	rcptLimitServer(t, h, "127.0.0.3", 2, "552 5.5.3 Too many recipients\r\n")
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test"})
 	h.waitRecords(id, 1)

@@ -41,11 +41,6 @@ func (a *Agent) Stats() Stats {
 	}
 }
 
-// maxReceived is the most Received fields a message may carry before it is
-// taken for a loop (RFC 5321 §6.3 suggests 100 as an upper bound; 50 is
-// the usual MTA choice).
-const maxReceived = 50
-
 // maxHeaderBytes bounds how much of a stored message is read as its header.
 const maxHeaderBytes = 1 << 20
 

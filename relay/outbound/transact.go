@@ -188,7 +188,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			setAccepted(stateOf(se), se)
 			// After a protocol error (a reply that does not fit DATA) the
 			// session is not trusted for more mail.
-			return res, strings.HasPrefix(se.Msg, "protocol error"), nil
+			return res, smtp.IsProtocolError(rep.Data), nil
 		}
 		setAccepted(queue.Pending, stageErr("data", rep.Data).err)
 		return res, true, nil

@@ -371,9 +371,21 @@ func (c *Client) readReply(expectCode int) (int, string, error) {
 	}
 	if code < 400 {
 		return code, text, &textproto.Error{Code: 451,
-			Msg: fmt.Sprintf("4.5.0 protocol error: the server answered %d where %d was expected: %s", code, expectCode, printable(text))}
+			Msg: fmt.Sprintf("4.5.0 %s: the server answered %d where %d was expected: %s", protocolErrorText, code, expectCode, printable(text))}
 	}
 	return code, text, &textproto.Error{Code: code, Msg: text}
+}
+
+// protocolErrorText starts the message of the error readReply makes of an
+// unexpected positive reply.
+const protocolErrorText = "protocol error"
+
+// IsProtocolError reports whether err is the temporary failure the client
+// makes of a reply that does not fit the command (a 250 to DATA): after it
+// the session is not to be trusted with more mail (mailhop patch).
+func IsProtocolError(err error) bool {
+	var se *SMTPError
+	return errors.As(err, &se) && se.Code == 451 && strings.HasPrefix(se.Message, protocolErrorText)
 }
 
 // codeMatches is textproto's rule: expect of 1, 2 or 3 digits is a prefix of

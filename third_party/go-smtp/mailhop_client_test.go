@@ -166,6 +166,9 @@ func TestStartTransaction_DataAnswered250(t *testing.T) {
 			!strings.Contains(se.Message, "250") {
 			t.Errorf("pipelining=%v: DATA reply %#v, want 451 4.5.0 naming the 250", pipelining, rep.Data)
 		}
+		if !IsProtocolError(rep.Data) {
+			t.Errorf("pipelining=%v: IsProtocolError(%v) = false", pipelining, rep.Data)
+		}
 		c.Close()
 		<-done
 	}
