@@ -15,17 +15,9 @@ import (
 func normalize(domain string) (fqdn string, addr netip.Addr, err error) {
 	d := strings.TrimSpace(domain)
 	if strings.HasPrefix(d, "[") && strings.HasSuffix(d, "]") {
-		lit := d[1 : len(d)-1]
-		if len(lit) > 5 && strings.EqualFold(lit[:5], "IPv6:") {
-			a, err := netip.ParseAddr(lit[5:])
-			if err != nil || !a.Is6() || a.Zone() != "" {
-				return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad IPv6 address literal")
-			}
-			return "", a, nil
-		}
-		a, err := netip.ParseAddr(lit)
-		if err != nil || !a.Is4() {
-			return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad address literal")
+		a, err := ParseAddressLiteral(d)
+		if err != nil {
+			return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "%v", err)
 		}
 		return "", a, nil
 	}

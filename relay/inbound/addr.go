@@ -2,7 +2,6 @@ package inbound
 
 import (
 	"errors"
-	"net/netip"
 	"strings"
 	"unicode/utf8"
 
@@ -138,24 +137,11 @@ func isDotString(s string, utf8OK bool) bool {
 // Let-dig [Ldh-str] (RFC 5321), or a U-label with utf8OK. No trailing dot.
 func isDomain(s string, utf8OK bool) bool { return dnsmx.IsDomainSyntax(s, utf8OK) }
 
-// isAddressLiteral checks "[" IPv4-address-literal / IPv6-address-literal "]".
-// General-address-literal (a standardized tag other than IPv6) is refused.
+// isAddressLiteral checks "[" IPv4-address-literal / IPv6-address-literal "]"
+// (dnsmx.ParseAddressLiteral). General-address-literal (a standardized tag
+// other than IPv6) is refused. A literal that is not a unicast address is
+// well-formed: Rcpt refuses it as a destination.
 func isAddressLiteral(s string) bool {
-	if len(s) < 3 || s[0] != '[' || s[len(s)-1] != ']' {
-		return false
-	}
-	in := s[1 : len(s)-1]
-	if v6, ok := cutPrefixFold(in, "IPv6:"); ok {
-		ip, err := netip.ParseAddr(v6)
-		return err == nil && ip.Is6() && ip.Zone() == ""
-	}
-	ip, err := netip.ParseAddr(in)
-	return err == nil && ip.Is4()
-}
-
-func cutPrefixFold(s, prefix string) (string, bool) {
-	if len(s) < len(prefix) || !strings.EqualFold(s[:len(prefix)], prefix) {
-		return s, false
-	}
-	return s[len(prefix):], true
+	_, err := dnsmx.ParseAddressLiteral(s)
+	return err == nil || errors.Is(err, dnsmx.ErrLiteralNotUnicast)
 }

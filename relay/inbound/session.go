@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
@@ -47,6 +48,9 @@ var (
 	errMustStartTLS = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 	errAuthRequired = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
 	errBadAddress   = smtpErr(501, smtp.EnhancedCode{5, 1, 3}, "Bad address syntax")
+	// errLiteralNotUnicast: [0.0.0.0], a multicast or broadcast address
+	// cannot be a mail server (connecting to it would reach this host).
+	errLiteralNotUnicast = smtpErr(550, smtp.EnhancedCode{5, 1, 2}, "Address literal is not a unicast address")
 	// errNeedsUTF8: a UTF-8 address in a transaction without SMTPUTF8
 	// (RFC 6531 §3.5, RFC 6533 §3: 5.6.7; Postfix's words).
 	errNeedsUTF8      = smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Must declare SMTPUTF8 to send unicode address")
@@ -179,6 +183,11 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	addr, err := ParseAddress(to, ss.mailOpts.UTF8)
 	if err != nil {
 		return ss.refuse("rcpt", reasonBadAddress, addressError(to, ss.mailOpts.UTF8), "from", ss.from, "rcpt", to)
+	}
+	if addr.Literal {
+		if _, err := dnsmx.ParseAddressLiteral(addr.Domain); err != nil {
+			return ss.refuse("rcpt", reasonBadAddress, errLiteralNotUnicast, "from", ss.from, "rcpt", to)
+		}
 	}
 	toPostmaster := cfg.Postmaster != "" && strings.EqualFold(addr.Local, "postmaster") &&
 		strings.EqualFold(addr.Domain, cfg.Hostname)

@@ -438,3 +438,19 @@ func TestAuthBlock_TrustedExempt(t *testing.T) {
 		}
 	}
 }
+
+// An address literal must follow RFC 5321's IPv6 group counts, and one that
+// no server can be at ([0.0.0.0] would reach this host) is refused as a
+// destination even from a trusted client.
+func TestRcpt_AddressLiterals(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<app@example.org>", "S: 250 ",
+		"C: RCPT TO:<a@[0.0.0.0]>", "S: 550 5.1.2 ",
+		"C: RCPT TO:<a@[224.0.0.1]>", "S: 550 5.1.2 ",
+		"C: RCPT TO:<a@[IPv6:ff02::1]>", "S: 550 5.1.2 ",
+		"C: RCPT TO:<a@[IPv6:1:2:3:4:5:6:7::]>", "S: 501 5.1.3 ",
+		"C: RCPT TO:<a@[127.0.0.1]>", "S: 250 ",
+		"C: RCPT TO:<a@[IPv6:2001:db8::1]>", "S: 250 ")
+}
