@@ -23,6 +23,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "configuration file")
 	asJSON := fs.Bool("json", false, "print JSON (list, show)")
+	bodyOnly := fs.Bool("body", false, "show: print only the message, byte for byte as queued")
 	var f admin.Filter
 	fs.Func("state", "list: only messages with a recipient in this state (pending, delivered, failed) or held", func(v string) error {
 		s, err := admin.ParseState(v)
@@ -92,30 +93,53 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case "show":
 		if len(rest) != 1 {
-			fmt.Fprintln(stderr, "usage: mailhop queue show ID")
+			fmt.Fprintln(stderr, "usage: mailhop queue show [--json | --body] ID")
 			return exitUsage
 		}
-		m, err := c.Show(rest[0])
+		id := rest[0]
+		// The relay's copy when it runs, else the queue directory's.
+		m, err := c.Show(id)
+		content := c.Message
 		if errors.Is(err, admin.ErrNotRunning) {
 			q, oerr := offline()
 			if oerr != nil {
 				return fail(fmt.Errorf("%v; and reading the queue directory: %v", err, oerr))
 			}
-			e, gerr := q.Get(rest[0])
-			q.Close()
-			if gerr != nil {
-				return fail(fmt.Errorf("%s: %w", rest[0], gerr))
+			defer q.Close()
+			var e *queue.Envelope
+			if e, err = q.Get(id); err == nil {
+				mm := admin.FromEnvelope(e)
+				m = &mm
 			}
-			mm := admin.FromEnvelope(e)
-			m, err = &mm, nil
+			content = func(id string, w io.Writer) error {
+				b, err := q.Body(id)
+				if err != nil {
+					return err
+				}
+				defer b.Close()
+				_, err = io.Copy(w, io.NewSectionReader(b, 0, b.Size()))
+				return err
+			}
+		}
+		if *bodyOnly {
+			if err := content(id, stdout); err != nil {
+				return fail(fmt.Errorf("%s: %w", id, err))
+			}
+			return exitOK
 		}
 		if err != nil {
-			return fail(fmt.Errorf("%s: %w", rest[0], err))
+			return fail(fmt.Errorf("%s: %w", id, err))
 		}
 		if *asJSON {
 			return printJSON(stdout, m)
 		}
 		printTable(stdout, []admin.Message{*m})
+		// Then the message itself, as Postfix's postcat -q shows it, for
+		// those who may read it.
+		fmt.Fprintln(stdout)
+		if err := content(id, stdout); err != nil {
+			fmt.Fprintf(stderr, "mailhop queue show: message content of %s: %v\n", id, err)
+		}
 		return exitOK
 	case "flush":
 		n, err := c.Flush(f.Domain)

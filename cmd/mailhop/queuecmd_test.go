@@ -111,3 +111,64 @@ func TestPrintTable_Layout(t *testing.T) {
 		t.Errorf("last line %q", lines[5])
 	}
 }
+
+// TestQueueShow_Message: `queue show ID` prints the envelope and then the
+// message; `show --body ID` prints the message alone, byte for byte as
+// queued (8-bit text, a leading dot, no final newline), whether the relay is
+// running (over the admin socket) or stopped (from the queue directory).
+func TestQueueShow_Message(t *testing.T) {
+	t.Parallel()
+	body := "Subject: caf\xc3\xa9\r\n\r\n.leading dot\r\n\xff8-bit\r\nno final newline"
+	enqueue := func(dataDir string) string {
+		q, err := queue.Open(filepath.Join(dataDir, "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := &queue.Envelope{ID: q.NewID(), From: "a@example.com", Recipients: []queue.Recipient{{Address: "b@example.net"}}}
+		if err := q.Enqueue(env, strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Close(); err != nil {
+			t.Fatal(err)
+		}
+		return env.ID
+	}
+	stopped := writeConfig(t, "")
+	stoppedID := enqueue(filepath.Join(filepath.Dir(stopped), "data"))
+
+	running := startLocalRelay(t, "")
+	runningID := ""
+	if _, errs, code := runSendmail(running.cfgPath, body, "-f", "a@example.com", "b@example.net"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	for _, m := range running.q.List() {
+		runningID = m.ID
+	}
+	runningBody := ""
+	if b, err := running.q.Body(runningID); err == nil {
+		buf := make([]byte, b.Size())
+		b.ReadAt(buf, 0)
+		b.Close()
+		runningBody = string(buf)
+	}
+	if runningBody == "" {
+		t.Fatal("sendmail queued nothing readable")
+	}
+
+	for name, c := range map[string]struct{ cfg, id, want string }{
+		"running": {running.cfgPath, runningID, runningBody},
+		"stopped": {stopped, stoppedID, body},
+	} {
+		out, errs, code := runQueue(c.cfg, "show", "--body", c.id)
+		if code != 0 || out != c.want {
+			t.Errorf("%s: show --body: exit %d, %q (stderr %q); want exactly %q", name, code, out, errs, c.want)
+		}
+		out, errs, code = runQueue(c.cfg, "show", c.id)
+		if code != 0 || !strings.Contains(out, "b@example.net") || !strings.HasSuffix(out, "\n\n"+c.want) {
+			t.Errorf("%s: show: exit %d, %q (stderr %q); want the envelope, a blank line and the message", name, code, out, errs)
+		}
+		if _, errs, code := runQueue(c.cfg, "show", "--body", "NOSUCHID"); code == 0 || errs == "" {
+			t.Errorf("%s: show --body of an unknown ID: exit %d, stderr %q", name, code, errs)
+		}
+	}
+}

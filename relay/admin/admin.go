@@ -16,10 +16,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -183,6 +185,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/queue", s.list)
 	mux.HandleFunc("GET /v1/queue/{id}", s.show)
+	mux.HandleFunc("GET /v1/queue/{id}/message", s.message)
 	mux.HandleFunc("POST /v1/queue/flush", s.flush)
 	mux.HandleFunc("POST /v1/queue/{id}/{action}", s.action)
 	for p, h := range s.Extra {
@@ -277,6 +280,28 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, FromEnvelope(e))
+}
+
+// message sends a queued message's content, byte for byte as stored (with
+// the Received field mailhop added), as message/rfc822. Reading other
+// people's mail is for root and the relay's user, as only they may read
+// Postfix's queue files (postcat -q).
+func (s *Server) message(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if uid, ok := mayAdminister(r); !ok {
+		s.Log.Warn("queue message read refused: not root or the relay's user", "queue_id", id, "uid", uid, "user", userName(uid))
+		writeJSON(w, http.StatusForbidden, apiError{Error: "only root or the relay's user may read queued mail"})
+		return
+	}
+	b, err := s.Queue.Body(id)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	defer b.Close()
+	w.Header().Set("Content-Type", "message/rfc822")
+	w.Header().Set("Content-Length", strconv.FormatInt(b.Size(), 10))
+	io.Copy(w, io.NewSectionReader(b, 0, b.Size()))
 }
 
 // Result is the reply to an action.

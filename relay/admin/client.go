@@ -32,38 +32,79 @@ func NewClient(path string) *Client {
 
 // Do sends a request and decodes the JSON reply into out (when not nil).
 func (c *Client) Do(method, path string, query url.Values, body io.Reader, out any) error {
-	u := "http://mailhop" + path
-	if len(query) > 0 {
-		u += "?" + query.Encode()
-	}
-	req, err := http.NewRequest(method, u, body)
+	resp, err := c.open(method, path, query, body)
 	if err != nil {
 		return err
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var ne *net.OpError
-		if errors.As(err, &ne) && ne.Op == "dial" {
-			return fmt.Errorf("%w: %s", ErrNotRunning, c.socket)
-		}
-		return fmt.Errorf("admin socket %s: %w", c.socket, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return err
 	}
-	if resp.StatusCode != http.StatusOK {
-		var ae apiError
-		if json.Unmarshal(data, &ae) == nil && ae.Error != "" {
-			return &StatusError{Code: resp.StatusCode, Msg: ae.Error}
-		}
-		return &StatusError{Code: resp.StatusCode, Msg: string(data)}
-	}
 	if out != nil {
 		return json.Unmarshal(data, out)
 	}
 	return nil
+}
+
+// Message copies the content of queued message id to w.
+func (c *Client) Message(id string, w io.Writer) error {
+	resp, err := c.open("GET", "/v1/queue/"+url.PathEscape(id)+"/message", nil, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(w, resp.Body)
+	if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+		err = fmt.Errorf("message %s: got %d of %d bytes", id, n, resp.ContentLength)
+	}
+	return err
+}
+
+// open sends a request and returns the reply when it is 200 OK; any other
+// status is a StatusError.
+func (c *Client) open(method, path string, query url.Values, body io.Reader) (*http.Response, error) {
+	u := "http://mailhop" + path
+	if len(query) > 0 {
+		u += "?" + query.Encode()
+	}
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.roundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		return nil, statusError(resp.StatusCode, data)
+	}
+	return resp, nil
+}
+
+// roundTrip sends req over the socket; nothing listening is ErrNotRunning.
+func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ne *net.OpError
+		if errors.As(err, &ne) && ne.Op == "dial" {
+			return nil, fmt.Errorf("%w: %s", ErrNotRunning, c.socket)
+		}
+		return nil, fmt.Errorf("admin socket %s: %w", c.socket, err)
+	}
+	return resp, nil
+}
+
+// statusError turns an error reply (JSON {"error": ...} or text) into a
+// StatusError.
+func statusError(code int, data []byte) error {
+	var ae apiError
+	if json.Unmarshal(data, &ae) == nil && ae.Error != "" {
+		return &StatusError{Code: code, Msg: ae.Error}
+	}
+	return &StatusError{Code: code, Msg: string(data)}
 }
 
 // StatusError is an error reply from the server.
