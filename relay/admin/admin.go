@@ -72,13 +72,18 @@ type Message struct {
 	Client      string      `json:"client"`
 	Ret         string      `json:"ret"`
 	EnvID       string      `json:"envid"`
+	Helo        string      `json:"helo"`       // the client's HELO/EHLO name
+	BodyType    string      `json:"body_type"`  // MAIL's BODY=: 7BIT, 8BITMIME, BINARYMIME or ""
+	SMTPUTF8    bool        `json:"smtputf8"`   // MAIL carried SMTPUTF8
+	RequireTLS  bool        `json:"requiretls"` // MAIL carried REQUIRETLS
 }
 
 // FromEnvelope converts a queue envelope to its API form.
 func FromEnvelope(e *queue.Envelope) Message {
 	m := Message{ID: e.ID, From: e.From, Arrived: e.Arrived, Size: e.Size, Attempts: e.Attempts,
 		NextAttempt: e.NextAttempt, LastError: e.LastError, Held: e.Held, User: e.User,
-		Client: e.ClientAddr, Ret: e.Ret, EnvID: e.EnvID, Recipients: make([]Recipient, len(e.Recipients))}
+		Client: e.ClientAddr, Ret: e.Ret, EnvID: e.EnvID, Helo: e.ClientHelo, BodyType: e.BodyType,
+		SMTPUTF8: e.SMTPUTF8, RequireTLS: e.RequireTLS, Recipients: make([]Recipient, len(e.Recipients))}
 	for i, r := range e.Recipients {
 		m.Recipients[i] = Recipient{Address: r.Address, State: r.State.String(), Code: r.Code,
 			Reply: r.Reply, ORCPT: r.ORCPT, Notify: r.Notify.String()}
