@@ -425,6 +425,11 @@ func TestDelivery_Expired_Bounces(t *testing.T) {
 	if r := d.Recipients[0]; r.Action != "failed" || r.Status != "4.4.7" {
 		t.Errorf("expired recipient: %+v", r)
 	}
+	// The server's last reply stays as the Diagnostic-Code beside its
+	// Remote-MTA (RFC 3464 §2.3.6).
+	if r := d.Recipients[0]; r.DiagnosticCode != "smtp; 451 4.2.1 mailbox busy" {
+		t.Errorf("expired recipient's Diagnostic-Code %q", r.DiagnosticCode)
+	}
 	if !strings.Contains(h.logs.String(), "msg=expired") {
 		t.Error("no expired log line")
 	}
