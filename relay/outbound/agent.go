@@ -546,6 +546,10 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route)})
 	for {
 		if cn == nil {
+			// delivery.concurrency counts connections, idle ones too:
+			// every slot not taken may hold one idle connection, the
+			// rest are closed before this one is opened.
+			a.pool.trim(a.total.free())
 			c, err := a.dialConn(ctx, cfg, tg, ap, plan)
 			if err != nil {
 				se := err.(*stageError)

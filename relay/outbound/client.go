@@ -61,7 +61,8 @@ type conn struct {
 	// with RSET (RFC 5321 §4.1.1.5).
 	inTxn bool
 
-	idle *time.Timer // while in the pool
+	idle  *time.Timer // while in the pool
+	since time.Time   // when it went into the pool
 }
 
 func (cn *conn) close() { cn.raw.Close() }

@@ -347,6 +347,33 @@ func TestDelivery_ConnectionReuse(t *testing.T) {
 	}
 }
 
+// TestDelivery_IdleConnectionsCountTowardConcurrency: delivery.concurrency
+// bounds the connections open at once, idle pooled ones included: with 1,
+// the connection kept from the first host is closed before the second host
+// is dialled, not held beside it.
+func TestDelivery_IdleConnectionsCountTowardConcurrency(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "other.test", "127.0.0.3"))
+	other := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.cfg.Delivery.Concurrency = 1
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id1, 1)
+	if n := h.agent.pool.size(); n != 1 {
+		t.Fatalf("%d idle connections after the first delivery, want 1", n)
+	}
+	id2 := h.submit(testBody, []string{"b@other.test"})
+	h.waitRecords(id2, 1)
+	other.Wait(t, 1)
+	if n := h.agent.pool.size(); n != 1 {
+		t.Errorf("%d idle connections with concurrency 1, want 1 (the one to other.test)", n)
+	}
+	// The first host's connection went, politely.
+	if !strings.Contains(h.first.Received(), "QUIT\r\n") {
+		t.Error("the idle connection to the first host was not closed with QUIT")
+	}
+}
+
 // TestDelivery_ConnectionReuse_RsetAfterRefusedRecipients: a transaction
 // whose every recipient was refused leaves MAIL open on the server, so the
 // next one on that connection starts with RSET.
@@ -424,6 +451,11 @@ func TestDelivery_Expired_Bounces(t *testing.T) {
 	d := parseBounce(t, senderMX.Wait(t, 1)[0])
 	if r := d.Recipients[0]; r.Action != "failed" || r.Status != "4.4.7" {
 		t.Errorf("expired recipient: %+v", r)
+	}
+	// The server's last reply stays as the Diagnostic-Code beside its
+	// Remote-MTA (RFC 3464 §2.3.6).
+	if r := d.Recipients[0]; r.DiagnosticCode != "smtp; 451 4.2.1 mailbox busy" {
+		t.Errorf("expired recipient's Diagnostic-Code %q", r.DiagnosticCode)
 	}
 	if !strings.Contains(h.logs.String(), "msg=expired") {
 		t.Error("no expired log line")

@@ -32,7 +32,10 @@
 //     ended cleanly is kept for delivery.idle_conn_timeout and reused by the
 //     next message to the same address, TLS mode and route (with RSET
 //     first when the last transaction stopped before its end of data); at
-//     most per_domain_concurrency are kept idle per such key. With
+//     most per_domain_concurrency are kept idle per such key, and idle
+//     connections count toward delivery.concurrency: before a new one is
+//     dialled, the longest idle are closed (QUIT) until those in use and
+//     those idle fit within it. With
 //     PIPELINING, RSET, MAIL, every RCPT and DATA go out in one write;
 //     BODY=8BITMIME is added whenever the server offers 8BITMIME. To a
 //     server without it, a message holding 8-bit octets goes in a 7-bit

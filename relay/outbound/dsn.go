@@ -24,7 +24,8 @@ type dsnRcpt struct {
 	rcpt   *queue.Recipient
 	action string // failed, delayed, delivered, relayed
 	reply  *smtperr.Error
-	remote string // Remote-MTA host, "" when none answered
+	diag   *smtperr.Error // the remote reply for Diagnostic-Code when reply is ours; nil: reply
+	remote string         // Remote-MTA host, "" when none answered
 }
 
 type dsnInput struct {
@@ -143,8 +144,12 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		if r.remote != "" {
 			w("Remote-MTA: dns; %s", r.remote)
 		}
-		if r.reply != nil && r.reply.Code != 0 {
-			w("Diagnostic-Code: smtp; %s", sanitize(r.reply.Error()))
+		diag := r.reply
+		if r.diag != nil {
+			diag = r.diag
+		}
+		if diag != nil && diag.Code != 0 {
+			w("Diagnostic-Code: smtp; %s", sanitize(diag.Error()))
 		}
 		if r.action != "delivered" && r.action != "relayed" || r.remote != "" {
 			w("Last-Attempt-Date: %s", in.now.Format(rfc5322Date))

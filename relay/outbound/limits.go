@@ -48,6 +48,13 @@ func (s *sem) release() {
 	s.mu.Unlock()
 }
 
+// free returns the slots not taken (negative after a lowered size).
+func (s *sem) free() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.max - s.n
+}
+
 // setMax changes the size.
 func (s *sem) setMax(max int) {
 	s.mu.Lock()

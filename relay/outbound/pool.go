@@ -12,6 +12,7 @@ type pool struct {
 	idle    map[connKey][]*conn
 	closed  bool
 	maxIdle int // per (address, TLS mode, route)
+	n       int // idle connections, all keys
 }
 
 // newPool keeps up to maxIdle idle connections per key: as many as the
@@ -40,6 +41,7 @@ func (p *pool) get(k connKey) *conn {
 	if len(p.idle[k]) == 0 {
 		delete(p.idle, k)
 	}
+	p.n--
 	cn.idle.Stop()
 	cn.reused = true
 	return cn
@@ -54,6 +56,8 @@ func (p *pool) put(cn *conn, idle time.Duration) {
 		return
 	}
 	p.idle[cn.key] = append(p.idle[cn.key], cn)
+	p.n++
+	cn.since = time.Now()
 	cn.idle = time.AfterFunc(idle, func() {
 		if p.remove(cn) {
 			quit(cn)
@@ -72,6 +76,7 @@ func (p *pool) remove(cn *conn) bool {
 			if len(p.idle[cn.key]) == 0 {
 				delete(p.idle, cn.key)
 			}
+			p.n--
 			return true
 		}
 	}
@@ -86,9 +91,40 @@ func (p *pool) closeAll() {
 		all = append(all, l...)
 	}
 	p.idle = make(map[connKey][]*conn)
+	p.n = 0
 	p.closed = true
 	p.mu.Unlock()
 	for _, cn := range all {
+		cn.idle.Stop()
+		quit(cn)
+	}
+}
+
+// trim closes the longest-idle connections until at most keep are left,
+// so that idle connections and those in use together stay within
+// delivery.concurrency: a new connection is dialled only after trim.
+func (p *pool) trim(keep int) {
+	if keep < 0 {
+		keep = 0
+	}
+	p.mu.Lock()
+	var out []*conn
+	for p.n > keep {
+		var oldest *conn
+		for _, l := range p.idle {
+			if cn := l[0]; oldest == nil || cn.since.Before(oldest.since) { // l[0]: put first
+				oldest = cn
+			}
+		}
+		l := p.idle[oldest.key]
+		if p.idle[oldest.key] = l[1:]; len(l) == 1 {
+			delete(p.idle, oldest.key)
+		}
+		p.n--
+		out = append(out, oldest)
+	}
+	p.mu.Unlock()
+	for _, cn := range out {
 		cn.idle.Stop()
 		quit(cn)
 	}
@@ -98,11 +134,7 @@ func (p *pool) closeAll() {
 func (p *pool) size() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
-	for _, l := range p.idle {
-		n += len(l)
-	}
-	return n
+	return p.n
 }
 
 // quit ends a connection politely, without waiting long for the reply.

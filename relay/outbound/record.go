@@ -30,6 +30,9 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			last := "no attempt made"
 			if r.reply != nil {
 				last = r.reply.Error()
+				if r.reply.Code != 0 {
+					r.diag = r.reply // the server's last word stays in the report
+				}
 			}
 			r.state = queue.Failed
 			r.reply = &smtperr.Error{Enhanced: "4.4.7",
@@ -91,7 +94,7 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		switch r.state {
 		case queue.Failed:
 			if rc.Notify.Has(queue.NotifyFailure) {
-				failed = append(failed, dsnRcpt{rcpt: rc, action: "failed", reply: r.reply, remote: remote(r)})
+				failed = append(failed, dsnRcpt{rcpt: rc, action: "failed", reply: r.reply, diag: r.diag, remote: remote(r)})
 				failedIdx = append(failedIdx, i)
 			}
 		case queue.Delivered:

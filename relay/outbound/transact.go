@@ -22,6 +22,7 @@ type rcptResult struct {
 	reply   *smtperr.Error  // the reply (a 250 when delivered) or the failure
 	remote  string          // the host that answered, "" when none did
 	relayed bool            // delivered to a server without the DSN extension
+	diag    *smtperr.Error  // when reply is ours (expiry): the remote reply before it, for Diagnostic-Code
 }
 
 // txn is one SMTP transaction for a domain group.
