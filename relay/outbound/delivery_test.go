@@ -369,9 +369,7 @@ func TestDelivery_IdleConnectionsCountTowardConcurrency(t *testing.T) {
 		t.Errorf("%d idle connections with concurrency 1, want 1 (the one to other.test)", n)
 	}
 	// The first host's connection went, politely.
-	if !strings.Contains(h.first.Received(), "QUIT\r\n") {
-		t.Error("the idle connection to the first host was not closed with QUIT")
-	}
+	h.first.WaitReceived(t, "QUIT\r\n")
 }
 
 // TestDelivery_ConnectionReuse_RsetAfterRefusedRecipients: a transaction

@@ -126,8 +126,14 @@ func (p *pool) trim(keep int) {
 	p.mu.Unlock()
 	for _, cn := range out {
 		cn.idle.Stop()
-		quit(cn)
 	}
+	// QUIT in the background: a peer slow to answer it must not hold up
+	// the delivery that needs the slot (each closes within 5 s).
+	go func() {
+		for _, cn := range out {
+			quit(cn)
+		}
+	}()
 }
 
 // size returns the number of idle connections (for tests and metrics).

@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -237,8 +238,31 @@ func (c *countedConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	c.s.mu.Lock()
 	c.s.input = append(c.s.input, p[:n]...)
+	close(c.s.changed)
+	c.s.changed = make(chan struct{})
 	c.s.mu.Unlock()
 	return n, err
+}
+
+// WaitReceived blocks until clients have sent text (see Received), or
+// fails the test after 10 s.
+func (s *Server) WaitReceived(t testing.TB, text string) {
+	t.Helper()
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		ok, ch := strings.Contains(string(s.input), text), s.changed
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			t.Fatalf("smtptest %s: %q not received after 10s", s.Addr, text)
+		}
+	}
 }
 
 // Received returns every byte clients sent to the server, all connections
