@@ -41,6 +41,7 @@ type Conn struct {
 	binarymime bool
 
 	bdatCheck     *lineChecker // bare CR/LF and line length across BDAT chunks
+	bdatBuf       []byte       // what BDAT chunks are copied through; kept for the connection
 	bdatPipe      *io.PipeWriter
 	bdatStatus    *statusCollector // used for BDAT on LMTP
 	dataResult    chan error
@@ -1209,7 +1210,13 @@ func (c *Conn) handleBdat(arg string) {
 	}
 
 	chunk := &chunkReader{r: io.LimitReader(c.text.R, int64(size))}
-	_, err = io.Copy(c.bdatPipe, &checkedReader{r: chunk, check: c.bdatCheck})
+	// mailhop patch: one copy buffer for the connection; io.Copy allocated
+	// 32 KiB for every chunk, so a client sending BDAT 1 over and over
+	// made the server allocate thousands of times what it sent.
+	if c.bdatBuf == nil {
+		c.bdatBuf = make([]byte, 32<<10)
+	}
+	_, err = io.CopyBuffer(c.bdatPipe, &checkedReader{r: chunk, check: c.bdatCheck}, c.bdatBuf)
 	if err == nil && chunk.n < int64(size) {
 		chunk.err = io.ErrUnexpectedEOF // the client left inside the chunk
 	}
