@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 )
@@ -751,19 +752,21 @@ func isPrintableASCII(val string) bool {
 }
 
 // printable is s as it may be echoed in a reply: control characters
-// (a bare CR could end a reply line early) become '?', and it is cut at
-// 255 octets (mailhop patch).
+// (a bare CR could end a reply line early) and octets that are not UTF-8
+// become '?', and it is cut at 255 octets, between characters (mailhop
+// patch).
 func printable(s string) string {
-	if len(s) > 255 {
-		s = s[:255]
-	}
-	b := []byte(s)
-	for i, c := range b {
-		if c < ' ' || c == 0x7f {
-			b[i] = '?'
+	var b strings.Builder
+	for _, r := range s {
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			r = '?'
 		}
+		if b.Len()+utf8.RuneLen(r) > 255 {
+			break
+		}
+		b.WriteRune(r)
 	}
-	return string(b)
+	return b.String()
 }
 
 // MAIL state -> waiting for RCPTs followed by DATA
