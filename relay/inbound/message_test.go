@@ -47,3 +47,23 @@ func TestHeaderTooLarge_552(t *testing.T) {
 		t.Error("refusal not logged with its reason")
 	}
 }
+
+// Data without a header (plain text from a script) is all body, however
+// long: it is queued behind an empty line, not refused as a header over
+// limits.max_header_size.
+func TestTextWithoutHeaderIsNotAHeader(t *testing.T) {
+	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Limits.MaxHeaderSize = 4096 })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@b.example>", "S: 250 ",
+		"C: RCPT TO:<c@d.example>", "S: 250 ",
+		"C: DATA", "S: 354 ",
+	)
+	d.write(strings.Repeat("disk usage: "+strings.Repeat("y", 90)+"\r\n", 50) + ".\r\n")
+	d.expect("250 2.0.0 ")
+	if n := len(ts.q.List()); n != 1 {
+		t.Fatalf("%d messages queued", n)
+	}
+}

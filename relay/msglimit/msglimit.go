@@ -11,6 +11,7 @@ import (
 	"io"
 
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // Limits are the limits SMTP puts on a message's data, which local mail
@@ -27,7 +28,9 @@ import (
 //   - limits.max_header_size: octets of the header block, from the start to
 //     the CRLF of its last field included, without the empty line that ends
 //     it; with no empty line, the whole message; a message that starts with
-//     the empty line has none (over SMTP 552 5.3.4).
+//     the empty line, or with a line that is not a header field (text, a
+//     continuation line: mailhdr.StartsWithField), has none — that line
+//     starts the body, as the relay queues it (over SMTP 552 5.3.4).
 type Limits struct {
 	MaxMessageSize int64
 	MaxLineLength  int
@@ -75,12 +78,19 @@ func (e *Error) Error() string {
 type Reader struct {
 	r        io.Reader
 	lim      Limits
-	size     int64 // octets so far
-	line     int   // octets of the current line so far, without CR and LF
-	header   int   // octets of the header's finished lines, CRLFs included
-	inHeader bool  // no empty line yet
+	size     int64  // octets so far
+	line     int    // octets of the current line so far, without CR and LF
+	header   int    // octets of the header's finished lines, CRLFs included
+	inHeader bool   // no empty line yet
+	first    []byte // the start of the first line, until it shows whether there is a header
+	decided  bool   // first has been looked at
 	err      *Error
 }
+
+// firstLineScan is how much of the first line decides whether the message
+// starts with a header field (what relay/inbound reads ahead for the same
+// question).
+const firstLineScan = 1024
 
 // Err returns the limit the message broke, or nil.
 func (l *Reader) Err() *Error { return l.err }
@@ -103,6 +113,9 @@ func (l *Reader) Read(p []byte) (int, error) {
 
 // check accounts for b, line by line, and returns the first limit broken.
 func (l *Reader) check(b []byte) *Error {
+	if !l.decided {
+		l.decide(b)
+	}
 	for len(b) > 0 {
 		seg, ended := b, false
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {
@@ -122,7 +135,7 @@ func (l *Reader) check(b []byte) *Error {
 		if l.lim.MaxLineLength > 0 && l.line > l.lim.MaxLineLength {
 			return &Error{Key: KeyMaxLineLength, Limit: int64(l.lim.MaxLineLength), InHeader: l.inHeader}
 		}
-		if l.inHeader && l.lim.MaxHeaderSize > 0 && l.header+l.line > l.lim.MaxHeaderSize {
+		if l.inHeader && l.decided && l.lim.MaxHeaderSize > 0 && l.header+l.line > l.lim.MaxHeaderSize {
 			// Already over without this line's CRLF: no need to wait for it.
 			return &Error{Key: KeyMaxHeaderSize, Limit: int64(l.lim.MaxHeaderSize)}
 		}
@@ -142,4 +155,20 @@ func (l *Reader) check(b []byte) *Error {
 		l.line = 0
 	}
 	return nil
+}
+
+// decide collects the start of the first line from b until it ends (or
+// firstLineScan octets): a message whose first line is not a header field
+// has no header.
+func (l *Reader) decide(b []byte) {
+	end := bytes.IndexByte(b, '\n')
+	if end < 0 {
+		end = len(b)
+	}
+	l.first = append(l.first, b[:min(end, firstLineScan-len(l.first))]...)
+	if end < len(b) || len(l.first) >= firstLineScan {
+		l.decided = true
+		l.inHeader = mailhdr.StartsWithField(append(l.first, '\n'))
+		l.first = nil
+	}
 }

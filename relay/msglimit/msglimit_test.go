@@ -26,6 +26,13 @@ func TestHeaderLimit(t *testing.T) {
 		{"no empty line, at the limit", strings.Repeat(big, 3), true},
 		{"no empty line, one over", strings.Repeat(big, 3) + "X", false},
 		{"no empty line, two over", strings.Repeat(big, 3) + "X:", false},
+		// Data that does not start with a header field is all body: the
+		// relay queues it behind an empty line.
+		{"text without header", strings.Repeat("plain text line\r\n", 500), true},
+		{"text with a colon", strings.Repeat("hello world: no field\r\n", 500), true},
+		{"continuation first", strings.Repeat(" folded\r\n", 500), true},
+		{"field then text", "Subject: x\r\n" + strings.Repeat("plain text line\r\n", 500), false},
+		{"long field name", strings.Repeat("a", 2000) + ": x\r\n" + strings.Repeat(big, 4), true},
 	} {
 		for _, oneByte := range []bool{false, true} {
 			var r io.Reader = strings.NewReader(tc.msg)

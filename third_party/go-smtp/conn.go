@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 )
@@ -41,6 +42,7 @@ type Conn struct {
 	binarymime bool
 
 	bdatCheck     *lineChecker // bare CR/LF and line length across BDAT chunks
+	bdatBuf       []byte       // what BDAT chunks are copied through; kept for the connection
 	bdatPipe      *io.PipeWriter
 	bdatStatus    *statusCollector // used for BDAT on LMTP
 	dataResult    chan error
@@ -750,19 +752,21 @@ func isPrintableASCII(val string) bool {
 }
 
 // printable is s as it may be echoed in a reply: control characters
-// (a bare CR could end a reply line early) become '?', and it is cut at
-// 255 octets (mailhop patch).
+// (a bare CR could end a reply line early) and octets that are not UTF-8
+// become '?', and it is cut at 255 octets, between characters (mailhop
+// patch).
 func printable(s string) string {
-	if len(s) > 255 {
-		s = s[:255]
-	}
-	b := []byte(s)
-	for i, c := range b {
-		if c < ' ' || c == 0x7f {
-			b[i] = '?'
+	var b strings.Builder
+	for _, r := range s {
+		if r < ' ' || r == 0x7f || r == utf8.RuneError {
+			r = '?'
 		}
+		if b.Len()+utf8.RuneLen(r) > 255 {
+			break
+		}
+		b.WriteRune(r)
 	}
-	return string(b)
+	return b.String()
 }
 
 // MAIL state -> waiting for RCPTs followed by DATA
@@ -1209,7 +1213,13 @@ func (c *Conn) handleBdat(arg string) {
 	}
 
 	chunk := &chunkReader{r: io.LimitReader(c.text.R, int64(size))}
-	_, err = io.Copy(c.bdatPipe, &checkedReader{r: chunk, check: c.bdatCheck})
+	// mailhop patch: one copy buffer for the connection; io.Copy allocated
+	// 32 KiB for every chunk, so a client sending BDAT 1 over and over
+	// made the server allocate thousands of times what it sent.
+	if c.bdatBuf == nil {
+		c.bdatBuf = make([]byte, 32<<10)
+	}
+	_, err = io.CopyBuffer(c.bdatPipe, &checkedReader{r: chunk, check: c.bdatCheck}, c.bdatBuf)
 	if err == nil && chunk.n < int64(size) {
 		chunk.err = io.ErrUnexpectedEOF // the client left inside the chunk
 	}

@@ -213,4 +213,14 @@ func TestGreetingEchoIsPrintable(t *testing.T) {
 	if got := reply(t, r); got != "501 5.5.2 Domain/address argument required for EHLO" {
 		t.Errorf("bare EHLO: %q", got)
 	}
+	// Octets that are not UTF-8 are not echoed; UTF-8 is, cut between
+	// characters.
+	io.WriteString(c, "HELO a\xff\xfeb\xc3\r\n")
+	if got := reply(t, r); got != "250 mx.example Hello a??b?" {
+		t.Errorf("HELO with invalid UTF-8: %q", got)
+	}
+	io.WriteString(c, "HELO "+strings.Repeat("é", 200)+"\r\n")
+	if got := reply(t, r); got != "250 mx.example Hello "+strings.Repeat("é", 127) {
+		t.Errorf("long UTF-8 HELO: %q", got)
+	}
 }
