@@ -224,3 +224,22 @@ func TestGreetingEchoIsPrintable(t *testing.T) {
 		t.Errorf("long UTF-8 HELO: %q", got)
 	}
 }
+
+// A line that is no command is an unrecognized command: 500, as an unknown
+// four-letter one (RFC 5321 §4.2.4), and the session goes on (mailhop
+// patch 42).
+func TestUnrecognizedCommandLines(t *testing.T) {
+	_, s, c, scanner := testServerGreeted(t)
+	defer s.Close()
+	defer c.Close()
+	for _, line := range []string{"FOO", "BOGUS", "MAILX", "MAIL:FROM:<a@b>", "XYZW"} {
+		io.WriteString(c, line+"\r\n")
+		if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "500 5.5.2 ") {
+			t.Errorf("%q: %q, want 500 5.5.2", line, scanner.Text())
+		}
+	}
+	io.WriteString(c, "NOOP\r\n")
+	if !scanner.Scan() || !strings.HasPrefix(scanner.Text(), "250 ") {
+		t.Errorf("NOOP after them: %q", scanner.Text())
+	}
+}

@@ -279,7 +279,10 @@ func (s *Server) handleConn(c *Conn) error {
 		case err == nil:
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
-				c.writeResponse(501, EnhancedCode{5, 5, 2}, "Bad command")
+				// mailhop patch: a line that is no command ("FOO",
+				// "MAILX") is an unrecognized command, 500 like an
+				// unknown four-letter one (RFC 5321 §4.2.4), not 501.
+				c.writeResponse(500, EnhancedCode{5, 5, 2}, "Syntax error, command unrecognized")
 			} else {
 				c.handle(cmd, arg)
 			}
