@@ -47,3 +47,23 @@ func TestHeaderTooLarge_552(t *testing.T) {
 		t.Error("refusal not logged with its reason")
 	}
 }
+
+// TestTextWithoutHeader_NotHeaderSize: data that starts with text (no
+// header field) is all body, as it is queued: the header-size limit does
+// not refuse it, however long.
+func TestTextWithoutHeader_NotHeaderSize(t *testing.T) {
+	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Limits.MaxHeaderSize = 4096 })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@b.example>", "S: 250 ",
+		"C: RCPT TO:<c@d.example>", "S: 250 ",
+		"C: DATA", "S: 354 ",
+	)
+	d.write(strings.Repeat("base64 or plain text, no header at all\r\n", 500) + ".\r\n")
+	d.expect("250 2.0.0 ")
+	if n := len(ts.q.List()); n != 1 {
+		t.Fatalf("%d messages queued", n)
+	}
+}
