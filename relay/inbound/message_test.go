@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/relay/config"
 )
 
@@ -45,6 +46,10 @@ func TestHeaderTooLarge_552(t *testing.T) {
 	}
 	if !strings.Contains(ts.logs.String(), "reason=header_size") {
 		t.Error("refusal not logged with its reason")
+	}
+	// The transaction's line gives the size of the data that came, not 0.
+	if l := testlog.Lines(ts.logs.String(), "message refused"); len(l) != 1 || strings.Contains(l[0], " size=0 ") {
+		t.Errorf("refusal logged as %q", l)
 	}
 }
 
