@@ -209,7 +209,13 @@ func (s *LogStore) checkBodies() {
 			continue
 		}
 		fi, err := os.Stat(s.bodyPath(id))
-		if err == nil && fi.Size() == m.env.Size {
+		switch {
+		case err != nil:
+		case !fi.Mode().IsRegular():
+			err = fmt.Errorf("%s is not a regular file", s.bodyPath(id))
+		case fi.Size() != m.env.Size:
+			err = fmt.Errorf("%s has %d bytes, its record says %d", s.bodyPath(id), fi.Size(), m.env.Size)
+		default:
 			continue
 		}
 		s.log.Error("queue: message without its body moved to quarantine", "queue_id", id, "err", err)

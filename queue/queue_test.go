@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mailhop/mailhop/internal/testlog"
 )
 
 func openTest(t *testing.T, dir string) *Queue {
@@ -577,4 +580,39 @@ func treeOf(t *testing.T, dir string) []string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// TestShortBodyFileQuarantined: a body file cut short (or replaced by
+// something else) is moved aside at start like a missing one, and the log
+// says what is wrong with it, not err=<nil>.
+func TestShortBodyFileQuarantined(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	short, other := newEnv("a@x.test"), newEnv("b@x.test")
+	for _, env := range []*Envelope{short, other} {
+		if err := q.Enqueue(env, bytes.NewReader(bigBody(2*InlineMax))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Close()
+	if err := os.Truncate(filepath.Join(dir, "bodies", short.ID), 100); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, "bodies", other.ID))
+	os.Mkdir(filepath.Join(dir, "bodies", other.ID), 0o700)
+	var logs testlog.Buffer
+	q2, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer q2.Close()
+	if n := len(q2.List()); n != 0 {
+		t.Fatalf("%d messages with a damaged body still queued", n)
+	}
+	lines := testlog.Lines(logs.String(), "message without its body")
+	if len(lines) != 2 || strings.Contains(logs.String(), "err=<nil>") ||
+		!strings.Contains(logs.String(), "has 100 bytes") || !strings.Contains(logs.String(), "not a regular file") {
+		t.Errorf("log does not say what is wrong with the bodies:\n%s", logs.String())
+	}
 }

@@ -327,7 +327,8 @@ func TestCheckLimits(t *testing.T) {
 		// Header: 3 fields of 8 octets + CRLF = 30 octets; the empty line is not counted.
 		{"header at the limit", "A: 12345\nB: 12345\nC: 12345\n\nx\n", "", false},
 		{"header over", "A: 12345\nB: 12345\nC: 123456\n\nx\n", msglimit.KeyMaxHeaderSize, false},
-		{"no empty line: all header", "A: 12345\nB: 12345\nC: 12345\nD\n", msglimit.KeyMaxHeaderSize, false},
+		{"no empty line: all header", "A: 12345\nB: 12345\nC: 12345\nD:\n", msglimit.KeyMaxHeaderSize, false},
+		{"no empty line: a text line starts the body", "A: 12345\nB: 12345\ntext\nC: 12345\n", "", false},
 		{"starts with the empty line: no header", "\n12345678\n12345678\n12345678\n12345678\n", "", false},
 		{"big body after a small header", "S: x\n\n" + strings.Repeat("1234567\n", 20), "", false},
 		// Size: the empty line and 22 lines of 7 + CRLF = 200 octets with CRLF (177 with LF).

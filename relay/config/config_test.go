@@ -230,7 +230,7 @@ trusted_networks = ["10.1.0.0/16", "192.0.2.7", "2001:db8::/32", "::ffff:198.51.
 
 func TestMaySend(t *testing.T) {
 	t.Parallel()
-	u := &User{Name: "app", Senders: []string{"app@example.com", "@Example.ORG"}}
+	u := &User{Name: "app", Senders: []string{"app@example.com", "@Example.ORG", "@xn--mller-kva.example", "ü@bücher.example"}}
 	for addr, want := range map[string]bool{
 		"app@example.com":        true,
 		"app@EXAMPLE.com":        true,
@@ -243,6 +243,14 @@ func TestMaySend(t *testing.T) {
 		"example.org":            false,
 		"@example.org":           false,
 		"app@example.com.evil":   false,
+		// An SMTPUTF8 sender's domain in Unicode is its A-label.
+		"jörg@müller.example":     true,
+		"x@MÜLLER.example":        true,
+		"x@xn--mller-kva.example": true,
+		"ü@xn--bcher-kva.example": true,
+		"ü@bücher.example":        true,
+		"u@bücher.example":        false,
+		"x@mueller.example":       false,
 	} {
 		if got := u.MaySend(addr); got != want {
 			t.Errorf("MaySend(%q) = %v, want %v", addr, got, want)
@@ -485,5 +493,20 @@ func TestWarnings_ExamplePasswords(t *testing.T) {
 	ws = cfg.Warnings()
 	if len(ws) != 2 || !strings.Contains(ws[0], "10.0.0.0/8") || !strings.Contains(ws[1], "2001:db8::/64") {
 		t.Errorf("trusted_networks with host bits: warnings %q", ws)
+	}
+}
+
+// TestUnicodeSenders: a senders domain may be written in Unicode (for
+// SMTPUTF8 senders); one that is no valid IDN is refused with its key.
+func TestUnicodeSenders(t *testing.T) {
+	t.Parallel()
+	user := "\n[[user]]\nname = \"app\"\npassword_hash = \"" + testHash + "\"\n"
+	cfg := mustParse(t, minimal+user+`senders = ["jörg@müller.example", "@bücher.example"]`)
+	if u := cfg.FindUser("app"); !u.MaySend("jörg@xn--mller-kva.example") || !u.MaySend("x@bücher.example") {
+		t.Error("Unicode senders not matched")
+	}
+	_, err := Parse([]byte(minimal+user+`senders = ["@bad_ü.example"]`), filepath.Join(t.TempDir(), "config.toml"))
+	if err == nil || !strings.Contains(err.Error(), "user[0].senders[0]") {
+		t.Errorf("invalid IDN: %v, want an error naming user[0].senders[0]", err)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+
+	"golang.org/x/net/idna"
 )
 
 // IsTrusted reports whether a client at ip may relay without AUTH: whether ip
@@ -21,7 +23,8 @@ func (c *Config) IsTrusted(ip netip.Addr) bool {
 
 // MaySend reports whether the user may use addr as the envelope sender
 // (MAIL FROM): addr equals one of the user's senders, or the user has
-// "@domain" for addr's domain. Domains compare without case, local parts
+// "@domain" for addr's domain. Domains compare without case, and a domain
+// in Unicode (an SMTPUTF8 sender, RFC 6531) as its A-label; local parts
 // exactly. The null sender never matches.
 func (u *User) MaySend(addr string) bool {
 	at := strings.LastIndexByte(addr, '@')
@@ -53,9 +56,26 @@ func (u *User) SendsFrom(domain string) bool {
 	return false
 }
 
-// sameDomain compares domain names without case and a final dot.
+// sameDomain compares domain names without case and a final dot, a U-label
+// as its A-label (RFC 5890), so "exämple.com" is "xn--exmple-cua.com".
 func sameDomain(a, b string) bool {
-	return strings.EqualFold(strings.TrimSuffix(a, "."), strings.TrimSuffix(b, "."))
+	return strings.EqualFold(asciiDomain(a), asciiDomain(b))
+}
+
+// asciiDomain returns d without a final dot, international labels as
+// A-labels (the Lookup profile of UTS #46, as dnsmx and delivery use); a
+// name that is not a valid IDN is returned as it is.
+func asciiDomain(d string) string {
+	d = strings.TrimSuffix(d, ".")
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			if a, err := idna.Lookup.ToASCII(d); err == nil {
+				return a
+			}
+			break
+		}
+	}
+	return d
 }
 
 // FindUser returns the [[user]] with this name (compared exactly), or nil.

@@ -642,7 +642,7 @@ func checkSender(s string) error {
 		return fmt.Errorf("%q is neither an address (\"app@example.com\") nor \"@domain\"", s)
 	}
 	local, domain := s[:at], s[at+1:]
-	if !validDomain(domain) {
+	if !validDomain(asciiDomain(domain)) {
 		return fmt.Errorf("%q: %q is not a valid domain name", s, domain)
 	}
 	if strings.ContainsAny(local, " \t<>\"") {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/relay/config"
 )
 
@@ -46,24 +47,30 @@ func TestHeaderTooLarge_552(t *testing.T) {
 	if !strings.Contains(ts.logs.String(), "reason=header_size") {
 		t.Error("refusal not logged with its reason")
 	}
+	// The transaction's line gives the size of the data that came, not 0.
+	if l := testlog.Lines(ts.logs.String(), "message refused"); len(l) != 1 || strings.Contains(l[0], " size=0 ") {
+		t.Errorf("refusal logged as %q", l)
+	}
 }
 
-// Data without a header (plain text from a script) is all body, however
-// long: it is queued behind an empty line, not refused as a header over
-// limits.max_header_size.
-func TestTextWithoutHeaderIsNotAHeader(t *testing.T) {
+// Data without a header (plain text or base64 from a script, even with a
+// colon on its first line) is all body, however long: it is queued behind an
+// empty line, not refused as a header over limits.max_header_size.
+func TestTextWithoutHeader_NotHeaderSize(t *testing.T) {
 	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Limits.MaxHeaderSize = 4096 })
 	d := dial(t, ts.addr[config.ModeRelay])
-	d.script(
-		"S: 220 ",
-		"C: EHLO client.test", "S: 250 ",
-		"C: MAIL FROM:<a@b.example>", "S: 250 ",
-		"C: RCPT TO:<c@d.example>", "S: 250 ",
-		"C: DATA", "S: 354 ",
-	)
-	d.write(strings.Repeat("disk usage: "+strings.Repeat("y", 90)+"\r\n", 50) + ".\r\n")
-	d.expect("250 2.0.0 ")
-	if n := len(ts.q.List()); n != 1 {
-		t.Fatalf("%d messages queued", n)
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ")
+	for _, text := range []string{
+		strings.Repeat("base64 or plain text, no header at all\r\n", 500),
+		strings.Repeat("disk usage: "+strings.Repeat("y", 90)+"\r\n", 50),
+	} {
+		d.script("C: MAIL FROM:<a@b.example>", "S: 250 ",
+			"C: RCPT TO:<c@d.example>", "S: 250 ",
+			"C: DATA", "S: 354 ")
+		d.write(text + ".\r\n")
+		d.expect("250 2.0.0 ")
+	}
+	if n := len(ts.q.List()); n != 2 {
+		t.Fatalf("%d messages queued, want 2", n)
 	}
 }

@@ -269,6 +269,8 @@ func (ss *session) Data(r io.Reader) error {
 		Ret:        string(ss.mailOpts.Return),
 		EnvID:      ss.mailOpts.EnvelopeID,
 	}
+	read := &countReader{r: r} // a refusal logs how much data came
+	r = read
 	if cfg.Limits.MaxHeaderSize > 0 {
 		// Size and line length are go-smtp's; the header is counted as
 		// local submission counts it.
@@ -283,7 +285,7 @@ func (ss *session) Data(r io.Reader) error {
 		var err error
 		signed, err = sg.SpoolFor(body, filepath.Join(cfg.DataDir, "tmp"), ss.maySign(cfg))
 		if err != nil {
-			return ss.refuseData(env, err)
+			return ss.refuseData(env, read.n, err)
 		}
 		defer signed.Close()
 		body = signed
@@ -299,7 +301,19 @@ func (ss *session) Data(r io.Reader) error {
 		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply, extra...)
 		return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, reply)
 	}
-	return ss.refuseData(env, err)
+	return ss.refuseData(env, read.n, err)
+}
+
+// countReader counts the octets read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // maySign returns the domains check for DKIM signing: an authenticated
@@ -314,8 +328,10 @@ func (ss *session) maySign(cfg *config.Config) func(string) bool {
 }
 
 // refuseData turns a failed DATA into its reply and the transaction's log
-// line.
-func (ss *session) refuseData(env *queue.Envelope, err error) error {
+// line, whose size is the octets of data read (read), as the client sent
+// them up to where the message was given up: nothing was queued.
+func (ss *session) refuseData(env *queue.Envelope, read int64, err error) error {
+	env.Size = read
 	// The data reader's own refusals (size, bare CR/LF, line length) carry
 	// their reply; anything else is a local failure.
 	reply, reason := errLocal, reasonQueue

@@ -11,7 +11,6 @@ import (
 	"io"
 
 	"github.com/mailhop/mailhop/relay/config"
-	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // Limits are the limits SMTP puts on a message's data, which local mail
@@ -27,10 +26,11 @@ import (
 //     to this + 2; over SMTP 500 5.5.2).
 //   - limits.max_header_size: octets of the header block, from the start to
 //     the CRLF of its last field included, without the empty line that ends
-//     it; with no empty line, the whole message; a message that starts with
-//     the empty line, or with a line that is not a header field (text, a
-//     continuation line: mailhdr.StartsWithField), has none — that line
-//     starts the body, as the relay queues it (over SMTP 552 5.3.4).
+//     it. The block also ends before the first line that is neither a field
+//     (a name of printable ASCII and a colon, mailhdr.StartsWithField) nor a
+//     continuation of one: that line starts the body, as the relay queues it
+//     and as Postfix's cleanup reads it, so a message of plain text without
+//     a header has none (over SMTP 552 5.3.4).
 type Limits struct {
 	MaxMessageSize int64
 	MaxLineLength  int
@@ -78,19 +78,62 @@ func (e *Error) Error() string {
 type Reader struct {
 	r        io.Reader
 	lim      Limits
-	size     int64  // octets so far
-	line     int    // octets of the current line so far, without CR and LF
-	header   int    // octets of the header's finished lines, CRLFs included
-	inHeader bool   // no empty line yet
-	first    []byte // the start of the first line, until it shows whether there is a header
-	decided  bool   // first has been looked at
+	size     int64 // octets so far
+	line     int   // octets of the current line so far, without CR and LF
+	header   int   // octets of the header's finished lines, CRLFs included
+	inHeader bool  // no empty line yet
+	kind     lineKind
 	err      *Error
 }
 
-// firstLineScan is how much of the first line decides whether the message
-// starts with a header field (what relay/inbound reads ahead for the same
-// question).
-const firstLineScan = 1024
+// lineKind is what the current line is known to be while in the header,
+// from as much of its start as has arrived.
+type lineKind int
+
+const (
+	lineStart   lineKind = iota // nothing of it yet
+	lineName                    // printable ASCII so far: a field name, or text
+	lineNameWSP                 // a name and white space: a colon may follow (RFC 5322 §4.5.3)
+	lineField                   // a field or a continuation line
+	lineBody                    // anything else: the body starts here
+)
+
+// classify advances l.kind over text, the next octets of the current line
+// (without CR and LF).
+func (l *Reader) classify(text []byte) {
+	for _, c := range text {
+		wsp := c == ' ' || c == '\t'
+		switch l.kind {
+		case lineStart:
+			switch {
+			case wsp && l.header > 0:
+				l.kind = lineField // a continuation line
+			case c > ' ' && c <= '~' && c != ':':
+				l.kind = lineName
+			default:
+				l.kind = lineBody
+			}
+		case lineName:
+			switch {
+			case c == ':':
+				l.kind = lineField
+			case wsp:
+				l.kind = lineNameWSP
+			case c <= ' ' || c > '~':
+				l.kind = lineBody
+			}
+		case lineNameWSP:
+			switch {
+			case c == ':':
+				l.kind = lineField
+			case !wsp:
+				l.kind = lineBody
+			}
+		default:
+			return
+		}
+	}
+}
 
 // Err returns the limit the message broke, or nil.
 func (l *Reader) Err() *Error { return l.err }
@@ -113,9 +156,6 @@ func (l *Reader) Read(p []byte) (int, error) {
 
 // check accounts for b, line by line, and returns the first limit broken.
 func (l *Reader) check(b []byte) *Error {
-	if !l.decided {
-		l.decide(b)
-	}
 	for len(b) > 0 {
 		seg, ended := b, false
 		if i := bytes.IndexByte(b, '\n'); i >= 0 {
@@ -132,10 +172,19 @@ func (l *Reader) check(b []byte) *Error {
 		}
 		text = bytes.TrimSuffix(text, []byte("\r")) // the CR of a CRLF split across reads
 		l.line += len(text)
+		if l.inHeader {
+			l.classify(text)
+			if ended && l.line > 0 && l.kind != lineField {
+				l.kind = lineBody // a line without a colon
+			}
+			if l.kind == lineBody {
+				l.inHeader = false // this line is the body's first
+			}
+		}
 		if l.lim.MaxLineLength > 0 && l.line > l.lim.MaxLineLength {
 			return &Error{Key: KeyMaxLineLength, Limit: int64(l.lim.MaxLineLength), InHeader: l.inHeader}
 		}
-		if l.inHeader && l.decided && l.lim.MaxHeaderSize > 0 && l.header+l.line > l.lim.MaxHeaderSize {
+		if l.inHeader && l.kind == lineField && l.lim.MaxHeaderSize > 0 && l.header+l.line > l.lim.MaxHeaderSize {
 			// Already over without this line's CRLF: no need to wait for it.
 			return &Error{Key: KeyMaxHeaderSize, Limit: int64(l.lim.MaxHeaderSize)}
 		}
@@ -152,23 +201,7 @@ func (l *Reader) check(b []byte) *Error {
 				}
 			}
 		}
-		l.line = 0
+		l.line, l.kind = 0, lineStart
 	}
 	return nil
-}
-
-// decide collects the start of the first line from b until it ends (or
-// firstLineScan octets): a message whose first line is not a header field
-// has no header.
-func (l *Reader) decide(b []byte) {
-	end := bytes.IndexByte(b, '\n')
-	if end < 0 {
-		end = len(b)
-	}
-	l.first = append(l.first, b[:min(end, firstLineScan-len(l.first))]...)
-	if end < len(b) || len(l.first) >= firstLineScan {
-		l.decided = true
-		l.inHeader = mailhdr.StartsWithField(append(l.first, '\n'))
-		l.first = nil
-	}
 }

@@ -22,17 +22,23 @@ func TestHeaderLimit(t *testing.T) {
 		{"at the limit", strings.Repeat(big, 3) + "\r\nbody", true},
 		{"over", strings.Repeat(big, 4) + "\r\nbody", false},
 		{"never ends", strings.Repeat(big, 10), false},
-		// Without the empty line the whole message is header.
+		// Without the empty line the header goes on while lines are
+		// fields or their continuations.
 		{"no empty line, at the limit", strings.Repeat(big, 3), true},
-		{"no empty line, one over", strings.Repeat(big, 3) + "X", false},
-		{"no empty line, two over", strings.Repeat(big, 3) + "X:", false},
-		// Data that does not start with a header field is all body: the
-		// relay queues it behind an empty line.
+		{"no empty line, one over", strings.Repeat(big, 3) + "X:", false},
+		{"no empty line, a continuation over", strings.Repeat(big, 3) + " x", false},
+		{"obsolete space before the colon, over", strings.Repeat(big, 3) + "X :", false},
+		// The first line that is not a field starts the body (as the
+		// relay queues it, and as Postfix reads it).
+		{"text after the fields", strings.Repeat(big, 3) + "no colon here\r\n" + strings.Repeat(big, 10), true},
+		{"text without a colon at the end", strings.Repeat(big, 3) + "X", true},
+		{"plain text, no header", strings.Repeat("just text, a: colon\r\n", 100), true},
+		{"plain text after a space", " " + strings.Repeat(big, 10), true},
+		{"mbox From line", "From a@example.com Thu Jan  1 00:00:00 2026\r\n" + strings.Repeat(big, 10), true},
+		{"8-bit name", "X\xc3\xa4: " + strings.Repeat(big, 10), true},
 		{"text without header", strings.Repeat("plain text line\r\n", 500), true},
 		{"text with a colon", strings.Repeat("hello world: no field\r\n", 500), true},
 		{"continuation first", strings.Repeat(" folded\r\n", 500), true},
-		{"field then text", "Subject: x\r\n" + strings.Repeat("plain text line\r\n", 500), false},
-		{"long field name", strings.Repeat("a", 2000) + ": x\r\n" + strings.Repeat(big, 4), true},
 	} {
 		for _, oneByte := range []bool{false, true} {
 			var r io.Reader = strings.NewReader(tc.msg)
