@@ -494,6 +494,12 @@ func TestWarnings_ExamplePasswords(t *testing.T) {
 	if len(ws) != 2 || !strings.Contains(ws[0], "10.0.0.0/8") || !strings.Contains(ws[1], "2001:db8::/64") {
 		t.Errorf("trusted_networks with host bits: warnings %q", ws)
 	}
+	cfg.Policy.TrustedNetworks = nil
+	cfg.Limits.MaxLineLength, cfg.Limits.MaxHeaderSize = 80, 500
+	ws = cfg.Warnings()
+	if len(ws) != 2 || !strings.Contains(ws[0], "limits.max_line_length = 80") || !strings.Contains(ws[1], "limits.max_header_size = 500") {
+		t.Errorf("limits below what RFC 5321 needs: warnings %q", ws)
+	}
 }
 
 // TestUnicodeSenders: a senders domain may be written in Unicode (for

@@ -36,5 +36,13 @@ func (c *Config) Warnings() []string {
 			ws = append(ws, fmt.Sprintf("route[%d]: password is the example's %q", i, examplePassword))
 		}
 	}
+	// RFC 5321 §4.5.3.1.6: a server must take text lines of 998 octets;
+	// lower limits refuse ordinary mail.
+	if n := c.Limits.MaxLineLength; n > 0 && n < 998 {
+		ws = append(ws, fmt.Sprintf("limits.max_line_length = %d is below the 998 octets RFC 5321 requires a server to accept: ordinary mail will be refused", n))
+	}
+	if n := c.Limits.MaxHeaderSize; n > 0 && n < 998 {
+		ws = append(ws, fmt.Sprintf("limits.max_header_size = %d is smaller than one header line may be (998 octets): ordinary mail will be refused", n))
+	}
 	return ws
 }
