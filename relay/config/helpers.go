@@ -24,8 +24,11 @@ func (c *Config) IsTrusted(ip netip.Addr) bool {
 // MaySend reports whether the user may use addr as the envelope sender
 // (MAIL FROM): addr equals one of the user's senders, or the user has
 // "@domain" for addr's domain. Domains compare without case, and a domain
-// in Unicode (an SMTPUTF8 sender, RFC 6531) as its A-label; local parts
-// exactly. The null sender never matches.
+// in Unicode (an SMTPUTF8 sender, RFC 6531) as its A-label. Local parts
+// compare without case too, as Postfix's smtpd_sender_login_maps lookups
+// do: a mail client set up as Alice@ for alice@ is the same person, and no
+// mail system gives those two to different people. The null sender never
+// matches.
 func (u *User) MaySend(addr string) bool {
 	at := strings.LastIndexByte(addr, '@')
 	if at <= 0 {
@@ -37,7 +40,7 @@ func (u *User) MaySend(addr string) bool {
 		if sat < 0 || !sameDomain(s[sat+1:], domain) {
 			continue
 		}
-		if sat == 0 || s[:sat] == local {
+		if sat == 0 || strings.EqualFold(s[:sat], local) {
 			return true
 		}
 	}
