@@ -183,7 +183,11 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg *target, queueID string) (*tlsPlan, *stageError) {
 	p := &tlsPlan{policyDomain: dt.domain, policyType: policyNone, requireTLS: dt.requireTLS}
 	if r := tg.route; r != nil {
-		p.source = srcRoute
+		// A smarthost is not the domain's MX: its sessions say nothing
+		// about the domain's TLS (RFC 8460 §3), and reporting them would
+		// tell every domain that asks the names and addresses of our
+		// upstreams. Not counted.
+		p.source, p.policyDomain = srcRoute, ""
 		switch r.TLS {
 		case config.RouteTLSNone:
 			if dt.requireTLS {

@@ -196,6 +196,35 @@ func TestTLSPolicy_RouteStartTLSVerifiesWithExtraRoots(t *testing.T) {
 	}
 }
 
+// Sessions to a route's smarthosts are not counted for TLS reports: a
+// smarthost is not the recipient domain's MX (RFC 8460 §3), and a report
+// would hand the domain our upstreams' names and addresses. Here the first
+// smarthost's certificate is refused and the second takes the mail.
+func TestTLSPolicy_RouteSessionsNotCountedForTLSReports(t *testing.T) {
+	t.Parallel()
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	z := dnstest.Zone{
+		"bad.test.":  {dnstest.A("bad.test", "127.0.0.2")},
+		"good.test.": {dnstest.A("good.test", "127.0.0.3")},
+	}
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "bad.test")), Users: map[string]string{"app": "s3cret"}}, z)
+	good := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "good.test")), Users: map[string]string{"app": "s3cret"}})
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"bad.test", "good.test"}, "starttls", ""))
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.start()
+	id := h.submit(testBody, []string{"x@routed.test"})
+	h.waitRecords(id, 1)
+	if m := good.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("second smarthost got %+v, want the message over TLS", m)
+	}
+	if !strings.Contains(h.logs.String(), "certificate rejected") {
+		t.Fatalf("the first smarthost's certificate was not refused:\n%s", h.logs.String())
+	}
+	if res := h.agent.TLSResults(false); len(res) != 0 {
+		t.Errorf("TLS report counts %+v, want none for sessions to smarthosts", res)
+	}
+}
+
 // MTA-STS enforce and testing against matching and non-matching MX hosts,
 // valid and invalid certificates, no STARTTLS, and a policy fetch failure;
 // one HTTPS server (certificate from the trusted CA) serves every policy.
