@@ -85,6 +85,16 @@ type domainTLS struct {
 	stsFetchFailed bool
 }
 
+// requiredBy names what makes TLS required in p, for error texts: the
+// message's REQUIRETLS (whatever the level, which may be "may"), or the
+// TLS policy.
+func (p *tlsPlan) requiredBy() string {
+	if p.requireTLS {
+		return "REQUIRETLS"
+	}
+	return "TLS policy " + p.source
+}
+
 // srcTLSOptional is the plan source of a message with TLS-Required: No.
 const srcTLSOptional = "tls-required-no"
 

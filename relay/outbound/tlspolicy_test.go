@@ -566,6 +566,25 @@ func TestREQUIRETLS(t *testing.T) {
 	}
 }
 
+// A REQUIRETLS message to a server without STARTTLS bounces with a reason
+// that names REQUIRETLS, not the domain's TLS level ("may" requires
+// nothing), in the log and in the bounce the sender reads.
+func TestREQUIRETLS_NoSTARTTLSReasonNamesREQUIRETLS(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("plain.test", "127.0.0.2"))
+	bounces := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"rcpt@plain.test"}, func(e *queue.Envelope) { e.RequireTLS = true })
+	h.waitRecords(id, 1)
+	if n := len(h.first.Messages()); n != 0 {
+		t.Fatalf("delivered %d REQUIRETLS messages in plain text", n)
+	}
+	body := string(bounces.Wait(t, 1)[0].Data)
+	if !strings.Contains(body, "does not offer STARTTLS, required by REQUIRETLS") || strings.Contains(body, "TLS policy may") {
+		t.Errorf("bounce reason does not name REQUIRETLS:\n%s", body)
+	}
+}
+
 func itoa(n int) string { return strconv.Itoa(n) }
 
 // An MTA-STS testing policy is checked and counted also when a connection
