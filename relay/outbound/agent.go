@@ -428,7 +428,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		if serr != nil {
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
-			gr.policy = ""
+			gr.policy = planFailureSource(dt, serr)
 			a.logPolicyFailure(t.env.ID, domain, tg.host, "", dt, nil, serr)
 			if ctx.Err() != nil {
 				break
@@ -631,6 +631,19 @@ func (a *Agent) moreTransactions(ctx context.Context, cn *conn, t *txn, tm stage
 	}
 }
 
+// planFailureSource names the policy that refused a host before any
+// connection (what the attempt line's tls_policy says): DANE for a TLSA
+// lookup that failed, MTA-STS for a host outside an enforced policy.
+func planFailureSource(dt *domainTLS, se *stageError) string {
+	switch {
+	case se.stage == "tlsa":
+		return srcDANE
+	case dt.sts != nil:
+		return srcMTASTS
+	}
+	return dt.level
+}
+
 // logPolicyFailure logs why a host was skipped for the TLS policy (or
 // could not be asked: a TLSA lookup failed).
 func (a *Agent) logPolicyFailure(queueID, domain, mx, addr string, dt *domainTLS, p *tlsPlan, se *stageError) {
@@ -640,8 +653,8 @@ func (a *Agent) logPolicyFailure(queueID, domain, mx, addr string, dt *domainTLS
 	}
 	if p != nil {
 		attrs = append(attrs, "tls_policy", p.source)
-	} else if dt.sts != nil {
-		attrs = append(attrs, "tls_policy", srcMTASTS)
+	} else if src := planFailureSource(dt, se); src != "" {
+		attrs = append(attrs, "tls_policy", src)
 	}
 	if dt.requireTLS {
 		attrs = append(attrs, "requiretls", true)

@@ -285,6 +285,9 @@ func TestMTASTS_Modes(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "does not match the MTA-STS policy of mismatch.test") {
 		t.Error("mismatch not logged")
 	}
+	if line := h.lastAttempt("mismatch.test"); !strings.Contains(line, "tls_policy=mta-sts") {
+		t.Errorf("mismatch.test attempt does not say MTA-STS decided: %s", line)
+	}
 	// enforce, certificate from an unknown CA: deferred.
 	id = send("badcert.test")
 	h.deferredWith(id, "4.7.5")
@@ -445,6 +448,9 @@ func TestDANE(t *testing.T) {
 	h.deferredWith(id, "4.4.3")
 	if servfail.Conns() != 0 {
 		t.Error("host with a failed TLSA lookup was contacted")
+	}
+	if line := h.lastAttempt("servfail.test"); !strings.Contains(line, "tls_policy=dane") {
+		t.Errorf("servfail.test attempt does not say DANE decided: %s", line)
 	}
 	send("unusable.test")
 	if m := unusable.Messages(); len(m) != 1 || !m[0].TLS {
