@@ -104,6 +104,7 @@ func New(opts Options) (*Agent, error) {
 		a.now = time.Now
 	}
 	a.tlsrpt.start = a.now()
+	a.tlsrpt.reschedule = make(chan struct{}, 1)
 	if a.dial == nil {
 		d := net.Dialer{KeepAlive: -1} // idle connections are closed by idle_conn_timeout
 		a.dial = d.DialContext
@@ -158,6 +159,12 @@ func (a *Agent) SetConfig(cfg *config.Config) {
 	a.total.setMax(n)
 	a.domains.setMax(per)
 	a.pool.setMaxIdle(per)
+	if old.Delivery.TLSReportInterval != cfg.Delivery.TLSReportInterval {
+		select {
+		case a.tlsrpt.reschedule <- struct{}{}:
+		default: // already signalled
+		}
+	}
 	var restart []string
 	if a.stsOwn && old.Delivery.ExtraRootsFile != cfg.Delivery.ExtraRootsFile {
 		restart = append(restart, "delivery.extra_roots_file (MTA-STS fetches)")
