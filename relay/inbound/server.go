@@ -286,9 +286,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // errorLog feeds go-smtp's internal error messages (panics, accept errors)
 // into slog. A session that ends with a network error (a failed implicit-TLS
-// handshake, a reset connection: what port probes and vanishing clients
-// cause) is the client's doing, not the server's: it is logged at info level
-// as "connection lost", like Postfix's "lost connection".
+// or STARTTLS handshake, a reset connection: what port probes, clients
+// without TLS 1.2 and vanishing clients cause) is the client's doing, not
+// the server's: it is logged at info level as "connection lost", like
+// Postfix's "lost connection".
 type errorLog struct{ log *slog.Logger }
 
 func (e errorLog) Printf(format string, v ...any) {

@@ -3,6 +3,7 @@ package inbound
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"os"
@@ -187,6 +188,26 @@ func TestConnectionLostIsNotAnError(t *testing.T) {
 	}
 	if strings.Contains(ts.logs.String(), "level=ERROR") {
 		t.Errorf("a port probe was logged as an error:\n%s", ts.logs.String())
+	}
+}
+
+// TestStartTLSHandshakeFailureLogged: a client whose STARTTLS handshake
+// fails (here: a TLS 1.1-only client, refused by the TLS 1.2 minimum) is
+// logged like a failed implicit-TLS handshake, as a lost connection that
+// says why, so an operator can tell why a mail client cannot connect.
+func TestStartTLSHandshakeFailureLogged(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t)
+	d := dial(t, ts.addr[config.ModeSubmission])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ", "C: STARTTLS", "S: 220 ")
+	tc := tls.Client(d.c, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
+	if err := tc.Handshake(); err == nil {
+		t.Fatal("a TLS 1.1 handshake succeeded after STARTTLS")
+	}
+	line := ts.logs.WaitLine(5*time.Second, "connection lost")
+	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "STARTTLS handshake") ||
+		!strings.Contains(line, "unsupported versions") || !strings.Contains(line, "client=127.0.0.1:") {
+		t.Errorf("log line %q, want an INFO 'connection lost' naming the client and the failed STARTTLS handshake", line)
 	}
 }
 

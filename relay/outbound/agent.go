@@ -104,6 +104,7 @@ func New(opts Options) (*Agent, error) {
 		a.now = time.Now
 	}
 	a.tlsrpt.start = a.now()
+	a.tlsrpt.reschedule = make(chan struct{}, 1)
 	if a.dial == nil {
 		d := net.Dialer{KeepAlive: -1} // idle connections are closed by idle_conn_timeout
 		a.dial = d.DialContext
@@ -158,6 +159,12 @@ func (a *Agent) SetConfig(cfg *config.Config) {
 	a.total.setMax(n)
 	a.domains.setMax(per)
 	a.pool.setMaxIdle(per)
+	if old.Delivery.TLSReportInterval != cfg.Delivery.TLSReportInterval {
+		select {
+		case a.tlsrpt.reschedule <- struct{}{}:
+		default: // already signalled
+		}
+	}
 	var restart []string
 	if a.stsOwn && old.Delivery.ExtraRootsFile != cfg.Delivery.ExtraRootsFile {
 		restart = append(restart, "delivery.extra_roots_file (MTA-STS fetches)")
@@ -428,7 +435,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		if serr != nil {
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
-			gr.policy = ""
+			gr.policy = planFailureSource(dt, serr)
 			a.logPolicyFailure(t.env.ID, domain, tg.host, "", dt, nil, serr)
 			if ctx.Err() != nil {
 				break
@@ -631,6 +638,19 @@ func (a *Agent) moreTransactions(ctx context.Context, cn *conn, t *txn, tm stage
 	}
 }
 
+// planFailureSource names the policy that refused a host before any
+// connection (what the attempt line's tls_policy says): DANE for a TLSA
+// lookup that failed, MTA-STS for a host outside an enforced policy.
+func planFailureSource(dt *domainTLS, se *stageError) string {
+	switch {
+	case se.stage == "tlsa":
+		return srcDANE
+	case dt.sts != nil:
+		return srcMTASTS
+	}
+	return dt.level
+}
+
 // logPolicyFailure logs why a host was skipped for the TLS policy (or
 // could not be asked: a TLSA lookup failed).
 func (a *Agent) logPolicyFailure(queueID, domain, mx, addr string, dt *domainTLS, p *tlsPlan, se *stageError) {
@@ -640,8 +660,8 @@ func (a *Agent) logPolicyFailure(queueID, domain, mx, addr string, dt *domainTLS
 	}
 	if p != nil {
 		attrs = append(attrs, "tls_policy", p.source)
-	} else if dt.sts != nil {
-		attrs = append(attrs, "tls_policy", srcMTASTS)
+	} else if src := planFailureSource(dt, se); src != "" {
+		attrs = append(attrs, "tls_policy", src)
 	}
 	if dt.requireTLS {
 		attrs = append(attrs, "requiretls", true)

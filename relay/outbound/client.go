@@ -183,7 +183,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	switch {
 	case p.implicit || p.plain:
 	case !ok && p.required:
-		return fail(policyError("starttls", "4.7.4", "%s does not offer STARTTLS, required by TLS policy %s", t.host, p.source))
+		return fail(policyError("starttls", "4.7.4", "%s does not offer STARTTLS, required by %s", t.host, p.requiredBy()))
 	case !ok && p.stsTesting:
 		a.log.Warn("mta-sts testing: server does not offer STARTTLS; delivering anyway", "domain", p.policyDomain, "mx", t.host, "addr", addr.String())
 		a.countTLSFailure(p, t.host, addr.String(), policyError("starttls", "4.7.4", "STARTTLS not offered"))

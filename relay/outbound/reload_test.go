@@ -3,6 +3,8 @@ package outbound
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -153,4 +156,46 @@ func TestReload_RestartOnlySettingsWarned(t *testing.T) {
 	if !strings.Contains(h.logs.String(), "extra_roots_file") {
 		t.Errorf("no warning naming delivery.extra_roots_file:\n%s", h.logs.String())
 	}
+}
+
+// A reload that shortens delivery.tls_report_interval takes effect at once:
+// the report loop waiting for the end of the old period (a day) starts
+// waiting for the new one instead.
+func TestReload_TLSReportInterval_Reschedules(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.TLSReports = true
+	h.cfg.Delivery.TLSReportInterval.Duration = 24 * time.Hour
+	r, err := dnsmx.NewResolver([]string{h.dns.Addr}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Options{Config: h.cfg, Queue: h.q, Resolver: r, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	armed := make(chan time.Duration, 4)
+	a.tlsrpt.armed = func(iv time.Duration) { armed <- iv }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.tlsReportLoop(ctx)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	wait := func(want time.Duration) {
+		t.Helper()
+		select {
+		case iv := <-armed:
+			if iv != want {
+				t.Fatalf("report loop waits for a period of %v, want %v", iv, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("report loop not waiting for a period of %v (the old timer kept running)", want)
+		}
+	}
+	wait(24 * time.Hour)
+	a.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.TLSReportInterval.Duration = time.Second }))
+	wait(time.Second)
 }

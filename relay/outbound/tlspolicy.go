@@ -85,6 +85,16 @@ type domainTLS struct {
 	stsFetchFailed bool
 }
 
+// requiredBy names what makes TLS required in p, for error texts: the
+// message's REQUIRETLS (whatever the level, which may be "may"), or the
+// TLS policy.
+func (p *tlsPlan) requiredBy() string {
+	if p.requireTLS {
+		return "REQUIRETLS"
+	}
+	return "TLS policy " + p.source
+}
+
 // srcTLSOptional is the plan source of a message with TLS-Required: No.
 const srcTLSOptional = "tls-required-no"
 
@@ -183,7 +193,11 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg *target, queueID string) (*tlsPlan, *stageError) {
 	p := &tlsPlan{policyDomain: dt.domain, policyType: policyNone, requireTLS: dt.requireTLS}
 	if r := tg.route; r != nil {
-		p.source = srcRoute
+		// A smarthost is not the domain's MX: its sessions say nothing
+		// about the domain's TLS (RFC 8460 §3), and reporting them would
+		// tell every domain that asks the names and addresses of our
+		// upstreams. Not counted.
+		p.source, p.policyDomain = srcRoute, ""
 		switch r.TLS {
 		case config.RouteTLSNone:
 			if dt.requireTLS {

@@ -196,6 +196,35 @@ func TestTLSPolicy_RouteStartTLSVerifiesWithExtraRoots(t *testing.T) {
 	}
 }
 
+// Sessions to a route's smarthosts are not counted for TLS reports: a
+// smarthost is not the recipient domain's MX (RFC 8460 §3), and a report
+// would hand the domain our upstreams' names and addresses. Here the first
+// smarthost's certificate is refused and the second takes the mail.
+func TestTLSPolicy_RouteSessionsNotCountedForTLSReports(t *testing.T) {
+	t.Parallel()
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	z := dnstest.Zone{
+		"bad.test.":  {dnstest.A("bad.test", "127.0.0.2")},
+		"good.test.": {dnstest.A("good.test", "127.0.0.3")},
+	}
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "bad.test")), Users: map[string]string{"app": "s3cret"}}, z)
+	good := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "good.test")), Users: map[string]string{"app": "s3cret"}})
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"bad.test", "good.test"}, "starttls", ""))
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.start()
+	id := h.submit(testBody, []string{"x@routed.test"})
+	h.waitRecords(id, 1)
+	if m := good.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("second smarthost got %+v, want the message over TLS", m)
+	}
+	if !strings.Contains(h.logs.String(), "certificate rejected") {
+		t.Fatalf("the first smarthost's certificate was not refused:\n%s", h.logs.String())
+	}
+	if res := h.agent.TLSResults(false); len(res) != 0 {
+		t.Errorf("TLS report counts %+v, want none for sessions to smarthosts", res)
+	}
+}
+
 // MTA-STS enforce and testing against matching and non-matching MX hosts,
 // valid and invalid certificates, no STARTTLS, and a policy fetch failure;
 // one HTTPS server (certificate from the trusted CA) serves every policy.
@@ -255,6 +284,9 @@ func TestMTASTS_Modes(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "does not match the MTA-STS policy of mismatch.test") {
 		t.Error("mismatch not logged")
+	}
+	if line := h.lastAttempt("mismatch.test"); !strings.Contains(line, "tls_policy=mta-sts") {
+		t.Errorf("mismatch.test attempt does not say MTA-STS decided: %s", line)
 	}
 	// enforce, certificate from an unknown CA: deferred.
 	id = send("badcert.test")
@@ -417,6 +449,9 @@ func TestDANE(t *testing.T) {
 	if servfail.Conns() != 0 {
 		t.Error("host with a failed TLSA lookup was contacted")
 	}
+	if line := h.lastAttempt("servfail.test"); !strings.Contains(line, "tls_policy=dane") {
+		t.Errorf("servfail.test attempt does not say DANE decided: %s", line)
+	}
 	send("unusable.test")
 	if m := unusable.Messages(); len(m) != 1 || !m[0].TLS {
 		t.Errorf("unusable TLSA (encrypt, unauthenticated): %+v", m)
@@ -534,6 +569,25 @@ func TestREQUIRETLS(t *testing.T) {
 	id := send("down.test", requireTLS)
 	if o := h.outcome(id); o.state != queue.Pending {
 		t.Errorf("down.test: %+v, want pending", o)
+	}
+}
+
+// A REQUIRETLS message to a server without STARTTLS bounces with a reason
+// that names REQUIRETLS, not the domain's TLS level ("may" requires
+// nothing), in the log and in the bounce the sender reads.
+func TestREQUIRETLS_NoSTARTTLSReasonNamesREQUIRETLS(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("plain.test", "127.0.0.2"))
+	bounces := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"rcpt@plain.test"}, func(e *queue.Envelope) { e.RequireTLS = true })
+	h.waitRecords(id, 1)
+	if n := len(h.first.Messages()); n != 0 {
+		t.Fatalf("delivered %d REQUIRETLS messages in plain text", n)
+	}
+	body := string(bounces.Wait(t, 1)[0].Data)
+	if !strings.Contains(body, "does not offer STARTTLS, required by REQUIRETLS") || strings.Contains(body, "TLS policy may") {
+		t.Errorf("bounce reason does not name REQUIRETLS:\n%s", body)
 	}
 }
 

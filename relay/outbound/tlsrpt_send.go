@@ -60,6 +60,13 @@ const (
 type tlsReporter struct {
 	mu    sync.Mutex // one run at a time
 	start time.Time  // when the period now counted began
+	// reschedule wakes tlsReportLoop when a reload changed
+	// delivery.tls_report_interval, so the new period applies now rather
+	// than after the old one ends (up to a day later).
+	reschedule chan struct{}
+	// armed, when set (by tests, before the loop starts), is called with
+	// the interval each time the loop starts waiting for a period's end.
+	armed func(time.Duration)
 }
 
 // TLSReportResult is what SendTLSReports did.
@@ -134,6 +141,7 @@ func (a *Agent) tlsReportLoop(ctx context.Context) {
 	defer save() // at the stop: the next run goes on counting
 	saveTick := time.NewTicker(tlsSaveInterval)
 	defer saveTick.Stop()
+schedule:
 	for {
 		iv := a.config().Delivery.TLSReportInterval.Duration
 		if iv <= 0 {
@@ -141,6 +149,9 @@ func (a *Agent) tlsReportLoop(ctx context.Context) {
 		}
 		now := a.now()
 		t := time.NewTimer(nextReportTime(now, iv).Sub(now))
+		if a.tlsrpt.armed != nil {
+			a.tlsrpt.armed(iv)
+		}
 	wait:
 		for {
 			select {
@@ -149,6 +160,9 @@ func (a *Agent) tlsReportLoop(ctx context.Context) {
 				return
 			case <-saveTick.C:
 				save()
+			case <-a.tlsrpt.reschedule:
+				t.Stop()
+				continue schedule
 			case <-t.C:
 				break wait
 			}

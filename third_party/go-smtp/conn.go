@@ -36,6 +36,9 @@ type Conn struct {
 	// closing is set once a 421 reply has been written: the connection is
 	// closed after the current command (RFC 5321 §3.8).
 	closing bool
+	// closeErr is why the session ends, when that is a failure the server
+	// should log (a failed STARTTLS handshake); handleConn returns it.
+	closeErr error
 
 	session    Session
 	locker     sync.Mutex
@@ -1056,8 +1059,10 @@ func (c *Conn) handleStartTLS() {
 
 	if err := tlsConn.Handshake(); err != nil {
 		// The stream is no longer in a known state: a reply in plain text
-		// could not be read by the client, so just close.
+		// could not be read by the client, so just close, and let the
+		// server log why, as for an implicit-TLS handshake.
 		c.closing = true
+		c.closeErr = fmt.Errorf("STARTTLS handshake: %w", err)
 		return
 	}
 

@@ -307,7 +307,7 @@ func (s *Server) handleConn(c *Conn) error {
 			c.writeResponse(421, EnhancedCode{4, 7, 0}, "Too many errors, closing connection")
 		}
 	}
-	return nil
+	return c.closeErr
 }
 
 func (s *Server) network() string {
