@@ -526,8 +526,8 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		add.WriteString(fmt.Sprintf("Message-ID: <%s.%s@%s>\n", hf.now.UTC().Format("20060102150405"), hex.EncodeToString(rnd[:]), hf.hostname))
 	}
 	res := append(out.Bytes(), add.Bytes()...)
-	if len(fields) == 0 {
-		res = append(res, '\n')
+	if len(fields) == 0 && !bytes.HasPrefix(body, []byte("\n")) {
+		res = append(res, '\n') // (a message that starts with the empty line has it)
 	}
 	return append(res, body...), rcpts, nil
 }

@@ -120,6 +120,19 @@ func TestRewriteHeaders_NoHeaderGetsFromWithFullName(t *testing.T) {
 	}
 }
 
+// TestRewriteHeaders_EmptyHeader: a message that starts with the empty line
+// (no fields) gets the added fields above it, and no second empty line.
+func TestRewriteHeaders_EmptyHeader(t *testing.T) {
+	t.Parallel()
+	out, _, err := rewriteHeaders([]byte("\nbody\n"), false, headerFields{from: "app@h.test", hostname: "h.test", now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(out); !strings.HasPrefix(s, "From: app@h.test\n") || !strings.HasSuffix(s, ">\n\nbody\n") {
+		t.Errorf("out = %q", s)
+	}
+}
+
 // TestRewriteHeaders_BareCR reads the header with the line ends the relay
 // queues: a CR alone ends a line there, so a Bcc field behind one is
 // removed, and the fields sendmail adds go above the empty line that a CR
