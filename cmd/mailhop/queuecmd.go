@@ -92,7 +92,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		printTable(stdout, msgs)
 		return exitOK
 	case "show":
-		if len(rest) != 1 {
+		if len(rest) != 1 || *asJSON && *bodyOnly {
 			fmt.Fprintln(stderr, "usage: mailhop queue show [--json | --body] ID")
 			return exitUsage
 		}

@@ -71,6 +71,25 @@ func TestQueueList_State(t *testing.T) {
 	}
 }
 
+// TestQueueShow_JSONAndBodyIsUsage: --json (the envelope) and --body (the
+// message) exclude each other; both printed the message alone, exit 0.
+func TestQueueShow_JSONAndBodyIsUsage(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	id, errs, code := runSendmail(r.cfgPath, "Subject: x\n\nx\n", "-v", "-f", "a@example.com", "b@example.net")
+	if code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	id = strings.TrimPrefix(strings.TrimSpace(id), "queued as ")
+	if out, _, code := runQueue(r.cfgPath, "show", "--body", id); code != 0 || !strings.Contains(out, "Subject: x") {
+		t.Fatalf("show --body %s: exit %d, %q", id, code, out)
+	}
+	out, errs, code := runQueue(r.cfgPath, "show", "--json", "--body", id)
+	if code != exitUsage || out != "" || !strings.Contains(errs, "usage: mailhop queue show [--json | --body] ID") {
+		t.Errorf("show --json --body: exit %d, stdout %q, stderr %q; want 2 and the usage", code, out, errs)
+	}
+}
+
 // TestPrintTable_Layout: the message columns line up over every message, a
 // long reply on a recipient line does not widen them, and a reply without an
 // SMTP code (a DNS error) is shown without a made-up code 0.

@@ -479,8 +479,9 @@ type headerFields struct {
 // rewriteHeaders removes Bcc, adds From, Date and Message-ID when missing,
 // and with extract returns the addresses of To, Cc and Bcc. A message that
 // does not start with a header gets the added fields and a blank line in
-// front of it.
+// front of it. Line ends in the result are LF (see lfLineEnds).
 func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string, error) {
+	msg = lfLineEnds(msg)
 	// An mbox "From " line at the top is not a header field; drop it.
 	if bytes.HasPrefix(msg, []byte("From ")) {
 		if i := bytes.IndexByte(msg, '\n'); i >= 0 {
@@ -525,10 +526,35 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		add.WriteString(fmt.Sprintf("Message-ID: <%s.%s@%s>\n", hf.now.UTC().Format("20060102150405"), hex.EncodeToString(rnd[:]), hf.hostname))
 	}
 	res := append(out.Bytes(), add.Bytes()...)
-	if len(fields) == 0 {
-		res = append(res, '\n')
+	if len(fields) == 0 && !bytes.HasPrefix(body, []byte("\n")) {
+		res = append(res, '\n') // (a message that starts with the empty line has it)
 	}
 	return append(res, body...), rcpts, nil
+}
+
+// lfLineEnds makes every line end LF: CRLF, and a CR alone, which the relay
+// also takes for a line end when it queues the message (admin's crlfReader
+// makes each CRLF). The header is read from the result, so the fields
+// sendmail finds, removes (Bcc) and adds are the fields the relay queues:
+// read with CR left inside lines, "Subject: x\rBcc: y" hid a Bcc field that
+// was then delivered, and "From: a\r\r\n" (a CRLF file converted twice)
+// put the added fields below the empty line the relay saw there.
+func lfLineEnds(msg []byte) []byte {
+	if bytes.IndexByte(msg, '\r') < 0 {
+		return msg
+	}
+	out := make([]byte, 0, len(msg))
+	for i := 0; i < len(msg); i++ {
+		c := msg[i]
+		if c == '\r' {
+			if i+1 < len(msg) && msg[i+1] == '\n' {
+				i++
+			}
+			c = '\n'
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 // field is one header field, with its continuation lines.

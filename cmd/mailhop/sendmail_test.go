@@ -120,6 +120,45 @@ func TestRewriteHeaders_NoHeaderGetsFromWithFullName(t *testing.T) {
 	}
 }
 
+// TestRewriteHeaders_EmptyHeader: a message that starts with the empty line
+// (no fields) gets the added fields above it, and no second empty line.
+func TestRewriteHeaders_EmptyHeader(t *testing.T) {
+	t.Parallel()
+	out, _, err := rewriteHeaders([]byte("\nbody\n"), false, headerFields{from: "app@h.test", hostname: "h.test", now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := string(out); !strings.HasPrefix(s, "From: app@h.test\n") || !strings.HasSuffix(s, ">\n\nbody\n") {
+		t.Errorf("out = %q", s)
+	}
+}
+
+// TestRewriteHeaders_BareCR reads the header with the line ends the relay
+// queues: a CR alone ends a line there, so a Bcc field behind one is
+// removed, and the fields sendmail adds go above the empty line that a CR
+// before CRLF makes.
+func TestRewriteHeaders_BareCR(t *testing.T) {
+	t.Parallel()
+	hf := headerFields{from: "app@h.test", hostname: "h.test", now: time.Now()}
+	out, _, err := rewriteHeaders([]byte("From: a@h.test\nSubject: x\rBcc: hidden@example.org\nTo: b@example.net\n\nbody\n"), false, hf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "hidden@") {
+		t.Errorf("Bcc behind a bare CR was kept:\n%q", out)
+	}
+	out, _, err = rewriteHeaders([]byte("From: a@h.test\r\r\nSubject: twice converted\r\r\n\r\r\nbody\r\r\n"), false, hf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The header as the relay reads it: CRLF and a CR alone end lines.
+	queued := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(string(out))
+	header, _, _ := strings.Cut(queued, "\n\n")
+	if !strings.Contains(header, "\nDate: ") || !strings.Contains(header, "\nMessage-ID: ") {
+		t.Errorf("added fields are not in the header the relay queues:\n%q", out)
+	}
+}
+
 // writeConfig writes a relay configuration into a new directory (data_dir
 // there, one relay listener on a kernel-chosen port, loopback trusted)
 // with extra appended, and returns its path.

@@ -356,6 +356,35 @@ func TestSpool_HeaderOnlyMessage(t *testing.T) {
 	}
 }
 
+// Text that follows the fields without an empty line is the body (as the
+// relay and Postfix read it): the message is signed and queued with the
+// empty line before it. It was queued with one at its end instead, which put
+// the text into the header and signed an empty body: verifiers that read the
+// text as body (a milter behind Postfix) or refuse text in a header (dkimpy)
+// failed the signature.
+func TestSpool_TextAfterFieldsWithoutEmptyLine(t *testing.T) {
+	t.Parallel()
+	k := mustKey(t, "example.com", "rsa1", false, rsaKey())
+	lookup, _ := publish(t, k)
+	s := NewFromKeys(k)
+	const fields = "From: alice@example.com\r\nTo: bob@example.org\r\n"
+	for _, text := range []string{
+		"backup done\r\nall good\r\n",             // to the end
+		"backup done\r\n\r\nsecond paragraph\r\n", // an empty line further down
+	} {
+		signed, m := spoolAll(t, s, fields+text)
+		if m.Fields == "" || signed != m.Fields+fields+"\r\n"+text {
+			t.Errorf("want Fields + the fields + an empty line + the text, got:\n%q", signed)
+			continue
+		}
+		for _, v := range verify(t, lookup, signed) {
+			if v.Err != nil {
+				t.Errorf("signature does not verify: %v", v.Err)
+			}
+		}
+	}
+}
+
 // List-Unsubscribe and List-Unsubscribe-Post are signed when present (RFC
 // 8058 §4).
 func TestSpool_SignsListUnsubscribe(t *testing.T) {

@@ -68,22 +68,31 @@ func (s *Signer) SpoolFor(msg io.Reader, dir string, allow func(fromDomain strin
 	unchanged := &Signed{r: io.MultiReader(bytes.NewReader(h), br)}
 	switch {
 	case errors.Is(err, mailhdr.ErrIncomplete) && headerOnly(h, br):
-		// A message that is all header (RFC 5322 §3.5: the body is
-		// optional) is signed with the empty line that ends a header and
-		// an empty body (RFC 6376 §3.4.3-4), and queued with that line
-		// when, and only when, it is signed.
-		h = append(h[:len(h):len(h)], "\r\n"...)
+		// A message without an empty line: h holds all of it.
 	case errors.Is(err, mailhdr.ErrIncomplete):
 		return unchanged, nil
 	case err != nil:
 		return nil, err
+	}
+	// The header ends at its empty line, or before the first line that is
+	// neither a field nor a continuation (the body starts there for the
+	// relay and for Postfix; a verifier that reads to the empty line would
+	// take those lines for header). Where no empty line ends it — a message
+	// that is all header (RFC 5322 §3.5: the body is optional), or one
+	// whose text follows its fields without one — the message is signed
+	// with that line in place, and queued with it when, and only when, it
+	// is signed: the signature's body is then the body every reader sees.
+	var body io.Reader = br
+	if end := mailhdr.HeaderEnd(h); string(h[end:]) != "\r\n" && string(h[end:]) != "\n" {
+		body = io.MultiReader(bytes.NewReader(h[end:]), br)
+		h = append(h[:end:end], "\r\n"...)
 	}
 	keys, hk := s.keysForHeader(h, allow)
 	if keys == nil {
 		return unchanged, nil
 	}
 	sp := &spill{dir: dir}
-	fields, err := signWith(keys, hk, h, br, sp)
+	fields, err := signWith(keys, hk, h, body, sp)
 	if err != nil {
 		sp.close()
 		return nil, err

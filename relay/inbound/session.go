@@ -121,12 +121,15 @@ func (ss *session) refuse(cmd, reason string, err *smtp.SMTPError, args ...any) 
 }
 
 // Refused implements smtp.RefusalLogger: go-smtp refused a command itself
-// (a SIZE= over the limit), so it is logged and counted here like the
+// (a SIZE= over the limit, an address it cannot parse), so it is logged and counted here like the
 // session's own refusals.
 func (ss *session) Refused(cmd string, err *smtp.SMTPError) {
 	reason := reasonOther
-	if err == smtp.ErrDataTooLarge {
+	switch err {
+	case smtp.ErrDataTooLarge:
 		reason = reasonSize
+	case smtp.ErrBadAddressSyntax:
+		reason = reasonBadAddress
 	}
 	ss.refuse(strings.ToLower(cmd), reason, err)
 }

@@ -251,6 +251,24 @@ func TestOutOfSequence_503(t *testing.T) {
 	)
 }
 
+// An address that go-smtp's parser refuses is counted as bad_address, like
+// one the session refuses itself (it was neither counted nor logged).
+func TestUnparsableAddress_CountedAsBadAddress(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script(
+		"S: 220 ",
+		"C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a b@example.com>", "S: 501 5.1.3 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<bad address@example.net>", "S: 501 5.1.3 ",
+		"C: NOOP", "S: 250 ",
+	)
+	if st := ts.s.Stats(); st.Refused["bad_address"] != 2 {
+		t.Errorf("refusals: %v, want 2 bad_address", st.Refused)
+	}
+}
+
 func TestLongCommandLine_500(t *testing.T) {
 	ts := startServer(t)
 	d := dial(t, ts.addr[config.ModeRelay])

@@ -125,6 +125,23 @@ func TrimEnd(h []byte) []byte {
 	return h[:len(h)-1]
 }
 
+// HeaderEnd returns where the header fields at the start of h end: at the
+// empty line that ends them, or at the first line that is neither a field
+// (StartsWithField) nor a continuation of one, which starts the body (as
+// msglimit measures the header, and as Postfix's cleanup reads it); len(h)
+// when every line is a field. Lines may end in CRLF or LF.
+func HeaderEnd(h []byte) int {
+	n := 0
+	for n < len(h) {
+		line, rest := cutLine(h[n:])
+		if len(line) == 0 || !(n > 0 && isWSP(line[0])) && !StartsWithField(line) {
+			return n
+		}
+		n = len(h) - len(rest)
+	}
+	return n
+}
+
 // StartsWithField reports whether msg, the start of a message, begins with
 // a header field (a field name of printable ASCII and a colon, RFC 5322
 // §2.2) or with the empty line that ends an empty header. Anything else —

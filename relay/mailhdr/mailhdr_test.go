@@ -118,3 +118,24 @@ func TestStartsWithField(t *testing.T) {
 		}
 	}
 }
+
+func TestHeaderEnd(t *testing.T) {
+	cases := []struct {
+		in   string
+		want int
+	}{
+		{"From: a\r\nTo: b\r\n\r\nbody\r\n", 16},
+		{"From: a\r\nTo: b\r\n", 16},
+		{"From: a\r\nTo: b\r\ntext\r\n\r\nmore\r\n", 16},
+		{"Subject: one\r\n two\r\nX : y\nplain text\n", 26},
+		{"text first\r\nFrom: a\r\n", 0},
+		{" continuation first\r\n", 0},
+		{"From: a\r\nTo: b", 14},
+		{"", 0},
+	}
+	for _, c := range cases {
+		if got := HeaderEnd([]byte(c.in)); got != c.want {
+			t.Errorf("HeaderEnd(%q) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}

@@ -409,6 +409,7 @@ func (c *Conn) handleMail(arg string) {
 		err = errSourceRoute
 	}
 	if err != nil {
+		c.refused("MAIL", ErrBadAddressSyntax)
 		c.writeResponse(501, EnhancedCode{5, 1, 3}, "Bad address syntax")
 		return
 	}
@@ -803,6 +804,7 @@ func (c *Conn) handleRcpt(arg string) {
 		err = errSourceRoute
 	}
 	if err != nil {
+		c.refused("RCPT", ErrBadAddressSyntax)
 		c.writeResponse(501, EnhancedCode{5, 1, 3}, "Bad address syntax")
 		return
 	}

@@ -49,6 +49,15 @@ var ErrDataTooLarge = &SMTPError{
 	Message:      "Message size exceeds fixed limit",
 }
 
+// ErrBadAddressSyntax is the reply to a MAIL or RCPT whose address the
+// server cannot parse; it is also reported to a RefusalLogger (mailhop
+// patch).
+var ErrBadAddressSyntax = &SMTPError{
+	Code:         501,
+	EnhancedCode: EnhancedCode{5, 1, 3},
+	Message:      "Bad address syntax",
+}
+
 // ErrBareLineEnding is the reply to message data that holds a CR or an LF
 // that is not part of a CRLF pair. Such data is refused as a whole: a
 // server that forwarded it could let a next hop see an end of data where
