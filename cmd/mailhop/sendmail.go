@@ -47,7 +47,8 @@ const (
 )
 
 const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C FILE] [--config FILE] [RCPT...] < message
-  -t       take recipients from To, Cc and Bcc (Bcc is removed); RCPT arguments are added
+  -t       take recipients from To, Cc and Bcc (Resent-To, -Cc, -Bcc when there are
+           Resent- fields; Bcc and Resent-Bcc are removed); RCPT arguments are added
   -i, -oi  a line with a single dot does not end the message
   -f FROM  envelope sender (default: your login name @ hostname); -f '<>' is the null sender
   -F NAME  your full name, for the From: header mailhop adds when the message has none
@@ -476,8 +477,9 @@ type headerFields struct {
 	now                      time.Time
 }
 
-// rewriteHeaders removes Bcc, adds From, Date and Message-ID when missing,
-// and with extract returns the addresses of To, Cc and Bcc. A message that
+// rewriteHeaders removes Bcc and Resent-Bcc, adds From, Date and Message-ID
+// when missing, and with extract returns the addresses of To, Cc and Bcc (of
+// Resent-To, -Cc and -Bcc when the message has Resent- fields). A message that
 // does not start with a header gets the added fields and a blank line in
 // front of it. Line ends in the result are LF (see lfLineEnds).
 func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string, error) {
@@ -491,21 +493,30 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		}
 	}
 	fields, body := splitHeader(msg)
+	// A message being resent (RFC 5322 §3.6.6) goes to its Resent-To, -Cc
+	// and -Bcc, not to the original recipients, as Postfix's cleanup reads it.
+	prefix := ""
+	for _, f := range fields {
+		if strings.HasPrefix(strings.ToLower(f.name), "resent-") {
+			prefix = "resent-"
+			break
+		}
+	}
 	var out bytes.Buffer
 	var rcpts []string
 	has := map[string]bool{}
 	for _, f := range fields {
 		name := strings.ToLower(f.name)
 		has[name] = true
-		if extract && (name == "to" || name == "cc" || name == "bcc") {
+		if extract && (name == prefix+"to" || name == prefix+"cc" || name == prefix+"bcc") {
 			addrs, err := parseAddrs(f.value(), hf.hostname)
 			if err != nil {
 				return nil, nil, sendmailFail(exDataErr, "%s: header: %v", f.name, err)
 			}
 			rcpts = append(rcpts, addrs...)
 		}
-		if name == "bcc" {
-			continue // RFC 5322 §3.6.3: blind copies do not show
+		if name == "bcc" || name == "resent-bcc" {
+			continue // RFC 5322 §3.6.3, §3.6.6: blind copies do not show
 		}
 		out.Write(f.raw)
 	}

@@ -108,6 +108,23 @@ func TestRewriteHeaders_CronMessage(t *testing.T) {
 	}
 }
 
+// TestRewriteHeaders_Resent: a resent message (RFC 5322 §3.6.6) goes with -t
+// to its Resent- recipients only, and Resent-Bcc is removed like Bcc.
+func TestRewriteHeaders_Resent(t *testing.T) {
+	t.Parallel()
+	msg := "From: a@example.com\nTo: original@example.com\nBcc: old-bcc@example.com\nResent-From: b@example.com\nResent-To: new@example.net\nResent-Bcc: hidden@example.org\nSubject: fwd\n\nbody\n"
+	out, rcpts, err := rewriteHeaders([]byte(msg), true, headerFields{from: "b@h.test", hostname: "h.test", now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"new@example.net", "hidden@example.org"}; !reflect.DeepEqual(rcpts, want) {
+		t.Errorf("rcpts = %q, want %q", rcpts, want)
+	}
+	if s := string(out); strings.Contains(s, "hidden@") || strings.Contains(s, "old-bcc@") || !strings.Contains(s, "To: original@example.com\n") {
+		t.Errorf("Resent-Bcc or Bcc kept, or To lost:\n%s", s)
+	}
+}
+
 func TestRewriteHeaders_NoHeaderGetsFromWithFullName(t *testing.T) {
 	t.Parallel()
 	out, rcpts, err := rewriteHeaders([]byte("just a line\n"), false, headerFields{from: "app@h.test", fullName: "The App", hostname: "h.test", now: time.Now()})
