@@ -133,7 +133,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		if *asJSON {
 			return printJSON(stdout, m)
 		}
-		printTable(stdout, []admin.Message{*m})
+		printDetail(stdout, m)
 		// Then the message itself, as Postfix's postcat -q shows it, for
 		// those who may read it.
 		fmt.Fprintln(stdout)
@@ -223,18 +223,59 @@ func printTable(w io.Writer, msgs []admin.Message) {
 	for i, m := range msgs {
 		line(rows[i+1])
 		for _, r := range m.Recipients {
-			reply := r.Reply
-			if r.Code != 0 {
-				reply = fmt.Sprintf("%d %s", r.Code, r.Reply)
-			}
-			fmt.Fprintf(w, "    %-9s  %s", r.State, r.Address)
-			if reply = oneLine(strings.TrimSpace(reply)); reply != "" {
-				fmt.Fprintf(w, "  (%s)", reply)
-			}
-			fmt.Fprintln(w)
+			fmt.Fprintf(w, "    %-9s  %s%s\n", r.State, r.Address, replyNote(r))
 		}
 	}
 	fmt.Fprintf(w, "%d message(s)\n", len(msgs))
+}
+
+// printDetail prints one message's whole envelope, a field a line (as
+// Postfix's postcat -e does), for `queue show`.
+func printDetail(w io.Writer, m *admin.Message) {
+	const stamp = "2006-01-02 15:04:05 -0700"
+	from := m.From
+	if from == "" {
+		from = "<>"
+	}
+	next := m.NextAttempt.Local().Format(stamp)
+	if m.Held {
+		next = "held"
+	}
+	kv := [][2]string{
+		{"id", m.ID}, {"sender", from}, {"arrived", m.Arrived.Local().Format(stamp)},
+		{"size", fmt.Sprint(m.Size)}, {"client", m.Client}, {"helo", m.Helo}, {"user", m.User},
+		{"body", m.BodyType}, {"smtputf8", fmt.Sprint(m.SMTPUTF8)}, {"requiretls", fmt.Sprint(m.RequireTLS)},
+		{"ret", m.Ret}, {"envid", m.EnvID}, {"attempts", fmt.Sprint(m.Attempts)},
+		{"next attempt", next}, {"last error", oneLine(m.LastError)},
+	}
+	for _, f := range kv {
+		if f[1] != "" {
+			fmt.Fprintf(w, "%-13s %s\n", f[0]+":", f[1])
+		}
+	}
+	for _, r := range m.Recipients {
+		fmt.Fprintf(w, "%-13s %s  %s", "recipient:", r.State, r.Address)
+		if r.Notify != "" {
+			fmt.Fprintf(w, "  NOTIFY=%s", r.Notify)
+		}
+		if r.ORCPT != "" {
+			fmt.Fprintf(w, "  ORCPT=%s", r.ORCPT)
+		}
+		fmt.Fprintf(w, "%s\n", replyNote(r))
+	}
+}
+
+// replyNote is a recipient's last reply as "  (550 5.1.1 text)", without a
+// code when it had none (a DNS or connection error), or "".
+func replyNote(r admin.Recipient) string {
+	reply := r.Reply
+	if r.Code != 0 {
+		reply = fmt.Sprintf("%d %s", r.Code, r.Reply)
+	}
+	if reply = oneLine(strings.TrimSpace(reply)); reply == "" {
+		return ""
+	}
+	return "  (" + reply + ")"
 }
 
 func oneLine(s string) string {
