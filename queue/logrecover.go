@@ -40,6 +40,7 @@ func (s *LogStore) recover() error {
 		seg := &segment{seq: seq, path: s.segPath(seq)}
 		data, err := os.ReadFile(seg.path)
 		if err != nil {
+			s.damaged = true
 			s.log.Error("queue: unreadable segment moved aside", "path", seg.path, "err", err)
 			s.moveAside(seg.path)
 			continue
@@ -69,6 +70,13 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 				case !allZero(data[off:]):
 					s.log.Warn("queue: ignoring incomplete record at end of segment (a write cut short by a crash or a full disk; it was never acknowledged)",
 						"segment", seg.path, "offset", off, "bytes", len(data)-off)
+				case int64(len(data)) < s.segMax:
+					// Zeros end a segment that started from a spare; a
+					// segment that started empty is only ever appended to,
+					// so zeros there are records wiped by damage.
+					s.damaged = true
+					s.log.Error("queue: segment ends in zeros where records were written (damage, or a power loss before the data reached the disk): messages recorded there are lost",
+						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				}
 				return
 			}
@@ -78,6 +86,7 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 				// leaves that; the old records are no one's.
 				s.log.Warn("queue: skipping old records of a recycled segment", "segment", seg.path, "offset", off, "bytes", next-off)
 			} else {
+				s.damaged = true
 				s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:next])
 				s.log.Error("queue: damaged record moved to quarantine", "segment", seg.path, "offset", off, "bytes", next-off)
 			}
@@ -87,6 +96,7 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 		body := data[off+headerSize : off+headerSize+n]
 		rec, err := parsePayload(body[0], body[1:])
 		if err != nil {
+			s.damaged = true
 			s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:off+headerSize+n])
 			s.log.Error("queue: undecodable record moved to quarantine", "segment", seg.path, "offset", off, "err", err)
 		} else {
@@ -199,7 +209,9 @@ func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord)
 
 // checkBodies moves aside messages whose body file is missing or short, and
 // removes body files that no message refers to (left by a crash between the
-// body's fsync and its record's).
+// body's fsync and its record's). When recovery found damage, such a body
+// may be all that is left of a message that was acknowledged: it is moved
+// to quarantine instead.
 func (s *LogStore) checkBodies() {
 	if s.readOnly {
 		return // reading only: nothing is moved or removed
@@ -230,7 +242,13 @@ func (s *LogStore) checkBodies() {
 	entries, _ := os.ReadDir(filepath.Join(s.dir, "bodies"))
 	for _, e := range entries {
 		if m, ok := s.msgs[e.Name()]; !ok || !m.file {
-			os.Remove(filepath.Join(s.dir, "bodies", e.Name()))
+			path := filepath.Join(s.dir, "bodies", e.Name())
+			if s.damaged {
+				s.log.Error("queue: body without a message record moved to quarantine (its record was in a damaged part of the queue)", "queue_id", e.Name())
+				s.moveAside(path)
+				continue
+			}
+			os.Remove(path)
 		}
 	}
 }

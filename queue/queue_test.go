@@ -616,3 +616,45 @@ func TestShortBodyFileQuarantined(t *testing.T) {
 		t.Errorf("log does not say what is wrong with the bodies:\n%s", logs.String())
 	}
 }
+
+// A segment that started as an empty file is only appended to, so zeros in
+// it are damage: recovery says so, and keeps the bodies of the messages it
+// lost in quarantine instead of deleting them as leftovers of a crash.
+func TestZeroedSegmentReportedAndBodiesKept(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	small, big := newEnv("a@x.test"), newEnv("b@x.test")
+	if err := q.Enqueue(small, strings.NewReader("small\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(big, bytes.NewReader(bigBody(2*InlineMax))); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	seg := segments(t, dir)[0]
+	fi, err := os.Stat(seg)
+	if err != nil || fi.Size() >= segmentMax {
+		t.Fatalf("want a segment that started empty: %v %v", fi, err)
+	}
+	if err := os.WriteFile(seg, make([]byte, fi.Size()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testlog.Buffer
+	q2, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	if n := len(q2.List()); n != 0 {
+		t.Fatalf("%d messages recovered from zeros", n)
+	}
+	if !strings.Contains(logs.String(), "segment ends in zeros") {
+		t.Fatalf("zeroed segment not reported; log:\n%s", logs.String())
+	}
+	kept, err := os.ReadFile(filepath.Join(dir, "quarantine", big.ID))
+	if err != nil || !bytes.Equal(kept, bigBody(2*InlineMax)) {
+		t.Fatalf("body of the lost message not kept in quarantine: %v", err)
+	}
+}
