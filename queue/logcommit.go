@@ -116,7 +116,7 @@ func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
 	if err == nil {
 		seg := s.active
 		offs = make([]int64, len(batch))
-		salt := segSalt(seg.seq)
+		salt := segSalt(seg.seq, s.key)
 		for i, r := range batch {
 			offs[i] = seg.size + int64(len(buf))
 			start := len(buf)

@@ -36,6 +36,9 @@ func (s *LogStore) recover() error {
 		seqs = append(seqs, seq)
 	}
 	slices.Sort(seqs)
+	if err := s.loadKey(seqs); err != nil {
+		return err
+	}
 	for _, seq := range seqs {
 		seg := &segment{seq: seq, path: s.segPath(seq)}
 		data, err := os.ReadFile(seg.path)
@@ -59,12 +62,12 @@ func (s *LogStore) recover() error {
 func (s *LogStore) replay(seg *segment, data []byte) {
 	off := 0
 	for off < len(data) {
-		n, st := recordAt(data, off, seg.seq)
+		n, st := recordAt(data, off, seg.seq, s.key)
 		if st != frameOK {
-			next := nextRecord(data, off+1, seg.seq)
+			next := nextRecord(data, off+1, seg.seq, s.key)
 			if next < 0 {
 				switch {
-				case st == frameStale || staleAfter(data, off, seg.seq):
+				case st == frameStale || staleAfter(data, off, seg.seq, s.key):
 					// The rest is a recycled file's earlier life (its
 					// first bytes overwritten by this one's records).
 				case !allZero(data[off:]):
@@ -113,9 +116,9 @@ const (
 	frameStale        // a whole record of an earlier life of a recycled file
 )
 
-// recordAt checks the frame at off in segment seq and returns its length
-// (type+payload) and what it is.
-func recordAt(data []byte, off int, seq uint64) (int, int) {
+// recordAt checks the frame at off in segment seq of a queue with key and
+// returns its length (type+payload) and what it is.
+func recordAt(data []byte, off int, seq uint64, key uint32) (int, int) {
 	if len(data)-off < headerSize+1 {
 		return 0, frameBad
 	}
@@ -129,22 +132,22 @@ func recordAt(data []byte, off int, seq uint64) (int, int) {
 	}
 	salt := crc32.Checksum(h[headerSize:headerSize+n], crcTable) ^ binary.LittleEndian.Uint32(h[8:])
 	switch {
-	case salt == segSalt(seq) || salt == 0: // 0: written before salting
+	case salt == segSalt(seq, key) || (key == 0 && salt == 0): // 0: written before salting
 		return n, frameOK
-	case saltSeq(salt) < uint32(seq):
+	case saltSeq(salt, key) < uint32(seq):
 		return n, frameStale
 	}
 	return 0, frameBad
 }
 
 // nextRecord finds the next record of segment seq at or after off, or -1.
-func nextRecord(data []byte, off int, seq uint64) int {
-	return findFrame(data, off, seq, frameOK)
+func nextRecord(data []byte, off int, seq uint64, key uint32) int {
+	return findFrame(data, off, seq, key, frameOK)
 }
 
 // findFrame finds the first frame at or after off that recordAt says is
 // want (frameOK or frameStale), or -1.
-func findFrame(data []byte, off int, seq uint64, want int) int {
+func findFrame(data []byte, off int, seq uint64, key uint32, want int) int {
 	var magic [4]byte
 	binary.LittleEndian.PutUint32(magic[:], recordMagic)
 	for off < len(data) {
@@ -152,7 +155,7 @@ func findFrame(data []byte, off int, seq uint64, want int) int {
 		if i < 0 {
 			return -1
 		}
-		if _, st := recordAt(data, off+i, seq); st == want {
+		if _, st := recordAt(data, off+i, seq, key); st == want {
 			return off + i
 		}
 		off += i + 1
@@ -162,8 +165,8 @@ func findFrame(data []byte, off int, seq uint64, want int) int {
 
 // staleAfter reports whether a record of an earlier life of the file
 // starts at or after off.
-func staleAfter(data []byte, off int, seq uint64) bool {
-	return findFrame(data, off, seq, frameStale) >= 0
+func staleAfter(data []byte, off int, seq uint64, key uint32) bool {
+	return findFrame(data, off, seq, key, frameStale) >= 0
 }
 
 func allZero(b []byte) bool {

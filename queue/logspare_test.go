@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -143,15 +144,18 @@ func TestRecycledSegmentRecovery(t *testing.T) {
 	}
 }
 
-// staleAnywhere reports whether data holds a whole record of an earlier
-// life of the file, at any offset.
-func staleAnywhere(data []byte, seq uint64) bool {
-	for i := 0; i+4 <= len(data); i++ {
-		if _, st := recordAt(data, i, seq); st == frameStale {
-			return true
-		}
+// queueKey reads the key of the queue in dir (logkey.go).
+func queueKey(t *testing.T, dir string) uint32 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, keyName))
+	if err != nil {
+		t.Fatal(err)
 	}
-	return false
+	k, err := strconv.ParseUint(strings.TrimSpace(string(b)), 16, 32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint32(k)
 }
 
 func seqOf(t *testing.T, path string) uint64 {
@@ -220,7 +224,7 @@ func TestSpareSegmentPrepared(t *testing.T) {
 	if len(data) != 64<<10 {
 		t.Fatalf("new segment is %d bytes, want the spare's %d", len(data), 64<<10)
 	}
-	if _, st := recordAt(data, 0, seqOf(t, segs[len(segs)-1])); st != frameOK {
+	if _, st := recordAt(data, 0, seqOf(t, segs[len(segs)-1]), queueKey(t, dir)); st != frameOK {
 		t.Fatal("the new segment does not start with a record of its own")
 	}
 	q.Close()

@@ -24,6 +24,7 @@ import (
 // Layout of the directory:
 //
 //	LOCK                 flock: one process at a time
+//	key                  the random part of every record's salt (logkey.go)
 //	seg-<seq>.log        segments; the newest is appended to
 //	spare.log            a written file the next segment starts from (logspare.go)
 //	reserve              room kept for deletions on a full disk (logreserve.go)
@@ -68,7 +69,8 @@ type LogStore struct {
 	resMu    sync.Mutex
 	resTried time.Time
 
-	readOnly bool // OpenLogStoreReadOnly: no goroutines, no writes
+	readOnly bool   // OpenLogStoreReadOnly: no goroutines, no writes
+	key      uint32 // salted into every record's CRC with the segment number (logkey.go)
 }
 
 // CommitStats returns how many group commits (one fsync each) and records

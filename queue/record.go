@@ -12,7 +12,7 @@ import (
 //
 //	magic  uint32  recordMagic, so a reader can find the next record after damage
 //	length uint32  length of type+payload
-//	crc    uint32  CRC-32C of type+payload, XOR segSalt(segment number)
+//	crc    uint32  CRC-32C of type+payload, XOR segSalt(segment number, queue key)
 //	type   uint8
 //	payload
 //
@@ -72,13 +72,13 @@ var saltInv = func() uint32 {
 	return x
 }()
 
-// segSalt is what the CRC of every record written to segment seq is XORed
-// with.
-func segSalt(seq uint64) uint32 { return uint32(seq) * saltMul }
+// segSalt is what the CRC of every record written to segment seq of a
+// queue with key (logkey.go) is XORed with.
+func segSalt(seq uint64, key uint32) uint32 { return uint32(seq)*saltMul ^ key }
 
-// saltSeq returns the low 32 bits of the segment number a salt was made
-// from.
-func saltSeq(salt uint32) uint32 { return salt * saltInv }
+// saltSeq returns the low 32 bits of the segment number a salt of a queue
+// with key was made from.
+func saltSeq(salt, key uint32) uint32 { return (salt ^ key) * saltInv }
 
 // saltRecord salts the CRC of the record that starts at b[0].
 func saltRecord(b []byte, salt uint32) {

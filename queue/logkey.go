@@ -1,0 +1,132 @@
+package queue
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// The queue's key.
+//
+// Recovery looks for records at offsets it did not reach by reading record
+// after record: after a damaged record, and where a recycled file's earlier
+// life begins (logspare.go). Such a search also passes over message bodies,
+// which clients write, and a body can hold bytes framed like a record. Were
+// the salt a function of the segment number alone, a client could plant a
+// frame that passes for a record of a later segment — a message with an
+// envelope of its choosing — to be replayed by the start after a crash. So
+// the salt also carries a random 32-bit key kept in the file "key": a frame
+// written without it passes with odds of one in 2^32.
+//
+// The key is made with the queue. Should the file go missing or be damaged,
+// it is found again from the records at the start of the segments, where no
+// client's bytes can be (the first record of a segment is the relay's own):
+// the key most of them agree on. A queue written before keys has key 0,
+// which that finds too.
+
+const keyName = "key"
+
+// loadKey sets s.key: from the key file, else from the segments seqs, else
+// (a new queue) a random one. A store that may write keeps the file.
+func (s *LogStore) loadKey(seqs []uint64) error {
+	path := filepath.Join(s.dir, keyName)
+	data, err := os.ReadFile(path)
+	if err == nil {
+		if k, perr := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 32); perr == nil {
+			s.key = uint32(k)
+			return nil
+		}
+		s.log.Error("queue: key file damaged; finding the key from the segments", "path", path)
+	} else if !os.IsNotExist(err) {
+		return fmt.Errorf("queue: reading the key: %w", err)
+	}
+	if k, ok := s.keyFromSegments(seqs); ok {
+		s.key = k
+	} else if len(seqs) == 0 {
+		var b [4]byte
+		if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
+			return fmt.Errorf("queue: making the key: %w", err)
+		}
+		s.key = binary.LittleEndian.Uint32(b[:])
+	} else {
+		s.log.Error("queue: no segment starts with a readable record; their records cannot be told from planted ones and are skipped")
+		s.key = 0
+	}
+	if s.readOnly {
+		return nil
+	}
+	return writeKey(s.dir, s.key)
+}
+
+// keyFromSegments returns the key most segments' first records agree on.
+func (s *LogStore) keyFromSegments(seqs []uint64) (uint32, bool) {
+	votes := map[uint32]int{}
+	for _, seq := range seqs {
+		if salt, ok := firstSalt(s.segPath(seq)); ok {
+			votes[salt^segSalt(seq, 0)]++
+		}
+	}
+	best, n := uint32(0), 0
+	for k, v := range votes {
+		if v > n || (v == n && k < best) {
+			best, n = k, v
+		}
+	}
+	return best, n > 0
+}
+
+// firstSalt returns the salt of the record at the start of the segment file
+// at path, if there is a whole one.
+func firstSalt(path string) (uint32, bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	var h [headerSize]byte
+	if _, err := io.ReadFull(f, h[:]); err != nil || binary.LittleEndian.Uint32(h[:]) != recordMagic {
+		return 0, false
+	}
+	n := binary.LittleEndian.Uint32(h[4:])
+	if n < 1 || n > maxRecordLen {
+		return 0, false
+	}
+	crc := crc32.New(crcTable)
+	if m, err := io.CopyN(crc, f, int64(n)); err != nil || m != int64(n) {
+		return 0, false
+	}
+	return crc.Sum32() ^ binary.LittleEndian.Uint32(h[8:]), true
+}
+
+// writeKey stores key in dir durably (a new file renamed into place).
+func writeKey(dir string, key uint32) error {
+	tmp := filepath.Join(dir, keyName+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("queue: writing the key: %w", err)
+	}
+	_, err = fmt.Fprintf(f, "%08x\n", key)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, filepath.Join(dir, keyName))
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("queue: writing the key: %w", err)
+	}
+	return nil
+}

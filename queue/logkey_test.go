@@ -1,0 +1,106 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/binary"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mailhop/mailhop/internal/testlog"
+)
+
+// A client can put bytes framed like a record into a message body. When
+// recovery searches past a damaged record it passes over that body, and a
+// frame salted as a queue without a key would salt it (the segment number
+// alone, or the legacy 0) must not be taken for a record: it would queue a
+// message with the client's envelope. The real record after it is found.
+func TestPlantedRecordInBodyNotReplayed(t *testing.T) {
+	t.Parallel()
+	// The frame to plant: a real message record of segment 1 of a queue
+	// whose key is 0.
+	keyless := t.TempDir()
+	if err := writeKey(keyless, 0); err != nil {
+		t.Fatal(err)
+	}
+	qa := openTest(t, keyless)
+	planted := &Envelope{From: "attacker@evil.test", Recipients: []Recipient{{Address: "victim@anywhere.test"}}}
+	if err := qa.Enqueue(planted, strings.NewReader("spam\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	qa.Close()
+	seg, err := os.ReadFile(segments(t, keyless)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := seg[:headerSize+int(binary.LittleEndian.Uint32(seg[4:]))]
+	// The same frame salted 0 (written before salting) too.
+	legacy := bytes.Clone(frame)
+	saltRecord(legacy, segSalt(1, 0))
+
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	carrier, after := newEnv("a@x.test"), newEnv("b@x.test")
+	if err := q.Enqueue(carrier, bytes.NewReader(append(append([]byte("x\r\n"), frame...), legacy...))); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(after, strings.NewReader("after\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	// Damage the carrier's record (it is the segment's first): recovery
+	// must search for the next record across the carrier's body.
+	path := segments(t, dir)[0]
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[headerSize+20] ^= 0xff
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testlog.Buffer
+	q2, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	var ids []string
+	for _, env := range q2.List() {
+		ids = append(ids, env.ID)
+		if env.From == planted.From {
+			t.Errorf("a record planted in a message body was replayed: %+v", env)
+		}
+	}
+	if len(ids) != 1 || ids[0] != after.ID {
+		t.Errorf("recovered %q, want only %s (the record after the damaged one)\n%s", ids, after.ID, logs.String())
+	}
+}
+
+// The key is kept in the queue directory, and found again from the segments
+// when its file is lost, so a queue stays readable.
+func TestKeyFoundAgainWithoutItsFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	env := newEnv("a@x.test")
+	if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	key := queueKey(t, dir)
+	if err := os.Remove(filepath.Join(dir, keyName)); err != nil {
+		t.Fatal(err)
+	}
+	q2 := openTest(t, dir)
+	if n := len(q2.List()); n != 1 {
+		t.Fatalf("%d messages after the key file was lost, want 1", n)
+	}
+	q2.Close()
+	if got := queueKey(t, dir); got != key {
+		t.Errorf("key %08x written back, want %08x", got, key)
+	}
+}
