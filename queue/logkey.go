@@ -29,6 +29,11 @@ import (
 // client's bytes can be (the first record of a segment is the relay's own):
 // the key most of them agree on. A queue written before keys has key 0,
 // which that finds too.
+//
+// A file that holds a key of the right form that fits none of those
+// records (a bit flipped, or a key file from another queue) is not believed
+// when two of them agree on another key: with it every record would look
+// damaged and every message would be lost with its body.
 
 const keyName = "key"
 
@@ -38,11 +43,23 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 	path := filepath.Join(s.dir, keyName)
 	data, err := os.ReadFile(path)
 	if err == nil {
-		if k, perr := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 32); perr == nil {
+		k, perr := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 32)
+		if perr != nil {
+			s.log.Error("queue: key file damaged; finding the key from the segments", "path", path)
+		} else if found, ok := s.keyConfirmed(seqs); ok && !s.keyFits(seqs, uint32(k)) {
+			// A key of the right form that no segment was written with
+			// (a damaged or foreign file) made every record look damaged,
+			// and their messages' bodies orphans.
+			s.log.Error("queue: key file does not match the segments; using the key found in them", "path", path)
+			s.key = found
+			if s.readOnly {
+				return nil
+			}
+			return writeKey(s.dir, s.key)
+		} else {
 			s.key = uint32(k)
 			return nil
 		}
-		s.log.Error("queue: key file damaged; finding the key from the segments", "path", path)
 	} else if !os.IsNotExist(err) {
 		return fmt.Errorf("queue: reading the key: %w", err)
 	}
@@ -62,6 +79,45 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 		return nil
 	}
 	return writeKey(s.dir, s.key)
+}
+
+// keyFits reports whether key can be the queue's: some segment's first
+// record was written with it (in this life of the file or an earlier one),
+// or no segment starts with a whole record.
+func (s *LogStore) keyFits(seqs []uint64, key uint32) bool {
+	seen := false
+	for _, seq := range seqs {
+		salt, ok := firstSalt(s.segPath(seq))
+		if !ok {
+			continue
+		}
+		seen = true
+		if salt == segSalt(seq, key) || (key == 0 && salt == 0) || saltSeq(salt, key) < uint32(seq) {
+			return true
+		}
+	}
+	return !seen
+}
+
+// keyConfirmed returns a key that two records at the starts of the segments
+// agree on: the first records of two segments, or the first two of one. A
+// damaged first record gives a key no other record agrees with.
+func (s *LogStore) keyConfirmed(seqs []uint64) (uint32, bool) {
+	votes := map[uint32]int{}
+	for _, seq := range seqs {
+		salts := startSalts(s.segPath(seq), 2)
+		if len(salts) == 0 {
+			continue
+		}
+		k := salts[0] ^ segSalt(seq, 0)
+		if len(salts) == 2 && salts[1] == segSalt(seq, k) {
+			return k, true
+		}
+		if votes[k]++; votes[k] == 2 {
+			return k, true
+		}
+	}
+	return 0, false
 }
 
 // keyFromSegments returns the key most segments' first records agree on.
@@ -84,24 +140,38 @@ func (s *LogStore) keyFromSegments(seqs []uint64) (uint32, bool) {
 // firstSalt returns the salt of the record at the start of the segment file
 // at path, if there is a whole one.
 func firstSalt(path string) (uint32, bool) {
+	salts := startSalts(path, 1)
+	if len(salts) == 0 {
+		return 0, false
+	}
+	return salts[0], true
+}
+
+// startSalts returns the salts of the first max whole records of the
+// segment file at path (fewer where they end).
+func startSalts(path string, max int) []uint32 {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, false
+		return nil
 	}
 	defer f.Close()
-	var h [headerSize]byte
-	if _, err := io.ReadFull(f, h[:]); err != nil || binary.LittleEndian.Uint32(h[:]) != recordMagic {
-		return 0, false
+	var salts []uint32
+	for len(salts) < max {
+		var h [headerSize]byte
+		if _, err := io.ReadFull(f, h[:]); err != nil || binary.LittleEndian.Uint32(h[:]) != recordMagic {
+			break
+		}
+		n := binary.LittleEndian.Uint32(h[4:])
+		if n < 1 || n > maxRecordLen {
+			break
+		}
+		crc := crc32.New(crcTable)
+		if m, err := io.CopyN(crc, f, int64(n)); err != nil || m != int64(n) {
+			break
+		}
+		salts = append(salts, crc.Sum32()^binary.LittleEndian.Uint32(h[8:]))
 	}
-	n := binary.LittleEndian.Uint32(h[4:])
-	if n < 1 || n > maxRecordLen {
-		return 0, false
-	}
-	crc := crc32.New(crcTable)
-	if m, err := io.CopyN(crc, f, int64(n)); err != nil || m != int64(n) {
-		return 0, false
-	}
-	return crc.Sum32() ^ binary.LittleEndian.Uint32(h[8:]), true
+	return salts
 }
 
 // writeKey stores key in dir durably (a new file renamed into place).

@@ -104,3 +104,30 @@ func TestKeyFoundAgainWithoutItsFile(t *testing.T) {
 		t.Errorf("key %08x written back, want %08x", got, key)
 	}
 }
+
+// A key file of the right form that no segment was written with (damaged,
+// or copied from another queue) is corrected from the segments: with it,
+// every record looked damaged and the messages and their bodies were lost.
+func TestKeyFileThatFitsNoSegment(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	for _, rcpt := range []string{"a@x.test", "b@x.test"} {
+		if err := q.Enqueue(newEnv(rcpt), strings.NewReader("body\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q.Close()
+	key := queueKey(t, dir)
+	if err := writeKey(dir, key^0xdeadbeef); err != nil {
+		t.Fatal(err)
+	}
+	q2 := openTest(t, dir)
+	if n := len(q2.List()); n != 2 {
+		t.Fatalf("%d messages after the key file was changed, want 2", n)
+	}
+	q2.Close()
+	if got := queueKey(t, dir); got != key {
+		t.Errorf("key %08x written back, want %08x", got, key)
+	}
+}
