@@ -64,6 +64,7 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 		return fmt.Errorf("queue: reading the key: %w", err)
 	}
 	if k, ok := s.keyFromSegments(seqs); ok {
+		s.log.Warn("queue: key file missing or damaged; using the key the segments were written with", "path", path)
 		s.key = k
 	} else if len(seqs) == 0 {
 		var b [4]byte
