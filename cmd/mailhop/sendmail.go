@@ -478,7 +478,8 @@ type headerFields struct {
 }
 
 // rewriteHeaders removes Bcc and Resent-Bcc, adds From, Date and Message-ID
-// when missing, and with extract returns the addresses of To, Cc and Bcc (of
+// when missing (Resent-From, -Date and -Message-ID for a message with
+// Resent- fields), and with extract returns the addresses of To, Cc and Bcc (of
 // Resent-To, -Cc and -Bcc when the message has Resent- fields). A message that
 // does not start with a header gets the added fields and a blank line in
 // front of it. Line ends in the result are LF (see lfLineEnds).
@@ -521,20 +522,26 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		out.Write(f.raw)
 	}
 	var add bytes.Buffer
-	if !has["from"] {
+	// A resent message gets the Resent- forms (RFC 5322 §3.6.6), as
+	// Postfix's cleanup adds them.
+	tag := ""
+	if prefix != "" {
+		tag = "Resent-"
+	}
+	if !has[prefix+"from"] {
 		if hf.fullName != "" {
-			add.WriteString("From: " + (&mail.Address{Name: hf.fullName, Address: hf.from}).String() + "\n")
+			add.WriteString(tag + "From: " + (&mail.Address{Name: hf.fullName, Address: hf.from}).String() + "\n")
 		} else {
-			add.WriteString("From: " + hf.from + "\n")
+			add.WriteString(tag + "From: " + hf.from + "\n")
 		}
 	}
-	if !has["date"] {
-		add.WriteString("Date: " + hf.now.Format("Mon, 02 Jan 2006 15:04:05 -0700") + "\n")
+	if !has[prefix+"date"] {
+		add.WriteString(tag + "Date: " + hf.now.Format("Mon, 02 Jan 2006 15:04:05 -0700") + "\n")
 	}
-	if !has["message-id"] {
+	if !has[prefix+"message-id"] {
 		var rnd [8]byte
 		rand.Read(rnd[:])
-		add.WriteString(fmt.Sprintf("Message-ID: <%s.%s@%s>\n", hf.now.UTC().Format("20060102150405"), hex.EncodeToString(rnd[:]), hf.hostname))
+		add.WriteString(fmt.Sprintf("%sMessage-ID: <%s.%s@%s>\n", tag, hf.now.UTC().Format("20060102150405"), hex.EncodeToString(rnd[:]), hf.hostname))
 	}
 	res := append(out.Bytes(), add.Bytes()...)
 	if len(fields) == 0 && !bytes.HasPrefix(body, []byte("\n")) {

@@ -120,8 +120,15 @@ func TestRewriteHeaders_Resent(t *testing.T) {
 	if want := []string{"new@example.net", "hidden@example.org"}; !reflect.DeepEqual(rcpts, want) {
 		t.Errorf("rcpts = %q, want %q", rcpts, want)
 	}
-	if s := string(out); strings.Contains(s, "hidden@") || strings.Contains(s, "old-bcc@") || !strings.Contains(s, "To: original@example.com\n") {
+	s := string(out)
+	if strings.Contains(s, "hidden@") || strings.Contains(s, "old-bcc@") || !strings.Contains(s, "To: original@example.com\n") {
 		t.Errorf("Resent-Bcc or Bcc kept, or To lost:\n%s", s)
+	}
+	// The resent block gets its Resent-Date and Resent-Message-ID; the
+	// original's fields are not made up.
+	if !strings.Contains(s, "\nResent-Date: ") || !strings.Contains(s, "\nResent-Message-ID: <") ||
+		strings.Contains(s, "\nDate: ") || strings.Contains(s, "\nMessage-ID: ") {
+		t.Errorf("resent fields:\n%s", s)
 	}
 }
 
