@@ -23,6 +23,12 @@ func FuzzRecover(f *testing.F) {
 	q.Next(f.Context())
 	q.Done(env.ID, Result{LastError: "451 later", Recipients: []RcptUpdate{{Index: 0, State: Delivered, Code: 250}}})
 	q.Hold(env.ID)
+	env3 := newEnv("d@x.test")
+	q.Enqueue(env3, strings.NewReader("third\r\n"))
+	for e, _ := q.Next(f.Context()); e != nil && e.ID != env3.ID; e, _ = q.Next(f.Context()) {
+	}
+	q.DoneWithReports(env3.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Failed, Code: 550}}},
+		[]Report{{Env: &Envelope{Recipients: []Recipient{{Address: env3.From}}}, Body: strings.NewReader("report\r\n")}})
 	env2 := newEnv("c@x.test")
 	q.Enqueue(env2, strings.NewReader("second\r\n"))
 	q.Delete(env2.ID)

@@ -207,6 +207,10 @@ func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord)
 		if m, ok := s.msgs[r.id]; ok {
 			s.drop(r.id, m)
 		}
+	case recGroup:
+		for i, in := range r.group {
+			s.replayRecord(seg, payloadOff+int64(r.offs[i]), in)
+		}
 	}
 }
 

@@ -276,46 +276,10 @@ func (s *LogStore) Put(env *Envelope, body io.Reader) error {
 	}
 	bp := bufPool.Get().(*[]byte)
 	defer func() { *bp = (*bp)[:0]; bufPool.Put(bp) }()
-	b := beginRecord((*bp)[:0], recMessage)
-	b = append(b, bodyInline, 0, 0, 0, 0, 0, 0, 0, 0)
-	bodyStart := len(b)
-
-	// Read the body into the record until it outgrows InlineMax.
-	var err error
-	for err == nil {
-		if len(b)-bodyStart > InlineMax {
-			break
-		}
-		if cap(b)-len(b) < 4096 {
-			b = slices.Grow(b, 16384)
-		}
-		var n int
-		n, err = body.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
+	b, bodyStart, file, err := s.appendMessage(beginRecord((*bp)[:0], recMessage), env, body)
+	if err != nil {
+		return err
 	}
-	file := false
-	if err == io.EOF {
-		err = nil
-	} else if err == nil {
-		// Too big for the log: the body gets its own file.
-		n, ferr := s.writeBodyFile(env.ID, b[bodyStart:], body)
-		if ferr != nil {
-			return ferr
-		}
-		file = true
-		env.Size = n
-		b = b[:bodyStart]
-		b[bodyStart-9] = bodyFile
-	} else {
-		return fmt.Errorf("queue: reading message: %w", err)
-	}
-	if !file {
-		env.Size = int64(len(b) - bodyStart)
-		binary.LittleEndian.PutUint64(b[bodyStart-8:], uint64(env.Size))
-	}
-	e := encoder{b: b}
-	e.envelope(env)
-	b = e.b
 	finishRecord(b, 0)
 	*bp = b
 
@@ -331,6 +295,52 @@ func (s *LogStore) Put(env *Envelope, body io.Reader) error {
 		os.Remove(s.bodyPath(env.ID))
 	}
 	return err
+}
+
+// appendMessage appends the payload of a message record for env to b: where
+// the body is, the body itself when it is inline, and the envelope. A body
+// larger than InlineMax goes to bodies/ID instead, written and synced
+// (file and directory) before appendMessage returns. It returns the offset
+// of the inline body in b and whether the body is in a file; env.Size is
+// set. body is read to EOF; an error reading it is returned wrapped.
+func (s *LogStore) appendMessage(b []byte, env *Envelope, body io.Reader) (_ []byte, bodyStart int, file bool, err error) {
+	b = append(b, bodyInline, 0, 0, 0, 0, 0, 0, 0, 0)
+	bodyStart = len(b)
+
+	// Read the body into the record until it outgrows InlineMax.
+	for err == nil {
+		if len(b)-bodyStart > InlineMax {
+			break
+		}
+		if cap(b)-len(b) < 4096 {
+			b = slices.Grow(b, 16384)
+		}
+		var n int
+		n, err = body.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+	}
+	if err == io.EOF {
+		err = nil
+	} else if err == nil {
+		// Too big for the log: the body gets its own file.
+		n, ferr := s.writeBodyFile(env.ID, b[bodyStart:], body)
+		if ferr != nil {
+			return b, 0, false, ferr
+		}
+		file = true
+		env.Size = n
+		b = b[:bodyStart]
+		b[bodyStart-9] = bodyFile
+	} else {
+		return b, 0, false, fmt.Errorf("queue: reading message: %w", err)
+	}
+	if !file {
+		env.Size = int64(len(b) - bodyStart)
+		binary.LittleEndian.PutUint64(b[bodyStart-8:], uint64(env.Size))
+	}
+	e := encoder{b: b}
+	e.envelope(env)
+	return e.b, bodyStart, file, nil
 }
 
 func (s *LogStore) bodyPath(id string) string { return filepath.Join(s.dir, "bodies", id) }
@@ -398,23 +408,13 @@ func (s *LogStore) drop(id string, m *storedMsg) {
 
 // Update implements Store.
 func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
-	s.mu.Lock()
-	m, ok := s.msgs[u.ID]
+	removed, ok := s.outcome(u)
 	if !ok {
-		s.mu.Unlock()
 		return nil, false, ErrNotFound
 	}
-	after := m.env.clone()
-	s.mu.Unlock()
-	internReplies(u.Rcpts)
-	u.apply(after)
-	removed := after.Pending() == 0
-
 	var b []byte
 	if removed {
-		e := encoder{b: beginRecord(nil, recDone)}
-		e.str(u.ID)
-		b = e.b
+		b = appendDone(beginRecord(nil, recDone), u.ID)
 	} else {
 		e := encoder{b: beginRecord(nil, recState)}
 		e.state(u)
@@ -424,20 +424,11 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	var out *Envelope
 	// An attempt's outcome is written lazily: lost only to a power loss in
 	// the next lazySync, and then the attempt is simply made again (a
-	// duplicate, never a loss: a bounce is queued durably before this).
+	// duplicate, never a loss: a report it calls for goes with it in one
+	// record, UpdateWithReports).
 	// Postfix does not sync the removal of a delivered message either.
 	err := s.submitFreeing(&commitReq{lazy: true, buf: b, apply: func(seg *segment, _ int64) {
-		m, ok := s.msgs[u.ID]
-		if !ok {
-			return
-		}
-		u.apply(m.env)
-		out = m.env.clone()
-		if removed {
-			s.drop(u.ID, m)
-		} else {
-			s.touch(m, seg)
-		}
+		out = s.applyUpdate(seg, u, removed)
 	}})
 	if err != nil {
 		return nil, false, err
@@ -448,12 +439,133 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	return out, removed, nil
 }
 
+// outcome reports whether u leaves no recipient of its message pending,
+// and whether the message is stored at all.
+func (s *LogStore) outcome(u *StateUpdate) (removed, ok bool) {
+	s.mu.Lock()
+	m, ok := s.msgs[u.ID]
+	if !ok {
+		s.mu.Unlock()
+		return false, false
+	}
+	after := m.env.clone()
+	s.mu.Unlock()
+	internReplies(u.Rcpts)
+	u.apply(after)
+	return after.Pending() == 0, true
+}
+
+// applyUpdate applies a written state or done record for u in memory and
+// returns the envelope as it now stands, or nil when the message is gone.
+// Called under mu.
+func (s *LogStore) applyUpdate(seg *segment, u *StateUpdate, removed bool) *Envelope {
+	m, ok := s.msgs[u.ID]
+	if !ok {
+		return nil
+	}
+	u.apply(m.env)
+	out := m.env.clone()
+	if removed {
+		s.drop(u.ID, m)
+	} else {
+		s.touch(m, seg)
+	}
+	return out
+}
+
+// UpdateWithReports implements Store. The reports and the update go into
+// one group record (record.go): one frame with one checksum, so a write cut
+// anywhere, by a crash of the process or of the machine, leaves all of it
+// or none. The commit is synced before it returns, since a report must not
+// be lost. Large report bodies are written to bodies/ and synced first, as
+// Put does.
+func (s *LogStore) UpdateWithReports(u *StateUpdate, reports []Report) (*Envelope, bool, error) {
+	if len(reports) == 0 {
+		return s.Update(u)
+	}
+	if s.readOnly {
+		return nil, false, ErrReadOnly
+	}
+	removed, ok := s.outcome(u)
+	if !ok {
+		return nil, false, ErrNotFound
+	}
+	if !s.haveReserve() {
+		return nil, false, ErrDiskFull // new messages: the reserve is not theirs
+	}
+	var files []string // body files written so far, removed on failure
+	fail := func(err error) (*Envelope, bool, error) {
+		for _, p := range files {
+			os.Remove(p)
+		}
+		return nil, false, err
+	}
+	b := beginRecord(nil, recGroup)
+	stored := make([]*storedMsg, len(reports))
+	bodyStarts := make([]int, len(reports))
+	for i, r := range reports {
+		start := len(b)
+		b = append(b, recMessage, 0, 0, 0, 0)
+		var file bool
+		var err error
+		b, bodyStarts[i], file, err = s.appendMessage(b, r.Env, r.Body)
+		if err != nil {
+			return fail(fmt.Errorf("queue: report %s: %w", r.Env.ID, err))
+		}
+		if file {
+			files = append(files, s.bodyPath(r.Env.ID))
+		}
+		binary.LittleEndian.PutUint32(b[start+1:], uint32(len(b)-start-groupEntryHeader))
+		stored[i] = &storedMsg{env: r.Env.clone(), file: file}
+	}
+	// The update last: replayed (and applied) after its reports.
+	start := len(b)
+	if removed {
+		b = append(b, recDone, 0, 0, 0, 0)
+		b = appendDone(b, u.ID)
+	} else {
+		b = append(b, recState, 0, 0, 0, 0)
+		e := encoder{b: b}
+		e.state(u)
+		b = e.b
+	}
+	binary.LittleEndian.PutUint32(b[start+1:], uint32(len(b)-start-groupEntryHeader))
+	finishRecord(b, 0)
+
+	var out *Envelope
+	err := s.submit(&commitReq{buf: b, apply: func(seg *segment, off int64) {
+		for i, m := range stored {
+			if !m.file {
+				m.seq, m.boff = seg.seq, off+int64(bodyStarts[i])
+			}
+			s.msgs[m.env.ID] = m
+			s.touch(m, seg)
+		}
+		out = s.applyUpdate(seg, u, removed)
+	}})
+	if err != nil {
+		return fail(err)
+	}
+	if out == nil {
+		// Removed while the commit was under way: the reports are stored
+		// all the same.
+		return nil, true, nil
+	}
+	return out, removed, nil
+}
+
+// appendDone appends the payload of a done record for id.
+func appendDone(b []byte, id string) []byte {
+	e := encoder{b: b}
+	e.str(id)
+	return e.b
+}
+
 // writeDone appends a done record for id.
 func (s *LogStore) writeDone(id string) error {
-	e := encoder{b: beginRecord(nil, recDone)}
-	e.str(id)
-	finishRecord(e.b, 0)
-	return s.submitFreeing(&commitReq{buf: e.b, apply: func(*segment, int64) {
+	b := appendDone(beginRecord(nil, recDone), id)
+	finishRecord(b, 0)
+	return s.submitFreeing(&commitReq{buf: b, apply: func(*segment, int64) {
 		if m, ok := s.msgs[id]; ok {
 			s.drop(id, m)
 		}

@@ -8,16 +8,17 @@
 //     stable storage (this is what lets the SMTP server answer 250).
 //  2. The message is due at once. Next hands it to the delivery agent and
 //     no one else until Done (or Requeue).
-//  3. Done records the attempt's outcome per recipient (durably). Recipients
-//     still Pending are tried again after the next retry interval
-//     (Options.RetryIntervals, the last repeating, with ±10% jitter). When
-//     none is Pending the message leaves the queue.
+//  3. Done records the attempt's outcome per recipient (durably);
+//     DoneWithReports also queues the reports (DSNs) it calls for, in the
+//     same atomic commit. Recipients still Pending are tried again after
+//     the next retry interval (Options.RetryIntervals, the last repeating,
+//     with ±10% jitter). When none is Pending the message leaves the queue.
 //
 // Scheduling is one min-heap of due times under one mutex: a million
 // deferred messages are a million small heap entries, not goroutines or
-// timers. Only Enqueue, Done, Hold, Release and Delete write to storage;
-// Flush and Requeue change the in-memory schedule only (after a restart
-// every message is due at its last recorded time).
+// timers. Only Enqueue, Done, DoneWithReports, Hold, Release and Delete
+// write to storage; Flush and Requeue change the in-memory schedule only
+// (after a restart every message is due at its last recorded time).
 package queue
 
 import (
@@ -193,6 +194,20 @@ func (q *Queue) NewID() string { return q.ids.next() }
 // Enqueue returns nil the envelope and body are on stable storage.
 // env.Size is set from the bytes stored.
 func (q *Queue) Enqueue(env *Envelope, body io.Reader) error {
+	if err := q.prepare(env); err != nil {
+		return err
+	}
+	if err := q.store.Put(env, body); err != nil {
+		return err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.add(env)
+	return nil
+}
+
+// prepare checks a new message and fills in its ID and schedule.
+func (q *Queue) prepare(env *Envelope) error {
 	if env.ID == "" {
 		env.ID = q.NewID()
 	}
@@ -206,16 +221,15 @@ func (q *Queue) Enqueue(env *Envelope, body io.Reader) error {
 		env.Arrived = q.opts.Now()
 	}
 	env.NextAttempt = env.Arrived
-	if err := q.store.Put(env, body); err != nil {
-		return err
-	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	return nil
+}
+
+// add schedules a new message that is stored. Called under mu.
+func (q *Queue) add(env *Envelope) {
 	if _, dup := q.sched[env.ID]; !dup && !q.closed {
 		q.schedule(env)
 		q.signal()
 	}
-	return nil
 }
 
 // Body is a reader over one stored message body.
@@ -328,8 +342,40 @@ type Result struct {
 
 // Done records an attempt's outcome durably and gives the message back to
 // the scheduler. Attempts is incremented. A message with no Pending
-// recipient left is removed from the queue.
+// recipient left is removed from the queue. On a storage error the message
+// is given back unchanged, due at once.
 func (q *Queue) Done(id string, res Result) error {
+	err := q.done(id, res, nil)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		q.Requeue(id) // keep it scheduled; the attempt is retried
+	}
+	return err
+}
+
+// DoneWithReports is Done for an attempt that calls for reports (DSNs
+// about it, to the sender): the reports are queued as new messages in the
+// same commit as the outcome, so a crash at any moment leaves both or
+// neither, never a report whose outcome is lost (the attempt made again,
+// and a second report sent) nor an outcome without its report. Each
+// report is checked and given an ID as by Enqueue; it is due at once.
+// The commit is durable when DoneWithReports returns nil.
+//
+// When it fails, nothing is stored and the message stays handed out: the
+// caller records the outcome without the reports (Done) or gives the
+// message back (Requeue). ErrNotFound means the message was deleted
+// meanwhile; then its reports are queued only if the deletion came while
+// the commit was under way.
+func (q *Queue) DoneWithReports(id string, res Result, reports []Report) error {
+	for _, r := range reports {
+		if err := q.prepare(r.Env); err != nil {
+			return err
+		}
+	}
+	return q.done(id, res, reports)
+}
+
+// done records an outcome with its reports, if any.
+func (q *Queue) done(id string, res Result, reports []Report) error {
 	q.mu.Lock()
 	s, ok := q.sched[id]
 	if !ok || !s.inflight {
@@ -344,17 +390,30 @@ func (q *Queue) Done(id string, res Result) error {
 	if u.NextAttempt.IsZero() {
 		u.NextAttempt = q.opts.Now().Add(q.retryAfter(u.Attempts))
 	}
-	after, removed, err := q.store.Update(u)
+	var after *Envelope
+	var removed bool
+	var err error
+	if len(reports) > 0 {
+		after, removed, err = q.store.UpdateWithReports(u, reports)
+	} else {
+		after, removed, err = q.store.Update(u)
+	}
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			q.forget(id)
-		} else {
-			q.Requeue(id) // keep it scheduled; the attempt is retried
 		}
 		return err
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	// In log order: the reports, then the outcome.
+	for _, r := range reports {
+		q.add(r.Env)
+	}
+	if after == nil { // deleted while the commit was under way
+		delete(q.sched, id)
+		return ErrNotFound
+	}
 	if removed {
 		delete(q.sched, id)
 		return nil

@@ -32,7 +32,17 @@ const (
 	recState   byte = 2 // the outcome of an attempt: schedule fields and changed recipients
 	recHold    byte = 3 // hold flag set or cleared
 	recDone    byte = 4 // the message left the queue
+	// recGroup holds several records that must be kept all or none: new
+	// messages (reports) and the state or done record of the attempt that
+	// called for them (LogStore.UpdateWithReports). Its payload is a
+	// sequence of entries, type u8 | length u32 little-endian | payload,
+	// applied in order; no group is inside another. Being one frame under
+	// one checksum, a write cut anywhere keeps none of it.
+	recGroup byte = 5
 )
+
+// groupEntryHeader is the size of an entry's type and length in a recGroup.
+const groupEntryHeader = 5
 
 // Body locations in a recMessage.
 const (
@@ -303,12 +313,14 @@ func (d *decoder) state() *StateUpdate {
 // parsedRecord is one record read back from a segment.
 type parsedRecord struct {
 	typ   byte
-	env   *Envelope    // recMessage
-	where byte         // recMessage: bodyInline or bodyFile
-	boff  int          // recMessage inline: offset of the body within the payload
-	st    *StateUpdate // recState
-	id    string       // recHold, recDone
-	held  bool         // recHold
+	env   *Envelope       // recMessage
+	where byte            // recMessage: bodyInline or bodyFile
+	boff  int             // recMessage inline: offset of the body within the payload
+	st    *StateUpdate    // recState
+	id    string          // recHold, recDone
+	held  bool            // recHold
+	group []*parsedRecord // recGroup: its records, in order
+	offs  []int           // recGroup: where each one's payload starts within the group's payload
 }
 
 // parsePayload decodes the type+payload bytes of one record.
@@ -350,6 +362,24 @@ func parsePayload(typ byte, p []byte) (*parsedRecord, error) {
 		r.held = d.bool()
 	case recDone:
 		r.id = d.str()
+	case recGroup:
+		for off := 0; off < len(p); {
+			if len(p)-off < groupEntryHeader {
+				return nil, fmt.Errorf("%w: short group entry", errCorrupt)
+			}
+			typ, n := p[off], binary.LittleEndian.Uint32(p[off+1:])
+			off += groupEntryHeader
+			if uint64(n) > uint64(len(p)-off) || typ == recGroup {
+				return nil, fmt.Errorf("%w: group entry of type %d", errCorrupt, typ)
+			}
+			in, err := parsePayload(typ, p[off:off+int(n)])
+			if err != nil {
+				return nil, fmt.Errorf("group entry %d: %w", len(r.group), err)
+			}
+			r.group = append(r.group, in)
+			r.offs = append(r.offs, off)
+			off += int(n)
+		}
 	default:
 		return nil, fmt.Errorf("%w: unknown type %d", errCorrupt, typ)
 	}

@@ -22,6 +22,16 @@ type Store interface {
 	// it now stands. When no recipient is left Pending the message is
 	// removed, and removed is true.
 	Update(u *StateUpdate) (env *Envelope, removed bool, err error)
+	// UpdateWithReports is Update together with new messages, the reports
+	// (DSNs) the outcome calls for, in one atomic commit: after a crash at
+	// any moment either every report is stored and the update applied, or
+	// nothing is. Reports are stored as Put stores a message (each
+	// Env.Size is set) and are applied before the update. It returns once
+	// all of it is on stable storage. A message not stored is ErrNotFound,
+	// and nothing is written; one removed while the commit was under way
+	// gives a nil env and removed true, its reports being stored all the
+	// same.
+	UpdateWithReports(u *StateUpdate, reports []Report) (env *Envelope, removed bool, err error)
 	// SetHeld sets or clears the hold flag.
 	SetHeld(id string, held bool) error
 	// Remove deletes a message.
@@ -32,6 +42,14 @@ type Store interface {
 	Body(id string) (Body, error)
 	// Close releases the store.
 	Close() error
+}
+
+// Report is a new message queued in the same commit as the outcome of the
+// attempt that calls for it (Queue.DoneWithReports): a delivery status
+// notification. Body is read to EOF.
+type Report struct {
+	Env  *Envelope
+	Body io.Reader
 }
 
 // StateUpdate is what one delivery attempt changes in an envelope.

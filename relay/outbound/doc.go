@@ -112,10 +112,14 @@
 //
 // # What is durable when
 //
-// A bounce or other report is queued with queue.Enqueue (from the null
-// sender, to the original sender) before queue.Done marks the recipients it
-// reports on: a crash in between can at worst repeat a report, never lose
-// one. When the report cannot be queued, its recipients stay Pending and the
-// next attempt tries again. No report is ever sent about a message from the
-// null sender, nor for recipients with NOTIFY=NEVER.
+// Every report an attempt calls for (bounce, expiry, delay warning with its
+// DelayWarned flag, NOTIFY=SUCCESS, `queue bounce`, loop) is queued (from
+// the null sender, to the original sender) in one atomic commit with the
+// attempt's outcome, by queue.DoneWithReports: a crash at any moment keeps
+// both or neither, so a report is never lost and never sent twice (a
+// report queued while the original stayed pending was sent again at its
+// next attempt). When the commit fails, the outcome is recorded without the
+// reports: a failure report's recipients stay Pending and the next attempt
+// tries again. No report is ever sent about a message from the null sender,
+// nor for recipients with NOTIFY=NEVER.
 package outbound

@@ -3,6 +3,7 @@ package outbound
 import (
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
@@ -17,8 +18,9 @@ const (
 )
 
 // record turns an attempt into reports and a queue.Result: expiry first,
-// then the DSNs (queued before Done marks their recipients), then Done,
-// then the log lines.
+// then the DSNs, then one commit of both (DoneWithReports: a crash never
+// leaves a report queued without the outcome that called for it, which
+// would send it twice), then the log lines.
 func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, body queue.Body) {
 	now := a.now()
 	age := now.Sub(env.Arrived)
@@ -41,9 +43,44 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		}
 	}
 	res := queue.Result{LastError: at.lastErr, DelayWarned: env.DelayWarned}
+	var reps []*report
 	if body != nil {
-		a.reports(env, cfg, at, body, &res, now)
+		reps = a.reports(env, cfg, at, body, &res, now)
 	}
+	var err error
+	if len(reps) == 0 {
+		err = a.q.Done(env.ID, attemptResult(env, at, res))
+	} else if err = a.q.DoneWithReports(env.ID, attemptResult(env, at, res), queueReports(reps)); err != nil && !errors.Is(err, queue.ErrNotFound) {
+		// Nothing was stored: record the outcome without the reports, as
+		// when a report cannot be built. A failure report's recipients
+		// stay pending, to be reported next time.
+		a.log.Error("cannot queue reports; recipients to bounce stay pending", "queue_id", env.ID, "err", err)
+		for _, rep := range reps {
+			rep.unsent(at, &res, env, err)
+		}
+		reps = nil
+		err = a.q.Done(env.ID, attemptResult(env, at, res))
+	}
+	if errors.Is(err, queue.ErrNotFound) {
+		// `mailhop queue delete` during the attempt: the delete won, the
+		// attempt's outcome (logged below) is all that is left of it.
+		a.log.Info("message deleted during its delivery attempt", "queue_id", env.ID)
+	} else if err != nil {
+		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
+	} else {
+		for _, rep := range reps {
+			a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.env.ID, "action", rep.action, "to", env.From, "rcpts", rep.rcpts)
+		}
+	}
+	a.logAttempt(env, at, expired)
+	if a.onRecord != nil {
+		a.onRecord(env.ID, false)
+	}
+}
+
+// attemptResult completes res with the recipients' outcomes of at.
+func attemptResult(env *queue.Envelope, at *attempt, res queue.Result) queue.Result {
+	res.Recipients = nil
 	for _, r := range at.rcpts {
 		u := queue.RcptUpdate{Index: r.index, State: r.state}
 		if r.reply != nil {
@@ -55,17 +92,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		}
 		res.Recipients = append(res.Recipients, u)
 	}
-	if err := a.q.Done(env.ID, res); errors.Is(err, queue.ErrNotFound) {
-		// `mailhop queue delete` during the attempt: the delete won, the
-		// attempt's outcome (logged below) is all that is left of it.
-		a.log.Info("message deleted during its delivery attempt", "queue_id", env.ID)
-	} else if err != nil {
-		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
-	}
-	a.logAttempt(env, at, expired)
-	if a.onRecord != nil {
-		a.onRecord(env.ID, false)
-	}
+	return res
 }
 
 // queueAge writes how long a message was queued, to the second below an
@@ -78,12 +105,45 @@ func queueAge(d time.Duration) time.Duration {
 	return d.Truncate(time.Minute)
 }
 
-// reports queues the DSNs this attempt calls for. A failure report that
-// cannot be queued leaves its recipients Pending, to be reported next time.
-func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, body queue.Body, res *queue.Result, now time.Time) {
+// report is a DSN built for one attempt, to be queued with its outcome.
+type report struct {
+	env    *queue.Envelope
+	body   io.Reader
+	action string // failed, relayed, delayed
+	rcpts  int
+	failed []int // failure report: indexes into attempt.rcpts of its recipients
+}
+
+// unsent undoes what queueing r would have recorded, when it cannot be
+// queued: a failure report's recipients stay Pending (reported next time),
+// a delay report is due again; a success report is only lost.
+func (r *report) unsent(at *attempt, res *queue.Result, env *queue.Envelope, err error) {
+	switch r.action {
+	case "failed":
+		for _, i := range r.failed {
+			at.rcpts[i].state = queue.Pending
+		}
+		res.LastError = "queueing bounce: " + err.Error()
+	case "delayed":
+		res.DelayWarned = env.DelayWarned
+	}
+}
+
+func queueReports(reps []*report) []queue.Report {
+	var out []queue.Report
+	for _, r := range reps {
+		out = append(out, queue.Report{Env: r.env, Body: r.body})
+	}
+	return out
+}
+
+// reports builds the DSNs this attempt calls for, to be queued with its
+// outcome. A report that cannot be built is handled as one that cannot be
+// queued (report.unsent).
+func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, body queue.Body, res *queue.Result, now time.Time) []*report {
 	if env.From == "" {
 		// Never a report about a report (RFC 3464 §2, RFC 5321 §6.1).
-		return
+		return nil
 	}
 	remote := func(r *rcptResult) string { return r.remote }
 	var failed, success, delayed []dsnRcpt
@@ -111,29 +171,31 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		}
 	}
 	host := cfg.Hostname
-	if len(failed) > 0 {
-		if err := a.sendReport(env, body, host, failed, now); err != nil {
-			a.log.Error("cannot queue bounce; recipients stay pending", "queue_id", env.ID, "err", err)
-			for _, i := range failedIdx {
-				at.rcpts[i].state = queue.Pending
-			}
-			res.LastError = "queueing bounce: " + err.Error()
+	var reps []*report
+	add := func(rcpts []dsnRcpt, idx []int) {
+		rep, err := a.buildReport(env, body, host, rcpts, now)
+		if err != nil {
+			a.log.Error("cannot build report", "queue_id", env.ID, "action", rcpts[0].action, "err", err)
+			(&report{action: rcpts[0].action, failed: idx}).unsent(at, res, env, err)
+			return
 		}
+		rep.failed = idx
+		reps = append(reps, rep)
+	}
+	if len(failed) > 0 {
+		add(failed, failedIdx)
 	}
 	if len(success) > 0 {
-		if err := a.sendReport(env, body, host, success, now); err != nil {
-			a.log.Error("cannot queue success report", "queue_id", env.ID, "err", err)
-		}
+		add(success, nil)
 	}
 	if !env.DelayWarned && now.Sub(env.Arrived) >= orDur(cfg.Delivery.DelayWarning, defaultDelayWarning) && hasPending(at) {
+		// The flag goes in the same commit as the delay report.
 		res.DelayWarned = true
 		if len(delayed) > 0 {
-			if err := a.sendReport(env, body, host, delayed, now); err != nil {
-				a.log.Error("cannot queue delay report", "queue_id", env.ID, "err", err)
-				res.DelayWarned = false
-			}
+			add(delayed, nil)
 		}
 	}
+	return reps
 }
 
 func hasPending(at *attempt) bool {
@@ -145,8 +207,8 @@ func hasPending(at *attempt) bool {
 	return false
 }
 
-// sendReport builds a DSN and queues it from the null sender.
-func (a *Agent) sendReport(env *queue.Envelope, body queue.Body, hostname string, rcpts []dsnRcpt, now time.Time) error {
+// buildReport builds a DSN from the null sender about rcpts of env.
+func (a *Agent) buildReport(env *queue.Envelope, body queue.Body, hostname string, rcpts []dsnRcpt, now time.Time) (*report, error) {
 	if env.RequireTLS && env.Ret != "" {
 		// RFC 8689 §5: the report travels without REQUIRETLS, so it
 		// carries the original's header only, never its body.
@@ -156,7 +218,7 @@ func (a *Agent) sendReport(env *queue.Envelope, body queue.Body, hostname string
 	}
 	msg, err := buildDSN(&dsnInput{hostname: hostname, env: env, body: body, rcpts: rcpts, now: now})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	rep := &queue.Envelope{
 		From:       "",
@@ -165,11 +227,7 @@ func (a *Agent) sendReport(env *queue.Envelope, body queue.Body, hostname string
 		SMTPUTF8:   !isASCII([]byte(env.From)),
 		BodyType:   msg.bodyType,
 	}
-	if err := a.q.Enqueue(rep, msg.reader()); err != nil {
-		return err
-	}
-	a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.ID, "action", rcpts[0].action, "to", env.From, "rcpts", len(rcpts))
-	return nil
+	return &report{env: rep, body: msg.reader(), action: rcpts[0].action, rcpts: len(rcpts)}, nil
 }
 
 // BounceNow bounces every pending recipient of message id at once (the
