@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"log/slog"
 	"net"
 	"os"
@@ -42,8 +43,18 @@ func TestSelfSignedCertificate_GeneratedOnceAndReused(t *testing.T) {
 	if second, _ := os.ReadFile(crt); !bytes.Equal(first, second) {
 		t.Fatal("certificate generated again instead of reused")
 	}
-	if leaf := s.cert.Load().Leaf; leaf == nil || leaf.DNSNames[0] != "mx.test" {
+	leaf := s.cert.Load().Leaf
+	if leaf == nil || leaf.DNSNames[0] != "mx.test" {
 		t.Fatalf("certificate for %v", leaf.DNSNames)
+	}
+	// A client that trusts the file verifies it by name, as localhost, and
+	// by a listener's or a loopback address.
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	for _, name := range []string{"mx.test", "localhost", "127.0.0.1", "::1"} {
+		if _, err := leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: roots}); err != nil {
+			t.Errorf("verifying the self-signed certificate for %s: %v", name, err)
+		}
 	}
 	// A reload with a configured pair swaps the certificate in.
 	cfg2 := *cfg

@@ -11,9 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
+
+	"github.com/mailhop/mailhop/relay/config"
 )
 
 // selfSignedValidity is how long a generated certificate is valid; an
@@ -58,7 +63,9 @@ func (s *Server) ensureSelfSigned(certFile, keyFile string) error {
 			"cert_file", certFile)
 		return nil
 	}
-	host := s.cfg.Load().Hostname
+	cfg := s.cfg.Load()
+	host := cfg.Hostname
+	dnsNames, ips := selfSignedNames(cfg)
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -71,7 +78,8 @@ func (s *Server) ensureSelfSigned(certFile, keyFile string) error {
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
 		Subject:               pkix.Name{CommonName: host},
-		DNSNames:              []string{host},
+		DNSNames:              dnsNames,
+		IPAddresses:           ips,
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(selfSignedValidity),
 		KeyUsage:              x509.KeyUsageDigitalSignature,
@@ -98,6 +106,33 @@ func (s *Server) ensureSelfSigned(certFile, keyFile string) error {
 	s.log.Warn("generated a self-signed TLS certificate; set tls.cert_file and tls.key_file for clients to verify this server",
 		"cert_file", certFile, "hostname", host)
 	return nil
+}
+
+// selfSignedNames are the names a generated certificate holds: the
+// hostname and localhost, the loopback addresses, and the address of each
+// listener bound to one, so a client that trusts the file can verify it
+// whether it connects by name or by address.
+func selfSignedNames(cfg *config.Config) ([]string, []net.IP) {
+	dns := []string{cfg.Hostname}
+	if cfg.Hostname != "localhost" {
+		dns = append(dns, "localhost")
+	}
+	ips := []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	for _, l := range cfg.Listener {
+		host, _, err := net.SplitHostPort(l.Address)
+		if err != nil {
+			continue
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil || a.IsUnspecified() || a.Zone() != "" {
+			continue
+		}
+		ip := net.IP(a.Unmap().AsSlice())
+		if !slices.ContainsFunc(ips, ip.Equal) {
+			ips = append(ips, ip)
+		}
+	}
+	return dns, ips
 }
 
 // writeFileAtomic writes data to a temporary file, syncs it and renames it
