@@ -100,6 +100,7 @@ type session struct {
 	mailOpts smtp.MailOptions
 	rcpts    []queue.Recipient
 	seen     map[string]bool // Address.Key of rcpts
+	open     bool            // MAIL accepted, no DATA/BDAT outcome yet
 }
 
 func (ss *session) trusted() bool {
@@ -167,6 +168,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	ss.from = from
 	ss.mailOpts = *opts
+	ss.open = true
 	return nil
 }
 
@@ -256,6 +258,7 @@ func notifyOf(ns []smtp.DSNNotify) queue.Notify {
 // behind a Received header (and Message-ID/Date on submission listeners)
 // and answers 250 only once the queue has it on stable storage.
 func (ss *session) Data(r io.Reader) error {
+	ss.open = false // the data's outcome is logged, whatever it is
 	cfg := ss.s.cfg.Load()
 	now := time.Now()
 	env := &queue.Envelope{
@@ -407,6 +410,7 @@ func (ss *session) logTransaction(msg string, env *queue.Envelope, code int, rep
 
 // Reset implements smtp.Session.
 func (ss *session) Reset() {
+	ss.abandoned("reset")
 	ss.from = ""
 	ss.mailOpts = smtp.MailOptions{}
 	ss.rcpts = nil
@@ -414,4 +418,19 @@ func (ss *session) Reset() {
 }
 
 // Logout implements smtp.Session.
-func (ss *session) Logout() error { return nil }
+func (ss *session) Logout() error {
+	ss.abandoned("session ended")
+	return nil
+}
+
+// abandoned logs a transaction the client gave up before its data (RSET,
+// a new EHLO, QUIT or a dropped connection after MAIL), so every
+// transaction has its line, as Postfix's per-session summary shows them.
+func (ss *session) abandoned(how string) {
+	if !ss.open {
+		return
+	}
+	ss.open = false
+	ss.log.Info("transaction abandoned", "client", ss.ip.String(), "user", ss.user, "from", ss.from,
+		"rcpts", len(ss.rcpts), "how", how)
+}

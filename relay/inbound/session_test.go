@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/relay/config"
 )
 
@@ -471,4 +473,29 @@ func TestRcpt_AddressLiterals(t *testing.T) {
 		"C: RCPT TO:<a@[IPv6:1:2:3:4:5:6:7::]>", "S: 501 5.1.3 ",
 		"C: RCPT TO:<a@[127.0.0.1]>", "S: 250 ",
 		"C: RCPT TO:<a@[IPv6:2001:db8::1]>", "S: 250 ")
+}
+
+// A transaction given up before its data (RSET, or QUIT after MAIL) gets its
+// log line too; one that ended with its data does not get a second one.
+func TestAbandonedTransactionLogged(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.org>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ",
+		"C: RSET", "S: 250 ",
+		"C: MAIL FROM:<c@example.org>", "S: 250 ",
+		"C: RCPT TO:<d@example.net>", "S: 250 ",
+		"C: DATA", "S: 354 ")
+	d.write("Subject: x\r\n\r\nx\r\n.\r\n")
+	d.expect("250 ")
+	d.script("C: MAIL FROM:<e@example.org>", "S: 250 ", "C: QUIT", "S: 221 ")
+	if ts.logs.WaitLine(10*time.Second, `how="session ended"`) == "" {
+		t.Fatalf("no line for the transaction left at QUIT:\n%s", ts.logs.String())
+	}
+	lines := testlog.Lines(ts.logs.String(), "transaction abandoned")
+	if len(lines) != 2 || !strings.Contains(lines[0], "from=a@example.org") || !strings.Contains(lines[0], "rcpts=1") ||
+		!strings.Contains(lines[0], "how=reset") || !strings.Contains(lines[1], "from=e@example.org") {
+		t.Errorf("abandoned transactions logged as %q", lines)
+	}
 }
