@@ -146,6 +146,19 @@ func (s *LogStore) commit(batch []*commitReq, buf []byte) []byte {
 			seg.f.Close()
 			seg.f = nil
 			s.active = nil
+			// (Not when its file cannot be removed: the next segment
+			// takes its number.)
+			empty := seg.size == 0 && seg.refs == 0 && s.segs[len(s.segs)-1] == seg
+			if empty && os.Remove(seg.path) == nil {
+				// Nothing in it was ever acknowledged: delete it. Kept,
+				// every failed write on a full disk left a segment behind
+				// (thousands), whose number set off compaction (compactAt)
+				// of the oldest one: once space came back, the copies of
+				// its messages took it all again.
+				s.segs = s.segs[:len(s.segs)-1]
+				delete(s.bySeq, seg.seq)
+				seg.dead = true
+			}
 			s.mu.Unlock()
 		} else {
 			if !lazy {

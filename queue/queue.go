@@ -343,11 +343,26 @@ type Result struct {
 // Done records an attempt's outcome durably and gives the message back to
 // the scheduler. Attempts is incremented. A message with no Pending
 // recipient left is removed from the queue. On a storage error the message
-// is given back unchanged, due at once.
+// is given back unchanged (nothing recorded), due when the outcome would
+// have made it due: the attempt is made again then.
 func (q *Queue) Done(id string, res Result) error {
 	err := q.done(id, res, nil)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		q.Requeue(id) // keep it scheduled; the attempt is retried
+		// Not recorded (a full disk): keep it scheduled, in memory, for
+		// when this outcome would have put it. Due at once, the attempt
+		// was made again at once, over and over while the disk stayed
+		// full: a tight loop of connections to the remote server.
+		q.mu.Lock()
+		n := 1
+		if s, ok := q.sched[id]; ok {
+			n = s.attempts + 1
+		}
+		q.mu.Unlock()
+		at := res.RetryAt
+		if at.IsZero() {
+			at = q.opts.Now().Add(q.retryAfter(n))
+		}
+		q.requeueAt(id, at)
 	}
 	return err
 }
@@ -463,6 +478,11 @@ func (q *Queue) retryAfter(n int) time.Duration {
 // Requeue gives a handed-out message back unchanged (no attempt counted),
 // due at once; used when delivery was cancelled by shutdown.
 func (q *Queue) Requeue(id string) error {
+	return q.requeueAt(id, q.opts.Now())
+}
+
+// requeueAt gives a handed-out message back unchanged, due at at.
+func (q *Queue) requeueAt(id string, at time.Time) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	s, ok := q.sched[id]
@@ -471,7 +491,7 @@ func (q *Queue) Requeue(id string) error {
 	}
 	if s.inflight {
 		s.inflight = false
-		s.due = q.opts.Now()
+		s.due = at
 		if q.ready(s) {
 			q.signal()
 		}

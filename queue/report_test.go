@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // copyQueue copies a live store's directory, bodies/ included (the lock
@@ -177,5 +178,51 @@ func TestDoneWithReportsFailureKeepsMessage(t *testing.T) {
 	}
 	if n := len(q.List()); n != 0 {
 		t.Fatalf("%d messages queued, want none", n)
+	}
+}
+
+// updateFailStore is a LogStore whose outcomes cannot be recorded, as on a
+// full disk.
+type updateFailStore struct{ *LogStore }
+
+func (s updateFailStore) Update(*StateUpdate) (*Envelope, bool, error) {
+	return nil, false, errors.New("write seg: no space left on device")
+}
+
+// TestDoneFailureKeepsBackoff: an outcome that cannot be recorded leaves
+// the message due when the outcome said, not at once (it was retried in a
+// tight loop against the remote server while the disk was full).
+func TestDoneFailureKeepsBackoff(t *testing.T) {
+	t.Parallel()
+	ls, err := OpenLogStore(t.TempDir(), slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := Open("", Options{Store: updateFailStore{ls}, RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	env := newEnv("a@example.test")
+	if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Next(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	res := Result{Recipients: []RcptUpdate{{Index: 0, State: Pending, Code: 451, Reply: "4.3.0 later"}}}
+	if err := q.Done(env.ID, res); err == nil {
+		t.Fatal("Done succeeded on a store that cannot record")
+	}
+	if q.InFlight(env.ID) {
+		t.Fatal("the message is still handed out")
+	}
+	due, ok := q.Due(env.ID)
+	if !ok {
+		t.Fatal("the message is no longer scheduled")
+	}
+	if due.Before(before.Add(50 * time.Minute)) {
+		t.Fatalf("due %v after a failed Done, want about an hour from %v (the retry interval)", due, before)
 	}
 }
