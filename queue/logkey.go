@@ -121,21 +121,43 @@ func (s *LogStore) keyConfirmed(seqs []uint64) (uint32, bool) {
 	return 0, false
 }
 
-// keyFromSegments returns the key most segments' first records agree on.
+// keyFromSegments returns the key that fits the first records of the most
+// segments: written with it, or (a recycled file whose first write never
+// reached it, the crash coming between taking the spare and writing) with
+// it and an earlier segment number. Such an old first record votes for a
+// key of its own, with which the file's earlier life would be replayed as
+// current (delivered messages back) and the other segments' records lost;
+// the queue's key fits it as old. Ties go to the key most records were
+// written with, then to the smaller.
 func (s *LogStore) keyFromSegments(seqs []uint64) (uint32, bool) {
-	votes := map[uint32]int{}
+	type first struct {
+		seq  uint64
+		salt uint32
+	}
+	var firsts []first
 	for _, seq := range seqs {
 		if salt, ok := firstSalt(s.segPath(seq)); ok {
-			votes[salt^segSalt(seq, 0)]++
+			firsts = append(firsts, first{seq, salt})
 		}
 	}
-	best, n := uint32(0), 0
-	for k, v := range votes {
-		if v > n || (v == n && k < best) {
-			best, n = k, v
+	best, bestFits, bestVotes := uint32(0), -1, 0
+	for _, c := range firsts {
+		k := c.salt ^ segSalt(c.seq, 0)
+		fits, votes := 0, 0
+		for _, f := range firsts {
+			switch {
+			case f.salt == segSalt(f.seq, k):
+				fits++
+				votes++
+			case saltSeq(f.salt, k) < uint32(f.seq):
+				fits++
+			}
+		}
+		if fits > bestFits || fits == bestFits && (votes > bestVotes || votes == bestVotes && k < best) {
+			best, bestFits, bestVotes = k, fits, votes
 		}
 	}
-	return best, n > 0
+	return best, bestFits > 0
 }
 
 // firstSalt returns the salt of the record at the start of the segment file

@@ -131,3 +131,73 @@ func TestKeyFileThatFitsNoSegment(t *testing.T) {
 		t.Errorf("key %08x written back, want %08x", got, key)
 	}
 }
+
+// A crash between taking a recycled spare as the new segment and the first
+// write to it leaves a segment whose first records are from the file's
+// earlier life. With the key file lost, that record's key must not win
+// over the key the other segments agree with: with it, the earlier life
+// was replayed as current (delivered messages came back) and the live
+// messages of the other segments were lost.
+func TestKeyFoundAgainBesideRecycledStart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	// The largest key: the old record's key is smaller, and a tie between
+	// them went to the smaller.
+	if err := writeKey(dir, 0xffffffff); err != nil {
+		t.Fatal(err)
+	}
+	q := openTest(t, dir)
+	defer q.Close()
+	q.store.(*LogStore).segMax = 8192
+	live := newEnv("live@y.test")
+	if err := q.Enqueue(live, strings.NewReader("live body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	body := bigBody(1500)
+	delivered := map[string]bool{}
+	var spare []byte
+	for i := 0; i < 400 && spare == nil; i++ {
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		deliverAll(t, q, env.ID)
+		delivered[env.ID] = true
+		if data, err := os.ReadFile(filepath.Join(dir, spareName)); err == nil && !allZero(data) {
+			spare = data
+		}
+	}
+	if spare == nil {
+		t.Fatalf("no segment was recycled; files: %v", listDir(t, dir))
+	}
+	crash := t.TempDir()
+	copyDir(t, dir, crash)
+	segs := segments(t, crash)
+	// The spare taken as the next segment, nothing written to it yet.
+	next := (&LogStore{dir: crash}).segPath(seqOf(t, segs[len(segs)-1]) + 1)
+	if err := os.WriteFile(next, spare, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(crash, keyName)); err != nil {
+		t.Fatal(err)
+	}
+	var logs testlog.Buffer
+	q2, err := Open(crash, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	found := false
+	for _, env := range q2.List() {
+		if delivered[env.ID] {
+			t.Errorf("delivered message %s came back from the recycled file's earlier life", env.ID)
+		}
+		found = found || env.ID == live.ID
+	}
+	if !found {
+		t.Errorf("live message %s lost\n%s", live.ID, logs.String())
+	}
+	if got := queueKey(t, crash); got != 0xffffffff {
+		t.Errorf("key %08x written back, want ffffffff", got)
+	}
+}
