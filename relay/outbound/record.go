@@ -63,19 +63,31 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	}
 	if errors.Is(err, queue.ErrNotFound) {
 		// `mailhop queue delete` during the attempt: the delete won, the
-		// attempt's outcome (logged below) is all that is left of it.
+		// attempt's outcome (logged below) is all that is left of it —
+		// and its reports, when the delete came while they were being
+		// committed (they are queued then, and are logged).
 		a.log.Info("message deleted during its delivery attempt", "queue_id", env.ID)
+		for _, rep := range reps {
+			if _, queued := a.q.Due(rep.env.ID); queued {
+				a.logReport(env, rep)
+			}
+		}
 	} else if err != nil {
 		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
 	} else {
 		for _, rep := range reps {
-			a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.env.ID, "action", rep.action, "to", env.From, "rcpts", rep.rcpts)
+			a.logReport(env, rep)
 		}
 	}
 	a.logAttempt(env, at, expired)
 	if a.onRecord != nil {
 		a.onRecord(env.ID, false)
 	}
+}
+
+// logReport logs a report queued about env.
+func (a *Agent) logReport(env *queue.Envelope, rep *report) {
+	a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.env.ID, "action", rep.action, "to", env.From, "rcpts", rep.rcpts)
 }
 
 // attemptResult completes res with the recipients' outcomes of at.
