@@ -367,6 +367,33 @@ func (q *Queue) Done(id string, res Result) error {
 	return err
 }
 
+// Progress records, lazily, the outcome of some recipients of a message
+// whose attempt is still under way (its other domains are not done yet), so
+// that recipients already delivered are not sent the message again if the
+// process dies before the attempt ends (Postfix marks each recipient done as
+// its delivery ends). It counts no attempt and changes no schedule; Done
+// follows with the whole attempt's outcome. Only the holder of the message
+// calls it.
+func (q *Queue) Progress(id string, rcpts []RcptUpdate) error {
+	q.mu.Lock()
+	s, ok := q.sched[id]
+	inflight := ok && s.inflight
+	q.mu.Unlock()
+	if !inflight {
+		return ErrNotFound
+	}
+	env, err := q.store.Get(id)
+	if err != nil {
+		return err
+	}
+	u := &StateUpdate{ID: id, Attempts: env.Attempts, NextAttempt: env.NextAttempt, LastError: env.LastError,
+		DelayWarned: env.DelayWarned, Rcpts: rcpts}
+	if _, _, err := q.store.Update(u); err != nil {
+		return fmt.Errorf("queue: recording delivered recipients of %s: %w", id, err)
+	}
+	return nil
+}
+
 // DoneWithReports is Done for an attempt that calls for reports (DSNs
 // about it, to the sender): the reports are queued as new messages in the
 // same commit as the outcome, so a crash at any moment leaves both or

@@ -345,11 +345,19 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms}, order[0])
 	} else {
 		var wg sync.WaitGroup
+		var running atomic.Int32
+		running.Store(int32(len(order)))
 		for gi, d := range order {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms}, d)
+				if running.Add(-1) > 0 {
+					// Other domains may take minutes yet: what this
+					// one delivered is recorded now, not sent again
+					// should the process die before they end.
+					a.recordDelivered(env, groups[gi].rcpts)
+				}
 			}()
 		}
 		wg.Wait()
@@ -359,6 +367,30 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 	}
 	at.groups = groups
 	return at
+}
+
+// recordDelivered records the delivered recipients among rs before the
+// attempt ends (queue.Progress). A recipient that asked for a success report
+// (NOTIFY=SUCCESS) waits for the attempt's end, where its report is queued
+// in the same commit as its outcome.
+func (a *Agent) recordDelivered(env *queue.Envelope, rs []rcptResult) {
+	var us []queue.RcptUpdate
+	for _, r := range rs {
+		if r.state != queue.Delivered || env.Recipients[r.index].Notify&queue.NotifySuccess != 0 {
+			continue
+		}
+		u := queue.RcptUpdate{Index: r.index, State: r.state}
+		if r.reply != nil {
+			u.Code, u.Reply = r.reply.Code, replyText(r.reply)
+		}
+		us = append(us, u)
+	}
+	if len(us) == 0 {
+		return
+	}
+	if err := a.q.Progress(env.ID, us); err != nil && !errors.Is(err, queue.ErrNotFound) {
+		a.log.Warn("recording delivered recipients before the attempt's end failed; they are recorded at its end", "queue_id", env.ID, "err", err)
+	}
 }
 
 // limitedGroup runs deliverGroup within the concurrency limits.

@@ -181,3 +181,55 @@ func TestDSN_CrashAfterReport_OneReport(t *testing.T) {
 		})
 	}
 }
+
+// TestDelivery_MultiDomain_DeliveredRecordedBeforeSlowDomain: a message to
+// two domains, one of which stalls after the data: the recipient the fast
+// domain took is recorded as delivered at once, so a kill -9 while the slow
+// one still waits (what copying the queue directory then leaves) does not
+// send it to the fast domain again.
+func TestDelivery_MultiDomain_DeliveredRecordedBeforeSlowDomain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("fast.test", "127.0.0.2", "slow.test", "127.0.0.3"))
+	slow := h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute
+	dir, snap := t.TempDir(), t.TempDir()
+	q, err := queue.Open(dir, queue.Options{RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	h.q.Close()
+	h.q = q
+	h.start()
+	id := h.submit(testBody, []string{"a@fast.test", "b@slow.test"})
+	h.first.Wait(t, 1)
+	select {
+	case <-slow.Stalled():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the slow domain never got the message")
+	}
+	// The fast domain's outcome is written while the slow one waits.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if env := h.envelope(id); env != nil && env.Recipients[0].State == queue.Delivered {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a@fast.test not recorded as delivered while b@slow.test waits: %+v", h.envelope(id))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	copyTree(t, dir, snap) // what a kill -9 now leaves
+	q2, err := queue.Open(snap, queue.Options{RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	env, err := q2.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.Recipients[0].State != queue.Delivered || env.Recipients[1].State != queue.Pending || env.Attempts != 0 {
+		t.Errorf("after the crash: %+v; want a@fast.test delivered, b@slow.test pending, no attempt counted", env.Recipients)
+	}
+}
