@@ -234,7 +234,11 @@ func (s *LogStore) maintain() {
 		s.mu.Unlock()
 	}
 	s.deleteDead()
-	if len(s.segs) > compactAt && s.segs[0] != s.active {
+	// Compaction copies up to a segment of live records forward before the
+	// oldest segment goes: not on a disk without room for that (and the
+	// reserve), where the copies would take the last free space — once
+	// space came back after a full disk, they took it all again.
+	if len(s.segs) > compactAt && s.segs[0] != s.active && s.roomFor(s.segMax+reserveSize) {
 		s.compactOldest()
 		s.deleteDead()
 	}

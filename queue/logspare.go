@@ -120,6 +120,19 @@ func (s *LogStore) prepareSpares() {
 // for this many segments.
 const spareRoomFactor = 4
 
+// roomFor reports whether the file system holding the queue has n bytes
+// free for mailhop's user (true when it cannot tell).
+func (s *LogStore) roomFor(n int64) bool {
+	if s.freeSpace != nil {
+		return s.freeSpace() >= n
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		return true
+	}
+	return int64(st.Bavail)*int64(st.Bsize) >= n
+}
+
 // prepareSpare writes segMax zero bytes to spare.tmp, syncs it, and makes
 // it the spare unless one was recycled meanwhile.
 func (s *LogStore) prepareSpare() error {
@@ -128,8 +141,7 @@ func (s *LogStore) prepareSpare() error {
 	}
 	// A spare is an optimisation: not at the price of filling a small or
 	// nearly full disk with zeros, even for a moment.
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(s.dir, &st); err == nil && int64(st.Bavail)*int64(st.Bsize) < spareRoomFactor*s.segMax {
+	if !s.roomFor(spareRoomFactor * s.segMax) {
 		return nil
 	}
 	tmp := s.spareTmpPath()

@@ -45,15 +45,18 @@ type LogStore struct {
 	closed bool
 	exited chan struct{}
 
-	mu      sync.Mutex
-	msgs    map[string]*storedMsg
-	segs    []*segment // oldest first; the last is active
-	bySeq   map[uint64]*segment
-	active  *segment // nil after a write error until a new one is made
-	lost    []string // messages moved aside at recovery: a done record is due
-	segMax  int64    // segment size that starts a new one
-	damaged bool     // recovery found damage (set at start only)
-	dirty   *segment // holds lazy records not yet fsynced (committer only)
+	mu     sync.Mutex
+	msgs   map[string]*storedMsg
+	segs   []*segment // oldest first; the last is active
+	bySeq  map[uint64]*segment
+	active *segment // nil after a write error until a new one is made
+	lost   []string // messages moved aside at recovery: a done record is due
+	segMax int64    // segment size that starts a new one
+	// freeSpace, when set (tests), replaces asking the file system how
+	// many bytes are free (roomFor).
+	freeSpace func() int64
+	damaged   bool     // recovery found damage (set at start only)
+	dirty     *segment // holds lazy records not yet fsynced (committer only)
 
 	spareMu    sync.Mutex // guards spareReady and renames to and from spare.log
 	spareReady bool

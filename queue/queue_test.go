@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,6 +409,56 @@ func TestCompactionKeepsLiveMessages(t *testing.T) {
 		t.Fatalf("after compaction: %+v", list)
 	}
 	if string(bodyOf(t, q2, keep.ID)) != "keep me\r\n" {
+		t.Fatal("body lost in compaction")
+	}
+}
+
+// Compaction waits while the disk has no room for what it copies (a
+// segment and the reserve), and runs once there is room again.
+func TestCompactionWaitsForRoom(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	ls := q.store.(*LogStore)
+	ls.segMax = 4096
+	var free atomic.Int64 // bytes the "file system" has free
+	ls.freeSpace = free.Load
+	keep := newEnv("stay@x.test")
+	if err := q.Enqueue(keep, strings.NewReader("keep me\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	traffic := func(n int) {
+		for i := 0; i < n; i++ {
+			env := newEnv("x@y.test")
+			if err := q.Enqueue(env, bytes.NewReader(bigBody(1500))); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				got, err := q.Next(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.ID == env.ID {
+					break
+				}
+				q.Requeue(got.ID) // the long-lived one: not now
+			}
+			if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	traffic(40)
+	if n := len(segments(t, dir)); n <= compactAt+2 {
+		t.Fatalf("%d segments with no room on the disk: compaction ran anyway", n)
+	}
+	free.Store(1 << 40)
+	traffic(40)
+	if n := len(segments(t, dir)); n > compactAt+2 {
+		t.Fatalf("%d segments once there is room: compaction did not run", n)
+	}
+	if string(bodyOf(t, q, keep.ID)) != "keep me\r\n" {
 		t.Fatal("body lost in compaction")
 	}
 }
