@@ -40,22 +40,19 @@ const keyName = "key"
 // loadKey sets s.key: from the key file, else from the segments seqs, else
 // (a new queue) a random one. A store that may write keeps the file.
 func (s *LogStore) loadKey(seqs []uint64) error {
+	starts := s.segmentStarts(seqs)
 	path := filepath.Join(s.dir, keyName)
 	data, err := os.ReadFile(path)
 	if err == nil {
 		k, perr := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 32)
 		if perr != nil {
 			s.log.Error("queue: key file damaged; finding the key from the segments", "path", path)
-		} else if found, ok := s.keyConfirmed(seqs); ok && !s.keyFits(seqs, uint32(k)) {
+		} else if found, ok := keyConfirmed(starts); ok && !keyFits(starts, uint32(k)) {
 			// A key of the right form that no segment was written with
 			// (a damaged or foreign file) made every record look damaged,
 			// and their messages' bodies orphans.
 			s.log.Error("queue: key file does not match the segments; using the key found in them", "path", path)
-			s.key = found
-			if s.readOnly {
-				return nil
-			}
-			return writeKey(s.dir, s.key)
+			return s.setKey(found)
 		} else {
 			s.key = uint32(k)
 			return nil
@@ -63,55 +60,68 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 	} else if !os.IsNotExist(err) {
 		return fmt.Errorf("queue: reading the key: %w", err)
 	}
-	if k, ok := s.keyFromSegments(seqs); ok {
+	if k, ok := keyFromSegments(starts); ok {
 		s.log.Warn("queue: key file missing or damaged; using the key the segments were written with", "path", path)
-		s.key = k
-	} else if len(seqs) == 0 {
-		var b [4]byte
-		if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
-			return fmt.Errorf("queue: making the key: %w", err)
-		}
-		s.key = binary.LittleEndian.Uint32(b[:])
-	} else {
-		s.log.Error("queue: no segment starts with a readable record; their records cannot be told from planted ones and are skipped")
-		s.key = 0
+		return s.setKey(k)
 	}
+	if len(seqs) > 0 {
+		s.log.Error("queue: no segment starts with a readable record; their records cannot be told from planted ones and are skipped")
+		return s.setKey(0)
+	}
+	var b [4]byte
+	if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
+		return fmt.Errorf("queue: making the key: %w", err)
+	}
+	return s.setKey(binary.LittleEndian.Uint32(b[:]))
+}
+
+// setKey makes key the queue's and, unless read-only, keeps it in the file.
+func (s *LogStore) setKey(key uint32) error {
+	s.key = key
 	if s.readOnly {
 		return nil
 	}
-	return writeKey(s.dir, s.key)
+	return writeKey(s.dir, key)
+}
+
+// segStart is the start of a segment file: the salts of its first whole
+// records (at most two), always mailhop's own.
+type segStart struct {
+	seq   uint64
+	salts []uint32
+}
+
+// segmentStarts reads the start of every segment once.
+func (s *LogStore) segmentStarts(seqs []uint64) []segStart {
+	var starts []segStart
+	for _, seq := range seqs {
+		if salts := startSalts(s.segPath(seq), 2); len(salts) > 0 {
+			starts = append(starts, segStart{seq, salts})
+		}
+	}
+	return starts
 }
 
 // keyFits reports whether key can be the queue's: some segment's first
 // record was written with it (in this life of the file or an earlier one),
 // or no segment starts with a whole record.
-func (s *LogStore) keyFits(seqs []uint64, key uint32) bool {
-	seen := false
-	for _, seq := range seqs {
-		salt, ok := firstSalt(s.segPath(seq))
-		if !ok {
-			continue
-		}
-		seen = true
-		if salt == segSalt(seq, key) || (key == 0 && salt == 0) || saltSeq(salt, key) < uint32(seq) {
+func keyFits(starts []segStart, key uint32) bool {
+	for _, st := range starts {
+		if saltKind(st.salts[0], st.seq, key) != frameBad {
 			return true
 		}
 	}
-	return !seen
+	return len(starts) == 0
 }
 
 // keyConfirmed returns a key that two records at the starts of the segments
 // agree on: the first records of two segments, or the first two of one. A
 // damaged first record gives a key no other record agrees with.
-func (s *LogStore) keyConfirmed(seqs []uint64) (uint32, bool) {
+func keyConfirmed(starts []segStart) (uint32, bool) {
 	votes := map[uint32]int{}
-	for _, seq := range seqs {
-		salts := startSalts(s.segPath(seq), 2)
-		if len(salts) == 0 {
-			continue
-		}
-		k := salts[0] ^ segSalt(seq, 0)
-		if len(salts) == 2 && salts[1] == segSalt(seq, k) {
+	for _, st := range starts {
+		k := st.salts[0] ^ segSalt(st.seq, 0)
+		if len(st.salts) == 2 && st.salts[1] == segSalt(st.seq, k) {
 			return k, true
 		}
 		if votes[k]++; votes[k] == 2 {
@@ -129,27 +139,17 @@ func (s *LogStore) keyConfirmed(seqs []uint64) (uint32, bool) {
 // current (delivered messages back) and the other segments' records lost;
 // the queue's key fits it as old. Ties go to the key most records were
 // written with, then to the smaller.
-func (s *LogStore) keyFromSegments(seqs []uint64) (uint32, bool) {
-	type first struct {
-		seq  uint64
-		salt uint32
-	}
-	var firsts []first
-	for _, seq := range seqs {
-		if salt, ok := firstSalt(s.segPath(seq)); ok {
-			firsts = append(firsts, first{seq, salt})
-		}
-	}
+func keyFromSegments(starts []segStart) (uint32, bool) {
 	best, bestFits, bestVotes := uint32(0), -1, 0
-	for _, c := range firsts {
-		k := c.salt ^ segSalt(c.seq, 0)
+	for _, c := range starts {
+		k := c.salts[0] ^ segSalt(c.seq, 0)
 		fits, votes := 0, 0
-		for _, f := range firsts {
-			switch {
-			case f.salt == segSalt(f.seq, k):
+		for _, f := range starts {
+			switch saltKind(f.salts[0], f.seq, k) {
+			case frameOK:
 				fits++
 				votes++
-			case saltSeq(f.salt, k) < uint32(f.seq):
+			case frameStale:
 				fits++
 			}
 		}
@@ -158,16 +158,6 @@ func (s *LogStore) keyFromSegments(seqs []uint64) (uint32, bool) {
 		}
 	}
 	return best, bestFits > 0
-}
-
-// firstSalt returns the salt of the record at the start of the segment file
-// at path, if there is a whole one.
-func firstSalt(path string) (uint32, bool) {
-	salts := startSalts(path, 1)
-	if len(salts) == 0 {
-		return 0, false
-	}
-	return salts[0], true
 }
 
 // startSalts returns the salts of the first max whole records of the

@@ -131,13 +131,24 @@ func recordAt(data []byte, off int, seq uint64, key uint32) (int, int) {
 		return 0, frameBad
 	}
 	salt := crc32.Checksum(h[headerSize:headerSize+n], crcTable) ^ binary.LittleEndian.Uint32(h[8:])
+	st := saltKind(salt, seq, key)
+	if st == frameBad {
+		return 0, frameBad
+	}
+	return n, st
+}
+
+// saltKind tells what a whole frame salted with salt is in segment seq of
+// a queue with key: a record of this segment, one of an earlier life of the
+// file (a smaller segment number), or neither.
+func saltKind(salt uint32, seq uint64, key uint32) int {
 	switch {
 	case salt == segSalt(seq, key) || (key == 0 && salt == 0): // 0: written before salting
-		return n, frameOK
+		return frameOK
 	case saltSeq(salt, key) < uint32(seq):
-		return n, frameStale
+		return frameStale
 	}
-	return 0, frameBad
+	return frameBad
 }
 
 // nextRecord finds the next record of segment seq at or after off, or -1.
