@@ -379,11 +379,7 @@ func (a *Agent) recordDelivered(env *queue.Envelope, rs []rcptResult) {
 		if r.state != queue.Delivered || env.Recipients[r.index].Notify&queue.NotifySuccess != 0 {
 			continue
 		}
-		u := queue.RcptUpdate{Index: r.index, State: r.state}
-		if r.reply != nil {
-			u.Code, u.Reply = r.reply.Code, replyText(r.reply)
-		}
-		us = append(us, u)
+		us = append(us, r.update())
 	}
 	if len(us) == 0 {
 		return

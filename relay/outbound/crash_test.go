@@ -52,6 +52,21 @@ func (s *crashStore) UpdateWithReports(u *queue.StateUpdate, reports []queue.Rep
 	return env, removed, err
 }
 
+// useQueue gives the harness a queue in dir (on store, when not nil)
+// instead of its own, so a test can copy what a crash would leave. Call it
+// before start.
+func (h *harness) useQueue(dir string, store queue.Store) *queue.Queue {
+	h.t.Helper()
+	q, err := queue.Open(dir, queue.Options{Store: store, RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { q.Close() })
+	h.q.Close()
+	h.q = q
+	return q
+}
+
 // copyTree copies the files under from to to, but for the lock and the
 // spare segment a start deletes (it may be renamed under the walk).
 func copyTree(t *testing.T, from, to string) {
@@ -125,13 +140,7 @@ func TestDSN_CrashAfterReport_OneReport(t *testing.T) {
 				t.Fatal(err)
 			}
 			cs := &crashStore{Store: ls, t: t, dir: dir, snap: snap}
-			q, err := queue.Open(dir, queue.Options{Store: cs, RetryIntervals: []time.Duration{time.Hour}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { q.Close() })
-			h.q.Close()
-			h.q = q
+			q := h.useQueue(dir, cs)
 			h.start()
 			id := h.submit(testBody, []string{"a@example.test"})
 			h.waitRecords(id, 1)
@@ -193,13 +202,7 @@ func TestDelivery_MultiDomain_DeliveredRecordedBeforeSlowDomain(t *testing.T) {
 	slow := h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
 	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute
 	dir, snap := t.TempDir(), t.TempDir()
-	q, err := queue.Open(dir, queue.Options{RetryIntervals: []time.Duration{time.Hour}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	h.q.Close()
-	h.q = q
+	h.useQueue(dir, nil)
 	h.start()
 	id := h.submit(testBody, []string{"a@fast.test", "b@slow.test"})
 	h.first.Wait(t, 1)

@@ -124,6 +124,9 @@ func (p *pool) trim(keep int) {
 		out = append(out, oldest)
 	}
 	p.mu.Unlock()
+	if len(out) == 0 {
+		return
+	}
 	for _, cn := range out {
 		cn.idle.Stop()
 	}

@@ -94,17 +94,21 @@ func (a *Agent) logReport(env *queue.Envelope, rep *report) {
 func attemptResult(env *queue.Envelope, at *attempt, res queue.Result) queue.Result {
 	res.Recipients = nil
 	for _, r := range at.rcpts {
-		u := queue.RcptUpdate{Index: r.index, State: r.state}
-		if r.reply != nil {
-			u.Code = r.reply.Code
-			u.Reply = replyText(r.reply)
-			if r.state != queue.Delivered && res.LastError == "" {
-				res.LastError = env.Recipients[r.index].Address + ": " + r.reply.Error()
-			}
+		if r.reply != nil && r.state != queue.Delivered && res.LastError == "" {
+			res.LastError = env.Recipients[r.index].Address + ": " + r.reply.Error()
 		}
-		res.Recipients = append(res.Recipients, u)
+		res.Recipients = append(res.Recipients, r.update())
 	}
 	return res
+}
+
+// update is the queue's record of r.
+func (r rcptResult) update() queue.RcptUpdate {
+	u := queue.RcptUpdate{Index: r.index, State: r.state}
+	if r.reply != nil {
+		u.Code, u.Reply = r.reply.Code, replyText(r.reply)
+	}
+	return u
 }
 
 // queueAge writes how long a message was queued, to the second below an
