@@ -427,26 +427,9 @@ func TestCompactionWaitsForRoom(t *testing.T) {
 	if err := q.Enqueue(keep, strings.NewReader("keep me\r\n")); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	traffic := func(n int) {
 		for i := 0; i < n; i++ {
-			env := newEnv("x@y.test")
-			if err := q.Enqueue(env, bytes.NewReader(bigBody(1500))); err != nil {
-				t.Fatal(err)
-			}
-			for {
-				got, err := q.Next(ctx)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got.ID == env.ID {
-					break
-				}
-				q.Requeue(got.ID) // the long-lived one: not now
-			}
-			if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
-				t.Fatal(err)
-			}
+			passThrough(t, q)
 		}
 	}
 	traffic(40)
@@ -460,6 +443,30 @@ func TestCompactionWaitsForRoom(t *testing.T) {
 	}
 	if string(bodyOf(t, q, keep.ID)) != "keep me\r\n" {
 		t.Fatal("body lost in compaction")
+	}
+}
+
+// passThrough queues a message of 1500 bytes, takes it (putting back any
+// other message that is due) and records it delivered: traffic that fills
+// segments and leaves nothing behind.
+func passThrough(t *testing.T, q *Queue) {
+	t.Helper()
+	env := newEnv("x@y.test")
+	if err := q.Enqueue(env, bytes.NewReader(bigBody(1500))); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		got, err := q.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ID == env.ID {
+			break
+		}
+		q.Requeue(got.ID) // a long-lived message: not now
+	}
+	if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -477,30 +484,13 @@ func TestBodyReadableWhileItsSegmentGoes(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := segments(t, dir)[0]
-	ctx := context.Background()
 	// Traffic until compaction has moved the message and its first
 	// segment is deleted.
 	for i := 0; i < 200; i++ {
 		if _, err := os.Stat(first); os.IsNotExist(err) {
 			break
 		}
-		env := newEnv("x@y.test")
-		if err := q.Enqueue(env, bytes.NewReader(bigBody(1500))); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			got, err := q.Next(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got.ID == env.ID {
-				break
-			}
-			q.Requeue(got.ID)
-		}
-		if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
-			t.Fatal(err)
-		}
+		passThrough(t, q)
 	}
 	if _, err := os.Stat(first); !os.IsNotExist(err) {
 		t.Fatal("the first segment was never deleted")
