@@ -80,55 +80,40 @@ func TestPlantedRecordInBodyNotReplayed(t *testing.T) {
 	}
 }
 
-// The key is kept in the queue directory, and found again from the segments
-// when its file is lost, so a queue stays readable.
-func TestKeyFoundAgainWithoutItsFile(t *testing.T) {
+// The key is kept in the queue directory, and found again from the
+// segments when its file is lost, or when it holds a key of the right form
+// that no segment was written with (damaged, or copied from another queue:
+// with it, every record looked damaged and the messages and their bodies
+// were lost), so a queue stays readable.
+func TestKeyFoundAgain(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	q := openTest(t, dir)
-	env := newEnv("a@x.test")
-	if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	q.Close()
-	key := queueKey(t, dir)
-	if err := os.Remove(filepath.Join(dir, keyName)); err != nil {
-		t.Fatal(err)
-	}
-	q2 := openTest(t, dir)
-	if n := len(q2.List()); n != 1 {
-		t.Fatalf("%d messages after the key file was lost, want 1", n)
-	}
-	q2.Close()
-	if got := queueKey(t, dir); got != key {
-		t.Errorf("key %08x written back, want %08x", got, key)
-	}
-}
-
-// A key file of the right form that no segment was written with (damaged,
-// or copied from another queue) is corrected from the segments: with it,
-// every record looked damaged and the messages and their bodies were lost.
-func TestKeyFileThatFitsNoSegment(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	q := openTest(t, dir)
-	for _, rcpt := range []string{"a@x.test", "b@x.test"} {
-		if err := q.Enqueue(newEnv(rcpt), strings.NewReader("body\r\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	q.Close()
-	key := queueKey(t, dir)
-	if err := writeKey(dir, key^0xdeadbeef); err != nil {
-		t.Fatal(err)
-	}
-	q2 := openTest(t, dir)
-	if n := len(q2.List()); n != 2 {
-		t.Fatalf("%d messages after the key file was changed, want 2", n)
-	}
-	q2.Close()
-	if got := queueKey(t, dir); got != key {
-		t.Errorf("key %08x written back, want %08x", got, key)
+	for name, damage := range map[string]func(dir string, key uint32) error{
+		"file lost":            func(dir string, _ uint32) error { return os.Remove(filepath.Join(dir, keyName)) },
+		"file fits no segment": func(dir string, key uint32) error { return writeKey(dir, key^0xdeadbeef) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			q := openTest(t, dir)
+			for _, rcpt := range []string{"a@x.test", "b@x.test"} {
+				if err := q.Enqueue(newEnv(rcpt), strings.NewReader("body\r\n")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			q.Close()
+			key := queueKey(t, dir)
+			if err := damage(dir, key); err != nil {
+				t.Fatal(err)
+			}
+			q2 := openTest(t, dir)
+			if n := len(q2.List()); n != 2 {
+				t.Fatalf("%d messages after that, want 2", n)
+			}
+			q2.Close()
+			if got := queueKey(t, dir); got != key {
+				t.Errorf("key %08x written back, want %08x", got, key)
+			}
+		})
 	}
 }
 
