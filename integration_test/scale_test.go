@@ -2,9 +2,12 @@ package integration_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -63,6 +66,27 @@ func TestScaleMillionRecipients(t *testing.T) {
 	t.Logf("after SIGKILL: listening again in %v", time.Since(t0).Round(time.Millisecond))
 	rss2, _ := procMem(t, r.pid())
 	t.Logf("resident memory after restart: %d MiB", rss2>>10)
+	// What an operator checks with: the whole queue listed over the admin
+	// socket, which the relay streams a message at a time.
+	cmd := exec.Command(mailhopBin, "queue", "list", "--json", "--config", r.cfgPath)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 = time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	listed, pending := countListed(t, stdout)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("queue list --json: %v", err)
+	}
+	_, hwm2 := procMem(t, r.pid())
+	t.Logf("queue list --json: %d messages, %d pending recipients in %v; relay's peak resident memory since restart %d MiB",
+		listed, pending, time.Since(t0).Round(time.Millisecond), hwm2>>10)
+	if listed != messages || pending != messages*rcpts {
+		t.Errorf("queue list --json: %d messages, %d pending recipients; want %d, %d", listed, pending, messages, messages*rcpts)
+	}
 	r.stop()
 	q := r.openQueue()
 	st := q.Stats()
@@ -77,6 +101,31 @@ func TestScaleMillionRecipients(t *testing.T) {
 		return nil
 	})
 	t.Logf("queue on disk: %d MiB", size>>20)
+}
+
+// countListed reads `queue list --json` as a stream and counts messages and
+// pending recipients.
+func countListed(t *testing.T, r io.Reader) (msgs, pending int) {
+	t.Helper()
+	dec := json.NewDecoder(bufio.NewReader(r))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('[') {
+		t.Fatalf("queue list --json: not an array: %v %v", tok, err)
+	}
+	for dec.More() {
+		var m struct {
+			Recipients []struct{ State string } `json:"recipients"`
+		}
+		if err := dec.Decode(&m); err != nil {
+			t.Fatalf("queue list --json: %v", err)
+		}
+		msgs++
+		for _, rc := range m.Recipients {
+			if rc.State == "pending" {
+				pending++
+			}
+		}
+	}
+	return msgs, pending
 }
 
 func envInt(name string, def int) int {

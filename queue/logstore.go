@@ -645,6 +645,18 @@ func (s *LogStore) Messages() []*Envelope {
 	return out
 }
 
+// IDs implements Store.
+func (s *LogStore) IDs() []string {
+	s.mu.Lock()
+	out := make([]string, 0, len(s.msgs))
+	for id := range s.msgs {
+		out = append(out, id)
+	}
+	s.mu.Unlock()
+	slices.Sort(out)
+	return out
+}
+
 func cmpString(a, b string) int {
 	switch {
 	case a < b:

@@ -529,6 +529,21 @@ func (q *Queue) requeueAt(id string, at time.Time) error {
 // List returns copies of every queued envelope, oldest first.
 func (q *Queue) List() []*Envelope { return q.store.Messages() }
 
+// Each calls fn with a copy of every queued envelope, oldest first, one at
+// a time (so a list of a large queue never holds all of it twice), until fn
+// returns false. A message removed meanwhile is skipped.
+func (q *Queue) Each(fn func(*Envelope) bool) {
+	for _, id := range q.store.IDs() {
+		e, err := q.store.Get(id)
+		if err != nil {
+			continue
+		}
+		if !fn(e) {
+			return
+		}
+	}
+}
+
 // Get returns a copy of one envelope.
 func (q *Queue) Get(id string) (*Envelope, error) { return q.store.Get(id) }
 

@@ -15,6 +15,8 @@ import (
 type Store interface {
 	// Messages returns a copy of every stored envelope, in ID order.
 	Messages() []*Envelope
+	// IDs returns the ID of every stored message, in ID order.
+	IDs() []string
 	// Put stores a new message. body is read to EOF; an error reading it
 	// aborts the message and is returned wrapped. env.Size is set.
 	Put(env *Envelope, body io.Reader) error

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -63,31 +64,47 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	switch sub {
 	case "list":
-		msgs, err := c.List(f)
+		// --json streams: a large queue is printed as it arrives, never
+		// held whole; the table aligns its columns over every message.
+		var msgs []admin.Message
+		var out *admin.ArrayWriter
+		add := func(m admin.Message) error {
+			if out != nil {
+				return out.Add(m)
+			}
+			msgs = append(msgs, m)
+			return nil
+		}
+		if *asJSON {
+			bw := bufio.NewWriterSize(stdout, 64<<10)
+			defer bw.Flush()
+			out = admin.NewArrayWriter(bw)
+		}
+		err := c.Each(f, add)
 		if errors.Is(err, admin.ErrNotRunning) {
 			q, oerr := offline()
 			if oerr != nil {
 				return fail(fmt.Errorf("%v; and reading the queue directory: %v", err, oerr))
 			}
-			msgs = nil
 			now := time.Now()
-			for _, e := range q.List() {
+			err = nil
+			q.Each(func(e *queue.Envelope) bool {
 				m := admin.FromEnvelope(e)
 				if f.Match(&m, now) {
-					msgs = append(msgs, m)
+					err = add(m)
 				}
-			}
+				return err == nil
+			})
 			q.Close()
-			err = nil
 		}
 		if err != nil {
 			return fail(err)
 		}
-		if *asJSON {
-			if msgs == nil {
-				msgs = []admin.Message{}
+		if out != nil {
+			if out.Close() != nil {
+				return exitFail
 			}
-			return printJSON(stdout, msgs)
+			return exitOK
 		}
 		printTable(stdout, msgs)
 		return exitOK

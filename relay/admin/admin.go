@@ -232,6 +232,52 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc.Encode(v)
 }
 
+// ArrayWriter writes a JSON array an element at a time, laid out as
+// json.Encoder with SetIndent("", "  ") lays out the whole array.
+type ArrayWriter struct {
+	w   io.Writer
+	n   int
+	err error
+}
+
+// NewArrayWriter returns an ArrayWriter that writes to w.
+func NewArrayWriter(w io.Writer) *ArrayWriter { return &ArrayWriter{w: w} }
+
+// Add writes one element; after an error it writes nothing more and
+// returns that error.
+func (a *ArrayWriter) Add(v any) error {
+	if a.err != nil {
+		return a.err
+	}
+	b, err := json.MarshalIndent(v, "  ", "  ")
+	if err != nil {
+		a.err = err
+		return err
+	}
+	sep := ",\n  "
+	if a.n == 0 {
+		sep = "[\n  "
+	}
+	a.n++
+	if _, a.err = io.WriteString(a.w, sep); a.err == nil {
+		_, a.err = a.w.Write(b)
+	}
+	return a.err
+}
+
+// Close ends the array (an empty one is "[]").
+func (a *ArrayWriter) Close() error {
+	if a.err != nil {
+		return a.err
+	}
+	end := "\n]\n"
+	if a.n == 0 {
+		end = "[]\n"
+	}
+	_, a.err = io.WriteString(a.w, end)
+	return a.err
+}
+
 // apiError is the body of every error reply.
 type apiError struct {
 	Error string `json:"error"`
@@ -267,15 +313,17 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 		f.MinAge = d
 	}
+	// Streamed a message at a time: a queue of a million recipients is
+	// never held in memory a second (and third) time to be listed.
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
 	now := time.Now()
-	out := []Message{}
-	for _, e := range s.Queue.List() {
+	out := NewArrayWriter(w)
+	s.Queue.Each(func(e *queue.Envelope) bool {
 		m := FromEnvelope(e)
-		if f.Match(&m, now) {
-			out = append(out, m)
-		}
-	}
-	writeJSON(w, http.StatusOK, out)
+		return !f.Match(&m, now) || out.Add(m) == nil
+	})
+	out.Close()
 }
 
 func (s *Server) show(w http.ResponseWriter, r *http.Request) {

@@ -117,6 +117,17 @@ func (e *StatusError) Error() string { return e.Msg }
 
 // List returns the queued messages that match the filter.
 func (c *Client) List(f Filter) ([]Message, error) {
+	out := []Message{}
+	err := c.Each(f, func(m Message) error {
+		out = append(out, m)
+		return nil
+	})
+	return out, err
+}
+
+// Each calls fn for every queued message that matches the filter, as the
+// relay's list arrives, until fn returns an error (which Each returns).
+func (c *Client) Each(f Filter, fn func(Message) error) error {
 	q := url.Values{}
 	for k, v := range map[string]string{"state": f.State, "domain": f.Domain, "sender": f.Sender, "rcpt": f.Rcpt} {
 		if v != "" {
@@ -126,9 +137,28 @@ func (c *Client) List(f Filter) ([]Message, error) {
 	if f.MinAge > 0 {
 		q.Set("min_age", f.MinAge.String())
 	}
-	var out []Message
-	err := c.Do("GET", "/v1/queue", q, nil, &out)
-	return out, err
+	resp, err := c.open("GET", "/v1/queue", q, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
+		return fmt.Errorf("queue list: not a JSON array (%v)", err)
+	}
+	for dec.More() {
+		var m Message
+		if err := dec.Decode(&m); err != nil {
+			return fmt.Errorf("queue list: %w", err)
+		}
+		if err := fn(m); err != nil {
+			return err
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return fmt.Errorf("queue list: cut short: %w", err)
+	}
+	return nil
 }
 
 // Show returns one message.
