@@ -54,9 +54,16 @@ func (m *dsnMessage) reader() io.Reader {
 
 const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
 
+// maxReturnedSize is the largest message a failure report with RET=FULL
+// returns whole; of a larger one it returns the header, as Postfix does
+// (bounce_size_limit), so the report does not exceed the sender's size
+// limit and get lost (a report about a report is never sent).
+const maxReturnedSize = 50000
+
 // buildDSN writes an RFC 3464 report: multipart/report with a readable
 // explanation, a message/delivery-status part and the original headers (or
-// the whole original for a failure report with RET=FULL). Lines end in CRLF.
+// the whole original for a failure report with RET=FULL, up to
+// maxReturnedSize). Lines end in CRLF.
 func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	if len(in.rcpts) == 0 {
 		return nil, errors.New("dsn: no recipients")
@@ -179,7 +186,7 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	globalHdr := env.SMTPUTF8 && !isASCII(hdr)
 	m := &dsnMessage{}
 	w("--%s", boundary)
-	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.body != nil {
+	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.body != nil && in.body.Size() <= maxReturnedSize {
 		if !globalHdr {
 			w("Content-Type: message/rfc822")
 		} else {

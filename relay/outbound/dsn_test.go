@@ -192,3 +192,22 @@ func TestBuildDSN_GlobalTypes(t *testing.T) {
 		}
 	}
 }
+
+// RET=FULL returns a message of at most maxReturnedSize bytes whole; a
+// larger one only its header, as Postfix's bounce_size_limit does, so the
+// report is not itself too big for the sender's server and lost.
+func TestBuildDSN_FullReturnSizeLimit(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Ret: "FULL", Recipients: []queue.Recipient{{Address: "a@example.test"}}}
+	small := "Subject: x\r\n\r\n" + strings.Repeat("y", maxReturnedSize-100) + "\r\n"
+	big := "Subject: x\r\n\r\n" + strings.Repeat("y", maxReturnedSize+100) + "\r\n"
+	for _, tc := range []struct{ body, want string }{{small, "message/rfc822"}, {big, "text/rfc822-headers"}} {
+		raw := buildTestDSN(t, "failed", env, tc.body)
+		d, err := ParseDSN(bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.OriginalType != tc.want || len(raw) > 2*maxReturnedSize {
+			t.Errorf("%d-byte message returned as %s in %d bytes, want %s", len(tc.body), d.OriginalType, len(raw), tc.want)
+		}
+	}
+}
