@@ -389,6 +389,34 @@ func TestReceived_UTF8SMTP_AndSTARTTLSSyntax(t *testing.T) {
 	}
 }
 
+// The Received field's "for" gives a recipient domain as A-labels when only
+// the domain is not ASCII, so the relay's own trace field does not make the
+// header need SMTPUTF8 at a next hop that lacks it (the domains of the
+// envelope are sent as A-labels there).
+func TestReceived_ForIDNDomainAsALabels(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com> SMTPUTF8", "S: 250 ",
+		"C: RCPT TO:<hans@münchen.example>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: x\r\n\r\nbody\r\n.\r\n")
+	d.expect("250 ")
+	d.script("C: MAIL FROM:<a@example.com> SMTPUTF8", "S: 250 ",
+		"C: RCPT TO:<jürgen@münchen.example>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: x\r\n\r\nbody\r\n.\r\n")
+	d.expect("250 ")
+	got := map[string]bool{}
+	for _, body := range ts.queued() {
+		_, rest, _ := strings.Cut(body, "\tfor <")
+		addr, _, _ := strings.Cut(rest, ">")
+		got[addr] = true
+	}
+	if !got["hans@xn--mnchen-3ya.example"] || !got["jürgen@münchen.example"] {
+		t.Errorf("for clauses: %v", got)
+	}
+}
+
 // A client that leaves between BDAT chunks (after a complete chunk that
 // is not the last) aborted its message: logged as aborted, not as a queue
 // error, and nothing is queued.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"golang.org/x/net/idna"
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
@@ -211,7 +212,7 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 		fmt.Sprintf("by %s (mailhop) with %s id %s", hostname, proto, env.ID),
 	}
 	if len(env.Recipients) == 1 {
-		lines = append(lines, "for <"+env.Recipients[0].Address+">")
+		lines = append(lines, "for <"+traceAddress(env.Recipients[0].Address)+">")
 	}
 	if ss.tls != nil {
 		lines = append(lines, fmt.Sprintf("(version=%s cipher=%s)",
@@ -220,6 +221,21 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 	lines[len(lines)-1] += ";"
 	lines = append(lines, now.Format(time.RFC1123Z))
 	return strings.Join(lines, "\r\n\t") + "\r\n"
+}
+
+// traceAddress is addr for the Received field: a domain written in
+// Unicode as A-labels when the local part is ASCII, so the field stays
+// ASCII and the message can go to a next hop without SMTPUTF8 (delivery
+// sends such addresses with A-labels there).
+func traceAddress(addr string) string {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || isASCII(addr) || !isASCII(addr[:at]) {
+		return addr
+	}
+	if d, err := idna.Lookup.ToASCII(addr[at+1:]); err == nil {
+		return addr[:at+1] + d
+	}
+	return addr
 }
 
 // addressLiteral writes ip as RFC 5321 §4.1.3 does: [192.0.2.1],
@@ -246,4 +262,13 @@ func sanitizeHelo(h string) string {
 		b.WriteByte(c)
 	}
 	return b.String()
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

@@ -431,6 +431,6 @@ func (ss *session) abandoned(how string) {
 		return
 	}
 	ss.open = false
-	ss.log.Info("transaction abandoned", "client", ss.ip.String(), "user", ss.user, "from", ss.from,
+	ss.log.Info("transaction abandoned", "user", ss.user, "from", ss.from,
 		"rcpts", len(ss.rcpts), "how", how)
 }

@@ -498,4 +498,9 @@ func TestAbandonedTransactionLogged(t *testing.T) {
 		!strings.Contains(lines[0], "how=reset") || !strings.Contains(lines[1], "from=e@example.org") {
 		t.Errorf("abandoned transactions logged as %q", lines)
 	}
+	for _, l := range lines {
+		if strings.Count(l, "client=") != 1 {
+			t.Errorf("client given more than once: %q", l)
+		}
+	}
 }

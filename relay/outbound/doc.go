@@ -89,10 +89,11 @@
 //	5xx to MAIL, RCPT, DATA                             Failed     bounce
 //	NXDOMAIN (5.1.2), null MX (5.1.10)                  Failed     bounce
 //	remote SIZE smaller than the message (5.3.4)        Failed     bounce
-//	SMTPUTF8 message with a non-ASCII sender or header,
-//	server without SMTPUTF8 (5.6.7)                     Failed     bounce
-//	  (only a non-ASCII recipient: that one; an all-ASCII
-//	  message goes without the SMTPUTF8 parameter)
+//	SMTPUTF8 message with a non-ASCII sender local part
+//	or header, server without SMTPUTF8 (5.6.7)          Failed     bounce
+//	  (only a non-ASCII recipient local part: that one;
+//	  an otherwise ASCII message goes without the
+//	  SMTPUTF8 parameter, its domains as A-labels)
 //	8-bit message that cannot be made 7-bit, server
 //	without 8BITMIME (5.6.3)                            Failed     bounce
 //	more than 50 Received fields (5.4.6)                Failed     bounce

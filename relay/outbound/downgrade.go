@@ -21,7 +21,8 @@ import (
 // Content-Transfer-Encoding changed; multipart/* is walked recursively and
 // a composite part labelled 8bit or binary is relabelled 7bit. What cannot
 // be converted — 8-bit octets in a header (the message's or a part's), in
-// a message/* part (RFC 2046 §5.2.1 allows no encoding there), in a part
+// a message/* part other than message/global* (RFC 2046 §5.2.1 allows no
+// encoding there; RFC 6532 §3.7 and RFC 6533 §6 do), in a part
 // already labelled base64 or quoted-printable, or outside the body parts
 // of a multipart — makes the message undeliverable to that server (5.6.3).
 //
@@ -274,7 +275,9 @@ func (cv *converter) entity(bounds []string, defType string, top bool) (delim, e
 		cv.copyRange(hEnd, d.start)
 	case !eight:
 		cv.copyRange(hStart, d.start)
-	case strings.HasPrefix(mediaType, "message/"):
+	case strings.HasPrefix(mediaType, "message/") && !strings.HasPrefix(mediaType, "message/global"):
+		// message/global, -headers and -delivery-status take any
+		// encoding (RFC 6532 §3.7, RFC 6533 §6).
 		return delim{}, unconvertible("8-bit octets in a %s part", mediaType)
 	case cte != "" && cte != "7bit" && cte != "8bit" && cte != "binary":
 		return delim{}, unconvertible("8-bit octets in a part encoded as %s", cte)

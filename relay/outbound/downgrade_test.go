@@ -235,6 +235,11 @@ func TestTo7bit(t *testing.T) {
 		{name: "delimiter with padding, part without header",
 			in:   "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d \t\r\n\r\n\xe9\r\n--d-- \r\n",
 			want: "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d \t\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=E9\r\n--d-- \r\n"},
+		{name: "message/global-headers may be encoded (RFC 6533 §6.3)",
+			in:   "MIME-Version: 1.0\r\nContent-Type: multipart/report; boundary=d\r\n\r\n--d\r\nContent-Type: message/global-headers\r\n\r\nSubject: \xc3\xa9\r\n--d--\r\n",
+			want: "MIME-Version: 1.0\r\nContent-Type: multipart/report; boundary=d\r\n\r\n--d\r\nContent-Type: message/global-headers\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nSubject: =C3=A9\r\n--d--\r\n"},
+		{name: "message/rfc822 may not", unconvertible: true,
+			in: "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d\r\nContent-Type: message/rfc822\r\n\r\nSubject: \xc3\xa9\r\n--d--\r\n"},
 		{name: "unclosed multipart",
 			in:   "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d\r\nContent-Type: text/plain\r\n\r\n\xe9",
 			want: "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=d\r\n\r\n--d\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=E9"},
@@ -355,4 +360,35 @@ func FuzzTo7bit(f *testing.F) {
 			t.Fatalf("8-bit output:\n%q", out1.Bytes())
 		}
 	})
+}
+
+// TestDelivery_SMTPUTF8_IDNDomainsAsALabels: to a server without SMTPUTF8,
+// an address whose only non-ASCII part is its domain goes with the domain
+// as A-labels (RFC 5890; Postfix does the same), sender and recipients; a
+// non-ASCII local part still bounces.
+func TestDelivery_SMTPUTF8_IDNDomainsAsALabels(t *testing.T) {
+	t.Parallel()
+	z := zone("xn--mnchen-3ya.test", "127.0.0.2")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{SMTPUTF8: true})
+	h.start()
+	utf8 := func(e *queue.Envelope) { e.SMTPUTF8, e.From = true, "a@bücher.test" }
+	body := "From: a@xn--bcher-kva.test\r\nSubject: hi\r\n\r\nhi\r\n"
+	id := h.submit(body, []string{"hans@münchen.test", "jürgen@münchen.test"}, func(e *queue.Envelope) { e.SMTPUTF8 = true })
+	m := h.first.Wait(t, 1)[0]
+	h.waitRecords(id, 1)
+	if m.MailOpts.UTF8 || m.From != "sender@sender.test" || len(m.To) != 1 || m.To[0] != "hans@xn--mnchen-3ya.test" {
+		t.Errorf("delivered: SMTPUTF8 %v, from %q, to %q", m.MailOpts.UTF8, m.From, m.To)
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 || d.Recipients[0].Status != "5.6.7" {
+		t.Errorf("bounce: %+v", d.Recipients)
+	}
+
+	id = h.submit(body, []string{"hans@münchen.test"}, utf8)
+	m = h.first.Wait(t, 2)[1]
+	h.waitRecords(id, 1)
+	if m.MailOpts.UTF8 || m.From != "a@xn--bcher-kva.test" || len(m.To) != 1 || m.To[0] != "hans@xn--mnchen-3ya.test" {
+		t.Errorf("delivered: SMTPUTF8 %v, from %q, to %q", m.MailOpts.UTF8, m.From, m.To)
+	}
 }

@@ -54,9 +54,16 @@ func (m *dsnMessage) reader() io.Reader {
 
 const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
 
+// maxReturnedSize is the largest message a failure report with RET=FULL
+// returns whole; of a larger one it returns the header, as Postfix does
+// (bounce_size_limit), so the report does not exceed the sender's size
+// limit and get lost (a report about a report is never sent).
+const maxReturnedSize = 50000
+
 // buildDSN writes an RFC 3464 report: multipart/report with a readable
 // explanation, a message/delivery-status part and the original headers (or
-// the whole original for a failure report with RET=FULL). Lines end in CRLF.
+// the whole original for a failure report with RET=FULL, up to
+// maxReturnedSize). Lines end in CRLF.
 func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	if len(in.rcpts) == 0 {
 		return nil, errors.New("dsn: no recipients")
@@ -121,11 +128,10 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	}
 	w("")
 
-	// (2) The machine-readable report (RFC 3464 §2.2, §2.3).
-	w("--%s", boundary)
-	w("Content-Type: message/delivery-status")
-	w("Content-Description: Delivery report")
-	w("")
+	// (2) The machine-readable report (RFC 3464 §2.2, §2.3), written
+	// apart first: its type depends on what it holds.
+	var st bytes.Buffer
+	w = func(format string, args ...any) { fmt.Fprintf(&st, format+"\r\n", args...) }
 	w("Reporting-MTA: dns; %s", in.hostname)
 	if env.EnvID != "" {
 		w("Original-Envelope-Id: %s", sanitize(env.EnvID))
@@ -156,12 +162,36 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		}
 	}
 	w("")
+	w = func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
+	// RFC 6533 §6: an SMTPUTF8 message's report, and one whose fields
+	// hold UTF-8 (the utf-8 address type is raw UTF-8 only there), is a
+	// message/global-delivery-status.
+	statusType := "message/delivery-status"
+	if env.SMTPUTF8 || !isASCII(st.Bytes()) {
+		statusType = "message/global-delivery-status"
+	}
+	w("--%s", boundary)
+	w("Content-Type: %s", statusType)
+	w("Content-Description: Delivery report")
+	w("")
+	b.Write(st.Bytes())
 
-	// (3) The original: headers, or the whole message for RET=FULL.
+	// (3) The original: headers, or the whole message for RET=FULL; an
+	// SMTPUTF8 one whose header is not ASCII is message/global-headers or
+	// message/global (RFC 6532 §3.7, RFC 6533 §6.3).
+	var hdr []byte
+	if in.body != nil {
+		hdr = headerBlock(in.body, in.body.Size())
+	}
+	globalHdr := env.SMTPUTF8 && !isASCII(hdr)
 	m := &dsnMessage{}
 	w("--%s", boundary)
-	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.body != nil {
-		w("Content-Type: message/rfc822")
+	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.body != nil && in.body.Size() <= maxReturnedSize {
+		if !globalHdr {
+			w("Content-Type: message/rfc822")
+		} else {
+			w("Content-Type: message/global")
+		}
 		w("Content-Description: Undelivered Message")
 		w("")
 		m.full = in.body
@@ -169,15 +199,16 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 			m.bodyType = "8BITMIME"
 		}
 	} else {
-		w("Content-Type: text/rfc822-headers")
+		if !globalHdr {
+			w("Content-Type: text/rfc822-headers")
+		} else {
+			w("Content-Type: message/global-headers")
+		}
 		w("Content-Description: Headers of the original message")
 		w("")
-		if in.body != nil {
-			hdr := headerBlock(in.body, in.body.Size())
-			b.Write(hdr)
-			if len(hdr) > 0 && !bytes.HasSuffix(hdr, []byte("\r\n")) {
-				b.WriteString("\r\n")
-			}
+		b.Write(hdr)
+		if len(hdr) > 0 && !bytes.HasSuffix(hdr, []byte("\r\n")) {
+			b.WriteString("\r\n")
 		}
 	}
 	m.head = append([]byte(nil), b.Bytes()...)

@@ -160,3 +160,54 @@ func FuzzParseDSN(f *testing.F) {
 		}
 	})
 }
+
+// RFC 6533: a report about an SMTPUTF8 message whose addresses or header are
+// not ASCII uses message/global-delivery-status (the utf-8 address type in
+// raw UTF-8 is allowed only there), message/global-headers for the header
+// and message/global for the whole message; an ASCII report keeps the
+// RFC 3464 types.
+func TestBuildDSN_GlobalTypes(t *testing.T) {
+	utf8Body := "From: Jörg <j@sender.test>\r\nSubject: Grüße\r\n\r\nhällo\r\n"
+	for _, tc := range []struct {
+		name, ret, body, status, orig string
+		rcpt                          string
+		smtputf8                      bool
+	}{
+		{"ascii", "", testBody, "message/delivery-status", "text/rfc822-headers", "a@example.test", false},
+		{"ascii full", "FULL", testBody, "message/delivery-status", "message/rfc822", "a@example.test", false},
+		{"utf-8 rcpt", "", testBody, "message/global-delivery-status", "text/rfc822-headers", "jürgen@example.test", true},
+		{"utf-8 header", "", utf8Body, "message/global-delivery-status", "message/global-headers", "a@example.test", true},
+		{"utf-8 header full", "FULL", utf8Body, "message/global-delivery-status", "message/global", "a@example.test", true},
+	} {
+		env := &queue.Envelope{ID: "q1", From: "s@sender.test", SMTPUTF8: tc.smtputf8, Ret: tc.ret,
+			Recipients: []queue.Recipient{{Address: tc.rcpt}}}
+		raw := buildTestDSN(t, "failed", env, tc.body)
+		for _, ct := range []string{tc.status, tc.orig} {
+			if !bytes.Contains(raw, []byte("\r\nContent-Type: "+ct+"\r\n")) {
+				t.Errorf("%s: no %s part:\n%s", tc.name, ct, raw)
+			}
+		}
+		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
+
+// RET=FULL returns a message of at most maxReturnedSize bytes whole; a
+// larger one only its header, as Postfix's bounce_size_limit does, so the
+// report is not itself too big for the sender's server and lost.
+func TestBuildDSN_FullReturnSizeLimit(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Ret: "FULL", Recipients: []queue.Recipient{{Address: "a@example.test"}}}
+	small := "Subject: x\r\n\r\n" + strings.Repeat("y", maxReturnedSize-100) + "\r\n"
+	big := "Subject: x\r\n\r\n" + strings.Repeat("y", maxReturnedSize+100) + "\r\n"
+	for _, tc := range []struct{ body, want string }{{small, "message/rfc822"}, {big, "text/rfc822-headers"}} {
+		raw := buildTestDSN(t, "failed", env, tc.body)
+		d, err := ParseDSN(bytes.NewReader(raw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.OriginalType != tc.want || len(raw) > 2*maxReturnedSize {
+			t.Errorf("%d-byte message returned as %s in %d bytes, want %s", len(tc.body), d.OriginalType, len(raw), tc.want)
+		}
+	}
+}

@@ -64,23 +64,30 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return res
 	}
 	utf8 := env.SMTPUTF8
+	from := env.From
+	addrs := make([]string, len(t.rcpts)) // as sent, by position in res
+	for i, idx := range t.rcpts {
+		addrs[i] = env.Recipients[idx].Address
+	}
 	if utf8 && !cn.utf8 {
 		// RFC 6531 §3.2, §3.4: SMTPUTF8 is needed only for a non-ASCII
-		// address or header; a message that has none goes without it
-		// (Postfix's SMTPUTF8_README). There is no downgrade otherwise.
+		// local part or header; a message that has none goes without it,
+		// its domains as A-labels (Postfix's SMTPUTF8_README). There is
+		// no downgrade otherwise.
 		needs := func(what string) *smtperr.Error {
 			return smtperr.New(0, "5.6.7", "message needs SMTPUTF8 (%s), which %s does not support", what, cn.host)
 		}
-		switch {
-		case !isASCII([]byte(env.From)):
+		var ok bool
+		if from, ok = asciiAddress(env.From); !ok {
 			return all(queue.Failed, needs("non-ASCII sender address")), false, nil
-		case !t.forms.headerASCII():
+		}
+		if !t.forms.headerASCII() {
 			return all(queue.Failed, needs("non-ASCII header")), false, nil
 		}
 		utf8 = false
 		send = send[:0]
-		for i, idx := range t.rcpts {
-			if isASCII([]byte(env.Recipients[idx].Address)) {
+		for i := range t.rcpts {
+			if addrs[i], ok = asciiAddress(addrs[i]); ok {
 				send = append(send, i)
 			} else {
 				res[i].state, res[i].reply = queue.Failed, needs("non-ASCII recipient address")
@@ -128,11 +135,10 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	case "HDRS":
 		opts.Return = smtp.DSNReturnHeaders
 	}
-	addrs := make([]string, len(send))
+	to := make([]string, len(send))
 	ropts := make([]*smtp.RcptOptions, len(send))
 	for j, i := range send {
-		rc := &env.Recipients[t.rcpts[i]]
-		addrs[j], ropts[j] = rc.Address, rcptOptions(rc)
+		to[j], ropts[j] = addrs[i], rcptOptions(&env.Recipients[t.rcpts[i]])
 	}
 	// RSET (when the last transaction on this connection did not get as
 	// far as the reply to its end of data), MAIL, every RCPT and DATA go
@@ -140,7 +146,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	c.CommandTimeout = max(tm.command, tm.dataInit)
 	rset := cn.inTxn
 	cn.inTxn = true
-	rep, w, err := c.StartTransaction(rset, env.From, opts, addrs, ropts)
+	rep, w, err := c.StartTransaction(rset, from, opts, to, ropts)
 	c.CommandTimeout = tm.command
 	if err != nil {
 		// The network failed, or the server said 421 and closed: nothing
