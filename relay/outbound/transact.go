@@ -307,7 +307,7 @@ func rcptOptions(r *queue.Recipient) *smtp.RcptOptions {
 	if typ, addr, ok := strings.Cut(r.ORCPT, ";"); ok && addr != "" {
 		switch strings.ToLower(strings.TrimSpace(typ)) {
 		case "rfc822":
-			if isPrintableASCII(addr) {
+			if isASCII([]byte(addr)) { // xtext carries a space too
 				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
 			}
 		case "utf-8":
@@ -315,13 +315,4 @@ func rcptOptions(r *queue.Recipient) *smtp.RcptOptions {
 		}
 	}
 	return o
-}
-
-func isPrintableASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x21 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
 }

@@ -716,7 +716,9 @@ func (c *Client) rcptCmd(to string, opts *RcptOptions) (string, error) {
 			var enc string
 			switch opts.OriginalRecipientType {
 			case DSNAddressTypeRFC822:
-				if !isPrintableASCII(opts.OriginalRecipient) {
+				// mailhop patch: any ASCII; xtext encodes a space and
+				// the rest (a quoted local part may hold them).
+				if !isASCII(opts.OriginalRecipient) {
 					return "", errors.New("smtp: Illegal address")
 				}
 				enc = encodeXtext(opts.OriginalRecipient)

@@ -212,3 +212,21 @@ func TestReadReply(t *testing.T) {
 		}
 	}
 }
+
+// An rfc822 ORCPT whose quoted local part holds a space goes on in xtext
+// (RFC 3461 §4.2); it was refused as an illegal address.
+func TestRcptCmd_ORCPTWithSpace(t *testing.T) {
+	c := &Client{ext: map[string]string{"DSN": ""}}
+	cmd, err := c.rcptCmd("x@example.org", &RcptOptions{
+		OriginalRecipientType: DSNAddressTypeRFC822,
+		OriginalRecipient:     `"a b"@example.org`,
+	})
+	if want := `RCPT TO:<x@example.org> ORCPT=RFC822;"a+20b"@example.org`; err != nil || cmd != want {
+		t.Fatalf("rcptCmd = %q, %v; want %q", cmd, err, want)
+	}
+	if _, err := c.rcptCmd("x@example.org", &RcptOptions{
+		OriginalRecipientType: DSNAddressTypeRFC822, OriginalRecipient: "ü@example.org",
+	}); err == nil {
+		t.Error("a non-ASCII rfc822 ORCPT was accepted")
+	}
+}
