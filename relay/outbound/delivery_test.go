@@ -3,6 +3,7 @@ package outbound
 import (
 	"bytes"
 	"fmt"
+	"net/mail"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -472,6 +473,12 @@ func TestDelivery_DelayWarning_Once(t *testing.T) {
 	d := parseBounce(t, senderMX.Wait(t, 1)[0])
 	if r := d.Recipients[0]; r.Action != "delayed" || r.Status != "4.2.1" {
 		t.Errorf("delayed recipient: %+v", r)
+	}
+	// Retried until it expires: arrival + max_queue_age (default 120h).
+	arrived, _ := mail.ParseDate(d.ArrivalDate)
+	until, err := mail.ParseDate(d.Recipients[0].WillRetryUntil)
+	if err != nil || !until.Equal(arrived.Add(120*time.Hour)) {
+		t.Errorf("Will-Retry-Until %q (arrived %q), want arrival + 120h: %v", d.Recipients[0].WillRetryUntil, d.ArrivalDate, err)
 	}
 	env := h.envelope(id)
 	if env == nil || !env.DelayWarned || env.Recipients[0].State != queue.Pending {

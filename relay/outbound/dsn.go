@@ -26,6 +26,7 @@ type dsnRcpt struct {
 	reply  *smtperr.Error
 	diag   *smtperr.Error // the remote reply for Diagnostic-Code when reply is ours; nil: reply
 	remote string         // Remote-MTA host, "" when none answered
+	until  time.Time      // a delayed recipient's Will-Retry-Until, zero: none
 }
 
 type dsnInput struct {
@@ -159,6 +160,9 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		}
 		if r.action != "delivered" && r.action != "relayed" || r.remote != "" {
 			w("Last-Attempt-Date: %s", in.now.Format(rfc5322Date))
+		}
+		if r.action == "delayed" && !r.until.IsZero() {
+			w("Will-Retry-Until: %s", r.until.Format(rfc5322Date))
 		}
 	}
 	w("")
@@ -314,6 +318,7 @@ type DSNRecipient struct {
 	RemoteMTA         string // "dns; mx.example.com", or ""
 	DiagnosticCode    string // "smtp; 550 5.1.1 no such user", or ""
 	LastAttemptDate   string
+	WillRetryUntil    string
 }
 
 // Address returns the address of FinalRecipient, without its type.
@@ -416,6 +421,7 @@ func (d *DSN) parseStatus(content []byte) error {
 				RemoteMTA:         h.Get("Remote-Mta"),
 				DiagnosticCode:    h.Get("Diagnostic-Code"),
 				LastAttemptDate:   h.Get("Last-Attempt-Date"),
+				WillRetryUntil:    h.Get("Will-Retry-Until"),
 			}
 			if err := r.check(); err != nil {
 				return fmt.Errorf("dsn: recipient %d: %w", len(d.Recipients)+1, err)

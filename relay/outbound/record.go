@@ -182,7 +182,10 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 			}
 		case queue.Pending:
 			if rc.Notify.Has(queue.NotifyDelay) {
-				delayed = append(delayed, dsnRcpt{rcpt: rc, action: "delayed", reply: r.reply, remote: remote(r)})
+				// RFC 3464 §2.3.9: when the retries end (the message
+				// expires), as Postfix's delay reports say.
+				until := env.Arrived.Add(orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge))
+				delayed = append(delayed, dsnRcpt{rcpt: rc, action: "delayed", reply: r.reply, remote: remote(r), until: until})
 			}
 		}
 	}
