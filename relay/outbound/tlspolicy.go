@@ -83,6 +83,10 @@ type domainTLS struct {
 	// was cached); the attempt was counted for TLS reports as that
 	// failure, so its sessions are not counted again.
 	stsFetchFailed bool
+	// literal: mail to an address literal (user@[192.0.2.1]): no domain
+	// name, so no MTA-STS policy and no TLS report (RFC 8460 reports go
+	// to a domain's _smtp._tls record).
+	literal bool
 }
 
 // requiredBy names what makes TLS required in p, for error texts: the
@@ -154,7 +158,7 @@ func policyError(stage, enh, format string, args ...any) *stageError {
 // reports carry it, RFC 8460 §5.3) is delivered opportunistically whatever
 // the level, MTA-STS or DANE say, and is not counted for TLS reports.
 func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain string, routed, requireTLS, tlsOptional bool, queueID string) (*domainTLS, *smtperr.Error) {
-	dt := &domainTLS{domain: domain, requireTLS: requireTLS}
+	dt := &domainTLS{domain: domain, requireTLS: requireTLS, literal: strings.HasPrefix(domain, "[")}
 	if routed {
 		return dt, nil
 	}
@@ -169,7 +173,7 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		}
 		return dt, nil
 	}
-	if a.sts == nil {
+	if a.sts == nil || dt.literal {
 		return dt, nil
 	}
 	p, err := a.sts.Get(ctx, domain)
@@ -218,9 +222,10 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 		p.source, p.policyDomain = srcTLSOptional, "" // opportunistic, not counted
 		return p, nil
 	}
-	if dt.stsFetchFailed {
+	if dt.stsFetchFailed || dt.literal {
 		// One session, one count (RFC 8460 §4): this attempt is in the
 		// report as its policy fetch error, not also as no-policy-found.
+		// An address literal has no domain to report to.
 		p.policyDomain = ""
 	}
 	switch dt.level {

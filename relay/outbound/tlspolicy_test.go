@@ -624,3 +624,30 @@ func TestMTASTS_TestingNotOnAnUncheckedPooledConnection(t *testing.T) {
 		t.Errorf("testing.test counts: %+v", c)
 	}
 }
+
+// Mail to an address literal has no domain name: no MTA-STS lookup (it
+// logged "mta-sts: no policy applied ... bad domain") and no TLS report
+// counts under a policy domain "[127.0.0.2]".
+func TestMTASTS_NotForAddressLiterals(t *testing.T) {
+	t.Parallel()
+	ca := testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.example.test"))}, zone("example.test", "127.0.0.2"))
+	sts := newSTSServer(t, ca, map[string]string{"example.test": stsPolicy("enforce", "mx.example.test")})
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+	id := h.submit(testBody, []string{"rcpt@[127.0.0.2]"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("literal: %+v", m)
+	}
+	if strings.Contains(h.logs.String(), "mta-sts") {
+		t.Errorf("MTA-STS looked up for an address literal:\n%s", h.logs.String())
+	}
+	for _, c := range h.agent.TLSResults(false) {
+		if strings.HasPrefix(c.PolicyDomain, "[") {
+			t.Errorf("TLS report counts for an address literal: %+v", c)
+		}
+	}
+}
