@@ -221,6 +221,14 @@ func (c *Client) greet() error {
 	return c.greetError
 }
 
+// Greet reads the server's greeting, waiting at most CommandTimeout; Hello
+// and the other commands read it first when Greet was not called. A caller
+// that wants another timeout for the greeting than for EHLO (RFC 5321
+// §4.5.3.2.1) calls Greet, then changes CommandTimeout (mailhop patch).
+//
+// If the server refuses the session, the error is an *SMTPError.
+func (c *Client) Greet() error { return c.greet() }
+
 // quitRefusedTimeout bounds the QUIT sent after a refusing greeting.
 const quitRefusedTimeout = 5 * time.Second
 
