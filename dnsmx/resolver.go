@@ -173,7 +173,7 @@ func (r *Resolver) ask(ctx context.Context, q *dns.Msg, errName string) (*dns.Ms
 		}
 		m, err := r.exchangeOne(ctx, srv, q)
 		if err != nil {
-			last = fmt.Errorf("%s lookup via %s: %w", qs, srv, err)
+			last = fmt.Errorf("%s lookup via %s: %s", qs, srv, r.failure(err))
 			continue
 		}
 		switch m.Rcode {
@@ -184,6 +184,18 @@ func (r *Resolver) ask(ctx context.Context, q *dns.Msg, errName string) (*dns.Ms
 		}
 	}
 	return nil, temporary(errName, "%v", last)
+}
+
+// failure says why a server gave no answer in words a sender reading a
+// delay notice or `queue list` understands: "no answer within 5s" for a
+// timeout, instead of Go's "read udp 127.0.0.1:51838->192.0.2.53:53: i/o
+// timeout" or "context deadline exceeded".
+func (r *Resolver) failure(err error) string {
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Sprintf("no answer within %s", r.timeout)
+	}
+	return err.Error()
 }
 
 // exchangeOne sends q to one server over UDP, and again over TCP if the

@@ -504,12 +504,20 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			}
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
-			if last.Code == 0 && !serr.policy {
+			switch {
+			case last.Code == 0 && !serr.policy:
 				// No reply from the server: say which one did not answer
 				// ("mx.example.com[192.0.2.1]:25: connection refused").
 				named := *last
 				named.Msg = fmt.Sprintf("%s[%s]:%d: %s", tg.host, ap.Addr(), ap.Port(), last.Msg)
 				last = &named
+			case last.Code >= 500 && !serr.policy:
+				// The server refused the session (554 greeting, 5xx to
+				// EHLO): the mail is deferred below with 4.4.1, so the
+				// text keeps the host and its whole reply, as Postfix's
+				// "refused to talk to me: 554 5.7.1 ..." does.
+				last = &smtperr.Error{Enhanced: "4.4.1", Msg: fmt.Sprintf("%s[%s]:%d refused the session (%s): %s",
+					tg.host, ap.Addr(), ap.Port(), serr.stage, last.Error())}
 			}
 			if serr.policy {
 				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)

@@ -170,15 +170,18 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	}
 	c := smtp.NewClient(cn.raw)
 	c.CommandTimeout = tm.greeting
-	if err := c.Hello(cfg.Hostname); err != nil {
+	if err := c.Greet(); err != nil {
 		return fail(stageErr("greeting", err))
+	}
+	c.CommandTimeout = tm.command
+	if err := c.Hello(cfg.Hostname); err != nil {
+		return fail(stageErr("ehlo", err))
 	}
 	if name, ok := namesUs(c, cfg.Hostname); ok {
 		quitClient(c)
 		return fail(&stageError{stage: "greeting", loop: true,
 			err: smtperr.New(0, "5.4.6", "%s greets as %s, which is this relay's hostname", t.host, name)})
 	}
-	c.CommandTimeout = tm.command
 	ok, _ := c.Extension("STARTTLS")
 	switch {
 	case p.implicit || p.plain:

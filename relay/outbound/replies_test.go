@@ -302,6 +302,23 @@ func TestDelivery_NoAnswer_ReplyNamesTheHost(t *testing.T) {
 	}
 }
 
+// A host that refuses the session (554 in its greeting) is named in the
+// recipient's reply with its own reply, code included, as Postfix says
+// "host ... refused to talk to me: 554 ...": the mail is deferred (4.4.1),
+// and the 554 is why.
+func TestDelivery_RefusedSession_ReplyNamesHostAndReply(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	rawServer(t, h, "127.0.0.3", "554 5.7.1 mx.example.test no service", "unused")
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	want := fmt.Sprintf("4.4.1 mx.example.test[127.0.0.3]:%d refused the session (greeting): 554 5.7.1 mx.example.test no service", h.port)
+	if o := h.outcome(id); o.state != queue.Pending || o.reply != want {
+		t.Errorf("outcome %+v, want pending with %q", o, want)
+	}
+}
+
 // 552 to RCPT (old servers' "too many recipients") is taken as 452: the
 // rest go in a further transaction, nothing bounces.
 func TestDelivery_552ToRcpt_TakenAs452(t *testing.T) {

@@ -150,8 +150,14 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	c.CommandTimeout = tm.command
 	if err != nil {
 		// The network failed, or the server said 421 and closed: nothing
-		// was decided, the caller tries the next address.
-		return nil, true, stageErr("mail", err)
+		// was decided, the caller tries the next address. The stage is
+		// the command whose reply did not come (with PIPELINING they all
+		// went out at once).
+		stage := "mail"
+		if rep != nil && rep.Awaiting != "" {
+			stage = strings.ToLower(rep.Awaiting)
+		}
+		return nil, true, stageErr(stage, err)
 	}
 	if rep.Reset != nil {
 		return nil, true, stageErr("rset", rep.Reset)

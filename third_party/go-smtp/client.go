@@ -221,6 +221,14 @@ func (c *Client) greet() error {
 	return c.greetError
 }
 
+// Greet reads the server's greeting, waiting at most CommandTimeout; Hello
+// and the other commands read it first when Greet was not called. A caller
+// that wants another timeout for the greeting than for EHLO (RFC 5321
+// §4.5.3.2.1) calls Greet, then changes CommandTimeout (mailhop patch).
+//
+// If the server refuses the session, the error is an *SMTPError.
+func (c *Client) Greet() error { return c.greet() }
+
 // quitRefusedTimeout bounds the QUIT sent after a refusing greeting.
 const quitRefusedTimeout = 5 * time.Second
 
@@ -339,7 +347,7 @@ func (c *Client) readReply(expectCode int) (int, string, error) {
 	code := 0
 	var msg strings.Builder
 	for first := true; ; first = false {
-		line, err := c.text.ReadLine()
+		line, err := c.readLine()
 		if err != nil {
 			return 0, "", err
 		}
@@ -374,6 +382,24 @@ func (c *Client) readReply(expectCode int) (int, string, error) {
 			Msg: fmt.Sprintf("4.5.0 %s: the server answered %d where %d was expected: %s", protocolErrorText, code, expectCode, printable(text))}
 	}
 	return code, text, &textproto.Error{Code: code, Msg: text}
+}
+
+// readLine reads one reply line without its line end. Unlike textproto's
+// ReadLine, which returns what it has when the read fails and the error
+// only on the next call, a line cut short by a timeout or by the end of
+// the connection is an error (io.ErrUnexpectedEOF for the end): the
+// part of a reply that came is no reply, and the rest of it must not be
+// read as the reply to the next command (mailhop patch).
+func (c *Client) readLine() (string, error) {
+	line, err := c.text.R.ReadString('\n')
+	if err == io.EOF && line != "" {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return "", err
+	}
+	line = strings.TrimSuffix(line[:len(line)-1], "\r")
+	return line, nil
 }
 
 // protocolErrorText starts the message of the error readReply makes of an

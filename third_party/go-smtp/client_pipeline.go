@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 )
@@ -19,6 +20,10 @@ type TransactionReplies struct {
 	Mail  error   // MAIL FROM
 	Rcpt  []error // RCPT TO, one per recipient, in order
 	Data  error   // DATA; nil means the returned DataCommand takes the body
+	// Awaiting names the command ("RSET", "MAIL", "RCPT" or "DATA") whose
+	// reply was being read when StartTransaction returned an error after
+	// sending: the stage a timeout or a dropped connection happened at.
+	Awaiting string
 }
 
 // StartTransaction begins a mail transaction: RSET (when reset is true),
@@ -69,7 +74,8 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 	if err := c.text.W.Flush(); err != nil {
 		return nil, nil, err
 	}
-	read := func(expect int) (error, error) {
+	read := func(expect int, verb string) (error, error) {
+		rep.Awaiting = verb
 		_, _, err := c.readResponse(expect)
 		var se *SMTPError
 		if err != nil && !errors.As(err, &se) {
@@ -81,16 +87,16 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 		return err, nil
 	}
 	if reset {
-		if rep.Reset, err = read(250); err != nil {
+		if rep.Reset, err = read(250, "RSET"); err != nil {
 			return rep, nil, err
 		}
 	}
-	if rep.Mail, err = read(250); err != nil {
+	if rep.Mail, err = read(250, "MAIL"); err != nil {
 		return rep, nil, err
 	}
 	accepted := 0
 	for i, to := range rcpts {
-		if rep.Rcpt[i], err = read(25); err != nil {
+		if rep.Rcpt[i], err = read(25, "RCPT"); err != nil {
 			return rep, nil, err
 		}
 		if rep.Rcpt[i] == nil {
@@ -98,7 +104,7 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 			accepted++
 		}
 	}
-	if rep.Data, err = read(354); err != nil {
+	if rep.Data, err = read(354, "DATA"); err != nil {
 		return rep, nil, err
 	}
 	if rep.Data != nil {
@@ -128,6 +134,7 @@ func errOrNoRcpt(err error) error {
 // stepTransaction is StartTransaction for a server without PIPELINING.
 func (c *Client) stepTransaction(reset bool, lines, rcpts []string, rep *TransactionReplies) (*TransactionReplies, *DataCommand, error) {
 	cmd := func(expect int, line string) (error, error) {
+		rep.Awaiting, _, _ = strings.Cut(line, " ")
 		_, _, err := c.cmd(expect, "%s", line)
 		var se *SMTPError
 		if err != nil && !errors.As(err, &se) {

@@ -191,6 +191,11 @@ func TestReadReply(t *testing.T) {
 		{"250_ok\r\n", 250, 0, "", "malformed reply"},
 		{"354 go ahead\r\n", 250, 354, "", "protocol error"},
 		{"251 forwarded\r\n", 25, 251, "forwarded", ""},
+		// A line cut short by the end of the connection (or a timeout)
+		// is no reply: its code may be all that came.
+		{"250 2.0.0 queued as 123", 250, 0, "", "unexpected EOF"},
+		{"250-first\r\n250 sec", 250, 0, "", "unexpected EOF"},
+		{"250", 250, 0, "", "unexpected EOF"},
 	} {
 		pr, pw := io.Pipe()
 		go func() { pw.Write([]byte("220 hi\r\n" + tc.in)); pw.Close() }()
