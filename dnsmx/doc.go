@@ -27,8 +27,11 @@
 // Every error returned is a *Error, which says whether to retry
 // (Temporary) and carries the RFC 3463 enhanced status for the DSN:
 //
-//   - NXDOMAIN for the domain, or no MX and no address, or no MX host with
-//     an address: permanent, 5.1.2 (bounce now).
+//   - NXDOMAIN for the domain, or no MX and no address: permanent, 5.1.2
+//     (bounce now).
+//   - MX records of which no host has an address (each NXDOMAIN or without
+//     A and AAAA, or an IP address as MX target): permanent, 5.4.4, as
+//     Postfix reports it.
 //   - Null MX (RFC 7505): permanent, 5.1.10.
 //   - SERVFAIL, REFUSED, any other error rcode, timeouts, network errors, a
 //     CNAME chain that is too long: temporary, 4.4.3 (retry later). If some

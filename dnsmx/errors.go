@@ -10,6 +10,9 @@ const (
 	// CodeNoSuchDomain: the domain, or every host it names, does not exist
 	// or has no address ("Bad destination system address").
 	CodeNoSuchDomain = "5.1.2"
+	// CodeUnroutable: the domain's MX records name no host with an
+	// address ("Unable to route", RFC 3463 X.4.4), as Postfix reports it.
+	CodeUnroutable = "5.4.4"
 	// CodeNullMX: the domain publishes a null MX (RFC 7505 §3.2).
 	CodeNullMX = "5.1.10"
 	// CodeTemporary: a DNS failure that may heal ("Routing server failure").
@@ -20,7 +23,7 @@ const (
 type Error struct {
 	Domain    string // the name that was asked for
 	Temporary bool   // true: retry later (SERVFAIL, REFUSED, timeout, network); false: bounce
-	Enhanced  string // RFC 3463 code: CodeNoSuchDomain, CodeNullMX or CodeTemporary
+	Enhanced  string // RFC 3463 code: CodeNoSuchDomain, CodeUnroutable, CodeNullMX or CodeTemporary
 	Msg       string // what went wrong, for logs and DSNs
 }
 

@@ -142,7 +142,7 @@ func (r *Resolver) lookupMX(ctx context.Context, domain string) ([]MX, error) {
 		}
 	}
 	if len(hosts) == 0 {
-		return nil, permanent(d, CodeNoSuchDomain, "MX records name no usable host")
+		return nil, permanent(d, CodeUnroutable, "MX records name no usable host")
 	}
 
 	errs := make([]error, len(hosts))
@@ -177,7 +177,7 @@ func (r *Resolver) lookupMX(ctx context.Context, domain string) ([]MX, error) {
 		// Some host may get an address later: retry.
 		return nil, temporary(d, "no MX host has an address: %s", strings.Join(append(temp, perm...), "; "))
 	}
-	return nil, permanent(d, CodeNoSuchDomain, "no MX host has an address: %s", strings.Join(perm, "; "))
+	return nil, permanent(d, CodeUnroutable, "no MX host has an address: %s", strings.Join(perm, "; "))
 }
 
 // isIPLiteral reports whether an MX target is an IP address, bare or in

@@ -242,7 +242,7 @@ func TestLookupMX_HostFailures(t *testing.T) {
 		srv.Set("ok.example.com")
 		srv.Set("broken.example.com")
 		_, err := newResolver(t, srv).LookupMX(context.Background(), "example.com")
-		e := wantError(t, err, false, "5.1.2")
+		e := wantError(t, err, false, "5.4.4")
 		if !strings.Contains(e.Msg, "gone.example.com") {
 			t.Errorf("message %q does not name the hosts", e.Msg)
 		}
@@ -261,7 +261,7 @@ func TestLookupMX_HostFailures(t *testing.T) {
 			"example.com.": {dnstest.MX("example.com", 5, "192.0.2.7")},
 		})
 		_, err := newResolver(t, srv).LookupMX(context.Background(), "example.com")
-		wantError(t, err, false, "5.1.2")
+		wantError(t, err, false, "5.4.4")
 	})
 }
 

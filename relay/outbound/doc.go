@@ -87,7 +87,8 @@
 //	refused/dropped connection, timeout, no host answered
 //	temporary DNS failure (SERVFAIL, timeout; 4.4.3)    Pending    -
 //	5xx to MAIL, RCPT, DATA                             Failed     bounce
-//	NXDOMAIN (5.1.2), null MX (5.1.10)                  Failed     bounce
+//	NXDOMAIN (5.1.2), null MX (5.1.10), no MX host with
+//	an address (5.4.4)                                  Failed     bounce
 //	remote SIZE smaller than the message (5.3.4)        Failed     bounce
 //	SMTPUTF8 message with a non-ASCII sender local part
 //	or header, server without SMTPUTF8 (5.6.7)          Failed     bounce
