@@ -522,7 +522,10 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			if serr.policy {
 				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)
 			} else {
-				a.log.Debug("host did not answer", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
+				// Each failed host has its line, as Postfix logs "connect
+				// to mx1.example.com[192.0.2.1]:25: Connection refused":
+				// the attempt's line names only the host it ended with.
+				a.log.Info("host failed", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
 			}
 			if ctx.Err() != nil {
 				break

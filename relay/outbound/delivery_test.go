@@ -76,6 +76,11 @@ func TestDelivery_PrimaryMXDown_NextMXGetsIt(t *testing.T) {
 	if h.envelope(id) != nil {
 		t.Error("message still queued")
 	}
+	// The primary's failure has its own line, as Postfix's "connect to
+	// mx1...: Connection refused".
+	if !strings.Contains(h.logs.String(), `level=INFO msg="host failed" queue_id=`+id+` domain=example.test mx=mx1.example.test addr=127.0.0.9:`) {
+		t.Errorf("no info line for the primary MX that failed:\n%s", h.logs.String())
+	}
 }
 
 func TestDelivery_Greeting421_NextMX(t *testing.T) {
