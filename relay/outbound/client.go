@@ -226,7 +226,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", "domain", p.policyDomain,
 			"mx", t.host, "addr", addr.String(), "err", fmt.Sprint(vr.err))
 		a.countTLSFailure(p, t.host, addr.String(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
-	} else if cn.tlsVer != "" {
+	} else if cn.tlsVer != "" && !p.counted {
 		a.tlsStats.success(p.policyDomain, p.policyType, p.policyStr, t.host)
 	}
 	cn.c = c

@@ -108,6 +108,7 @@ type tlsPlan struct {
 	tlsa       []*dns.TLSA
 	roots      *x509.CertPool // for checkPKIX and testing; nil: system roots
 	stsTesting bool           // MTA-STS testing mode: check and report, never refuse
+	counted    bool           // the session is already counted for TLS reports (as a failure)
 	requireTLS bool           // REQUIRETLS: the server must offer REQUIRETLS
 
 	policyDomain string // for the TLS report counts
@@ -277,7 +278,9 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 				a.log.Warn("mta-sts testing: MX host does not match the policy; delivering anyway", "queue_id", queueID,
 					"domain", dt.domain, "mx", tg.host)
 				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "validation-failure", "mx-mismatch")
-				p.stsTesting = false // one failure per host is enough
+				// One session, one count (RFC 8460 §4): this failure,
+				// not also a success when the TLS session works.
+				p.stsTesting, p.counted = false, true
 			}
 		}
 	}

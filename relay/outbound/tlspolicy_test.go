@@ -339,6 +339,32 @@ func TestMTASTS_Modes(t *testing.T) {
 	}
 }
 
+// An MX host outside a testing-mode policy is one failed session for the
+// TLS report (validation-failure), even when its certificate is valid and
+// the mail goes through: not also a success (RFC 8460 §4: each session is
+// counted once).
+func TestMTASTS_TestingMismatchCountedOnce(t *testing.T) {
+	t.Parallel()
+	ca := testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.testmis.test"))}, zone("testmis.test", "127.0.0.2"))
+	sts := newSTSServer(t, ca, map[string]string{"testmis.test": stsPolicy("testing", "mx.elsewhere.test")})
+	h.publishSTS("testmis.test", "1")
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+
+	id := h.submit(testBody, []string{"rcpt@testmis.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("testmis.test: %+v", m)
+	}
+	c := h.counts("testmis.test", policySTS)
+	if c.Success != 0 || c.Failure != 1 || len(c.Failures) != 1 || c.Failures[0].ResultType != "validation-failure" {
+		t.Errorf("testmis.test counts: %+v, want one validation-failure and no success", c)
+	}
+}
+
 // The policy cache is on disk: a new agent (new Fetcher, same data_dir)
 // applies the cached enforce policy while the HTTPS server is down.
 func TestMTASTS_CacheSurvivesRestart(t *testing.T) {
