@@ -179,7 +179,7 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		// RFC 8461 §5: no usable policy and none cached: deliver as if
 		// the domain published none.
 		a.log.Info("mta-sts: no policy applied", "queue_id", queueID, "domain", domain, "err", err.Error())
-		a.tlsStats.failure(domain, policySTS, nil, "", "", "sts-policy-fetch-error", err.Error())
+		a.tlsStats.failure(domain, policySTS, nil, "", "", stsFetchResult(err), err.Error())
 		dt.stsFetchFailed = true
 	case p != nil && err != nil:
 		a.log.Debug("mta-sts: refresh failed, cached policy stands", "queue_id", queueID, "domain", domain, "err", err.Error())
@@ -188,6 +188,21 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		dt.sts = p
 	}
 	return dt, nil
+}
+
+// stsFetchResult names a failure to get a domain's MTA-STS policy as RFC
+// 8460 §4.3.2.2 does: a policy that is not valid, a policy server whose
+// certificate does not verify, or any other fetch error.
+func stsFetchResult(err error) string {
+	var inv *mtasts.InvalidPolicyError
+	var cv *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &inv):
+		return "sts-policy-invalid"
+	case errors.As(err, &cv):
+		return "sts-webpki-invalid"
+	}
+	return "sts-policy-fetch-error"
 }
 
 // plan decides how to use TLS with target tg of domain group dt.
