@@ -194,9 +194,17 @@ func (f *Fetcher) fetch(ctx context.Context, domain string) (*Policy, error) {
 	}
 	p, err := Parse(body)
 	if err != nil {
-		return nil, fmt.Errorf("%w (from %s)", err, url)
+		return nil, &InvalidPolicyError{Err: fmt.Errorf("%w (from %s)", err, url)}
 	}
 	return p, nil
 }
+
+// InvalidPolicyError is a policy that was fetched but is not a valid
+// policy file (RFC 8460 §4.3.2.2 reports it as sts-policy-invalid, not as a
+// fetch error).
+type InvalidPolicyError struct{ Err error }
+
+func (e *InvalidPolicyError) Error() string { return e.Err.Error() }
+func (e *InvalidPolicyError) Unwrap() error { return e.Err }
 
 var defaultClient = sync.OnceValue(func() *http.Client { return NewHTTPClient(nil, nil) })

@@ -155,7 +155,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		raw.Close()
 		se.tlsVer, se.verified = cn.tlsVer, cn.tlsVer != "" && vr.verified
 		if se.policy || se.tls {
-			a.countTLSFailure(p, t.host, addr.String(), se)
+			a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), se)
 		}
 		return nil, se
 	}
@@ -189,7 +189,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		return fail(policyError("starttls", "4.7.4", "%s does not offer STARTTLS, required by %s", t.host, p.requiredBy()))
 	case !ok && p.stsTesting:
 		a.log.Warn("mta-sts testing: server does not offer STARTTLS; delivering anyway", "domain", p.policyDomain, "mx", t.host, "addr", addr.String())
-		a.countTLSFailure(p, t.host, addr.String(), policyError("starttls", "4.7.4", "STARTTLS not offered"))
+		a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), policyError("starttls", "4.7.4", "STARTTLS not offered"))
 	case ok:
 		tc, err := startTLS(cn.raw, a.clientTLS(p, t.host, &vr), tm.command)
 		if err != nil {
@@ -203,7 +203,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 				a.log.Info("STARTTLS refused; continuing without TLS", "mx", t.host, "addr", addr.String(),
 					"reply", err.err.Error())
 				if p.stsTesting {
-					a.countTLSFailure(p, t.host, addr.String(), policyError("starttls", "4.7.4", "STARTTLS refused: %v", err.err))
+					a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), policyError("starttls", "4.7.4", "STARTTLS refused: %v", err.err))
 				}
 				break
 			}
@@ -228,8 +228,8 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	if cn.tlsVer != "" && p.stsTesting && !vr.verified {
 		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", "domain", p.policyDomain,
 			"mx", t.host, "addr", addr.String(), "err", fmt.Sprint(vr.err))
-		a.countTLSFailure(p, t.host, addr.String(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
-	} else if cn.tlsVer != "" {
+		a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
+	} else if cn.tlsVer != "" && !p.counted {
 		a.tlsStats.success(p.policyDomain, p.policyType, p.policyStr, t.host)
 	}
 	cn.c = c
@@ -287,9 +287,14 @@ func handshakeErr(err error, vr *tlsResult) *stageError {
 	return se
 }
 
-// countTLSFailure counts a failed session for TLS reporting.
-func (a *Agent) countTLSFailure(p *tlsPlan, host, addr string, se *stageError) {
+// countTLSFailure counts a failed session for TLS reporting; local is the
+// relay's end of the connection (the report's sending-mta-ip).
+func (a *Agent) countTLSFailure(p *tlsPlan, host, addr string, local net.Addr, se *stageError) {
 	ip, _, _ := net.SplitHostPort(addr)
+	sendIP := ""
+	if local != nil {
+		sendIP, _, _ = net.SplitHostPort(local.String())
+	}
 	result := "validation-failure"
 	switch {
 	case se.stage == "starttls":
@@ -299,7 +304,7 @@ func (a *Agent) countTLSFailure(p *tlsPlan, host, addr string, se *stageError) {
 	case se.cause != nil && p.check != checkDANE:
 		result = resultType(se.cause)
 	}
-	a.tlsStats.failure(p.policyDomain, p.policyType, p.policyStr, host, ip, result, se.err.Error())
+	a.tlsStats.failure(p.policyDomain, p.policyType, p.policyStr, host, ip, sendIP, result, se.err.Error())
 }
 
 // auth authenticates over TLS with PLAIN or LOGIN (RFC 4954); credentials

@@ -100,7 +100,7 @@ func (a *Agent) loadTLSCounts() {
 			t.mx[mx] = true
 		}
 		for _, f := range c.Failures {
-			k := failKey{f.ResultType, f.ReceivingMX, f.ReceivingIP}
+			k := failKey{f.ResultType, f.ReceivingMX, f.ReceivingIP, f.SendingIP}
 			if have := t.failures[k]; have != nil {
 				have.Count += f.Count
 			} else {

@@ -18,13 +18,13 @@ func TestTLSCounts_SurviveARestart(t *testing.T) {
 	h.agent.tlsrpt.mu.Unlock()
 	policy := []string{"version: STSv1", "mode: enforce", "mx: mx.example.test"}
 	h.agent.tlsStats.success("example.test", policySTS, policy, "mx.example.test")
-	h.agent.tlsStats.failure("example.test", policySTS, policy, "mx.example.test", "192.0.2.1", "certificate-expired", "expired")
+	h.agent.tlsStats.failure("example.test", policySTS, policy, "mx.example.test", "192.0.2.1", "192.0.2.9", "certificate-expired", "expired")
 	for range 2 {
 		h.stop()
 		h.start()
 		got := h.agent.TLSResults(false)
 		if len(got) != 1 || got[0].Success != 1 || got[0].Failure != 1 || len(got[0].Failures) != 1 ||
-			got[0].Failures[0].Count != 1 || got[0].Failures[0].ReceivingIP != "192.0.2.1" || len(got[0].PolicyString) != 3 {
+			got[0].Failures[0].Count != 1 || got[0].Failures[0].ReceivingIP != "192.0.2.1" || got[0].Failures[0].SendingIP != "192.0.2.9" || len(got[0].PolicyString) != 3 {
 			t.Fatalf("counts after a restart: %+v", got)
 		}
 		h.agent.tlsrpt.mu.Lock()

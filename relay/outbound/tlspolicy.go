@@ -112,6 +112,7 @@ type tlsPlan struct {
 	tlsa       []*dns.TLSA
 	roots      *x509.CertPool // for checkPKIX and testing; nil: system roots
 	stsTesting bool           // MTA-STS testing mode: check and report, never refuse
+	counted    bool           // the session is already counted for TLS reports (as a failure)
 	requireTLS bool           // REQUIRETLS: the server must offer REQUIRETLS
 
 	policyDomain string // for the TLS report counts
@@ -182,7 +183,7 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		// RFC 8461 §5: no usable policy and none cached: deliver as if
 		// the domain published none.
 		a.log.Info("mta-sts: no policy applied", "queue_id", queueID, "domain", domain, "err", err.Error())
-		a.tlsStats.failure(domain, policySTS, nil, "", "", "sts-policy-fetch-error", err.Error())
+		a.tlsStats.failure(domain, policySTS, nil, "", "", "", stsFetchResult(err), err.Error())
 		dt.stsFetchFailed = true
 	case p != nil && err != nil:
 		a.log.Debug("mta-sts: refresh failed, cached policy stands", "queue_id", queueID, "domain", domain, "err", err.Error())
@@ -191,6 +192,21 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		dt.sts = p
 	}
 	return dt, nil
+}
+
+// stsFetchResult names a failure to get a domain's MTA-STS policy as RFC
+// 8460 §4.3.2.2 does: a policy that is not valid, a policy server whose
+// certificate does not verify, or any other fetch error.
+func stsFetchResult(err error) string {
+	var inv *mtasts.InvalidPolicyError
+	var cv *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &inv):
+		return "sts-policy-invalid"
+	case errors.As(err, &cv):
+		return "sts-webpki-invalid"
+	}
+	return "sts-policy-fetch-error"
 }
 
 // plan decides how to use TLS with target tg of domain group dt.
@@ -272,7 +288,7 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 		switch sts.Mode {
 		case mtasts.Enforce:
 			if !match {
-				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "validation-failure", "mx-mismatch")
+				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
 				return nil, policyError("mta-sts", "4.7.5", "MX host %s does not match the MTA-STS policy of %s (mode enforce)", tg.host, dt.domain)
 			}
 			p.source, p.required, p.check = srcMTASTS, true, checkPKIX
@@ -281,8 +297,10 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 			if !match {
 				a.log.Warn("mta-sts testing: MX host does not match the policy; delivering anyway", "queue_id", queueID,
 					"domain", dt.domain, "mx", tg.host)
-				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "validation-failure", "mx-mismatch")
-				p.stsTesting = false // one failure per host is enough
+				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
+				// One session, one count (RFC 8460 §4): this failure,
+				// not also a success when the TLS session works.
+				p.stsTesting, p.counted = false, true
 			}
 		}
 	}

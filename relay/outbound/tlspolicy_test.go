@@ -339,6 +339,74 @@ func TestMTASTS_Modes(t *testing.T) {
 	}
 }
 
+// An MX host outside a testing-mode policy is one failed session for the
+// TLS report (validation-failure), even when its certificate is valid and
+// the mail goes through: not also a success (RFC 8460 §4: each session is
+// counted once).
+func TestMTASTS_TestingMismatchCountedOnce(t *testing.T) {
+	t.Parallel()
+	ca := testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.testmis.test"))}, zone("testmis.test", "127.0.0.2"))
+	sts := newSTSServer(t, ca, map[string]string{"testmis.test": stsPolicy("testing", "mx.elsewhere.test")})
+	h.publishSTS("testmis.test", "1")
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+
+	id := h.submit(testBody, []string{"rcpt@testmis.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("testmis.test: %+v", m)
+	}
+	c := h.counts("testmis.test", policySTS)
+	if c.Success != 0 || c.Failure != 1 || len(c.Failures) != 1 || c.Failures[0].ResultType != "validation-failure" {
+		t.Errorf("testmis.test counts: %+v, want one validation-failure and no success", c)
+	}
+}
+
+// A policy that cannot be had is counted under the RFC 8460 §4.3.2.2
+// result type that says why: a policy file that is not valid is
+// sts-policy-invalid, a policy server whose certificate does not verify
+// sts-webpki-invalid (both were sts-policy-fetch-error).
+func TestMTASTS_FetchFailureResultTypes(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, policy string
+		trusted      bool // the policy server's CA is in extra_roots_file
+		want         string
+	}{
+		{"invalid", "mode: enforce\nmx: mx.elsewhere.test\nmax_age: 86400\n", true, "sts-policy-invalid"},
+		{"webpki", stsPolicy("enforce", "mx.elsewhere.test"), false, "sts-webpki-invalid"},
+		{"notfound", "", true, "sts-policy-fetch-error"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			ca, other := testpki.NewCA(t), testpki.NewCA(t)
+			h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx.stsfail.test"))}, zone("stsfail.test", "127.0.0.2"))
+			sts := newSTSServer(t, ca, map[string]string{"stsfail.test": c.policy})
+			h.publishSTS("stsfail.test", "1")
+			h.cfg.DataDir = t.TempDir()
+			h.cfg.Delivery.ExtraRootsFile = other.File
+			if c.trusted {
+				h.cfg.Delivery.ExtraRootsFile = ca.File
+			}
+			h.cfg.Delivery.MTASTSPort = sts.port
+			h.start()
+
+			id := h.submit(testBody, []string{"rcpt@stsfail.test"})
+			h.waitRecords(id, 1)
+			if m := h.first.Messages(); len(m) != 1 {
+				t.Fatalf("not delivered as without a policy: %+v", m)
+			}
+			got := h.counts("stsfail.test", policySTS)
+			if got.Failure != 1 || len(got.Failures) != 1 || got.Failures[0].ResultType != c.want {
+				t.Errorf("counts: %+v, want one %s", got, c.want)
+			}
+		})
+	}
+}
+
 // The policy cache is on disk: a new agent (new Fetcher, same data_dir)
 // applies the cached enforce policy while the HTTPS server is down.
 func TestMTASTS_CacheSurvivesRestart(t *testing.T) {

@@ -48,6 +48,7 @@ type tlsReportEntry struct {
 
 type tlsReportFailure struct {
 	ResultType  string `json:"result-type"`
+	SendingIP   string `json:"sending-mta-ip,omitempty"`
 	ReceivingMX string `json:"receiving-mx-hostname,omitempty"`
 	ReceivingIP string `json:"receiving-ip,omitempty"`
 	Count       uint64 `json:"failed-session-count"`
@@ -71,7 +72,7 @@ func BuildTLSReport(domain string, counts []TLSCounts, info TLSReportInfo) ([]by
 		e.Policy.Type, e.Policy.String, e.Policy.Domain, e.Policy.MXHost = c.PolicyType, c.PolicyString, c.PolicyDomain, c.MXHosts
 		e.Summary.Success, e.Summary.Failure = c.Success, c.Failure
 		for _, f := range c.Failures {
-			e.Failures = append(e.Failures, tlsReportFailure{ResultType: f.ResultType, ReceivingMX: f.ReceivingMX,
+			e.Failures = append(e.Failures, tlsReportFailure{ResultType: f.ResultType, SendingIP: f.SendingIP, ReceivingMX: f.ReceivingMX,
 				ReceivingIP: f.ReceivingIP, Count: f.Count, Reason: f.Reason})
 		}
 		r.Policies = append(r.Policies, e)

@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"encoding/json"
+	"net"
 	"slices"
 	"testing"
 	"time"
@@ -77,6 +78,13 @@ func TestTLSReport_JSONHasSchemaRequiredFields(t *testing.T) {
 		}
 		if n, ok := fd["failed-session-count"].(float64); !ok || n < 1 {
 			t.Errorf("failed-session-count %v", fd["failed-session-count"])
+		}
+		// A session that reached the server names both ends (RFC 8460
+		// §4.4: sending-mta-ip, receiving-ip).
+		for _, k := range []string{"sending-mta-ip", "receiving-ip"} {
+			if s, _ := fd[k].(string); net.ParseIP(s) == nil {
+				t.Errorf("%s = %v, want an IP address:\n%s", k, fd[k], data)
+			}
 		}
 	}
 	if _, err := BuildTLSReport("nothing.test", counts, info); err == nil {

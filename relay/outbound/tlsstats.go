@@ -29,13 +29,14 @@ type TLSFail struct {
 	ResultType  string // RFC 8460 §4.3: "starttls-not-supported", "certificate-host-mismatch", ...
 	ReceivingMX string // host name
 	ReceivingIP string
+	SendingIP   string // the relay's address of the session (sending-mta-ip)
 	Reason      string // failure-reason-code: the last error text
 	Count       uint64
 }
 
 type tlsKey struct{ domain, typ string }
 
-type failKey struct{ result, mx, ip string }
+type failKey struct{ result, mx, ip, sendIP string }
 
 type tlsTally struct {
 	policy   []string
@@ -113,7 +114,7 @@ func (t *tlsTally) noteMX(typ, mx string) {
 	}
 }
 
-func (s *tlsStats) failure(domain, typ string, policy []string, mx, ip, result, reason string) {
+func (s *tlsStats) failure(domain, typ string, policy []string, mx, ip, sendIP, result, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.entry(domain, typ, policy)
@@ -122,10 +123,10 @@ func (s *tlsStats) failure(domain, typ string, policy []string, mx, ip, result, 
 	}
 	t.failure++
 	t.noteMX(typ, mx)
-	k := failKey{result, mx, ip}
+	k := failKey{result, mx, ip, sendIP}
 	f := t.failures[k]
 	if f == nil {
-		f = &TLSFail{ResultType: result, ReceivingMX: mx, ReceivingIP: ip}
+		f = &TLSFail{ResultType: result, ReceivingMX: mx, ReceivingIP: ip, SendingIP: sendIP}
 		t.failures[k] = f
 	}
 	f.Count++
@@ -154,7 +155,7 @@ func (a *Agent) TLSResults(reset bool) []TLSCounts {
 			c.Failures = append(c.Failures, *f)
 		}
 		slices.SortFunc(c.Failures, func(x, y TLSFail) int {
-			return strings.Compare(x.ResultType+x.ReceivingMX+x.ReceivingIP, y.ResultType+y.ReceivingMX+y.ReceivingIP)
+			return strings.Compare(x.ResultType+x.ReceivingMX+x.ReceivingIP+" "+x.SendingIP, y.ResultType+y.ReceivingMX+y.ReceivingIP+" "+y.SendingIP)
 		})
 		out = append(out, c)
 	}
