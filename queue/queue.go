@@ -75,6 +75,9 @@ type Queue struct {
 	heap   slotHeap
 	wake   chan struct{} // closed and replaced when the heap changes
 	closed bool
+	// flushes counts Flush calls, so the agent can forget what it learnt
+	// about dead destinations when an operator asks for a retry now.
+	flushes uint64
 }
 
 // slot is the scheduler's view of one message.
@@ -84,6 +87,7 @@ type slot struct {
 	idx      int // in heap, -1 when not
 	held     bool
 	inflight bool
+	parked   bool     // given back by Park: out of the heap until Unpark
 	domains  []string // of pending recipients, for Flush(domain)
 	pending  int      // recipients still pending
 	attempts int      // attempts made, and whether a delay DSN went out:
@@ -134,7 +138,7 @@ func (q *Queue) schedule(env *Envelope) {
 // held or in flight; it reports whether s is in the heap. Called under mu;
 // the caller signals.
 func (q *Queue) ready(s *slot) bool {
-	if s.held || s.inflight {
+	if s.held || s.inflight || s.parked {
 		return false
 	}
 	if s.idx >= 0 {
@@ -313,7 +317,7 @@ func (q *Queue) Claim(id string) (*Envelope, error) {
 	if s.idx >= 0 {
 		heap.Remove(&q.heap, s.idx)
 	}
-	s.inflight = true
+	s.inflight, s.parked = true, false
 	q.mu.Unlock()
 	env, err := q.store.Get(id)
 	if err != nil {
@@ -526,6 +530,50 @@ func (q *Queue) requeueAt(id string, at time.Time) error {
 	return nil
 }
 
+// Park gives a handed-out message back unchanged (no attempt counted), but
+// not to the schedule: it is handed out again only after Unpark (or
+// Release after a Hold, or Claim). The delivery agent parks a message whose
+// destination has no free connection slot, so it waits without holding a
+// delivery slot, and unparks it when a slot frees (as Postfix's queue
+// manager keeps a destination's messages until it may take one). The park
+// lasts as long as the process: after a restart every message is due at
+// its recorded time.
+func (q *Queue) Park(id string) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.sched[id]
+	if !ok || !s.inflight {
+		return ErrNotFound
+	}
+	s.inflight, s.parked = false, true
+	return nil
+}
+
+// Unpark makes a parked message due now; false when it is no longer
+// parked (deleted, claimed, released from a hold meanwhile) or held.
+func (q *Queue) Unpark(id string) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.sched[id]
+	if !ok || !s.parked {
+		return false
+	}
+	s.parked = false
+	s.due = q.opts.Now()
+	if !q.ready(s) {
+		return false
+	}
+	q.signal()
+	return true
+}
+
+// Flushes returns how many times Flush has been called.
+func (q *Queue) Flushes() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.flushes
+}
+
 // List returns copies of every queued envelope, oldest first.
 func (q *Queue) List() []*Envelope { return q.store.Messages() }
 
@@ -592,7 +640,7 @@ func (q *Queue) Release(id string) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if s, ok := q.sched[id]; ok && s.held {
-		s.held = false
+		s.held, s.parked = false, false
 		s.due = q.opts.Now()
 		if q.ready(s) {
 			q.signal()
@@ -617,11 +665,12 @@ func (q *Queue) Flush(domain string) int {
 	domain = strings.ToLower(domain)
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.flushes++
 	now := q.opts.Now()
 	n := 0
 	for _, s := range q.sched {
-		if s.held || s.inflight {
-			continue
+		if s.held || s.inflight || s.parked {
+			continue // a parked message is due as soon as its destination has a slot
 		}
 		if domain != "" && !containsString(s.domains, domain) {
 			continue

@@ -699,3 +699,54 @@ func TestZeroedSegmentReportedAndBodiesKept(t *testing.T) {
 		t.Fatalf("body of the lost message not kept in quarantine: %v", err)
 	}
 }
+
+// A parked message is not handed out, even by a flush, until Unpark; a
+// held one is not made due by Unpark, and Release ends its park too.
+func TestPark_Unpark(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	env := newEnv("a@example.com")
+	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	next := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		e, err := q.Next(ctx)
+		if err != nil {
+			return ""
+		}
+		return e.ID
+	}
+	if got := next(); got != env.ID {
+		t.Fatalf("Next = %q", got)
+	}
+	if err := q.Park(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Park(env.ID); err != ErrNotFound {
+		t.Errorf("Park of a message not handed out: %v", err)
+	}
+	q.Flush("")
+	if got := next(); got != "" {
+		t.Fatalf("parked message handed out: %s", got)
+	}
+	if !q.Unpark(env.ID) || q.Unpark(env.ID) {
+		t.Fatal("Unpark: want true once")
+	}
+	if got := next(); got != env.ID {
+		t.Fatalf("Next after Unpark = %q", got)
+	}
+	q.Park(env.ID)
+	if err := q.Hold(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if q.Unpark(env.ID) {
+		t.Error("Unpark made a held message due")
+	}
+	if err := q.Release(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(); got != env.ID {
+		t.Fatalf("Next after Release = %q", got)
+	}
+}

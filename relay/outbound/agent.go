@@ -62,6 +62,7 @@ type Agent struct {
 	mu      sync.Mutex
 	noTLS   map[netip.Addr]time.Time // STARTTLS handshake failed: plain until
 	caPools map[string]*x509.CertPool
+	dead    map[string]deadDest // domains no host of which answered
 
 	stats    counters
 	tlsStats tlsStats
@@ -94,6 +95,7 @@ func New(opts Options) (*Agent, error) {
 		obs:      opts.Observer,
 		noTLS:    make(map[netip.Addr]time.Time),
 		caPools:  make(map[string]*x509.CertPool),
+		dead:     make(map[string]deadDest),
 	}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -113,7 +115,7 @@ func New(opts Options) (*Agent, error) {
 	a.abortCtx, a.abort = context.WithCancel(context.Background())
 	a.inflight, a.total = newSem(n), newSem(n)
 	a.pool = newPool(per)
-	a.domains = newLimiter(per)
+	a.domains = newLimiter(per, a.q.Unpark)
 	a.cfg.Store(opts.Config)
 	a.loadTLSCounts() // after the configuration: its data_dir has the file
 	a.q.SetRetryIntervals(opts.Config.RetryDurations())
@@ -247,8 +249,17 @@ func (a *Agent) deliveryWorker(ctx, dctx context.Context, env *queue.Envelope, j
 	}
 }
 
-// process makes one delivery attempt of env and records it.
+// process makes one delivery attempt of env and records it; or, when all
+// its pending recipients are in one domain that has no free connection
+// slot, parks it (see claimDomain).
 func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
+	release, parked := a.claimDomain(env)
+	if parked {
+		return
+	}
+	if release != nil {
+		defer release()
+	}
 	cfg := a.config()
 	body, err := a.q.Body(env.ID)
 	if err != nil {
@@ -270,7 +281,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 			}
 		}
 	} else {
-		at = a.deliverMessage(ctx, cfg, env, body, hdr.tlsOptional)
+		at = a.deliverMessage(ctx, cfg, env, body, hdr.tlsOptional, release != nil)
 	}
 	at.messageID = msgID
 	if ctx.Err() != nil && !at.decided() {
@@ -316,9 +327,41 @@ type groupResult struct {
 	err    *smtperr.Error // when no host answered, or DNS failed
 }
 
+// claimDomain takes the domain's connection slot for a message whose
+// pending recipients are all in one domain. When the domain has none free,
+// the message is parked in the queue until one frees, so that it does not
+// hold one of the delivery.concurrency delivery slots meanwhile: with a
+// slot taken by every message waiting for a stalled domain, mail to every
+// other domain waited too. It returns (nil, false) for a message to
+// several domains (they wait in limitedGroup) or to a dead destination
+// (deferred at once there), and for one that could not be parked.
+func (a *Agent) claimDomain(env *queue.Envelope) (release func(), parked bool) {
+	d := ""
+	for i := range env.Recipients {
+		r := &env.Recipients[i]
+		if r.State != queue.Pending {
+			continue
+		}
+		rd := asciiDomain(r.Domain())
+		if rd == "" || (d != "" && rd != d) {
+			return nil, false
+		}
+		d = rd
+	}
+	if d == "" || a.deadErr(d) != nil {
+		return nil, false
+	}
+	release, ok := a.domains.acquireOrPark(d, env.ID, func() bool { return a.q.Park(env.ID) == nil })
+	if ok {
+		return release, false
+	}
+	// Not parked: the message was deleted meanwhile; nothing to record.
+	return nil, true
+}
+
 // deliverMessage delivers every domain group of env's pending recipients
-// in parallel.
-func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, tlsOptional bool) *attempt {
+// in parallel. slotHeld: env has one domain, whose slot the caller holds.
+func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, tlsOptional, slotHeld bool) *attempt {
 	at := &attempt{}
 	byDomain := make(map[string][]int)
 	var order []string
@@ -342,7 +385,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 	forms := &msgForms{body: body}
 	if len(order) == 1 {
 		// The common case: one domain, no goroutine to spare.
-		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms}, order[0])
+		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms}, order[0], slotHeld)
 	} else {
 		var wg sync.WaitGroup
 		var running atomic.Int32
@@ -351,7 +394,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms}, d)
+				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms}, d, false)
 				if running.Add(-1) > 0 {
 					// Other domains may take minutes yet: what this
 					// one delivered is recorded now, not sent again
@@ -389,11 +432,25 @@ func (a *Agent) recordDelivered(env *queue.Envelope, rs []rcptResult) {
 	}
 }
 
-// limitedGroup runs deliverGroup within the concurrency limits.
-func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, domain string) groupResult {
-	release, err := a.domains.acquire(ctx, domain)
+// limitedGroup runs deliverGroup within the concurrency limits, unless
+// the domain is a dead destination: then its recipients are deferred at
+// once. slotHeld: the caller holds the domain's slot.
+func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, domain string, slotHeld bool) groupResult {
+	var err error
+	if !slotHeld {
+		if e := a.deadErr(domain); e != nil {
+			return a.suspended(t, domain, e)
+		}
+		var release func()
+		release, err = a.domains.acquire(ctx, domain)
+		if err == nil {
+			defer release()
+		}
+	}
 	if err == nil {
-		defer release()
+		if e := a.deadErr(domain); e != nil { // found dead while waiting
+			return a.suspended(t, domain, e)
+		}
 		if err = a.total.acquire(ctx); err == nil {
 			defer a.total.release()
 		}
@@ -453,6 +510,10 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// policyOnly stays true while every host failed for want of the TLS
 	// the policy (or REQUIRETLS) demands.
 	policyOnly, tried := true, 0
+	// site stays true while every host failed as a site (no connection,
+	// no greeting, a 421, a timeout or a dropped connection), not for a
+	// TLS policy or this message's REQUIRETLS: then the domain is dead.
+	site := true
 	for i := range targets {
 		tg := &targets[i]
 		if tg.addrs != nil && len(tg.addrs) == 0 {
@@ -462,7 +523,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		plan, serr := a.plan(ctx, cfg, dt, tg, t.env.ID)
 		if serr != nil {
 			tried++
-			last, policyOnly = serr.err, policyOnly && serr.policy
+			last, policyOnly, site = serr.err, policyOnly && serr.policy, false
 			gr.policy = planFailureSource(dt, serr)
 			a.logPolicyFailure(t.env.ID, domain, tg.host, "", dt, nil, serr)
 			if ctx.Err() != nil {
@@ -477,7 +538,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 				// A smarthost that does not resolve is a configuration
 				// or DNS problem: try the next, never bounce.
 				last = &smtperr.Error{Enhanced: "4.4.3", Msg: err.Error()}
-				policyOnly = false
+				policyOnly, site = false, false
 				continue
 			}
 			tg.addrs = addrs
@@ -504,6 +565,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			}
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
+			site = site && !serr.policy && !serr.loop
 			switch {
 			case last.Code == 0 && !serr.policy:
 				// No reply from the server: say which one did not answer
@@ -553,6 +615,9 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	}
 	gr.err = &e
 	gr.rcpts = allPending(t.rcpts, &e)
+	if site && tried > 0 && ctx.Err() == nil {
+		a.markDead(domain, &e)
+	}
 	return gr
 }
 

@@ -71,20 +71,86 @@ func (s *sem) wakeAll() {
 	}
 }
 
+// tryAcquire takes a slot if one is free now.
+func (s *sem) tryAcquire() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n < s.max {
+		s.n++
+		return true
+	}
+	return false
+}
+
 // limiter bounds concurrent deliveries per domain; entries exist only
 // while used, so the map does not grow with the number of domains seen.
+// A message waits for its domain either in acquire (holding its
+// goroutine) or parked (acquireOrPark): then it holds nothing but its
+// queue ID here, and unpark hands it back to the queue when a slot frees.
 type limiter struct {
-	mu  sync.Mutex
-	max int
-	m   map[string]*slot
+	mu     sync.Mutex
+	max    int
+	m      map[string]*slot
+	unpark func(id string) bool // false: the message no longer waits (deleted, held)
 }
 
 type slot struct {
-	sem   *sem
-	users int
+	sem    *sem
+	users  int      // holders, waiters and parked messages
+	parked []string // queue IDs waiting for a slot, oldest first
 }
 
-func newLimiter(max int) *limiter { return &limiter{max: max, m: make(map[string]*slot)} }
+func newLimiter(max int, unpark func(id string) bool) *limiter {
+	return &limiter{max: max, m: make(map[string]*slot), unpark: unpark}
+}
+
+// acquireOrPark takes a slot for key at once, or, when none is free, calls
+// park (with l.mu held, so no slot can free unseen meanwhile) and, when
+// park reports the message parked, keeps id to unpark when a slot frees.
+// ok is false when no slot was taken.
+func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.m[key]
+	if s == nil {
+		s = &slot{sem: newSem(l.max)}
+		l.m[key] = s
+	}
+	if s.sem.tryAcquire() {
+		s.users++
+		return func() { l.release(key, s) }, true
+	}
+	if park() {
+		s.parked = append(s.parked, id)
+		s.users++
+	} else if s.users == 0 {
+		delete(l.m, key)
+	}
+	return nil, false
+}
+
+// release gives back a slot taken with acquireOrPark or acquire.
+func (l *limiter) release(key string, s *slot) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s.sem.release()
+	l.unparkLocked(s)
+	l.leaveLocked(key, s)
+}
+
+// unparkLocked hands parked messages back to the queue, as many as there
+// are free slots (skipping those that no longer wait). l.mu is held.
+func (l *limiter) unparkLocked(s *slot) {
+	for n := s.sem.free(); n > 0 && len(s.parked) > 0; {
+		id := s.parked[0]
+		s.parked[0] = ""
+		s.parked = s.parked[1:]
+		s.users--
+		if l.unpark(id) {
+			n--
+		}
+	}
+}
 
 func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 	l.mu.Lock()
@@ -96,15 +162,16 @@ func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 	s.users++
 	l.mu.Unlock()
 	if err := s.sem.acquire(ctx); err != nil {
-		l.leave(key, s)
+		l.mu.Lock()
+		l.leaveLocked(key, s)
+		l.mu.Unlock()
 		return nil, err
 	}
-	return func() { s.sem.release(); l.leave(key, s) }, nil
+	return func() { l.release(key, s) }, nil
 }
 
-func (l *limiter) leave(key string, s *slot) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+// leaveLocked ends one use of key's slot; l.mu is held.
+func (l *limiter) leaveLocked(key string, s *slot) {
 	s.users--
 	if s.users == 0 {
 		delete(l.m, key)
@@ -119,5 +186,6 @@ func (l *limiter) setMax(max int) {
 	l.max = max
 	for _, s := range l.m {
 		s.sem.setMax(max)
+		l.unparkLocked(s)
 	}
 }

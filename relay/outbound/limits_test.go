@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"strings"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -11,7 +12,7 @@ import (
 )
 
 func TestLimiter_PerDomain(t *testing.T) {
-	l := newLimiter(2)
+	l := newLimiter(2, nil)
 	ctx := context.Background()
 	r1, err1 := l.acquire(ctx, "a.test")
 	r2, err2 := l.acquire(ctx, "a.test")
@@ -76,5 +77,43 @@ func TestDelivery_5xxIsAnAnswer_421MovesOn(t *testing.T) {
 	h.waitRecords(id, 1)
 	if m := backup.Messages(); len(m) != 1 || m[0].To[0] != "a@closing.test" {
 		t.Fatalf("a 421 to MAIL did not move on to the next MX: %+v", m)
+	}
+}
+
+// A message parked for a full domain is unparked when a slot frees;
+// one that no longer waits is skipped for the next.
+func TestLimiter_ParkUnpark(t *testing.T) {
+	var unparked []string
+	gone := map[string]bool{"m2": true}
+	l := newLimiter(1, func(id string) bool {
+		unparked = append(unparked, id)
+		return !gone[id]
+	})
+	r1, ok := l.acquireOrPark("a.test", "m1", func() bool { t.Fatal("parked with a free slot"); return false })
+	if !ok {
+		t.Fatal("no slot")
+	}
+	for _, id := range []string{"m2", "m3", "m4"} {
+		if _, ok := l.acquireOrPark("a.test", id, func() bool { return true }); ok {
+			t.Fatalf("%s got a second slot with a limit of 1", id)
+		}
+	}
+	if _, ok := l.acquireOrPark("a.test", "m5", func() bool { return false }); ok {
+		t.Fatal("slot for m5")
+	}
+	r1()
+	if strings.Join(unparked, " ") != "m2 m3" {
+		t.Errorf("unparked %v, want m2 (gone) then m3", unparked)
+	}
+	r3, ok := l.acquireOrPark("a.test", "m3", nil)
+	if !ok {
+		t.Fatal("m3 unparked without a slot")
+	}
+	r3()
+	if strings.Join(unparked, " ") != "m2 m3 m4" {
+		t.Errorf("unparked %v", unparked)
+	}
+	if len(l.m) != 0 {
+		t.Errorf("limiter keeps %d idle domains", len(l.m))
 	}
 }

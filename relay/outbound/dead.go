@@ -1,0 +1,72 @@
+package outbound
+
+import (
+	"time"
+
+	"github.com/mailhop/mailhop/relay/smtperr"
+)
+
+// deadDest is a destination no host of which answered an attempt: until
+// its time is up, its other mail is deferred without a connection (Postfix
+// marks such a destination dead and defers its queue with "delivery
+// temporarily suspended"). Without it each message to a dead domain waited
+// its own connect or greeting timeout in turn, its domain's connection
+// slots taken the whole time.
+type deadDest struct {
+	until   time.Time
+	flushes uint64 // queue.Flushes when marked: a flush ends it
+	err     *smtperr.Error
+}
+
+// maxDead bounds the dead destinations remembered; past it, those whose
+// time is up are swept out when another is added.
+const maxDead = 1000
+
+// markDead records domain as dead for the first retry interval (the
+// earliest any of its mail would be tried again anyway), with e, the
+// reason its mail is deferred.
+func (a *Agent) markDead(domain string, e *smtperr.Error) {
+	wait := time.Minute
+	if iv := a.config().RetryDurations(); len(iv) > 0 && iv[0] > 0 {
+		wait = iv[0]
+	}
+	now := a.now()
+	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(), err: e}
+	a.mu.Lock()
+	if len(a.dead) >= maxDead {
+		for k, v := range a.dead {
+			if !now.Before(v.until) {
+				delete(a.dead, k)
+			}
+		}
+	}
+	a.dead[domain] = d
+	a.mu.Unlock()
+	a.log.Info("destination marked dead: its other mail is deferred without a connection until then (or a queue flush)",
+		"domain", domain, "until", d.until.UTC().Format(time.RFC3339), "err", e.Error())
+}
+
+// deadErr returns the deferral for mail to domain while it is a dead
+// destination, else nil.
+func (a *Agent) deadErr(domain string) *smtperr.Error {
+	a.mu.Lock()
+	d, ok := a.dead[domain]
+	a.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	if !a.now().Before(d.until) || d.flushes != a.q.Flushes() {
+		a.mu.Lock()
+		if cur, ok := a.dead[domain]; ok && cur == d {
+			delete(a.dead, domain)
+		}
+		a.mu.Unlock()
+		return nil
+	}
+	return &smtperr.Error{Code: d.err.Code, Enhanced: d.err.Enhanced, Msg: "delivery temporarily suspended: " + d.err.Msg}
+}
+
+// suspended defers t's recipients with e, a dead destination's deferral.
+func (a *Agent) suspended(t *txn, domain string, e *smtperr.Error) groupResult {
+	return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e)}
+}

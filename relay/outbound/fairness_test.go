@@ -1,0 +1,98 @@
+package outbound
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// Mail waiting for a stalled domain's connection slots must not take the
+// delivery slots (delivery.concurrency) of mail to other domains: with 20
+// messages to a server that never greets, the 5 beyond per_domain_concurrency
+// used to wait holding the other 5 of 10 slots, and a message to a healthy
+// domain waited for the stalled ones' greeting timeout.
+func TestDelivery_StalledDomain_NoHeadOfLineBlocking(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute // longer than the test
+	h.start()
+	var stalled []string
+	for range 20 {
+		stalled = append(stalled, h.submit(testBody, []string{"a@stall.test"}))
+	}
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1) // 10 s at most
+	h.waitRecords(id, 1)
+	if n := tarpit.Conns(); n > h.cfg.Delivery.PerDomainConcurrency {
+		t.Errorf("%d connections to the stalled domain, per_domain_concurrency %d", n, h.cfg.Delivery.PerDomainConcurrency)
+	}
+	for _, sid := range stalled {
+		if env := h.envelope(sid); env == nil || env.Attempts != 0 {
+			t.Errorf("%s: %+v, want still queued, no attempt", sid, env)
+		}
+	}
+}
+
+// After an attempt in which no host of a domain answered, its other mail is
+// deferred at once ("delivery temporarily suspended"), not sent to wait for
+// the same timeout each; a flush tries the domain again.
+func TestDelivery_DeadDestination_Suspended(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.GreetingTimeout.Duration = 300 * time.Millisecond
+	h.start()
+	first := h.submit(testBody, []string{"a@stall.test"})
+	h.waitRecords(first, 1)
+	var ids []string
+	for range 10 {
+		ids = append(ids, h.submit(testBody, []string{"a@stall.test"}))
+	}
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+		env := h.envelope(id)
+		if env == nil || env.Recipients[0].State != queue.Pending || !strings.Contains(env.LastError, "delivery temporarily suspended") ||
+			!strings.Contains(env.LastError, "timed out during greeting") {
+			t.Errorf("%s: %+v, want pending, suspended for the greeting timeout", id, env)
+		}
+	}
+	if n := tarpit.Conns(); n != 1 {
+		t.Errorf("%d connections to the dead destination, want 1", n)
+	}
+	// Other domains are not affected.
+	ok := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(ok, 1)
+	// A flush retries the dead destination.
+	h.q.Flush("stall.test")
+	h.waitRecords(first, 2)
+	if n := tarpit.Conns(); n < 2 {
+		t.Errorf("%d connections after a flush, want a new attempt", n)
+	}
+}
+
+// A server that answers, even with 4xx to a recipient, is not dead.
+func TestDelivery_TempFailedRecipient_NotDead(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "busy@") {
+			return smtptest.Reply(451, "4.2.0", "mailbox busy")
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, []string{"busy@example.test"})
+	h.waitRecords(id, 1)
+	id2 := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(id2, 1)
+	if strings.Contains(h.logs.String(), "marked dead") {
+		t.Error("a domain whose server answered was marked dead")
+	}
+}
