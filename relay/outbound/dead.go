@@ -22,14 +22,16 @@ type deadDest struct {
 // time is up are swept out when another is added.
 const maxDead = 1000
 
-// markDead records domain as dead for the first retry interval (the
-// earliest any of its mail would be tried again anyway), with e, the
-// reason its mail is deferred.
+// markDead records domain as dead, with e, the reason its mail is
+// deferred, for the first retry interval less its jitter (-10%): the
+// earliest any mail deferred now is tried again, so that attempt is a
+// real one, not another deferral.
 func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	wait := time.Minute
 	if iv := a.config().RetryDurations(); len(iv) > 0 && iv[0] > 0 {
 		wait = iv[0]
 	}
+	wait -= wait / 10
 	now := a.now()
 	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(), err: e}
 	a.mu.Lock()
