@@ -129,6 +129,25 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 	return nil, false
 }
 
+// tryAcquire takes a slot for key if one is free now.
+func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.m[key]
+	if s == nil {
+		s = &slot{sem: newSem(l.max)}
+		l.m[key] = s
+	}
+	if !s.sem.tryAcquire() {
+		if s.users == 0 {
+			delete(l.m, key)
+		}
+		return nil, false
+	}
+	s.users++
+	return func() { l.release(key, s) }, true
+}
+
 // release gives back a slot taken with acquireOrPark or acquire.
 func (l *limiter) release(key string, s *slot) {
 	l.mu.Lock()
