@@ -516,3 +516,20 @@ func TestUnicodeSenders(t *testing.T) {
 		t.Errorf("invalid IDN: %v, want an error naming user[0].senders[0]", err)
 	}
 }
+
+// TestSendersLocalPart: a senders entry whose local part is no RFC 5321
+// dot-string (a doubled "@", an empty atom, a special character) could
+// never match a MAIL FROM the relay accepts: it is refused with its key,
+// not kept as a silent 553 for that user.
+func TestSendersLocalPart(t *testing.T) {
+	t.Parallel()
+	user := "\n[[user]]\nname = \"app\"\npassword_hash = \"" + testHash + "\"\n"
+	mustParse(t, minimal+user+`senders = ["first.last+tag@example.com", "o'brien@example.com", "*@example.com", "jörg@example.com"]`)
+	for _, s := range []string{"app@@example.com", "@@example.com", "a..b@example.com", ".a@example.com", "a.@example.com",
+		"a(b)@example.com", "a,b@example.com", `a\\b@example.com`, strings.Repeat("x", 65) + "@example.com"} {
+		_, err := Parse([]byte(minimal+user+`senders = ["`+s+`"]`), filepath.Join(t.TempDir(), "config.toml"))
+		if err == nil || !strings.Contains(err.Error(), "user[0].senders[0]") {
+			t.Errorf("senders = [%q]: %v, want an error naming user[0].senders[0]", s, err)
+		}
+	}
+}
