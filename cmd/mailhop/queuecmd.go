@@ -52,6 +52,10 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	c := admin.NewClient(cfg.Admin.Socket)
 	sub, rest := pos[0], pos[1:]
+	if (sub == "list" || sub == "flush") && len(rest) > 0 {
+		fmt.Fprintf(stderr, "mailhop queue %s: unexpected argument %q (for one domain: --domain D)\n", sub, rest[0])
+		return exitUsage
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "mailhop queue %s: %v\n", sub, err)
 		return exitFail

@@ -90,6 +90,20 @@ func TestQueueShow_JSONAndBodyIsUsage(t *testing.T) {
 	}
 }
 
+// TestQueue_ExtraArgumentIsUsage: list and flush take no argument; one
+// ("flush example.com", meant as --domain) is a usage error (exit 2) that
+// names --domain, and nothing is flushed.
+func TestQueue_ExtraArgumentIsUsage(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	for _, sub := range []string{"list", "flush"} {
+		out, errs, code := runQueue(r.cfgPath, sub, "example.net")
+		if code != exitUsage || out != "" || !strings.Contains(errs, "unexpected argument \"example.net\"") || !strings.Contains(errs, "--domain") {
+			t.Errorf("queue %s example.net: exit %d, stdout %q, stderr %q; want 2 and a hint to --domain", sub, code, out, errs)
+		}
+	}
+}
+
 // TestPrintTable_Layout: the message columns line up over every message, a
 // long reply on a recipient line does not widen them, and a reply without an
 // SMTP code (a DNS error) is shown without a made-up code 0.
