@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/relay/dkimsign/dkimkey"
 )
 
 // maxFileSize bounds every file the configuration points at (keys,
@@ -413,8 +414,10 @@ func (c *Config) validateDKIM(ps *problems) {
 		}
 		if d.KeyFile == "" {
 			ps.add(key+".key_file", "is required")
-		} else if _, err := readFile(d.KeyFile); err != nil {
+		} else if data, err := readFile(d.KeyFile); err != nil {
 			ps.add(key+".key_file", "%v", err)
+		} else if _, err := dkimkey.Parse(data); err != nil {
+			ps.add(key+".key_file", "%s: %v", d.KeyFile, err)
 		}
 	}
 }
