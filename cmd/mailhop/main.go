@@ -27,7 +27,8 @@ const usage = `mailhop — an SMTP relay
 Usage:
   mailhop serve --config FILE           run the relay in the foreground (logs to stderr)
   mailhop check-config --config FILE    check a configuration; exit 1 with every problem found
-  mailhop passwd                        read a password on stdin, print its bcrypt hash
+  mailhop passwd                        read a password on stdin (a terminal: asked twice,
+                                        not echoed), print its bcrypt hash
   mailhop queue list [--json] [filters] list queued mail
   mailhop queue show ID                 one message, with every recipient
   mailhop queue flush [--domain D]      retry now
