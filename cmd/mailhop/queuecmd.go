@@ -93,6 +93,11 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			}
 			return printJSON(stdout, msgs)
 		}
+		if len(msgs) == 0 && f != (admin.Filter{}) {
+			// Not "queue is empty": other messages may be queued.
+			fmt.Fprintln(stdout, "no queued message matches")
+			return exitOK
+		}
 		printTable(stdout, msgs)
 		return exitOK
 	case "show":
