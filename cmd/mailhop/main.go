@@ -142,7 +142,13 @@ func configCommand(name string, args []string, stderr io.Writer) (cfg *config.Co
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "configuration file")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, "", exitUsage
+	}
+	if len(pos) > 0 {
+		// Taken silently, the file named would not be the one used.
+		fmt.Fprintf(stderr, "mailhop %s: unexpected argument %q (name the file with --config FILE)\n", name, pos[0])
 		return nil, "", exitUsage
 	}
 	path = configPath(*cfgFlag)
