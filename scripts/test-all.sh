@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v go >/dev/null; then
-  echo "go is not on PATH: the tests need Go 1.26 or newer (Debian's golang package is older)" >&2
+  echo "go is not on PATH: the tests need Go 1.26.8 or newer (Debian's golang package is older)" >&2
   exit 1
 fi
 need=()
