@@ -821,54 +821,11 @@ func TestOpsSocketGroupMember(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("running commands as another user needs root")
 	}
-	nobody, err := user.Lookup("nobody")
-	if err != nil {
-		t.Skip("no user nobody")
-	}
-	grp, err := user.LookupGroup("nogroup")
-	if err != nil {
+	if _, err := user.LookupGroup("nogroup"); err != nil {
 		t.Skip("no group nogroup")
 	}
-	uid, _ := strconv.Atoi(nobody.Uid)
-	gid, _ := strconv.Atoi(grp.Gid)
 	r := startRelay(t, relayOpts{Extra: "[admin]\nsocket_group = \"nogroup\"\n"})
-	// nobody must reach the binary and the configuration.
-	bin := filepath.Join(r.dir, "bin", "mailhop")
-	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(mailhopBin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range []string{filepath.Dir(r.dir), r.dir} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Chown(r.cfgPath, 0, gid); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(r.cfgPath, 0o640); err != nil {
-		t.Fatal(err)
-	}
-	asNobody := func(stdin string, args ...string) (string, string, int) {
-		t.Helper()
-		cmd := exec.Command(bin, append(args, "--config", r.cfgPath)...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}}
-		cmd.Stdin = strings.NewReader(stdin)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		if err := cmd.Run(); err != nil {
-			if _, ok := err.(*exec.ExitError); !ok {
-				t.Fatalf("running %v as nobody: %v", args, err)
-			}
-		}
-		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
-	}
+	asNobody := nobodyRunner(t, r)
 
 	out, errs, code := asNobody("Subject: running\n\nx\n", "sendmail", "-v", "-f", "web@example.com", "a@example.net")
 	if code != 0 {
@@ -907,6 +864,78 @@ func TestOpsSocketGroupMember(t *testing.T) {
 	})
 	if n := len(r.list()); n != 2 {
 		t.Errorf("queue holds %d messages, want 2", n)
+	}
+}
+
+// nobodyRunner makes the binary and r's configuration reachable by the user
+// nobody in the group nogroup, and returns a function that runs mailhop as
+// that user with r's configuration: its stdout, stderr and exit code. Needs
+// root.
+func nobodyRunner(t *testing.T, r *relay) func(stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	nobody, err := user.Lookup("nobody")
+	if err != nil {
+		t.Skip("no user nobody")
+	}
+	grp, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Skip("no group nogroup")
+	}
+	uid, _ := strconv.Atoi(nobody.Uid)
+	gid, _ := strconv.Atoi(grp.Gid)
+	bin := filepath.Join(r.dir, "bin", "mailhop")
+	if err := os.MkdirAll(filepath.Dir(bin), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(mailhopBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{filepath.Dir(r.dir), r.dir} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(r.cfgPath, 0, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(r.cfgPath, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	return func(stdin string, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(bin, append(args, "--config", r.cfgPath)...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}}
+		cmd.Stdin = strings.NewReader(stdin)
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if err := cmd.Run(); err != nil {
+			if _, ok := err.(*exec.ExitError); !ok {
+				t.Fatalf("running %v as nobody: %v", args, err)
+			}
+		}
+		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	}
+}
+
+// TestOpsSocketNoPermission: a user who may not use the admin socket of a
+// running relay (no socket_group) is told so by the queue commands, not that
+// the relay is not running.
+func TestOpsSocketNoPermission(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Skip("running commands as another user needs root")
+	}
+	r := startRelay(t, relayOpts{})
+	asNobody := nobodyRunner(t, r)
+	for _, args := range [][]string{{"queue", "flush"}, {"queue", "list"}, {"queue", "show", "0000000000000000"}, {"queue", "hold", "0000000000000000"}} {
+		_, errs, code := asNobody("", args...)
+		if code != 1 || !strings.Contains(errs, "no permission to use the admin socket") || strings.Contains(errs, "not running") {
+			t.Errorf("%v as a user without access to the socket: exit %d: %s", args, code, errs)
+		}
 	}
 }
 

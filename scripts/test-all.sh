@@ -5,8 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if ! command -v go >/dev/null; then
+  echo "go is not on PATH: the tests need Go 1.26.8 or newer (Debian's golang package is older)" >&2
+  exit 1
+fi
 need=()
 command -v swaks >/dev/null || need+=(swaks)
+# swaks --tls needs Net::SSLeay, only a Recommends of the swaks package,
+# which --no-install-recommends below leaves out.
+perl -MNet::SSLeay -e 1 2>/dev/null || need+=(libnet-ssleay-perl)
+# The race detector needs cgo: a C compiler and the C library's headers.
+command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 [ -x /usr/sbin/smtp-sink ] || [ -x /usr/lib/postfix/sbin/smtp-sink ] || need+=(postfix)

@@ -27,7 +27,8 @@ const usage = `mailhop — an SMTP relay
 Usage:
   mailhop serve --config FILE           run the relay in the foreground (logs to stderr)
   mailhop check-config --config FILE    check a configuration; exit 1 with every problem found
-  mailhop passwd                        read a password on stdin, print its bcrypt hash
+  mailhop passwd                        read a password on stdin (a terminal: asked twice,
+                                        not echoed), print its bcrypt hash
   mailhop queue list [--json] [filters] list queued mail
   mailhop queue show ID                 one message, with every recipient
   mailhop queue flush [--domain D]      retry now
@@ -141,7 +142,13 @@ func configCommand(name string, args []string, stderr io.Writer) (cfg *config.Co
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "configuration file")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return nil, "", exitUsage
+	}
+	if len(pos) > 0 {
+		// Taken silently, the file named would not be the one used.
+		fmt.Fprintf(stderr, "mailhop %s: unexpected argument %q (name the file with --config FILE)\n", name, pos[0])
 		return nil, "", exitUsage
 	}
 	path = configPath(*cfgFlag)

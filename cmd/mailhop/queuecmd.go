@@ -53,6 +53,10 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	}
 	c := admin.NewClient(cfg.Admin.Socket)
 	sub, rest := pos[0], pos[1:]
+	if (sub == "list" || sub == "flush") && len(rest) > 0 {
+		fmt.Fprintf(stderr, "mailhop queue %s: unexpected argument %q (for one domain: --domain D)\n", sub, rest[0])
+		return exitUsage
+	}
 	fail := func(err error) int {
 		fmt.Fprintf(stderr, "mailhop queue %s: %v\n", sub, err)
 		return exitFail
@@ -104,6 +108,11 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			if out.Close() != nil {
 				return exitFail
 			}
+			return exitOK
+		}
+		if len(msgs) == 0 && f != (admin.Filter{}) {
+			// Not "queue is empty": other messages may be queued.
+			fmt.Fprintln(stdout, "no queued message matches")
 			return exitOK
 		}
 		printTable(stdout, msgs)

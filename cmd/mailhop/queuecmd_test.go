@@ -52,7 +52,8 @@ func TestQueueList_State(t *testing.T) {
 		}
 		for _, s := range []string{"delivered", "FAILED", "held"} {
 			out, errs, code := runQueue(cfgPath, "list", "--state", s)
-			if code != 0 || !strings.Contains(out, "queue is empty") {
+			// The queue is not empty: no message matches.
+			if code != 0 || out != "no queued message matches\n" {
 				t.Errorf("%s: --state %s: exit %d, %q %q; want an empty list", name, s, code, out, errs)
 			}
 		}
@@ -87,6 +88,20 @@ func TestQueueShow_JSONAndBodyIsUsage(t *testing.T) {
 	out, errs, code := runQueue(r.cfgPath, "show", "--json", "--body", id)
 	if code != exitUsage || out != "" || !strings.Contains(errs, "usage: mailhop queue show [--json | --body] ID") {
 		t.Errorf("show --json --body: exit %d, stdout %q, stderr %q; want 2 and the usage", code, out, errs)
+	}
+}
+
+// TestQueue_ExtraArgumentIsUsage: list and flush take no argument; one
+// ("flush example.com", meant as --domain) is a usage error (exit 2) that
+// names --domain, and nothing is flushed.
+func TestQueue_ExtraArgumentIsUsage(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	for _, sub := range []string{"list", "flush"} {
+		out, errs, code := runQueue(r.cfgPath, sub, "example.net")
+		if code != exitUsage || out != "" || !strings.Contains(errs, "unexpected argument \"example.net\"") || !strings.Contains(errs, "--domain") {
+			t.Errorf("queue %s example.net: exit %d, stdout %q, stderr %q; want 2 and a hint to --domain", sub, code, out, errs)
+		}
 	}
 }
 

@@ -9,11 +9,16 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"syscall"
 	"time"
 )
 
 // ErrNotRunning is returned by the client when nothing listens on the socket.
 var ErrNotRunning = errors.New("mailhop is not running (no admin socket)")
+
+// ErrNoPermission is returned by the client when the caller may not reach
+// the socket (its mode, or that of data_dir): the relay may well be running.
+var ErrNoPermission = errors.New("no permission to use the admin socket (root, the relay's user and members of admin.socket_group may)")
 
 // Client talks to a running mailhop over its admin socket.
 type Client struct {
@@ -84,12 +89,16 @@ func (c *Client) open(method, path string, query url.Values, body io.Reader) (*h
 	return resp, nil
 }
 
-// roundTrip sends req over the socket; nothing listening is ErrNotRunning.
+// roundTrip sends req over the socket; nothing listening is ErrNotRunning,
+// a socket the caller may not reach ErrNoPermission.
 func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		var ne *net.OpError
 		if errors.As(err, &ne) && ne.Op == "dial" {
+			if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+				return nil, fmt.Errorf("%w: %s", ErrNoPermission, c.socket)
+			}
 			return nil, fmt.Errorf("%w: %s", ErrNotRunning, c.socket)
 		}
 		return nil, fmt.Errorf("admin socket %s: %w", c.socket, err)

@@ -1,6 +1,10 @@
 package config
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"io/fs"
 	"net/netip"
@@ -406,6 +410,59 @@ max_recipients = 0
 	}
 }
 
+// TestDKIMKeysAreChecked: a DKIM key file that holds no usable key (not
+// PEM, an RSA key under 2048 bits) is a problem of its key_file, with its
+// line and reported with every other problem, not found only by the signer
+// after the others are fixed.
+func TestDKIMKeysAreChecked(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	small, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{
+		"garbage.key": []byte("not a key\n"),
+		"small.key":   pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(small)}),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = Parse([]byte(minimal+`[policy]
+max_recipients = 0
+[[dkim]]
+domain = "example.com"
+selector = "s1"
+key_file = "garbage.key"
+[[dkim]]
+domain = "example.com"
+selector = "s2"
+key_file = "small.key"
+`), filepath.Join(dir, "c.toml"))
+	var ce *Error
+	if !errors.As(err, &ce) {
+		t.Fatalf("err = %v", err)
+	}
+	want := []Problem{
+		{Key: "policy.max_recipients", Line: 7},
+		{Key: "dkim[0].key_file", Line: 11},
+		{Key: "dkim[1].key_file", Line: 15},
+	}
+	if len(ce.Problems) != len(want) {
+		t.Fatalf("got %d problems, want %d:\n%v", len(ce.Problems), len(want), err)
+	}
+	for i, w := range want {
+		if p := ce.Problems[i]; p.Key != w.Key || p.Line != w.Line {
+			t.Errorf("problem %d = %s:%d, want %s:%d", i, p.Key, p.Line, w.Key, w.Line)
+		}
+	}
+	if msg := ce.Problems[2].Msg; !strings.Contains(msg, "1024 bits") {
+		t.Errorf("small key: %q", msg)
+	}
+}
+
 func TestCertificateFiles(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -514,5 +571,22 @@ func TestUnicodeSenders(t *testing.T) {
 	_, err := Parse([]byte(minimal+user+`senders = ["@bad_ü.example"]`), filepath.Join(t.TempDir(), "config.toml"))
 	if err == nil || !strings.Contains(err.Error(), "user[0].senders[0]") {
 		t.Errorf("invalid IDN: %v, want an error naming user[0].senders[0]", err)
+	}
+}
+
+// TestSendersLocalPart: a senders entry whose local part is no RFC 5321
+// dot-string (a doubled "@", an empty atom, a special character) could
+// never match a MAIL FROM the relay accepts: it is refused with its key,
+// not kept as a silent 553 for that user.
+func TestSendersLocalPart(t *testing.T) {
+	t.Parallel()
+	user := "\n[[user]]\nname = \"app\"\npassword_hash = \"" + testHash + "\"\n"
+	mustParse(t, minimal+user+`senders = ["first.last+tag@example.com", "o'brien@example.com", "*@example.com", "jörg@example.com"]`)
+	for _, s := range []string{"app@@example.com", "@@example.com", "a..b@example.com", ".a@example.com", "a.@example.com",
+		"a(b)@example.com", "a,b@example.com", `a\\b@example.com`, strings.Repeat("x", 65) + "@example.com"} {
+		_, err := Parse([]byte(minimal+user+`senders = ["`+s+`"]`), filepath.Join(t.TempDir(), "config.toml"))
+		if err == nil || !strings.Contains(err.Error(), "user[0].senders[0]") {
+			t.Errorf("senders = [%q]: %v, want an error naming user[0].senders[0]", s, err)
+		}
 	}
 }

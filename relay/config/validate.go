@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/relay/dkimsign/dkimkey"
 )
 
 // maxFileSize bounds every file the configuration points at (keys,
@@ -413,8 +414,10 @@ func (c *Config) validateDKIM(ps *problems) {
 		}
 		if d.KeyFile == "" {
 			ps.add(key+".key_file", "is required")
-		} else if _, err := readFile(d.KeyFile); err != nil {
+		} else if data, err := readFile(d.KeyFile); err != nil {
 			ps.add(key+".key_file", "%v", err)
+		} else if _, err := dkimkey.Parse(data); err != nil {
+			ps.add(key+".key_file", "%s: %v", d.KeyFile, err)
 		}
 	}
 }
@@ -648,7 +651,33 @@ func checkSender(s string) error {
 	if strings.ContainsAny(local, " \t<>\"") {
 		return fmt.Errorf("%q: write the bare address, without spaces, quotes or <>", s)
 	}
+	if at > 0 && !isDotString(local) {
+		// Such a sender could never match: the relay refuses it in MAIL FROM.
+		return fmt.Errorf("%q: %q is not a valid local part (RFC 5321 dot-string: letters, digits and !#$%%&'*+-/=?^_`{|}~, dots between them, at most 64 octets)", s, local)
+	}
 	return nil
+}
+
+// isDotString checks an unquoted local part, RFC 5321 Dot-string (with
+// UTF-8, RFC 6531), of at most 64 octets (§4.5.3.1.1).
+func isDotString(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, atom := range strings.Split(s, ".") {
+		if atom == "" {
+			return false
+		}
+		for i := 0; i < len(atom); i++ {
+			c := atom[i]
+			ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c >= 0x80 ||
+				strings.IndexByte("!#$%&'*+-/=?^_`{|}~", c) >= 0
+			if !ok {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // normaliseResolver turns a DNS server address into "host:port", adding port

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dkimsign/dkimkey"
 )
 
 func writePEM(t *testing.T, typ string, der []byte) string {
@@ -57,7 +58,7 @@ func TestNew_LoadsKeyForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	back, err := ParsePrivateKey(b)
+	back, err := dkimkey.Parse(b)
 	if err != nil || !ed.Equal(back) {
 		t.Errorf("round trip: %v", err)
 	}

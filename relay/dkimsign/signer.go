@@ -35,6 +35,7 @@ import (
 	"golang.org/x/net/idna"
 
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dkimsign/dkimkey"
 	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
@@ -67,7 +68,7 @@ type Signer struct {
 func New(entries []config.DKIM) (*Signer, error) {
 	s := &Signer{}
 	for i, e := range entries {
-		k, err := LoadPrivateKey(e.KeyFile)
+		k, err := dkimkey.Load(e.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("dkim[%d].key_file: %w", i, err)
 		}
@@ -91,7 +92,7 @@ func NewFromKeys(keys ...*Key) *Signer {
 
 // NewKey makes a Key from its parts.
 func NewKey(domain, selector string, subDomains bool, key crypto.Signer) (*Key, error) {
-	if _, err := checkKey(key); err != nil {
+	if _, err := dkimkey.Check(key); err != nil {
 		return nil, err
 	}
 	d := canonDomain(domain)

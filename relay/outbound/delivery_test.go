@@ -14,6 +14,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -751,6 +752,10 @@ func TestBounceNow(t *testing.T) {
 	d := parseBounce(t, senderMX.Wait(t, 1)[0])
 	if len(d.Recipients) != 2 || d.Recipients[0].Status != "5.0.0" {
 		t.Errorf("operator bounce: %+v", d.Recipients)
+	}
+	// Each recipient's final line names the message, as delivery's do.
+	if got := testlog.Lines(h.logs.String(), "msg=bounced", "queue_id="+id, "message_id=<1@sender.test>"); len(got) != 2 {
+		t.Errorf("bounced lines with the message's Message-ID: %d, want 2:\n%s", len(got), h.logs.String())
 	}
 	if err := h.agent.BounceNow(id); err == nil {
 		t.Error("BounceNow of a gone message succeeded")

@@ -265,7 +265,7 @@ func (a *Agent) BounceNow(id string) error {
 		return err
 	}
 	defer body.Close()
-	at := &attempt{}
+	at := &attempt{messageID: scanStored(body).messageID}
 	for i := range env.Recipients {
 		r := &env.Recipients[i]
 		if r.State != queue.Pending {
