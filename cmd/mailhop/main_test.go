@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -31,5 +34,25 @@ func TestConfigCommand_PositionalIsUsage(t *testing.T) {
 					cmd, bad, env, code, out.String(), errs.String())
 			}
 		}
+	}
+}
+
+// The relay runs one P more than Go's default (its time goes to system
+// calls, which hold a P), unless GOMAXPROCS says otherwise.
+func TestTuneRuntime_GOMAXPROCS(t *testing.T) {
+	before := runtime.GOMAXPROCS(0)
+	defer runtime.GOMAXPROCS(before)
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
+	t.Setenv("GOMAXPROCS", "")
+	tuneRuntime()
+	if got := runtime.GOMAXPROCS(0); got != before+1 {
+		t.Errorf("GOMAXPROCS %d after tuneRuntime, want %d", got, before+1)
+	}
+	runtime.GOMAXPROCS(before)
+	t.Setenv("GOMAXPROCS", strconv.Itoa(before))
+	tuneRuntime()
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("GOMAXPROCS %d with the variable set, want %d", got, before)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"slices"
@@ -65,7 +66,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	for _, w := range cfg.Warnings() {
 		log.Warn("configuration: " + w)
 	}
-	tuneGC()
+	tuneRuntime()
 	if p := os.Getenv("MAILHOP_CPUPROFILE"); p != "" {
 		// For profiling load runs: a CPU profile of the whole run.
 		if f, err := os.Create(p); err == nil {
@@ -282,18 +283,32 @@ func sdNotify(state string) {
 	c.Write([]byte(state))
 }
 
-// tuneGC trades a little memory for much less CPU: the live heap of a relay
-// is small (envelopes, buffers), so the default GOGC=100 collects every few
-// hundred messages. GOGC=400 cuts the collector's share of the CPU by about
-// a fifth of mailhop's total; a soft limit of 192 MiB makes it collect
-// harder before memory grows past that (a queue of a million recipients).
-// The GOGC and GOMEMLIMIT environment variables still take precedence.
-func tuneGC() {
+// tuneRuntime sets the Go runtime up for a relay; the GOGC, GOMEMLIMIT
+// and GOMAXPROCS environment variables still take precedence.
+//
+// GC: the live heap of a relay is small (envelopes, buffers), so the
+// default GOGC=100 collects every few hundred messages. GOGC=400 cuts the
+// collector's share of the CPU by about a fifth of mailhop's total; a soft
+// limit of 192 MiB makes it collect harder before memory grows past that (a
+// queue of a million recipients).
+//
+// GOMAXPROCS: one more than Go's default (the CPUs, or the container's
+// quota). Most of a relay's CPU time is spent in system calls (a write per
+// SMTP reply, the queue's fdatasync), and a goroutine's P stays with its
+// thread through a system call, so with one P per CPU the CPUs idled while
+// every P sat in a call: on the project's 2-core machine the peerbench
+// load ran 84% busy at about 1,590 messages per second with 2 Ps, 87% busy
+// at about 1,770 with 3 (medians of four alternating runs; 4 Ps were no
+// better than 3).
+func tuneRuntime() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(192 << 20)
+	}
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
 	}
 }
 
