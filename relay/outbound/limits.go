@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"slices"
 	"sync"
 )
 
@@ -9,42 +10,53 @@ import (
 // so delivery.concurrency and per_domain_concurrency apply from a reload
 // on: a larger size lets waiters in at once; a smaller one lets no one
 // new in until enough holders have left (nothing under way is cut).
+//
+// Waiters are served in order, each woken only when a slot is handed to
+// it: a release that woke every waiter to race for one slot cost as many
+// goroutine wakeups as there were waiters (up to delivery.concurrency
+// deliveries waiting for one busy domain's slots).
 type sem struct {
-	mu   sync.Mutex
-	max  int
-	n    int
-	wake chan struct{} // closed when a slot may have come free; nil: nobody waits
+	mu      sync.Mutex
+	max     int
+	n       int             // slots taken, those handed to waiters included
+	waiters []chan struct{} // oldest first; closed when given a slot
 }
 
 func newSem(max int) *sem { return &sem{max: max} }
 
 // acquire takes a slot, waiting until one is free or ctx is done.
 func (s *sem) acquire(ctx context.Context) error {
-	for {
-		s.mu.Lock()
-		if s.n < s.max {
-			s.n++
-			s.mu.Unlock()
-			return nil
-		}
-		if s.wake == nil {
-			s.wake = make(chan struct{})
-		}
-		w := s.wake
+	s.mu.Lock()
+	if s.n < s.max && len(s.waiters) == 0 {
+		s.n++
 		s.mu.Unlock()
-		select {
-		case <-w:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		return nil
 	}
+	w := make(chan struct{})
+	s.waiters = append(s.waiters, w)
+	s.mu.Unlock()
+	select {
+	case <-w:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	select {
+	case <-w: // handed a slot as ctx ended: give it on
+		s.n--
+		s.grant()
+	default:
+		s.waiters = slices.DeleteFunc(s.waiters, func(c chan struct{}) bool { return c == w })
+	}
+	s.mu.Unlock()
+	return ctx.Err()
 }
 
-// release gives a slot back.
+// release gives a slot back (to the oldest waiter, if any).
 func (s *sem) release() {
 	s.mu.Lock()
 	s.n--
-	s.wakeAll()
+	s.grant()
 	s.mu.Unlock()
 }
 
@@ -59,23 +71,25 @@ func (s *sem) free() int {
 func (s *sem) setMax(max int) {
 	s.mu.Lock()
 	s.max = max
-	s.wakeAll()
+	s.grant()
 	s.mu.Unlock()
 }
 
-// wakeAll lets every waiter look again; s.mu is held.
-func (s *sem) wakeAll() {
-	if s.wake != nil {
-		close(s.wake)
-		s.wake = nil
+// grant hands the free slots to waiters, oldest first; s.mu is held.
+func (s *sem) grant() {
+	for s.n < s.max && len(s.waiters) > 0 {
+		s.n++
+		close(s.waiters[0])
+		s.waiters[0] = nil
+		s.waiters = s.waiters[1:]
 	}
 }
 
-// tryAcquire takes a slot if one is free now.
+// tryAcquire takes a slot if one is free now (and nobody waits for it).
 func (s *sem) tryAcquire() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.n < s.max {
+	if s.n < s.max && len(s.waiters) == 0 {
 		s.n++
 		return true
 	}

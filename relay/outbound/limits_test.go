@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"context"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -115,5 +116,73 @@ func TestLimiter_ParkUnpark(t *testing.T) {
 	}
 	if len(l.m) != 0 {
 		t.Errorf("limiter keeps %d idle domains", len(l.m))
+	}
+}
+
+// Waiters get slots in the order they came, a release hands its slot to
+// one waiter (the others stay asleep), and a waiter that gives up as it is
+// handed a slot passes the slot on.
+func TestSem_FIFOHandOff(t *testing.T) {
+	s := newSem(1)
+	ctx := context.Background()
+	if err := s.acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan int, 3)
+	for i := range 3 {
+		go func() {
+			if s.acquire(ctx) == nil {
+				got <- i
+			}
+		}()
+		for { // wait until waiter i is queued, so the order is known
+			s.mu.Lock()
+			n := len(s.waiters)
+			s.mu.Unlock()
+			if n == i+1 {
+				break
+			}
+			runtime.Gosched()
+		}
+	}
+	for want := range 3 {
+		s.release()
+		if i := <-got; i != want {
+			t.Fatalf("slot %d went to waiter %d", want, i)
+		}
+		select {
+		case i := <-got:
+			t.Fatalf("one release let waiter %d in as well", i)
+		default:
+		}
+	}
+	if s.tryAcquire() {
+		t.Fatal("a slot free while the last waiter holds the only one")
+	}
+	s.release()
+
+	// A waiter whose context ends passes a slot handed to it on.
+	if err := s.acquire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- s.acquire(cctx) }()
+	for {
+		s.mu.Lock()
+		n := len(s.waiters)
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	cancel()
+	if err := <-errc; err == nil {
+		t.Fatal("acquire succeeded after its context ended")
+	}
+	s.release()
+	if !s.tryAcquire() {
+		t.Fatalf("slot lost: n=%d max=%d waiters=%d", s.n, s.max, len(s.waiters))
 	}
 }
