@@ -363,9 +363,7 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if release, ok := a.domains.tryAcquire(d); ok {
 		return release, false
 	}
-	wctx, cancel := context.WithTimeout(ctx, parkAfter)
-	release, err := a.domains.acquire(wctx, d)
-	cancel()
+	release, err := a.domains.acquireWithin(ctx, d, parkAfter)
 	if err == nil {
 		return release, false
 	}

@@ -2,8 +2,10 @@ package outbound
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
+	"time"
 )
 
 // sem is a counting semaphore whose size can change while it is in use,
@@ -24,8 +26,15 @@ type sem struct {
 
 func newSem(max int) *sem { return &sem{max: max} }
 
+// errWaitedTooLong is acquire's error when its wait ran out.
+var errWaitedTooLong = errors.New("no slot free in time")
+
 // acquire takes a slot, waiting until one is free or ctx is done.
-func (s *sem) acquire(ctx context.Context) error {
+func (s *sem) acquire(ctx context.Context) error { return s.acquireWithin(ctx, nil) }
+
+// acquireWithin is acquire that also gives up (errWaitedTooLong) when
+// timeout fires; a nil timeout never does.
+func (s *sem) acquireWithin(ctx context.Context, timeout <-chan time.Time) error {
 	s.mu.Lock()
 	if s.n < s.max && len(s.waiters) == 0 {
 		s.n++
@@ -35,21 +44,24 @@ func (s *sem) acquire(ctx context.Context) error {
 	w := make(chan struct{})
 	s.waiters = append(s.waiters, w)
 	s.mu.Unlock()
+	err := errWaitedTooLong
 	select {
 	case <-w:
 		return nil
 	case <-ctx.Done():
+		err = ctx.Err()
+	case <-timeout:
 	}
 	s.mu.Lock()
 	select {
-	case <-w: // handed a slot as ctx ended: give it on
+	case <-w: // handed a slot as the wait ended: give it on
 		s.n--
 		s.grant()
 	default:
 		s.waiters = slices.DeleteFunc(s.waiters, func(c chan struct{}) bool { return c == w })
 	}
 	s.mu.Unlock()
-	return ctx.Err()
+	return err
 }
 
 // release gives a slot back (to the oldest waiter, if any).
@@ -186,6 +198,13 @@ func (l *limiter) unparkLocked(s *slot) {
 }
 
 func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
+	return l.acquireWithin(ctx, key, 0)
+}
+
+// acquireWithin is acquire that gives up with errWaitedTooLong after wait
+// (0: no limit). A timer, not a context with a deadline: every waiting
+// delivery registered one with the shared parent context, under its lock.
+func (l *limiter) acquireWithin(ctx context.Context, key string, wait time.Duration) (func(), error) {
 	l.mu.Lock()
 	s := l.m[key]
 	if s == nil {
@@ -194,7 +213,13 @@ func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 	}
 	s.users++
 	l.mu.Unlock()
-	if err := s.sem.acquire(ctx); err != nil {
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	if err := s.sem.acquireWithin(ctx, timeout); err != nil {
 		l.mu.Lock()
 		l.leaveLocked(key, s)
 		l.mu.Unlock()

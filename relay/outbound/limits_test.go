@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -184,5 +185,25 @@ func TestSem_FIFOHandOff(t *testing.T) {
 	s.release()
 	if !s.tryAcquire() {
 		t.Fatalf("slot lost: n=%d max=%d waiters=%d", s.n, s.max, len(s.waiters))
+	}
+}
+
+// A wait that runs out gives errWaitedTooLong and leaves no waiter behind.
+func TestSem_WaitRunsOut(t *testing.T) {
+	s := newSem(1)
+	if !s.tryAcquire() {
+		t.Fatal("empty semaphore refused")
+	}
+	fired := make(chan time.Time, 1)
+	fired <- time.Now()
+	if err := s.acquireWithin(context.Background(), fired); err != errWaitedTooLong {
+		t.Fatalf("acquireWithin = %v, want errWaitedTooLong", err)
+	}
+	if len(s.waiters) != 0 || s.n != 1 {
+		t.Fatalf("after the wait: %d waiters, %d taken", len(s.waiters), s.n)
+	}
+	s.release()
+	if !s.tryAcquire() {
+		t.Fatal("slot lost")
 	}
 }
