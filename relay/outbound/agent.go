@@ -352,7 +352,11 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 		}
 		d = rd
 	}
-	if d == "" || a.deadErr(d) != nil {
+	if d == "" {
+		return nil, false
+	}
+	if a.deadErr(d) != nil {
+		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
 		return nil, false
 	}
 	// Under load a slot frees within milliseconds: wait for it here, as
@@ -360,7 +364,7 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	// scheduler (about 15% of the relay's throughput when every message of
 	// a busy domain went that way), so it is kept for a domain whose
 	// slots stay taken (stalled or slow servers).
-	if release, ok := a.domains.tryAcquire(d); ok {
+	if release, ok := a.domains.tryAcquire(d, env.ID); ok {
 		return release, false
 	}
 	wctx, cancel := context.WithTimeout(ctx, parkAfter)

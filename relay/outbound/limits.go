@@ -3,6 +3,7 @@ package outbound
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // sem is a counting semaphore whose size can change while it is in use,
@@ -10,10 +11,11 @@ import (
 // on: a larger size lets waiters in at once; a smaller one lets no one
 // new in until enough holders have left (nothing under way is cut).
 type sem struct {
-	mu   sync.Mutex
-	max  int
-	n    int
-	wake chan struct{} // closed when a slot may have come free; nil: nobody waits
+	mu       sync.Mutex
+	max      int
+	n        int
+	reserved int           // slots kept for parked messages called back (limiter.unparkLocked)
+	wake     chan struct{} // closed when a slot may have come free; nil: nobody waits
 }
 
 func newSem(max int) *sem { return &sem{max: max} }
@@ -22,7 +24,7 @@ func newSem(max int) *sem { return &sem{max: max} }
 func (s *sem) acquire(ctx context.Context) error {
 	for {
 		s.mu.Lock()
-		if s.n < s.max {
+		if s.n+s.reserved < s.max {
 			s.n++
 			s.mu.Unlock()
 			return nil
@@ -48,11 +50,36 @@ func (s *sem) release() {
 	s.mu.Unlock()
 }
 
-// free returns the slots not taken (negative after a lowered size).
+// free returns the slots neither taken nor reserved (negative after a
+// lowered size).
 func (s *sem) free() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.max - s.n
+	return s.max - s.n - s.reserved
+}
+
+// reserve keeps a free slot for one holder: no one else takes it until
+// take or unreserve.
+func (s *sem) reserve() {
+	s.mu.Lock()
+	s.reserved++
+	s.mu.Unlock()
+}
+
+// take turns a reserved slot into a taken one.
+func (s *sem) take() {
+	s.mu.Lock()
+	s.reserved--
+	s.n++
+	s.mu.Unlock()
+}
+
+// unreserve gives a reserved slot back.
+func (s *sem) unreserve() {
+	s.mu.Lock()
+	s.reserved--
+	s.wakeAll()
+	s.mu.Unlock()
 }
 
 // setMax changes the size.
@@ -75,7 +102,7 @@ func (s *sem) wakeAll() {
 func (s *sem) tryAcquire() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.n < s.max {
+	if s.n+s.reserved < s.max {
 		s.n++
 		return true
 	}
@@ -86,7 +113,10 @@ func (s *sem) tryAcquire() bool {
 // while used, so the map does not grow with the number of domains seen.
 // A message waits for its domain either in acquire (holding its
 // goroutine) or parked (acquireOrPark): then it holds nothing but its
-// queue ID here, and unpark hands it back to the queue when a slot frees.
+// queue ID here, and unpark hands it back to the queue when a slot frees,
+// that slot kept for it until it comes back (tryAcquire with its ID) or
+// callWait has passed: mail arriving meanwhile does not take it, so parked
+// mail goes out oldest first and is never overtaken by newer mail.
 type limiter struct {
 	mu     sync.Mutex
 	max    int
@@ -96,9 +126,16 @@ type limiter struct {
 
 type slot struct {
 	sem    *sem
-	users  int      // holders, waiters and parked messages
-	parked []string // queue IDs waiting for a slot, oldest first
+	users  int                    // holders, waiters, parked and called messages
+	parked []string               // queue IDs waiting for a slot, oldest first
+	called map[string]*time.Timer // unparked, a slot reserved for each until its timer
 }
+
+// callWait is how long a slot is kept for a message unparked for it: the
+// time it takes through the queue's schedule back to a delivery, with room
+// for a moment when every delivery slot is busy. Then the slot is given
+// to the next parked message (or whoever waits).
+const callWait = 2 * time.Second
 
 func newLimiter(max int, unpark func(id string) bool) *limiter {
 	return &limiter{max: max, m: make(map[string]*slot), unpark: unpark}
@@ -116,6 +153,9 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 		s = &slot{sem: newSem(l.max)}
 		l.m[key] = s
 	}
+	if takeCalled(s, id) {
+		return func() { l.release(key, s) }, true
+	}
 	if s.sem.tryAcquire() {
 		s.users++
 		return func() { l.release(key, s) }, true
@@ -129,14 +169,18 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 	return nil, false
 }
 
-// tryAcquire takes a slot for key if one is free now.
-func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
+// tryAcquire takes a slot for key if one is free now, or the one kept for
+// id when it was unparked.
+func (l *limiter) tryAcquire(key, id string) (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.m[key]
 	if s == nil {
 		s = &slot{sem: newSem(l.max)}
 		l.m[key] = s
+	}
+	if takeCalled(s, id) {
+		return func() { l.release(key, s) }, true
 	}
 	if !s.sem.tryAcquire() {
 		if s.users == 0 {
@@ -148,26 +192,66 @@ func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
 	return func() { l.release(key, s) }, true
 }
 
+// takeCalled takes the slot kept for id, if it was unparked for one; its
+// use of the slot goes on (users unchanged). l.mu is held.
+func takeCalled(s *slot, id string) bool {
+	t, ok := s.called[id]
+	if !ok {
+		return false
+	}
+	t.Stop()
+	delete(s.called, id)
+	s.sem.take()
+	return true
+}
+
 // release gives back a slot taken with acquireOrPark or acquire.
 func (l *limiter) release(key string, s *slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s.sem.release()
-	l.unparkLocked(s)
+	l.unparkLocked(key, s)
+	l.leaveLocked(key, s)
+}
+
+// unreserve gives back the slot kept for id, if any: it will not come
+// for it (its destination is dead), or it did not within callWait.
+func (l *limiter) unreserve(key, id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.m[key]
+	if s == nil {
+		return
+	}
+	t, ok := s.called[id]
+	if !ok {
+		return
+	}
+	t.Stop()
+	delete(s.called, id)
+	s.sem.unreserve()
+	l.unparkLocked(key, s)
 	l.leaveLocked(key, s)
 }
 
 // unparkLocked hands parked messages back to the queue, as many as there
-// are free slots (skipping those that no longer wait). l.mu is held.
-func (l *limiter) unparkLocked(s *slot) {
+// are free slots (skipping those that no longer wait), and keeps a slot
+// for each. l.mu is held.
+func (l *limiter) unparkLocked(key string, s *slot) {
 	for n := s.sem.free(); n > 0 && len(s.parked) > 0; {
 		id := s.parked[0]
 		s.parked[0] = ""
 		s.parked = s.parked[1:]
-		s.users--
-		if l.unpark(id) {
-			n--
+		if _, dup := s.called[id]; dup || !l.unpark(id) {
+			s.users--
+			continue
 		}
+		n--
+		s.sem.reserve()
+		if s.called == nil {
+			s.called = make(map[string]*time.Timer)
+		}
+		s.called[id] = time.AfterFunc(callWait, func() { l.unreserve(key, id) })
 	}
 }
 
@@ -203,8 +287,8 @@ func (l *limiter) setMax(max int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.max = max
-	for _, s := range l.m {
+	for key, s := range l.m {
 		s.sem.setMax(max)
-		l.unparkLocked(s)
+		l.unparkLocked(key, s)
 	}
 }
