@@ -607,6 +607,15 @@ func (q *Queue) Due(id string) (time.Time, bool) {
 	return s.due, true
 }
 
+// Activity reports whether a message is being delivered right now, or
+// parked (waiting for a connection slot to its destination, see Park).
+func (q *Queue) Activity(id string) (delivering, parked bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s, ok := q.sched[id]
+	return ok && s.inflight, ok && s.parked
+}
+
 // InFlight reports whether a message is being delivered right now.
 func (q *Queue) InFlight(id string) bool {
 	q.mu.Lock()

@@ -720,8 +720,14 @@ func TestPark_Unpark(t *testing.T) {
 	if got := next(); got != env.ID {
 		t.Fatalf("Next = %q", got)
 	}
+	if d, p := q.Activity(env.ID); !d || p {
+		t.Errorf("Activity of a message handed out = %v, %v; want delivering", d, p)
+	}
 	if err := q.Park(env.ID); err != nil {
 		t.Fatal(err)
+	}
+	if d, p := q.Activity(env.ID); d || !p {
+		t.Errorf("Activity of a parked message = %v, %v; want parked", d, p)
 	}
 	if err := q.Park(env.ID); err != ErrNotFound {
 		t.Errorf("Park of a message not handed out: %v", err)

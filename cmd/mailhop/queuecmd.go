@@ -217,10 +217,7 @@ func printTable(w io.Writer, msgs []admin.Message) {
 	const stamp = "2006-01-02 15:04:05"
 	rows := [][]string{{"ID", "SIZE", "ARRIVED", "ATTEMPTS", "NEXT ATTEMPT", "SENDER"}}
 	for _, m := range msgs {
-		next := m.NextAttempt.Local().Format(stamp)
-		if m.Held {
-			next = "held"
-		}
+		next := nextAttempt(&m, stamp)
 		from := m.From
 		if from == "" {
 			from = "<>"
@@ -255,6 +252,20 @@ func printTable(w io.Writer, msgs []admin.Message) {
 	fmt.Fprintf(w, "%d message(s)\n", len(msgs))
 }
 
+// nextAttempt is m's next attempt for people: its time, or what it
+// waits for instead (a parked message's recorded time is in the past).
+func nextAttempt(m *admin.Message, stamp string) string {
+	switch {
+	case m.Held:
+		return "held"
+	case m.Delivering:
+		return "delivering now"
+	case m.Parked:
+		return "waiting for a slot"
+	}
+	return m.NextAttempt.Local().Format(stamp)
+}
+
 // printDetail prints one message's whole envelope, a field a line (as
 // Postfix's postcat -e does), for `queue show`.
 func printDetail(w io.Writer, m *admin.Message) {
@@ -263,9 +274,9 @@ func printDetail(w io.Writer, m *admin.Message) {
 	if from == "" {
 		from = "<>"
 	}
-	next := m.NextAttempt.Local().Format(stamp)
-	if m.Held {
-		next = "held"
+	next := nextAttempt(m, stamp)
+	if m.Parked {
+		next += " (when a connection to its domain frees: per_domain_concurrency)"
 	}
 	kv := [][2]string{
 		{"id", m.ID}, {"sender", from}, {"arrived", m.Arrived.Local().Format(stamp)},

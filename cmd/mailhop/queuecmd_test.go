@@ -146,6 +146,32 @@ func TestPrintTable_Layout(t *testing.T) {
 	}
 }
 
+// TestPrintTable_Activity: a message being delivered or parked (waiting for
+// a connection slot to its domain) says so instead of a next attempt in the
+// past: a parked message listed with 0 attempts, no error and a time long
+// gone looked stuck.
+func TestPrintTable_Activity(t *testing.T) {
+	t.Parallel()
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	msgs := []admin.Message{
+		{ID: "003628CBROVGIJSR", From: "a@example.com", Arrived: at, NextAttempt: at, Delivering: true,
+			Recipients: []admin.Recipient{{Address: "x@example.net", State: "pending"}}},
+		{ID: "003628CBRPTGS78S", From: "a@example.com", Arrived: at, NextAttempt: at, Parked: true,
+			Recipients: []admin.Recipient{{Address: "y@example.net", State: "pending"}}},
+	}
+	var b bytes.Buffer
+	printTable(&b, msgs)
+	lines := strings.Split(b.String(), "\n")
+	if !strings.Contains(lines[1], "delivering now") || !strings.Contains(lines[3], "waiting for a slot") {
+		t.Errorf("table:\n%s", b.String())
+	}
+	b.Reset()
+	printDetail(&b, &msgs[1])
+	if !strings.Contains(b.String(), "waiting for a slot (when a connection to its domain frees") {
+		t.Errorf("show:\n%s", b.String())
+	}
+}
+
 // TestQueueShow_Message: `queue show ID` prints the envelope and then the
 // message; `show --body ID` prints the message alone, byte for byte as
 // queued (8-bit text, a leading dot, no final newline), whether the relay is

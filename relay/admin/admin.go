@@ -76,6 +76,13 @@ type Message struct {
 	BodyType    string      `json:"body_type"`  // MAIL's BODY=: 7BIT, 8BITMIME, BINARYMIME or ""
 	SMTPUTF8    bool        `json:"smtputf8"`   // MAIL carried SMTPUTF8
 	RequireTLS  bool        `json:"requiretls"` // MAIL carried REQUIRETLS
+
+	// Delivering: an attempt is under way. Parked: waiting for a
+	// connection slot to its domain (per_domain_concurrency), due as soon
+	// as one frees; next_attempt is then in the past. Both false when the
+	// relay is stopped.
+	Delivering bool `json:"delivering"`
+	Parked     bool `json:"parked"`
 }
 
 // FromEnvelope converts a queue envelope to its API form.
@@ -321,6 +328,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	out := NewArrayWriter(w)
 	s.Queue.Each(func(e *queue.Envelope) bool {
 		m := FromEnvelope(e)
+		m.Delivering, m.Parked = s.Queue.Activity(e.ID)
 		return !f.Match(&m, now) || out.Add(m) == nil
 	})
 	out.Close()
@@ -332,7 +340,9 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, FromEnvelope(e))
+	m := FromEnvelope(e)
+	m.Delivering, m.Parked = s.Queue.Activity(e.ID)
+	writeJSON(w, http.StatusOK, m)
 }
 
 // message sends a queued message's content, byte for byte as stored (with

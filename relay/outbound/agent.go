@@ -63,6 +63,7 @@ type Agent struct {
 	noTLS   map[netip.Addr]time.Time // STARTTLS handshake failed: plain until
 	caPools map[string]*x509.CertPool
 	dead    map[string]deadDest // domains no host of which answered
+	live    map[string]int      // greeted sessions under way, per domain
 
 	stats    counters
 	tlsStats tlsStats
@@ -96,6 +97,7 @@ func New(opts Options) (*Agent, error) {
 		noTLS:    make(map[netip.Addr]time.Time),
 		caPools:  make(map[string]*x509.CertPool),
 		dead:     make(map[string]deadDest),
+		live:     make(map[string]int),
 	}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -352,7 +354,11 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 		}
 		d = rd
 	}
-	if d == "" || a.deadErr(d) != nil {
+	if d == "" {
+		return nil, false
+	}
+	if a.deadErr(d) != nil {
+		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
 		return nil, false
 	}
 	// Under load a slot frees within milliseconds: wait for it here, as
@@ -360,7 +366,7 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	// scheduler (about 15% of the relay's throughput when every message of
 	// a busy domain went that way), so it is kept for a domain whose
 	// slots stay taken (stalled or slow servers).
-	if release, ok := a.domains.tryAcquire(d); ok {
+	if release, ok := a.domains.tryAcquire(d, env.ID); ok {
 		return release, false
 	}
 	release, err := a.domains.acquireWithin(ctx, d, parkAfter)
@@ -565,7 +571,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		for _, ip := range tg.addrs {
 			ap := netip.AddrPortFrom(ip.Unmap(), uint16(tg.port))
 			gr.mx, gr.addr, gr.tls = tg.host, ap.String(), ""
-			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm)
+			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain)
 			gr.tls, gr.policy, gr.verif = info.version, info.policy, info.verified
 			if serr == nil {
 				gr.rcpts = res
@@ -666,13 +672,26 @@ type connInfo struct {
 
 // tryAddr delivers t through one address under plan: a pooled connection
 // if there is one (redialling once when it turns out dead), else a new one.
-func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts) ([]rcptResult, connInfo, *stageError) {
+func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts, domain string) ([]rcptResult, connInfo, *stageError) {
 	if plan.wantsTLS() && !plan.required && a.knownNoTLS(ap.Addr()) {
 		p := *plan
 		p.plain = true
 		plan = &p
 	}
 	info := connInfo{policy: plan.source}
+	// From its server's greeting to the end, the session keeps domain
+	// alive (see markDead).
+	var down func()
+	greeted := func() {
+		if down == nil {
+			down = a.sessionUp(domain)
+		}
+	}
+	defer func() {
+		if down != nil {
+			down()
+		}
+	}()
 	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route)})
 	for {
 		if cn == nil {
@@ -680,7 +699,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// every slot not taken may hold one idle connection, the
 			// rest are closed before this one is opened.
 			a.pool.trim(a.total.free())
-			c, err := a.dialConn(ctx, cfg, tg, ap, plan)
+			c, err := a.dialConn(ctx, cfg, tg, ap, plan, greeted)
 			if err != nil {
 				se := err.(*stageError)
 				if se.tls && plan.wantsTLS() && !plan.required && ctx.Err() == nil {
@@ -699,6 +718,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			cn = c
 		}
 		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified}
+		greeted()
 		res, broken, serr := a.transact(ctx, cn, t, tm)
 		if serr != nil {
 			cn.close()

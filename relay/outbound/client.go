@@ -136,8 +136,9 @@ func netStatus(err error) string {
 }
 
 // dialConn connects to addr for target t and runs the greeting, EHLO,
-// STARTTLS and AUTH as plan p says.
-func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, addr netip.AddrPort, p *tlsPlan) (*conn, error) {
+// STARTTLS and AUTH as plan p says; greeted is called when the server's
+// greeting was a 220.
+func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, addr netip.AddrPort, p *tlsPlan, greeted func()) (*conn, error) {
 	tm := timeouts(cfg)
 	dctx, cancel := context.WithTimeout(ctx, tm.connect)
 	raw, err := a.dial(dctx, "tcp", addr.String())
@@ -173,6 +174,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	if err := c.Greet(); err != nil {
 		return fail(stageErr("greeting", err))
 	}
+	greeted()
 	c.CommandTimeout = tm.command
 	if err := c.Hello(cfg.Hostname); err != nil {
 		return fail(stageErr("ehlo", err))

@@ -25,7 +25,11 @@ const maxDead = 1000
 // markDead records domain as dead, with e, the reason its mail is
 // deferred, for the first retry interval less its jitter (-10%): the
 // earliest any mail deferred now is tried again, so that attempt is a
-// real one, not another deferral.
+// real one, not another deferral. A domain already dead stays dead until
+// the time it was given (attempts under way when it was marked fail after,
+// and lengthening it would suspend the mail deferred first once more); a
+// domain with a session under way that its server greeted is not dead (a
+// server that limits connections per client answers the others with 421).
 func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	wait := time.Minute
 	if iv := a.config().RetryDurations(); len(iv) > 0 && iv[0] > 0 {
@@ -35,6 +39,15 @@ func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	now := a.now()
 	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(), err: e}
 	a.mu.Lock()
+	if a.live[domain] > 0 {
+		a.mu.Unlock()
+		a.log.Debug("destination stays alive: a session to it is under way", "domain", domain, "err", e.Error())
+		return
+	}
+	if cur, ok := a.dead[domain]; ok && now.Before(cur.until) && cur.flushes == d.flushes {
+		a.mu.Unlock()
+		return
+	}
 	if len(a.dead) >= maxDead {
 		for k, v := range a.dead {
 			if !now.Before(v.until) {
@@ -46,6 +59,23 @@ func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	a.mu.Unlock()
 	a.log.Info("destination marked dead: its other mail is deferred without a connection until then (or a queue flush)",
 		"domain", domain, "until", d.until.UTC().Format(time.RFC3339), "err", e.Error())
+}
+
+// sessionUp counts a session to domain that its server greeted, until the
+// returned func is called: the domain is alive, not dead (a mark made
+// while the session was connecting ends).
+func (a *Agent) sessionUp(domain string) (down func()) {
+	a.mu.Lock()
+	a.live[domain]++
+	delete(a.dead, domain)
+	a.mu.Unlock()
+	return func() {
+		a.mu.Lock()
+		if a.live[domain]--; a.live[domain] <= 0 {
+			delete(a.live, domain)
+		}
+		a.mu.Unlock()
+	}
 }
 
 // deadErr returns the deferral for mail to domain while it is a dead

@@ -2,13 +2,16 @@ package outbound
 
 import (
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
 // Mail waiting for a stalled domain's connection slots must not take the
@@ -94,5 +97,70 @@ func TestDelivery_TempFailedRecipient_NotDead(t *testing.T) {
 	h.waitRecords(id2, 1)
 	if strings.Contains(h.logs.String(), "marked dead") {
 		t.Error("a domain whose server answered was marked dead")
+	}
+}
+
+// A server that limits connections per client answers the ones beyond
+// with 421 while its other sessions deliver: the destination is not dead,
+// and mail to it is not suspended (Postfix declares a destination dead
+// only after a whole window of failures without a success). One 421 made
+// the domain dead for the first retry interval while two sessions to it
+// worked.
+func TestDelivery_ConnectionLimit421_NotDead(t *testing.T) {
+	t.Parallel()
+	inData := make(chan struct{}, 1)
+	finish := make(chan struct{})
+	h := newHarness(t, smtptest.Behaviour{Greeting421After: 1, Data: func(m *smtptest.Message) error {
+		select {
+		case inData <- struct{}{}:
+			<-finish
+		default:
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute
+	h.start()
+	busy := h.submit(testBody, []string{"a@example.test"})
+	<-inData // its session stays open until finish
+	refused := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(refused, 1)
+	later := h.submit(testBody, []string{"c@example.test"})
+	h.waitRecords(later, 1)
+	close(finish)
+	h.waitRecords(busy, 1)
+	if strings.Contains(h.logs.String(), "marked dead") {
+		t.Error("a destination with a session delivering was marked dead")
+	}
+	if env := h.envelope(later); env == nil || strings.Contains(env.LastError, "suspended") {
+		t.Errorf("%s: %+v, want tried, not suspended", later, env)
+	}
+}
+
+// Attempts under way when a destination was marked dead that fail after
+// do not lengthen its dead time: the mail deferred by the first failure
+// is tried for real at its next attempt (a second failure 300 ms later
+// suspended it again, and it waited for its second retry interval).
+func TestDeadDestination_NotLengthened(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.RetryIntervals = []config.Duration{{Duration: time.Minute}}
+	h.editOpts = func(o *Options) {
+		o.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	}
+	h.start()
+	e := smtperr.New(0, "4.4.2", "timed out during greeting")
+	h.agent.markDead("stall.test", e)
+	want := now.Add(54 * time.Second)
+	mu.Lock()
+	now = now.Add(300 * time.Millisecond)
+	mu.Unlock()
+	h.agent.markDead("stall.test", e)
+	h.agent.mu.Lock()
+	got := h.agent.dead["stall.test"].until
+	h.agent.mu.Unlock()
+	if !got.Equal(want) {
+		t.Errorf("dead until %v, want %v (the first failure's)", got, want)
 	}
 }

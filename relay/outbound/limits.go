@@ -16,17 +16,20 @@ import (
 // Waiters are served in order, each woken only when a slot is handed to
 // it: a release that woke every waiter to race for one slot cost as many
 // goroutine wakeups as there were waiters (up to delivery.concurrency
-// deliveries waiting for one busy domain's slots).
+// deliveries waiting for one busy domain's slots). A slot may also be
+// reserved for one holder (a parked message called back): no one else
+// takes it until take or unreserve.
 type sem struct {
-	mu      sync.Mutex
-	max     int
-	n       int             // slots taken, those handed to waiters included
-	waiters []chan struct{} // oldest first; closed when given a slot
+	mu       sync.Mutex
+	max      int
+	n        int             // slots taken, those handed to waiters included
+	reserved int             // slots kept (reserve) and not yet taken
+	waiters  []chan struct{} // oldest first; closed when given a slot
 }
 
 func newSem(max int) *sem { return &sem{max: max} }
 
-// errWaitedTooLong is acquire's error when its wait ran out.
+// errWaitedTooLong is acquireWithin's error when its wait ran out.
 var errWaitedTooLong = errors.New("no slot free in time")
 
 // acquire takes a slot, waiting until one is free or ctx is done.
@@ -36,7 +39,7 @@ func (s *sem) acquire(ctx context.Context) error { return s.acquireWithin(ctx, n
 // timeout fires; a nil timeout never does.
 func (s *sem) acquireWithin(ctx context.Context, timeout <-chan time.Time) error {
 	s.mu.Lock()
-	if s.n < s.max && len(s.waiters) == 0 {
+	if s.n+s.reserved < s.max && len(s.waiters) == 0 {
 		s.n++
 		s.mu.Unlock()
 		return nil
@@ -64,6 +67,17 @@ func (s *sem) acquireWithin(ctx context.Context, timeout <-chan time.Time) error
 	return err
 }
 
+// tryAcquire takes a slot if one is free now (and nobody waits for it).
+func (s *sem) tryAcquire() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n+s.reserved < s.max && len(s.waiters) == 0 {
+		s.n++
+		return true
+	}
+	return false
+}
+
 // release gives a slot back (to the oldest waiter, if any).
 func (s *sem) release() {
 	s.mu.Lock()
@@ -72,11 +86,44 @@ func (s *sem) release() {
 	s.mu.Unlock()
 }
 
-// free returns the slots not taken (negative after a lowered size).
+// releaseReserved gives a slot back as a reserved one, for the holder the
+// caller calls back (no waiter gets it).
+func (s *sem) releaseReserved() {
+	s.mu.Lock()
+	s.n--
+	s.reserved++
+	s.mu.Unlock()
+}
+
+// free returns the slots neither taken nor reserved (negative after a
+// lowered size).
 func (s *sem) free() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.max - s.n
+	return s.max - s.n - s.reserved
+}
+
+// reserve keeps a free slot for one holder.
+func (s *sem) reserve() {
+	s.mu.Lock()
+	s.reserved++
+	s.mu.Unlock()
+}
+
+// take turns a reserved slot into a taken one.
+func (s *sem) take() {
+	s.mu.Lock()
+	s.reserved--
+	s.n++
+	s.mu.Unlock()
+}
+
+// unreserve gives a reserved slot back (to the oldest waiter, if any).
+func (s *sem) unreserve() {
+	s.mu.Lock()
+	s.reserved--
+	s.grant()
+	s.mu.Unlock()
 }
 
 // setMax changes the size.
@@ -89,7 +136,7 @@ func (s *sem) setMax(max int) {
 
 // grant hands the free slots to waiters, oldest first; s.mu is held.
 func (s *sem) grant() {
-	for s.n < s.max && len(s.waiters) > 0 {
+	for s.n+s.reserved < s.max && len(s.waiters) > 0 {
 		s.n++
 		close(s.waiters[0])
 		s.waiters[0] = nil
@@ -97,22 +144,14 @@ func (s *sem) grant() {
 	}
 }
 
-// tryAcquire takes a slot if one is free now (and nobody waits for it).
-func (s *sem) tryAcquire() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.n < s.max && len(s.waiters) == 0 {
-		s.n++
-		return true
-	}
-	return false
-}
-
 // limiter bounds concurrent deliveries per domain; entries exist only
 // while used, so the map does not grow with the number of domains seen.
 // A message waits for its domain either in acquire (holding its
 // goroutine) or parked (acquireOrPark): then it holds nothing but its
-// queue ID here, and unpark hands it back to the queue when a slot frees.
+// queue ID here, and unpark hands it back to the queue when a slot frees,
+// that slot kept for it until it comes back (tryAcquire with its ID) or
+// callWait has passed: mail arriving meanwhile does not take it, so parked
+// mail goes out oldest first and is never overtaken by newer mail.
 type limiter struct {
 	mu     sync.Mutex
 	max    int
@@ -122,9 +161,16 @@ type limiter struct {
 
 type slot struct {
 	sem    *sem
-	users  int      // holders, waiters and parked messages
-	parked []string // queue IDs waiting for a slot, oldest first
+	users  int                    // holders, waiters, parked and called messages
+	parked []string               // queue IDs waiting for a slot, oldest first
+	called map[string]*time.Timer // unparked, a slot reserved for each until its timer
 }
+
+// callWait is how long a slot is kept for a message unparked for it: the
+// time it takes through the queue's schedule back to a delivery, with room
+// for a moment when every delivery slot is busy. Then the slot is given
+// to the next parked message (or whoever waits).
+const callWait = 2 * time.Second
 
 func newLimiter(max int, unpark func(id string) bool) *limiter {
 	return &limiter{max: max, m: make(map[string]*slot), unpark: unpark}
@@ -142,6 +188,9 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 		s = &slot{sem: newSem(l.max)}
 		l.m[key] = s
 	}
+	if takeCalled(s, id) {
+		return func() { l.release(key, s) }, true
+	}
 	if s.sem.tryAcquire() {
 		s.users++
 		return func() { l.release(key, s) }, true
@@ -155,14 +204,18 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 	return nil, false
 }
 
-// tryAcquire takes a slot for key if one is free now.
-func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
+// tryAcquire takes a slot for key if one is free now, or the one kept for
+// id when it was unparked.
+func (l *limiter) tryAcquire(key, id string) (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s := l.m[key]
 	if s == nil {
 		s = &slot{sem: newSem(l.max)}
 		l.m[key] = s
+	}
+	if takeCalled(s, id) {
+		return func() { l.release(key, s) }, true
 	}
 	if !s.sem.tryAcquire() {
 		if s.users == 0 {
@@ -174,27 +227,83 @@ func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
 	return func() { l.release(key, s) }, true
 }
 
-// release gives back a slot taken with acquireOrPark or acquire.
+// takeCalled takes the slot kept for id, if it was unparked for one; its
+// use of the slot goes on (users unchanged). l.mu is held.
+func takeCalled(s *slot, id string) bool {
+	t, ok := s.called[id]
+	if !ok {
+		return false
+	}
+	t.Stop()
+	delete(s.called, id)
+	s.sem.take()
+	return true
+}
+
+// release gives back a slot taken with acquireOrPark or acquire: to the
+// oldest parked message, kept for it, when there is one (parked mail is
+// older than any that waits in acquire), else to the oldest waiter.
 func (l *limiter) release(key string, s *slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s.sem.release()
-	l.unparkLocked(s)
+	if l.callLocked(key, s) {
+		s.sem.releaseReserved()
+	} else {
+		s.sem.release()
+	}
+	l.unparkLocked(key, s)
+	l.leaveLocked(key, s)
+}
+
+// unreserve gives back the slot kept for id, if any: it will not come
+// for it (its destination is dead), or it did not within callWait.
+func (l *limiter) unreserve(key, id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.m[key]
+	if s == nil {
+		return
+	}
+	t, ok := s.called[id]
+	if !ok {
+		return
+	}
+	t.Stop()
+	delete(s.called, id)
+	if !l.callLocked(key, s) { // else the slot stays kept, for the next parked one
+		s.sem.unreserve()
+	}
+	l.unparkLocked(key, s)
 	l.leaveLocked(key, s)
 }
 
 // unparkLocked hands parked messages back to the queue, as many as there
-// are free slots (skipping those that no longer wait). l.mu is held.
-func (l *limiter) unparkLocked(s *slot) {
-	for n := s.sem.free(); n > 0 && len(s.parked) > 0; {
+// are free slots, and keeps a slot for each. l.mu is held.
+func (l *limiter) unparkLocked(key string, s *slot) {
+	for n := s.sem.free(); n > 0 && l.callLocked(key, s); n-- {
+		s.sem.reserve()
+	}
+}
+
+// callLocked hands the oldest parked message that still waits back to the
+// queue (skipping those that no longer wait) and notes that a slot is kept
+// for it, which the caller provides; false when none was. l.mu is held.
+func (l *limiter) callLocked(key string, s *slot) bool {
+	for len(s.parked) > 0 {
 		id := s.parked[0]
 		s.parked[0] = ""
 		s.parked = s.parked[1:]
-		s.users--
-		if l.unpark(id) {
-			n--
+		if _, dup := s.called[id]; dup || !l.unpark(id) {
+			s.users--
+			continue
 		}
+		if s.called == nil {
+			s.called = make(map[string]*time.Timer)
+		}
+		s.called[id] = time.AfterFunc(callWait, func() { l.unreserve(key, id) })
+		return true
 	}
+	return false
 }
 
 func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
@@ -242,8 +351,8 @@ func (l *limiter) setMax(max int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.max = max
-	for _, s := range l.m {
+	for key, s := range l.m {
 		s.sem.setMax(max)
-		l.unparkLocked(s)
+		l.unparkLocked(key, s)
 	}
 }

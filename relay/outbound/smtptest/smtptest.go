@@ -34,10 +34,13 @@ type Behaviour struct {
 	Rcpt func(to string, opts *smtp.RcptOptions) error
 	Data func(m *Message) error
 
-	Greeting421   bool // answer each connection with 421 and close it
-	StallGreeting bool // accept connections and never say anything
-	StallData     bool // read the body, then never answer (until the test ends)
-	DropInData    bool // close the connection after the first body bytes
+	Greeting421 bool // answer each connection with 421 and close it
+	// Greeting421After answers every connection after the first N with
+	// 421 and closes it, as a server limiting connections per client does.
+	Greeting421After int
+	StallGreeting    bool // accept connections and never say anything
+	StallData        bool // read the body, then never answer (until the test ends)
+	DropInData       bool // close the connection after the first body bytes
 
 	TLS       *tls.Config // offer STARTTLS with this configuration
 	BrokenTLS bool        // offer STARTTLS, then fail every handshake
@@ -284,7 +287,7 @@ func (s *Server) accept(inner *chanListener) {
 		id := s.conns
 		s.mu.Unlock()
 		switch {
-		case s.b.Greeting421:
+		case s.b.Greeting421, s.b.Greeting421After > 0 && id > s.b.Greeting421After:
 			io.WriteString(c, "421 4.3.2 "+s.b.Hostname+" not available now\r\n")
 			c.Close()
 			continue
