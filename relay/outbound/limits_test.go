@@ -263,3 +263,46 @@ func TestSem_WaitRunsOut(t *testing.T) {
 		t.Fatal("slot lost")
 	}
 }
+
+// A freed slot goes to the oldest parked message (kept for it) before a
+// delivery that waits in acquire: parked mail is the older.
+func TestLimiter_ParkedBeforeWaiters(t *testing.T) {
+	var called []string
+	l := newLimiter(1, func(id string) bool { called = append(called, id); return true })
+	r1, ok := l.tryAcquire("a.test", "m1")
+	if !ok {
+		t.Fatal("first slot refused")
+	}
+	if _, ok := l.acquireOrPark("a.test", "m2", func() bool { return true }); ok {
+		t.Fatal("m2 got a slot while m1 holds the only one")
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := l.acquireWithin(context.Background(), "a.test", 200*time.Millisecond)
+		got <- err
+	}()
+	for { // until the waiter is queued
+		l.mu.Lock()
+		sm := l.m["a.test"].sem
+		l.mu.Unlock()
+		sm.mu.Lock()
+		n := len(sm.waiters)
+		sm.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		runtime.Gosched()
+	}
+	r1()
+	if err := <-got; err != errWaitedTooLong {
+		t.Fatalf("the waiter got %v; want errWaitedTooLong (the slot is m2's)", err)
+	}
+	if len(called) != 1 || called[0] != "m2" {
+		t.Fatalf("called back %v, want [m2]", called)
+	}
+	r2, ok := l.tryAcquire("a.test", "m2")
+	if !ok {
+		t.Fatal("m2 did not get the slot kept for it")
+	}
+	r2()
+}
