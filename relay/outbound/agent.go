@@ -352,7 +352,13 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 		}
 		d = rd
 	}
-	if d == "" || a.deadErr(d) != nil {
+	if d == "" {
+		return nil, false
+	}
+	if a.deadErr(d) != nil {
+		// Its deferral takes no slot, so no release would unpark the
+		// others parked for it: they are all deferred now too.
+		a.domains.unparkAll(d)
 		return nil, false
 	}
 	// Under load a slot frees within milliseconds: wait for it here, as

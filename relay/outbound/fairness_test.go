@@ -96,3 +96,31 @@ func TestDelivery_TempFailedRecipient_NotDead(t *testing.T) {
 		t.Error("a domain whose server answered was marked dead")
 	}
 }
+
+// Messages parked for a domain's slots while its one attempt stalls are all
+// tried (deferred as suspended) once that attempt finds the domain dead: a
+// slot's release unparks only as many messages as it frees slots, and the
+// ones the dead destination defers take no slot, so the rest stayed parked
+// until a restart (out of the schedule, past flush and max_queue_age).
+func TestDelivery_DeadDestination_UnparksAll(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.GreetingTimeout.Duration = 2 * parkAfter // the others park meanwhile
+	h.start()
+	var ids []string
+	for range 5 {
+		ids = append(ids, h.submit(testBody, []string{"a@stall.test"}))
+	}
+	suspended := 0
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+		if env := h.envelope(id); env != nil && strings.Contains(env.LastError, "delivery temporarily suspended") {
+			suspended++
+		}
+	}
+	if n := tarpit.Conns(); n != 1 || suspended != 4 {
+		t.Errorf("%d connections, %d messages suspended; want 1 and the other 4", n, suspended)
+	}
+}

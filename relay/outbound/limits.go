@@ -129,6 +129,23 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 	return nil, false
 }
 
+// unparkAll hands every message parked for key back to the queue, free
+// slot or not: for a dead destination, whose mail is deferred without one.
+func (l *limiter) unparkAll(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.m[key]
+	if s == nil {
+		return
+	}
+	parked := s.parked
+	s.parked = nil
+	for _, id := range parked {
+		l.unpark(id)
+		l.leaveLocked(key, s)
+	}
+}
+
 // tryAcquire takes a slot for key if one is free now.
 func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
 	l.mu.Lock()
