@@ -111,11 +111,7 @@ func newLimiter(max int, unpark func(id string) bool) *limiter {
 func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{sem: newSem(l.max)}
-		l.m[key] = s
-	}
+	s := l.slotLocked(key)
 	if s.sem.tryAcquire() {
 		s.users++
 		return func() { l.release(key, s) }, true
@@ -148,24 +144,10 @@ func (l *limiter) unparkAll(key string) {
 
 // tryAcquire takes a slot for key if one is free now.
 func (l *limiter) tryAcquire(key string) (release func(), ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{sem: newSem(l.max)}
-		l.m[key] = s
-	}
-	if !s.sem.tryAcquire() {
-		if s.users == 0 {
-			delete(l.m, key)
-		}
-		return nil, false
-	}
-	s.users++
-	return func() { l.release(key, s) }, true
+	return l.acquireOrPark(key, "", func() bool { return false })
 }
 
-// release gives back a slot taken with acquireOrPark or acquire.
+// release gives back a slot taken with acquireOrPark, tryAcquire or acquire.
 func (l *limiter) release(key string, s *slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -190,11 +172,7 @@ func (l *limiter) unparkLocked(s *slot) {
 
 func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 	l.mu.Lock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{sem: newSem(l.max)}
-		l.m[key] = s
-	}
+	s := l.slotLocked(key)
 	s.users++
 	l.mu.Unlock()
 	if err := s.sem.acquire(ctx); err != nil {
@@ -204,6 +182,16 @@ func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 		return nil, err
 	}
 	return func() { l.release(key, s) }, nil
+}
+
+// slotLocked returns key's entry, made when missing; l.mu is held.
+func (l *limiter) slotLocked(key string) *slot {
+	s := l.m[key]
+	if s == nil {
+		s = &slot{sem: newSem(l.max)}
+		l.m[key] = s
+	}
+	return s
 }
 
 // leaveLocked ends one use of key's slot; l.mu is held.
