@@ -152,21 +152,34 @@ func (l *limiter) release(key string, s *slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	s.sem.release()
-	l.unparkLocked(s)
+	l.unparkLocked(key, s)
 	l.leaveLocked(key, s)
 }
 
 // unparkLocked hands parked messages back to the queue, as many as there
 // are free slots (skipping those that no longer wait). l.mu is held.
-func (l *limiter) unparkLocked(s *slot) {
+func (l *limiter) unparkLocked(key string, s *slot) {
 	for n := s.sem.free(); n > 0 && len(s.parked) > 0; {
 		id := s.parked[0]
 		s.parked[0] = ""
 		s.parked = s.parked[1:]
-		s.users--
 		if l.unpark(id) {
 			n--
 		}
+		l.leaveLocked(key, s)
+	}
+}
+
+// sweep unparks, for every domain with a free slot, as many parked
+// messages as it has free slots. A release unparks a message to take the
+// slot it frees; one deleted or held before it is handed out takes none,
+// so no release of its unparks the next, and the domain's other parked
+// mail would wait for mail to the domain that may never come.
+func (l *limiter) sweep() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for key, s := range l.m {
+		l.unparkLocked(key, s)
 	}
 }
 
@@ -208,8 +221,8 @@ func (l *limiter) setMax(max int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.max = max
-	for _, s := range l.m {
+	for key, s := range l.m {
 		s.sem.setMax(max)
-		l.unparkLocked(s)
+		l.unparkLocked(key, s)
 	}
 }

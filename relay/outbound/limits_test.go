@@ -117,3 +117,26 @@ func TestLimiter_ParkUnpark(t *testing.T) {
 		t.Errorf("limiter keeps %d idle domains", len(l.m))
 	}
 }
+
+// A sweep unparks for a slot that is free with mail still parked (the
+// message unparked for it never came to take it), and forgets the domain
+// once nothing is left.
+func TestLimiter_SweepUnparksForFreeSlot(t *testing.T) {
+	var unparked []string
+	l := newLimiter(1, func(id string) bool {
+		unparked = append(unparked, id)
+		return true
+	})
+	r1, _ := l.acquireOrPark("a.test", "m1", nil)
+	for _, id := range []string{"m2", "m3"} {
+		l.acquireOrPark("a.test", id, func() bool { return true })
+	}
+	r1() // unparks m2, which is then deleted: it takes no slot
+	l.sweep()
+	if strings.Join(unparked, " ") != "m2 m3" {
+		t.Errorf("unparked %v, want m2 then, by the sweep, m3", unparked)
+	}
+	if len(l.m) != 0 {
+		t.Errorf("limiter keeps %d idle domains", len(l.m))
+	}
+}
