@@ -7,8 +7,9 @@ import (
 
 // Enhanced status codes (RFC 3463) carried by Error.
 const (
-	// CodeNoSuchDomain: the domain, or every host it names, does not exist
-	// or has no address ("Bad destination system address").
+	// CodeNoSuchDomain: the domain (or a host looked up by name) does not
+	// exist, or has neither MX nor address ("Bad destination system
+	// address"); MX hosts none of which has an address are CodeUnroutable.
 	CodeNoSuchDomain = "5.1.2"
 	// CodeUnroutable: the domain's MX records name no host with an
 	// address ("Unable to route", RFC 3463 X.4.4), as Postfix reports it.

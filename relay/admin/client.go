@@ -151,21 +151,24 @@ func (c *Client) Each(f Filter, fn func(Message) error) error {
 		return err
 	}
 	defer resp.Body.Close()
+	// The caller names the command: these errors say only what went wrong.
 	dec := json.NewDecoder(resp.Body)
-	if t, err := dec.Token(); err != nil || t != json.Delim('[') {
-		return fmt.Errorf("queue list: not a JSON array (%v)", err)
+	if t, err := dec.Token(); err != nil {
+		return fmt.Errorf("the relay's list: %w", err)
+	} else if t != json.Delim('[') {
+		return fmt.Errorf("the relay's list is no JSON array (starts with %v)", t)
 	}
 	for dec.More() {
 		var m Message
 		if err := dec.Decode(&m); err != nil {
-			return fmt.Errorf("queue list: %w", err)
+			return fmt.Errorf("the relay's list was cut short: %w", err)
 		}
 		if err := fn(m); err != nil {
 			return err
 		}
 	}
 	if _, err := dec.Token(); err != nil {
-		return fmt.Errorf("queue list: cut short: %w", err)
+		return fmt.Errorf("the relay's list was cut short: %w", err)
 	}
 	return nil
 }

@@ -188,17 +188,22 @@ func (a *Agent) config() *config.Config { return a.cfg.Load() }
 // message that nothing was decided for is then given back with Requeue, any
 // other has its outcome recorded with Done. Run returns nil after that, or
 // the queue's error if Next fails for another reason. Meanwhile it sends
-// TLS reports every delivery.tls_report_interval (see SendTLSReports).
+// TLS reports every delivery.tls_report_interval (see SendTLSReports), and
+// every parkSweep unparks mail for a domain slot that freed unseen.
 func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer a.pool.closeAll()
 	defer wg.Wait()
-	reports, stopReports := context.WithCancel(ctx)
-	defer stopReports() // before wg.Wait, which waits for the loop too
-	wg.Add(1)
+	loops, stopLoops := context.WithCancel(ctx)
+	defer stopLoops() // before wg.Wait, which waits for the loops too
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		a.tlsReportLoop(reports)
+		a.tlsReportLoop(loops)
+	}()
+	go func() {
+		defer wg.Done()
+		a.sweepParked(loops)
 	}()
 	dctx := a.abortCtx
 	jobs := make(chan *queue.Envelope) // to workers waiting for another message
@@ -333,6 +338,24 @@ type groupResult struct {
 // before it is parked.
 const parkAfter = time.Second
 
+// parkSweep is how often parked mail is looked at for a slot that frees
+// without unparking it (see limiter.sweep).
+const parkSweep = 5 * time.Second
+
+// sweepParked runs the limiter's sweep every parkSweep until ctx is done.
+func (a *Agent) sweepParked(ctx context.Context) {
+	t := time.NewTicker(parkSweep)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			a.domains.sweep()
+		}
+	}
+}
+
 // claimDomain takes the domain's connection slot for a message whose
 // pending recipients are all in one domain. When the domain has none free
 // within parkAfter, the message is parked in the queue until one frees, so that it does not
@@ -359,6 +382,9 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	}
 	if a.deadErr(d) != nil {
 		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
+		// Its deferral takes no slot, so no release would unpark the
+		// others parked for it: they are all deferred now too.
+		a.domains.unparkAll(d)
 		return nil, false
 	}
 	// Under load a slot frees within milliseconds: wait for it here, as

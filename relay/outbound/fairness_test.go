@@ -164,3 +164,84 @@ func TestDeadDestination_NotLengthened(t *testing.T) {
 		t.Errorf("dead until %v, want %v (the first failure's)", got, want)
 	}
 }
+
+// Messages parked for a domain's slots while its one attempt stalls are all
+// tried (deferred as suspended) once that attempt finds the domain dead: a
+// slot's release unparks only as many messages as it frees slots, and the
+// ones the dead destination defers take no slot, so the rest stayed parked
+// until a restart (out of the schedule, past flush and max_queue_age).
+func TestDelivery_DeadDestination_UnparksAll(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.GreetingTimeout.Duration = 2 * parkAfter // the others park meanwhile
+	h.start()
+	var ids []string
+	for range 5 {
+		ids = append(ids, h.submit(testBody, []string{"a@stall.test"}))
+	}
+	suspended := 0
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+		if env := h.envelope(id); env != nil && strings.Contains(env.LastError, "delivery temporarily suspended") {
+			suspended++
+		}
+	}
+	if n := tarpit.Conns(); n != 1 || suspended != 4 {
+		t.Errorf("%d connections, %d messages suspended; want 1 and the other 4", n, suspended)
+	}
+}
+
+// A message unparked for a freed slot but deleted before it is handed out
+// takes no slot, so no release of its unparks the next: the rest of the
+// domain's parked mail must still go, with no other mail to the domain.
+func TestDelivery_UnparkedThenDeleted_OthersNotStranded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "stall.test", "127.0.0.3"))
+	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.Concurrency = 1 // one message handed out at a time
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.GreetingTimeout.Duration = 2 * parkAfter
+	h.start()
+	l := h.agent.domains
+	hold, ok := l.tryAcquire("example.test", "") // the domain's one slot, taken
+	if !ok {
+		t.Fatal("no slot")
+	}
+	m1 := h.submit(testBody, []string{"a@example.test"})
+	m2 := h.submit(testBody, []string{"b@example.test"})
+	// Polls of state that signals nothing, bounded.
+	poll := func(what string, cond func() bool) {
+		for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("not %s after 10s", what)
+			}
+		}
+	}
+	var first string
+	poll("both parked", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if s := l.m["example.test"]; s != nil && len(s.parked) == 2 {
+			first = s.parked[0]
+			return true
+		}
+		return false
+	})
+	// The one delivery slot busy elsewhere, so the first, unparked, is not
+	// handed out before it is deleted.
+	stall := h.submit(testBody, []string{"a@stall.test"})
+	poll("stalled", func() bool { return h.q.InFlight(stall) })
+	hold()
+	if err := h.q.Delete(first); err != nil {
+		t.Fatal(err)
+	}
+	if first == m2 {
+		m2 = m1 // the other one
+	}
+	h.waitRecords(m2, 1)
+	if env := h.envelope(m2); env != nil {
+		t.Errorf("still queued: %+v", env)
+	}
+}

@@ -183,11 +183,7 @@ func newLimiter(max int, unpark func(id string) bool) *limiter {
 func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{sem: newSem(l.max)}
-		l.m[key] = s
-	}
+	s := l.slotLocked(key)
 	if takeCalled(s, id) {
 		return func() { l.release(key, s) }, true
 	}
@@ -209,11 +205,7 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 func (l *limiter) tryAcquire(key, id string) (release func(), ok bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{sem: newSem(l.max)}
-		l.m[key] = s
-	}
+	s := l.slotLocked(key)
 	if takeCalled(s, id) {
 		return func() { l.release(key, s) }, true
 	}
@@ -306,6 +298,46 @@ func (l *limiter) callLocked(key string, s *slot) bool {
 	return false
 }
 
+// unparkAll hands every message parked for key back to the queue, free
+// slot or not: for a dead destination, whose mail is deferred without one
+// (its deferrals take no slot, so no release would unpark the rest).
+func (l *limiter) unparkAll(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.m[key]
+	if s == nil {
+		return
+	}
+	parked := s.parked
+	s.parked = nil
+	for _, id := range parked {
+		l.unpark(id)
+		l.leaveLocked(key, s)
+	}
+}
+
+// sweep unparks, for every domain with a free slot, as many parked
+// messages as it has free slots: a safety net for a slot that frees with
+// no release to call the next parked message (a reload that raised the
+// limit is handled by setMax; this catches what nothing else does).
+func (l *limiter) sweep() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for key, s := range l.m {
+		l.unparkLocked(key, s)
+	}
+}
+
+// slotLocked returns key's entry, made when missing; l.mu is held.
+func (l *limiter) slotLocked(key string) *slot {
+	s := l.m[key]
+	if s == nil {
+		s = &slot{sem: newSem(l.max)}
+		l.m[key] = s
+	}
+	return s
+}
+
 func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 	return l.acquireWithin(ctx, key, 0)
 }
@@ -315,11 +347,7 @@ func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 // delivery registered one with the shared parent context, under its lock.
 func (l *limiter) acquireWithin(ctx context.Context, key string, wait time.Duration) (func(), error) {
 	l.mu.Lock()
-	s := l.m[key]
-	if s == nil {
-		s = &slot{sem: newSem(l.max)}
-		l.m[key] = s
-	}
+	s := l.slotLocked(key)
 	s.users++
 	l.mu.Unlock()
 	var timeout <-chan time.Time

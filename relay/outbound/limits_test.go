@@ -306,3 +306,37 @@ func TestLimiter_ParkedBeforeWaiters(t *testing.T) {
 	}
 	r2()
 }
+
+// A sweep unparks for a slot that is free with mail still parked, a slot
+// that freed with no release to call the next parked message (here freed
+// behind the limiter's back), and keeps the slot for it.
+func TestLimiter_SweepUnparksForFreeSlot(t *testing.T) {
+	var unparked []string
+	l := newLimiter(1, func(id string) bool {
+		unparked = append(unparked, id)
+		return true
+	})
+	if _, ok := l.acquireOrPark("a.test", "m1", nil); !ok {
+		t.Fatal("no slot")
+	}
+	for _, id := range []string{"m2", "m3"} {
+		l.acquireOrPark("a.test", id, func() bool { return true })
+	}
+	l.m["a.test"].sem.release() // m1's slot, freed without a call
+	l.sweep()
+	if strings.Join(unparked, " ") != "m2" {
+		t.Fatalf("unparked %v, want m2 by the sweep", unparked)
+	}
+	l.sweep() // the slot is kept for m2: nothing more
+	if len(unparked) != 1 {
+		t.Fatalf("unparked %v, want only m2", unparked)
+	}
+	r2, ok := l.tryAcquire("a.test", "m2")
+	if !ok {
+		t.Fatal("m2 came back to no slot")
+	}
+	r2()
+	if strings.Join(unparked, " ") != "m2 m3" {
+		t.Fatalf("unparked %v, want m2 m3", unparked)
+	}
+}
