@@ -295,11 +295,13 @@ func sdNotify(state string) {
 // GOMAXPROCS: one more than Go's default (the CPUs, or the container's
 // quota). Most of a relay's CPU time is spent in system calls (a write per
 // SMTP reply, the queue's fdatasync), and a goroutine's P stays with its
-// thread through a system call, so with one P per CPU the CPUs idled while
-// every P sat in a call: on the project's 2-core machine the peerbench
+// thread through a system call until the runtime's monitor takes it back
+// (after 20 µs at the soonest, often much later), so with one P per CPU
+// the CPUs idled while every P sat in a call: on the project's 2-core machine the peerbench
 // load ran 84% busy at about 1,590 messages per second with 2 Ps, 87% busy
 // at about 1,770 with 3 (medians of four alternating runs; 4 Ps were no
-// better than 3).
+// better than 3). Set explicitly, GOMAXPROCS no longer follows a change
+// of the container's CPU quota while the relay runs; a restart does.
 func tuneRuntime() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
