@@ -238,7 +238,8 @@ func takeCalled(s *slot, id string) bool {
 func (l *limiter) release(key string, s *slot) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.callLocked(key, s) {
+	// (Not past a lowered limit: then the slot is simply gone.)
+	if s.sem.free() >= 0 && l.callLocked(key, s) {
 		s.sem.releaseReserved()
 	} else {
 		s.sem.release()
@@ -262,7 +263,8 @@ func (l *limiter) unreserve(key, id string) {
 	}
 	t.Stop()
 	delete(s.called, id)
-	if !l.callLocked(key, s) { // else the slot stays kept, for the next parked one
+	// The slot stays kept, for the next parked one (within the limit).
+	if s.sem.free() < 0 || !l.callLocked(key, s) {
 		s.sem.unreserve()
 	}
 	l.unparkLocked(key, s)
@@ -358,6 +360,9 @@ func (l *limiter) acquireWithin(ctx context.Context, key string, wait time.Durat
 	}
 	if err := s.sem.acquireWithin(ctx, timeout); err != nil {
 		l.mu.Lock()
+		// A slot handed to this waiter as it gave up went on to the
+		// next waiter, or is free: then a parked message takes it.
+		l.unparkLocked(key, s)
 		l.leaveLocked(key, s)
 		l.mu.Unlock()
 		return nil, err

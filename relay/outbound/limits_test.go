@@ -340,3 +340,32 @@ func TestLimiter_SweepUnparksForFreeSlot(t *testing.T) {
 		t.Fatalf("unparked %v, want m2 m3", unparked)
 	}
 }
+
+// After a reload lowered the limit, a freed slot goes to parked mail only
+// once the domain is within the new limit.
+func TestLimiter_LoweredLimitNotRefilled(t *testing.T) {
+	var unparked []string
+	l := newLimiter(2, func(id string) bool { unparked = append(unparked, id); return true })
+	r1, ok1 := l.tryAcquire("a.test", "m1")
+	r2, ok2 := l.tryAcquire("a.test", "m2")
+	if !ok1 || !ok2 {
+		t.Fatal("slots refused")
+	}
+	if _, ok := l.acquireOrPark("a.test", "m3", func() bool { return true }); ok {
+		t.Fatal("third slot with a limit of 2")
+	}
+	l.setMax(1)
+	r1()
+	if len(unparked) != 0 {
+		t.Fatalf("unparked %v with 1 slot taken and a limit of 1", unparked)
+	}
+	r2()
+	if len(unparked) != 1 || unparked[0] != "m3" {
+		t.Fatalf("unparked %v, want m3 once the domain is within its limit", unparked)
+	}
+	r3, ok := l.tryAcquire("a.test", "m3")
+	if !ok {
+		t.Fatal("m3 came back to no slot")
+	}
+	r3()
+}
