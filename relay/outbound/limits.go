@@ -347,9 +347,15 @@ func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
 // acquireWithin is acquire that gives up with errWaitedTooLong after wait
 // (0: no limit). A timer, not a context with a deadline: every waiting
 // delivery registered one with the shared parent context, under its lock.
+// With a limit, it gives up at once when the domain has parked mail: every
+// slot that frees goes to that first, so the wait could only run out.
 func (l *limiter) acquireWithin(ctx context.Context, key string, wait time.Duration) (func(), error) {
 	l.mu.Lock()
 	s := l.slotLocked(key)
+	if wait > 0 && len(s.parked) > 0 {
+		l.mu.Unlock()
+		return nil, errWaitedTooLong
+	}
 	s.users++
 	l.mu.Unlock()
 	var timeout <-chan time.Time
