@@ -45,6 +45,7 @@ func TestTuneRuntime_GOMAXPROCS(t *testing.T) {
 	defer debug.SetGCPercent(debug.SetGCPercent(100))
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(-1))
 	t.Setenv("GOMAXPROCS", "")
+	t.Setenv("GOMEMLIMIT", "max") // no followLiveHeap in the test process
 	tuneRuntime()
 	if got := runtime.GOMAXPROCS(0); got != before+1 {
 		t.Errorf("GOMAXPROCS %d after tuneRuntime, want %d", got, before+1)
@@ -54,5 +55,25 @@ func TestTuneRuntime_GOMAXPROCS(t *testing.T) {
 	tuneRuntime()
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Errorf("GOMAXPROCS %d with the variable set, want %d", got, before)
+	}
+}
+
+// The soft memory limit is twice the live heap within 80–192 MiB: a busy
+// relay with a small heap stays well under 100 MiB, a queue of a million
+// recipients keeps the 192 MiB it had.
+func TestMemoryLimitFor(t *testing.T) {
+	for _, c := range []struct {
+		live uint64
+		want int64
+	}{
+		{0, 80 << 20},
+		{20 << 20, 80 << 20},
+		{60 << 20, 120 << 20},
+		{150 << 20, 192 << 20},
+		{1 << 40, 192 << 20},
+	} {
+		if got := memoryLimitFor(c.live); got != c.want {
+			t.Errorf("memoryLimitFor(%d MiB) = %d MiB, want %d MiB", c.live>>20, got>>20, c.want>>20)
+		}
 	}
 }

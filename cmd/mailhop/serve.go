@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	rtmetrics "runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strings"
@@ -307,10 +308,40 @@ func tuneRuntime() {
 		debug.SetGCPercent(400)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(192 << 20)
+		debug.SetMemoryLimit(maxMemoryLimit)
+		go followLiveHeap(time.Second)
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+	}
+}
+
+// The soft memory limit follows the live heap (memoryLimitFor): with
+// GOGC=400 alone, 100 busy sessions (a live heap of about 20 MB) let the
+// heap grow to 5 times that between collections, and the relay's resident
+// memory went from 74 to 139 MiB from one run to the next.
+const (
+	minMemoryLimit = 80 << 20
+	maxMemoryLimit = 192 << 20
+)
+
+// memoryLimitFor is the soft memory limit for a live heap of live bytes:
+// twice that, within [minMemoryLimit, maxMemoryLimit]. A small heap gets
+// GOGC=400's room up to 80 MiB and no more; a queue of a million
+// recipients (about 150 MB live) is held near 192 MiB, as before.
+func memoryLimitFor(live uint64) int64 {
+	return min(max(int64(2*live), minMemoryLimit), maxMemoryLimit)
+}
+
+// followLiveHeap sets the soft memory limit from the live heap every
+// period, for the life of the process.
+func followLiveHeap(period time.Duration) {
+	sample := []rtmetrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	for range time.Tick(period) {
+		rtmetrics.Read(sample)
+		if sample[0].Value.Kind() == rtmetrics.KindUint64 {
+			debug.SetMemoryLimit(memoryLimitFor(sample[0].Value.Uint64()))
+		}
 	}
 }
 
