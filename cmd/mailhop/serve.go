@@ -290,8 +290,8 @@ func sdNotify(state string) {
 // GC: the live heap of a relay is small (envelopes, buffers), so the
 // default GOGC=100 collects every few hundred messages. GOGC=400 cuts the
 // collector's share of the CPU by about a fifth of mailhop's total; a soft
-// limit of 192 MiB makes it collect harder before memory grows past that (a
-// queue of a million recipients).
+// memory limit that follows the live heap (followLiveHeap) makes it collect
+// harder before memory grows past twice that, within 80–192 MiB.
 //
 // GOMAXPROCS: one more than Go's default (the CPUs, or the container's
 // quota). Most of a relay's CPU time is spent in system calls (a write per
