@@ -358,10 +358,11 @@ func (a *Agent) sweepParked(ctx context.Context) {
 
 // claimDomain takes the domain's connection slot for a message whose
 // pending recipients are all in one domain. When the domain has none free
-// within parkAfter, the message is parked in the queue until one frees, so that it does not
-// hold one of the delivery.concurrency delivery slots meanwhile: with a
-// slot taken by every message waiting for a stalled domain, mail to every
-// other domain waited too. It returns (nil, false) for a message to
+// within parkAfter (or has parked mail already), the message is parked in
+// the queue until one frees, so that it does not hold one of the
+// delivery.concurrency delivery slots meanwhile: with a slot taken by
+// every message waiting for a stalled domain, mail to every other domain
+// waited too. It returns (nil, false) for a message to
 // several domains (they wait in limitedGroup) or to a dead destination
 // (deferred at once there), and for one that could not be parked.
 func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release func(), parked bool) {
