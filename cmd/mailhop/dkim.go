@@ -51,7 +51,7 @@ func cmdDKIMKeygen(args []string, stdout, stderr io.Writer) int {
 	bits := fs.Int("bits", 2048, "RSA key size")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
-		return exitUsage
+		return flagsFailed(err)
 	}
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "mailhop dkim keygen: "+format+"\n", a...)

@@ -51,6 +51,16 @@ const (
 	exitUsage = 2
 )
 
+// flagsFailed is the exit status after a command's flags did not parse:
+// 0 for -h/--help (the flag package printed the usage, as asked), else a
+// usage error.
+func flagsFailed(err error) int {
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	return exitUsage
+}
+
 func main() {
 	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
 }
@@ -136,14 +146,22 @@ func loadConfig(path string, stderr io.Writer) (*config.Config, bool) {
 	return cfg, true
 }
 
+// exitHelped is configCommand's code after -h/--help: nothing more to do,
+// and the process exits 0.
+const exitHelped = -1
+
 // configCommand parses the flags of a command that takes only --config
-// and loads the configuration; a non-zero code is the exit status.
+// and loads the configuration; a non-zero code is the exit status
+// (exitHelped: 0, the usage was printed).
 func configCommand(name string, args []string, stderr io.Writer) (cfg *config.Config, path string, code int) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgFlag := fs.String("config", "", "configuration file")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
+		if flagsFailed(err) == exitOK {
+			return nil, "", exitHelped
+		}
 		return nil, "", exitUsage
 	}
 	if len(pos) > 0 {
@@ -162,7 +180,7 @@ func configCommand(name string, args []string, stderr io.Writer) (cfg *config.Co
 func cmdCheckConfig(args []string, stdout, stderr io.Writer) int {
 	cfg, path, code := configCommand("check-config", args, stderr)
 	if code != exitOK {
-		return code
+		return max(code, exitOK)
 	}
 	// Keys are checked by loading them, as serve does.
 	if _, err := dkimsign.New(cfg.DKIM); err != nil {

@@ -77,3 +77,22 @@ func TestMemoryLimitFor(t *testing.T) {
 		}
 	}
 }
+
+// -h/--help prints a command's usage and exits 0 (it exited 2, as for a
+// wrong flag, which stays 2).
+func TestHelpExitsZero(t *testing.T) {
+	for _, args := range [][]string{
+		{"queue", "--help"}, {"passwd", "-h"}, {"dkim", "keygen", "--help"},
+		{"check-config", "--help"}, {"serve", "-h"},
+	} {
+		var out, errs bytes.Buffer
+		code := run(append([]string{"mailhop"}, args...), strings.NewReader(""), &out, &errs)
+		if code != exitOK || !strings.Contains(errs.String()+out.String(), "-") {
+			t.Errorf("%v: exit %d, output %q; want 0 and the usage", args, code, errs.String()+out.String())
+		}
+	}
+	var out, errs bytes.Buffer
+	if code := run([]string{"mailhop", "queue", "--bogus"}, strings.NewReader(""), &out, &errs); code != exitUsage {
+		t.Errorf("queue --bogus: exit %d, want %d", code, exitUsage)
+	}
+}

@@ -22,7 +22,7 @@ func cmdPasswd(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cost := fs.Int("cost", bcrypt.DefaultCost, "bcrypt cost")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
-		return exitUsage
+		return flagsFailed(err)
 	}
 	if len(pos) > 0 {
 		fmt.Fprintf(stderr, "mailhop passwd: unexpected argument %q: the password is read from stdin\n", pos[0])

@@ -37,7 +37,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&f.MinAge, "min-age", 0, "list: queued at least this long")
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
-		return exitUsage
+		return flagsFailed(err)
 	}
 	if len(pos) == 0 {
 		fmt.Fprint(stderr, "mailhop queue: need a subcommand: list, show, flush, hold, release, delete, bounce\n")

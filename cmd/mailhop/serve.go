@@ -60,7 +60,7 @@ func newLogger(c config.Log, w io.Writer) (*slog.Logger, *slog.LevelVar) {
 func cmdServe(args []string, stderr io.Writer) int {
 	cfg, path, code := configCommand("serve", args, stderr)
 	if code != exitOK {
-		return code
+		return max(code, exitOK)
 	}
 	log, level := newLogger(cfg.Log, stderr)
 	warnReadableSecrets(cfg, path, log)
