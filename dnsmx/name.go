@@ -43,6 +43,26 @@ func normalize(domain string) (fqdn string, addr netip.Addr, err error) {
 	return fqdn, netip.Addr{}, nil
 }
 
+// ALabelAddress returns addr with its domain as A-labels (RFC 5890, the
+// Lookup profile this package queries with), for a next hop without
+// SMTPUTF8 or a trace field that must stay ASCII; an ASCII address is
+// returned as it is. false when the local part is not ASCII (no form
+// without SMTPUTF8 exists) or the domain is no valid IDN.
+func ALabelAddress(addr string) (string, bool) {
+	if isASCII(addr) {
+		return addr, true
+	}
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 || !isASCII(addr[:at]) {
+		return "", false
+	}
+	d, err := idna.Lookup.ToASCII(addr[at+1:])
+	if err != nil {
+		return "", false
+	}
+	return addr[:at+1] + d, true
+}
+
 func isASCII(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if s[i] >= 0x80 {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
-	"golang.org/x/net/idna"
 
+	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/mailhdr"
@@ -228,12 +228,8 @@ func (ss *session) receivedField(hostname string, env *queue.Envelope, now time.
 // ASCII and the message can go to a next hop without SMTPUTF8 (delivery
 // sends such addresses with A-labels there).
 func traceAddress(addr string) string {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 || isASCII(addr) || !isASCII(addr[:at]) {
-		return addr
-	}
-	if d, err := idna.Lookup.ToASCII(addr[at+1:]); err == nil {
-		return addr[:at+1] + d
+	if a, ok := dnsmx.ALabelAddress(addr); ok {
+		return a
 	}
 	return addr
 }
@@ -262,13 +258,4 @@ func sanitizeHelo(h string) string {
 		b.WriteByte(c)
 	}
 	return b.String()
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }

@@ -66,24 +66,6 @@ func asciiDomain(d string) string {
 	return strings.ToLower(d)
 }
 
-// asciiAddress returns addr with its domain as A-labels, for a server
-// without SMTPUTF8; false when its local part is not ASCII or its domain
-// no valid IDN.
-func asciiAddress(addr string) (string, bool) {
-	if isASCII([]byte(addr)) {
-		return addr, true
-	}
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 || !isASCII([]byte(addr[:at])) {
-		return "", false
-	}
-	d, err := idna.Lookup.ToASCII(addr[at+1:])
-	if err != nil {
-		return "", false
-	}
-	return addr[:at+1] + d, true
-}
-
 // targets lists where mail for domain goes, in the order to try.
 func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) ([]target, error) {
 	if r := cfg.RouteFor(domain); r != nil && len(smarthosts(r)) > 0 {

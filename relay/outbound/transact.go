@@ -11,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
@@ -78,7 +79,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			return smtperr.New(0, "5.6.7", "message needs SMTPUTF8 (%s), which %s does not support", what, cn.host)
 		}
 		var ok bool
-		if from, ok = asciiAddress(env.From); !ok {
+		if from, ok = dnsmx.ALabelAddress(env.From); !ok {
 			return all(queue.Failed, needs("non-ASCII sender address")), false, nil
 		}
 		if !t.forms.headerASCII() {
@@ -87,7 +88,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		utf8 = false
 		send = send[:0]
 		for i := range t.rcpts {
-			if addrs[i], ok = asciiAddress(addrs[i]); ok {
+			if addrs[i], ok = dnsmx.ALabelAddress(addrs[i]); ok {
 				send = append(send, i)
 			} else {
 				res[i].state, res[i].reply = queue.Failed, needs("non-ASCII recipient address")
