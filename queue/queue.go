@@ -618,10 +618,8 @@ func (q *Queue) Activity(id string) (delivering, parked bool) {
 
 // InFlight reports whether a message is being delivered right now.
 func (q *Queue) InFlight(id string) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	s, ok := q.sched[id]
-	return ok && s.inflight
+	delivering, _ := q.Activity(id)
+	return delivering
 }
 
 // Hold stops delivery of a message until Release. A delivery already under
