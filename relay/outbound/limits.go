@@ -201,22 +201,9 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 }
 
 // tryAcquire takes a slot for key if one is free now, or the one kept for
-// id when it was unparked.
+// id when it was unparked: acquireOrPark that never parks.
 func (l *limiter) tryAcquire(key, id string) (release func(), ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.slotLocked(key)
-	if takeCalled(s, id) {
-		return func() { l.release(key, s) }, true
-	}
-	if !s.sem.tryAcquire() {
-		if s.users == 0 {
-			delete(l.m, key)
-		}
-		return nil, false
-	}
-	s.users++
-	return func() { l.release(key, s) }, true
+	return l.acquireOrPark(key, id, func() bool { return false })
 }
 
 // takeCalled takes the slot kept for id, if it was unparked for one; its
