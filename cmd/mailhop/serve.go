@@ -26,6 +26,7 @@ import (
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/inbound"
+	"github.com/mailhop/mailhop/relay/logbuf"
 	"github.com/mailhop/mailhop/relay/metrics"
 	"github.com/mailhop/mailhop/relay/outbound"
 )
@@ -62,7 +63,11 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return max(code, exitOK)
 	}
-	log, level := newLogger(cfg.Log, stderr)
+	// A busy relay's log lines go out in bursts, at most a few
+	// milliseconds late; a quiet one's at once (see relay/logbuf).
+	lw := logbuf.New(stderr, logbuf.DefaultWindow)
+	defer lw.Close()
+	log, level := newLogger(cfg.Log, lw)
 	warnReadableSecrets(cfg, path, log)
 	for _, w := range cfg.Warnings() {
 		log.Warn("configuration: " + w)

@@ -18,6 +18,7 @@ import (
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
+	"github.com/mailhop/mailhop/relay/logbuf"
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
@@ -300,9 +301,9 @@ func (ss *session) Data(r io.Reader) error {
 	if err == nil {
 		ss.s.stats.accepted.Add(1)
 		reply := "OK: queued as " + env.ID
-		extra := []any{"message_id", sniff.messageID()}
+		extra := []slog.Attr{slog.String("message_id", sniff.messageID())}
 		if signed != nil && len(signed.Keys) > 0 {
-			extra = append(extra, "dkim", signed.Keys[0].Domain)
+			extra = append(extra, slog.String("dkim", signed.Keys[0].Domain))
 		}
 		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply, extra...)
 		return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, reply)
@@ -364,7 +365,7 @@ func (ss *session) refuseData(env *queue.Envelope, read int64, err error) error 
 			code, text = 421, "4.4.2 Idle timeout"
 		}
 	}
-	ss.logTransaction("message refused", env, code, text, "reason", reason, "error", err.Error())
+	ss.logTransaction("message refused", env, code, text, slog.String("reason", reason), slog.String("error", err.Error()))
 	return reply
 }
 
@@ -399,13 +400,12 @@ func enhanced(e *smtp.SMTPError) string {
 }
 
 // logTransaction writes the one line per transaction (stable keys).
-func (ss *session) logTransaction(msg string, env *queue.Envelope, code int, reply string, extra ...any) {
-	args := []any{
-		"queue_id", env.ID, "user", ss.user, "from", env.From,
-		"rcpts", len(env.Recipients), "size", env.Size, "tls", ss.tlsVersion(),
-		"code", code, "reply", reply,
-	}
-	ss.log.Info(msg, append(args, extra...)...)
+func (ss *session) logTransaction(msg string, env *queue.Envelope, code int, reply string, extra ...slog.Attr) {
+	attrs := append(make([]slog.Attr, 0, 11+len(extra)),
+		slog.String("queue_id", env.ID), slog.String("user", ss.user), slog.String("from", env.From),
+		slog.Int("rcpts", len(env.Recipients)), slog.Int64("size", env.Size), slog.String("tls", ss.tlsVersion()),
+		slog.Int("code", code), slog.String("reply", reply))
+	logbuf.Info(ss.log, msg, append(attrs, extra...)...)
 }
 
 // Reset implements smtp.Session.

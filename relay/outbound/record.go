@@ -1,13 +1,16 @@
 package outbound
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/logbuf"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -308,10 +311,12 @@ func orDur(d config.Duration, def time.Duration) time.Duration {
 func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
 	next := "" // the next attempt, looked up only when a group is pending
 	for _, g := range at.groups {
-		attrs := []any{"queue_id", env.ID, "message_id", at.messageID, "domain", g.domain, "mx", g.mx, "addr", g.addr,
-			"tls", g.tls, "tls_policy", g.policy, "tls_verified", g.verif, "dur", g.dur.Round(time.Millisecond)}
+		attrs := []slog.Attr{slog.String("queue_id", env.ID), slog.String("message_id", at.messageID),
+			slog.String("domain", g.domain), slog.String("mx", g.mx), slog.String("addr", g.addr),
+			slog.String("tls", g.tls), slog.String("tls_policy", g.policy), slog.Bool("tls_verified", g.verif),
+			slog.Duration("dur", g.dur.Round(time.Millisecond))}
 		if env.RequireTLS {
-			attrs = append(attrs, "requiretls", true)
+			attrs = append(attrs, slog.Bool("requiretls", true))
 		}
 		code, reply := 0, ""
 		if g.err != nil {
@@ -319,7 +324,7 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 		} else if len(g.rcpts) > 0 && g.rcpts[0].reply != nil {
 			code, reply = g.rcpts[0].reply.Code, replyText(g.rcpts[0].reply)
 		}
-		attrs = append(attrs, "code", code, "reply", reply)
+		attrs = append(attrs, slog.Int("code", code), slog.String("reply", reply))
 		pending := groupPending(g)
 		if pending && next == "" {
 			if due, ok := a.q.Due(env.ID); ok {
@@ -327,20 +332,21 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 			}
 		}
 		if pending && next != "" {
-			attrs = append(attrs, "next_attempt", next)
+			attrs = append(attrs, slog.String("next_attempt", next))
 		} else {
-			attrs = append(attrs, "outcome", "done")
+			attrs = append(attrs, slog.String("outcome", "done"))
 		}
-		a.log.Info("attempt", attrs...)
+		logbuf.Info(a.log, "attempt", attrs...)
 	}
 	for _, r := range at.rcpts {
 		rc := env.Recipients[r.index]
-		attrs := []any{"queue_id", env.ID, "message_id", at.messageID, "rcpt", rc.Address}
+		attrs := make([]slog.Attr, 0, 6)
+		attrs = append(attrs, slog.String("queue_id", env.ID), slog.String("message_id", at.messageID), slog.String("rcpt", rc.Address))
 		if r.reply != nil {
-			attrs = append(attrs, "code", r.reply.Code, "reply", replyText(r.reply))
+			attrs = append(attrs, slog.Int("code", r.reply.Code), slog.String("reply", replyText(r.reply)))
 		}
 		if r.remote != "" {
-			attrs = append(attrs, "mx", r.remote)
+			attrs = append(attrs, slog.String("mx", r.remote))
 		}
 		switch {
 		case r.state == queue.Delivered:
@@ -348,16 +354,16 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 			if a.obs != nil {
 				a.obs.Delivered(a.now().Sub(env.Arrived))
 			}
-			a.log.Info("delivered", attrs...)
+			logbuf.Info(a.log, "delivered", attrs...)
 		case r.state == queue.Failed && expired[r.index]:
 			a.stats.bounced.Add(1)
-			a.log.Info("expired", attrs...)
+			logbuf.Info(a.log, "expired", attrs...)
 		case r.state == queue.Failed:
 			a.stats.bounced.Add(1)
-			a.log.Info("bounced", attrs...)
+			logbuf.Info(a.log, "bounced", attrs...)
 		default:
 			a.stats.deferred.Add(1)
-			a.log.Debug("deferred", attrs...)
+			a.log.LogAttrs(context.Background(), slog.LevelDebug, "deferred", attrs...)
 		}
 	}
 }
