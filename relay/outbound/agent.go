@@ -566,6 +566,9 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// no greeting, a 421, a timeout or a dropped connection), not for a
 	// TLS policy or this message's REQUIRETLS: then the domain is dead.
 	site := true
+	// settled holds the outcomes decided by hosts whose session then
+	// broke; the recipients left by the break went on to the next address.
+	var settled []rcptResult
 	for i := range targets {
 		tg := &targets[i]
 		if tg.addrs != nil && len(tg.addrs) == 0 {
@@ -601,8 +604,27 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain)
 			gr.tls, gr.policy, gr.verif = info.version, info.policy, info.verified
 			if serr == nil {
-				gr.rcpts = res
-				return gr
+				again, decided, broke := brokenOff(res)
+				if broke == nil || ctx.Err() != nil {
+					gr.rcpts = append(res, settled...)
+					return gr
+				}
+				// The connection failed in the middle of the transaction:
+				// as Postfix does, the recipients it left go on to the
+				// next address now rather than at the next attempt.
+				settled = append(settled, decided...)
+				rest := *t
+				rest.rcpts = again
+				t = &rest
+				tried++
+				policyOnly, site = false, false
+				last = hostNamed(tg.host, ap, broke.err)
+				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", broke.stage, "err", broke.err.Error()}
+				if broke.stage == "end of data" {
+					attrs = append(attrs, "note", "the message may be delivered more than once")
+				}
+				a.log.Info("host failed", attrs...)
+				continue
 			}
 			if serr.loop {
 				le, final := a.loopBack(t.env.ID, domain, tg, ap.String(), serr)
@@ -620,11 +642,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			site = site && !serr.policy && !serr.loop
 			switch {
 			case last.Code == 0 && !serr.policy:
-				// No reply from the server: say which one did not answer
-				// ("mx.example.com[192.0.2.1]:25: connection refused").
-				named := *last
-				named.Msg = fmt.Sprintf("%s[%s]:%d: %s", tg.host, ap.Addr(), ap.Port(), last.Msg)
-				last = &named
+				last = hostNamed(tg.host, ap, last)
 			case last.Code >= 500 && !serr.policy:
 				// The server refused the session (554 greeting, 5xx to
 				// EHLO): the mail is deferred below with 4.4.1, so the
@@ -658,6 +676,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		for _, x := range t.rcpts {
 			gr.rcpts = append(gr.rcpts, rcptResult{index: x, state: queue.Failed, reply: e, remote: gr.mx})
 		}
+		gr.rcpts = append(gr.rcpts, settled...)
 		return gr
 	}
 	// No host answered: whatever the last reply, try again later.
@@ -666,11 +685,34 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		e = smtperr.Error{Enhanced: "4.4.1", Msg: last.Msg} // its own codes would read as a second status
 	}
 	gr.err = &e
-	gr.rcpts = allPending(t.rcpts, &e)
+	gr.rcpts = append(allPending(t.rcpts, &e), settled...)
 	if site && tried > 0 && ctx.Err() == nil {
 		a.markDead(domain, &e)
 	}
 	return gr
+}
+
+// hostNamed says which host an error without a reply came from
+// ("mx.example.com[192.0.2.1]:25: connection refused").
+func hostNamed(host string, ap netip.AddrPort, e *smtperr.Error) *smtperr.Error {
+	named := *e
+	named.Msg = fmt.Sprintf("%s[%s]:%d: %s", host, ap.Addr(), ap.Port(), e.Msg)
+	return &named
+}
+
+// brokenOff splits the results of a transaction whose connection failed
+// midway: the recipients it left pending (indices into Envelope.Recipients)
+// and the results decided before the failure. broke is nil when the
+// connection did not fail.
+func brokenOff(res []rcptResult) (again []int, decided []rcptResult, broke *stageError) {
+	for _, r := range res {
+		if r.broke != nil {
+			again, broke = append(again, r.index), r.broke
+		} else {
+			decided = append(decided, r)
+		}
+	}
+	return again, decided, broke
 }
 
 // loopBack decides what a host that turned out to be this relay means

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net/mail"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -763,3 +764,85 @@ func TestBounceNow(t *testing.T) {
 }
 
 type configRoute = config.Route
+
+// TestDelivery_DropMidData_NextMXTakesIt: a primary MX that drops the
+// connection in the middle of the body cannot have the message; the backup
+// MX gets it in the same attempt (as Postfix goes on to the next host),
+// and only for the recipients the primary had not already refused.
+func TestDelivery_DropMidData_NextMXTakesIt(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{DropInData: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "gone@") {
+			return smtptest.Reply(550, "5.1.1", "no such user")
+		}
+		return nil
+	}}, z)
+	backup := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.start()
+	body := testBody + strings.Repeat("x\r\n", 100000)
+	id := h.submit(body, []string{"gone@example.test", "a@example.test", "b@example.test"})
+	h.waitRecords(id, 1)
+	msgs := backup.Messages()
+	if len(msgs) != 1 {
+		t.Fatalf("the backup MX got %d messages in the first attempt, want 1", len(msgs))
+	}
+	if got := strings.Join(msgs[0].To, ","); got != "a@example.test,b@example.test" {
+		t.Errorf("the backup MX was asked for %s, want only the recipients the primary left", got)
+	}
+	if !strings.HasSuffix(string(msgs[0].Data), body) {
+		t.Error("the backup MX got a different body")
+	}
+	if len(h.first.Messages()) != 0 {
+		t.Error("the primary recorded a message it dropped")
+	}
+	// Its outcome is recorded once: delivered to a and b, a bounce for gone@.
+	if env := h.envelope(id); env != nil {
+		t.Errorf("message still queued: %+v", env)
+	}
+	h.mu.Lock()
+	recorded := h.records[id]
+	h.mu.Unlock()
+	if recorded != 1 {
+		t.Errorf("%d attempts recorded, want 1", recorded)
+	}
+	for _, want := range []string{`msg=bounced .*rcpt=gone@example.test code=550 .*mx=mx1.example.test`,
+		`msg="report queued" .*action=failed .*rcpts=1`,
+		`msg=attempt .*mx=mx2.example.test .*code=250`,
+		`msg=delivered .*rcpt=a@example.test .*mx=mx2.example.test`,
+		`msg=delivered .*rcpt=b@example.test .*mx=mx2.example.test`} {
+		if !regexp.MustCompile(want).MatchString(h.logs.String()) {
+			t.Errorf("no log line matches %q", want)
+		}
+	}
+	if !strings.Contains(h.logs.String(), `msg="host failed"`) || !strings.Contains(h.logs.String(), `stage="data transfer"`) {
+		t.Errorf("no host failed line for the drop:\n%s", h.logs.String())
+	}
+}
+
+// TestDelivery_NoReplyToEndOfData_NextMXTakesIt: a primary that never
+// answers the end of data may or may not have the message; like Postfix,
+// the backup MX is tried at once and the log says it may arrive twice.
+func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{StallData: true}, z)
+	backup := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.cfg.Delivery.DataEndTimeout.Duration = 300 * time.Millisecond
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if n := len(backup.Messages()); n != 1 {
+		t.Fatalf("the backup MX got %d messages, want 1", n)
+	}
+	if env := h.envelope(id); env != nil {
+		t.Errorf("message still queued after the backup took it: %+v", env)
+	}
+	if !strings.Contains(h.logs.String(), `stage="end of data"`) || !strings.Contains(h.logs.String(), "more than once") {
+		t.Errorf("the log does not say the message may arrive twice:\n%s", h.logs.String())
+	}
+}

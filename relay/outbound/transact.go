@@ -24,6 +24,10 @@ type rcptResult struct {
 	remote  string          // the host that answered, "" when none did
 	relayed bool            // delivered to a server without the DSN extension
 	diag    *smtperr.Error  // when reply is ours (expiry): the remote reply before it, for Diagnostic-Code
+	// broke is set when the connection failed after the server accepted
+	// this recipient and before the final reply to the message: it is
+	// pending, and the next address may take it now.
+	broke *stageError
 }
 
 // txn is one SMTP transaction for a domain group.
@@ -193,10 +197,18 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			res[i].state, res[i].reply = st, e
 		}
 	}
-
 	// From here on a dropped connection leaves the accepted recipients
-	// Pending: the server may or may not have the message (RFC 5321 §6.1
-	// prefers a duplicate to a loss).
+	// Pending (broke): before the end of the data the server cannot have
+	// the message; after it, it may (RFC 5321 §6.1 prefers a duplicate to
+	// a loss).
+	cut := func(stage string, err error) []rcptResult {
+		se := stageErr(stage, err)
+		setAccepted(queue.Pending, se.err)
+		for _, i := range accepted {
+			res[i].broke = se
+		}
+		return res
+	}
 	if rep.Data != nil {
 		if se, ok := replyError(rep.Data); ok {
 			setAccepted(stateOf(se), se)
@@ -204,8 +216,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			// session is not trusted for more mail.
 			return res, smtp.IsProtocolError(rep.Data), nil
 		}
-		setAccepted(queue.Pending, stageErr("data", rep.Data).err)
-		return res, true, nil
+		return cut("data", rep.Data), true, nil
 	}
 	// data_timeout bounds each write, not the whole body (RFC 5321
 	// §4.5.3.2.5): a slow link that keeps moving is not cut off.
@@ -228,8 +239,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 				return res, true, nil
 			}
 		}
-		setAccepted(queue.Pending, stageErr("data transfer", err).err)
-		return res, true, nil
+		return cut("data transfer", err), true, nil
 	}
 	c.SubmissionTimeout = tm.dataEnd
 	resp, err := w.CloseWithResponse()
@@ -241,8 +251,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			setAccepted(stateOf(se), se)
 			return res, se.Code == 421, nil
 		}
-		setAccepted(queue.Pending, stageErr("end of data", err).err)
-		return res, true, nil
+		return cut("end of data", err), true, nil
 	}
 	enh, text := smtperr.ParseReply(strings.ReplaceAll(resp.StatusText, "\n", " "))
 	ok := &smtperr.Error{Code: 250, Enhanced: enh, Msg: text}
