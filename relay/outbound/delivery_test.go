@@ -846,3 +846,27 @@ func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
 		t.Errorf("the log does not say the message may arrive twice:\n%s", h.logs.String())
 	}
 }
+
+// TestDelivery_421ToEndOfData_NextMXTakesIt: a 421 to the end of data
+// closes the session without the message, as a 421 to MAIL, RCPT or DATA
+// does; the backup MX gets it in the same attempt, with no note of a
+// possible duplicate (the server said it does not have it).
+func TestDelivery_421ToEndOfData_NextMXTakesIt(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.2")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{
+		"EHLO": "250-mx1.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n", ".": "421 4.3.2 shutting down\r\n"}))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if n := len(h.first.Messages()); n != 1 {
+		t.Fatalf("the backup MX got %d messages, want 1", n)
+	}
+	logs := h.logs.String()
+	if !strings.Contains(logs, `stage="end of data" err="421 4.3.2 shutting down"`) || strings.Contains(logs, "more than once") {
+		t.Errorf("want a host failed line with the 421 and no duplicate note:\n%s", logs)
+	}
+}

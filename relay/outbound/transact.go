@@ -202,7 +202,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	// the message; after it, it may (RFC 5321 §6.1 prefers a duplicate to
 	// a loss).
 	cut := func(stage string, err error) []rcptResult {
-		se := stageErr(stage, err)
+		se := stageErr(stage, err) // a 421 keeps its reply
 		setAccepted(queue.Pending, se.err)
 		for _, i := range accepted {
 			res[i].broke = se
@@ -248,8 +248,13 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	}
 	if err != nil {
 		if se, ok := replyError(err); ok {
+			if se.Code == 421 {
+				// The server is closing the session without the
+				// message, as a 421 to MAIL, RCPT or DATA says.
+				return cut("end of data", err), true, nil
+			}
 			setAccepted(stateOf(se), se)
-			return res, se.Code == 421, nil
+			return res, false, nil
 		}
 		return cut("end of data", err), true, nil
 	}
