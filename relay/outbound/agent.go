@@ -566,9 +566,13 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// no greeting, a 421, a timeout or a dropped connection), not for a
 	// TLS policy or this message's REQUIRETLS: then the domain is dead.
 	site := true
-	// settled holds the outcomes decided by hosts whose session then
-	// broke; the recipients left by the break went on to the next address.
-	var settled []rcptResult
+	// settled holds the outcomes that stand from hosts that passed other
+	// recipients on to the next address (see passOn); carried holds the
+	// results of the last such host for the recipients it passed on, their
+	// outcome when no later host answers at all. sessions counts the hosts
+	// a transaction ran with.
+	var settled, carried []rcptResult
+	sessions := 0
 	for i := range targets {
 		tg := &targets[i]
 		if tg.addrs != nil && len(tg.addrs) == 0 {
@@ -604,31 +608,39 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain)
 			gr.tls, gr.policy, gr.verif = info.version, info.policy, info.verified
 			if serr == nil {
-				again, decided, broke := brokenOff(res)
-				if broke == nil || ctx.Err() != nil {
+				sessions++
+				again, decided, passed := passOn(res)
+				if len(again) == 0 || sessions >= maxSessions || ctx.Err() != nil {
 					gr.rcpts = append(res, settled...)
 					return gr
 				}
-				// The connection failed in the middle of the transaction:
-				// as Postfix does, the recipients it left go on to the
-				// next address now rather than at the next attempt.
-				settled = append(settled, decided...)
+				// As Postfix does for any server but the last, the
+				// recipients this one deferred, or left when its connection
+				// failed mid-transaction, go on to the next address now.
+				settled, carried = append(settled, decided...), passed
 				rest := *t
 				rest.rcpts = again
 				t = &rest
 				tried++
 				policyOnly, site = false, false
-				last = broke.err
-				if last.Code == 0 {
-					last = hostNamed(tg.host, ap, last)
+				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String()}
+				if b := passed[0].broke; b != nil {
+					last = b.err
+					if last.Code == 0 {
+						last = hostNamed(tg.host, ap, last)
+					}
+					attrs = append(attrs, "stage", b.stage, "err", b.err.Error())
+					if b.stage == "end of data" && b.err.Code == 0 {
+						attrs = append(attrs, "note", "the message may be delivered more than once")
+					}
+					a.log.Info("host failed", attrs...)
+				} else {
+					last = passed[0].reply
+					a.log.Info("host deferred", append(attrs, "rcpts", len(again), "reply", last.Error())...)
 				}
-				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", broke.stage, "err", broke.err.Error()}
-				if broke.stage == "end of data" && broke.err.Code == 0 {
-					attrs = append(attrs, "note", "the message may be delivered more than once")
-				}
-				a.log.Info("host failed", attrs...)
 				continue
 			}
+			carried = nil // this host's error is the news now
 			if serr.loop {
 				le, final := a.loopBack(t.env.ID, domain, tg, ap.String(), serr)
 				if final {
@@ -687,6 +699,11 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	if !e.Temporary() {
 		e = smtperr.Error{Enhanced: "4.4.1", Msg: last.Msg} // its own codes would read as a second status
 	}
+	if carried != nil {
+		// The last host to answer deferred them: its replies stand.
+		gr.rcpts = append(carried, settled...)
+		return gr
+	}
 	gr.err = &e
 	gr.rcpts = append(allPending(t.rcpts, &e), settled...)
 	if site && tried > 0 && ctx.Err() == nil {
@@ -703,19 +720,26 @@ func hostNamed(host string, ap netip.AddrPort, e *smtperr.Error) *smtperr.Error 
 	return &named
 }
 
-// brokenOff splits the results of a transaction whose connection failed
-// midway: the recipients it left pending (indices into Envelope.Recipients)
-// and the results decided before the failure. broke is nil when the
-// connection did not fail.
-func brokenOff(res []rcptResult) (again []int, decided []rcptResult, broke *stageError) {
+// maxSessions is how many hosts an attempt runs a transaction with, as
+// Postfix's smtp_mx_session_limit: a domain whose every MX defers a
+// recipient costs two sessions per attempt, not one per MX.
+const maxSessions = 2
+
+// passOn splits a host's results into those that stand and the recipients
+// to try at the next address now: those the host deferred with a 4xx
+// reply (except 452, too many recipients, which waits for a later
+// transaction), and those left when its connection failed after accepting
+// them (broke). passed are the host's results for the latter.
+func passOn(res []rcptResult) (again []int, decided, passed []rcptResult) {
 	for _, r := range res {
-		if r.broke != nil {
-			again, broke = append(again, r.index), r.broke
+		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && r.reply.Code != 452
+		if r.broke != nil || soft {
+			again, passed = append(again, r.index), append(passed, r)
 		} else {
 			decided = append(decided, r)
 		}
 	}
-	return again, decided, broke
+	return again, decided, passed
 }
 
 // loopBack decides what a host that turned out to be this relay means

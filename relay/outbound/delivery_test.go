@@ -870,3 +870,77 @@ func TestDelivery_421ToEndOfData_NextMXTakesIt(t *testing.T) {
 		t.Errorf("want a host failed line with the 421 and no duplicate note:\n%s", logs)
 	}
 }
+
+// TestDelivery_4xxGoesToNextMX: as Postfix does for any server but the
+// last, a recipient the primary defers with 4xx goes to the backup MX in
+// the same attempt; the recipients the primary took or refused for good
+// are not sent again.
+func TestDelivery_4xxGoesToNextMX(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		switch {
+		case strings.HasPrefix(to, "grey@"):
+			return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
+		case strings.HasPrefix(to, "gone@"):
+			return smtptest.Reply(550, "5.1.1", "no such user")
+		}
+		return nil
+	}}, z)
+	backup := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"ok@example.test", "grey@example.test", "gone@example.test"})
+	h.waitRecords(id, 1)
+	if msgs := h.first.Messages(); len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "ok@example.test" {
+		t.Errorf("primary got %+v, want the message for ok@ only", msgs)
+	}
+	msgs := backup.Messages()
+	if len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "grey@example.test" {
+		t.Fatalf("backup got %+v, want the message for grey@ only", msgs)
+	}
+	logs := h.logs.String()
+	for _, want := range []string{`msg="host deferred" .*mx=mx1.example.test .*rcpts=1 reply="451 4.7.1 greylisted, try again later"`,
+		`msg=delivered .*rcpt=ok@example.test .*mx=mx1.example.test`,
+		`msg=delivered .*rcpt=grey@example.test .*mx=mx2.example.test`,
+		`msg=bounced .*rcpt=gone@example.test .*mx=mx1.example.test`} {
+		if !regexp.MustCompile(want).MatchString(logs) {
+			t.Errorf("no log line matches %q", want)
+		}
+	}
+}
+
+// TestDelivery_4xxEverywhere_TwoSessions: a recipient every MX defers is
+// tried with two hosts per attempt (Postfix's smtp_mx_session_limit), not
+// all of them, and stays queued with the last host's reply.
+func TestDelivery_4xxEverywhere_TwoSessions(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	addMX(z, "example.test", 30, "mx3.example.test", "127.0.0.4")
+	deferAll := func(host string) smtptest.Behaviour {
+		return smtptest.Behaviour{Mail: func(string, *smtp.MailOptions) error {
+			return smtptest.Reply(451, "4.3.0", host+" is busy")
+		}}
+	}
+	h := newHarness(t, deferAll("mx1"), z)
+	second := h.server("127.0.0.3", deferAll("mx2"))
+	third := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@example.test"})
+	h.waitRecords(id, 1)
+	if h.first.Conns() != 1 || second.Conns() != 1 || third.Conns() != 0 {
+		t.Errorf("sessions: mx1 %d, mx2 %d, mx3 %d; want 1, 1, 0", h.first.Conns(), second.Conns(), third.Conns())
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue")
+	}
+	for _, r := range env.Recipients {
+		if r.State != queue.Pending || !strings.Contains(r.Reply, "mx2 is busy") {
+			t.Errorf("%s: state %v, last reply %q; want pending with mx2's reply", r.Address, r.State, r.Reply)
+		}
+	}
+}
