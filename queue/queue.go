@@ -342,6 +342,10 @@ type Result struct {
 	LastError   string
 	DelayWarned bool      // set once a delay DSN has been queued
 	RetryAt     time.Time // zero: from RetryIntervals and the attempt count, with jitter
+	// RetryBy, when after now, is the latest time for the next attempt
+	// from RetryIntervals: a message whose delay warning or expiry falls
+	// before its next retry is tried then, not an interval later.
+	RetryBy time.Time
 }
 
 // Done records an attempt's outcome durably and gives the message back to
@@ -362,11 +366,7 @@ func (q *Queue) Done(id string, res Result) error {
 			n = s.attempts + 1
 		}
 		q.mu.Unlock()
-		at := res.RetryAt
-		if at.IsZero() {
-			at = q.opts.Now().Add(q.retryAfter(n))
-		}
-		q.requeueAt(id, at)
+		q.requeueAt(id, q.nextAttempt(n, res))
 	}
 	return err
 }
@@ -432,10 +432,7 @@ func (q *Queue) done(id string, res Result, reports []Report) error {
 	u := &StateUpdate{ID: id, Attempts: s.attempts + 1, LastError: res.LastError,
 		DelayWarned: s.warned || res.DelayWarned, Rcpts: res.Recipients}
 	q.mu.Unlock()
-	u.NextAttempt = res.RetryAt
-	if u.NextAttempt.IsZero() {
-		u.NextAttempt = q.opts.Now().Add(q.retryAfter(u.Attempts))
-	}
+	u.NextAttempt = q.nextAttempt(u.Attempts, res)
 	var after *Envelope
 	var removed bool
 	var err error
@@ -495,6 +492,20 @@ func (q *Queue) SetRetryIntervals(iv []time.Duration) {
 	q.mu.Lock()
 	q.opts.RetryIntervals = slices.Clone(iv)
 	q.mu.Unlock()
+}
+
+// nextAttempt is when a message is due after its n-th attempt, whose
+// outcome is res.
+func (q *Queue) nextAttempt(n int, res Result) time.Time {
+	if !res.RetryAt.IsZero() {
+		return res.RetryAt
+	}
+	now := q.opts.Now()
+	at := now.Add(q.retryAfter(n))
+	if res.RetryBy.After(now) && res.RetryBy.Before(at) {
+		at = res.RetryBy
+	}
+	return at
 }
 
 // retryAfter is the wait after the n-th attempt, with ±10% jitter.

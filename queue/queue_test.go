@@ -756,3 +756,42 @@ func TestPark_Unpark(t *testing.T) {
 		t.Fatalf("Next after Release = %q", got)
 	}
 }
+
+// Result.RetryBy brings the next attempt forward when it falls before the
+// retry interval's end, and is ignored when it is not ahead of now (a
+// message due at once after every attempt would be tried in a tight loop).
+func TestDoneRetryBy(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	q, err := Open(t.TempDir(), Options{Now: func() time.Time { return now }, RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, tc := range []struct {
+		name     string
+		by       time.Time
+		min, max time.Duration
+	}{
+		{"before the interval's end", now.Add(10 * time.Minute), 10 * time.Minute, 10 * time.Minute},
+		{"after the interval's end", now.Add(3 * time.Hour), 54 * time.Minute, 66 * time.Minute},
+		{"in the past", now.Add(-time.Minute), 54 * time.Minute, 66 * time.Minute},
+	} {
+		env := newEnv("a@x.test")
+		if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := q.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Done(env.ID, Result{RetryBy: tc.by, Recipients: []RcptUpdate{{Index: 0, State: Pending}}}); err != nil {
+			t.Fatal(err)
+		}
+		e, _ := q.Get(env.ID)
+		if d := e.NextAttempt.Sub(now); d < tc.min || d > tc.max {
+			t.Errorf("%s: next attempt in %v, want %v to %v", tc.name, d, tc.min, tc.max)
+		}
+	}
+}

@@ -498,6 +498,44 @@ func TestDelivery_DelayWarning_Once(t *testing.T) {
 	}
 }
 
+// A delay warning or an expiry that falls before the next retry is made on
+// time: the next attempt is due then, not a whole retry interval (here 1h)
+// later.
+func TestDelivery_DelayWarningAndExpiry_OnTime(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name           string
+		warn, maxAge   time.Duration
+		action, status string
+	}{
+		{"delay warning", time.Hour, 0, "delayed", "4.2.1"},
+		{"expiry", 2 * time.Hour, time.Hour, "failed", "4.4.7"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+				return smtptest.Reply(451, "4.2.1", "mailbox busy")
+			}}, zone("example.test", "127.0.0.2"))
+			senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+			h.cfg.Delivery.DelayWarning.Duration = tc.warn
+			h.cfg.Delivery.MaxQueueAge.Duration = tc.maxAge
+			h.start()
+			due := time.Now().Add(2 * time.Second)
+			id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.Arrived = due.Add(-time.Hour) })
+			h.waitRecords(id, 1)
+			env := h.envelope(id)
+			if env == nil || env.NextAttempt.After(due) {
+				t.Fatalf("after the first attempt: %+v, want the next attempt by %v", env, due)
+			}
+			h.waitRecords(id, 2)
+			d := parseBounce(t, senderMX.Wait(t, 1)[0])
+			if r := d.Recipients[0]; r.Action != tc.action || r.Status != tc.status {
+				t.Errorf("report recipient: %+v, want %s %s", r, tc.action, tc.status)
+			}
+		})
+	}
+}
+
 func TestDSN_NotifyNever_NoBounce(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{DSN: true, Rcpt: func(string, *smtp.RcptOptions) error {

@@ -111,6 +111,8 @@
 // connection-level reply was. The next attempt is due after the attempt
 // count's entry of delivery.retry_intervals, as configured now (a reload
 // applies from the next attempt on), jittered by ±10%; the queue keeps it.
+// It is brought forward to the time the delay warning is due (when not yet
+// sent) or the message expires, when that comes first.
 //
 // # What is durable when
 //

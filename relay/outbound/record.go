@@ -31,7 +31,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	expired := map[int]bool{}
 	for i := range at.rcpts {
 		r := &at.rcpts[i]
-		if r.state == queue.Pending && !env.Arrived.IsZero() && age > maxAge {
+		if r.state == queue.Pending && !env.Arrived.IsZero() && age >= maxAge {
 			last := "no attempt made"
 			if r.reply != nil {
 				last = r.reply.Error()
@@ -50,6 +50,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	if body != nil {
 		reps = a.reports(env, cfg, at, body, &res, now)
 	}
+	res.RetryBy = retryBy(env, cfg, res.DelayWarned, now)
 	var err error
 	if len(reps) == 0 {
 		err = a.q.Done(env.ID, attemptResult(env, at, res))
@@ -86,6 +87,24 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	if a.onRecord != nil {
 		a.onRecord(env.ID, false)
 	}
+}
+
+// retryBy is the latest time for env's next attempt: its delay warning,
+// when not yet sent, and its expiry are due on time, not at the end of the
+// next retry interval (with the default intervals, a 4h warning came at
+// 7h51m). Zero when neither is still ahead of now.
+func retryBy(env *queue.Envelope, cfg *config.Config, warned bool, now time.Time) time.Time {
+	if env.Arrived.IsZero() {
+		return time.Time{}
+	}
+	var by time.Time
+	if exp := env.Arrived.Add(orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge)); exp.After(now) {
+		by = exp
+	}
+	if w := env.Arrived.Add(orDur(cfg.Delivery.DelayWarning, defaultDelayWarning)); !warned && w.After(now) && (by.IsZero() || w.Before(by)) {
+		by = w
+	}
+	return by
 }
 
 // logReport logs a report queued about env.
