@@ -618,7 +618,10 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 				t = &rest
 				tried++
 				policyOnly, site = false, false
-				last = hostNamed(tg.host, ap, broke.err)
+				last = broke.err
+				if last.Code == 0 {
+					last = hostNamed(tg.host, ap, last)
+				}
 				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", broke.stage, "err", broke.err.Error()}
 				if broke.stage == "end of data" {
 					attrs = append(attrs, "note", "the message may be delivered more than once")

@@ -846,3 +846,63 @@ func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
 		t.Errorf("the log does not say the message may arrive twice:\n%s", h.logs.String())
 	}
 }
+
+// TestDelivery_NoReplyToData_RefusalsStand: a primary that refused some
+// recipients at RCPT and then gave no 354 (a 421 to DATA, with PIPELINING
+// or without) passes only the recipients it had accepted to the backup MX;
+// the refusals keep the primary's replies: a 550 bounces, naming it, and a
+// 451 waits for the next attempt.
+func TestDelivery_NoReplyToData_RefusalsStand(t *testing.T) {
+	t.Parallel()
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			t.Parallel()
+			z := dnstest.Zone{}
+			addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3")
+			addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.4")
+			h := newHarness(t, smtptest.Behaviour{}, z)
+			ehlo := "250-mx1.example.test\r\n250 8BITMIME\r\n"
+			if pipelining {
+				ehlo = "250-mx1.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+			}
+			scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+				switch {
+				case verb == "RCPT" && strings.Contains(line, "<gone@"):
+					return "550 5.1.1 no such user\r\n"
+				case verb == "RCPT" && strings.Contains(line, "<later@"):
+					return "451 4.2.0 try later\r\n"
+				}
+				return plainReplies(map[string]string{"EHLO": ehlo, "DATA": "421 4.3.2 closing\r\n"})(verb, line)
+			})
+			backup := h.server("127.0.0.4", smtptest.Behaviour{})
+			senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+			h.start()
+			id := h.submit(testBody, []string{"gone@example.test", "a@example.test", "later@example.test"})
+			h.waitRecords(id, 1)
+			msgs := backup.Messages()
+			if len(msgs) != 1 || strings.Join(msgs[0].To, ",") != "a@example.test" {
+				for _, m := range msgs {
+					t.Logf("the backup MX got a message for %v", m.To)
+				}
+				t.Fatalf("the backup MX got %d messages, want one for a@example.test only", len(msgs))
+			}
+			env := h.envelope(id)
+			if env == nil {
+				t.Fatal("message left the queue with later@ pending")
+			}
+			want := []struct {
+				state queue.RcptState
+				reply string
+			}{{queue.Failed, "5.1.1 no such user"}, {queue.Delivered, ""}, {queue.Pending, "4.2.0 try later"}}
+			for i, w := range want {
+				if r := env.Recipients[i]; r.State != w.state || !strings.HasPrefix(r.Reply, w.reply) {
+					t.Errorf("%s: %v %q, want %v %q", r.Address, r.State, r.Reply, w.state, w.reply)
+				}
+			}
+			d := parseBounce(t, senderMX.Wait(t, 1)[0])
+			if len(d.Recipients) != 1 || d.Recipients[0].RemoteMTA != "dns; mx1.example.test" {
+				t.Errorf("bounce: %+v", d.Recipients)
+			}
+		})
+	}
+}
