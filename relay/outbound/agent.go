@@ -623,7 +623,8 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 					last = hostNamed(tg.host, ap, last)
 				}
 				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", broke.stage, "err", broke.err.Error()}
-				if broke.stage == "end of data" {
+				if broke.stage == "end of data" && broke.err.Code == 0 {
+					// No reply: the server may have the message.
 					attrs = append(attrs, "note", "the message may be delivered more than once")
 				}
 				a.log.Info("host failed", attrs...)

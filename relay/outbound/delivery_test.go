@@ -906,3 +906,30 @@ func TestDelivery_NoReplyToData_RefusalsStand(t *testing.T) {
 		})
 	}
 }
+
+// TestDelivery_421AfterDot_NextMXTakesIt: a 421 to the end of data says
+// the server is closing without the message; the backup MX takes it in the
+// same attempt, as after a 421 to any command before, and the log does not
+// say it may arrive twice.
+func TestDelivery_421AfterDot_NextMXTakesIt(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.4")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n", ".": "421 4.3.2 going down\r\n"}))
+	backup := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if n := len(backup.Messages()); n != 1 {
+		t.Fatalf("the backup MX got %d messages, want 1", n)
+	}
+	if env := h.envelope(id); env != nil {
+		t.Errorf("message still queued after the backup took it: %+v", env)
+	}
+	logs := h.logs.String()
+	if !strings.Contains(logs, `stage="end of data" err="421 4.3.2 going down"`) || strings.Contains(logs, "more than once") {
+		t.Errorf("want a host failed line for the 421, without the duplicate note:\n%s", logs)
+	}
+}

@@ -255,8 +255,14 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	}
 	if err != nil {
 		if se, ok := replyError(err); ok {
+			if se.Code == 421 {
+				// The server is closing and said it does not have the
+				// message: the next address may take it now, as after a
+				// 421 to any command before.
+				return cut("end of data", err), true, nil
+			}
 			setAccepted(stateOf(se), se)
-			return res, se.Code == 421, nil
+			return res, false, nil
 		}
 		return cut("end of data", err), true, nil
 	}
