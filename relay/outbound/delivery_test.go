@@ -933,3 +933,31 @@ func TestDelivery_421AfterDot_NextMXTakesIt(t *testing.T) {
 		t.Errorf("want a host failed line for the 421, without the duplicate note:\n%s", logs)
 	}
 }
+
+// TestDelivery_BreakThenLoop_RefusalsKept: when the host after a primary
+// that broke off mid-body is this relay (5.4.6), the recipients the primary
+// had refused keep their outcome in that attempt too.
+func TestDelivery_BreakThenLoop_RefusalsKept(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{DropInData: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "gone@") {
+			return smtptest.Reply(550, "5.1.1", "no such user")
+		}
+		return nil
+	}}, z)
+	h.server("127.0.0.3", smtptest.Behaviour{Hostname: "relay.test"})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody+strings.Repeat("x\r\n", 100000), []string{"gone@example.test", "a@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Errorf("message still queued: %+v", env.Recipients)
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 2 {
+		t.Errorf("bounce: %+v", d.Recipients)
+	}
+}
