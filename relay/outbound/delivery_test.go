@@ -817,7 +817,9 @@ func TestDelivery_DropMidData_NextMXTakesIt(t *testing.T) {
 			t.Errorf("no log line matches %q", want)
 		}
 	}
-	if !strings.Contains(h.logs.String(), `msg="host failed"`) || !strings.Contains(h.logs.String(), `stage="data transfer"`) {
+	// The body may all fit in the socket buffers before the drop is seen:
+	// then it shows when the reply to the end of data is read.
+	if !regexp.MustCompile(`msg="host failed" .*stage="(data transfer|end of data)"`).MatchString(h.logs.String()) {
 		t.Errorf("no host failed line for the drop:\n%s", h.logs.String())
 	}
 }
