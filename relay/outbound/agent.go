@@ -648,6 +648,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 					for _, x := range t.rcpts {
 						gr.rcpts = append(gr.rcpts, rcptResult{index: x, state: queue.Failed, reply: le, remote: tg.host})
 					}
+					gr.rcpts = append(gr.rcpts, settled...)
 					return gr
 				}
 				serr.err = le

@@ -153,7 +153,10 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	cn.inTxn = true
 	rep, w, err := c.StartTransaction(rset, from, opts, to, ropts)
 	c.CommandTimeout = tm.command
-	if err != nil {
+	// noData: every RCPT had its reply, and then the connection failed
+	// (or the server said 421) instead of a 354 to DATA.
+	noData := err != nil && rep != nil && rep.Awaiting == "DATA"
+	if err != nil && !noData {
 		// The network failed, or the server said 421 and closed: nothing
 		// was decided, the caller tries the next address. The stage is
 		// the command whose reply did not come (with PIPELINING they all
@@ -168,7 +171,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return nil, true, stageErr("rset", rep.Reset)
 	}
 	if se, ok := replyError(rep.Mail); ok {
-		return all(stateOf(se), se), false, nil
+		return all(stateOf(se), se), noData, nil
 	}
 	var accepted []int // positions in res
 	for j, i := range send {
@@ -190,7 +193,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		accepted = append(accepted, i)
 	}
 	if len(accepted) == 0 {
-		return res, false, nil
+		return res, noData, nil
 	}
 	setAccepted := func(st queue.RcptState, e *smtperr.Error) {
 		for _, i := range accepted {
@@ -208,6 +211,10 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			res[i].broke = se
 		}
 		return res
+	}
+	if noData {
+		// The refusals stand; the accepted go on to the next address.
+		return cut("data", err), true, nil
 	}
 	if rep.Data != nil {
 		if se, ok := replyError(rep.Data); ok {
@@ -249,8 +256,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	if err != nil {
 		if se, ok := replyError(err); ok {
 			if se.Code == 421 {
-				// The server is closing the session without the
-				// message, as a 421 to MAIL, RCPT or DATA says.
+				// The server is closing and said it does not have the
+				// message: the next address may take it now, as after a
+				// 421 to any command before.
 				return cut("end of data", err), true, nil
 			}
 			setAccepted(stateOf(se), se)
