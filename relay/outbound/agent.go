@@ -573,6 +573,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// a transaction ran with.
 	var settled, carried []rcptResult
 	sessions := 0
+hosts:
 	for i := range targets {
 		tg := &targets[i]
 		if tg.addrs != nil && len(tg.addrs) == 0 {
@@ -628,6 +629,11 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 					last = b.err
 					if last.Code == 0 {
 						last = hostNamed(tg.host, ap, last)
+						for i := range passed {
+							if passed[i].broke != nil {
+								passed[i].reply = last // what they keep if no later host answers
+							}
+						}
 					}
 					attrs = append(attrs, "stage", b.stage, "err", b.err.Error())
 					if b.stage == "end of data" && b.err.Code == 0 {
@@ -639,6 +645,14 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 					a.log.Info("host deferred", append(attrs, "rcpts", len(again), "reply", last.Error())...)
 				}
 				continue
+			}
+			if serr.loop && tg.route == nil && tg.pref > targets[0].pref {
+				// This relay is a backup MX of the domain: RFC 5321 §5.1
+				// leaves out the hosts from its own preference on, so the
+				// mail waits for a more preferred host, as with Postfix.
+				a.log.Info("this relay is a backup MX; waiting for a more preferred host", "queue_id", t.env.ID,
+					"domain", domain, "mx", tg.host, "addr", ap.String(), "pref", tg.pref)
+				break hosts
 			}
 			carried = nil // this host's error is the news now
 			if serr.loop {

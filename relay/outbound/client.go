@@ -28,6 +28,7 @@ type target struct {
 	addrs []netip.Addr // nil: resolve host with LookupHost when reached
 	port  int
 	route *config.Route // nil for MX delivery
+	pref  uint16        // MX preference (0 for a route or an implicit MX)
 	// dnssec: the MX record and host's addresses are DNSSEC-secure, so its
 	// TLSA records may be used (RFC 7672 §2.2).
 	dnssec bool

@@ -1038,10 +1038,12 @@ func TestDelivery_421AfterDot_NextMXTakesIt(t *testing.T) {
 	}
 }
 
-// TestDelivery_BreakThenLoop_RefusalsKept: when the host after a primary
-// that broke off mid-body is this relay (5.4.6), the recipients the primary
-// had refused keep their outcome in that attempt too.
-func TestDelivery_BreakThenLoop_RefusalsKept(t *testing.T) {
+// TestDelivery_BreakThenBackupMXIsUs_RefusalsKept: the primary refuses
+// gone@ and then drops the connection in the body; the next MX is this
+// relay (a backup MX), so a@ waits for the primary (RFC 5321 §5.1) while
+// gone@ bounces with the primary's 550: the outcomes the broken host had
+// decided are kept.
+func TestDelivery_BreakThenBackupMXIsUs_RefusalsKept(t *testing.T) {
 	t.Parallel()
 	z := dnstest.Zone{}
 	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
@@ -1057,11 +1059,15 @@ func TestDelivery_BreakThenLoop_RefusalsKept(t *testing.T) {
 	h.start()
 	id := h.submit(testBody+strings.Repeat("x\r\n", 100000), []string{"gone@example.test", "a@example.test"})
 	h.waitRecords(id, 1)
-	if env := h.envelope(id); env != nil {
-		t.Errorf("message still queued: %+v", env.Recipients)
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue; a@ should wait for the preferred MX")
+	}
+	if r := env.Recipients[1]; r.State != queue.Pending || !strings.Contains(r.Reply, "mx1.example.test") {
+		t.Errorf("a@: %v %q, want pending with mx1's error", r.State, r.Reply)
 	}
 	d := parseBounce(t, senderMX.Wait(t, 1)[0])
-	if len(d.Recipients) != 2 {
-		t.Errorf("bounce: %+v", d.Recipients)
+	if len(d.Recipients) != 1 || d.Recipients[0].Status != "5.1.1" || d.Recipients[0].RemoteMTA != "dns; mx1.example.test" {
+		t.Errorf("bounce: %+v, want gone@'s 550 from mx1 only", d.Recipients)
 	}
 }

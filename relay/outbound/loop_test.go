@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
 
@@ -117,4 +118,36 @@ func (l *lockedBuilder) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestDelivery_BackupMXIsUs_Defers: when this relay is a backup MX of the
+// domain (a less preferred MX greets with our hostname) and the preferred
+// MX is down, RFC 5321 §5.1 leaves out the hosts from our own preference
+// on: the mail waits for the preferred MX instead of bouncing 5.4.6, and
+// no less preferred host is tried.
+func TestDelivery_BackupMXIsUs_Defers(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3") // nothing listens: down
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.2") // this relay
+	addMX(z, "example.test", 30, "mx3.example.test", "127.0.0.4")
+	h := newHarness(t, smtptest.Behaviour{Hostname: "relay.test"}, z)
+	worse := h.server("127.0.0.4", smtptest.Behaviour{})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatalf("message left the queue; want it deferred (bounces: %d)", len(senderMX.Messages()))
+	}
+	if r := env.Recipients[0]; r.State != queue.Pending || !strings.Contains(r.Reply, "mx1.example.test") {
+		t.Errorf("recipient %s %q, want pending with the preferred MX's error", r.State, r.Reply)
+	}
+	if worse.Conns() != 0 || len(senderMX.Messages()) != 0 {
+		t.Errorf("less preferred MX saw %d connections, %d bounces sent; want none", worse.Conns(), len(senderMX.Messages()))
+	}
+	if !strings.Contains(h.logs.String(), "this relay is a backup MX") {
+		t.Errorf("no log line says why:\n%s", h.logs.String())
+	}
 }

@@ -98,7 +98,7 @@ func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) 
 		if addrs == nil {
 			addrs = []netip.Addr{} // no address: nothing to try (LookupMX resolves them)
 		}
-		out = append(out, target{host: strings.TrimSuffix(mx.Host, "."), addrs: addrs, port: port, dnssec: mx.Secure})
+		out = append(out, target{host: strings.TrimSuffix(mx.Host, "."), addrs: addrs, port: port, dnssec: mx.Secure, pref: mx.Pref})
 	}
 	return out, nil
 }
