@@ -625,7 +625,7 @@ hosts:
 				tried++
 				policyOnly, site = false, false
 				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String()}
-				if b := passed[0].broke; b != nil {
+				if b := brokeOf(passed); b != nil {
 					last = b.err
 					if last.Code == 0 {
 						last = hostNamed(tg.host, ap, last)
@@ -755,6 +755,18 @@ func passOn(res []rcptResult) (again []int, decided, passed []rcptResult) {
 		}
 	}
 	return again, decided, passed
+}
+
+// brokeOf returns how the connection failed for the recipients in rs that
+// it left (broke), nil when none: a host may both defer some recipients at
+// RCPT and break off the transaction of the others, in any order.
+func brokeOf(rs []rcptResult) *stageError {
+	for _, r := range rs {
+		if r.broke != nil {
+			return r.broke
+		}
+	}
+	return nil
 }
 
 // loopBack decides what a host that turned out to be this relay means

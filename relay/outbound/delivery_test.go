@@ -887,6 +887,39 @@ func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
 	}
 }
 
+// TestDelivery_4xxThenNoReplyToEndOfData_HostFailed: a host that defers
+// one recipient at RCPT and then never answers the end of data for the
+// other has failed, whatever the recipients' order: the log says so, with
+// the duplicate note, and the recipient it left keeps the error naming it.
+// The deferred recipient came first, so the host's line told only of it.
+func TestDelivery_4xxThenNoReplyToEndOfData_HostFailed(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{StallData: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "later@") {
+			return smtptest.Reply(451, "4.2.0", "try later")
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.DataEndTimeout.Duration = 300 * time.Millisecond
+	h.start()
+	id := h.submit(testBody, []string{"later@example.test", "a@example.test"})
+	h.waitRecords(id, 1)
+	logs := h.logs.String()
+	if !regexp.MustCompile(`msg="host failed" .*stage="end of data" .*note="the message may be delivered more than once"`).MatchString(logs) {
+		t.Errorf("no host failed line with the duplicate note:\n%s", logs)
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue")
+	}
+	if r := env.Recipients[1]; r.State != queue.Pending || !strings.Contains(r.Reply, "[127.0.0.2]") {
+		t.Errorf("a@: %v %q, want pending with the error naming the host", r.State, r.Reply)
+	}
+	if r := env.Recipients[0]; r.State != queue.Pending || !strings.Contains(r.Reply, "try later") {
+		t.Errorf("later@: %v %q, want pending with its 451", r.State, r.Reply)
+	}
+}
+
 // TestDelivery_4xxGoesToNextMX: as Postfix does for any server but the
 // last, a recipient the primary defers with 4xx goes to the backup MX in
 // the same attempt; the recipients the primary took or refused for good
