@@ -654,6 +654,11 @@ hosts:
 					"domain", domain, "mx", tg.host, "addr", ap.String(), "pref", tg.pref)
 				break hosts
 			}
+			if carried != nil && ctx.Err() != nil {
+				// A shutdown cut this host short: the replies of the
+				// last host to answer stand, not the closed connection.
+				break hosts
+			}
 			carried = nil // this host's error is the news now
 			if serr.loop {
 				le, final := a.loopBack(t.env.ID, domain, tg, ap.String(), serr)

@@ -1104,3 +1104,52 @@ func TestDelivery_BreakThenBackupMXIsUs_RefusalsKept(t *testing.T) {
 		t.Errorf("bounce: %+v, want gone@'s 550 from mx1 only", d.Recipients)
 	}
 }
+
+// TestDelivery_ShutdownMidFailover_RepliesStand: the primary delivers to
+// ok@ and defers grey@ with 451; the relay is cut short (Abort) while the
+// backup MX is being connected to for grey@. The attempt is recorded (ok@
+// was delivered), and grey@ keeps the primary's reply, not the error of the
+// connection the shutdown closed.
+func TestDelivery_ShutdownMidFailover_RepliesStand(t *testing.T) {
+	t.Parallel()
+	z := dnstest.Zone{}
+	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
+	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "grey@") {
+			return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
+		}
+		return nil
+	}}, z)
+	connected, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if verb == "" {
+			once.Do(func() { close(connected) })
+			<-release // no greeting until the test ends
+		}
+		return plainReplies(nil)(verb, line)
+	})
+	t.Cleanup(func() { close(release) })
+	h.start()
+	id := h.submit(testBody, []string{"ok@example.test", "grey@example.test"})
+	select {
+	case <-connected:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the backup MX was not connected to:\n%s", h.logs.String())
+	}
+	h.stop()
+	h.mu.Lock()
+	recorded := h.records[id]
+	h.mu.Unlock()
+	if recorded != 1 {
+		t.Fatalf("%d attempts recorded, want 1", recorded)
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue")
+	}
+	if r := env.Recipients[1]; r.State != queue.Pending || !strings.Contains(r.Reply, "greylisted") {
+		t.Errorf("grey@: %v %q, want pending with the primary's 451", r.State, r.Reply)
+	}
+}
