@@ -30,6 +30,16 @@ func zone(domainIP ...string) dnstest.Zone {
 	return z
 }
 
+// mxZone is example.test with an MX host on each of ips: mx1.example.test
+// (preference 10) on the first, mx2.example.test (20) on the next, and so on.
+func mxZone(ips ...string) dnstest.Zone {
+	z := dnstest.Zone{}
+	for i, ip := range ips {
+		addMX(z, "example.test", uint16(10*(i+1)), fmt.Sprintf("mx%d.example.test", i+1), ip)
+	}
+	return z
+}
+
 func TestDelivery_Success_ByteIdenticalBody(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
@@ -803,21 +813,22 @@ func TestBounceNow(t *testing.T) {
 
 type configRoute = config.Route
 
+// refuseGone refuses gone@ at RCPT with 550 5.1.1 and takes the others.
+func refuseGone(to string, _ *smtp.RcptOptions) error {
+	if strings.HasPrefix(to, "gone@") {
+		return smtptest.Reply(550, "5.1.1", "no such user")
+	}
+	return nil
+}
+
 // TestDelivery_DropMidData_NextMXTakesIt: a primary MX that drops the
 // connection in the middle of the body cannot have the message; the backup
 // MX gets it in the same attempt (as Postfix goes on to the next host),
 // and only for the recipients the primary had not already refused.
 func TestDelivery_DropMidData_NextMXTakesIt(t *testing.T) {
 	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
-	h := newHarness(t, smtptest.Behaviour{DropInData: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
-		if strings.HasPrefix(to, "gone@") {
-			return smtptest.Reply(550, "5.1.1", "no such user")
-		}
-		return nil
-	}}, z)
+	z := mxZone("127.0.0.2", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{DropInData: true, Rcpt: refuseGone}, z)
 	backup := h.server("127.0.0.3", smtptest.Behaviour{})
 	h.start()
 	body := testBody + strings.Repeat("x\r\n", 100000)
@@ -862,19 +873,10 @@ func TestDelivery_DropMidData_NextMXTakesIt(t *testing.T) {
 	}
 }
 
-// TestDelivery_NoReplyToEndOfData_NextMXTakesIt: a primary that never
-// answers the end of data may or may not have the message; like Postfix,
-// the backup MX is tried at once and the log says it may arrive twice.
-func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
-	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
-	h := newHarness(t, smtptest.Behaviour{StallData: true}, z)
-	backup := h.server("127.0.0.3", smtptest.Behaviour{})
-	h.cfg.Delivery.DataEndTimeout.Duration = 300 * time.Millisecond
-	h.start()
-	id := h.submit(testBody, []string{"a@example.test"})
+// backupTook waits for the first attempt of id and checks that backup got
+// its message then and that it left the queue.
+func backupTook(t *testing.T, h *harness, id string, backup *smtptest.Server) {
+	t.Helper()
 	h.waitRecords(id, 1)
 	if n := len(backup.Messages()); n != 1 {
 		t.Fatalf("the backup MX got %d messages, want 1", n)
@@ -882,6 +884,19 @@ func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
 	if env := h.envelope(id); env != nil {
 		t.Errorf("message still queued after the backup took it: %+v", env)
 	}
+}
+
+// TestDelivery_NoReplyToEndOfData_NextMXTakesIt: a primary that never
+// answers the end of data may or may not have the message; like Postfix,
+// the backup MX is tried at once and the log says it may arrive twice.
+func TestDelivery_NoReplyToEndOfData_NextMXTakesIt(t *testing.T) {
+	t.Parallel()
+	z := mxZone("127.0.0.2", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{StallData: true}, z)
+	backup := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.cfg.Delivery.DataEndTimeout.Duration = 300 * time.Millisecond
+	h.start()
+	backupTook(t, h, h.submit(testBody, []string{"a@example.test"}), backup)
 	if !strings.Contains(h.logs.String(), `stage="end of data"`) || !strings.Contains(h.logs.String(), "more than once") {
 		t.Errorf("the log does not say the message may arrive twice:\n%s", h.logs.String())
 	}
@@ -908,16 +923,8 @@ func TestDelivery_4xxThenNoReplyToEndOfData_HostFailed(t *testing.T) {
 	if !regexp.MustCompile(`msg="host failed" .*stage="end of data" .*note="the message may be delivered more than once"`).MatchString(logs) {
 		t.Errorf("no host failed line with the duplicate note:\n%s", logs)
 	}
-	env := h.envelope(id)
-	if env == nil {
-		t.Fatal("message left the queue")
-	}
-	if r := env.Recipients[1]; r.State != queue.Pending || !strings.Contains(r.Reply, "[127.0.0.2]") {
-		t.Errorf("a@: %v %q, want pending with the error naming the host", r.State, r.Reply)
-	}
-	if r := env.Recipients[0]; r.State != queue.Pending || !strings.Contains(r.Reply, "try later") {
-		t.Errorf("later@: %v %q, want pending with its 451", r.State, r.Reply)
-	}
+	h.rcptPendingWith(id, 0, "try later")
+	h.rcptPendingWith(id, 1, "mx.example.test[127.0.0.2]") // the error names the host
 }
 
 // TestDelivery_4xxGoesToNextMX: as Postfix does for any server but the
@@ -926,9 +933,7 @@ func TestDelivery_4xxThenNoReplyToEndOfData_HostFailed(t *testing.T) {
 // are not sent again.
 func TestDelivery_4xxGoesToNextMX(t *testing.T) {
 	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	z := mxZone("127.0.0.2", "127.0.0.3")
 	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
 		switch {
 		case strings.HasPrefix(to, "grey@"):
@@ -965,10 +970,7 @@ func TestDelivery_4xxGoesToNextMX(t *testing.T) {
 // all of them, and stays queued with the last host's reply.
 func TestDelivery_4xxEverywhere_TwoSessions(t *testing.T) {
 	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
-	addMX(z, "example.test", 30, "mx3.example.test", "127.0.0.4")
+	z := mxZone("127.0.0.2", "127.0.0.3", "127.0.0.4")
 	deferAll := func(host string) smtptest.Behaviour {
 		return smtptest.Behaviour{Mail: func(string, *smtp.MailOptions) error {
 			return smtptest.Reply(451, "4.3.0", host+" is busy")
@@ -1004,9 +1006,7 @@ func TestDelivery_NoReplyToData_RefusalsStand(t *testing.T) {
 	for _, pipelining := range []bool{true, false} {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
 			t.Parallel()
-			z := dnstest.Zone{}
-			addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3")
-			addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.4")
+			z := mxZone("127.0.0.3", "127.0.0.4")
 			h := newHarness(t, smtptest.Behaviour{}, z)
 			ehlo := "250-mx1.example.test\r\n250 8BITMIME\r\n"
 			if pipelining {
@@ -1050,21 +1050,12 @@ func TestDelivery_NoReplyToData_RefusalsStand(t *testing.T) {
 // say it may arrive twice.
 func TestDelivery_421AfterDot_NextMXTakesIt(t *testing.T) {
 	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.3")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.4")
+	z := mxZone("127.0.0.3", "127.0.0.4")
 	h := newHarness(t, smtptest.Behaviour{}, z)
 	scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n", ".": "421 4.3.2 going down\r\n"}))
 	backup := h.server("127.0.0.4", smtptest.Behaviour{})
 	h.start()
-	id := h.submit(testBody, []string{"a@example.test"})
-	h.waitRecords(id, 1)
-	if n := len(backup.Messages()); n != 1 {
-		t.Fatalf("the backup MX got %d messages, want 1", n)
-	}
-	if env := h.envelope(id); env != nil {
-		t.Errorf("message still queued after the backup took it: %+v", env)
-	}
+	backupTook(t, h, h.submit(testBody, []string{"a@example.test"}), backup)
 	logs := h.logs.String()
 	if !strings.Contains(logs, `stage="end of data" err="421 4.3.2 going down"`) || strings.Contains(logs, "more than once") {
 		t.Errorf("want a host failed line for the 421, without the duplicate note:\n%s", logs)
@@ -1078,15 +1069,8 @@ func TestDelivery_421AfterDot_NextMXTakesIt(t *testing.T) {
 // decided are kept.
 func TestDelivery_BreakThenBackupMXIsUs_RefusalsKept(t *testing.T) {
 	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
-	h := newHarness(t, smtptest.Behaviour{DropInData: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
-		if strings.HasPrefix(to, "gone@") {
-			return smtptest.Reply(550, "5.1.1", "no such user")
-		}
-		return nil
-	}}, z)
+	z := mxZone("127.0.0.2", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{DropInData: true, Rcpt: refuseGone}, z)
 	h.server("127.0.0.3", smtptest.Behaviour{Hostname: "relay.test"})
 	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
 	h.start()
@@ -1112,9 +1096,7 @@ func TestDelivery_BreakThenBackupMXIsUs_RefusalsKept(t *testing.T) {
 // connection the shutdown closed.
 func TestDelivery_ShutdownMidFailover_RepliesStand(t *testing.T) {
 	t.Parallel()
-	z := dnstest.Zone{}
-	addMX(z, "example.test", 10, "mx1.example.test", "127.0.0.2")
-	addMX(z, "example.test", 20, "mx2.example.test", "127.0.0.3")
+	z := mxZone("127.0.0.2", "127.0.0.3")
 	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
 		if strings.HasPrefix(to, "grey@") {
 			return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
@@ -1145,11 +1127,5 @@ func TestDelivery_ShutdownMidFailover_RepliesStand(t *testing.T) {
 	if recorded != 1 {
 		t.Fatalf("%d attempts recorded, want 1", recorded)
 	}
-	env := h.envelope(id)
-	if env == nil {
-		t.Fatal("message left the queue")
-	}
-	if r := env.Recipients[1]; r.State != queue.Pending || !strings.Contains(r.Reply, "greylisted") {
-		t.Errorf("grey@: %v %q, want pending with the primary's 451", r.State, r.Reply)
-	}
+	h.rcptPendingWith(id, 1, "greylisted") // the primary's 451
 }

@@ -185,6 +185,19 @@ func (h *harness) envelope(id string) *queue.Envelope {
 	return env
 }
 
+// rcptPendingWith checks that recipient i of id is pending with a last
+// reply that contains text.
+func (h *harness) rcptPendingWith(id string, i int, text string) {
+	h.t.Helper()
+	env := h.envelope(id)
+	if env == nil {
+		h.t.Fatalf("message %s left the queue, want recipient %d pending", id, i)
+	}
+	if r := env.Recipients[i]; r.State != queue.Pending || !strings.Contains(r.Reply, text) {
+		h.t.Errorf("%s: %v %q, want pending with %q", r.Address, r.State, r.Reply, text)
+	}
+}
+
 const testBody = "From: Sender <sender@sender.test>\r\n" +
 	"To: rcpt@example.test\r\n" +
 	"Subject: hello\r\n" +
