@@ -591,6 +591,28 @@ func TestOpsReloadAddsUserAndRefusesBrokenFile(t *testing.T) {
 	r.writeConfig(added) // so the cleanup's stop sees a good file
 }
 
+// TestOpsReloadWarnsAboutExamplePassword: a user added by SIGHUP with the
+// example's published password hash is warned about as at the start (it
+// may log in at once; the warning came only at the next restart).
+func TestOpsReloadWarnsAboutExamplePassword(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, relayOpts{})
+	orig, err := os.ReadFile(r.cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.hasLine("password_hash is the example's") {
+		t.Fatalf("warned before the user was added:\n%s", r.logs.String())
+	}
+	r.writeConfig(string(orig) + fmt.Sprintf("\n[[user]]\nname = \"lazy\"\npassword_hash = %q\nsenders = [\"lazy@example.com\"]\n",
+		config.ExamplePasswordHash))
+	r.signal(syscall.SIGHUP)
+	waitFor(t, "the reload", 10*time.Second, func() bool { return r.hasLine("configuration reloaded") })
+	if !r.waitLine("level=WARN", "(lazy): password_hash is the example's") {
+		t.Errorf("no warning about the added user's example password after the reload:\n%s", r.logs.String())
+	}
+}
+
 // SIGTERM in the middle of a load run: every acknowledged message is
 // delivered exactly once after a restart.
 func TestOpsSIGTERMUnderLoadLosesNothing(t *testing.T) {

@@ -68,10 +68,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	lw := logbuf.New(stderr, logbuf.DefaultWindow)
 	defer lw.Close()
 	log, level := newLogger(cfg.Log, lw)
-	warnReadableSecrets(cfg, path, log)
-	for _, w := range cfg.Warnings() {
-		log.Warn("configuration: " + w)
-	}
+	warnConfig(cfg, path, log)
 	tuneRuntime()
 	if p := os.Getenv("MAILHOP_CPUPROFILE"); p != "" {
 		// For profiling load runs: a CPU profile of the whole run.
@@ -350,6 +347,16 @@ func followLiveHeap(period time.Duration) {
 	}
 }
 
+// warnConfig logs what is risky in a configuration that loaded: at the
+// start and at every reload, so a user added with the example's password
+// is warned about as soon as it can log in.
+func warnConfig(cfg *config.Config, path string, log *slog.Logger) {
+	warnReadableSecrets(cfg, path, log)
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration: " + w)
+	}
+}
+
 // warnReadableSecrets warns when a configuration that holds secrets
 // (password hashes, smarthost passwords) can be read by every local user.
 func warnReadableSecrets(cfg *config.Config, path string, log *slog.Logger) {
@@ -437,6 +444,7 @@ func reload(path string, old, boot *config.Config, in *inbound.Server, agent *ou
 	agent.SetConfig(cfg)
 	setLogLevel(level, cfg.Log.Level)
 	log.Info("configuration reloaded", "config", path)
+	warnConfig(cfg, path, log)
 	if len(restart) > 0 {
 		log.Warn("reload: these settings take effect only after a restart; the running ones stay", "keys", strings.Join(restart, ", "))
 	}

@@ -224,7 +224,8 @@ func TestStartTLSHandshakeFailureLogged(t *testing.T) {
 
 // A session still in the middle of a message when the shutdown deadline
 // passes is told 421 4.3.2 before its connection closes (RFC 5321 §3.8);
-// nothing is queued.
+// nothing is queued, and the log line and the refusal count say so (the
+// client did not lose its connection: the relay cut it).
 func TestShutdown_DeadlinePassed_421(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, trustLoopback)
@@ -244,5 +245,14 @@ func TestShutdown_DeadlinePassed_421(t *testing.T) {
 	}
 	if n := len(ts.q.List()); n != 0 {
 		t.Errorf("%d message(s) queued", n)
+	}
+	line := ts.logs.WaitLine(5*time.Second, "message refused")
+	for _, want := range []string{"code=421", `reply="4.3.2 Service shutting down, closing connection"`, "reason=shutting_down"} {
+		if !strings.Contains(line, want) {
+			t.Errorf("log line %q lacks %s", line, want)
+		}
+	}
+	if got := ts.s.Stats().Refused; got["shutting_down"] != 1 || got["aborted"] != 0 {
+		t.Errorf("refusals counted %v, want one shutting_down", got)
 	}
 }

@@ -59,6 +59,10 @@ var (
 	errRelayDenied    = smtpErr(554, smtp.EnhancedCode{5, 7, 1}, "Relay access denied")
 	errTooManyRcpts   = smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")
 	errShuttingDown   = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
+	// errShutdownCut is what a session still under way when the shutdown
+	// deadline passes was told (go-smtp's AbortConns) before its
+	// connection was closed.
+	errShutdownCut = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, closing connection")
 	// errLocal is the only reply a queue failure gets: never the internal
 	// text (go-smtp would send any other error's text with a 554).
 	errRequireTLSPlain = smtpErr(530, smtp.EnhancedCode{5, 7, 10}, "REQUIRETLS needs a TLS connection")
@@ -349,6 +353,10 @@ func (ss *session) refuseData(env *queue.Envelope, read int64, err error) error 
 		reply, reason = se, dataReason(se)
 	case errors.As(err, &le):
 		reply, reason = errHeaderTooLarge, reasonHeaderSize
+	case ss.s.closing.Load() && errors.Is(err, net.ErrClosed):
+		// The shutdown deadline passed: Shutdown told the client 421 and
+		// closed the connection under the message.
+		reply, reason = errShutdownCut, reasonShutdown
 	case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, smtp.ErrDataReset) || isNetError(err):
 		// The client went away or stalled, also between BDAT chunks
 		// (go-smtp then ends the message with ErrDataReset).
