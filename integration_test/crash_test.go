@@ -294,3 +294,44 @@ func TestCrashSafety(t *testing.T) {
 		t.Logf("note: no 'queue recovered' line in the log")
 	}
 }
+
+// TestKill9_AcceptedMessagesAreLogged: the "message accepted" line of a
+// message is written before its 250, so a relay killed right after the
+// replies has logged every message it acknowledged (a log writer that
+// coalesced lines lost the last few milliseconds of them).
+func TestKill9_AcceptedMessagesAreLogged(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, relayOpts{})
+	c, err := dialRelayClient(r.Relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var ids []string
+	for i := range 30 {
+		rcpt := fmt.Sprintf("u%d@example.net", i)
+		if err := c.Mail("app@example.com", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Rcpt(rcpt, nil); err != nil {
+			t.Fatal(err)
+		}
+		w, err := c.Data()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(testMessage("app@example.com", rcpt, "logged", true))
+		resp, err := w.CloseWithResponse()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := strings.Fields(resp.StatusText)
+		ids = append(ids, f[len(f)-1]) // "OK: queued as ID"
+	}
+	r.kill() // returns once the relay's output is all read
+	for _, id := range ids {
+		if !r.hasLine(`msg="message accepted"`, "queue_id="+id) {
+			t.Errorf("message %s was acknowledged but its line is not in the log", id)
+		}
+	}
+}

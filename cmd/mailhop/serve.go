@@ -26,7 +26,6 @@ import (
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/inbound"
-	"github.com/mailhop/mailhop/relay/logbuf"
 	"github.com/mailhop/mailhop/relay/metrics"
 	"github.com/mailhop/mailhop/relay/outbound"
 )
@@ -63,11 +62,7 @@ func cmdServe(args []string, stderr io.Writer) int {
 	if code != exitOK {
 		return max(code, exitOK)
 	}
-	// A busy relay's log lines go out in bursts, at most a few
-	// milliseconds late; a quiet one's at once (see relay/logbuf).
-	lw := logbuf.New(stderr, logbuf.DefaultWindow)
-	defer lw.Close()
-	log, level := newLogger(cfg.Log, lw)
+	log, level := newLogger(cfg.Log, stderr)
 	warnConfig(cfg, path, log)
 	tuneRuntime()
 	if p := os.Getenv("MAILHOP_CPUPROFILE"); p != "" {

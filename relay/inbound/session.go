@@ -18,7 +18,7 @@ import (
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
-	"github.com/mailhop/mailhop/relay/logbuf"
+	"github.com/mailhop/mailhop/relay/logline"
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
@@ -413,7 +413,7 @@ func (ss *session) logTransaction(msg string, env *queue.Envelope, code int, rep
 		slog.String("queue_id", env.ID), slog.String("user", ss.user), slog.String("from", env.From),
 		slog.Int("rcpts", len(env.Recipients)), slog.Int64("size", env.Size), slog.String("tls", ss.tlsVersion()),
 		slog.Int("code", code), slog.String("reply", reply))
-	logbuf.Info(ss.log, msg, append(attrs, extra...)...)
+	logline.Info(ss.log, msg, append(attrs, extra...)...)
 }
 
 // Reset implements smtp.Session.

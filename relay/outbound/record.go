@@ -10,7 +10,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
-	"github.com/mailhop/mailhop/relay/logbuf"
+	"github.com/mailhop/mailhop/relay/logline"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -355,7 +355,7 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 		} else {
 			attrs = append(attrs, slog.String("outcome", "done"))
 		}
-		logbuf.Info(a.log, "attempt", attrs...)
+		logline.Info(a.log, "attempt", attrs...)
 	}
 	for _, r := range at.rcpts {
 		rc := env.Recipients[r.index]
@@ -373,13 +373,13 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 			if a.obs != nil {
 				a.obs.Delivered(a.now().Sub(env.Arrived))
 			}
-			logbuf.Info(a.log, "delivered", attrs...)
+			logline.Info(a.log, "delivered", attrs...)
 		case r.state == queue.Failed && expired[r.index]:
 			a.stats.bounced.Add(1)
-			logbuf.Info(a.log, "expired", attrs...)
+			logline.Info(a.log, "expired", attrs...)
 		case r.state == queue.Failed:
 			a.stats.bounced.Add(1)
-			logbuf.Info(a.log, "bounced", attrs...)
+			logline.Info(a.log, "bounced", attrs...)
 		default:
 			a.stats.deferred.Add(1)
 			a.log.LogAttrs(context.Background(), slog.LevelDebug, "deferred", attrs...)
