@@ -1063,12 +1063,24 @@ func TestOpsStartNotifiesSystemd(t *testing.T) {
 	if err := os.WriteFile(second, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// A message sendmail left for the second relay (not running): a start
+	// that fails must not have taken it in and sent it.
+	pickup := filepath.Join(filepath.Dir(second), "data", admin.PickupDirName)
+	if err := os.MkdirAll(pickup, 0o700); err != nil { // as a relay that ran before made it
+		t.Fatal(err)
+	}
+	if _, stderr, code := runBin(t, mailhopBin, "Subject: left\r\n\r\nhi\r\n", "sendmail", "--config", second, "u@example.net"); code != 0 {
+		t.Fatalf("sendmail with the relay down: exit %d: %s", code, stderr)
+	}
 	cmd := exec.Command(mailhopBin, "serve", "--config", second)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	if err := cmd.Run(); err == nil {
 		t.Fatalf("a second relay on the same ports started:\n%s", logs.String())
+	}
+	if left, _ := filepath.Glob(filepath.Join(pickup, "[0-9]*")); len(left) != 1 || strings.Contains(logs.String(), "queued") {
+		t.Errorf("a relay that could not bind its ports took in sendmail's message (left in pickup: %v):\n%s", left, logs.String())
 	}
 	out := logs.String()
 	if strings.Contains(out, "mailhop started") || strings.Count(out, "mailhop stopped") != 1 || !strings.Contains(out, "address already in use") {

@@ -146,6 +146,24 @@ func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelV
 		log.Info("metrics served", "address", "http://"+ms.Addr().String()+"/metrics")
 	}
 
+	// The SMTP ports are bound before anything is delivered: a relay that
+	// cannot have its ports (one already running, a port in use) exits
+	// without having sent mail.
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	defer stopServe()
+	lns, err := in.Listen(serveCtx)
+	if err != nil {
+		return err
+	}
+	served := false
+	defer func() {
+		if !served {
+			for _, ln := range lns {
+				ln.Close()
+			}
+		}
+	}()
+
 	// Messages sendmail left while the relay was stopped go in first.
 	pickupDir, err := admin.PreparePickup(cfg.DataDir, cfg.Admin.SocketGroup)
 	if err != nil {
@@ -180,17 +198,12 @@ func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelV
 	agentDone := make(chan error, 1)
 	go func() { agentDone <- agent.Run(agentCtx) }()
 
-	serveCtx, stopServe := context.WithCancel(context.Background())
-	defer stopServe()
 	serveDone := make(chan error, 1)
-	if lns, err := in.Listen(serveCtx); err != nil {
-		serveDone <- err // stop again, cleanly
-	} else {
-		go func() { serveDone <- in.ServeListeners(serveCtx, lns) }()
-		log.Info("mailhop started", "version", version, "hostname", cfg.Hostname, "config", path,
-			"admin_socket", cfg.Admin.Socket)
-		sdNotify("READY=1")
-	}
+	served = true
+	go func() { serveDone <- in.ServeListeners(serveCtx, lns) }()
+	log.Info("mailhop started", "version", version, "hostname", cfg.Hostname, "config", path,
+		"admin_socket", cfg.Admin.Socket)
+	sdNotify("READY=1")
 
 	pickupTick := time.NewTicker(pickupInterval)
 	defer pickupTick.Stop()
