@@ -521,7 +521,9 @@ func (c *Conn) handleMail(arg string) {
 			}
 			opts.Auth = &value
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown MAIL FROM argument")
+			// mailhop patch: RFC 5321 §4.1.1.11 answers a parameter
+			// the server does not know with 555, as Postfix does.
+			c.writeResponse(555, EnhancedCode{5, 5, 4}, "Unsupported MAIL FROM parameter")
 			return
 		}
 	}
@@ -895,7 +897,8 @@ func (c *Conn) handleRcpt(arg string) {
 			}
 			opts.MTPriority = &mtPriority
 		default:
-			c.writeResponse(500, EnhancedCode{5, 5, 4}, "Unknown RCPT TO argument")
+			// mailhop patch: 555, as for MAIL (RFC 5321 §4.1.1.11).
+			c.writeResponse(555, EnhancedCode{5, 5, 4}, "Unsupported RCPT TO parameter")
 			return
 		}
 	}

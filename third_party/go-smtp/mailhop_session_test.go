@@ -243,3 +243,25 @@ func TestUnrecognizedCommandLines(t *testing.T) {
 		t.Errorf("NOOP after them: %q", scanner.Text())
 	}
 }
+
+// TestUnknownParametersGet555 checks that a MAIL or RCPT parameter the
+// server does not know is answered 555 (RFC 5321 §4.1.1.11) and that the
+// transaction goes on.
+func TestUnknownParametersGet555(t *testing.T) {
+	_, addr := sessionTestServer(t)
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "EHLO client.example\r\n")
+	reply(t, r)
+	for _, tc := range []struct{ cmd, want string }{
+		{"MAIL FROM:<a@example.com> FOO=bar", "555 5.5.4 "},
+		{"MAIL FROM:<a@example.com> XFLAG", "555 5.5.4 "},
+		{"MAIL FROM:<a@example.com>", "250 "},
+		{"RCPT TO:<b@example.com> FOO=bar", "555 5.5.4 "},
+		{"RCPT TO:<b@example.com>", "250 "},
+	} {
+		io.WriteString(c, tc.cmd+"\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.cmd, got, tc.want)
+		}
+	}
+}
