@@ -629,7 +629,11 @@ hosts:
 				t = &rest
 				tried++
 				policyOnly, site = false, false
-				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String()}
+				// The attempt line names a later host: the TLS of this
+				// session, where recipients may have been delivered or
+				// refused, is logged here.
+				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(),
+					"tls", info.version, "tls_policy", info.policy, "tls_verified", info.verified}
 				if b := brokeOf(passed); b != nil {
 					last = b.err
 					if last.Code == 0 {
