@@ -569,9 +569,11 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// settled holds the outcomes that stand from hosts that passed other
 	// recipients on to the next address (see passOn); carried holds the
 	// results of the last such host for the recipients it passed on, their
-	// outcome when no later host answers at all. sessions counts the hosts
-	// a transaction ran with.
+	// outcome when no later host answers at all, and carrier that host as
+	// the attempt line names it. sessions counts the hosts a transaction
+	// ran with.
 	var settled, carried []rcptResult
+	var carrier groupResult
 	sessions := 0
 hosts:
 	for i := range targets {
@@ -579,7 +581,9 @@ hosts:
 		if tg.addrs != nil && len(tg.addrs) == 0 {
 			continue // an MX host without addresses: nothing to try
 		}
-		gr.mx = tg.host
+		// No connection to this host yet: nothing of the previous one's
+		// address and TLS is left to be logged with its name.
+		gr.mx, gr.addr, gr.tls, gr.verif = tg.host, "", "", false
 		plan, serr := a.plan(ctx, cfg, dt, tg, t.env.ID)
 		if serr != nil {
 			tried++
@@ -619,12 +623,17 @@ hosts:
 				// recipients this one deferred, or left when its connection
 				// failed mid-transaction, go on to the next address now.
 				settled, carried = append(settled, decided...), passed
+				carrier = gr
 				rest := *t
 				rest.rcpts = again
 				t = &rest
 				tried++
 				policyOnly, site = false, false
-				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String()}
+				// The attempt line names a later host: the TLS of this
+				// session, where recipients may have been delivered or
+				// refused, is logged here.
+				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(),
+					"tls", info.version, "tls_policy", info.policy, "tls_verified", info.verified}
 				if b := brokeOf(passed); b != nil {
 					last = b.err
 					if last.Code == 0 {
@@ -720,7 +729,10 @@ hosts:
 		e = smtperr.Error{Enhanced: "4.4.1", Msg: last.Msg} // its own codes would read as a second status
 	}
 	if carried != nil {
-		// The last host to answer deferred them: its replies stand.
+		// The last host to answer deferred them: its replies stand, and
+		// the attempt line names it, not a later host that was skipped
+		// (TLS policy, a backup MX that is this relay) or cut short.
+		gr.mx, gr.addr, gr.tls, gr.policy, gr.verif = carrier.mx, carrier.addr, carrier.tls, carrier.policy, carrier.verif
 		gr.rcpts = append(carried, settled...)
 		return gr
 	}

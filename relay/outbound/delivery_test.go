@@ -1129,3 +1129,41 @@ func TestDelivery_ShutdownMidFailover_RepliesStand(t *testing.T) {
 	}
 	h.rcptPendingWith(id, 1, "greylisted") // the primary's 451
 }
+
+// TestDelivery_PlainRetryThenDefer_HostLineHasTLS: mx1's STARTTLS
+// handshake fails, so the message goes in plain text on a new connection;
+// mx1 takes ok@ and defers grey@ with 451, which mx2 takes over TLS. The
+// attempt line is mx2's (TLS 1.3): the host deferred line says that mx1's
+// session, where ok@ was delivered, was plain text.
+func TestDelivery_PlainRetryThenDefer_HostLineHasTLS(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "mx2.example.test")
+	h := newHarness(t, smtptest.Behaviour{BrokenTLS: true, TLS: pki.serverConfig(), Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "grey@") {
+			return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
+		}
+		return nil
+	}}, mxZone("127.0.0.2", "127.0.0.3"))
+	backup := h.server("127.0.0.3", smtptest.Behaviour{TLS: pki.serverConfig()})
+	h.start()
+	id := h.submit(testBody, []string{"ok@example.test", "grey@example.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || m[0].TLS || m[0].To[0] != "ok@example.test" {
+		t.Fatalf("mx1 got %+v, want ok@ in plain text", m)
+	}
+	if m := backup.Messages(); len(m) != 1 || !m[0].TLS || m[0].To[0] != "grey@example.test" {
+		t.Fatalf("mx2 got %+v, want grey@ over TLS", m)
+	}
+	var deferred string
+	for _, l := range strings.Split(h.logs.String(), "\n") {
+		if strings.Contains(l, `msg="host deferred"`) {
+			deferred = l
+		}
+	}
+	if !strings.Contains(deferred, `mx=mx1.example.test addr=127.0.0.2:`+itoa(h.port)+` tls="" tls_policy=may tls_verified=false`) {
+		t.Errorf("host deferred line does not say mx1's session was plain text: %s", deferred)
+	}
+	if line := h.lastAttempt("example.test"); !strings.Contains(line, `mx=mx2.example.test`) || !strings.Contains(line, `tls="TLS 1.3"`) {
+		t.Errorf("attempt line: %s", line)
+	}
+}

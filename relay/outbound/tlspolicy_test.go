@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/emersion/go-smtp"
 	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
@@ -717,5 +718,58 @@ func TestMTASTS_NotForAddressLiterals(t *testing.T) {
 		if strings.HasPrefix(c.PolicyDomain, "[") {
 			t.Errorf("TLS report counts for an address literal: %+v", c)
 		}
+	}
+}
+
+// TestMTASTS_FailoverAttemptNamesTheAnsweringHost: under an enforced
+// MTA-STS policy that lists mx1 only, mx1 takes ok@ and defers grey@ with
+// 451; mx2, outside the policy, is skipped without a connection. grey@
+// keeps mx1's reply, and the attempt line, which carries that reply, names
+// mx1 with its address and TLS — not mx2 with mx1's address and TLS. When
+// mx1 cannot be reached at all, the attempt line for the skipped mx2 has
+// no address: none was connected to.
+func TestMTASTS_FailoverAttemptNamesTheAnsweringHost(t *testing.T) {
+	t.Parallel()
+	ca := testpki.NewCA(t)
+	z := mxZone("127.0.0.2", "127.0.0.3")
+	addMX(z, "down.test", 10, "mx1.down.test", "127.0.0.4") // nothing listens
+	addMX(z, "down.test", 20, "mx2.down.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx1.example.test")),
+		Rcpt: func(to string, _ *smtp.RcptOptions) error {
+			if strings.HasPrefix(to, "grey@") {
+				return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
+			}
+			return nil
+		}}, z)
+	mx2 := h.server("127.0.0.3", smtptest.Behaviour{TLS: serverTLS(ca.Issue(t, "mx2.example.test", "mx2.down.test"))})
+	sts := newSTSServer(t, ca, map[string]string{
+		"example.test": stsPolicy("enforce", "mx1.example.test"),
+		"down.test":    stsPolicy("enforce", "mx1.down.test"),
+	})
+	h.publishSTS("example.test", "1")
+	h.publishSTS("down.test", "1")
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+
+	id := h.submit(testBody, []string{"ok@example.test", "grey@example.test"})
+	h.waitRecords(id, 1)
+	h.rcptPendingWith(id, 1, "greylisted")
+	if n := mx2.Conns(); n != 0 {
+		t.Fatalf("%d connections to mx2, outside the MTA-STS policy", n)
+	}
+	line := h.lastAttempt("example.test")
+	want := "mx=mx1.example.test addr=127.0.0.2:" + itoa(h.port) + ` tls="TLS 1.3" tls_policy=mta-sts tls_verified=true`
+	if !strings.Contains(line, want) || !strings.Contains(line, "code=451") {
+		t.Errorf("attempt line does not name the host whose reply it gives;\nwant %s\n got %s", want, line)
+	}
+
+	id = h.submit(testBody, []string{"a@down.test"})
+	h.waitRecords(id, 1)
+	h.deferredWith(id, "4.7.5")
+	line = h.lastAttempt("down.test")
+	if want := `mx=mx2.down.test addr="" tls="" tls_policy=mta-sts tls_verified=false`; !strings.Contains(line, want) {
+		t.Errorf("attempt line for a host skipped before connecting;\nwant %s\n got %s", want, line)
 	}
 }
