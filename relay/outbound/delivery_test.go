@@ -1167,3 +1167,46 @@ func TestDelivery_PlainRetryThenDefer_HostLineHasTLS(t *testing.T) {
 		t.Errorf("attempt line: %s", line)
 	}
 }
+
+// TestDelivery_421AtRcpt_RefusalsStand: a primary that refused gone@ and
+// accepted a@ and then answered 421 to the RCPT of b@ (with PIPELINING or
+// without) closed the session with those replies given: gone@ bounces with
+// the primary's 550 and is not asked again, and a@, b@ and c@ (which got no
+// reply) go to the backup MX in the same attempt.
+func TestDelivery_421AtRcpt_RefusalsStand(t *testing.T) {
+	t.Parallel()
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+			ehlo := "250-mx1.example.test\r\n250 8BITMIME\r\n"
+			if pipelining {
+				ehlo = "250-mx1.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+			}
+			scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+				switch {
+				case verb == "RCPT" && strings.Contains(line, "<gone@"):
+					return "550 5.1.1 no such user\r\n"
+				case verb == "RCPT" && strings.Contains(line, "<b@"):
+					return "421 4.3.2 closing\r\n"
+				}
+				return plainReplies(map[string]string{"EHLO": ehlo})(verb, line)
+			})
+			backup := h.server("127.0.0.4", smtptest.Behaviour{})
+			senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+			h.start()
+			id := h.submit(testBody, []string{"gone@example.test", "a@example.test", "b@example.test", "c@example.test"})
+			backupTook(t, h, id, backup)
+			if got := strings.Join(backup.Messages()[0].To, ","); got != "a@example.test,b@example.test,c@example.test" {
+				t.Errorf("the backup MX was asked for %s, want a@, b@ and c@", got)
+			}
+			d := parseBounce(t, senderMX.Wait(t, 1)[0])
+			if len(d.Recipients) != 1 || d.Recipients[0].Status != "5.1.1" || d.Recipients[0].RemoteMTA != "dns; mx1.example.test" {
+				t.Errorf("bounce: %+v, want gone@'s 550 from mx1", d.Recipients)
+			}
+			if !strings.Contains(h.logs.String(), `stage=rcpt err="421 4.3.2 closing"`) {
+				t.Errorf("no host failed line for the 421 at RCPT:\n%s", h.logs.String())
+			}
+		})
+	}
+}

@@ -156,7 +156,11 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	// noData: every RCPT had its reply, and then the connection failed
 	// (or the server said 421) instead of a 354 to DATA.
 	noData := err != nil && rep != nil && rep.Awaiting == "DATA"
-	if err != nil && !noData {
+	// partial: some RCPT replies came, then the connection failed (or the
+	// server said 421) before the others: the replies that came stand, the
+	// recipients without one go on to the next address with the accepted.
+	partial := err != nil && rep != nil && rep.Awaiting == "RCPT" && rep.RcptRead > 0
+	if err != nil && !noData && !partial {
 		// The network failed, or the server said 421 and closed: nothing
 		// was decided, the caller tries the next address. The stage is
 		// the command whose reply did not come (with PIPELINING they all
@@ -171,10 +175,14 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return nil, true, stageErr("rset", rep.Reset)
 	}
 	if se, ok := replyError(rep.Mail); ok {
-		return all(stateOf(se), se), noData, nil
+		return all(stateOf(se), se), noData || partial, nil
 	}
 	var accepted []int // positions in res
 	for j, i := range send {
+		if partial && j >= rep.RcptRead {
+			accepted = append(accepted, i) // no reply came: goes on with the accepted
+			continue
+		}
 		if se, ok := replyError(rep.Rcpt[j]); ok {
 			if se.Code == 552 {
 				// RFC 5321 §4.5.3.1.10: 552 to RCPT is how old servers say
@@ -193,7 +201,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		accepted = append(accepted, i)
 	}
 	if len(accepted) == 0 {
-		return res, noData, nil
+		return res, noData || partial, nil
 	}
 	setAccepted := func(st queue.RcptState, e *smtperr.Error) {
 		for _, i := range accepted {
@@ -212,9 +220,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		}
 		return res
 	}
-	if noData {
+	if noData || partial {
 		// The refusals stand; the accepted go on to the next address.
-		return cut("data", err), true, nil
+		return cut(strings.ToLower(rep.Awaiting), err), true, nil
 	}
 	if rep.Data != nil {
 		if se, ok := replyError(rep.Data); ok {

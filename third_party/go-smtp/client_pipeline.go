@@ -24,6 +24,9 @@ type TransactionReplies struct {
 	// reply was being read when StartTransaction returned an error after
 	// sending: the stage a timeout or a dropped connection happened at.
 	Awaiting string
+	// RcptRead is how many RCPT replies came (Rcpt[:RcptRead]) before an
+	// error: their recipients' replies stand, a 421 not among them.
+	RcptRead int
 }
 
 // StartTransaction begins a mail transaction: RSET (when reset is true),
@@ -99,6 +102,7 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 		if rep.Rcpt[i], err = read(25, "RCPT"); err != nil {
 			return rep, nil, err
 		}
+		rep.RcptRead = i + 1
 		if rep.Rcpt[i] == nil {
 			c.rcpts = append(c.rcpts, to)
 			accepted++
@@ -159,6 +163,7 @@ func (c *Client) stepTransaction(reset bool, lines, rcpts []string, rep *Transac
 		if rep.Rcpt[i], err = cmd(25, lines[1+i]); err != nil {
 			return rep, nil, err
 		}
+		rep.RcptRead = i + 1
 		if rep.Rcpt[i] == nil {
 			c.rcpts = append(c.rcpts, to)
 		}
