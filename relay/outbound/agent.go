@@ -845,7 +845,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 				if se.tls && plan.wantsTLS() && !plan.required && ctx.Err() == nil {
 					// RFC 7435: opportunistic TLS must not make mail
 					// undeliverable; retry in plain text and remember.
-					a.log.Info("STARTTLS failed; retrying without TLS", "mx", tg.host, "addr", ap.String(), "err", se.err.Error())
+					a.log.Info("STARTTLS failed; retrying without TLS", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "err", se.err.Error())
 					a.rememberNoTLS(ap.Addr())
 					p := *plan
 					p.plain = true

@@ -664,6 +664,9 @@ func TestDelivery_OpportunisticTLS(t *testing.T) {
 	if m := broken.Messages(); len(m) != 1 || m[0].TLS {
 		t.Fatalf("fallback delivery: %+v", m)
 	}
+	if !regexp.MustCompile(`msg="STARTTLS failed; retrying without TLS" queue_id=` + id + ` domain=broken.test mx=mx.broken.test`).MatchString(h.logs.String()) {
+		t.Errorf("the fallback line does not name the message and domain:\n%s", h.logs.String())
+	}
 	id = h.submit(testBody, []string{"b@broken.test"})
 	h.waitRecords(id, 1)
 	if n := broken.Conns(); n != 2 {
