@@ -1094,3 +1094,46 @@ func TestOpsStartNotifiesSystemd(t *testing.T) {
 	default:
 	}
 }
+
+// TestOpsSIGTERMDeadlineClosesSessions: a transaction still open when
+// limits.shutdown_timeout runs out gets 421, and the log says the sessions
+// were closed for the deadline (not "context deadline exceeded").
+func TestOpsSIGTERMDeadlineClosesSessions(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, relayOpts{Extra: "[limits]\nshutdown_timeout = \"1s\"\n"})
+	c, err := net.Dial("tcp", r.Relay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	br := bufio.NewReader(c)
+	expect := func(code string) string {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("waiting for %s: %v\n%s", code, err, r.logs.String())
+			}
+			if len(l) < 4 || l[3] != '-' {
+				if !strings.HasPrefix(l, code) {
+					t.Fatalf("got %q, want %s", l, code)
+				}
+				return l
+			}
+		}
+	}
+	expect("220")
+	for _, step := range []struct{ cmd, code string }{
+		{"EHLO client.test", "250"}, {"MAIL FROM:<app@example.com>", "250"},
+		{"RCPT TO:<u@example.net>", "250"}, {"DATA", "354"}} {
+		fmt.Fprintf(c, "%s\r\n", step.cmd)
+		expect(step.code)
+	}
+	fmt.Fprintf(c, "Subject: never finished\r\n\r\nhalf a message\r\n")
+	r.stop() // SIGTERM; the session holds the relay until the deadline
+	expect("421")
+	if !r.hasLine("level=WARN", "SMTP sessions did not finish in time; closed with 421", "grace=1s") {
+		t.Errorf("no warning naming the deadline:\n%s", r.logs.String())
+	}
+}

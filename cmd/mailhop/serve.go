@@ -245,7 +245,11 @@ loop:
 	defer cancel()
 	stopAgent()
 	if err := in.Shutdown(ctx); err != nil {
-		log.Warn("inbound shutdown", "err", err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			log.Warn("SMTP sessions did not finish in time; closed with 421", "grace", grace)
+		} else {
+			log.Warn("inbound shutdown", "err", err)
+		}
 	}
 	stopServe()
 	select {

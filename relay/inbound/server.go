@@ -46,6 +46,12 @@ type Server struct {
 	servers   []*smtp.Server
 	listeners []net.Listener
 	closing   atomic.Bool
+
+	// The first Shutdown does the work; a later one (ServeListeners ends
+	// when a listener closes under the first) waits for it to finish.
+	shutOnce sync.Once
+	shutDone chan struct{}
+	shutErr  error
 }
 
 // New returns a server for cfg that queues into q. It loads the TLS
@@ -60,6 +66,7 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 		AuthDelayStep:  DefaultAuthDelayStep,
 		q:              q,
 		log:            log,
+		shutDone:       make(chan struct{}),
 	}
 	s.cfg.Store(cfg)
 	s.stats.refused = make(map[string]uint64)
@@ -254,8 +261,23 @@ func (s *Server) Addrs() []net.Addr {
 
 // Shutdown stops accepting connections and refuses new transactions (421),
 // lets the transactions under way finish until ctx is done, then closes
-// every connection.
+// every connection. A second call waits for the first to end: it must not
+// return while sessions still run (go-smtp's Shutdown returns at once for a
+// server already shut down, and the process would exit under them).
 func (s *Server) Shutdown(ctx context.Context) error {
+	first := false
+	s.shutOnce.Do(func() { first = true })
+	if !first {
+		<-s.shutDone
+		return s.shutErr
+	}
+	s.shutErr = s.shutdown(ctx)
+	close(s.shutDone)
+	return s.shutErr
+}
+
+// shutdown is the work of Shutdown.
+func (s *Server) shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing.Store(true)
 	servers := append([]*smtp.Server(nil), s.servers...)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -219,6 +220,47 @@ func TestStartTLSHandshakeFailureLogged(t *testing.T) {
 	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "STARTTLS handshake") ||
 		!strings.Contains(line, "unsupported versions") || !strings.Contains(line, "client=127.0.0.1:") {
 		t.Errorf("log line %q, want an INFO 'connection lost' naming the client and the failed STARTTLS handshake", line)
+	}
+}
+
+// TestShutdown_SecondCallWaits: of two Shutdowns at once (the relay's, and
+// ServeListeners' when a listener closes under it) neither returns before
+// the sessions are done: whichever reached a go-smtp server second
+// returned at once, and the process exited under a transaction still
+// allowed to finish.
+func TestShutdown_SecondCallWaits(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: finished after the shutdown began\r\n\r\nbody\r\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	firstDone := make(chan error, 1)
+	go func() { firstDone <- ts.s.Shutdown(ctx) }()
+	for !ts.s.closing.Load() {
+		runtime.Gosched() // until the first call has begun
+	}
+	secondDone := make(chan error, 1)
+	go func() { secondDone <- ts.s.Shutdown(ctx) }()
+	select {
+	case err := <-firstDone:
+		t.Fatalf("the first Shutdown returned (%v) while a transaction was open", err)
+	case err := <-secondDone:
+		t.Fatalf("the second Shutdown returned (%v) while a transaction was open", err)
+	case <-time.After(200 * time.Millisecond): // both must still wait: nothing to synchronise on
+	}
+	d.write(".\r\n")
+	d.expect("250 ")
+	for _, c := range []chan error{firstDone, secondDone} {
+		if err := <-c; err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+	}
+	if n := len(ts.q.List()); n != 1 {
+		t.Errorf("%d message(s) queued, want the one finished during the shutdown", n)
 	}
 }
 
