@@ -3,9 +3,16 @@ package smtp_test
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
+	"math/big"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -264,4 +271,86 @@ func TestUnknownParametersGet555(t *testing.T) {
 			t.Errorf("%s: %q, want %q", tc.cmd, got, tc.want)
 		}
 	}
+}
+
+// A client that connects to an implicit-TLS port and sends nothing is still
+// in the TLS handshake at the shutdown deadline: AbortConns closes it
+// within a second or so instead of waiting for its handshake to end (the
+// write of the 421 waited for it, up to the read timeout).
+func TestAbortConnsClosesStalledTLSHandshake(t *testing.T) {
+	cert := selfSignedCert(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := smtp.NewServer(new(backend))
+	s.Domain = "mx.example"
+	s.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}}
+	reading := make(chan struct{})
+	go s.Serve(tls.NewListener(readNotifier{l, reading}, s.TLSConfig))
+	t.Cleanup(func() { s.Close() })
+
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-reading // the session waits for the client's hello
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); err == nil {
+		t.Fatal("Shutdown returned nil with a session in its TLS handshake")
+	}
+	aborted := make(chan struct{})
+	go func() { s.AbortConns(); close(aborted) }()
+	select {
+	case <-aborted:
+	case <-time.After(5 * time.Second):
+		t.Fatal("AbortConns still waits for a TLS handshake after 5s")
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Error("the connection is still open after AbortConns")
+	}
+}
+
+func selfSignedCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"mx.example"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// readNotifier closes reading at the first read from a connection it
+// accepted.
+type readNotifier struct {
+	net.Listener
+	reading chan struct{}
+}
+
+func (l readNotifier) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &notifyConn{Conn: c, reading: l.reading}, nil
+}
+
+type notifyConn struct {
+	net.Conn
+	reading chan struct{}
+	once    sync.Once
+}
+
+func (c *notifyConn) Read(b []byte) (int, error) {
+	c.once.Do(func() { close(c.reading) })
+	return c.Conn.Read(b)
 }

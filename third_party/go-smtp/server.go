@@ -450,14 +450,31 @@ func (s *Server) AbortConns() {
 	}
 	s.locker.Unlock()
 	line := "421 4.3.2 " + s.greetingName() + " Service shutting down, closing connection\r\n"
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		// Straight to the connection: the session goroutine may be in the
-		// middle of reading a message, and net.Conn writes are safe to
-		// make from another goroutine.
-		c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		io.WriteString(c.conn, line)
-		c.conn.Close()
+		wg.Add(1)
+		go func(c *Conn) {
+			defer wg.Done()
+			// A TLS connection whose handshake is under way (a client
+			// that connected to an implicit-TLS port and sent nothing)
+			// holds the write below until the handshake ends, which the
+			// write deadline does not bound: the connection underneath is
+			// closed after a second, as a write that does not go out.
+			raw := c.conn
+			if tc, ok := raw.(*tls.Conn); ok {
+				raw = tc.NetConn()
+			}
+			stop := time.AfterFunc(time.Second, func() { raw.Close() })
+			defer stop.Stop()
+			// Straight to the connection: the session goroutine may be in
+			// the middle of reading a message, and net.Conn writes are
+			// safe to make from another goroutine.
+			c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			io.WriteString(c.conn, line)
+			c.conn.Close()
+		}(c)
 	}
+	wg.Wait()
 }
 
 // Shutdown gracefully shuts down the server without interrupting any
