@@ -172,6 +172,37 @@ func OpenLogStoreReadOnly(dir string, log *slog.Logger) (*LogStore, error) {
 	return s, nil
 }
 
+// readerWait is how long a starting relay waits for `mailhop queue list`
+// or `show` to finish reading the stopped queue (their shared lock).
+const readerWait = 10 * time.Second
+
+// lockExclusive takes the exclusive lock on f. While readers hold shared
+// locks (a `mailhop queue list` that read the queue directory because the
+// relay was stopped, as a monitoring script does during a restart) it
+// waits for them up to wait; another relay's exclusive lock fails at once.
+func lockExclusive(f *os.File, wait time.Duration) error {
+	fd := int(f.Fd())
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("lock: %w", err)
+		}
+		// A shared lock is granted only when no one holds it exclusively.
+		if syscall.Flock(fd, syscall.LOCK_SH|syscall.LOCK_NB) != nil {
+			return fmt.Errorf("is in use by another process: %w", err)
+		}
+		syscall.Flock(fd, syscall.LOCK_UN)
+		if time.Now().After(deadline) {
+			return fmt.Errorf("is still being read by another process (mailhop queue list or show) after %s: %w", wait, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func openLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 	for _, d := range []string{dir, filepath.Join(dir, "bodies"), filepath.Join(dir, "quarantine")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -182,9 +213,9 @@ func openLogStore(dir string, log *slog.Logger) (*LogStore, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: %w", err)
 	}
-	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := lockExclusive(lock, readerWait); err != nil {
 		lock.Close()
-		return nil, fmt.Errorf("queue: %s is in use by another process: %w", dir, err)
+		return nil, fmt.Errorf("queue: %s %w", dir, err)
 	}
 	s := &LogStore{
 		dir: dir, log: log, lock: lock,

@@ -795,3 +795,44 @@ func TestDoneRetryBy(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenWaitsForReader: a relay that starts while `mailhop queue list`
+// reads the stopped queue (a shared lock) waits for the reader to finish
+// instead of failing with "in use by another process"; a writer's lock
+// still fails the open at once.
+func TestOpenWaitsForReader(t *testing.T) {
+	t.Parallel()
+	dir := filepath.Join(t.TempDir(), "queue")
+	q, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	ro, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan error, 1)
+	var w *Queue
+	go func() {
+		var err error
+		w, err = Open(dir, Options{})
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		t.Fatalf("the open returned while a reader holds the queue: %v", err)
+	case <-time.After(100 * time.Millisecond): // a bounded wait for a negative check
+	}
+	ro.Close()
+	if err := <-opened; err != nil {
+		t.Fatalf("open after the reader finished: %v", err)
+	}
+	defer w.Close()
+	start := time.Now()
+	if _, err := Open(dir, Options{}); err == nil || !strings.Contains(err.Error(), "in use by another process") {
+		t.Errorf("a second writer's open: %v", err)
+	} else if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("a second writer's open failed after %s, not at once", d)
+	}
+}
