@@ -1137,3 +1137,40 @@ func TestOpsSIGTERMDeadlineClosesSessions(t *testing.T) {
 		t.Errorf("no warning naming the deadline:\n%s", r.logs.String())
 	}
 }
+
+// TestOpsSIGHUPDuringStopExitsZero: SIGHUPs that keep coming while the relay
+// stops (a reload from a log rotation during a stop) do not change its
+// clean exit: the signals stay caught until the process exits. They were
+// released when serve returned, and a SIGHUP then killed the process
+// (exit 129 after "mailhop stopped"). GORACE's exit sleep of a -race
+// binary widens that last stretch of the exit, as a slow exit would.
+func TestOpsSIGHUPDuringStopExitsZero(t *testing.T) {
+	t.Parallel()
+	r := startRelay(t, relayOpts{Env: []string{"GORACE=atexit_sleep_ms=300"}})
+	r.mu.Lock()
+	cmd, exited := r.cmd, r.exited
+	r.cmd = nil
+	r.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGTERM)
+	deadline := time.After(40 * time.Second)
+hups:
+	for {
+		select {
+		case <-exited:
+			break hups
+		case <-deadline:
+			cmd.Process.Kill()
+			<-exited
+			t.Fatalf("mailhop did not stop on SIGTERM\n%s", r.logs.String())
+		case <-time.After(2 * time.Millisecond):
+			cmd.Process.Signal(syscall.SIGHUP)
+		}
+	}
+	if code := cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit code %d (%v) after SIGTERM with SIGHUPs coming, want 0\n%s",
+			code, cmd.ProcessState, r.logs.String())
+	}
+	if !r.hasLine("mailhop stopped") {
+		t.Errorf("no 'mailhop stopped' line\n%s", r.logs.String())
+	}
+}

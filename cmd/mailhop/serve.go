@@ -94,9 +94,11 @@ func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelV
 	boot := cfg // what the process binds and opens now; reloads compare with it
 	// Signals are caught from the first moment: a SIGTERM while the relay
 	// starts (its ports may already accept) still means a clean stop.
+	// They stay caught until the process exits: a SIGHUP (a log rotation's
+	// reload) or a second SIGTERM after the stop would otherwise kill the
+	// process on its way out, and a clean stop would end with 129 or 143.
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(sigs)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
