@@ -381,6 +381,12 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if d == "" {
 		return nil, false
 	}
+	// A message due for its expiry or delay warning is not parked: its
+	// attempt records them (with a slot or not), as at any other time.
+	cfg, now := a.config(), a.now()
+	if overdue(env, cfg, now) {
+		return nil, false
+	}
 	if a.deadErr(d) != nil {
 		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
 		// Its deferral takes no slot, so no release would unpark the
@@ -403,7 +409,9 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if ctx.Err() != nil {
 		return nil, false // shutting down: the attempt is given back
 	}
-	release, ok := a.domains.acquireOrPark(d, env.ID, func() bool { return a.q.Park(env.ID) == nil })
+	// Parked, it is still handed out at its expiry or delay warning.
+	until := retryBy(env, cfg, env.DelayWarned, now)
+	release, ok := a.domains.acquireOrPark(d, env.ID, func() bool { return a.q.Park(env.ID, until) == nil })
 	if ok {
 		return release, false
 	}

@@ -96,6 +96,48 @@ func TestDelivery_StalledDomain_SeveralDomains_NoHeadOfLineBlocking(t *testing.T
 	}
 }
 
+// Parked mail expires at max_queue_age, as other mail does: it waited for
+// a slot of its domain past it, as long as the domain's sessions lasted
+// (a soak run: 375 s old with a max_queue_age of 180 s, behind a tarpit).
+func TestDelivery_Parked_ExpiresOnTime(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute // longer than the test
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.MaxQueueAge.Duration = 3 * time.Second
+	h.start()
+	// One takes the slot, for a minute; the other parks.
+	ids := []string{h.submit(testBody, []string{"a@stall.test"}), h.submit(testBody, []string{"b@stall.test"})}
+	timeout := time.NewTimer(15 * time.Second)
+	defer timeout.Stop()
+	var id string
+	for id == "" {
+		h.mu.Lock()
+		for _, x := range ids {
+			if h.records[x] > 0 {
+				id = x
+			}
+		}
+		ch := h.changed
+		h.mu.Unlock()
+		if id != "" {
+			break
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			t.Fatalf("no attempt recorded after 15s: the parked message did not expire\nlog:\n%s", h.logs.String())
+		}
+	}
+	if env := h.envelope(id); env != nil {
+		t.Errorf("%s still queued after its max_queue_age: %+v", id, env)
+	}
+	if !strings.Contains(h.logs.String(), "msg=expired queue_id="+id) {
+		t.Errorf("no 'expired' line for %s", id)
+	}
+}
+
 // After an attempt in which no host of a domain answered, its other mail is
 // deferred at once ("delivery temporarily suspended"), not sent to wait for
 // the same timeout each; a flush tries the domain again.
