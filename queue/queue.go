@@ -87,7 +87,7 @@ type slot struct {
 	idx      int // in heap, -1 when not
 	held     bool
 	inflight bool
-	parked   bool     // given back by Park: out of the heap until Unpark
+	parked   bool     // given back by Park: out of the heap until Unpark (or its until)
 	domains  []string // of pending recipients, for Flush(domain)
 	pending  int      // recipients still pending
 	attempts int      // attempts made, and whether a delay DSN went out:
@@ -269,7 +269,7 @@ func (q *Queue) Next(ctx context.Context) (*Envelope, error) {
 			wait = s.due.Sub(q.opts.Now())
 			if wait <= 0 {
 				heap.Pop(&q.heap)
-				s.inflight = true
+				s.inflight, s.parked = true, false
 				q.mu.Unlock()
 				env, err := q.store.Get(s.id)
 				if err != nil { // deleted meanwhile
@@ -548,8 +548,11 @@ func (q *Queue) requeueAt(id string, at time.Time) error {
 // delivery slot, and unparks it when a slot frees (as Postfix's queue
 // manager keeps a destination's messages until it may take one). The park
 // lasts as long as the process: after a restart every message is due at
-// its recorded time.
-func (q *Queue) Park(id string) error {
+// its recorded time. A non-zero until is when the message is handed out
+// again, parked or not (its expiry or delay warning, which must not wait
+// for a slot): parked mail waited past max_queue_age as long as its
+// destination's slots stayed busy.
+func (q *Queue) Park(id string, until time.Time) error {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	s, ok := q.sched[id]
@@ -557,6 +560,11 @@ func (q *Queue) Park(id string) error {
 		return ErrNotFound
 	}
 	s.inflight, s.parked = false, true
+	if !until.IsZero() {
+		s.due = until
+		heap.Push(&q.heap, s)
+		q.signal()
+	}
 	return nil
 }
 

@@ -723,13 +723,13 @@ func TestPark_Unpark(t *testing.T) {
 	if d, p := q.Activity(env.ID); !d || p {
 		t.Errorf("Activity of a message handed out = %v, %v; want delivering", d, p)
 	}
-	if err := q.Park(env.ID); err != nil {
+	if err := q.Park(env.ID, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 	if d, p := q.Activity(env.ID); d || !p {
 		t.Errorf("Activity of a parked message = %v, %v; want parked", d, p)
 	}
-	if err := q.Park(env.ID); err != ErrNotFound {
+	if err := q.Park(env.ID, time.Time{}); err != ErrNotFound {
 		t.Errorf("Park of a message not handed out: %v", err)
 	}
 	q.Flush("")
@@ -742,7 +742,7 @@ func TestPark_Unpark(t *testing.T) {
 	if got := next(); got != env.ID {
 		t.Fatalf("Next after Unpark = %q", got)
 	}
-	q.Park(env.ID)
+	q.Park(env.ID, time.Time{})
 	if err := q.Hold(env.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -754,6 +754,38 @@ func TestPark_Unpark(t *testing.T) {
 	}
 	if got := next(); got != env.ID {
 		t.Fatalf("Next after Release = %q", got)
+	}
+}
+
+// A message parked with a time (its expiry or delay warning) is handed out
+// at that time though still parked, and is then no longer parked: an
+// Unpark for the slot it waited for finds nothing to do.
+func TestPark_Until(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	env := newEnv("a@example.com")
+	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
+		t.Fatalf("Next = %v, %v", e, err)
+	}
+	if err := q.Park(env.ID, time.Now().Add(100*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if _, p := q.Activity(env.ID); !p {
+		t.Fatal("not parked")
+	}
+	e, err := q.Next(ctx)
+	if err != nil || e.ID != env.ID {
+		t.Fatalf("Next of a message parked until a time = %v, %v; want it at that time", e, err)
+	}
+	if d, p := q.Activity(env.ID); !d || p {
+		t.Errorf("Activity = %v, %v; want delivering, not parked", d, p)
+	}
+	if q.Unpark(env.ID) {
+		t.Error("Unpark of a message handed out at its time: want false")
 	}
 }
 

@@ -381,6 +381,12 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if d == "" {
 		return nil, false
 	}
+	// A message due for its expiry or delay warning is not parked: its
+	// attempt records them (with a slot or not), as at any other time.
+	cfg, now := a.config(), a.now()
+	if overdue(env, cfg, now) {
+		return nil, false
+	}
 	if a.deadErr(d) != nil {
 		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
 		// Its deferral takes no slot, so no release would unpark the
@@ -403,7 +409,9 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if ctx.Err() != nil {
 		return nil, false // shutting down: the attempt is given back
 	}
-	release, ok := a.domains.acquireOrPark(d, env.ID, func() bool { return a.q.Park(env.ID) == nil })
+	// Parked, it is still handed out at its expiry or delay warning.
+	until := retryBy(env, cfg, env.DelayWarned, now)
+	release, ok := a.domains.acquireOrPark(d, env.ID, func() bool { return a.q.Park(env.ID, until) == nil })
 	if ok {
 		return release, false
 	}
@@ -486,7 +494,12 @@ func (a *Agent) recordDelivered(env *queue.Envelope, rs []rcptResult) {
 
 // limitedGroup runs deliverGroup within the concurrency limits, unless
 // the domain is a dead destination: then its recipients are deferred at
-// once. slotHeld: the caller holds the domain's slot.
+// once. slotHeld: the caller holds the domain's slot. Without it (a message
+// to several domains, which cannot be parked for one), the domain's slot is
+// waited for as long as a single-domain message waits before it parks
+// (parkAfter, not at all when the domain has parked mail); then its
+// recipients are deferred: waiting on, the message held its delivery slot,
+// and messages to a stalled domain and another took every delivery slot.
 func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, domain string, slotHeld bool) groupResult {
 	var err error
 	if !slotHeld {
@@ -494,9 +507,12 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			return a.suspended(t, domain, e)
 		}
 		var release func()
-		release, err = a.domains.acquire(ctx, domain)
+		release, err = a.domains.acquireWithin(ctx, domain, parkAfter)
 		if err == nil {
 			defer release()
+		} else if errors.Is(err, errWaitedTooLong) {
+			e := smtperr.New(0, "4.4.5", "no connection slot to %s free (delivery.per_domain_concurrency); tried again later", domain)
+			return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e)}
 		}
 	}
 	if err == nil {

@@ -42,6 +42,102 @@ func TestDelivery_StalledDomain_NoHeadOfLineBlocking(t *testing.T) {
 	}
 }
 
+// The same for mail to several domains: a message with a recipient in a
+// stalled domain whose slots are all taken must not hold a delivery slot
+// while it waits for one. Messages to a stalled and a healthy domain each
+// waited in limitedGroup for the stalled domain's slot, holding their
+// delivery slots, until no delivery was left for any other domain (a soak
+// run stalled all delivery for 10 s); now the wait is that of a single-domain
+// message before it parks, and the stalled domain's recipients are deferred.
+func TestDelivery_StalledDomain_SeveralDomains_NoHeadOfLineBlocking(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "stall.test", "127.0.0.3", "other.test", "127.0.0.4"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	other := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute // longer than the test
+	h.start()
+	var both []string
+	for range 20 {
+		both = append(both, h.submit(testBody, []string{"a@stall.test", "b@other.test"}))
+	}
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1) // 10 s at most
+	h.waitRecords(id, 1)
+	other.Wait(t, 20)
+	if n := tarpit.Conns(); n > h.cfg.Delivery.PerDomainConcurrency {
+		t.Errorf("%d connections to the stalled domain, per_domain_concurrency %d", n, h.cfg.Delivery.PerDomainConcurrency)
+	}
+	// The messages beyond the stalled domain's slots end their attempt,
+	// that domain's recipient deferred.
+	want := len(both) - h.cfg.Delivery.PerDomainConcurrency
+	timeout := time.NewTimer(15 * time.Second)
+	defer timeout.Stop()
+	for {
+		h.mu.Lock()
+		var done []string
+		for _, sid := range both {
+			if h.records[sid] > 0 {
+				done = append(done, sid)
+			}
+		}
+		ch := h.changed
+		h.mu.Unlock()
+		if len(done) >= want {
+			for _, sid := range done {
+				h.rcptPendingWith(sid, 0, "no connection slot to stall.test free")
+			}
+			return
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			t.Fatalf("%d of the messages to both domains recorded after 15s, want %d", len(done), want)
+		}
+	}
+}
+
+// Parked mail expires at max_queue_age, as other mail does: it waited for
+// a slot of its domain past it, as long as the domain's sessions lasted
+// (a soak run: 375 s old with a max_queue_age of 180 s, behind a tarpit).
+func TestDelivery_Parked_ExpiresOnTime(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute // longer than the test
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.MaxQueueAge.Duration = 3 * time.Second
+	h.start()
+	// One takes the slot, for a minute; the other parks.
+	ids := []string{h.submit(testBody, []string{"a@stall.test"}), h.submit(testBody, []string{"b@stall.test"})}
+	timeout := time.NewTimer(15 * time.Second)
+	defer timeout.Stop()
+	var id string
+	for id == "" {
+		h.mu.Lock()
+		for _, x := range ids {
+			if h.records[x] > 0 {
+				id = x
+			}
+		}
+		ch := h.changed
+		h.mu.Unlock()
+		if id != "" {
+			break
+		}
+		select {
+		case <-ch:
+		case <-timeout.C:
+			t.Fatalf("no attempt recorded after 15s: the parked message did not expire\nlog:\n%s", h.logs.String())
+		}
+	}
+	if env := h.envelope(id); env != nil {
+		t.Errorf("%s still queued after its max_queue_age: %+v", id, env)
+	}
+	if !strings.Contains(h.logs.String(), "msg=expired queue_id="+id) {
+		t.Errorf("no 'expired' line for %s", id)
+	}
+}
+
 // After an attempt in which no host of a domain answered, its other mail is
 // deferred at once ("delivery temporarily suspended"), not sent to wait for
 // the same timeout each; a flush tries the domain again.

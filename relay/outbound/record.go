@@ -107,6 +107,17 @@ func retryBy(env *queue.Envelope, cfg *config.Config, warned bool, now time.Time
 	return by
 }
 
+// overdue reports whether env has reached its expiry, or its delay warning
+// when not yet sent.
+func overdue(env *queue.Envelope, cfg *config.Config, now time.Time) bool {
+	if env.Arrived.IsZero() {
+		return false
+	}
+	age := now.Sub(env.Arrived)
+	return age >= orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge) ||
+		!env.DelayWarned && age >= orDur(cfg.Delivery.DelayWarning, defaultDelayWarning)
+}
+
 // logReport logs a report queued about env.
 func (a *Agent) logReport(env *queue.Envelope, rep *report) {
 	a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.env.ID, "action", rep.action, "to", env.From, "rcpts", rep.rcpts)
