@@ -14,6 +14,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -929,17 +930,26 @@ func nobodyRunner(t *testing.T, r *relay) func(stdin string, args ...string) (st
 	}
 	return func(stdin string, args ...string) (string, string, int) {
 		t.Helper()
-		cmd := exec.Command(bin, append(args, "--config", r.cfgPath)...)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}}
-		cmd.Stdin = strings.NewReader(stdin)
-		var out, errb bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &errb
-		if err := cmd.Run(); err != nil {
-			if _, ok := err.(*exec.ExitError); !ok {
-				t.Fatalf("running %v as nobody: %v", args, err)
+		for try := 0; ; try++ {
+			cmd := exec.Command(bin, append(args, "--config", r.cfgPath)...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{uint32(gid)}}}
+			cmd.Stdin = strings.NewReader(stdin)
+			var out, errb bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &errb
+			if err := cmd.Run(); err != nil {
+				if errors.Is(err, syscall.ETXTBSY) && try < 50 {
+					// The copy's write descriptor lives on, for a moment,
+					// in a process another test forked meanwhile (Go issue
+					// 22315): exec again.
+					time.Sleep(20 * time.Millisecond)
+					continue
+				}
+				if _, ok := err.(*exec.ExitError); !ok {
+					t.Fatalf("running %v as nobody: %v", args, err)
+				}
 			}
+			return out.String(), errb.String(), cmd.ProcessState.ExitCode()
 		}
-		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
 	}
 }
 
