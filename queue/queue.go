@@ -560,7 +560,7 @@ func (q *Queue) Park(id string, until time.Time) error {
 		return ErrNotFound
 	}
 	s.inflight, s.parked = false, true
-	if !until.IsZero() {
+	if !until.IsZero() && !s.held { // held meanwhile: Release schedules it
 		s.due = until
 		heap.Push(&q.heap, s)
 		q.signal()

@@ -789,6 +789,42 @@ func TestPark_Until(t *testing.T) {
 	}
 }
 
+// A message held while it was handed out and then parked with a time is
+// not handed out at that time: a hold stops delivery until Release (Park
+// put it back in the schedule whatever its hold, and the agent delivered
+// a held message at its delay warning or expiry).
+func TestPark_Until_Held(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	env := newEnv("a@example.com")
+	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
+		t.Fatalf("Next = %v, %v", e, err)
+	}
+	if err := q.Hold(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Its time already reached: were it scheduled, Next would hand it out
+	// at once, before looking at its (done) context.
+	if err := q.Park(env.ID, time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	done, stop := context.WithCancel(context.Background())
+	stop()
+	if e, err := q.Next(done); err == nil {
+		t.Fatalf("Next handed out held message %s", e.ID)
+	}
+	if err := q.Release(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
+		t.Fatalf("Next after Release = %v, %v", e, err)
+	}
+}
+
 // Result.RetryBy brings the next attempt forward when it falls before the
 // retry interval's end, and is ignored when it is not ahead of now (a
 // message due at once after every attempt would be tried in a tight loop).
