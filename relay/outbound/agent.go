@@ -381,12 +381,7 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if d == "" {
 		return nil, false
 	}
-	// A message due for its expiry or delay warning is not parked: its
-	// attempt records them (with a slot or not), as at any other time.
 	cfg, now := a.config(), a.now()
-	if overdue(env, cfg, now) {
-		return nil, false
-	}
 	if a.deadErr(d) != nil {
 		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
 		// Its deferral takes no slot, so no release would unpark the
@@ -401,6 +396,13 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	// slots stay taken (stalled or slow servers).
 	if release, ok := a.domains.tryAcquire(d, env.ID); ok {
 		return release, false
+	}
+	// A message due for its expiry or delay warning is not parked: its
+	// attempt records them (with a slot or not), as at any other time. A
+	// slot kept for it was taken above: skipped, it sat idle until
+	// callWait while the message was deferred for want of one.
+	if overdue(env, cfg, now) {
+		return nil, false
 	}
 	release, err := a.domains.acquireWithin(ctx, d, parkAfter)
 	if err == nil {

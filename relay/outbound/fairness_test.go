@@ -1,6 +1,9 @@
 package outbound
 
 import (
+	"context"
+	"io"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -8,6 +11,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -340,4 +344,63 @@ func TestDelivery_UnparkedThenDeleted_OthersNotStranded(t *testing.T) {
 	if env := h.envelope(m2); env != nil {
 		t.Errorf("still queued: %+v", env)
 	}
+}
+
+// A parked message called back for a freed slot of its domain takes that
+// slot even when it comes out at its delay warning (or expiry): it skipped
+// the slot kept for it, waited for another while the kept one sat idle
+// until callWait, and was deferred "no connection slot free" — at its
+// expiry, bounced — though a slot was there for it.
+func TestClaimDomain_Overdue_TakesKeptSlot(t *testing.T) {
+	t.Parallel()
+	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Close() })
+	cfg := &config.Config{Hostname: "relay.test"}
+	cfg.Delivery.Concurrency = 10
+	cfg.Delivery.PerDomainConcurrency = 1
+	cfg.Delivery.DelayWarning.Duration = time.Hour
+	var mu sync.Mutex
+	clock := time.Now()
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	r, err := dnsmx.NewResolver([]string{"127.0.48.1:48053"}, time.Second) // never asked
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Options{Config: cfg, Queue: q, Resolver: r, Now: now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &queue.Envelope{From: "sender@sender.test", Recipients: []queue.Recipient{{Address: "b@x.test"}}}
+	if err := q.Enqueue(env, strings.NewReader(testBody)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got, err := q.Next(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another delivery holds the domain's only slot; the message parks.
+	other, ok := a.domains.tryAcquire("x.test", "other")
+	if !ok {
+		t.Fatal("no slot")
+	}
+	if _, ok := a.domains.acquireOrPark("x.test", got.ID, func() bool { return q.Park(got.ID, time.Time{}) == nil }); ok {
+		t.Fatal("slot taken while the only one is held")
+	}
+	other() // frees the slot, kept for the parked message, which is called
+	if got, err = q.Next(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	clock = clock.Add(2 * time.Hour) // its delay warning is due as it comes out
+	mu.Unlock()
+	release, parked := a.claimDomain(ctx, got)
+	if parked || release == nil {
+		t.Fatalf("claimDomain = %v, parked %v; want the slot kept for it", release != nil, parked)
+	}
+	release()
 }
