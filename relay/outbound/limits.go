@@ -327,10 +327,6 @@ func (l *limiter) slotLocked(key string) *slot {
 	return s
 }
 
-func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
-	return l.acquireWithin(ctx, key, 0)
-}
-
 // acquireWithin is acquire that gives up with errWaitedTooLong after wait
 // (0: no limit). A timer, not a context with a deadline: every waiting
 // delivery registered one with the shared parent context, under its lock.

@@ -413,3 +413,9 @@ func TestLimiter_NoWaitBehindParked(t *testing.T) {
 		t.Fatalf("domain entry has %d users, want 2 (m1 and parked m2)", users)
 	}
 }
+
+// acquire waits for key's slot without a time limit (delivery itself always
+// gives one: parkAfter).
+func (l *limiter) acquire(ctx context.Context, key string) (func(), error) {
+	return l.acquireWithin(ctx, key, 0)
+}

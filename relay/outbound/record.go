@@ -26,12 +26,11 @@ const (
 // would send it twice), then the log lines.
 func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, body queue.Body) {
 	now := a.now()
-	age := now.Sub(env.Arrived)
-	maxAge := orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge)
+	expires := expiresAt(env, cfg)
 	expired := map[int]bool{}
 	for i := range at.rcpts {
 		r := &at.rcpts[i]
-		if r.state == queue.Pending && !env.Arrived.IsZero() && age >= maxAge {
+		if r.state == queue.Pending && !env.Arrived.IsZero() && !now.Before(expires) {
 			last := "no attempt made"
 			if r.reply != nil {
 				last = r.reply.Error()
@@ -41,7 +40,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			}
 			r.state = queue.Failed
 			r.reply = &smtperr.Error{Enhanced: "4.4.7",
-				Msg: fmt.Sprintf("message expired after %s in the queue; last error: %s", queueAge(age), last)}
+				Msg: fmt.Sprintf("message expired after %s in the queue; last error: %s", queueAge(now.Sub(env.Arrived)), last)}
 			expired[r.index] = true
 		}
 	}
@@ -98,10 +97,10 @@ func retryBy(env *queue.Envelope, cfg *config.Config, warned bool, now time.Time
 		return time.Time{}
 	}
 	var by time.Time
-	if exp := env.Arrived.Add(orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge)); exp.After(now) {
+	if exp := expiresAt(env, cfg); exp.After(now) {
 		by = exp
 	}
-	if w := env.Arrived.Add(orDur(cfg.Delivery.DelayWarning, defaultDelayWarning)); !warned && w.After(now) && (by.IsZero() || w.Before(by)) {
+	if w := warnsAt(env, cfg); !warned && w.After(now) && (by.IsZero() || w.Before(by)) {
 		by = w
 	}
 	return by
@@ -110,12 +109,19 @@ func retryBy(env *queue.Envelope, cfg *config.Config, warned bool, now time.Time
 // overdue reports whether env has reached its expiry, or its delay warning
 // when not yet sent.
 func overdue(env *queue.Envelope, cfg *config.Config, now time.Time) bool {
-	if env.Arrived.IsZero() {
-		return false
-	}
-	age := now.Sub(env.Arrived)
-	return age >= orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge) ||
-		!env.DelayWarned && age >= orDur(cfg.Delivery.DelayWarning, defaultDelayWarning)
+	return !env.Arrived.IsZero() &&
+		(!now.Before(expiresAt(env, cfg)) || !env.DelayWarned && !now.Before(warnsAt(env, cfg)))
+}
+
+// expiresAt is when env has been queued for max_queue_age: its pending
+// recipients then bounce.
+func expiresAt(env *queue.Envelope, cfg *config.Config) time.Time {
+	return env.Arrived.Add(orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge))
+}
+
+// warnsAt is when env's delay warning (delay_warning) is due.
+func warnsAt(env *queue.Envelope, cfg *config.Config) time.Time {
+	return env.Arrived.Add(orDur(cfg.Delivery.DelayWarning, defaultDelayWarning))
 }
 
 // logReport logs a report queued about env.
@@ -217,8 +223,7 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 			if rc.Notify.Has(queue.NotifyDelay) {
 				// RFC 3464 §2.3.9: when the retries end (the message
 				// expires), as Postfix's delay reports say.
-				until := env.Arrived.Add(orDur(cfg.Delivery.MaxQueueAge, defaultMaxQueueAge))
-				delayed = append(delayed, dsnRcpt{rcpt: rc, action: "delayed", reply: r.reply, remote: remote(r), until: until})
+				delayed = append(delayed, dsnRcpt{rcpt: rc, action: "delayed", reply: r.reply, remote: remote(r), until: expiresAt(env, cfg)})
 			}
 		}
 	}
@@ -240,7 +245,7 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 	if len(success) > 0 {
 		add(success, nil)
 	}
-	if !env.DelayWarned && now.Sub(env.Arrived) >= orDur(cfg.Delivery.DelayWarning, defaultDelayWarning) && hasPending(at) {
+	if !env.DelayWarned && !now.Before(warnsAt(env, cfg)) && hasPending(at) {
 		// The flag goes in the same commit as the delay report.
 		res.DelayWarned = true
 		if len(delayed) > 0 {
