@@ -157,12 +157,9 @@ func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelV
 	if err != nil {
 		return err
 	}
-	served := false
-	defer func() {
-		if !served {
-			for _, ln := range lns {
-				ln.Close()
-			}
+	defer func() { // on an early return; after serving they are closed already
+		for _, ln := range lns {
+			ln.Close()
 		}
 	}()
 
@@ -201,7 +198,6 @@ func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelV
 	go func() { agentDone <- agent.Run(agentCtx) }()
 
 	serveDone := make(chan error, 1)
-	served = true
 	go func() { serveDone <- in.ServeListeners(serveCtx, lns) }()
 	log.Info("mailhop started", "version", version, "hostname", cfg.Hostname, "config", path,
 		"admin_socket", cfg.Admin.Socket)

@@ -48,9 +48,8 @@ type Server struct {
 	closing   atomic.Bool
 
 	// The first Shutdown does the work; a later one (ServeListeners ends
-	// when a listener closes under the first) waits for it to finish.
+	// when a listener closes under the first) waits in the Once for it.
 	shutOnce sync.Once
-	shutDone chan struct{}
 	shutErr  error
 }
 
@@ -66,7 +65,6 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 		AuthDelayStep:  DefaultAuthDelayStep,
 		q:              q,
 		log:            log,
-		shutDone:       make(chan struct{}),
 	}
 	s.cfg.Store(cfg)
 	s.stats.refused = make(map[string]uint64)
@@ -265,14 +263,7 @@ func (s *Server) Addrs() []net.Addr {
 // return while sessions still run (go-smtp's Shutdown returns at once for a
 // server already shut down, and the process would exit under them).
 func (s *Server) Shutdown(ctx context.Context) error {
-	first := false
-	s.shutOnce.Do(func() { first = true })
-	if !first {
-		<-s.shutDone
-		return s.shutErr
-	}
-	s.shutErr = s.shutdown(ctx)
-	close(s.shutDone)
+	s.shutOnce.Do(func() { s.shutErr = s.shutdown(ctx) }) // a second call returns when the first's work is done
 	return s.shutErr
 }
 
