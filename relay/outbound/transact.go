@@ -153,14 +153,12 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	cn.inTxn = true
 	rep, w, err := c.StartTransaction(rset, from, opts, to, ropts)
 	c.CommandTimeout = tm.command
-	// noData: every RCPT had its reply, and then the connection failed
-	// (or the server said 421) instead of a 354 to DATA.
-	noData := err != nil && rep != nil && rep.Awaiting == "DATA"
-	// partial: some RCPT replies came, then the connection failed (or the
-	// server said 421) before the others: the replies that came stand, the
-	// recipients without one go on to the next address with the accepted.
-	partial := err != nil && rep != nil && rep.Awaiting == "RCPT" && rep.RcptRead > 0
-	if err != nil && !noData && !partial {
+	// midway: some or every RCPT reply came, then the connection failed
+	// (or the server said 421) before the rest or instead of a 354 to DATA:
+	// the replies that came stand, the recipients without one go on to the
+	// next address with the accepted.
+	midway := err != nil && rep != nil && rep.RcptRead > 0
+	if err != nil && !midway {
 		// The network failed, or the server said 421 and closed: nothing
 		// was decided, the caller tries the next address. The stage is
 		// the command whose reply did not come (with PIPELINING they all
@@ -175,11 +173,11 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return nil, true, stageErr("rset", rep.Reset)
 	}
 	if se, ok := replyError(rep.Mail); ok {
-		return all(stateOf(se), se), noData || partial, nil
+		return all(stateOf(se), se), midway, nil
 	}
 	var accepted []int // positions in res
 	for j, i := range send {
-		if partial && j >= rep.RcptRead {
+		if midway && j >= rep.RcptRead {
 			accepted = append(accepted, i) // no reply came: goes on with the accepted
 			continue
 		}
@@ -201,7 +199,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		accepted = append(accepted, i)
 	}
 	if len(accepted) == 0 {
-		return res, noData || partial, nil
+		return res, midway, nil
 	}
 	setAccepted := func(st queue.RcptState, e *smtperr.Error) {
 		for _, i := range accepted {
@@ -220,7 +218,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		}
 		return res
 	}
-	if noData || partial {
+	if midway {
 		// The refusals stand; the accepted go on to the next address.
 		return cut(strings.ToLower(rep.Awaiting), err), true, nil
 	}
