@@ -999,6 +999,14 @@ func TestDelivery_4xxEverywhere_TwoSessions(t *testing.T) {
 	}
 }
 
+// mx1EHLO is mx1.example.test's EHLO reply, with PIPELINING or without.
+func mx1EHLO(pipelining bool) string {
+	if pipelining {
+		return "250-mx1.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+	}
+	return "250-mx1.example.test\r\n250 8BITMIME\r\n"
+}
+
 // TestDelivery_NoReplyToData_RefusalsStand: a primary that refused some
 // recipients at RCPT and then gave no 354 (a 421 to DATA, with PIPELINING
 // or without) passes only the recipients it had accepted to the backup MX;
@@ -1009,12 +1017,8 @@ func TestDelivery_NoReplyToData_RefusalsStand(t *testing.T) {
 	for _, pipelining := range []bool{true, false} {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
 			t.Parallel()
-			z := mxZone("127.0.0.3", "127.0.0.4")
-			h := newHarness(t, smtptest.Behaviour{}, z)
-			ehlo := "250-mx1.example.test\r\n250 8BITMIME\r\n"
-			if pipelining {
-				ehlo = "250-mx1.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-			}
+			h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+			ehlo := mx1EHLO(pipelining)
 			scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
 				switch {
 				case verb == "RCPT" && strings.Contains(line, "<gone@"):
@@ -1182,10 +1186,7 @@ func TestDelivery_421AtRcpt_RefusalsStand(t *testing.T) {
 		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
 			t.Parallel()
 			h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
-			ehlo := "250-mx1.example.test\r\n250 8BITMIME\r\n"
-			if pipelining {
-				ehlo = "250-mx1.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
-			}
+			ehlo := mx1EHLO(pipelining)
 			scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
 				switch {
 				case verb == "RCPT" && strings.Contains(line, "<gone@"):
