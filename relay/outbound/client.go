@@ -156,7 +156,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()
 		se.tlsVer, se.verified = cn.tlsVer, cn.tlsVer != "" && vr.verified
-		if se.policy || se.tls {
+		if (se.policy && se.stage != "requiretls") || se.tls {
 			a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), se)
 		}
 		return nil, se
@@ -222,11 +222,6 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 			return fail(stageErr("ehlo after starttls", err))
 		}
 	}
-	if p.requireTLS {
-		if ok, _ := c.Extension("REQUIRETLS"); !ok {
-			return fail(policyError("requiretls", "5.7.30", "%s does not offer REQUIRETLS (RFC 8689)", t.host))
-		}
-	}
 	cn.verified = cn.tlsVer != "" && vr.verified
 	if cn.tlsVer != "" && p.stsTesting && !vr.verified {
 		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", "domain", p.policyDomain,
@@ -234,6 +229,13 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
 	} else if cn.tlsVer != "" && !p.counted {
 		a.tlsStats.success(p.policyDomain, p.policyType, p.policyStr, t.host)
+	}
+	if p.requireTLS {
+		if ok, _ := c.Extension("REQUIRETLS"); !ok {
+			// Checked after the TLS report count: the TLS session was
+			// good (RFC 8460 has no result for a missing extension).
+			return fail(policyError("requiretls", "5.7.30", "%s does not offer REQUIRETLS (RFC 8689)", t.host))
+		}
 	}
 	cn.c = c
 	if r := t.route; r != nil && r.Username != "" {
@@ -302,8 +304,6 @@ func (a *Agent) countTLSFailure(p *tlsPlan, host, addr string, local net.Addr, s
 	switch {
 	case se.stage == "starttls":
 		result = "starttls-not-supported"
-	case se.stage == "requiretls":
-		result = "validation-failure"
 	case se.cause != nil && p.check != checkDANE:
 		result = resultType(se.cause)
 	}

@@ -629,6 +629,12 @@ func TestREQUIRETLS(t *testing.T) {
 	if off.Conns() != 0 {
 		t.Error("off.test (tls_policy none) was contacted for a REQUIRETLS message")
 	}
+	// A server that negotiated verified TLS but lacks the REQUIRETLS
+	// extension had a good TLS session (RFC 8460 counts TLS negotiation,
+	// and has no result type for a missing SMTP extension).
+	if c := h.counts("noext.test", policyNone); c.Success != 1 || c.Failure != 0 {
+		t.Errorf("noext.test TLS report counts: %+v, want 1 success, 0 failures", c)
+	}
 	// The same message without REQUIRETLS goes to noext.test as usual.
 	send("noext.test")
 	if m := noExt.Messages(); len(m) != 1 || m[0].MailOpts.RequireTLS {
