@@ -75,9 +75,11 @@ type Queue struct {
 	heap   slotHeap
 	wake   chan struct{} // closed and replaced when the heap changes
 	closed bool
-	// flushes counts Flush calls, so the agent can forget what it learnt
-	// about dead destinations when an operator asks for a retry now.
-	flushes uint64
+	// flushes counts Flush calls for every domain, domainFlushes those
+	// for one, so the agent can forget what it learnt about a dead
+	// destination when an operator asks for its retry now.
+	flushes       uint64
+	domainFlushes map[string]uint64
 }
 
 // slot is the scheduler's view of one message.
@@ -586,11 +588,12 @@ func (q *Queue) Unpark(id string) bool {
 	return true
 }
 
-// Flushes returns how many times Flush has been called.
-func (q *Queue) Flushes() uint64 {
+// Flushes returns how many times Flush has been called for domain or for
+// every domain.
+func (q *Queue) Flushes(domain string) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushes
+	return q.flushes + q.domainFlushes[strings.ToLower(domain)]
 }
 
 // List returns copies of every queued envelope, oldest first.
@@ -691,7 +694,14 @@ func (q *Queue) Flush(domain string) int {
 	domain = strings.ToLower(domain)
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.flushes++
+	if domain == "" {
+		q.flushes++
+	} else {
+		if q.domainFlushes == nil {
+			q.domainFlushes = make(map[string]uint64)
+		}
+		q.domainFlushes[domain]++
+	}
 	now := q.opts.Now()
 	n := 0
 	for _, s := range q.sched {

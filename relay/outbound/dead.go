@@ -14,7 +14,7 @@ import (
 // slots taken the whole time.
 type deadDest struct {
 	until   time.Time
-	flushes uint64 // queue.Flushes when marked: a flush ends it
+	flushes uint64 // queue.Flushes(domain) when marked: a flush of it (or of all) ends it
 	err     *smtperr.Error
 }
 
@@ -37,7 +37,7 @@ func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	}
 	wait -= wait / 10
 	now := a.now()
-	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(), err: e}
+	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(domain), err: e}
 	a.mu.Lock()
 	if a.live[domain] > 0 {
 		a.mu.Unlock()
@@ -87,7 +87,7 @@ func (a *Agent) deadErr(domain string) *smtperr.Error {
 	if !ok {
 		return nil
 	}
-	if !a.now().Before(d.until) || d.flushes != a.q.Flushes() {
+	if !a.now().Before(d.until) || d.flushes != a.q.Flushes(domain) {
 		a.mu.Lock()
 		if cur, ok := a.dead[domain]; ok && cur == d {
 			delete(a.dead, domain)

@@ -265,6 +265,33 @@ func TestDeadDestination_NotLengthened(t *testing.T) {
 	}
 }
 
+// A flush of one domain ends that domain's dead mark only: a flush of
+// example.test made every dead destination alive again, and their mail
+// went to wait for their timeouts once more. A flush of everything ends
+// them all.
+func TestDeadDestination_DomainFlushEndsItsMarkOnly(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.start()
+	e := smtperr.New(0, "4.4.2", "timed out during greeting")
+	h.agent.markDead("a.test", e)
+	h.agent.markDead("b.test", e)
+	h.q.Flush("A.test")
+	if err := h.agent.deadErr("a.test"); err != nil {
+		t.Errorf("a.test still dead after its flush: %v", err)
+	}
+	if err := h.agent.deadErr("b.test"); err == nil {
+		t.Error("b.test alive again after a flush of a.test")
+	}
+	h.agent.markDead("a.test", e)
+	h.q.Flush("")
+	for _, d := range []string{"a.test", "b.test"} {
+		if err := h.agent.deadErr(d); err != nil {
+			t.Errorf("%s still dead after a flush of everything: %v", d, err)
+		}
+	}
+}
+
 // Messages parked for a domain's slots while its one attempt stalls are all
 // tried (deferred as suspended) once that attempt finds the domain dead: a
 // slot's release unparks only as many messages as it frees slots, and the
