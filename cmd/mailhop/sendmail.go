@@ -519,6 +519,13 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		if name == "bcc" || name == "resent-bcc" {
 			continue // RFC 5322 §3.6.3, §3.6.6: blind copies do not show
 		}
+		if addressFields[name] {
+			// "From: root (Cron Daemon)" leaves as root@hostname, as the
+			// envelope does (Postfix's append_at_myorigin rewrites the
+			// header of local mail too): a From without a domain is not
+			// RFC 5322, and receivers refuse it.
+			f.raw = qualifyAddrs(f.raw, len(f.name)+1, hf.hostname)
+		}
 		out.Write(f.raw)
 	}
 	var add bytes.Buffer
@@ -635,6 +642,112 @@ func isFieldName(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// addressFields are the header fields that hold addresses (RFC 5322 §3.6.2,
+// §3.6.3, §3.6.6), lower case; Bcc and Resent-Bcc are removed instead.
+var addressFields = map[string]bool{
+	"from": true, "sender": true, "reply-to": true, "to": true, "cc": true,
+	"resent-from": true, "resent-sender": true, "resent-to": true, "resent-cc": true,
+}
+
+// qualifyAddrs appends "@"+hostname to every address without a domain in
+// the address list raw[start:] ("root", "root (Cron Daemon)", "Admin
+// <root>"); the rest of the field is kept as written. A mailbox that is
+// more than one word without angle brackets ("John Smith") is left alone:
+// it is no address to qualify.
+func qualifyAddrs(raw []byte, start int, hostname string) []byte {
+	var at []int // where "@hostname" goes, in order
+	var (
+		depth        int  // comment nesting
+		quoted       bool // in a quoted string
+		angle        int  // index of '<' of the current mailbox, or -1
+		words        int  // words of the current mailbox outside comments
+		inWord       bool
+		wordEnd      int  // end of the last such word
+		hasAt, route bool // an '@' (':' in angle brackets) in the address
+	)
+	reset := func() { angle, words, inWord, hasAt, route = -1, 0, false, false, false }
+	reset()
+	for i := start; i < len(raw); i++ {
+		c := raw[i]
+		switch {
+		case quoted:
+			if c == '\\' {
+				i++
+			} else if c == '"' {
+				quoted = false
+			}
+			if angle < 0 {
+				wordEnd = i + 1
+			}
+			continue
+		case depth > 0:
+			if c == '\\' {
+				i++
+			} else if c == '(' {
+				depth++
+			} else if c == ')' {
+				depth--
+			}
+			continue
+		}
+		switch c {
+		case '(':
+			depth++
+			inWord = false
+		case '"':
+			quoted = true
+			if angle < 0 && !inWord {
+				words++
+				inWord = true
+			}
+		case '<':
+			angle = i
+		case '>':
+			if angle >= 0 && !hasAt && !route && len(bytes.TrimSpace(raw[angle+1:i])) > 0 {
+				at = append(at, i)
+			}
+			angle = -2 // the address is done; what follows is not it
+		case ',', ';':
+			if angle == -1 && words == 1 && !hasAt {
+				at = append(at, wordEnd)
+			}
+			reset()
+		case ':':
+			if angle >= 0 {
+				route = true
+			} else {
+				reset() // a group's display name
+			}
+		case ' ', '\t', '\r', '\n':
+			inWord = false
+		default:
+			if c == '@' {
+				hasAt = true
+			}
+			if angle == -1 {
+				if !inWord {
+					words++
+					inWord = true
+				}
+				wordEnd = i + 1
+			}
+		}
+	}
+	if angle == -1 && words == 1 && !hasAt && !quoted && depth == 0 {
+		at = append(at, wordEnd)
+	}
+	if len(at) == 0 {
+		return raw
+	}
+	out := make([]byte, 0, len(raw)+len(at)*(len(hostname)+1))
+	prev := 0
+	for _, p := range at {
+		out = append(append(append(out, raw[prev:p]...), '@'), hostname...)
+		prev = p
+	}
+	return append(out, raw[prev:]...)
 }
 
 // parseAddrs reads an address list leniently: RFC 5322 lists, and the bare

@@ -97,7 +97,7 @@ func TestRewriteHeaders_CronMessage(t *testing.T) {
 		t.Errorf("rcpts = %q, want %q", rcpts, want)
 	}
 	s := string(out)
-	for _, w := range []string{"From: root\n", "Date: Wed, 04 Mar 2026 05:06:07 +0000\n", "Message-ID: <20260304050607.", "@h.test>\n", "\n\nbody\n"} {
+	for _, w := range []string{"From: root@h.test\n", "To: ops@example.com, root@h.test\n", "Date: Wed, 04 Mar 2026 05:06:07 +0000\n", "Message-ID: <20260304050607.", "@h.test>\n", "\n\nbody\n"} {
 		if !strings.Contains(s, w) {
 			t.Errorf("output lacks %q:\n%s", w, s)
 		}
@@ -105,6 +105,36 @@ func TestRewriteHeaders_CronMessage(t *testing.T) {
 	// (A Bcc field, not the letters: the random Message-ID may hold "bcc".)
 	if l := "\n" + strings.ToLower(s); strings.Contains(l, "\nbcc:") || strings.Contains(s, "secret@") {
 		t.Errorf("Bcc not removed:\n%s", s)
+	}
+}
+
+// TestQualifyAddrs: addresses without a domain in the address fields of
+// local mail get @hostname, as Postfix's cleanup appends $myorigin to them;
+// a From without a domain is not RFC 5322 and receivers refuse it.
+func TestQualifyAddrs(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ in, want string }{
+		{"From: root\n", "From: root@h.test\n"},
+		{"From: root (Cron Daemon)\n", "From: root@h.test (Cron Daemon)\n"},
+		{"From: (Cron Daemon) root\n", "From: (Cron Daemon) root@h.test\n"},
+		{"From: Cron Daemon <root>\n", "From: Cron Daemon <root@h.test>\n"},
+		{"To: ops@example.com, root,\n\tadmin\n", "To: ops@example.com, root@h.test,\n\tadmin@h.test\n"},
+		{"To: \"Dev, Team\" <dev@example.net>, \"a@b\" <www-data>\n", "To: \"Dev, Team\" <dev@example.net>, \"a@b\" <www-data@h.test>\n"},
+		{"Cc: team: a, b@example.com;, undisclosed-recipients:;\n", "Cc: team: a@h.test, b@example.com;, undisclosed-recipients:;\n"},
+		{"Reply-To: <>\n", "Reply-To: <>\n"},
+		{"To: John Smith\n", "To: John Smith\n"},
+		{"From: =?UTF-8?Q?J=C3=BCrgen?= <j@example.com>\n", "From: =?UTF-8?Q?J=C3=BCrgen?= <j@example.com>\n"},
+		{"From: a.b (x, y) \n", "From: a.b@h.test (x, y) \n"},
+	} {
+		name := c.in[:strings.IndexByte(c.in, ':')]
+		if got := string(qualifyAddrs([]byte(c.in), len(name)+1, "h.test")); got != c.want {
+			t.Errorf("qualifyAddrs(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+	// Subject and other fields are not address lists.
+	out, _, err := rewriteHeaders([]byte("Subject: root\nFrom: root\n\nroot\n"), false, headerFields{from: "root@h.test", hostname: "h.test", now: time.Now()})
+	if err != nil || !strings.HasPrefix(string(out), "Subject: root\nFrom: root@h.test\n") || !strings.HasSuffix(string(out), "\n\nroot\n") {
+		t.Errorf("rewriteHeaders: %q, %v", out, err)
 	}
 }
 
