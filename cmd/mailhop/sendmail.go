@@ -509,6 +509,13 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 	for _, f := range fields {
 		name := strings.ToLower(f.name)
 		has[name] = true
+		if addressFields[name] || name == "bcc" || name == "resent-bcc" {
+			// "From: root (Cron Daemon)" leaves as root@hostname, as the
+			// envelope does (Postfix's append_at_myorigin rewrites the
+			// header of local mail too): a From without a domain is not
+			// RFC 5322, and receivers refuse it.
+			f.raw = qualifyAddrs(f.raw, len(f.name)+1, hf.hostname)
+		}
 		if extract && (name == prefix+"to" || name == prefix+"cc" || name == prefix+"bcc") {
 			addrs, err := parseAddrs(f.value(), hf.hostname)
 			if err != nil {
@@ -518,13 +525,6 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		}
 		if name == "bcc" || name == "resent-bcc" {
 			continue // RFC 5322 §3.6.3, §3.6.6: blind copies do not show
-		}
-		if addressFields[name] {
-			// "From: root (Cron Daemon)" leaves as root@hostname, as the
-			// envelope does (Postfix's append_at_myorigin rewrites the
-			// header of local mail too): a From without a domain is not
-			// RFC 5322, and receivers refuse it.
-			f.raw = qualifyAddrs(f.raw, len(f.name)+1, hf.hostname)
 		}
 		out.Write(f.raw)
 	}

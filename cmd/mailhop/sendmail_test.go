@@ -131,6 +131,11 @@ func TestQualifyAddrs(t *testing.T) {
 			t.Errorf("qualifyAddrs(%q) = %q, want %q", c.in, got, c.want)
 		}
 	}
+	// -t reads a local name with a comment, qualified first.
+	_, rcpts, err := rewriteHeaders([]byte("To: root (admin), Ops <ops@example.com>\nBcc: backup (tape)\n\nx\n"), true, headerFields{from: "root@h.test", hostname: "h.test", now: time.Now()})
+	if want := []string{"root@h.test", "ops@example.com", "backup@h.test"}; err != nil || !reflect.DeepEqual(rcpts, want) {
+		t.Errorf("-t: rcpts = %q, %v; want %q", rcpts, err, want)
+	}
 	// Subject and other fields are not address lists.
 	out, _, err := rewriteHeaders([]byte("Subject: root\nFrom: root\n\nroot\n"), false, headerFields{from: "root@h.test", hostname: "h.test", now: time.Now()})
 	if err != nil || !strings.HasPrefix(string(out), "Subject: root\nFrom: root@h.test\n") || !strings.HasSuffix(string(out), "\n\nroot\n") {
