@@ -41,6 +41,7 @@ const (
 	exNoInput     = 66
 	exUnavailable = 69
 	exSoftware    = 70
+	exIOErr       = 74
 	exTempFail    = 75
 	exNoPerm      = 77
 	exConfig      = 78
@@ -56,6 +57,7 @@ const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C
   -R RET   what a bounce returns: full (the message) or hdrs (its header)
   -V ENVID an envelope identifier, quoted in delivery status notifications
   -v       say what happened
+  -bs      speak SMTP on stdin and stdout (what Symfony Mailer and Laravel run)
 Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -X F -L T -h N -U -G
 `
 
@@ -67,6 +69,7 @@ type sendmailOpts struct {
 	fullName string
 	config   string
 	verbose  bool
+	smtp     bool // -bs: SMTP on stdin and stdout
 	rcpts    []string
 	// DSN (RFC 3461): -N, -R, -V
 	notify, ret, envid string
@@ -130,7 +133,8 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 			case "-bm":
 				continue
 			case "-bs":
-				return nil, sendmailFail(exUsage, "-bs (SMTP on stdin) is not supported: connect to a relay listener instead")
+				o.smtp = true
+				continue
 			case "-bp":
 				return nil, sendmailFail(exUsage, "-bp is not supported: use `mailhop queue list`")
 			}
@@ -292,10 +296,27 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 			sender = qualify(strings.Trim(sender, "<>"), cfg.Hostname)
 		}
 	}
+	if o.smtp {
+		return smtpOnStdio(cfg, o, login, uid, stdin, stdout)
+	}
 	msg, err := readMessage(stdin, !o.noDot, cfg.Policy.MaxMessageSize)
 	if err != nil {
 		return err
 	}
+	id, err := submit(cfg, o, login, uid, sender, msg)
+	if err != nil {
+		return err
+	}
+	if o.verbose {
+		fmt.Fprintln(stdout, id)
+	}
+	return nil
+}
+
+// submit adds what msg lacks (rewriteHeaders), collects the recipients
+// (o.rcpts, and the header's with -t) and hands the message over. It
+// returns what happened, for -v.
+func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender string, msg []byte) (string, error) {
 	headerFrom := sender
 	if headerFrom == "" {
 		headerFrom = login + "@" + cfg.Hostname
@@ -303,7 +324,7 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 	out, found, err := rewriteHeaders(msg, o.extract, headerFields{
 		from: headerFrom, fullName: o.fullName, hostname: cfg.Hostname, now: time.Now()})
 	if err != nil {
-		return err
+		return "", err
 	}
 	var rcpts []string
 	for _, r := range o.rcpts {
@@ -317,23 +338,16 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 	rcpts = dedupe(rcpts, cfg.Hostname)
 	if len(rcpts) == 0 {
 		if o.extract {
-			return sendmailFail(exDataErr, "no recipients: none given and no To, Cc or Bcc header")
+			return "", sendmailFail(exDataErr, "no recipients: none given and no To, Cc or Bcc header")
 		}
-		return sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
+		return "", sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
 	}
 	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
 		Notify: o.notify, Ret: o.ret, EnvID: o.envid}
 	if err := admin.CheckEnvelope(env); err != nil {
-		return sendmailFail(exDataErr, "message refused, not sent: %v", err)
+		return "", sendmailFail(exDataErr, "message refused, not sent: %v", err)
 	}
-	id, err := handOver(cfg, env, out)
-	if err != nil {
-		return err
-	}
-	if o.verbose {
-		fmt.Fprintln(stdout, id)
-	}
-	return nil
+	return handOver(cfg, env, out)
 }
 
 // handOver gives the message to the relay, or to the pickup directory when

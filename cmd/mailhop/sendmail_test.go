@@ -57,7 +57,7 @@ func TestParseSendmailArgs(t *testing.T) {
 			t.Errorf("%q = %+v, want %+v", c.args, *got, c.want)
 		}
 	}
-	for _, bad := range [][]string{{"-bs"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
+	for _, bad := range [][]string{{"-bv"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
 		{"-N", "never,success", "a@b.test"}, {"-N", "sometimes", "a@b.test"}, {"-R", "body", "a@b.test"},
 		{"-V", "two words", "a@b.test"}, {"-V", strings.Repeat("x", 101), "a@b.test"}} {
 		_, err := parseSendmailArgs(bad)
@@ -580,5 +580,55 @@ func (s *served) stop() {
 		s.cmd.Process.Kill()
 		<-s.exited
 		s.t.Error("mailhop serve did not stop on SIGTERM")
+	}
+}
+
+// TestSendmail_BS: -bs speaks SMTP on stdin and stdout, as Symfony Mailer
+// and Laravel's default sendmail path run it: each message is queued with
+// its envelope (a local name qualified), dots unstuffed, and a bad
+// recipient, DATA without one, an over-size message each get their reply
+// while the session goes on. It was refused with a usage error (exit 64).
+func TestSendmail_BS(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, limitsTOML)
+	in := "EHLO app.local\r\nMAIL FROM:<app@example.com> SIZE=100\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<root>\r\nDATA\r\n" +
+		"Subject: one\r\n\r\n..dot\r\n.\r\n" +
+		"MAIL FROM:<>\r\nRCPT TO:<bad address>\r\nDATA\r\nRSET\r\n" +
+		"MAIL FROM:<app@example.com>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n" + strings.Repeat("x\r\n", 2000) + ".\r\n" +
+		"MAIL FROM:<app@example.com>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n" + strings.Repeat("x", 101) + "\r\n.\r\n" +
+		"NOOP\r\nQUIT\r\n"
+	out, errs, code := runSendmail(r.cfgPath, in, "-bs", "-i")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var codes []string
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
+		if len(l) > 3 && l[3] == ' ' {
+			codes = append(codes, l[:3])
+		}
+	}
+	want := "220 250 250 250 250 354 250 250 501 554 250 250 250 354 552 250 250 354 500 250 221"
+	if got := strings.Join(codes, " "); got != want {
+		t.Errorf("replies %s, want %s:\n%s", got, want, out)
+	}
+	ids := r.q.List()
+	if len(ids) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(ids))
+	}
+	qe, err := r.q.Get(ids[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qe.From != "app@example.com" || len(qe.Recipients) != 2 || qe.Recipients[1].Address != "root@relay.test" {
+		t.Errorf("envelope %+v", qe)
+	}
+	b, err := r.q.Body(qe.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	body, _ := io.ReadAll(b)
+	if !strings.HasSuffix(string(body), "\r\n\r\n.dot\r\n") || !strings.Contains(string(body), "\r\nMessage-ID: <") {
+		t.Errorf("queued %q", body)
 	}
 }
