@@ -41,6 +41,7 @@ const (
 	exNoInput     = 66
 	exUnavailable = 69
 	exSoftware    = 70
+	exIOErr       = 74
 	exTempFail    = 75
 	exNoPerm      = 77
 	exConfig      = 78
@@ -56,6 +57,7 @@ const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C
   -R RET   what a bounce returns: full (the message) or hdrs (its header)
   -V ENVID an envelope identifier, quoted in delivery status notifications
   -v       say what happened
+  -bs      speak SMTP on stdin and stdout (what Symfony Mailer and Laravel run)
 Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -X F -L T -h N -U -G
 `
 
@@ -67,6 +69,7 @@ type sendmailOpts struct {
 	fullName string
 	config   string
 	verbose  bool
+	smtp     bool // -bs: SMTP on stdin and stdout
 	rcpts    []string
 	// DSN (RFC 3461): -N, -R, -V
 	notify, ret, envid string
@@ -130,7 +133,8 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 			case "-bm":
 				continue
 			case "-bs":
-				return nil, sendmailFail(exUsage, "-bs (SMTP on stdin) is not supported: connect to a relay listener instead")
+				o.smtp = true
+				continue
 			case "-bp":
 				return nil, sendmailFail(exUsage, "-bp is not supported: use `mailhop queue list`")
 			}
@@ -292,10 +296,27 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 			sender = qualify(strings.Trim(sender, "<>"), cfg.Hostname)
 		}
 	}
+	if o.smtp {
+		return smtpOnStdio(cfg, o, login, uid, stdin, stdout)
+	}
 	msg, err := readMessage(stdin, !o.noDot, cfg.Policy.MaxMessageSize)
 	if err != nil {
 		return err
 	}
+	id, err := submit(cfg, o, login, uid, sender, msg)
+	if err != nil {
+		return err
+	}
+	if o.verbose {
+		fmt.Fprintln(stdout, id)
+	}
+	return nil
+}
+
+// submit adds what msg lacks (rewriteHeaders), collects the recipients
+// (o.rcpts, and the header's with -t) and hands the message over. It
+// returns what happened, for -v.
+func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender string, msg []byte) (string, error) {
 	headerFrom := sender
 	if headerFrom == "" {
 		headerFrom = login + "@" + cfg.Hostname
@@ -303,7 +324,7 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 	out, found, err := rewriteHeaders(msg, o.extract, headerFields{
 		from: headerFrom, fullName: o.fullName, hostname: cfg.Hostname, now: time.Now()})
 	if err != nil {
-		return err
+		return "", err
 	}
 	var rcpts []string
 	for _, r := range o.rcpts {
@@ -317,23 +338,16 @@ func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
 	rcpts = dedupe(rcpts, cfg.Hostname)
 	if len(rcpts) == 0 {
 		if o.extract {
-			return sendmailFail(exDataErr, "no recipients: none given and no To, Cc or Bcc header")
+			return "", sendmailFail(exDataErr, "no recipients: none given and no To, Cc or Bcc header")
 		}
-		return sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
+		return "", sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
 	}
 	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
 		Notify: o.notify, Ret: o.ret, EnvID: o.envid}
 	if err := admin.CheckEnvelope(env); err != nil {
-		return sendmailFail(exDataErr, "message refused, not sent: %v", err)
+		return "", sendmailFail(exDataErr, "message refused, not sent: %v", err)
 	}
-	id, err := handOver(cfg, env, out)
-	if err != nil {
-		return err
-	}
-	if o.verbose {
-		fmt.Fprintln(stdout, id)
-	}
-	return nil
+	return handOver(cfg, env, out)
 }
 
 // handOver gives the message to the relay, or to the pickup directory when
@@ -509,6 +523,13 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 	for _, f := range fields {
 		name := strings.ToLower(f.name)
 		has[name] = true
+		if addressFields[name] || name == "bcc" || name == "resent-bcc" {
+			// "From: root (Cron Daemon)" leaves as root@hostname, as the
+			// envelope does (Postfix's append_at_myorigin rewrites the
+			// header of local mail too): a From without a domain is not
+			// RFC 5322, and receivers refuse it.
+			f.raw = qualifyAddrs(f.raw, len(f.name)+1, hf.hostname)
+		}
 		if extract && (name == prefix+"to" || name == prefix+"cc" || name == prefix+"bcc") {
 			addrs, err := parseAddrs(f.value(), hf.hostname)
 			if err != nil {
@@ -635,6 +656,112 @@ func isFieldName(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// addressFields are the header fields that hold addresses (RFC 5322 §3.6.2,
+// §3.6.3, §3.6.6), lower case; Bcc and Resent-Bcc are removed instead.
+var addressFields = map[string]bool{
+	"from": true, "sender": true, "reply-to": true, "to": true, "cc": true,
+	"resent-from": true, "resent-sender": true, "resent-to": true, "resent-cc": true,
+}
+
+// qualifyAddrs appends "@"+hostname to every address without a domain in
+// the address list raw[start:] ("root", "root (Cron Daemon)", "Admin
+// <root>"); the rest of the field is kept as written. A mailbox that is
+// more than one word without angle brackets ("John Smith") is left alone:
+// it is no address to qualify.
+func qualifyAddrs(raw []byte, start int, hostname string) []byte {
+	var at []int // where "@hostname" goes, in order
+	var (
+		depth        int  // comment nesting
+		quoted       bool // in a quoted string
+		angle        int  // index of '<' of the current mailbox, or -1
+		words        int  // words of the current mailbox outside comments
+		inWord       bool
+		wordEnd      int  // end of the last such word
+		hasAt, route bool // an '@' (':' in angle brackets) in the address
+	)
+	reset := func() { angle, words, inWord, hasAt, route = -1, 0, false, false, false }
+	reset()
+	for i := start; i < len(raw); i++ {
+		c := raw[i]
+		switch {
+		case quoted:
+			if c == '\\' {
+				i++
+			} else if c == '"' {
+				quoted = false
+			}
+			if angle < 0 {
+				wordEnd = i + 1
+			}
+			continue
+		case depth > 0:
+			if c == '\\' {
+				i++
+			} else if c == '(' {
+				depth++
+			} else if c == ')' {
+				depth--
+			}
+			continue
+		}
+		switch c {
+		case '(':
+			depth++
+			inWord = false
+		case '"':
+			quoted = true
+			if angle < 0 && !inWord {
+				words++
+				inWord = true
+			}
+		case '<':
+			angle = i
+		case '>':
+			if angle >= 0 && !hasAt && !route && len(bytes.TrimSpace(raw[angle+1:i])) > 0 {
+				at = append(at, i)
+			}
+			angle = -2 // the address is done; what follows is not it
+		case ',', ';':
+			if angle == -1 && words == 1 && !hasAt {
+				at = append(at, wordEnd)
+			}
+			reset()
+		case ':':
+			if angle >= 0 {
+				route = true
+			} else {
+				reset() // a group's display name
+			}
+		case ' ', '\t', '\r', '\n':
+			inWord = false
+		default:
+			if c == '@' {
+				hasAt = true
+			}
+			if angle == -1 {
+				if !inWord {
+					words++
+					inWord = true
+				}
+				wordEnd = i + 1
+			}
+		}
+	}
+	if angle == -1 && words == 1 && !hasAt && !quoted && depth == 0 {
+		at = append(at, wordEnd)
+	}
+	if len(at) == 0 {
+		return raw
+	}
+	out := make([]byte, 0, len(raw)+len(at)*(len(hostname)+1))
+	prev := 0
+	for _, p := range at {
+		out = append(append(append(out, raw[prev:p]...), '@'), hostname...)
+		prev = p
+	}
+	return append(out, raw[prev:]...)
 }
 
 // parseAddrs reads an address list leniently: RFC 5322 lists, and the bare

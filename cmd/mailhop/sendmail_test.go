@@ -57,7 +57,7 @@ func TestParseSendmailArgs(t *testing.T) {
 			t.Errorf("%q = %+v, want %+v", c.args, *got, c.want)
 		}
 	}
-	for _, bad := range [][]string{{"-bs"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
+	for _, bad := range [][]string{{"-bv"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
 		{"-N", "never,success", "a@b.test"}, {"-N", "sometimes", "a@b.test"}, {"-R", "body", "a@b.test"},
 		{"-V", "two words", "a@b.test"}, {"-V", strings.Repeat("x", 101), "a@b.test"}} {
 		_, err := parseSendmailArgs(bad)
@@ -97,7 +97,7 @@ func TestRewriteHeaders_CronMessage(t *testing.T) {
 		t.Errorf("rcpts = %q, want %q", rcpts, want)
 	}
 	s := string(out)
-	for _, w := range []string{"From: root\n", "Date: Wed, 04 Mar 2026 05:06:07 +0000\n", "Message-ID: <20260304050607.", "@h.test>\n", "\n\nbody\n"} {
+	for _, w := range []string{"From: root@h.test\n", "To: ops@example.com, root@h.test\n", "Date: Wed, 04 Mar 2026 05:06:07 +0000\n", "Message-ID: <20260304050607.", "@h.test>\n", "\n\nbody\n"} {
 		if !strings.Contains(s, w) {
 			t.Errorf("output lacks %q:\n%s", w, s)
 		}
@@ -105,6 +105,41 @@ func TestRewriteHeaders_CronMessage(t *testing.T) {
 	// (A Bcc field, not the letters: the random Message-ID may hold "bcc".)
 	if l := "\n" + strings.ToLower(s); strings.Contains(l, "\nbcc:") || strings.Contains(s, "secret@") {
 		t.Errorf("Bcc not removed:\n%s", s)
+	}
+}
+
+// TestQualifyAddrs: addresses without a domain in the address fields of
+// local mail get @hostname, as Postfix's cleanup appends $myorigin to them;
+// a From without a domain is not RFC 5322 and receivers refuse it.
+func TestQualifyAddrs(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ in, want string }{
+		{"From: root\n", "From: root@h.test\n"},
+		{"From: root (Cron Daemon)\n", "From: root@h.test (Cron Daemon)\n"},
+		{"From: (Cron Daemon) root\n", "From: (Cron Daemon) root@h.test\n"},
+		{"From: Cron Daemon <root>\n", "From: Cron Daemon <root@h.test>\n"},
+		{"To: ops@example.com, root,\n\tadmin\n", "To: ops@example.com, root@h.test,\n\tadmin@h.test\n"},
+		{"To: \"Dev, Team\" <dev@example.net>, \"a@b\" <www-data>\n", "To: \"Dev, Team\" <dev@example.net>, \"a@b\" <www-data@h.test>\n"},
+		{"Cc: team: a, b@example.com;, undisclosed-recipients:;\n", "Cc: team: a@h.test, b@example.com;, undisclosed-recipients:;\n"},
+		{"Reply-To: <>\n", "Reply-To: <>\n"},
+		{"To: John Smith\n", "To: John Smith\n"},
+		{"From: =?UTF-8?Q?J=C3=BCrgen?= <j@example.com>\n", "From: =?UTF-8?Q?J=C3=BCrgen?= <j@example.com>\n"},
+		{"From: a.b (x, y) \n", "From: a.b@h.test (x, y) \n"},
+	} {
+		name := c.in[:strings.IndexByte(c.in, ':')]
+		if got := string(qualifyAddrs([]byte(c.in), len(name)+1, "h.test")); got != c.want {
+			t.Errorf("qualifyAddrs(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+	// -t reads a local name with a comment, qualified first.
+	_, rcpts, err := rewriteHeaders([]byte("To: root (admin), Ops <ops@example.com>\nBcc: backup (tape)\n\nx\n"), true, headerFields{from: "root@h.test", hostname: "h.test", now: time.Now()})
+	if want := []string{"root@h.test", "ops@example.com", "backup@h.test"}; err != nil || !reflect.DeepEqual(rcpts, want) {
+		t.Errorf("-t: rcpts = %q, %v; want %q", rcpts, err, want)
+	}
+	// Subject and other fields are not address lists.
+	out, _, err := rewriteHeaders([]byte("Subject: root\nFrom: root\n\nroot\n"), false, headerFields{from: "root@h.test", hostname: "h.test", now: time.Now()})
+	if err != nil || !strings.HasPrefix(string(out), "Subject: root\nFrom: root@h.test\n") || !strings.HasSuffix(string(out), "\n\nroot\n") {
+		t.Errorf("rewriteHeaders: %q, %v", out, err)
 	}
 }
 
@@ -545,5 +580,55 @@ func (s *served) stop() {
 		s.cmd.Process.Kill()
 		<-s.exited
 		s.t.Error("mailhop serve did not stop on SIGTERM")
+	}
+}
+
+// TestSendmail_BS: -bs speaks SMTP on stdin and stdout, as Symfony Mailer
+// and Laravel's default sendmail path run it: each message is queued with
+// its envelope (a local name qualified), dots unstuffed, and a bad
+// recipient, DATA without one, an over-size message each get their reply
+// while the session goes on. It was refused with a usage error (exit 64).
+func TestSendmail_BS(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, limitsTOML)
+	in := "EHLO app.local\r\nMAIL FROM:<app@example.com> SIZE=100\r\nRCPT TO:<b@example.net>\r\nRCPT TO:<root>\r\nDATA\r\n" +
+		"Subject: one\r\n\r\n..dot\r\n.\r\n" +
+		"MAIL FROM:<>\r\nRCPT TO:<bad address>\r\nDATA\r\nRSET\r\n" +
+		"MAIL FROM:<app@example.com>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n" + strings.Repeat("x\r\n", 2000) + ".\r\n" +
+		"MAIL FROM:<app@example.com>\r\nRCPT TO:<c@example.net>\r\nDATA\r\n" + strings.Repeat("x", 101) + "\r\n.\r\n" +
+		"NOOP\r\nQUIT\r\n"
+	out, errs, code := runSendmail(r.cfgPath, in, "-bs", "-i")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var codes []string
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
+		if len(l) > 3 && l[3] == ' ' {
+			codes = append(codes, l[:3])
+		}
+	}
+	want := "220 250 250 250 250 354 250 250 501 554 250 250 250 354 552 250 250 354 500 250 221"
+	if got := strings.Join(codes, " "); got != want {
+		t.Errorf("replies %s, want %s:\n%s", got, want, out)
+	}
+	ids := r.q.List()
+	if len(ids) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(ids))
+	}
+	qe, err := r.q.Get(ids[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qe.From != "app@example.com" || len(qe.Recipients) != 2 || qe.Recipients[1].Address != "root@relay.test" {
+		t.Errorf("envelope %+v", qe)
+	}
+	b, err := r.q.Body(qe.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	body, _ := io.ReadAll(b)
+	if !strings.HasSuffix(string(body), "\r\n\r\n.dot\r\n") || !strings.Contains(string(body), "\r\nMessage-ID: <") {
+		t.Errorf("queued %q", body)
 	}
 }

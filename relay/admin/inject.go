@@ -206,8 +206,20 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		SMTPUTF8:   needsUTF8(env),
 	}
 	notify, _ := queue.ParseNotify(env.Notify) // checked above
+	seen := make(map[string]bool, len(env.Recipients))
 	for _, r := range env.Recipients {
-		qe.Recipients = append(qe.Recipients, queue.Recipient{Address: r, Notify: notify})
+		qr := queue.Recipient{Address: r, Notify: notify}
+		a, _ := inbound.ParseAddress(r, true) // checked above
+		if cfg.Postmaster != "" && strings.EqualFold(a.Local, "postmaster") && strings.EqualFold(a.Domain, cfg.Hostname) {
+			// postmaster@hostname goes to the configured mailbox, as it
+			// does from SMTP; sent on, it would come back to this relay.
+			qr.Address, qr.ORCPT = cfg.Postmaster, "rfc822;"+r
+			a, _ = inbound.ParseAddress(cfg.Postmaster, true)
+		}
+		if !seen[a.Key()] {
+			seen[a.Key()] = true
+			qe.Recipients = append(qe.Recipients, qr)
+		}
 	}
 	hdr := receivedHeader(name, uid, cfg.Hostname, qe.ID, qe.Arrived)
 	// The limits SMTP applies, from the running configuration.

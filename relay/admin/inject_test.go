@@ -165,6 +165,28 @@ func TestInject_DSN(t *testing.T) {
 	}
 }
 
+// TestInject_Postmaster: with a postmaster configured, local mail to
+// postmaster@hostname goes to it (ORCPT keeps what was written), as mail
+// from SMTP does; it was sent on to hostname's MX, which is this relay.
+func TestInject_Postmaster(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	e.cfg.Postmaster = "ops@example.com"
+	env := &InjectEnvelope{From: "cron@relay.test", Recipients: []string{"Postmaster@Relay.Test", "ops@example.com", "b@example.com"}}
+	id, err := e.client.Inject(env, strings.NewReader("Subject: hi\n\nline\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qe, err := e.q.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(qe.Recipients) != 2 || qe.Recipients[0].Address != "ops@example.com" ||
+		qe.Recipients[0].ORCPT != "rfc822;Postmaster@Relay.Test" || qe.Recipients[1].Address != "b@example.com" {
+		t.Errorf("recipients = %+v", qe.Recipients)
+	}
+}
+
 // TestInject_UTF8Address: a UTF-8 address is valid (RFC 6531) and the
 // message is queued as needing SMTPUTF8; an ASCII one is not.
 func TestInject_UTF8Address(t *testing.T) {
