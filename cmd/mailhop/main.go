@@ -66,9 +66,17 @@ func main() {
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) > 0 && filepath.Base(args[0]) == "sendmail" {
-		// Installed as /usr/sbin/sendmail (a symlink): sendmail's command line.
-		return cmdSendmail(args[1:], stdin, stdout, stderr)
+	if len(args) > 0 {
+		// Installed as /usr/sbin/sendmail (a symlink): sendmail's command
+		// line; as mailq and newaliases, its -bp and -bi.
+		switch filepath.Base(args[0]) {
+		case "sendmail":
+			return cmdSendmail(args[1:], stdin, stdout, stderr)
+		case "mailq":
+			return cmdSendmail(append([]string{"-bp"}, args[1:]...), stdin, stdout, stderr)
+		case "newaliases":
+			return cmdSendmail([]string{"-bi"}, stdin, stdout, stderr)
+		}
 	}
 	if len(args) < 2 {
 		fmt.Fprint(stderr, usage)

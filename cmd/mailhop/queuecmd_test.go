@@ -232,3 +232,28 @@ func TestQueueShow_Message(t *testing.T) {
 		}
 	}
 }
+
+// Called as mailq (or sendmail -bp), mailhop lists the queue; as newaliases
+// (or sendmail -bi, -I) it has nothing to rebuild and says so, exit 0: a
+// package script that runs newaliases after installing an MTA failed
+// with exit 2 (mailq, newaliases) or 64 (-bp, -bi).
+func TestSendmailNames_MailqNewaliases(t *testing.T) {
+	t.Parallel()
+	relay := startLocalRelay(t, "")
+	if _, errs, code := runSendmail(relay.cfgPath, "Subject: x\n\nx\n", "-f", "a@example.com", "b@example.net"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	c := relay.cfgPath
+	for _, args := range [][]string{{"/usr/bin/mailq", "-C", c}, {"sendmail", "-bp", "-C", c}, {"mailhop", "sendmail", "-bp", "--config", c}} {
+		var out, errs bytes.Buffer
+		if code := run(args, strings.NewReader(""), &out, &errs); code != 0 || !strings.Contains(out.String(), "b@example.net") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want the queue listed", args, code, out.String(), errs.String())
+		}
+	}
+	for _, args := range [][]string{{"/usr/bin/newaliases"}, {"sendmail", "-bi"}, {"sendmail", "-I"}} {
+		var out, errs bytes.Buffer
+		if code := run(args, strings.NewReader(""), &out, &errs); code != 0 || !strings.Contains(errs.String(), "no aliases") {
+			t.Errorf("%q: exit %d, stderr %q; want 0 and a note", args, code, errs.String())
+		}
+	}
+}

@@ -70,6 +70,8 @@ type sendmailOpts struct {
 	config   string
 	verbose  bool
 	smtp     bool // -bs: SMTP on stdin and stdout
+	mailq    bool // -bp: list the queue (mailhop queue list)
+	aliases  bool // -bi, -I: rebuild the aliases (there are none)
 	rcpts    []string
 	// DSN (RFC 3461): -N, -R, -V
 	notify, ret, envid string
@@ -136,13 +138,18 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 				o.smtp = true
 				continue
 			case "-bp":
-				return nil, sendmailFail(exUsage, "-bp is not supported: use `mailhop queue list`")
+				o.mailq = true
+				continue
+			case "-bi":
+				o.aliases = true
+				continue
 			}
-			return nil, sendmailFail(exUsage, "%s is not supported (only -bm, deliver mail)", a)
+			return nil, sendmailFail(exUsage, "%s is not supported (only -bm, deliver mail; -bs, SMTP; -bp, the queue)", a)
 		case 'q':
 			return nil, sendmailFail(exUsage, "%s is not supported: use `mailhop queue flush`", a)
 		case 'I':
-			return nil, sendmailFail(exUsage, "-I (newaliases) is not supported: mailhop has no aliases")
+			o.aliases = true
+			continue
 		case 'd', 'e':
 			continue // debugging, error modes: ignored
 		}
@@ -262,7 +269,23 @@ func loadClientConfig(path string) (*clientConfig, error) {
 }
 
 func cmdSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	err := sendmail(args, stdin, stdout)
+	o, err := parseSendmailArgs(args)
+	switch {
+	case err != nil:
+	case o.aliases:
+		// Package scripts run newaliases after installing an MTA; a
+		// relay-only one has nothing to rebuild (as dma and ssmtp).
+		fmt.Fprintln(stderr, "mailhop sendmail: mailhop has no aliases: nothing to rebuild")
+		return exOK
+	case o.mailq:
+		list := []string{"list"}
+		if o.config != "" {
+			list = append(list, "--config", o.config)
+		}
+		return cmdQueue(list, stdout, stderr)
+	default:
+		err = sendmail(o, stdin, stdout)
+	}
 	if err == nil {
 		return exOK
 	}
@@ -277,11 +300,7 @@ func cmdSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return se.code
 }
 
-func sendmail(args []string, stdin io.Reader, stdout io.Writer) error {
-	o, err := parseSendmailArgs(args)
-	if err != nil {
-		return err
-	}
+func sendmail(o *sendmailOpts, stdin io.Reader, stdout io.Writer) error {
 	cfg, err := loadClientConfig(configPath(o.config))
 	if err != nil {
 		return err

@@ -57,7 +57,7 @@ func TestParseSendmailArgs(t *testing.T) {
 			t.Errorf("%q = %+v, want %+v", c.args, *got, c.want)
 		}
 	}
-	for _, bad := range [][]string{{"-bv"}, {"-bp"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
+	for _, bad := range [][]string{{"-bv"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
 		{"-N", "never,success", "a@b.test"}, {"-N", "sometimes", "a@b.test"}, {"-R", "body", "a@b.test"},
 		{"-V", "two words", "a@b.test"}, {"-V", strings.Repeat("x", 101), "a@b.test"}} {
 		_, err := parseSendmailArgs(bad)
