@@ -309,6 +309,9 @@ func sendmail(o *sendmailOpts, stdin io.Reader, stdout io.Writer) error {
 	sender := login + "@" + cfg.Hostname
 	if o.fromSet {
 		sender = strings.TrimSpace(o.from)
+		if i := strings.LastIndexByte(sender, '<'); i > 0 && strings.HasSuffix(sender, ">") {
+			sender = sender[i:] // "Name <addr>", as Postfix reads it: the address
+		}
 		if sender == "<>" || sender == "" {
 			sender = ""
 		} else {

@@ -632,3 +632,20 @@ func TestSendmail_BS(t *testing.T) {
 		t.Errorf("queued %q", body)
 	}
 }
+
+// -f "Name <addr>" gives the address as the envelope sender, as Postfix's
+// sendmail reads it; it was refused, exit 65.
+func TestSendmail_FromWithDisplayName(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	if _, errs, code := runSendmail(r.cfgPath, "Subject: x\n\nx\n", "-f", "Build Bot <bot@example.com>", "b@example.net"); code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	ids := r.q.List()
+	if len(ids) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(ids))
+	}
+	if qe, err := r.q.Get(ids[0].ID); err != nil || qe.From != "bot@example.com" {
+		t.Errorf("envelope %+v (%v), want sender bot@example.com", qe, err)
+	}
+}
