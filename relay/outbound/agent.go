@@ -889,14 +889,33 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		if !broken {
 			broken = a.moreTransactions(ctx, cn, t, tm, res)
 		}
-		if broken {
+		switch {
+		case broken:
 			cn.close()
-		} else {
+		case allDeferred(res):
+			// The server took nothing and deferred every recipient: it
+			// may be turning this session away, as postscreen does once
+			// its tests pass ("450 4.3.2 Service currently unavailable"
+			// until the client connects again). The next try gets a new
+			// session, not this one from the pool.
+			go quit(cn)
+		default:
 			cn.reused = false
 			a.pool.put(cn, tm.idle)
 		}
 		return res, info, nil
 	}
+}
+
+// allDeferred reports whether every recipient of res got a temporary
+// reply from the server (none delivered, refused for good or cut off).
+func allDeferred(res []rcptResult) bool {
+	for _, r := range res {
+		if r.state != queue.Pending || r.broke != nil || r.reply == nil || r.reply.Code < 400 || r.reply.Code >= 500 {
+			return false
+		}
+	}
+	return len(res) > 0
 }
 
 // moreTransactions sends the message again, on the same connection, to the

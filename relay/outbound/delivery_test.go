@@ -414,6 +414,36 @@ func TestDelivery_ConnectionReuse_RsetAfterRefusedRecipients(t *testing.T) {
 	}
 }
 
+// TestDelivery_AllDeferredSessionNotReused: a session in which the server
+// deferred every recipient is closed, not pooled: postscreen, once its
+// tests pass, answers 450 4.3.2 to every RCPT until the client connects
+// again, so a reused session was refused at every retry.
+func TestDelivery_AllDeferredSessionNotReused(t *testing.T) {
+	t.Parallel()
+	var rcpts atomic.Int32
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		if rcpts.Add(1) == 1 {
+			return smtptest.Reply(450, "4.3.2", "Service currently unavailable")
+		}
+		return nil
+	}}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id1, 1)
+	if env := h.envelope(id1); env == nil || env.Recipients[0].State != queue.Pending {
+		t.Fatalf("after the 450: %+v", env)
+	}
+	h.first.WaitReceived(t, "QUIT\r\n")
+	id2 := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id2, 1)
+	if msgs := h.first.Messages(); len(msgs) != 1 || h.first.Conns() != 2 {
+		t.Errorf("%d messages over %d connections, want 1 over a new second one", len(msgs), h.first.Conns())
+	}
+	if n := h.agent.pool.size(); n != 1 {
+		t.Errorf("%d idle connections, want 1 (the second session's)", n)
+	}
+}
+
 func TestDelivery_StaleReusedConnection_Redials(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))

@@ -29,7 +29,7 @@
 //     PLAIN/LOGIN for routes with credentials, only over TLS; then MAIL
 //     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
 //     ORCPT) and DATA with the stored bytes. A connection whose transaction
-//     ended cleanly is kept for delivery.idle_conn_timeout and reused by the
+//     ended cleanly (and did not have every recipient deferred) is kept for delivery.idle_conn_timeout and reused by the
 //     next message to the same address, TLS mode and route (with RSET
 //     first when the last transaction stopped before its end of data); at
 //     most per_domain_concurrency are kept idle per such key, and idle
