@@ -900,7 +900,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// session, not this one from the pool.
 			go quit(cn)
 		default:
-			cn.reused = false
+			cn.reused, cn.domain = false, domain
 			a.pool.put(cn, tm.idle)
 		}
 		return res, info, nil

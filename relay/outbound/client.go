@@ -64,6 +64,9 @@ type conn struct {
 
 	idle  *time.Timer // while in the pool
 	since time.Time   // when it went into the pool
+	// domain whose mail the connection carried last: idle in the pool,
+	// the connection keeps it alive (see markDead).
+	domain string
 }
 
 func (cn *conn) close() { cn.raw.Close() }

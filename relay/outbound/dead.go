@@ -28,8 +28,9 @@ const maxDead = 1000
 // real one, not another deferral. A domain already dead stays dead until
 // the time it was given (attempts under way when it was marked fail after,
 // and lengthening it would suspend the mail deferred first once more); a
-// domain with a session under way that its server greeted is not dead (a
-// server that limits connections per client answers the others with 421).
+// domain with a session under way that its server greeted, or with such a
+// connection idle in the pool, is not dead (a server that limits
+// connections per client answers the others with 421).
 func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	wait := time.Minute
 	if iv := a.config().RetryDurations(); len(iv) > 0 && iv[0] > 0 {
@@ -38,6 +39,10 @@ func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	wait -= wait / 10
 	now := a.now()
 	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(domain), err: e}
+	if a.pool.holds(domain) {
+		a.log.Debug("destination stays alive: a connection to it is idle in the pool", "domain", domain, "err", e.Error())
+		return
+	}
 	a.mu.Lock()
 	if a.live[domain] > 0 {
 		a.mu.Unlock()

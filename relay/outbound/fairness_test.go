@@ -265,6 +265,25 @@ func TestDeadDestination_NotLengthened(t *testing.T) {
 	}
 }
 
+// A connection its server greeted, idle in the pool, keeps the domain
+// alive too: against a server that limits connections per client, the
+// 421s that the other sessions of a burst got after the first delivered
+// and pooled its connection made the domain dead, and mail was deferred
+// "delivery temporarily suspended" beside a working connection.
+func TestDeadDestination_NotWithAnIdleGreetedConnection(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.IdleConnTimeout.Duration = time.Minute
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(id, 1)
+	h.agent.markDead("example.test", smtperr.New(421, "4.7.0", "too many connections from your address"))
+	if err := h.agent.deadErr("example.test"); err != nil {
+		t.Errorf("dead with a greeted connection idle in the pool: %v", err)
+	}
+}
+
 // A flush of one domain ends that domain's dead mark only: a flush of
 // example.test made every dead destination alive again, and their mail
 // went to wait for their timeouts once more. A flush of everything ends

@@ -66,6 +66,21 @@ func (p *pool) put(cn *conn, idle time.Duration) {
 }
 
 // remove takes cn out of the pool; false when it is no longer there.
+// holds reports whether a connection that last carried mail to domain is
+// idle in the pool.
+func (p *pool) holds(domain string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.idle {
+		for _, cn := range l {
+			if cn.domain == domain {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func (p *pool) remove(cn *conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
