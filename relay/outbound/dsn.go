@@ -155,8 +155,14 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		if r.diag != nil {
 			diag = r.diag
 		}
-		if diag != nil && diag.Code != 0 {
+		switch {
+		case diag != nil && diag.Code != 0:
 			w("Diagnostic-Code: smtp; %s", sanitize(diag.Error()))
+		case diag != nil && r.action != "delivered" && r.action != "relayed":
+			// No server said it (NXDOMAIN, null MX, a SIZE too big):
+			// the relay's own reason, typed as Postfix types its
+			// X-Postfix (RFC 3464 §2.3.6 allows an X- type).
+			w("Diagnostic-Code: X-mailhop; %s", sanitize(diag.Error()))
 		}
 		if r.action != "delivered" && r.action != "relayed" || r.remote != "" {
 			w("Last-Attempt-Date: %s", in.now.Format(rfc5322Date))

@@ -211,3 +211,23 @@ func TestBuildDSN_FullReturnSizeLimit(t *testing.T) {
 		}
 	}
 }
+
+// A failure the relay decided itself (NXDOMAIN, null MX, a message too big
+// for the server's SIZE) has no SMTP reply: its Diagnostic-Code is typed
+// X-mailhop, as Postfix writes X-Postfix, instead of left out.
+func TestBuildDSN_LocalDiagnostic(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Recipients: []queue.Recipient{{Address: "a@nx.test"}}}
+	m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), now: time.Unix(1700000000, 0),
+		rcpts: []dsnRcpt{{rcpt: &env.Recipients[0], action: "failed", reply: smtperr.New(0, "5.1.2", "domain nx.test does not exist (NXDOMAIN)")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(m.reader())
+	d, err := ParseDSN(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, raw)
+	}
+	if r := d.Recipients[0]; r.Status != "5.1.2" || r.DiagnosticCode != "X-mailhop; 5.1.2 domain nx.test does not exist (NXDOMAIN)" {
+		t.Errorf("status %q, Diagnostic-Code %q", r.Status, r.DiagnosticCode)
+	}
+}
