@@ -58,6 +58,8 @@ const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C
   -V ENVID an envelope identifier, quoted in delivery status notifications
   -v       say what happened
   -bs      speak SMTP on stdin and stdout (what Symfony Mailer and Laravel run)
+  -bp      list the queue, as mailq (mailhop queue list)
+  -bi, -I  rebuild the aliases, as newaliases: there are none, so nothing to do
 Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -X F -L T -h N -U -G
 `
 
