@@ -163,6 +163,11 @@ func (a *Agent) SetConfig(cfg *config.Config) {
 	a.total.setMax(n)
 	a.domains.setMax(per)
 	a.pool.setMaxIdle(per)
+	// Route ca_files and extra_roots_file are read again: a CA renewed in
+	// the same file counts from the reload on.
+	a.mu.Lock()
+	a.caPools = make(map[string]*x509.CertPool)
+	a.mu.Unlock()
 	if old.Delivery.TLSReportInterval != cfg.Delivery.TLSReportInterval {
 		select {
 		case a.tlsrpt.reschedule <- struct{}{}:
