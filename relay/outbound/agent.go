@@ -855,7 +855,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			down()
 		}
 	}()
-	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route)})
+	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route), cfg: cfg})
 	for {
 		if cn == nil {
 			// delivery.concurrency counts connections, idle ones too:

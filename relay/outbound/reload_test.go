@@ -243,3 +243,26 @@ func copyFile(t *testing.T, from, to string) {
 		t.Fatal(err)
 	}
 }
+
+// TestReload_NewSessionsAfterReload: mail after a reload goes over a new
+// session, not one set up under the configuration before (pooled for
+// reuse): a busy connection stays in the pool indefinitely, and kept the
+// old hostname in its EHLO, a route's old roots and credentials.
+func TestReload_NewSessionsAfterReload(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.IdleConnTimeout = config.Duration{Duration: time.Hour}
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Hostname = "renamed.test" }))
+	id = h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id, 1)
+	m := h.first.Messages()
+	if len(m) != 2 {
+		t.Fatalf("%d messages delivered, want 2\n%s", len(m), h.logs.String())
+	}
+	if m[1].Helo != "renamed.test" || m[1].Conn == m[0].Conn {
+		t.Errorf("after the reload: EHLO %q on connection %d (the first: %d), want renamed.test on a new one", m[1].Helo, m[1].Conn, m[0].Conn)
+	}
+}
