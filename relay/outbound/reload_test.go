@@ -247,7 +247,8 @@ func copyFile(t *testing.T, from, to string) {
 // TestReload_NewSessionsAfterReload: mail after a reload goes over a new
 // session, not one set up under the configuration before (pooled for
 // reuse): a busy connection stays in the pool indefinitely, and kept the
-// old hostname in its EHLO, a route's old roots and credentials.
+// old hostname in its EHLO, a route's old roots and credentials. The idle
+// ones of before are closed, not left to their idle timeout.
 func TestReload_NewSessionsAfterReload(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
@@ -256,6 +257,12 @@ func TestReload_NewSessionsAfterReload(t *testing.T) {
 	id := h.submit(testBody, []string{"a@example.test"})
 	h.waitRecords(id, 1)
 	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Hostname = "renamed.test" }))
+	h.agent.pool.mu.Lock()
+	idle := h.agent.pool.n
+	h.agent.pool.mu.Unlock()
+	if idle != 0 {
+		t.Errorf("%d connections of the configuration before the reload still idle in the pool, want them closed", idle)
+	}
 	id = h.submit(testBody, []string{"b@example.test"})
 	h.waitRecords(id, 1)
 	m := h.first.Messages()
