@@ -80,9 +80,9 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 
 // SetConfig swaps in a reloaded configuration: users, senders, trusted
 // networks, recipient limit and connection limits apply to new commands and
-// connections at once; message size, line length, idle timeout and error
-// limit to the connections accepted afterwards; the certificate is
-// reloaded. The listeners themselves (addresses, modes) change at the next
+// connections at once; message size, line length, idle timeout, error
+// limit and the hostname of the greeting to the connections accepted
+// afterwards; the certificate is reloaded. The listeners themselves (addresses, modes) change at the next
 // start.
 func (s *Server) SetConfig(cfg *config.Config) error {
 	old := s.cfg.Swap(cfg)
@@ -97,6 +97,7 @@ func (s *Server) SetConfig(cfg *config.Config) error {
 	s.mu.Lock()
 	for _, srv := range s.servers {
 		srv.SetConnLimits(sessionLimits(cfg))
+		srv.SetDomain(cfg.Hostname)
 	}
 	s.mu.Unlock()
 	return nil

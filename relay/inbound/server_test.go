@@ -170,6 +170,31 @@ func TestSetConfig_LimitsApplyToNewConnections(t *testing.T) {
 	old.script("C: MAIL FROM:<a@example.com> SIZE=4000", "S: 552 5.3.4 ")
 }
 
+// TestSetConfig_HostnameAppliesToNewConnections: a reload that changes the
+// hostname changes the greeting and EHLO reply of the connections accepted
+// after it, as it changes their Received field; a session already open
+// keeps the name it greeted with.
+func TestSetConfig_HostnameAppliesToNewConnections(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	old := dial(t, ts.addr[config.ModeRelay])
+	old.script("S: 220 mx.test ")
+
+	cfg := *ts.cfg
+	cfg.Hostname = "renamed.test"
+	if err := ts.s.SetConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 renamed.test ", "C: EHLO client.test")
+	if first := d.replyLines()[0]; !strings.HasPrefix(first, "250-renamed.test ") {
+		t.Errorf("EHLO reply after the reload begins %q, want the new hostname", first)
+	}
+	old.write("EHLO client.test\r\n")
+	if first := old.replyLines()[0]; !strings.HasPrefix(first, "250-mx.test ") {
+		t.Errorf("EHLO reply of the session opened before begins %q, want the name it greeted with", first)
+	}
+}
+
 func TestPostmasterFromTrustedClient(t *testing.T) {
 	ts := startServer(t, trustLoopback)
 	d := dial(t, ts.addr[config.ModeRelay])

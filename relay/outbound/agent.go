@@ -163,6 +163,12 @@ func (a *Agent) SetConfig(cfg *config.Config) {
 	a.total.setMax(n)
 	a.domains.setMax(per)
 	a.pool.setMaxIdle(per)
+	a.pool.closeStale(cfg)
+	// Route ca_files and extra_roots_file are read again: a CA renewed in
+	// the same file counts from the reload on.
+	a.mu.Lock()
+	a.caPools = make(map[string]*x509.CertPool)
+	a.mu.Unlock()
 	if old.Delivery.TLSReportInterval != cfg.Delivery.TLSReportInterval {
 		select {
 		case a.tlsrpt.reschedule <- struct{}{}:
@@ -850,7 +856,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			down()
 		}
 	}()
-	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route)})
+	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route), cfg: cfg})
 	for {
 		if cn == nil {
 			// delivery.concurrency counts connections, idle ones too:
@@ -898,6 +904,9 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// its tests pass ("450 4.3.2 Service currently unavailable"
 			// until the client connects again). The next try gets a new
 			// session, not this one from the pool.
+			go quit(cn)
+		case cn.key.cfg != a.config():
+			// Set up before a reload: mail goes over new sessions.
 			go quit(cn)
 		default:
 			cn.reused, cn.domain = false, domain

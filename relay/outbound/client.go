@@ -40,6 +40,10 @@ type connKey struct {
 	host  string // the name certificates are checked against
 	mode  string // tlsPlan.key()
 	route string // "" for MX; smarthost and user for a route
+	// cfg is the configuration the connection was set up under: after a
+	// reload, mail goes over new sessions (the EHLO hostname, a route's
+	// roots and credentials), and the old ones go at their idle timeout.
+	cfg *config.Config
 }
 
 // conn is one SMTP client connection, set up and ready for MAIL.
@@ -154,7 +158,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
 
-	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route)}}
+	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route), cfg: cfg}}
 	var vr tlsResult
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()

@@ -3,6 +3,8 @@ package outbound
 import (
 	"sync"
 	"time"
+
+	"github.com/mailhop/mailhop/relay/config"
 )
 
 // pool keeps set-up connections after a clean transaction so the next
@@ -112,6 +114,25 @@ func (p *pool) closeAll() {
 	for _, cn := range all {
 		cn.idle.Stop()
 		quit(cn)
+	}
+}
+
+// closeStale closes the idle connections set up under another
+// configuration than cfg (a reload): no attempt takes them again.
+func (p *pool) closeStale(cfg *config.Config) {
+	p.mu.Lock()
+	var out []*conn
+	for k, l := range p.idle {
+		if k.cfg != cfg {
+			out = append(out, l...)
+			p.n -= len(l)
+			delete(p.idle, k)
+		}
+	}
+	p.mu.Unlock()
+	for _, cn := range out {
+		cn.idle.Stop()
+		go quit(cn)
 	}
 }
 

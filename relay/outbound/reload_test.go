@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -198,4 +201,75 @@ func TestReload_TLSReportInterval_Reschedules(t *testing.T) {
 	wait(24 * time.Hour)
 	a.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.TLSReportInterval.Duration = time.Second }))
 	wait(time.Second)
+}
+
+// TestReload_RouteCAFileReread: a reload reads a route's ca_file again,
+// so a private CA replaced in the same file (its certificate renewed)
+// verifies the smarthost from then on; the pool read before stayed in use
+// until a restart, and the route's mail was deferred "certificate signed
+// by unknown authority".
+func TestReload_RouteCAFileReread(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart.test")
+	old := newPKI(t, "smart.test")
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"}}, z)
+	caFile := filepath.Join(t.TempDir(), "route-ca.pem")
+	copyFile(t, old.caFile, caFile)
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"smart.test"}, "starttls", caFile))
+	h.start()
+	id := h.submit(testBody, []string{"a@routed.test"})
+	h.waitRecords(id, 1)
+	if n := len(h.first.Messages()); n != 0 {
+		t.Fatalf("%d delivered to a smarthost whose CA is not in ca_file", n)
+	}
+
+	copyFile(t, pki.caFile, caFile)
+	h.agent.SetConfig(h.reloaded(func(*config.Config) {}))
+	id = h.submit(testBody, []string{"b@routed.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || !m[0].TLS {
+		t.Fatalf("after the CA in ca_file was replaced and reloaded: %+v\n%s", m, h.logs.String())
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReload_NewSessionsAfterReload: mail after a reload goes over a new
+// session, not one set up under the configuration before (pooled for
+// reuse): a busy connection stays in the pool indefinitely, and kept the
+// old hostname in its EHLO, a route's old roots and credentials. The idle
+// ones of before are closed, not left to their idle timeout.
+func TestReload_NewSessionsAfterReload(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.IdleConnTimeout = config.Duration{Duration: time.Hour}
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Hostname = "renamed.test" }))
+	h.agent.pool.mu.Lock()
+	idle := h.agent.pool.n
+	h.agent.pool.mu.Unlock()
+	if idle != 0 {
+		t.Errorf("%d connections of the configuration before the reload still idle in the pool, want them closed", idle)
+	}
+	id = h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id, 1)
+	m := h.first.Messages()
+	if len(m) != 2 {
+		t.Fatalf("%d messages delivered, want 2\n%s", len(m), h.logs.String())
+	}
+	if m[1].Helo != "renamed.test" || m[1].Conn == m[0].Conn {
+		t.Errorf("after the reload: EHLO %q on connection %d (the first: %d), want renamed.test on a new one", m[1].Helo, m[1].Conn, m[0].Conn)
+	}
 }

@@ -379,8 +379,8 @@ func resultType(err error) string {
 }
 
 // rootPool returns the system roots plus the PEM certificates in files
-// (cached per set of files); nil, meaning the system roots, when no file
-// is given.
+// (cached per set of files until a reload); nil, meaning the system roots,
+// when no file is given.
 func (a *Agent) rootPool(files ...string) *x509.CertPool {
 	var names []string
 	for _, f := range files {

@@ -58,6 +58,9 @@ type Conn struct {
 	// lim are the limits of this connection, taken from the Server when
 	// it was accepted (Server.SetConnLimits).
 	lim ConnLimits
+	// domain is the Server's Domain when the connection was accepted
+	// (Server.SetDomain): its greeting and EHLO reply keep one name.
+	domain string
 	// waitMu guards waitingOn: the connection while the session waits for
 	// a command outside a transaction (Shutdown interrupts that read).
 	waitMu    sync.Mutex
@@ -69,6 +72,7 @@ func newConn(c net.Conn, s *Server) *Conn {
 		server: s,
 		conn:   c,
 		lim:    s.connLimits(),
+		domain: s.domain(),
 	}
 
 	sc.init()
@@ -313,7 +317,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 	if !enhanced {
 		// RFC 5321 §4.1.1.1: the reply starts with the server's own name
 		// (mailhop patch; upstream sent "250 2.0.0 Hello <client>").
-		c.writeResponse(250, NoEnhancedCode, c.server.greetingName()+" Hello "+printable(domain))
+		c.writeResponse(250, NoEnhancedCode, c.greetingName()+" Hello "+printable(domain))
 		return
 	}
 
@@ -376,7 +380,7 @@ func (c *Conn) handleGreet(enhanced bool, arg string) {
 		}
 	}
 
-	args := []string{c.server.greetingName() + " Hello " + printable(domain)}
+	args := []string{c.greetingName() + " Hello " + printable(domain)}
 	args = append(args, caps...)
 	c.writeResponse(250, NoEnhancedCode, args...)
 }
@@ -1504,7 +1508,7 @@ func (c *Conn) greet() {
 	if c.server.LMTP {
 		protocol = "LMTP"
 	}
-	c.writeResponse(220, NoEnhancedCode, fmt.Sprintf("%v %s Service Ready", c.server.Domain, protocol))
+	c.writeResponse(220, NoEnhancedCode, fmt.Sprintf("%v %s Service Ready", c.domain, protocol))
 }
 
 func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {

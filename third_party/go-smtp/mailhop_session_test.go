@@ -122,6 +122,32 @@ func TestSetConnLimitsAppliesToNewConnections(t *testing.T) {
 	}
 }
 
+// TestSetDomainAppliesToNewConnections: SetDomain renames the server for
+// the connections accepted afterwards; one open before keeps its name.
+func TestSetDomainAppliesToNewConnections(t *testing.T) {
+	s, addr := sessionTestServer(t)
+	old, oldR := dialServer(t, addr)
+	s.SetDomain("renamed.example")
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	r := bufio.NewReader(c)
+	if got := reply(t, r); !strings.HasPrefix(got, "220 renamed.example ") {
+		t.Errorf("greeting after SetDomain: %q", got)
+	}
+	io.WriteString(c, "HELO client.example\r\n")
+	if got := reply(t, r); got != "250 renamed.example Hello client.example" {
+		t.Errorf("HELO after SetDomain: %q", got)
+	}
+	io.WriteString(old, "HELO client.example\r\n")
+	if got := reply(t, oldR); got != "250 mx.example Hello client.example" {
+		t.Errorf("HELO on the connection opened before: %q, want the name it greeted with", got)
+	}
+}
+
 // readAll reads one multi-line reply whole.
 func readAll(t *testing.T, r *bufio.Reader) string {
 	t.Helper()

@@ -116,8 +116,8 @@ type Server struct {
 	conns     map[*Conn]struct{}
 
 	// limMu guards the limit fields (MaxMessageBytes, MaxLineLength,
-	// MaxRecipients, MaxErrors, ReadTimeout, WriteTimeout) once serving:
-	// see SetConnLimits (mailhop patch).
+	// MaxRecipients, MaxErrors, ReadTimeout, WriteTimeout) and Domain once
+	// serving: see SetConnLimits and SetDomain (mailhop patch).
 	limMu sync.Mutex
 	// draining is set by Shutdown: sessions waiting for a command outside
 	// a transaction get 421 4.3.2 at once (mailhop patch).
@@ -266,7 +266,7 @@ func (s *Server) handleConn(c *Conn) error {
 	for !c.closing {
 		idle := !c.fromReceived && c.bdatPipe == nil
 		if idle && s.draining.Load() {
-			c.writeResponse(421, EnhancedCode{4, 3, 2}, s.greetingName()+" Service shutting down, closing connection")
+			c.writeResponse(421, EnhancedCode{4, 3, 2}, c.greetingName()+" Service shutting down, closing connection")
 			return nil
 		}
 		c.setWaiting(idle)
@@ -274,7 +274,7 @@ func (s *Server) handleConn(c *Conn) error {
 		c.setWaiting(false)
 		switch {
 		case err == errDraining:
-			c.writeResponse(421, EnhancedCode{4, 3, 2}, s.greetingName()+" Service shutting down, closing connection")
+			c.writeResponse(421, EnhancedCode{4, 3, 2}, c.greetingName()+" Service shutting down, closing connection")
 			return nil
 		case err == nil:
 			cmd, arg, err := parseCmd(line)
@@ -292,7 +292,7 @@ func (s *Server) handleConn(c *Conn) error {
 			return nil
 		default:
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() && idle && s.draining.Load() {
-				c.writeResponse(421, EnhancedCode{4, 3, 2}, s.greetingName()+" Service shutting down, closing connection")
+				c.writeResponse(421, EnhancedCode{4, 3, 2}, c.greetingName()+" Service shutting down, closing connection")
 				return nil
 			}
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
@@ -391,13 +391,38 @@ func (s *Server) connLimits() ConnLimits {
 	return ConnLimits{s.MaxMessageBytes, s.MaxLineLength, s.MaxRecipients, s.MaxErrors, s.ReadTimeout, s.WriteTimeout}
 }
 
-// greetingName is the name the server gives for itself in its greeting
-// and its EHLO/HELO reply.
+// SetDomain changes Domain for the connections accepted afterwards; open
+// connections keep the name they greeted with. Unlike assigning the field,
+// it is safe while the Server is serving (a configuration reload).
+func (s *Server) SetDomain(name string) {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	s.Domain = name
+}
+
+func (s *Server) domain() string {
+	s.limMu.Lock()
+	defer s.limMu.Unlock()
+	return s.Domain
+}
+
+// greetingName is the name the server gives for itself: Domain, or
+// "localhost" when it is empty.
 func (s *Server) greetingName() string {
-	if s.Domain == "" {
+	return nameOrLocalhost(s.domain())
+}
+
+// greetingName is the name the server gives for itself on c: the one it
+// had when c was accepted.
+func (c *Conn) greetingName() string {
+	return nameOrLocalhost(c.domain)
+}
+
+func nameOrLocalhost(domain string) string {
+	if domain == "" {
 		return "localhost"
 	}
-	return s.Domain
+	return domain
 }
 
 func (s *Server) closeDone() bool {
