@@ -908,6 +908,8 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		case cn.key.cfg != a.config():
 			// Set up before a reload: mail goes over new sessions.
 			go quit(cn)
+		case a.now().Sub(cn.born) >= connReuseLimit:
+			go quit(cn)
 		default:
 			cn.reused, cn.domain = false, domain
 			a.pool.put(cn, tm.idle)
@@ -915,6 +917,13 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		return res, info, nil
 	}
 }
+
+// connReuseLimit is how long after it was set up a connection is still
+// put back for reuse (Postfix's smtp_connection_reuse_time_limit): one in
+// steady use never reaches its idle timeout, and without a limit it stayed
+// open for good, with whatever the server decided at its start (its
+// address's DNS, a postscreen verdict, a load balancer's choice).
+const connReuseLimit = 300 * time.Second
 
 // allDeferred reports whether every recipient of res got a temporary
 // reply from the server (none delivered, refused for good or cut off).

@@ -68,6 +68,7 @@ type conn struct {
 
 	idle  *time.Timer // while in the pool
 	since time.Time   // when it went into the pool
+	born time.Time // when it was set up (the agent's clock)
 	// domain whose mail the connection carried last: idle in the pool,
 	// the connection keeps it alive (see markDead).
 	domain string
@@ -158,7 +159,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
 
-	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route), cfg: cfg}}
+	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route), cfg: cfg}, born: a.now()}
 	var vr tlsResult
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()

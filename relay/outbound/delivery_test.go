@@ -1244,3 +1244,40 @@ func TestDelivery_421AtRcpt_RefusalsStand(t *testing.T) {
 		})
 	}
 }
+
+// A connection is reused for at most connReuseLimit after it was set up
+// (Postfix's smtp_connection_reuse_time_limit, 300 s): one in steady use
+// never reached its idle timeout and stayed open for good, with whatever
+// the server had decided about the session at its start.
+func TestDelivery_ConnectionReuseTimeLimit(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Now()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.IdleConnTimeout.Duration = time.Hour
+	h.editOpts = func(o *Options) {
+		o.Now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	}
+	h.start()
+	send := func(n int) {
+		id := h.submit(testBody, []string{"a@example.test"})
+		h.first.Wait(t, n)
+		h.waitRecords(id, 1)
+	}
+	send(1)
+	mu.Lock()
+	now = now.Add(connReuseLimit - time.Second)
+	mu.Unlock()
+	send(2)
+	if c := h.first.Conns(); c != 1 {
+		t.Fatalf("%d connections for two messages within the reuse limit, want 1", c)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Second)
+	mu.Unlock()
+	send(3)
+	send(4)
+	if c := h.first.Conns(); c != 2 {
+		t.Errorf("%d connections, want 2: the first is not reused past %v, the second is", c, connReuseLimit)
+	}
+}
