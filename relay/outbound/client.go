@@ -68,7 +68,7 @@ type conn struct {
 
 	idle  *time.Timer // while in the pool
 	since time.Time   // when it went into the pool
-	born time.Time // when it was set up (the agent's clock)
+	born  time.Time   // when it was set up (the agent's clock)
 	// domain whose mail the connection carried last: idle in the pool,
 	// the connection keeps it alive (see markDead).
 	domain string
