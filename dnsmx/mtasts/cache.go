@@ -6,6 +6,35 @@ import (
 	"path/filepath"
 )
 
+// maxCached bounds the domains whose policy (or lack of one) is held in
+// memory: every domain mail goes to is looked up, most of them without a
+// policy, and a relay writing to a million domains kept an entry for each
+// for good. Past it, the entries without a policy or with an expired one
+// go, then (when Dir holds them) others, read again from Dir when needed.
+const maxCached = 10000
+
+// trimLocked makes room for one more entry; f.mu is held.
+func (f *Fetcher) trimLocked() {
+	if len(f.policies) < maxCached {
+		return
+	}
+	now := f.now()
+	for d, p := range f.policies {
+		if p == nil || !now.Before(p.Expires()) {
+			delete(f.policies, d)
+		}
+	}
+	if len(f.policies) < maxCached || f.Dir == "" {
+		return // without Dir a live policy is only here: kept
+	}
+	for d := range f.policies {
+		if len(f.policies) < maxCached/2 {
+			break
+		}
+		delete(f.policies, d)
+	}
+}
+
 // cached returns the unexpired cached policy of domain, or nil. A domain
 // not yet in memory is looked for in Dir.
 func (f *Fetcher) cached(domain string) *Policy {
@@ -21,7 +50,8 @@ func (f *Fetcher) cached(domain string) *Policy {
 		if q, ok := f.policies[domain]; ok {
 			p = q // stored meanwhile
 		} else {
-			f.policies[domain] = p // nil too: Dir is read once per domain
+			f.trimLocked()
+			f.policies[domain] = p // nil too: Dir is read once per domain (while held)
 		}
 		f.mu.Unlock()
 	}
@@ -37,6 +67,9 @@ func (f *Fetcher) store(p *Policy) {
 	f.mu.Lock()
 	if f.policies == nil {
 		f.policies = make(map[string]*Policy)
+	}
+	if _, ok := f.policies[p.Domain]; !ok {
+		f.trimLocked()
 	}
 	f.policies[p.Domain] = p
 	f.mu.Unlock()

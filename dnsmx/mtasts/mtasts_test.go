@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -261,5 +262,36 @@ func TestGet_ConcurrentCallersShareOneFetch(t *testing.T) {
 	}
 	if n := fx.https.fetches.Load(); n != 1 {
 		t.Errorf("%d fetches for 5 concurrent callers, want 1", n)
+	}
+}
+
+// Every domain mail goes to is looked up, and most have no policy: the
+// domains held in memory are bounded (a relay writing to a million
+// domains kept an entry for each, for good), and a policy dropped from
+// memory is read again from Dir.
+func TestGet_MemoryBounded(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, policyV1)
+	f := fx.fetcher(t)
+	ctx := context.Background()
+	if p, err := f.Get(ctx, "example.com"); p == nil || err != nil {
+		t.Fatalf("example.com: %+v, %v", p, err)
+	}
+	noTXT := func(context.Context, string) ([]string, error) { return nil, nil }
+	g := &Fetcher{LookupTXT: noTXT, Dir: f.Dir, Now: f.Now}
+	if p, _ := g.Get(ctx, "example.com"); p == nil {
+		t.Fatal("the policy was not stored in Dir")
+	}
+	for i := range 2*maxCached + 10 {
+		g.Get(ctx, "d"+strconv.Itoa(i)+".test")
+	}
+	g.mu.Lock()
+	n := len(g.policies)
+	g.mu.Unlock()
+	if n > maxCached {
+		t.Errorf("%d domains in memory, want at most %d", n, maxCached)
+	}
+	if p, _ := g.Get(ctx, "example.com"); p == nil || p.Mode != Enforce {
+		t.Errorf("example.com after the others: %+v, want its policy from Dir", p)
 	}
 }
