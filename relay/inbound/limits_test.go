@@ -72,3 +72,31 @@ func TestLimits_TrustedNotCountedPerAddress(t *testing.T) {
 		t.Errorf("after a release: total %d, per-address entries %d", l.open(), len(l.perIP))
 	}
 }
+
+// A client whose last failure is older than the block time starts
+// counting again, whether or not its record was swept meanwhile.
+func TestAuthFailures_StaleRecordStartsAgain(t *testing.T) {
+	var f authFailures
+	a := netip.MustParseAddr("192.0.2.1")
+	now := time.Now()
+	f.fail(a, now, time.Minute, 3)
+	f.fail(a, now, time.Minute, 3)
+	if n := f.fail(a, now.Add(2*time.Minute), time.Minute, 3); n != 1 {
+		t.Errorf("failure after the block time counted as %d, want 1", n)
+	}
+	if f.blocked(a, now.Add(2*time.Minute)) {
+		t.Error("blocked by failures older than the block time")
+	}
+}
+
+// BenchmarkAuthFailures_ManyClients: failed logins from ever new
+// addresses (IPv4, or IPv6 /64s) cost the same however many records
+// there are; each failure swept the whole map before.
+func BenchmarkAuthFailures_ManyClients(b *testing.B) {
+	var f authFailures
+	now := time.Now()
+	for i := 0; b.Loop(); i++ {
+		ip := netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		f.fail(ip, now, time.Hour, 10)
+	}
+}
