@@ -648,14 +648,23 @@ func (in *Injector) DrainPickup(dir string) (int, error) {
 }
 
 func (in *Injector) pickupOne(path string) (string, error) {
-	f, err := os.Open(path)
+	// Not through a symlink, and without waiting for a writer: the file
+	// may have been swapped since the directory was read (by a member of
+	// admin.socket_group), and opening a FIFO blocked the relay's loop.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return "", injectErr(http.StatusForbidden, "pickup: a symbolic link, not a file")
+		}
 		return "", fmt.Errorf("pickup: %w", err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
 		return "", fmt.Errorf("pickup: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", injectErr(http.StatusForbidden, "pickup: not a regular file")
 	}
 	sys, ok := st.Sys().(*syscall.Stat_t)
 	if !ok {

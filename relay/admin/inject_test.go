@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -531,5 +532,57 @@ func TestFilter_NullSender(t *testing.T) {
 	}
 	if f := (Filter{Sender: "example"}); f.Match(&bounce, now) || !f.Match(&mail, now) {
 		t.Errorf("--sender example matches the null sender, or not app@example.com")
+	}
+}
+
+// A pickup file swapped for a FIFO or a symlink after the directory was
+// read (a member of admin.socket_group can) is refused at once: opening a
+// FIFO blocked the relay's main loop (signals, reloads, pickup) until
+// someone wrote to it, and a symlink had the relay read a file of its
+// choosing as its own.
+func TestPickup_FIFOAndSymlinkRefused(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	dir, err := PreparePickup(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good, err := WritePickup(dir, &InjectEnvelope{From: "app@relay.test", Recipients: []string{"x@example.com"}, UID: os.Getuid()},
+		strings.NewReader("Subject: x\n\nx\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(good, link); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 2)
+	go func() {
+		_, err := e.in.pickupOne(fifo)
+		done <- err
+	}()
+	go func() {
+		_, err := e.in.pickupOne(link)
+		done <- err
+	}()
+	for range 2 {
+		select {
+		case err := <-done:
+			if err == nil {
+				t.Error("a FIFO or a symlink was queued")
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("pickupOne blocked on a FIFO")
+		}
+	}
+	if n := len(e.q.List()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+	if f, err := os.OpenFile(fifo, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+		f.Close() // lets a blocked open return, so the test ends
 	}
 }
