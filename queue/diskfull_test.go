@@ -82,3 +82,64 @@ func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
 		t.Fatalf("Done once space is back: %v", err)
 	}
 }
+
+// TestFullDiskRetriesLeaveTheReserve: on a full disk the outcomes of
+// attempts that left their recipients pending (deferred mail retried, an
+// expired message whose bounce cannot be queued) took the reserve and
+// then filled the room it made, until the disk was full to the last byte
+// and `queue delete` failed with ENOSPC: a full disk could not be cleared
+// from mailhop (a 64 MiB tmpfs under load: 593 messages wedged). Such an
+// outcome is not written without the reserve; a delete still is.
+func TestFullDiskRetriesLeaveTheReserve(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a tmpfs needs root")
+	}
+	mnt := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
+	}
+	dir := filepath.Join(mnt, "q")
+	q, err := Open(dir, Options{})
+	if err != nil {
+		exec.Command("umount", mnt).Run()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		q.Close()
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount: %v: %s", err, out)
+		}
+	})
+	deferred, other := newEnv("a@example.test"), newEnv("b@example.test")
+	for _, env := range []*Envelope{deferred, other} {
+		if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filler, err := os.Create(filepath.Join(mnt, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := filler.Write(chunk); err != nil {
+			break
+		}
+	}
+	filler.Close()
+	// 4 KiB of last reply a retry: 256 of them would fill the reserve.
+	res := Result{LastError: strings.Repeat("x", 4096),
+		Recipients: []RcptUpdate{{Index: 0, State: Pending, Code: 451, Reply: "4.3.0 later"}}}
+	for i := 0; i < 400; i++ {
+		if _, err := q.Claim(deferred.ID); err != nil {
+			t.Fatalf("Claim %d: %v", i, err)
+		}
+		q.Done(deferred.ID, res)
+	}
+	if err := q.Delete(other.ID); err != nil {
+		t.Fatalf("delete on a full disk after retries: %v", err)
+	}
+	if _, err := q.Get(other.ID); err == nil {
+		t.Fatal("deleted message still queued")
+	}
+}

@@ -446,6 +446,21 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	if !ok {
 		return nil, false, ErrNotFound
 	}
+	// An attempt that leaves every recipient pending lets no mail go: on
+	// a full disk it must not take the reserve kept for the records that
+	// do (a done record, a recipient delivered or bounced). It took it,
+	// and the retries of deferred mail wrote state records into the room
+	// it made until the disk was full to the last byte: then `queue
+	// delete` failed with ENOSPC again. Not written, it is kept in memory
+	// (Queue.Done) and the attempt is made again.
+	settles := removed || u.settles()
+	if !settles && !s.haveReserve() {
+		return nil, false, ErrDiskFull
+	}
+	submit := s.submit
+	if settles {
+		submit = s.submitFreeing
+	}
 	var b []byte
 	if removed {
 		b = appendDone(beginRecord(nil, recDone), u.ID)
@@ -461,7 +476,7 @@ func (s *LogStore) Update(u *StateUpdate) (*Envelope, bool, error) {
 	// duplicate, never a loss: a report it calls for goes with it in one
 	// record, UpdateWithReports).
 	// Postfix does not sync the removal of a delivered message either.
-	err := s.submitFreeing(&commitReq{lazy: true, buf: b, apply: func(seg *segment, _ int64) {
+	err := submit(&commitReq{lazy: true, buf: b, apply: func(seg *segment, _ int64) {
 		out = s.applyUpdate(seg, u, removed)
 	}})
 	if err != nil {

@@ -64,6 +64,17 @@ type StateUpdate struct {
 	Rcpts       []RcptUpdate
 }
 
+// settles reports whether u gives a recipient a final state (delivered or
+// failed).
+func (u *StateUpdate) settles() bool {
+	for _, r := range u.Rcpts {
+		if r.State != Pending {
+			return true
+		}
+	}
+	return false
+}
+
 // apply changes env as u says.
 func (u *StateUpdate) apply(env *Envelope) {
 	env.Attempts = u.Attempts
