@@ -223,7 +223,7 @@ func (s *LogStore) ensureActive() error {
 // maintain rotates a full segment, deletes segments nothing needs, and
 // copies long-lived messages out of the oldest segment when there are many.
 func (s *LogStore) maintain() {
-	if a := s.active; a != nil && (a.size >= s.segMax || a.grown && a.size >= earlySwitch && s.spareIsReady()) {
+	if a := s.active; a != nil && (a.size >= s.segMax || a.grown && a.size >= s.segMax/earlySwitch && s.spareIsReady()) {
 		if s.dirty == s.active {
 			s.syncDirty()
 		}
@@ -234,6 +234,16 @@ func (s *LogStore) maintain() {
 		s.mu.Unlock()
 	}
 	s.deleteDead()
+	// Half way through a segment, a spare should be on its way: a dead
+	// segment recycled by now (as under steady load), or else one of
+	// zeros prepared in time. Prepared only when the next segment had to
+	// start as an empty file, every full segment was followed by one that
+	// did: it left for the spare at earlySwitch, too small to recycle, so
+	// the next rotation found no spare again — 32 MiB of zeros written
+	// for every 32 MiB of mail.
+	if a := s.active; a != nil && !a.grown && a.size >= s.segMax/2 && !s.spareIsReady() {
+		s.kickPreparer()
+	}
 	// Compaction copies up to a segment of live records forward before the
 	// oldest segment goes: not on a disk without room for that (and the
 	// reserve), where the copies would take the last free space — once

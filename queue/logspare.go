@@ -18,9 +18,11 @@ import (
 //
 // A spare comes from one of two places:
 //   - recycling: a segment made by this process that no message needs any
-//     more is renamed to spare.log instead of being deleted;
-//   - preparing: when a segment had to start as an empty file, a goroutine
-//     writes segMax zero bytes to spare.tmp, syncs it and renames it to
+//     more is renamed to spare.log instead of being deleted (and taken
+//     once no body of its earlier life is being read);
+//   - preparing: when none is ready half way through the active segment,
+//     or a segment had to start as an empty file, a goroutine writes
+//     segMax zero bytes to spare.tmp, syncs it and renames it to
 //     spare.log, and the next segment starts from it.
 //
 // A recycled file still holds the records of its earlier life. Every
@@ -34,8 +36,9 @@ const (
 	spareName    = "spare.log"
 	spareTmpName = "spare.tmp"
 	// earlySwitch: an empty-file segment is left for a ready spare once it
-	// holds this much, so a fresh queue soon writes to a spare too.
-	earlySwitch = 1 << 20
+	// holds this fraction of segMax (1 MiB of 32), so a fresh queue soon
+	// writes to a spare too.
+	earlySwitch = 32
 )
 
 func (s *LogStore) sparePath() string    { return filepath.Join(s.dir, spareName) }
@@ -58,14 +61,17 @@ func (s *LogStore) spareIsReady() bool {
 	return s.spareReady
 }
 
-// takeSpare renames the spare to path, if there is one.
+// takeSpare renames the spare to path, if there is one that no reader of
+// its earlier life still reads.
 func (s *LogStore) takeSpare(path string) bool {
+	s.mu.Lock() // for spareFrom's readers
+	defer s.mu.Unlock()
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()
-	if !s.spareReady {
+	if !s.spareReady || s.spareFrom != nil && s.spareFrom.readers > 0 {
 		return false
 	}
-	s.spareReady = false
+	s.spareReady, s.spareFrom = false, nil
 	if err := os.Rename(s.sparePath(), path); err != nil {
 		s.log.Warn("queue: cannot use the spare segment", "err", err)
 		os.Remove(s.sparePath())
@@ -75,9 +81,14 @@ func (s *LogStore) takeSpare(path string) bool {
 }
 
 // recycle turns a dead segment's file into the spare, if none is ready and
-// the file may be reused. Called by the committer, under mu.
+// the file may be reused. A body of it may still be read (a delivery
+// records its outcome before it closes the body): the spare is then taken
+// only once that is done (takeSpare). Waiting for the readers here, the
+// segment was deleted nearly every time, and every other segment started
+// as an empty file while a spare was written full of zeros. Called by the
+// committer, under mu.
 func (s *LogStore) recycle(seg *segment) bool {
-	if !seg.owned || seg.readers > 0 || seg.size < s.segMax {
+	if !seg.owned || seg.size < s.segMax {
 		return false
 	}
 	s.spareMu.Lock()
@@ -89,7 +100,7 @@ func (s *LogStore) recycle(seg *segment) bool {
 		s.log.Warn("queue: recycling segment", "path", seg.path, "err", err)
 		return false
 	}
-	s.spareReady = true
+	s.spareReady, s.spareFrom = true, seg
 	return true
 }
 
@@ -184,7 +195,7 @@ func (s *LogStore) prepareSpare() error {
 		os.Remove(tmp)
 		return fmt.Errorf("queue: %w", err)
 	}
-	s.spareReady = true
+	s.spareReady, s.spareFrom = true, nil
 	return nil
 }
 

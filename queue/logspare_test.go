@@ -5,9 +5,11 @@ import (
 	"context"
 	"fmt"
 	"github.com/mailhop/mailhop/internal/testlog"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,5 +241,143 @@ func TestSpareSegmentPrepared(t *testing.T) {
 	q2 := openTest(t, dir)
 	if n := len(q2.List()); n != queued {
 		t.Fatalf("%d messages after a restart, want %d", n, queued)
+	}
+}
+
+// deliverReading delivers id as the delivery agent does: its body is open
+// while the outcome is recorded, and closed after.
+func deliverReading(t *testing.T, q *Queue, id string) {
+	t.Helper()
+	for {
+		got, err := q.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ID == id {
+			break
+		}
+		q.Requeue(got.ID)
+	}
+	b, err := q.Body(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Done(id, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+}
+
+// A segment whose last message is recorded delivered while its body is
+// still open (as every delivery does it) is recycled all the same, once
+// the reading is done: it was deleted instead, and every other segment
+// started as an empty file while a spare was written full of zeros (32 MiB
+// of zeros for every 32 MiB of mail).
+func TestSegmentRecycledAfterItsReadersAreDone(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	st := q.store.(*LogStore)
+	st.segMax = 8192
+	st.freeSpace = func() int64 { return 0 } // no spare of zeros: recycled ones only
+	body := bigBody(1500)
+	recycled := false
+	for i := 0; i < 200 && !recycled; i++ {
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		deliverReading(t, q, env.ID)
+		if data, err := os.ReadFile(filepath.Join(dir, spareName)); err == nil && !allZero(data) {
+			recycled = true
+		}
+	}
+	if !recycled {
+		t.Fatalf("no segment was recycled; files: %v", listDir(t, dir))
+	}
+
+	// A body still being read keeps its recycled file from being written
+	// over: the reader gets the message's bytes to the end.
+	env := newEnv("x@y.test")
+	mine := bytes.ReplaceAll(body, []byte("x"), []byte("z")) // unlike the others' bytes at the same offsets
+	if err := q.Enqueue(env, bytes.NewReader(mine)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Next(context.Background())
+	if err != nil || got.ID != env.ID {
+		t.Fatalf("Next = %v, %v", got, err)
+	}
+	b, err := q.Body(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 { // many segments' worth of other mail meanwhile
+		other := newEnv("x@y.test")
+		if err := q.Enqueue(other, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		deliverReading(t, q, other.ID)
+	}
+	data, err := io.ReadAll(b)
+	b.Close()
+	if err != nil || !bytes.Equal(data, mine) {
+		t.Errorf("the body read while its segment went: %d bytes, err %v; changed: %v", len(data), err, !bytes.Equal(data, mine))
+	}
+}
+
+// Under steady traffic, past the first segments, every segment starts
+// from a spare: a recycled one, or one of zeros prepared half way through
+// the segment before. Every other segment started as an empty file, and
+// a spare of zeros was written for each.
+func TestSteadyTrafficStartsEverySegmentFromASpare(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	st := q.store.(*LogStore)
+	st.segMax = 8192
+	body := bigBody(1500)
+	var grown []uint64
+	for range 300 {
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		st.mu.Lock()
+		last := uint64(0)
+		if a := st.active; a != nil {
+			last = a.seq
+			if a.grown && !slices.Contains(grown, a.seq) {
+				grown = append(grown, a.seq)
+			}
+		}
+		st.mu.Unlock()
+		deliverReading(t, q, env.ID)
+		if last > 60 {
+			break
+		}
+		// Half way through a segment a spare is on its way: the test
+		// waits for it, as half a segment's traffic would.
+		st.mu.Lock()
+		half := st.active != nil && !st.active.grown && st.active.size >= st.segMax/2
+		st.mu.Unlock()
+		for deadline := time.Now().Add(10 * time.Second); half && !st.spareIsReady(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no spare half way through segment %d: %v", last, listDir(t, dir))
+			}
+		}
+	}
+	if len(grown) > 2 || slices.ContainsFunc(grown, func(seq uint64) bool { return seq > 3 }) {
+		t.Errorf("segments that started as empty files: %v; want only the first ones", grown)
 	}
 }

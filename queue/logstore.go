@@ -58,11 +58,15 @@ type LogStore struct {
 	damaged   bool     // recovery found damage (set at start only)
 	dirty     *segment // holds lazy records not yet fsynced (committer only)
 
-	spareMu    sync.Mutex // guards spareReady and renames to and from spare.log
+	spareMu    sync.Mutex // guards spareReady, spareFrom and renames to and from spare.log
 	spareReady bool
-	prepKick   chan struct{} // asks prepareSpares for a spare
-	prepQuit   chan struct{} // closed by Close
-	prepDone   chan struct{} // closed when prepareSpares returns
+	// spareFrom is the segment a recycled spare was, while bodies of it
+	// may still be read (through their open handles): the spare is not
+	// written over until they are done (its readers, under mu).
+	spareFrom *segment
+	prepKick  chan struct{} // asks prepareSpares for a spare
+	prepQuit  chan struct{} // closed by Close
+	prepDone  chan struct{} // closed when prepareSpares returns
 
 	batches, records atomic.Uint64 // commits (fsyncs) and records written
 
