@@ -144,7 +144,7 @@ func TestOpsSendmailCronMessage(t *testing.T) {
 	if !strings.HasPrefix(b, wantRcv) {
 		t.Errorf("body does not start with %q:\n%s", wantRcv, b)
 	}
-	for _, w := range []string{"\r\nFrom: root (Cron Daemon)\r\n", "\r\nSubject: Cron <root@host> /usr/local/bin/backup --nightly\r\n",
+	for _, w := range []string{"\r\nFrom: root@mx.relay.test (Cron Daemon)\r\n", "\r\nSubject: Cron <root@host> /usr/local/bin/backup --nightly\r\n",
 		"\r\nDate: ", "\r\nMessage-ID: <", "\r\n\r\nbackup: 12 files\r\n..a line with dots\r\ndone\r\n"} {
 		if !strings.Contains(b, w) {
 			t.Errorf("queued body lacks %q:\n%s", w, b)
