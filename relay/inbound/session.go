@@ -163,11 +163,12 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 			return ss.refuse("mail", reasonBadAddress, addressError(from, opts.UTF8), "from", from)
 		}
 	}
-	if ss.user != "" && from != "" {
-		// The null sender is anyone's: read receipts (MDNs, RFC 8098
-		// §2.1) and other notifications a mail client sends use it.
+	if ss.user != "" {
+		// The null sender is any user's: read receipts (MDNs, RFC 8098
+		// §2.1) and other notifications a mail client sends use it. A
+		// user a reload removed sends nothing more, not even that.
 		u := ss.s.cfg.Load().FindUser(ss.user)
-		if u == nil || !u.MaySend(from) {
+		if u == nil || from != "" && !u.MaySend(from) {
 			return ss.refuse("mail", reasonSenderBinding, errSenderNotOwned, "from", from)
 		}
 	}

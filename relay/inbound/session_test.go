@@ -504,3 +504,25 @@ func TestAbandonedTransactionLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestRemovedUser_SendsNothing: a user a reload removed, still in the
+// session it authenticated, starts no transaction, with the null sender
+// neither (it was refused its own addresses but could send as <> to anyone).
+func TestRemovedUser_SendsNothing(t *testing.T) {
+	ts := startServer(t)
+	d := dialTLS(t, ts.addr[config.ModeSubmissions])
+	d.script(
+		"S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: AUTH PLAIN "+plainIR("alice", testPassword), "S: 235 ",
+		"C: MAIL FROM:<>", "S: 250 ", "C: RSET", "S: 250 ",
+	)
+	cfg := *ts.cfg
+	cfg.User = nil
+	if err := ts.s.SetConfig(&cfg); err != nil {
+		t.Fatal(err)
+	}
+	d.script(
+		"C: MAIL FROM:<alice@example.com>", "S: 553 5.7.1 ",
+		"C: MAIL FROM:<>", "S: 553 5.7.1 ",
+	)
+}

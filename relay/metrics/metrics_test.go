@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -85,6 +86,49 @@ func TestServer_ServesMetricsOverHTTP(t *testing.T) {
 	for _, w := range []string{"mailhop_messages_received_total 1", "mailhop_queue_messages 0", "go_goroutines"} {
 		if !strings.Contains(string(b), w) {
 			t.Errorf("/metrics lacks %q", w)
+		}
+	}
+}
+
+// TestMetrics_ReadmeTable holds the README's metrics table to the metrics
+// served: every mailhop_ metric is documented, and every documented one
+// exists.
+func TestMetrics_ReadmeTable(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Metrics\n")
+	if !ok {
+		t.Fatal("README.md has no Metrics section")
+	}
+	section, _, _ = strings.Cut(section, "\n## ")
+	documented := map[string]bool{}
+	for line := range strings.Lines(section) {
+		if name, ok := strings.CutPrefix(line, "| `mailhop_"); ok {
+			name, _, _ = strings.Cut(name, "`")
+			name, _, _ = strings.Cut(name, "{")
+			documented["mailhop_"+name] = true
+		}
+	}
+	m := New(func() Snapshot { return Snapshot{Refused: map[string]uint64{"relay_denied": 1}} })
+	mfs, err := m.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := map[string]bool{}
+	for _, mf := range mfs {
+		if name := mf.GetName(); strings.HasPrefix(name, "mailhop_") {
+			served[name] = true
+			if !documented[name] {
+				t.Errorf("README.md's metrics table does not list %s", name)
+			}
+		}
+	}
+	for name := range documented {
+		if !served[name] {
+			t.Errorf("README.md's metrics table lists %s, which is not served", name)
 		}
 	}
 }
