@@ -301,6 +301,7 @@ func (c *Client) readResponse(expectCode int) (int, string, error) {
 const (
 	replyLineLimit = 16 << 10 // octets of a line read; the rest is dropped
 	maxReplyLine   = 2048     // the part of a reply line kept (as Postfix does)
+	maxReplyText   = 64 << 10 // the text of a multi-line reply kept; later lines are read and dropped
 )
 
 // lineCutReader passes at most limit octets of each line through (the line
@@ -342,7 +343,8 @@ func (lc *lineCutReader) Read(b []byte) (int, error) {
 // a temporary failure (451 4.5.0, "protocol error"), never a success: the
 // upstream code returned it as an error carrying the 250, which a caller
 // looking at the code took for an accepted message whose body was never
-// sent.
+// sent. Of a multi-line reply, lines after the first maxReplyText octets
+// of text are dropped.
 func (c *Client) readReply(expectCode int) (int, string, error) {
 	code := 0
 	var msg strings.Builder
@@ -363,11 +365,16 @@ func (c *Client) readReply(expectCode int) (int, string, error) {
 		} else if lineCode != code {
 			return 0, "", textproto.ProtocolError(fmt.Sprintf("reply lines with different codes: %d and %d", code, lineCode))
 		}
-		if !first {
-			msg.WriteByte('\n')
-		}
-		if len(line) > 4 {
-			msg.WriteString(line[4:])
+		// A server may send lines without end: past maxReplyText they
+		// are read, to stay in step, but not kept, so memory stays
+		// bounded (Postfix's smtp_chat keeps the same way).
+		if msg.Len() < maxReplyText {
+			if !first {
+				msg.WriteByte('\n')
+			}
+			if len(line) > 4 {
+				msg.WriteString(line[4:])
+			}
 		}
 		if len(line) == 3 || line[3] == ' ' {
 			break

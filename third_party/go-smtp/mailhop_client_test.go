@@ -218,6 +218,41 @@ func TestReadReply(t *testing.T) {
 	}
 }
 
+// A multi-line reply without end keeps at most maxReplyText octets of text
+// and the client stays in step: a hostile server's endless EHLO reply grew
+// the client's memory by what it sent (200 MB sent, 450 MB resident).
+func TestReadReply_EndlessMultiline(t *testing.T) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte("220 hi\r\n"))
+		line := []byte("250-" + strings.Repeat("x", 996) + "\r\n")
+		for i := 0; i < 20000; i++ { // 20 MB
+			pw.Write(line)
+		}
+		pw.Write([]byte("250 last\r\n251 next\r\n"))
+		pw.Close()
+	}()
+	var fake faker
+	fake.ReadWriter = struct {
+		io.Reader
+		io.Writer
+	}{pr, io.Discard}
+	c := NewClient(fake)
+	if _, _, err := c.readResponse(220); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	code, msg, err := c.readResponse(250)
+	if err != nil || code != 250 {
+		t.Fatalf("reply: %d %v", code, err)
+	}
+	if max := 66 << 10; len(msg) > max { // maxReplyText and a line
+		t.Fatalf("kept %d octets of reply text, want at most %d", len(msg), max)
+	}
+	if code, msg, err := c.readResponse(25); err != nil || code != 251 || msg != "next" {
+		t.Fatalf("next reply: %d %q %v; want 251 next", code, msg, err)
+	}
+}
+
 // An rfc822 ORCPT whose quoted local part holds a space goes on in xtext
 // (RFC 3461 §4.2); it was refused as an illegal address.
 func TestRcptCmd_ORCPTWithSpace(t *testing.T) {
