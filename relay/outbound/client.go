@@ -352,8 +352,9 @@ func startTLS(raw net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, 
 	// Read the reply byte by byte: nothing after it may be consumed, it
 	// belongs to the TLS handshake.
 	br := bufio.NewReaderSize(oneByteReader{raw}, 16)
+	left := maxStartTLSReply
 	for {
-		line, err := br.ReadString('\n')
+		line, err := readLineMax(br, &left)
 		if err != nil {
 			return nil, stageErr("starttls", err)
 		}
@@ -378,6 +379,30 @@ func startTLS(raw net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, 
 		return nil, se
 	}
 	return tc, nil
+}
+
+// maxStartTLSReply bounds the octets of the reply to STARTTLS: a server
+// that sends a line without end (or lines without end) is not read for
+// the whole command_timeout, a byte and a system call at a time, into
+// memory.
+const maxStartTLSReply = 4096
+
+// readLineMax reads one line from br, taking its octets from *left; a line
+// that does not end within them is an error.
+func readLineMax(br *bufio.Reader, left *int) (string, error) {
+	var line []byte
+	for *left > 0 {
+		b, err := br.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		*left--
+		line = append(line, b)
+		if b == '\n' {
+			return string(line), nil
+		}
+	}
+	return "", fmt.Errorf("reply of more than %d octets", maxStartTLSReply)
 }
 
 // oneByteReader reads at most one byte per call, so a bufio.Reader on top

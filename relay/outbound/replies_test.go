@@ -332,3 +332,38 @@ func TestDelivery_552ToRcpt_TakenAs452(t *testing.T) {
 		t.Fatalf("recipients after the attempt: %+v", env.Recipients)
 	}
 }
+
+// A reply to STARTTLS that does not end is read no further than
+// maxStartTLSReply octets: it was read a byte at a time into memory for the
+// whole command_timeout (a hostile server: 100% of a core and 20 MB in 3 s).
+func TestStartTLS_EndlessReply(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if line == "STARTTLS\r\n" {
+			c.Write([]byte("220-" + strings.Repeat("x", 64<<10)))
+		}
+		<-done
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_, serr := startTLS(raw, nil, 5*time.Second)
+	if serr == nil || !strings.Contains(serr.err.Error(), "more than") {
+		t.Fatalf("startTLS = %v, want a reply too long", serr)
+	}
+}
