@@ -367,3 +367,25 @@ func TestStartTLS_EndlessReply(t *testing.T) {
 		t.Fatalf("startTLS = %v, want a reply too long", serr)
 	}
 }
+
+// A server that answers the end of data twice ("250", then "550") is out
+// of step: its connection is not reused, so the extra 550 is not read as
+// the reply to the next message's MAIL (it bounced that message, which the
+// server never refused).
+func TestDelivery_ExtraReply_NotReused(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{
+		".": "250 2.0.0 ok\r\n550 5.7.1 stale extra reply\r\n", "STARTTLS": "502 5.5.1 no\r\n"}))
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id1, 1)
+	id2 := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id2, 1)
+	if o := h.outcome(id2); !o.gone {
+		t.Fatalf("second message: %+v, want delivered over a new connection", o)
+	}
+	if n := strings.Count(got.String(), "EHLO"); n != 2 {
+		t.Errorf("%d sessions, want 2", n)
+	}
+}

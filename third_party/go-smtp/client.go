@@ -536,6 +536,11 @@ func (c *Client) startTLS(config *tls.Config) error {
 // (mailhop patch: loop detection compares the name in it with its own.)
 func (c *Client) Greeting() string { return c.greeting }
 
+// Buffered returns the number of octets the server sent that were read
+// from the connection but are part of no reply read yet: between
+// transactions, a server out of step (mailhop patch).
+func (c *Client) Buffered() int { return c.text.R.Buffered() }
+
 // HelloReply returns the first line of the text of the server's reply to
 // EHLO or HELO (RFC 5321 §4.1.1.1: the server's name first), or "" before
 // a successful one. (mailhop patch)
