@@ -489,11 +489,13 @@ func (c *Client) ehlo() error {
 	if len(extList) > 1 {
 		extList = extList[1:]
 		for _, line := range extList {
+			// Keywords are not case sensitive (RFC 5321 §2.4): a
+			// server's "size 1000" is SIZE (mailhop patch).
 			args := strings.SplitN(line, " ", 2)
 			if len(args) > 1 {
-				ext[args[0]] = args[1]
+				ext[strings.ToUpper(args[0])] = args[1]
 			} else {
-				ext[args[0]] = ""
+				ext[strings.ToUpper(args[0])] = ""
 			}
 		}
 	}

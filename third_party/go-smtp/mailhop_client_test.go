@@ -253,6 +253,47 @@ func TestReadReply_EndlessMultiline(t *testing.T) {
 	}
 }
 
+// EHLO keywords are not case sensitive (RFC 5321 §2.4): a server that
+// announces "size 100" and "pipelining" has SIZE and PIPELINING; they were
+// ignored (no size check, no pipelining, no STARTTLS for "starttls").
+func TestClientEhloKeywordsCaseInsensitive(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("220 hi\r\n"))
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			return
+		}
+		c.Write([]byte("250-mx\r\n250-pipelining\r\n250-StartTLS\r\n250 size 100\r\n"))
+		r.ReadString('\n')
+	}()
+	c, err := Dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client"); err != nil {
+		t.Fatal(err)
+	}
+	for _, ext := range []string{"PIPELINING", "STARTTLS", "SIZE"} {
+		if ok, _ := c.Extension(ext); !ok {
+			t.Errorf("%s not found in a lower-case EHLO reply", ext)
+		}
+	}
+	if _, v := c.Extension("size"); v != "100" {
+		t.Errorf("SIZE parameter %q, want 100", v)
+	}
+}
+
 // An rfc822 ORCPT whose quoted local part holds a space goes on in xtext
 // (RFC 3461 §4.2); it was refused as an illegal address.
 func TestRcptCmd_ORCPTWithSpace(t *testing.T) {
