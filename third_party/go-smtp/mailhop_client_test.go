@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDotWriter(t *testing.T) {
@@ -309,5 +310,27 @@ func TestRcptCmd_ORCPTWithSpace(t *testing.T) {
 		OriginalRecipientType: DSNAddressTypeRFC822, OriginalRecipient: "ü@example.org",
 	}); err == nil {
 		t.Error("a non-ASCII rfc822 ORCPT was accepted")
+	}
+}
+
+// A server that answers RCPT twice ("250", then "550") is out of step: the
+// transaction fails with errOutOfStep before the next command instead of
+// taking the extra 550 for the reply to DATA (a bounce of mail the server
+// never refused).
+func TestStartTransaction_TwoRepliesToRcpt(t *testing.T) {
+	conn, got, done := pipeServer(t, "", map[string]string{"ok@": "250 ok\r\n550 5.7.1 stale\r\n"})
+	c := NewClient(conn)
+	c.CommandTimeout = 5 * time.Second // out of step, net.Pipe's writes can block both ends
+	rep, dc, err := c.StartTransaction(false, "a@x.test", nil, []string{"ok@y.test", "b@y.test"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "out of step") || dc != nil {
+		t.Fatalf("err %v, DataCommand %v, replies %+v; want errOutOfStep", err, dc, rep)
+	}
+	if rep.RcptRead != 1 || rep.Rcpt[0] != nil {
+		t.Errorf("replies %+v, want the first RCPT's 250 read and no more", rep)
+	}
+	c.Close()
+	<-done
+	if strings.Contains(got.String(), "b@y.test") {
+		t.Errorf("a command went out after the extra reply:\n%s", got)
 	}
 }
