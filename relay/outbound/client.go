@@ -61,6 +61,7 @@ type conn struct {
 	eightBit bool  // offers 8BITMIME
 	maxSize  int64 // 0: none announced
 	reused   bool
+	used     bool // a transaction was run on it
 	// inTxn: a MAIL was sent and no reply to the end of data came back,
 	// so the server may still hold a transaction: the next one starts
 	// with RSET (RFC 5321 §4.1.1.5).
@@ -75,6 +76,50 @@ type conn struct {
 }
 
 func (cn *conn) close() { cn.raw.Close() }
+
+// unsolicited reports whether the server sent something (or closed the
+// connection) that no command asked for: read past the last reply, or
+// waiting on the socket. Between transactions a server in step sends
+// nothing; a second reply to the end of data would be read as the reply to
+// the next MAIL (a stale 550 bounced the next message).
+func (cn *conn) unsolicited() (data bool, closed bool) {
+	if cn.c.Buffered() > 0 {
+		return true, false
+	}
+	nc := cn.raw
+	tc, isTLS := nc.(*tls.Conn)
+	if isTLS {
+		nc = tc.NetConn()
+	}
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return false, false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false, false
+	}
+	var n int
+	var perr error
+	var b [1]byte
+	if err := rc.Read(func(fd uintptr) bool {
+		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true // never wait
+	}); err != nil {
+		return false, true
+	}
+	switch {
+	case n > 0 && isTLS:
+		return false, true // a TLS record: data, or the server's close_notify
+	case n > 0:
+		return true, false
+	case perr == nil: // end of file: the server closed
+		return false, true
+	case perr != syscall.EAGAIN && perr != syscall.EWOULDBLOCK:
+		return false, true // reset
+	}
+	return false, false
+}
 
 // stageError is a failure to set up a connection or a reply that ends the
 // connection before DATA: the caller moves on to the next address.
@@ -352,8 +397,9 @@ func startTLS(raw net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, 
 	// Read the reply byte by byte: nothing after it may be consumed, it
 	// belongs to the TLS handshake.
 	br := bufio.NewReaderSize(oneByteReader{raw}, 16)
+	left := maxStartTLSReply
 	for {
-		line, err := br.ReadString('\n')
+		line, err := readLineMax(br, &left)
 		if err != nil {
 			return nil, stageErr("starttls", err)
 		}
@@ -378,6 +424,30 @@ func startTLS(raw net.Conn, cfg *tls.Config, timeout time.Duration) (*tls.Conn, 
 		return nil, se
 	}
 	return tc, nil
+}
+
+// maxStartTLSReply bounds the octets of the reply to STARTTLS: a server
+// that sends a line without end (or lines without end) is not read for
+// the whole command_timeout, a byte and a system call at a time, into
+// memory.
+const maxStartTLSReply = 4096
+
+// readLineMax reads one line from br, taking its octets from *left; a line
+// that does not end within them is an error.
+func readLineMax(br *bufio.Reader, left *int) (string, error) {
+	var line []byte
+	for *left > 0 {
+		b, err := br.ReadByte()
+		if err != nil {
+			return "", err
+		}
+		*left--
+		line = append(line, b)
+		if b == '\n' {
+			return string(line), nil
+		}
+	}
+	return "", fmt.Errorf("reply of more than %d octets", maxStartTLSReply)
 }
 
 // oneByteReader reads at most one byte per call, so a bufio.Reader on top

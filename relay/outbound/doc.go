@@ -31,7 +31,9 @@
 //     ORCPT) and DATA with the stored bytes. A connection whose transaction
 //     ended cleanly (and did not have every recipient deferred) is kept for delivery.idle_conn_timeout and reused by the
 //     next message to the same address, TLS mode and route (with RSET
-//     first when the last transaction stopped before its end of data); at
+//     first when the last transaction stopped before its end of data; not
+//     when the server sent anything between transactions, a second reply
+//     that would be read as the next MAIL's, or closed); at
 //     most per_domain_concurrency are kept idle per such key, and idle
 //     connections count toward delivery.concurrency: before a new one is
 //     dialled, the longest idle are closed (QUIT) until those in use and

@@ -332,3 +332,60 @@ func TestDelivery_552ToRcpt_TakenAs452(t *testing.T) {
 		t.Fatalf("recipients after the attempt: %+v", env.Recipients)
 	}
 }
+
+// A reply to STARTTLS that does not end is read no further than
+// maxStartTLSReply octets: it was read a byte at a time into memory for the
+// whole command_timeout (a hostile server: 100% of a core and 20 MB in 3 s).
+func TestStartTLS_EndlessReply(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if line == "STARTTLS\r\n" {
+			c.Write([]byte("220-" + strings.Repeat("x", 64<<10)))
+		}
+		<-done
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_, serr := startTLS(raw, nil, 5*time.Second)
+	if serr == nil || !strings.Contains(serr.err.Error(), "more than") {
+		t.Fatalf("startTLS = %v, want a reply too long", serr)
+	}
+}
+
+// A server that answers the end of data twice ("250", then "550") is out
+// of step: its connection is not reused, so the extra 550 is not read as
+// the reply to the next message's MAIL (it bounced that message, which the
+// server never refused).
+func TestDelivery_ExtraReply_NotReused(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{
+		".": "250 2.0.0 ok\r\n550 5.7.1 stale extra reply\r\n", "STARTTLS": "502 5.5.1 no\r\n"}))
+	h.start()
+	id1 := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id1, 1)
+	id2 := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id2, 1)
+	if o := h.outcome(id2); !o.gone {
+		t.Fatalf("second message: %+v, want delivered over a new connection", o)
+	}
+	if n := strings.Count(got.String(), "EHLO"); n != 2 {
+		t.Errorf("%d sessions, want 2", n)
+	}
+}

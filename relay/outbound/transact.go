@@ -51,6 +51,18 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		}
 	}()
 	c := cn.c
+	if cn.used {
+		// A server out of step (two replies to one command) would have
+		// its extra reply taken for this transaction's: a new
+		// connection instead (Postfix checks a cached session with RSET).
+		if data, closed := cn.unsolicited(); data || closed {
+			if data {
+				a.log.Info("the server sent data no command asked for; connection not reused", "queue_id", t.env.ID, "mx", cn.host)
+			}
+			return nil, true, &stageError{stage: "mail", err: smtperr.New(0, "4.5.0", "%s sent data no command asked for, or closed, between transactions", cn.host)}
+		}
+	}
+	cn.used = true
 	c.CommandTimeout = tm.command
 	env := t.env
 	size := t.body.Size()

@@ -301,6 +301,7 @@ func (c *Client) readResponse(expectCode int) (int, string, error) {
 const (
 	replyLineLimit = 16 << 10 // octets of a line read; the rest is dropped
 	maxReplyLine   = 2048     // the part of a reply line kept (as Postfix does)
+	maxReplyText   = 64 << 10 // the text of a multi-line reply kept; later lines are read and dropped
 )
 
 // lineCutReader passes at most limit octets of each line through (the line
@@ -342,7 +343,8 @@ func (lc *lineCutReader) Read(b []byte) (int, error) {
 // a temporary failure (451 4.5.0, "protocol error"), never a success: the
 // upstream code returned it as an error carrying the 250, which a caller
 // looking at the code took for an accepted message whose body was never
-// sent.
+// sent. Of a multi-line reply, lines after the first maxReplyText octets
+// of text are dropped.
 func (c *Client) readReply(expectCode int) (int, string, error) {
 	code := 0
 	var msg strings.Builder
@@ -363,11 +365,16 @@ func (c *Client) readReply(expectCode int) (int, string, error) {
 		} else if lineCode != code {
 			return 0, "", textproto.ProtocolError(fmt.Sprintf("reply lines with different codes: %d and %d", code, lineCode))
 		}
-		if !first {
-			msg.WriteByte('\n')
-		}
-		if len(line) > 4 {
-			msg.WriteString(line[4:])
+		// A server may send lines without end: past maxReplyText they
+		// are read, to stay in step, but not kept, so memory stays
+		// bounded (Postfix's smtp_chat keeps the same way).
+		if msg.Len() < maxReplyText {
+			if !first {
+				msg.WriteByte('\n')
+			}
+			if len(line) > 4 {
+				msg.WriteString(line[4:])
+			}
 		}
 		if len(line) == 3 || line[3] == ' ' {
 			break
@@ -482,11 +489,13 @@ func (c *Client) ehlo() error {
 	if len(extList) > 1 {
 		extList = extList[1:]
 		for _, line := range extList {
+			// Keywords are not case sensitive (RFC 5321 §2.4): a
+			// server's "size 1000" is SIZE (mailhop patch).
 			args := strings.SplitN(line, " ", 2)
 			if len(args) > 1 {
-				ext[args[0]] = args[1]
+				ext[strings.ToUpper(args[0])] = args[1]
 			} else {
-				ext[args[0]] = ""
+				ext[strings.ToUpper(args[0])] = ""
 			}
 		}
 	}
@@ -528,6 +537,11 @@ func (c *Client) startTLS(config *tls.Config) error {
 // without its code, lines joined by "\n"), or "" before it was read.
 // (mailhop patch: loop detection compares the name in it with its own.)
 func (c *Client) Greeting() string { return c.greeting }
+
+// Buffered returns the number of octets the server sent that were read
+// from the connection but are part of no reply read yet: between
+// transactions, a server out of step (mailhop patch).
+func (c *Client) Buffered() int { return c.text.R.Buffered() }
 
 // HelloReply returns the first line of the text of the server's reply to
 // EHLO or HELO (RFC 5321 §4.1.1.1: the server's name first), or "" before

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/textproto"
 	"strings"
 	"sync"
 	"time"
@@ -68,6 +69,9 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 		return c.stepTransaction(reset, lines, rcpts, rep)
 	}
 
+	if c.text.R.Buffered() > 0 {
+		return rep, nil, errOutOfStep
+	}
 	c.conn.SetDeadline(time.Now().Add(c.CommandTimeout))
 	defer c.conn.SetDeadline(time.Time{})
 	for _, l := range lines {
@@ -111,6 +115,12 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 	if rep.Data, err = read(354, "DATA"); err != nil {
 		return rep, nil, err
 	}
+	if c.text.R.Buffered() > 0 {
+		// More replies than commands: which reply was whose is not
+		// known, so none stands.
+		rep.RcptRead = 0
+		return rep, nil, errOutOfStep
+	}
 	if rep.Data != nil {
 		return rep, nil, nil
 	}
@@ -128,6 +138,12 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 	return rep, &DataCommand{client: c, wc: newDotWriter(c.text.W)}, nil
 }
 
+// errOutOfStep: the server sent more than the replies to the commands so
+// far (two replies to one command), so the replies read next would not be
+// those of the commands sent; the transaction is not trusted (mailhop
+// patch). Checked before each command and after a pipelined group.
+var errOutOfStep = textproto.ProtocolError("server out of step: it sent more replies than commands")
+
 func errOrNoRcpt(err error) error {
 	if err != nil {
 		return err
@@ -139,6 +155,9 @@ func errOrNoRcpt(err error) error {
 func (c *Client) stepTransaction(reset bool, lines, rcpts []string, rep *TransactionReplies) (*TransactionReplies, *DataCommand, error) {
 	cmd := func(expect int, line string) (error, error) {
 		rep.Awaiting, _, _ = strings.Cut(line, " ")
+		if c.text.R.Buffered() > 0 {
+			return nil, errOutOfStep
+		}
 		_, _, err := c.cmd(expect, "%s", line)
 		var se *SMTPError
 		if err != nil && !errors.As(err, &se) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDotWriter(t *testing.T) {
@@ -218,6 +219,82 @@ func TestReadReply(t *testing.T) {
 	}
 }
 
+// A multi-line reply without end keeps at most maxReplyText octets of text
+// and the client stays in step: a hostile server's endless EHLO reply grew
+// the client's memory by what it sent (200 MB sent, 450 MB resident).
+func TestReadReply_EndlessMultiline(t *testing.T) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte("220 hi\r\n"))
+		line := []byte("250-" + strings.Repeat("x", 996) + "\r\n")
+		for i := 0; i < 20000; i++ { // 20 MB
+			pw.Write(line)
+		}
+		pw.Write([]byte("250 last\r\n251 next\r\n"))
+		pw.Close()
+	}()
+	var fake faker
+	fake.ReadWriter = struct {
+		io.Reader
+		io.Writer
+	}{pr, io.Discard}
+	c := NewClient(fake)
+	if _, _, err := c.readResponse(220); err != nil {
+		t.Fatalf("greeting: %v", err)
+	}
+	code, msg, err := c.readResponse(250)
+	if err != nil || code != 250 {
+		t.Fatalf("reply: %d %v", code, err)
+	}
+	if max := 66 << 10; len(msg) > max { // maxReplyText and a line
+		t.Fatalf("kept %d octets of reply text, want at most %d", len(msg), max)
+	}
+	if code, msg, err := c.readResponse(25); err != nil || code != 251 || msg != "next" {
+		t.Fatalf("next reply: %d %q %v; want 251 next", code, msg, err)
+	}
+}
+
+// EHLO keywords are not case sensitive (RFC 5321 §2.4): a server that
+// announces "size 100" and "pipelining" has SIZE and PIPELINING; they were
+// ignored (no size check, no pipelining, no STARTTLS for "starttls").
+func TestClientEhloKeywordsCaseInsensitive(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.Write([]byte("220 hi\r\n"))
+		r := bufio.NewReader(c)
+		if _, err := r.ReadString('\n'); err != nil {
+			return
+		}
+		c.Write([]byte("250-mx\r\n250-pipelining\r\n250-StartTLS\r\n250 size 100\r\n"))
+		r.ReadString('\n')
+	}()
+	c, err := Dial(ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Hello("client"); err != nil {
+		t.Fatal(err)
+	}
+	for _, ext := range []string{"PIPELINING", "STARTTLS", "SIZE"} {
+		if ok, _ := c.Extension(ext); !ok {
+			t.Errorf("%s not found in a lower-case EHLO reply", ext)
+		}
+	}
+	if _, v := c.Extension("size"); v != "100" {
+		t.Errorf("SIZE parameter %q, want 100", v)
+	}
+}
+
 // An rfc822 ORCPT whose quoted local part holds a space goes on in xtext
 // (RFC 3461 §4.2); it was refused as an illegal address.
 func TestRcptCmd_ORCPTWithSpace(t *testing.T) {
@@ -233,5 +310,27 @@ func TestRcptCmd_ORCPTWithSpace(t *testing.T) {
 		OriginalRecipientType: DSNAddressTypeRFC822, OriginalRecipient: "ü@example.org",
 	}); err == nil {
 		t.Error("a non-ASCII rfc822 ORCPT was accepted")
+	}
+}
+
+// A server that answers RCPT twice ("250", then "550") is out of step: the
+// transaction fails with errOutOfStep before the next command instead of
+// taking the extra 550 for the reply to DATA (a bounce of mail the server
+// never refused).
+func TestStartTransaction_TwoRepliesToRcpt(t *testing.T) {
+	conn, got, done := pipeServer(t, "", map[string]string{"ok@": "250 ok\r\n550 5.7.1 stale\r\n"})
+	c := NewClient(conn)
+	c.CommandTimeout = 5 * time.Second // out of step, net.Pipe's writes can block both ends
+	rep, dc, err := c.StartTransaction(false, "a@x.test", nil, []string{"ok@y.test", "b@y.test"}, nil)
+	if err == nil || !strings.Contains(err.Error(), "out of step") || dc != nil {
+		t.Fatalf("err %v, DataCommand %v, replies %+v; want errOutOfStep", err, dc, rep)
+	}
+	if rep.RcptRead != 1 || rep.Rcpt[0] != nil {
+		t.Errorf("replies %+v, want the first RCPT's 250 read and no more", rep)
+	}
+	c.Close()
+	<-done
+	if strings.Contains(got.String(), "b@y.test") {
+		t.Errorf("a command went out after the extra reply:\n%s", got)
 	}
 }
