@@ -1,6 +1,8 @@
 package smtp
 
 import (
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -106,4 +108,59 @@ func FuzzXtext(f *testing.F) {
 // has 01-09, 10, 11-19 and 7F only).
 func noHexpoint(r rune) bool {
 	return r == 0 || r >= 0x0A && r <= 0x0F || r >= 0x1A && r <= 0x1F
+}
+
+// FuzzClientReplies feeds a server's bytes to the client: the greeting,
+// the EHLO reply and replies after it. Nothing may panic; a reply taken as
+// a success has the code asked for, an error reply is an *SMTPError with a
+// code of 400 or more (a 7xx defers, as in Postfix), and every keyword the EHLO
+// reply lists is found by Extension, in any case (RFC 5321 §2.4: extension
+// keywords are not case sensitive).
+func FuzzClientReplies(f *testing.F) {
+	f.Add("250-mx.example\r\n250-PIPELINING\r\n250-size 1000\r\n250 8BITMIME\r\n", "250 2.1.0 ok\r\n550-5.1.1 no\r\n550 5.1.1 such user\r\n")
+	f.Add("250-x\r\n250-dsn\r\n250 smtputf8\r\n", "354\r\n250 x\r")
+	f.Add("250 x\r\n", "421 4.3.2 bye\r\n")
+	f.Fuzz(func(t *testing.T, ehlo, rest string) {
+		if !strings.HasSuffix(ehlo, "\n") {
+			ehlo += "\r\n" // its lines, not rest's, are checked below
+		}
+		var fake faker
+		fake.ReadWriter = struct {
+			io.Reader
+			io.Writer
+		}{strings.NewReader("220 hi\r\n" + ehlo + rest), io.Discard}
+		c := NewClient(fake)
+		if err := c.Hello("me.example"); err != nil {
+			return
+		}
+		lines := strings.Split(ehlo, "\n")
+		for i, l := range lines {
+			l = strings.TrimSuffix(l, "\r")
+			if len(l) < 4 || l[3] != '-' {
+				break // the last line (Hello succeeded)
+			}
+			// A line over maxReplyLine is cut; invalid UTF-8 is not
+			// kept by strings.ToUpper.
+			if kw, _, _ := strings.Cut(l[4:], " "); i > 0 && kw != "" && len(l) <= maxReplyLine && isASCII(kw) {
+				if ok, _ := c.Extension(kw); !ok {
+					t.Fatalf("EHLO reply %q: Extension(%q) is false", ehlo, kw)
+				}
+			}
+		}
+		c.MaxMessageSize()
+		c.SupportsAuth("PLAIN")
+		for i := 0; i < 4; i++ {
+			code, _, err := c.readResponse(250)
+			if err == nil {
+				if code != 250 {
+					t.Fatalf("code %d taken for 250", code)
+				}
+				continue
+			}
+			var se *SMTPError
+			if errors.As(err, &se) && se.Code < 400 {
+				t.Fatalf("error reply %+v", se)
+			}
+		}
+	})
 }
