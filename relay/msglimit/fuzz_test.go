@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"io"
 	"testing"
+
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // crlf makes every line end of b CRLF, as the Reader expects.
@@ -63,6 +65,33 @@ func FuzzReader(f *testing.F) {
 					t.Fatalf("line of %d octets passed %+v", len(l), lim)
 				}
 			}
+		}
+	})
+}
+
+// FuzzHeaderSize: the header the Reader measures is the one
+// mailhdr.HeaderEnd finds (what the relay queues as the header): a limit of
+// exactly its size passes, one octet less is refused.
+func FuzzHeaderSize(f *testing.F) {
+	f.Add([]byte("Subject: x\r\n continued\r\nX :y\r\n\r\nbody\r\n"))
+	f.Add([]byte("A: 1\r\nno colon\r\nB: 2\r\n"))
+	f.Add([]byte(" x: y\r\n"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		msg = crlf(msg)
+		end := mailhdr.HeaderEnd(msg)
+		if end == 0 {
+			return
+		}
+		check := func(max int) *Error {
+			r := NewReader(bytes.NewReader(msg), Limits{MaxHeaderSize: max})
+			io.Copy(io.Discard, r)
+			return r.Err()
+		}
+		if err := check(end); err != nil {
+			t.Fatalf("%q: header of %d octets refused at %d: %v", msg, end, end, err)
+		}
+		if err := check(end - 1); err == nil {
+			t.Fatalf("%q: header of %d octets passed at %d", msg, end, end-1)
 		}
 	})
 }
