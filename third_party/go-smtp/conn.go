@@ -206,7 +206,9 @@ func (c *Conn) handle(cmd string, arg string) {
 		}
 		c.handleStartTLS()
 	default:
-		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)
+		// mailhop patch: the verb as it may be echoed (a bare CR in it
+		// went into the reply).
+		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", printable(cmd))
 		c.writeResponse(500, EnhancedCode{5, 5, 2}, msg)
 	}
 }
