@@ -3,13 +3,14 @@ package config
 import (
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
 // FuzzParse feeds arbitrary files to Parse. The seed corpus in
 // testdata/fuzz/FuzzParse holds config.example.toml and every bad config.
 // Parse must never panic, and must return either a usable Config or an *Error
-// that says what is wrong.
+// that says what is wrong, and where: a key, or the line of a syntax error.
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(minimal))
 	// Relative paths in fuzzed files resolve into this empty directory.
@@ -24,6 +25,11 @@ func FuzzParse(f *testing.F) {
 			for _, p := range ce.Problems {
 				if p.Msg == "" || p.Line < 0 {
 					t.Fatalf("bad problem %+v", p)
+				}
+				// The TOML parser gives no line for some errors at the
+				// end of the file (an escape there).
+				if p.Key == "" && p.Line == 0 && !strings.HasPrefix(p.Msg, "TOML") {
+					t.Fatalf("problem that names neither a key nor a line: %+v", p)
 				}
 			}
 			if cfg != nil {

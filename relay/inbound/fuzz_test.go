@@ -56,8 +56,8 @@ func (c *pipeConn) Close() error {
 
 // FuzzSession feeds random dialogs to a relay-mode session (loopback
 // trusted, so transactions reach the queue) over net.Pipe. The session must
-// never panic: go-smtp recovers panics and logs them, so a logged "panic"
-// fails the run.
+// never panic (go-smtp recovers panics and logs them, so a logged "panic"
+// fails the run), and every reply line must be well formed.
 func FuzzSession(f *testing.F) {
 	seeds := []string{
 		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\nQUIT\r\n",
@@ -67,6 +67,7 @@ func FuzzSession(f *testing.F) {
 		"EHLO x\r\nMAIL FROM:<@a,@b:c@d>\r\nRCPT TO:<\"a b\"@[IPv6:::1]>\r\nRSET\r\nVRFY x\r\nNOOP\r\n",
 		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nBDAT 3\r\nabcBDAT 2 LAST\r\n\r\n",
 		strings.Repeat("X", 3000) + "\r\nEHLO x\r\n",
+		"EHLO x\r\nAB\rC\r\nMAIL FROM:<a@b\rc>\r\n", // a bare CR echoed in a reply
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -99,14 +100,26 @@ func FuzzSession(f *testing.F) {
 		sc := &pipeConn{Conn: server, closed: make(chan struct{})}
 		ln.conns <- sc
 		client.SetDeadline(time.Now().Add(10 * time.Second))
-		go io.Copy(io.Discard, client) // the replies
+		var replies bytes.Buffer
+		copied := make(chan struct{})
+		go func() { io.Copy(&replies, client); close(copied) }()
 		client.Write(dialog)
 		client.Write([]byte("\r\n.\r\nQUIT\r\n"))
 		// The server may still wait for data (a BDAT chunk): end of input.
 		client.Close()
 		<-sc.closed
+		<-copied
 		if out := logs.String(); strings.Contains(out, "panic serving") {
 			t.Fatalf("panic in session:\n%s", out)
+		}
+		// Every reply line is well formed (RFC 5321 §4.2), whatever of
+		// the client's input it echoes; the last may be cut by the close.
+		lines := bytes.Split(replies.Bytes(), []byte("\r\n"))
+		for _, l := range lines[:len(lines)-1] {
+			if len(l) < 4 || l[0] < '2' || l[0] > '5' || l[1] < '0' || l[1] > '9' || l[2] < '0' || l[2] > '9' ||
+				l[3] != ' ' && l[3] != '-' || bytes.ContainsAny(l, "\r\n") || len(l) > 510 {
+				t.Fatalf("bad reply line %q to %q", l, dialog)
+			}
 		}
 	})
 }

@@ -14,6 +14,7 @@ import (
 	"net/textproto"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/smtperr"
@@ -125,7 +126,7 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		if r.remote != "" {
 			line += " (host " + r.remote + ")"
 		}
-		w("%s", line)
+		w("%s", cutUTF8(line, maxLine))
 	}
 	w("")
 
@@ -274,7 +275,7 @@ func endsWithCRLF(b queue.Body) bool {
 }
 
 // sanitize makes s safe for one header line: no control characters, at
-// most 900 bytes.
+// most 900 bytes (not cutting a UTF-8 character in two).
 func sanitize(s string) string {
 	s = strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
@@ -282,10 +283,23 @@ func sanitize(s string) string {
 		}
 		return r
 	}, s)
-	if len(s) > 900 {
-		s = s[:900]
+	return cutUTF8(s, 900)
+}
+
+// maxLine is the longest line of a message (RFC 5322 §2.1.1: 998 octets
+// without CRLF); a next hop may refuse a longer one, as mailhop does at
+// limits.max_line_length.
+const maxLine = 998
+
+// cutUTF8 returns s cut to at most n bytes, not within a UTF-8 sequence.
+func cutUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return s
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
 
 func isASCII(b []byte) bool {

@@ -6,7 +6,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
+	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
@@ -230,4 +233,52 @@ func TestBuildDSN_LocalDiagnostic(t *testing.T) {
 	if r := d.Recipients[0]; r.Status != "5.1.2" || r.DiagnosticCode != "X-mailhop; 5.1.2 domain nx.test does not exist (NXDOMAIN)" {
 		t.Errorf("status %q, Diagnostic-Code %q", r.Status, r.DiagnosticCode)
 	}
+}
+
+// FuzzBuildDSN: whatever the addresses, ORCPT, ENVID, remote host and reply
+// text a report is made of (they come from clients and servers), it is
+// lines of at most 998 octets (RFC 5322 §2.1.1: a next hop may refuse a
+// longer one, and a report about a report is never sent) ending in CRLF,
+// valid UTF-8, and ParseDSN reads it back.
+func FuzzBuildDSN(f *testing.F) {
+	f.Add("a@example.test", "rfc822;A@example.test", "E1", "mx.example.test", "no\r\nsuch user", "failed")
+	f.Add("jörg@exämple.test", "utf-8;jörg@exämple.test", "", "", "x"+strings.Repeat("ü", 600), "delayed")
+	f.Add(strings.Repeat("x", 64)+"@"+strings.Repeat("d", 190)+".test", "", "", strings.Repeat("m", 250)+".test", strings.Repeat("r", 2000), "failed")
+	f.Fuzz(func(t *testing.T, addr, orcpt, envid, remote, reply, action string) {
+		switch action {
+		case "failed", "delayed", "delivered", "relayed":
+		default:
+			action = "failed"
+		}
+		if !utf8.ValidString(addr+orcpt+envid+reply) || !strings.Contains(addr, "@") || strings.ContainsFunc(addr, unicode.IsSpace) {
+			return // what the relay accepts and keeps is UTF-8
+		}
+		if remote != "" && !dnsmx.IsDomainSyntax(remote, false) {
+			remote = "mx.example.test" // a name from DNS or the routes
+		}
+		env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: envid, SMTPUTF8: !isASCII([]byte(addr)),
+			Recipients: []queue.Recipient{{Address: addr, ORCPT: orcpt}}}
+		rcpts := []dsnRcpt{{rcpt: &env.Recipients[0], action: action, remote: remote,
+			reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: reply}}}
+		m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), rcpts: rcpts, now: time.Unix(1700000000, 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(m.reader())
+		for _, l := range bytes.SplitAfter(raw, []byte("\r\n")) {
+			text := bytes.TrimSuffix(l, []byte("\r\n"))
+			if len(text) > 998 {
+				t.Fatalf("line of %d octets: %q", len(text), text[:80])
+			}
+			if bytes.ContainsAny(text, "\r\n") {
+				t.Fatalf("bare CR or LF in %q", text)
+			}
+		}
+		if !utf8.Valid(raw) {
+			t.Fatalf("invalid UTF-8 in the report")
+		}
+		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
+			t.Fatalf("ParseDSN: %v\n%s", err, raw)
+		}
+	})
 }

@@ -489,14 +489,10 @@ func (c *Client) ehlo() error {
 	if len(extList) > 1 {
 		extList = extList[1:]
 		for _, line := range extList {
-			// Keywords are not case sensitive (RFC 5321 §2.4): a
-			// server's "size 1000" is SIZE (mailhop patch).
-			args := strings.SplitN(line, " ", 2)
-			if len(args) > 1 {
-				ext[strings.ToUpper(args[0])] = args[1]
-			} else {
-				ext[strings.ToUpper(args[0])] = ""
-			}
+			// mailhop patch: keywords are not case sensitive (RFC 5321
+			// §2.4); a server's "250-size 1000" was not SIZE.
+			kw, param, _ := strings.Cut(line, " ")
+			ext[strings.ToUpper(kw)] = param
 		}
 	}
 	c.ext = ext

@@ -206,7 +206,9 @@ func (c *Conn) handle(cmd string, arg string) {
 		}
 		c.handleStartTLS()
 	default:
-		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", cmd)
+		// mailhop patch: the verb as it may be echoed (a bare CR in it
+		// went into the reply).
+		msg := fmt.Sprintf("Syntax errors, %v command unrecognized", printable(cmd))
 		c.writeResponse(500, EnhancedCode{5, 5, 2}, msg)
 	}
 }
@@ -689,21 +691,31 @@ func decodeTypedAddress(val string) (DSNAddressType, string, error) {
 	return DSNAddressType(aType), aAddr, nil
 }
 
+// encodeXtext encodes raw as xtext (RFC 3461 §4): octet by octet, each
+// hexchar two digits (mailhop patch: "+9" was written for a tab, and a
+// rune's code point for a non-ASCII character).
 func encodeXtext(raw string) string {
 	var out strings.Builder
 	out.Grow(len(raw))
 
-	for _, ch := range raw {
+	for i := 0; i < len(raw); i++ {
+		ch := raw[i]
 		switch {
 		case ch >= '!' && ch <= '~' && ch != '+' && ch != '=':
 			// printable non-space US-ASCII except '+' and '='
-			out.WriteRune(ch)
+			out.WriteByte(ch)
 		default:
-			out.WriteRune('+')
-			out.WriteString(strings.ToUpper(strconv.FormatInt(int64(ch), 16)))
+			fmt.Fprintf(&out, "+%02X", ch)
 		}
 	}
 	return out.String()
+}
+
+// writeHexpoint writes the EmbeddedUnicodeChar of RFC 6533 §3 for ch: at
+// least two hex digits (mailhop patch: "\x{9}" was written for a tab,
+// which no decoder reads).
+func writeHexpoint(out *strings.Builder, ch rune) {
+	fmt.Fprintf(out, "\\x{%02X}", ch)
 }
 
 // Encodes raw string to the utf-8-addr-xtext form in RFC 6533.
@@ -713,15 +725,13 @@ func encodeUTF8AddrXtext(raw string) string {
 
 	for _, ch := range raw {
 		switch {
-		case ch >= '!' && ch <= '~' && ch != '+' && ch != '=':
-			// printable non-space US-ASCII except '+' and '='
+		case ch >= '!' && ch <= '~' && ch != '+' && ch != '=' && ch != '\\':
+			// printable non-space US-ASCII except '+', '=' and '\\'
+			// (mailhop patch: a backslash is not a QCHAR and was
+			// written as it is, so "\\x{E9}" decoded as "é")
 			out.WriteRune(ch)
 		default:
-			out.WriteRune('\\')
-			out.WriteRune('x')
-			out.WriteRune('{')
-			out.WriteString(strings.ToUpper(strconv.FormatInt(int64(ch), 16)))
-			out.WriteRune('}')
+			writeHexpoint(&out, ch)
 		}
 	}
 	return out.String()
@@ -734,16 +744,12 @@ func encodeUTF8AddrUnitext(raw string) string {
 
 	for _, ch := range raw {
 		switch {
-		case ch >= '!' && ch <= '~' && ch != '+' && ch != '=':
-			// printable non-space US-ASCII except '+' and '='
+		case ch >= '!' && ch <= '~' && ch != '+' && ch != '=' && ch != '\\':
+			// printable non-space US-ASCII except '+', '=' and '\\'
 			out.WriteRune(ch)
 		case ch <= '\x7F':
 			// other ASCII: CTLs, space and specials
-			out.WriteRune('\\')
-			out.WriteRune('x')
-			out.WriteRune('{')
-			out.WriteString(strings.ToUpper(strconv.FormatInt(int64(ch), 16)))
-			out.WriteRune('}')
+			writeHexpoint(&out, ch)
 		default:
 			// UTF-8 non-ASCII
 			out.WriteRune(ch)

@@ -1,0 +1,44 @@
+package admin
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"strings"
+	"testing"
+)
+
+// FuzzEnvelopeLine: an injection's envelope line (from a local user, or a
+// pickup file) never panics the reader; an envelope CheckEnvelope accepts
+// has addresses and an ENVID that hold no line end or space to put into a
+// queue record, a Received field or an SMTP command, and the message after
+// the line is left unread.
+func FuzzEnvelopeLine(f *testing.F) {
+	f.Add([]byte(`{"from":"a@b.test","recipients":["c@d.test"],"uid":1000,"notify":"SUCCESS,FAILURE","ret":"HDRS","envid":"x1"}` + "\nbody\r\n"))
+	f.Add([]byte(`{"from":"","recipients":["\"a b\"@d.test","jörg@exämple.test"],"uid":0}` + "\n"))
+	f.Add([]byte(`{"recipients":["a@[192.0.2.1]"],"x":1}` + "\n"))
+	f.Add([]byte(`{"recipients":["a\r\n@d.test"]}` + "\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		br := bufio.NewReaderSize(bytes.NewReader(data), 16)
+		env, err := readEnvelopeLine(br)
+		if err != nil {
+			return
+		}
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			if rest, _ := io.ReadAll(br); !bytes.Equal(rest, data[i+1:]) {
+				t.Fatalf("read into the message: %q left of %q", rest, data)
+			}
+		}
+		if CheckEnvelope(env) != nil {
+			return
+		}
+		for _, a := range append([]string{env.From, env.EnvID, env.Notify, env.Ret}, env.Recipients...) {
+			if strings.ContainsAny(a, "\r\n\x00") {
+				t.Fatalf("accepted %q in %+v", a, env)
+			}
+		}
+		if strings.ContainsAny(env.EnvID, " \t") {
+			t.Fatalf("accepted ENVID %q", env.EnvID)
+		}
+	})
+}
