@@ -276,11 +276,7 @@ func deliverReading(t *testing.T, q *Queue, id string) {
 func TestSegmentRecycledAfterItsReadersAreDone(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openTest(t, dir)
 	st := q.store.(*LogStore)
 	st.segMax = 8192
 	st.freeSpace = func() int64 { return 0 } // no spare of zeros: recycled ones only
@@ -339,11 +335,7 @@ func TestSegmentRecycledAfterItsReadersAreDone(t *testing.T) {
 func TestSteadyTrafficStartsEverySegmentFromASpare(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer q.Close()
+	q := openTest(t, dir)
 	st := q.store.(*LogStore)
 	st.segMax = 8192
 	body := bigBody(1500)
