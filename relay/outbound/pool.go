@@ -67,7 +67,6 @@ func (p *pool) put(cn *conn, idle time.Duration) {
 	})
 }
 
-// remove takes cn out of the pool; false when it is no longer there.
 // holds reports whether a connection that last carried mail to domain is
 // idle in the pool.
 func (p *pool) holds(domain string) bool {
@@ -83,6 +82,7 @@ func (p *pool) holds(domain string) bool {
 	return false
 }
 
+// remove takes cn out of the pool; false when it is no longer there.
 func (p *pool) remove(cn *conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
