@@ -223,7 +223,10 @@ func (s *LogStore) ensureActive() error {
 // maintain rotates a full segment, deletes segments nothing needs, and
 // copies long-lived messages out of the oldest segment when there are many.
 func (s *LogStore) maintain() {
-	if a := s.active; a != nil && (a.size >= s.segMax || a.grown && a.size >= s.segMax/earlySwitch && s.spareIsReady()) {
+	// A segment that started as an empty file is left only for a spare
+	// that can be taken: one a body of its earlier life is still read
+	// from cannot, and every switch to it started another empty file.
+	if a := s.active; a != nil && (a.size >= s.segMax || a.grown && a.size >= s.segMax/earlySwitch && s.spareTakable()) {
 		if s.dirty == s.active {
 			s.syncDirty()
 		}

@@ -61,6 +61,16 @@ func (s *LogStore) spareIsReady() bool {
 	return s.spareReady
 }
 
+// spareTakable reports whether takeSpare would take the spare now: one is
+// ready and no reader of its earlier life still reads it.
+func (s *LogStore) spareTakable() bool {
+	s.mu.Lock() // for spareFrom's readers
+	defer s.mu.Unlock()
+	s.spareMu.Lock()
+	defer s.spareMu.Unlock()
+	return s.spareReady && (s.spareFrom == nil || s.spareFrom.readers == 0)
+}
+
 // takeSpare renames the spare to path, if there is one that no reader of
 // its earlier life still reads.
 func (s *LogStore) takeSpare(path string) bool {

@@ -373,3 +373,68 @@ func TestSteadyTrafficStartsEverySegmentFromASpare(t *testing.T) {
 		t.Errorf("segments that started as empty files: %v; want only the first ones", grown)
 	}
 }
+
+// While the recycled spare waits for a reader of its earlier life, a
+// segment that started as an empty file is not left for it: the spare
+// cannot be taken yet, so every switch started another empty file, one
+// for each segMax/earlySwitch written (a segment per MiB while a slow
+// delivery read a body).
+func TestNoEarlySwitchToASpareStillRead(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	st := q.store.(*LogStore)
+	st.segMax = 8192
+	st.freeSpace = func() int64 { return 0 } // no spare of zeros: recycled ones only
+	body := bigBody(1500)
+	held := func() bool {
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		st.spareMu.Lock()
+		defer st.spareMu.Unlock()
+		return st.spareReady && st.spareFrom != nil && st.spareFrom.readers > 0
+	}
+	var open []io.Closer
+	defer func() {
+		for _, b := range open {
+			b.Close()
+		}
+	}()
+	for i := 0; i < 200 && !held(); i++ {
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := q.Next(context.Background())
+		if err != nil || got.ID != env.ID {
+			t.Fatalf("Next = %v, %v", got, err)
+		}
+		b, err := q.Body(env.ID) // a slow delivery: read till the end of the test
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, b)
+		if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Delivered}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !held() {
+		t.Fatalf("no recycled spare waiting for its readers; files: %v", listDir(t, dir))
+	}
+	st.mu.Lock()
+	first := st.active.seq
+	st.mu.Unlock()
+	for range 10 { // about two segments' worth
+		env := newEnv("x@y.test")
+		if err := q.Enqueue(env, bytes.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		deliverReading(t, q, env.ID)
+	}
+	st.mu.Lock()
+	last := st.active.seq
+	st.mu.Unlock()
+	if last-first > 3 {
+		t.Errorf("%d segments started for 10 messages of %d bytes (segMax %d); want at most 3", last-first, len(body), st.segMax)
+	}
+}

@@ -311,6 +311,25 @@ func TestDeadDestination_DomainFlushEndsItsMarkOnly(t *testing.T) {
 	}
 }
 
+// A flush of an internationalized domain ends its dead mark whichever form
+// the operator names it in: the agent marks the A-label, and `queue flush
+// --domain bücher.test` (the form its recipients were queued in) left it
+// dead, its mail deferred "delivery temporarily suspended" at once.
+func TestDeadDestination_FlushOfUnicodeDomain(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.start()
+	e := smtperr.New(0, "4.4.2", "timed out during greeting")
+	const alabel = "xn--bcher-kva.test"
+	for _, form := range []string{"bücher.test", "BÜCHER.test", alabel} {
+		h.agent.markDead(alabel, e)
+		h.q.Flush(form)
+		if err := h.agent.deadErr(alabel); err != nil {
+			t.Errorf("%s still dead after a flush of %s: %v", alabel, form, err)
+		}
+	}
+}
+
 // Messages parked for a domain's slots while its one attempt stalls are all
 // tried (deferred as suspended) once that attempt finds the domain dead: a
 // slot's release unparks only as many messages as it frees slots, and the
