@@ -82,8 +82,8 @@ func New(cfg *config.Config, q *queue.Queue, log *slog.Logger) (*Server, error) 
 // networks, recipient limit and connection limits apply to new commands and
 // connections at once; message size, line length, idle timeout, error
 // limit and the hostname of the greeting to the connections accepted
-// afterwards; the certificate is reloaded. The listeners themselves (addresses, modes) change at the next
-// start.
+// afterwards; the certificate is reloaded. The listeners themselves
+// (addresses, modes) change at the next start.
 func (s *Server) SetConfig(cfg *config.Config) error {
 	old := s.cfg.Swap(cfg)
 	if err := s.ReloadCertificate(); err != nil {
