@@ -34,6 +34,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
+
+	"golang.org/x/net/idna"
 )
 
 // ErrNotFound is returned for a queue ID that is not (or no longer) queued.
@@ -90,7 +93,7 @@ type slot struct {
 	held     bool
 	inflight bool
 	parked   bool     // given back by Park: out of the heap until Unpark (or its until)
-	domains  []string // of pending recipients, for Flush(domain)
+	domains  []string // of pending recipients (domainKey), for Flush(domain)
 	pending  int      // recipients still pending
 	attempts int      // attempts made, and whether a delay DSN went out:
 	warned   bool     // Done needs them without copying the envelope
@@ -157,7 +160,7 @@ func pendingDomains(env *Envelope) []string {
 		if env.Recipients[i].State != Pending {
 			continue
 		}
-		d := env.Recipients[i].Domain()
+		d := domainKey(env.Recipients[i].Domain())
 		found := false
 		for _, x := range ds {
 			if x == d {
@@ -593,7 +596,24 @@ func (q *Queue) Unpark(id string) bool {
 func (q *Queue) Flushes(domain string) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushes + q.domainFlushes[strings.ToLower(domain)]
+	return q.flushes + q.domainFlushes[domainKey(domain)]
+}
+
+// domainKey is the form in which Flush and Flushes compare domains: lower
+// case, an internationalized one as its A-label, so that an operator may
+// name it either way (its mail may be queued under either form, and
+// delivery knows its destinations by the A-label).
+func domainKey(d string) string {
+	d = strings.ToLower(d)
+	for i := 0; i < len(d); i++ {
+		if d[i] >= utf8.RuneSelf {
+			if a, err := idna.Lookup.ToASCII(d); err == nil {
+				return strings.ToLower(a)
+			}
+			break
+		}
+	}
+	return d
 }
 
 // List returns copies of every queued envelope, oldest first.
@@ -689,9 +709,10 @@ func (q *Queue) Delete(id string) error {
 }
 
 // Flush makes every queued message (or those with a pending recipient in
-// domain, when domain is not "") due now. It returns how many.
+// domain, in either form when internationalized, when domain is not "")
+// due now. It returns how many.
 func (q *Queue) Flush(domain string) int {
-	domain = strings.ToLower(domain)
+	domain = domainKey(domain)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if domain == "" {

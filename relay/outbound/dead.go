@@ -3,8 +3,6 @@ package outbound
 import (
 	"time"
 
-	"golang.org/x/net/idna"
-
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -40,7 +38,7 @@ func (a *Agent) markDead(domain string, e *smtperr.Error) {
 	}
 	wait -= wait / 10
 	now := a.now()
-	d := deadDest{until: now.Add(wait), flushes: a.flushes(domain), err: e}
+	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(domain), err: e}
 	if a.pool.holds(domain) {
 		a.log.Debug("destination stays alive: a connection to it is idle in the pool", "domain", domain, "err", e.Error())
 		return
@@ -94,7 +92,7 @@ func (a *Agent) deadErr(domain string) *smtperr.Error {
 	if !ok {
 		return nil
 	}
-	if !a.now().Before(d.until) || d.flushes != a.flushes(domain) {
+	if !a.now().Before(d.until) || d.flushes != a.q.Flushes(domain) {
 		a.mu.Lock()
 		if cur, ok := a.dead[domain]; ok && cur == d {
 			delete(a.dead, domain)
@@ -108,16 +106,4 @@ func (a *Agent) deadErr(domain string) *smtperr.Error {
 // suspended defers t's recipients with e, a dead destination's deferral.
 func (a *Agent) suspended(t *txn, domain string, e *smtperr.Error) groupResult {
 	return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e)}
-}
-
-// flushes counts the queue flushes of domain (an A-label, as destinations
-// are keyed) and of every domain. The operator may name an internationalized
-// domain in either form, and its mail is queued under the form it was sent
-// to: a flush of "bücher.example" counts for xn--bcher-kva.example too.
-func (a *Agent) flushes(domain string) uint64 {
-	n := a.q.Flushes(domain)
-	if u, err := idna.Lookup.ToUnicode(domain); err == nil && u != domain {
-		n += a.q.Flushes(u)
-	}
-	return n
 }
