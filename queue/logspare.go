@@ -61,24 +61,28 @@ func (s *LogStore) spareIsReady() bool {
 	return s.spareReady
 }
 
-// spareTakable reports whether takeSpare would take the spare now: one is
-// ready and no reader of its earlier life still reads it.
+// spareTakable reports whether takeSpare would take the spare now.
 func (s *LogStore) spareTakable() bool {
 	s.mu.Lock() // for spareFrom's readers
 	defer s.mu.Unlock()
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()
+	return s.takableLocked()
+}
+
+// takableLocked: a spare is ready and no reader of its earlier life still
+// reads it. mu and spareMu are held.
+func (s *LogStore) takableLocked() bool {
 	return s.spareReady && (s.spareFrom == nil || s.spareFrom.readers == 0)
 }
 
-// takeSpare renames the spare to path, if there is one that no reader of
-// its earlier life still reads.
+// takeSpare renames the spare to path, if it is takable.
 func (s *LogStore) takeSpare(path string) bool {
 	s.mu.Lock() // for spareFrom's readers
 	defer s.mu.Unlock()
 	s.spareMu.Lock()
 	defer s.spareMu.Unlock()
-	if !s.spareReady || s.spareFrom != nil && s.spareFrom.readers > 0 {
+	if !s.takableLocked() {
 		return false
 	}
 	s.spareReady, s.spareFrom = false, nil
