@@ -757,20 +757,28 @@ func TestPark_Unpark(t *testing.T) {
 	}
 }
 
-// A message parked with a time (its expiry or delay warning) is handed out
-// at that time though still parked, and is then no longer parked: an
-// Unpark for the slot it waited for finds nothing to do.
-func TestPark_Until(t *testing.T) {
-	q := openTest(t, t.TempDir())
+// handedOut enqueues one message and takes it with Next, as the delivery
+// agent does; ctx (10 s) is for the test's further calls of Next.
+func handedOut(t *testing.T, q *Queue) (context.Context, *Envelope) {
+	t.Helper()
 	env := newEnv("a@example.com")
 	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
 		t.Fatalf("Next = %v, %v", e, err)
 	}
+	return ctx, env
+}
+
+// A message parked with a time (its expiry or delay warning) is handed out
+// at that time though still parked, and is then no longer parked: an
+// Unpark for the slot it waited for finds nothing to do.
+func TestPark_Until(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	ctx, env := handedOut(t, q)
 	if err := q.Park(env.ID, time.Now().Add(100*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
@@ -795,15 +803,7 @@ func TestPark_Until(t *testing.T) {
 // a held message at its delay warning or expiry).
 func TestPark_Until_Held(t *testing.T) {
 	q := openTest(t, t.TempDir())
-	env := newEnv("a@example.com")
-	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
-		t.Fatalf("Next = %v, %v", e, err)
-	}
+	ctx, env := handedOut(t, q)
 	if err := q.Hold(env.ID); err != nil {
 		t.Fatal(err)
 	}
