@@ -268,6 +268,20 @@ func deliverReading(t *testing.T, q *Queue, id string) {
 	b.Close()
 }
 
+// smallSegments opens a queue whose segments hold 8 KiB, so a few messages
+// fill one; without zeros no spare of zeros is prepared (recycled ones only).
+func smallSegments(t *testing.T, zeros bool) (*Queue, *LogStore, string) {
+	t.Helper()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	st := q.store.(*LogStore)
+	st.segMax = 8192
+	if !zeros {
+		st.freeSpace = func() int64 { return 0 }
+	}
+	return q, st, dir
+}
+
 // A segment whose last message is recorded delivered while its body is
 // still open (as every delivery does it) is recycled all the same, once
 // the reading is done: it was deleted instead, and every other segment
@@ -275,11 +289,7 @@ func deliverReading(t *testing.T, q *Queue, id string) {
 // of zeros for every 32 MiB of mail).
 func TestSegmentRecycledAfterItsReadersAreDone(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	q := openTest(t, dir)
-	st := q.store.(*LogStore)
-	st.segMax = 8192
-	st.freeSpace = func() int64 { return 0 } // no spare of zeros: recycled ones only
+	q, _, dir := smallSegments(t, false)
 	body := bigBody(1500)
 	recycled := false
 	for i := 0; i < 200 && !recycled; i++ {
@@ -334,10 +344,7 @@ func TestSegmentRecycledAfterItsReadersAreDone(t *testing.T) {
 // a spare of zeros was written for each.
 func TestSteadyTrafficStartsEverySegmentFromASpare(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	q := openTest(t, dir)
-	st := q.store.(*LogStore)
-	st.segMax = 8192
+	q, st, dir := smallSegments(t, true)
 	body := bigBody(1500)
 	var grown []uint64
 	for range 300 {
@@ -381,11 +388,7 @@ func TestSteadyTrafficStartsEverySegmentFromASpare(t *testing.T) {
 // delivery read a body).
 func TestNoEarlySwitchToASpareStillRead(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	q := openTest(t, dir)
-	st := q.store.(*LogStore)
-	st.segMax = 8192
-	st.freeSpace = func() int64 { return 0 } // no spare of zeros: recycled ones only
+	q, st, dir := smallSegments(t, false)
 	body := bigBody(1500)
 	held := func() bool {
 		st.mu.Lock()
