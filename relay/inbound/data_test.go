@@ -97,10 +97,7 @@ func TestBDAT_BareLFRefused(t *testing.T) {
 
 func TestDataLineTooLong_500(t *testing.T) {
 	ts := startServer(t, trustLoopback)
-	d := dial(t, ts.addr[config.ModeRelay])
-	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
-		"C: MAIL FROM:<a@example.com>", "S: 250 ",
-		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d := inData(t, ts.addr[config.ModeRelay])
 	d.write("Subject: x\r\n\r\n" + strings.Repeat("y", 999) + "\r\nmore\r\n.\r\n")
 	d.expect("500 5.5.2 Line too long")
 	d.script("C: NOOP", "S: 250 ")
@@ -267,10 +264,7 @@ func TestDataWithoutHeader_BodyStartsAfterOurFields(t *testing.T) {
 			for _, e := range ts.q.List() {
 				before[e.ID] = true
 			}
-			d := dial(t, ts.addr[config.ModeRelay])
-			d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
-				"C: MAIL FROM:<a@example.com>", "S: 250 ",
-				"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+			d := inData(t, ts.addr[config.ModeRelay])
 			d.write(tc.data + ".\r\n")
 			d.expect("250 ")
 			for env, body := range ts.queued() {
@@ -355,10 +349,7 @@ func TestData_TooManyHopsRefused(t *testing.T) {
 			fmt.Fprintf(&b, "Received: from hop%d.example by hop%d.example;\r\n\tTue, 1 Jan 2026 00:00:00 +0000\r\n", i, i+1)
 		}
 		b.WriteString("Subject: loop\r\n\r\nbody\r\n")
-		d := dial(t, ts.addr[config.ModeRelay])
-		d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
-			"C: MAIL FROM:<a@example.com>", "S: 250 ",
-			"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+		d := inData(t, ts.addr[config.ModeRelay])
 		d.write(b.String() + ".\r\n")
 		d.expect(c.want)
 	}

@@ -145,6 +145,17 @@ type dialog struct {
 	r *bufio.Reader
 }
 
+// inData opens a session at addr that is in the middle of a message from
+// a@example.com to b@example.net: DATA answered 354.
+func inData(t *testing.T, addr string) *dialog {
+	t.Helper()
+	d := dial(t, addr)
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	return d
+}
+
 func dial(t *testing.T, addr string) *dialog {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)

@@ -102,10 +102,7 @@ func TestListenAndServe_UntilContextDone(t *testing.T) {
 		default:
 		}
 	}
-	d := dial(t, addr)
-	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
-		"C: MAIL FROM:<a@example.com>", "S: 250 ",
-		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d := inData(t, addr)
 	cancel()
 	// The transaction under way finishes during shutdown...
 	d.script("C: hi", "C: .", "S: 250 ")
@@ -256,10 +253,7 @@ func TestStartTLSHandshakeFailureLogged(t *testing.T) {
 func TestShutdown_SecondCallWaits(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, trustLoopback)
-	d := dial(t, ts.addr[config.ModeRelay])
-	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
-		"C: MAIL FROM:<a@example.com>", "S: 250 ",
-		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d := inData(t, ts.addr[config.ModeRelay])
 	d.write("Subject: finished after the shutdown began\r\n\r\nbody\r\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -296,10 +290,7 @@ func TestShutdown_SecondCallWaits(t *testing.T) {
 func TestShutdown_DeadlinePassed_421(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t, trustLoopback)
-	d := dial(t, ts.addr[config.ModeRelay])
-	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
-		"C: MAIL FROM:<a@example.com>", "S: 250 ",
-		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d := inData(t, ts.addr[config.ModeRelay])
 	d.write("Subject: half a message\r\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
