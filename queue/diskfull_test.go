@@ -8,13 +8,10 @@ import (
 	"testing"
 )
 
-// TestFullDiskFailedWritesLeaveNoSegments: on a full disk (a real tmpfs,
-// the reserve gone) every failed write abandoned its segment and the next
-// one started another: thousands of files, whose number set off the
-// compaction of the oldest segment, which took the space back as soon as
-// there was some. A segment nothing was ever written to is deleted.
-// Mounting needs root: skipped without it.
-func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
+// queueOnSmallDisk opens a queue in a 4 MiB tmpfs of its own (mnt),
+// unmounted at the end. Mounting needs root: skipped without it.
+func queueOnSmallDisk(t *testing.T) (*Queue, string) {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("mounting a tmpfs needs root")
 	}
@@ -22,8 +19,7 @@ func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
 	}
-	dir := filepath.Join(mnt, "q")
-	q, err := Open(dir, Options{})
+	q, err := Open(filepath.Join(mnt, "q"), Options{})
 	if err != nil {
 		exec.Command("umount", mnt).Run()
 		t.Fatal(err)
@@ -34,6 +30,18 @@ func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
 			t.Errorf("umount: %v: %s", err, out)
 		}
 	})
+	return q, mnt
+}
+
+// TestFullDiskFailedWritesLeaveNoSegments: on a full disk (a real tmpfs,
+// the reserve gone) every failed write abandoned its segment and the next
+// one started another: thousands of files, whose number set off the
+// compaction of the oldest segment, which took the space back as soon as
+// there was some. A segment nothing was ever written to is deleted.
+// Mounting needs root: skipped without it.
+func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
+	q, mnt := queueOnSmallDisk(t)
+	dir := filepath.Join(mnt, "q")
 	env := newEnv("a@example.test")
 	if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
 		t.Fatal(err)
@@ -91,25 +99,7 @@ func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
 // from mailhop (a 64 MiB tmpfs under load: 593 messages wedged). Such an
 // outcome is not written without the reserve; a delete still is.
 func TestFullDiskRetriesLeaveTheReserve(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a tmpfs needs root")
-	}
-	mnt := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v: %s", err, out)
-	}
-	dir := filepath.Join(mnt, "q")
-	q, err := Open(dir, Options{})
-	if err != nil {
-		exec.Command("umount", mnt).Run()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		q.Close()
-		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
-			t.Errorf("umount: %v: %s", err, out)
-		}
-	})
+	q, mnt := queueOnSmallDisk(t)
 	deferred, other := newEnv("a@example.test"), newEnv("b@example.test")
 	for _, env := range []*Envelope{deferred, other} {
 		if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
