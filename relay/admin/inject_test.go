@@ -63,6 +63,21 @@ type injectEnv struct {
 	cfg    *config.Config
 }
 
+// injected injects env with a short message over the socket and returns
+// the envelope queued.
+func (e *injectEnv) injected(t *testing.T, env *InjectEnvelope) *queue.Envelope {
+	t.Helper()
+	id, err := e.client.Inject(env, strings.NewReader("Subject: hi\n\nline\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	qe, err := e.q.Get(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return qe
+}
+
 func startInject(t *testing.T, withCred bool) *injectEnv {
 	t.Helper()
 	dir := t.TempDir()
@@ -114,22 +129,15 @@ func TestInject_QueuesWithPeerUserAndReceived(t *testing.T) {
 	}
 	// The client claims to be someone else; the kernel's word wins.
 	env := &InjectEnvelope{From: "cron@relay.test", Recipients: []string{"ops@example.com"}, User: "mallory", UID: 4242}
-	id, err := e.client.Inject(env, strings.NewReader("Subject: hi\n\nline\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	qe, err := e.q.Get(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	qe := e.injected(t, env)
 	if qe.From != "cron@relay.test" || len(qe.Recipients) != 1 || qe.Recipients[0].Address != "ops@example.com" {
 		t.Errorf("envelope = %+v", qe)
 	}
 	if qe.User != me.Username {
 		t.Errorf("user = %q, want %q", qe.User, me.Username)
 	}
-	body := queuedBody(t, e.q, id)
-	wantRcv := "Received: from local user " + me.Username + " (uid " + me.Uid + ")\r\n\tby relay.test (mailhop) with local id " + id + ";\r\n\t"
+	body := queuedBody(t, e.q, qe.ID)
+	wantRcv := "Received: from local user " + me.Username + " (uid " + me.Uid + ")\r\n\tby relay.test (mailhop) with local id " + qe.ID + ";\r\n\t"
 	if !strings.HasPrefix(body, wantRcv) {
 		t.Errorf("body starts %q, want %q", body[:min(len(body), 120)], wantRcv)
 	}
@@ -148,14 +156,7 @@ func TestInject_DSN(t *testing.T) {
 	e := startInject(t, true)
 	env := &InjectEnvelope{From: "cron@relay.test", Recipients: []string{"a@example.com", "b@example.com"},
 		Notify: "success,DELAY", Ret: "hdrs", EnvID: "job+2B1"}
-	id, err := e.client.Inject(env, strings.NewReader("Subject: hi\n\nline\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	qe, err := e.q.Get(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	qe := e.injected(t, env)
 	if qe.Ret != "HDRS" || qe.EnvID != "job+2B1" {
 		t.Errorf("RET %q ENVID %q", qe.Ret, qe.EnvID)
 	}
@@ -174,14 +175,7 @@ func TestInject_Postmaster(t *testing.T) {
 	e := startInject(t, true)
 	e.cfg.Postmaster = "ops@example.com"
 	env := &InjectEnvelope{From: "cron@relay.test", Recipients: []string{"Postmaster@Relay.Test", "ops@example.com", "b@example.com"}}
-	id, err := e.client.Inject(env, strings.NewReader("Subject: hi\n\nline\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	qe, err := e.q.Get(id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	qe := e.injected(t, env)
 	if len(qe.Recipients) != 2 || qe.Recipients[0].Address != "ops@example.com" ||
 		qe.Recipients[0].ORCPT != "rfc822;Postmaster@Relay.Test" || qe.Recipients[1].Address != "b@example.com" {
 		t.Errorf("recipients = %+v", qe.Recipients)
