@@ -898,17 +898,13 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		switch {
 		case broken:
 			cn.close()
-		case allDeferred(res):
-			// The server took nothing and deferred every recipient: it
-			// may be turning this session away, as postscreen does once
-			// its tests pass ("450 4.3.2 Service currently unavailable"
-			// until the client connects again). The next try gets a new
-			// session, not this one from the pool.
-			go quit(cn)
-		case cn.key.cfg != a.config():
-			// Set up before a reload: mail goes over new sessions.
-			go quit(cn)
-		case a.now().Sub(cn.born) >= connReuseLimit:
+		case allDeferred(res), cn.key.cfg != a.config(), a.now().Sub(cn.born) >= connReuseLimit:
+			// Not kept for reuse: a server that took nothing and
+			// deferred every recipient may be turning this session away,
+			// as postscreen does once its tests pass ("450 4.3.2 Service
+			// currently unavailable" until the client connects again);
+			// a session set up before a reload has the old settings; and
+			// one is reused for connReuseLimit at most.
 			go quit(cn)
 		default:
 			cn.reused, cn.domain = false, domain
