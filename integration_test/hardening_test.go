@@ -207,17 +207,7 @@ type wireTap struct {
 	conns []*bytes.Buffer
 }
 
-// startTap listens on addr and forwards every connection to target.
-func startTap(t testing.TB, addr, target string) *wireTap {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatalf("tap: %v", err)
-	}
-	return startTapOn(t, ln, target)
-}
-
-// startTapOn is startTap on a listener the test made.
+// startTapOn forwards every connection ln accepts to target.
 func startTapOn(t testing.TB, ln net.Listener, target string) *wireTap {
 	t.Helper()
 	tap := &wireTap{}

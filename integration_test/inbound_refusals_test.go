@@ -91,12 +91,6 @@ func (d *dialog) starttls() {
 	d.c = textproto.NewConn(tc)
 }
 
-// authPlain runs AUTH PLAIN with an initial response and returns the reply.
-func (d *dialog) authPlain(user, pass string) (int, string) {
-	d.t.Helper()
-	return d.cmd("AUTH PLAIN %s", plainResp(user, pass))
-}
-
 // data sends DATA and the body (dot-stuffed here; body must end in CRLF)
 // and returns the final reply. A refusal of DATA itself is returned as is.
 func (d *dialog) data(body []byte) (int, string) {
