@@ -33,6 +33,22 @@ func queueOnSmallDisk(t *testing.T) (*Queue, string) {
 	return q, mnt
 }
 
+// fillDisk writes mnt/filler until the file system has not a byte free.
+func fillDisk(t *testing.T, mnt string) {
+	t.Helper()
+	filler, err := os.Create(filepath.Join(mnt, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer filler.Close()
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := filler.Write(chunk); err != nil {
+			return
+		}
+	}
+}
+
 // TestFullDiskFailedWritesLeaveNoSegments: on a full disk (a real tmpfs,
 // the reserve gone) every failed write abandoned its segment and the next
 // one started another: thousands of files, whose number set off the
@@ -50,17 +66,7 @@ func TestFullDiskFailedWritesLeaveNoSegments(t *testing.T) {
 	if err := os.Remove(filepath.Join(dir, reserveName)); err != nil {
 		t.Fatal(err)
 	}
-	filler, err := os.Create(filepath.Join(mnt, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := filler.Write(chunk); err != nil {
-			break
-		}
-	}
-	filler.Close()
+	fillDisk(t, mnt)
 	res := Result{Recipients: []RcptUpdate{{Index: 0, State: Pending, Code: 451, Reply: "4.3.0 later"}}}
 	// The segment's last page may still take a few records; then 20
 	// writes fail.
@@ -106,17 +112,7 @@ func TestFullDiskRetriesLeaveTheReserve(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	filler, err := os.Create(filepath.Join(mnt, "filler"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	chunk := make([]byte, 4096)
-	for {
-		if _, err := filler.Write(chunk); err != nil {
-			break
-		}
-	}
-	filler.Close()
+	fillDisk(t, mnt)
 	// 4 KiB of last reply a retry: 256 of them would fill the reserve.
 	res := Result{LastError: strings.Repeat("x", 4096),
 		Recipients: []RcptUpdate{{Index: 0, State: Pending, Code: 451, Reply: "4.3.0 later"}}}
