@@ -143,8 +143,11 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	}
 	for _, r := range in.rcpts {
 		w("")
-		if typ, addr, ok := strings.Cut(r.rcpt.ORCPT, ";"); ok && addr != "" {
-			w("Original-Recipient: %s; %s", strings.ToLower(strings.TrimSpace(typ)), sanitize(addr))
+		if typ, addr, ok := strings.Cut(r.rcpt.ORCPT, ";"); ok {
+			typ, addr = strings.TrimSpace(typ), strings.TrimSpace(sanitize(addr))
+			if isAddrType(typ) && addr != "" {
+				w("Original-Recipient: %s; %s", strings.ToLower(typ), addr)
+			}
 		}
 		w("Final-Recipient: %s; %s", addrType(r.rcpt.Address), sanitize(r.rcpt.Address))
 		w("Action: %s", r.action)
@@ -272,6 +275,23 @@ func endsWithCRLF(b queue.Body) bool {
 		return false
 	}
 	return p == [2]byte{'\r', '\n'}
+}
+
+// isAddrType reports whether s can be an address type (RFC 3461 §4.2:
+// "rfc822", "utf-8", an "x-" type): letters, digits and hyphens. An
+// ORCPT of another type (from SMTP it cannot be) gives no
+// Original-Recipient field rather than a malformed one.
+func isAddrType(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c == '-' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return false
+		}
+	}
+	return true
 }
 
 // sanitize makes s safe for one header line: no control characters, at

@@ -250,7 +250,12 @@ func FuzzBuildDSN(f *testing.F) {
 		default:
 			action = "failed"
 		}
-		if !utf8.ValidString(addr+orcpt+envid+reply) || !strings.Contains(addr, "@") || strings.ContainsFunc(addr, unicode.IsSpace) {
+		for _, s := range []string{addr, orcpt, envid, reply} {
+			if !utf8.ValidString(s) {
+				return // what the relay accepts and keeps is UTF-8 (each string: two halves may make a character)
+			}
+		}
+		if !strings.Contains(addr, "@") || strings.ContainsFunc(addr, unicode.IsSpace) {
 			return // what the relay accepts and keeps is UTF-8
 		}
 		if remote != "" && !dnsmx.IsDomainSyntax(remote, false) {
