@@ -31,6 +31,18 @@ func remoteIP(a net.Addr) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
+// remotePort is the port of a client's address, 0 if it has none.
+func remotePort(a net.Addr) int {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.Port
+	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return 0
+	}
+	return int(ap.Port())
+}
+
 // ipv6ClientBits is how much of an IPv6 client address names one client
 // for the per-address limits (connections, AUTH failures): its /64, the
 // subnet of one site (RFC 6177). Anyone with IPv6 has a whole /64, so

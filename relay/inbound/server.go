@@ -303,19 +303,38 @@ func (s *Server) shutdown(ctx context.Context) error {
 // or STARTTLS handshake, a reset connection: what port probes, clients
 // without TLS 1.2 and vanishing clients cause) is the client's doing, not
 // the server's: it is logged at info level as "connection lost", like
-// Postfix's "lost connection".
+// Postfix's "lost connection". Both name the client as every other inbound
+// line does (client=IP), its port in a key of its own.
 type errorLog struct{ log *slog.Logger }
 
 func (e errorLog) Printf(format string, v ...any) {
-	if format == connErrorFormat && len(v) == 2 {
-		e.log.Info("connection lost", "client", fmt.Sprint(v[0]), "error", fmt.Sprint(v[1]))
-		return
+	switch {
+	case format == connErrorFormat && len(v) == 2:
+		e.log.Info("connection lost", append(clientAttrs(v[0]), "error", fmt.Sprint(v[1]))...)
+	case format == panicFormat && len(v) == 3:
+		e.log.Error("smtp server error", append(clientAttrs(v[0]), "error", fmt.Sprintf("panic serving: %v\n%s", v[1], v[2]))...)
+	default:
+		e.log.Error("smtp server error", "error", fmt.Sprintf(format, v...))
 	}
-	e.log.Error("smtp server error", "error", fmt.Sprintf(format, v...))
 }
 
-// connErrorFormat is how go-smtp reports a session that ended with an error.
-const connErrorFormat = "error handling %v: %s"
+// clientAttrs names the client of go-smtp's remote address: client=IP and
+// port, or the address as it is when it is not an IP address and port.
+func clientAttrs(a any) []any {
+	if na, ok := a.(net.Addr); ok {
+		if ip := remoteIP(na); ip.IsValid() {
+			return []any{"client", ip.String(), "port", remotePort(na)}
+		}
+	}
+	return []any{"client", fmt.Sprint(a)}
+}
+
+// connErrorFormat is how go-smtp reports a session that ended with an
+// error, panicFormat a panic in a session.
+const (
+	connErrorFormat = "error handling %v: %s"
+	panicFormat     = "panic serving %v: %v\n%s"
+)
 
 func (e errorLog) Println(v ...any) {
 	e.log.Error("smtp server error", "error", fmt.Sprint(v...))

@@ -207,7 +207,8 @@ func TestPostmasterFromTrustedClient(t *testing.T) {
 
 // TestConnectionLostIsNotAnError: a port probe on the implicit-TLS listener
 // (connect, then close without a handshake) is logged at info level as a lost
-// connection naming the TLS handshake, not as a server error.
+// connection naming the TLS handshake, not as a server error, and the client
+// as every other inbound line does (client=IP), its port apart.
 func TestConnectionLostIsNotAnError(t *testing.T) {
 	t.Parallel()
 	ts := startServer(t)
@@ -217,11 +218,26 @@ func TestConnectionLostIsNotAnError(t *testing.T) {
 	}
 	c.Close()
 	line := ts.logs.WaitLine(5*time.Second, "connection lost")
-	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "TLS handshake") || !strings.Contains(line, "client=127.0.0.1:") {
+	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "TLS handshake") ||
+		!strings.Contains(line, " client=127.0.0.1 port=") {
 		t.Errorf("log line %q, want an INFO 'connection lost' naming the client and the TLS handshake", line)
 	}
 	if strings.Contains(ts.logs.String(), "level=ERROR") {
 		t.Errorf("a port probe was logged as an error:\n%s", ts.logs.String())
+	}
+}
+
+// TestErrorLogPanicNamesClient: a panic in a session (go-smtp's "panic
+// serving" line) is an error naming the client like the other lines.
+func TestErrorLogPanicNamesClient(t *testing.T) {
+	var logs bytes.Buffer
+	el := errorLog{slog.New(slog.NewTextHandler(&logs, nil))}
+	addr := &net.TCPAddr{IP: net.ParseIP("::ffff:127.0.0.9"), Port: 4242}
+	el.Printf("panic serving %v: %v\n%s", addr, "boom", []byte("stack"))
+	line := logs.String()
+	if !strings.Contains(line, "level=ERROR") || !strings.Contains(line, " client=127.0.0.9 port=4242 ") ||
+		!strings.Contains(line, "panic serving: boom") {
+		t.Errorf("log line %q, want an ERROR naming client=127.0.0.9 port=4242 and the panic", line)
 	}
 }
 
@@ -240,7 +256,7 @@ func TestStartTLSHandshakeFailureLogged(t *testing.T) {
 	}
 	line := ts.logs.WaitLine(5*time.Second, "connection lost")
 	if !strings.Contains(line, "level=INFO") || !strings.Contains(line, "STARTTLS handshake") ||
-		!strings.Contains(line, "unsupported versions") || !strings.Contains(line, "client=127.0.0.1:") {
+		!strings.Contains(line, "unsupported versions") || !strings.Contains(line, " client=127.0.0.1 port=") {
 		t.Errorf("log line %q, want an INFO 'connection lost' naming the client and the failed STARTTLS handshake", line)
 	}
 }
