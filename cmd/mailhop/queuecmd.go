@@ -161,10 +161,11 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		}
 		printDetail(stdout, m)
 		// Then the message itself, as Postfix's postcat -q shows it, for
-		// those who may read it.
+		// those who may read it. The envelope alone is not the message: a
+		// content that cannot be read fails the command.
 		fmt.Fprintln(stdout)
 		if err := content(id, stdout); err != nil {
-			fmt.Fprintf(stderr, "mailhop queue show: message content of %s: %v\n", id, err)
+			return fail(fmt.Errorf("message content of %s: %w", id, err))
 		}
 		return exitOK
 	case "flush":

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -254,6 +255,48 @@ func TestSendmailNames_MailqNewaliases(t *testing.T) {
 		var out, errs bytes.Buffer
 		if code := run(args, strings.NewReader(""), &out, &errs); code != 0 || !strings.Contains(errs.String(), "no aliases") {
 			t.Errorf("%q: exit %d, stderr %q; want 0 and a note", args, code, errs.String())
+		}
+	}
+}
+
+// TestQueueShow_UnreadableContent: when a message's content cannot be read
+// (here its body file is gone), `queue show ID` prints the envelope and
+// fails naming the queue ID, whether the relay is running or stopped; it
+// printed the envelope, the error, and exited 0.
+func TestQueueShow_UnreadableContent(t *testing.T) {
+	t.Parallel()
+	body := "Subject: big\r\n\r\n" + strings.Repeat("x", queue.InlineMax+1)
+	enqueue := func(q *queue.Queue) string {
+		env := &queue.Envelope{ID: q.NewID(), From: "a@example.com", Recipients: []queue.Recipient{{Address: "b@example.net"}}}
+		if err := q.Enqueue(env, strings.NewReader(body)); err != nil {
+			t.Fatal(err)
+		}
+		return env.ID
+	}
+	stopped := writeConfig(t, "")
+	stoppedDir := filepath.Join(filepath.Dir(stopped), "data", "queue")
+	q, err := queue.Open(stoppedDir, queue.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stoppedID := enqueue(q)
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	running := startLocalRelay(t, "")
+	runningID := enqueue(running.q)
+
+	for name, c := range map[string]struct{ cfg, dir, id string }{
+		"running": {running.cfgPath, filepath.Join(filepath.Dir(running.cfgPath), "data", "queue"), runningID},
+		"stopped": {stopped, stoppedDir, stoppedID},
+	} {
+		if err := os.Remove(filepath.Join(c.dir, "bodies", c.id)); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		out, errs, code := runQueue(c.cfg, "show", c.id)
+		if code != exitFail || !strings.Contains(out, "b@example.net") || !strings.Contains(errs, "message content of "+c.id) {
+			t.Errorf("%s: show of a message without its body: exit %d, stdout %q, stderr %q; want the envelope, then exit 1 naming %s",
+				name, code, out, errs, c.id)
 		}
 	}
 }
