@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/internal/earlysignal"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
@@ -58,6 +58,14 @@ func newLogger(c config.Log, w io.Writer) (*slog.Logger, *slog.LevelVar) {
 }
 
 func cmdServe(args []string, stderr io.Writer) int {
+	// Signals are caught from the first moment (earlysignal's init, before
+	// the configuration is read): a SIGTERM while the relay starts (its
+	// ports may already accept) still means a clean stop, once the start
+	// is complete. They stay caught until the process exits: a SIGHUP (a
+	// log rotation's reload) or a second SIGTERM after the stop would
+	// otherwise kill the process on its way out, and a clean stop would
+	// end with 129 or 143.
+	sigs := earlysignal.Serve()
 	cfg, path, code := configCommand("serve", args, stderr)
 	if code != exitOK {
 		return max(code, exitOK)
@@ -81,24 +89,18 @@ func cmdServe(args []string, stderr io.Writer) int {
 			}
 		}()
 	}
-	if err := serve(cfg, path, log, level); err != nil {
+	if err := serve(cfg, path, log, level, sigs); err != nil {
 		log.Error("mailhop stopped", "err", err)
 		return exitFail
 	}
 	return exitOK
 }
 
-// serve wires the parts together and runs until SIGTERM or SIGINT:
-// inbound server → queue → delivery agent → DNS, plus the admin socket.
-func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelVar) error {
+// serve wires the parts together and runs until SIGTERM or SIGINT on sigs
+// (SIGHUP: reload): inbound server → queue → delivery agent → DNS, plus the
+// admin socket.
+func serve(cfg *config.Config, path string, log *slog.Logger, level *slog.LevelVar, sigs <-chan os.Signal) error {
 	boot := cfg // what the process binds and opens now; reloads compare with it
-	// Signals are caught from the first moment: a SIGTERM while the relay
-	// starts (its ports may already accept) still means a clean stop.
-	// They stay caught until the process exits: a SIGHUP (a log rotation's
-	// reload) or a second SIGTERM after the stop would otherwise kill the
-	// process on its way out, and a clean stop would end with 129 or 143.
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data_dir: %w", err)
 	}
