@@ -16,7 +16,9 @@ import (
 // recover replays every segment, oldest first. Damage never stops a start:
 // a record that fails its checksum is skipped (its bytes copied to
 // quarantine/), and an incomplete record at the end of a segment, the trace
-// of a crash in mid-write, was never acknowledged and is ignored.
+// of a crash in mid-write, was never acknowledged and is ignored. Messages
+// that dropped records are known to have taken are logged by queue ID
+// (reportOrphans).
 func (s *LogStore) recover() error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
@@ -53,9 +55,74 @@ func (s *LogStore) recover() error {
 		s.bySeq[seq] = seg
 		s.replay(seg, data)
 	}
+	s.reportOrphans()
 	s.checkBodies()
 	s.deleteDead()
 	return nil
+}
+
+// reportOrphans names the messages recovery lost by their queue IDs, where
+// later records name them: a state or hold record of a message with no
+// message record before or after it (nor a done record: it may have left
+// the queue) is a message whose record was in a damaged or cut part of the
+// queue. Only when records were dropped: in an undamaged log such a record
+// is one written after the message's done record (an attempt's outcome and
+// `queue delete` at once), the done record in a segment deleted since.
+// Each is logged once, as a done record is written for it.
+func (s *LogStore) reportOrphans() {
+	orphans := s.orphans
+	s.orphans = nil
+	if len(orphans) == 0 || !s.damaged && !s.cut {
+		return
+	}
+	s.dropDone(orphans)
+	ids := make([]string, 0, len(orphans))
+	for id := range orphans {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		// Its body file, if any, is all that is left of it: kept.
+		s.damaged = true
+		s.log.Error("queue: message lost: its message record was in a damaged or cut part of the queue; a later record names it",
+			"queue_id", id, "segment", orphans[id])
+		s.lost = append(s.lost, id)
+	}
+}
+
+// dropDone removes from orphans the messages that a done record names,
+// reading the segments again (only after damage, so rarely).
+func (s *LogStore) dropDone(orphans map[string]string) {
+	var walk func(r *parsedRecord)
+	walk = func(r *parsedRecord) {
+		switch r.typ {
+		case recDone:
+			delete(orphans, r.id)
+		case recGroup:
+			for _, in := range r.group {
+				walk(in)
+			}
+		}
+	}
+	for _, seg := range s.segs {
+		data, err := os.ReadFile(seg.path)
+		if err != nil {
+			continue
+		}
+		for off := 0; off < len(data); {
+			n, st := recordAt(data, off, seg.seq, s.key)
+			if st != frameOK {
+				if off = nextRecord(data, off+1, seg.seq, s.key); off < 0 {
+					break
+				}
+				continue
+			}
+			if r, err := parsePayload(data[off+headerSize], data[off+headerSize+1:off+headerSize+n]); err == nil {
+				walk(r)
+			}
+			off += headerSize + n
+		}
+	}
 }
 
 // replay applies the records of one segment.
@@ -71,6 +138,7 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 					// The rest is a recycled file's earlier life (its
 					// first bytes overwritten by this one's records).
 				case !allZero(data[off:]):
+					s.cut = true
 					s.log.Warn("queue: ignoring incomplete record at end of segment (a write cut short by a crash or a full disk; it was never acknowledged)",
 						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				case int64(len(data)) < s.segMax:
@@ -199,6 +267,7 @@ func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord)
 			m = &storedMsg{}
 			s.msgs[r.env.ID] = m
 		}
+		delete(s.orphans, r.env.ID)
 		m.env, m.file = r.env, r.where == bodyFile
 		if !m.file {
 			m.seq, m.boff = seg.seq, payloadOff+int64(r.boff)
@@ -208,13 +277,18 @@ func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord)
 		if m, ok := s.msgs[r.st.ID]; ok {
 			r.st.apply(m.env)
 			s.touch(m, seg)
+		} else {
+			s.orphan(r.st.ID, seg)
 		}
 	case recHold:
 		if m, ok := s.msgs[r.id]; ok {
 			m.env.Held = r.held
 			s.touch(m, seg)
+		} else {
+			s.orphan(r.id, seg)
 		}
 	case recDone:
+		delete(s.orphans, r.id)
 		if m, ok := s.msgs[r.id]; ok {
 			s.drop(r.id, m)
 		}
@@ -223,6 +297,19 @@ func (s *LogStore) replayRecord(seg *segment, payloadOff int64, r *parsedRecord)
 			s.replayRecord(seg, payloadOff+int64(r.offs[i]), in)
 		}
 	}
+}
+
+// orphan notes that a record in seg names id, a message not read (yet).
+// Most are not lost: the message's record was in a segment deleted since,
+// and a copy of it (compaction's snapshot) or its done record follows.
+func (s *LogStore) orphan(id string, seg *segment) {
+	if _, ok := s.orphans[id]; ok {
+		return
+	}
+	if s.orphans == nil {
+		s.orphans = make(map[string]string)
+	}
+	s.orphans[id] = seg.path
 }
 
 // checkBodies moves aside messages whose body file is missing or short, and

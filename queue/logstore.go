@@ -57,6 +57,12 @@ type LogStore struct {
 	freeSpace func() int64
 	damaged   bool     // recovery found damage (set at start only)
 	dirty     *segment // holds lazy records not yet fsynced (committer only)
+	cut       bool     // recovery ignored an incomplete record (set at start only)
+
+	// orphans: at recovery, the messages that state or hold records name
+	// while no message record of them has been read (logrecover.go), with
+	// the segment of the first such record.
+	orphans map[string]string
 
 	spareMu    sync.Mutex // guards spareReady, spareFrom and renames to and from spare.log
 	spareReady bool

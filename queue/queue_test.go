@@ -904,3 +904,81 @@ func TestOpenWaitsForReader(t *testing.T) {
 		t.Errorf("a second writer's open failed after %s, not at once", d)
 	}
 }
+
+// TestLostMessageNamedByID: when recovery drops a message's record (its
+// segment cut short, or the record damaged) and a later record of it
+// survives (here its hold record, in the next segment), the message is
+// logged lost by its queue ID at error level, once: the cut was logged
+// only as an incomplete record, the damage as a quarantined one, neither
+// naming the message.
+func TestLostMessageNamedByID(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"cut", "damaged"} {
+		q, st, dir := smallSegments(t, false)
+		lost, other := newEnv("a@x.test"), newEnv("b@x.test")
+		if err := q.Enqueue(lost, strings.NewReader("LOSTBODY "+strings.Repeat("x", 3000)+"\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Enqueue(other, bytes.NewReader(bigBody(6000))); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Hold(lost.ID); err != nil {
+			t.Fatal(err)
+		}
+		st.mu.Lock()
+		nsegs := len(st.segs)
+		st.mu.Unlock()
+		q.Close()
+		segs := segments(t, dir)
+		if nsegs < 2 || len(segs) < 2 {
+			t.Fatalf("%s: want the hold record in a later segment, have %d segments", how, len(segs))
+		}
+		data, err := os.ReadFile(segs[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := bytes.Index(data, []byte("LOSTBODY"))
+		if i < 0 {
+			t.Fatalf("%s: the message is not in the first segment", how)
+		}
+		if how == "cut" {
+			data = data[:i+4] // a segment cut in the middle of the message's record
+		} else {
+			data[i] ^= 0xff
+		}
+		if err := os.WriteFile(segs[0], data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for start := range 2 {
+			var logs testlog.Buffer
+			q2, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := q2.Get(lost.ID); err == nil {
+				t.Errorf("%s: the message came back from a dropped record", how)
+			}
+			q2.Close()
+			n := countLines(logs.String(), "level=ERROR", `msg="queue: message lost`, "queue_id="+lost.ID)
+			if want := 1 - start; n != want || strings.Contains(logs.String(), "queue_id="+other.ID) {
+				t.Errorf("%s, start %d: %d error lines naming %s lost (want %d), none naming %s:\n%s",
+					how, start+1, n, lost.ID, want, other.ID, logs.String())
+			}
+		}
+	}
+}
+
+// countLines counts the lines of logs that contain every one of parts.
+func countLines(logs string, parts ...string) int {
+	n := 0
+	for _, l := range strings.Split(logs, "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
