@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -322,7 +323,15 @@ func cutUTF8(s string, n int) string {
 	return s[:n]
 }
 
+// isASCII reports whether b holds no octet above 127, eight at a time (it
+// runs over every message delivered to a server with 8BITMIME).
 func isASCII(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return false
+		}
+		b = b[8:]
+	}
 	for _, c := range b {
 		if c >= 0x80 {
 			return false
