@@ -276,6 +276,31 @@ func TestDelivery_RetFull_ReturnsWholeMessage(t *testing.T) {
 	}
 }
 
+// A server's refusal in UTF-8 about a message sent without SMTPUTF8: the
+// bounce is a plain message/delivery-status whose Diagnostic-Code is ASCII
+// (RFC 6533 §6), and it reaches a sender's server that offers neither
+// SMTPUTF8 nor 8BITMIME, its explanation made quoted-printable.
+func TestDelivery_UTF8Reply_BounceIsASCIIDeliveryStatus(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{SMTPUTF8: true, Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(550, "5.1.1", "Empfänger unbekannt")
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{No8BitMIME: true})
+	h.start()
+	h.submit(testBody, []string{"a@example.test"})
+	m := senderMX.Wait(t, 1)[0]
+	if m.MailOpts.UTF8 || !isASCII(m.Data) {
+		t.Fatalf("report sent with SMTPUTF8 %v, or 8-bit octets:\n%s", m.MailOpts.UTF8, m.Data)
+	}
+	if !bytes.Contains(m.Data, []byte("\r\nContent-Type: message/delivery-status\r\n")) {
+		t.Errorf("not a message/delivery-status:\n%s", m.Data)
+	}
+	d := parseBounce(t, m)
+	if got, want := d.Recipients[0].DiagnosticCode, `smtp; 550 5.1.1 Empf\x{E4}nger unbekannt`; got != want {
+		t.Errorf("Diagnostic-Code %q, want %q", got, want)
+	}
+}
+
 func TestDelivery_NullMXAndNXDOMAIN_BounceAtOnce(t *testing.T) {
 	t.Parallel()
 	z := dnstest.Zone{"nullmx.test.": {dnstest.MX("nullmx.test", 0, ".")}}

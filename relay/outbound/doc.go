@@ -39,10 +39,12 @@
 //     dialled, the longest idle are closed (QUIT) until those in use and
 //     those idle fit within it. With
 //     PIPELINING, RSET, MAIL, every RCPT and DATA go out in one write;
-//     BODY=8BITMIME is added whenever the server offers 8BITMIME. To a
-//     server without it, a message holding 8-bit octets goes in a 7-bit
-//     form: its 8-bit body parts encoded as quoted-printable (RFC 6152
-//     §3; downgrade.go).
+//     to a server that offers 8BITMIME, BODY=8BITMIME goes with mail
+//     declared 8BITMIME (or BINARYMIME) or holding an octet above 127,
+//     BODY=7BIT with the rest, as Postfix sends them. To a server without
+//     8BITMIME no BODY goes, and a message holding 8-bit octets goes in a
+//     7-bit form: its 8-bit body parts encoded as quoted-printable (RFC
+//     6152 §3; downgrade.go).
 //  6. The outcomes go back to the queue with queue.Done; when delivery was
 //     cut short by shutdown and nothing changed, the message is given back
 //     with queue.Requeue.

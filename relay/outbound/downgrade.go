@@ -117,10 +117,8 @@ func has8bit(r io.ReaderAt, size int64) (bool, error) {
 	buf := *bp
 	for off := int64(0); off < size; {
 		n, err := r.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
-		for _, c := range buf[:n] {
-			if c >= 0x80 {
-				return true, nil
-			}
+		if !isASCII(buf[:n]) {
+			return true, nil
 		}
 		off += int64(n)
 		if err != nil && !(errors.Is(err, io.EOF) && off >= size) {
@@ -525,6 +523,20 @@ type msgForms struct {
 
 	hdrOnce  sync.Once
 	hdrASCII bool
+
+	eightOnce sync.Once
+	eight     bool
+	eightErr  error
+}
+
+// eightBit reports whether the message needs 8BITMIME: declared 8-bit
+// (BODY=8BITMIME or BINARYMIME) or holding an octet above 127.
+func (m *msgForms) eightBit(env *queue.Envelope) (bool, error) {
+	if strings.EqualFold(env.BodyType, "8BITMIME") || strings.EqualFold(env.BodyType, "BINARYMIME") {
+		return true, nil
+	}
+	m.eightOnce.Do(func() { m.eight, m.eightErr = has8bit(m.body, m.body.Size()) })
+	return m.eight, m.eightErr
 }
 
 // headerASCII reports whether the message's header is all ASCII (RFC

@@ -392,3 +392,67 @@ func TestDelivery_SMTPUTF8_IDNDomainsAsALabels(t *testing.T) {
 		t.Errorf("delivered: SMTPUTF8 %v, from %q, to %q", m.MailOpts.UTF8, m.From, m.To)
 	}
 }
+
+// The MAIL command says BODY=8BITMIME only for mail that needs it:
+// declared 8BITMIME, or holding 8-bit octets without saying so; 7-bit
+// mail goes with BODY=7BIT, as Postfix sends it (RFC 6152 §2). A server
+// without 8BITMIME gets no BODY parameter at all.
+func TestDelivery_BodyParameterFollowsTheMessage(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "seven.test", "127.0.0.3"))
+	old := h.server("127.0.0.3", smtptest.Behaviour{No8BitMIME: true})
+	h.start()
+	eight := "From: a@sender.test\r\nSubject: hi\r\n\r\nsmørrebrød\r\n"
+	for _, tc := range []struct {
+		rcpt, body, declared, want string
+	}{
+		{"plain@example.test", testBody, "", "BODY=7BIT"},
+		{"seven@example.test", testBody, "7BIT", "BODY=7BIT"},
+		{"undeclared@example.test", eight, "", "BODY=8BITMIME"},
+		{"lying@example.test", eight, "7BIT", "BODY=8BITMIME"},
+		{"declared@example.test", testBody, "8BITMIME", "BODY=8BITMIME"},
+		{"old@seven.test", testBody, "8BITMIME", ""},
+	} {
+		h.submit(tc.body, []string{tc.rcpt}, func(e *queue.Envelope) { e.BodyType = tc.declared })
+		srv := h.first
+		if strings.HasSuffix(tc.rcpt, "@seven.test") {
+			srv = old
+		}
+		srv.WaitReceived(t, "RCPT TO:<"+tc.rcpt+">")
+		var mail string
+		for _, l := range strings.Split(srv.Received(), "\r\n") {
+			if strings.HasPrefix(l, "MAIL FROM:") {
+				mail = l // the last one: messages go one after another
+			}
+		}
+		got := ""
+		for _, p := range strings.Fields(mail) {
+			if strings.HasPrefix(p, "BODY=") {
+				got = p
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s (declared %q): MAIL %q, want %q", tc.rcpt, tc.declared, mail, tc.want)
+		}
+	}
+	h.first.Wait(t, 5)
+	old.Wait(t, 1)
+}
+
+// isASCII finds an 8-bit octet wherever it is, in the words it reads
+// eight at a time and in the tail.
+func TestIsASCII(t *testing.T) {
+	for n := 0; n <= 20; n++ {
+		b := bytes.Repeat([]byte{'a'}, n)
+		if !isASCII(b) {
+			t.Fatalf("%d ASCII octets: not ASCII", n)
+		}
+		for i := 0; i < n; i++ {
+			c := bytes.Clone(b)
+			c[i] = 0x80
+			if isASCII(c) {
+				t.Errorf("0x80 at %d of %d: ASCII", i, n)
+			}
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -96,12 +97,10 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	w("This is a MIME-encapsulated message.")
 	w("")
 
-	// (1) The explanation for a person.
-	w("--%s", boundary)
-	w("Content-Type: text/plain; charset=utf-8")
-	w("Content-Transfer-Encoding: 8bit")
-	w("Content-Description: Notification")
-	w("")
+	// (1) The explanation for a person, written apart first: it is
+	// labelled 8bit only when it holds UTF-8.
+	var ex bytes.Buffer
+	w = func(format string, args ...any) { fmt.Fprintf(&ex, format+"\r\n", args...) }
 	w("This is the mail system at host %s.", in.hostname)
 	w("")
 	switch kind {
@@ -129,14 +128,35 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		w("%s", cutUTF8(line, maxLine))
 	}
 	w("")
+	w = func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
+	w("--%s", boundary)
+	w("Content-Type: text/plain; charset=utf-8")
+	if isASCII(ex.Bytes()) {
+		w("Content-Transfer-Encoding: 7bit")
+	} else {
+		w("Content-Transfer-Encoding: 8bit")
+	}
+	w("Content-Description: Notification")
+	w("")
+	b.Write(ex.Bytes())
 
-	// (2) The machine-readable report (RFC 3464 §2.2, §2.3), written
-	// apart first: its type depends on what it holds.
+	// (2) The machine-readable report (RFC 3464 §2.2, §2.3). As Postfix
+	// does, only a report about an SMTPUTF8 message is a
+	// message/global-delivery-status, which may hold UTF-8 (RFC 6533 §6);
+	// any other report's is ASCII, so that it goes to a server without
+	// SMTPUTF8 or 8BITMIME as it is: a non-ASCII character of its text is
+	// written \x{HEX} and an address of the utf-8 type in its
+	// utf-8-addr-xtext form (RFC 6533 §3).
+	global := env.SMTPUTF8
+	text, utf8Addr := sanitize, sanitize
+	if !global {
+		text, utf8Addr = asciiText, utf8AddrXtext
+	}
 	var st bytes.Buffer
 	w = func(format string, args ...any) { fmt.Fprintf(&st, format+"\r\n", args...) }
-	w("Reporting-MTA: dns; %s", in.hostname)
+	w("Reporting-MTA: dns; %s", text(in.hostname))
 	if env.EnvID != "" {
-		w("Original-Envelope-Id: %s", sanitize(env.EnvID))
+		w("Original-Envelope-Id: %s", text(env.EnvID))
 	}
 	if !env.Arrived.IsZero() {
 		w("Arrival-Date: %s", env.Arrived.Format(rfc5322Date))
@@ -144,16 +164,25 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	for _, r := range in.rcpts {
 		w("")
 		if typ, addr, ok := strings.Cut(r.rcpt.ORCPT, ";"); ok {
-			typ, addr = strings.TrimSpace(typ), strings.TrimSpace(sanitize(addr))
-			if isAddrType(typ) && addr != "" {
-				w("Original-Recipient: %s; %s", strings.ToLower(typ), addr)
+			typ = strings.ToLower(strings.TrimSpace(typ))
+			if typ == "utf-8" {
+				addr = utf8Addr(strings.TrimSpace(addr))
+			} else {
+				addr = text(addr)
+			}
+			if addr = strings.TrimSpace(addr); isAddrType(typ) && addr != "" {
+				w("Original-Recipient: %s; %s", typ, addr)
 			}
 		}
-		w("Final-Recipient: %s; %s", addrType(r.rcpt.Address), sanitize(r.rcpt.Address))
+		if typ := addrType(r.rcpt.Address); typ == "utf-8" {
+			w("Final-Recipient: utf-8; %s", utf8Addr(r.rcpt.Address))
+		} else {
+			w("Final-Recipient: rfc822; %s", text(r.rcpt.Address))
+		}
 		w("Action: %s", r.action)
 		w("Status: %s", dsnStatus(r))
 		if r.remote != "" {
-			w("Remote-MTA: dns; %s", r.remote)
+			w("Remote-MTA: dns; %s", text(r.remote))
 		}
 		diag := r.reply
 		if r.diag != nil {
@@ -161,12 +190,12 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		}
 		switch {
 		case diag != nil && diag.Code != 0:
-			w("Diagnostic-Code: smtp; %s", sanitize(diag.Error()))
+			w("Diagnostic-Code: smtp; %s", text(diag.Error()))
 		case diag != nil && r.action != "delivered" && r.action != "relayed":
 			// No server said it (NXDOMAIN, null MX, a SIZE too big):
 			// the relay's own reason, typed as Postfix types its
 			// X-Postfix (RFC 3464 §2.3.6 allows an X- type).
-			w("Diagnostic-Code: X-mailhop; %s", sanitize(diag.Error()))
+			w("Diagnostic-Code: X-mailhop; %s", text(diag.Error()))
 		}
 		if r.action != "delivered" && r.action != "relayed" || r.remote != "" {
 			w("Last-Attempt-Date: %s", in.now.Format(rfc5322Date))
@@ -177,11 +206,8 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	}
 	w("")
 	w = func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
-	// RFC 6533 §6: an SMTPUTF8 message's report, and one whose fields
-	// hold UTF-8 (the utf-8 address type is raw UTF-8 only there), is a
-	// message/global-delivery-status.
 	statusType := "message/delivery-status"
-	if env.SMTPUTF8 || !isASCII(st.Bytes()) {
+	if global {
 		statusType = "message/global-delivery-status"
 	}
 	w("--%s", boundary)
@@ -297,13 +323,53 @@ func isAddrType(s string) bool {
 // sanitize makes s safe for one header line: no control characters, at
 // most 900 bytes (not cutting a UTF-8 character in two).
 func sanitize(s string) string {
-	s = strings.Map(func(r rune) rune {
+	return cutUTF8(noControls(s), 900)
+}
+
+// noControls is s with each control character a space.
+func noControls(s string) string {
+	return strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return ' '
 		}
 		return r
 	}, s)
-	return cutUTF8(s, 900)
+}
+
+// asciiText is sanitize's line in ASCII, for a message/delivery-status
+// (RFC 3464 §2.1.2): each non-ASCII character is written \x{HEX}, as RFC
+// 6533 §3 writes one in an address (an octet that is not UTF-8 as
+// \x{FFFD}).
+func asciiText(s string) string {
+	if isASCII([]byte(s)) {
+		return sanitize(s)
+	}
+	return embedded(noControls(s), func(r rune) bool { return r < 0x80 })
+}
+
+// utf8AddrXtext is an address of the utf-8 type in its ASCII form,
+// utf-8-addr-xtext (RFC 6533 §3): what is not a QCHAR (printable ASCII
+// but '+', '=' and '\\') is written \x{HEX}.
+func utf8AddrXtext(addr string) string {
+	return embedded(addr, func(r rune) bool { return '!' <= r && r <= '~' && r != '+' && r != '=' && r != '\\' })
+}
+
+// embedded is s with each character keep refuses written \x{HEX} (RFC
+// 6533 §3's EmbeddedUnicodeChar, at least two digits), cut to at most 900
+// bytes between characters.
+func embedded(s string, keep func(rune) bool) string {
+	var b strings.Builder
+	for _, r := range s {
+		piece := string(r)
+		if !keep(r) {
+			piece = fmt.Sprintf("\\x{%02X}", r)
+		}
+		if b.Len()+len(piece) > 900 {
+			break
+		}
+		b.WriteString(piece)
+	}
+	return b.String()
 }
 
 // maxLine is the longest line of a message (RFC 5322 §2.1.1: 998 octets
@@ -322,7 +388,15 @@ func cutUTF8(s string, n int) string {
 	return s[:n]
 }
 
+// isASCII reports whether b holds no octet above 127, eight at a time (it
+// runs over every message delivered to a server with 8BITMIME).
 func isASCII(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return false
+		}
+		b = b[8:]
+	}
 	for _, c := range b {
 		if c >= 0x80 {
 			return false

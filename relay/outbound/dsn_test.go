@@ -196,6 +196,60 @@ func TestBuildDSN_GlobalTypes(t *testing.T) {
 	}
 }
 
+// A report about a message sent without SMTPUTF8 is a plain
+// message/delivery-status whose fields are ASCII, however the server's
+// reply or the ORCPT is written (RFC 6533 §6: the global types are for
+// SMTPUTF8 mail; Postfix makes them only then): a non-ASCII character is
+// written \x{HEX}, an address of the utf-8 type in its utf-8-addr-xtext
+// form (RFC 6533 §3). The explanation for a person keeps the UTF-8.
+func TestBuildDSN_ASCIIStatusWithoutSMTPUTF8(t *testing.T) {
+	env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: "E1",
+		Recipients: []queue.Recipient{{Address: "a@example.test", ORCPT: "utf-8;jürgen+x@bücher.test"}}}
+	m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), now: time.Unix(1700000000, 0),
+		rcpts: []dsnRcpt{{rcpt: &env.Recipients[0], action: "failed", remote: "mx.example.test",
+			reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "Empfänger unbekannt 😀"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(m.reader())
+	if !bytes.Contains(raw, []byte("\r\nContent-Type: message/delivery-status\r\n")) {
+		t.Fatalf("not a message/delivery-status:\n%s", raw)
+	}
+	d, err := ParseDSN(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatalf("%v\n%s", err, raw)
+	}
+	r := d.Recipients[0]
+	if want := `smtp; 550 5.1.1 Empf\x{E4}nger unbekannt \x{1F600}`; r.DiagnosticCode != want {
+		t.Errorf("Diagnostic-Code %q, want %q", r.DiagnosticCode, want)
+	}
+	if want := `utf-8; j\x{FC}rgen\x{2B}x@b\x{FC}cher.test`; r.OriginalRecipient != want {
+		t.Errorf("Original-Recipient %q, want %q", r.OriginalRecipient, want)
+	}
+	status := raw[bytes.Index(raw, []byte("Reporting-MTA:")):bytes.Index(raw, []byte("text/rfc822-headers"))]
+	if !isASCII(status) {
+		t.Errorf("8-bit octets in the status part:\n%s", status)
+	}
+	if !strings.Contains(d.Human, "Empfänger unbekannt") || !strings.Contains(string(raw), "charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n") {
+		t.Errorf("explanation:\n%s", raw)
+	}
+	if m.bodyType != "8BITMIME" {
+		t.Errorf("body type %q, want 8BITMIME (the explanation is UTF-8)", m.bodyType)
+	}
+
+	// All ASCII: the explanation is labelled 7bit, and the report is 7-bit mail.
+	env.Recipients[0].ORCPT = ""
+	m, err = buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), now: time.Unix(1700000000, 0),
+		rcpts: []dsnRcpt{{rcpt: &env.Recipients[0], action: "failed", reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "unknown"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = io.ReadAll(m.reader())
+	if !isASCII(raw) || m.bodyType != "" || !strings.Contains(string(raw), "charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n") {
+		t.Errorf("an ASCII report (body type %q):\n%s", m.bodyType, raw)
+	}
+}
+
 // RET=FULL returns a message of at most maxReturnedSize bytes whole; a
 // larger one only its header, as Postfix's bounce_size_limit does, so the
 // report is not itself too big for the sender's server and lost.
@@ -239,11 +293,13 @@ func TestBuildDSN_LocalDiagnostic(t *testing.T) {
 // text a report is made of (they come from clients and servers), it is
 // lines of at most 998 octets (RFC 5322 §2.1.1: a next hop may refuse a
 // longer one, and a report about a report is never sent) ending in CRLF,
-// valid UTF-8, and ParseDSN reads it back.
+// valid UTF-8, ParseDSN reads it back, and the status part of a report
+// about a message without SMTPUTF8 is ASCII.
 func FuzzBuildDSN(f *testing.F) {
 	f.Add("a@example.test", "rfc822;A@example.test", "E1", "mx.example.test", "no\r\nsuch user", "failed")
 	f.Add("jörg@exämple.test", "utf-8;jörg@exämple.test", "", "", "x"+strings.Repeat("ü", 600), "delayed")
 	f.Add(strings.Repeat("x", 64)+"@"+strings.Repeat("d", 190)+".test", "", "", strings.Repeat("m", 250)+".test", strings.Repeat("r", 2000), "failed")
+	f.Add("a@example.test", "utf-8;jörg+x@exämple.test", "E", "mx.example.test", strings.Repeat("ü😀", 300), "failed")
 	f.Fuzz(func(t *testing.T, addr, orcpt, envid, remote, reply, action string) {
 		switch action {
 		case "failed", "delayed", "delivered", "relayed":
@@ -284,6 +340,13 @@ func FuzzBuildDSN(f *testing.F) {
 		}
 		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
 			t.Fatalf("ParseDSN: %v\n%s", err, raw)
+		}
+		if !env.SMTPUTF8 {
+			// Not global: the status part is ASCII (RFC 6533 §6).
+			i, j := bytes.Index(raw, []byte("\r\nContent-Type: message/delivery-status\r\n")), bytes.Index(raw, []byte("\r\nContent-Type: text/rfc822-headers\r\n"))
+			if i < 0 || j < i || !isASCII(raw[i:j]) {
+				t.Fatalf("a report about a message without SMTPUTF8 has no ASCII message/delivery-status:\n%s", raw)
+			}
 		}
 	})
 }

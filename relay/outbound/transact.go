@@ -139,12 +139,18 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 
 	// REQUIRETLS goes on only when the plan checked that the server
 	// offers it over verified TLS (RFC 8689 §4.2.1).
-	opts := &smtp.MailOptions{Size: size, UTF8: utf8, EnvelopeID: env.EnvID, RequireTLS: env.RequireTLS}
-	switch strings.ToUpper(env.BodyType) {
-	case "8BITMIME":
-		opts.Body = smtp.Body8BitMIME
-	case "7BIT":
-		opts.Body = smtp.Body7Bit
+	opts := &smtp.MailOptions{Size: size, UTF8: utf8, EnvelopeID: env.EnvID, RequireTLS: env.RequireTLS, Body: smtp.Body7Bit}
+	if cn.eightBit {
+		// BODY=8BITMIME for mail declared 8-bit or holding 8-bit octets
+		// (a client may send them without BODY); BODY=7BIT otherwise, as
+		// Postfix does (RFC 6152 §2). Without 8BITMIME no BODY goes.
+		eight, err := t.forms.eightBit(env)
+		if err != nil {
+			return all(queue.Pending, smtperr.New(0, "4.3.0", "reading the message: %v", err)), false, nil
+		}
+		if eight {
+			opts.Body = smtp.Body8BitMIME
+		}
 	}
 	switch strings.ToUpper(env.Ret) {
 	case "FULL":

@@ -626,8 +626,8 @@ func (c *Client) Auth(a sasl.Client) error {
 }
 
 // Mail issues a MAIL command to the server using the provided email address.
-// If the server supports the 8BITMIME extension, Mail adds the BODY=8BITMIME
-// parameter.
+// Unless opts.Body says otherwise, if the server supports the 8BITMIME
+// extension, Mail adds the BODY=8BITMIME parameter.
 // This initiates a mail transaction and is followed by one or more Rcpt calls.
 //
 // If opts is not nil, MAIL arguments provided in the structure will be added
@@ -661,8 +661,8 @@ func (c *Client) mailCmd(from string, opts *MailOptions) (string, error) {
 	var sb strings.Builder
 	sb.Grow(128) // mailhop patch: was 2048, allocated for every command
 	fmt.Fprintf(&sb, "MAIL FROM:<%s>", from)
-	if _, ok := c.ext["8BITMIME"]; ok {
-		sb.WriteString(" BODY=8BITMIME")
+	if err := c.writeBody(&sb, opts); err != nil {
+		return "", err
 	}
 	if _, ok := c.ext["SIZE"]; ok && opts != nil && opts.Size != 0 {
 		fmt.Fprintf(&sb, " SIZE=%v", opts.Size)
@@ -704,6 +704,40 @@ func (c *Client) mailCmd(from string, opts *MailOptions) (string, error) {
 		// We can safely discard parameter if server does not support AUTH.
 	}
 	return sb.String(), nil
+}
+
+// writeBody adds the BODY parameter to a MAIL command (RFC 6152, RFC 3030):
+// opts.Body when set, else BODY=8BITMIME whenever the server offers
+// 8BITMIME, as upstream does (mailhop patch: opts.Body was ignored, so
+// 7-bit mail went out labelled BODY=8BITMIME). BODY=7BIT is left out for a
+// server without 8BITMIME, which knows no BODY parameter (RFC 6152 §3);
+// 8BITMIME and BINARYMIME need the server's extension.
+func (c *Client) writeBody(sb *strings.Builder, opts *MailOptions) error {
+	_, eight := c.ext["8BITMIME"]
+	if opts == nil || opts.Body == "" {
+		if eight {
+			sb.WriteString(" BODY=8BITMIME")
+		}
+		return nil
+	}
+	switch opts.Body {
+	case Body7Bit:
+		if !eight {
+			return nil
+		}
+	case Body8BitMIME:
+		if !eight {
+			return errors.New("smtp: server does not support 8BITMIME")
+		}
+	case BodyBinaryMIME:
+		if _, ok := c.ext["BINARYMIME"]; !ok {
+			return errors.New("smtp: server does not support BINARYMIME")
+		}
+	default:
+		return errors.New("smtp: unknown BODY parameter value")
+	}
+	sb.WriteString(" BODY=" + string(opts.Body))
+	return nil
 }
 
 // Rcpt issues a RCPT command to the server using the provided email address.

@@ -334,3 +334,41 @@ func TestStartTransaction_TwoRepliesToRcpt(t *testing.T) {
 		t.Errorf("a command went out after the extra reply:\n%s", got)
 	}
 }
+
+// The MAIL command carries the BODY that MailOptions asks for (mailhop
+// patch): BODY=7BIT for 7-bit mail, not BODY=8BITMIME whenever the server
+// offers it; no BODY to a server without 8BITMIME.
+func TestMailBody(t *testing.T) {
+	for _, tc := range []struct {
+		ext  string
+		body BodyType
+		want string // "" : an error
+	}{
+		{"250-8BITMIME\r\n", "", "MAIL FROM:<a@x.test> BODY=8BITMIME"},
+		{"250-8BITMIME\r\n", Body7Bit, "MAIL FROM:<a@x.test> BODY=7BIT"},
+		{"250-8BITMIME\r\n", Body8BitMIME, "MAIL FROM:<a@x.test> BODY=8BITMIME"},
+		{"250-8BITMIME\r\n", BodyBinaryMIME, ""},
+		{"250-8BITMIME\r\n250-BINARYMIME\r\n", BodyBinaryMIME, "MAIL FROM:<a@x.test> BODY=BINARYMIME"},
+		{"", "", "MAIL FROM:<a@x.test>"},
+		{"", Body7Bit, "MAIL FROM:<a@x.test>"},
+		{"", Body8BitMIME, ""},
+		{"250-8BITMIME\r\n", "RABBIT", ""},
+	} {
+		c := &Client{ext: make(map[string]string), didHello: true}
+		for _, l := range strings.Split(strings.TrimSpace(tc.ext), "\r\n") {
+			if l != "" {
+				c.ext[strings.TrimPrefix(l, "250-")] = ""
+			}
+		}
+		got, err := c.mailCmd("a@x.test", &MailOptions{Body: tc.body})
+		if tc.want == "" {
+			if err == nil {
+				t.Errorf("%q %q: %q, want an error", tc.ext, tc.body, got)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("%q %q: %q %v, want %q", tc.ext, tc.body, got, err, tc.want)
+		}
+	}
+}
