@@ -384,6 +384,19 @@ func (q *Queue) Done(id string, res Result) error {
 // follows with the whole attempt's outcome. Only the holder of the message
 // calls it.
 func (q *Queue) Progress(id string, rcpts []RcptUpdate) error {
+	return q.ProgressWithReports(id, rcpts, nil)
+}
+
+// ProgressWithReports is Progress for recipients whose outcome calls for
+// reports (a success report, NOTIFY=SUCCESS): the reports are queued in the
+// same commit, as by DoneWithReports, and the commit is durable when it
+// returns nil. When it fails nothing is stored.
+func (q *Queue) ProgressWithReports(id string, rcpts []RcptUpdate, reports []Report) error {
+	for _, r := range reports {
+		if err := q.prepare(r.Env); err != nil {
+			return err
+		}
+	}
 	q.mu.Lock()
 	s, ok := q.sched[id]
 	inflight := ok && s.inflight
@@ -397,8 +410,20 @@ func (q *Queue) Progress(id string, rcpts []RcptUpdate) error {
 	}
 	u := &StateUpdate{ID: id, Attempts: env.Attempts, NextAttempt: env.NextAttempt, LastError: env.LastError,
 		DelayWarned: env.DelayWarned, Rcpts: rcpts}
-	if _, _, err := q.store.Update(u); err != nil {
+	if len(reports) > 0 {
+		_, _, err = q.store.UpdateWithReports(u, reports)
+	} else {
+		_, _, err = q.store.Update(u)
+	}
+	if err != nil {
 		return fmt.Errorf("queue: recording delivered recipients of %s: %w", id, err)
+	}
+	if len(reports) > 0 {
+		q.mu.Lock()
+		for _, r := range reports {
+			q.add(r.Env)
+		}
+		q.mu.Unlock()
 	}
 	return nil
 }

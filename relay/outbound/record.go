@@ -213,10 +213,9 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 				failedIdx = append(failedIdx, i)
 			}
 		case queue.Delivered:
-			// RFC 3461 §5.2.1: handed to a server with DSN, NOTIFY went
-			// with it and reporting is that server's job. §5.2.2: to a
-			// server without DSN, we report "relayed" ourselves.
-			if rc.Notify.Has(queue.NotifySuccess) && r.relayed {
+			// Not again when queued before the attempt's end
+			// (recordDelivered).
+			if successReport(env, rc, r) && !r.reported {
 				success = append(success, dsnRcpt{rcpt: rc, action: "relayed", reply: r.reply, remote: remote(r)})
 			}
 		case queue.Pending:
@@ -253,6 +252,15 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		}
 	}
 	return reps
+}
+
+// successReport reports whether r, delivered to rc, calls for a success
+// report from this relay. RFC 3461 §5.2.1: handed to a server with DSN,
+// NOTIFY went with it and reporting is that server's job. §5.2.2: to a
+// server without DSN, we report "relayed" ourselves. Never a report about a
+// report (RFC 3464 §2, RFC 5321 §6.1).
+func successReport(env *queue.Envelope, rc *queue.Recipient, r *rcptResult) bool {
+	return env.From != "" && rc.Notify.Has(queue.NotifySuccess) && r.relayed
 }
 
 func hasPending(at *attempt) bool {
