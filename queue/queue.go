@@ -351,6 +351,13 @@ type Result struct {
 	// from RetryIntervals: a message whose delay warning or expiry falls
 	// before its next retry is tried then, not an interval later.
 	RetryBy time.Time
+	// Uncounted: no server was tried for the recipients left pending
+	// (they wait for a connection slot), so Attempts stays as it was.
+	Uncounted bool
+	// Park: the message waits for a connection slot; it is parked (see
+	// Park) instead of scheduled, handed out again at RetryBy (when after
+	// now) or by Unpark.
+	Park bool
 }
 
 // Done records an attempt's outcome durably and gives the message back to
@@ -361,6 +368,10 @@ type Result struct {
 func (q *Queue) Done(id string, res Result) error {
 	err := q.done(id, res, nil)
 	if err != nil && !errors.Is(err, ErrNotFound) {
+		if res.Park {
+			q.Park(id, res.RetryBy) // not recorded: parked all the same
+			return err
+		}
 		// Not recorded (a full disk): keep it scheduled, in memory, for
 		// when this outcome would have put it. Due at once, the attempt
 		// was made again at once, over and over while the disk stayed
@@ -461,6 +472,9 @@ func (q *Queue) done(id string, res Result, reports []Report) error {
 	// Only the holder of the message calls Done, so these stay as read.
 	u := &StateUpdate{ID: id, Attempts: s.attempts + 1, LastError: res.LastError,
 		DelayWarned: s.warned || res.DelayWarned, Rcpts: res.Recipients}
+	if res.Uncounted {
+		u.Attempts = s.attempts
+	}
 	q.mu.Unlock()
 	u.NextAttempt = q.nextAttempt(u.Attempts, res)
 	var after *Envelope
@@ -497,6 +511,11 @@ func (q *Queue) done(id string, res Result, reports []Report) error {
 	s.domains = pendingDomains(after)
 	s.pending = after.Pending()
 	s.attempts, s.warned = after.Attempts, after.DelayWarned
+	if res.Park {
+		s.parked = true
+		q.pushUntil(s, res.RetryBy)
+		return nil
+	}
 	if q.ready(s) {
 		q.signal()
 	}
@@ -590,12 +609,18 @@ func (q *Queue) Park(id string, until time.Time) error {
 		return ErrNotFound
 	}
 	s.inflight, s.parked = false, true
+	q.pushUntil(s, until)
+	return nil
+}
+
+// pushUntil puts parked s into the heap at until, when that is not zero,
+// to be handed out then though parked. Called under mu.
+func (q *Queue) pushUntil(s *slot, until time.Time) {
 	if !until.IsZero() && !s.held { // held meanwhile: Release schedules it
 		s.due = until
 		heap.Push(&q.heap, s)
 		q.signal()
 	}
-	return nil
 }
 
 // Unpark makes a parked message due now; false when it is no longer

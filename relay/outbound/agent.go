@@ -339,6 +339,9 @@ type groupResult struct {
 	verif  bool   // its certificate was verified
 	dur    time.Duration
 	err    *smtperr.Error // when no host answered, or DNS failed
+	// waiting: no connection slot to the domain was free, no server
+	// tried (see limitedGroup).
+	waiting bool
 }
 
 // parkAfter is how long a message waits for its domain's connection slot
@@ -547,13 +550,16 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		if e := a.deadErr(domain); e != nil {
 			return a.suspended(t, domain, e)
 		}
-		var release func()
-		release, err = a.domains.acquireWithin(ctx, domain, parkAfter)
+		// The slot kept for the message when it was unparked for one.
+		release, ok := a.domains.tryAcquire(domain, t.env.ID)
+		if !ok {
+			release, err = a.domains.acquireWithin(ctx, domain, parkAfter)
+		}
 		if err == nil {
 			defer release()
 		} else if errors.Is(err, errWaitedTooLong) {
 			e := smtperr.New(0, "4.4.5", "no connection slot to %s free (delivery.per_domain_concurrency); tried again later", domain)
-			return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e)}
+			return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e), waiting: true}
 		}
 	}
 	if err == nil {

@@ -142,6 +142,65 @@ func TestDelivery_Parked_ExpiresOnTime(t *testing.T) {
 	}
 }
 
+// A message to several domains, one of which has no free connection slot,
+// is not counted an attempt for it and does not wait for its next retry:
+// it waits for the slot, parked, and goes as soon as one frees (Postfix
+// keeps it in the active queue). With every domain busy, none is counted
+// either. It was deferred 4.4.5 with an attempt counted, to the next retry
+// interval (an hour here).
+func TestDelivery_SeveralDomains_WaitForSlot_NoAttemptCounted(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		busy []string // domains whose one slot the test holds, freed in turn
+		free string   // a domain with a free slot, or ""
+	}{
+		{name: "one busy", busy: []string{"busy.test"}, free: "example.test"},
+		{name: "all busy", busy: []string{"busy.test", "busy2.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "busy.test", "127.0.0.3", "busy2.test", "127.0.0.4"))
+			busy := []*smtptest.Server{h.server("127.0.0.3", smtptest.Behaviour{}), h.server("127.0.0.4", smtptest.Behaviour{})}
+			h.cfg.Delivery.PerDomainConcurrency = 1
+			h.start()
+			var holds []func()
+			var rcpts []string
+			for _, d := range tc.busy {
+				hold, ok := h.agent.domains.tryAcquire(d, "")
+				if !ok {
+					t.Fatal("no slot")
+				}
+				holds = append(holds, hold)
+				rcpts = append(rcpts, "a@"+d)
+			}
+			if tc.free != "" {
+				rcpts = append(rcpts, "b@"+tc.free)
+			}
+			id := h.submit(testBody, rcpts)
+			records := 1
+			h.waitRecords(id, records)
+			for i, hold := range holds {
+				env := h.envelope(id)
+				if env == nil || env.Attempts != 0 {
+					t.Fatalf("waiting for a slot of %s: %+v; want queued, no attempt counted", tc.busy[i], env)
+				}
+				h.rcptPendingWith(id, i, "no connection slot to "+tc.busy[i]+" free")
+				hold()
+				busy[i].Wait(t, 1)
+				records++
+				h.waitRecords(id, records)
+			}
+			if env := h.envelope(id); env != nil {
+				t.Errorf("still queued: %+v", env)
+			}
+			if tc.free != "" {
+				h.first.Wait(t, 1)
+			}
+		})
+	}
+}
+
 // After an attempt in which no host of a domain answered, its other mail is
 // deferred at once ("delivery temporarily suspended"), not sent to wait for
 // the same timeout each; a flush tries the domain again.
