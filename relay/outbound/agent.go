@@ -407,8 +407,9 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if release, ok := a.domains.tryAcquire(d, env.ID); ok {
 		return release, false
 	}
-	// A message due for its expiry or delay warning is not parked: its
-	// attempt records them (with a slot or not), as at any other time. A
+	// A message due for its expiry or delay warning is not parked here:
+	// its attempt records them (with a slot or not), as at any other time;
+	// expired, it is parked by record for its final attempt. A
 	// slot kept for it was taken above: skipped, it sat idle until
 	// callWait while the message was deferred for want of one.
 	if overdue(env, cfg, now) {

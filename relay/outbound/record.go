@@ -31,7 +31,10 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	waiting := at.waiting()
 	for i := range at.rcpts {
 		r := &at.rcpts[i]
-		if r.state == queue.Pending && !env.Arrived.IsZero() && !now.Before(expires) {
+		// Not before an attempt: Postfix bounces expired mail after the
+		// attempt that finds it too old, and one that waits for a
+		// connection slot (in its active queue) gets that attempt.
+		if r.state == queue.Pending && !waiting[r.index] && !env.Arrived.IsZero() && !now.Before(expires) {
 			last := "no attempt made"
 			if r.reply != nil {
 				last = r.reply.Error()
