@@ -857,6 +857,64 @@ func TestDeliveryNotifySuccess(t *testing.T) {
 	})
 }
 
+// TestDeliveryNotifySuccessKill9WhileOtherDomainStalls: a message to two
+// domains, the recipient of the fast one with NOTIFY=SUCCESS, the other
+// domain's server stalling after the data. The fast domain's outcome and
+// its success report are recorded as soon as its transaction ends, so a
+// kill -9 while the other stalls does not send the message to the fast
+// domain again after the restart, nor a second report. (They waited for the
+// whole attempt's end: every kill meanwhile meant one more copy.)
+func TestDeliveryNotifySuccessKill9WhileOtherDomainStalls(t *testing.T) {
+	t.Parallel()
+	w := newMXWorld(t, dnstest.Zone{
+		"fast.test.":    {dnstest.MX("fast.test", 10, "mx.fast.test")},
+		"mx.fast.test.": {dnstest.A("mx.fast.test", "127.0.0.2")},
+		"slow.test.":    {dnstest.MX("slow.test", 10, "mx.slow.test")},
+		"mx.slow.test.": {dnstest.A("mx.slow.test", "127.0.0.3")},
+	})
+	fast := w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "mx.fast.test"}) // no DSN: mailhop reports "relayed"
+	var open atomic.Bool
+	stalled, stop := make(chan struct{}, 4), make(chan struct{})
+	slow := w.mx("127.0.0.3", smtptest.Behaviour{Hostname: "mx.slow.test", Data: func(*smtptest.Message) error {
+		if open.Load() {
+			return nil
+		}
+		stalled <- struct{}{}
+		<-stop
+		return smtptest.Reply(421, "4.3.0", "closing")
+	}})
+	t.Cleanup(func() { close(stop) }) // before the servers close
+	r := w.start("1h", `data_end_timeout = "60s"`, "")
+	data := deliveryMessage("success-kill9", "bob@fast.test")
+	submitMail(t, r, submission{From: senderAddr, To: []string{"bob@fast.test", "carol@slow.test"},
+		RcptOpts: map[string]*smtp.RcptOptions{"bob@fast.test": {Notify: []smtp.DSNNotify{smtp.DSNNotifySuccess}}}},
+		data)
+	select {
+	case <-stalled:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("slow.test never got the message\n%s", r.logs.String())
+	}
+	sameAsSubmitted(t, waitMsgs(t, fast, 1, 20*time.Second)[0].Data, data)
+	// The report is queued in the commit that records bob delivered:
+	// it reaching the sender while slow.test stalls shows that commit made.
+	reps := waitMsgs(t, w.senderMX, 1, 20*time.Second)
+	if rc := reportFor(t, checkReport(t, reps[0]), "bob@fast.test"); rc.Action != "relayed" {
+		t.Errorf("report Action %q, want relayed", rc.Action)
+	}
+	r.kill()
+	open.Store(true)
+	r.start()
+	got := waitMsgs(t, slow, 1, 20*time.Second)
+	sameAsSubmitted(t, got[0].Data, data)
+	waitQueueEmpty(t, r, 10*time.Second)
+	if n := len(fast.Messages()); n != 1 {
+		t.Errorf("fast.test received the message %d times, want once", n)
+	}
+	if n := len(w.senderMX.Messages()); n != 1 {
+		t.Errorf("the sender got %d success reports, want 1", n)
+	}
+}
+
 // ---------------------------------------------------------------------
 // Smarthost routes with TLS and AUTH.
 

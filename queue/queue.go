@@ -351,6 +351,13 @@ type Result struct {
 	// from RetryIntervals: a message whose delay warning or expiry falls
 	// before its next retry is tried then, not an interval later.
 	RetryBy time.Time
+	// Uncounted: no server was tried for the recipients left pending
+	// (they wait for a connection slot), so Attempts stays as it was.
+	Uncounted bool
+	// Park: the message waits for a connection slot; it is parked (see
+	// Park) instead of scheduled, handed out again at RetryBy (when after
+	// now) or by Unpark.
+	Park bool
 }
 
 // Done records an attempt's outcome durably and gives the message back to
@@ -361,6 +368,10 @@ type Result struct {
 func (q *Queue) Done(id string, res Result) error {
 	err := q.done(id, res, nil)
 	if err != nil && !errors.Is(err, ErrNotFound) {
+		if res.Park {
+			q.Park(id, res.RetryBy) // not recorded: parked all the same
+			return err
+		}
 		// Not recorded (a full disk): keep it scheduled, in memory, for
 		// when this outcome would have put it. Due at once, the attempt
 		// was made again at once, over and over while the disk stayed
@@ -384,6 +395,19 @@ func (q *Queue) Done(id string, res Result) error {
 // follows with the whole attempt's outcome. Only the holder of the message
 // calls it.
 func (q *Queue) Progress(id string, rcpts []RcptUpdate) error {
+	return q.ProgressWithReports(id, rcpts, nil)
+}
+
+// ProgressWithReports is Progress for recipients whose outcome calls for
+// reports (a success report, NOTIFY=SUCCESS): the reports are queued in the
+// same commit, as by DoneWithReports, and the commit is durable when it
+// returns nil. When it fails nothing is stored.
+func (q *Queue) ProgressWithReports(id string, rcpts []RcptUpdate, reports []Report) error {
+	for _, r := range reports {
+		if err := q.prepare(r.Env); err != nil {
+			return err
+		}
+	}
 	q.mu.Lock()
 	s, ok := q.sched[id]
 	inflight := ok && s.inflight
@@ -397,8 +421,20 @@ func (q *Queue) Progress(id string, rcpts []RcptUpdate) error {
 	}
 	u := &StateUpdate{ID: id, Attempts: env.Attempts, NextAttempt: env.NextAttempt, LastError: env.LastError,
 		DelayWarned: env.DelayWarned, Rcpts: rcpts}
-	if _, _, err := q.store.Update(u); err != nil {
+	if len(reports) > 0 {
+		_, _, err = q.store.UpdateWithReports(u, reports)
+	} else {
+		_, _, err = q.store.Update(u)
+	}
+	if err != nil {
 		return fmt.Errorf("queue: recording delivered recipients of %s: %w", id, err)
+	}
+	if len(reports) > 0 {
+		q.mu.Lock()
+		for _, r := range reports {
+			q.add(r.Env)
+		}
+		q.mu.Unlock()
 	}
 	return nil
 }
@@ -436,6 +472,9 @@ func (q *Queue) done(id string, res Result, reports []Report) error {
 	// Only the holder of the message calls Done, so these stay as read.
 	u := &StateUpdate{ID: id, Attempts: s.attempts + 1, LastError: res.LastError,
 		DelayWarned: s.warned || res.DelayWarned, Rcpts: res.Recipients}
+	if res.Uncounted {
+		u.Attempts = s.attempts
+	}
 	q.mu.Unlock()
 	u.NextAttempt = q.nextAttempt(u.Attempts, res)
 	var after *Envelope
@@ -472,6 +511,11 @@ func (q *Queue) done(id string, res Result, reports []Report) error {
 	s.domains = pendingDomains(after)
 	s.pending = after.Pending()
 	s.attempts, s.warned = after.Attempts, after.DelayWarned
+	if res.Park {
+		s.parked = true
+		q.pushUntil(s, res.RetryBy)
+		return nil
+	}
 	if q.ready(s) {
 		q.signal()
 	}
@@ -565,12 +609,18 @@ func (q *Queue) Park(id string, until time.Time) error {
 		return ErrNotFound
 	}
 	s.inflight, s.parked = false, true
+	q.pushUntil(s, until)
+	return nil
+}
+
+// pushUntil puts parked s into the heap at until, when that is not zero,
+// to be handed out then though parked. Called under mu.
+func (q *Queue) pushUntil(s *slot, until time.Time) {
 	if !until.IsZero() && !s.held { // held meanwhile: Release schedules it
 		s.due = until
 		heap.Push(&q.heap, s)
 		q.signal()
 	}
-	return nil
 }
 
 // Unpark makes a parked message due now; false when it is no longer

@@ -982,3 +982,32 @@ func countLines(logs string, parts ...string) int {
 	}
 	return n
 }
+
+// An outcome recorded with Uncounted and Park (the recipients left wait for
+// a connection slot, no server tried) counts no attempt, keeps the schedule
+// given, and leaves the message parked until Unpark (or its RetryBy).
+func TestDone_UncountedPark(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	ctx, env := handedOut(t, q)
+	err := q.Done(env.ID, Result{Uncounted: true, Park: true, RetryAt: env.NextAttempt,
+		Recipients: []RcptUpdate{{Index: 0, State: Pending, Reply: "4.4.5 no connection slot"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := q.Get(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Attempts != 0 || !got.NextAttempt.Equal(env.NextAttempt) {
+		t.Errorf("after an uncounted outcome: %d attempts, next %v; want 0 and %v", got.Attempts, got.NextAttempt, env.NextAttempt)
+	}
+	if _, parked := q.Activity(env.ID); !parked {
+		t.Fatal("not parked")
+	}
+	if !q.Unpark(env.ID) {
+		t.Fatal("Unpark found nothing parked")
+	}
+	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
+		t.Fatalf("Next after Unpark = %v, %v", e, err)
+	}
+}

@@ -226,3 +226,50 @@ func TestDoneFailureKeepsBackoff(t *testing.T) {
 		t.Fatalf("due %v after a failed Done, want about an hour from %v (the retry interval)", due, before)
 	}
 }
+
+// TestProgressWithReports: the outcome of some recipients of a message whose
+// attempt goes on is recorded with their report in one commit that counts no
+// attempt: a kill -9 then (a copy of the directory) leaves the report queued,
+// those recipients delivered, the others pending and the schedule as it was.
+func TestProgressWithReports(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	orig := newEnv("a@one.test", "b@two.test")
+	if err := q.Enqueue(orig, strings.NewReader("Subject: hi\r\n\r\noriginal\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := q.Next(context.Background()); err != nil || got.ID != orig.ID {
+		t.Fatalf("Next: %v %v", got, err)
+	}
+	rep := &Envelope{From: "", Recipients: []Recipient{{Address: orig.From}}}
+	body := []byte("Subject: relayed\r\n\r\nreport\r\n")
+	err := q.ProgressWithReports(orig.ID, []RcptUpdate{{Index: 0, State: Delivered, Code: 250, Reply: "2.0.0 ok"}},
+		[]Report{{Env: rep, Body: bytes.NewReader(body)}})
+	if err != nil {
+		t.Fatalf("ProgressWithReports: %v", err)
+	}
+	if rep.ID == "" {
+		t.Fatal("the report got no queue ID")
+	}
+	if !q.InFlight(orig.ID) {
+		t.Error("the original is no longer handed out")
+	}
+	if got, err := q.Next(context.Background()); err != nil || got.ID != rep.ID {
+		t.Fatalf("Next: %v %v, want the report %s due", got, err, rep.ID)
+	}
+	crash := t.TempDir()
+	copyQueue(t, dir, crash)
+	q2 := openTest(t, crash)
+	if b := bodyOf(t, q2, rep.ID); !bytes.Equal(b, body) {
+		t.Errorf("report after the crash: %q", b)
+	}
+	after, err := q2.Get(orig.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.Recipients[0].State != Delivered || after.Recipients[1].State != Pending || after.Attempts != 0 ||
+		!after.NextAttempt.Equal(orig.NextAttempt) {
+		t.Errorf("original after the crash: %+v, want a delivered, b pending, no attempt, due as before", after)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -338,6 +339,9 @@ type groupResult struct {
 	verif  bool   // its certificate was verified
 	dur    time.Duration
 	err    *smtperr.Error // when no host answered, or DNS failed
+	// waiting: no connection slot to the domain was free, no server
+	// tried (see limitedGroup).
+	waiting bool
 }
 
 // parkAfter is how long a message waits for its domain's connection slot
@@ -403,8 +407,9 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	if release, ok := a.domains.tryAcquire(d, env.ID); ok {
 		return release, false
 	}
-	// A message due for its expiry or delay warning is not parked: its
-	// attempt records them (with a slot or not), as at any other time. A
+	// A message due for its expiry or delay warning is not parked here:
+	// its attempt records them (with a slot or not), as at any other time;
+	// expired, it is parked by record for its final attempt. A
 	// slot kept for it was taken above: skipped, it sat idle until
 	// callWait while the message was deferred for want of one.
 	if overdue(env, cfg, now) {
@@ -467,7 +472,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 					// Other domains may take minutes yet: what this
 					// one delivered is recorded now, not sent again
 					// should the process die before they end.
-					a.recordDelivered(env, groups[gi].rcpts)
+					a.recordDelivered(cfg, env, body, groups[gi].rcpts)
 				}
 			}()
 		}
@@ -482,21 +487,53 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 
 // recordDelivered records the delivered recipients among rs before the
 // attempt ends (queue.Progress). A recipient that asked for a success report
-// (NOTIFY=SUCCESS) waits for the attempt's end, where its report is queued
-// in the same commit as its outcome.
-func (a *Agent) recordDelivered(env *queue.Envelope, rs []rcptResult) {
+// (NOTIFY=SUCCESS) is recorded with its report in one commit, and marked
+// reported so that the attempt's end does not report it again.
+func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body queue.Body, rs []rcptResult) {
 	var us []queue.RcptUpdate
-	for _, r := range rs {
-		if r.state != queue.Delivered || env.Recipients[r.index].Notify&queue.NotifySuccess != 0 {
+	var success []dsnRcpt
+	var reported []int // positions in rs of the recipients in success
+	for i := range rs {
+		r := &rs[i]
+		if r.state != queue.Delivered {
 			continue
+		}
+		if rc := &env.Recipients[r.index]; successReport(env, rc, r) {
+			success = append(success, dsnRcpt{rcpt: rc, action: "relayed", reply: r.reply, remote: r.remote})
+			reported = append(reported, i)
 		}
 		us = append(us, r.update())
 	}
 	if len(us) == 0 {
 		return
 	}
-	if err := a.q.Progress(env.ID, us); err != nil && !errors.Is(err, queue.ErrNotFound) {
-		a.log.Warn("recording delivered recipients before the attempt's end failed; they are recorded at its end", "queue_id", env.ID, "err", err)
+	var rep *report
+	if len(success) > 0 {
+		var err error
+		if rep, err = a.buildReport(env, body, cfg.Hostname, success, a.now()); err != nil {
+			// At the attempt's end it is built again, with its outcome.
+			a.log.Warn("cannot build success report before the attempt's end", "queue_id", env.ID, "err", err)
+			us = slices.DeleteFunc(us, func(u queue.RcptUpdate) bool {
+				return env.Recipients[u.Index].Notify.Has(queue.NotifySuccess)
+			})
+			rep, reported = nil, nil
+		}
+	}
+	var reps []queue.Report
+	if rep != nil {
+		reps = queueReports([]*report{rep})
+	}
+	if err := a.q.ProgressWithReports(env.ID, us, reps); err != nil {
+		if !errors.Is(err, queue.ErrNotFound) {
+			a.log.Warn("recording delivered recipients before the attempt's end failed; they are recorded at its end", "queue_id", env.ID, "err", err)
+		}
+		return
+	}
+	for _, i := range reported {
+		rs[i].reported = true
+	}
+	if rep != nil {
+		a.logReport(env, rep)
 	}
 }
 
@@ -514,13 +551,16 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		if e := a.deadErr(domain); e != nil {
 			return a.suspended(t, domain, e)
 		}
-		var release func()
-		release, err = a.domains.acquireWithin(ctx, domain, parkAfter)
+		// The slot kept for the message when it was unparked for one.
+		release, ok := a.domains.tryAcquire(domain, t.env.ID)
+		if !ok {
+			release, err = a.domains.acquireWithin(ctx, domain, parkAfter)
+		}
 		if err == nil {
 			defer release()
 		} else if errors.Is(err, errWaitedTooLong) {
 			e := smtperr.New(0, "4.4.5", "no connection slot to %s free (delivery.per_domain_concurrency); tried again later", domain)
-			return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e)}
+			return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e), waiting: true}
 		}
 	}
 	if err == nil {

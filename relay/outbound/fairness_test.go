@@ -100,45 +100,134 @@ func TestDelivery_StalledDomain_SeveralDomains_NoHeadOfLineBlocking(t *testing.T
 	}
 }
 
-// Parked mail expires at max_queue_age, as other mail does: it waited for
-// a slot of its domain past it, as long as the domain's sessions lasted
-// (a soak run: 375 s old with a max_queue_age of 180 s, behind a tarpit).
-func TestDelivery_Parked_ExpiresOnTime(t *testing.T) {
+// Parked mail past max_queue_age bounces after the attempt that finds it too
+// old, as Postfix bounces expired mail (it waits in the active queue for a
+// slot of its destination): behind a tarpit, when the stalled session times
+// out and the domain is found dead. It bounced at max_queue_age without an
+// attempt; before that, it waited past it for as long as the domain's
+// slots stayed busy (a soak run: 375 s old with a max_queue_age of 180 s).
+func TestDelivery_Parked_ExpiresAfterFinalAttempt(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
-	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
-	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute // longer than the test
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.GreetingTimeout.Duration = 4 * time.Second
 	h.cfg.Delivery.PerDomainConcurrency = 1
-	h.cfg.Delivery.MaxQueueAge.Duration = 3 * time.Second
+	h.cfg.Delivery.MaxQueueAge.Duration = 2 * time.Second
 	h.start()
-	// One takes the slot, for a minute; the other parks.
+	// One takes the slot and stalls; the other parks, and is past its
+	// max_queue_age long before the first's greeting times out.
 	ids := []string{h.submit(testBody, []string{"a@stall.test"}), h.submit(testBody, []string{"b@stall.test"})}
-	timeout := time.NewTimer(15 * time.Second)
-	defer timeout.Stop()
-	var id string
-	for id == "" {
-		h.mu.Lock()
-		for _, x := range ids {
-			if h.records[x] > 0 {
-				id = x
+	for _, id := range ids {
+		deadline := time.Now().Add(15 * time.Second)
+		for h.envelope(id) != nil {
+			h.mu.Lock()
+			ch := h.changed
+			h.mu.Unlock()
+			select {
+			case <-ch:
+			case <-time.After(time.Until(deadline)):
+				t.Fatalf("%s still queued 15 s on, past its max_queue_age", id)
 			}
 		}
-		ch := h.changed
-		h.mu.Unlock()
-		if id != "" {
-			break
-		}
-		select {
-		case <-ch:
-		case <-timeout.C:
-			t.Fatalf("no attempt recorded after 15s: the parked message did not expire\nlog:\n%s", h.logs.String())
+	}
+	logs := h.logs.String()
+	dead := strings.Index(logs, "destination marked dead")
+	for _, id := range ids {
+		if i := strings.Index(logs, "msg=expired queue_id="+id); i < 0 || i < dead || dead < 0 {
+			t.Errorf("%s: 'expired' line at %d, 'destination marked dead' at %d: want it expired after the domain's attempt", id, i, dead)
 		}
 	}
+	if n := tarpit.Conns(); n != 1 {
+		t.Errorf("%d connections to the tarpit, want 1 (the other deferred as suspended)", n)
+	}
+}
+
+// A message past max_queue_age whose domain has no free connection slot
+// waits for one and gets its final attempt then, as in Postfix: here it is
+// delivered. It bounced at once, no server asked.
+func TestDelivery_ExpiredWaitingForSlot_FinalAttempt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.MaxQueueAge.Duration = 48 * time.Hour
+	h.start()
+	hold, ok := h.agent.domains.tryAcquire("example.test", "") // the domain's one slot, busy
+	if !ok {
+		t.Fatal("no slot")
+	}
+	id := h.submit(testBody, []string{"a@example.test"}, func(e *queue.Envelope) { e.Arrived = time.Now().Add(-49 * time.Hour) })
+	h.waitRecords(id, 1)
+	env := h.envelope(id)
+	if env == nil || env.Attempts != 0 || env.Recipients[0].State != queue.Pending {
+		t.Fatalf("after waiting for a slot in vain: %+v; want still queued, no attempt counted", env)
+	}
+	hold()
+	h.first.Wait(t, 1)
+	h.waitRecords(id, 2)
 	if env := h.envelope(id); env != nil {
-		t.Errorf("%s still queued after its max_queue_age: %+v", id, env)
+		t.Errorf("still queued after its delivery: %+v", env)
 	}
-	if !strings.Contains(h.logs.String(), "msg=expired queue_id="+id) {
-		t.Errorf("no 'expired' line for %s", id)
+	if strings.Contains(h.logs.String(), "msg=expired") {
+		t.Error("expired before its final attempt")
+	}
+}
+
+// A message to several domains, one of which has no free connection slot,
+// is not counted an attempt for it and does not wait for its next retry:
+// it waits for the slot, parked, and goes as soon as one frees (Postfix
+// keeps it in the active queue). With every domain busy, none is counted
+// either. It was deferred 4.4.5 with an attempt counted, to the next retry
+// interval (an hour here).
+func TestDelivery_SeveralDomains_WaitForSlot_NoAttemptCounted(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		busy []string // domains whose one slot the test holds, freed in turn
+		free string   // a domain with a free slot, or ""
+	}{
+		{name: "one busy", busy: []string{"busy.test"}, free: "example.test"},
+		{name: "all busy", busy: []string{"busy.test", "busy2.test"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "busy.test", "127.0.0.3", "busy2.test", "127.0.0.4"))
+			busy := []*smtptest.Server{h.server("127.0.0.3", smtptest.Behaviour{}), h.server("127.0.0.4", smtptest.Behaviour{})}
+			h.cfg.Delivery.PerDomainConcurrency = 1
+			h.start()
+			var holds []func()
+			var rcpts []string
+			for _, d := range tc.busy {
+				hold, ok := h.agent.domains.tryAcquire(d, "")
+				if !ok {
+					t.Fatal("no slot")
+				}
+				holds = append(holds, hold)
+				rcpts = append(rcpts, "a@"+d)
+			}
+			if tc.free != "" {
+				rcpts = append(rcpts, "b@"+tc.free)
+			}
+			id := h.submit(testBody, rcpts)
+			records := 1
+			h.waitRecords(id, records)
+			for i, hold := range holds {
+				env := h.envelope(id)
+				if env == nil || env.Attempts != 0 {
+					t.Fatalf("waiting for a slot of %s: %+v; want queued, no attempt counted", tc.busy[i], env)
+				}
+				h.rcptPendingWith(id, i, "no connection slot to "+tc.busy[i]+" free")
+				hold()
+				busy[i].Wait(t, 1)
+				records++
+				h.waitRecords(id, records)
+			}
+			if env := h.envelope(id); env != nil {
+				t.Errorf("still queued: %+v", env)
+			}
+			if tc.free != "" {
+				h.first.Wait(t, 1)
+			}
+		})
 	}
 }
 

@@ -200,6 +200,17 @@ func (l *limiter) acquireOrPark(key, id string, park func() bool) (release func(
 	return nil, false
 }
 
+// park keeps id, a message the queue has parked (queue.Result.Park), to
+// unpark when a slot of key frees: at once when one is free now.
+func (l *limiter) park(key, id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := l.slotLocked(key)
+	s.parked = append(s.parked, id)
+	s.users++
+	l.unparkLocked(key, s)
+}
+
 // tryAcquire takes a slot for key if one is free now, or the one kept for
 // id when it was unparked: acquireOrPark that never parks.
 func (l *limiter) tryAcquire(key, id string) (release func(), ok bool) {

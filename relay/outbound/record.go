@@ -28,9 +28,13 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	now := a.now()
 	expires := expiresAt(env, cfg)
 	expired := map[int]bool{}
+	waiting := at.waiting()
 	for i := range at.rcpts {
 		r := &at.rcpts[i]
-		if r.state == queue.Pending && !env.Arrived.IsZero() && !now.Before(expires) {
+		// Not before an attempt: Postfix bounces expired mail after the
+		// attempt that finds it too old, and one that waits for a
+		// connection slot (in its active queue) gets that attempt.
+		if r.state == queue.Pending && !waiting[r.index] && !env.Arrived.IsZero() && !now.Before(expires) {
 			last := "no attempt made"
 			if r.reply != nil {
 				last = r.reply.Error()
@@ -50,6 +54,13 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		reps = a.reports(env, cfg, at, body, &res, now)
 	}
 	res.RetryBy = retryBy(env, cfg, res.DelayWarned, now)
+	wait := at.slotWait(waiting)
+	if wait != "" {
+		// No server was tried for the recipients left: the message
+		// waits for a slot of wait, parked (as Postfix keeps it in its
+		// active queue), no attempt counted and its schedule unchanged.
+		res.Uncounted, res.Park, res.RetryAt = true, true, env.NextAttempt
+	}
 	var err error
 	if len(reps) == 0 {
 		err = a.q.Done(env.ID, attemptResult(env, at, res))
@@ -82,10 +93,51 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			a.logReport(env, rep)
 		}
 	}
+	if wait != "" && !errors.Is(err, queue.ErrNotFound) {
+		a.domains.park(wait, env.ID)
+	}
 	a.logAttempt(env, at, expired)
 	if a.onRecord != nil {
 		a.onRecord(env.ID, false)
 	}
+}
+
+// waiting returns the recipients of at's groups that waited for a
+// connection slot in vain (no server tried).
+func (at *attempt) waiting() map[int]bool {
+	var w map[int]bool
+	for _, g := range at.groups {
+		if !g.waiting {
+			continue
+		}
+		if w == nil {
+			w = make(map[int]bool)
+		}
+		for _, r := range g.rcpts {
+			w[r.index] = true
+		}
+	}
+	return w
+}
+
+// slotWait returns the domain the message waits for a connection slot of
+// when every recipient at leaves pending waited for one (in waiting), ""
+// otherwise: one a server was tried for keeps its retry schedule.
+func (at *attempt) slotWait(waiting map[int]bool) string {
+	if len(waiting) == 0 {
+		return ""
+	}
+	for _, r := range at.rcpts {
+		if r.state == queue.Pending && !waiting[r.index] {
+			return ""
+		}
+	}
+	for _, g := range at.groups {
+		if g.waiting {
+			return g.domain
+		}
+	}
+	return ""
 }
 
 // retryBy is the latest time for env's next attempt: its delay warning,
@@ -213,10 +265,9 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 				failedIdx = append(failedIdx, i)
 			}
 		case queue.Delivered:
-			// RFC 3461 §5.2.1: handed to a server with DSN, NOTIFY went
-			// with it and reporting is that server's job. §5.2.2: to a
-			// server without DSN, we report "relayed" ourselves.
-			if rc.Notify.Has(queue.NotifySuccess) && r.relayed {
+			// Not again when queued before the attempt's end
+			// (recordDelivered).
+			if successReport(env, rc, r) && !r.reported {
 				success = append(success, dsnRcpt{rcpt: rc, action: "relayed", reply: r.reply, remote: remote(r)})
 			}
 		case queue.Pending:
@@ -253,6 +304,15 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		}
 	}
 	return reps
+}
+
+// successReport reports whether r, delivered to rc, calls for a success
+// report from this relay. RFC 3461 §5.2.1: handed to a server with DSN,
+// NOTIFY went with it and reporting is that server's job. §5.2.2: to a
+// server without DSN, we report "relayed" ourselves. Never a report about a
+// report (RFC 3464 §2, RFC 5321 §6.1).
+func successReport(env *queue.Envelope, rc *queue.Recipient, r *rcptResult) bool {
+	return env.From != "" && rc.Notify.Has(queue.NotifySuccess) && r.relayed
 }
 
 func hasPending(at *attempt) bool {
@@ -366,7 +426,10 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 				next = due.Format(time.RFC3339)
 			}
 		}
-		if pending && next != "" {
+		if _, parked := a.q.Activity(env.ID); pending && g.waiting && parked {
+			// Due when a slot frees (or at its delay warning or expiry).
+			attrs = append(attrs, slog.Bool("parked", true))
+		} else if pending && next != "" {
 			attrs = append(attrs, slog.String("next_attempt", next))
 		} else {
 			attrs = append(attrs, slog.String("outcome", "done"))

@@ -28,6 +28,9 @@ type rcptResult struct {
 	// this recipient and before the final reply to the message: it is
 	// pending, and the next address may take it now.
 	broke *stageError
+	// reported is set when its success report was queued before the
+	// attempt's end, with its outcome (recordDelivered).
+	reported bool
 }
 
 // txn is one SMTP transaction for a domain group.
