@@ -281,6 +281,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 		a.record(env, cfg, &attempt{lastErr: "body: " + err.Error()}, nil)
 		return
 	}
+	body = inMemory(body)
 	defer body.Close()
 
 	at := &attempt{}
