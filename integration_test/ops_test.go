@@ -1185,6 +1185,35 @@ hups:
 	}
 }
 
+// TestOpsSignalsCaughtBeforeHeavyInits: the init of internal/earlysignal,
+// which catches serve's signals, runs before those of protobuf, the metrics
+// and DNS (GODEBUG=inittrace=1 lists the inits in the order they run): it
+// imported path/filepath, whose init comes after theirs, and waited for
+// about 70 packages' (2-4 ms of a start, a SIGTERM then exit 143).
+func TestOpsSignalsCaughtBeforeHeavyInits(t *testing.T) {
+	t.Parallel()
+	cmd := exec.Command(mailhopBin, "serve", "--config", filepath.Join(t.TempDir(), "missing.toml"))
+	cmd.Env = append(os.Environ(), "GODEBUG=inittrace=1")
+	out, _ := cmd.CombinedOutput() // exits 1: no configuration
+	var order []string
+	for _, line := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(line); len(f) > 1 && f[0] == "init" {
+			order = append(order, f[1])
+		}
+	}
+	caught := slices.Index(order, "github.com/mailhop/mailhop/internal/earlysignal")
+	if caught < 0 {
+		t.Fatalf("no init of internal/earlysignal in the trace:\n%s", out)
+	}
+	for _, pkg := range order[:caught] {
+		for _, heavy := range []string{"google.golang.org/protobuf/", "github.com/prometheus/", "github.com/miekg/dns"} {
+			if strings.HasPrefix(pkg, heavy) {
+				t.Errorf("%s initialized before internal/earlysignal (init %d of %d)", pkg, caught+1, len(order))
+			}
+		}
+	}
+}
+
 // TestOpsSIGTERMDuringStartExitsZero: a SIGTERM while `mailhop serve`
 // starts (here: as soon as it opens its configuration, before it has read
 // it, opened the queue or bound a port) stops it cleanly, exit 0 and

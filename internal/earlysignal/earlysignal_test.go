@@ -1,6 +1,9 @@
 package earlysignal
 
-import "testing"
+import (
+	"path/filepath"
+	"testing"
+)
 
 // TestIsServe: only `mailhop serve` catches the signals from init; the
 // other commands, and the sendmail names whatever their arguments, keep
@@ -22,6 +25,16 @@ func TestIsServe(t *testing.T) {
 	} {
 		if got := isServe(c.args); got != c.want {
 			t.Errorf("isServe(%q) = %v, want %v", c.args, got, c.want)
+		}
+	}
+}
+
+// TestBase: base is filepath.Base for a program's path, which run's
+// dispatch reads with filepath.Base.
+func TestBase(t *testing.T) {
+	for _, p := range []string{"", "/", "//", "mailhop", "/usr/sbin/sendmail", "./mailq", "a//newaliases", "/usr/bin/mailhop/", "x/"} {
+		if got, want := base(p), filepath.Base(p); got != want && !(p == "" && got == "") {
+			t.Errorf("base(%q) = %q, filepath.Base %q", p, got, want)
 		}
 	}
 }

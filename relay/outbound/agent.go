@@ -394,10 +394,10 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 	}
 	cfg, now := a.config(), a.now()
 	if a.deadErr(d) != nil {
-		a.domains.unreserve(d, env.ID) // a slot kept for it: it is deferred instead
-		// Its deferral takes no slot, so no release would unpark the
-		// others parked for it: they are all deferred now too.
-		a.domains.unparkAll(d)
+		// A slot kept for it goes back: it is deferred instead. Its
+		// deferral takes no slot, so no release would unpark the others
+		// parked for it: they are all deferred now too.
+		a.domains.dead(d, env.ID)
 		return nil, false
 	}
 	// Under load a slot frees within milliseconds: wait for it here, as
@@ -550,6 +550,9 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	var err error
 	if !slotHeld {
 		if e := a.deadErr(domain); e != nil {
+			// Called back for a slot of it (parked by record), as in
+			// claimDomain.
+			a.domains.dead(domain, t.env.ID)
 			return a.suspended(t, domain, e)
 		}
 		// The slot kept for the message when it was unparked for one.

@@ -558,3 +558,36 @@ func TestClaimDomain_Overdue_TakesKeptSlot(t *testing.T) {
 	}
 	release()
 }
+
+// A message to several domains parked for a slot of one that is found dead
+// meanwhile, and called back for a freed slot, gives that slot back when its
+// recipients there are deferred as suspended: it kept it, idle, until
+// callWait, and the domain's other parked mail was called one by one, each
+// after the last one's callWait.
+func TestDelivery_SeveralDomains_CalledForDeadDomain_GivesSlotBack(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("busy.test", "127.0.0.2", "busy2.test", "127.0.0.3"))
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.start()
+	l := h.agent.domains
+	var holds []func()
+	for _, d := range []string{"busy.test", "busy2.test"} { // each domain's one slot, busy
+		hold, ok := l.tryAcquire(d, "")
+		if !ok {
+			t.Fatal("no slot")
+		}
+		holds = append(holds, hold)
+	}
+	defer holds[1]()
+	id := h.submit(testBody, []string{"a@busy.test", "b@busy2.test"})
+	h.waitRecords(id, 1) // parked for busy.test
+	h.agent.markDead("busy.test", smtperr.New(0, "4.4.1", "no host answered"))
+	holds[0]() // the slot is kept for the parked message, which is called back
+	h.waitRecords(id, 2)
+	h.rcptPendingWith(id, 0, "delivery temporarily suspended")
+	release, ok := l.tryAcquire("busy.test", "")
+	if !ok {
+		t.Fatal("the slot of busy.test is still kept for a message deferred without it")
+	}
+	release()
+}

@@ -298,6 +298,15 @@ func (l *limiter) callLocked(key string, s *slot) bool {
 	return false
 }
 
+// dead gives back the slot kept for id, if any, and hands every message
+// parked for key back to the queue: key is a dead destination, whose mail
+// is deferred without a slot (kept, the slot sat idle until callWait, and
+// the rest waited for one in turn).
+func (l *limiter) dead(key, id string) {
+	l.unreserve(key, id)
+	l.unparkAll(key)
+}
+
 // unparkAll hands every message parked for key back to the queue, free
 // slot or not: for a dead destination, whose mail is deferred without one
 // (its deferrals take no slot, so no release would unpark the rest).
