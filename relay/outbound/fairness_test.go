@@ -263,6 +263,41 @@ func TestDelivery_SeveralDomains_AllBusy_GoesWhenAnyFrees(t *testing.T) {
 	}
 }
 
+// A domain's slot calls back only parked mail that still has recipients
+// there: a message parked for several domains' slots stays in each one's
+// list after it goes for one of them, and when that domain frees a slot
+// later, while the message is parked for another, it kept the slot idle for
+// it (callWait) and handed it out for nothing.
+func TestDelivery_Parked_NotCalledByDomainDeliveredTo(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "busy.test", "127.0.0.3"))
+	busy := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.start()
+	hold, ok := h.agent.domains.tryAcquire("busy.test", "")
+	if !ok {
+		t.Fatal("no slot")
+	}
+	id := h.submit(testBody, []string{"a@example.test", "b@busy.test"})
+	h.waitRecords(id, 1)
+	h.first.Wait(t, 1)
+	if _, parked := h.q.Activity(id); !parked {
+		t.Fatal("not parked for busy.test")
+	}
+	// What its entry in example.test's list, had it waited there too,
+	// does when a slot of example.test frees (one is free now).
+	h.agent.domains.park("example.test", id)
+	if _, parked := h.q.Activity(id); !parked {
+		t.Fatal("called back by example.test, where it has no recipient left")
+	}
+	hold()
+	busy.Wait(t, 1)
+	h.waitRecords(id, 2)
+	if env := h.envelope(id); env != nil {
+		t.Errorf("still queued: %+v", env)
+	}
+}
+
 // After an attempt in which no host of a domain answered, its other mail is
 // deferred at once ("delivery temporarily suspended"), not sent to wait for
 // the same timeout each; a flush tries the domain again.
