@@ -625,11 +625,18 @@ func (q *Queue) pushUntil(s *slot, until time.Time) {
 
 // Unpark makes a parked message due now; false when it is no longer
 // parked (deleted, claimed, released from a hold meanwhile) or held.
-func (q *Queue) Unpark(id string) bool {
+func (q *Queue) Unpark(id string) bool { return q.UnparkFor(id, "") }
+
+// UnparkFor is Unpark for a connection slot of domain: false, the message
+// left parked, when none of its pending recipients is in domain. A message
+// parked for the slots of several domains and since delivered to one of
+// them, then parked for the others, is not called back by that one (whose
+// slot, kept for it, would sit idle). An empty domain is any.
+func (q *Queue) UnparkFor(id, domain string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	s, ok := q.sched[id]
-	if !ok || !s.parked {
+	if !ok || !s.parked || domain != "" && !containsString(s.domains, domainKey(domain)) {
 		return false
 	}
 	s.parked = false

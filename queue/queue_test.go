@@ -773,6 +773,39 @@ func handedOut(t *testing.T, q *Queue) (context.Context, *Envelope) {
 	return ctx, env
 }
 
+// UnparkFor calls a parked message back only for a slot of a domain it
+// still has pending recipients in: one parked for two domains' slots and
+// delivered to one of them is not called back by that one.
+func TestUnparkFor_OnlyItsDomains(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	env := newEnv("a@x.example", "b@y.example")
+	if err := q.Enqueue(env, strings.NewReader("x\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
+		t.Fatalf("Next = %v, %v", e, err)
+	}
+	err := q.Done(env.ID, Result{Uncounted: true, Park: true, RetryAt: env.NextAttempt,
+		Recipients: []RcptUpdate{{Index: 0, State: Pending, Reply: "4.4.5 no connection slot"}, {Index: 1, State: Delivered, Code: 250}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q.UnparkFor(env.ID, "y.example") {
+		t.Fatal("UnparkFor the domain it was delivered to: want false")
+	}
+	if _, parked := q.Activity(env.ID); !parked {
+		t.Fatal("no longer parked")
+	}
+	if !q.UnparkFor(env.ID, "X.example") {
+		t.Fatal("UnparkFor the domain it waits for: want true")
+	}
+	if e, err := q.Next(ctx); err != nil || e.ID != env.ID {
+		t.Fatalf("Next after UnparkFor = %v, %v", e, err)
+	}
+}
+
 // A message parked with a time (its expiry or delay warning) is handed out
 // at that time though still parked, and is then no longer parked: an
 // Unpark for the slot it waited for finds nothing to do.

@@ -118,7 +118,7 @@ func New(opts Options) (*Agent, error) {
 	a.abortCtx, a.abort = context.WithCancel(context.Background())
 	a.inflight, a.total = newSem(n), newSem(n)
 	a.pool = newPool(per)
-	a.domains = newLimiter(per, a.q.Unpark)
+	a.domains = newLimiter(per, func(key, id string) bool { return a.q.UnparkFor(id, key) })
 	a.cfg.Store(opts.Config)
 	a.loadTLSCounts() // after the configuration: its data_dir has the file
 	a.q.SetRetryIntervals(opts.Config.RetryDurations())

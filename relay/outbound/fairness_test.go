@@ -231,6 +231,73 @@ func TestDelivery_SeveralDomains_WaitForSlot_NoAttemptCounted(t *testing.T) {
 	}
 }
 
+// A message to several domains, each without a free connection slot, waits
+// for a slot of every one of them: the recipients of the domain whose slot
+// frees first go at once. It was parked for the first domain only, so its
+// recipients in the others waited for that one's slot (a tarpit's session,
+// minutes) however soon their own freed.
+func TestDelivery_SeveralDomains_AllBusy_GoesWhenAnyFrees(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("busy.test", "127.0.0.3", "busy2.test", "127.0.0.4"))
+	busy2 := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.server("127.0.0.3", smtptest.Behaviour{})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.start()
+	var holds []func()
+	for _, d := range []string{"busy.test", "busy2.test"} {
+		hold, ok := h.agent.domains.tryAcquire(d, "")
+		if !ok {
+			t.Fatal("no slot")
+		}
+		holds = append(holds, hold)
+	}
+	defer holds[0]()
+	id := h.submit(testBody, []string{"a@busy.test", "b@busy2.test"})
+	h.waitRecords(id, 1)
+	holds[1]() // busy.test stays taken
+	busy2.Wait(t, 1)
+	h.waitRecords(id, 2)
+	h.rcptPendingWith(id, 0, "no connection slot to busy.test free")
+	if env := h.envelope(id); env == nil || env.Attempts != 0 || env.Recipients[1].State != queue.Delivered {
+		t.Fatalf("after busy2.test's slot freed: %+v; want b@busy2.test delivered, no attempt counted", env)
+	}
+}
+
+// A domain's slot calls back only parked mail that still has recipients
+// there: a message parked for several domains' slots stays in each one's
+// list after it goes for one of them, and when that domain frees a slot
+// later, while the message is parked for another, it kept the slot idle for
+// it (callWait) and handed it out for nothing.
+func TestDelivery_Parked_NotCalledByDomainDeliveredTo(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "busy.test", "127.0.0.3"))
+	busy := h.server("127.0.0.3", smtptest.Behaviour{})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.start()
+	hold, ok := h.agent.domains.tryAcquire("busy.test", "")
+	if !ok {
+		t.Fatal("no slot")
+	}
+	id := h.submit(testBody, []string{"a@example.test", "b@busy.test"})
+	h.waitRecords(id, 1)
+	h.first.Wait(t, 1)
+	if _, parked := h.q.Activity(id); !parked {
+		t.Fatal("not parked for busy.test")
+	}
+	// What its entry in example.test's list, had it waited there too,
+	// does when a slot of example.test frees (one is free now).
+	h.agent.domains.park("example.test", id)
+	if _, parked := h.q.Activity(id); !parked {
+		t.Fatal("called back by example.test, where it has no recipient left")
+	}
+	hold()
+	busy.Wait(t, 1)
+	h.waitRecords(id, 2)
+	if env := h.envelope(id); env != nil {
+		t.Errorf("still queued: %+v", env)
+	}
+}
+
 // After an attempt in which no host of a domain answered, its other mail is
 // deferred at once ("delivery temporarily suspended"), not sent to wait for
 // the same timeout each; a flush tries the domain again.

@@ -156,7 +156,7 @@ type limiter struct {
 	mu     sync.Mutex
 	max    int
 	m      map[string]*slot
-	unpark func(id string) bool // false: the message no longer waits (deleted, held)
+	unpark func(key, id string) bool // false: the message no longer waits for key (deleted, held, delivered there)
 }
 
 type slot struct {
@@ -172,7 +172,7 @@ type slot struct {
 // to the next parked message (or whoever waits).
 const callWait = 2 * time.Second
 
-func newLimiter(max int, unpark func(id string) bool) *limiter {
+func newLimiter(max int, unpark func(key, id string) bool) *limiter {
 	return &limiter{max: max, m: make(map[string]*slot), unpark: unpark}
 }
 
@@ -285,7 +285,7 @@ func (l *limiter) callLocked(key string, s *slot) bool {
 		id := s.parked[0]
 		s.parked[0] = ""
 		s.parked = s.parked[1:]
-		if _, dup := s.called[id]; dup || !l.unpark(id) {
+		if _, dup := s.called[id]; dup || !l.unpark(key, id) {
 			s.users--
 			continue
 		}
@@ -320,7 +320,7 @@ func (l *limiter) unparkAll(key string) {
 	parked := s.parked
 	s.parked = nil
 	for _, id := range parked {
-		l.unpark(id)
+		l.unpark(key, id)
 		l.leaveLocked(key, s)
 	}
 }

@@ -87,7 +87,7 @@ func TestDelivery_5xxIsAnAnswer_421MovesOn(t *testing.T) {
 func TestLimiter_ParkUnpark(t *testing.T) {
 	var unparked []string
 	gone := map[string]bool{"m2": true}
-	l := newLimiter(1, func(id string) bool {
+	l := newLimiter(1, func(_, id string) bool {
 		unparked = append(unparked, id)
 		return !gone[id]
 	})
@@ -132,7 +132,7 @@ func TestLimiter_ParkUnpark(t *testing.T) {
 // does not come is given to the next parked one.
 func TestLimiter_UnparkedKeepsItsSlot(t *testing.T) {
 	var unparked []string
-	l := newLimiter(1, func(id string) bool {
+	l := newLimiter(1, func(_, id string) bool {
 		unparked = append(unparked, id)
 		return true
 	})
@@ -268,7 +268,7 @@ func TestSem_WaitRunsOut(t *testing.T) {
 // delivery that waits in acquire: parked mail is the older.
 func TestLimiter_ParkedBeforeWaiters(t *testing.T) {
 	var called []string
-	l := newLimiter(1, func(id string) bool { called = append(called, id); return true })
+	l := newLimiter(1, func(_, id string) bool { called = append(called, id); return true })
 	r1, ok := l.tryAcquire("a.test", "m1")
 	if !ok {
 		t.Fatal("first slot refused")
@@ -318,7 +318,7 @@ func TestLimiter_ParkedBeforeWaiters(t *testing.T) {
 // behind the limiter's back), and keeps the slot for it.
 func TestLimiter_SweepUnparksForFreeSlot(t *testing.T) {
 	var unparked []string
-	l := newLimiter(1, func(id string) bool {
+	l := newLimiter(1, func(_, id string) bool {
 		unparked = append(unparked, id)
 		return true
 	})
@@ -351,7 +351,7 @@ func TestLimiter_SweepUnparksForFreeSlot(t *testing.T) {
 // once the domain is within the new limit.
 func TestLimiter_LoweredLimitNotRefilled(t *testing.T) {
 	var unparked []string
-	l := newLimiter(2, func(id string) bool { unparked = append(unparked, id); return true })
+	l := newLimiter(2, func(_, id string) bool { unparked = append(unparked, id); return true })
 	r1, ok1 := l.tryAcquire("a.test", "m1")
 	r2, ok2 := l.tryAcquire("a.test", "m2")
 	if !ok1 || !ok2 {
@@ -384,7 +384,7 @@ func TestLimiter_LoweredLimitNotRefilled(t *testing.T) {
 // mail to every other domain waited behind them (servfail and 451 retries
 // of other domains 4 to 7 s late on a loopback rig, concurrency 10).
 func TestLimiter_NoWaitBehindParked(t *testing.T) {
-	l := newLimiter(1, func(string) bool { return true })
+	l := newLimiter(1, func(_, _ string) bool { return true })
 	r1, ok := l.tryAcquire("a.test", "m1")
 	if !ok {
 		t.Fatal("first slot refused")

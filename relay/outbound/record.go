@@ -55,10 +55,11 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	}
 	res.RetryBy = retryBy(env, cfg, res.DelayWarned, now)
 	wait := at.slotWait(waiting)
-	if wait != "" {
+	if len(wait) > 0 {
 		// No server was tried for the recipients left: the message
-		// waits for a slot of wait, parked (as Postfix keeps it in its
-		// active queue), no attempt counted and its schedule unchanged.
+		// waits for a slot of each domain in wait, parked (as Postfix
+		// keeps it in its active queue), no attempt counted and its
+		// schedule unchanged.
 		res.Uncounted, res.Park, res.RetryAt = true, true, env.NextAttempt
 	}
 	var err error
@@ -93,8 +94,12 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 			a.logReport(env, rep)
 		}
 	}
-	if wait != "" && !errors.Is(err, queue.ErrNotFound) {
-		a.domains.park(wait, env.ID)
+	if !errors.Is(err, queue.ErrNotFound) {
+		// Whichever frees a slot first calls it back; the others then
+		// find it no longer parked (or parked anew) when their turn comes.
+		for _, d := range wait {
+			a.domains.park(d, env.ID)
+		}
 	}
 	a.logAttempt(env, at, expired)
 	if a.onRecord != nil {
@@ -120,24 +125,27 @@ func (at *attempt) waiting() map[int]bool {
 	return w
 }
 
-// slotWait returns the domain the message waits for a connection slot of
-// when every recipient at leaves pending waited for one (in waiting), ""
-// otherwise: one a server was tried for keeps its retry schedule.
-func (at *attempt) slotWait(waiting map[int]bool) string {
+// slotWait returns the domains the message waits for a connection slot of
+// when every recipient at leaves pending waited for one (in waiting), none
+// otherwise: one a server was tried for keeps its retry schedule. It waits
+// for all of them, so that one domain's slot freeing is not held up by
+// another's (a tarpit's session).
+func (at *attempt) slotWait(waiting map[int]bool) []string {
 	if len(waiting) == 0 {
-		return ""
+		return nil
 	}
 	for _, r := range at.rcpts {
 		if r.state == queue.Pending && !waiting[r.index] {
-			return ""
+			return nil
 		}
 	}
+	var ds []string
 	for _, g := range at.groups {
 		if g.waiting {
-			return g.domain
+			ds = append(ds, g.domain)
 		}
 	}
-	return ""
+	return ds
 }
 
 // retryBy is the latest time for env's next attempt: its delay warning,
