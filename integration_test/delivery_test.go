@@ -863,7 +863,9 @@ func TestDeliveryNotifySuccess(t *testing.T) {
 // its success report are recorded as soon as its transaction ends, so a
 // kill -9 while the other stalls does not send the message to the fast
 // domain again after the restart, nor a second report. (They waited for the
-// whole attempt's end: every kill meanwhile meant one more copy.)
+// whole attempt's end: every kill meanwhile meant one more copy.) Its
+// "delivered" line is logged then too, once: it was logged at the attempt's
+// end only, so after the kill it was never logged.
 func TestDeliveryNotifySuccessKill9WhileOtherDomainStalls(t *testing.T) {
 	t.Parallel()
 	w := newMXWorld(t, dnstest.Zone{
@@ -901,6 +903,9 @@ func TestDeliveryNotifySuccessKill9WhileOtherDomainStalls(t *testing.T) {
 	if rc := reportFor(t, checkReport(t, reps[0]), "bob@fast.test"); rc.Action != "relayed" {
 		t.Errorf("report Action %q, want relayed", rc.Action)
 	}
+	if !r.waitLine("msg=delivered", "rcpt=bob@fast.test") {
+		t.Errorf("no 'delivered' line for bob@fast.test while slow.test stalls:\n%s", r.logs.String())
+	}
 	r.kill()
 	open.Store(true)
 	r.start()
@@ -912,6 +917,9 @@ func TestDeliveryNotifySuccessKill9WhileOtherDomainStalls(t *testing.T) {
 	}
 	if n := len(w.senderMX.Messages()); n != 1 {
 		t.Errorf("the sender got %d success reports, want 1", n)
+	}
+	if n := countLines(r.logs.String(), "msg=delivered", "rcpt=bob@fast.test"); n != 1 {
+		t.Errorf("%d 'delivered' lines for bob@fast.test in all, want 1:\n%s", n, r.logs.String())
 	}
 }
 

@@ -296,7 +296,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 			}
 		}
 	} else {
-		at = a.deliverMessage(ctx, cfg, env, body, hdr.tlsOptional, release != nil)
+		at = a.deliverMessage(ctx, cfg, env, body, msgID, hdr.tlsOptional, release != nil)
 	}
 	at.messageID = msgID
 	if ctx.Err() != nil && !at.decided() {
@@ -435,7 +435,8 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 
 // deliverMessage delivers every domain group of env's pending recipients
 // in parallel. slotHeld: env has one domain, whose slot the caller holds.
-func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, tlsOptional, slotHeld bool) *attempt {
+// messageID is the message's Message-ID, for the log.
+func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *queue.Envelope, body queue.Body, messageID string, tlsOptional, slotHeld bool) *attempt {
 	at := &attempt{}
 	byDomain := make(map[string][]int)
 	var order []string
@@ -473,7 +474,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 					// Other domains may take minutes yet: what this
 					// one delivered is recorded now, not sent again
 					// should the process die before they end.
-					a.recordDelivered(cfg, env, body, groups[gi].rcpts)
+					a.recordDelivered(cfg, env, body, messageID, groups[gi].rcpts)
 				}
 			}()
 		}
@@ -489,8 +490,10 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 // recordDelivered records the delivered recipients among rs before the
 // attempt ends (queue.Progress). A recipient that asked for a success report
 // (NOTIFY=SUCCESS) is recorded with its report in one commit, and marked
-// reported so that the attempt's end does not report it again.
-func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body queue.Body, rs []rcptResult) {
+// reported so that the attempt's end does not report it again. Each one
+// recorded is logged "delivered" then, and marked logged: a process killed
+// before the attempt's end would log it never.
+func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body queue.Body, messageID string, rs []rcptResult) {
 	var us []queue.RcptUpdate
 	var success []dsnRcpt
 	var reported []int // positions in rs of the recipients in success
@@ -532,6 +535,16 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 	}
 	for _, i := range reported {
 		rs[i].reported = true
+	}
+	recorded := make(map[int]bool, len(us))
+	for _, u := range us {
+		recorded[u.Index] = true
+	}
+	for i := range rs {
+		if r := &rs[i]; r.state == queue.Delivered && recorded[r.index] {
+			a.logOutcome(env, messageID, r, false)
+			r.logged = true
+		}
 	}
 	if rep != nil {
 		a.logReport(env, rep)

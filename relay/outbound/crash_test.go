@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -234,5 +235,38 @@ func TestDelivery_MultiDomain_DeliveredRecordedBeforeSlowDomain(t *testing.T) {
 	}
 	if env.Recipients[0].State != queue.Delivered || env.Recipients[1].State != queue.Pending || env.Attempts != 0 {
 		t.Errorf("after the crash: %+v; want a@fast.test delivered, b@slow.test pending, no attempt counted", env.Recipients)
+	}
+}
+
+// TestDelivery_MultiDomain_DeliveredLoggedWhenRecorded: the recipient a fast
+// domain took is logged "delivered" when it is recorded, while the slow
+// domain still waits, and not again at the attempt's end; it was logged at
+// the end only, so a process killed meanwhile never logged it.
+func TestDelivery_MultiDomain_DeliveredLoggedWhenRecorded(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	h := newHarness(t, smtptest.Behaviour{}, zone("fast.test", "127.0.0.2", "slow.test", "127.0.0.3"))
+	h.server("127.0.0.3", smtptest.Behaviour{Data: func(*smtptest.Message) error {
+		<-release
+		return nil
+	}})
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute
+	h.start()
+	id := h.submit(testBody, []string{"a@fast.test", "b@slow.test"})
+	line := h.logs.WaitLine(10*time.Second, "msg=delivered", "queue_id="+id, "rcpt=a@fast.test")
+	close(release)
+	if line == "" {
+		t.Fatalf("a@fast.test not logged delivered while b@slow.test waits:\n%s", h.logs.String())
+	}
+	h.waitRecords(id, 1)
+	logs := h.logs.String()
+	if n := len(testlog.Lines(logs, "msg=delivered", "rcpt=a@fast.test")); n != 1 {
+		t.Errorf("%d 'delivered' lines for a@fast.test, want 1:\n%s", n, logs)
+	}
+	if n := len(testlog.Lines(logs, "msg=delivered", "rcpt=b@slow.test")); n != 1 {
+		t.Errorf("%d 'delivered' lines for b@slow.test, want 1:\n%s", n, logs)
+	}
+	if s := h.agent.Stats(); s.Delivered != 2 {
+		t.Errorf("Stats().Delivered = %d, want 2", s.Delivered)
 	}
 }

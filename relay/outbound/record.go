@@ -410,7 +410,7 @@ func orDur(d config.Duration, def time.Duration) time.Duration {
 }
 
 // logAttempt writes one line per domain group attempted and one per final
-// recipient outcome, and counts them.
+// recipient outcome not logged yet (recordDelivered), and counts them.
 func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
 	next := "" // the next attempt, looked up only when a group is pending
 	for _, g := range at.groups {
@@ -444,33 +444,41 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 		}
 		logline.Info(a.log, "attempt", attrs...)
 	}
-	for _, r := range at.rcpts {
-		rc := env.Recipients[r.index]
-		attrs := make([]slog.Attr, 0, 6)
-		attrs = append(attrs, slog.String("queue_id", env.ID), slog.String("message_id", at.messageID), slog.String("rcpt", rc.Address))
-		if r.reply != nil {
-			attrs = append(attrs, slog.Int("code", r.reply.Code), slog.String("reply", replyText(r.reply)))
+	for i := range at.rcpts {
+		if r := &at.rcpts[i]; !r.logged {
+			a.logOutcome(env, at.messageID, r, expired[r.index])
 		}
-		if r.remote != "" {
-			attrs = append(attrs, slog.String("mx", r.remote))
+	}
+}
+
+// logOutcome writes the line of one recipient's outcome, and counts it.
+// expired: a failure for the message's age.
+func (a *Agent) logOutcome(env *queue.Envelope, messageID string, r *rcptResult, expired bool) {
+	rc := env.Recipients[r.index]
+	attrs := make([]slog.Attr, 0, 6)
+	attrs = append(attrs, slog.String("queue_id", env.ID), slog.String("message_id", messageID), slog.String("rcpt", rc.Address))
+	if r.reply != nil {
+		attrs = append(attrs, slog.Int("code", r.reply.Code), slog.String("reply", replyText(r.reply)))
+	}
+	if r.remote != "" {
+		attrs = append(attrs, slog.String("mx", r.remote))
+	}
+	switch {
+	case r.state == queue.Delivered:
+		a.stats.delivered.Add(1)
+		if a.obs != nil {
+			a.obs.Delivered(a.now().Sub(env.Arrived))
 		}
-		switch {
-		case r.state == queue.Delivered:
-			a.stats.delivered.Add(1)
-			if a.obs != nil {
-				a.obs.Delivered(a.now().Sub(env.Arrived))
-			}
-			logline.Info(a.log, "delivered", attrs...)
-		case r.state == queue.Failed && expired[r.index]:
-			a.stats.bounced.Add(1)
-			logline.Info(a.log, "expired", attrs...)
-		case r.state == queue.Failed:
-			a.stats.bounced.Add(1)
-			logline.Info(a.log, "bounced", attrs...)
-		default:
-			a.stats.deferred.Add(1)
-			a.log.LogAttrs(context.Background(), slog.LevelDebug, "deferred", attrs...)
-		}
+		logline.Info(a.log, "delivered", attrs...)
+	case r.state == queue.Failed && expired:
+		a.stats.bounced.Add(1)
+		logline.Info(a.log, "expired", attrs...)
+	case r.state == queue.Failed:
+		a.stats.bounced.Add(1)
+		logline.Info(a.log, "bounced", attrs...)
+	default:
+		a.stats.deferred.Add(1)
+		a.log.LogAttrs(context.Background(), slog.LevelDebug, "deferred", attrs...)
 	}
 }
 

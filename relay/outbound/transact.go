@@ -31,6 +31,9 @@ type rcptResult struct {
 	// reported is set when its success report was queued before the
 	// attempt's end, with its outcome (recordDelivered).
 	reported bool
+	// logged is set when its outcome was logged before the attempt's end
+	// (recordDelivered).
+	logged bool
 }
 
 // txn is one SMTP transaction for a domain group.
