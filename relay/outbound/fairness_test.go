@@ -130,6 +130,10 @@ func TestDelivery_Parked_ExpiresAfterFinalAttempt(t *testing.T) {
 			}
 		}
 	}
+	// The line follows the outcome's record, which took the message out.
+	for _, id := range ids {
+		h.logs.WaitLine(5*time.Second, "msg=expired queue_id="+id)
+	}
 	logs := h.logs.String()
 	dead := strings.Index(logs, "destination marked dead")
 	for _, id := range ids {
