@@ -906,6 +906,12 @@ func TestDeliveryNotifySuccessKill9WhileOtherDomainStalls(t *testing.T) {
 	if !r.waitLine("msg=delivered", "rcpt=bob@fast.test") {
 		t.Errorf("no 'delivered' line for bob@fast.test while slow.test stalls:\n%s", r.logs.String())
 	}
+	// The report's own delivery is recorded (then logged) after the
+	// sender's server took it: killed before, the relay sends it again,
+	// as it must when it cannot know the server took it.
+	if !r.waitLine("msg=delivered", "rcpt="+senderAddr) {
+		t.Errorf("the report's delivery to %s not logged:\n%s", senderAddr, r.logs.String())
+	}
 	r.kill()
 	open.Store(true)
 	r.start()
