@@ -179,9 +179,7 @@ func Listen(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("admin: %s: another mailhop is running", path)
 	}
 	os.Remove(path)
-	old := umask(0o177)
-	ln, err := net.Listen("unix", path)
-	umask(old)
+	ln, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
