@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -76,27 +77,52 @@ var testHash = sync.OnceValue(func() string {
 	return string(h)
 })
 
-// freePort returns a TCP port on host that was free a moment ago and that
-// no other call in this test process has returned (the kernel hands a port
-// that was just closed out again, and two listeners of one relay, or a
-// listener and a parking route, must never share one).
+// freePort returns a TCP port on host that no other call in this test
+// process has returned, reserved until the test ends: a socket stays bound
+// to it, not listening, with SO_REUSEADDR. A server's bind with
+// SO_REUSEADDR (mailhop's, Go's, Postfix's listeners) still gets it, as it
+// does again after a restart; no other socket does: closed, the port went
+// to the next socket of any process bound to port 0, or to an outgoing
+// connection, in the moment before mailhop bound it ("address already in
+// use", 1 run in 15 with several test processes at once). A port for
+// nothing to listen on (a dead resolver, a parking route) refuses
+// connections for the whole test.
 func freePort(t testing.TB, host string) string {
 	t.Helper()
+	ip := net.ParseIP(host).To4()
+	if ip == nil {
+		t.Fatalf("free port: not an IPv4 address: %q", host)
+	}
 	for {
-		ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatalf("free port: %v", err)
 		}
-		addr := ln.Addr().String()
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
+		sa := &syscall.SockaddrInet4{}
+		copy(sa.Addr[:], ip)
+		err = syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1)
+		if err == nil {
+			err = syscall.Bind(fd, sa)
+		}
+		var got syscall.Sockaddr
+		if err == nil {
+			got, err = syscall.Getsockname(fd)
+		}
+		if err != nil {
+			syscall.Close(fd)
+			t.Fatalf("free port on %s: %v", host, err)
+		}
+		port := got.(*syscall.SockaddrInet4).Port
 		portsMu.Lock()
 		seen := portsGiven[port]
 		portsGiven[port] = true
 		portsMu.Unlock()
-		if !seen {
-			return addr
+		if seen {
+			syscall.Close(fd)
+			continue
 		}
+		t.Cleanup(func() { syscall.Close(fd) })
+		return net.JoinHostPort(host, strconv.Itoa(port))
 	}
 }
 
