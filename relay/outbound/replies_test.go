@@ -183,7 +183,11 @@ func TestDeadlineWriter_PerWrite(t *testing.T) {
 	dw := &deadlineWriter{w: client, conn: client, d: 250 * time.Millisecond}
 	body := bytes.Repeat([]byte("x"), 256<<10) // 32 reads of 8 KiB: about 0.5 s in all
 	start := time.Now()
-	_, err := io.CopyBuffer(dw, io.NewSectionReader(bytes.NewReader(body), 0, int64(len(body))), make([]byte, 32<<10))
+	// Writes of 8 KiB, each taken by one read (15 ms): with writes of
+	// 32 KiB, each waited for four reads, and four sleeps stretched by a
+	// loaded machine passed the 250 ms (782 ms for the whole body, with the
+	// race detector and three test processes on two cores).
+	_, err := io.CopyBuffer(dw, io.NewSectionReader(bytes.NewReader(body), 0, int64(len(body))), make([]byte, 8<<10))
 	took := time.Since(start)
 	client.Close()
 	if err != nil {
