@@ -636,7 +636,7 @@ func (q *Queue) UnparkFor(id, domain string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	s, ok := q.sched[id]
-	if !ok || !s.parked || domain != "" && !containsString(s.domains, domainKey(domain)) {
+	if !ok || !s.parked || domain != "" && !slices.Contains(s.domains, domainKey(domain)) {
 		return false
 	}
 	s.parked = false
@@ -786,7 +786,7 @@ func (q *Queue) Flush(domain string) int {
 		if s.held || s.inflight || s.parked {
 			continue // a parked message is due as soon as its destination has a slot
 		}
-		if domain != "" && !containsString(s.domains, domain) {
+		if domain != "" && !slices.Contains(s.domains, domain) {
 			continue
 		}
 		s.due = now
@@ -797,15 +797,6 @@ func (q *Queue) Flush(domain string) int {
 		q.signal()
 	}
 	return n
-}
-
-func containsString(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 // Stats is a summary of the queue for metrics.

@@ -434,7 +434,7 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 				next = due.Format(time.RFC3339)
 			}
 		}
-		if _, parked := a.q.Activity(env.ID); pending && g.waiting && parked {
+		if pending && g.waiting && a.parked(env.ID) {
 			// Due when a slot frees (or at its delay warning or expiry).
 			attrs = append(attrs, slog.Bool("parked", true))
 		} else if pending && next != "" {
@@ -449,6 +449,12 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 			a.logOutcome(env, at.messageID, r, expired[r.index])
 		}
 	}
+}
+
+// parked reports whether the queue holds id parked (waiting for a slot).
+func (a *Agent) parked(id string) bool {
+	_, parked := a.q.Activity(id)
+	return parked
 }
 
 // logOutcome writes the line of one recipient's outcome, and counts it.
