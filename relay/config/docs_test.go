@@ -69,17 +69,7 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := exampleKeys(string(example))
-	for _, k := range want {
-		if !slices.Contains(got, k) {
-			t.Errorf("config.example.toml does not document %s", k)
-		}
-	}
-	for _, k := range got {
-		if !slices.Contains(want, k) {
-			t.Errorf("config.example.toml documents %s, which the loader refuses", k)
-		}
-	}
+	sameKeys(t, want, exampleKeys(string(example)), "config.example.toml", "document")
 
 	readme, err := os.ReadFile("../../README.md")
 	if err != nil {
@@ -128,14 +118,21 @@ func TestExampleDocumentsEveryKey(t *testing.T) {
 			documented = append(documented, k)
 		}
 	}
+	sameKeys(t, want, documented, "README.md's configuration table", "name")
+}
+
+// sameKeys fails for each key of want that doc does not verb (name or
+// document), and for each it does that the loader refuses.
+func sameKeys(t *testing.T, want, got []string, doc, verb string) {
+	t.Helper()
 	for _, k := range want {
-		if !slices.Contains(documented, k) {
-			t.Errorf("README.md's configuration table does not name %s", k)
+		if !slices.Contains(got, k) {
+			t.Errorf("%s does not %s %s", doc, verb, k)
 		}
 	}
-	for _, k := range documented {
+	for _, k := range got {
 		if !slices.Contains(want, k) {
-			t.Errorf("README.md's configuration table names %s, which the loader refuses", k)
+			t.Errorf("%s %ss %s, which the loader refuses", doc, verb, k)
 		}
 	}
 }
