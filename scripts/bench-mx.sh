@@ -19,7 +19,9 @@ go build -o "$dir/mailhop" ./cmd/mailhop && go build -o "$dir/dnsserve" ./integr
 # smtp-source sends to b@dest.example (run.sh's default TO).
 "$dir/dnsserve" 'dest.example. 300 IN MX 10 mx.dest.example.' 'mx.dest.example. 300 IN A 127.0.0.2' >"$dir/dns.addr" &
 dnspid=$!
-for _ in $(seq 50); do [ -s "$dir/dns.addr" ] && break; sleep 0.1; done
+trap 'kill -TERM "$dnspid" 2>/dev/null' EXIT
+for _ in $(seq 200); do [ -s "$dir/dns.addr" ] && break; sleep 0.1; done
+[ -s "$dir/dns.addr" ] || { echo "dnsserve printed no address" >&2; exit 1; }
 cat >"$dir/config.toml" <<CF
 hostname = "relay.bench.test"
 data_dir = "$dir/data"
