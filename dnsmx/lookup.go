@@ -32,36 +32,11 @@ type MX struct {
 	Secure bool
 }
 
-// LookupMX returns the hosts to try for domain, in order: sorted by
-// preference, random order among equal preference, at most 10 hosts. Hosts
-// whose address lookup failed are left out; if all fail, the error is
-// returned. Every error is a *Error (see the package doc for how failures
-// are classified).
-func (r *Resolver) LookupMX(ctx context.Context, domain string) ([]MX, error) {
-	r.lookups.Add(1)
-	mxs, err := r.lookupMX(ctx, domain)
-	if err != nil {
-		r.failures.Add(1)
-		return nil, err
-	}
-	return mxs, nil
-}
-
 // LookupHost returns the addresses of a host name, A then AAAA, for
 // smarthosts. An IP address ("192.0.2.1", "2001:db8::1") or address literal
 // ("[192.0.2.1]", "[IPv6:2001:db8::1]") is returned as is. Every error is a
 // *Error.
 func (r *Resolver) LookupHost(ctx context.Context, host string) ([]netip.Addr, error) {
-	r.lookups.Add(1)
-	addrs, err := r.lookupHost(ctx, host)
-	if err != nil {
-		r.failures.Add(1)
-		return nil, err
-	}
-	return addrs, nil
-}
-
-func (r *Resolver) lookupHost(ctx context.Context, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(strings.TrimSpace(host)); err == nil {
 		return []netip.Addr{a}, nil
 	}
@@ -79,7 +54,12 @@ func (r *Resolver) lookupHost(ctx context.Context, host string) ([]netip.Addr, e
 	return addrs, nil
 }
 
-func (r *Resolver) lookupMX(ctx context.Context, domain string) ([]MX, error) {
+// LookupMX returns the hosts to try for domain, in order: sorted by
+// preference, random order among equal preference, at most 10 hosts. Hosts
+// whose address lookup failed are left out; if all fail, the error is
+// returned. Every error is a *Error (see the package doc for how failures
+// are classified).
+func (r *Resolver) LookupMX(ctx context.Context, domain string) ([]MX, error) {
 	fqdn, lit, err := normalize(domain)
 	if err != nil {
 		return nil, err

@@ -569,19 +569,35 @@ func TestError_As(t *testing.T) {
 	}
 }
 
+// TestResolver_Stats: the counts are of queries sent (the metrics'
+// mailhop_dns_lookups_total, "cache misses") and of those no server answered
+// (mailhop_dns_failures_total, "failed temporarily"): an answer from the
+// cache is no query, and NXDOMAIN is an answer, not a failure (it counted
+// every LookupMX and LookupHost call, and every error, so a mistyped
+// recipient domain set off the documented failures alert).
 func TestResolver_Stats(t *testing.T) {
 	t.Parallel()
 	srv := dnstest.New(t, dnstest.Zone{
 		"example.com.": {dnstest.A("example.com", "192.0.2.1")},
 	})
+	srv.SetRcode("broken.example.", dns.RcodeServerFailure)
 	r := newResolver(t, srv)
 	ctx := context.Background()
 	r.LookupMX(ctx, "example.com")
-	r.LookupMX(ctx, "missing.example")
+	r.LookupMX(ctx, "example.com") // from the cache
 	r.LookupHost(ctx, "example.com")
-	r.LookupHost(ctx, "missing.example")
-	if l, f := r.Stats(); l != 4 || f != 2 {
-		t.Errorf("Stats() = %d, %d; want 4, 2", l, f)
+	if _, err := r.LookupMX(ctx, "missing.example"); err == nil || IsTemporary(err) {
+		t.Fatalf("missing.example: %v, want NXDOMAIN", err)
+	}
+	l, f := r.Stats()
+	if want := uint64(srv.Queries()); l != want || f != 0 {
+		t.Errorf("Stats() = %d, %d; want %d (the server's queries), 0", l, f, want)
+	}
+	if _, err := r.LookupMX(ctx, "broken.example"); !IsTemporary(err) {
+		t.Fatalf("broken.example: %v, want a temporary failure", err)
+	}
+	if l2, f := r.Stats(); l2 != l+1 || f != 1 {
+		t.Errorf("after SERVFAIL: Stats() = %d, %d; want %d, 1", l2, f, l+1)
 	}
 }
 

@@ -106,8 +106,10 @@ func (r *Resolver) SetCacheSize(n int) { r.cache.resize(n) }
 // CacheLen returns the number of answers in the cache.
 func (r *Resolver) CacheLen() int { return r.cache.len() }
 
-// Stats returns the number of LookupMX and LookupHost calls, and how many of
-// them returned an error, since the resolver was made.
+// Stats returns the number of queries sent (answers from the cache are not
+// counted), and how many of them no server answered usably (timeout,
+// SERVFAIL, network), since the resolver was made. NXDOMAIN and NODATA are
+// answers, not failures.
 func (r *Resolver) Stats() (lookups, failures uint64) {
 	return r.lookups.Load(), r.failures.Load()
 }
@@ -165,10 +167,12 @@ func (r *Resolver) exchange(ctx context.Context, name string, qtype uint16) (*dn
 // ask sends q to each server in turn until one gives a usable answer
 // (NOERROR or NXDOMAIN); errName names the query in errors.
 func (r *Resolver) ask(ctx context.Context, q *dns.Msg, errName string) (*dns.Msg, error) {
+	r.lookups.Add(1)
 	qs := dns.TypeToString[q.Question[0].Qtype]
 	var last error
 	for _, srv := range *r.servers.Load() {
 		if err := ctx.Err(); err != nil {
+			r.failures.Add(1)
 			return nil, temporary(errName, "%s lookup: %v", qs, err)
 		}
 		m, err := r.exchangeOne(ctx, srv, q)
@@ -183,6 +187,7 @@ func (r *Resolver) ask(ctx context.Context, q *dns.Msg, errName string) (*dns.Ms
 			last = fmt.Errorf("%s lookup via %s: server answered %s", qs, srv, dns.RcodeToString[m.Rcode])
 		}
 	}
+	r.failures.Add(1)
 	return nil, temporary(errName, "%v", last)
 }
 
