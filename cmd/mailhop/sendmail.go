@@ -352,11 +352,13 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 	}
 	var rcpts []string
 	for _, r := range o.rcpts {
-		for _, p := range strings.Split(r, ",") {
-			if p = strings.Trim(strings.TrimSpace(p), "<>"); p != "" {
-				rcpts = append(rcpts, p)
-			}
+		// Each argument is an address list, as Postfix reads it:
+		// "a@x, b@y", "Name <a@x>", "root".
+		addrs, err := parseAddrs(r, cfg.Hostname)
+		if err != nil {
+			return "", sendmailFail(exDataErr, "message refused, not sent: recipient %q: %v", r, err)
 		}
+		rcpts = append(rcpts, addrs...)
 	}
 	rcpts = append(rcpts, found...)
 	rcpts = dedupe(rcpts, cfg.Hostname)
@@ -797,7 +799,7 @@ func parseAddrs(v, hostname string) ([]string, error) {
 	if list, err := mail.ParseAddressList(v); err == nil {
 		out := make([]string, len(list))
 		for i, a := range list {
-			out[i] = a.Address
+			out[i] = envelopeAddr(a.Address)
 		}
 		return out, nil
 	}
@@ -808,7 +810,7 @@ func parseAddrs(v, hostname string) ([]string, error) {
 			continue
 		}
 		if a, err := mail.ParseAddress(p); err == nil {
-			out = append(out, a.Address)
+			out = append(out, envelopeAddr(a.Address))
 			continue
 		}
 		// "Name <root>" or "root": a local name.
@@ -821,4 +823,11 @@ func parseAddrs(v, hostname string) ([]string, error) {
 		out = append(out, qualify(p, hostname))
 	}
 	return out, nil
+}
+
+// envelopeAddr quotes the local part of an address net/mail has read, when
+// it needs quotes: net/mail gives "john smith"@example.com as
+// john smith@example.com, which is no address.
+func envelopeAddr(addr string) string {
+	return strings.TrimSuffix(strings.TrimPrefix((&mail.Address{Address: addr}).String(), "<"), ">")
 }

@@ -649,3 +649,39 @@ func TestSendmail_FromWithDisplayName(t *testing.T) {
 		t.Errorf("envelope %+v (%v), want sender bot@example.com", qe, err)
 	}
 }
+
+// Each recipient argument is an address list, as Postfix's sendmail reads
+// it ("Name <addr>" was refused, exit 65, naming "Name <addr"), and a
+// quoted local part keeps its quotes, from the arguments, from -t's header
+// fields and from -bs (john smith@example.net was refused; "a,b"@example.net
+// was split in two).
+func TestSendmail_RecipientLists(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	msg := "To: \"john smith\"@example.net, Ops <ops@example.net>\nSubject: x\n\nx\n"
+	if _, errs, code := runSendmail(r.cfgPath, msg, "-t", "Bob <bob@example.net>, c@example.net", "root", `"a,b"@example.net`); code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	bs := "MAIL FROM:<app@example.com>\r\nRCPT TO:<\"a,b\"@example.net>\r\nDATA\r\nSubject: y\r\n\r\ny\r\n.\r\nQUIT\r\n"
+	if out, errs, code := runSendmail(r.cfgPath, bs, "-bs"); code != 0 || !strings.Contains(out, "250 2.0.0 Ok: ") {
+		t.Fatalf("-bs: exit %d: %s%s", code, out, errs)
+	}
+	got := map[string]bool{}
+	for _, m := range r.q.List() {
+		qe, err := r.q.Get(m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rcpts []string
+		for _, rc := range qe.Recipients {
+			rcpts = append(rcpts, rc.Address)
+		}
+		got[strings.Join(rcpts, " ")] = true
+	}
+	want := []string{`bob@example.net c@example.net root@relay.test "a,b"@example.net "john smith"@example.net ops@example.net`, `"a,b"@example.net`}
+	for _, w := range want {
+		if !got[w] {
+			t.Errorf("no message to %s; queued: %v", w, got)
+		}
+	}
+}
