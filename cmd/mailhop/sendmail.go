@@ -308,6 +308,9 @@ func sendmail(o *sendmailOpts, stdin io.Reader, stdout io.Writer) error {
 		return err
 	}
 	login, uid := localUser()
+	if o.fullName == "" {
+		o.fullName = os.Getenv("NAME") // as Postfix's sendmail: -F overrides it
+	}
 	sender := login + "@" + cfg.Hostname
 	if o.fromSet {
 		sender = strings.TrimSpace(o.from)

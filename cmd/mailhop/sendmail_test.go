@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -683,5 +684,39 @@ func TestSendmail_RecipientLists(t *testing.T) {
 		if !got[w] {
 			t.Errorf("no message to %s; queued: %v", w, got)
 		}
+	}
+}
+
+// Without -F the full name of an added From: comes from the NAME
+// environment variable, as with Postfix's sendmail; -F overrides it.
+func TestSendmail_FullNameFromEnvironment(t *testing.T) {
+	t.Setenv("NAME", "Env Name")
+	r := startLocalRelay(t, "")
+	for _, args := range [][]string{{"-f", "bot@example.com", "b@example.net"}, {"-F", "Flag Name", "-f", "bot@example.com", "b@example.net"}} {
+		if _, errs, code := runSendmail(r.cfgPath, "Subject: x\n\nx\n", args...); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errs)
+		}
+	}
+	var froms []string
+	for _, m := range r.q.List() {
+		b, err := r.q.Body(m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		content, err := io.ReadAll(b)
+		b.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(content), "\r\n") {
+			if strings.HasPrefix(line, "From: ") {
+				froms = append(froms, line)
+			}
+		}
+	}
+	slices.Sort(froms)
+	want := []string{`From: "Env Name" <bot@example.com>`, `From: "Flag Name" <bot@example.com>`}
+	if !slices.Equal(froms, want) {
+		t.Errorf("From fields %q, want %q", froms, want)
 	}
 }
