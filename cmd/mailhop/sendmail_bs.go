@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/mailhop/mailhop/relay/admin"
@@ -62,12 +63,14 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 			open, rcpts = false, nil
 			err = reply("250 %s", cfg.Hostname)
 		case "MAIL":
-			addr, ok := bsPath(arg, "FROM:")
+			addr, params, ok := bsPath(arg, "FROM:")
 			switch {
 			case open:
 				err = reply("503 5.5.1 Error: nested MAIL command")
 			case !ok:
 				err = reply("501 5.5.4 Syntax: MAIL FROM:<address>")
+			case bsParamsReply(params, true, cfg.Policy.MaxMessageSize) != "":
+				err = reply("%s", bsParamsReply(params, true, cfg.Policy.MaxMessageSize))
 			default:
 				if addr != "" {
 					addr = qualify(addr, cfg.Hostname)
@@ -80,12 +83,14 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 				err = reply("250 2.1.0 Ok")
 			}
 		case "RCPT":
-			addr, ok := bsPath(arg, "TO:")
+			addr, params, ok := bsPath(arg, "TO:")
 			switch {
 			case !open:
 				err = reply("503 5.5.1 Error: need MAIL command")
 			case !ok || addr == "":
 				err = reply("501 5.5.4 Syntax: RCPT TO:<address>")
+			case bsParamsReply(params, false, 0) != "":
+				err = reply("%s", bsParamsReply(params, false, 0))
 			default:
 				addr = qualify(addr, cfg.Hostname)
 				if admin.CheckEnvelope(&admin.InjectEnvelope{Recipients: []string{addr}}) != nil {
@@ -164,21 +169,45 @@ func bsResult(id string, err error) string {
 }
 
 // bsPath reads "FROM:<addr> params" (or TO:): the address without its
-// brackets; parameters (SIZE=, BODY=) are ignored.
-func bsPath(arg, keyword string) (string, bool) {
+// brackets, and the parameters after it.
+func bsPath(arg, keyword string) (addr, params string, ok bool) {
 	if len(arg) < len(keyword) || !strings.EqualFold(arg[:len(keyword)], keyword) {
-		return "", false
+		return "", "", false
 	}
 	arg = strings.TrimSpace(arg[len(keyword):])
 	if strings.HasPrefix(arg, "<") {
 		end := strings.IndexByte(arg, '>')
 		if end < 0 {
-			return "", false
+			return "", "", false
 		}
-		return arg[1:end], true
+		return arg[1:end], arg[end+1:], true
 	}
-	addr, _, _ := strings.Cut(arg, " ")
-	return addr, addr != ""
+	addr, params, _ = strings.Cut(arg, " ")
+	return addr, params, addr != ""
+}
+
+// bsParamsReply checks the parameters of MAIL (mail) or RCPT and returns
+// the reply that refuses them, or "" when they are fine. -bs offers SIZE
+// and 8BITMIME only; any other parameter gets 555 (RFC 5321 §4.1.1.11)
+// rather than being dropped unseen (a NOTIFY=NEVER would then bounce).
+func bsParamsReply(params string, mail bool, max int64) string {
+	for _, p := range strings.Fields(params) {
+		k, v, _ := strings.Cut(p, "=")
+		switch {
+		case mail && strings.EqualFold(k, "SIZE"):
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				return "501 5.5.4 Bad SIZE parameter"
+			}
+			if max > 0 && n > max {
+				return "552 5.3.4 Message size exceeds fixed limit"
+			}
+		case mail && strings.EqualFold(k, "BODY") && (strings.EqualFold(v, "7BIT") || strings.EqualFold(v, "8BITMIME")):
+		default:
+			return "555 5.5.4 Unsupported option: " + p
+		}
+	}
+	return ""
 }
 
 // readBSLine reads one command line, without its line end (CRLF or LF).

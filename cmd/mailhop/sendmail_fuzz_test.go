@@ -69,7 +69,7 @@ func FuzzBSPath(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, arg string) {
 		for _, kw := range []string{"FROM:", "TO:"} {
-			addr, ok := bsPath(arg, kw)
+			addr, _, ok := bsPath(arg, kw)
 			if ok && !strings.Contains(arg, addr) {
 				t.Fatalf("bsPath(%q, %q) = %q", arg, kw, addr)
 			}

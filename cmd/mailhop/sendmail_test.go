@@ -720,3 +720,39 @@ func TestSendmail_FullNameFromEnvironment(t *testing.T) {
 		t.Errorf("From fields %q, want %q", froms, want)
 	}
 }
+
+// -bs offers SIZE and 8BITMIME only: a parameter it does not offer is
+// refused with 555 (RFC 5321 §4.1.1.11) instead of being dropped unseen (a
+// NOTIFY=NEVER was ignored, so the sender got the bounce it had declined),
+// and a declared SIZE over the limit is refused at MAIL.
+func TestSendmail_BSParameters(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, limitsTOML)
+	in := "EHLO app.local\r\n" +
+		"MAIL FROM:<app@example.com> SIZE=5000\r\n" +
+		"MAIL FROM:<app@example.com> RET=HDRS\r\n" +
+		"MAIL FROM:<app@example.com> SIZE=x\r\n" +
+		"MAIL FROM:<app@example.com> BODY=8BITMIME SIZE=100\r\n" +
+		"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n" +
+		"RCPT TO:<c@example.net>\r\nDATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	out, errs, code := runSendmail(r.cfgPath, in, "-bs")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var codes []string
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
+		if len(l) > 3 && l[3] == ' ' {
+			codes = append(codes, l[:3])
+		}
+	}
+	if got, want := strings.Join(codes, " "), "220 250 552 555 501 250 555 250 354 250 221"; got != want {
+		t.Errorf("replies %s, want %s:\n%s", got, want, out)
+	}
+	ids := r.q.List()
+	if len(ids) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(ids))
+	}
+	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != "c@example.net" {
+		t.Errorf("envelope %+v (%v), want the one recipient c@example.net", qe, err)
+	}
+}
