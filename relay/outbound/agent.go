@@ -920,7 +920,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// every slot not taken may hold one idle connection, the
 			// rest are closed before this one is opened.
 			a.pool.trim(a.total.free())
-			c, err := a.dialConn(ctx, cfg, tg, ap, plan, greeted)
+			c, err := a.dialConn(ctx, cfg, tg, ap, plan, t.env.ID, greeted)
 			if err != nil {
 				se := err.(*stageError)
 				if se.tls && plan.wantsTLS() && !plan.required && ctx.Err() == nil {

@@ -700,6 +700,49 @@ func TestMTASTS_TestingNotOnAnUncheckedPooledConnection(t *testing.T) {
 	}
 }
 
+// The lines an MTA-STS testing policy logs about a failure it lets pass
+// (a certificate not valid for the MX host, no STARTTLS) name the message,
+// as every line about a message does, so a grep for its queue ID finds
+// them; they named only the domain and host.
+func TestMTASTS_TestingFailureLinesNameTheMessage(t *testing.T) {
+	t.Parallel()
+	ca, other := testpki.NewCA(t), testpki.NewCA(t)
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(other.Issue(t, "mx.badcert.test"))}, zone(
+		"badcert.test", "127.0.0.2",
+		"nostarttls.test", "127.0.0.3",
+	))
+	h.server("127.0.0.3", smtptest.Behaviour{})
+	sts := newSTSServer(t, ca, map[string]string{
+		"badcert.test":    stsPolicy("testing", "mx.badcert.test"),
+		"nostarttls.test": stsPolicy("testing", "mx.nostarttls.test"),
+	})
+	h.publishSTS("badcert.test", "1")
+	h.publishSTS("nostarttls.test", "1")
+	h.cfg.DataDir = t.TempDir()
+	h.cfg.Delivery.ExtraRootsFile = ca.File
+	h.cfg.Delivery.MTASTSPort = sts.port
+	h.start()
+
+	for domain, msg := range map[string]string{
+		"badcert.test":    "mta-sts testing: certificate not valid",
+		"nostarttls.test": "mta-sts testing: server does not offer STARTTLS",
+	} {
+		id := h.submit(testBody, []string{"rcpt@" + domain})
+		h.waitRecords(id, 1)
+		var line string
+		for _, l := range strings.Split(h.logs.String(), "\n") {
+			if strings.Contains(l, msg) && strings.Contains(l, "domain="+domain) {
+				line = l
+			}
+		}
+		if line == "" {
+			t.Errorf("%s: no %q line:\n%s", domain, msg, h.logs.String())
+		} else if !strings.Contains(line, "queue_id="+id) {
+			t.Errorf("%s: the line does not name queue_id=%s: %s", domain, id, line)
+		}
+	}
+}
+
 // Mail to an address literal has no domain name: no MTA-STS lookup (it
 // logged "mta-sts: no policy applied ... bad domain") and no TLS report
 // counts under a policy domain "[127.0.0.2]".
