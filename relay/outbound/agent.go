@@ -299,14 +299,23 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 		at = a.deliverMessage(ctx, cfg, env, body, msgID, hdr.tlsOptional, release != nil)
 	}
 	at.messageID = msgID
-	if ctx.Err() != nil && !at.decided() {
-		if err := a.q.Requeue(env.ID); err != nil {
-			a.log.Error("requeue failed", "queue_id", env.ID, "err", err)
+	if ctx.Err() != nil {
+		if domains, sent := at.dropCut(); len(domains) > 0 {
+			attrs := []any{"queue_id", env.ID, "domains", strings.Join(domains, ",")}
+			if sent {
+				attrs = append(attrs, "note", "the message may be delivered more than once")
+			}
+			a.log.Info("delivery cut short by the shutdown; tried again after the restart", attrs...)
 		}
-		if a.onRecord != nil {
-			a.onRecord(env.ID, true)
+		if !at.decided() {
+			if err := a.q.Requeue(env.ID); err != nil {
+				a.log.Error("requeue failed", "queue_id", env.ID, "err", err)
+			}
+			if a.onRecord != nil {
+				a.onRecord(env.ID, true)
+			}
+			return
 		}
-		return
 	}
 	a.record(env, cfg, at, body)
 }
@@ -317,6 +326,42 @@ type attempt struct {
 	groups    []groupResult
 	lastErr   string
 	messageID string // for the log
+	// cut: recipients a shutdown cut short were taken out (dropCut).
+	cut bool
+}
+
+// dropCut takes out of at the recipients that a shutdown left pending
+// without a server's reply (the connection it closed, a slot or DNS answer
+// it stopped waiting for), in the groups it cut short: they stay in the
+// queue as they were before the attempt, their last reply not replaced by
+// the closed connection's error. It returns the domains they are in, and
+// sent when the shutdown came after the message's data went to a server.
+func (at *attempt) dropCut() (domains []string, sent bool) {
+	dropped := make(map[int]bool)
+	for gi := range at.groups {
+		g := &at.groups[gi]
+		if !g.cut {
+			continue
+		}
+		keep := g.rcpts[:0]
+		for _, r := range g.rcpts {
+			if r.state != queue.Pending || (r.reply != nil && r.reply.Code != 0) {
+				keep = append(keep, r) // decided, or a server's reply stands
+				continue
+			}
+			dropped[r.index] = true
+			sent = sent || (r.broke != nil && r.broke.stage == "end of data")
+		}
+		if len(keep) < len(g.rcpts) {
+			domains = append(domains, g.domain)
+		}
+		g.rcpts = keep
+	}
+	if len(dropped) > 0 {
+		at.cut = true
+		at.rcpts = slices.DeleteFunc(at.rcpts, func(r rcptResult) bool { return dropped[r.index] })
+	}
+	return domains, sent
 }
 
 // decided reports whether any recipient reached a final state.
@@ -343,6 +388,8 @@ type groupResult struct {
 	// waiting: no connection slot to the domain was free, no server
 	// tried (see limitedGroup).
 	waiting bool
+	// cut: the shutdown came before the group's attempt ended.
+	cut bool
 }
 
 // parkAfter is how long a message waits for its domain's connection slot
@@ -461,6 +508,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 	if len(order) == 1 {
 		// The common case: one domain, no goroutine to spare.
 		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms}, order[0], slotHeld)
+		groups[0].cut = ctx.Err() != nil
 	} else {
 		var wg sync.WaitGroup
 		var running atomic.Int32
@@ -470,6 +518,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 			go func() {
 				defer wg.Done()
 				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms}, d, false)
+				groups[gi].cut = ctx.Err() != nil
 				if running.Add(-1) > 0 {
 					// Other domains may take minutes yet: what this
 					// one delivered is recorded now, not sent again
@@ -778,10 +827,11 @@ hosts:
 			}
 			if serr.policy {
 				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)
-			} else {
+			} else if ctx.Err() == nil {
 				// Each failed host has its line, as Postfix logs "connect
 				// to mx1.example.com[192.0.2.1]:25: Connection refused":
 				// the attempt's line names only the host it ended with.
+				// One the shutdown cut short did not fail: see dropCut.
 				a.log.Info("host failed", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
 			}
 			if ctx.Err() != nil {

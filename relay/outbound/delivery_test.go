@@ -1192,6 +1192,62 @@ func TestDelivery_ShutdownMidFailover_RepliesStand(t *testing.T) {
 	h.rcptPendingWith(id, 1, "greylisted") // the primary's 451
 }
 
+// TestDelivery_ShutdownCutsOneDomain_ScheduleKept: a message to two
+// domains; example.test takes a@, other.test's MX never greets, and the
+// relay is cut short (Abort) meanwhile. No server answered about b@: it
+// stays pending with its reply as before (not the error of the connection
+// the shutdown closed), no attempt is counted and it is due at once, as
+// for a message the shutdown cut short as a whole. The log says so in one
+// line, with no host failed for the closed connection.
+func TestDelivery_ShutdownCutsOneDomain_ScheduleKept(t *testing.T) {
+	t.Parallel()
+	z := zone("example.test", "127.0.0.2", "other.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute
+	connected, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if verb == "" {
+			once.Do(func() { close(connected) })
+			<-release // no greeting until the test ends
+		}
+		return plainReplies(nil)(verb, line)
+	})
+	t.Cleanup(func() { close(release) })
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@other.test"})
+	select {
+	case <-connected:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("other.test's MX was not connected to:\n%s", h.logs.String())
+	}
+	// a@ is recorded delivered while other.test is still tried.
+	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=a@example.test") == "" {
+		t.Fatalf("a@ was not recorded delivered:\n%s", h.logs.String())
+	}
+	h.stop()
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue; b@ was never delivered")
+	}
+	if r := env.Recipients[0]; r.State != queue.Delivered {
+		t.Errorf("a@: %v, want delivered", r.State)
+	}
+	if r := env.Recipients[1]; r.State != queue.Pending || r.Reply != "" {
+		t.Errorf("b@: %v %q, want pending with no reply yet", r.State, r.Reply)
+	}
+	if env.Attempts != 0 || env.NextAttempt.After(time.Now()) {
+		t.Errorf("attempts %d, next attempt %v: want 0 and due now (no server answered about b@)", env.Attempts, env.NextAttempt)
+	}
+	logs := h.logs.String()
+	if len(testlog.Lines(logs, `msg="delivery cut short by the shutdown; tried again after the restart"`, "domains=other.test")) != 1 {
+		t.Errorf("no line for the cut delivery:\n%s", logs)
+	}
+	if strings.Contains(logs, "closed network connection") || len(testlog.Lines(logs, "msg=attempt", "domain=other.test")) != 0 {
+		t.Errorf("the closed connection is logged as the host's failure:\n%s", logs)
+	}
+}
+
 // TestDelivery_PlainRetryThenDefer_HostLineHasTLS: mx1's STARTTLS
 // handshake fails, so the message goes in plain text on a new connection;
 // mx1 takes ok@ and defers grey@ with 451, which mx2 takes over TLS. The

@@ -54,6 +54,12 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		reps = a.reports(env, cfg, at, body, &res, now)
 	}
 	res.RetryBy = retryBy(env, cfg, res.DelayWarned, now)
+	if at.cut && !at.pending() {
+		// Only recipients a shutdown cut short are left pending: no server
+		// gave an answer about them, so no attempt is counted and they are
+		// due at the restart, their last error as it was.
+		res.Uncounted, res.RetryAt, res.LastError = true, now, env.LastError
+	}
 	wait := at.slotWait(waiting)
 	if len(wait) > 0 {
 		// No server was tried for the recipients left: the message
@@ -105,6 +111,16 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 	if a.onRecord != nil {
 		a.onRecord(env.ID, false)
 	}
+}
+
+// pending reports whether any recipient of at is left pending.
+func (at *attempt) pending() bool {
+	for _, r := range at.rcpts {
+		if r.state == queue.Pending {
+			return true
+		}
+	}
+	return false
 }
 
 // waiting returns the recipients of at's groups that waited for a
@@ -414,6 +430,9 @@ func orDur(d config.Duration, def time.Duration) time.Duration {
 func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
 	next := "" // the next attempt, looked up only when a group is pending
 	for _, g := range at.groups {
+		if g.cut && len(g.rcpts) == 0 {
+			continue // cut short by the shutdown: logged as such
+		}
 		attrs := []slog.Attr{slog.String("queue_id", env.ID), slog.String("message_id", at.messageID),
 			slog.String("domain", g.domain), slog.String("mx", g.mx), slog.String("addr", g.addr),
 			slog.String("tls", g.tls), slog.String("tls_policy", g.policy), slog.Bool("tls_verified", g.verif),
