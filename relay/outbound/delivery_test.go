@@ -1165,23 +1165,10 @@ func TestDelivery_ShutdownMidFailover_RepliesStand(t *testing.T) {
 		}
 		return nil
 	}}, z)
-	connected, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
-		if verb == "" {
-			once.Do(func() { close(connected) })
-			<-release // no greeting until the test ends
-		}
-		return plainReplies(nil)(verb, line)
-	})
-	t.Cleanup(func() { close(release) })
+	connected := silentServer(t, h, "127.0.0.3")
 	h.start()
 	id := h.submit(testBody, []string{"ok@example.test", "grey@example.test"})
-	select {
-	case <-connected:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("the backup MX was not connected to:\n%s", h.logs.String())
-	}
+	waitConnected(t, h, connected, "the backup MX")
 	h.stop()
 	h.mu.Lock()
 	recorded := h.records[id]
@@ -1204,23 +1191,10 @@ func TestDelivery_ShutdownCutsOneDomain_ScheduleKept(t *testing.T) {
 	z := zone("example.test", "127.0.0.2", "other.test", "127.0.0.3")
 	h := newHarness(t, smtptest.Behaviour{}, z)
 	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute
-	connected, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
-		if verb == "" {
-			once.Do(func() { close(connected) })
-			<-release // no greeting until the test ends
-		}
-		return plainReplies(nil)(verb, line)
-	})
-	t.Cleanup(func() { close(release) })
+	connected := silentServer(t, h, "127.0.0.3")
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test", "b@other.test"})
-	select {
-	case <-connected:
-	case <-time.After(15 * time.Second):
-		t.Fatalf("other.test's MX was not connected to:\n%s", h.logs.String())
-	}
+	waitConnected(t, h, connected, "other.test's MX")
 	// a@ is recorded delivered while other.test is still tried.
 	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=a@example.test") == "" {
 		t.Fatalf("a@ was not recorded delivered:\n%s", h.logs.String())

@@ -65,6 +65,32 @@ func scriptedServer(t *testing.T, h *harness, ip string, reply func(verb, line s
 	return got
 }
 
+// silentServer is a server on ip that never greets (until the test ends):
+// the channel it returns is closed when the first connection comes.
+func silentServer(t *testing.T, h *harness, ip string) <-chan struct{} {
+	connected, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	scriptedServer(t, h, ip, func(verb, line string) string {
+		if verb == "" {
+			once.Do(func() { close(connected) })
+			<-release
+		}
+		return plainReplies(nil)(verb, line)
+	})
+	t.Cleanup(func() { close(release) })
+	return connected
+}
+
+// waitConnected waits for connected (silentServer), what naming the server.
+func waitConnected(t *testing.T, h *harness, connected <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-connected:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("%s was not connected to:\n%s", what, h.logs.String())
+	}
+}
+
 // plainReplies answers like a plain server with PIPELINING and STARTTLS
 // offered; over lets a test replace the reply to one verb.
 func plainReplies(over map[string]string) func(verb, line string) string {
