@@ -1336,3 +1336,43 @@ func TestDelivery_ConnectionReuseTimeLimit(t *testing.T) {
 		t.Errorf("%d connections, want 2: the first is not reused past %v, the second is", c, connReuseLimit)
 	}
 }
+
+// TestDelivery_ShutdownCutsOneDomain_DueAtRestartBesideDeferred: a message
+// to two domains; example.test takes a@ and defers grey@ with 451, and
+// other.test's MX never greets when the relay is cut short (Abort). A
+// server answered about grey@, so the attempt counts, but b@ was cut short
+// before any server answered: the message is due at the restart, as the
+// README says of a cut domain, not a retry interval (here an hour) later.
+func TestDelivery_ShutdownCutsOneDomain_DueAtRestartBesideDeferred(t *testing.T) {
+	t.Parallel()
+	z := zone("example.test", "127.0.0.2", "other.test", "127.0.0.3")
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "grey@") {
+			return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
+		}
+		return nil
+	}}, z)
+	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute
+	connected := silentServer(t, h, "127.0.0.3")
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "grey@example.test", "b@other.test"})
+	waitConnected(t, h, connected, "other.test's MX")
+	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=a@example.test") == "" {
+		t.Fatalf("a@ was not recorded delivered:\n%s", h.logs.String())
+	}
+	h.stop()
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue")
+	}
+	h.rcptPendingWith(id, 1, "greylisted")
+	if r := env.Recipients[2]; r.State != queue.Pending || r.Reply != "" {
+		t.Errorf("b@: %v %q, want pending with no reply yet", r.State, r.Reply)
+	}
+	if env.Attempts != 1 {
+		t.Errorf("attempts %d, want 1 (a server answered about grey@)", env.Attempts)
+	}
+	if env.NextAttempt.After(time.Now()) {
+		t.Errorf("next attempt in %v, want due at once: b@ was cut short by the shutdown", time.Until(env.NextAttempt).Round(time.Second))
+	}
+}

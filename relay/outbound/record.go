@@ -54,12 +54,6 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		reps = a.reports(env, cfg, at, body, &res, now)
 	}
 	res.RetryBy = retryBy(env, cfg, res.DelayWarned, now)
-	if at.cut && !at.pending() {
-		// Only recipients a shutdown cut short are left pending: no server
-		// gave an answer about them, so no attempt is counted and they are
-		// due at the restart, their last error as it was.
-		res.Uncounted, res.RetryAt, res.LastError = true, now, env.LastError
-	}
 	wait := at.slotWait(waiting)
 	if len(wait) > 0 {
 		// No server was tried for the recipients left: the message
@@ -67,6 +61,17 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		// keeps it in its active queue), no attempt counted and its
 		// schedule unchanged.
 		res.Uncounted, res.Park, res.RetryAt = true, true, env.NextAttempt
+	}
+	if at.cut {
+		// Recipients a shutdown cut short are due at the restart, as
+		// Postfix requeues its active queue at start, not a retry
+		// interval away for what another domain deferred. When only they
+		// are left pending, no server gave an answer about them: no
+		// attempt is counted, their last error as it was.
+		res.RetryAt = now
+		if !at.pending() {
+			res.Uncounted, res.LastError = true, env.LastError
+		}
 	}
 	var err error
 	if len(reps) == 0 {
