@@ -354,6 +354,7 @@ func (at *attempt) dropCut() (domains []string, sent bool) {
 		}
 		if len(keep) < len(g.rcpts) {
 			domains = append(domains, g.domain)
+			g.dropped = true
 		}
 		g.rcpts = keep
 	}
@@ -390,6 +391,8 @@ type groupResult struct {
 	waiting bool
 	// cut: the shutdown came before the group's attempt ended.
 	cut bool
+	// dropped: dropCut took out recipients the shutdown left pending.
+	dropped bool
 }
 
 // parkAfter is how long a message waits for its domain's connection slot

@@ -1376,3 +1376,47 @@ func TestDelivery_ShutdownCutsOneDomain_DueAtRestartBesideDeferred(t *testing.T)
 		t.Errorf("next attempt in %v, want due at once: b@ was cut short by the shutdown", time.Until(env.NextAttempt).Round(time.Second))
 	}
 }
+
+// TestDelivery_ShutdownAfterData_AttemptLineNotDone: the MX refuses gone@,
+// takes ok@ and the data, and has not answered the end of the data when
+// the relay is cut short (Abort). gone@ bounces; ok@ stays pending, due at
+// the restart. The domain's attempt line, which gives gone@'s 550, says
+// when it is tried next, not outcome=done: ok@ is not done.
+func TestDelivery_ShutdownAfterData_AttemptLineNotDone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute
+	dataSent, release := make(chan struct{}), make(chan struct{})
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		switch {
+		case verb == "RCPT" && strings.Contains(line, "<gone@"):
+			return "550 5.1.1 no such user\r\n"
+		case verb == ".":
+			close(dataSent)
+			<-release // no reply to the end of the data until the test ends
+		}
+		return plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})(verb, line)
+	})
+	t.Cleanup(func() { close(release) })
+	h.start()
+	id := h.submit(testBody, []string{"gone@example.test", "ok@example.test"})
+	waitConnected(t, h, dataSent, "the data")
+	h.stop()
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue; ok@ was never delivered")
+	}
+	if r := env.Recipients[0]; r.State != queue.Failed {
+		t.Errorf("gone@: %v, want failed", r.State)
+	}
+	if r := env.Recipients[1]; r.State != queue.Pending {
+		t.Errorf("ok@: %v, want pending", r.State)
+	}
+	logs := h.logs.String()
+	if len(testlog.Lines(logs, `msg="delivery cut short by the shutdown; tried again after the restart"`, "domains=example.test", "note=")) != 1 {
+		t.Errorf("no line for the cut delivery with its note:\n%s", logs)
+	}
+	if line := h.lastAttempt("example.test"); !strings.Contains(line, "code=550") || strings.Contains(line, "outcome=done") || !strings.Contains(line, "next_attempt=") {
+		t.Errorf("attempt line: %s\nwant gone@'s 550 and the next attempt, not outcome=done", line)
+	}
+}

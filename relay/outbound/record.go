@@ -452,7 +452,8 @@ func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]boo
 			code, reply = g.rcpts[0].reply.Code, replyText(g.rcpts[0].reply)
 		}
 		attrs = append(attrs, slog.Int("code", code), slog.String("reply", reply))
-		pending := groupPending(g)
+		// A recipient the shutdown cut short is pending too (dropCut).
+		pending := groupPending(g) || g.dropped
 		if pending && next == "" {
 			if due, ok := a.q.Due(env.ID); ok {
 				next = due.Format(time.RFC3339)
