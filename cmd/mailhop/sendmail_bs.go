@@ -169,15 +169,27 @@ func bsResult(id string, err error) string {
 }
 
 // bsPath reads "FROM:<addr> params" (or TO:): the address without its
-// brackets, and the parameters after it.
+// brackets, and the parameters after it. The path ends at the first '>'
+// outside a quoted local part ("a>b"@example.net); a parameter is
+// separated from it by a space.
 func bsPath(arg, keyword string) (addr, params string, ok bool) {
 	if len(arg) < len(keyword) || !strings.EqualFold(arg[:len(keyword)], keyword) {
 		return "", "", false
 	}
 	arg = strings.TrimSpace(arg[len(keyword):])
 	if strings.HasPrefix(arg, "<") {
-		end := strings.IndexByte(arg, '>')
-		if end < 0 {
+		end, quoted := -1, false
+		for i := 1; i < len(arg) && end < 0; i++ {
+			switch {
+			case arg[i] == '\\' && quoted:
+				i++ // a quoted pair
+			case arg[i] == '"':
+				quoted = !quoted
+			case arg[i] == '>' && !quoted:
+				end = i
+			}
+		}
+		if end < 0 || end+1 < len(arg) && arg[end+1] != ' ' {
 			return "", "", false
 		}
 		return arg[1:end], arg[end+1:], true

@@ -756,3 +756,36 @@ func TestSendmail_BSParameters(t *testing.T) {
 		t.Errorf("envelope %+v (%v), want the one recipient c@example.net", qe, err)
 	}
 }
+
+// -bs reads a path up to the '>' that ends it, not one inside a quoted
+// local part ("a>b"@example.net is an address), and something stuck to
+// the path is a syntax error (501), not a parameter it does not know (555).
+func TestSendmail_BSPathSyntax(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	in := "EHLO app.local\r\nMAIL FROM:<app@example.com>\r\n" +
+		"RCPT TO:<\"a>b\"@example.net>\r\n" +
+		"RCPT TO:<Ops <ops@example.net>>\r\n" +
+		"RCPT TO:<c@example.net>junk\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	out, errs, code := runSendmail(r.cfgPath, in, "-bs")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var codes []string
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
+		if len(l) > 3 && l[3] == ' ' {
+			codes = append(codes, l[:3])
+		}
+	}
+	if got, want := strings.Join(codes, " "), "220 250 250 250 501 501 354 250 221"; got != want {
+		t.Errorf("replies %s, want %s:\n%s", got, want, out)
+	}
+	ids := r.q.List()
+	if len(ids) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(ids))
+	}
+	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != `"a>b"@example.net` {
+		t.Errorf("envelope %+v (%v), want the one recipient \"a>b\"@example.net", qe, err)
+	}
+}
