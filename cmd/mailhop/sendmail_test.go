@@ -602,14 +602,8 @@ func TestSendmail_BS(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	var codes []string
-	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
-		if len(l) > 3 && l[3] == ' ' {
-			codes = append(codes, l[:3])
-		}
-	}
 	want := "220 250 250 250 250 354 250 250 501 554 250 250 250 354 552 250 250 354 500 250 221"
-	if got := strings.Join(codes, " "); got != want {
+	if got := replyCodes(out); got != want {
 		t.Errorf("replies %s, want %s:\n%s", got, want, out)
 	}
 	ids := r.q.List()
@@ -739,13 +733,7 @@ func TestSendmail_BSParameters(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	var codes []string
-	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
-		if len(l) > 3 && l[3] == ' ' {
-			codes = append(codes, l[:3])
-		}
-	}
-	if got, want := strings.Join(codes, " "), "220 250 552 555 501 250 555 250 354 250 221"; got != want {
+	if got, want := replyCodes(out), "220 250 552 555 501 250 555 250 354 250 221"; got != want {
 		t.Errorf("replies %s, want %s:\n%s", got, want, out)
 	}
 	ids := r.q.List()
@@ -772,13 +760,7 @@ func TestSendmail_BSPathSyntax(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	var codes []string
-	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
-		if len(l) > 3 && l[3] == ' ' {
-			codes = append(codes, l[:3])
-		}
-	}
-	if got, want := strings.Join(codes, " "), "220 250 250 250 501 501 354 250 221"; got != want {
+	if got, want := replyCodes(out), "220 250 250 250 501 501 354 250 221"; got != want {
 		t.Errorf("replies %s, want %s:\n%s", got, want, out)
 	}
 	ids := r.q.List()
@@ -788,4 +770,16 @@ func TestSendmail_BSPathSyntax(t *testing.T) {
 	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != `"a>b"@example.net` {
 		t.Errorf("envelope %+v (%v), want the one recipient \"a>b\"@example.net", qe, err)
 	}
+}
+
+// replyCodes returns the codes of the replies in an SMTP server's output
+// (the last line of each), separated by spaces.
+func replyCodes(out string) string {
+	var codes []string
+	for _, l := range strings.Split(strings.TrimSuffix(out, "\r\n"), "\r\n") {
+		if len(l) > 3 && l[3] == ' ' {
+			codes = append(codes, l[:3])
+		}
+	}
+	return strings.Join(codes, " ")
 }
