@@ -1191,19 +1191,7 @@ func TestDelivery_ShutdownCutsOneDomain_ScheduleKept(t *testing.T) {
 	z := zone("example.test", "127.0.0.2", "other.test", "127.0.0.3")
 	h := newHarness(t, smtptest.Behaviour{}, z)
 	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute
-	connected := silentServer(t, h, "127.0.0.3")
-	h.start()
-	id := h.submit(testBody, []string{"a@example.test", "b@other.test"})
-	waitConnected(t, h, connected, "other.test's MX")
-	// a@ is recorded delivered while other.test is still tried.
-	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=a@example.test") == "" {
-		t.Fatalf("a@ was not recorded delivered:\n%s", h.logs.String())
-	}
-	h.stop()
-	env := h.envelope(id)
-	if env == nil {
-		t.Fatal("message left the queue; b@ was never delivered")
-	}
+	env := cutOtherTest(t, h, "a@example.test", "b@other.test")
 	if r := env.Recipients[0]; r.State != queue.Delivered {
 		t.Errorf("a@: %v, want delivered", r.State)
 	}
@@ -1337,6 +1325,28 @@ func TestDelivery_ConnectionReuseTimeLimit(t *testing.T) {
 	}
 }
 
+// cutOtherTest sends a message to rcpts, among them a@example.test and
+// recipients in other.test, whose MX on 127.0.0.3 never greets; once a@ is
+// recorded delivered the relay is cut short (Abort). It returns the
+// message's envelope after the stop.
+func cutOtherTest(t *testing.T, h *harness, rcpts ...string) *queue.Envelope {
+	t.Helper()
+	connected := silentServer(t, h, "127.0.0.3")
+	h.start()
+	id := h.submit(testBody, rcpts)
+	waitConnected(t, h, connected, "other.test's MX")
+	// a@ is recorded delivered while other.test is still tried.
+	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=a@example.test") == "" {
+		t.Fatalf("a@ was not recorded delivered:\n%s", h.logs.String())
+	}
+	h.stop()
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("message left the queue; other.test's recipients were never delivered")
+	}
+	return env
+}
+
 // TestDelivery_ShutdownCutsOneDomain_DueAtRestartBesideDeferred: a message
 // to two domains; example.test takes a@ and defers grey@ with 451, and
 // other.test's MX never greets when the relay is cut short (Abort). A
@@ -1353,19 +1363,8 @@ func TestDelivery_ShutdownCutsOneDomain_DueAtRestartBesideDeferred(t *testing.T)
 		return nil
 	}}, z)
 	h.cfg.Delivery.GreetingTimeout.Duration = time.Minute
-	connected := silentServer(t, h, "127.0.0.3")
-	h.start()
-	id := h.submit(testBody, []string{"a@example.test", "grey@example.test", "b@other.test"})
-	waitConnected(t, h, connected, "other.test's MX")
-	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=a@example.test") == "" {
-		t.Fatalf("a@ was not recorded delivered:\n%s", h.logs.String())
-	}
-	h.stop()
-	env := h.envelope(id)
-	if env == nil {
-		t.Fatal("message left the queue")
-	}
-	h.rcptPendingWith(id, 1, "greylisted")
+	env := cutOtherTest(t, h, "a@example.test", "grey@example.test", "b@other.test")
+	h.rcptPendingWith(env.ID, 1, "greylisted")
 	if r := env.Recipients[2]; r.State != queue.Pending || r.Reply != "" {
 		t.Errorf("b@: %v %q, want pending with no reply yet", r.State, r.Reply)
 	}
