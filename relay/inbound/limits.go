@@ -240,6 +240,38 @@ func (c *trackedConn) SetWriteDeadline(t time.Time) error {
 	return c.Conn.SetWriteDeadline(c.clamp(t, sessionWriteGrace))
 }
 
+// sessionTimeoutReason is the text of the 421 4.4.2 that ends a session at
+// limits.session_timeout (go-smtp says "Idle timeout" for any other).
+const sessionTimeoutReason = "Session time limit exceeded, closing connection"
+
+// sessionExpired reports whether the session deadline has passed.
+func (c *trackedConn) sessionExpired() bool {
+	return !c.end.IsZero() && !time.Now().Before(c.end)
+}
+
+// TimeoutReason implements smtp.TimeoutReasoner: a read that timed out at
+// the session deadline ends the session for its length, not for idleness,
+// and is logged (an idle timeout ends a session without a line).
+func (c *trackedConn) TimeoutReason() string {
+	if !c.sessionExpired() {
+		return ""
+	}
+	c.s.log.Info("session time limit reached", "client", c.ip.String())
+	return sessionTimeoutReason
+}
+
+// timeoutReply is the reply (enhanced code and text) go-smtp gave a
+// session on nc whose read timed out.
+func timeoutReply(nc net.Conn) string {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if c, ok := nc.(*trackedConn); ok && c.sessionExpired() {
+		return "4.4.2 " + sessionTimeoutReason
+	}
+	return "4.4.2 Idle timeout"
+}
+
 func (c *trackedConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(func() {

@@ -116,19 +116,53 @@ func TestListenAndServe_UntilContextDone(t *testing.T) {
 func TestIdleTimeout_421(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) { c.Limits.IdleTimeout = config.Duration{Duration: 100 * time.Millisecond} })
 	d := dial(t, ts.addr[config.ModeRelay])
-	d.script("S: 220 ", "S: 421 4.4.2 ")
+	d.script("S: 220 ", "S: 421 4.4.2 Idle timeout")
 }
 
+// TestSessionTimeout_421: a busy session cut at limits.session_timeout is
+// told so, not "Idle timeout", and the relay logs it; also under TLS.
 func TestSessionTimeout_421(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) { c.Limits.SessionTimeout = config.Duration{Duration: 200 * time.Millisecond} })
-	d := dial(t, ts.addr[config.ModeRelay])
-	d.expect("220 ")
-	// Busy, never idle: only the session timeout can end this.
+	for _, mode := range []string{config.ModeRelay, config.ModeSubmissions} {
+		var d *dialog
+		if mode == config.ModeSubmissions {
+			d = dialTLS(t, ts.addr[mode])
+		} else {
+			d = dial(t, ts.addr[mode])
+		}
+		d.expect("220 ")
+		// Busy, never idle: only the session timeout can end this.
+		for {
+			d.write("NOOP\r\n")
+			if got := d.reply(); got[:3] == "421" {
+				if want := "421 4.4.2 " + sessionTimeoutReason; got != want {
+					t.Errorf("%s: reply %q, want %q", mode, got, want)
+				}
+				break
+			}
+		}
+		if line := ts.logs.WaitLine(5*time.Second, "session time limit reached", "client=127.0.0.1"); line == "" {
+			t.Errorf("%s: no 'session time limit reached' line naming the client in\n%s", mode, ts.logs)
+		}
+	}
+}
+
+// TestSessionTimeout_InData: a message cut by the session timeout gets the
+// session limit's 421, and its 'message refused' line gives that reply.
+func TestSessionTimeout_InData(t *testing.T) {
+	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Limits.SessionTimeout = config.Duration{Duration: 300 * time.Millisecond} })
+	d := inData(t, ts.addr[config.ModeRelay])
 	for {
-		d.write("NOOP\r\n")
+		d.write("more text\r\n")
 		if got := d.reply(); got[:3] == "421" {
+			if want := "421 4.4.2 " + sessionTimeoutReason; got != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
 			break
 		}
+	}
+	if line := ts.logs.WaitLine(5*time.Second, "message refused", "code=421", sessionTimeoutReason); line == "" {
+		t.Errorf("no 'message refused' line with the session limit's reply in\n%s", ts.logs)
 	}
 }
 

@@ -366,12 +366,12 @@ func (ss *session) refuseData(env *queue.Envelope, read int64, err error) error 
 	ss.s.stats.refuse(reason)
 	code, text := reply.Code, enhanced(reply)+reply.Message
 	if reason == reasonAborted {
-		// The client is gone, or gets go-smtp's idle-timeout reply: log
-		// what it saw, not a reply never sent.
+		// The client is gone, or gets go-smtp's timeout reply (idle, or
+		// the session's limit): log what it saw, not a reply never sent.
 		code, text = 0, "connection lost during the message"
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			code, text = 421, "4.4.2 Idle timeout"
+			code, text = 421, timeoutReply(ss.conn.Conn())
 		}
 	}
 	ss.logTransaction("message refused", env, code, text, slog.String("reason", reason), slog.String("error", err.Error()))

@@ -1505,8 +1505,33 @@ func (cr *chunkReader) Read(b []byte) (int, error) {
 func (c *Conn) readError(err error) {
 	c.closing = true
 	if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-		c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+		c.writeTimeout()
 	}
+}
+
+// TimeoutReasoner is implemented by a connection that knows why its read
+// deadline passed (mailhop patch): a limit on the whole session is not
+// idleness, and the 421 that ends the session says which it was.
+type TimeoutReasoner interface {
+	// TimeoutReason returns the text of the 421 4.4.2 reply to a read
+	// that timed out, or "" for the default "Idle timeout, bye bye".
+	TimeoutReason() string
+}
+
+// writeTimeout answers a read that timed out: 421 4.4.2, with the reason
+// the connection gives (a TimeoutReasoner, under TLS too) or as idleness.
+func (c *Conn) writeTimeout() {
+	text := "Idle timeout, bye bye"
+	nc := c.conn
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if r, ok := nc.(TimeoutReasoner); ok {
+		if reason := r.TimeoutReason(); reason != "" {
+			text = reason
+		}
+	}
+	c.writeResponse(421, EnhancedCode{4, 4, 2}, text)
 }
 
 func (c *Conn) greet() {

@@ -296,7 +296,7 @@ func (s *Server) handleConn(c *Conn) error {
 				return nil
 			}
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
-				c.writeResponse(421, EnhancedCode{4, 4, 2}, "Idle timeout, bye bye")
+				c.writeTimeout()
 				return nil
 			}
 
