@@ -429,3 +429,26 @@ func TestBDAT_LeftBetweenChunks_Aborted(t *testing.T) {
 		t.Errorf("%d message(s) queued", n)
 	}
 }
+
+// Python's smtplib send_message, given mail_options=["SMTPUTF8"] for a UTF-8
+// address, sends SMTPUTF8 (and BODY=8BITMIME) twice: the same parameter
+// again is taken once, as Postfix takes it, where it was refused with
+// "501 5.5.4 Duplicate MAIL parameter SMTPUTF8". A DSN parameter, or one
+// repeated with another value, is still refused.
+func TestMail_SameParameterTwiceTakenOnce(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback)
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<jörg@example.com> SMTPUTF8 BODY=8BITMIME SMTPUTF8 BODY=8BITMIME", "S: 250 ",
+		"C: RSET", "S: 250 ",
+		"C: MAIL FROM:<a@example.com> BODY=8BITMIME BODY=7BIT", "S: 501 5.5.4 ",
+		"C: MAIL FROM:<a@example.com> RET=HDRS RET=HDRS", "S: 501 5.5.4 ",
+		"C: MAIL FROM:<jörg@example.com> SMTPUTF8 SMTPUTF8", "S: 250 ",
+		"C: RCPT TO:<b@example.net>", "S: 250 ", "C: DATA", "S: 354 ")
+	d.write("Subject: ü\r\n\r\nbody\r\n.\r\n")
+	d.expect("250 ")
+	if n := len(ts.queued()); n != 1 {
+		t.Errorf("%d messages queued, want 1", n)
+	}
+}

@@ -72,6 +72,12 @@ func TestDuplicateParametersRefused(t *testing.T) {
 	for _, tc := range []struct{ cmd, want string }{
 		{"MAIL FROM:<a@example.com> RET=FULL RET=HDRS", "501 5.5.4 Duplicate MAIL parameter RET"},
 		{"MAIL FROM:<a@example.com> size=10 SIZE=20", "501 5.5.4 Duplicate MAIL parameter SIZE"},
+		{"MAIL FROM:<a@example.com> BODY=7BIT BODY=8BITMIME", "501 5.5.4 Duplicate MAIL parameter BODY"},
+		{"MAIL FROM:<a@example.com> ENVID=x ENVID=x", "501 5.5.4 Duplicate MAIL parameter ENVID"},
+		// The same again, of a parameter other than DSN's, is taken once
+		// (Python's send_message(mail_options=["SMTPUTF8"]) sends SMTPUTF8 twice).
+		{"MAIL FROM:<a@example.com> BODY=8BITMIME SIZE=10 body=8bitmime SIZE=10", "250 "},
+		{"RSET", "250 "},
 		{"MAIL FROM:<a@example.com> ENVID=x", "250 "},
 		{"RCPT TO:<b@example.com> NOTIFY=NEVER NOTIFY=SUCCESS", "501 5.5.4 Duplicate RCPT parameter NOTIFY"},
 		{"RCPT TO:<b@example.com> ORCPT=rfc822;a@b ORCPT=rfc822;c@d", "501 5.5.4 Duplicate RCPT parameter ORCPT"},

@@ -57,25 +57,42 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 //
 // mailhop patch: a parameter given twice is an error (*duplicateArgError):
 // RFC 5321 §4.1.2 does not allow it and RFC 3461 §4 says each DSN
-// parameter appears at most once; upstream kept the last one.
+// parameter appears at most once; upstream kept the last one. A repeat
+// that says the same again of a parameter other than the DSN ones (Python's
+// smtplib send_message adds SMTPUTF8 and BODY=8BITMIME to those the caller
+// gave) is taken once, as Postfix takes it.
 func parseArgs(s string) (map[string]string, error) {
 	argMap := map[string]string{}
 	for _, arg := range strings.Fields(s) {
 		m := strings.Split(arg, "=")
 		key := strings.ToUpper(m[0])
-		if _, dup := argMap[key]; dup {
-			return nil, &duplicateArgError{key}
-		}
+		var value string
 		switch len(m) {
 		case 2:
-			argMap[key] = m[1]
+			value = m[1]
 		case 1:
-			argMap[key] = ""
 		default:
 			return nil, fmt.Errorf("failed to parse arg string: %q", arg)
 		}
+		if prev, dup := argMap[key]; dup {
+			if dsnParam(key) || !strings.EqualFold(prev, value) || len(m) == 2 && value == "" {
+				return nil, &duplicateArgError{key}
+			}
+			continue
+		}
+		argMap[key] = value
 	}
 	return argMap, nil
+}
+
+// dsnParam reports whether key is a parameter of the DSN extension, which
+// may appear only once (RFC 3461 §4).
+func dsnParam(key string) bool {
+	switch key {
+	case "RET", "ENVID", "NOTIFY", "ORCPT":
+		return true
+	}
+	return false
 }
 
 // duplicateArgError is a MAIL or RCPT parameter given more than once.
