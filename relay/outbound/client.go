@@ -210,7 +210,8 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()
 		se.tlsVer, se.verified = cn.tlsVer, cn.tlsVer != "" && vr.verified
-		if (se.policy && se.stage != "requiretls") || se.tls {
+		// A session the shutdown cut short did not fail for the report.
+		if ((se.policy && se.stage != "requiretls") || se.tls) && ctx.Err() == nil {
 			a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), se)
 		}
 		return nil, se

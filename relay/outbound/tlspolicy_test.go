@@ -1,6 +1,8 @@
 package outbound
 
 import (
+	"bufio"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -820,5 +822,49 @@ func TestMTASTS_FailoverAttemptNamesTheAnsweringHost(t *testing.T) {
 	line = h.lastAttempt("down.test")
 	if want := `mx=mx2.down.test addr="" tls="" tls_policy=mta-sts tls_verified=false`; !strings.Contains(line, want) {
 		t.Errorf("attempt line for a host skipped before connecting;\nwant %s\n got %s", want, line)
+	}
+}
+
+// A TLS handshake the shutdown cuts short is no failed session for the TLS
+// report: the server did nothing wrong (it was counted a
+// validation-failure of the domain's MX).
+func TestTLSReport_ShutdownInHandshakeNotCounted(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("hang.test", "127.0.0.3"))
+	ln := h.ports.Listen("127.0.0.3")
+	t.Cleanup(func() { ln.Close() })
+	inTLS, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.WriteString(c, "220 mx.hang.test ESMTP\r\n")
+		r := bufio.NewReader(c)
+		for {
+			l, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(l), "STARTTLS") {
+				break
+			}
+			io.WriteString(c, "250-mx.hang.test\r\n250 STARTTLS\r\n")
+		}
+		io.WriteString(c, "220 go ahead\r\n")
+		if _, err := r.ReadByte(); err != nil { // the ClientHello has come
+			return
+		}
+		close(inTLS)
+		<-release // and is never answered
+	}()
+	h.start()
+	h.submit(testBody, []string{"rcpt@hang.test"})
+	waitConnected(t, h, inTLS, "the handshake")
+	h.stop()
+	if c := h.counts("hang.test", policyNone); c.Failure != 0 {
+		t.Errorf("hang.test counts after a shutdown during the handshake: %+v, want no failure", c)
 	}
 }
