@@ -1555,18 +1555,28 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	for i := 0; i < lastLineIndex; i++ {
 		writeReplyLine(w, code, '-', NoEnhancedCode, text[i])
 	}
-	writeReplyLine(w, code, ' ', enhCode, text[lastLineIndex])
+	err := writeReplyLine(w, code, ' ', enhCode, text[lastLineIndex])
 	// Intermediate replies (354, 334), the greeting and STARTTLS's 220, and
 	// any reply before the channel closes always go out at once.
 	mustFlush := code/100 == 3 || code == 220 || code == 221 || c.closing
-	if mustFlush || !c.pipelinedInput() {
-		w.Flush()
+	if err == nil && (mustFlush || !c.pipelinedInput()) {
+		err = w.Flush()
+	}
+	if err != nil && !c.closing {
+		// mailhop patch: a reply that cannot be written (the client
+		// stopped reading until WriteTimeout, or reset the connection)
+		// ends the session; it went on reading and running commands it
+		// could no longer answer. bufio's error is sticky: a failed
+		// earlier write or flush is reported here too.
+		c.closing = true
+		c.closeErr = fmt.Errorf("writing a reply: %w", err)
 	}
 }
 
 // writeReplyLine writes one line of a reply: code, separator ('-' or ' '),
-// the enhanced code unless it is NoEnhancedCode, the text and CRLF.
-func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, text string) {
+// the enhanced code unless it is NoEnhancedCode, the text and CRLF. It
+// returns the writer's error, which stays once a write has failed.
+func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, text string) error {
 	var b [16]byte
 	line := strconv.AppendInt(b[:0], int64(code), 10)
 	line = append(line, sep)
@@ -1581,7 +1591,8 @@ func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, t
 		w.Write(e)
 	}
 	w.WriteString(text)
-	w.WriteString("\r\n")
+	_, err := w.WriteString("\r\n")
+	return err
 }
 
 // pipelinedInput reports whether the client has already sent a whole
