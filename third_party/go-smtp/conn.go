@@ -1148,25 +1148,30 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
 		return
 	}
-	if len(args) > 2 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
-		return
-	}
-
-	last := false
-	if len(args) == 2 {
-		if !strings.EqualFold(args[1], "LAST") {
-			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
-			return
-		}
-		last = true
-	}
-
 	// ParseUint instead of Atoi so we will not accept negative values.
 	size, err := strconv.ParseUint(args[0], 10, 32)
 	if err != nil {
 		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
 		return
+	}
+
+	// mailhop patch: a chunk whose size could be read follows its command
+	// whatever the other arguments: a refused one is read and discarded,
+	// as one refused for a missing RCPT is, so none of its octets (a
+	// relayed message's body) is run as a command.
+	last := false
+	if len(args) > 2 {
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
+		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		return
+	}
+	if len(args) == 2 {
+		if !strings.EqualFold(args[1], "LAST") {
+			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
+			io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+			return
+		}
+		last = true
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
