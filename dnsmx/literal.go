@@ -44,11 +44,18 @@ func ParseAddressLiteral(s string) (netip.Addr, error) {
 			return netip.Addr{}, ErrLiteralSyntax
 		}
 	}
-	u := a.Unmap()
-	if u.IsUnspecified() || u.IsMulticast() || u == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+	if !unicast(a) {
 		return a, ErrLiteralNotUnicast
 	}
 	return a, nil
+}
+
+// unicast reports whether a mail server can be at a: not the unspecified
+// address (connecting to 0.0.0.0 or :: reaches this host), a multicast
+// address or the broadcast address.
+func unicast(a netip.Addr) bool {
+	u := a.Unmap()
+	return !u.IsUnspecified() && !u.IsMulticast() && u != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // rfc5321GroupCounts checks the group counts of RFC 5321's IPv6-comp and

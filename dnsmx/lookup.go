@@ -173,8 +173,10 @@ func isIPLiteral(h string) bool {
 // lookupAddrs returns the A and AAAA addresses of fqdn, IPv4 first, asking
 // for both at once. If one family fails but the other has addresses, the
 // addresses win. No address at all is a permanent error; a failure of
-// either query with no address from the other is temporary. secure reports
-// that both answers carried the AD bit.
+// either query with no address from the other is temporary. An address no
+// server can be at (0.0.0.0, ::, multicast, broadcast) is left out, and a
+// host with only such addresses is a permanent error. secure reports that
+// both answers carried the AD bit.
 func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) (addrs []netip.Addr, secure bool, err error) {
 	type result struct {
 		rrs    []dns.RR
@@ -189,6 +191,7 @@ func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) (addrs []netip.
 	wg.Wait()
 	secure = v4.err == nil && v6.err == nil && v4.secure && v6.secure
 
+	var notUnicast []string
 	for _, rr := range append(v4.rrs, v6.rrs...) {
 		var a netip.Addr
 		switch rr := rr.(type) {
@@ -197,9 +200,16 @@ func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) (addrs []netip.
 		case *dns.AAAA:
 			a, _ = netip.AddrFromSlice(rr.AAAA.To16())
 		}
-		if a.IsValid() && !slices.Contains(addrs, a) {
-			addrs = append(addrs, a)
+		if !a.IsValid() || slices.Contains(addrs, a) {
+			continue
 		}
+		if !unicast(a) {
+			// As for an address literal: no server is there, and
+			// connecting to 0.0.0.0 would reach this host.
+			notUnicast = append(notUnicast, a.String())
+			continue
+		}
+		addrs = append(addrs, a)
 	}
 	if len(addrs) > 0 {
 		return addrs, secure, nil
@@ -209,6 +219,9 @@ func (r *Resolver) lookupAddrs(ctx context.Context, fqdn string) (addrs []netip.
 	}
 	if v6.err != nil {
 		return nil, false, v6.err
+	}
+	if len(notUnicast) > 0 {
+		return nil, false, permanent(hostName(fqdn), CodeNoSuchDomain, "host has no unicast address (%s)", strings.Join(notUnicast, ", "))
 	}
 	if v4.nx || v6.nx {
 		return nil, false, permanent(hostName(fqdn), CodeNoSuchDomain, "no such host (NXDOMAIN)")

@@ -265,6 +265,39 @@ func TestLookupMX_HostFailures(t *testing.T) {
 	})
 }
 
+// An MX host's address where no server can be (0.0.0.0 would reach this
+// host) is left out, as the address literal [0.0.0.0] is refused.
+func TestLookupMX_NotUnicastAddressesLeftOut(t *testing.T) {
+	t.Parallel()
+	srv := dnstest.New(t, dnstest.Zone{
+		"example.com.": {
+			dnstest.MX("example.com", 10, "zero.example.com"),
+			dnstest.MX("example.com", 20, "mixed.example.com"),
+		},
+		"zero.example.com.": {dnstest.A("zero.example.com", "0.0.0.0"), dnstest.AAAA("zero.example.com", "::")},
+		"mixed.example.com.": {
+			dnstest.A("mixed.example.com", "0.0.0.0"), dnstest.A("mixed.example.com", "224.0.0.1"),
+			dnstest.A("mixed.example.com", "255.255.255.255"), dnstest.A("mixed.example.com", "192.0.2.5"),
+		},
+		"nomail.example.":      {dnstest.MX("nomail.example", 10, "zero.nomail.example")},
+		"zero.nomail.example.": {dnstest.A("zero.nomail.example", "0.0.0.0")},
+	})
+	r := newResolver(t, srv)
+	mxs, err := r.LookupMX(context.Background(), "example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mxs) != 1 || mxs[0].Host != "mixed.example.com" || !slices.Equal(mxs[0].Addrs, addrs("192.0.2.5")) {
+		t.Fatalf("got %+v, want mixed.example.com with 192.0.2.5 only", mxs)
+	}
+	_, err = r.LookupMX(context.Background(), "nomail.example")
+	if e := wantError(t, err, false, "5.4.4"); !strings.Contains(e.Msg, "0.0.0.0") {
+		t.Errorf("message %q does not name the address", e.Msg)
+	}
+	_, err = r.LookupHost(context.Background(), "zero.example.com")
+	wantError(t, err, false, "5.1.2")
+}
+
 func TestLookupMX_CNAMEChain(t *testing.T) {
 	t.Parallel()
 	zone := dnstest.Zone{

@@ -168,6 +168,13 @@ type Server struct {
 	done chan error
 }
 
+// Timeouts of the metrics server. A scrape is read and answered well within
+// them; a connection whose client does not read the answer, or kept alive
+// idle between scrapes, is closed after them instead of being held for good.
+const writeTimeout = 30 * time.Second
+
+var idleTimeout = 2 * time.Minute // a variable so that a test can shorten it
+
 // Listen starts serving m on addr ("host:port") at /metrics.
 func Listen(addr string, m *Metrics) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -177,7 +184,8 @@ func Listen(addr string, m *Metrics) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", m.Handler())
 	s := &Server{ln: ln, done: make(chan error, 1),
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}
+		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+			WriteTimeout: writeTimeout, IdleTimeout: idleTimeout}}
 	go func() {
 		err := s.srv.Serve(ln)
 		if errors.Is(err, http.ErrServerClosed) {

@@ -1,7 +1,9 @@
 package metrics
 
 import (
+	"bufio"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -87,6 +89,38 @@ func TestServer_ServesMetricsOverHTTP(t *testing.T) {
 		if !strings.Contains(string(b), w) {
 			t.Errorf("/metrics lacks %q", w)
 		}
+	}
+}
+
+// A connection kept alive after a scrape is closed once idle for
+// idleTimeout: it was held for good, so anyone who could reach the address
+// could pile up connections (file descriptors, memory) without bound.
+func TestServer_ClosesIdleConnections(t *testing.T) {
+	// Not parallel: it shortens a package variable Listen reads.
+	defer func(d time.Duration) { idleTimeout = d }(idleTimeout)
+	idleTimeout = 100 * time.Millisecond
+	s, err := Listen("127.0.0.1:0", New(func() Snapshot { return Snapshot{} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(t.Context())
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	// The server closes the idle connection: the read ends (EOF) well
+	// before the deadline.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("idle connection after a scrape: read %v, want EOF (closed by the server)", err)
 	}
 }
 

@@ -1148,25 +1148,30 @@ func (c *Conn) handleBdat(arg string) {
 		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Missing chunk size argument")
 		return
 	}
-	if len(args) > 2 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
-		return
-	}
-
-	last := false
-	if len(args) == 2 {
-		if !strings.EqualFold(args[1], "LAST") {
-			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
-			return
-		}
-		last = true
-	}
-
 	// ParseUint instead of Atoi so we will not accept negative values.
 	size, err := strconv.ParseUint(args[0], 10, 32)
 	if err != nil {
 		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Malformed size argument")
 		return
+	}
+
+	// mailhop patch: a chunk whose size could be read follows its command
+	// whatever the other arguments: a refused one is read and discarded,
+	// as one refused for a missing RCPT is, so none of its octets (a
+	// relayed message's body) is run as a command.
+	last := false
+	if len(args) > 2 {
+		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
+		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		return
+	}
+	if len(args) == 2 {
+		if !strings.EqualFold(args[1], "LAST") {
+			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
+			io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+			return
+		}
+		last = true
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
@@ -1580,18 +1585,28 @@ func (c *Conn) writeResponse(code int, enhCode EnhancedCode, text ...string) {
 	for i := 0; i < lastLineIndex; i++ {
 		writeReplyLine(w, code, '-', NoEnhancedCode, text[i])
 	}
-	writeReplyLine(w, code, ' ', enhCode, text[lastLineIndex])
+	err := writeReplyLine(w, code, ' ', enhCode, text[lastLineIndex])
 	// Intermediate replies (354, 334), the greeting and STARTTLS's 220, and
 	// any reply before the channel closes always go out at once.
 	mustFlush := code/100 == 3 || code == 220 || code == 221 || c.closing
-	if mustFlush || !c.pipelinedInput() {
-		w.Flush()
+	if err == nil && (mustFlush || !c.pipelinedInput()) {
+		err = w.Flush()
+	}
+	if err != nil && !c.closing {
+		// mailhop patch: a reply that cannot be written (the client
+		// stopped reading until WriteTimeout, or reset the connection)
+		// ends the session; it went on reading and running commands it
+		// could no longer answer. bufio's error is sticky: a failed
+		// earlier write or flush is reported here too.
+		c.closing = true
+		c.closeErr = fmt.Errorf("writing a reply: %w", err)
 	}
 }
 
 // writeReplyLine writes one line of a reply: code, separator ('-' or ' '),
-// the enhanced code unless it is NoEnhancedCode, the text and CRLF.
-func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, text string) {
+// the enhanced code unless it is NoEnhancedCode, the text and CRLF. It
+// returns the writer's error, which stays once a write has failed.
+func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, text string) error {
 	var b [16]byte
 	line := strconv.AppendInt(b[:0], int64(code), 10)
 	line = append(line, sep)
@@ -1606,7 +1621,8 @@ func writeReplyLine(w *bufio.Writer, code int, sep byte, enhCode EnhancedCode, t
 		w.Write(e)
 	}
 	w.WriteString(text)
-	w.WriteString("\r\n")
+	_, err := w.WriteString("\r\n")
+	return err
 }
 
 // pipelinedInput reports whether the client has already sent a whole

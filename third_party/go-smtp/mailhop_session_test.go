@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -385,4 +386,32 @@ type notifyConn struct {
 func (c *notifyConn) Read(b []byte) (int, error) {
 	c.once.Do(func() { close(c.reading) })
 	return c.Conn.Read(b)
+}
+
+// A client that sends commands but never reads their replies is dropped
+// once a reply cannot be written within WriteTimeout: the session does not
+// go on running commands it can no longer answer.
+func TestUnwritableReplyEndsSession(t *testing.T) {
+	s, addr := sessionTestServer(t)
+	s.SetConnLimits(smtp.ConnLimits{ReadTimeout: 10 * time.Second, WriteTimeout: 200 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetReadBuffer(4096)
+	flood := []byte(strings.Repeat("NOOP\r\n", 1000))
+	end := time.Now().Add(5 * time.Second)
+	for off := 0; time.Now().Before(end); {
+		// Whole lines only: a line cut by the write deadline goes on
+		// where it stopped, so no command is garbled into an error.
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, err := c.Write(flood[off:])
+		off = (off + n) % len(flood)
+		var ne net.Error
+		if err != nil && !(errors.As(err, &ne) && ne.Timeout()) {
+			return // the server closed the connection
+		}
+	}
+	t.Fatal("the server still read commands 5 s after its replies stopped going out")
 }
