@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -362,5 +363,28 @@ func TestShutdown_DeadlinePassed_421(t *testing.T) {
 	}
 	if got := ts.s.Stats().Refused; got["shutting_down"] != 1 || got["aborted"] != 0 {
 		t.Errorf("refusals counted %v, want one shutting_down", got)
+	}
+}
+
+// An HTTP request to the SMTP port from a trusted client (a browser on the
+// relay's own host, made by a web page to POST to it, its body SMTP
+// commands) ends the session at its first line, as Postfix's
+// smtpd_forbidden_commands does, and is logged: the commands in its body
+// are never run, however high max_errors is set.
+func TestHTTPRequestRefused(t *testing.T) {
+	t.Parallel()
+	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Limits.MaxErrors = 1000 })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.expect("220 ")
+	d.write("POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\r\nEHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+	d.expect("221 2.7.0 ")
+	if rest, err := io.ReadAll(d.r); err != nil || len(rest) != 0 {
+		t.Errorf("after the 221: %q (%v), want the connection closed", rest, err)
+	}
+	if line := ts.logs.WaitLine(5*time.Second, "non-SMTP command POST"); !strings.Contains(line, "client=127.0.0.1") {
+		t.Errorf("log line %q, want the HTTP request logged with its client", line)
+	}
+	if n := len(ts.queued()); n != 0 {
+		t.Errorf("%d messages queued from an HTTP request's body", n)
 	}
 }

@@ -415,3 +415,26 @@ func TestUnwritableReplyEndsSession(t *testing.T) {
 	}
 	t.Fatal("the server still read commands 5 s after its replies stopped going out")
 }
+
+// An HTTP request on the SMTP port (a browser made to post to it, its body
+// SMTP commands) ends the session at its first line with 221, as Postfix's
+// smtpd_forbidden_commands does; nothing after it is run. A command that
+// only looks alike is not affected.
+func TestHTTPRequestEndsSession(t *testing.T) {
+	_, addr := sessionTestServer(t)
+	for _, first := range []string{"POST / HTTP/1.1", "get /index.html", "CONNECT mx.example:25 HTTP/1.0", "PUT /x HTTP/1.1"} {
+		c, r := dialServer(t, addr)
+		io.WriteString(c, first+"\r\nHost: x\r\n\r\nEHLO x\r\nMAIL FROM:<a@example.com>\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, "221 2.7.0 ") {
+			t.Errorf("%q: %q, want 221 2.7.0", first, got)
+		}
+		if rest, err := io.ReadAll(r); err != nil || len(rest) != 0 {
+			t.Errorf("%q: after the 221: %q (%v), want the connection closed", first, rest, err)
+		}
+	}
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "NOOP HTTP/1.1\r\n")
+	if got := reply(t, r); !strings.HasPrefix(got, "250 ") {
+		t.Errorf("NOOP with an argument: %q, want 250", got)
+	}
+}

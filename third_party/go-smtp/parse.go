@@ -47,6 +47,24 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 	return strings.ToUpper(line[0:4]), strings.TrimSpace(line[5:]), nil
 }
 
+// httpRequest reports whether line is the first line of an HTTP request:
+// CONNECT, GET or POST first (Postfix's smtpd_forbidden_commands), or any
+// "METHOD target HTTP/x.y". verb is the method as it may be logged.
+func httpRequest(line string) (verb string, ok bool) {
+	f := strings.Fields(line)
+	if len(f) == 0 {
+		return "", false
+	}
+	verb = strings.ToUpper(f[0])
+	switch {
+	case verb == "CONNECT" || verb == "GET" || verb == "POST":
+	case len(f) == 3 && strings.HasPrefix(f[2], "HTTP/"):
+	default:
+		return "", false
+	}
+	return printable(verb), true
+}
+
 // Takes the arguments proceeding a command and files them
 // into a map[string]string after uppercasing each key.  Sample arg
 // string:

@@ -277,6 +277,15 @@ func (s *Server) handleConn(c *Conn) error {
 			c.writeResponse(421, EnhancedCode{4, 3, 2}, c.greetingName()+" Service shutting down, closing connection")
 			return nil
 		case err == nil:
+			if verb, ok := httpRequest(line); ok {
+				// mailhop patch: an HTTP request (a browser made to
+				// post to the SMTP port, whose body would be read as
+				// commands) ends the session, as Postfix's
+				// smtpd_forbidden_commands does.
+				c.writeResponse(221, EnhancedCode{2, 7, 0}, "Error: this is an SMTP server, not HTTP")
+				c.closing, c.closeErr = true, fmt.Errorf("non-SMTP command %s: an HTTP request", verb)
+				continue
+			}
 			cmd, arg, err := parseCmd(line)
 			if err != nil {
 				// mailhop patch: a line that is no command ("FOO",
