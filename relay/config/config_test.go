@@ -551,6 +551,18 @@ func TestWarnings_ExamplePasswords(t *testing.T) {
 	if len(ws) != 2 || !strings.Contains(ws[0], "10.0.0.0/8") || !strings.Contains(ws[1], "2001:db8::/64") {
 		t.Errorf("trusted_networks with host bits: warnings %q", ws)
 	}
+	// A trusted network that takes in much of the Internet is an open relay.
+	cfg.Policy.TrustedNetworks = []string{"0.0.0.0/0", "10.0.0.0/8", "::/0", "2000::/3", "::ffff:0:0/96", "2001:db8::/32", "::ffff:10.0.0.0/104"}
+	ws = cfg.Warnings()
+	var wide []string
+	for _, w := range ws {
+		if strings.Contains(w, "open relay") {
+			wide = append(wide, w[:strings.Index(w, ":")])
+		}
+	}
+	if want := "policy.trusted_networks[0] policy.trusted_networks[2] policy.trusted_networks[3] policy.trusted_networks[4]"; strings.Join(wide, " ") != want {
+		t.Errorf("wide trusted_networks: warnings %q, want open-relay warnings for %s", ws, want)
+	}
 	cfg.Policy.TrustedNetworks = nil
 	cfg.Limits.MaxLineLength, cfg.Limits.MaxHeaderSize = 80, 500
 	ws = cfg.Warnings()

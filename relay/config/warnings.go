@@ -26,9 +26,17 @@ func (c *Config) Warnings() []string {
 		}
 	}
 	for i, n := range c.Policy.TrustedNetworks {
-		if p, err := netip.ParsePrefix(n); err == nil && p.Masked() != p {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			continue
+		}
+		if p.Masked() != p {
 			ws = append(ws, fmt.Sprintf("policy.trusted_networks[%d]: %q has host bits set; it means %s (write that, or /%d for one host)",
 				i, n, p.Masked(), p.Addr().BitLen()))
+		}
+		if wideNetwork(p) {
+			ws = append(ws, fmt.Sprintf("policy.trusted_networks[%d]: %q lets a large part of the Internet relay without AUTH (an open relay): list only your own networks",
+				i, n))
 		}
 	}
 	for i, r := range c.Route {
@@ -45,4 +53,16 @@ func (c *Config) Warnings() []string {
 		ws = append(ws, fmt.Sprintf("limits.max_header_size = %d is smaller than one header line may be (998 octets): ordinary mail will be refused", n))
 	}
 	return ws
+}
+
+// wideNetwork reports whether p is wider than any one organisation's
+// network: shorter than /8 for IPv4 (IPv4-mapped IPv6 too), /16 for IPv6.
+func wideNetwork(p netip.Prefix) bool {
+	switch a := p.Addr(); {
+	case a.Is4():
+		return p.Bits() < 8
+	case a.Is4In6() && p.Bits() >= 96:
+		return p.Bits()-96 < 8
+	}
+	return p.Bits() < 16
 }
