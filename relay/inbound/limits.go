@@ -250,10 +250,12 @@ func (c *trackedConn) sessionExpired() bool {
 }
 
 // TimeoutReason implements smtp.TimeoutReasoner: a read that timed out at
-// the session deadline ends the session for its length, not for idleness,
-// and is logged (an idle timeout ends a session without a line).
+// the session deadline ends the session for its length, not for idleness.
+// Either is logged, as Postfix logs "timeout after ...": a client that
+// holds connections open without a word shows in the log.
 func (c *trackedConn) TimeoutReason() string {
 	if !c.sessionExpired() {
+		c.s.log.Info("idle timeout", "client", c.ip.String())
 		return ""
 	}
 	c.s.log.Info("session time limit reached", "client", c.ip.String())

@@ -118,6 +118,9 @@ func TestIdleTimeout_421(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) { c.Limits.IdleTimeout = config.Duration{Duration: 100 * time.Millisecond} })
 	d := dial(t, ts.addr[config.ModeRelay])
 	d.script("S: 220 ", "S: 421 4.4.2 Idle timeout")
+	if line := ts.logs.WaitLine(5*time.Second, "idle timeout", "client=127.0.0.1"); line == "" {
+		t.Errorf("no 'idle timeout' line naming the client in\n%s", ts.logs)
+	}
 }
 
 // TestSessionTimeout_421: a busy session cut at limits.session_timeout is
