@@ -58,6 +58,8 @@ func (c *Config) validate(ps *problems) {
 	if c.Admin.MetricsAddress != "" {
 		if err := checkListenAddress(c.Admin.MetricsAddress); err != nil {
 			ps.add("admin.metrics_address", "%v", err)
+		} else if i := c.listenerOverlapping(c.Admin.MetricsAddress); i >= 0 {
+			ps.add("admin.metrics_address", "%q overlaps listener[%d] (%q): both cannot be bound", c.Admin.MetricsAddress, i, c.Listener[i].Address)
 		}
 	}
 	if g := c.Admin.SocketGroup; g != "" {
@@ -132,6 +134,21 @@ func (c *Config) validateListeners(ps *problems) {
 		}
 		oneOf(ps, key+".mode", l.Mode, ModeSubmission, ModeSubmissions, ModeRelay)
 	}
+}
+
+// listenerOverlapping returns the index of the first [[listener]] whose
+// address cannot be bound beside addr, or -1.
+func (c *Config) listenerOverlapping(addr string) int {
+	ep, ok := endpointOf(addr, -1)
+	if !ok {
+		return -1
+	}
+	for i, l := range c.Listener {
+		if o, ok := endpointOf(l.Address, i); ok && ep.overlaps(o) {
+			return i
+		}
+	}
+	return -1
 }
 
 func (c *Config) validatePolicy(ps *problems) {
