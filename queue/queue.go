@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -563,7 +564,13 @@ func (q *Queue) retryAfter(n int) time.Duration {
 	iv := q.opts.RetryIntervals
 	q.mu.Unlock()
 	d := iv[min(max(n-1, 0), len(iv)-1)]
-	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+	j := float64(d) * (0.9 + 0.2*rand.Float64())
+	if j >= math.MaxInt64 {
+		// An interval of centuries: converted, it would be negative,
+		// and the message due at once after every attempt.
+		return math.MaxInt64
+	}
+	return time.Duration(j)
 }
 
 // Requeue gives a handed-out message back unchanged (no attempt counted),

@@ -1044,3 +1044,51 @@ func TestDone_UncountedPark(t *testing.T) {
 		t.Fatalf("Next after Unpark = %v, %v", e, err)
 	}
 }
+
+// TestRetryIntervalOfCenturies: a retry interval so long that its jitter
+// passes the largest time.Duration, or its time the largest the record
+// holds (2262), still puts the next attempt in the future, also after a
+// restart: it was converted to a negative wait (next attempt in 1734, the
+// message tried again at once, in a loop), and stored wrapped into the past.
+func TestRetryIntervalOfCenturies(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	opts := Options{RetryIntervals: []time.Duration{2_500_000 * time.Hour}} // 285 years
+	q, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := newEnv("a@x.test")
+	if err := q.Enqueue(env, strings.NewReader("body\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for i := range 30 { // the jitter passes MaxInt64 in about 4 attempts in 10
+		if i > 0 {
+			q.Flush("")
+		}
+		if _, err := q.Next(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.Done(env.ID, Result{Recipients: []RcptUpdate{{Index: 0, State: Pending, Code: 451}}}); err != nil {
+			t.Fatal(err)
+		}
+		if due, _ := q.Due(env.ID); !due.After(time.Now().AddDate(200, 0, 0)) {
+			t.Fatalf("next attempt at %v, want centuries away", due)
+		}
+	}
+	q.Close()
+	q2, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q2.Close()
+	e, err := q2.Get(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.NextAttempt.After(time.Now().AddDate(200, 0, 0)) {
+		t.Fatalf("after a restart the next attempt is %v, want centuries away", e.NextAttempt)
+	}
+}

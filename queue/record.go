@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"time"
 )
 
@@ -107,8 +108,17 @@ func (e *encoder) time(t time.Time) {
 		e.varint(0)
 		return
 	}
+	if t.After(maxRecordTime) {
+		t = maxRecordTime // a later time's UnixNano wraps into the past
+	}
 	e.varint(t.UnixNano())
 }
+
+// maxRecordTime is the latest time a record holds (nanoseconds since 1970
+// in an int64, in April 2262); a later one, such as a next attempt a
+// retry interval of centuries away, is stored as it.
+var maxRecordTime = time.Unix(0, math.MaxInt64)
+
 func (e *encoder) bool(v bool) {
 	if v {
 		e.byte1(1)

@@ -602,3 +602,31 @@ func TestSendersLocalPart(t *testing.T) {
 		}
 	}
 }
+
+// TestAdminSocketPath: an admin.socket serve could not bind is refused with
+// its key: in a directory that does not exist (serve creates data_dir
+// only), or longer than a unix socket path may be.
+func TestAdminSocketPath(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "run"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "config.toml")
+	for _, tc := range []struct{ admin, want string }{
+		{``, ""}, // data_dir/admin.sock: data_dir is created at start
+		{`socket = "data/admin.sock"`, ""},
+		{`socket = "run/admin.sock"`, ""},
+		{`socket = "missing/admin.sock"`, "admin.socket: the directory " + filepath.Join(dir, "missing") + " does not exist"},
+		{`socket = "data/sub/admin.sock"`, "admin.socket: the directory " + filepath.Join(dir, "data", "sub") + " does not exist"},
+		{`socket = "/run/` + strings.Repeat("x", 110) + `.sock"`, "a unix socket path may have at most 107"},
+	} {
+		_, err := Parse([]byte(minimal+"[admin]\n"+tc.admin+"\n"), path)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.admin, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: err = %v, want %q", tc.admin, err, tc.want)
+		}
+	}
+}

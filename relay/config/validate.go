@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -58,8 +59,11 @@ func (c *Config) validate(ps *problems) {
 	if c.Admin.MetricsAddress != "" {
 		if err := checkListenAddress(c.Admin.MetricsAddress); err != nil {
 			ps.add("admin.metrics_address", "%v", err)
+		} else if i := c.listenerOverlapping(c.Admin.MetricsAddress); i >= 0 {
+			ps.add("admin.metrics_address", "%q overlaps listener[%d] (%q): both cannot be bound", c.Admin.MetricsAddress, i, c.Listener[i].Address)
 		}
 	}
+	c.validateAdminSocket(ps)
 	if g := c.Admin.SocketGroup; g != "" {
 		if _, err := user.LookupGroup(g); err != nil {
 			ps.add("admin.socket_group", "group %q does not exist on this system", g)
@@ -132,6 +136,46 @@ func (c *Config) validateListeners(ps *problems) {
 		}
 		oneOf(ps, key+".mode", l.Mode, ModeSubmission, ModeSubmissions, ModeRelay)
 	}
+}
+
+// maxSocketPath is the longest path a unix socket may have on Linux
+// (sun_path holds 108 bytes with the final NUL).
+const maxSocketPath = 107
+
+// validateAdminSocket checks that admin.socket can be bound: a path short
+// enough for a unix socket, in a directory that exists (serve creates
+// data_dir, not other directories).
+func (c *Config) validateAdminSocket(ps *problems) {
+	sock := c.Admin.Socket
+	if sock == "" {
+		return
+	}
+	if len(sock) > maxSocketPath {
+		ps.add("admin.socket", "%q is %d bytes long: a unix socket path may have at most %d (set admin.socket to a shorter path, or a shorter data_dir)", sock, len(sock), maxSocketPath)
+		return
+	}
+	dir := filepath.Dir(sock)
+	if dir == filepath.Clean(c.DataDir) {
+		return
+	}
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		ps.add("admin.socket", "the directory %s does not exist (only data_dir is created at start)", dir)
+	}
+}
+
+// listenerOverlapping returns the index of the first [[listener]] whose
+// address cannot be bound beside addr, or -1.
+func (c *Config) listenerOverlapping(addr string) int {
+	ep, ok := endpointOf(addr, -1)
+	if !ok {
+		return -1
+	}
+	for i, l := range c.Listener {
+		if o, ok := endpointOf(l.Address, i); ok && ep.overlaps(o) {
+			return i
+		}
+	}
+	return -1
 }
 
 func (c *Config) validatePolicy(ps *problems) {
