@@ -564,6 +564,11 @@ func TestWarnings_ExamplePasswords(t *testing.T) {
 		t.Errorf("wide trusted_networks: warnings %q, want open-relay warnings for %s", ws, want)
 	}
 	cfg.Policy.TrustedNetworks = nil
+	cfg.Delivery.DelayWarning, cfg.Delivery.MaxQueueAge = Duration{Duration: 6 * time.Hour}, Duration{Duration: 6 * time.Hour}
+	if ws := cfg.Warnings(); len(ws) != 1 || !strings.Contains(ws[0], "delivery.delay_warning (6h0m0s) is not shorter than delivery.max_queue_age") {
+		t.Errorf("delay_warning = max_queue_age: warnings %q", ws)
+	}
+	cfg.Delivery.DelayWarning = Duration{Duration: 4 * time.Hour}
 	cfg.Limits.MaxLineLength, cfg.Limits.MaxHeaderSize = 80, 500
 	ws = cfg.Warnings()
 	if len(ws) != 2 || !strings.Contains(ws[0], "limits.max_line_length = 80") || !strings.Contains(ws[1], "limits.max_header_size = 500") {

@@ -44,6 +44,9 @@ func (c *Config) Warnings() []string {
 			ws = append(ws, fmt.Sprintf("route[%d]: password is the example's %q", i, examplePassword))
 		}
 	}
+	if dw, age := c.Delivery.DelayWarning.Duration, c.Delivery.MaxQueueAge.Duration; dw > 0 && age > 0 && dw >= age {
+		ws = append(ws, fmt.Sprintf("delivery.delay_warning (%s) is not shorter than delivery.max_queue_age (%s): a sender is never told of a delay before the bounce", dw, age))
+	}
 	// RFC 5321 §4.5.3.1.6: a server must take text lines of 998 octets;
 	// lower limits refuse ordinary mail.
 	if n := c.Limits.MaxLineLength; n > 0 && n < 998 {
