@@ -28,11 +28,11 @@ func (a Address) Key() string { return a.Local + "@" + strings.ToLower(a.Domain)
 // only "bad address syntax".
 var errAddressSyntax = errors.New("bad address syntax")
 
-// Limits of RFC 5321 §4.5.3.1.
-const (
-	maxLocalPart = 64
-	maxPath      = 254 // 256 octets of path minus the angle brackets
-)
+// maxPath is RFC 5321 §4.5.3.1.3's limit: 256 octets of path minus the
+// angle brackets. The local part's 64 octets (§4.5.3.1.1) are not
+// enforced, as Postfix does not: SRS and VERP senders of forwarded and list
+// mail pass them, and §4.5.3.1 asks for no limits where possible.
+const maxPath = 254
 
 // ParseAddress parses a Mailbox (RFC 5321 §4.1.2): Local-part "@" (Domain /
 // address-literal). utf8OK allows UTF-8 in the local part and domain labels
@@ -63,7 +63,7 @@ func ParseAddress(s string, utf8OK bool) (Address, error) {
 			return Address{}, errAddressSyntax
 		}
 	}
-	if len(local) > maxLocalPart || !strings.HasPrefix(rest, "@") {
+	if !strings.HasPrefix(rest, "@") {
 		return Address{}, errAddressSyntax
 	}
 	domain := rest[1:]
