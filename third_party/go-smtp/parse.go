@@ -51,18 +51,28 @@ func parseCmd(line string) (cmd string, arg string, err error) {
 // CONNECT, GET or POST first (Postfix's smtpd_forbidden_commands), or any
 // "METHOD target HTTP/x.y". verb is the method as it may be logged.
 func httpRequest(line string) (verb string, ok bool) {
-	f := strings.Fields(line)
-	if len(f) == 0 {
-		return "", false
-	}
-	verb = strings.ToUpper(f[0])
+	// It runs for every command line: no allocation for an SMTP one.
+	first, rest := cutField(line)
 	switch {
-	case verb == "CONNECT" || verb == "GET" || verb == "POST":
-	case len(f) == 3 && strings.HasPrefix(f[2], "HTTP/"):
+	case strings.EqualFold(first, "CONNECT") || strings.EqualFold(first, "GET") || strings.EqualFold(first, "POST"):
 	default:
-		return "", false
+		target, rest := cutField(rest)
+		version, rest := cutField(rest)
+		if target == "" || !strings.HasPrefix(version, "HTTP/") || rest != "" {
+			return "", false
+		}
 	}
-	return printable(verb), true
+	return printable(strings.ToUpper(first)), true
+}
+
+// cutField returns the first field of s, split at spaces and tabs, and what
+// follows it.
+func cutField(s string) (field, rest string) {
+	s = strings.TrimLeft(s, " \t")
+	if i := strings.IndexAny(s, " \t"); i >= 0 {
+		return s[:i], strings.TrimLeft(s[i:], " \t")
+	}
+	return s, ""
 }
 
 // Takes the arguments proceeding a command and files them
