@@ -592,15 +592,17 @@ func TestUnicodeSenders(t *testing.T) {
 }
 
 // TestSendersLocalPart: a senders entry whose local part is no RFC 5321
-// dot-string (a doubled "@", an empty atom, a special character) could
-// never match a MAIL FROM the relay accepts: it is refused with its key,
-// not kept as a silent 553 for that user.
+// dot-string (a doubled "@", an empty atom, a special character), or that is
+// longer than a path, could never match a MAIL FROM the relay accepts: it is
+// refused with its key, not kept as a silent 553 for that user. A local part
+// over 64 octets (SRS, VERP), which the relay takes, is taken.
 func TestSendersLocalPart(t *testing.T) {
 	t.Parallel()
 	user := "\n[[user]]\nname = \"app\"\npassword_hash = \"" + testHash + "\"\n"
-	mustParse(t, minimal+user+`senders = ["first.last+tag@example.com", "o'brien@example.com", "*@example.com", "jörg@example.com"]`)
+	mustParse(t, minimal+user+`senders = ["first.last+tag@example.com", "o'brien@example.com", "*@example.com", "jörg@example.com", "`+
+		strings.Repeat("x", 65)+`@example.com"]`)
 	for _, s := range []string{"app@@example.com", "@@example.com", "a..b@example.com", ".a@example.com", "a.@example.com",
-		"a(b)@example.com", "a,b@example.com", `a\\b@example.com`, strings.Repeat("x", 65) + "@example.com"} {
+		"a(b)@example.com", "a,b@example.com", `a\\b@example.com`, strings.Repeat("x", 243) + "@example.com"} {
 		_, err := Parse([]byte(minimal+user+`senders = ["`+s+`"]`), filepath.Join(t.TempDir(), "config.toml"))
 		if err == nil || !strings.Contains(err.Error(), "user[0].senders[0]") {
 			t.Errorf("senders = [%q]: %v, want an error naming user[0].senders[0]", s, err)

@@ -695,17 +695,25 @@ func checkSender(s string) error {
 	if strings.ContainsAny(local, " \t<>\"") {
 		return fmt.Errorf("%q: write the bare address, without spaces, quotes or <>", s)
 	}
+	// Such a sender could never match: the relay refuses it in MAIL FROM.
 	if at > 0 && !isDotString(local) {
-		// Such a sender could never match: the relay refuses it in MAIL FROM.
-		return fmt.Errorf("%q: %q is not a valid local part (RFC 5321 dot-string: letters, digits and !#$%%&'*+-/=?^_`{|}~, dots between them, at most 64 octets)", s, local)
+		return fmt.Errorf("%q: %q is not a valid local part (RFC 5321 dot-string: letters, digits and !#$%%&'*+-/=?^_`{|}~, dots between them)", s, local)
+	}
+	if at > 0 && len(s) > maxPath {
+		return fmt.Errorf("%q is %d octets long: an address may have at most %d (RFC 5321 §4.5.3.1.3)", s, len(s), maxPath)
 	}
 	return nil
 }
 
+// maxPath is the longest address the relay takes in MAIL FROM: RFC 5321
+// §4.5.3.1.3's 256 octets of path minus the angle brackets. The local
+// part's 64 octets (§4.5.3.1.1) are not enforced there, as Postfix does not.
+const maxPath = 254
+
 // isDotString checks an unquoted local part, RFC 5321 Dot-string (with
-// UTF-8, RFC 6531), of at most 64 octets (§4.5.3.1.1).
+// UTF-8, RFC 6531).
 func isDotString(s string) bool {
-	if s == "" || len(s) > 64 {
+	if s == "" {
 		return false
 	}
 	for _, atom := range strings.Split(s, ".") {
