@@ -172,13 +172,19 @@ func domainOf(addr string) string {
 	return ""
 }
 
-// Listen creates the unix socket at path (replacing a stale one) with mode 0600.
+// Listen creates the unix socket at path (replacing a stale one) with mode
+// 0600. A file at path that is no socket is left alone: an error.
 func Listen(path string) (net.Listener, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("admin: %s: another mailhop is running", path)
 	}
-	os.Remove(path)
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("admin: %s exists and is not a socket", path)
+		}
+		os.Remove(path)
+	}
 	ln, err := listenPrivate(path)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)

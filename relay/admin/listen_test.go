@@ -2,6 +2,7 @@ package admin
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -68,4 +69,35 @@ func umaskOf(t *testing.T) []byte {
 		t.Skip("no Umask in /proc/self/status")
 	}
 	return bytes.Clone(b[i+7 : i+11])
+}
+
+// TestListen_StaleSocketOnly: a socket left by a relay killed with kill -9
+// is replaced, but a file at admin.socket that is no socket (a path mistyped
+// in the configuration) is kept and refused: it was removed, silently.
+func TestListen_StaleSocketOnly(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "stale.sock")
+	old, err := net.Listen("unix", stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.(*net.UnixListener).SetUnlinkOnClose(false)
+	old.Close()
+	ln, err := Listen(stale)
+	if err != nil {
+		t.Fatalf("stale socket: %v", err)
+	}
+	ln.Close()
+
+	file := filepath.Join(dir, "mailhop.toml")
+	if err := os.WriteFile(file, []byte("hostname = \"mx.example\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ln, err := Listen(file); err == nil {
+		ln.Close()
+		t.Error("Listen took the path of a regular file")
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "hostname = \"mx.example\"\n" {
+		t.Errorf("the regular file at the socket path: %q, %v; want it kept", b, err)
+	}
 }

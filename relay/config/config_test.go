@@ -612,7 +612,8 @@ func TestSendersLocalPart(t *testing.T) {
 
 // TestAdminSocketPath: an admin.socket serve could not bind is refused with
 // its key: in a directory that does not exist (serve creates data_dir
-// only), or longer than a unix socket path may be.
+// only), longer than a unix socket path may be, or a file that is no
+// socket (which serve would not replace).
 func TestAdminSocketPath(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -620,6 +621,9 @@ func TestAdminSocketPath(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ admin, want string }{
 		{``, ""}, // data_dir/admin.sock: data_dir is created at start
 		{`socket = "data/admin.sock"`, ""},
@@ -627,6 +631,7 @@ func TestAdminSocketPath(t *testing.T) {
 		{`socket = "missing/admin.sock"`, "admin.socket: the directory " + filepath.Join(dir, "missing") + " does not exist"},
 		{`socket = "data/sub/admin.sock"`, "admin.socket: the directory " + filepath.Join(dir, "data", "sub") + " does not exist"},
 		{`socket = "/run/` + strings.Repeat("x", 110) + `.sock"`, "a unix socket path may have at most 107"},
+		{`socket = "config.toml"`, "admin.socket: " + path + " exists and is not a socket"},
 	} {
 		_, err := Parse([]byte(minimal+"[admin]\n"+tc.admin+"\n"), path)
 		switch {

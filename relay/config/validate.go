@@ -143,8 +143,8 @@ func (c *Config) validateListeners(ps *problems) {
 const maxSocketPath = 107
 
 // validateAdminSocket checks that admin.socket can be bound: a path short
-// enough for a unix socket, in a directory that exists (serve creates
-// data_dir, not other directories).
+// enough for a unix socket, not another kind of file, in a directory that
+// exists (serve creates data_dir, not other directories).
 func (c *Config) validateAdminSocket(ps *problems) {
 	sock := c.Admin.Socket
 	if sock == "" {
@@ -152,6 +152,11 @@ func (c *Config) validateAdminSocket(ps *problems) {
 	}
 	if len(sock) > maxSocketPath {
 		ps.add("admin.socket", "%q is %d bytes long: a unix socket path may have at most %d (set admin.socket to a shorter path, or a shorter data_dir)", sock, len(sock), maxSocketPath)
+		return
+	}
+	if fi, err := os.Lstat(sock); err == nil && fi.Mode()&os.ModeSocket == 0 {
+		// serve replaces a stale socket, never another file.
+		ps.add("admin.socket", "%s exists and is not a socket", sock)
 		return
 	}
 	dir := filepath.Dir(sock)
