@@ -254,11 +254,12 @@ func (c *trackedConn) sessionExpired() bool {
 // Either is logged, as Postfix logs "timeout after ...": a client that
 // holds connections open without a word shows in the log.
 func (c *trackedConn) TimeoutReason() string {
+	port := remotePort(c.RemoteAddr())
 	if !c.sessionExpired() {
-		c.s.log.Info("idle timeout", "client", c.ip.String())
+		c.s.log.Info("idle timeout", "client", c.ip.String(), "port", port)
 		return ""
 	}
-	c.s.log.Info("session time limit reached", "client", c.ip.String())
+	c.s.log.Info("session time limit reached", "client", c.ip.String(), "port", port)
 	return sessionTimeoutReason
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -118,7 +119,7 @@ func TestIdleTimeout_421(t *testing.T) {
 	ts := startServer(t, func(c *config.Config) { c.Limits.IdleTimeout = config.Duration{Duration: 100 * time.Millisecond} })
 	d := dial(t, ts.addr[config.ModeRelay])
 	d.script("S: 220 ", "S: 421 4.4.2 Idle timeout")
-	if line := ts.logs.WaitLine(5*time.Second, "idle timeout", "client=127.0.0.1"); line == "" {
+	if line := ts.logs.WaitLine(5*time.Second, "idle timeout", "client=127.0.0.1", fmt.Sprintf("port=%d", d.c.LocalAddr().(*net.TCPAddr).Port)); line == "" {
 		t.Errorf("no 'idle timeout' line naming the client in\n%s", ts.logs)
 	}
 }
