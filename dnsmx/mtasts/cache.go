@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 )
 
 // maxCached bounds the domains whose policy (or lack of one) is held in
@@ -33,6 +35,58 @@ func (f *Fetcher) trimLocked() {
 		}
 		delete(f.policies, d)
 	}
+}
+
+// staleTemp is the age past which a temporary file in Dir is what a
+// crash left while writeAtomic wrote it.
+const staleTemp = time.Hour
+
+// Prune deletes from Dir the policies whose max_age has passed, and the
+// temporary files a crash left there, and forgets those policies in memory.
+// An expired policy is never applied again (the next mail to its domain
+// fetches the policy anew), but its file stayed for good: one for every
+// domain mail ever went to that published a policy. A policy stored
+// meanwhile (kept in memory before its file is written) stays. It returns
+// how many files it deleted.
+func (f *Fetcher) Prune() int {
+	if f.Dir == "" {
+		return 0
+	}
+	ents, err := os.ReadDir(f.Dir)
+	if err != nil {
+		return 0
+	}
+	now := f.now()
+	n := 0
+	for _, e := range ents {
+		name := e.Name()
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if strings.HasPrefix(name, ".tmp-") {
+			if fi, err := e.Info(); err == nil && now.Sub(fi.ModTime()) > staleTemp &&
+				os.Remove(filepath.Join(f.Dir, name)) == nil {
+				n++
+			}
+			continue
+		}
+		domain, ok := strings.CutSuffix(name, ".json")
+		if !ok {
+			continue
+		}
+		if p := f.load(domain); p == nil || now.Before(p.Expires()) {
+			continue // unreadable ones are replaced at the next fetch
+		}
+		f.mu.Lock()
+		if p := f.policies[domain]; p == nil || !now.Before(p.Expires()) {
+			if os.Remove(filepath.Join(f.Dir, name)) == nil {
+				n++
+			}
+			delete(f.policies, domain)
+		}
+		f.mu.Unlock()
+	}
+	return n
 }
 
 // cached returns the unexpired cached policy of domain, or nil. A domain

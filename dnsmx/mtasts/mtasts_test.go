@@ -295,3 +295,47 @@ func TestGet_MemoryBounded(t *testing.T) {
 		t.Errorf("example.com after the others: %+v, want its policy from Dir", p)
 	}
 }
+
+// Prune deletes the cached policies whose max_age has passed, and stale
+// temporary files, from Dir: nothing did, and a file stayed for every
+// domain that ever published a policy (found by the leak black-box check:
+// twenty domains with max_age 5 left twenty files for good). A valid
+// policy stays, and a pruned domain's policy is fetched again.
+func TestPrune_DeletesExpiredPolicies(t *testing.T) {
+	t.Parallel()
+	fx := newFixture(t, policyV1) // max_age 86400
+	fx.clock.now = time.Now()     // the temporary files' times are the real clock's
+	f := fx.fetcher(t)
+	ctx := context.Background()
+	if p, err := f.Get(ctx, "example.com"); p == nil || err != nil {
+		t.Fatalf("example.com: %+v, %v", p, err)
+	}
+	f.store(&Policy{Domain: "old.example", ID: "1", Mode: Testing, MX: []string{"mx.old.example"},
+		MaxAge: time.Hour, Fetched: fx.clock.Now().Add(-2 * time.Hour)})
+	old := time.Now().Add(-2 * time.Hour)
+	for name, mtime := range map[string]time.Time{".tmp-123": old, ".tmp-456": time.Now()} { // .tmp-456: being written
+		p := filepath.Join(fx.dir, name)
+		if err := os.WriteFile(p, []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, mtime, mtime); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if n := f.Prune(); n != 2 {
+		t.Errorf("Prune deleted %d files, want 2", n)
+	}
+	for name, want := range map[string]bool{"example.com.json": true, "old.example.json": false, ".tmp-123": false, ".tmp-456": true} {
+		_, err := os.Stat(filepath.Join(fx.dir, name))
+		if there := err == nil; there != want {
+			t.Errorf("%s: there = %v, want %v", name, there, want)
+		}
+	}
+	if p, err := fx.fetcher(t).Get(ctx, "example.com"); p == nil || p.Mode != Enforce || err != nil {
+		t.Errorf("example.com after Prune, from Dir: %+v, %v", p, err)
+	}
+	if n := f.Prune(); n != 0 {
+		t.Errorf("second Prune deleted %d files", n)
+	}
+}

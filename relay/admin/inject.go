@@ -28,7 +28,9 @@ package admin
 // queues and then deletes each such file when it starts (DrainPickup). The
 // file's owner names the user there, as the peer's credentials do on the
 // socket. A file that cannot be read as an injection, or whose message
-// breaks a limit, is moved to pickup/bad and logged, never deleted.
+// breaks a limit, is moved to pickup/bad and logged, never deleted. A
+// temporary file that a sendmail killed while writing left behind is
+// deleted once it is an hour old (staleTemp).
 
 import (
 	"bufio"
@@ -609,7 +611,8 @@ func syncDir(dir string) error {
 // DrainPickup queues every file in the pickup directory dir and deletes it
 // once queued. A file that is not a valid injection moves to dir/bad (and
 // is logged); a queue failure leaves the file for the next drain and is
-// returned. It returns how many messages were queued.
+// returned; a temporary file unchanged for staleTemp is deleted. It returns
+// how many messages were queued.
 func (in *Injector) DrainPickup(dir string) (int, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -617,7 +620,13 @@ func (in *Injector) DrainPickup(dir string) (int, error) {
 	}
 	n := 0
 	for _, e := range ents {
-		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+		if !e.Type().IsRegular() {
+			continue
+		}
+		if strings.HasPrefix(e.Name(), ".") {
+			if strings.HasSuffix(e.Name(), ".tmp") {
+				in.removeStaleTemp(dir, e)
+			}
 			continue
 		}
 		path := filepath.Join(dir, e.Name())
@@ -645,6 +654,31 @@ func (in *Injector) DrainPickup(dir string) (int, error) {
 		syncDir(dir)
 	}
 	return n, nil
+}
+
+// staleTemp is how long a temporary pickup file may go unchanged before
+// DrainPickup takes it for what a sendmail left when it died while writing
+// (kill -9, a crash): WritePickup writes and renames it within moments, so
+// one this old is never renamed, and nothing else would ever delete it.
+const staleTemp = time.Hour
+
+// removeStaleTemp deletes e, a temporary file of WritePickup in dir, when
+// it has gone unchanged for staleTemp (as Postfix's postsuper -p purges the
+// temporary files a crash left); a younger one may be written right now.
+func (in *Injector) removeStaleTemp(dir string, e os.DirEntry) {
+	fi, err := e.Info()
+	if err != nil || in.now().Sub(fi.ModTime()) < staleTemp {
+		return
+	}
+	path := filepath.Join(dir, e.Name())
+	if err := os.Remove(path); err != nil {
+		if !os.IsNotExist(err) {
+			in.Log.Error("pickup: cannot remove a stale temporary file", "file", path, "err", err)
+		}
+		return
+	}
+	in.Log.Warn("pickup: removed a temporary file a sendmail left unfinished", "file", path,
+		"size", fi.Size(), "modified", fi.ModTime().UTC().Format(time.RFC3339))
 }
 
 func (in *Injector) pickupOne(path string) (string, error) {

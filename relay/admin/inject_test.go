@@ -293,6 +293,49 @@ func TestPickup_WriteThenDrain(t *testing.T) {
 	}
 }
 
+// A temporary file that a sendmail killed while writing it left in the
+// pickup directory is deleted once it has gone unchanged for an hour: the
+// drain skipped every such file, and they stayed for good (a kill -9 of
+// sendmail writing an 8 MiB message to a stopped relay left 4 MiB there).
+// A younger one, which a sendmail may be writing, and other dot files stay.
+func TestPickup_StaleTempRemoved(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	dir, err := PreparePickup(t.TempDir(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-2 * time.Hour)
+	files := map[string]bool{ // name: removed
+		".1795702789012438210.3953.4d4b91f767700fbe.tmp": true,
+		".1795702789012438211.3954.4d4b91f767700fbf.tmp": false, // being written
+		".keep": false, // not ours
+	}
+	for name, stale := range files {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(`{"from":"a@b.test","recipients":["c@d.test"]}`+"\nSubject: x\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if stale || name == ".keep" {
+			if err := os.Chtimes(p, old, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if n, err := e.in.DrainPickup(dir); err != nil || n != 0 {
+		t.Fatalf("DrainPickup = %d, %v", n, err)
+	}
+	for name, removed := range files {
+		_, err := os.Stat(filepath.Join(dir, name))
+		if gone := os.IsNotExist(err); gone != removed {
+			t.Errorf("%s: removed = %v, want %v (stat: %v)", name, gone, removed, err)
+		}
+	}
+	if n := len(e.q.List()); n != 0 {
+		t.Errorf("%d messages queued, want none", n)
+	}
+}
+
 func TestSetSocketGroup(t *testing.T) {
 	t.Parallel()
 	g, err := user.LookupGroupId(strconv.Itoa(os.Getgid()))

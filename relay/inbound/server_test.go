@@ -171,6 +171,25 @@ func TestSessionTimeout_InData(t *testing.T) {
 	}
 }
 
+// TestIdleTimeout_BetweenBDATChunks: a BDAT message whose client goes
+// silent before its next chunk is logged with the 421 the client was sent,
+// as a DATA message cut by the idle timeout is; it was logged code=0,
+// "connection lost during the message", though the client got '421 4.4.2
+// Idle timeout' (found by the leak black-box check).
+func TestIdleTimeout_BetweenBDATChunks(t *testing.T) {
+	ts := startServer(t, trustLoopback, func(c *config.Config) { c.Limits.IdleTimeout = config.Duration{Duration: 300 * time.Millisecond} })
+	d := dial(t, ts.addr[config.ModeRelay])
+	d.script("S: 220 ", "C: EHLO client.test", "S: 250 ",
+		"C: MAIL FROM:<a@example.com>", "S: 250 ", "C: RCPT TO:<b@example.net>", "S: 250 ")
+	chunk := "Subject: x\r\n\r\nhello\r\n"
+	d.write(fmt.Sprintf("BDAT %d\r\n%s", len(chunk), chunk))
+	d.expect("250 ")
+	d.expect("421 4.4.2 ") // silent: the idle timeout
+	if line := ts.logs.WaitLine(5*time.Second, "message refused", "code=421", `reply="4.4.2 Idle timeout"`); line == "" {
+		t.Errorf("no 'message refused' line with the idle timeout's reply in\n%s", ts.logs)
+	}
+}
+
 // TestSetConfig_LimitsApplyToNewConnections: a reload changes the message
 // size, line length and idle timeout of the connections accepted after it;
 // a session already open keeps what it started with.

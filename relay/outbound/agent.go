@@ -203,7 +203,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer wg.Wait()
 	loops, stopLoops := context.WithCancel(ctx)
 	defer stopLoops() // before wg.Wait, which waits for the loops too
-	wg.Add(2)
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		a.tlsReportLoop(loops)
@@ -211,6 +211,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() {
 		defer wg.Done()
 		a.sweepParked(loops)
+	}()
+	go func() {
+		defer wg.Done()
+		a.pruneSTSCache(loops)
 	}()
 	dctx := a.abortCtx
 	jobs := make(chan *queue.Envelope) // to workers waiting for another message
@@ -413,6 +417,31 @@ func (a *Agent) sweepParked(ctx context.Context) {
 			return
 		case <-t.C:
 			a.domains.sweep()
+		}
+	}
+}
+
+// stsPruneInterval is how often expired MTA-STS policies are deleted from
+// the cache (data_dir/mta-sts).
+const stsPruneInterval = time.Hour
+
+// pruneSTSCache deletes the expired policies of the MTA-STS cache at the
+// start and every stsPruneInterval, when the fetcher keeps one.
+func (a *Agent) pruneSTSCache(ctx context.Context) {
+	p, ok := a.sts.(interface{ Prune() int })
+	if !ok {
+		return
+	}
+	t := time.NewTicker(stsPruneInterval)
+	defer t.Stop()
+	for {
+		if n := p.Prune(); n > 0 {
+			a.log.Info("mta-sts: expired policies deleted from the cache", "files", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

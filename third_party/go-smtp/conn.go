@@ -229,6 +229,19 @@ func (c *Conn) setSession(session Session) {
 	c.session = session
 }
 
+// abortData ends a BDAT message under way with err, wrapped with
+// ErrDataReset, so that Session.Data learns why its data stopped (a read
+// that timed out between chunks, not a client gone); the ErrDataReset of
+// Close changes nothing then, as a pipe keeps its first error. (mailhop
+// patch 61.)
+func (c *Conn) abortData(err error) {
+	c.locker.Lock()
+	defer c.locker.Unlock()
+	if c.bdatPipe != nil {
+		c.bdatPipe.CloseWithError(fmt.Errorf("%w: %w", ErrDataReset, err))
+	}
+}
+
 func (c *Conn) Close() error {
 	c.locker.Lock()
 	defer c.locker.Unlock()

@@ -305,6 +305,7 @@ func (s *Server) handleConn(c *Conn) error {
 				return nil
 			}
 			if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
+				c.abortData(err)
 				c.writeTimeout()
 				return nil
 			}
