@@ -729,19 +729,26 @@ func TestSendmail_BSParameters(t *testing.T) {
 		"MAIL FROM:<app@example.com> BODY=8BITMIME SIZE=100\r\n" +
 		"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n" +
 		"RCPT TO:<c@example.net>\r\nDATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	bsOneRecipient(t, r, in, "220 250 552 555 501 250 555 250 354 250 221", "c@example.net")
+}
+
+// bsOneRecipient runs a sendmail -bs session of in, and checks its reply
+// codes and that it queued one message, to rcpt alone.
+func bsOneRecipient(t *testing.T, r *localRelay, in, wantCodes, rcpt string) {
+	t.Helper()
 	out, errs, code := runSendmail(r.cfgPath, in, "-bs")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
-	if got, want := replyCodes(out), "220 250 552 555 501 250 555 250 354 250 221"; got != want {
-		t.Errorf("replies %s, want %s:\n%s", got, want, out)
+	if got := replyCodes(out); got != wantCodes {
+		t.Errorf("replies %s, want %s:\n%s", got, wantCodes, out)
 	}
 	ids := r.q.List()
 	if len(ids) != 1 {
 		t.Fatalf("%d messages queued, want 1", len(ids))
 	}
-	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != "c@example.net" {
-		t.Errorf("envelope %+v (%v), want the one recipient c@example.net", qe, err)
+	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != rcpt {
+		t.Errorf("envelope %+v (%v), want the one recipient %s", qe, err, rcpt)
 	}
 }
 
@@ -756,20 +763,7 @@ func TestSendmail_BSPathSyntax(t *testing.T) {
 		"RCPT TO:<Ops <ops@example.net>>\r\n" +
 		"RCPT TO:<c@example.net>junk\r\n" +
 		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
-	out, errs, code := runSendmail(r.cfgPath, in, "-bs")
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errs)
-	}
-	if got, want := replyCodes(out), "220 250 250 250 501 501 354 250 221"; got != want {
-		t.Errorf("replies %s, want %s:\n%s", got, want, out)
-	}
-	ids := r.q.List()
-	if len(ids) != 1 {
-		t.Fatalf("%d messages queued, want 1", len(ids))
-	}
-	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != `"a>b"@example.net` {
-		t.Errorf("envelope %+v (%v), want the one recipient \"a>b\"@example.net", qe, err)
-	}
+	bsOneRecipient(t, r, in, "220 250 250 250 501 501 354 250 221", `"a>b"@example.net`)
 }
 
 // replyCodes returns the codes of the replies in an SMTP server's output
