@@ -1155,6 +1155,14 @@ func (c *Conn) handleData(arg string) {
 	c.writeResponse(dataErrorToStatus(err))
 }
 
+// refuseChunk answers a BDAT with code and text, then reads and discards
+// its chunk of size octets: the chunk follows the command whatever the
+// reply (RFC 3030 §2), and none of it may be run as a command.
+func (c *Conn) refuseChunk(code int, enh EnhancedCode, text string, size uint64) {
+	c.writeResponse(code, enh, text)
+	io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+}
+
 func (c *Conn) handleBdat(arg string) {
 	args := strings.Fields(arg)
 	if len(args) == 0 {
@@ -1174,32 +1182,24 @@ func (c *Conn) handleBdat(arg string) {
 	// relayed message's body) is run as a command.
 	last := false
 	if len(args) > 2 {
-		c.writeResponse(501, EnhancedCode{5, 5, 4}, "Too many arguments")
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.refuseChunk(501, EnhancedCode{5, 5, 4}, "Too many arguments", size)
 		return
 	}
 	if len(args) == 2 {
 		if !strings.EqualFold(args[1], "LAST") {
-			c.writeResponse(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument")
-			io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+			c.refuseChunk(501, EnhancedCode{5, 5, 4}, "Unknown BDAT argument", size)
 			return
 		}
 		last = true
 	}
 
 	if !c.fromReceived || len(c.recipients) == 0 {
-		c.writeResponse(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.")
-		// The chunk follows the command even when the command is rejected.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
+		c.refuseChunk(503, EnhancedCode{5, 5, 1}, "Missing RCPT TO command.", size)
 		return
 	}
 
 	if c.lim.MaxMessageBytes != 0 && c.bytesReceived+int64(size) > c.lim.MaxMessageBytes {
-		c.writeResponse(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit")
-
-		// Discard chunk itself without passing it to backend.
-		io.Copy(ioutil.Discard, io.LimitReader(c.text.R, int64(size)))
-
+		c.refuseChunk(552, EnhancedCode{5, 3, 4}, "Message size exceeds fixed limit", size)
 		c.reset()
 		return
 	}
