@@ -330,8 +330,6 @@ type attempt struct {
 	groups    []groupResult
 	lastErr   string
 	messageID string // for the log
-	// cut: recipients a shutdown cut short were taken out (dropCut).
-	cut bool
 }
 
 // dropCut takes out of at the recipients that a shutdown left pending
@@ -363,10 +361,14 @@ func (at *attempt) dropCut() (domains []string, sent bool) {
 		g.rcpts = keep
 	}
 	if len(dropped) > 0 {
-		at.cut = true
 		at.rcpts = slices.DeleteFunc(at.rcpts, func(r rcptResult) bool { return dropped[r.index] })
 	}
 	return domains, sent
+}
+
+// cutShort reports whether dropCut took out recipients of at.
+func (at *attempt) cutShort() bool {
+	return slices.ContainsFunc(at.groups, func(g groupResult) bool { return g.dropped })
 }
 
 // decided reports whether any recipient reached a final state.

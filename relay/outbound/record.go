@@ -62,7 +62,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		// schedule unchanged.
 		res.Uncounted, res.Park, res.RetryAt = true, true, env.NextAttempt
 	}
-	if at.cut {
+	if at.cutShort() {
 		// Recipients a shutdown cut short are due at the restart, as
 		// Postfix requeues its active queue at start, not a retry
 		// interval away for what another domain deferred. When only they
@@ -435,7 +435,7 @@ func orDur(d config.Duration, def time.Duration) time.Duration {
 func (a *Agent) logAttempt(env *queue.Envelope, at *attempt, expired map[int]bool) {
 	next := "" // the next attempt, looked up only when a group is pending
 	for _, g := range at.groups {
-		if g.cut && len(g.rcpts) == 0 {
+		if g.dropped && len(g.rcpts) == 0 {
 			continue // cut short by the shutdown: logged as such
 		}
 		attrs := []slog.Attr{slog.String("queue_id", env.ID), slog.String("message_id", at.messageID),
