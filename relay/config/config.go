@@ -17,12 +17,18 @@ const (
 	ModeRelay       = "relay"       // port-25 style: trusted networks relay without AUTH
 )
 
+// ListenerModes lists the listener modes.
+var ListenerModes = []string{ModeSubmission, ModeSubmissions, ModeRelay}
+
 // Route TLS modes.
 const (
 	RouteTLSStartTLS = "starttls" // STARTTLS required, certificate verified
 	RouteTLSImplicit = "tls"      // implicit TLS, certificate verified
 	RouteTLSNone     = "none"     // plain text
 )
+
+// RouteTLSModes lists the route TLS modes.
+var RouteTLSModes = []string{RouteTLSStartTLS, RouteTLSImplicit, RouteTLSNone}
 
 // TLS security levels for delivery by MX (delivery.tls_policy and
 // [[tls_policy]] level), with the meanings of Postfix's
@@ -186,6 +192,12 @@ type Admin struct {
 	// its members (applications using `mailhop sendmail`) may use it.
 	SocketGroup string `toml:"socket_group"`
 }
+
+// LogFormats and LogLevels list the values of log.format and log.level.
+var (
+	LogFormats = []string{"text", "json"}
+	LogLevels  = []string{"debug", "info", "warn", "error"}
+)
 
 // Log configures log/slog output.
 type Log struct {

@@ -642,3 +642,61 @@ func TestAdminSocketPath(t *testing.T) {
 		}
 	}
 }
+
+// TestEnumValuesIgnoreCase: every enumerated value is taken in any case and
+// stored in the case the code compares with; an unknown one is still refused
+// as written, naming its key and the values allowed; other strings (a
+// route's username and password) keep their case.
+func TestEnumValuesIgnoreCase(t *testing.T) {
+	t.Parallel()
+	cfg := mustParse(t, `hostname = "mx.example.com"
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "Submission"
+[[listener]]
+address = "127.0.0.1:2465"
+mode = "SUBMISSIONS"
+[[listener]]
+address = "127.0.0.1:2526"
+mode = "Relay"
+[delivery]
+tls_policy = "Verify"
+dnssec_trusted_resolver = true
+[[tls_policy]]
+domains = ["bank.example"]
+level = "DANE"
+[[route]]
+domains = ["a.example"]
+smarthost = "smtp.example.net:465"
+tls = "TLS"
+username = "Relay@Example.NET"
+password = "SeCret"
+[[route]]
+domains = ["b.example"]
+smarthost = "smtp.example.net:587"
+tls = "StartTLS"
+[[route]]
+domains = ["c.example"]
+smarthost = "smtp.example.net:25"
+tls = "None"
+[log]
+format = "JSON"
+level = "Warn"
+`)
+	got := []string{cfg.Listener[0].Mode, cfg.Listener[1].Mode, cfg.Listener[2].Mode,
+		cfg.Delivery.TLSPolicy, cfg.TLSPolicies[0].Level,
+		cfg.Route[0].TLS, cfg.Route[1].TLS, cfg.Route[2].TLS, cfg.Log.Format, cfg.Log.Level}
+	want := []string{ModeSubmission, ModeSubmissions, ModeRelay, TLSVerify, TLSDANE,
+		RouteTLSImplicit, RouteTLSStartTLS, RouteTLSNone, "json", "warn"}
+	if !slices.Equal(got, want) {
+		t.Errorf("values = %q, want %q", got, want)
+	}
+	if r := cfg.Route[0]; r.Username != "Relay@Example.NET" || r.Password != "SeCret" {
+		t.Errorf("username, password = %q, %q: changed", r.Username, r.Password)
+	}
+
+	_, err := Parse([]byte(minimal+"[log]\nlevel = \"Verbose\"\n"), filepath.Join(t.TempDir(), "config.toml"))
+	if err == nil || !strings.Contains(err.Error(), `log.level: "Verbose" is not one of debug, info, warn, error`) {
+		t.Errorf("unknown level: %v", err)
+	}
+}

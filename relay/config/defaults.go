@@ -117,14 +117,22 @@ func (c *Config) resolvePaths(dir string) {
 	}
 }
 
-// finish fills defaults that depend on other values and normalises case.
+// finish fills defaults that depend on other values and normalises case:
+// of domains, and of enumerated values ("Submission", "INFO").
 func (c *Config) finish() {
 	c.Hostname = strings.TrimSuffix(c.Hostname, ".")
+	enum(&c.Log.Format, LogFormats)
+	enum(&c.Log.Level, LogLevels)
+	enum(&c.Delivery.TLSPolicy, TLSLevels)
+	for i := range c.Listener {
+		enum(&c.Listener[i].Mode, ListenerModes)
+	}
 	for i := range c.Route {
 		r := &c.Route[i]
 		if r.TLS == "" {
 			r.TLS = RouteTLSStartTLS
 		}
+		enum(&r.TLS, RouteTLSModes)
 		for j, d := range r.Domains {
 			r.Domains[j] = strings.ToLower(strings.TrimSuffix(d, "."))
 		}
@@ -133,8 +141,20 @@ func (c *Config) finish() {
 		c.DKIM[i].Domain = strings.ToLower(strings.TrimSuffix(c.DKIM[i].Domain, "."))
 	}
 	for i := range c.TLSPolicies {
+		enum(&c.TLSPolicies[i].Level, TLSLevels)
 		for j, d := range c.TLSPolicies[i].Domains {
 			c.TLSPolicies[i].Domains[j] = strings.ToLower(strings.TrimSuffix(d, "."))
+		}
+	}
+}
+
+// enum sets *v to the value of allowed it equals without case; a value none
+// equals is left as written, for validate to report.
+func enum(v *string, allowed []string) {
+	for _, a := range allowed {
+		if strings.EqualFold(*v, a) {
+			*v = a
+			return
 		}
 	}
 }

@@ -69,8 +69,8 @@ func (c *Config) validate(ps *problems) {
 			ps.add("admin.socket_group", "group %q does not exist on this system", g)
 		}
 	}
-	oneOf(ps, "log.format", c.Log.Format, "text", "json")
-	oneOf(ps, "log.level", c.Log.Level, "debug", "info", "warn", "error")
+	oneOf(ps, "log.format", c.Log.Format, LogFormats...)
+	oneOf(ps, "log.level", c.Log.Level, LogLevels...)
 	l := &c.Limits
 	positive(ps, "limits.max_connections", l.MaxConnections)
 	positive(ps, "limits.max_connections_per_ip", l.MaxConnectionsPerIP)
@@ -134,7 +134,7 @@ func (c *Config) validateListeners(ps *problems) {
 				bound = append(bound, ep)
 			}
 		}
-		oneOf(ps, key+".mode", l.Mode, ModeSubmission, ModeSubmissions, ModeRelay)
+		oneOf(ps, key+".mode", l.Mode, ListenerModes...)
 	}
 }
 
@@ -339,7 +339,7 @@ func (c *Config) validateRoutes(ps *problems) {
 			owner[d] = i
 		}
 		r.validateSmarthost(ps, key)
-		oneOf(ps, key+".tls", r.TLS, RouteTLSStartTLS, RouteTLSImplicit, RouteTLSNone)
+		oneOf(ps, key+".tls", r.TLS, RouteTLSModes...)
 		if r.CAFile != "" {
 			if pem, err := readFile(r.CAFile); err != nil {
 				ps.add(key+".ca_file", "%v", err)
