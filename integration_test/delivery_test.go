@@ -988,6 +988,27 @@ password = "relay-secret"
 	waitQueueEmpty(t, r, 10*time.Second)
 }
 
+// TestDeliveryRouteUnicodeDomain: a route whose domain is written in Unicode
+// takes the mail to that domain in either spelling: its A-label, and its
+// U-label in an SMTPUTF8 message. No DNS: the route must not look up MX.
+func TestDeliveryRouteUnicodeDomain(t *testing.T) {
+	t.Parallel()
+	w := newMXWorld(t, nil)
+	sh := w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "smarthost.test", SMTPUTF8: true})
+	r := w.start("1h", "", fmt.Sprintf("[[route]]\ndomains = [\"Bücher.example\"]\nsmarthost = %q\ntls = \"none\"\n", w.addr("127.0.0.2")))
+
+	submitMail(t, r, submission{From: senderAddr, To: []string{"ann@xn--bcher-kva.example"}}, deliveryMessage("alabel", "ann@xn--bcher-kva.example"))
+	submitMail(t, r, submission{From: senderAddr, MailOpts: &smtp.MailOptions{UTF8: true}, To: []string{"bob@bücher.example"}},
+		deliveryMessage("ulabel", "bob@bücher.example"))
+	waitMsgs(t, sh, 2, 20*time.Second)
+	for _, to := range []string{"ann@xn--bcher-kva.example", "bob@bücher.example"} {
+		if !slices.ContainsFunc(sh.Messages(), func(m smtptest.Message) bool { return slices.Equal(m.To, []string{to}) }) {
+			t.Errorf("no message to %s at the smarthost", to)
+		}
+	}
+	waitQueueEmpty(t, r, 10*time.Second)
+}
+
 func TestDeliverySmarthostUntrustedCertificate(t *testing.T) {
 	t.Parallel()
 	w := newMXWorld(t, nil)

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
@@ -698,5 +699,76 @@ level = "Warn"
 	_, err := Parse([]byte(minimal+"[log]\nlevel = \"Verbose\"\n"), filepath.Join(t.TempDir(), "config.toml"))
 	if err == nil || !strings.Contains(err.Error(), `log.level: "Verbose" is not one of debug, info, warn, error`) {
 		t.Errorf("unknown level: %v", err)
+	}
+}
+
+// TestUnicodeDomains: a domain of a route, a tls_policy or a DKIM key may be
+// written in Unicode; it is kept as its A-label, the form delivery looks a
+// recipient domain up by and DKIM's d= takes, so mail to either spelling of
+// the domain gets the same route and level. One that is no valid IDN is
+// refused with its key.
+func TestUnicodeDomains(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	_, k, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "ed.key"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse([]byte(minimal+`[[route]]
+domains = ["Bücher.example."]
+smarthost = "smtp.example.net:587"
+[[tls_policy]]
+domains = ["münchen.example"]
+level = "verify"
+[[dkim]]
+domain = "exämple.com"
+selector = "s1"
+key_file = "ed.key"
+`), filepath.Join(dir, "config.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := []string{cfg.Route[0].Domains[0], cfg.TLSPolicies[0].Domains[0], cfg.DKIM[0].Domain}; !slices.Equal(got,
+		[]string{"xn--bcher-kva.example", "xn--mnchen-3ya.example", "xn--exmple-cua.com"}) {
+		t.Errorf("domains = %q, want A-labels", got)
+	}
+	for _, d := range []string{"xn--bcher-kva.example", "bücher.example", "BÜCHER.example"} {
+		if cfg.RouteFor(d) != &cfg.Route[0] {
+			t.Errorf("RouteFor(%q) = nil, want the route", d)
+		}
+	}
+	for _, d := range []string{"xn--mnchen-3ya.example", "münchen.example"} {
+		if got := cfg.TLSLevelFor(d); got != TLSVerify {
+			t.Errorf("TLSLevelFor(%q) = %q, want verify", d, got)
+		}
+	}
+
+	_, err = Parse([]byte(minimal+`[[route]]
+domains = ["bücher.example", "xn--bcher-kva.example", "bad_ü.example"]
+smarthost = "smtp.example.net:587"
+[[tls_policy]]
+domains = ["bad_ü.example"]
+level = "verify"
+[[dkim]]
+domain = "bad_ü.example"
+selector = "s1"
+key_file = "ed.key"
+`), filepath.Join(dir, "config.toml"))
+	for _, w := range []string{
+		`route[0].domains[1]: "xn--bcher-kva.example" is already in route[0]`,
+		`route[0].domains[2]: "bad_ü.example" is not a domain name`,
+		`tls_policy[0].domains[0]: "bad_ü.example" is not a domain name`,
+		`dkim[0].domain: "bad_ü.example" is not a valid domain name`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("error does not contain %q: %v", w, err)
+		}
 	}
 }

@@ -118,7 +118,9 @@ func (c *Config) resolvePaths(dir string) {
 }
 
 // finish fills defaults that depend on other values and normalises case:
-// of domains, and of enumerated values ("Submission", "INFO").
+// of domains, and of enumerated values ("Submission", "INFO"). Domains of
+// routes, TLS policies and DKIM keys written in Unicode become A-labels, the
+// form delivery looks recipient domains up by and DKIM's d= is written in.
 func (c *Config) finish() {
 	c.Hostname = strings.TrimSuffix(c.Hostname, ".")
 	enum(&c.Log.Format, LogFormats)
@@ -134,16 +136,16 @@ func (c *Config) finish() {
 		}
 		enum(&r.TLS, RouteTLSModes)
 		for j, d := range r.Domains {
-			r.Domains[j] = strings.ToLower(strings.TrimSuffix(d, "."))
+			r.Domains[j] = strings.ToLower(asciiDomain(d))
 		}
 	}
 	for i := range c.DKIM {
-		c.DKIM[i].Domain = strings.ToLower(strings.TrimSuffix(c.DKIM[i].Domain, "."))
+		c.DKIM[i].Domain = strings.ToLower(asciiDomain(c.DKIM[i].Domain))
 	}
 	for i := range c.TLSPolicies {
 		enum(&c.TLSPolicies[i].Level, TLSLevels)
 		for j, d := range c.TLSPolicies[i].Domains {
-			c.TLSPolicies[i].Domains[j] = strings.ToLower(strings.TrimSuffix(d, "."))
+			c.TLSPolicies[i].Domains[j] = strings.ToLower(asciiDomain(d))
 		}
 	}
 }

@@ -92,10 +92,10 @@ func (c *Config) FindUser(name string) *User {
 }
 
 // RouteFor returns the route for mail to domain: the route listing the
-// domain (compared without case), else the route with "*", else nil, which
-// means delivery by MX.
+// domain (compared without case, a U-label as its A-label), else the route
+// with "*", else nil, which means delivery by MX.
 func (c *Config) RouteFor(domain string) *Route {
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = asciiDomain(domain)
 	var wildcard *Route
 	for i := range c.Route {
 		for _, d := range c.Route[i].Domains {
@@ -111,10 +111,10 @@ func (c *Config) RouteFor(domain string) *Route {
 }
 
 // TLSLevelFor returns the TLS level for MX delivery to domain: the level
-// of the [[tls_policy]] listing it (compared without case), else
-// delivery.tls_policy, else TLSMay.
+// of the [[tls_policy]] listing it (compared without case, a U-label as its
+// A-label), else delivery.tls_policy, else TLSMay.
 func (c *Config) TLSLevelFor(domain string) string {
-	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	domain = asciiDomain(domain)
 	for i := range c.TLSPolicies {
 		for _, d := range c.TLSPolicies[i].Domains {
 			if strings.EqualFold(d, domain) {
