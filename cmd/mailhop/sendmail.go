@@ -77,7 +77,15 @@ type sendmailOpts struct {
 	rcpts    []string
 	// DSN (RFC 3461): -N, -R, -V
 	notify, ret, envid string
+	// -bs: NOTIFY and ORCPT of each of rcpts (nil: none given), and
+	// whether MAIL carried SMTPUTF8.
+	rcptDSN []rcptDSN
+	utf8    bool
 }
+
+// rcptDSN is what RCPT gave for one recipient in -bs: NOTIFY, and ORCPT
+// as "TYPE;address" (decoded); "" when not given.
+type rcptDSN struct{ notify, orcpt string }
 
 // sendmailErr is a failure with its exit code.
 type sendmailErr struct {
@@ -354,7 +362,11 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 		return "", err
 	}
 	var rcpts []string
-	for _, r := range o.rcpts {
+	var dsnOf map[string]rcptDSN // -bs: by address in lower case, the first given
+	if o.rcptDSN != nil {
+		dsnOf = make(map[string]rcptDSN, len(o.rcpts))
+	}
+	for i, r := range o.rcpts {
 		// Each argument is an address list, as Postfix reads it:
 		// "a@x, b@y", "Name <a@x>", "root".
 		addrs, err := parseAddrs(r, cfg.Hostname)
@@ -362,6 +374,13 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 			return "", sendmailFail(exDataErr, "message refused, not sent: recipient %q: %v", r, err)
 		}
 		rcpts = append(rcpts, addrs...)
+		for _, a := range addrs {
+			if k := strings.ToLower(qualify(a, cfg.Hostname)); dsnOf != nil {
+				if _, ok := dsnOf[k]; !ok {
+					dsnOf[k] = o.rcptDSN[i]
+				}
+			}
+		}
 	}
 	rcpts = append(rcpts, found...)
 	rcpts = dedupe(rcpts, cfg.Hostname)
@@ -372,7 +391,14 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 		return "", sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
 	}
 	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
-		Notify: o.notify, Ret: o.ret, EnvID: o.envid}
+		Notify: o.notify, Ret: o.ret, EnvID: o.envid, SMTPUTF8: o.utf8}
+	if dsnOf != nil {
+		env.RcptNotify, env.ORCPT = make([]string, len(rcpts)), make([]string, len(rcpts))
+		for i, r := range rcpts {
+			d := dsnOf[strings.ToLower(r)]
+			env.RcptNotify[i], env.ORCPT[i] = d.notify, d.orcpt
+		}
+	}
 	if err := admin.CheckEnvelope(env); err != nil {
 		return "", sendmailFail(exDataErr, "message refused, not sent: %v", err)
 	}

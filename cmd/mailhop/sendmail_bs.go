@@ -15,6 +15,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
@@ -43,7 +46,9 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 	var (
 		open   bool // MAIL was accepted
 		sender string
+		mail   bsParams // of the MAIL command
 		rcpts  []string
+		dsns   []rcptDSN // NOTIFY and ORCPT of each of rcpts
 	)
 	for {
 		line, err := readBSLine(br)
@@ -58,19 +63,23 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 		switch strings.ToUpper(verb) {
 		case "EHLO":
 			open, rcpts = false, nil
-			err = reply("250-%s\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE %d\r\n250 ENHANCEDSTATUSCODES", cfg.Hostname, cfg.Policy.MaxMessageSize)
+			err = reply("250-%s\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE %d\r\n250-DSN\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES",
+				cfg.Hostname, cfg.Policy.MaxMessageSize)
 		case "HELO":
 			open, rcpts = false, nil
 			err = reply("250 %s", cfg.Hostname)
 		case "MAIL":
 			addr, params, ok := bsPath(arg, "FROM:")
+			p, refusal := parseBSParams(params, true, cfg.Policy.MaxMessageSize)
 			switch {
 			case open:
 				err = reply("503 5.5.1 Error: nested MAIL command")
 			case !ok:
 				err = reply("501 5.5.4 Syntax: MAIL FROM:<address>")
-			case bsParamsReply(params, true, cfg.Policy.MaxMessageSize) != "":
-				err = reply("%s", bsParamsReply(params, true, cfg.Policy.MaxMessageSize))
+			case refusal != "":
+				err = reply("%s", refusal)
+			case !p.utf8 && !isASCII(addr):
+				err = reply("%s", bsNeedsUTF8)
 			default:
 				if addr != "" {
 					addr = qualify(addr, cfg.Hostname)
@@ -79,25 +88,28 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 					err = reply("501 5.1.7 Bad sender address syntax")
 					break
 				}
-				open, sender, rcpts = true, addr, nil
+				open, sender, mail, rcpts, dsns = true, addr, p, nil, nil
 				err = reply("250 2.1.0 Ok")
 			}
 		case "RCPT":
 			addr, params, ok := bsPath(arg, "TO:")
+			p, refusal := parseBSParams(params, false, 0)
 			switch {
 			case !open:
 				err = reply("503 5.5.1 Error: need MAIL command")
 			case !ok || addr == "":
 				err = reply("501 5.5.4 Syntax: RCPT TO:<address>")
-			case bsParamsReply(params, false, 0) != "":
-				err = reply("%s", bsParamsReply(params, false, 0))
+			case refusal != "":
+				err = reply("%s", refusal)
+			case !mail.utf8 && !isASCII(addr):
+				err = reply("%s", bsNeedsUTF8)
 			default:
 				addr = qualify(addr, cfg.Hostname)
 				if admin.CheckEnvelope(&admin.InjectEnvelope{Recipients: []string{addr}}) != nil {
 					err = reply("501 5.1.3 Bad recipient address syntax")
 					break
 				}
-				rcpts = append(rcpts, addr)
+				rcpts, dsns = append(rcpts, addr), append(dsns, rcptDSN{notify: p.notify, orcpt: p.orcpt})
 				err = reply("250 2.1.5 Ok")
 			}
 		case "DATA":
@@ -115,12 +127,18 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 					return sendmailFail(exNoInput, "reading the message: %v", rerr)
 				}
 				mo := *o
-				mo.extract, mo.rcpts = false, rcpts
+				mo.extract, mo.rcpts, mo.rcptDSN, mo.utf8 = false, rcpts, dsns, mail.utf8
+				if mail.ret != "" {
+					mo.ret = mail.ret
+				}
+				if mail.envid != "" {
+					mo.envid = mail.envid
+				}
 				id := ""
 				if rerr == nil {
 					id, rerr = submit(cfg, &mo, login, uid, sender, msg)
 				}
-				open, rcpts = false, nil
+				open, rcpts, dsns = false, nil, nil
 				err = reply("%s", bsResult(id, rerr))
 			}
 		case "RSET":
@@ -198,28 +216,81 @@ func bsPath(arg, keyword string) (addr, params string, ok bool) {
 	return addr, params, addr != ""
 }
 
-// bsParamsReply checks the parameters of MAIL (mail) or RCPT and returns
-// the reply that refuses them, or "" when they are fine. -bs offers SIZE
-// and 8BITMIME only; any other parameter gets 555 (RFC 5321 §4.1.1.11)
-// rather than being dropped unseen (a NOTIFY=NEVER would then bounce).
-func bsParamsReply(params string, mail bool, max int64) string {
-	for _, p := range strings.Fields(params) {
-		k, v, _ := strings.Cut(p, "=")
+// bsParams are the parameters of a MAIL or RCPT command that -bs keeps.
+type bsParams struct {
+	utf8          bool   // MAIL: SMTPUTF8
+	ret, envid    string // MAIL: RET and ENVID (decoded)
+	notify, orcpt string // RCPT: NOTIFY, and ORCPT as "TYPE;address" (decoded)
+}
+
+// bsNeedsUTF8 refuses a UTF-8 address in a transaction without SMTPUTF8
+// (RFC 6531 §3.5), as the relay's listeners do.
+const bsNeedsUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
+
+// parseBSParams reads the parameters of MAIL (mail) or RCPT, with the
+// meanings and replies of the relay's listeners: SIZE, BODY, SMTPUTF8 and
+// the DSN parameters (RFC 3461: RET, ENVID; NOTIFY, ORCPT). refusal is the
+// reply that refuses them, or "". Any other parameter gets 555 (RFC 5321
+// §4.1.1.11) rather than being dropped unseen.
+func parseBSParams(params string, mail bool, max int64) (p bsParams, refusal string) {
+	seen := map[string]bool{}
+	for _, f := range strings.Fields(params) {
+		k, v, _ := strings.Cut(f, "=")
+		k = strings.ToUpper(k)
+		dsn := k == "RET" || k == "ENVID" || k == "NOTIFY" || k == "ORCPT"
+		if dsn && seen[k] {
+			return p, "501 5.5.4 Duplicate parameter " + k
+		}
+		seen[k] = true
 		switch {
-		case mail && strings.EqualFold(k, "SIZE"):
+		case mail && k == "SIZE":
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n < 0 {
-				return "501 5.5.4 Bad SIZE parameter"
+				return p, "501 5.5.4 Bad SIZE parameter"
 			}
 			if max > 0 && n > max {
-				return "552 5.3.4 Message size exceeds fixed limit"
+				return p, "552 5.3.4 Message size exceeds fixed limit"
 			}
-		case mail && strings.EqualFold(k, "BODY") && (strings.EqualFold(v, "7BIT") || strings.EqualFold(v, "8BITMIME")):
+		case mail && k == "BODY" && (strings.EqualFold(v, "7BIT") || strings.EqualFold(v, "8BITMIME")):
+		case mail && k == "SMTPUTF8" && v == "":
+			p.utf8 = true
+		case mail && k == "RET":
+			if v == "" || admin.CheckDSN("", v, "") != nil {
+				return p, "501 5.5.4 Unknown RET value"
+			}
+			p.ret = strings.ToUpper(v)
+		case mail && k == "ENVID":
+			id, err := smtp.DecodeXtext(v)
+			if err != nil || id == "" || admin.CheckDSN("", "", id) != nil {
+				return p, "501 5.5.4 Malformed ENVID parameter value"
+			}
+			p.envid = id
+		case !mail && k == "NOTIFY":
+			if _, err := queue.ParseNotify(v); err != nil || v == "" {
+				return p, "501 5.5.4 Malformed NOTIFY parameter value"
+			}
+			p.notify = strings.ToUpper(v)
+		case !mail && k == "ORCPT":
+			typ, addr, err := smtp.DecodeTypedAddress(v)
+			if err != nil || addr == "" {
+				return p, "501 5.5.4 Malformed ORCPT parameter value"
+			}
+			p.orcpt = string(typ) + ";" + addr
 		default:
-			return "555 5.5.4 Unsupported option: " + p
+			return p, "555 5.5.4 Unsupported option: " + f
 		}
 	}
-	return ""
+	return p, ""
+}
+
+// isASCII reports whether s has no octet above 127.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // readBSLine reads one command line, without its line end (CRLF or LF).

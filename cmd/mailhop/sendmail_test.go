@@ -715,21 +715,80 @@ func TestSendmail_FullNameFromEnvironment(t *testing.T) {
 	}
 }
 
-// -bs offers SIZE and 8BITMIME only: a parameter it does not offer is
-// refused with 555 (RFC 5321 §4.1.1.11) instead of being dropped unseen (a
-// NOTIFY=NEVER was ignored, so the sender got the bounce it had declined),
-// and a declared SIZE over the limit is refused at MAIL.
+// A parameter -bs does not offer is refused with 555 (RFC 5321 §4.1.1.11)
+// instead of being dropped unseen (a NOTIFY=NEVER, before DSN was offered,
+// was ignored, so the sender got the bounce it had declined), and a
+// declared SIZE over the limit is refused at MAIL.
 func TestSendmail_BSParameters(t *testing.T) {
 	t.Parallel()
 	r := startLocalRelay(t, limitsTOML)
 	in := "EHLO app.local\r\n" +
 		"MAIL FROM:<app@example.com> SIZE=5000\r\n" +
-		"MAIL FROM:<app@example.com> RET=HDRS\r\n" +
+		"MAIL FROM:<app@example.com> REQUIRETLS\r\n" +
 		"MAIL FROM:<app@example.com> SIZE=x\r\n" +
 		"MAIL FROM:<app@example.com> BODY=8BITMIME SIZE=100\r\n" +
-		"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n" +
+		"RCPT TO:<b@example.net> FOO=BAR\r\n" +
 		"RCPT TO:<c@example.net>\r\nDATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
 	bsOneRecipient(t, r, in, "220 250 552 555 501 250 555 250 354 250 221", "c@example.net")
+}
+
+// TestSendmail_BSDSNAndSMTPUTF8: -bs offers DSN and SMTPUTF8 as the relay's
+// listeners do, and the message is queued with what they gave: RET and
+// ENVID of MAIL (xtext decoded), NOTIFY and ORCPT of each RCPT (-N for a
+// recipient without NOTIFY), SMTPUTF8 and a UTF-8 recipient. Without
+// SMTPUTF8 a UTF-8 address gets 553 5.6.7, and a malformed or repeated DSN
+// parameter 501. Both were refused with 555.
+func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	in := "EHLO app.local\r\n" +
+		"MAIL FROM:<app@example.com> RET=hdrs ENVID=job+2B42 SMTPUTF8\r\n" +
+		"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n" +
+		"RCPT TO:<jörg@bücher.example> NOTIFY=success,FAILURE ORCPT=rfc822;orig+2Bx@example.org\r\n" +
+		"RCPT TO:<c@example.net>\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\n" +
+		"MAIL FROM:<app@example.com>\r\n" +
+		"RCPT TO:<jörg@bücher.example>\r\n" +
+		"RCPT TO:<d@example.net> NOTIFY=NEVER NOTIFY=NEVER\r\n" +
+		"RCPT TO:<d@example.net> NOTIFY=NEVER,SUCCESS\r\n" +
+		"RCPT TO:<d@example.net> ORCPT=bogus\r\n" +
+		"RSET\r\nMAIL FROM:<app@example.com> ENVID=two+20words\r\n" +
+		"MAIL FROM:<app@example.com> RET=BODY\r\n" +
+		"QUIT\r\n"
+	out, errs, code := runSendmail(r.cfgPath, in, "-bs", "-N", "delay")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if want := "220 250 250 250 250 250 354 250 250 553 501 501 501 250 501 501 221"; replyCodes(out) != want {
+		t.Errorf("replies %s, want %s:\n%s", replyCodes(out), want, out)
+	}
+	if !strings.Contains(out, "250-DSN\r\n") || !strings.Contains(out, "250-SMTPUTF8\r\n") {
+		t.Errorf("EHLO does not offer DSN and SMTPUTF8:\n%s", out)
+	}
+	ids := r.q.List()
+	if len(ids) != 1 {
+		t.Fatalf("%d messages queued, want 1", len(ids))
+	}
+	qe, err := r.q.Get(ids[0].ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if qe.Ret != "HDRS" || qe.EnvID != "job+42" || !qe.SMTPUTF8 {
+		t.Errorf("RET %q, ENVID %q, SMTPUTF8 %v; want HDRS, job+42, true", qe.Ret, qe.EnvID, qe.SMTPUTF8)
+	}
+	want := []queue.Recipient{
+		{Address: "b@example.net", Notify: queue.NotifyNever},
+		{Address: "jörg@bücher.example", Notify: queue.NotifySuccess | queue.NotifyFailure, ORCPT: "RFC822;orig+x@example.org"},
+		{Address: "c@example.net", Notify: queue.NotifyDelay},
+	}
+	if len(qe.Recipients) != len(want) {
+		t.Fatalf("recipients %+v, want %+v", qe.Recipients, want)
+	}
+	for i, w := range want {
+		if g := qe.Recipients[i]; g.Address != w.Address || g.Notify != w.Notify || g.ORCPT != w.ORCPT {
+			t.Errorf("recipient %d = %q notify %v orcpt %q; want %q notify %v orcpt %q", i, g.Address, g.Notify, g.ORCPT, w.Address, w.Notify, w.ORCPT)
+		}
+	}
 }
 
 // bsOneRecipient runs a sendmail -bs session of in, and checks its reply

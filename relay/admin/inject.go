@@ -91,6 +91,14 @@ type InjectEnvelope struct {
 	Notify string `json:"notify,omitempty"`
 	Ret    string `json:"ret,omitempty"`
 	EnvID  string `json:"envid,omitempty"`
+	// Per recipient, as SMTP gives them with RCPT (sendmail -bs): when set,
+	// one for each of Recipients. A NOTIFY there is that recipient's ("":
+	// Notify's); an ORCPT is "TYPE;address", decoded ("": none).
+	RcptNotify []string `json:"rcpt_notify,omitempty"`
+	ORCPT      []string `json:"orcpt,omitempty"`
+	// SMTPUTF8: submitted with SMTPUTF8 (sendmail -bs); an address that
+	// is not ASCII sets it too.
+	SMTPUTF8 bool `json:"smtputf8,omitempty"`
 }
 
 // InjectResult is the reply to a successful injection.
@@ -205,17 +213,26 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 		Arrived:    in.now(),
 		Ret:        strings.ToUpper(env.Ret),
 		EnvID:      env.EnvID,
-		SMTPUTF8:   needsUTF8(env),
+		SMTPUTF8:   env.SMTPUTF8 || needsUTF8(env),
 	}
 	notify, _ := queue.ParseNotify(env.Notify) // checked above
 	seen := make(map[string]bool, len(env.Recipients))
-	for _, r := range env.Recipients {
+	for i, r := range env.Recipients {
 		qr := queue.Recipient{Address: r, Notify: notify}
+		if i < len(env.RcptNotify) && env.RcptNotify[i] != "" {
+			qr.Notify, _ = queue.ParseNotify(env.RcptNotify[i]) // checked above
+		}
+		if i < len(env.ORCPT) {
+			qr.ORCPT = env.ORCPT[i]
+		}
 		a, _ := inbound.ParseAddress(r, true) // checked above
 		if cfg.Postmaster != "" && strings.EqualFold(a.Local, "postmaster") && strings.EqualFold(a.Domain, cfg.Hostname) {
 			// postmaster@hostname goes to the configured mailbox, as it
 			// does from SMTP; sent on, it would come back to this relay.
-			qr.Address, qr.ORCPT = cfg.Postmaster, "rfc822;"+r
+			qr.Address = cfg.Postmaster
+			if qr.ORCPT == "" {
+				qr.ORCPT = "rfc822;" + r
+			}
 			a, _ = inbound.ParseAddress(cfg.Postmaster, true)
 		}
 		if !seen[a.Key()] {
@@ -277,7 +294,38 @@ func CheckEnvelope(env *InjectEnvelope) error {
 			return fmt.Errorf("recipient %q: %v", r, err)
 		}
 	}
+	if err := checkRcptDSN(env); err != nil {
+		return err
+	}
 	return CheckDSN(env.Notify, env.Ret, env.EnvID)
+}
+
+// checkRcptDSN checks the per-recipient NOTIFY and ORCPT of env: one for
+// each recipient, NOTIFY as SMTP takes it, ORCPT a type and an address
+// without control characters (it is written into delivery status
+// notifications).
+func checkRcptDSN(env *InjectEnvelope) error {
+	if n := len(env.RcptNotify); n > 0 && n != len(env.Recipients) {
+		return fmt.Errorf("%d rcpt_notify for %d recipients", n, len(env.Recipients))
+	}
+	if n := len(env.ORCPT); n > 0 && n != len(env.Recipients) {
+		return fmt.Errorf("%d orcpt for %d recipients", n, len(env.Recipients))
+	}
+	for _, n := range env.RcptNotify {
+		if _, err := queue.ParseNotify(n); err != nil {
+			return err
+		}
+	}
+	for _, o := range env.ORCPT {
+		if o == "" {
+			continue
+		}
+		typ, addr, ok := strings.Cut(o, ";")
+		if !ok || typ == "" || addr == "" || len(o) > 1000 || strings.ContainsFunc(o, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+			return fmt.Errorf("ORCPT %q is not \"type;address\" in printable characters", o)
+		}
+	}
+	return nil
 }
 
 // checkInjectEnvelope is CheckEnvelope as the relay answers it: 400.

@@ -167,6 +167,24 @@ func TestInject_DSN(t *testing.T) {
 	}
 }
 
+// TestInject_PerRecipientDSN: NOTIFY and ORCPT per recipient (sendmail
+// -bs) are queued with their recipient, NOTIFY falling back to the
+// envelope's; SMTPUTF8 is kept for an ASCII envelope too.
+func TestInject_PerRecipientDSN(t *testing.T) {
+	t.Parallel()
+	e := startInject(t, true)
+	env := &InjectEnvelope{From: "cron@relay.test", Recipients: []string{"a@example.com", "b@example.com"}, Notify: "delay",
+		RcptNotify: []string{"never", ""}, ORCPT: []string{"", "RFC822;orig@example.org"}, SMTPUTF8: true}
+	qe := e.injected(t, env)
+	if !qe.SMTPUTF8 {
+		t.Error("SMTPUTF8 not kept")
+	}
+	if r := qe.Recipients; len(r) != 2 || r[0].Notify != queue.NotifyNever || r[0].ORCPT != "" ||
+		r[1].Notify != queue.NotifyDelay || r[1].ORCPT != "RFC822;orig@example.org" {
+		t.Errorf("recipients = %+v", r)
+	}
+}
+
 // TestInject_Postmaster: with a postmaster configured, local mail to
 // postmaster@hostname goes to it (ORCPT keeps what was written), as mail
 // from SMTP does; it was sent on to hostname's MX, which is this relay.
@@ -223,6 +241,10 @@ func TestInject_Refusals(t *testing.T) {
 		{"NOTIFY never with success", &InjectEnvelope{Recipients: []string{"a@b.test"}, Notify: "never,success"}, "x\n", http.StatusBadRequest},
 		{"RET body", &InjectEnvelope{Recipients: []string{"a@b.test"}, Ret: "body"}, "x\n", http.StatusBadRequest},
 		{"ENVID with a space", &InjectEnvelope{Recipients: []string{"a@b.test"}, EnvID: "a b"}, "x\n", http.StatusBadRequest},
+		{"NOTIFY per recipient, too few", &InjectEnvelope{Recipients: []string{"a@b.test", "c@b.test"}, RcptNotify: []string{"never"}}, "x\n", http.StatusBadRequest},
+		{"NOTIFY per recipient, bad", &InjectEnvelope{Recipients: []string{"a@b.test"}, RcptNotify: []string{"sometimes"}}, "x\n", http.StatusBadRequest},
+		{"ORCPT without type", &InjectEnvelope{Recipients: []string{"a@b.test"}, ORCPT: []string{"orig@b.test"}}, "x\n", http.StatusBadRequest},
+		{"ORCPT with a line end", &InjectEnvelope{Recipients: []string{"a@b.test"}, ORCPT: []string{"rfc822;o@b.test\r\nX: y"}}, "x\n", http.StatusBadRequest},
 	}
 	for _, c := range cases {
 		_, err := e.client.Inject(c.env, strings.NewReader(c.msg))

@@ -704,6 +704,15 @@ func decodeTypedAddress(val string) (DSNAddressType, string, error) {
 	return DSNAddressType(aType), aAddr, nil
 }
 
+// DecodeXtext decodes an xtext value (RFC 3461 §4) as the server decodes
+// ENVID, for SMTP dialogs that do not run on Server (mailhop patch).
+func DecodeXtext(val string) (string, error) { return decodeXtext(val) }
+
+// DecodeTypedAddress decodes an ORCPT value as the server does: "rfc822;"
+// and xtext, or "utf-8;" and utf-8-addr-xtext or unitext (RFC 6533); the
+// type is returned in upper case (mailhop patch).
+func DecodeTypedAddress(val string) (DSNAddressType, string, error) { return decodeTypedAddress(val) }
+
 // encodeXtext encodes raw as xtext (RFC 3461 §4): octet by octet, each
 // hexchar two digits (mailhop patch: "+9" was written for a tab, and a
 // rune's code point for a non-ASCII character).
