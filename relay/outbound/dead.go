@@ -1,6 +1,7 @@
 package outbound
 
 import (
+	"slices"
 	"time"
 
 	"github.com/mailhop/mailhop/relay/smtperr"
@@ -18,9 +19,47 @@ type deadDest struct {
 	err     *smtperr.Error
 }
 
-// maxDead bounds the dead destinations remembered; past it, those whose
-// time is up are swept out when another is added.
-const maxDead = 1000
+// maxDead bounds the dead destinations remembered, and maxNoTLS the hosts
+// reached without STARTTLS: a flood of mail to distinct failing domains
+// or hosts cannot grow them past it (see makeRoom).
+const (
+	maxDead  = 100_000
+	maxNoTLS = 100_000
+)
+
+// makeRoom makes room in m, a map of entries that expire at until(v) and
+// holds max or more, for one more: those whose time is up go, then, while
+// more than nine tenths of max are left, those that expire soonest. The
+// next insert to need it comes a tenth of max later, so its passes over
+// m cost little per insert.
+func makeRoom[K comparable, V any](m map[K]V, max int, now time.Time, until func(V) time.Time) {
+	for k, v := range m {
+		if !now.Before(until(v)) {
+			delete(m, k)
+		}
+	}
+	n := len(m) - (max - max/10) // how many more to evict
+	if n <= 0 {
+		return
+	}
+	ts := make([]time.Time, 0, len(m))
+	for _, v := range m {
+		ts = append(ts, until(v))
+	}
+	slices.SortFunc(ts, time.Time.Compare)
+	cut := ts[n-1]
+	// Those before cut go, and as many as are needed of those at cut.
+	atCut := n - slices.IndexFunc(ts, func(t time.Time) bool { return t.Equal(cut) })
+	for k, v := range m {
+		switch u := until(v); {
+		case u.Before(cut):
+			delete(m, k)
+		case u.Equal(cut) && atCut > 0:
+			delete(m, k)
+			atCut--
+		}
+	}
+}
 
 // markDead records domain as dead, with e, the reason its mail is
 // deferred, for the first retry interval less its jitter (-10%): the
@@ -53,12 +92,8 @@ func (a *Agent) markDead(domain string, e *smtperr.Error) {
 		a.mu.Unlock()
 		return
 	}
-	if len(a.dead) >= maxDead {
-		for k, v := range a.dead {
-			if !now.Before(v.until) {
-				delete(a.dead, k)
-			}
-		}
+	if _, ok := a.dead[domain]; !ok && len(a.dead) >= maxDead {
+		makeRoom(a.dead, maxDead, now, func(d deadDest) time.Time { return d.until })
 	}
 	a.dead[domain] = d
 	a.mu.Unlock()

@@ -135,12 +135,8 @@ func (a *Agent) rememberNoTLS(addr netip.Addr) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	now := a.now()
-	if len(a.noTLS) > 10000 {
-		for k, until := range a.noTLS {
-			if now.After(until) {
-				delete(a.noTLS, k)
-			}
-		}
+	if _, ok := a.noTLS[addr]; !ok && len(a.noTLS) >= maxNoTLS {
+		makeRoom(a.noTLS, maxNoTLS, now, func(until time.Time) time.Time { return until })
 	}
 	a.noTLS[addr] = now.Add(noTLSFor)
 }
