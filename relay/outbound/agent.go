@@ -214,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		a.pruneSTSCache(loops)
+		a.housekeep(loops)
 	}()
 	dctx := a.abortCtx
 	jobs := make(chan *queue.Envelope) // to workers waiting for another message
@@ -423,27 +423,47 @@ func (a *Agent) sweepParked(ctx context.Context) {
 	}
 }
 
-// stsPruneInterval is how often expired MTA-STS policies are deleted from
-// the cache (data_dir/mta-sts).
-const stsPruneInterval = time.Hour
+// housekeepInterval is how often expired MTA-STS policies are deleted from
+// the cache (data_dir/mta-sts) and expired entries from the memories of
+// dead destinations and hosts without STARTTLS.
+const housekeepInterval = time.Hour
 
-// pruneSTSCache deletes the expired policies of the MTA-STS cache at the
-// start and every stsPruneInterval, when the fetcher keeps one.
-func (a *Agent) pruneSTSCache(ctx context.Context) {
-	p, ok := a.sts.(interface{ Prune() int })
-	if !ok {
-		return
-	}
-	t := time.NewTicker(stsPruneInterval)
+// housekeep deletes what has expired, at the start and every
+// housekeepInterval: the MTA-STS cache's policies, when the fetcher keeps
+// one, and the entries of the dead and noTLS memories (capped too, but on
+// a quiet relay expired entries would otherwise stay until looked up).
+func (a *Agent) housekeep(ctx context.Context) {
+	t := time.NewTicker(housekeepInterval)
 	defer t.Stop()
 	for {
-		if n := p.Prune(); n > 0 {
-			a.log.Info("mta-sts: expired policies deleted from the cache", "files", n)
+		if p, ok := a.sts.(interface{ Prune() int }); ok {
+			if n := p.Prune(); n > 0 {
+				a.log.Info("mta-sts: expired policies deleted from the cache", "files", n)
+			}
 		}
+		a.sweepMemories()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+	}
+}
+
+// sweepMemories deletes the expired entries of the dead destinations and
+// of the hosts remembered without STARTTLS.
+func (a *Agent) sweepMemories() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	now := a.now()
+	for k, d := range a.dead {
+		if !now.Before(d.until) {
+			delete(a.dead, k)
+		}
+	}
+	for k, until := range a.noTLS {
+		if !now.Before(until) {
+			delete(a.noTLS, k)
 		}
 	}
 }

@@ -15,13 +15,10 @@ import (
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
-// TestMemories_Capped: the dead destinations and the hosts reached without
-// STARTTLS are bounded however many distinct ones fail before any expires
-// (a flood of mail to failing domains grew both without bound: only expired
-// entries were swept). Past the cap the soonest to expire go, the newest
-// stay, and a key already there is updated without an eviction.
-func TestMemories_Capped(t *testing.T) {
-	t.Parallel()
+// memAgent returns an agent that never delivers, for the tests of its
+// memories, and a function that moves its clock on by d.
+func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
+	t.Helper()
 	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
 	if err != nil {
 		t.Fatal(err)
@@ -34,7 +31,6 @@ func TestMemories_Capped(t *testing.T) {
 	var mu sync.Mutex
 	clock := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
-	tick := func() { mu.Lock(); clock = clock.Add(time.Millisecond); mu.Unlock() }
 	r, err := dnsmx.NewResolver([]string{"127.0.23.1:23553"}, time.Second) // never asked
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +39,18 @@ func TestMemories_Capped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return a, func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+}
+
+// TestMemories_Capped: the dead destinations and the hosts reached without
+// STARTTLS are bounded however many distinct ones fail before any expires
+// (a flood of mail to failing domains grew both without bound: only expired
+// entries were swept). Past the cap the soonest to expire go, the newest
+// stay, and a key already there is updated without an eviction.
+func TestMemories_Capped(t *testing.T) {
+	t.Parallel()
+	a, advance := memAgent(t)
+	tick := func() { advance(time.Millisecond) }
 
 	e := smtperr.New(0, "4.4.1", "connection refused")
 	for i := range maxDead + 1 {
@@ -87,5 +95,27 @@ func TestMakeRoom_SameExpiry(t *testing.T) {
 	makeRoom(m, 1000, now, func(u time.Time) time.Time { return u })
 	if len(m) != 900 {
 		t.Errorf("%d entries left, want 900", len(m))
+	}
+}
+
+// TestSweepMemories: the hourly sweep deletes the expired entries of both
+// memories and keeps the others (a quiet relay kept expired ones until they
+// were looked up or the cap was reached).
+func TestSweepMemories(t *testing.T) {
+	t.Parallel()
+	a, advance := memAgent(t)
+	e := smtperr.New(0, "4.4.1", "connection refused")
+	old := netip.MustParseAddr("10.0.0.1")
+	a.markDead("old.test", e)
+	a.rememberNoTLS(old)
+	advance(noTLSFor + 24*time.Hour) // past both
+	a.markDead("new.test", e)
+	a.rememberNoTLS(netip.MustParseAddr("10.0.0.2"))
+	a.sweepMemories()
+	if _, ok := a.dead["old.test"]; ok || len(a.dead) != 1 {
+		t.Errorf("dead destinations after the sweep: %v, want new.test only", a.dead)
+	}
+	if _, ok := a.noTLS[old]; ok || len(a.noTLS) != 1 {
+		t.Errorf("hosts without STARTTLS after the sweep: %v, want 10.0.0.2 only", a.noTLS)
 	}
 }
