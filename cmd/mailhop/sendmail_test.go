@@ -60,7 +60,7 @@ func TestParseSendmailArgs(t *testing.T) {
 	}
 	for _, bad := range [][]string{{"-bv"}, {"-q"}, {"-f"}, {"-Z"}, {"--frobnicate"},
 		{"-N", "never,success", "a@b.test"}, {"-N", "sometimes", "a@b.test"}, {"-R", "body", "a@b.test"},
-		{"-V", "two words", "a@b.test"}, {"-V", strings.Repeat("x", 101), "a@b.test"}} {
+		{"-V", "two\twords", "a@b.test"}, {"-V", strings.Repeat("x", 101), "a@b.test"}} {
 		_, err := parseSendmailArgs(bad)
 		se, ok := err.(*sendmailErr)
 		if !ok || se.code != exUsage {
@@ -734,7 +734,8 @@ func TestSendmail_BSParameters(t *testing.T) {
 
 // TestSendmail_BSDSNAndSMTPUTF8: -bs offers DSN and SMTPUTF8 as the relay's
 // listeners do, and the message is queued with what they gave: RET and
-// ENVID of MAIL (xtext decoded), NOTIFY and ORCPT of each RCPT (-N for a
+// ENVID of MAIL (xtext decoded; a space is printable ASCII, as the
+// listeners take it, a tab is not), NOTIFY and ORCPT of each RCPT (-N for a
 // recipient without NOTIFY), SMTPUTF8 and a UTF-8 recipient. Without
 // SMTPUTF8 a UTF-8 address gets 553 5.6.7, and a malformed or repeated DSN
 // parameter 501. Both were refused with 555.
@@ -742,7 +743,7 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 	t.Parallel()
 	r := startLocalRelay(t, "")
 	in := "EHLO app.local\r\n" +
-		"MAIL FROM:<app@example.com> RET=hdrs ENVID=job+2B42 SMTPUTF8\r\n" +
+		"MAIL FROM:<app@example.com> RET=hdrs ENVID=job+20+2B42 SMTPUTF8\r\n" +
 		"RCPT TO:<b@example.net> NOTIFY=NEVER\r\n" +
 		"RCPT TO:<jörg@bücher.example> NOTIFY=success,FAILURE ORCPT=rfc822;orig+2Bx@example.org\r\n" +
 		"RCPT TO:<c@example.net>\r\n" +
@@ -752,7 +753,7 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 		"RCPT TO:<d@example.net> NOTIFY=NEVER NOTIFY=NEVER\r\n" +
 		"RCPT TO:<d@example.net> NOTIFY=NEVER,SUCCESS\r\n" +
 		"RCPT TO:<d@example.net> ORCPT=bogus\r\n" +
-		"RSET\r\nMAIL FROM:<app@example.com> ENVID=two+20words\r\n" +
+		"RSET\r\nMAIL FROM:<app@example.com> ENVID=two+09words\r\n" +
 		"MAIL FROM:<app@example.com> RET=BODY\r\n" +
 		"QUIT\r\n"
 	out, errs, code := runSendmail(r.cfgPath, in, "-bs", "-N", "delay")
@@ -773,8 +774,8 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if qe.Ret != "HDRS" || qe.EnvID != "job+42" || !qe.SMTPUTF8 {
-		t.Errorf("RET %q, ENVID %q, SMTPUTF8 %v; want HDRS, job+42, true", qe.Ret, qe.EnvID, qe.SMTPUTF8)
+	if qe.Ret != "HDRS" || qe.EnvID != "job +42" || !qe.SMTPUTF8 {
+		t.Errorf("RET %q, ENVID %q, SMTPUTF8 %v; want HDRS, \"job +42\", true", qe.Ret, qe.EnvID, qe.SMTPUTF8)
 	}
 	want := []queue.Recipient{
 		{Address: "b@example.net", Notify: queue.NotifyNever},

@@ -350,8 +350,8 @@ func CheckDSN(notify, ret, envid string) error {
 		return errors.New("ENVID longer than 100 characters")
 	}
 	for _, c := range []byte(envid) {
-		if c < 0x21 || c > 0x7e {
-			return fmt.Errorf("ENVID %q: only printable ASCII without spaces", envid)
+		if c < 0x20 || c > 0x7e {
+			return fmt.Errorf("ENVID %q: only printable ASCII", envid)
 		}
 	}
 	return nil

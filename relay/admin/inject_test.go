@@ -240,7 +240,7 @@ func TestInject_Refusals(t *testing.T) {
 		{"too large", &InjectEnvelope{Recipients: []string{"a@b.test"}}, strings.Repeat("x\n", 4000), http.StatusRequestEntityTooLarge},
 		{"NOTIFY never with success", &InjectEnvelope{Recipients: []string{"a@b.test"}, Notify: "never,success"}, "x\n", http.StatusBadRequest},
 		{"RET body", &InjectEnvelope{Recipients: []string{"a@b.test"}, Ret: "body"}, "x\n", http.StatusBadRequest},
-		{"ENVID with a space", &InjectEnvelope{Recipients: []string{"a@b.test"}, EnvID: "a b"}, "x\n", http.StatusBadRequest},
+		{"ENVID with a tab", &InjectEnvelope{Recipients: []string{"a@b.test"}, EnvID: "a\tb"}, "x\n", http.StatusBadRequest},
 		{"NOTIFY per recipient, too few", &InjectEnvelope{Recipients: []string{"a@b.test", "c@b.test"}, RcptNotify: []string{"never"}}, "x\n", http.StatusBadRequest},
 		{"NOTIFY per recipient, bad", &InjectEnvelope{Recipients: []string{"a@b.test"}, RcptNotify: []string{"sometimes"}}, "x\n", http.StatusBadRequest},
 		{"ORCPT without type", &InjectEnvelope{Recipients: []string{"a@b.test"}, ORCPT: []string{"orig@b.test"}}, "x\n", http.StatusBadRequest},
