@@ -575,6 +575,23 @@ func TestWarnings_ExamplePasswords(t *testing.T) {
 	if len(ws) != 2 || !strings.Contains(ws[0], "limits.max_line_length = 80") || !strings.Contains(ws[1], "limits.max_header_size = 500") {
 		t.Errorf("limits below what RFC 5321 needs: warnings %q", ws)
 	}
+	// A domain may take every delivery slot: a stalled one holds up all
+	// mail (concurrency 3 beside the default per_domain_concurrency 10:
+	// mail to a healthy domain waited out the greeting timeout of three
+	// sessions to a server that never greeted).
+	cfg.Limits.MaxLineLength, cfg.Limits.MaxHeaderSize = 0, 0
+	cfg.Delivery.Concurrency, cfg.Delivery.PerDomainConcurrency = 3, 10
+	if ws := cfg.Warnings(); len(ws) != 1 || !strings.Contains(ws[0], "delivery.per_domain_concurrency (10) is not below delivery.concurrency (3)") {
+		t.Errorf("per_domain_concurrency over concurrency: warnings %q", ws)
+	}
+	cfg.Delivery.PerDomainConcurrency = 2
+	if ws := cfg.Warnings(); len(ws) != 0 {
+		t.Errorf("per_domain_concurrency below concurrency: warnings %q", ws)
+	}
+	cfg.Delivery.Concurrency, cfg.Delivery.PerDomainConcurrency = 1, 1
+	if ws := cfg.Warnings(); len(ws) != 0 {
+		t.Errorf("concurrency 1 (nothing lower to set): warnings %q", ws)
+	}
 }
 
 // TestUnicodeSenders: a senders domain may be written in Unicode (for

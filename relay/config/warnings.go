@@ -47,6 +47,13 @@ func (c *Config) Warnings() []string {
 	if dw, age := c.Delivery.DelayWarning.Duration, c.Delivery.MaxQueueAge.Duration; dw > 0 && age > 0 && dw >= age {
 		ws = append(ws, fmt.Sprintf("delivery.delay_warning (%s) is not shorter than delivery.max_queue_age (%s): a sender is never told of a delay before the bounce", dw, age))
 	}
+	// Mail past per_domain_concurrency waits without a delivery slot; below
+	// it, a domain whose servers stall takes delivery slots for their
+	// timeouts, and with as many as concurrency, every one of them.
+	if n, pd := c.Delivery.Concurrency, c.Delivery.PerDomainConcurrency; n > 1 && pd >= n {
+		ws = append(ws, fmt.Sprintf("delivery.per_domain_concurrency (%d) is not below delivery.concurrency (%d): one domain whose servers stall can take every connection and hold up mail to all others until their timeouts; set it lower",
+			pd, n))
+	}
 	// RFC 5321 §4.5.3.1.6: a server must take text lines of 998 octets;
 	// lower limits refuse ordinary mail.
 	if n := c.Limits.MaxLineLength; n > 0 && n < 998 {

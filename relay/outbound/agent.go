@@ -725,6 +725,12 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		st := queue.Pending
 		if !e.Temporary() {
 			st = queue.Failed
+		} else if ctx.Err() == nil {
+			// No answer about the domain (a timeout, SERVFAIL): its other
+			// mail would each wait for the same lookup in turn, holding a
+			// connection slot; Postfix suspends such a destination too
+			// ("Host or domain name not found ... try again").
+			a.markDead(domain, e)
 		}
 		gr.err = e
 		for _, x := range t.rcpts {

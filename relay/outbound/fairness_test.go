@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
@@ -338,6 +339,41 @@ func TestDelivery_DeadDestination_Suspended(t *testing.T) {
 	if n := tarpit.Conns(); n < 2 {
 		t.Errorf("%d connections after a flush, want a new attempt", n)
 	}
+}
+
+// A domain whose MX lookup gets no answer (SERVFAIL, a timeout) is dead as
+// one none of whose hosts answered: its other mail is deferred at once,
+// without a lookup each, as Postfix suspends it ("Host or domain name not
+// found ... try again"). Each message waited for its own lookup in turn,
+// holding one of the domain's connection slots (a DNS server that does not
+// answer: 5 s each).
+func TestDelivery_DNSFailure_DestinationSuspended(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.dns.SetRcode("servfail.test.", dns.RcodeServerFailure)
+	h.start()
+	first := h.submit(testBody, []string{"a@servfail.test"})
+	h.waitRecords(first, 1)
+	queries := h.dns.Queries()
+	var ids []string
+	for range 5 {
+		ids = append(ids, h.submit(testBody, []string{"a@servfail.test"}))
+	}
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+		env := h.envelope(id)
+		if env == nil || env.Recipients[0].State != queue.Pending || !strings.Contains(env.LastError, "delivery temporarily suspended") ||
+			!strings.Contains(env.LastError, "dns servfail.test") {
+			t.Errorf("%s: %+v, want pending, suspended for the failed lookup", id, env)
+		}
+	}
+	if n := h.dns.Queries() - queries; n != 0 {
+		t.Errorf("%d more DNS queries for the suspended domain, want none", n)
+	}
+	// Other domains are not affected.
+	ok := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(ok, 1)
 }
 
 // A server that answers, even with 4xx to a recipient, is not dead.
