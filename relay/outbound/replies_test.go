@@ -250,6 +250,28 @@ func TestDelivery_452TooManyRecipients_MoreTransactions(t *testing.T) {
 	}
 }
 
+// A server that takes one recipient per transaction gets one per further
+// transaction, not all of the rest each time: six recipients cost 11 RCPT
+// commands (6, then 1 in each of five more transactions), not 21.
+func TestDelivery_452_FurtherTransactionsKeepTheServersLimit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := rcptLimitServer(t, h, "127.0.0.3", 1, "452 4.5.3 too many recipients\r\n")
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@example.test", "c@example.test", "d@example.test", "e@example.test", "f@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	s := got.String()
+	if c := strings.Count(s, "\r\n.\r\n"); c != 6 {
+		t.Errorf("%d transactions with data, want 6:\n%s", c, s)
+	}
+	if c := strings.Count(strings.ToUpper(s), "RCPT TO:"); c != 11 {
+		t.Errorf("%d RCPT commands, want 11:\n%s", c, s)
+	}
+}
+
 // Network failures read as words with the stage, not as Go's socket text.
 func TestStageErr_NetworkTexts(t *testing.T) {
 	t.Parallel()
