@@ -334,14 +334,16 @@ func quitClient(c *smtp.Client) {
 }
 
 // handshakeErr describes a failed TLS handshake: a rejected certificate is
-// the policy's failure (4.7.5), anything else a TLS failure.
+// the policy's failure (4.7.5), anything else a TLS failure. A certificate
+// that did not verify where the plan does not check it (may, encrypt) did
+// not stop the handshake, so the handshake's own error is kept.
 func handshakeErr(err error, vr *tlsResult) *stageError {
 	var se *stageError
 	if !errors.As(err, &se) {
 		se = stageErr("tls handshake", err)
 	}
 	se.tls = true
-	if vr.err != nil {
+	if vr.rejected {
 		se.err = smtperr.New(0, "4.7.5", "certificate rejected: %v", vr.err)
 		se.policy, se.cause = true, vr.err
 	}

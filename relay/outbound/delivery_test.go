@@ -2,6 +2,7 @@ package outbound
 
 import (
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"net/mail"
 	"regexp"
@@ -726,6 +727,29 @@ func TestDelivery_OpportunisticTLS(t *testing.T) {
 	h.waitRecords(id, 1)
 	if n := broken.Conns(); n != 2 {
 		t.Errorf("broken-TLS server saw %d connections, want 2 (handshake, plain; then reuse)", n)
+	}
+}
+
+// A handshake that fails after the server's certificate was read (here its
+// signature does not match the certificate's key, as OpenSMTPD 6.8 on
+// OpenSSL 3 fails: "missing private key") is logged with its own error at
+// the may level, which does not check certificates: it was logged
+// "4.7.5 certificate rejected: x509: certificate signed by unknown
+// authority", blaming a check that never stopped the handshake.
+func TestDelivery_OpportunisticTLS_HandshakeErrorNotBlamedOnCertificate(t *testing.T) {
+	t.Parallel()
+	cert, other := newPKI(t, "mx.example.test"), newPKI(t, "mx.example.test")
+	mismatched := tls.Certificate{Certificate: cert.cert.Certificate, PrivateKey: other.cert.PrivateKey}
+	h := newHarness(t, smtptest.Behaviour{TLS: serverTLS(mismatched)}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1)
+	if m := h.first.Messages(); len(m) != 1 || m[0].TLS {
+		t.Fatalf("fallback delivery: %+v", m)
+	}
+	line := regexp.MustCompile(`msg="STARTTLS failed; retrying without TLS".*`).FindString(h.logs.String())
+	if line == "" || strings.Contains(line, "certificate rejected") || !strings.Contains(line, "invalid signature") {
+		t.Errorf("fallback line does not give the handshake's error: %q\n%s", line, h.logs.String())
 	}
 }
 

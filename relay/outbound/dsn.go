@@ -218,7 +218,9 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 
 	// (3) The original: headers, or the whole message for RET=FULL; an
 	// SMTPUTF8 one whose header is not ASCII is message/global-headers or
-	// message/global (RFC 6532 §3.7, RFC 6533 §6.3).
+	// message/global (RFC 6532 §3.7, RFC 6533 §6.3). A part holding 8-bit
+	// octets is labelled 8bit (RFC 2045 §6.1: unlabelled means 7bit), as
+	// Postfix labels it.
 	var hdr []byte
 	if in.body != nil {
 		hdr = headerBlock(in.body, in.body.Size())
@@ -232,17 +234,28 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		} else {
 			w("Content-Type: message/global")
 		}
+		eight := strings.EqualFold(env.BodyType, "8BITMIME") || strings.EqualFold(env.BodyType, "BINARYMIME")
+		if !eight {
+			var err error
+			if eight, err = has8bit(in.body, in.body.Size()); err != nil {
+				return nil, fmt.Errorf("dsn: reading the original: %w", err)
+			}
+		}
+		if eight {
+			w("Content-Transfer-Encoding: 8bit")
+			m.bodyType = "8BITMIME"
+		}
 		w("Content-Description: Undelivered Message")
 		w("")
 		m.full = in.body
-		if strings.EqualFold(env.BodyType, "8BITMIME") || strings.EqualFold(env.BodyType, "BINARYMIME") {
-			m.bodyType = "8BITMIME"
-		}
 	} else {
 		if !globalHdr {
 			w("Content-Type: text/rfc822-headers")
 		} else {
 			w("Content-Type: message/global-headers")
+		}
+		if !isASCII(hdr) {
+			w("Content-Transfer-Encoding: 8bit")
 		}
 		w("Content-Description: Headers of the original message")
 		w("")

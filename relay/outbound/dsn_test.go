@@ -196,6 +196,34 @@ func TestBuildDSN_GlobalTypes(t *testing.T) {
 	}
 }
 
+// The returned original is labelled 8bit when it holds 8-bit octets (RFC
+// 2045 §6.1: a part without Content-Transfer-Encoding is 7bit), as Postfix
+// labels it: the header of a message from "Jürgen" went back in an
+// unlabelled text/rfc822-headers part (found by the mtainterop black-box
+// check), and so did a RET=FULL message with 8-bit text not declared
+// BODY=8BITMIME (OpenSMTPD relays such mail without the parameter).
+func TestBuildDSN_EightBitOriginalLabelled(t *testing.T) {
+	for _, tc := range []struct {
+		name, ret, body, orig string
+		eight                 bool
+	}{
+		{"ascii header", "", testBody, "text/rfc822-headers", false},
+		{"8-bit header", "", "From: J\xc3\xbcrgen <j@sender.test>\r\nSubject: x\r\n\r\nhi\r\n", "text/rfc822-headers", true},
+		{"ascii full", "FULL", testBody, "message/rfc822", false},
+		{"8-bit body full", "FULL", "Subject: x\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n", "message/rfc822", true},
+	} {
+		env := &queue.Envelope{ID: "q1", From: "s@sender.test", Ret: tc.ret, Recipients: []queue.Recipient{{Address: "a@example.test"}}}
+		raw := buildTestDSN(t, "failed", env, tc.body)
+		labelled := bytes.Contains(raw, []byte("\r\nContent-Type: "+tc.orig+"\r\nContent-Transfer-Encoding: 8bit\r\n"))
+		if labelled != tc.eight || !bytes.Contains(raw, []byte("\r\nContent-Type: "+tc.orig+"\r\n")) {
+			t.Errorf("%s: %s part labelled 8bit: %v, want %v:\n%s", tc.name, tc.orig, labelled, tc.eight, raw)
+		}
+		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+}
+
 // A report about a message sent without SMTPUTF8 is a plain
 // message/delivery-status whose fields are ASCII, however the server's
 // reply or the ORCPT is written (RFC 6533 §6: the global types are for

@@ -315,6 +315,7 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 type tlsResult struct {
 	verified bool
 	err      error // why it is not verified
+	rejected bool  // err stopped the handshake: the plan required the check
 }
 
 // clientTLS returns the TLS configuration for a connection to host under
@@ -336,6 +337,7 @@ func (a *Agent) clientTLS(p *tlsPlan, host string, res *tlsResult) *tls.Config {
 			}
 			res.verified, res.err = err == nil, err
 			if p.check != checkNone {
+				res.rejected = err != nil
 				return err
 			}
 			return nil
