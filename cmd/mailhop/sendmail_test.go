@@ -792,6 +792,75 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 	}
 }
 
+// TestSendmail_BSEnvelopeWithoutDSN_ForAnOlderRelay: the per-recipient
+// NOTIFY and ORCPT lists go to the relay only when some RCPT gave one. A
+// relay from before them refuses an envelope with fields it does not know
+// (400), and one still runs after the binary is upgraded until its
+// restart: every -bs message, with DSN parameters or not, carried both
+// lists (of empty strings) and was refused. The envelope is read from the
+// pickup directory (no relay running), as that relay would decode it.
+func TestSendmail_BSEnvelopeWithoutDSN_ForAnOlderRelay(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, "")
+	pickupDir, err := admin.PreparePickup(filepath.Join(filepath.Dir(path), "data"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The envelope of a relay from before -bs offered DSN.
+	type olderEnvelope struct {
+		From       string   `json:"from"`
+		Recipients []string `json:"recipients"`
+		User       string   `json:"user,omitempty"`
+		UID        int      `json:"uid"`
+		Notify     string   `json:"notify,omitempty"`
+		Ret        string   `json:"ret,omitempty"`
+		EnvID      string   `json:"envid,omitempty"`
+	}
+	seen := map[string]bool{}
+	next := func(in string) string { // the envelope line of the file in leaves in pickup
+		t.Helper()
+		if _, errs, code := runSendmail(path, in, "-bs"); code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		ents, err := os.ReadDir(pickupDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if e.Type().IsRegular() && !seen[e.Name()] {
+				seen[e.Name()] = true
+				data, err := os.ReadFile(filepath.Join(pickupDir, e.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				line, _, _ := strings.Cut(string(data), "\n")
+				return line
+			}
+		}
+		t.Fatal("no new file in the pickup directory")
+		return ""
+	}
+	const session = "EHLO app.local\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>%s\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+
+	line := next(fmt.Sprintf(session, ""))
+	dec := json.NewDecoder(strings.NewReader(line))
+	dec.DisallowUnknownFields()
+	var old olderEnvelope
+	if err := dec.Decode(&old); err != nil || len(old.Recipients) != 2 {
+		t.Errorf("a relay from before per-recipient DSN cannot read the envelope of plain -bs mail: %v: %s", err, line)
+	}
+
+	line = next(fmt.Sprintf(session, " NOTIFY=NEVER"))
+	var env admin.InjectEnvelope
+	if err := json.Unmarshal([]byte(line), &env); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(env.RcptNotify, []string{"", "NEVER"}) || env.ORCPT != nil {
+		t.Errorf("rcpt_notify %q, orcpt %q; want [\"\" NEVER] and none: %s", env.RcptNotify, env.ORCPT, line)
+	}
+}
+
 // bsOneRecipient runs a sendmail -bs session of in, and checks its reply
 // codes and that it queued one message, to rcpt alone.
 func bsOneRecipient(t *testing.T, r *localRelay, in, wantCodes, rcpt string) {
