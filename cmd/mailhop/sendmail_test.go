@@ -792,6 +792,21 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 	}
 }
 
+// TestSendmail_BSORCPTRefusedAtRCPT: an ORCPT the relay would not take (a
+// control character, which utf-8-addr-xtext can carry; over 1,000 octets)
+// gets 501 at RCPT. It got 250 there, and then the whole message, to every
+// recipient, was refused with 554 after DATA.
+func TestSendmail_BSORCPTRefusedAtRCPT(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	in := "EHLO app.local\r\nMAIL FROM:<app@example.com>\r\n" +
+		"RCPT TO:<a@example.net> ORCPT=utf-8;a\\x{09}b@example.org\r\n" +
+		"RCPT TO:<b@example.net> ORCPT=rfc822;" + strings.Repeat("x", 1000) + "@example.org\r\n" +
+		"RCPT TO:<c@example.net>\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	bsOneRecipient(t, r, in, "220 250 250 501 501 250 354 250 221", "c@example.net")
+}
+
 // TestSendmail_BSEnvelopeWithoutDSN_ForAnOlderRelay: the per-recipient
 // NOTIFY and ORCPT lists go to the relay only when some RCPT gave one. A
 // relay from before them refuses an envelope with fields it does not know
