@@ -42,6 +42,11 @@ func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
 	return a, func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
 }
 
+// markDeadNow marks domain dead as an attempt that began now would.
+func (a *Agent) markDeadNow(domain string, e *smtperr.Error) {
+	a.markDead(domain, e, a.q.Flushes(domain))
+}
+
 // TestMemories_Capped: the dead destinations and the hosts reached without
 // STARTTLS are bounded however many distinct ones fail before any expires
 // (a flood of mail to failing domains grew both without bound: only expired
@@ -54,7 +59,7 @@ func TestMemories_Capped(t *testing.T) {
 
 	e := smtperr.New(0, "4.4.1", "connection refused")
 	for i := range maxDead + 1 {
-		a.markDead(fmt.Sprintf("d%d.test", i), e)
+		a.markDeadNow(fmt.Sprintf("d%d.test", i), e)
 		tick()
 	}
 	if n := len(a.dead); n > maxDead {
@@ -106,10 +111,10 @@ func TestSweepMemories(t *testing.T) {
 	a, advance := memAgent(t)
 	e := smtperr.New(0, "4.4.1", "connection refused")
 	old := netip.MustParseAddr("10.0.0.1")
-	a.markDead("old.test", e)
+	a.markDeadNow("old.test", e)
 	a.rememberNoTLS(old)
 	advance(noTLSFor + 24*time.Hour) // past both
-	a.markDead("new.test", e)
+	a.markDeadNow("new.test", e)
 	a.rememberNoTLS(netip.MustParseAddr("10.0.0.2"))
 	a.sweepMemories()
 	if _, ok := a.dead["old.test"]; ok || len(a.dead) != 1 {
