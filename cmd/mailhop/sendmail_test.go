@@ -756,23 +756,9 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 		"RSET\r\nMAIL FROM:<app@example.com> ENVID=two+09words\r\n" +
 		"MAIL FROM:<app@example.com> RET=BODY\r\n" +
 		"QUIT\r\n"
-	out, errs, code := runSendmail(r.cfgPath, in, "-bs", "-N", "delay")
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errs)
-	}
-	if want := "220 250 250 250 250 250 354 250 250 553 501 501 501 250 501 501 221"; replyCodes(out) != want {
-		t.Errorf("replies %s, want %s:\n%s", replyCodes(out), want, out)
-	}
+	qe, out := bsQueued(t, r, in, "220 250 250 250 250 250 354 250 250 553 501 501 501 250 501 501 221", "-N", "delay")
 	if !strings.Contains(out, "250-DSN\r\n") || !strings.Contains(out, "250-SMTPUTF8\r\n") {
 		t.Errorf("EHLO does not offer DSN and SMTPUTF8:\n%s", out)
-	}
-	ids := r.q.List()
-	if len(ids) != 1 {
-		t.Fatalf("%d messages queued, want 1", len(ids))
-	}
-	qe, err := r.q.Get(ids[0].ID)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if qe.Ret != "HDRS" || qe.EnvID != "job +42" || !qe.SMTPUTF8 {
 		t.Errorf("RET %q, ENVID %q, SMTPUTF8 %v; want HDRS, \"job +42\", true", qe.Ret, qe.EnvID, qe.SMTPUTF8)
@@ -880,7 +866,16 @@ func TestSendmail_BSEnvelopeWithoutDSN_ForAnOlderRelay(t *testing.T) {
 // codes and that it queued one message, to rcpt alone.
 func bsOneRecipient(t *testing.T, r *localRelay, in, wantCodes, rcpt string) {
 	t.Helper()
-	out, errs, code := runSendmail(r.cfgPath, in, "-bs")
+	if qe, _ := bsQueued(t, r, in, wantCodes); len(qe.Recipients) != 1 || qe.Recipients[0].Address != rcpt {
+		t.Errorf("envelope %+v, want the one recipient %s", qe, rcpt)
+	}
+}
+
+// bsQueued runs a sendmail -bs session of in with args, checks its reply
+// codes, and returns the one message it queued and its output.
+func bsQueued(t *testing.T, r *localRelay, in, wantCodes string, args ...string) (*queue.Envelope, string) {
+	t.Helper()
+	out, errs, code := runSendmail(r.cfgPath, in, append([]string{"-bs"}, args...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -891,9 +886,11 @@ func bsOneRecipient(t *testing.T, r *localRelay, in, wantCodes, rcpt string) {
 	if len(ids) != 1 {
 		t.Fatalf("%d messages queued, want 1", len(ids))
 	}
-	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != rcpt {
-		t.Errorf("envelope %+v (%v), want the one recipient %s", qe, err, rcpt)
+	qe, err := r.q.Get(ids[0].ID)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return qe, out
 }
 
 // -bs reads a path up to the '>' that ends it, not one inside a quoted

@@ -2,8 +2,6 @@ package outbound
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -693,26 +691,8 @@ func TestDelivery_UnparkedThenDeleted_OthersNotStranded(t *testing.T) {
 // expiry, bounced — though a slot was there for it.
 func TestClaimDomain_Overdue_TakesKeptSlot(t *testing.T) {
 	t.Parallel()
-	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	cfg := &config.Config{Hostname: "relay.test"}
-	cfg.Delivery.Concurrency = 10
-	cfg.Delivery.PerDomainConcurrency = 1
-	cfg.Delivery.DelayWarning.Duration = time.Hour
-	var mu sync.Mutex
-	clock := time.Now()
-	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
-	r, err := dnsmx.NewResolver([]string{"127.0.48.1:48053"}, time.Second) // never asked
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(Options{Config: cfg, Queue: q, Resolver: r, Now: now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, advance := memAgent(t, func(cfg *config.Config) { cfg.Delivery.DelayWarning.Duration = time.Hour })
+	q := a.q
 	env := &queue.Envelope{From: "sender@sender.test", Recipients: []queue.Recipient{{Address: "b@x.test"}}}
 	if err := q.Enqueue(env, strings.NewReader(testBody)); err != nil {
 		t.Fatal(err)
@@ -735,9 +715,7 @@ func TestClaimDomain_Overdue_TakesKeptSlot(t *testing.T) {
 	if got, err = q.Next(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	clock = clock.Add(2 * time.Hour) // its delay warning is due as it comes out
-	mu.Unlock()
+	advance(2 * time.Hour) // its delay warning is due as it comes out
 	release, parked := a.claimDomain(ctx, got)
 	if parked || release == nil {
 		t.Fatalf("claimDomain = %v, parked %v; want the slot kept for it", release != nil, parked)

@@ -15,9 +15,10 @@ import (
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
-// memAgent returns an agent that never delivers, for the tests of its
-// memories, and a function that moves its clock on by d.
-func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
+// memAgent returns an agent that never delivers (nor runs), for the tests
+// of its memories and limits, and a function that moves its clock, which
+// starts now, on by d. edit changes its configuration.
+func memAgent(t *testing.T, edit ...func(*config.Config)) (*Agent, func(d time.Duration)) {
 	t.Helper()
 	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
 	if err != nil {
@@ -28,8 +29,11 @@ func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
 	cfg.Delivery.Concurrency = 10
 	cfg.Delivery.PerDomainConcurrency = 1
 	cfg.Delivery.RetryIntervals = []config.Duration{{Duration: time.Hour}}
+	for _, e := range edit {
+		e(cfg)
+	}
 	var mu sync.Mutex
-	clock := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+	clock := time.Now() // the queue's clock, which dates the mail
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	r, err := dnsmx.NewResolver([]string{"127.0.23.1:23553"}, time.Second) // never asked
 	if err != nil {
