@@ -392,11 +392,23 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 	}
 	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
 		Notify: o.notify, Ret: o.ret, EnvID: o.envid, SMTPUTF8: o.utf8}
-	if dsnOf != nil {
-		env.RcptNotify, env.ORCPT = make([]string, len(rcpts)), make([]string, len(rcpts))
-		for i, r := range rcpts {
-			d := dsnOf[strings.ToLower(r)]
-			env.RcptNotify[i], env.ORCPT[i] = d.notify, d.orcpt
+	// Each list goes only when some recipient has a value: a relay from
+	// before them (still running after an upgrade of the binary) refuses
+	// an envelope with fields it does not know, so plain -bs mail must not
+	// carry them.
+	for i, r := range rcpts {
+		d := dsnOf[strings.ToLower(r)]
+		if d.notify != "" && env.RcptNotify == nil {
+			env.RcptNotify = make([]string, len(rcpts))
+		}
+		if d.orcpt != "" && env.ORCPT == nil {
+			env.ORCPT = make([]string, len(rcpts))
+		}
+		if env.RcptNotify != nil {
+			env.RcptNotify[i] = d.notify
+		}
+		if env.ORCPT != nil {
+			env.ORCPT[i] = d.orcpt
 		}
 	}
 	if err := admin.CheckEnvelope(env); err != nil {

@@ -272,7 +272,10 @@ func parseBSParams(params string, mail bool, max int64) (p bsParams, refusal str
 			p.notify = strings.ToUpper(v)
 		case !mail && k == "ORCPT":
 			typ, addr, err := smtp.DecodeTypedAddress(v)
-			if err != nil || addr == "" {
+			// A control character (utf-8-addr-xtext may carry one) or
+			// an over-long value is refused here, not with the whole
+			// message after DATA (see admin.CheckORCPT).
+			if err != nil || addr == "" || admin.CheckORCPT(string(typ)+";"+addr) != nil {
 				return p, "501 5.5.4 Malformed ORCPT parameter value"
 			}
 			p.orcpt = string(typ) + ";" + addr

@@ -756,23 +756,9 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 		"RSET\r\nMAIL FROM:<app@example.com> ENVID=two+09words\r\n" +
 		"MAIL FROM:<app@example.com> RET=BODY\r\n" +
 		"QUIT\r\n"
-	out, errs, code := runSendmail(r.cfgPath, in, "-bs", "-N", "delay")
-	if code != 0 {
-		t.Fatalf("exit %d: %s", code, errs)
-	}
-	if want := "220 250 250 250 250 250 354 250 250 553 501 501 501 250 501 501 221"; replyCodes(out) != want {
-		t.Errorf("replies %s, want %s:\n%s", replyCodes(out), want, out)
-	}
+	qe, out := bsQueued(t, r, in, "220 250 250 250 250 250 354 250 250 553 501 501 501 250 501 501 221", "-N", "delay")
 	if !strings.Contains(out, "250-DSN\r\n") || !strings.Contains(out, "250-SMTPUTF8\r\n") {
 		t.Errorf("EHLO does not offer DSN and SMTPUTF8:\n%s", out)
-	}
-	ids := r.q.List()
-	if len(ids) != 1 {
-		t.Fatalf("%d messages queued, want 1", len(ids))
-	}
-	qe, err := r.q.Get(ids[0].ID)
-	if err != nil {
-		t.Fatal(err)
 	}
 	if qe.Ret != "HDRS" || qe.EnvID != "job +42" || !qe.SMTPUTF8 {
 		t.Errorf("RET %q, ENVID %q, SMTPUTF8 %v; want HDRS, \"job +42\", true", qe.Ret, qe.EnvID, qe.SMTPUTF8)
@@ -792,11 +778,104 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 	}
 }
 
+// TestSendmail_BSORCPTRefusedAtRCPT: an ORCPT the relay would not take (a
+// control character, which utf-8-addr-xtext can carry; over 1,000 octets)
+// gets 501 at RCPT. It got 250 there, and then the whole message, to every
+// recipient, was refused with 554 after DATA.
+func TestSendmail_BSORCPTRefusedAtRCPT(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	in := "EHLO app.local\r\nMAIL FROM:<app@example.com>\r\n" +
+		"RCPT TO:<a@example.net> ORCPT=utf-8;a\\x{09}b@example.org\r\n" +
+		"RCPT TO:<b@example.net> ORCPT=rfc822;" + strings.Repeat("x", 1000) + "@example.org\r\n" +
+		"RCPT TO:<c@example.net>\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	bsOneRecipient(t, r, in, "220 250 250 501 501 250 354 250 221", "c@example.net")
+}
+
+// TestSendmail_BSEnvelopeWithoutDSN_ForAnOlderRelay: the per-recipient
+// NOTIFY and ORCPT lists go to the relay only when some RCPT gave one. A
+// relay from before them refuses an envelope with fields it does not know
+// (400), and one still runs after the binary is upgraded until its
+// restart: every -bs message, with DSN parameters or not, carried both
+// lists (of empty strings) and was refused. The envelope is read from the
+// pickup directory (no relay running), as that relay would decode it.
+func TestSendmail_BSEnvelopeWithoutDSN_ForAnOlderRelay(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, "")
+	pickupDir, err := admin.PreparePickup(filepath.Join(filepath.Dir(path), "data"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The envelope of a relay from before -bs offered DSN.
+	type olderEnvelope struct {
+		From       string   `json:"from"`
+		Recipients []string `json:"recipients"`
+		User       string   `json:"user,omitempty"`
+		UID        int      `json:"uid"`
+		Notify     string   `json:"notify,omitempty"`
+		Ret        string   `json:"ret,omitempty"`
+		EnvID      string   `json:"envid,omitempty"`
+	}
+	seen := map[string]bool{}
+	next := func(in string) string { // the envelope line of the file in leaves in pickup
+		t.Helper()
+		if _, errs, code := runSendmail(path, in, "-bs"); code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		ents, err := os.ReadDir(pickupDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			if e.Type().IsRegular() && !seen[e.Name()] {
+				seen[e.Name()] = true
+				data, err := os.ReadFile(filepath.Join(pickupDir, e.Name()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				line, _, _ := strings.Cut(string(data), "\n")
+				return line
+			}
+		}
+		t.Fatal("no new file in the pickup directory")
+		return ""
+	}
+	const session = "EHLO app.local\r\nMAIL FROM:<app@example.com>\r\nRCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>%s\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+
+	line := next(fmt.Sprintf(session, ""))
+	dec := json.NewDecoder(strings.NewReader(line))
+	dec.DisallowUnknownFields()
+	var old olderEnvelope
+	if err := dec.Decode(&old); err != nil || len(old.Recipients) != 2 {
+		t.Errorf("a relay from before per-recipient DSN cannot read the envelope of plain -bs mail: %v: %s", err, line)
+	}
+
+	line = next(fmt.Sprintf(session, " NOTIFY=NEVER"))
+	var env admin.InjectEnvelope
+	if err := json.Unmarshal([]byte(line), &env); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(env.RcptNotify, []string{"", "NEVER"}) || env.ORCPT != nil {
+		t.Errorf("rcpt_notify %q, orcpt %q; want [\"\" NEVER] and none: %s", env.RcptNotify, env.ORCPT, line)
+	}
+}
+
 // bsOneRecipient runs a sendmail -bs session of in, and checks its reply
 // codes and that it queued one message, to rcpt alone.
 func bsOneRecipient(t *testing.T, r *localRelay, in, wantCodes, rcpt string) {
 	t.Helper()
-	out, errs, code := runSendmail(r.cfgPath, in, "-bs")
+	if qe, _ := bsQueued(t, r, in, wantCodes); len(qe.Recipients) != 1 || qe.Recipients[0].Address != rcpt {
+		t.Errorf("envelope %+v, want the one recipient %s", qe, rcpt)
+	}
+}
+
+// bsQueued runs a sendmail -bs session of in with args, checks its reply
+// codes, and returns the one message it queued and its output.
+func bsQueued(t *testing.T, r *localRelay, in, wantCodes string, args ...string) (*queue.Envelope, string) {
+	t.Helper()
+	out, errs, code := runSendmail(r.cfgPath, in, append([]string{"-bs"}, args...)...)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errs)
 	}
@@ -807,9 +886,11 @@ func bsOneRecipient(t *testing.T, r *localRelay, in, wantCodes, rcpt string) {
 	if len(ids) != 1 {
 		t.Fatalf("%d messages queued, want 1", len(ids))
 	}
-	if qe, err := r.q.Get(ids[0].ID); err != nil || len(qe.Recipients) != 1 || qe.Recipients[0].Address != rcpt {
-		t.Errorf("envelope %+v (%v), want the one recipient %s", qe, err, rcpt)
+	qe, err := r.q.Get(ids[0].ID)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return qe, out
 }
 
 // -bs reads a path up to the '>' that ends it, not one inside a quoted

@@ -320,10 +320,21 @@ func checkRcptDSN(env *InjectEnvelope) error {
 		if o == "" {
 			continue
 		}
-		typ, addr, ok := strings.Cut(o, ";")
-		if !ok || typ == "" || addr == "" || len(o) > 1000 || strings.ContainsFunc(o, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return fmt.Errorf("ORCPT %q is not \"type;address\" in printable characters", o)
+		if err := CheckORCPT(o); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// CheckORCPT checks one ORCPT as an injection carries it, "TYPE;address"
+// decoded: a type and an address without control characters (it is
+// written into delivery status notifications), for sendmail -bs to refuse
+// at RCPT what the relay would refuse of the whole message.
+func CheckORCPT(o string) error {
+	typ, addr, ok := strings.Cut(o, ";")
+	if !ok || typ == "" || addr == "" || len(o) > 1000 || strings.ContainsFunc(o, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return fmt.Errorf("ORCPT %q is not \"type;address\" in printable characters", o)
 	}
 	return nil
 }

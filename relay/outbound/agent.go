@@ -719,6 +719,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			a.obs.AttemptDone(gr.dur)
 		}
 	}()
+	flushes := a.q.Flushes(domain) // see markDead
 	targets, err := a.targets(ctx, cfg, domain)
 	if err != nil {
 		e := dnsFailure(err)
@@ -730,7 +731,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			// mail would each wait for the same lookup in turn, holding a
 			// connection slot; Postfix suspends such a destination too
 			// ("Host or domain name not found ... try again").
-			a.markDead(domain, e)
+			a.markDead(domain, e, flushes)
 		}
 		gr.err = e
 		for _, x := range t.rcpts {
@@ -930,7 +931,7 @@ hosts:
 	gr.err = &e
 	gr.rcpts = append(allPending(t.rcpts, &e), settled...)
 	if site && tried > 0 && ctx.Err() == nil {
-		a.markDead(domain, &e)
+		a.markDead(domain, &e, flushes)
 	}
 	return gr
 }

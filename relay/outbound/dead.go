@@ -70,14 +70,23 @@ func makeRoom[K comparable, V any](m map[K]V, max int, now time.Time, until func
 // domain with a session under way that its server greeted, or with such a
 // connection idle in the pool, is not dead (a server that limits
 // connections per client answers the others with 421).
-func (a *Agent) markDead(domain string, e *smtperr.Error) {
+//
+// flushes is a.q.Flushes(domain) as the attempt that failed began: one
+// that began before a queue flush does not mark the domain (its lookup or
+// connections may have been cut or stalled before the operator repaired
+// what the flush is for, and its mark would suspend the mail just flushed).
+func (a *Agent) markDead(domain string, e *smtperr.Error, flushes uint64) {
+	if a.q.Flushes(domain) != flushes {
+		a.log.Debug("destination not marked dead: the queue was flushed during the attempt", "domain", domain, "err", e.Error())
+		return
+	}
 	wait := time.Minute
 	if iv := a.config().RetryDurations(); len(iv) > 0 && iv[0] > 0 {
 		wait = iv[0]
 	}
 	wait -= wait / 10
 	now := a.now()
-	d := deadDest{until: now.Add(wait), flushes: a.q.Flushes(domain), err: e}
+	d := deadDest{until: now.Add(wait), flushes: flushes, err: e}
 	if a.pool.holds(domain) {
 		a.log.Debug("destination stays alive: a connection to it is idle in the pool", "domain", domain, "err", e.Error())
 		return

@@ -2,10 +2,10 @@ package outbound
 
 import (
 	"context"
-	"io"
-	"log/slog"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -376,6 +376,83 @@ func TestDelivery_DNSFailure_DestinationSuspended(t *testing.T) {
 	h.waitRecords(ok, 1)
 }
 
+// An attempt whose lookup began before a queue flush does not mark the
+// domain dead when it fails after it: the operator repairs DNS (or the
+// network) and flushes, the lookups under way before still time out, and
+// their mark, made with the flush already counted, deferred the flushed
+// mail "delivery temporarily suspended" without a lookup.
+func TestDelivery_DNSFailure_FlushDuringLookup_NotDead(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	held := heldDNS(t, h.dns, "slow.test.")
+	h.editOpts = func(o *Options) {
+		r, err := dnsmx.NewResolver([]string{held.addr}, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Resolver = r
+	}
+	h.start()
+	first := h.submit(testBody, []string{"a@slow.test"})
+	<-held.asked // its MX lookup is under way
+	h.q.Flush("")
+	held.answer() // SERVFAIL, to this lookup and every later one
+	h.waitRecords(first, 1)
+	asked := held.queries.Load()
+	second := h.submit(testBody, []string{"b@slow.test"})
+	h.waitRecords(second, 1)
+	if env := h.envelope(second); env == nil || strings.Contains(env.LastError, "suspended") {
+		t.Errorf("mail queued after the flush: %+v, want it tried, not suspended by an attempt from before", env)
+	}
+	if held.queries.Load() == asked {
+		t.Error("no lookup for the mail queued after the flush")
+	}
+}
+
+// heldDNSServer answers queries for one name with SERVFAIL once answer is
+// called, holding them until then, and passes the others to a dnstest
+// server.
+type heldDNSServer struct {
+	addr    string
+	asked   chan struct{} // a query for the name came (buffered: the first)
+	queries atomic.Int64  // queries for the name
+	release chan struct{}
+	once    sync.Once
+}
+
+func (s *heldDNSServer) answer() { s.once.Do(func() { close(s.release) }) }
+
+func heldDNS(t *testing.T, next dns.Handler, name string) *heldDNSServer {
+	t.Helper()
+	s := &heldDNSServer{asked: make(chan struct{}, 1), release: make(chan struct{})}
+	pc, err := net.ListenPacket("udp", "127.0.24.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = pc.LocalAddr().String()
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		if len(req.Question) != 1 || dns.CanonicalName(req.Question[0].Name) != name {
+			next.ServeDNS(w, req)
+			return
+		}
+		s.queries.Add(1)
+		select {
+		case s.asked <- struct{}{}:
+		default:
+		}
+		<-s.release
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeServerFailure)
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { s.answer(); srv.Shutdown() })
+	return s
+}
+
 // A server that answers, even with 4xx to a recipient, is not dead.
 func TestDelivery_TempFailedRecipient_NotDead(t *testing.T) {
 	t.Parallel()
@@ -447,12 +524,12 @@ func TestDeadDestination_NotLengthened(t *testing.T) {
 	}
 	h.start()
 	e := smtperr.New(0, "4.4.2", "timed out during greeting")
-	h.agent.markDead("stall.test", e)
+	h.agent.markDeadNow("stall.test", e)
 	want := now.Add(54 * time.Second)
 	mu.Lock()
 	now = now.Add(300 * time.Millisecond)
 	mu.Unlock()
-	h.agent.markDead("stall.test", e)
+	h.agent.markDeadNow("stall.test", e)
 	h.agent.mu.Lock()
 	got := h.agent.dead["stall.test"].until
 	h.agent.mu.Unlock()
@@ -474,7 +551,7 @@ func TestDeadDestination_NotWithAnIdleGreetedConnection(t *testing.T) {
 	id := h.submit(testBody, []string{"a@example.test"})
 	h.first.Wait(t, 1)
 	h.waitRecords(id, 1)
-	h.agent.markDead("example.test", smtperr.New(421, "4.7.0", "too many connections from your address"))
+	h.agent.markDeadNow("example.test", smtperr.New(421, "4.7.0", "too many connections from your address"))
 	if err := h.agent.deadErr("example.test"); err != nil {
 		t.Errorf("dead with a greeted connection idle in the pool: %v", err)
 	}
@@ -489,8 +566,8 @@ func TestDeadDestination_DomainFlushEndsItsMarkOnly(t *testing.T) {
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
 	h.start()
 	e := smtperr.New(0, "4.4.2", "timed out during greeting")
-	h.agent.markDead("a.test", e)
-	h.agent.markDead("b.test", e)
+	h.agent.markDeadNow("a.test", e)
+	h.agent.markDeadNow("b.test", e)
 	h.q.Flush("A.test")
 	if err := h.agent.deadErr("a.test"); err != nil {
 		t.Errorf("a.test still dead after its flush: %v", err)
@@ -498,7 +575,7 @@ func TestDeadDestination_DomainFlushEndsItsMarkOnly(t *testing.T) {
 	if err := h.agent.deadErr("b.test"); err == nil {
 		t.Error("b.test alive again after a flush of a.test")
 	}
-	h.agent.markDead("a.test", e)
+	h.agent.markDeadNow("a.test", e)
 	h.q.Flush("")
 	for _, d := range []string{"a.test", "b.test"} {
 		if err := h.agent.deadErr(d); err != nil {
@@ -518,7 +595,7 @@ func TestDeadDestination_FlushOfUnicodeDomain(t *testing.T) {
 	e := smtperr.New(0, "4.4.2", "timed out during greeting")
 	const alabel = "xn--bcher-kva.test"
 	for _, form := range []string{"bücher.test", "BÜCHER.test", alabel} {
-		h.agent.markDead(alabel, e)
+		h.agent.markDeadNow(alabel, e)
 		h.q.Flush(form)
 		if err := h.agent.deadErr(alabel); err != nil {
 			t.Errorf("%s still dead after a flush of %s: %v", alabel, form, err)
@@ -614,26 +691,8 @@ func TestDelivery_UnparkedThenDeleted_OthersNotStranded(t *testing.T) {
 // expiry, bounced — though a slot was there for it.
 func TestClaimDomain_Overdue_TakesKeptSlot(t *testing.T) {
 	t.Parallel()
-	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { q.Close() })
-	cfg := &config.Config{Hostname: "relay.test"}
-	cfg.Delivery.Concurrency = 10
-	cfg.Delivery.PerDomainConcurrency = 1
-	cfg.Delivery.DelayWarning.Duration = time.Hour
-	var mu sync.Mutex
-	clock := time.Now()
-	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
-	r, err := dnsmx.NewResolver([]string{"127.0.48.1:48053"}, time.Second) // never asked
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, err := New(Options{Config: cfg, Queue: q, Resolver: r, Now: now, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, advance := memAgent(t, func(cfg *config.Config) { cfg.Delivery.DelayWarning.Duration = time.Hour })
+	q := a.q
 	env := &queue.Envelope{From: "sender@sender.test", Recipients: []queue.Recipient{{Address: "b@x.test"}}}
 	if err := q.Enqueue(env, strings.NewReader(testBody)); err != nil {
 		t.Fatal(err)
@@ -656,9 +715,7 @@ func TestClaimDomain_Overdue_TakesKeptSlot(t *testing.T) {
 	if got, err = q.Next(ctx); err != nil {
 		t.Fatal(err)
 	}
-	mu.Lock()
-	clock = clock.Add(2 * time.Hour) // its delay warning is due as it comes out
-	mu.Unlock()
+	advance(2 * time.Hour) // its delay warning is due as it comes out
 	release, parked := a.claimDomain(ctx, got)
 	if parked || release == nil {
 		t.Fatalf("claimDomain = %v, parked %v; want the slot kept for it", release != nil, parked)
@@ -688,7 +745,7 @@ func TestDelivery_SeveralDomains_CalledForDeadDomain_GivesSlotBack(t *testing.T)
 	defer holds[1]()
 	id := h.submit(testBody, []string{"a@busy.test", "b@busy2.test"})
 	h.waitRecords(id, 1) // parked for busy.test
-	h.agent.markDead("busy.test", smtperr.New(0, "4.4.1", "no host answered"))
+	h.agent.markDeadNow("busy.test", smtperr.New(0, "4.4.1", "no host answered"))
 	holds[0]() // the slot is kept for the parked message, which is called back
 	h.waitRecords(id, 2)
 	h.rcptPendingWith(id, 0, "delivery temporarily suspended")

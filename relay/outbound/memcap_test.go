@@ -15,9 +15,10 @@ import (
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
-// memAgent returns an agent that never delivers, for the tests of its
-// memories, and a function that moves its clock on by d.
-func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
+// memAgent returns an agent that never delivers (nor runs), for the tests
+// of its memories and limits, and a function that moves its clock, which
+// starts now, on by d. edit changes its configuration.
+func memAgent(t *testing.T, edit ...func(*config.Config)) (*Agent, func(d time.Duration)) {
 	t.Helper()
 	q, err := queue.Open(t.TempDir(), queue.Options{RetryIntervals: []time.Duration{time.Hour}})
 	if err != nil {
@@ -28,8 +29,11 @@ func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
 	cfg.Delivery.Concurrency = 10
 	cfg.Delivery.PerDomainConcurrency = 1
 	cfg.Delivery.RetryIntervals = []config.Duration{{Duration: time.Hour}}
+	for _, e := range edit {
+		e(cfg)
+	}
 	var mu sync.Mutex
-	clock := time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+	clock := time.Now() // the queue's clock, which dates the mail
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	r, err := dnsmx.NewResolver([]string{"127.0.23.1:23553"}, time.Second) // never asked
 	if err != nil {
@@ -40,6 +44,11 @@ func memAgent(t *testing.T) (*Agent, func(d time.Duration)) {
 		t.Fatal(err)
 	}
 	return a, func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
+}
+
+// markDeadNow marks domain dead as an attempt that began now would.
+func (a *Agent) markDeadNow(domain string, e *smtperr.Error) {
+	a.markDead(domain, e, a.q.Flushes(domain))
 }
 
 // TestMemories_Capped: the dead destinations and the hosts reached without
@@ -54,7 +63,7 @@ func TestMemories_Capped(t *testing.T) {
 
 	e := smtperr.New(0, "4.4.1", "connection refused")
 	for i := range maxDead + 1 {
-		a.markDead(fmt.Sprintf("d%d.test", i), e)
+		a.markDeadNow(fmt.Sprintf("d%d.test", i), e)
 		tick()
 	}
 	if n := len(a.dead); n > maxDead {
@@ -106,10 +115,10 @@ func TestSweepMemories(t *testing.T) {
 	a, advance := memAgent(t)
 	e := smtperr.New(0, "4.4.1", "connection refused")
 	old := netip.MustParseAddr("10.0.0.1")
-	a.markDead("old.test", e)
+	a.markDeadNow("old.test", e)
 	a.rememberNoTLS(old)
 	advance(noTLSFor + 24*time.Hour) // past both
-	a.markDead("new.test", e)
+	a.markDeadNow("new.test", e)
 	a.rememberNoTLS(netip.MustParseAddr("10.0.0.2"))
 	a.sweepMemories()
 	if _, ok := a.dead["old.test"]; ok || len(a.dead) != 1 {
