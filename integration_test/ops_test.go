@@ -781,7 +781,7 @@ func TestOpsSendmailDSNOptions(t *testing.T) {
 			t.Errorf("sendmail %q: exit %d (%s), want 65 naming the bad address", bad, code, errs)
 		}
 	}
-	for _, bad := range [][]string{{"-N", "never,success"}, {"-R", "body"}, {"-V", "two words"}} {
+	for _, bad := range [][]string{{"-N", "never,success"}, {"-R", "body"}, {"-V", "two\twords"}} {
 		_, errs, code := r.sendmail("Subject: d\n\nx\n", append(bad, "d@dsn.test")...)
 		if code != 64 || !strings.Contains(errs, "mailhop sendmail") {
 			t.Errorf("sendmail %q: exit %d (%s), want 64 with a message", bad, code, errs)
