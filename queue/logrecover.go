@@ -137,6 +137,16 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 				case st == frameStale || staleAfter(data, off, seg.seq, s.key):
 					// The rest is a recycled file's earlier life (its
 					// first bytes overwritten by this one's records).
+				case framesFollow(data, off):
+					// Whole frames, one after the other, that fail their
+					// checksum: no write cut short leaves a frame behind
+					// the cut one. They are records of another queue (a
+					// segment copied in, its key not this one's) or of
+					// another segment number, perhaps acknowledged mail.
+					s.damaged = true
+					s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:])
+					s.log.Error("queue: records this queue did not write (a segment of another queue or renamed, or a key file that is not this queue's) moved to quarantine: messages recorded there are not queued",
+						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				case !allZero(data[off:]):
 					s.cut = true
 					s.log.Warn("queue: ignoring incomplete record at end of segment (a write cut short by a crash or a full disk; it was never acknowledged)",
@@ -246,6 +256,26 @@ func findFrame(data []byte, off int, seq uint64, key uint32, want int) int {
 // starts at or after off.
 func staleAfter(data []byte, off int, seq uint64, key uint32) bool {
 	return findFrame(data, off, seq, key, frameStale) >= 0
+}
+
+// framesFollow reports whether a whole frame (magic, and a length that
+// fits) starts at off and another one right after it.
+func framesFollow(data []byte, off int) bool {
+	n := frameLen(data, off)
+	return n > 0 && frameLen(data, off+headerSize+n) > 0
+}
+
+// frameLen returns the length of the frame at off when its magic is there
+// and its length fits in data, else 0. The checksum is not checked.
+func frameLen(data []byte, off int) int {
+	if len(data)-off < headerSize+1 || binary.LittleEndian.Uint32(data[off:]) != recordMagic {
+		return 0
+	}
+	n := int(binary.LittleEndian.Uint32(data[off+4:]))
+	if n < 1 || n > maxRecordLen || n > len(data)-off-headerSize {
+		return 0
+	}
+	return n
 }
 
 func allZero(b []byte) bool {

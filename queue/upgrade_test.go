@@ -1,9 +1,16 @@
 package queue
 
 import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/mailhop/mailhop/internal/testlog"
 )
 
 // TestOpenReadOnlyKeepsDeadSegments: `mailhop queue list` with the relay
@@ -38,5 +45,61 @@ func TestOpenReadOnlyKeepsDeadSegments(t *testing.T) {
 	ro.Close()
 	if after := treeOf(t, dir); !slices.Equal(before, after) {
 		t.Errorf("the read-only open changed the directory:\nbefore %v\nafter  %v", before, after)
+	}
+}
+
+// TestForeignSegmentQuarantined: a segment of another queue (another key)
+// copied into this one is whole records this queue did not write. They
+// were taken for "an incomplete record at the end of a segment ... never
+// acknowledged" and dropped with a warning, the file then deleted as dead:
+// another relay's acknowledged mail gone without an error. Now it is an
+// error that names the segment, and its bytes are kept in quarantine.
+func TestForeignSegmentQuarantined(t *testing.T) {
+	t.Parallel()
+	dirA, dirB := t.TempDir(), t.TempDir()
+	qa := openTest(t, dirA)
+	mine := newEnv("a@x.test")
+	if err := qa.Enqueue(mine, strings.NewReader("Subject: mine\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	qa.Close()
+	qb := openTest(t, dirB)
+	for i := range 3 {
+		env := newEnv(fmt.Sprintf("b%d@x.test", i))
+		if err := qb.Enqueue(env, strings.NewReader("Subject: theirs\r\n\r\nFOREIGNBODY\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	qb.Close()
+	foreign, err := os.ReadFile(segments(t, dirB)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dirA, "seg-0000000000000002.log"), foreign, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testlog.Buffer
+	q, err := Open(dirA, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := q.List(); len(got) != 1 || got[0].ID != mine.ID {
+		t.Errorf("queue after the copy = %d messages, want only its own %s", len(got), mine.ID)
+	}
+	q.Close()
+	out := logs.String()
+	if strings.Contains(out, "incomplete record") || countLines(out, "level=ERROR", "seg-0000000000000002.log") != 1 {
+		t.Errorf("want one error naming the foreign segment, not an incomplete record:\n%s", out)
+	}
+	kept := false
+	entries, _ := os.ReadDir(filepath.Join(dirA, "quarantine"))
+	for _, e := range entries {
+		if data, err := os.ReadFile(filepath.Join(dirA, "quarantine", e.Name())); err == nil && bytes.Contains(data, []byte("FOREIGNBODY")) {
+			kept = true
+		}
+	}
+	if !kept {
+		t.Errorf("the foreign segment's records are not in quarantine (%d files there)", len(entries))
 	}
 }
