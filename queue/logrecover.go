@@ -67,15 +67,32 @@ func (s *LogStore) recover() error {
 // the queue) is a message whose record was in a damaged or cut part of the
 // queue. Only when records were dropped: in an undamaged log such a record
 // is one written after the message's done record (an attempt's outcome and
-// `queue delete` at once), the done record in a segment deleted since.
+// `queue delete` at once), the done record in a segment deleted since —
+// unless the message's body file is still there, which the done record
+// removed: then records are missing although every segment read cleanly
+// (one cut short exactly at the end of a record).
 // Each is logged once, as a done record is written for it.
 func (s *LogStore) reportOrphans() {
 	orphans := s.orphans
 	s.orphans = nil
-	if len(orphans) == 0 || !s.damaged && !s.cut {
+	if len(orphans) == 0 {
 		return
 	}
-	s.dropDone(orphans)
+	if !s.damaged && !s.cut {
+		id := s.orphanWithBody(orphans)
+		if id == "" {
+			return
+		}
+		s.dropDone(orphans)
+		if id = s.orphanWithBody(orphans); id == "" {
+			return
+		}
+		s.cut = true
+		s.log.Error("queue: records are missing from a segment (cut short at the end of a record, or a segment removed): a later record names a message whose body file is there and whose message record is not",
+			"queue_id", id, "segment", orphans[id])
+	} else {
+		s.dropDone(orphans)
+	}
 	ids := make([]string, 0, len(orphans))
 	for id := range orphans {
 		ids = append(ids, id)
@@ -88,6 +105,16 @@ func (s *LogStore) reportOrphans() {
 			"queue_id", id, "segment", orphans[id])
 		s.lost = append(s.lost, id)
 	}
+}
+
+// orphanWithBody returns an orphan whose body file exists, or "".
+func (s *LogStore) orphanWithBody(orphans map[string]string) string {
+	for id := range orphans {
+		if fi, err := os.Stat(s.bodyPath(id)); err == nil && fi.Mode().IsRegular() {
+			return id
+		}
+	}
+	return ""
 }
 
 // dropDone removes from orphans the messages that a done record names,

@@ -103,3 +103,85 @@ func TestForeignSegmentQuarantined(t *testing.T) {
 		t.Errorf("the foreign segment's records are not in quarantine (%d files there)", len(entries))
 	}
 }
+
+// TestCutAtRecordEndNamesLostMessage: a segment that is not the newest cut
+// short exactly at the end of a record (a copy of data_dir that stopped
+// early, a file truncated by hand) reads as a clean segment: nothing was
+// logged, and a message whose record was in the cut part was gone without
+// a word although a later record names it, its large body deleted as the
+// trace of a crash before its record. A later record that names a message
+// whose body file is still there, with neither its message nor its done
+// record left, proves records are missing: the message is logged lost by
+// its queue ID and its body kept in quarantine.
+func TestCutAtRecordEndNamesLostMessage(t *testing.T) {
+	t.Parallel()
+	q, st, dir := smallSegments(t, false)
+	other, lost := newEnv("a@x.test"), newEnv("b@x.test")
+	if err := q.Enqueue(other, strings.NewReader("Subject: other\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Enqueue(lost, bytes.NewReader(bigBody(InlineMax+1000))); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		st.mu.Lock()
+		n := len(st.segs)
+		st.mu.Unlock()
+		if n >= 2 {
+			break
+		}
+		if i == 50 {
+			t.Fatal("no second segment")
+		}
+		if err := q.Enqueue(newEnv("c@x.test"), bytes.NewReader(bigBody(3000))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Hold(lost.ID); err != nil { // a record of it in a later segment
+		t.Fatal(err)
+	}
+	key := st.key
+	q.Close()
+
+	first := segments(t, dir)[0]
+	data, err := os.ReadFile(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := -1
+	for off := 0; off < len(data); {
+		n, kind := recordAt(data, off, 1, key)
+		if kind != frameOK {
+			break
+		}
+		if r, err := parsePayload(data[off+headerSize], data[off+headerSize+1:off+headerSize+n]); err == nil &&
+			r.typ == recMessage && r.env.ID == lost.ID {
+			cut = off
+			break
+		}
+		off += headerSize + n
+	}
+	if cut < 0 {
+		t.Fatal("the message's record is not in the first segment")
+	}
+	if err := os.Truncate(first, int64(cut)); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testlog.Buffer
+	q2, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q2.Get(other.ID); err != nil {
+		t.Errorf("the message before the cut: %v", err)
+	}
+	q2.Close()
+	out := logs.String()
+	if countLines(out, "level=ERROR", `msg="queue: message lost`, "queue_id="+lost.ID) != 1 {
+		t.Errorf("want one error naming %s lost:\n%s", lost.ID, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "quarantine", lost.ID)); err != nil {
+		t.Errorf("its body is not in quarantine: %v\n%s", err, out)
+	}
+}
