@@ -58,6 +58,19 @@ func (s *LogStore) recover() error {
 	s.reportOrphans()
 	s.checkBodies()
 	s.deleteDead()
+	if s.key == 0 && len(s.segs) == 0 && !s.readOnly {
+		// A queue written before keys (logkey.go) kept key 0, and so went
+		// without their protection, for as long as it lived. With no
+		// segment left, no record salted with it is either: a key now.
+		k, err := randomKey()
+		if err != nil {
+			return err
+		}
+		if err := s.setKey(k); err != nil {
+			return err
+		}
+		s.log.Info("queue: the queue, written before queue keys, is empty: it has a key now", "path", filepath.Join(s.dir, keyName))
+	}
 	return nil
 }
 

@@ -185,3 +185,59 @@ func TestCutAtRecordEndNamesLostMessage(t *testing.T) {
 		t.Errorf("its body is not in quarantine: %v\n%s", err, out)
 	}
 }
+
+// TestPreKeyQueueGetsAKeyOnceEmpty: a queue written by a mailhop older than
+// the queue key (records salted with key 0, no key file) is read after an
+// upgrade, its mail kept; it went on with key 0 for good, without the
+// protection against frames planted in bodies, since a busy queue is never
+// made again. A start that finds no live segment left gives it a key.
+func TestPreKeyQueueGetsAKeyOnceEmpty(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	st := q.store.(*LogStore)
+	st.key = 0 // as an old build wrote its records
+	live, gone := newEnv("a@x.test"), newEnv("b@x.test")
+	for _, env := range []*Envelope{live, gone} {
+		if err := q.Enqueue(env, strings.NewReader("Subject: old\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := q.Delete(gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	if err := os.Remove(filepath.Join(dir, keyName)); err != nil {
+		t.Fatal(err)
+	}
+
+	q = openTest(t, dir)
+	if _, err := q.Get(live.ID); err != nil {
+		t.Fatalf("the old build's message after the upgrade: %v", err)
+	}
+	if k := q.store.(*LogStore).key; k != 0 {
+		t.Fatalf("key %08x while records salted with key 0 are live", k)
+	}
+	if err := q.Delete(live.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+
+	q = openTest(t, dir)
+	k := q.store.(*LogStore).key
+	if k == 0 {
+		t.Error("an emptied pre-key queue still has key 0")
+	}
+	env := newEnv("c@x.test")
+	if err := q.Enqueue(env, strings.NewReader("Subject: new\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	q = openTest(t, dir)
+	if got := q.store.(*LogStore).key; got != k {
+		t.Errorf("key %08x after a restart, was %08x", got, k)
+	}
+	if _, err := q.Get(env.ID); err != nil {
+		t.Errorf("a message queued under the new key: %v", err)
+	}
+}
