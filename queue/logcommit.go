@@ -257,8 +257,14 @@ func (s *LogStore) maintain() {
 	}
 }
 
-// deleteDead removes leading segments that no live message refers to.
+// deleteDead removes leading segments that no live message refers to. A
+// store opened read-only removes nothing: recovery calls this too, and
+// `mailhop queue list` with the relay stopped deleted the stopped relay's
+// dead segments (and any a misread made look dead) under its shared lock.
 func (s *LogStore) deleteDead() {
+	if s.readOnly {
+		return
+	}
 	s.mu.Lock()
 	var gone []string
 	for len(s.segs) > 0 && s.segs[0].refs == 0 && s.segs[0] != s.active {

@@ -61,18 +61,32 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 		return fmt.Errorf("queue: reading the key: %w", err)
 	}
 	if k, ok := keyFromSegments(starts); ok {
-		s.log.Warn("queue: key file missing or damaged; using the key the segments were written with", "path", path)
+		if k == 0 {
+			// Not damage: a queue written by a mailhop older than keys.
+			s.log.Info("queue: no key file: a queue written before queue keys; it keeps key 0 until it is empty", "path", path)
+		} else {
+			s.log.Warn("queue: key file missing or damaged; using the key the segments were written with", "path", path)
+		}
 		return s.setKey(k)
 	}
 	if len(seqs) > 0 {
 		s.log.Error("queue: no segment starts with a readable record; their records cannot be told from planted ones and are skipped")
 		return s.setKey(0)
 	}
+	k, err := randomKey()
+	if err != nil {
+		return err
+	}
+	return s.setKey(k)
+}
+
+// randomKey makes a new queue's key.
+func randomKey() (uint32, error) {
 	var b [4]byte
 	if _, err := io.ReadFull(rand.Reader, b[:]); err != nil {
-		return fmt.Errorf("queue: making the key: %w", err)
+		return 0, fmt.Errorf("queue: making the key: %w", err)
 	}
-	return s.setKey(binary.LittleEndian.Uint32(b[:]))
+	return binary.LittleEndian.Uint32(b[:]), nil
 }
 
 // setKey makes key the queue's and, unless read-only, keeps it in the file.

@@ -58,6 +58,19 @@ func (s *LogStore) recover() error {
 	s.reportOrphans()
 	s.checkBodies()
 	s.deleteDead()
+	if s.key == 0 && len(s.segs) == 0 && !s.readOnly {
+		// A queue written before keys (logkey.go) kept key 0, and so went
+		// without their protection, for as long as it lived. With no
+		// segment left, no record salted with it is either: a key now.
+		k, err := randomKey()
+		if err != nil {
+			return err
+		}
+		if err := s.setKey(k); err != nil {
+			return err
+		}
+		s.log.Info("queue: the queue, written before queue keys, is empty: it has a key now", "path", filepath.Join(s.dir, keyName))
+	}
 	return nil
 }
 
@@ -67,15 +80,32 @@ func (s *LogStore) recover() error {
 // the queue) is a message whose record was in a damaged or cut part of the
 // queue. Only when records were dropped: in an undamaged log such a record
 // is one written after the message's done record (an attempt's outcome and
-// `queue delete` at once), the done record in a segment deleted since.
+// `queue delete` at once), the done record in a segment deleted since —
+// unless the message's body file is still there, which the done record
+// removed: then records are missing although every segment read cleanly
+// (one cut short exactly at the end of a record).
 // Each is logged once, as a done record is written for it.
 func (s *LogStore) reportOrphans() {
 	orphans := s.orphans
 	s.orphans = nil
-	if len(orphans) == 0 || !s.damaged && !s.cut {
+	if len(orphans) == 0 {
 		return
 	}
-	s.dropDone(orphans)
+	if !s.damaged && !s.cut {
+		id := s.orphanWithBody(orphans)
+		if id == "" {
+			return
+		}
+		s.dropDone(orphans)
+		if id = s.orphanWithBody(orphans); id == "" {
+			return
+		}
+		s.cut = true
+		s.log.Error("queue: records are missing from a segment (cut short at the end of a record, or a segment removed): a later record names a message whose body file is there and whose message record is not",
+			"queue_id", id, "segment", orphans[id])
+	} else {
+		s.dropDone(orphans)
+	}
 	ids := make([]string, 0, len(orphans))
 	for id := range orphans {
 		ids = append(ids, id)
@@ -88,6 +118,16 @@ func (s *LogStore) reportOrphans() {
 			"queue_id", id, "segment", orphans[id])
 		s.lost = append(s.lost, id)
 	}
+}
+
+// orphanWithBody returns an orphan whose body file exists, or "".
+func (s *LogStore) orphanWithBody(orphans map[string]string) string {
+	for id := range orphans {
+		if fi, err := os.Stat(s.bodyPath(id)); err == nil && fi.Mode().IsRegular() {
+			return id
+		}
+	}
+	return ""
 }
 
 // dropDone removes from orphans the messages that a done record names,
@@ -137,6 +177,16 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 				case st == frameStale || staleAfter(data, off, seg.seq, s.key):
 					// The rest is a recycled file's earlier life (its
 					// first bytes overwritten by this one's records).
+				case framesFollow(data, off):
+					// Whole frames, one after the other, that fail their
+					// checksum: no write cut short leaves a frame behind
+					// the cut one. They are records of another queue (a
+					// segment copied in, its key not this one's) or of
+					// another segment number, perhaps acknowledged mail.
+					s.damaged = true
+					s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:])
+					s.log.Error("queue: records this queue did not write (a segment of another queue or renamed, or a key file that is not this queue's) moved to quarantine: messages recorded there are not queued",
+						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				case !allZero(data[off:]):
 					s.cut = true
 					s.log.Warn("queue: ignoring incomplete record at end of segment (a write cut short by a crash or a full disk; it was never acknowledged)",
@@ -246,6 +296,26 @@ func findFrame(data []byte, off int, seq uint64, key uint32, want int) int {
 // starts at or after off.
 func staleAfter(data []byte, off int, seq uint64, key uint32) bool {
 	return findFrame(data, off, seq, key, frameStale) >= 0
+}
+
+// framesFollow reports whether a whole frame (magic, and a length that
+// fits) starts at off and another one right after it.
+func framesFollow(data []byte, off int) bool {
+	n := frameLen(data, off)
+	return n > 0 && frameLen(data, off+headerSize+n) > 0
+}
+
+// frameLen returns the length of the frame at off when its magic is there
+// and its length fits in data, else 0. The checksum is not checked.
+func frameLen(data []byte, off int) int {
+	if len(data)-off < headerSize+1 || binary.LittleEndian.Uint32(data[off:]) != recordMagic {
+		return 0
+	}
+	n := int(binary.LittleEndian.Uint32(data[off+4:]))
+	if n < 1 || n > maxRecordLen || n > len(data)-off-headerSize {
+		return 0
+	}
+	return n
 }
 
 func allZero(b []byte) bool {
