@@ -179,13 +179,16 @@ func (s *LogStore) replay(seg *segment, data []byte) {
 					// first bytes overwritten by this one's records).
 				case framesFollow(data, off):
 					// Whole frames, one after the other, that fail their
-					// checksum: no write cut short leaves a frame behind
-					// the cut one. They are records of another queue (a
-					// segment copied in, its key not this one's) or of
-					// another segment number, perhaps acknowledged mail.
+					// checksum: no write cut short by a crash of the
+					// process leaves a frame behind the cut one. They are
+					// records of another queue (a segment copied in, its
+					// key not this one's) or of another segment number,
+					// perhaps acknowledged mail — or, after a power loss,
+					// a batch whose pages reached the disk out of order
+					// (never acknowledged: its fsync did not return).
 					s.damaged = true
 					s.quarantine(fmt.Sprintf("seg-%016x-%d.bad", seg.seq, off), data[off:])
-					s.log.Error("queue: records this queue did not write (a segment of another queue or renamed, or a key file that is not this queue's) moved to quarantine: messages recorded there are not queued",
+					s.log.Error("queue: records this queue did not write (a segment of another queue or renamed, a key file that is not this queue's, or a write torn by a power loss) moved to quarantine: messages recorded there are not queued",
 						"segment", seg.path, "offset", off, "bytes", len(data)-off)
 				case !allZero(data[off:]):
 					s.cut = true
