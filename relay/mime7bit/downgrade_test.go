@@ -3,98 +3,15 @@ package mime7bit
 import (
 	"bytes"
 	"errors"
-	"io"
-	"mime"
-	"mime/multipart"
-	"mime/quotedprintable"
 	"net/mail"
 	"strings"
 	"testing"
+
+	"github.com/mailhop/mailhop/internal/testmime"
 )
 
 // newMemBody is a stored message over s.
-func newMemBody(s string) *bytes.Reader { return bytes.NewReader([]byte(s)) }
-
-// A multipart/mixed message: an 8-bit text part without a transfer
-// encoding, a 7-bit part, and a nested multipart/alternative whose parts
-// are labelled 8bit (one 8-bit, one not).
-const mixed8bit = "From: a@sender.test\r\n" +
-	"To: b@example.test\r\n" +
-	"Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n" +
-	"MIME-Version: 1.0\r\n" +
-	"Content-Type: multipart/mixed; boundary=\"outer\"\r\n" +
-	"Content-Transfer-Encoding: 8bit\r\n" +
-	"\r\n" +
-	"This is a MIME message.\r\n" +
-	"--outer\r\n" +
-	"Content-Type: text/plain; charset=utf-8\r\n" +
-	"\r\n" +
-	"Grüße aus Köln, = and a trailing space \r\n" +
-	".a line with a dot\r\n" +
-	"--outer\r\n" +
-	"Content-Type: text/plain\r\n" +
-	"\r\n" +
-	"plain ascii = stays as it is\r\n" +
-	"--outer\r\n" +
-	"Content-Type: multipart/alternative; boundary=inner\r\n" +
-	"\r\n" +
-	"--inner\r\n" +
-	"Content-Type: text/plain; charset=iso-8859-1\r\n" +
-	"Content-Transfer-Encoding: 8bit\r\n" +
-	"\r\n" +
-	"caf\xe9\r\n" +
-	"--inner\r\n" +
-	"Content-Type: text/html\r\n" +
-	"Content-Transfer-Encoding: 8BIT\r\n" +
-	"\r\n" +
-	"<p>ascii only</p>\r\n" +
-	"--inner--\r\n" +
-	"\r\n" +
-	"--outer--\r\n" +
-	"epilogue\r\n"
-
-// parts walks a MIME entity and returns every leaf's content type,
-// transfer encoding and decoded content, in order.
-func parts(t *testing.T, h mail.Header, body io.Reader) [][3]string {
-	t.Helper()
-	mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
-	if err != nil {
-		mt = "text/plain"
-	}
-	if strings.HasPrefix(mt, "multipart/") {
-		var out [][3]string
-		mr := multipart.NewReader(body, params["boundary"])
-		for {
-			p, err := mr.NextRawPart()
-			if err == io.EOF {
-				return out
-			}
-			if err != nil {
-				t.Fatalf("multipart: %v", err)
-			}
-			out = append(out, parts(t, mail.Header(p.Header), p)...)
-		}
-	}
-	cte := strings.ToLower(h.Get("Content-Transfer-Encoding"))
-	var r io.Reader = body
-	if cte == "quoted-printable" {
-		r = quotedprintable.NewReader(body)
-	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatalf("reading a %s part: %v", mt, err)
-	}
-	return [][3]string{{mt, cte, string(b)}}
-}
-
-func is7bit(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
+func newMemBody(s string) *strings.Reader { return strings.NewReader(s) }
 
 // TestTo7bit checks conversions of bodies that need no server.
 func TestTo7bit(t *testing.T) {
@@ -167,7 +84,7 @@ func TestTo7bit_LongLines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := parts(t, msg.Header, msg.Body)
+	got := testmime.Parts(t, msg.Header, msg.Body)
 	if len(got) != 1 || got[0][2] != long {
 		t.Errorf("long line not kept")
 	}
@@ -177,7 +94,7 @@ func TestTo7bit_LongLines(t *testing.T) {
 // conversion it returns is 7-bit, as long as it says, and the same each
 // time it is written.
 func FuzzTo7bit(f *testing.F) {
-	f.Add(mixed8bit)
+	f.Add(testmime.Mixed8bit)
 	f.Add("Subject: x\r\n\r\nGrüße\r\n")
 	f.Add("Content-Type: multipart/mixed; boundary=a\r\n\r\n--a\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\n\r\n\xe9\r\n--a--\r\n")
 	f.Add("Content-Type: multipart/digest; boundary=d\r\n\r\n--d\r\n\r\nx\r\n--d--\r\n\xff")
@@ -195,7 +112,7 @@ func FuzzTo7bit(f *testing.F) {
 		if int64(out1.Len()) != c.size || !bytes.Equal(out1.Bytes(), out2.Bytes()) {
 			t.Fatalf("size %d, wrote %d and %d bytes", c.size, out1.Len(), out2.Len())
 		}
-		if !is7bit(out1.Bytes()) {
+		if !testmime.Is7bit(out1.Bytes()) {
 			t.Fatalf("8-bit output:\n%q", out1.Bytes())
 		}
 	})

@@ -3,8 +3,6 @@ package outbound
 import (
 	"bytes"
 	"io"
-	"mime"
-	"mime/multipart"
 	"mime/quotedprintable"
 	"net/mail"
 	"strings"
@@ -12,103 +10,23 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/internal/testmime"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
-
-// A multipart/mixed message: an 8-bit text part without a transfer
-// encoding, a 7-bit part, and a nested multipart/alternative whose parts
-// are labelled 8bit (one 8-bit, one not).
-const mixed8bit = "From: a@sender.test\r\n" +
-	"To: b@example.test\r\n" +
-	"Subject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n" +
-	"MIME-Version: 1.0\r\n" +
-	"Content-Type: multipart/mixed; boundary=\"outer\"\r\n" +
-	"Content-Transfer-Encoding: 8bit\r\n" +
-	"\r\n" +
-	"This is a MIME message.\r\n" +
-	"--outer\r\n" +
-	"Content-Type: text/plain; charset=utf-8\r\n" +
-	"\r\n" +
-	"Grüße aus Köln, = and a trailing space \r\n" +
-	".a line with a dot\r\n" +
-	"--outer\r\n" +
-	"Content-Type: text/plain\r\n" +
-	"\r\n" +
-	"plain ascii = stays as it is\r\n" +
-	"--outer\r\n" +
-	"Content-Type: multipart/alternative; boundary=inner\r\n" +
-	"\r\n" +
-	"--inner\r\n" +
-	"Content-Type: text/plain; charset=iso-8859-1\r\n" +
-	"Content-Transfer-Encoding: 8bit\r\n" +
-	"\r\n" +
-	"caf\xe9\r\n" +
-	"--inner\r\n" +
-	"Content-Type: text/html\r\n" +
-	"Content-Transfer-Encoding: 8BIT\r\n" +
-	"\r\n" +
-	"<p>ascii only</p>\r\n" +
-	"--inner--\r\n" +
-	"\r\n" +
-	"--outer--\r\n" +
-	"epilogue\r\n"
-
-// parts walks a MIME entity and returns every leaf's content type,
-// transfer encoding and decoded content, in order.
-func parts(t *testing.T, h mail.Header, body io.Reader) [][3]string {
-	t.Helper()
-	mt, params, err := mime.ParseMediaType(h.Get("Content-Type"))
-	if err != nil {
-		mt = "text/plain"
-	}
-	if strings.HasPrefix(mt, "multipart/") {
-		var out [][3]string
-		mr := multipart.NewReader(body, params["boundary"])
-		for {
-			p, err := mr.NextRawPart()
-			if err == io.EOF {
-				return out
-			}
-			if err != nil {
-				t.Fatalf("multipart: %v", err)
-			}
-			out = append(out, parts(t, mail.Header(p.Header), p)...)
-		}
-	}
-	cte := strings.ToLower(h.Get("Content-Transfer-Encoding"))
-	var r io.Reader = body
-	if cte == "quoted-printable" {
-		r = quotedprintable.NewReader(body)
-	}
-	b, err := io.ReadAll(r)
-	if err != nil {
-		t.Fatalf("reading a %s part: %v", mt, err)
-	}
-	return [][3]string{{mt, cte, string(b)}}
-}
-
-func is7bit(b []byte) bool {
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
 
 func TestDelivery_No8BitMIME_MultipartConvertedToQuotedPrintable(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{No8BitMIME: true}, zone("example.test", "127.0.0.2", "eight.test", "127.0.0.3"))
 	eight := h.server("127.0.0.3", smtptest.Behaviour{})
 	h.start()
-	id := h.submit(mixed8bit, []string{"b@example.test", "c@eight.test"}, func(e *queue.Envelope) { e.BodyType = "8BITMIME" })
+	id := h.submit(testmime.Mixed8bit, []string{"b@example.test", "c@eight.test"}, func(e *queue.Envelope) { e.BodyType = "8BITMIME" })
 	m := h.first.Wait(t, 1)[0]
 	h.waitRecords(id, 1)
 	if h.envelope(id) != nil {
 		t.Fatal("message still queued")
 	}
-	if !is7bit(m.Data) {
+	if !testmime.Is7bit(m.Data) {
 		t.Fatalf("8-bit octets sent to a server without 8BITMIME:\n%s", m.Data)
 	}
 	if m.MailOpts.Body != "" {
@@ -127,7 +45,7 @@ func TestDelivery_No8BitMIME_MultipartConvertedToQuotedPrintable(t *testing.T) {
 	if n := strings.Count(string(m.Data), "Content-Transfer-Encoding:"); n != 4 {
 		t.Errorf("%d Content-Transfer-Encoding fields, want 4 (one per labelled or converted entity):\n%s", n, m.Data)
 	}
-	got := parts(t, msg.Header, msg.Body)
+	got := testmime.Parts(t, msg.Header, msg.Body)
 	want := [][3]string{
 		{"text/plain", "quoted-printable", "Grüße aus Köln, = and a trailing space \r\n.a line with a dot"},
 		{"text/plain", "", "plain ascii = stays as it is"},
@@ -151,8 +69,8 @@ func TestDelivery_No8BitMIME_MultipartConvertedToQuotedPrintable(t *testing.T) {
 		t.Error("conversion not logged")
 	}
 	// A server with 8BITMIME gets the stored bytes.
-	if m := eight.Wait(t, 1)[0]; !bytes.Equal(m.Data, []byte(mixed8bit)) || m.MailOpts.Body != smtp.Body8BitMIME {
-		t.Errorf("8BITMIME server: BODY=%q, body changed: %v", m.MailOpts.Body, !bytes.Equal(m.Data, []byte(mixed8bit)))
+	if m := eight.Wait(t, 1)[0]; !bytes.Equal(m.Data, []byte(testmime.Mixed8bit)) || m.MailOpts.Body != smtp.Body8BitMIME {
+		t.Errorf("8BITMIME server: BODY=%q, body changed: %v", m.MailOpts.Body, !bytes.Equal(m.Data, []byte(testmime.Mixed8bit)))
 	}
 }
 
@@ -164,7 +82,7 @@ func TestDelivery_No8BitMIME_PlainMessageGetsMIMEHeaders(t *testing.T) {
 	body := "From: a@sender.test\r\nSubject: hi\r\n\r\nsmørrebrød\r\n" + strings.Repeat("x", 200) + "\r\n.\r\nend\r\n"
 	h.submit(body, []string{"b@example.test"})
 	m := h.first.Wait(t, 1)[0]
-	if !is7bit(m.Data) {
+	if !testmime.Is7bit(m.Data) {
 		t.Fatalf("8-bit octets sent:\n%s", m.Data)
 	}
 	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
