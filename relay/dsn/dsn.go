@@ -22,7 +22,9 @@ import (
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
-// Outcome is one recipient in a delivery status notification.
+// Outcome is one recipient in a delivery status notification: Rcpt as
+// queued (address, ORCPT), and Reply, the reply that decided its Action,
+// a server's or the relay's own (Code 0), nil when there is none.
 type Outcome struct {
 	Rcpt   *queue.Recipient
 	Action string // failed, delayed, delivered, relayed
@@ -32,12 +34,13 @@ type Outcome struct {
 	Until  time.Time      // a delayed recipient's Will-Retry-Until, zero: none
 }
 
+// Input is what a report is built from.
 type Input struct {
-	Hostname string
-	Env      *queue.Envelope
-	Body     queue.Body
-	Outcomes []Outcome // all with the same kind of action
-	Now      time.Time
+	Hostname string          // the relay's name: Reporting-MTA, From and Message-ID
+	Env      *queue.Envelope // the original message's envelope (sender, RET, ENVID, SMTPUTF8)
+	Body     queue.Body      // the original message, nil: none to return
+	Outcomes []Outcome       // all with the same kind of action
+	Now      time.Time       // Date and Last-Attempt-Date
 }
 
 // Message is a generated report: head and tail around the original
@@ -49,6 +52,7 @@ type Message struct {
 	BodyType   string     // "" or "8BITMIME"
 }
 
+// Reader returns a reader of the whole report, a new one each call.
 func (m *Message) Reader() io.Reader {
 	if m.full == nil {
 		return io.MultiReader(bytes.NewReader(m.head), bytes.NewReader(m.tail))
