@@ -286,7 +286,7 @@ func TestBuildDSN_LocalDiagnostic(t *testing.T) {
 // text a report is made of (they come from clients and servers), it is
 // lines of at most 998 octets (RFC 5322 §2.1.1: a next hop may refuse a
 // longer one, and a report about a report is never sent) ending in CRLF,
-// valid UTF-8, ParseDSN reads it back, and the status part of a report
+// valid UTF-8, Parse reads it back, and the status part of a report
 // about a message without SMTPUTF8 is ASCII.
 func FuzzBuildDSN(f *testing.F) {
 	f.Add("a@example.test", "rfc822;A@example.test", "E1", "mx.example.test", "no\r\nsuch user", "failed")
@@ -332,7 +332,7 @@ func FuzzBuildDSN(f *testing.F) {
 			t.Fatalf("invalid UTF-8 in the report")
 		}
 		if _, err := Parse(bytes.NewReader(raw)); err != nil {
-			t.Fatalf("ParseDSN: %v\n%s", err, raw)
+			t.Fatalf("Parse: %v\n%s", err, raw)
 		}
 		if !env.SMTPUTF8 {
 			// Not global: the status part is ASCII (RFC 6533 §6).
