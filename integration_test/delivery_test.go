@@ -34,7 +34,7 @@ import (
 	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/internal/testport"
 	"github.com/mailhop/mailhop/relay/admin"
-	"github.com/mailhop/mailhop/relay/outbound"
+	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
 
@@ -353,7 +353,7 @@ func logField(line, key string) string {
 
 // checkReport checks that m is a delivery report from the null sender to
 // the sender, a valid RFC 3464 multipart/report, and returns it parsed.
-func checkReport(t testing.TB, m smtptest.Message) *outbound.DSN {
+func checkReport(t testing.TB, m smtptest.Message) *dsn.Report {
 	t.Helper()
 	if m.From != "" {
 		t.Errorf("report sent from <%s>, want the null sender <>", m.From)
@@ -361,7 +361,7 @@ func checkReport(t testing.TB, m smtptest.Message) *outbound.DSN {
 	if !slices.Equal(m.To, []string{senderAddr}) {
 		t.Errorf("report sent to %v, want [%s]", m.To, senderAddr)
 	}
-	d, err := outbound.ParseDSN(bytes.NewReader(m.Data))
+	d, err := dsn.Parse(bytes.NewReader(m.Data))
 	if err != nil {
 		t.Fatalf("not a valid RFC 3464 report: %v\n%s", err, m.Data)
 	}
@@ -384,7 +384,7 @@ func checkReport(t testing.TB, m smtptest.Message) *outbound.DSN {
 }
 
 // reportFor returns the per-recipient block of d for addr.
-func reportFor(t testing.TB, d *outbound.DSN, addr string) outbound.DSNRecipient {
+func reportFor(t testing.TB, d *dsn.Report, addr string) dsn.Recipient {
 	t.Helper()
 	for _, r := range d.Recipients {
 		if strings.EqualFold(r.Address(), addr) {
@@ -392,12 +392,12 @@ func reportFor(t testing.TB, d *outbound.DSN, addr string) outbound.DSNRecipient
 		}
 	}
 	t.Fatalf("report has no block for %s: %+v", addr, d.Recipients)
-	return outbound.DSNRecipient{}
+	return dsn.Recipient{}
 }
 
 // checkFailed checks a failed recipient block: Action failed, a 5.x.x
 // Status starting with status, an smtp Diagnostic-Code carrying diag.
-func checkFailed(t testing.TB, r outbound.DSNRecipient, status, diag string) {
+func checkFailed(t testing.TB, r dsn.Recipient, status, diag string) {
 	t.Helper()
 	if !strings.HasPrefix(strings.ToLower(r.FinalRecipient), "rfc822;") {
 		t.Errorf("Final-Recipient %q, want rfc822; ...", r.FinalRecipient)

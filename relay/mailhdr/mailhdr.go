@@ -125,6 +125,19 @@ func TrimEnd(h []byte) []byte {
 	return h[:len(h)-1]
 }
 
+// maxHeaderBytes bounds how much of a stored message is read as its header.
+const maxHeaderBytes = 1 << 20
+
+// Block returns the header block of a stored message (without the
+// blank line ending it), at most maxHeaderBytes.
+func Block(r io.ReaderAt, size int64) []byte {
+	h, err := Read(bufio.NewReader(io.NewSectionReader(r, 0, min(size, maxHeaderBytes))), maxHeaderBytes)
+	if err == nil {
+		h = TrimEnd(h)
+	}
+	return h
+}
+
 // HeaderEnd returns where the header fields at the start of h end: at the
 // empty line that ends them, or at the first line that is neither a field
 // (StartsWithField) nor a continuation of one, which starts the body (as

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/mailhdr"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
@@ -598,7 +599,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 // before the attempt's end would log it never.
 func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body queue.Body, messageID string, rs []rcptResult) {
 	var us []queue.RcptUpdate
-	var success []dsnRcpt
+	var success []dsn.Outcome
 	var reported []int // positions in rs of the recipients in success
 	for i := range rs {
 		r := &rs[i]
@@ -606,7 +607,7 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 			continue
 		}
 		if rc := &env.Recipients[r.index]; successReport(env, rc, r) {
-			success = append(success, dsnRcpt{rcpt: rc, action: "relayed", reply: r.reply, remote: r.remote})
+			success = append(success, dsn.Outcome{Rcpt: rc, Action: "relayed", Reply: r.reply, Remote: r.remote})
 			reported = append(reported, i)
 		}
 		us = append(us, r.update())

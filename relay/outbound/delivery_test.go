@@ -19,6 +19,8 @@ import (
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dsn"
+	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
 
@@ -202,7 +204,7 @@ func TestDelivery_MixedReplies_PartialDelivery(t *testing.T) {
 
 // parseBounce checks that m is a report from the null sender to the
 // original sender and parses it.
-func parseBounce(t *testing.T, m smtptest.Message) *DSN {
+func parseBounce(t *testing.T, m smtptest.Message) *dsn.Report {
 	t.Helper()
 	if m.From != "" || len(m.To) != 1 || m.To[0] != "sender@sender.test" {
 		t.Fatalf("report envelope: from %q to %q", m.From, m.To)
@@ -210,9 +212,9 @@ func parseBounce(t *testing.T, m smtptest.Message) *DSN {
 	if bytes.Contains(bytes.ReplaceAll(m.Data, []byte("\r\n"), nil), []byte("\n")) {
 		t.Error("report has bare LF")
 	}
-	d, err := ParseDSN(bytes.NewReader(m.Data))
+	d, err := dsn.Parse(bytes.NewReader(m.Data))
 	if err != nil {
-		t.Fatalf("ParseDSN: %v\n%s", err, m.Data)
+		t.Fatalf("dsn.Parse: %v\n%s", err, m.Data)
 	}
 	if got := d.Header.Get("Auto-Submitted"); got != "auto-replied" {
 		t.Errorf("Auto-Submitted = %q", got)
@@ -246,7 +248,7 @@ func TestDelivery_PermanentFailure_BounceIsRFC3464(t *testing.T) {
 		t.Errorf("per-message fields: envid %q arrival %q", d.EnvelopeID, d.ArrivalDate)
 	}
 	r := d.Recipients[0]
-	want := DSNRecipient{OriginalRecipient: "rfc822; orig@example.test", FinalRecipient: "rfc822; a@example.test",
+	want := dsn.Recipient{OriginalRecipient: "rfc822; orig@example.test", FinalRecipient: "rfc822; a@example.test",
 		Action: "failed", Status: "5.1.1", RemoteMTA: "dns; mx.example.test",
 		DiagnosticCode: "smtp; 550 5.1.1 no such user here", LastAttemptDate: r.LastAttemptDate}
 	if r != want || r.LastAttemptDate == "" {
@@ -290,7 +292,7 @@ func TestDelivery_UTF8Reply_BounceIsASCIIDeliveryStatus(t *testing.T) {
 	h.start()
 	h.submit(testBody, []string{"a@example.test"})
 	m := senderMX.Wait(t, 1)[0]
-	if m.MailOpts.UTF8 || !isASCII(m.Data) {
+	if m.MailOpts.UTF8 || !mime7bit.IsASCII(m.Data) {
 		t.Fatalf("report sent with SMTPUTF8 %v, or 8-bit octets:\n%s", m.MailOpts.UTF8, m.Data)
 	}
 	if !bytes.Contains(m.Data, []byte("\r\nContent-Type: message/delivery-status\r\n")) {

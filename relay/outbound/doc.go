@@ -44,7 +44,7 @@
 //     BODY=7BIT with the rest, as Postfix sends them. To a server without
 //     8BITMIME no BODY goes, and a message holding 8-bit octets goes in a
 //     7-bit form: its 8-bit body parts encoded as quoted-printable (RFC
-//     6152 §3; downgrade.go).
+//     6152 §3; relay/mime7bit).
 //  6. The outcomes go back to the queue with queue.Done; when delivery was
 //     cut short by shutdown and nothing changed, the message is given back
 //     with queue.Requeue.
@@ -121,7 +121,8 @@
 // # What is durable when
 //
 // Every report an attempt calls for (bounce, expiry, delay warning with its
-// DelayWarned flag, NOTIFY=SUCCESS, `queue bounce`, loop) is queued (from
+// DelayWarned flag, NOTIFY=SUCCESS, `queue bounce`, loop; the message is
+// written by relay/dsn, when and to whom is decided here) is queued (from
 // the null sender, to the original sender) in one atomic commit with the
 // attempt's outcome, by queue.DoneWithReports: a crash at any moment keeps
 // both or neither, so a report is never lost and never sent twice (a

@@ -10,7 +10,9 @@ import (
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/logline"
+	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -282,7 +284,7 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		return nil
 	}
 	remote := func(r *rcptResult) string { return r.remote }
-	var failed, success, delayed []dsnRcpt
+	var failed, success, delayed []dsn.Outcome
 	var failedIdx []int
 	for i := range at.rcpts {
 		r := &at.rcpts[i]
@@ -290,30 +292,30 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		switch r.state {
 		case queue.Failed:
 			if rc.Notify.Has(queue.NotifyFailure) {
-				failed = append(failed, dsnRcpt{rcpt: rc, action: "failed", reply: r.reply, diag: r.diag, remote: remote(r)})
+				failed = append(failed, dsn.Outcome{Rcpt: rc, Action: "failed", Reply: r.reply, Diag: r.diag, Remote: remote(r)})
 				failedIdx = append(failedIdx, i)
 			}
 		case queue.Delivered:
 			// Not again when queued before the attempt's end
 			// (recordDelivered).
 			if successReport(env, rc, r) && !r.reported {
-				success = append(success, dsnRcpt{rcpt: rc, action: "relayed", reply: r.reply, remote: remote(r)})
+				success = append(success, dsn.Outcome{Rcpt: rc, Action: "relayed", Reply: r.reply, Remote: remote(r)})
 			}
 		case queue.Pending:
 			if rc.Notify.Has(queue.NotifyDelay) {
 				// RFC 3464 §2.3.9: when the retries end (the message
 				// expires), as Postfix's delay reports say.
-				delayed = append(delayed, dsnRcpt{rcpt: rc, action: "delayed", reply: r.reply, remote: remote(r), until: expiresAt(env, cfg)})
+				delayed = append(delayed, dsn.Outcome{Rcpt: rc, Action: "delayed", Reply: r.reply, Remote: remote(r), Until: expiresAt(env, cfg)})
 			}
 		}
 	}
 	host := cfg.Hostname
 	var reps []*report
-	add := func(rcpts []dsnRcpt, idx []int) {
+	add := func(rcpts []dsn.Outcome, idx []int) {
 		rep, err := a.buildReport(env, body, host, rcpts, now)
 		if err != nil {
-			a.log.Error("cannot build report", "queue_id", env.ID, "action", rcpts[0].action, "err", err)
-			(&report{action: rcpts[0].action, failed: idx}).unsent(at, res, env, err)
+			a.log.Error("cannot build report", "queue_id", env.ID, "action", rcpts[0].Action, "err", err)
+			(&report{action: rcpts[0].Action, failed: idx}).unsent(at, res, env, err)
 			return
 		}
 		rep.failed = idx
@@ -354,7 +356,7 @@ func hasPending(at *attempt) bool {
 }
 
 // buildReport builds a DSN from the null sender about rcpts of env.
-func (a *Agent) buildReport(env *queue.Envelope, body queue.Body, hostname string, rcpts []dsnRcpt, now time.Time) (*report, error) {
+func (a *Agent) buildReport(env *queue.Envelope, body queue.Body, hostname string, rcpts []dsn.Outcome, now time.Time) (*report, error) {
 	if env.RequireTLS && env.Ret != "" {
 		// RFC 8689 §5: the report travels without REQUIRETLS, so it
 		// carries the original's header only, never its body.
@@ -362,7 +364,7 @@ func (a *Agent) buildReport(env *queue.Envelope, body queue.Body, hostname strin
 		e.Ret = ""
 		env = &e
 	}
-	msg, err := buildDSN(&dsnInput{hostname: hostname, env: env, body: body, rcpts: rcpts, now: now})
+	msg, err := dsn.Build(&dsn.Input{Hostname: hostname, Env: env, Body: body, Outcomes: rcpts, Now: now})
 	if err != nil {
 		return nil, err
 	}
@@ -370,10 +372,10 @@ func (a *Agent) buildReport(env *queue.Envelope, body queue.Body, hostname strin
 		From:       "",
 		Recipients: []queue.Recipient{{Address: env.From}},
 		Arrived:    now,
-		SMTPUTF8:   !isASCII([]byte(env.From)),
-		BodyType:   msg.bodyType,
+		SMTPUTF8:   !mime7bit.IsASCII([]byte(env.From)),
+		BodyType:   msg.BodyType,
 	}
-	return &report{env: rep, body: msg.reader(), action: rcpts[0].action, rcpts: len(rcpts)}, nil
+	return &report{env: rep, body: msg.Reader(), action: rcpts[0].Action, rcpts: len(rcpts)}, nil
 }
 
 // BounceNow bounces every pending recipient of message id at once (the

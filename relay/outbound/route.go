@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -58,7 +59,7 @@ func smarthosts(r *config.Route) []string {
 // form and cannot lower TLS. A name that is not a valid IDN is returned
 // lower-cased; its MX lookup then fails for good.
 func asciiDomain(d string) string {
-	if !isASCII([]byte(d)) {
+	if !mime7bit.IsASCII([]byte(d)) {
 		if a, err := idna.Lookup.ToASCII(d); err == nil {
 			d = a
 		}

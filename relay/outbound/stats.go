@@ -1,7 +1,6 @@
 package outbound
 
 import (
-	"bufio"
 	"bytes"
 	"io"
 	"strings"
@@ -41,19 +40,6 @@ func (a *Agent) Stats() Stats {
 	}
 }
 
-// maxHeaderBytes bounds how much of a stored message is read as its header.
-const maxHeaderBytes = 1 << 20
-
-// headerBlock returns the header block of a stored message (without the
-// blank line ending it), at most maxHeaderBytes.
-func headerBlock(r io.ReaderAt, size int64) []byte {
-	h, err := mailhdr.Read(bufio.NewReader(io.NewSectionReader(r, 0, min(size, maxHeaderBytes))), maxHeaderBytes)
-	if err == nil {
-		h = mailhdr.TrimEnd(h)
-	}
-	return h
-}
-
 // storedHeader is what delivery reads from a stored message's header.
 type storedHeader struct {
 	received    int    // Received fields, for loop detection
@@ -61,7 +47,7 @@ type storedHeader struct {
 	tlsOptional bool   // TLS-Required: No (RFC 8689 §5)
 }
 
-// storedHeaderBlock is headerBlock for a message as the queue stores it
+// storedHeaderBlock is mailhdr.Block for a message as the queue stores it
 // (CRLF line ends): usually one read of the first 8 KiB, no allocation for
 // a buffered reader.
 func storedHeaderBlock(b interface {
@@ -79,7 +65,7 @@ func storedHeaderBlock(b interface {
 	case int64(n) == b.Size():
 		return buf // the whole message is header
 	}
-	return headerBlock(b, b.Size())
+	return mailhdr.Block(b, b.Size())
 }
 
 // headBufs are the buffers stored headers are read into.

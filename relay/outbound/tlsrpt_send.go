@@ -25,8 +25,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -484,4 +486,12 @@ func (a *Agent) reportDial(ctx context.Context, network, addr string) (net.Conn,
 		return nil, err
 	}
 	return a.dialHost(ctx, host, port)
+}
+
+const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
+
+func randHex(n int) string {
+	p := make([]byte, n)
+	rand.Read(p)
+	return hex.EncodeToString(p)
 }

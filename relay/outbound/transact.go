@@ -13,6 +13,7 @@ import (
 
 	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -120,22 +121,22 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			return res, false, nil
 		}
 	}
-	var seven *conversion // the 7-bit form sent instead of the stored bytes
+	var seven *mime7bit.Conversion // the 7-bit form sent instead of the stored bytes
 	if !cn.eightBit {
 		// RFC 6152 §3: a server without 8BITMIME gets 7-bit data only.
 		var err error
 		seven, err = t.forms.sevenBit()
-		var ue *unconvertibleError
+		var ue *mime7bit.UnconvertibleError
 		switch {
 		case errors.As(err, &ue):
-			a.log.Info("message cannot be converted to 7bit", "queue_id", env.ID, "mx", cn.host, "err", ue.reason)
-			return all(queue.Failed, smtperr.New(0, "5.6.3", "message needs 8BITMIME, which %s does not support (cannot convert to 7bit: %s)", cn.host, ue.reason)), false, nil
+			a.log.Info("message cannot be converted to 7bit", "queue_id", env.ID, "mx", cn.host, "err", ue.Error())
+			return all(queue.Failed, smtperr.New(0, "5.6.3", "message needs 8BITMIME, which %s does not support (cannot convert to 7bit: %s)", cn.host, ue.Error())), false, nil
 		case err != nil:
 			return all(queue.Pending, smtperr.New(0, "4.3.0", "reading the message: %v", err)), false, nil
 		case seven != nil:
 			a.log.Info("message converted to 7bit", "queue_id", env.ID, "mx", cn.host,
-				"parts_encoded", seven.encoded, "size", size, "converted_size", seven.size)
-			size = seven.size
+				"parts_encoded", seven.Encoded(), "size", size, "converted_size", seven.Size())
+			size = seven.Size()
 		}
 	}
 	if cn.maxSize > 0 && size > cn.maxSize {
@@ -366,7 +367,7 @@ func rcptOptions(r *queue.Recipient) *smtp.RcptOptions {
 	if typ, addr, ok := strings.Cut(r.ORCPT, ";"); ok && addr != "" {
 		switch strings.ToLower(strings.TrimSpace(typ)) {
 		case "rfc822":
-			if isASCII([]byte(addr)) { // xtext carries a space too
+			if mime7bit.IsASCII([]byte(addr)) { // xtext carries a space too
 				o.OriginalRecipientType, o.OriginalRecipient = smtp.DSNAddressTypeRFC822, addr
 			}
 		case "utf-8":

@@ -1,10 +1,9 @@
-package outbound
+package dsn
 
 import (
 	"bufio"
 	"bytes"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -18,37 +17,43 @@ import (
 	"unicode/utf8"
 
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/mailhdr"
+	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
-// dsnRcpt is one recipient in a delivery status notification.
-type dsnRcpt struct {
-	rcpt   *queue.Recipient
-	action string // failed, delayed, delivered, relayed
-	reply  *smtperr.Error
-	diag   *smtperr.Error // the remote reply for Diagnostic-Code when reply is ours; nil: reply
-	remote string         // Remote-MTA host, "" when none answered
-	until  time.Time      // a delayed recipient's Will-Retry-Until, zero: none
+// Outcome is one recipient in a delivery status notification: Rcpt as
+// queued (address, ORCPT), and Reply, the reply that decided its Action,
+// a server's or the relay's own (Code 0), nil when there is none.
+type Outcome struct {
+	Rcpt   *queue.Recipient
+	Action string // failed, delayed, delivered, relayed
+	Reply  *smtperr.Error
+	Diag   *smtperr.Error // the remote reply for Diagnostic-Code when Reply is ours; nil: Reply
+	Remote string         // Remote-MTA host, "" when none answered
+	Until  time.Time      // a delayed recipient's Will-Retry-Until, zero: none
 }
 
-type dsnInput struct {
-	hostname string
-	env      *queue.Envelope
-	body     queue.Body
-	rcpts    []dsnRcpt // all with the same kind of action
-	now      time.Time
+// Input is what a report is built from.
+type Input struct {
+	Hostname string          // the relay's name: Reporting-MTA, From and Message-ID
+	Env      *queue.Envelope // the original message's envelope (sender, RET, ENVID, SMTPUTF8)
+	Body     queue.Body      // the original message, nil: none to return
+	Outcomes []Outcome       // all with the same kind of action
+	Now      time.Time       // Date and Last-Attempt-Date
 }
 
-// dsnMessage is a generated report: head and tail around the original
+// Message is a generated report: head and tail around the original
 // message (when it is returned whole), so a large message is streamed from
 // the queue rather than held in memory.
-type dsnMessage struct {
+type Message struct {
 	head, tail []byte
 	full       queue.Body // nil: headers only, already in head
-	bodyType   string     // "" or "8BITMIME"
+	BodyType   string     // "" or "8BITMIME"
 }
 
-func (m *dsnMessage) reader() io.Reader {
+// Reader returns a reader of the whole report, a new one each call.
+func (m *Message) Reader() io.Reader {
 	if m.full == nil {
 		return io.MultiReader(bytes.NewReader(m.head), bytes.NewReader(m.tail))
 	}
@@ -63,16 +68,16 @@ const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
 // limit and get lost (a report about a report is never sent).
 const maxReturnedSize = 50000
 
-// buildDSN writes an RFC 3464 report: multipart/report with a readable
+// Build writes an RFC 3464 report: multipart/report with a readable
 // explanation, a message/delivery-status part and the original headers (or
 // the whole original for a failure report with RET=FULL, up to
 // maxReturnedSize). Lines end in CRLF.
-func buildDSN(in *dsnInput) (*dsnMessage, error) {
-	if len(in.rcpts) == 0 {
+func Build(in *Input) (*Message, error) {
+	if len(in.Outcomes) == 0 {
 		return nil, errors.New("dsn: no recipients")
 	}
-	env := in.env
-	kind := in.rcpts[0].action
+	env := in.Env
+	kind := in.Outcomes[0].Action
 	subject := "Undelivered Mail Returned to Sender"
 	switch kind {
 	case "delayed":
@@ -80,15 +85,15 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	case "delivered", "relayed":
 		subject = "Successful Mail Delivery Report"
 	}
-	boundary := randHex(12) + "/" + in.hostname
+	boundary := randHex(12) + "/" + in.Hostname
 	var b bytes.Buffer
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
 
-	w("From: Mail Delivery System <MAILER-DAEMON@%s>", in.hostname)
+	w("From: Mail Delivery System <MAILER-DAEMON@%s>", in.Hostname)
 	w("To: <%s>", env.From)
 	w("Subject: %s", subject)
-	w("Date: %s", in.now.Format(rfc5322Date))
-	w("Message-ID: <%d.%s@%s>", in.now.UnixNano(), randHex(8), in.hostname)
+	w("Date: %s", in.Now.Format(rfc5322Date))
+	w("Message-ID: <%d.%s@%s>", in.Now.UnixNano(), randHex(8), in.Hostname)
 	w("Auto-Submitted: auto-replied")
 	w("MIME-Version: 1.0")
 	w("Content-Type: multipart/report; report-type=delivery-status;")
@@ -101,7 +106,7 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	// labelled 8bit only when it holds UTF-8.
 	var ex bytes.Buffer
 	w = func(format string, args ...any) { fmt.Fprintf(&ex, format+"\r\n", args...) }
-	w("This is the mail system at host %s.", in.hostname)
+	w("This is the mail system at host %s.", in.Hostname)
 	w("")
 	switch kind {
 	case "failed":
@@ -115,15 +120,15 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		w("listed below.")
 	}
 	w("")
-	for _, r := range in.rcpts {
-		line := "<" + r.rcpt.Address + ">: "
-		if r.reply != nil {
-			line += sanitize(r.reply.Error())
+	for _, r := range in.Outcomes {
+		line := "<" + r.Rcpt.Address + ">: "
+		if r.Reply != nil {
+			line += sanitize(r.Reply.Error())
 		} else {
-			line += r.action
+			line += r.Action
 		}
-		if r.remote != "" {
-			line += " (host " + r.remote + ")"
+		if r.Remote != "" {
+			line += " (host " + r.Remote + ")"
 		}
 		w("%s", cutUTF8(line, maxLine))
 	}
@@ -131,7 +136,7 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	w = func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
 	w("--%s", boundary)
 	w("Content-Type: text/plain; charset=utf-8")
-	if isASCII(ex.Bytes()) {
+	if mime7bit.IsASCII(ex.Bytes()) {
 		w("Content-Transfer-Encoding: 7bit")
 	} else {
 		w("Content-Transfer-Encoding: 8bit")
@@ -154,16 +159,16 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	}
 	var st bytes.Buffer
 	w = func(format string, args ...any) { fmt.Fprintf(&st, format+"\r\n", args...) }
-	w("Reporting-MTA: dns; %s", text(in.hostname))
+	w("Reporting-MTA: dns; %s", text(in.Hostname))
 	if env.EnvID != "" {
 		w("Original-Envelope-Id: %s", text(env.EnvID))
 	}
 	if !env.Arrived.IsZero() {
 		w("Arrival-Date: %s", env.Arrived.Format(rfc5322Date))
 	}
-	for _, r := range in.rcpts {
+	for _, r := range in.Outcomes {
 		w("")
-		if typ, addr, ok := strings.Cut(r.rcpt.ORCPT, ";"); ok {
+		if typ, addr, ok := strings.Cut(r.Rcpt.ORCPT, ";"); ok {
 			typ = strings.ToLower(strings.TrimSpace(typ))
 			if typ == "utf-8" {
 				addr = utf8Addr(strings.TrimSpace(addr))
@@ -174,34 +179,34 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 				w("Original-Recipient: %s; %s", typ, addr)
 			}
 		}
-		if typ := addrType(r.rcpt.Address); typ == "utf-8" {
-			w("Final-Recipient: utf-8; %s", utf8Addr(r.rcpt.Address))
+		if typ := addrType(r.Rcpt.Address); typ == "utf-8" {
+			w("Final-Recipient: utf-8; %s", utf8Addr(r.Rcpt.Address))
 		} else {
-			w("Final-Recipient: rfc822; %s", text(r.rcpt.Address))
+			w("Final-Recipient: rfc822; %s", text(r.Rcpt.Address))
 		}
-		w("Action: %s", r.action)
+		w("Action: %s", r.Action)
 		w("Status: %s", dsnStatus(r))
-		if r.remote != "" {
-			w("Remote-MTA: dns; %s", text(r.remote))
+		if r.Remote != "" {
+			w("Remote-MTA: dns; %s", text(r.Remote))
 		}
-		diag := r.reply
-		if r.diag != nil {
-			diag = r.diag
+		diag := r.Reply
+		if r.Diag != nil {
+			diag = r.Diag
 		}
 		switch {
 		case diag != nil && diag.Code != 0:
 			w("Diagnostic-Code: smtp; %s", text(diag.Error()))
-		case diag != nil && r.action != "delivered" && r.action != "relayed":
+		case diag != nil && r.Action != "delivered" && r.Action != "relayed":
 			// No server said it (NXDOMAIN, null MX, a SIZE too big):
 			// the relay's own reason, typed as Postfix types its
 			// X-Postfix (RFC 3464 §2.3.6 allows an X- type).
 			w("Diagnostic-Code: X-mailhop; %s", text(diag.Error()))
 		}
-		if r.action != "delivered" && r.action != "relayed" || r.remote != "" {
-			w("Last-Attempt-Date: %s", in.now.Format(rfc5322Date))
+		if r.Action != "delivered" && r.Action != "relayed" || r.Remote != "" {
+			w("Last-Attempt-Date: %s", in.Now.Format(rfc5322Date))
 		}
-		if r.action == "delayed" && !r.until.IsZero() {
-			w("Will-Retry-Until: %s", r.until.Format(rfc5322Date))
+		if r.Action == "delayed" && !r.Until.IsZero() {
+			w("Will-Retry-Until: %s", r.Until.Format(rfc5322Date))
 		}
 	}
 	w("")
@@ -222,13 +227,13 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	// octets is labelled 8bit (RFC 2045 §6.1: unlabelled means 7bit), as
 	// Postfix labels it.
 	var hdr []byte
-	if in.body != nil {
-		hdr = headerBlock(in.body, in.body.Size())
+	if in.Body != nil {
+		hdr = mailhdr.Block(in.Body, in.Body.Size())
 	}
-	globalHdr := env.SMTPUTF8 && !isASCII(hdr)
-	m := &dsnMessage{}
+	globalHdr := env.SMTPUTF8 && !mime7bit.IsASCII(hdr)
+	m := &Message{}
 	w("--%s", boundary)
-	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.body != nil && in.body.Size() <= maxReturnedSize {
+	if kind == "failed" && strings.EqualFold(env.Ret, "FULL") && in.Body != nil && in.Body.Size() <= maxReturnedSize {
 		if !globalHdr {
 			w("Content-Type: message/rfc822")
 		} else {
@@ -237,24 +242,24 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 		eight := strings.EqualFold(env.BodyType, "8BITMIME") || strings.EqualFold(env.BodyType, "BINARYMIME")
 		if !eight {
 			var err error
-			if eight, err = has8bit(in.body, in.body.Size()); err != nil {
+			if eight, err = mime7bit.Has8bit(in.Body, in.Body.Size()); err != nil {
 				return nil, fmt.Errorf("dsn: reading the original: %w", err)
 			}
 		}
 		if eight {
 			w("Content-Transfer-Encoding: 8bit")
-			m.bodyType = "8BITMIME"
+			m.BodyType = "8BITMIME"
 		}
 		w("Content-Description: Undelivered Message")
 		w("")
-		m.full = in.body
+		m.full = in.Body
 	} else {
 		if !globalHdr {
 			w("Content-Type: text/rfc822-headers")
 		} else {
 			w("Content-Type: message/global-headers")
 		}
-		if !isASCII(hdr) {
+		if !mime7bit.IsASCII(hdr) {
 			w("Content-Transfer-Encoding: 8bit")
 		}
 		w("Content-Description: Headers of the original message")
@@ -266,40 +271,40 @@ func buildDSN(in *dsnInput) (*dsnMessage, error) {
 	}
 	m.head = append([]byte(nil), b.Bytes()...)
 	var t bytes.Buffer
-	if m.full != nil && in.body.Size() > 0 && !endsWithCRLF(in.body) {
+	if m.full != nil && in.Body.Size() > 0 && !endsWithCRLF(in.Body) {
 		t.WriteString("\r\n")
 	}
 	fmt.Fprintf(&t, "\r\n--%s--\r\n", boundary)
 	m.tail = t.Bytes()
-	if m.bodyType == "" && !isASCII(m.head) {
-		m.bodyType = "8BITMIME"
+	if m.BodyType == "" && !mime7bit.IsASCII(m.head) {
+		m.BodyType = "8BITMIME"
 	}
 	return m, nil
 }
 
 // dsnStatus is the Status field: the reply's enhanced code when its class
 // fits the action, else a generic one.
-func dsnStatus(r dsnRcpt) string {
-	switch r.action {
+func dsnStatus(r Outcome) string {
+	switch r.Action {
 	case "delivered", "relayed":
-		if r.reply != nil && strings.HasPrefix(r.reply.Enhanced, "2.") {
-			return r.reply.Enhanced
+		if r.Reply != nil && strings.HasPrefix(r.Reply.Enhanced, "2.") {
+			return r.Reply.Enhanced
 		}
 		return "2.0.0"
 	case "delayed":
-		if r.reply != nil && strings.HasPrefix(r.reply.Enhanced, "4.") {
-			return r.reply.Enhanced
+		if r.Reply != nil && strings.HasPrefix(r.Reply.Enhanced, "4.") {
+			return r.Reply.Enhanced
 		}
 		return "4.0.0"
 	}
-	if r.reply == nil {
+	if r.Reply == nil {
 		return "5.0.0"
 	}
-	return r.reply.Status()
+	return r.Reply.Status()
 }
 
 func addrType(addr string) string {
-	if isASCII([]byte(addr)) {
+	if mime7bit.IsASCII([]byte(addr)) {
 		return "rfc822"
 	}
 	return "utf-8" // RFC 6533 §3
@@ -354,7 +359,7 @@ func noControls(s string) string {
 // 6533 §3 writes one in an address (an octet that is not UTF-8 as
 // \x{FFFD}).
 func asciiText(s string) string {
-	if isASCII([]byte(s)) {
+	if mime7bit.IsASCII([]byte(s)) {
 		return sanitize(s)
 	}
 	return embedded(noControls(s), func(r rune) bool { return r < 0x80 })
@@ -401,43 +406,26 @@ func cutUTF8(s string, n int) string {
 	return s[:n]
 }
 
-// isASCII reports whether b holds no octet above 127, eight at a time (it
-// runs over every message delivered to a server with 8BITMIME).
-func isASCII(b []byte) bool {
-	for len(b) >= 8 {
-		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c >= 0x80 {
-			return false
-		}
-	}
-	return true
-}
-
 func randHex(n int) string {
 	p := make([]byte, n)
 	rand.Read(p)
 	return hex.EncodeToString(p)
 }
 
-// DSN is a parsed RFC 3464 delivery status notification.
-type DSN struct {
+// Report is a parsed RFC 3464 delivery status notification.
+type Report struct {
 	Header       mail.Header // the report's own header (From, To, Subject, ...)
 	Human        string      // the first part, for a person
 	ReportingMTA string      // "dns; relay.example.com"
 	EnvelopeID   string      // Original-Envelope-Id, or ""
 	ArrivalDate  string      // Arrival-Date, or ""
-	Recipients   []DSNRecipient
+	Recipients   []Recipient
 	OriginalType string // content type of the third part ("" when absent)
 	Original     []byte // its content
 }
 
-// DSNRecipient is one per-recipient block of a message/delivery-status.
-type DSNRecipient struct {
+// Recipient is one per-recipient block of a message/delivery-status.
+type Recipient struct {
 	OriginalRecipient string // "rfc822; a@example.com", or ""
 	FinalRecipient    string // "rfc822; a@example.com"
 	Action            string // failed, delayed, delivered, relayed, expanded
@@ -449,19 +437,19 @@ type DSNRecipient struct {
 }
 
 // Address returns the address of FinalRecipient, without its type.
-func (r *DSNRecipient) Address() string {
+func (r *Recipient) Address() string {
 	_, a, _ := strings.Cut(r.FinalRecipient, ";")
 	return strings.TrimSpace(a)
 }
 
-// maxDSNBytes bounds what ParseDSN reads from one part.
+// maxDSNBytes bounds what Parse reads from one part.
 const maxDSNBytes = 64 << 20
 
-// ParseDSN parses and checks a multipart/report; report-type=delivery-status
+// Parse parses and checks a multipart/report; report-type=delivery-status
 // message (RFC 3464, RFC 6522). It fails when a required field is missing
 // or malformed: Reporting-MTA, and per recipient Final-Recipient, Action and
 // Status.
-func ParseDSN(r io.Reader) (*DSN, error) {
+func Parse(r io.Reader) (*Report, error) {
 	msg, err := mail.ReadMessage(bufio.NewReader(r))
 	if err != nil {
 		return nil, fmt.Errorf("dsn: %w", err)
@@ -476,7 +464,7 @@ func ParseDSN(r io.Reader) (*DSN, error) {
 	if params["boundary"] == "" {
 		return nil, errors.New("dsn: no boundary")
 	}
-	d := &DSN{Header: msg.Header}
+	d := &Report{Header: msg.Header}
 	mr := multipart.NewReader(msg.Body, params["boundary"])
 	sawStatus := false
 	for i := 0; ; i++ {
@@ -519,7 +507,7 @@ func ParseDSN(r io.Reader) (*DSN, error) {
 	return d, nil
 }
 
-func (d *DSN) parseStatus(content []byte) error {
+func (d *Report) parseStatus(content []byte) error {
 	tr := textproto.NewReader(bufio.NewReader(bytes.NewReader(content)))
 	for block := 0; ; block++ {
 		h, err := tr.ReadMIMEHeader()
@@ -540,7 +528,7 @@ func (d *DSN) parseStatus(content []byte) error {
 				return fmt.Errorf("dsn: bad or missing Reporting-MTA %q", d.ReportingMTA)
 			}
 		} else {
-			r := DSNRecipient{
+			r := Recipient{
 				OriginalRecipient: h.Get("Original-Recipient"),
 				FinalRecipient:    h.Get("Final-Recipient"),
 				Action:            strings.ToLower(h.Get("Action")),
@@ -568,7 +556,7 @@ func (d *DSN) parseStatus(content []byte) error {
 	return nil
 }
 
-func (r *DSNRecipient) check() error {
+func (r *Recipient) check() error {
 	if !typed(r.FinalRecipient) {
 		return fmt.Errorf("bad or missing Final-Recipient %q", r.FinalRecipient)
 	}

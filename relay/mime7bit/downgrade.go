@@ -1,8 +1,9 @@
-package outbound
+package mime7bit
 
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -10,8 +11,6 @@ import (
 	"mime/quotedprintable"
 	"strings"
 	"sync"
-
-	"github.com/mailhop/mailhop/queue"
 )
 
 // 8BITMIME downgrade (RFC 6152 §3; Postfix's smtp client does the same).
@@ -40,18 +39,18 @@ const (
 	boundaryHead = 256     // bytes of a line looked at for a boundary
 )
 
-// unconvertibleError says why a message cannot be made 7-bit.
-type unconvertibleError struct{ reason string }
+// UnconvertibleError says why a message cannot be made 7-bit.
+type UnconvertibleError struct{ reason string }
 
-func (e *unconvertibleError) Error() string { return e.reason }
+func (e *UnconvertibleError) Error() string { return e.reason }
 
 func unconvertible(format string, args ...any) error {
-	return &unconvertibleError{reason: fmt.Sprintf(format, args...)}
+	return &UnconvertibleError{reason: fmt.Sprintf(format, args...)}
 }
 
-// conversion is the 7-bit form of a stored message: a list of operations
+// Conversion is the 7-bit form of a stored message: a list of operations
 // over its bytes.
-type conversion struct {
+type Conversion struct {
 	src     io.ReaderAt
 	ops     []convOp
 	size    int64 // bytes WriteTo writes
@@ -73,7 +72,7 @@ type convOp struct {
 }
 
 // WriteTo writes the converted message to w.
-func (c *conversion) WriteTo(w io.Writer) (int64, error) {
+func (c *Conversion) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: w}
 	buf := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(buf)
@@ -99,6 +98,12 @@ func (c *conversion) WriteTo(w io.Writer) (int64, error) {
 	return cw.n, nil
 }
 
+// Size is the length of the converted message: what WriteTo writes.
+func (c *Conversion) Size() int64 { return c.size }
+
+// Encoded is the number of body parts encoded as quoted-printable.
+func (c *Conversion) Encoded() int { return c.encoded }
+
 type countWriter struct {
 	w io.Writer
 	n int64
@@ -110,14 +115,14 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// has8bit reports whether the first size bytes of r hold an octet above 127.
-func has8bit(r io.ReaderAt, size int64) (bool, error) {
+// Has8bit reports whether the first size bytes of r hold an octet above 127.
+func Has8bit(r io.ReaderAt, size int64) (bool, error) {
 	bp := copyBufs.Get().(*[]byte)
 	defer copyBufs.Put(bp)
 	buf := *bp
 	for off := int64(0); off < size; {
 		n, err := r.ReadAt(buf[:min(int64(len(buf)), size-off)], off)
-		if !isASCII(buf[:n]) {
+		if !IsASCII(buf[:n]) {
 			return true, nil
 		}
 		off += int64(n)
@@ -128,18 +133,18 @@ func has8bit(r io.ReaderAt, size int64) (bool, error) {
 	return false, nil
 }
 
-// to7bit returns the 7-bit form of the message src of size bytes, or nil
-// when it holds no 8-bit octet (it goes as it is). An *unconvertibleError
+// Convert returns the 7-bit form of the message src of size bytes, or nil
+// when it holds no 8-bit octet (it goes as it is). An *UnconvertibleError
 // says the message cannot be converted; any other error is a read error.
-func to7bit(src io.ReaderAt, size int64) (*conversion, error) {
-	if eight, err := has8bit(src, size); err != nil || !eight {
+func Convert(src io.ReaderAt, size int64) (*Conversion, error) {
+	if eight, err := Has8bit(src, size); err != nil || !eight {
 		return nil, err
 	}
 	cv := &converter{src: src, lr: newLineReader(src, size)}
 	if _, err := cv.entity(nil, "text/plain", true); err != nil {
 		return nil, err
 	}
-	c := &conversion{src: src, ops: cv.ops, encoded: cv.encoded}
+	c := &Conversion{src: src, ops: cv.ops, encoded: cv.encoded}
 	n, err := c.WriteTo(io.Discard)
 	if err != nil {
 		return nil, err
@@ -511,47 +516,23 @@ func (lr *lineReader) next() (line, error) {
 	}
 }
 
-// msgForms is what the transactions of one attempt may need to know about
-// the message beyond its bytes, each found at most once and only when a
-// server calls for it (the domain groups of a message run in parallel).
-type msgForms struct {
-	body queue.Body
-
-	sevenOnce sync.Once
-	seven     *conversion // nil: the message is 7-bit already
-	sevenErr  error
-
-	hdrOnce  sync.Once
-	hdrASCII bool
-
-	eightOnce sync.Once
-	eight     bool
-	eightErr  error
-}
-
-// eightBit reports whether the message needs 8BITMIME: declared 8-bit
-// (BODY=8BITMIME or BINARYMIME) or holding an octet above 127.
-func (m *msgForms) eightBit(env *queue.Envelope) (bool, error) {
-	if strings.EqualFold(env.BodyType, "8BITMIME") || strings.EqualFold(env.BodyType, "BINARYMIME") {
-		return true, nil
+// IsASCII reports whether b holds no octet above 127, eight at a time (it
+// runs over every message delivered to a server with 8BITMIME).
+func IsASCII(b []byte) bool {
+	for len(b) >= 8 {
+		if binary.LittleEndian.Uint64(b)&0x8080808080808080 != 0 {
+			return false
+		}
+		b = b[8:]
 	}
-	m.eightOnce.Do(func() { m.eight, m.eightErr = has8bit(m.body, m.body.Size()) })
-	return m.eight, m.eightErr
+	for _, c := range b {
+		if c >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
-// headerASCII reports whether the message's header is all ASCII (RFC
-// 6531 §3.2: otherwise it needs SMTPUTF8).
-func (m *msgForms) headerASCII() bool {
-	m.hdrOnce.Do(func() {
-		bp := headBufs.Get().(*[]byte)
-		defer headBufs.Put(bp)
-		m.hdrASCII = isASCII(storedHeaderBlock(m.body, *bp))
-	})
-	return m.hdrASCII
-}
-
-// sevenBit returns the message's 7-bit form (see to7bit).
-func (m *msgForms) sevenBit() (*conversion, error) {
-	m.sevenOnce.Do(func() { m.seven, m.sevenErr = to7bit(m.body, m.body.Size()) })
-	return m.seven, m.sevenErr
-}
+// copyBufs are the buffers a message is scanned and copied through
+// (io.Copy would allocate 32 KiB for every message).
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}

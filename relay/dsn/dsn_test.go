@@ -1,4 +1,4 @@
-package outbound
+package dsn
 
 import (
 	"bytes"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/mailhop/mailhop/dnsmx"
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -21,18 +22,24 @@ func (memBody) Close() error { return nil }
 
 func newMemBody(s string) memBody { return memBody{bytes.NewReader([]byte(s))} }
 
+// testBody is the message the reports are about.
+const testBody = "From: Sender <sender@sender.test>\r\n" +
+	"Subject: hello\r\n" +
+	"\r\n" +
+	"Hello.\r\n"
+
 func buildTestDSN(t testing.TB, action string, env *queue.Envelope, body string) []byte {
 	t.Helper()
-	var rcpts []dsnRcpt
+	var rcpts []Outcome
 	for i := range env.Recipients {
-		rcpts = append(rcpts, dsnRcpt{rcpt: &env.Recipients[i], action: action,
-			reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "no\r\nsuch user"}, remote: "mx.example.test"})
+		rcpts = append(rcpts, Outcome{Rcpt: &env.Recipients[i], Action: action,
+			Reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "no\r\nsuch user"}, Remote: "mx.example.test"})
 	}
-	m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(body), rcpts: rcpts, now: time.Unix(1700000000, 0)})
+	m, err := Build(&Input{Hostname: "relay.test", Env: env, Body: newMemBody(body), Outcomes: rcpts, Now: time.Unix(1700000000, 0)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := io.ReadAll(m.reader())
+	out, err := io.ReadAll(m.Reader())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,7 +53,7 @@ func TestBuildDSN_RoundTrip(t *testing.T) {
 	if bytes.Contains(bytes.ReplaceAll(raw, []byte("\r\n"), nil), []byte("\n")) || bytes.Contains(bytes.ReplaceAll(raw, []byte("\r\n"), nil), []byte("\r")) {
 		t.Fatal("bare CR or LF in the report")
 	}
-	d, err := ParseDSN(bytes.NewReader(raw))
+	d, err := Parse(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, raw)
 	}
@@ -79,7 +86,7 @@ func TestParseDSN_Rejects(t *testing.T) {
 		"garbage":              "hello",
 		"missing content type": "Subject: x\r\n\r\nbody\r\n",
 	} {
-		if _, err := ParseDSN(strings.NewReader(bad)); err == nil {
+		if _, err := Parse(strings.NewReader(bad)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
@@ -88,7 +95,7 @@ func TestParseDSN_Rejects(t *testing.T) {
 func TestBuildDSN_DelayedAndSuccess(t *testing.T) {
 	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Ret: "FULL", Recipients: []queue.Recipient{{Address: "a@example.test"}}}
 	for action, status := range map[string]string{"delayed": "4.0.0", "relayed": "2.0.0", "delivered": "2.0.0"} {
-		d, err := ParseDSN(bytes.NewReader(buildTestDSN(t, action, env, testBody)))
+		d, err := Parse(bytes.NewReader(buildTestDSN(t, action, env, testBody)))
 		if err != nil {
 			t.Fatalf("%s: %v", action, err)
 		}
@@ -102,54 +109,12 @@ func TestBuildDSN_DelayedAndSuccess(t *testing.T) {
 	}
 }
 
-func TestCountReceived(t *testing.T) {
-	body := "Received: a\r\nreceived: b\r\n\tcontinued\r\nX-Received: no\r\nSubject: x\r\n\r\nReceived: in the body\r\n"
-	if n := scanStored(newMemBody(body)).received; n != 2 {
-		t.Errorf("Received fields counted: %d, want 2", n)
-	}
-	long := "X-Long: " + strings.Repeat("a", 10000) + "\r\nReceived: c\r\n\r\n"
-	if n := scanStored(newMemBody(long)).received; n != 1 {
-		t.Errorf("after a long line: %d, want 1", n)
-	}
-	folded := "Subject: x\r\nMessage-ID:\r\n <a.b@c.test>\r\n\r\nMessage-ID: <body@x>\r\n"
-	if h := scanStored(newMemBody(folded)); h.messageID != "<a.b@c.test>" || h.tlsOptional {
-		t.Errorf("header %+v", h)
-	}
-	if h := scanStored(newMemBody(body)); h.messageID != "" {
-		t.Errorf("Message-ID %q from a message without one", h.messageID)
-	}
-	if h := scanStored(newMemBody("TLS-Required: No\r\nSubject: x\r\n\r\n")); !h.tlsOptional {
-		t.Errorf("TLS-Required: No not seen")
-	}
-}
-
-func TestSMTPErrClassify(t *testing.T) {
-	for _, tc := range []struct {
-		e    smtperr.Error
-		temp bool
-		st   string
-	}{
-		{smtperr.Error{Code: 550, Enhanced: "5.1.1"}, false, "5.1.1"},
-		{smtperr.Error{Code: 451, Enhanced: "5.1.1"}, true, "4.0.0"},
-		{smtperr.Error{Code: 0, Enhanced: "5.1.10"}, false, "5.1.10"},
-		{smtperr.Error{Code: 0, Enhanced: "4.4.7"}, true, "4.4.7"},
-		{smtperr.Error{}, true, "4.0.0"},
-	} {
-		if tc.e.Temporary() != tc.temp || tc.e.Status() != tc.st {
-			t.Errorf("%+v: temporary %v status %s", tc.e, tc.e.Temporary(), tc.e.Status())
-		}
-	}
-	if e := smtperr.Classify(io.EOF); !e.Temporary() {
-		t.Error("an unknown error must be temporary")
-	}
-}
-
 func FuzzParseDSN(f *testing.F) {
 	env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: "E", Recipients: []queue.Recipient{{Address: "a@example.test", ORCPT: "rfc822;a@example.test"}}}
 	f.Add(buildTestDSN(f, "failed", env, testBody))
 	f.Add([]byte("Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nFinal-Recipient: rfc822; a@b\r\nAction: failed\r\nStatus: 5.0.0\r\n--b--\r\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		d, err := ParseDSN(bytes.NewReader(data))
+		d, err := Parse(bytes.NewReader(data))
 		if err != nil {
 			return
 		}
@@ -190,7 +155,7 @@ func TestBuildDSN_GlobalTypes(t *testing.T) {
 				t.Errorf("%s: no %s part:\n%s", tc.name, ct, raw)
 			}
 		}
-		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
+		if _, err := Parse(bytes.NewReader(raw)); err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
@@ -218,7 +183,7 @@ func TestBuildDSN_EightBitOriginalLabelled(t *testing.T) {
 		if labelled != tc.eight || !bytes.Contains(raw, []byte("\r\nContent-Type: "+tc.orig+"\r\n")) {
 			t.Errorf("%s: %s part labelled 8bit: %v, want %v:\n%s", tc.name, tc.orig, labelled, tc.eight, raw)
 		}
-		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
+		if _, err := Parse(bytes.NewReader(raw)); err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 		}
 	}
@@ -233,17 +198,17 @@ func TestBuildDSN_EightBitOriginalLabelled(t *testing.T) {
 func TestBuildDSN_ASCIIStatusWithoutSMTPUTF8(t *testing.T) {
 	env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: "E1",
 		Recipients: []queue.Recipient{{Address: "a@example.test", ORCPT: "utf-8;jürgen+x@bücher.test"}}}
-	m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), now: time.Unix(1700000000, 0),
-		rcpts: []dsnRcpt{{rcpt: &env.Recipients[0], action: "failed", remote: "mx.example.test",
-			reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "Empfänger unbekannt 😀"}}}})
+	m, err := Build(&Input{Hostname: "relay.test", Env: env, Body: newMemBody(testBody), Now: time.Unix(1700000000, 0),
+		Outcomes: []Outcome{{Rcpt: &env.Recipients[0], Action: "failed", Remote: "mx.example.test",
+			Reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "Empfänger unbekannt 😀"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := io.ReadAll(m.reader())
+	raw, _ := io.ReadAll(m.Reader())
 	if !bytes.Contains(raw, []byte("\r\nContent-Type: message/delivery-status\r\n")) {
 		t.Fatalf("not a message/delivery-status:\n%s", raw)
 	}
-	d, err := ParseDSN(bytes.NewReader(raw))
+	d, err := Parse(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, raw)
 	}
@@ -255,26 +220,26 @@ func TestBuildDSN_ASCIIStatusWithoutSMTPUTF8(t *testing.T) {
 		t.Errorf("Original-Recipient %q, want %q", r.OriginalRecipient, want)
 	}
 	status := raw[bytes.Index(raw, []byte("Reporting-MTA:")):bytes.Index(raw, []byte("text/rfc822-headers"))]
-	if !isASCII(status) {
+	if !mime7bit.IsASCII(status) {
 		t.Errorf("8-bit octets in the status part:\n%s", status)
 	}
 	if !strings.Contains(d.Human, "Empfänger unbekannt") || !strings.Contains(string(raw), "charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n") {
 		t.Errorf("explanation:\n%s", raw)
 	}
-	if m.bodyType != "8BITMIME" {
-		t.Errorf("body type %q, want 8BITMIME (the explanation is UTF-8)", m.bodyType)
+	if m.BodyType != "8BITMIME" {
+		t.Errorf("body type %q, want 8BITMIME (the explanation is UTF-8)", m.BodyType)
 	}
 
 	// All ASCII: the explanation is labelled 7bit, and the report is 7-bit mail.
 	env.Recipients[0].ORCPT = ""
-	m, err = buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), now: time.Unix(1700000000, 0),
-		rcpts: []dsnRcpt{{rcpt: &env.Recipients[0], action: "failed", reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "unknown"}}}})
+	m, err = Build(&Input{Hostname: "relay.test", Env: env, Body: newMemBody(testBody), Now: time.Unix(1700000000, 0),
+		Outcomes: []Outcome{{Rcpt: &env.Recipients[0], Action: "failed", Reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: "unknown"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ = io.ReadAll(m.reader())
-	if !isASCII(raw) || m.bodyType != "" || !strings.Contains(string(raw), "charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n") {
-		t.Errorf("an ASCII report (body type %q):\n%s", m.bodyType, raw)
+	raw, _ = io.ReadAll(m.Reader())
+	if !mime7bit.IsASCII(raw) || m.BodyType != "" || !strings.Contains(string(raw), "charset=utf-8\r\nContent-Transfer-Encoding: 7bit\r\n") {
+		t.Errorf("an ASCII report (body type %q):\n%s", m.BodyType, raw)
 	}
 }
 
@@ -287,7 +252,7 @@ func TestBuildDSN_FullReturnSizeLimit(t *testing.T) {
 	big := "Subject: x\r\n\r\n" + strings.Repeat("y", maxReturnedSize+100) + "\r\n"
 	for _, tc := range []struct{ body, want string }{{small, "message/rfc822"}, {big, "text/rfc822-headers"}} {
 		raw := buildTestDSN(t, "failed", env, tc.body)
-		d, err := ParseDSN(bytes.NewReader(raw))
+		d, err := Parse(bytes.NewReader(raw))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -302,13 +267,13 @@ func TestBuildDSN_FullReturnSizeLimit(t *testing.T) {
 // X-mailhop, as Postfix writes X-Postfix, instead of left out.
 func TestBuildDSN_LocalDiagnostic(t *testing.T) {
 	env := &queue.Envelope{ID: "q1", From: "s@sender.test", Recipients: []queue.Recipient{{Address: "a@nx.test"}}}
-	m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), now: time.Unix(1700000000, 0),
-		rcpts: []dsnRcpt{{rcpt: &env.Recipients[0], action: "failed", reply: smtperr.New(0, "5.1.2", "domain nx.test does not exist (NXDOMAIN)")}}})
+	m, err := Build(&Input{Hostname: "relay.test", Env: env, Body: newMemBody(testBody), Now: time.Unix(1700000000, 0),
+		Outcomes: []Outcome{{Rcpt: &env.Recipients[0], Action: "failed", Reply: smtperr.New(0, "5.1.2", "domain nx.test does not exist (NXDOMAIN)")}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	raw, _ := io.ReadAll(m.reader())
-	d, err := ParseDSN(bytes.NewReader(raw))
+	raw, _ := io.ReadAll(m.Reader())
+	d, err := Parse(bytes.NewReader(raw))
 	if err != nil {
 		t.Fatalf("%v\n%s", err, raw)
 	}
@@ -321,7 +286,7 @@ func TestBuildDSN_LocalDiagnostic(t *testing.T) {
 // text a report is made of (they come from clients and servers), it is
 // lines of at most 998 octets (RFC 5322 §2.1.1: a next hop may refuse a
 // longer one, and a report about a report is never sent) ending in CRLF,
-// valid UTF-8, ParseDSN reads it back, and the status part of a report
+// valid UTF-8, Parse reads it back, and the status part of a report
 // about a message without SMTPUTF8 is ASCII.
 func FuzzBuildDSN(f *testing.F) {
 	f.Add("a@example.test", "rfc822;A@example.test", "E1", "mx.example.test", "no\r\nsuch user", "failed")
@@ -345,15 +310,15 @@ func FuzzBuildDSN(f *testing.F) {
 		if remote != "" && !dnsmx.IsDomainSyntax(remote, false) {
 			remote = "mx.example.test" // a name from DNS or the routes
 		}
-		env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: envid, SMTPUTF8: !isASCII([]byte(addr)),
+		env := &queue.Envelope{ID: "q1", From: "s@sender.test", EnvID: envid, SMTPUTF8: !mime7bit.IsASCII([]byte(addr)),
 			Recipients: []queue.Recipient{{Address: addr, ORCPT: orcpt}}}
-		rcpts := []dsnRcpt{{rcpt: &env.Recipients[0], action: action, remote: remote,
-			reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: reply}}}
-		m, err := buildDSN(&dsnInput{hostname: "relay.test", env: env, body: newMemBody(testBody), rcpts: rcpts, now: time.Unix(1700000000, 0)})
+		rcpts := []Outcome{{Rcpt: &env.Recipients[0], Action: action, Remote: remote,
+			Reply: &smtperr.Error{Code: 550, Enhanced: "5.1.1", Msg: reply}}}
+		m, err := Build(&Input{Hostname: "relay.test", Env: env, Body: newMemBody(testBody), Outcomes: rcpts, Now: time.Unix(1700000000, 0)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		raw, _ := io.ReadAll(m.reader())
+		raw, _ := io.ReadAll(m.Reader())
 		for _, l := range bytes.SplitAfter(raw, []byte("\r\n")) {
 			text := bytes.TrimSuffix(l, []byte("\r\n"))
 			if len(text) > 998 {
@@ -366,13 +331,13 @@ func FuzzBuildDSN(f *testing.F) {
 		if !utf8.Valid(raw) {
 			t.Fatalf("invalid UTF-8 in the report")
 		}
-		if _, err := ParseDSN(bytes.NewReader(raw)); err != nil {
-			t.Fatalf("ParseDSN: %v\n%s", err, raw)
+		if _, err := Parse(bytes.NewReader(raw)); err != nil {
+			t.Fatalf("Parse: %v\n%s", err, raw)
 		}
 		if !env.SMTPUTF8 {
 			// Not global: the status part is ASCII (RFC 6533 §6).
 			i, j := bytes.Index(raw, []byte("\r\nContent-Type: message/delivery-status\r\n")), bytes.Index(raw, []byte("\r\nContent-Type: text/rfc822-headers\r\n"))
-			if i < 0 || j < i || !isASCII(raw[i:j]) {
+			if i < 0 || j < i || !mime7bit.IsASCII(raw[i:j]) {
 				t.Fatalf("a report about a message without SMTPUTF8 has no ASCII message/delivery-status:\n%s", raw)
 			}
 		}
