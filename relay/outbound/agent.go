@@ -19,6 +19,7 @@ import (
 	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/mailhdr"
 	"github.com/mailhop/mailhop/relay/smtperr"
+	"github.com/mailhop/mailhop/relay/tlsrpt"
 )
 
 // Options configures an Agent.
@@ -68,7 +69,7 @@ type Agent struct {
 	live    map[string]int      // greeted sessions under way, per domain
 
 	stats    counters
-	tlsStats tlsStats
+	tlsStats tlsrpt.Stats
 	tlsrpt   tlsReporter // TLS reports: SendTLSReports, tlsReportLoop
 
 	sts    STSGetter    // nil: MTA-STS not applied
@@ -104,7 +105,7 @@ func New(opts Options) (*Agent, error) {
 	if a.log == nil {
 		a.log = slog.Default()
 	}
-	a.tlsStats.now = opts.Now
+	a.tlsStats.Now = opts.Now
 	a.tlsa, _ = opts.Resolver.(TLSAResolver)
 	if a.now == nil {
 		a.now = time.Now

@@ -284,7 +284,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 			"mx", t.host, "addr", addr.String(), "err", fmt.Sprint(vr.err))
 		a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
 	} else if cn.tlsVer != "" && !p.counted {
-		a.tlsStats.success(p.policyDomain, p.policyType, p.policyStr, t.host)
+		a.tlsStats.AddSuccess(p.policyDomain, p.policyType, p.policyStr, t.host)
 	}
 	if p.requireTLS {
 		if ok, _ := c.Extension("REQUIRETLS"); !ok {
@@ -365,7 +365,7 @@ func (a *Agent) countTLSFailure(p *tlsPlan, host, addr string, local net.Addr, s
 	case se.cause != nil && p.check != checkDANE:
 		result = resultType(se.cause)
 	}
-	a.tlsStats.failure(p.policyDomain, p.policyType, p.policyStr, host, ip, sendIP, result, se.err.Error())
+	a.tlsStats.AddFailure(p.policyDomain, p.policyType, p.policyStr, host, ip, sendIP, result, se.err.Error())
 }
 
 // auth authenticates over TLS with PLAIN or LOGIN (RFC 4954); credentials

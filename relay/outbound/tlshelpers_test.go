@@ -16,6 +16,7 @@ import (
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/internal/testpki"
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/tlsrpt"
 )
 
 // serverTLS is a server configuration presenting c.
@@ -119,11 +120,11 @@ func (h *harness) lastAttempt(domain string) string {
 }
 
 // counts returns the TLS counts of domain with policy type typ.
-func (h *harness) counts(domain, typ string) TLSCounts {
+func (h *harness) counts(domain, typ string) tlsrpt.Counts {
 	for _, c := range h.agent.TLSResults(false) {
 		if c.PolicyDomain == domain && c.PolicyType == typ {
 			return c
 		}
 	}
-	return TLSCounts{}
+	return tlsrpt.Counts{}
 }

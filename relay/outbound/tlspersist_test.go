@@ -17,8 +17,8 @@ func TestTLSCounts_SurviveARestart(t *testing.T) {
 	start := h.agent.tlsrpt.start
 	h.agent.tlsrpt.mu.Unlock()
 	policy := []string{"version: STSv1", "mode: enforce", "mx: mx.example.test"}
-	h.agent.tlsStats.success("example.test", policySTS, policy, "mx.example.test")
-	h.agent.tlsStats.failure("example.test", policySTS, policy, "mx.example.test", "192.0.2.1", "192.0.2.9", "certificate-expired", "expired")
+	h.agent.tlsStats.AddSuccess("example.test", policySTS, policy, "mx.example.test")
+	h.agent.tlsStats.AddFailure("example.test", policySTS, policy, "mx.example.test", "192.0.2.1", "192.0.2.9", "certificate-expired", "expired")
 	for range 2 {
 		h.stop()
 		h.start()

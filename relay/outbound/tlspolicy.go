@@ -19,6 +19,7 @@ import (
 	"github.com/mailhop/mailhop/dnsmx/mtasts"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/smtperr"
+	"github.com/mailhop/mailhop/relay/tlsrpt"
 )
 
 // TLS policy for one delivery (see the package doc, "TLS policy"):
@@ -67,9 +68,9 @@ const (
 
 // RFC 8460 §4.2 policy types.
 const (
-	policySTS  = "sts"
-	policyTLSA = "tlsa"
-	policyNone = "no-policy-found"
+	policySTS  = tlsrpt.PolicySTS
+	policyTLSA = tlsrpt.PolicyTLSA
+	policyNone = tlsrpt.PolicyNone
 )
 
 // domainTLS is what applies to every host of one domain group.
@@ -183,7 +184,7 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 		// RFC 8461 §5: no usable policy and none cached: deliver as if
 		// the domain published none.
 		a.log.Info("mta-sts: no policy applied", "queue_id", queueID, "domain", domain, "err", err.Error())
-		a.tlsStats.failure(domain, policySTS, nil, "", "", "", stsFetchResult(err), err.Error())
+		a.tlsStats.AddFailure(domain, policySTS, nil, "", "", "", stsFetchResult(err), err.Error())
 		dt.stsFetchFailed = true
 	case p != nil && err != nil:
 		a.log.Debug("mta-sts: refresh failed, cached policy stands", "queue_id", queueID, "domain", domain, "err", err.Error())
@@ -288,7 +289,7 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 		switch sts.Mode {
 		case mtasts.Enforce:
 			if !match {
-				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
+				a.tlsStats.AddFailure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
 				return nil, policyError("mta-sts", "4.7.5", "MX host %s does not match the MTA-STS policy of %s (mode enforce)", tg.host, dt.domain)
 			}
 			p.source, p.required, p.check = srcMTASTS, true, checkPKIX
@@ -297,7 +298,7 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 			if !match {
 				a.log.Warn("mta-sts testing: MX host does not match the policy; delivering anyway", "queue_id", queueID,
 					"domain", dt.domain, "mx", tg.host)
-				a.tlsStats.failure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
+				a.tlsStats.AddFailure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
 				// One session, one count (RFC 8460 §4): this failure,
 				// not also a success when the TLS session works.
 				p.stsTesting, p.counted = false, true

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/tlsrpt"
 )
 
 // The counts of real deliveries make a report that has every field RFC
@@ -26,9 +27,9 @@ func TestTLSReport_JSONHasSchemaRequiredFields(t *testing.T) {
 		t.Error("TLSResults(true) did not reset the counts")
 	}
 	day := time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
-	info := TLSReportInfo{Organization: "relay.test", Contact: "postmaster@relay.test", ReportID: "2026-03-01T00:00:00Z_untrusted.test",
+	info := tlsrpt.ReportInfo{Organization: "relay.test", Contact: "postmaster@relay.test", ReportID: "2026-03-01T00:00:00Z_untrusted.test",
 		Start: day, End: day.Add(24*time.Hour - time.Second)}
-	data, err := BuildTLSReport("untrusted.test", counts, info)
+	data, err := tlsrpt.Build("untrusted.test", counts, info)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func TestTLSReport_JSONHasSchemaRequiredFields(t *testing.T) {
 			}
 		}
 	}
-	if _, err := BuildTLSReport("nothing.test", counts, info); err == nil {
+	if _, err := tlsrpt.Build("nothing.test", counts, info); err == nil {
 		t.Error("a report for a domain with no counts was built")
 	}
 }

@@ -10,7 +10,7 @@ package outbound
 //  2. for each policy domain counted, looks up _smtp._tls.DOMAIN TXT; a
 //     domain without exactly one "v=TLSRPTv1" record, or without a usable rua
 //     URI, gets no report (its counts are dropped with the period);
-//  3. builds one report per domain (BuildTLSReport), gzips it, and hands it
+//  3. builds one report per domain (tlsrpt.NewReport), gzips it, and hands it
 //     to every rua URI (at most maxRUA): a mailto: address gets an RFC 8460
 //     §5.3 multipart/report message through the queue — from
 //     delivery.tls_report_from, never the null sender, so the queue retries
@@ -23,39 +23,28 @@ package outbound
 
 import (
 	"bytes"
-	"compress/gzip"
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"mime/multipart"
 	"net"
 	"net/http"
-	"net/textproto"
 	"net/url"
-	"strings"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign"
+	"github.com/mailhop/mailhop/relay/tlsrpt"
 )
 
 const (
-	// maxRUA bounds the destinations of one domain's report: a record
-	// listing many would make us a cannon aimed at third parties.
-	maxRUA = 5
 	// reportPostTimeout bounds one https: delivery, body included.
 	reportPostTimeout = time.Minute
 	// reportRunTimeout bounds one whole run of SendTLSReports from Run.
 	reportRunTimeout = 30 * time.Minute
-	// reportMediaType is the gzipped report's type (RFC 8460 §6.4).
-	reportMediaType = "application/tlsrpt+gzip"
 )
 
 // tlsReporter is the agent's report state.
@@ -141,7 +130,7 @@ func (a *Agent) tlsReportLoop(ctx context.Context) {
 		}
 	}
 	defer save() // at the stop: the next run goes on counting
-	saveTick := time.NewTicker(tlsSaveInterval)
+	saveTick := time.NewTicker(tlsrpt.SaveInterval)
 	defer saveTick.Stop()
 schedule:
 	for {
@@ -150,7 +139,7 @@ schedule:
 			iv = 24 * time.Hour
 		}
 		now := a.now()
-		t := time.NewTimer(nextReportTime(now, iv).Sub(now))
+		t := time.NewTimer(tlsrpt.NextPeriodEnd(now, iv).Sub(now))
 		if a.tlsrpt.armed != nil {
 			a.tlsrpt.armed(iv)
 		}
@@ -189,13 +178,6 @@ schedule:
 	}
 }
 
-// nextReportTime is the end of the period after now: the next multiple of
-// iv since the zero time, which for a divisor of 24h is aligned on UTC
-// midnight (RFC 8460 §4.1 wants UTC days).
-func nextReportTime(now time.Time, iv time.Duration) time.Time {
-	return now.Truncate(iv).Add(iv)
-}
-
 // reportSender sends the reports of one period.
 type reportSender struct {
 	a          *Agent
@@ -215,34 +197,25 @@ func (s *reportSender) close() {
 
 // domain sends domain's report to its rua URIs; built says whether there
 // was one to send, sent how many deliveries were handed on.
-func (s *reportSender) domain(ctx context.Context, txt txtResolver, domain string, counts []TLSCounts) (built bool, sent int, err error) {
+func (s *reportSender) domain(ctx context.Context, txt txtResolver, domain string, counts []tlsrpt.Counts) (built bool, sent int, err error) {
 	log := s.a.log.With("domain", domain)
 	recs, err := txt.LookupTXT(ctx, "_smtp._tls."+domain)
 	if err != nil {
 		log.Warn("tls report: TLSRPT lookup failed; no report for the period", "err", err)
 		return false, 0, fmt.Errorf("tls report for %s: %w", domain, err)
 	}
-	ruas, err := parseTLSRPT(recs)
+	ruas, err := tlsrpt.ParseRecord(recs)
 	if err != nil {
 		log.Debug("tls report: none requested", "why", err.Error())
 		return false, 0, nil
 	}
 	host := s.cfg.Hostname
-	from := s.cfg.Delivery.ReportFrom(host)
-	uniq := randHex(8)
-	info := TLSReportInfo{Organization: host, Contact: from,
-		ReportID: fmt.Sprintf("%s.%s@%s", s.end.UTC().Format("20060102T150405Z"), uniq, host),
-		Start:    s.start, End: s.end}
-	js, err := BuildTLSReport(domain, counts, info)
+	rep, err := tlsrpt.NewReport(domain, host, s.cfg.Delivery.ReportFrom(host), s.start, s.end, counts)
 	if err != nil {
 		log.Error("tls report: cannot build it", "err", err)
 		return false, 0, fmt.Errorf("tls report for %s: %w", domain, err)
 	}
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	zw.Write(js)
-	zw.Close()
-	rep := &builtReport{domain: domain, info: info, from: from, uniq: uniq, gz: gz.Bytes()}
+	info := rep.Info
 	var errs []error
 	for _, u := range ruas {
 		var err error
@@ -267,154 +240,21 @@ func (s *reportSender) domain(ctx context.Context, txt txtResolver, domain strin
 	return true, sent, errors.Join(errs...)
 }
 
-// builtReport is one domain's report, ready to send.
-type builtReport struct {
-	domain string
-	info   TLSReportInfo
-	from   string
-	uniq   string // the filename's unique-id
-	gz     []byte // the gzipped JSON
-}
-
-// filename is RFC 8460 §5.1's: sender!policy-domain!begin!end!unique-id.json.gz.
-func (r *builtReport) filename() string {
-	return fmt.Sprintf("%s!%s!%d!%d!%s.json.gz", r.info.Organization, r.domain,
-		r.info.Start.Unix(), r.info.End.Unix(), r.uniq)
-}
-
-// parseTLSRPT returns the usable rua URIs of the TLSRPT record among recs
-// (RFC 8460 §3): records not starting with "v=TLSRPTv1" are ignored, and
-// unless exactly one remains there is no policy. Only mailto: and https:
-// URIs are kept, at most maxRUA.
-func parseTLSRPT(recs []string) ([]*url.URL, error) {
-	var rec string
-	n := 0
-	for _, r := range recs {
-		if v, rest, _ := strings.Cut(r, ";"); strings.TrimSpace(v) == "v=TLSRPTv1" {
-			rec = rest
-			n++
-		}
-	}
-	switch {
-	case n == 0:
-		return nil, errors.New("no TLSRPT record")
-	case n > 1:
-		return nil, fmt.Errorf("%d TLSRPT records (RFC 8460 §3: exactly one)", n)
-	}
-	var out []*url.URL
-	for _, field := range strings.Split(rec, ";") {
-		k, v, ok := strings.Cut(strings.TrimSpace(field), "=")
-		if !ok || k != "rua" {
-			continue // an extension, or empty after the last ";"
-		}
-		for _, raw := range strings.Split(v, ",") {
-			u, err := url.Parse(strings.TrimSpace(raw))
-			if err != nil {
-				continue
-			}
-			switch strings.ToLower(u.Scheme) {
-			case "mailto":
-				addr, err := url.PathUnescape(u.Opaque)
-				if err != nil || !reportAddress(addr) {
-					continue
-				}
-				out = append(out, &url.URL{Scheme: "mailto", Opaque: addr})
-			case "https":
-				if u.Host == "" || u.User != nil {
-					continue
-				}
-				u.Scheme = "https"
-				out = append(out, u)
-			}
-			if len(out) == maxRUA {
-				return out, nil
-			}
-		}
-	}
-	if len(out) == 0 {
-		return nil, errors.New("TLSRPT record without a usable rua")
-	}
-	return out, nil
-}
-
-// reportAddress accepts a plain local@domain address that can go into an
-// envelope and a header unquoted.
-func reportAddress(addr string) bool {
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 || len(addr) > 254 {
-		return false
-	}
-	for _, c := range addr {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("<>()[]\\,;:\"", c) {
-			return false
-		}
-	}
-	return true
-}
-
 // mail queues the report for rcpt as an RFC 8460 §5.3 message; it returns
 // the queue ID.
-func (s *reportSender) mail(r *builtReport, rcpt string) (string, error) {
-	msg, err := r.message(rcpt, s.end)
+func (s *reportSender) mail(r *tlsrpt.Report, rcpt string) (string, error) {
+	msg, err := r.Message(rcpt, s.end)
 	if err != nil {
 		return "", err
 	}
 	if sig := s.sign(msg); sig != "" {
 		msg = append([]byte(sig), msg...)
 	}
-	env := &queue.Envelope{From: r.from, Recipients: []queue.Recipient{{Address: rcpt}}}
+	env := &queue.Envelope{From: r.From, Recipients: []queue.Recipient{{Address: rcpt}}}
 	if err := s.a.q.Enqueue(env, bytes.NewReader(msg)); err != nil {
 		return "", err
 	}
 	return env.ID, nil
-}
-
-// message is the report mail: multipart/report; report-type="tlsrpt" with a
-// readable part and the gzipped JSON, lines ending in CRLF.
-func (r *builtReport) message(rcpt string, now time.Time) ([]byte, error) {
-	var b bytes.Buffer
-	host := r.info.Organization
-	mw := multipart.NewWriter(&b)
-	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
-	h("From", "<"+r.from+">")
-	h("To", "<"+rcpt+">")
-	h("Date", now.Format(rfc5322Date))
-	h("Message-ID", fmt.Sprintf("<tlsrpt.%d.%s@%s>", now.UnixNano(), randHex(8), host))
-	h("Subject", fmt.Sprintf("Report Domain: %s Submitter: %s Report-ID: <%s>", r.domain, host, r.info.ReportID))
-	h("TLS-Report-Domain", r.domain)
-	h("TLS-Report-Submitter", host)
-	h("Auto-Submitted", "auto-generated") // RFC 3834: no auto-replies to it
-	h("TLS-Required", "No")               // RFC 8460 §5.3: delivered even where TLS fails
-	h("MIME-Version", "1.0")
-	h("Content-Type", `multipart/report; report-type="tlsrpt"; boundary="`+mw.Boundary()+`"`)
-	b.WriteString("\r\n")
-
-	text, err := mw.CreatePart(textproto.MIMEHeader{
-		"Content-Type":              {"text/plain; charset=us-ascii"},
-		"Content-Transfer-Encoding": {"7bit"}})
-	if err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(text, "This is an aggregate TLS report (RFC 8460) from %s\r\nfor %s, covering %s to %s.\r\n",
-		host, r.domain, r.info.Start.UTC().Format(time.RFC3339), r.info.End.UTC().Format(time.RFC3339))
-	att, err := mw.CreatePart(textproto.MIMEHeader{
-		"Content-Type":              {reportMediaType},
-		"Content-Transfer-Encoding": {"base64"},
-		"Content-Disposition":       {`attachment; filename="` + r.filename() + `"`}})
-	if err != nil {
-		return nil, err
-	}
-	enc := base64.StdEncoding.EncodeToString(r.gz)
-	for len(enc) > 76 {
-		io.WriteString(att, enc[:76]+"\r\n")
-		enc = enc[76:]
-	}
-	io.WriteString(att, enc+"\r\n")
-	if err := mw.Close(); err != nil {
-		return nil, err
-	}
-	b.WriteString("\r\n")
-	return b.Bytes(), nil
 }
 
 // sign returns the DKIM-Signature fields for msg when a [[dkim]] key covers
@@ -444,9 +284,8 @@ func (s *reportSender) sign(msg []byte) string {
 	return sig
 }
 
-// post sends the report to an https: rua (RFC 8460 §5.4): any 2xx is
-// success; anything else is logged by the caller and not retried.
-func (s *reportSender) post(ctx context.Context, r *builtReport, u *url.URL) error {
+// post sends the report to an https: rua (RFC 8460 §5.4).
+func (s *reportSender) post(ctx context.Context, r *tlsrpt.Report, u *url.URL) error {
 	if s.client == nil {
 		s.client = &http.Client{
 			Timeout: reportPostTimeout,
@@ -461,22 +300,7 @@ func (s *reportSender) post(ctx context.Context, r *builtReport, u *url.URL) err
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.String(), bytes.NewReader(r.gz))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", reportMediaType)
-	req.Header.Set("User-Agent", "mailhop")
-	resp, err := s.client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("HTTP status %s", resp.Status)
-	}
-	return nil
+	return r.Post(ctx, s.client, u)
 }
 
 // reportDial connects to an https: rua host (see dialHost).
@@ -488,10 +312,49 @@ func (a *Agent) reportDial(ctx context.Context, network, addr string) (net.Conn,
 	return a.dialHost(ctx, host, port)
 }
 
-const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
+// TLSResults returns the TLS outcomes counted per policy domain, sorted by
+// domain and type; with reset, counting starts afresh (a daily TLS report
+// job takes them once a day).
+func (a *Agent) TLSResults(reset bool) []tlsrpt.Counts {
+	return a.tlsStats.Results(reset)
+}
 
-func randHex(n int) string {
-	p := make([]byte, n)
-	rand.Read(p)
-	return hex.EncodeToString(p)
+// tlsCountsPath is the file, or "" when there is no data_dir (tests).
+func (a *Agent) tlsCountsPath() string {
+	if d := a.config().DataDir; d != "" {
+		return filepath.Join(d, tlsrpt.CountsFile)
+	}
+	return ""
+}
+
+// saveTLSCounts writes the period's start and counts (replacing the file
+// atomically).
+func (a *Agent) saveTLSCounts() error {
+	path := a.tlsCountsPath()
+	if path == "" {
+		return nil
+	}
+	a.tlsrpt.mu.Lock()
+	start, counts := a.tlsrpt.start, a.TLSResults(false)
+	a.tlsrpt.mu.Unlock()
+	return tlsrpt.SaveCounts(path, start, counts)
+}
+
+// loadTLSCounts adds the counts a previous run saved to this one's, and
+// takes over its period's start. A file that cannot be read is logged and
+// left for the next save to replace.
+func (a *Agent) loadTLSCounts() {
+	path := a.tlsCountsPath()
+	if path == "" {
+		return
+	}
+	start, counts, err := tlsrpt.LoadCounts(path)
+	if err != nil {
+		a.log.Warn("tls reports: the counts of the previous run are lost", "file", path, "err", err)
+		return
+	}
+	if !start.IsZero() && start.Before(a.tlsrpt.start) {
+		a.tlsrpt.start = start
+	}
+	a.tlsStats.Merge(counts)
 }

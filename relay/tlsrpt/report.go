@@ -1,4 +1,4 @@
-package outbound
+package tlsrpt
 
 import (
 	"encoding/json"
@@ -7,12 +7,12 @@ import (
 )
 
 // TLS reports (RFC 8460): the JSON a daily report job sends to the rua of
-// _smtp._tls.DOMAIN, built from the counts of Agent.TLSResults. Sending it
+// _smtp._tls.DOMAIN, built from the counts of Stats.Results. Sending it
 // (mailto: through the queue from a configured reporting address, or an
 // https: POST) is the job's.
 
-// TLSReportInfo is what a report says about its sender and period.
-type TLSReportInfo struct {
+// ReportInfo is what a report says about its sender and period.
+type ReportInfo struct {
 	Organization string    // organization-name: who runs this relay
 	Contact      string    // contact-info: e.g. "postmaster@relay.example"
 	ReportID     string    // report-id: unique per report
@@ -55,9 +55,9 @@ type tlsReportFailure struct {
 	Reason      string `json:"failure-reason-code,omitempty"`
 }
 
-// BuildTLSReport returns the RFC 8460 §4 JSON report for policy domain
+// Build returns the RFC 8460 §4 JSON report for policy domain
 // domain from counts (those of other domains are left out).
-func BuildTLSReport(domain string, counts []TLSCounts, info TLSReportInfo) ([]byte, error) {
+func Build(domain string, counts []Counts, info ReportInfo) ([]byte, error) {
 	if info.Organization == "" || info.Contact == "" || info.ReportID == "" {
 		return nil, errors.New("tls report: organization, contact and report ID are required")
 	}
@@ -81,4 +81,11 @@ func BuildTLSReport(domain string, counts []TLSCounts, info TLSReportInfo) ([]by
 		return nil, errors.New("tls report: nothing counted for " + domain)
 	}
 	return json.MarshalIndent(r, "", "  ")
+}
+
+// NextPeriodEnd is the end of the period after now: the next multiple of
+// iv since the zero time, which for a divisor of 24h is aligned on UTC
+// midnight (RFC 8460 §4.1 wants UTC days).
+func NextPeriodEnd(now time.Time, iv time.Duration) time.Time {
+	return now.Truncate(iv).Add(iv)
 }

@@ -1,4 +1,4 @@
-package outbound
+package tlsrpt
 
 import (
 	"slices"
@@ -11,21 +11,21 @@ import (
 // every new connection that tried TLS (or was required to) counts one
 // session, successful or failed; a reused connection is the same session.
 
-// TLSCounts is the tally of one policy (a domain and a policy type) since
+// Counts is the tally of one policy (a domain and a policy type) since
 // the counts were last taken.
-type TLSCounts struct {
-	PolicyDomain string    // the recipient domain
-	PolicyType   string    // "sts", "tlsa" or "no-policy-found" (RFC 8460 §4.2)
-	PolicyString []string  // the policy's lines or the TLSA records, as last seen
-	MXHosts      []string  // MX hosts sessions went to
-	Success      uint64    // sessions that met the policy
-	Failure      uint64    // sessions that did not
-	Failures     []TLSFail // failures by kind, host and address
-	Since        time.Time // when counting started
+type Counts struct {
+	PolicyDomain string          // the recipient domain
+	PolicyType   string          // "sts", "tlsa" or "no-policy-found" (RFC 8460 §4.2)
+	PolicyString []string        // the policy's lines or the TLSA records, as last seen
+	MXHosts      []string        // MX hosts sessions went to
+	Success      uint64          // sessions that met the policy
+	Failure      uint64          // sessions that did not
+	Failures     []FailureDetail // failures by kind, host and address
+	Since        time.Time       // when counting started
 }
 
-// TLSFail is a number of failures of one kind with one host.
-type TLSFail struct {
+// FailureDetail is a number of failures of one kind with one host.
+type FailureDetail struct {
 	ResultType  string // RFC 8460 §4.3: "starttls-not-supported", "certificate-host-mismatch", ...
 	ReceivingMX string // host name
 	ReceivingIP string
@@ -33,6 +33,14 @@ type TLSFail struct {
 	Reason      string // failure-reason-code: the last error text
 	Count       uint64
 }
+
+// The policy types of a report (RFC 8460 §4.2): an MTA-STS policy, DANE
+// TLSA records, or none.
+const (
+	PolicySTS  = "sts"
+	PolicyTLSA = "tlsa"
+	PolicyNone = "no-policy-found"
+)
 
 type tlsKey struct{ domain, typ string }
 
@@ -43,14 +51,14 @@ type tlsTally struct {
 	mx       map[string]bool
 	success  uint64
 	failure  uint64
-	failures map[failKey]*TLSFail
+	failures map[failKey]*FailureDetail
 	since    time.Time
 }
 
-// tlsStats is the agent's tally; its methods are safe for concurrent use.
-type tlsStats struct {
+// Stats is the agent's tally; its methods are safe for concurrent use.
+type Stats struct {
 	mu  sync.Mutex
-	now func() time.Time
+	Now func() time.Time // the clock; nil: time.Now
 	m   map[tlsKey]*tlsTally
 }
 
@@ -58,7 +66,7 @@ type tlsStats struct {
 // until the counts are taken.
 const maxTLSDomains = 100000
 
-func (s *tlsStats) entry(domain, typ string, policy []string) *tlsTally {
+func (s *Stats) entry(domain, typ string, policy []string) *tlsTally {
 	if domain == "" {
 		return nil // not counted: a message with TLS-Required: No
 	}
@@ -72,10 +80,10 @@ func (s *tlsStats) entry(domain, typ string, policy []string) *tlsTally {
 			return nil
 		}
 		now := time.Now()
-		if s.now != nil {
-			now = s.now()
+		if s.Now != nil {
+			now = s.Now()
 		}
-		t = &tlsTally{mx: map[string]bool{}, failures: map[failKey]*TLSFail{}, since: now}
+		t = &tlsTally{mx: map[string]bool{}, failures: map[failKey]*FailureDetail{}, since: now}
 		s.m[k] = t
 	}
 	if policy != nil {
@@ -84,7 +92,8 @@ func (s *tlsStats) entry(domain, typ string, policy []string) *tlsTally {
 	return t
 }
 
-func (s *tlsStats) success(domain, typ string, policy []string, mx string) {
+// AddSuccess counts a session that met its policy.
+func (s *Stats) AddSuccess(domain, typ string, policy []string, mx string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if t := s.entry(domain, typ, policy); t != nil {
@@ -98,7 +107,7 @@ func (s *tlsStats) success(domain, typ string, policy []string, mx string) {
 // example, "*.mail.company-y.example"), otherwise the host the session
 // went to. The host itself is in each failure's receiving-mx-hostname.
 func (t *tlsTally) noteMX(typ, mx string) {
-	if typ == policySTS {
+	if typ == PolicySTS {
 		found := false
 		for _, l := range t.policy {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "mx" {
@@ -114,7 +123,8 @@ func (t *tlsTally) noteMX(typ, mx string) {
 	}
 }
 
-func (s *tlsStats) failure(domain, typ string, policy []string, mx, ip, sendIP, result, reason string) {
+// AddFailure counts a session that did not.
+func (s *Stats) AddFailure(domain, typ string, policy []string, mx, ip, sendIP, result, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.entry(domain, typ, policy)
@@ -126,26 +136,25 @@ func (s *tlsStats) failure(domain, typ string, policy []string, mx, ip, sendIP, 
 	k := failKey{result, mx, ip, sendIP}
 	f := t.failures[k]
 	if f == nil {
-		f = &TLSFail{ResultType: result, ReceivingMX: mx, ReceivingIP: ip, SendingIP: sendIP}
+		f = &FailureDetail{ResultType: result, ReceivingMX: mx, ReceivingIP: ip, SendingIP: sendIP}
 		t.failures[k] = f
 	}
 	f.Count++
 	f.Reason = reason
 }
 
-// TLSResults returns the TLS outcomes counted per policy domain, sorted by
+// Results returns the TLS outcomes counted per policy domain, sorted by
 // domain and type; with reset, counting starts afresh (a daily TLS report
 // job takes them once a day).
-func (a *Agent) TLSResults(reset bool) []TLSCounts {
-	s := &a.tlsStats
+func (s *Stats) Results(reset bool) []Counts {
 	s.mu.Lock()
 	m := s.m
 	if reset {
 		s.m = nil
 	}
-	var out []TLSCounts
+	var out []Counts
 	for k, t := range m {
-		c := TLSCounts{PolicyDomain: k.domain, PolicyType: k.typ, PolicyString: t.policy,
+		c := Counts{PolicyDomain: k.domain, PolicyType: k.typ, PolicyString: t.policy,
 			Success: t.success, Failure: t.failure, Since: t.since}
 		for mx := range t.mx {
 			c.MXHosts = append(c.MXHosts, mx)
@@ -154,13 +163,13 @@ func (a *Agent) TLSResults(reset bool) []TLSCounts {
 		for _, f := range t.failures {
 			c.Failures = append(c.Failures, *f)
 		}
-		slices.SortFunc(c.Failures, func(x, y TLSFail) int {
+		slices.SortFunc(c.Failures, func(x, y FailureDetail) int {
 			return strings.Compare(x.ResultType+x.ReceivingMX+x.ReceivingIP+" "+x.SendingIP, y.ResultType+y.ReceivingMX+y.ReceivingIP+" "+y.SendingIP)
 		})
 		out = append(out, c)
 	}
 	s.mu.Unlock()
-	slices.SortFunc(out, func(x, y TLSCounts) int {
+	slices.SortFunc(out, func(x, y Counts) int {
 		return strings.Compare(x.PolicyDomain+" "+x.PolicyType, y.PolicyDomain+" "+y.PolicyType)
 	})
 	return out

@@ -1,4 +1,4 @@
-package outbound
+package tlsrpt
 
 import (
 	"strings"
@@ -14,7 +14,7 @@ func FuzzParseTLSRPT(f *testing.F) {
 	f.Add("v=TLSRPTv1;rua=mailto:a%0D%0Ab@x", "")
 	f.Add("v=TLSRPTv1; rua=https://u:p@h/,mailto:%3Ca%3E@b", "v=TLSRPTv1")
 	f.Fuzz(func(t *testing.T, a, b string) {
-		urls, err := parseTLSRPT([]string{a, b})
+		urls, err := ParseRecord([]string{a, b})
 		if err != nil {
 			return
 		}

@@ -1,50 +1,37 @@
-package outbound
+package tlsrpt
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 )
 
 // TLS report counts survive a restart. A report covers a whole period (a
 // day by default, RFC 8460 §4.1); a restart in the middle must not lose
 // what was counted before it. The agent writes the counts to
-// data_dir/tls-report-counts.json every tlsSaveInterval, after each report
+// data_dir/tls-report-counts.json every SaveInterval, after each report
 // run and when it stops, and New reads them back. A kill loses at most
-// tlsSaveInterval of counts.
+// SaveInterval of counts.
 
 const (
-	tlsCountsFile   = "tls-report-counts.json"
-	tlsSaveInterval = 5 * time.Minute
+	// CountsFile is the file in data_dir that keeps the counts.
+	CountsFile = "tls-report-counts.json"
+	// SaveInterval is how often the counts are written.
+	SaveInterval = 5 * time.Minute
 )
 
 // savedTLSCounts is the file's content.
 type savedTLSCounts struct {
-	Start  time.Time   `json:"start"` // when the period began
-	Counts []TLSCounts `json:"counts"`
+	Start  time.Time `json:"start"` // when the period began
+	Counts []Counts  `json:"counts"`
 }
 
-// tlsCountsPath is the file, or "" when there is no data_dir (tests).
-func (a *Agent) tlsCountsPath() string {
-	if d := a.config().DataDir; d != "" {
-		return filepath.Join(d, tlsCountsFile)
-	}
-	return ""
-}
-
-// saveTLSCounts writes the period's start and counts (replacing the file
-// atomically).
-func (a *Agent) saveTLSCounts() error {
-	path := a.tlsCountsPath()
-	if path == "" {
-		return nil
-	}
-	a.tlsrpt.mu.Lock()
-	saved := savedTLSCounts{Start: a.tlsrpt.start, Counts: a.TLSResults(false)}
-	a.tlsrpt.mu.Unlock()
+// SaveCounts writes the period's start and counts to path (replacing the
+// file atomically).
+func SaveCounts(path string, start time.Time, counts []Counts) error {
+	saved := savedTLSCounts{Start: start, Counts: counts}
 	data, err := json.Marshal(saved)
 	if err != nil {
 		return fmt.Errorf("tls reports: saving counts: %w", err)
@@ -60,33 +47,28 @@ func (a *Agent) saveTLSCounts() error {
 	return nil
 }
 
-// loadTLSCounts adds the counts a previous run saved to this one's, and
-// takes over its period's start. A file that cannot be read is logged and
-// left for the next save to replace.
-func (a *Agent) loadTLSCounts() {
-	path := a.tlsCountsPath()
-	if path == "" {
-		return
-	}
+// LoadCounts returns the period's start and the counts a previous run
+// saved to path; none (and no error) when there is no file.
+func LoadCounts(path string) (time.Time, []Counts, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return
+		return time.Time{}, nil, nil
 	}
 	var saved savedTLSCounts
 	if err == nil {
 		err = json.Unmarshal(data, &saved)
 	}
 	if err != nil {
-		a.log.Warn("tls reports: the counts of the previous run are lost", "file", path, "err", err)
-		return
+		return time.Time{}, nil, err
 	}
-	if !saved.Start.IsZero() && saved.Start.Before(a.tlsrpt.start) {
-		a.tlsrpt.start = saved.Start
-	}
-	s := &a.tlsStats
+	return saved.Start, saved.Counts, nil
+}
+
+// Merge adds counts (those a previous run saved) to s's.
+func (s *Stats) Merge(counts []Counts) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, c := range saved.Counts {
+	for _, c := range counts {
 		t := s.entry(c.PolicyDomain, c.PolicyType, c.PolicyString)
 		if t == nil {
 			continue

@@ -1,0 +1,43 @@
+package tlsrpt
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestParseTLSRPT(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		recs []string
+		want string // the URIs joined by " ", or "error"
+	}{
+		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com"}, "mailto:a@example.com"},
+		{[]string{"v=TLSRPTv1;rua=mailto:a@example.com,https://r.example/x;"}, "mailto:a@example.com https://r.example/x"},
+		{[]string{"v=spf1 -all", "v=TLSRPTv1; rua=https://r.example/x"}, "https://r.example/x"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tls%2Breports@example.com"}, "mailto:tls+reports@example.com"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com?subject=x"}, "mailto:a@example.com"},
+		{[]string{"v=TLSRPTv1; rua=http://r.example/x,ftp://r.example,mailto:a@example.com"}, "mailto:a@example.com"},
+		{[]string{"v=TLSRPTv1; rua=mailto:bad address@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=https://user:pw@r.example/x"}, "error"},
+		{[]string{"v=TLSRPTv1; ext=1"}, "error"},
+		{[]string{"v=TLSRPTv1"}, "error"},
+		{[]string{"v=TLSRPTv10; rua=mailto:a@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com", "v=TLSRPTv1; rua=mailto:b@example.com"}, "error"},
+		{nil, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:1@x.example,mailto:2@x.example,mailto:3@x.example,mailto:4@x.example,mailto:5@x.example,mailto:6@x.example"},
+			"mailto:1@x.example mailto:2@x.example mailto:3@x.example mailto:4@x.example mailto:5@x.example"},
+	} {
+		us, err := ParseRecord(tc.recs)
+		got := "error"
+		if err == nil {
+			var s []string
+			for _, u := range us {
+				s = append(s, u.String())
+			}
+			got = strings.Join(s, " ")
+		}
+		if got != tc.want {
+			t.Errorf("ParseRecord(%q) = %q, want %q", tc.recs, got, tc.want)
+		}
+	}
+}
