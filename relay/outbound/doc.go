@@ -79,7 +79,8 @@
 // want of verified TLS or REQUIRETLS: it fails with 5.7.30, and its
 // bounce (sent without REQUIRETLS) carries the header only (RFC 8689 §5).
 // Each new connection is counted per policy domain (Agent.TLSResults) for
-// TLS reporting (RFC 8460).
+// TLS reporting (RFC 8460); the counts, the report and its delivery are
+// relay/tlsrpt's, the daily run that sends them is tlsrpt_send.go's.
 //
 // # Failure classification
 //

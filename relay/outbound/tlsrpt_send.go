@@ -9,9 +9,10 @@ package outbound
 //  1. takes the TLS counts of the period and resets them (Agent.TLSResults);
 //  2. for each policy domain counted, looks up _smtp._tls.DOMAIN TXT; a
 //     domain without exactly one "v=TLSRPTv1" record, or without a usable rua
-//     URI, gets no report (its counts are dropped with the period);
-//  3. builds one report per domain (tlsrpt.NewReport), gzips it, and hands it
-//     to every rua URI (at most maxRUA): a mailto: address gets an RFC 8460
+//     URI (tlsrpt.ParseRecord), gets no report (its counts are dropped with
+//     the period);
+//  3. builds one report per domain, gzipped (tlsrpt.NewReport), and hands it
+//     to every rua URI (at most five): a mailto: address gets an RFC 8460
 //     §5.3 multipart/report message through the queue — from
 //     delivery.tls_report_from, never the null sender, so the queue retries
 //     it like any mail and a bounce reaches a person; an https: URL gets one
@@ -20,6 +21,10 @@ package outbound
 // A report that cannot be delivered is logged and dropped: a POST is tried
 // once, a mail is retried by the queue until max_queue_age. The counts of a
 // period are never carried into the next.
+//
+// The counts, their file, the record, the report and its POST are
+// relay/tlsrpt's; what needs the agent (its clock, configuration, resolver,
+// queue, dialer and log) is here.
 
 import (
 	"bytes"

@@ -12,7 +12,7 @@ import (
 // day by default, RFC 8460 §4.1); a restart in the middle must not lose
 // what was counted before it. The agent writes the counts to
 // data_dir/tls-report-counts.json every SaveInterval, after each report
-// run and when it stops, and New reads them back. A kill loses at most
+// run and when it stops, and reads them back when it is made. A kill loses at most
 // SaveInterval of counts.
 
 const (

@@ -14,7 +14,7 @@ const maxRUA = 5
 // ParseRecord returns the usable rua URIs of the TLSRPT record among recs
 // (RFC 8460 §3): records not starting with "v=TLSRPTv1" are ignored, and
 // unless exactly one remains there is no policy. Only mailto: and https:
-// URIs are kept, at most maxRUA.
+// URIs are kept, at most maxRUA (five).
 func ParseRecord(recs []string) ([]*url.URL, error) {
 	var rec string
 	n := 0

@@ -55,7 +55,9 @@ type tlsTally struct {
 	since    time.Time
 }
 
-// Stats is the agent's tally; its methods are safe for concurrent use.
+// Stats is the agent's tally; its methods are safe for concurrent use. The
+// zero value is ready to use. Past maxTLSDomains policies, new ones are not
+// counted until the counts are taken.
 type Stats struct {
 	mu  sync.Mutex
 	Now func() time.Time // the clock; nil: time.Now
@@ -92,7 +94,9 @@ func (s *Stats) entry(domain, typ string, policy []string) *tlsTally {
 	return t
 }
 
-// AddSuccess counts a session that met its policy.
+// AddSuccess counts a session to mx that met its policy: domain is the
+// policy domain ("" counts nothing), typ the policy type (PolicySTS, ...),
+// policy its lines or records (nil keeps those last seen).
 func (s *Stats) AddSuccess(domain, typ string, policy []string, mx string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -123,7 +127,10 @@ func (t *tlsTally) noteMX(typ, mx string) {
 	}
 }
 
-// AddFailure counts a session that did not.
+// AddFailure counts a session that did not meet its policy (domain, typ,
+// policy and mx as for AddSuccess): ip is the server's address, sendIP the
+// relay's, result the RFC 8460 §4.3 result type and reason the
+// failure-reason-code.
 func (s *Stats) AddFailure(domain, typ string, policy []string, mx, ip, sendIP, result, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
