@@ -241,3 +241,50 @@ func TestPreKeyQueueGetsAKeyOnceEmpty(t *testing.T) {
 		t.Errorf("a message queued under the new key: %v", err)
 	}
 }
+
+// TestOpenReadOnlyKeepsBodyOfDoneMessage: a relay killed between a large
+// message's done record and the removal of its body file leaves the file
+// behind, for the next start to remove. `mailhop queue list` with the relay
+// stopped replayed the done record and removed the file itself (drop),
+// under its shared lock: the read-only open changes nothing.
+func TestOpenReadOnlyKeepsBodyOfDoneMessage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	env := newEnv("a@x.test")
+	if err := q.Enqueue(env, bytes.NewReader(bigBody(InlineMax+1000))); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "bodies", env.ID)
+	body, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Delete(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	// The crash came before the unlink.
+	if err := os.WriteFile(path, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	before := treeOf(t, dir)
+	ro, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ro.List(); len(got) != 0 {
+		t.Errorf("read-only list = %+v", got)
+	}
+	ro.Close()
+	if after := treeOf(t, dir); !slices.Equal(before, after) {
+		t.Errorf("the read-only open changed the directory:\nbefore %v\nafter  %v", before, after)
+	}
+
+	q = openTest(t, dir) // the relay's start removes it
+	q.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the body of a message that left the queue survived the start: %v", err)
+	}
+}
