@@ -201,6 +201,16 @@ func startSalts(path string, max int) []uint32 {
 	return salts
 }
 
+// readKeyFile returns the key the key file in dir holds, if it holds one.
+func readKeyFile(dir string) (uint32, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, keyName))
+	if err != nil {
+		return 0, false
+	}
+	k, err := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 32)
+	return uint32(k), err == nil
+}
+
 // writeKey stores key in dir durably (a new file renamed into place).
 func writeKey(dir string, key uint32) error {
 	tmp := filepath.Join(dir, keyName+".tmp")

@@ -288,3 +288,53 @@ func TestOpenReadOnlyKeepsBodyOfDoneMessage(t *testing.T) {
 		t.Errorf("the body of a message that left the queue survived the start: %v", err)
 	}
 }
+
+// TestPreKeyQueueStartsWhenItsKeyCannotBeWritten: giving an emptied
+// pre-key queue a key is a protection, not a condition of the start: on a
+// disk where the key file cannot be written (full), the start failed, and
+// the relay with it. It starts with key 0 and a warning, and its mail
+// survives the next start.
+func TestPreKeyQueueStartsWhenItsKeyCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	st := q.store.(*LogStore)
+	st.key = 0 // as an old build wrote its records
+	gone := newEnv("a@x.test")
+	if err := q.Enqueue(gone, strings.NewReader("Subject: old\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Delete(gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	// The key file as the first start after the upgrade wrote it.
+	if err := writeKey(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The key file cannot be written (its temporary file cannot be made).
+	if err := os.MkdirAll(filepath.Join(dir, keyName+".tmp", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testlog.Buffer
+	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("the start failed: %v", err)
+	}
+	if k := q.store.(*LogStore).key; k != 0 {
+		t.Errorf("key %08x in use, the key file says 0", k)
+	}
+	if countLines(logs.String(), "level=WARN", "key") != 1 {
+		t.Errorf("want one warning:\n%s", logs.String())
+	}
+	env := newEnv("b@x.test")
+	if err := q.Enqueue(env, strings.NewReader("Subject: new\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	q = openTest(t, dir)
+	if _, err := q.Get(env.ID); err != nil {
+		t.Errorf("the message queued after that start: %v", err)
+	}
+}
