@@ -338,3 +338,42 @@ func TestPreKeyQueueStartsWhenItsKeyCannotBeWritten(t *testing.T) {
 		t.Errorf("the message queued after that start: %v", err)
 	}
 }
+
+// TestUpgradeStartsWhenTheKeyFileCannotBeWritten: the first start after an
+// upgrade from a build before queue keys finds the key (0) in the segments
+// and keeps it in a key file; where that file cannot be written (a full
+// disk) the start failed, and with it the relay, its queued mail stuck.
+// The segments give the key again at every start: a warning, and the start
+// goes on.
+func TestUpgradeStartsWhenTheKeyFileCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	q.store.(*LogStore).key = 0 // as an old build wrote its records
+	live := newEnv("a@x.test")
+	if err := q.Enqueue(live, strings.NewReader("Subject: old\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	if err := os.Remove(filepath.Join(dir, keyName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, keyName+".tmp", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	for range 2 {
+		var logs testlog.Buffer
+		q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatalf("the start failed: %v", err)
+		}
+		if _, err := q.Get(live.ID); err != nil {
+			t.Errorf("the old build's message: %v", err)
+		}
+		if countLines(logs.String(), "level=WARN", "key") != 1 {
+			t.Errorf("want one warning:\n%s", logs.String())
+		}
+		q.Close()
+	}
+}
