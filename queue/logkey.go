@@ -52,7 +52,7 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 			// (a damaged or foreign file) made every record look damaged,
 			// and their messages' bodies orphans.
 			s.log.Error("queue: key file does not match the segments; using the key found in them", "path", path)
-			return s.setKey(found)
+			return s.keepFoundKey(found)
 		} else {
 			s.key = uint32(k)
 			return nil
@@ -67,17 +67,30 @@ func (s *LogStore) loadKey(seqs []uint64) error {
 		} else {
 			s.log.Warn("queue: key file missing or damaged; using the key the segments were written with", "path", path)
 		}
-		return s.setKey(k)
+		return s.keepFoundKey(k)
 	}
 	if len(seqs) > 0 {
 		s.log.Error("queue: no segment starts with a readable record; their records cannot be told from planted ones and are skipped")
-		return s.setKey(0)
+		return s.keepFoundKey(0)
 	}
 	k, err := randomKey()
 	if err != nil {
 		return err
 	}
 	return s.setKey(k)
+}
+
+// keepFoundKey makes key, found from the segments, the queue's and keeps it
+// in the key file. A file that cannot be written (a full disk) does not
+// stop the start: the segments give the key again at the next one. It
+// stopped it, at the first start after an upgrade from a build before
+// keys, with the queue's mail in it.
+func (s *LogStore) keepFoundKey(key uint32) error {
+	if err := s.setKey(key); err != nil {
+		s.log.Warn("queue: cannot keep the queue's key in its key file; the next start finds it in the segments again",
+			"path", filepath.Join(s.dir, keyName), "err", err)
+	}
+	return nil
 }
 
 // randomKey makes a new queue's key.
@@ -199,6 +212,16 @@ func startSalts(path string, max int) []uint32 {
 		salts = append(salts, crc.Sum32()^binary.LittleEndian.Uint32(h[8:]))
 	}
 	return salts
+}
+
+// readKeyFile returns the key the key file in dir holds, if it holds one.
+func readKeyFile(dir string) (uint32, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, keyName))
+	if err != nil {
+		return 0, false
+	}
+	k, err := strconv.ParseUint(strings.TrimSpace(string(data)), 16, 32)
+	return uint32(k), err == nil
 }
 
 // writeKey stores key in dir durably (a new file renamed into place).

@@ -62,14 +62,23 @@ func (s *LogStore) recover() error {
 		// A queue written before keys (logkey.go) kept key 0, and so went
 		// without their protection, for as long as it lived. With no
 		// segment left, no record salted with it is either: a key now.
+		// Only a protection, not a condition of the start: where the key
+		// file cannot be written (a full disk) the queue goes on with the
+		// key the file holds, and a later start tries again.
 		k, err := randomKey()
+		if err == nil {
+			err = s.setKey(k)
+		}
 		if err != nil {
-			return err
+			s.key = 0
+			if fk, ok := readKeyFile(s.dir); ok && fk == k {
+				s.key = k // written; only the directory's sync failed
+			}
+			s.log.Warn("queue: the queue, written before queue keys, is empty but could not be given a key; it keeps the key in its key file until a later start",
+				"path", filepath.Join(s.dir, keyName), "key", fmt.Sprintf("%08x", s.key), "err", err)
+		} else {
+			s.log.Info("queue: the queue, written before queue keys, is empty: it has a key now", "path", filepath.Join(s.dir, keyName))
 		}
-		if err := s.setKey(k); err != nil {
-			return err
-		}
-		s.log.Info("queue: the queue, written before queue keys, is empty: it has a key now", "path", filepath.Join(s.dir, keyName))
 	}
 	return nil
 }

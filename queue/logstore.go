@@ -437,7 +437,10 @@ func (s *LogStore) touch(m *storedMsg, seg *segment) {
 	}
 }
 
-// drop forgets m. Called under mu, after its done record is durable.
+// drop forgets m. Called under mu, after its done record is durable. A
+// store opened read-only removes no body file: recovery drops a message at
+// its done record, and one whose file a crash left behind is the next
+// start's to remove (`mailhop queue list` with the relay stopped removed it).
 func (s *LogStore) drop(id string, m *storedMsg) {
 	delete(s.msgs, id)
 	for _, q := range m.segs {
@@ -445,7 +448,7 @@ func (s *LogStore) drop(id string, m *storedMsg) {
 			seg.refs--
 		}
 	}
-	if m.file {
+	if m.file && !s.readOnly {
 		os.Remove(s.bodyPath(id))
 	}
 }

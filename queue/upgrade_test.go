@@ -241,3 +241,139 @@ func TestPreKeyQueueGetsAKeyOnceEmpty(t *testing.T) {
 		t.Errorf("a message queued under the new key: %v", err)
 	}
 }
+
+// TestOpenReadOnlyKeepsBodyOfDoneMessage: a relay killed between a large
+// message's done record and the removal of its body file leaves the file
+// behind, for the next start to remove. `mailhop queue list` with the relay
+// stopped replayed the done record and removed the file itself (drop),
+// under its shared lock: the read-only open changes nothing.
+func TestOpenReadOnlyKeepsBodyOfDoneMessage(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	env := newEnv("a@x.test")
+	if err := q.Enqueue(env, bytes.NewReader(bigBody(InlineMax+1000))); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "bodies", env.ID)
+	body, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Delete(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	// The crash came before the unlink.
+	if err := os.WriteFile(path, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	before := treeOf(t, dir)
+	ro, err := Open(dir, Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ro.List(); len(got) != 0 {
+		t.Errorf("read-only list = %+v", got)
+	}
+	ro.Close()
+	if after := treeOf(t, dir); !slices.Equal(before, after) {
+		t.Errorf("the read-only open changed the directory:\nbefore %v\nafter  %v", before, after)
+	}
+
+	q = openTest(t, dir) // the relay's start removes it
+	q.Close()
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Errorf("the body of a message that left the queue survived the start: %v", err)
+	}
+}
+
+// TestPreKeyQueueStartsWhenItsKeyCannotBeWritten: giving an emptied
+// pre-key queue a key is a protection, not a condition of the start: on a
+// disk where the key file cannot be written (full), the start failed, and
+// the relay with it. It starts with key 0 and a warning, and its mail
+// survives the next start.
+func TestPreKeyQueueStartsWhenItsKeyCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	st := q.store.(*LogStore)
+	st.key = 0 // as an old build wrote its records
+	gone := newEnv("a@x.test")
+	if err := q.Enqueue(gone, strings.NewReader("Subject: old\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Delete(gone.ID); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	// The key file as the first start after the upgrade wrote it.
+	if err := writeKey(dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	// The key file cannot be written (its temporary file cannot be made).
+	if err := os.MkdirAll(filepath.Join(dir, keyName+".tmp", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs testlog.Buffer
+	q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("the start failed: %v", err)
+	}
+	if k := q.store.(*LogStore).key; k != 0 {
+		t.Errorf("key %08x in use, the key file says 0", k)
+	}
+	if countLines(logs.String(), "level=WARN", "key") != 1 {
+		t.Errorf("want one warning:\n%s", logs.String())
+	}
+	env := newEnv("b@x.test")
+	if err := q.Enqueue(env, strings.NewReader("Subject: new\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	q = openTest(t, dir)
+	if _, err := q.Get(env.ID); err != nil {
+		t.Errorf("the message queued after that start: %v", err)
+	}
+}
+
+// TestUpgradeStartsWhenTheKeyFileCannotBeWritten: the first start after an
+// upgrade from a build before queue keys finds the key (0) in the segments
+// and keeps it in a key file; where that file cannot be written (a full
+// disk) the start failed, and with it the relay, its queued mail stuck.
+// The segments give the key again at every start: a warning, and the start
+// goes on.
+func TestUpgradeStartsWhenTheKeyFileCannotBeWritten(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	q := openTest(t, dir)
+	q.store.(*LogStore).key = 0 // as an old build wrote its records
+	live := newEnv("a@x.test")
+	if err := q.Enqueue(live, strings.NewReader("Subject: old\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+	if err := os.Remove(filepath.Join(dir, keyName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(dir, keyName+".tmp", "x"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+
+	for range 2 {
+		var logs testlog.Buffer
+		q, err := Open(dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Fatalf("the start failed: %v", err)
+		}
+		if _, err := q.Get(live.ID); err != nil {
+			t.Errorf("the old build's message: %v", err)
+		}
+		if countLines(logs.String(), "level=WARN", "key") != 1 {
+			t.Errorf("want one warning:\n%s", logs.String())
+		}
+		q.Close()
+	}
+}
