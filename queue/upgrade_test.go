@@ -228,18 +228,26 @@ func TestPreKeyQueueGetsAKeyOnceEmpty(t *testing.T) {
 	if k == 0 {
 		t.Error("an emptied pre-key queue still has key 0")
 	}
-	env := newEnv("c@x.test")
+	q = queuedAcrossRestart(t, q, dir)
+	if got := q.store.(*LogStore).key; got != k {
+		t.Errorf("key %08x after a restart, was %08x", got, k)
+	}
+}
+
+// queuedAcrossRestart queues a new message in q, closes it, opens dir again
+// and checks the message is there; it returns the queue opened again.
+func queuedAcrossRestart(t *testing.T, q *Queue, dir string) *Queue {
+	t.Helper()
+	env := newEnv("new@x.test")
 	if err := q.Enqueue(env, strings.NewReader("Subject: new\r\n\r\nbody\r\n")); err != nil {
 		t.Fatal(err)
 	}
 	q.Close()
 	q = openTest(t, dir)
-	if got := q.store.(*LogStore).key; got != k {
-		t.Errorf("key %08x after a restart, was %08x", got, k)
-	}
 	if _, err := q.Get(env.ID); err != nil {
-		t.Errorf("a message queued under the new key: %v", err)
+		t.Errorf("a message queued before the restart: %v", err)
 	}
+	return q
 }
 
 // TestOpenReadOnlyKeepsBodyOfDoneMessage: a relay killed between a large
@@ -328,15 +336,7 @@ func TestPreKeyQueueStartsWhenItsKeyCannotBeWritten(t *testing.T) {
 	if countLines(logs.String(), "level=WARN", "key") != 1 {
 		t.Errorf("want one warning:\n%s", logs.String())
 	}
-	env := newEnv("b@x.test")
-	if err := q.Enqueue(env, strings.NewReader("Subject: new\r\n\r\nbody\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	q.Close()
-	q = openTest(t, dir)
-	if _, err := q.Get(env.ID); err != nil {
-		t.Errorf("the message queued after that start: %v", err)
-	}
+	queuedAcrossRestart(t, q, dir)
 }
 
 // TestUpgradeStartsWhenTheKeyFileCannotBeWritten: the first start after an
