@@ -566,6 +566,45 @@ func TestDelivery_DelayWarning_Once(t *testing.T) {
 	}
 }
 
+// A recipient whose delay warning falls due while every connection slot
+// of its domain is taken is reported with the reply of its last real
+// attempt, not with the slot wait: the notice said '4.4.5 no connection
+// slot to x.test free (delivery.per_domain_concurrency)' of mail whose
+// server had deferred it, or never greeted, seconds before — a local
+// setting blamed for the destination's trouble (found by the mixload12
+// black-box check: 38% of the delay notices of a run read so).
+func TestDelivery_DelayWarning_WhileWaitingForSlot_GivesLastReply(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.2.1", "mailbox busy")
+	}}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.DelayWarning.Duration = 3 * time.Second
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test"})
+	h.waitRecords(id, 1) // deferred by the server; due again at its delay warning
+	var hold func()
+	for deadline := time.Now().Add(5 * time.Second); hold == nil; {
+		if release, ok := h.agent.domains.tryAcquire("example.test", ""); ok {
+			hold = release
+		} else if time.Now().After(deadline) {
+			t.Fatal("the domain's slot never freed")
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	defer hold()
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	r := d.Recipients[0]
+	if r.Action != "delayed" || r.Status != "4.2.1" || !strings.Contains(r.DiagnosticCode, "mailbox busy") {
+		t.Errorf("delayed recipient: %+v, want Status 4.2.1 and the server's 'mailbox busy'", r)
+	}
+	if env := h.envelope(id); env == nil || !env.DelayWarned {
+		t.Fatalf("after the delay warning: %+v", env)
+	}
+}
+
 // A delay warning or an expiry that falls before the next retry is made on
 // time: the next attempt is due then, not a whole retry interval (here 1h)
 // later.

@@ -286,6 +286,7 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 	remote := func(r *rcptResult) string { return r.remote }
 	var failed, success, delayed []dsn.Outcome
 	var failedIdx []int
+	waiting := at.waiting()
 	for i := range at.rcpts {
 		r := &at.rcpts[i]
 		rc := &env.Recipients[r.index]
@@ -305,7 +306,15 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 			if rc.Notify.Has(queue.NotifyDelay) {
 				// RFC 3464 §2.3.9: when the retries end (the message
 				// expires), as Postfix's delay reports say.
-				delayed = append(delayed, dsn.Outcome{Rcpt: rc, Action: "delayed", Reply: r.reply, Remote: remote(r), Until: expiresAt(env, cfg)})
+				reply := r.reply
+				if waiting[r.index] && rc.Reply != "" {
+					// No server was tried this time, only a slot of its
+					// domain waited for: why the mail is late is what
+					// its last real attempt was told, as Postfix's delay
+					// notice gives the last deferral's reason.
+					reply = storedReply(rc)
+				}
+				delayed = append(delayed, dsn.Outcome{Rcpt: rc, Action: "delayed", Reply: reply, Remote: remote(r), Until: expiresAt(env, cfg)})
 			}
 		}
 	}
@@ -335,6 +344,12 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		}
 	}
 	return reps
+}
+
+// storedReply is the reply recorded for rc by an earlier attempt.
+func storedReply(rc *queue.Recipient) *smtperr.Error {
+	enh, text := smtperr.ParseReply(rc.Reply)
+	return &smtperr.Error{Code: rc.Code, Enhanced: enh, Msg: text}
 }
 
 // successReport reports whether r, delivered to rc, calls for a success
