@@ -36,6 +36,8 @@ const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C
 Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -X F -L T -h N -U -G
 `
 
+// sendmailOpts is the parsed command line: what relay/sendmail is asked to
+// do, and what cmdSendmail does itself (-bp, -bi, the configuration file).
 type sendmailOpts struct {
 	sendmail.Options
 	config  string

@@ -1,12 +1,18 @@
-package sendmail
-
-// mailhop sendmail: the sendmail(8) command line that cron, PHP's mail(),
-// mail(1), monitoring scripts and most Unix software call to send mail. It
-// reads one message on stdin and hands it to the running relay over the
-// admin socket (POST /v1/inject); when the relay is not running it leaves the
+// Package sendmail is sendmail-compatible local submission: the message and
+// envelope a sendmail invocation means, and the SMTP dialog of -bs.
+//
+// mailhop sendmail is the sendmail(8) command line that cron, PHP's mail(),
+// mail(1), monitoring scripts and most Unix software call to send mail. Send
+// reads one message on stdin, completes its header (From, Date, Message-ID
+// when missing; Bcc removed; with -t the recipients read from To, Cc and Bcc,
+// or their Resent- forms) and hands it to the running relay over the admin
+// socket (POST /v1/inject); when the relay is not running it leaves the
 // message in data_dir/pickup, which the relay queues when it starts. If
-// neither works it exits with EX_TEMPFAIL and says so: the caller keeps the
-// message. Exit codes are sendmail's, from sysexits.h.
+// neither works it fails with EX_TEMPFAIL and says so: the caller keeps the
+// message. A failure is an *Error carrying sendmail's exit code, from
+// sysexits.h. cmd/mailhop parses the command line and reads the
+// configuration; this package does the rest.
+package sendmail
 
 import (
 	"bufio"
@@ -30,7 +36,8 @@ import (
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
-// sysexits.h
+// The exit codes of sendmail (sysexits.h) that cmd/mailhop uses; an
+// Error's Code is one of these or of the unexported others.
 const (
 	ExOK          = 0
 	ExUsage       = 64
@@ -46,14 +53,14 @@ const (
 
 // Options are what the command line asks of one sendmail invocation.
 type Options struct {
-	Extract  bool // -t
-	NoDot    bool // -i: a lone "." does not end input
-	From     string
-	FromSet  bool
-	FullName string
-	Verbose  bool
-	SMTP     bool // -bs: SMTP on stdin and stdout
-	Rcpts    []string
+	Extract  bool     // -t: recipients from the header too
+	NoDot    bool     // -i: a lone "." does not end input
+	From     string   // -f or -r, as given: "addr", "Name <addr>", "<>"
+	FromSet  bool     // -f or -r was given (else login@hostname)
+	FullName string   // -F (else $NAME): the name in an added From:
+	Verbose  bool     // -v: print what happened on stdout
+	SMTP     bool     // -bs: SMTP on stdin and stdout
+	Rcpts    []string // the arguments, each an address list
 	// DSN (RFC 3461): -N, -R, -V
 	Notify, Ret, EnvID string
 	// -bs: NOTIFY and ORCPT of each of rcpts (nil: none given), and
@@ -62,12 +69,13 @@ type Options struct {
 	utf8    bool
 }
 
-// Config is what sendmail needs of the relay's configuration.
+// Config is what sendmail needs of the relay's configuration, with its
+// defaults applied.
 type Config struct {
-	Hostname string
-	DataDir  string
-	Socket   string // the admin socket
-	Limits   msglimit.Limits
+	Hostname string          // qualifies local names; in Message-ID and the -bs greeting
+	DataDir  string          // the pickup directory is in it
+	Socket   string          // the admin socket
+	Limits   msglimit.Limits // checked before a message is left in the pickup directory
 }
 
 // rcptDSN is what RCPT gave for one recipient in -bs: NOTIFY, and ORCPT
@@ -76,19 +84,23 @@ type rcptDSN struct{ notify, orcpt string }
 
 // Error is a failure with its exit code.
 type Error struct {
-	Code int
-	Msg  string
+	Code int    // the exit status (sysexits.h)
+	Msg  string // one line for stderr
 }
 
+// Error returns the message.
 func (e *Error) Error() string { return e.Msg }
 
-// Errorf is a failure with its exit code.
+// Errorf returns the failure with exit code code and a message formatted
+// as fmt.Sprintf does.
 func Errorf(code int, format string, args ...any) *Error {
 	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
 }
 
-// Send does what o asks with the message on stdin (or, with -bs, the
-// SMTP dialog on stdin and stdout).
+// Send submits the message on stdin as o asks, or with o.SMTP runs the
+// -bs dialog on stdin and stdout, for the user running the process. A
+// failure is an *Error with its exit code; any other error (-bs could not
+// write a reply) is EX_SOFTWARE's.
 func Send(cfg *Config, o *Options, stdin io.Reader, stdout io.Writer) error {
 	login, uid := localUser()
 	if o.FullName == "" {
