@@ -1,12 +1,18 @@
-package main
-
-// mailhop sendmail: the sendmail(8) command line that cron, PHP's mail(),
-// mail(1), monitoring scripts and most Unix software call to send mail. It
-// reads one message on stdin and hands it to the running relay over the
-// admin socket (POST /v1/inject); when the relay is not running it leaves the
+// Package sendmail is sendmail-compatible local submission: the message and
+// envelope a sendmail invocation means, and the SMTP dialog of -bs.
+//
+// mailhop sendmail is the sendmail(8) command line that cron, PHP's mail(),
+// mail(1), monitoring scripts and most Unix software call to send mail. Send
+// reads one message on stdin, completes its header (From, Date, Message-ID
+// when missing; Bcc removed; with -t the recipients read from To, Cc and Bcc,
+// or their Resent- forms) and hands it to the running relay over the admin
+// socket (POST /v1/inject); when the relay is not running it leaves the
 // message in data_dir/pickup, which the relay queues when it starts. If
-// neither works it exits with EX_TEMPFAIL and says so: the caller keeps the
-// message. Exit codes are sendmail's, from sysexits.h.
+// neither works it fails with EX_TEMPFAIL and says so: the caller keeps the
+// message. A failure is an *Error carrying sendmail's exit code, from
+// sysexits.h. cmd/mailhop parses the command line and reads the
+// configuration; this package does the rest.
+package sendmail
 
 import (
 	"bufio"
@@ -26,302 +32,83 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/mailhop/mailhop/relay/admin"
-	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
-// sysexits.h
+// The exit codes of sendmail (sysexits.h) that cmd/mailhop uses; an
+// Error's Code is one of these or of the unexported others.
 const (
-	exOK          = 0
-	exUsage       = 64
-	exDataErr     = 65
+	ExOK          = 0
+	ExUsage       = 64
+	ExDataErr     = 65
 	exNoInput     = 66
 	exUnavailable = 69
-	exSoftware    = 70
+	ExSoftware    = 70
 	exIOErr       = 74
 	exTempFail    = 75
-	exNoPerm      = 77
-	exConfig      = 78
+	ExNoPerm      = 77
+	ExConfig      = 78
 )
 
-const sendmailUsage = `usage: mailhop sendmail [-t] [-i] [-f FROM] [-F NAME] [-C FILE] [--config FILE] [RCPT...] < message
-  -t       take recipients from To, Cc and Bcc (Resent-To, -Cc, -Bcc when there are
-           Resent- fields; Bcc and Resent-Bcc are removed); RCPT arguments are added
-  -i, -oi  a line with a single dot does not end the message
-  -f FROM  envelope sender (default: your login name @ hostname); -f '<>' is the null sender
-  -F NAME  your full name, for the From: header mailhop adds when the message has none
-  -N DSN   delivery status notifications: never, or a list of success, failure, delay
-  -R RET   what a bounce returns: full (the message) or hdrs (its header)
-  -V ENVID an envelope identifier, quoted in delivery status notifications
-  -v       say what happened
-  -bs      speak SMTP on stdin and stdout (what Symfony Mailer and Laravel run)
-  -bp      list the queue, as mailq (mailhop queue list)
-  -bi, -I  rebuild the aliases, as newaliases: there are none, so nothing to do
-Accepted and ignored, for compatibility: -bm -m -n -oXXX -odb -odi -oem -oep -B T -X F -L T -h N -U -G
-`
-
-type sendmailOpts struct {
-	extract  bool // -t
-	noDot    bool // -i: a lone "." does not end input
-	from     string
-	fromSet  bool
-	fullName string
-	config   string
-	verbose  bool
-	smtp     bool // -bs: SMTP on stdin and stdout
-	mailq    bool // -bp: list the queue (mailhop queue list)
-	aliases  bool // -bi, -I: rebuild the aliases (there are none)
-	rcpts    []string
+// Options are what the command line asks of one sendmail invocation.
+type Options struct {
+	Extract  bool     // -t: recipients from the header too
+	NoDot    bool     // -i: a lone "." does not end input
+	From     string   // -f or -r, as given: "addr", "Name <addr>", "<>"
+	FromSet  bool     // -f or -r was given (else login@hostname)
+	FullName string   // -F (else $NAME): the name in an added From:
+	Verbose  bool     // -v: print what happened on stdout
+	SMTP     bool     // -bs: SMTP on stdin and stdout
+	Rcpts    []string // the arguments, each an address list
 	// DSN (RFC 3461): -N, -R, -V
-	notify, ret, envid string
+	Notify, Ret, EnvID string
 	// -bs: NOTIFY and ORCPT of each of rcpts (nil: none given), and
 	// whether MAIL carried SMTPUTF8.
 	rcptDSN []rcptDSN
 	utf8    bool
 }
 
+// Config is what sendmail needs of the relay's configuration, with its
+// defaults applied.
+type Config struct {
+	Hostname string          // qualifies local names; in Message-ID and the -bs greeting
+	DataDir  string          // the pickup directory is in it
+	Socket   string          // the admin socket
+	Limits   msglimit.Limits // checked before a message is left in the pickup directory
+}
+
 // rcptDSN is what RCPT gave for one recipient in -bs: NOTIFY, and ORCPT
 // as "TYPE;address" (decoded); "" when not given.
 type rcptDSN struct{ notify, orcpt string }
 
-// sendmailErr is a failure with its exit code.
-type sendmailErr struct {
-	code int
-	msg  string
+// Error is a failure with its exit code.
+type Error struct {
+	Code int    // the exit status (sysexits.h)
+	Msg  string // one line for stderr
 }
 
-func (e *sendmailErr) Error() string { return e.msg }
+// Error returns the message.
+func (e *Error) Error() string { return e.Msg }
 
-func sendmailFail(code int, format string, args ...any) *sendmailErr {
-	return &sendmailErr{code: code, msg: fmt.Sprintf(format, args...)}
+// Errorf returns the failure with exit code code and a message formatted
+// as fmt.Sprintf does.
+func Errorf(code int, format string, args ...any) *Error {
+	return &Error{Code: code, Msg: fmt.Sprintf(format, args...)}
 }
 
-// parseSendmailArgs reads sendmail's getopt-style options: letters may be
-// grouped (-ti), values attached (-fme@x) or separate (-f me@x).
-func parseSendmailArgs(args []string) (*sendmailOpts, error) {
-	o := &sendmailOpts{}
-	// Options whose value is the next argument when not attached.
-	withValue := "fFrCBNRVXLhOp"
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			o.rcpts = append(o.rcpts, args[i+1:]...)
-			break
-		}
-		if a == "--config" || a == "-config" {
-			if i+1 >= len(args) {
-				return nil, sendmailFail(exUsage, "--config needs a file")
-			}
-			i++
-			o.config = args[i]
-			continue
-		}
-		if v, ok := strings.CutPrefix(a, "--config="); ok {
-			o.config = v
-			continue
-		}
-		if len(a) < 2 || a[0] != '-' {
-			o.rcpts = append(o.rcpts, a)
-			continue
-		}
-		if strings.HasPrefix(a, "--") {
-			return nil, sendmailFail(exUsage, "unknown option %s", a)
-		}
-		switch a[1] {
-		case 'o':
-			// -oi is -i; every other -oX is a sendmail.cf option (-oem,
-			// -odb, -oQ/path, -oL9 ...) that means nothing here.
-			if a == "-oi" {
-				o.noDot = true
-			} else if a == "-o" {
-				i++ // "-o X" form
-			}
-			continue
-		case 'b':
-			switch a {
-			case "-bm":
-				continue
-			case "-bs":
-				o.smtp = true
-				continue
-			case "-bp":
-				o.mailq = true
-				continue
-			case "-bi":
-				o.aliases = true
-				continue
-			}
-			return nil, sendmailFail(exUsage, "%s is not supported (only -bm, deliver mail; -bs, SMTP; -bp, the queue)", a)
-		case 'q':
-			return nil, sendmailFail(exUsage, "%s is not supported: use `mailhop queue flush`", a)
-		case 'I':
-			o.aliases = true
-			continue
-		case 'd', 'e':
-			continue // debugging, error modes: ignored
-		}
-		// A group of letters, possibly ending in one that takes a value.
-	letters:
-		for j := 1; j < len(a); j++ {
-			c := a[j]
-			if strings.IndexByte(withValue, c) >= 0 {
-				v := a[j+1:]
-				if v == "" {
-					if i+1 >= len(args) {
-						return nil, sendmailFail(exUsage, "-%c needs a value", c)
-					}
-					i++
-					v = args[i]
-				}
-				switch c {
-				case 'f', 'r':
-					o.from, o.fromSet = v, true
-				case 'F':
-					o.fullName = v
-				case 'C':
-					o.config = v
-				case 'N':
-					o.notify = v
-				case 'R':
-					o.ret = v
-				case 'V':
-					o.envid = v
-				}
-				break letters
-			}
-			switch c {
-			case 't':
-				o.extract = true
-			case 'i':
-				o.noDot = true
-			case 'v':
-				o.verbose = true
-			case 'm', 'n', 'U', 'G', 'A', 'c', 'x':
-				// me-too, no aliasing, initial submission, gateway ...: ignored
-			default:
-				return nil, sendmailFail(exUsage, "unknown option -%c", c)
-			}
-		}
-	}
-	if err := admin.CheckDSN(o.notify, o.ret, o.envid); err != nil {
-		return nil, sendmailFail(exUsage, "-N/-R/-V: %v", err)
-	}
-	return o, nil
-}
-
-// clientConfig is the part of the configuration that sendmail and the queue
-// commands need. It is read leniently (unknown and invalid keys elsewhere
-// are the relay's business), so a user who may not read the TLS key or a
-// password file, or lacks a password_env variable, can still use them.
-type clientConfig struct {
-	Hostname string `toml:"hostname"`
-	DataDir  string `toml:"data_dir"`
-	Admin    struct {
-		Socket string `toml:"socket"`
-	} `toml:"admin"`
-	Policy struct {
-		MaxMessageSize int64 `toml:"max_message_size"`
-	} `toml:"policy"`
-	Limits struct {
-		MaxLineLength int `toml:"max_line_length"`
-		MaxHeaderSize int `toml:"max_header_size"`
-	} `toml:"limits"`
-}
-
-// limits are the limits SMTP applies to a message, as this configuration
-// sets them; a message left in the pickup directory must meet them.
-func (c *clientConfig) limits() msglimit.Limits {
-	return msglimit.Limits{MaxMessageSize: c.Policy.MaxMessageSize, MaxLineLength: c.Limits.MaxLineLength,
-		MaxHeaderSize: c.Limits.MaxHeaderSize}
-}
-
-func loadClientConfig(path string) (*clientConfig, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		if errors.Is(err, os.ErrPermission) {
-			return nil, sendmailFail(exNoPerm, "cannot read the configuration %s: %v (ask to be added to the relay's admin.socket_group, which may read it)", path, err)
-		}
-		return nil, sendmailFail(exConfig, "cannot read the configuration %s: %v (set --config, -C or $MAILHOP_CONFIG)", path, err)
-	}
-	var c clientConfig
-	if _, err := toml.Decode(string(data), &c); err != nil {
-		return nil, sendmailFail(exConfig, "configuration %s: %v (`mailhop check-config` says more)", path, err)
-	}
-	dir := filepath.Dir(path)
-	if c.DataDir == "" {
-		c.DataDir = config.DefaultDataDir
-	}
-	if !filepath.IsAbs(c.DataDir) {
-		c.DataDir = filepath.Join(dir, c.DataDir)
-	}
-	if c.Admin.Socket == "" {
-		c.Admin.Socket = filepath.Join(c.DataDir, config.DefaultAdminSocketName)
-	} else if !filepath.IsAbs(c.Admin.Socket) {
-		c.Admin.Socket = filepath.Join(dir, c.Admin.Socket)
-	}
-	if c.Hostname == "" {
-		c.Hostname, _ = os.Hostname()
-	}
-	c.Hostname = strings.TrimSuffix(c.Hostname, ".")
-	if c.Policy.MaxMessageSize <= 0 {
-		c.Policy.MaxMessageSize = config.DefaultMaxMessageSize
-	}
-	if c.Limits.MaxLineLength <= 0 {
-		c.Limits.MaxLineLength = config.DefaultMaxLineLength
-	}
-	if c.Limits.MaxHeaderSize <= 0 {
-		c.Limits.MaxHeaderSize = config.DefaultMaxHeaderSize
-	}
-	return &c, nil
-}
-
-func cmdSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	o, err := parseSendmailArgs(args)
-	switch {
-	case err != nil:
-	case o.aliases:
-		// Package scripts run newaliases after installing an MTA; a
-		// relay-only one has nothing to rebuild (as dma and ssmtp).
-		fmt.Fprintln(stderr, "mailhop sendmail: mailhop has no aliases: nothing to rebuild")
-		return exOK
-	case o.mailq:
-		list := []string{"list"}
-		if o.config != "" {
-			list = append(list, "--config", o.config)
-		}
-		return cmdQueue(list, stdout, stderr)
-	default:
-		err = sendmail(o, stdin, stdout)
-	}
-	if err == nil {
-		return exOK
-	}
-	var se *sendmailErr
-	if !errors.As(err, &se) {
-		se = &sendmailErr{code: exSoftware, msg: err.Error()}
-	}
-	fmt.Fprintf(stderr, "mailhop sendmail: %s\n", se.msg)
-	if se.code == exUsage {
-		fmt.Fprint(stderr, sendmailUsage)
-	}
-	return se.code
-}
-
-func sendmail(o *sendmailOpts, stdin io.Reader, stdout io.Writer) error {
-	cfg, err := loadClientConfig(configPath(o.config))
-	if err != nil {
-		return err
-	}
+// Send submits the message on stdin as o asks, or with o.SMTP runs the
+// -bs dialog on stdin and stdout, for the user running the process. A
+// failure is an *Error with its exit code; any other error (-bs could not
+// write a reply) is EX_SOFTWARE's.
+func Send(cfg *Config, o *Options, stdin io.Reader, stdout io.Writer) error {
 	login, uid := localUser()
-	if o.fullName == "" {
-		o.fullName = os.Getenv("NAME") // as Postfix's sendmail: -F overrides it
+	if o.FullName == "" {
+		o.FullName = os.Getenv("NAME") // as Postfix's sendmail: -F overrides it
 	}
 	sender := login + "@" + cfg.Hostname
-	if o.fromSet {
-		sender = strings.TrimSpace(o.from)
+	if o.FromSet {
+		sender = strings.TrimSpace(o.From)
 		if i := strings.LastIndexByte(sender, '<'); i > 0 && strings.HasSuffix(sender, ">") {
 			sender = sender[i:] // "Name <addr>", as Postfix reads it: the address
 		}
@@ -331,10 +118,10 @@ func sendmail(o *sendmailOpts, stdin io.Reader, stdout io.Writer) error {
 			sender = qualify(strings.Trim(sender, "<>"), cfg.Hostname)
 		}
 	}
-	if o.smtp {
+	if o.SMTP {
 		return smtpOnStdio(cfg, o, login, uid, stdin, stdout)
 	}
-	msg, err := readMessage(stdin, !o.noDot, cfg.Policy.MaxMessageSize)
+	msg, err := readMessage(stdin, !o.NoDot, cfg.Limits.MaxMessageSize)
 	if err != nil {
 		return err
 	}
@@ -342,36 +129,36 @@ func sendmail(o *sendmailOpts, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if o.verbose {
+	if o.Verbose {
 		fmt.Fprintln(stdout, id)
 	}
 	return nil
 }
 
 // submit adds what msg lacks (rewriteHeaders), collects the recipients
-// (o.rcpts, and the header's with -t) and hands the message over. It
+// (o.Rcpts, and the header's with -t) and hands the message over. It
 // returns what happened, for -v.
-func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender string, msg []byte) (string, error) {
+func submit(cfg *Config, o *Options, login string, uid int, sender string, msg []byte) (string, error) {
 	headerFrom := sender
 	if headerFrom == "" {
 		headerFrom = login + "@" + cfg.Hostname
 	}
-	out, found, err := rewriteHeaders(msg, o.extract, headerFields{
-		from: headerFrom, fullName: o.fullName, hostname: cfg.Hostname, now: time.Now()})
+	out, found, err := rewriteHeaders(msg, o.Extract, headerFields{
+		from: headerFrom, fullName: o.FullName, hostname: cfg.Hostname, now: time.Now()})
 	if err != nil {
 		return "", err
 	}
 	var rcpts []string
 	var dsnOf map[string]rcptDSN // -bs: by address in lower case, the first given
 	if o.rcptDSN != nil {
-		dsnOf = make(map[string]rcptDSN, len(o.rcpts))
+		dsnOf = make(map[string]rcptDSN, len(o.Rcpts))
 	}
-	for i, r := range o.rcpts {
+	for i, r := range o.Rcpts {
 		// Each argument is an address list, as Postfix reads it:
 		// "a@x, b@y", "Name <a@x>", "root".
 		addrs, err := parseAddrs(r, cfg.Hostname)
 		if err != nil {
-			return "", sendmailFail(exDataErr, "message refused, not sent: recipient %q: %v", r, err)
+			return "", Errorf(ExDataErr, "message refused, not sent: recipient %q: %v", r, err)
 		}
 		rcpts = append(rcpts, addrs...)
 		for _, a := range addrs {
@@ -385,13 +172,13 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 	rcpts = append(rcpts, found...)
 	rcpts = dedupe(rcpts, cfg.Hostname)
 	if len(rcpts) == 0 {
-		if o.extract {
-			return "", sendmailFail(exDataErr, "no recipients: none given and no To, Cc or Bcc header")
+		if o.Extract {
+			return "", Errorf(ExDataErr, "no recipients: none given and no To, Cc or Bcc header")
 		}
-		return "", sendmailFail(exDataErr, "no recipients given (name them as arguments, or use -t)")
+		return "", Errorf(ExDataErr, "no recipients given (name them as arguments, or use -t)")
 	}
 	env := &admin.InjectEnvelope{From: sender, Recipients: rcpts, User: login, UID: uid,
-		Notify: o.notify, Ret: o.ret, EnvID: o.envid, SMTPUTF8: o.utf8}
+		Notify: o.Notify, Ret: o.Ret, EnvID: o.EnvID, SMTPUTF8: o.utf8}
 	// Each list goes only when some recipient has a value: a relay from
 	// before them (still running after an upgrade of the binary) refuses
 	// an envelope with fields it does not know, so plain -bs mail must not
@@ -412,7 +199,7 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 		}
 	}
 	if err := admin.CheckEnvelope(env); err != nil {
-		return "", sendmailFail(exDataErr, "message refused, not sent: %v", err)
+		return "", Errorf(ExDataErr, "message refused, not sent: %v", err)
 	}
 	return handOver(cfg, env, out)
 }
@@ -423,11 +210,11 @@ func submit(cfg *clientConfig, o *sendmailOpts, login string, uid int, sender st
 // refusal is EX_DATAERR); the pickup directory gets only a message that meets
 // those of the configuration file, which the relay checks again when it
 // queues the file.
-func handOver(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte) (string, error) {
-	c, err := net.DialTimeout("unix", cfg.Admin.Socket, 10*time.Second)
+func handOver(cfg *Config, env *admin.InjectEnvelope, msg []byte) (string, error) {
+	c, err := net.DialTimeout("unix", cfg.Socket, 10*time.Second)
 	if err == nil {
 		c.Close()
-		id, err := admin.NewClient(cfg.Admin.Socket).Inject(env, bytes.NewReader(msg))
+		id, err := admin.NewClient(cfg.Socket).Inject(env, bytes.NewReader(msg))
 		if err == nil {
 			return "queued as " + id, nil
 		}
@@ -440,19 +227,19 @@ func handOver(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte) (string,
 		return pickup(cfg, env, msg, err)
 	}
 	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
-		return "", sendmailFail(exNoPerm, "no permission to use the relay's socket %s (the relay's admin.socket_group may use it)", cfg.Admin.Socket)
+		return "", Errorf(ExNoPerm, "no permission to use the relay's socket %s (the relay's admin.socket_group may use it)", cfg.Socket)
 	}
 	return pickup(cfg, env, msg, err)
 }
 
-func pickup(cfg *clientConfig, env *admin.InjectEnvelope, msg []byte, why error) (string, error) {
-	if err := admin.CheckLimits(bytes.NewReader(msg), cfg.limits()); err != nil {
+func pickup(cfg *Config, env *admin.InjectEnvelope, msg []byte, why error) (string, error) {
+	if err := admin.CheckLimits(bytes.NewReader(msg), cfg.Limits); err != nil {
 		return "", refused(err.Error())
 	}
 	dir := filepath.Join(cfg.DataDir, admin.PickupDirName)
 	path, err := admin.WritePickup(dir, env, bytes.NewReader(msg))
 	if err != nil {
-		return "", sendmailFail(exTempFail, "the relay is not running (%v), and the message could not be left in %s: %v; message NOT sent",
+		return "", Errorf(exTempFail, "the relay is not running (%v), and the message could not be left in %s: %v; message NOT sent",
 			why, dir, err)
 	}
 	return "relay not running; left in " + path + " to be queued when it starts", nil
@@ -463,19 +250,19 @@ func statusExit(st *admin.StatusError) error {
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
 		return refused(strings.TrimPrefix(st.Msg, "inject: "))
 	case http.StatusForbidden:
-		return sendmailFail(exNoPerm, "refused: %s", st.Msg)
+		return Errorf(ExNoPerm, "refused: %s", st.Msg)
 	case http.StatusServiceUnavailable:
-		return sendmailFail(exTempFail, "the relay cannot take the message now: %s; message NOT sent", st.Msg)
+		return Errorf(exTempFail, "the relay cannot take the message now: %s; message NOT sent", st.Msg)
 	case http.StatusNotFound, http.StatusMethodNotAllowed:
-		return sendmailFail(exUnavailable, "the running relay does not accept local mail (too old?): %s", st.Msg)
+		return Errorf(exUnavailable, "the running relay does not accept local mail (too old?): %s", st.Msg)
 	}
-	return sendmailFail(exSoftware, "the relay answered %d: %s", st.Code, st.Msg)
+	return Errorf(ExSoftware, "the relay answered %d: %s", st.Code, st.Msg)
 }
 
 // refused is a message the relay would not take (EX_DATAERR): the same
 // line whether the running relay or sendmail itself found the problem.
 func refused(why string) error {
-	return sendmailFail(exDataErr, "message refused, not sent: %s", why)
+	return Errorf(ExDataErr, "message refused, not sent: %s", why)
 }
 
 // localUser returns the caller's login name and uid.
@@ -518,7 +305,7 @@ func dedupe(addrs []string, hostname string) []string {
 // "." ends it, as in sendmail without -i. More than max bytes is an error.
 func readMessage(r io.Reader, dotEnds bool, max int64) ([]byte, error) {
 	if r == nil {
-		return nil, sendmailFail(exNoInput, "no message on standard input")
+		return nil, Errorf(exNoInput, "no message on standard input")
 	}
 	br := bufio.NewReaderSize(r, 64<<10)
 	var buf bytes.Buffer
@@ -542,7 +329,7 @@ func readMessage(r io.Reader, dotEnds bool, max int64) ([]byte, error) {
 			break
 		}
 		if err != nil {
-			return nil, sendmailFail(exNoInput, "reading the message: %v", err)
+			return nil, Errorf(exNoInput, "reading the message: %v", err)
 		}
 	}
 	return buf.Bytes(), nil
@@ -600,7 +387,7 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		if extract && (name == prefix+"to" || name == prefix+"cc" || name == prefix+"bcc") {
 			addrs, err := parseAddrs(f.value(), hf.hostname)
 			if err != nil {
-				return nil, nil, sendmailFail(exDataErr, "%s: header: %v", f.name, err)
+				return nil, nil, Errorf(ExDataErr, "%s: header: %v", f.name, err)
 			}
 			rcpts = append(rcpts, addrs...)
 		}

@@ -1,4 +1,4 @@
-package main
+package sendmail
 
 // sendmail -bs: SMTP on stdin and stdout (RFC 5321 without the network), as
 // Postfix's and Sendmail's -bs speak it. Symfony Mailer's sendmail transport
@@ -27,9 +27,9 @@ import (
 const maxBSLine = 2048
 
 // smtpOnStdio runs the SMTP dialog until QUIT or the end of input.
-func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdin io.Reader, stdout io.Writer) error {
+func smtpOnStdio(cfg *Config, o *Options, login string, uid int, stdin io.Reader, stdout io.Writer) error {
 	if stdin == nil {
-		return sendmailFail(exNoInput, "no input for -bs")
+		return Errorf(exNoInput, "no input for -bs")
 	}
 	br := bufio.NewReaderSize(stdin, 64<<10)
 	w := bufio.NewWriter(stdout)
@@ -57,20 +57,20 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			return sendmailFail(exNoInput, "reading SMTP commands: %v", err)
+			return Errorf(exNoInput, "reading SMTP commands: %v", err)
 		}
 		verb, arg, _ := strings.Cut(line, " ")
 		switch strings.ToUpper(verb) {
 		case "EHLO":
 			open, rcpts = false, nil
 			err = reply("250-%s\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE %d\r\n250-DSN\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES",
-				cfg.Hostname, cfg.Policy.MaxMessageSize)
+				cfg.Hostname, cfg.Limits.MaxMessageSize)
 		case "HELO":
 			open, rcpts = false, nil
 			err = reply("250 %s", cfg.Hostname)
 		case "MAIL":
 			addr, params, ok := bsPath(arg, "FROM:")
-			p, refusal := parseBSParams(params, true, cfg.Policy.MaxMessageSize)
+			p, refusal := parseBSParams(params, true, cfg.Limits.MaxMessageSize)
 			switch {
 			case open:
 				err = reply("503 5.5.1 Error: nested MAIL command")
@@ -122,17 +122,17 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 				if err = reply("354 End data with <CR><LF>.<CR><LF>"); err != nil {
 					break
 				}
-				msg, rerr := readBSData(br, cfg.Policy.MaxMessageSize)
-				if rerr != nil && !errors.As(rerr, new(*sendmailErr)) {
-					return sendmailFail(exNoInput, "reading the message: %v", rerr)
+				msg, rerr := readBSData(br, cfg.Limits.MaxMessageSize)
+				if rerr != nil && !errors.As(rerr, new(*Error)) {
+					return Errorf(exNoInput, "reading the message: %v", rerr)
 				}
 				mo := *o
-				mo.extract, mo.rcpts, mo.rcptDSN, mo.utf8 = false, rcpts, dsns, mail.utf8
+				mo.Extract, mo.Rcpts, mo.rcptDSN, mo.utf8 = false, rcpts, dsns, mail.utf8
 				if mail.ret != "" {
-					mo.ret = mail.ret
+					mo.Ret = mail.ret
 				}
 				if mail.envid != "" {
-					mo.envid = mail.envid
+					mo.EnvID = mail.envid
 				}
 				id := ""
 				if rerr == nil {
@@ -155,23 +155,23 @@ func smtpOnStdio(cfg *clientConfig, o *sendmailOpts, login string, uid int, stdi
 			err = reply("502 5.5.2 Error: command not recognized")
 		}
 		if err != nil {
-			return sendmailFail(exIOErr, "writing SMTP replies: %v", err)
+			return Errorf(exIOErr, "writing SMTP replies: %v", err)
 		}
 	}
 }
 
 // bsResult is the reply to the end of data: the outcome of submit.
 func bsResult(id string, err error) string {
-	var se *sendmailErr
+	var se *Error
 	if err == nil {
 		return "250 2.0.0 Ok: " + id
 	}
 	if !errors.As(err, &se) {
-		se = &sendmailErr{code: exSoftware, msg: err.Error()}
+		se = &Error{Code: ExSoftware, Msg: err.Error()}
 	}
-	msg := strings.ReplaceAll(se.msg, "\n", " ")
-	switch se.code {
-	case exDataErr:
+	msg := strings.ReplaceAll(se.Msg, "\n", " ")
+	switch se.Code {
+	case ExDataErr:
 		// The replies SMTP gives for the same limits.
 		switch {
 		case strings.Contains(msg, msglimit.KeyMaxMessageSize), strings.Contains(msg, msglimit.KeyMaxHeaderSize):
@@ -180,7 +180,7 @@ func bsResult(id string, err error) string {
 			return "500 5.5.2 " + msg
 		}
 		return "554 5.6.0 " + msg
-	case exNoPerm:
+	case ExNoPerm:
 		return "554 5.7.1 " + msg
 	}
 	return "451 4.3.0 " + msg
