@@ -83,7 +83,7 @@ func TestMemoryLimitFor(t *testing.T) {
 func TestHelpExitsZero(t *testing.T) {
 	for _, args := range [][]string{
 		{"queue", "--help"}, {"passwd", "-h"}, {"dkim", "keygen", "--help"},
-		{"check-config", "--help"}, {"serve", "-h"},
+		{"check-config", "--help"}, {"serve", "-h"}, {"sendmail", "--help"},
 	} {
 		var out, errs bytes.Buffer
 		code := run(append([]string{"mailhop"}, args...), strings.NewReader(""), &out, &errs)

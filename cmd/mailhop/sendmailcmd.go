@@ -43,6 +43,7 @@ type sendmailOpts struct {
 	config  string
 	mailq   bool // -bp: list the queue (mailhop queue list)
 	aliases bool // -bi, -I: rebuild the aliases (there are none)
+	help    bool // --help: print the usage
 }
 
 // parseSendmailArgs reads sendmail's getopt-style options: letters may be
@@ -67,6 +68,10 @@ func parseSendmailArgs(args []string) (*sendmailOpts, error) {
 		}
 		if v, ok := strings.CutPrefix(a, "--config="); ok {
 			o.config = v
+			continue
+		}
+		if a == "--help" {
+			o.help = true
 			continue
 		}
 		if len(a) < 2 || a[0] != '-' {
@@ -233,6 +238,9 @@ func cmdSendmail(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	o, err := parseSendmailArgs(args)
 	switch {
 	case err != nil:
+	case o.help:
+		fmt.Fprint(stdout, sendmailUsage)
+		return sendmail.ExOK
 	case o.aliases:
 		// Package scripts run newaliases after installing an MTA; a
 		// relay-only one has nothing to rebuild (as dma and ssmtp).
