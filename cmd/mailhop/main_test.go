@@ -96,3 +96,16 @@ func TestHelpExitsZero(t *testing.T) {
 		t.Errorf("queue --bogus: exit %d, want %d", code, exitUsage)
 	}
 }
+
+// queue --help names the subcommands, not only the flags they share.
+func TestQueueHelpNamesSubcommands(t *testing.T) {
+	var out, errs bytes.Buffer
+	if code := run([]string{"mailhop", "queue", "list", "--help"}, strings.NewReader(""), &out, &errs); code != exitOK {
+		t.Fatalf("queue list --help: exit %d", code)
+	}
+	for _, sub := range []string{"queue list", "queue show", "queue flush", "hold|release|delete|bounce ID", "-min-age"} {
+		if !strings.Contains(errs.String(), sub) {
+			t.Errorf("queue list --help does not name %q:\n%s", sub, errs.String())
+		}
+	}
+}

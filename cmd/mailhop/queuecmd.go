@@ -16,6 +16,14 @@ import (
 	"github.com/mailhop/mailhop/relay/admin"
 )
 
+const queueUsage = `Usage:
+  mailhop queue list [--json] [--state S] [--domain D] [--sender S] [--rcpt R] [--min-age 1h]
+  mailhop queue show [--json | --body] ID
+  mailhop queue flush [--domain D]
+  mailhop queue hold|release|delete|bounce ID...
+Flags:
+`
+
 // cmdQueue runs `mailhop queue ...` against the running relay's admin
 // socket. list and show also work while the relay is stopped: they then
 // read the queue directory themselves.
@@ -35,6 +43,10 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&f.Sender, "sender", "", "list: envelope sender contains this; '<>' (or MAILER-DAEMON): the null sender of bounces")
 	fs.StringVar(&f.Rcpt, "rcpt", "", "list: a recipient contains this")
 	fs.DurationVar(&f.MinAge, "min-age", 0, "list: queued at least this long")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, queueUsage)
+		fs.PrintDefaults()
+	}
 	pos, err := parseInterspersed(fs, args)
 	if err != nil {
 		return flagsFailed(err)
