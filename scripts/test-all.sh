@@ -27,6 +27,10 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# smtp-sink is in /usr/sbin, which a user's PATH on Debian lacks: without
+# this its tests would skip ("not installed"), or fail under CI.
+export PATH="$PATH:/usr/sbin:/usr/lib/postfix/sbin"
+
 echo "== gofmt, go vet"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; fi
