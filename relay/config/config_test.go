@@ -789,3 +789,21 @@ key_file = "ed.key"
 		}
 	}
 }
+
+// hostname = "" is an error; it names the way to the default, not a system
+// without a host name.
+func TestEmptyHostnameNamesTheDefault(t *testing.T) {
+	t.Parallel()
+	host, _ := os.Hostname()
+	if host == "" {
+		t.Skip("this system has no host name")
+	}
+	_, err := Parse([]byte(`hostname = ""
+[[listener]]
+address = "127.0.0.1:2525"
+mode = "relay"
+`), "c.toml")
+	if err == nil || !strings.Contains(err.Error(), "leave the key out") || strings.Contains(err.Error(), "could not be found") {
+		t.Errorf("err = %v, want one that says to leave the key out", err)
+	}
+}

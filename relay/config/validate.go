@@ -33,7 +33,12 @@ const maxFileSize = 1 << 20
 func (c *Config) validate(ps *problems) {
 	switch {
 	case c.Hostname == "":
-		ps.add("hostname", "is required (the host name could not be found from the system)")
+		if host, _ := os.Hostname(); host != "" {
+			// The file set it empty: leaving the key out gives the default.
+			ps.add("hostname", "is empty: set a name, or leave the key out for the system's host name (%s)", host)
+		} else {
+			ps.add("hostname", "is required (the host name could not be found from the system)")
+		}
 	case !validDomain(c.Hostname) || isIP(c.Hostname):
 		ps.add("hostname", "%q is not a valid domain name", c.Hostname)
 	}
