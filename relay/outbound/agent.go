@@ -681,7 +681,7 @@ func (a *Agent) limitedGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		if err == nil {
 			defer release()
 		} else if errors.Is(err, errWaitedTooLong) {
-			e := smtperr.New(0, "4.4.5", "no connection slot to %s free (delivery.per_domain_concurrency); tried again later", domain)
+			e := smtperr.New(0, slotWaitEnhanced, slotWaitPrefix+"%s free (delivery.per_domain_concurrency); tried again later", domain)
 			return groupResult{domain: domain, err: e, rcpts: allPending(t.rcpts, e), waiting: true}
 		}
 	}

@@ -605,6 +605,93 @@ func TestDelivery_DelayWarning_WhileWaitingForSlot_GivesLastReply(t *testing.T) 
 	}
 }
 
+// A recipient that waited for a connection slot in an earlier attempt too
+// (a message to several domains: its other domain was tried, the attempt
+// counted and the wait recorded) is still reported, when its delay warning
+// falls due while it waits again, with the reply of its last real attempt:
+// the wait's '4.4.5 no connection slot' had taken that reply's place in the
+// queue, and the notice quoted it, blaming per_domain_concurrency.
+func TestDelivery_DelayWarning_AfterEarlierSlotWait_GivesLastReply(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.2.1", "mailbox busy")
+	}}, zone("example.test", "127.0.0.2", "other.test", "127.0.0.3"))
+	h.server("127.0.0.3", smtptest.Behaviour{Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.3.2", "try later")
+	}})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.DelayWarning.Duration = 4 * time.Second
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@other.test"})
+	h.waitRecords(id, 1) // both deferred by their servers
+	var hold func()
+	for deadline := time.Now().Add(5 * time.Second); hold == nil; {
+		if release, ok := h.agent.domains.tryAcquire("example.test", ""); ok {
+			hold = release
+		} else if time.Now().After(deadline) {
+			t.Fatal("the domain's slot never freed")
+		} else {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	defer hold()
+	h.q.Flush("")
+	h.waitRecords(id, 2) // a@example.test waited, b@other.test was tried
+	if env := h.envelope(id); env == nil || env.DelayWarned {
+		t.Fatalf("the second attempt came after the delay warning (%+v): the test needs it before", env)
+	}
+	h.rcptPendingWith(id, 0, "no connection slot to example.test free")
+	h.rcptPendingWith(id, 0, "; last reply: 451 4.2.1 mailbox busy")
+	d := parseBounce(t, senderMX.Wait(t, 1)[0]) // the attempt at the delay warning
+	for _, r := range d.Recipients {
+		if !strings.HasSuffix(r.FinalRecipient, "a@example.test") {
+			continue
+		}
+		if r.Action != "delayed" || r.Status != "4.2.1" || !strings.Contains(r.DiagnosticCode, "mailbox busy") {
+			t.Errorf("delayed recipient: %+v, want Status 4.2.1 and the server's 'mailbox busy'", r)
+		}
+		return
+	}
+	t.Errorf("a@example.test not in the delay notice: %+v", d.Recipients)
+}
+
+// lastReply reads back the reply of a recipient's last real attempt from
+// what the queue keeps: the reply itself, or behind the slot waits since;
+// none for a recipient no server was tried for (its notice keeps the 4.4.5).
+func TestLastReply(t *testing.T) {
+	wait := "4.4.5 no connection slot to x.test free (delivery.per_domain_concurrency); tried again later"
+	for _, tc := range []struct {
+		code  int
+		reply string
+		want  string // "code enhanced text", or "" for nil
+	}{
+		{0, "", ""},
+		{0, wait, ""},
+		{451, "4.2.1 mailbox busy", "451 4.2.1 mailbox busy"},
+		{421, "too many connections", "421  too many connections"},
+		{0, "4.4.1 mx.x.test[192.0.2.1]:25: connection refused", "0 4.4.1 mx.x.test[192.0.2.1]:25: connection refused"},
+		{0, wait + "; last reply: 451 4.2.1 mailbox busy", "451 4.2.1 mailbox busy"},
+		{0, wait + "; last reply: 4.4.1 mx.x.test[192.0.2.1]:25: connection refused", "0 4.4.1 mx.x.test[192.0.2.1]:25: connection refused"},
+	} {
+		e := lastReply(&queue.Recipient{Code: tc.code, Reply: tc.reply})
+		got := ""
+		if e != nil {
+			got = fmt.Sprintf("%d %s %s", e.Code, e.Enhanced, e.Msg)
+		}
+		if got != tc.want {
+			t.Errorf("lastReply(%d %q) = %q, want %q", tc.code, tc.reply, got, tc.want)
+		}
+		if e != nil {
+			// Written after a wait and read back, it is the same.
+			again := lastReply(&queue.Recipient{Reply: wait + lastReplySep + replyWithCode(e)})
+			if again == nil || *again != *e {
+				t.Errorf("lastReply(%q) read back after a wait: %+v, want %+v", tc.reply, again, e)
+			}
+		}
+	}
+}
+
 // A delay warning or an expiry that falls before the next retry is made on
 // time: the next attempt is due then, not a whole retry interval (here 1h)
 // later.

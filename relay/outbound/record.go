@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
@@ -213,15 +215,69 @@ func (a *Agent) logReport(env *queue.Envelope, rep *report) {
 }
 
 // attemptResult completes res with the recipients' outcomes of at.
+// A recipient that only waited for a connection slot keeps the reply of
+// its last real attempt after the wait's own (see lastReply).
 func attemptResult(env *queue.Envelope, at *attempt, res queue.Result) queue.Result {
 	res.Recipients = nil
+	waiting := at.waiting()
 	for _, r := range at.rcpts {
 		if r.reply != nil && r.state != queue.Delivered && res.LastError == "" {
 			res.LastError = env.Recipients[r.index].Address + ": " + r.reply.Error()
 		}
-		res.Recipients = append(res.Recipients, r.update())
+		u := r.update()
+		if waiting[r.index] && r.state == queue.Pending && u.Reply != "" {
+			if last := lastReply(&env.Recipients[r.index]); last != nil {
+				u.Reply += lastReplySep + replyWithCode(last)
+			}
+		}
+		res.Recipients = append(res.Recipients, u)
 	}
 	return res
+}
+
+// The reply of a slot wait (limitedGroup) starts so; a wait that followed
+// a real attempt records that attempt's reply after it, behind
+// lastReplySep: `queue list` says the recipient waits for a slot, and a
+// delay notice given while it waits again still has the reply to quote
+// (the wait's text had taken its place, and the notice blamed
+// delivery.per_domain_concurrency for the destination's trouble).
+const (
+	slotWaitEnhanced = "4.4.5"
+	slotWaitPrefix   = "no connection slot to "
+	lastReplySep     = "; last reply: "
+)
+
+// lastReply is the reply of rc's last real attempt, as the queue keeps it
+// (through any slot waits since), or nil when no server was tried for it.
+func lastReply(rc *queue.Recipient) *smtperr.Error {
+	if rc.Reply == "" {
+		return nil
+	}
+	s := rc.Reply
+	code := rc.Code
+	if code == 0 && strings.HasPrefix(s, slotWaitEnhanced+" "+slotWaitPrefix) {
+		_, last, ok := strings.Cut(s, lastReplySep)
+		if !ok {
+			return nil // only waits so far
+		}
+		s = last
+		if c, rest, ok := strings.Cut(s, " "); ok && len(c) == 3 {
+			if n, err := strconv.Atoi(c); err == nil && n >= 200 && n <= 599 {
+				code, s = n, rest
+			}
+		}
+	}
+	enh, text := smtperr.ParseReply(s)
+	return &smtperr.Error{Code: code, Enhanced: enh, Msg: text}
+}
+
+// replyWithCode is e as lastReply reads it back: the code (when a server
+// gave one), the enhanced code and the text.
+func replyWithCode(e *smtperr.Error) string {
+	if e.Code != 0 {
+		return strconv.Itoa(e.Code) + " " + replyText(e)
+	}
+	return replyText(e)
 }
 
 // update is the queue's record of r.
@@ -307,12 +363,12 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 				// RFC 3464 §2.3.9: when the retries end (the message
 				// expires), as Postfix's delay reports say.
 				reply := r.reply
-				if waiting[r.index] && rc.Reply != "" {
+				if last := lastReply(rc); waiting[r.index] && last != nil {
 					// No server was tried this time, only a slot of its
 					// domain waited for: why the mail is late is what
 					// its last real attempt was told, as Postfix's delay
 					// notice gives the last deferral's reason.
-					reply = storedReply(rc)
+					reply = last
 				}
 				delayed = append(delayed, dsn.Outcome{Rcpt: rc, Action: "delayed", Reply: reply, Remote: remote(r), Until: expiresAt(env, cfg)})
 			}
@@ -344,12 +400,6 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 		}
 	}
 	return reps
-}
-
-// storedReply is the reply recorded for rc by an earlier attempt.
-func storedReply(rc *queue.Recipient) *smtperr.Error {
-	enh, text := smtperr.ParseReply(rc.Reply)
-	return &smtperr.Error{Code: rc.Code, Enhanced: enh, Msg: text}
 }
 
 // successReport reports whether r, delivered to rc, calls for a success
