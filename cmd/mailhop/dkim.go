@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/idna"
 
 	"github.com/mailhop/mailhop/relay/dkimsign"
 )
@@ -57,13 +58,13 @@ func cmdDKIMKeygen(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "mailhop dkim keygen: "+format+"\n", a...)
 		return exitUsage
 	}
-	d := strings.ToLower(strings.TrimSuffix(*domain, "."))
+	d, idnOK := signingDomain(*domain)
 	switch {
 	case len(pos) > 0:
 		return fail("unexpected argument %q", pos[0])
 	case d == "":
 		return fail("--domain is required")
-	case !validName(d):
+	case !idnOK || !validName(d):
 		return fail("--domain %q is not a domain name", *domain)
 	case *selector == "":
 		return fail("--selector is required")
@@ -108,6 +109,26 @@ func cmdDKIMKeygen(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "mailhop dkim keygen: wrote the %s private key to %s; publish this record at %s\n", *typ, *out, name)
 	fmt.Fprintln(stdout, txtRecordLine(name, rec))
 	return exitOK
+}
+
+// signingDomain is the d= a [[dkim]] entry with this domain signs with,
+// lower-cased: a domain written in Unicode is its A-label (the Lookup
+// profile of UTS #46, as the configuration keeps it), so the record is
+// printed where verifiers look for it. ok is false for a domain that is no
+// valid IDN.
+func signingDomain(domain string) (d string, ok bool) {
+	d = strings.TrimSuffix(domain, ".")
+	for i := 0; i < len(d); i++ {
+		if d[i] >= 0x80 {
+			a, err := idna.Lookup.ToASCII(d)
+			if err != nil {
+				return d, false
+			}
+			d = a
+			break
+		}
+	}
+	return strings.ToLower(d), true
 }
 
 // txtRecordLine formats a zone-file line for a TXT record, its value cut

@@ -102,6 +102,58 @@ func TestDKIMKeygen_RecordVerifiesSignature(t *testing.T) {
 	}
 }
 
+// A domain written in Unicode, as a [[dkim]] entry may give it, gets its
+// record at its A-label, the d= the relay signs with: keygen refused it
+// ('is not a domain name') while check-config took the same domain in
+// [[dkim]]. The record as printed verifies a signature made with the entry.
+func TestDKIMKeygen_UnicodeDomain(t *testing.T) {
+	t.Parallel()
+	keyFile := filepath.Join(t.TempDir(), "k")
+	code, stdout, stderr := runDKIM("keygen", "--domain", "Bücher.example", "--selector", "s1", "--out", keyFile, "--type", "ed25519")
+	if code != exitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	line := strings.TrimSpace(stdout)
+	if !strings.HasPrefix(line, "s1._domainkey.xn--bcher-kva.example. IN TXT ") {
+		t.Fatalf("record line: %s", line)
+	}
+	rr, err := dns.NewRR(line)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := dnstest.New(t, dnstest.Zone{"s1._domainkey.xn--bcher-kva.example.": {rr}})
+	signer, err := dkimsign.New([]config.DKIM{{Domain: "bücher.example", Selector: "s1", KeyFile: keyFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := signer.Spool(strings.NewReader("From: a@xn--bcher-kva.example\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	signed, _ := io.ReadAll(m)
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, srv.Addr)
+	}}
+	lookup := func(name string) ([]string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return res.LookupTXT(ctx, name)
+	}
+	vs, err := dkim.VerifyWithOptions(bytes.NewReader(signed), &dkim.VerifyOptions{LookupTXT: lookup})
+	if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "xn--bcher-kva.example" {
+		t.Fatalf("verification: %v %+v", err, vs)
+	}
+
+	// One that is no valid IDN (a ZERO WIDTH JOINER out of context) is
+	// still refused.
+	out := filepath.Join(t.TempDir(), "bad")
+	if code, _, _ := runDKIM("keygen", "--domain", "bü\u200dcher.example", "--selector", "s1", "--out", out); code != exitUsage {
+		t.Errorf("no valid IDN: exit %d, want %d", code, exitUsage)
+	}
+}
+
 func TestDKIMKeygen_BadArguments(t *testing.T) {
 	t.Parallel()
 	out := filepath.Join(t.TempDir(), "k")
