@@ -45,6 +45,28 @@ func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
 }
 
+// senderNotOwned is the refusal of a MAIL FROM the authenticated user may
+// not use. Like Postfix's reject_sender_login_mismatch it names the address
+// and the user: a mail client shows the user only this line, and its From
+// (or the account it logged in with) is what the user has to correct.
+// A user name that is not plain printable ASCII is left out.
+func senderNotOwned(from, user string) *smtp.SMTPError {
+	msg := "<" + from + ">: Sender address rejected: not owned by user"
+	if printableASCII(user) {
+		msg += " " + user
+	}
+	return smtpErr(553, smtp.EnhancedCode{5, 7, 1}, msg)
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return false
+		}
+	}
+	return s != ""
+}
+
 var (
 	errMustStartTLS = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 	errAuthRequired = smtpErr(530, smtp.EnhancedCode{5, 7, 0}, "Authentication required")
@@ -54,11 +76,10 @@ var (
 	errLiteralNotUnicast = smtpErr(550, smtp.EnhancedCode{5, 1, 2}, "Address literal is not a unicast address")
 	// errNeedsUTF8: a UTF-8 address in a transaction without SMTPUTF8
 	// (RFC 6531 §3.5, RFC 6533 §3: 5.6.7; Postfix's words).
-	errNeedsUTF8      = smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Must declare SMTPUTF8 to send unicode address")
-	errSenderNotOwned = smtpErr(553, smtp.EnhancedCode{5, 7, 1}, "Sender address not owned by user")
-	errRelayDenied    = smtpErr(554, smtp.EnhancedCode{5, 7, 1}, "Relay access denied")
-	errTooManyRcpts   = smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")
-	errShuttingDown   = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
+	errNeedsUTF8    = smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Must declare SMTPUTF8 to send unicode address")
+	errRelayDenied  = smtpErr(554, smtp.EnhancedCode{5, 7, 1}, "Relay access denied")
+	errTooManyRcpts = smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")
+	errShuttingDown = smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 	// errShutdownCut is what a session still under way when the shutdown
 	// deadline passes was told (go-smtp's AbortConns) before its
 	// connection was closed.
@@ -169,7 +190,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		// user a reload removed sends nothing more, not even that.
 		u := ss.s.cfg.Load().FindUser(ss.user)
 		if u == nil || from != "" && !u.MaySend(from) {
-			return ss.refuse("mail", reasonSenderBinding, errSenderNotOwned, "from", from)
+			return ss.refuse("mail", reasonSenderBinding, senderNotOwned(from, ss.user), "from", from)
 		}
 	}
 	ss.from = from

@@ -152,7 +152,7 @@ func TestSubmission_AuthReplies(t *testing.T) {
 		"C: AUTH LOGIN", "S: 334 "+b64("Username:"),
 		"C: "+b64("alice"), "S: 334 "+b64("Password:"),
 		"C: "+b64(testPassword), "S: 235 2.0.0 ",
-		"C: MAIL FROM:<mallory@example.com>", "S: 553 5.7.1 Sender address not owned by user",
+		"C: MAIL FROM:<mallory@example.com>", "S: 553 5.7.1 <mallory@example.com>: Sender address rejected: not owned by user alice",
 		"C: MAIL FROM:<anyone@EXAMPLE.ORG>", "S: 250 ",
 		"C: RSET", "S: 250 ",
 		"C: MAIL FROM:<>", "S: 250 ", // a read receipt (RFC 8098)
@@ -162,6 +162,41 @@ func TestSubmission_AuthReplies(t *testing.T) {
 	)
 	if strings.Contains(ts.logs.String(), testPassword) || strings.Contains(ts.logs.String(), b64(testPassword)) {
 		t.Fatal("password in the log")
+	}
+}
+
+// TestSubmission_SenderNotOwned_ReplyNamesAddressAndUser replays msmtp's
+// dialog (EHLO localhost, STARTTLS, AUTH PLAIN, then MAIL, RCPT and DATA in
+// one pipelined write) with a From the user may not use. msmtp, mutt,
+// s-nail and git send-email show the user only the reply line: it has to
+// say which address was refused and for which login, as Postfix's
+// "<addr>: Sender address rejected: not owned by user NAME" does.
+func TestSubmission_SenderNotOwned_ReplyNamesAddressAndUser(t *testing.T) {
+	ts := startServer(t)
+	d := dial(t, ts.addr[config.ModeSubmission])
+	d.script("S: 220 ", "C: EHLO localhost", "S: 250 ")
+	d.starttls()
+	d.script("C: AUTH PLAIN "+plainIR("alice", testPassword), "S: 235 ")
+	d.write("MAIL FROM:<mallory@evil.example>\r\nRCPT TO:<r1@dest.example>\r\nDATA\r\n")
+	const want = "553 5.7.1 <mallory@evil.example>: Sender address rejected: not owned by user alice"
+	if got := d.reply(); got != want {
+		t.Errorf("MAIL reply %q, want %q", got, want)
+	}
+	d.expect("503 ") // RCPT without a transaction
+	d.expect("503 ") // DATA without a transaction
+}
+
+func TestSenderNotOwned_OddUserNameLeftOut(t *testing.T) {
+	for _, tc := range []struct{ user, want string }{
+		{"bob@example.com", "<x@y.example>: Sender address rejected: not owned by user bob@example.com"},
+		{"two words", "<x@y.example>: Sender address rejected: not owned by user"},
+		{"b\r\nQUIT", "<x@y.example>: Sender address rejected: not owned by user"},
+		{"jürgen", "<x@y.example>: Sender address rejected: not owned by user"},
+	} {
+		e := senderNotOwned("x@y.example", tc.user)
+		if e.Code != 553 || e.Message != tc.want {
+			t.Errorf("user %q: %d %q, want 553 %q", tc.user, e.Code, e.Message, tc.want)
+		}
 	}
 }
 
