@@ -80,8 +80,14 @@ func (e *injectEnv) injected(t *testing.T, env *InjectEnvelope) *queue.Envelope 
 
 func startInject(t *testing.T, withCred bool) *injectEnv {
 	t.Helper()
+	return startInjectLog(t, withCred, io.Discard)
+}
+
+// startInjectLog is startInject with the relay's log written to w.
+func startInjectLog(t *testing.T, withCred bool, w io.Writer) *injectEnv {
+	t.Helper()
 	dir := t.TempDir()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.NewTextHandler(w, nil))
 	q, err := queue.Open(filepath.Join(dir, "queue"), queue.Options{Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -146,6 +152,40 @@ func TestInject_QueuesWithPeerUserAndReceived(t *testing.T) {
 	}
 	if e.in.Injected() != 1 {
 		t.Errorf("Injected() = %d", e.in.Injected())
+	}
+}
+
+// TestInject_QueuedLineCarriesMessageID: the "queued" line of a message
+// from sendmail carries its Message-ID, as "message accepted" does for
+// SMTP and every delivery line after it, so that grep of the Message-ID
+// s-nail, mutt or git send-email generated (with LF line ends, through
+// "sendmail -i -f FROM -- RCPT") finds the message's queue ID.
+func TestInject_QueuedLineCarriesMessageID(t *testing.T) {
+	t.Parallel()
+	var logs testlog.Buffer
+	e := startInjectLog(t, true, &logs)
+	env := &InjectEnvelope{From: "alice@example.com", Recipients: []string{"sn3@dest.example"}}
+	for _, tc := range []struct{ msg, want string }{
+		{"Date: Thu, 26 Nov 2026 16:50:23 +0000\nFrom: Alice <alice@example.com>\nTo: sn3@dest.example\n" +
+			"Subject: x\nMessage-ID: <20261126165023.Rcud0%alice@example.com>\nUser-Agent: s-nail v14.9.24\n\nbody\n",
+			"<20261126165023.Rcud0%alice@example.com>"},
+		{"Subject: folded\r\nMessage-Id:\r\n <20261126165103.6214-1-alice@example.com>\r\n\r\nMessage-ID: <not-this@x>\r\n",
+			"<20261126165103.6214-1-alice@example.com>"},
+		{"Subject: none\n\nMessage-ID: <in-the-body@x>\n", `""`},
+	} {
+		id, err := e.client.Inject(env, strings.NewReader(tc.msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var line string
+		for _, l := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(l, "msg=queued") && strings.Contains(l, "queue_id="+id) {
+				line = l
+			}
+		}
+		if want := " message_id=" + tc.want + " "; !strings.Contains(line+" ", want) {
+			t.Errorf("queued line %q, want %s", line, want)
+		}
 	}
 }
 
