@@ -84,6 +84,7 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 		// held whole; the table aligns its columns over every message.
 		var msgs []admin.Message
 		var out *admin.ArrayWriter
+		var bw *bufio.Writer
 		add := func(m admin.Message) error {
 			if out != nil {
 				return out.Add(m)
@@ -92,8 +93,8 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			return nil
 		}
 		if *asJSON {
-			bw := bufio.NewWriterSize(stdout, 64<<10)
-			defer bw.Flush()
+			bw = bufio.NewWriterSize(stdout, 64<<10)
+			defer bw.Flush() // what was listed before a failure; checked below otherwise
 			out = admin.NewArrayWriter(bw)
 		}
 		err := c.Each(f, add)
@@ -117,8 +118,13 @@ func cmdQueue(args []string, stdout, stderr io.Writer) int {
 			return fail(err)
 		}
 		if out != nil {
-			if out.Close() != nil {
-				return exitFail
+			// Up to 64 KiB, the whole list is still in bw: an error
+			// writing stdout (a full disk) shows only when it is flushed.
+			if err := out.Close(); err != nil {
+				return fail(err)
+			}
+			if err := bw.Flush(); err != nil {
+				return fail(err)
 			}
 			return exitOK
 		}

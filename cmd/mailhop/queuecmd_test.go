@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -70,6 +71,39 @@ func TestQueueList_State(t *testing.T) {
 		if _, _, code := runQueue(cfgPath, "list", "--min-age", "bogus"); code != exitUsage {
 			t.Errorf("%s: --min-age bogus: exit %d, want 2 (as for --state)", name, code)
 		}
+	}
+}
+
+// failingWriter fails every write, as stdout on a full disk does.
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space left on device") }
+
+// TestQueueList_JSONWriteErrorFails: `queue list --json` whose output cannot
+// be written exits 1 naming the error. The list went through a 64 KiB
+// buffer flushed by a defer that dropped its error: a queue listed to a
+// full disk exited 0 with nothing written.
+func TestQueueList_JSONWriteErrorFails(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, "")
+	q, err := queue.Open(filepath.Join(filepath.Dir(path), "data", "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &queue.Envelope{ID: q.NewID(), From: "a@example.com", Recipients: []queue.Recipient{{Address: "b@example.net"}}}
+	if err := q.Enqueue(env, strings.NewReader("Subject: x\r\n\r\nx\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, errs, code := runQueue(path, "list", "--json"); code != exitOK || !strings.Contains(out, "b@example.net") {
+		t.Fatalf("list --json: exit %d, %q %q; want the message", code, out, errs)
+	}
+	var errs bytes.Buffer
+	code := run([]string{"mailhop", "queue", "list", "--json", "--config", path}, strings.NewReader(""), failingWriter{}, &errs)
+	if code != exitFail || !strings.Contains(errs.String(), "no space left on device") {
+		t.Errorf("list --json to a failing stdout: exit %d, stderr %q; want 1 naming the write error", code, errs.String())
 	}
 }
 

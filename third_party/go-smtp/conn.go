@@ -1498,9 +1498,6 @@ func (c *Conn) Reject() {
 	c.Close()
 }
 
-// readError answers a failed read: a timeout gets 421 (RFC 5321 §4.5.3.2),
-// anything else (the client went away) no reply. The connection is closed
-// after the current command either way.
 // takeBdatPipe clears the BDAT message pipe under the lock and returns it,
 // or nil when Close (from another goroutine) took it first (mailhop patch:
 // the pipe was set and cleared without the lock Close takes).
@@ -1529,6 +1526,9 @@ func (cr *chunkReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// readError answers a failed read: a timeout gets 421 (RFC 5321 §4.5.3.2),
+// anything else (the client went away) no reply. The connection is closed
+// after the current command either way.
 func (c *Conn) readError(err error) {
 	c.closing = true
 	if neterr, ok := err.(net.Error); ok && neterr.Timeout() {
