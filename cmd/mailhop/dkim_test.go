@@ -65,28 +65,7 @@ func TestDKIMKeygen_RecordVerifiesSignature(t *testing.T) {
 				t.Errorf("RSA record in %d string(s), want it split", len(txt.Txt))
 			}
 
-			srv := dnstest.New(t, dnstest.Zone{"s1._domainkey.example.com.": {rr}})
-			signer, err := dkimsign.New([]config.DKIM{{Domain: "example.com", Selector: "s1", KeyFile: keyFile}})
-			if err != nil {
-				t.Fatal(err)
-			}
-			msg := "From: a@example.com\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
-			m, err := signer.Spool(strings.NewReader(msg), t.TempDir())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer m.Close()
-			signed, _ := io.ReadAll(m)
-			res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, srv.Addr)
-			}}
-			lookup := func(name string) ([]string, error) {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				return res.LookupTXT(ctx, name)
-			}
-			vs, err := dkim.VerifyWithOptions(bytes.NewReader(signed), &dkim.VerifyOptions{LookupTXT: lookup})
+			vs, err := signAndVerify(t, rr, config.DKIM{Domain: "example.com", Selector: "s1", KeyFile: keyFile}, "a@example.com")
 			if err != nil || len(vs) != 1 || vs[0].Err != nil {
 				t.Fatalf("verification: %v %+v", err, vs)
 			}
@@ -100,6 +79,34 @@ func TestDKIMKeygen_RecordVerifiesSignature(t *testing.T) {
 			}
 		})
 	}
+}
+
+// signAndVerify publishes rr, a record as keygen printed it, on a loopback
+// DNS server, signs a message from the address from with the [[dkim]] entry
+// e, and verifies it through that server.
+func signAndVerify(t *testing.T, rr dns.RR, e config.DKIM, from string) ([]*dkim.Verification, error) {
+	t.Helper()
+	srv := dnstest.New(t, dnstest.Zone{rr.Header().Name: {rr}})
+	signer, err := dkimsign.New([]config.DKIM{e})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := signer.Spool(strings.NewReader("From: "+from+"\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	signed, _ := io.ReadAll(m)
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, srv.Addr)
+	}}
+	lookup := func(name string) ([]string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		return res.LookupTXT(ctx, name)
+	}
+	return dkim.VerifyWithOptions(bytes.NewReader(signed), &dkim.VerifyOptions{LookupTXT: lookup})
 }
 
 // A domain written in Unicode, as a [[dkim]] entry may give it, gets its
@@ -121,27 +128,7 @@ func TestDKIMKeygen_UnicodeDomain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := dnstest.New(t, dnstest.Zone{"s1._domainkey.xn--bcher-kva.example.": {rr}})
-	signer, err := dkimsign.New([]config.DKIM{{Domain: "bücher.example", Selector: "s1", KeyFile: keyFile}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := signer.Spool(strings.NewReader("From: a@xn--bcher-kva.example\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\n"), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	signed, _ := io.ReadAll(m)
-	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, srv.Addr)
-	}}
-	lookup := func(name string) ([]string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		return res.LookupTXT(ctx, name)
-	}
-	vs, err := dkim.VerifyWithOptions(bytes.NewReader(signed), &dkim.VerifyOptions{LookupTXT: lookup})
+	vs, err := signAndVerify(t, rr, config.DKIM{Domain: "bücher.example", Selector: "s1", KeyFile: keyFile}, "a@xn--bcher-kva.example")
 	if err != nil || len(vs) != 1 || vs[0].Err != nil || vs[0].Domain != "xn--bcher-kva.example" {
 		t.Fatalf("verification: %v %+v", err, vs)
 	}

@@ -22,18 +22,13 @@ func runQueue(cfgPath string, args ...string) (stdout, stderr string, code int) 
 	return out.String(), errs.String(), code
 }
 
-// TestQueueList_State: --state takes the documented states in any case; any
-// other value is a usage error (exit 2) naming the valid ones, like a bad
-// --min-age, whether the relay is running (the filter goes over the admin
-// socket) or stopped (the queue directory is read).
-func TestQueueList_State(t *testing.T) {
-	t.Parallel()
-	running := startLocalRelay(t, "")
-	if _, errs, code := runSendmail(running.cfgPath, "Subject: x\n\nx\n", "-f", "a@example.com", "b@example.net"); code != 0 {
-		t.Fatalf("sendmail: exit %d: %s", code, errs)
-	}
-	stopped := writeConfig(t, "")
-	q, err := queue.Open(filepath.Join(filepath.Dir(stopped), "data", "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+// stoppedRelayWithMessage writes a configuration whose relay is not
+// running and queues one message from a@example.com to b@example.net in
+// its data_dir; it returns the configuration's path.
+func stoppedRelayWithMessage(t *testing.T) string {
+	t.Helper()
+	path := writeConfig(t, "")
+	q, err := queue.Open(filepath.Join(filepath.Dir(path), "data", "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,6 +39,20 @@ func TestQueueList_State(t *testing.T) {
 	if err := q.Close(); err != nil {
 		t.Fatal(err)
 	}
+	return path
+}
+
+// TestQueueList_State: --state takes the documented states in any case; any
+// other value is a usage error (exit 2) naming the valid ones, like a bad
+// --min-age, whether the relay is running (the filter goes over the admin
+// socket) or stopped (the queue directory is read).
+func TestQueueList_State(t *testing.T) {
+	t.Parallel()
+	running := startLocalRelay(t, "")
+	if _, errs, code := runSendmail(running.cfgPath, "Subject: x\n\nx\n", "-f", "a@example.com", "b@example.net"); code != 0 {
+		t.Fatalf("sendmail: exit %d: %s", code, errs)
+	}
+	stopped := stoppedRelayWithMessage(t)
 
 	for name, cfgPath := range map[string]string{"running": running.cfgPath, "stopped": stopped} {
 		for _, s := range []string{"pending", "PENDING", "Pending"} {
@@ -85,18 +94,7 @@ func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("no space
 // full disk exited 0 with nothing written.
 func TestQueueList_JSONWriteErrorFails(t *testing.T) {
 	t.Parallel()
-	path := writeConfig(t, "")
-	q, err := queue.Open(filepath.Join(filepath.Dir(path), "data", "queue"), queue.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := &queue.Envelope{ID: q.NewID(), From: "a@example.com", Recipients: []queue.Recipient{{Address: "b@example.net"}}}
-	if err := q.Enqueue(env, strings.NewReader("Subject: x\r\n\r\nx\r\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := q.Close(); err != nil {
-		t.Fatal(err)
-	}
+	path := stoppedRelayWithMessage(t)
 	if out, errs, code := runQueue(path, "list", "--json"); code != exitOK || !strings.Contains(out, "b@example.net") {
 		t.Fatalf("list --json: exit %d, %q %q; want the message", code, out, errs)
 	}

@@ -244,7 +244,7 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 	hdr := receivedHeader(name, uid, cfg.Hostname, qe.ID, qe.Arrived)
 	// The limits SMTP applies, from the running configuration.
 	lim := msglimit.NewReader(&crlfReader{r: bufio.NewReaderSize(body, 32<<10)}, msglimit.Of(cfg))
-	head := &headKeeper{r: lim}
+	head := &mailhdr.HeadKeeper{R: lim}
 	var msg io.Reader = io.MultiReader(strings.NewReader(hdr), head)
 	var err error
 	if in.Signer != nil {
@@ -271,7 +271,7 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 	}
 	in.injected.Add(1)
 	in.Log.Info("queued", "queue_id", qe.ID, "from", qe.From, "rcpts", len(qe.Recipients), "size", qe.Size,
-		"user", name, "uid", uid, "via", via, "message_id", head.messageID())
+		"user", name, "uid", uid, "via", via, "message_id", head.MessageID())
 	return qe.ID, nil
 }
 
@@ -404,53 +404,6 @@ func userName(uid int) string {
 		return u.Username
 	}
 	return "#" + strconv.Itoa(uid)
-}
-
-// maxHeadKept bounds how much of the start of an injected message
-// headKeeper keeps to find its Message-ID.
-const maxHeadKept = 32 << 10
-
-// headKeeper passes a message (CRLF line ends) through and keeps its start,
-// up to the end of the header or maxHeadKept bytes, for the Message-ID the
-// "queued" line carries like every other line about the message.
-type headKeeper struct {
-	r    io.Reader
-	head []byte
-	done bool
-}
-
-func (h *headKeeper) Read(p []byte) (int, error) {
-	n, err := h.r.Read(p)
-	if !h.done && n > 0 {
-		from := max(len(h.head)-3, 0)
-		h.head = append(h.head, p[:min(n, maxHeadKept-len(h.head))]...)
-		if bytes.HasPrefix(h.head, []byte("\r\n")) {
-			h.done = true
-		} else if i := bytes.Index(h.head[from:], []byte("\r\n\r\n")); i >= 0 {
-			h.head = h.head[:from+i+4]
-			h.done = true
-		} else if len(h.head) >= maxHeadKept {
-			h.done = true
-		}
-	}
-	return n, err
-}
-
-// messageID is the message's Message-ID field, unfolded ("" when it has
-// none in its first maxHeadKept bytes).
-func (h *headKeeper) messageID() string {
-	var id string
-	mailhdr.Fields(h.head, func(name, value []byte) bool {
-		if mailhdr.Is(name, "message-id") {
-			id = mailhdr.Unfold(value)
-			return false
-		}
-		return true
-	})
-	if len(id) > 200 {
-		id = id[:200]
-	}
-	return id
 }
 
 // crlfReader turns every line ending (LF, CRLF, or a CR alone) into CRLF and

@@ -36,7 +36,7 @@ const maxHeaderScan = 64 << 10
 func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Reader, now time.Time) (io.Reader, *idSniffer) {
 	var prefix bytes.Buffer
 	prefix.WriteString(ss.receivedField(cfg.Hostname, env, now))
-	sn := &idSniffer{r: data}
+	sn := &idSniffer{HeadKeeper: mailhdr.HeadKeeper{R: data}}
 	if ss.mode == config.ModeRelay {
 		br := bufio.NewReaderSize(sn, firstLineScan)
 		head, _ := br.Peek(firstLineScan) // an error shows again when br is read
@@ -69,16 +69,11 @@ func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Read
 // whether it starts with a header field: a first line's worth.
 const firstLineScan = 1024
 
-// maxSniff bounds how much of the start of a message idSniffer keeps.
-const maxSniff = 32 << 10
-
-// idSniffer passes a message through and keeps its start, up to the end
-// of the header (or maxSniff bytes), to find the Message-ID for the log.
+// idSniffer passes a message through and keeps its header, for the
+// Message-ID of the log and the Received fields counted at its end.
 type idSniffer struct {
-	r    io.Reader
-	head []byte
-	done bool
-	id   string // set when mailhop added the field itself
+	mailhdr.HeadKeeper
+	id string // set when mailhop added the field itself
 }
 
 // errTooManyHops refuses a message that has been around too often: a loop.
@@ -88,26 +83,8 @@ var errTooManyHops = smtpErr(554, smtp.EnhancedCode{5, 4, 6},
 	fmt.Sprintf("Too many hops: mail loop (relayed %d times already)", mailhdr.MaxReceived))
 
 func (s *idSniffer) Read(p []byte) (int, error) {
-	n, err := s.r.Read(p)
-	if !s.done && n > 0 {
-		// Keep only the header: up to the end found in this read, or all
-		// of it while no end is seen (bounded by maxSniff).
-		from := max(len(s.head)-3, 0)
-		take := p[:min(n, maxSniff-len(s.head))]
-		if i := bytes.Index(take, []byte("\r\n\r\n")); i >= 0 {
-			take = take[:i+4] // the body is not kept
-		}
-		s.head = append(s.head, take...)
-		if bytes.HasPrefix(s.head, []byte("\r\n")) {
-			s.done = true
-		} else if i := bytes.Index(s.head[from:], []byte("\r\n\r\n")); i >= 0 {
-			s.head = s.head[:from+i+4]
-			s.done = true
-		} else if len(s.head) >= maxSniff {
-			s.done = true
-		}
-	}
-	if err == io.EOF && countReceived(s.head)+1 > mailhdr.MaxReceived {
+	n, err := s.HeadKeeper.Read(p)
+	if err == io.EOF && countReceived(s.Head())+1 > mailhdr.MaxReceived {
 		return n, errTooManyHops // at the end of the data, the whole head seen
 	}
 	return n, err
@@ -131,24 +108,7 @@ func (s *idSniffer) messageID() string {
 	if s.id != "" {
 		return s.id
 	}
-	return headerValue(s.head, "message-id")
-}
-
-// headerValue returns the unfolded, trimmed value of the first field
-// called name (lower case) in the header block at the start of msg.
-func headerValue(msg []byte, name string) string {
-	var v string
-	mailhdr.Fields(msg, func(n, value []byte) bool {
-		if mailhdr.Is(n, name) {
-			v = mailhdr.Unfold(value)
-			return false
-		}
-		return true
-	})
-	if len(v) > 200 {
-		v = v[:200]
-	}
-	return v
+	return s.MessageID()
 }
 
 // scanHeader looks for Message-ID and Date fields in the header block at

@@ -7,6 +7,7 @@ import (
 
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/relay/config"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 func TestIDSniffer(t *testing.T) {
@@ -17,7 +18,7 @@ func TestIDSniffer(t *testing.T) {
 		{"\r\nMessage-ID: <after-empty-header@x>\r\n", ""},
 		{"Subject: " + strings.Repeat("x", 40000) + "\r\nMessage-ID: <too-far@x>\r\n\r\n", ""},
 	} {
-		sn := &idSniffer{r: strings.NewReader(tc.msg)}
+		sn := &idSniffer{HeadKeeper: mailhdr.HeadKeeper{R: strings.NewReader(tc.msg)}}
 		data, err := io.ReadAll(sn)
 		if err != nil || string(data) != tc.msg {
 			t.Fatalf("sniffer changed the data: %v", err)

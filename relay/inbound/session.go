@@ -49,14 +49,20 @@ func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 // not use. Like Postfix's reject_sender_login_mismatch it names the address
 // and the user: a mail client shows the user only this line, and its From
 // (or the account it logged in with) is what the user has to correct.
-// A user name that is not plain printable ASCII is left out.
+// A user name that is not plain printable ASCII is left out, and so is one
+// that would make the reply line longer than RFC 5321 §4.5.3.1.5's 512
+// octets (an address at the path limit and a long user name).
 func senderNotOwned(from, user string) *smtp.SMTPError {
 	msg := "<" + from + ">: Sender address rejected: not owned by user"
-	if printableASCII(user) {
+	if printableASCII(user) && len("553 5.7.1 ")+len(msg)+len(" ")+len(user)+len("\r\n") <= maxReplyLine {
 		msg += " " + user
 	}
 	return smtpErr(553, smtp.EnhancedCode{5, 7, 1}, msg)
 }
+
+// maxReplyLine is RFC 5321 §4.5.3.1.5's limit on a reply line, the reply
+// code and CRLF included.
+const maxReplyLine = 512
 
 func printableASCII(s string) bool {
 	for i := 0; i < len(s); i++ {

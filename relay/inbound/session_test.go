@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"net"
 	"net/netip"
 	"strings"
@@ -196,6 +197,34 @@ func TestSenderNotOwned_OddUserNameLeftOut(t *testing.T) {
 		e := senderNotOwned("x@y.example", tc.user)
 		if e.Code != 553 || e.Message != tc.want {
 			t.Errorf("user %q: %d %q, want 553 %q", tc.user, e.Code, e.Message, tc.want)
+		}
+	}
+}
+
+// The reply echoes the address and the user name: with an address at the
+// path limit and a long user name its line would pass RFC 5321
+// §4.5.3.1.5's 512 octets (CRLF included); the user name is then left
+// out, the address (what the user has to correct) kept.
+func TestSenderNotOwned_ReplyLineWithin512Octets(t *testing.T) {
+	from := strings.Repeat("l", 64) + "@" + strings.Repeat("d", 63) + "." + strings.Repeat("e", 63) + "." + strings.Repeat("f", 61)
+	if len(from) != maxPath {
+		t.Fatalf("address of %d octets, want %d", len(from), maxPath)
+	}
+	for _, tc := range []struct {
+		user     string
+		wantUser bool
+	}{
+		{"alice", true},
+		{strings.Repeat("u", 190), true},
+		{strings.Repeat("u", 300), false},
+	} {
+		e := senderNotOwned(from, tc.user)
+		line := fmt.Sprintf("%d %d.%d.%d %s\r\n", e.Code, e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2], e.Message)
+		if len(line) > 512 {
+			t.Errorf("user of %d octets: reply line of %d octets, over 512", len(tc.user), len(line))
+		}
+		if !strings.Contains(e.Message, "<"+from+">") || strings.HasSuffix(e.Message, " "+tc.user) != tc.wantUser {
+			t.Errorf("user of %d octets: %q, want the address and the user name %v", len(tc.user), e.Message, tc.wantUser)
 		}
 	}
 }

@@ -182,3 +182,63 @@ func StartsWithField(msg []byte) bool {
 	}
 	return false
 }
+
+// MaxHeadKept bounds how much of the start of a message a HeadKeeper keeps.
+const MaxHeadKept = 32 << 10
+
+// maxLoggedID bounds the Message-ID a log line carries.
+const maxLoggedID = 200
+
+// HeadKeeper passes a message (CRLF line ends) through from R and keeps its
+// header — up to the empty line that ends it, or MaxHeadKept bytes while no
+// end is seen — for the log line written once the message has been read
+// (the inbound session's "message accepted", the admin socket's "queued").
+// The body is not kept.
+type HeadKeeper struct {
+	R    io.Reader
+	head []byte
+	done bool
+}
+
+func (h *HeadKeeper) Read(p []byte) (int, error) {
+	n, err := h.R.Read(p)
+	if !h.done && n > 0 {
+		// Keep only the header: up to the end found in this read, or all
+		// of it while no end is seen (bounded by MaxHeadKept).
+		from := max(len(h.head)-3, 0)
+		take := p[:min(n, MaxHeadKept-len(h.head))]
+		if i := bytes.Index(take, []byte("\r\n\r\n")); i >= 0 {
+			take = take[:i+4] // the body is not kept
+		}
+		h.head = append(h.head, take...)
+		if bytes.HasPrefix(h.head, []byte("\r\n")) {
+			h.done = true
+		} else if i := bytes.Index(h.head[from:], []byte("\r\n\r\n")); i >= 0 {
+			h.head = h.head[:from+i+4]
+			h.done = true
+		} else if len(h.head) >= MaxHeadKept {
+			h.done = true
+		}
+	}
+	return n, err
+}
+
+// Head is what was kept of the message's start so far.
+func (h *HeadKeeper) Head() []byte { return h.head }
+
+// MessageID is the message's (first) Message-ID field, unfolded and cut to
+// 200 bytes for the log: "" when it has none in what was kept.
+func (h *HeadKeeper) MessageID() string {
+	var id string
+	Fields(h.head, func(name, value []byte) bool {
+		if Is(name, "message-id") {
+			id = Unfold(value)
+			return false
+		}
+		return true
+	})
+	if len(id) > maxLoggedID {
+		id = id[:maxLoggedID]
+	}
+	return id
+}

@@ -3,8 +3,10 @@ package mailhdr
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 func collect(h string) []string {
@@ -136,6 +138,27 @@ func TestHeaderEnd(t *testing.T) {
 	for _, c := range cases {
 		if got := HeaderEnd([]byte(c.in)); got != c.want {
 			t.Errorf("HeaderEnd(%q) = %d, want %d", c.in, got, c.want)
+		}
+	}
+}
+
+// HeadKeeper keeps the header alone (not the body after it, read in the
+// same Read), also when the empty line that ends it comes over several
+// reads, and gives the first Message-ID of the header.
+func TestHeadKeeper(t *testing.T) {
+	const header = "Subject: x\r\nMessage-Id:\r\n <first@x>\r\nMessage-ID: <second@x>\r\n\r\n"
+	msg := header + "Message-ID: <in-body@x>\r\n" + strings.Repeat("b", 100<<10)
+	for name, r := range map[string]io.Reader{
+		"one read":        strings.NewReader(msg),
+		"a byte per read": iotest.OneByteReader(strings.NewReader(msg)),
+	} {
+		h := &HeadKeeper{R: r}
+		data, err := io.ReadAll(h)
+		if err != nil || string(data) != msg {
+			t.Fatalf("%s: the data changed (%v)", name, err)
+		}
+		if string(h.Head()) != header || h.MessageID() != "<first@x>" {
+			t.Errorf("%s: kept %q, Message-ID %q", name, h.Head(), h.MessageID())
 		}
 	}
 }

@@ -584,17 +584,7 @@ func TestDelivery_DelayWarning_WhileWaitingForSlot_GivesLastReply(t *testing.T) 
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test"})
 	h.waitRecords(id, 1) // deferred by the server; due again at its delay warning
-	var hold func()
-	for deadline := time.Now().Add(5 * time.Second); hold == nil; {
-		if release, ok := h.agent.domains.tryAcquire("example.test", ""); ok {
-			hold = release
-		} else if time.Now().After(deadline) {
-			t.Fatal("the domain's slot never freed")
-		} else {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	defer hold()
+	defer h.takeSlot(t, "example.test")()
 	d := parseBounce(t, senderMX.Wait(t, 1)[0])
 	r := d.Recipients[0]
 	if r.Action != "delayed" || r.Status != "4.2.1" || !strings.Contains(r.DiagnosticCode, "mailbox busy") {
@@ -602,6 +592,21 @@ func TestDelivery_DelayWarning_WhileWaitingForSlot_GivesLastReply(t *testing.T) 
 	}
 	if env := h.envelope(id); env == nil || !env.DelayWarned {
 		t.Fatalf("after the delay warning: %+v", env)
+	}
+}
+
+// takeSlot takes a connection slot of domain (its only one, with
+// per_domain_concurrency = 1) as soon as the attempt under way frees it;
+// the returned func gives it back.
+func (h *harness) takeSlot(t *testing.T, domain string) (release func()) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if release, ok := h.agent.domains.tryAcquire(domain, ""); ok {
+			return release
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slot of %s never freed", domain)
+		}
 	}
 }
 
@@ -625,17 +630,7 @@ func TestDelivery_DelayWarning_AfterEarlierSlotWait_GivesLastReply(t *testing.T)
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test", "b@other.test"})
 	h.waitRecords(id, 1) // both deferred by their servers
-	var hold func()
-	for deadline := time.Now().Add(5 * time.Second); hold == nil; {
-		if release, ok := h.agent.domains.tryAcquire("example.test", ""); ok {
-			hold = release
-		} else if time.Now().After(deadline) {
-			t.Fatal("the domain's slot never freed")
-		} else {
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
-	defer hold()
+	defer h.takeSlot(t, "example.test")()
 	h.q.Flush("")
 	h.waitRecords(id, 2) // a@example.test waited, b@other.test was tried
 	if env := h.envelope(id); env == nil || env.DelayWarned {
