@@ -4,8 +4,8 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/miekg/dns"
-	"golang.org/x/net/idna"
 )
 
 // normalize turns a mail domain as written in an address into what is asked
@@ -25,16 +25,10 @@ func normalize(domain string) (fqdn string, addr netip.Addr, err error) {
 	if d == "" {
 		return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "empty domain")
 	}
-	if isASCII(d) {
-		d = strings.ToLower(d)
-	} else {
-		// RFC 5890: a U-label is looked up as its A-label. The Lookup
-		// profile also maps case and width (UTS #46).
-		d, err = idna.Lookup.ToASCII(d)
-		if err != nil {
-			return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad internationalized domain: %v", err)
-		}
-		d = strings.ToLower(d)
+	// RFC 5890: a U-label is looked up as its A-label. The Lookup profile
+	// also maps case and width (UTS #46).
+	if d, err = idn.ALabel(d); err != nil {
+		return "", netip.Addr{}, permanent(domain, CodeNoSuchDomain, "bad internationalized domain: %v", err)
 	}
 	fqdn = dns.Fqdn(d)
 	if _, ok := dns.IsDomainName(fqdn); !ok || strings.Contains(d, "..") || strings.ContainsAny(d, " \t\r\n\\") {
@@ -56,7 +50,7 @@ func ALabelAddress(addr string) (string, bool) {
 	if at < 0 || !isASCII(addr[:at]) {
 		return "", false
 	}
-	d, err := idna.Lookup.ToASCII(addr[at+1:])
+	d, err := idn.ALabel(addr[at+1:])
 	if err != nil {
 		return "", false
 	}

@@ -32,12 +32,10 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
-	"golang.org/x/net/idna"
+	"github.com/mailhop/mailhop/internal/idn"
 )
 
 // ErrNotFound is returned for a queue ID that is not (or no longer) queued.
@@ -667,18 +665,7 @@ func (q *Queue) Flushes(domain string) uint64 {
 // case, an internationalized one as its A-label, so that an operator may
 // name it either way (its mail may be queued under either form, and
 // delivery knows its destinations by the A-label).
-func domainKey(d string) string {
-	d = strings.ToLower(d)
-	for i := 0; i < len(d); i++ {
-		if d[i] >= utf8.RuneSelf {
-			if a, err := idna.Lookup.ToASCII(d); err == nil {
-				return strings.ToLower(a)
-			}
-			break
-		}
-	}
-	return d
-}
+func domainKey(d string) string { return idn.Key(d) }
 
 // List returns copies of every queued envelope, oldest first.
 func (q *Queue) List() []*Envelope { return q.store.Messages() }

@@ -12,8 +12,8 @@ import (
 	"strings"
 
 	"github.com/miekg/dns"
-	"golang.org/x/net/idna"
 
+	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/mailhop/mailhop/relay/dkimsign"
 )
 
@@ -118,17 +118,11 @@ func cmdDKIMKeygen(args []string, stdout, stderr io.Writer) int {
 // valid IDN.
 func signingDomain(domain string) (d string, ok bool) {
 	d = strings.TrimSuffix(domain, ".")
-	for i := 0; i < len(d); i++ {
-		if d[i] >= 0x80 {
-			a, err := idna.Lookup.ToASCII(d)
-			if err != nil {
-				return d, false
-			}
-			d = a
-			break
-		}
+	a, err := idn.ALabel(d)
+	if err != nil {
+		return d, false
 	}
-	return strings.ToLower(d), true
+	return a, true
 }
 
 // txtRecordLine formats a zone-file line for a TXT record, its value cut

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/net/idna"
+	"github.com/mailhop/mailhop/internal/idn"
 )
 
 // IsTrusted reports whether a client at ip may relay without AUTH: whether ip
@@ -68,18 +68,7 @@ func sameDomain(a, b string) bool {
 // asciiDomain returns d without a final dot, international labels as
 // A-labels (the Lookup profile of UTS #46, as dnsmx and delivery use); a
 // name that is not a valid IDN is returned as it is.
-func asciiDomain(d string) string {
-	d = strings.TrimSuffix(d, ".")
-	for i := 0; i < len(d); i++ {
-		if d[i] >= 0x80 {
-			if a, err := idna.Lookup.ToASCII(d); err == nil {
-				return a
-			}
-			break
-		}
-	}
-	return d
-}
+func asciiDomain(d string) string { return idn.Key(strings.TrimSuffix(d, ".")) }
 
 // FindUser returns the [[user]] with this name (compared exactly), or nil.
 func (c *Config) FindUser(name string) *User {

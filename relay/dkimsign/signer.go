@@ -32,8 +32,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
-	"golang.org/x/net/idna"
 
+	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dkimsign/dkimkey"
 	"github.com/mailhop/mailhop/relay/mailhdr"
@@ -113,11 +113,7 @@ func (s *Signer) Len() int {
 // canonDomain returns the lower-case A-label form of a domain, without a
 // trailing dot; "" if it is empty.
 func canonDomain(d string) string {
-	d = strings.TrimSuffix(strings.TrimSpace(d), ".")
-	if a, err := idna.Lookup.ToASCII(d); err == nil {
-		d = a
-	}
-	return strings.ToLower(d)
+	return idn.Key(strings.TrimSuffix(strings.TrimSpace(d), "."))
 }
 
 // KeyFor returns the first key that signs mail from fromDomain, or nil.

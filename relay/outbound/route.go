@@ -10,11 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/net/idna"
-
 	"github.com/mailhop/mailhop/dnsmx"
+	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/mailhop/mailhop/relay/config"
-	"github.com/mailhop/mailhop/relay/mime7bit"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -58,14 +56,7 @@ func smarthosts(r *config.Route) []string {
 // (u@müller.example, with SMTPUTF8) gets exactly the policy of its ASCII
 // form and cannot lower TLS. A name that is not a valid IDN is returned
 // lower-cased; its MX lookup then fails for good.
-func asciiDomain(d string) string {
-	if !mime7bit.IsASCII([]byte(d)) {
-		if a, err := idna.Lookup.ToASCII(d); err == nil {
-			d = a
-		}
-	}
-	return strings.ToLower(d)
-}
+func asciiDomain(d string) string { return idn.Key(d) }
 
 // targets lists where mail for domain goes, in the order to try.
 func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) ([]target, error) {
