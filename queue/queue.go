@@ -79,10 +79,17 @@ type Queue struct {
 	closed bool
 	// flushes counts Flush calls for every domain, domainFlushes those
 	// for one, so the agent can forget what it learnt about a dead
-	// destination when an operator asks for its retry now.
+	// destination when an operator asks for its retry now. domainFlushes
+	// holds at most maxDomainFlushes domains (see Flush).
 	flushes       uint64
 	domainFlushes map[string]uint64
 }
+
+// maxDomainFlushes bounds the domains whose flushes are counted one by
+// one: a script flushing domain after domain (every domain of a queue
+// list, thousands of them) grew the map by one entry each, for the life
+// of the process.
+const maxDomainFlushes = 10_000
 
 // slot is the scheduler's view of one message.
 type slot struct {
@@ -769,6 +776,19 @@ func (q *Queue) Flush(domain string) int {
 	if domain == "" {
 		q.flushes++
 	} else {
+		if _, ok := q.domainFlushes[domain]; !ok && len(q.domainFlushes) >= maxDomainFlushes {
+			// Full: fold the per-domain counts into flushes, past the
+			// largest, so that Flushes still only grows for every domain
+			// (never giving back a count taken before a flush); the cost
+			// is that every domain counts one flush more, as after a
+			// flush of all (its dead mark, if any, ends).
+			var top uint64
+			for _, n := range q.domainFlushes {
+				top = max(top, n)
+			}
+			q.flushes += top
+			q.domainFlushes = nil
+		}
 		if q.domainFlushes == nil {
 			q.domainFlushes = make(map[string]uint64)
 		}

@@ -1092,3 +1092,30 @@ func TestRetryIntervalOfCenturies(t *testing.T) {
 		t.Fatalf("after a restart the next attempt is %v, want centuries away", e.NextAttempt)
 	}
 }
+
+// A script flushing one distinct domain after another (every domain of a
+// queue list) must not grow the queue's memory without bound, and Flushes
+// must still change for every domain flushed and never go back to a count
+// taken before a flush (the agent compares them for equality).
+func TestFlushDomains_Bounded(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	const n = 3*maxDomainFlushes + 17
+	before := make([]uint64, n)
+	for i := range n {
+		d := fmt.Sprintf("x%d.fail.test", i)
+		before[i] = q.Flushes(d)
+		q.Flush(d)
+		if got := q.Flushes(d); got <= before[i] {
+			t.Fatalf("Flushes(%s) = %d after its flush, was %d", d, got, before[i])
+		}
+	}
+	if len(q.domainFlushes) > maxDomainFlushes {
+		t.Fatalf("%d domains' flushes kept after flushing %d distinct domains, want at most %d", len(q.domainFlushes), n, maxDomainFlushes)
+	}
+	for i := range n {
+		d := fmt.Sprintf("x%d.fail.test", i)
+		if got := q.Flushes(d); got <= before[i] {
+			t.Fatalf("Flushes(%s) = %d, back to (or below) %d, its count before its flush", d, got, before[i])
+		}
+	}
+}
