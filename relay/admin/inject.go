@@ -35,8 +35,6 @@ package admin
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -395,7 +393,7 @@ func needsUTF8(env *InjectEnvelope) bool {
 // §4.4; "from" names the local user, as MTAs do for local mail).
 func receivedHeader(name string, uid int, host, id string, t time.Time) string {
 	return fmt.Sprintf("Received: from local user %s (uid %d)\r\n\tby %s (mailhop) with local id %s;\r\n\t%s\r\n",
-		name, uid, host, id, t.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
+		name, uid, host, id, t.Format(time.RFC1123Z))
 }
 
 // userName returns the login name of uid, or "#uid" when it has none.
@@ -610,9 +608,7 @@ func WritePickup(dir string, env *InjectEnvelope, msg io.Reader) (string, error)
 	if err != nil {
 		return "", err
 	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	name := fmt.Sprintf("%d.%d.%s", time.Now().UnixNano(), os.Getpid(), hex.EncodeToString(rnd[:]))
+	name := fmt.Sprintf("%d.%d.%s", time.Now().UnixNano(), os.Getpid(), mailhdr.Token(8))
 	tmp := filepath.Join(dir, "."+name+".tmp")
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
 	if err != nil {

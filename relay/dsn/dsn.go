@@ -3,8 +3,6 @@ package dsn
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,8 +58,6 @@ func (m *Message) Reader() io.Reader {
 	return io.MultiReader(bytes.NewReader(m.head), io.NewSectionReader(m.full, 0, m.full.Size()), bytes.NewReader(m.tail))
 }
 
-const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
-
 // maxReturnedSize is the largest message a failure report with RET=FULL
 // returns whole; of a larger one it returns the header, as Postfix does
 // (bounce_size_limit), so the report does not exceed the sender's size
@@ -85,15 +81,15 @@ func Build(in *Input) (*Message, error) {
 	case "delivered", "relayed":
 		subject = "Successful Mail Delivery Report"
 	}
-	boundary := randHex(12) + "/" + in.Hostname
+	boundary := mailhdr.Token(12) + "/" + in.Hostname
 	var b bytes.Buffer
 	w := func(format string, args ...any) { fmt.Fprintf(&b, format+"\r\n", args...) }
 
 	w("From: Mail Delivery System <MAILER-DAEMON@%s>", in.Hostname)
 	w("To: <%s>", env.From)
 	w("Subject: %s", subject)
-	w("Date: %s", in.Now.Format(rfc5322Date))
-	w("Message-ID: <%d.%s@%s>", in.Now.UnixNano(), randHex(8), in.Hostname)
+	w("Date: %s", in.Now.Format(time.RFC1123Z))
+	w("Message-ID: <%d.%s@%s>", in.Now.UnixNano(), mailhdr.Token(8), in.Hostname)
 	w("Auto-Submitted: auto-replied")
 	w("MIME-Version: 1.0")
 	w("Content-Type: multipart/report; report-type=delivery-status;")
@@ -164,7 +160,7 @@ func Build(in *Input) (*Message, error) {
 		w("Original-Envelope-Id: %s", text(env.EnvID))
 	}
 	if !env.Arrived.IsZero() {
-		w("Arrival-Date: %s", env.Arrived.Format(rfc5322Date))
+		w("Arrival-Date: %s", env.Arrived.Format(time.RFC1123Z))
 	}
 	for _, r := range in.Outcomes {
 		w("")
@@ -203,10 +199,10 @@ func Build(in *Input) (*Message, error) {
 			w("Diagnostic-Code: X-mailhop; %s", text(diag.Error()))
 		}
 		if r.Action != "delivered" && r.Action != "relayed" || r.Remote != "" {
-			w("Last-Attempt-Date: %s", in.Now.Format(rfc5322Date))
+			w("Last-Attempt-Date: %s", in.Now.Format(time.RFC1123Z))
 		}
 		if r.Action == "delayed" && !r.Until.IsZero() {
-			w("Will-Retry-Until: %s", r.Until.Format(rfc5322Date))
+			w("Will-Retry-Until: %s", r.Until.Format(time.RFC1123Z))
 		}
 	}
 	w("")
@@ -404,12 +400,6 @@ func cutUTF8(s string, n int) string {
 		n--
 	}
 	return s[:n]
-}
-
-func randHex(n int) string {
-	p := make([]byte, n)
-	rand.Read(p)
-	return hex.EncodeToString(p)
 }
 
 // Report is a parsed RFC 3464 delivery status notification.

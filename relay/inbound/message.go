@@ -3,8 +3,6 @@ package inbound
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net/netip"
@@ -53,7 +51,7 @@ func (ss *session) message(cfg *config.Config, env *queue.Envelope, data io.Read
 		hasID, hasDate, ok = false, false, true
 	}
 	if ok && !hasID {
-		sn.id = fmt.Sprintf("<%s.%s@%s>", env.ID, randomToken(), cfg.Hostname)
+		sn.id = fmt.Sprintf("<%s.%s@%s>", env.ID, mailhdr.Token(8), cfg.Hostname)
 		fmt.Fprintf(&prefix, "Message-ID: %s\r\n", sn.id)
 	}
 	if ok && !hasDate {
@@ -131,12 +129,6 @@ func scanHeader(msg []byte, whole bool) (hasID, hasDate, ok bool) {
 		return true
 	})
 	return hasID, hasDate, true
-}
-
-func randomToken() string {
-	var b [8]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // receivedField builds the trace field of RFC 5321 §4.4:

@@ -17,8 +17,6 @@ package sendmail
 import (
 	"bufio"
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +31,7 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/relay/admin"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 	"github.com/mailhop/mailhop/relay/msglimit"
 )
 
@@ -411,12 +410,10 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 		}
 	}
 	if !has[prefix+"date"] {
-		add.WriteString(tag + "Date: " + hf.now.Format("Mon, 02 Jan 2006 15:04:05 -0700") + "\n")
+		add.WriteString(tag + "Date: " + hf.now.Format(time.RFC1123Z) + "\n")
 	}
 	if !has[prefix+"message-id"] {
-		var rnd [8]byte
-		rand.Read(rnd[:])
-		add.WriteString(fmt.Sprintf("%sMessage-ID: <%s.%s@%s>\n", tag, hf.now.UTC().Format("20060102150405"), hex.EncodeToString(rnd[:]), hf.hostname))
+		add.WriteString(fmt.Sprintf("%sMessage-ID: <%s.%s@%s>\n", tag, hf.now.UTC().Format("20060102150405"), mailhdr.Token(8), hf.hostname))
 	}
 	res := append(out.Bytes(), add.Bytes()...)
 	if len(fields) == 0 && !bytes.HasPrefix(body, []byte("\n")) {

@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -14,6 +12,8 @@ import (
 	"net/textproto"
 	"net/url"
 	"time"
+
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // reportMediaType is the gzipped report's type (RFC 8460 §6.4).
@@ -32,7 +32,7 @@ type Report struct {
 // to end: host is the relay's name (organization-name, the submitter),
 // from the reporting address (contact-info, a mail's From).
 func NewReport(domain, host, from string, start, end time.Time, counts []Counts) (*Report, error) {
-	uniq := randHex(8)
+	uniq := mailhdr.Token(8)
 	info := ReportInfo{Organization: host, Contact: from,
 		ReportID: fmt.Sprintf("%s.%s@%s", end.UTC().Format("20060102T150405Z"), uniq, host),
 		Start:    start, End: end}
@@ -62,8 +62,8 @@ func (r *Report) Message(rcpt string, now time.Time) ([]byte, error) {
 	h := func(k, v string) { fmt.Fprintf(&b, "%s: %s\r\n", k, v) }
 	h("From", "<"+r.From+">")
 	h("To", "<"+rcpt+">")
-	h("Date", now.Format(rfc5322Date))
-	h("Message-ID", fmt.Sprintf("<tlsrpt.%d.%s@%s>", now.UnixNano(), randHex(8), host))
+	h("Date", now.Format(time.RFC1123Z))
+	h("Message-ID", fmt.Sprintf("<tlsrpt.%d.%s@%s>", now.UnixNano(), mailhdr.Token(8), host))
 	h("Subject", fmt.Sprintf("Report Domain: %s Submitter: %s Report-ID: <%s>", r.Domain, host, r.Info.ReportID))
 	h("TLS-Report-Domain", r.Domain)
 	h("TLS-Report-Submitter", host)
@@ -122,12 +122,4 @@ func (r *Report) Post(ctx context.Context, client *http.Client, u *url.URL) erro
 		return fmt.Errorf("HTTP status %s", resp.Status)
 	}
 	return nil
-}
-
-const rfc5322Date = "Mon, 02 Jan 2006 15:04:05 -0700"
-
-func randHex(n int) string {
-	p := make([]byte, n)
-	rand.Read(p)
-	return hex.EncodeToString(p)
 }
