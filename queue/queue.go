@@ -166,7 +166,7 @@ func pendingDomains(env *Envelope) []string {
 		if env.Recipients[i].State != Pending {
 			continue
 		}
-		d := domainKey(env.Recipients[i].Domain())
+		d := idn.Key(env.Recipients[i].Domain())
 		found := false
 		for _, x := range ds {
 			if x == d {
@@ -648,7 +648,7 @@ func (q *Queue) UnparkFor(id, domain string) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	s, ok := q.sched[id]
-	if !ok || !s.parked || domain != "" && !slices.Contains(s.domains, domainKey(domain)) {
+	if !ok || !s.parked || domain != "" && !slices.Contains(s.domains, idn.Key(domain)) {
 		return false
 	}
 	s.parked = false
@@ -661,18 +661,15 @@ func (q *Queue) UnparkFor(id, domain string) bool {
 }
 
 // Flushes returns how many times Flush has been called for domain or for
-// every domain.
+// every domain. Flush and Flushes compare domains as idn.Key gives them
+// (lower case, an internationalized one as its A-label), so that an
+// operator may name a domain either way: its mail may be queued under
+// either form, and delivery knows its destinations by the A-label.
 func (q *Queue) Flushes(domain string) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushes + q.domainFlushes[domainKey(domain)]
+	return q.flushes + q.domainFlushes[idn.Key(domain)]
 }
-
-// domainKey is the form in which Flush and Flushes compare domains: lower
-// case, an internationalized one as its A-label, so that an operator may
-// name it either way (its mail may be queued under either form, and
-// delivery knows its destinations by the A-label).
-func domainKey(d string) string { return idn.Key(d) }
 
 // List returns copies of every queued envelope, oldest first.
 func (q *Queue) List() []*Envelope { return q.store.Messages() }
@@ -770,7 +767,7 @@ func (q *Queue) Delete(id string) error {
 // domain, in either form when internationalized, when domain is not "")
 // due now. It returns how many.
 func (q *Queue) Flush(domain string) int {
-	domain = domainKey(domain)
+	domain = idn.Key(domain)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if domain == "" {

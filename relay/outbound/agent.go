@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dsn"
@@ -486,7 +487,7 @@ func (a *Agent) claimDomain(ctx context.Context, env *queue.Envelope) (release f
 		if r.State != queue.Pending {
 			continue
 		}
-		rd := asciiDomain(r.Domain())
+		rd := idn.Key(r.Domain())
 		if rd == "" || (d != "" && rd != d) {
 			return nil, false
 		}
@@ -548,7 +549,13 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 		if r.State != queue.Pending {
 			continue
 		}
-		d := asciiDomain(r.Domain()) // one group, and policy, per domain however written
+		// One group, and policy, per domain however written: everything about
+		// a domain — routes, [[tls_policy]], MTA-STS, DANE, TLS reports, MX —
+		// is looked up by its lower-case A-label form, so a domain written
+		// in Unicode (u@müller.example, with SMTPUTF8) cannot lower TLS. A
+		// name that is no valid IDN is lower-cased; its MX lookup then fails
+		// for good.
+		d := idn.Key(r.Domain())
 		if d == "" {
 			at.rcpts = append(at.rcpts, rcptResult{index: i, state: queue.Failed,
 				reply: smtperr.New(0, "5.1.3", "recipient address has no domain")})

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mailhop/mailhop/dnsmx/mtasts"
+	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -32,8 +33,8 @@ func (s *stsAsked) Get(_ context.Context, domain string) (*mtasts.Policy, error)
 func TestTLSPolicy_UnicodeDomain_SamePolicyAsALabel(t *testing.T) {
 	t.Parallel()
 	const alabel = "xn--mller-kva.test" // müller.test
-	if got := asciiDomain("MÜLLER.test"); got != alabel {
-		t.Fatalf("asciiDomain = %q", got)
+	if got := idn.Key("MÜLLER.test"); got != alabel {
+		t.Fatalf("idn.Key = %q", got)
 	}
 	h := newHarness(t, smtptest.Behaviour{SMTPUTF8: true}, zone(alabel, "127.0.0.2")) // no STARTTLS
 	h.cfg.TLSPolicies = []config.TLSPolicy{{Domains: []string{alabel}, Level: config.TLSVerify}}

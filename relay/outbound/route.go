@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/dnsmx"
-	"github.com/mailhop/mailhop/internal/idn"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
@@ -48,15 +47,6 @@ func smarthosts(r *config.Route) []string {
 	}
 	return nil
 }
-
-// asciiDomain returns a recipient domain in the form everything about it
-// is looked up by — routes, [[tls_policy]], MTA-STS, DANE, TLS reports,
-// MX: lower case, international labels as A-labels (RFC 5890; the Lookup
-// profile of UTS #46, as dnsmx uses). So a domain written in Unicode
-// (u@müller.example, with SMTPUTF8) gets exactly the policy of its ASCII
-// form and cannot lower TLS. A name that is not a valid IDN is returned
-// lower-cased; its MX lookup then fails for good.
-func asciiDomain(d string) string { return idn.Key(d) }
 
 // targets lists where mail for domain goes, in the order to try.
 func (a *Agent) targets(ctx context.Context, cfg *config.Config, domain string) ([]target, error) {
