@@ -249,17 +249,11 @@ const (
 // recordAt checks the frame at off in segment seq of a queue with key and
 // returns its length (type+payload) and what it is.
 func recordAt(data []byte, off int, seq uint64, key uint32) (int, int) {
-	if len(data)-off < headerSize+1 {
+	n := frameLen(data, off)
+	if n == 0 {
 		return 0, frameBad
 	}
 	h := data[off:]
-	if binary.LittleEndian.Uint32(h) != recordMagic {
-		return 0, frameBad
-	}
-	n := int(binary.LittleEndian.Uint32(h[4:]))
-	if n < 1 || n > maxRecordLen || n > len(data)-off-headerSize {
-		return 0, frameBad
-	}
 	salt := crc32.Checksum(h[headerSize:headerSize+n], crcTable) ^ binary.LittleEndian.Uint32(h[8:])
 	st := saltKind(salt, seq, key)
 	if st == frameBad {

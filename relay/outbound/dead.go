@@ -28,17 +28,17 @@ const (
 )
 
 // makeRoom makes room in m, a map of entries that expire at until(v) and
-// holds max or more, for one more: those whose time is up go, then, while
-// more than nine tenths of max are left, those that expire soonest. The
-// next insert to need it comes a tenth of max later, so its passes over
+// holds limit or more, for one more: those whose time is up go, then, while
+// more than nine tenths of limit are left, those that expire soonest. The
+// next insert to need it comes a tenth of limit later, so its passes over
 // m cost little per insert.
-func makeRoom[K comparable, V any](m map[K]V, max int, now time.Time, until func(V) time.Time) {
+func makeRoom[K comparable, V any](m map[K]V, limit int, now time.Time, until func(V) time.Time) {
 	for k, v := range m {
 		if !now.Before(until(v)) {
 			delete(m, k)
 		}
 	}
-	n := len(m) - (max - max/10) // how many more to evict
+	n := len(m) - (limit - limit/10) // how many more to evict
 	if n <= 0 {
 		return
 	}
