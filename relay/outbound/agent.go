@@ -960,12 +960,12 @@ const maxSessions = 2
 
 // passOn splits a host's results into those that stand and the recipients
 // to try at the next address now: those the host deferred with a 4xx
-// reply (except 452, too many recipients, which waits for a later
-// transaction), and those left when its connection failed after accepting
-// them (broke). passed are the host's results for the latter.
+// reply (except "too many recipients", tooManyRecipients, which waits for a
+// later transaction), and those left when its connection failed after
+// accepting them (broke). passed are the host's results for the latter.
 func passOn(res []rcptResult) (again []int, decided, passed []rcptResult) {
 	for _, r := range res {
-		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && r.reply.Code != 452
+		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && !tooManyRecipients(r.reply)
 		if r.broke != nil || soft {
 			again, passed = append(again, r.index), append(passed, r)
 		} else {
@@ -1110,10 +1110,11 @@ func allDeferred(res []rcptResult) bool {
 }
 
 // moreTransactions sends the message again, on the same connection, to the
-// recipients a server refused with 452 because a transaction had too many
-// (RFC 5321 §4.5.3.1.10: the client sends to the accepted ones and tries
-// the rest in a later transaction), as long as each transaction gets some
-// recipient through; what is still 452 then waits for the next attempt.
+// recipients a server refused because a transaction had too many
+// (tooManyRecipients; RFC 5321 §4.5.3.1.10: the client sends to the
+// accepted ones and tries the rest in a later transaction), as long as each
+// transaction gets some recipient through; what is still refused so then
+// waits for the next attempt.
 // Each further transaction carries no more recipients than the last one
 // got through, the server's limit as far as it showed it: sent all of the
 // rest each time, 200 recipients to a server that takes one per
@@ -1121,7 +1122,7 @@ func allDeferred(res []rcptResult) bool {
 // reports whether cn must not be reused.
 func (a *Agent) moreTransactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, res []rcptResult) bool {
 	tooMany := func(r rcptResult) bool {
-		return r.state == queue.Pending && r.reply != nil && r.reply.Code == 452
+		return r.state == queue.Pending && tooManyRecipients(r.reply)
 	}
 	took := 0 // recipients the last transaction got through
 	for _, r := range res {

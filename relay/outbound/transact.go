@@ -207,14 +207,17 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			continue
 		}
 		if se, ok := replyError(rep.Rcpt[j]); ok {
-			if se.Code == 552 {
-				// RFC 5321 §4.5.3.1.10: 552 to RCPT is how old servers say
-				// "too many recipients"; it is taken as 452, as Postfix
-				// does, so the rest go in a further transaction.
+			if se.Code == 552 && (se.Enhanced == "" || se.Enhanced == "5.5.3") {
+				// RFC 5321 §4.5.3.1.10: 552 to RCPT is how RFC 821
+				// servers say "too many recipients"; it is taken as 452
+				// so the rest go in a further transaction. A 552 that
+				// says otherwise (5.2.2 mailbox full, 5.3.4) is what it
+				// says, as Postfix takes every 552 (it keeps the RFC's
+				// mapping out: "too much mail data" would be retried).
 				t4 := *se
 				t4.Code = 452
-				if strings.HasPrefix(t4.Enhanced, "5.") {
-					t4.Enhanced = "4" + t4.Enhanced[1:]
+				if t4.Enhanced != "" {
+					t4.Enhanced = "4.5.3"
 				}
 				se = &t4
 			}
@@ -331,6 +334,28 @@ func replyError(err error) (*smtperr.Error, bool) {
 		return smtperr.FromSMTP(se), true
 	}
 	return nil, false
+}
+
+// tooManyRecipients reports whether e, a server's reply to RCPT, refuses
+// the recipient for the number of recipients in the transaction (RFC 5321
+// §4.5.3.1.10), so that it goes in a further transaction: a 4xx reply with
+// the enhanced status X.5.3 (RFC 3463: too many recipients), or a 452
+// without an enhanced status (the meaning RFC 5321 gives 452 to RCPT; 552
+// of that meaning is taken as 452 already). A 452 with another enhanced
+// status — 4.2.2 mailbox full, 4.3.1 insufficient system storage — is an
+// ordinary deferral of that recipient: it costs no further transaction, does
+// not lower the next one's size, and, like any other 4xx, goes to the next
+// address of the attempt. (Postfix's SMTP client gives 452 no meaning of its
+// own: a 452 is one recipient's soft error, and its recipient limit is
+// delivery requests of at most smtp_destination_recipient_limit.)
+func tooManyRecipients(e *smtperr.Error) bool {
+	if e == nil || e.Code < 400 || e.Code >= 500 {
+		return false
+	}
+	if e.Enhanced != "" {
+		return e.Enhanced == "4.5.3"
+	}
+	return e.Code == 452
 }
 
 // stateOf maps a server's reply to a recipient state.
