@@ -107,6 +107,11 @@ type Delivery struct {
 	DelayWarning         Duration   `toml:"delay_warning"`
 	Concurrency          int        `toml:"concurrency"`
 	PerDomainConcurrency int        `toml:"per_domain_concurrency"`
+	// MaxRecipientsPerTransaction is the most recipients one SMTP
+	// transaction (MAIL, RCPTs, DATA) to a server carries: a domain's
+	// recipients beyond it go in further transactions on the same
+	// connection (Postfix's smtp_destination_recipient_limit).
+	MaxRecipientsPerTransaction int `toml:"max_recipients_per_transaction"`
 
 	// Per-stage timeouts of the SMTP client (RFC 5321 §4.5.3.2).
 	ConnectTimeout  Duration `toml:"connect_timeout"`

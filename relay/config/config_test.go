@@ -154,6 +154,7 @@ mode = "relay"
 		{"delay_warning", cfg.Delivery.DelayWarning.Duration, 4 * time.Hour},
 		{"concurrency", cfg.Delivery.Concurrency, 100},
 		{"per_domain_concurrency", cfg.Delivery.PerDomainConcurrency, 10},
+		{"max_recipients_per_transaction", cfg.Delivery.MaxRecipientsPerTransaction, 50},
 		{"connect_timeout", cfg.Delivery.ConnectTimeout.Duration, 30 * time.Second},
 		{"greeting_timeout", cfg.Delivery.GreetingTimeout.Duration, 5 * time.Minute},
 		{"command_timeout", cfg.Delivery.CommandTimeout.Duration, 5 * time.Minute},

@@ -15,14 +15,18 @@ const (
 	DefaultMXPort               = 25
 	DefaultConcurrency          = 100
 	DefaultPerDomainConcurrency = 10
-	DefaultMaxConnections       = 2000
-	DefaultMaxConnectionsPerIP  = 50
-	DefaultMaxLineLength        = 998 // RFC 5322 §2.1.1, without CRLF
-	DefaultMaxErrors            = 10
-	DefaultMaxAuthFailures      = 10
-	DefaultMaxHeaderSize        = 102400 // Postfix's header_size_limit
-	DefaultAdminSocketName      = "admin.sock"
-	DefaultMTASTSPort           = 443
+	// DefaultMaxRecipientsPerTransaction is Postfix's
+	// default_destination_recipient_limit; RFC 5321 §4.5.3.1.8 only
+	// promises that servers take 100.
+	DefaultMaxRecipientsPerTransaction = 50
+	DefaultMaxConnections              = 2000
+	DefaultMaxConnectionsPerIP         = 50
+	DefaultMaxLineLength               = 998 // RFC 5322 §2.1.1, without CRLF
+	DefaultMaxErrors                   = 10
+	DefaultMaxAuthFailures             = 10
+	DefaultMaxHeaderSize               = 102400 // Postfix's header_size_limit
+	DefaultAdminSocketName             = "admin.sock"
+	DefaultMTASTSPort                  = 443
 )
 
 // DefaultTrustedNetworks are the networks that may relay without AUTH when
@@ -54,12 +58,13 @@ func defaults() *Config {
 			MaxRecipients:   DefaultMaxRecipients,
 		},
 		Delivery: Delivery{
-			MXPort:               DefaultMXPort,
-			RetryIntervals:       retry,
-			MaxQueueAge:          Duration{120 * time.Hour},
-			DelayWarning:         Duration{4 * time.Hour},
-			Concurrency:          DefaultConcurrency,
-			PerDomainConcurrency: DefaultPerDomainConcurrency,
+			MXPort:                      DefaultMXPort,
+			RetryIntervals:              retry,
+			MaxQueueAge:                 Duration{120 * time.Hour},
+			DelayWarning:                Duration{4 * time.Hour},
+			Concurrency:                 DefaultConcurrency,
+			PerDomainConcurrency:        DefaultPerDomainConcurrency,
+			MaxRecipientsPerTransaction: DefaultMaxRecipientsPerTransaction,
 			// RFC 5321 §4.5.3.2 minimums, except connect (the RFC sets none).
 			ConnectTimeout:  Duration{30 * time.Second},
 			GreetingTimeout: Duration{5 * time.Minute},

@@ -251,6 +251,7 @@ func (c *Config) validateDelivery(ps *problems) {
 	positiveDuration(ps, "delivery.delay_warning", d.DelayWarning)
 	positive(ps, "delivery.concurrency", d.Concurrency)
 	positive(ps, "delivery.per_domain_concurrency", d.PerDomainConcurrency)
+	positive(ps, "delivery.max_recipients_per_transaction", d.MaxRecipientsPerTransaction)
 	positiveDuration(ps, "delivery.connect_timeout", d.ConnectTimeout)
 	positiveDuration(ps, "delivery.greeting_timeout", d.GreetingTimeout)
 	positiveDuration(ps, "delivery.command_timeout", d.CommandTimeout)

@@ -1060,7 +1060,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		}
 		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified}
 		greeted()
-		res, broken, serr := a.transact(ctx, cn, t, tm)
+		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg))
 		if serr != nil {
 			cn.close()
 			if cn.reused && ctx.Err() == nil {
@@ -1068,9 +1068,6 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 				continue
 			}
 			return nil, info, serr
-		}
-		if !broken {
-			broken = a.moreTransactions(ctx, cn, t, tm, res)
 		}
 		switch {
 		case broken:
@@ -1109,57 +1106,137 @@ func allDeferred(res []rcptResult) bool {
 	return len(res) > 0
 }
 
-// moreTransactions sends the message again, on the same connection, to the
-// recipients a server refused because a transaction had too many
-// (tooManyRecipients; RFC 5321 §4.5.3.1.10: the client sends to the
-// accepted ones and tries the rest in a later transaction), as long as each
-// transaction gets some recipient through; what is still refused so then
-// waits for the next attempt.
-// Each further transaction carries no more recipients than the last one
-// got through, the server's limit as far as it showed it: sent all of the
-// rest each time, 200 recipients to a server that takes one per
-// transaction cost 20,100 RCPT commands. res is updated in place; it
-// reports whether cn must not be reused.
-func (a *Agent) moreTransactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, res []rcptResult) bool {
-	tooMany := func(r rcptResult) bool {
-		return r.state == queue.Pending && tooManyRecipients(r.reply)
+// rcptLimit is delivery.max_recipients_per_transaction, or its default
+// when unset (a Config built in code).
+func rcptLimit(cfg *config.Config) int {
+	if n := cfg.Delivery.MaxRecipientsPerTransaction; n > 0 {
+		return n
 	}
-	took := 0 // recipients the last transaction got through
-	for _, r := range res {
-		if !tooMany(r) {
-			took++
+	return config.DefaultMaxRecipientsPerTransaction
+}
+
+// transactions delivers t over cn in as many SMTP transactions as it takes,
+// one after another on the connection, each with its own MAIL (and RSET
+// first where transact needs one):
+//
+//   - Each carries at most limit recipients
+//     (delivery.max_recipients_per_transaction, Postfix's
+//     smtp_destination_recipient_limit): RFC 5321 §4.5.3.1.8 only promises
+//     that a server takes 100, and some answer a bigger transaction with a
+//     refusal of it all rather than a 452 per recipient beyond their limit.
+//     Postfix makes such a message several deliveries; here they share the
+//     connection, so per_domain_concurrency counts one.
+//   - The recipients a server refused because a transaction had too many
+//     (tooManyRecipients; RFC 5321 §4.5.3.1.10: the client sends to the
+//     accepted ones and tries the rest in a later transaction) go in the
+//     next transactions, before those not sent yet. From then on each
+//     transaction carries no more recipients than the last one got
+//     through, the server's limit as far as it showed it: sent all of the
+//     rest each time, 200 recipients to a server that takes one per
+//     transaction cost 20,100 RCPT commands. When a transaction gets none
+//     through, the rest wait for the next attempt with its reply.
+//
+// The first transaction's *stageError (nothing decided; the caller may
+// dial afresh or try the next address) is returned as transact's. When the
+// connection fails or breaks off after a transaction, what the earlier
+// transactions decided stands, and the recipients no transaction was run
+// for are left pending as broken off with it (broke: the next address of
+// the attempt may take them, as it may the recipients a broken transaction
+// had accepted); when the attempt is cut short by the shutdown, they are
+// left pending without a reply (see dropCut). It reports whether cn must
+// not be reused.
+func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, limit int) ([]rcptResult, bool, *stageError) {
+	size := min(limit, len(t.rcpts))
+	part := func(ps []int) *txn {
+		p := *t
+		p.rcpts = make([]int, len(ps))
+		for i, x := range ps {
+			p.rcpts[i] = t.rcpts[x]
 		}
+		return &p
 	}
+	last := make([]int, size) // positions in t.rcpts (and res) of the last transaction's recipients
+	for i := range last {
+		last[i] = i
+	}
+	first, broken, serr := a.transact(ctx, cn, part(last), tm)
+	if serr != nil {
+		return nil, true, serr
+	}
+	res := make([]rcptResult, len(t.rcpts))
+	copy(res, first)
+	sent := size // res[sent:] have had no transaction
+	tooMany := func(r rcptResult) bool { return r.state == queue.Pending && tooManyRecipients(r.reply) }
+	var cause *stageError   // why the connection carries no more transactions
+	var limited *rcptResult // the last "too many recipients" refusal, when a transaction got none through
 	for {
-		var again []int // positions in res of the next transaction's recipients
-		for p, r := range res {
-			if tooMany(r) && len(again) < took {
-				again = append(again, p)
-			}
-		}
-		if len(again) == 0 || took == 0 || ctx.Err() != nil {
-			return false
-		}
-		t2 := *t
-		t2.rcpts = make([]int, len(again))
-		for i, p := range again {
-			t2.rcpts[i] = res[p].index
-		}
-		res2, broken, serr := a.transact(ctx, cn, &t2, tm)
-		if serr != nil {
-			return true // those recipients stay as they were: pending
-		}
-		took = 0
-		for i, p := range again {
-			res[p] = res2[i]
-			if !tooMany(res2[i]) {
+		took, refused := 0, -1
+		for _, p := range last {
+			if tooMany(res[p]) {
+				refused = p
+			} else {
 				took++
 			}
 		}
-		if broken {
-			return true
+		if refused >= 0 {
+			size = min(size, took)
+		}
+		if broken || ctx.Err() != nil {
+			break
+		}
+		if size == 0 {
+			limited = &res[refused]
+			break
+		}
+		var next []int
+		for p := range res[:sent] {
+			if len(next) < size && tooMany(res[p]) {
+				next = append(next, p)
+			}
+		}
+		before := sent
+		for ; sent < len(res) && len(next) < size; sent++ {
+			next = append(next, sent)
+		}
+		if len(next) == 0 {
+			return res, false, nil
+		}
+		more, br, serr := a.transact(ctx, cn, part(next), tm)
+		if serr != nil {
+			// Nothing decided in it: those refused as too many before keep
+			// that reply, those it was to carry first had none.
+			sent, broken, cause = before, true, serr
+			break
+		}
+		for i, p := range next {
+			res[p] = more[i]
+		}
+		broken, last = br, next
+	}
+	if sent == len(res) {
+		return res, broken, nil
+	}
+	switch {
+	case limited != nil:
+		// The server takes no more on this connection: they wait for the
+		// next attempt as those it refused do.
+		for p := sent; p < len(res); p++ {
+			res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: limited.reply, remote: cn.host}
+		}
+		return res, broken, nil
+	case ctx.Err() != nil:
+		cause = &stageError{stage: "mail", err: smtperr.New(0, "4.3.2", "delivery interrupted before the transaction for this recipient")}
+	case cause == nil:
+		if cause = brokeOf(res[:sent]); cause == nil {
+			// The last transaction left the session unfit for more (a
+			// protocol error, an early reply with the connection closed).
+			cause = &stageError{stage: "mail", err: smtperr.New(0, "4.4.2", "connection given up after the transaction before this recipient's")}
 		}
 	}
+	for p := sent; p < len(res); p++ {
+		res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: cause.err, remote: cn.host, broke: cause}
+	}
+	return res, true, nil
 }
 
 // planFailureSource names the policy that refused a host before any

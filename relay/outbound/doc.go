@@ -28,7 +28,11 @@
 //     on a new connection and remembered for the host); AUTH
 //     PLAIN/LOGIN for routes with credentials, only over TLS; then MAIL
 //     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
-//     ORCPT) and DATA with the stored bytes. A connection whose transaction
+//     ORCPT) and DATA with the stored bytes — at most
+//     delivery.max_recipients_per_transaction recipients per transaction,
+//     the domain's others (and those a server refused as too many) in
+//     further transactions on the same connection (Agent.transactions).
+//     A connection whose transaction
 //     ended cleanly (and did not have every recipient deferred) is kept for delivery.idle_conn_timeout and reused by the
 //     next message to the same address, TLS mode and route (with RSET
 //     first when the last transaction stopped before its end of data; not

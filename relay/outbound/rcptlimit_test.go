@@ -1,9 +1,17 @@
 package outbound
 
 import (
+	"bytes"
+	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 	"github.com/mailhop/mailhop/relay/smtperr"
@@ -141,5 +149,401 @@ func TestDelivery_452WithoutEnhancedCode_MoreTransactions(t *testing.T) {
 	}
 	if n := mailCommands(got.String()); n != 3 {
 		t.Errorf("%d transactions, want 3 (2+2+1):\n%s", n, got.String())
+	}
+}
+
+// manyRcpts returns n addresses in domain: r000@domain, r001@domain, ...
+func manyRcpts(n int, domain string) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("r%03d@%s", i, domain)
+	}
+	return out
+}
+
+// rcptsPerTransaction counts the RCPT commands of each transaction in what
+// a scripted server read (a transaction starts at its MAIL).
+func rcptsPerTransaction(s string) []int {
+	var out []int
+	for l := range strings.Lines(strings.ToUpper(s)) {
+		switch {
+		case strings.HasPrefix(l, "MAIL FROM:"):
+			out = append(out, 0)
+		case strings.HasPrefix(l, "RCPT TO:") && len(out) > 0:
+			out[len(out)-1]++
+		}
+	}
+	return out
+}
+
+// 120 recipients in one domain go in three transactions of 50, 50 and 20
+// (delivery.max_recipients_per_transaction's default) on one connection,
+// each with the same bytes and MAIL parameters and each recipient's own DSN
+// parameters; all delivered in one attempt. (All 120 went in one
+// transaction.)
+func TestDelivery_RcptCap_120RecipientsIn3Transactions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{DSN: true, SMTPUTF8: true}, zone("example.test", "127.0.0.2"))
+	h.start()
+	body := testBody + "caf\xc3\xa9 8-bit line\r\n"
+	rcpts := manyRcpts(120, "example.test")
+	notify := []queue.Notify{queue.NotifySuccess | queue.NotifyFailure, queue.NotifyNever, queue.NotifyDelay}
+	id := h.submit(body, rcpts, func(e *queue.Envelope) {
+		e.EnvID, e.Ret, e.SMTPUTF8 = "env-120", "HDRS", true
+		for i := range e.Recipients {
+			e.Recipients[i].Notify = notify[i%3]
+			e.Recipients[i].ORCPT = fmt.Sprintf("rfc822;orig%03d@example.test", i)
+		}
+	})
+	msgs := h.first.Wait(t, 3)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	if len(msgs) != 3 {
+		t.Fatalf("%d transactions, want 3", len(msgs))
+	}
+	var to []string
+	for i, m := range msgs {
+		if want := []int{50, 50, 20}[i]; len(m.To) != want {
+			t.Errorf("transaction %d: %d recipients, want %d", i+1, len(m.To), want)
+		}
+		if m.Conn != 1 {
+			t.Errorf("transaction %d on connection %d, want all on the first", i+1, m.Conn)
+		}
+		if !bytes.Equal(m.Data, []byte(body)) {
+			t.Errorf("transaction %d: body differs:\n got %q\nwant %q", i+1, m.Data, body)
+		}
+		o := m.MailOpts
+		if m.From != "sender@sender.test" || o.EnvelopeID != "env-120" || o.Return != smtp.DSNReturnHeaders || !o.UTF8 || o.Body != smtp.Body8BitMIME {
+			t.Errorf("transaction %d: MAIL FROM %q %+v, want ENVID, RET=HDRS, SMTPUTF8 and BODY=8BITMIME each time", i+1, m.From, o)
+		}
+		for j, addr := range m.To {
+			k := len(to) + j
+			ro := m.RcptOpts[j]
+			if want := fmt.Sprintf("orig%03d@example.test", k); ro.OriginalRecipient != want {
+				t.Errorf("%s: ORCPT %q, want %q", addr, ro.OriginalRecipient, want)
+			}
+			if len(ro.Notify) == 0 || (k%3 == 1) != (ro.Notify[0] == smtp.DSNNotifyNever) {
+				t.Errorf("%s: NOTIFY %v, want that of recipient %d", addr, ro.Notify, k)
+			}
+		}
+		to = append(to, m.To...)
+	}
+	if !slices.Equal(to, rcpts) {
+		t.Errorf("recipients over the transactions:\n%q\nwant each once, in order:\n%q", to, rcpts)
+	}
+	if n := h.first.Conns(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}
+
+// With max_recipients_per_transaction = 1, each recipient has its own
+// transaction, all on one connection.
+func TestDelivery_RcptCap_One(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.MaxRecipientsPerTransaction = 1
+	h.start()
+	rcpts := manyRcpts(3, "example.test")
+	id := h.submit(testBody, rcpts)
+	msgs := h.first.Wait(t, 3)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	for i, m := range msgs {
+		if len(m.To) != 1 || m.To[0] != rcpts[i] || m.Conn != 1 || !bytes.Equal(m.Data, []byte(testBody)) {
+			t.Errorf("transaction %d: to %q on connection %d, want %s alone on the first", i+1, m.To, m.Conn, rcpts[i])
+		}
+	}
+	if len(msgs) != 3 || h.first.Conns() != 1 {
+		t.Errorf("%d transactions on %d connections, want 3 on 1", len(msgs), h.first.Conns())
+	}
+}
+
+// A server that takes 30 recipients per transaction and answers "452
+// 4.5.3" beyond: the first transaction carries 50 (the cap), the next ones
+// 30, the server's limit as it showed it — the refused 20 first — and
+// never more than 50: 140 RCPT commands, every recipient delivered in one
+// attempt over one connection.
+func TestDelivery_RcptCap_ServerLimitBelowCap(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := rcptLimitServer(t, h, "127.0.0.3", 30, "452 4.5.3 Too many recipients\r\n")
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	s := got.String()
+	if per := rcptsPerTransaction(s); !slices.Equal(per, []int{50, 30, 30, 30}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 30 30 30]", per)
+	}
+	if n := strings.Count(s, "EHLO"); n != 1 {
+		t.Errorf("%d sessions, want 1", n)
+	}
+}
+
+// A server whose limit is per connection (60 recipients, then "452 4.5.3"
+// for every one): once a transaction gets none through, the recipients not
+// yet sent are not tried on it either; they wait for the next attempt with
+// the server's reply, and the loop ends.
+func TestDelivery_RcptCap_ServerTakesNoMore(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	var mu sync.Mutex
+	taken := 0
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		if verb == "RCPT" {
+			if taken == 60 {
+				return "452 4.5.3 No more recipients in this session\r\n"
+			}
+			taken++
+		}
+		return plain(verb, line)
+	})
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	h.waitRecords(id, 1)
+	if per := rcptsPerTransaction(got.String()); !slices.Equal(per, []int{50, 50, 10}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 50 10]", per)
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue")
+	}
+	for i, r := range env.Recipients {
+		if i < 60 && r.State != queue.Delivered {
+			t.Errorf("%s: %v %q, want delivered", r.Address, r.State, r.Reply)
+		}
+		if i >= 60 && (r.State != queue.Pending || !strings.Contains(r.Reply, "4.5.3 No more recipients")) {
+			t.Errorf("%s: %v %q, want pending with the server's 452", r.Address, r.State, r.Reply)
+		}
+	}
+}
+
+// "452 4.2.2" for one recipient of the first transaction does not lower
+// the next one's size: 100 recipients are 50 and 50, that one deferred.
+func TestDelivery_RcptCap_MailboxFullDoesNotLowerTheSize(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := rcptReplyServer(t, h, "127.0.0.3", "<r007@", "452 4.2.2 Mailbox full\r\n")
+	h.start()
+	id := h.submit(testBody, manyRcpts(100, "example.test"))
+	h.waitRecords(id, 1)
+	if per := rcptsPerTransaction(got.String()); !slices.Equal(per, []int{50, 50}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 50]", per)
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue; want r007 pending")
+	}
+	for i, r := range env.Recipients {
+		if want := queue.Delivered; i != 7 && r.State != want {
+			t.Errorf("%s: %v %q, want %v", r.Address, r.State, r.Reply, want)
+		}
+	}
+	h.rcptPendingWith(id, 7, "4.2.2 Mailbox full")
+}
+
+// A connection that ends after the first of three transactions — dropped,
+// a 421 sent unasked after the end-of-data reply, or a 421 to the next
+// MAIL: the first 50 recipients stay delivered, the other 70 are deferred
+// (naming the host, or with its 421), and the next attempt sends the message to those 70
+// only, each recipient's RCPT sent once in all.
+func TestDelivery_RcptCap_ConnectionEndsBetweenTransactions(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ name, end, mail, reply string }{
+		{"dropped", "250 2.0.0 ok\r\n" + closeAfter, "", "[127.0.0.3]"},
+		{"421 unasked", "250 2.0.0 ok\r\n421 4.3.2 closing\r\n" + closeAfter, "", "[127.0.0.3]"},
+		{"421 to MAIL", "", "421 4.3.2 too busy\r\n" + closeAfter, "4.3.2 too busy"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+			var mu sync.Mutex
+			broken := false // the first session ended
+			mails, ends := 0, 0
+			plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+			got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case broken:
+				case verb == "MAIL":
+					if mails++; mails == 2 && c.mail != "" {
+						broken = true
+						return c.mail
+					}
+				case verb == ".":
+					if ends++; ends == 1 && c.end != "" {
+						broken = true
+						return c.end
+					}
+				}
+				return plain(verb, line)
+			})
+			h.start()
+			rcpts := manyRcpts(120, "example.test")
+			id := h.submit(testBody, rcpts)
+			h.waitRecords(id, 1)
+			env := h.envelope(id)
+			if env == nil {
+				t.Fatal("the message left the queue after the first attempt")
+			}
+			for i, r := range env.Recipients {
+				if i < 50 && r.State != queue.Delivered {
+					t.Errorf("%s: %v %q, want delivered", r.Address, r.State, r.Reply)
+				}
+				if i >= 50 && (r.State != queue.Pending || !strings.Contains(r.Reply, c.reply)) {
+					t.Errorf("%s: %v %q, want pending with %q", r.Address, r.State, r.Reply, c.reply)
+				}
+			}
+			h.q.Flush("")
+			h.waitRecords(id, 2)
+			if env := h.envelope(id); env != nil {
+				t.Fatalf("after the second attempt the message is still queued: %+v", env.Recipients)
+			}
+			s := got.String()
+			for _, r := range rcpts {
+				if n := strings.Count(s, "RCPT TO:<"+r+">"); n != 1 {
+					t.Errorf("%s: %d RCPT commands, want 1", r, n)
+				}
+			}
+			if per := rcptsPerTransaction(s); len(per) < 3 || per[0] != 50 || per[len(per)-2] != 50 || per[len(per)-1] != 20 {
+				t.Errorf("RCPT commands per transaction %v, want 50, then 50 and 20 in the second session", per)
+			}
+		})
+	}
+}
+
+// When the first MX's connection ends after the first transaction, the
+// recipients it had no transaction for go to the next MX in the same
+// attempt, in transactions of at most 50 there too.
+func TestDelivery_RcptCap_RestToTheNextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if verb == "." {
+			return "250 2.0.0 ok\r\n" + closeAfter
+		}
+		return plain(verb, line)
+	})
+	second := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	rcpts := manyRcpts(120, "example.test")
+	id := h.submit(testBody, rcpts)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	msgs := second.Messages()
+	var to []string
+	for _, m := range msgs {
+		to = append(to, m.To...)
+	}
+	if len(msgs) != 2 || len(msgs[0].To) != 50 || !slices.Equal(to, rcpts[50:]) {
+		t.Errorf("the second MX got %d transactions for %q, want 50 and 20: r050 to r119", len(msgs), to)
+	}
+	if !strings.Contains(h.logs.String(), "msg=\"host failed\"") {
+		t.Errorf("no host failed line for the first MX:\n%s", h.logs.String())
+	}
+}
+
+// A [[route]]'s smarthost gets the same: 120 recipients in three
+// transactions of at most 50 on one authenticated TLS connection, each
+// with REQUIRETLS for a message that asked for it.
+func TestRoute_RcptCap_Smarthost(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart.test")
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"}, RequireTLS: true}, z)
+	h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"smart.test"}, "starttls", pki.caFile))
+	h.start()
+	rcpts := manyRcpts(120, "routed.test")
+	id := h.submit(testBody, rcpts, func(e *queue.Envelope) { e.RequireTLS = true })
+	msgs := h.first.Wait(t, 3)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	var to []string
+	for i, m := range msgs {
+		if want := []int{50, 50, 20}[i]; len(m.To) != want || m.Conn != 1 || !m.TLS || m.User != "app" || !bytes.Equal(m.Data, []byte(testBody)) {
+			t.Errorf("transaction %d: %d recipients on connection %d (TLS %v, user %q), want %d on the first, TLS, app", i+1, len(m.To), m.Conn, m.TLS, m.User, want)
+		}
+		if !m.MailOpts.RequireTLS {
+			t.Errorf("transaction %d: MAIL without REQUIRETLS", i+1)
+		}
+		to = append(to, m.To...)
+	}
+	if len(msgs) != 3 || !slices.Equal(to, rcpts) || h.first.Conns() != 1 {
+		t.Errorf("%d transactions on %d connections, recipients %q; want 3 on 1, each recipient once", len(msgs), h.first.Conns(), to)
+	}
+}
+
+// stallSecondServer takes the first transaction and stalls at the end of
+// the second one's data (no reply until the test ends); stalled is closed
+// when it does.
+func stallSecondServer(t *testing.T, h *harness, ip string) (got *lockedBuilder, stalled <-chan struct{}) {
+	t.Helper()
+	st, release := make(chan struct{}), make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	var mu sync.Mutex
+	ends := 0
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got = scriptedServer(t, h, ip, func(verb, line string) string {
+		if verb == "." {
+			mu.Lock()
+			ends++
+			n := ends
+			mu.Unlock()
+			if n == 2 {
+				close(st)
+				<-release
+				return "451 4.3.0 too late\r\n" + closeAfter
+			}
+		}
+		return plain(verb, line)
+	})
+	return got, st
+}
+
+// The shutdown cutting the second of three transactions: the first 50 stay
+// delivered, the others keep their state from before the attempt (no reply
+// of the closed connection), so they are tried again after the restart.
+func TestDelivery_RcptCap_ShutdownBetweenTransactions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Hour
+	_, stalled := stallSecondServer(t, h, "127.0.0.3")
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	select {
+	case <-stalled:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the second transaction did not come:\n%s", h.logs.String())
+	}
+	h.stop()
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue")
+	}
+	for i, r := range env.Recipients {
+		switch {
+		case i < 50 && r.State != queue.Delivered:
+			t.Errorf("%s: %v %q, want delivered", r.Address, r.State, r.Reply)
+		case i >= 50 && (r.State != queue.Pending || r.Reply != ""):
+			t.Errorf("%s: %v %q, want pending as before the attempt", r.Address, r.State, r.Reply)
+		}
+	}
+	if !strings.Contains(h.logs.String(), "delivery cut short by the shutdown") {
+		t.Errorf("no line for the cut:\n%s", h.logs.String())
 	}
 }

@@ -18,9 +18,14 @@ import (
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
 
+// closeAfter, at the end of a scriptedServer reply, closes the connection
+// once the reply is written.
+const closeAfter = "\x00close"
+
 // scriptedServer is an SMTP server on ip that answers each command with
 // reply(verb, line) (the verb in upper case; "." for the end of the data),
-// records every line it reads, and takes the data after a 354.
+// records every line it reads, and takes the data after a 354. A reply
+// ending in closeAfter closes the connection after it.
 func scriptedServer(t *testing.T, h *harness, ip string, reply func(verb, line string) string) *lockedBuilder {
 	ln := h.ports.Listen(ip)
 	t.Cleanup(func() { ln.Close() })
@@ -45,13 +50,20 @@ func scriptedServer(t *testing.T, h *harness, ip string, reply func(verb, line s
 					if inData {
 						if l == ".\r\n" {
 							inData = false
-							fmt.Fprintf(c, "%s", reply(".", l))
+							rep, ok := strings.CutSuffix(reply(".", l), closeAfter)
+							fmt.Fprintf(c, "%s", rep)
+							if ok {
+								return
+							}
 						}
 						continue
 					}
 					verb := strings.ToUpper(strings.Fields(l + " x")[0])
-					rep := reply(verb, l)
+					rep, end := strings.CutSuffix(reply(verb, l), closeAfter)
 					fmt.Fprintf(c, "%s", rep)
+					if end {
+						return
+					}
 					if verb == "DATA" && strings.HasPrefix(rep, "354") {
 						inData = true
 					}
