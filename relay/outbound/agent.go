@@ -568,9 +568,10 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 	}
 	groups := make([]groupResult, len(order))
 	forms := &msgForms{body: body}
+	progress := func(rs []rcptResult) { a.recordDelivered(cfg, env, body, messageID, rs) }
 	if len(order) == 1 {
 		// The common case: one domain, no goroutine to spare.
-		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms}, order[0], slotHeld)
+		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms, progress: progress}, order[0], slotHeld)
 		groups[0].cut = ctx.Err() != nil
 	} else {
 		var wg sync.WaitGroup
@@ -580,7 +581,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms}, d, false)
+				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms, progress: progress}, d, false)
 				groups[gi].cut = ctx.Err() != nil
 				if running.Add(-1) > 0 {
 					// Other domains may take minutes yet: what this
@@ -611,8 +612,8 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 	var reported []int // positions in rs of the recipients in success
 	for i := range rs {
 		r := &rs[i]
-		if r.state != queue.Delivered {
-			continue
+		if r.state != queue.Delivered || r.logged {
+			continue // not delivered, or recorded already (between transactions)
 		}
 		if rc := &env.Recipients[r.index]; successReport(env, rc, r) {
 			success = append(success, dsn.Outcome{Rcpt: rc, Action: "relayed", Reply: r.reply, Remote: r.remote})
@@ -653,7 +654,7 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 		recorded[u.Index] = true
 	}
 	for i := range rs {
-		if r := &rs[i]; r.state == queue.Delivered && recorded[r.index] {
+		if r := &rs[i]; r.state == queue.Delivered && !r.logged && recorded[r.index] {
 			a.logOutcome(env, messageID, r, false)
 			r.logged = true
 		}
@@ -1200,6 +1201,27 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		}
 		if len(next) == 0 {
 			return res, false, nil
+		}
+		if t.progress != nil {
+			// Delivered now, recorded now: a crash in a later transaction
+			// (a big message to a slow server takes minutes each) does not
+			// send the message to them again.
+			var done []int // positions in res
+			for _, p := range last {
+				if res[p].state == queue.Delivered && !res[p].logged {
+					done = append(done, p)
+				}
+			}
+			if len(done) > 0 {
+				rs := make([]rcptResult, len(done))
+				for i, p := range done {
+					rs[i] = res[p]
+				}
+				t.progress(rs)
+				for i, p := range done {
+					res[p] = rs[i]
+				}
+			}
 		}
 		more, br, serr := a.transact(ctx, cn, part(next), tm)
 		if serr != nil {

@@ -31,8 +31,8 @@
 //     ORCPT) and DATA with the stored bytes — at most
 //     delivery.max_recipients_per_transaction recipients per transaction,
 //     the domain's others (and those a server refused as too many) in
-//     further transactions on the same connection (Agent.transactions).
-//     A connection whose transaction
+//     further transactions on the same connection (Agent.transactions),
+//     what each delivered recorded before the next. A connection whose transaction
 //     ended cleanly (and did not have every recipient deferred) is kept for delivery.idle_conn_timeout and reused by the
 //     next message to the same address, TLS mode and route (with RSET
 //     first when the last transaction stopped before its end of data; not

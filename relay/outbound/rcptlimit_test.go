@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 	"github.com/mailhop/mailhop/relay/smtperr"
@@ -515,6 +516,39 @@ func stallSecondServer(t *testing.T, h *harness, ip string) (got *lockedBuilder,
 	return got, st
 }
 
+// The recipients a transaction delivered are recorded before the next
+// transaction starts, not at the attempt's end: while the second of three
+// stalls, the queue has the first 50 delivered (a crash then would have
+// sent them the message again), and each is logged "delivered" once.
+func TestDelivery_RcptCap_DeliveredRecordedBetweenTransactions(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Hour
+	_, stalled := stallSecondServer(t, h, "127.0.0.3")
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	select {
+	case <-stalled:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the second transaction did not come:\n%s", h.logs.String())
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue")
+	}
+	for i, r := range env.Recipients {
+		if want := map[bool]queue.RcptState{true: queue.Delivered, false: queue.Pending}[i < 50]; r.State != want {
+			t.Errorf("%s: %v during the second transaction, want %v", r.Address, r.State, want)
+		}
+	}
+	h.stop()
+	for _, r := range []string{"r000", "r049"} {
+		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+"@")); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once:\n%s", r, n, h.logs.String())
+		}
+	}
+}
+
 // The shutdown cutting the second of three transactions: the first 50 stay
 // delivered, the others keep their state from before the attempt (no reply
 // of the closed connection), so they are tried again after the restart.
@@ -545,5 +579,44 @@ func TestDelivery_RcptCap_ShutdownBetweenTransactions(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "delivery cut short by the shutdown") {
 		t.Errorf("no line for the cut:\n%s", h.logs.String())
+	}
+}
+
+// A message to two domains, one delivered in three transactions while the
+// other's server is still at it: the first domain's recipients are
+// recorded (and logged) once each, between its transactions and at its
+// end, not again when the group's delivered recipients are recorded before
+// the attempt's end.
+func TestDelivery_RcptCap_TwoDomains_EachLoggedOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("a.test", "127.0.0.2", "b.test", "127.0.0.3"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Hour
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if verb == "." {
+			<-release
+		}
+		return plain(verb, line)
+	})
+	h.start()
+	id := h.submit(testBody, append(manyRcpts(120, "a.test"), "x@b.test"))
+	h.first.Wait(t, 3)
+	// a.test's group has ended when its last recipient is logged; b.test's
+	// server still holds its end of data.
+	if h.logs.WaitLine(15*time.Second, "msg=delivered", "rcpt=r119@a.test") == "" {
+		t.Fatalf("r119@a.test not logged delivered before b.test's end:\n%s", h.logs.String())
+	}
+	once.Do(func() { close(release) })
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	for _, r := range []string{"r000@a.test", "r049@a.test", "r050@a.test", "r119@a.test", "x@b.test"} {
+		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+" ")); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once", r, n)
+		}
 	}
 }
