@@ -620,3 +620,44 @@ func TestDelivery_RcptCap_TwoDomains_EachLoggedOnce(t *testing.T) {
 		}
 	}
 }
+
+// NOTIFY=SUCCESS recipients delivered to a server without DSN in three
+// transactions: each gets its "relayed" report once — those of the first
+// two transactions as they are recorded, before the next one, the last
+// one's at the attempt's end — never a second one at the end.
+func TestDelivery_RcptCap_SuccessReportsOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	success := map[int]bool{0: true, 60: true, 119: true}
+	id := h.submit(testBody, manyRcpts(120, "example.test"), func(e *queue.Envelope) {
+		for i := range success {
+			e.Recipients[i].Notify = queue.NotifySuccess
+		}
+	})
+	h.first.Wait(t, 3)
+	h.waitRecords(id, 1)
+	// Every report is queued (and logged) by the end of the attempt.
+	if n := len(testlog.Lines(h.logs.String(), `msg="report queued"`, "queue_id="+id+" ")); n != 3 {
+		t.Errorf("%d reports queued, want 3:\n%s", n, h.logs.String())
+	}
+	reports := senderMX.Wait(t, 3)
+	count := map[string]int{}
+	for _, m := range reports {
+		for _, r := range parseBounce(t, m).Recipients {
+			if r.Action != "relayed" {
+				t.Errorf("%s: action %q, want relayed", r.Address(), r.Action)
+			}
+			count[r.Address()]++
+		}
+	}
+	for i := range success {
+		if a := fmt.Sprintf("r%03d@example.test", i); count[a] != 1 {
+			t.Errorf("%s in %d reports, want 1 (all: %v)", a, count[a], count)
+		}
+	}
+	if len(count) != len(success) || len(reports) != 3 {
+		t.Errorf("%d reports for %v, want 3, one for each of r000, r060, r119", len(reports), count)
+	}
+}
