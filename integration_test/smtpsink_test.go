@@ -11,12 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
 )
 
 // sink is a running smtp-sink that dumps each transaction to a file in dir.
@@ -139,17 +142,24 @@ func sinkMessage(t testing.TB, dump []byte) (msg []byte, mailArgs string, rcptAr
 // the relay delivering to the sink's port.
 func sinkWorld(t *testing.T) (*sink, *relay) {
 	t.Helper()
+	return sinkWorldWith(t, "", "")
+}
+
+// sinkWorldWith is sinkWorld with more [delivery] keys and a [policy]
+// body ("" for the default).
+func sinkWorldWith(t *testing.T, delivery, policy string) (*sink, *relay) {
+	t.Helper()
 	s := startSink(t)
 	zone := dnstest.Zone{
 		"dest.test.":      {dnstest.MX("dest.test", 10, "sink.dest.test")},
 		"sink.dest.test.": {dnstest.A("sink.dest.test", "127.0.0.2")},
 	}
 	dnsSrv := dnstest.New(t, zone)
-	r := startRelay(t, relayOpts{NoRoute: true, Delivery: fmt.Sprintf(`resolvers = [%q]
+	r := startRelay(t, relayOpts{NoRoute: true, Policy: policy, Delivery: fmt.Sprintf(`resolvers = [%q]
 mx_port = %d
 retry_intervals = ["1s"]
 connect_timeout = "5s"
-`, dnsSrv.Addr, s.port(t))})
+`, dnsSrv.Addr, s.port(t)) + delivery})
 	return s, r
 }
 
@@ -253,5 +263,59 @@ func TestDeliverySMTPSinkLoad(t *testing.T) {
 	}
 	if len(got) != len(want) {
 		t.Errorf("%d distinct messages at smtp-sink, want %d", len(got), len(want))
+	}
+}
+
+// A message to 120 recipients of one domain, submitted with Python's
+// smtplib, reaches smtp-sink in transactions of at most
+// delivery.max_recipients_per_transaction recipients (50 by default: 50, 50
+// and 20; 7: seventeen of 7 and one of 1), each the message as submitted,
+// every recipient in exactly one.
+func TestDeliverySMTPSinkRecipientsPerTransaction(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name     string
+		delivery string
+		want     []int // recipients per transaction, in any order
+	}{
+		{"default", "", []int{50, 50, 20}},
+		{"7", "max_recipients_per_transaction = 7\n", append(slices.Repeat([]int{7}, 17), 1)},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			s, r := sinkWorldWith(t, c.delivery, "trusted_networks = [\"127.0.0.0/8\"]\nmax_recipients = 200\n")
+			var rcpts []string
+			for i := range 120 {
+				rcpts = append(rcpts, fmt.Sprintf("r%03d@dest.test", i))
+			}
+			data := deliveryMessage("sink-120-"+c.name, "list@dest.test")
+			runPython(t, r.Relay, pyArgs{Mode: "plain", From: senderAddr, Rcpts: rcpts}, data)
+			waitQueueEmpty(t, r, 60*time.Second)
+
+			var sizes []int
+			seen := map[string]int{}
+			for _, d := range s.dumps(t) {
+				msg, _, rcptArgs := sinkMessage(t, d)
+				sameAsSubmitted(t, msg, data)
+				sizes = append(sizes, len(rcptArgs))
+				for _, a := range rcptArgs {
+					addr, _, _ := strings.Cut(a, " ")
+					seen[strings.Trim(addr, "<>")]++
+				}
+			}
+			slices.Sort(sizes)
+			want := slices.Sorted(slices.Values(c.want))
+			if !slices.Equal(sizes, want) {
+				t.Errorf("recipients per transaction at smtp-sink %v, want %v", sizes, want)
+			}
+			for _, a := range rcpts {
+				if seen[a] != 1 {
+					t.Errorf("%s in %d transactions, want 1", a, seen[a])
+				}
+			}
+			if n := len(testlog.Lines(r.logs.String(), "msg=attempt", "domain=dest.test")); n != 1 {
+				t.Errorf("%d attempt lines for dest.test, want 1", n)
+			}
+		})
 	}
 }
