@@ -151,7 +151,8 @@ func concurrency(cfg *config.Config) (total, perDomain int) {
 }
 
 // SetConfig switches to a reloaded configuration for the attempts that
-// start afterwards: hostname, routes, TLS policies, ports, timeouts, ages,
+// start afterwards: hostname, routes, TLS policies, ports, timeouts,
+// max_recipients_per_transaction, ages,
 // retry_intervals (from the next attempt's scheduling on), and the
 // concurrency limits (deliveries under way above a lowered limit finish;
 // no new one starts until the count is below it). What the agent was built

@@ -14,6 +14,7 @@ import (
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
@@ -659,5 +660,73 @@ func TestDelivery_RcptCap_SuccessReportsOnce(t *testing.T) {
 	}
 	if len(count) != len(success) || len(reports) != 3 {
 		t.Errorf("%d reports for %v, want 3, one for each of r000, r060, r119", len(reports), count)
+	}
+}
+
+// A first transaction whose every recipient is refused (550, then 554 to
+// the pipelined DATA) leaves the server in its transaction: the next one
+// starts with RSET, and its recipients are delivered on the same
+// connection; the refused bounce.
+func TestDelivery_RcptCap_AllRefusedTransaction_RSETBeforeTheNext(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	var mu sync.Mutex
+	accepted := 0
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		switch verb {
+		case "MAIL", "RSET":
+			accepted = 0
+		case "RCPT":
+			var n int
+			if _, err := fmt.Sscanf(strings.ToLower(line), "rcpt to:<r%03d@", &n); err == nil && n < 50 {
+				return "550 5.1.1 No such user\r\n"
+			}
+			accepted++
+		case "DATA":
+			if accepted == 0 {
+				return "554 5.5.1 Error: no valid recipients\r\n"
+			}
+		}
+		return plain(verb, line)
+	})
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	s := got.String()
+	if per := rcptsPerTransaction(s); !slices.Equal(per, []int{50, 50, 20}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 50 20]", per)
+	}
+	if n, rset := strings.Count(s, "EHLO"), strings.Count(s, "RSET\r\nMAIL FROM:"); n != 1 || rset != 1 {
+		t.Errorf("%d sessions, %d RSET before MAIL; want 1 and 1 (after the refused transaction only):\n%s", n, rset, s)
+	}
+	if n := len(testlog.Lines(h.logs.String(), "msg=bounced")); n != 50 {
+		t.Errorf("%d bounced, want 50", n)
+	}
+}
+
+// A reload's max_recipients_per_transaction applies to the attempts that
+// start after it.
+func TestReload_RcptCap_AppliesToTheNextAttempt(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.MaxRecipientsPerTransaction = 3
+	h.start()
+	id := h.submit(testBody, manyRcpts(4, "example.test"))
+	h.waitRecords(id, 1)
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.MaxRecipientsPerTransaction = 2 }))
+	id2 := h.submit(testBody, manyRcpts(4, "example.test"))
+	h.waitRecords(id2, 1)
+	var sizes []int
+	for _, m := range h.first.Messages() {
+		sizes = append(sizes, len(m.To))
+	}
+	if !slices.Equal(sizes, []int{3, 1, 2, 2}) {
+		t.Errorf("recipients per transaction %v, want 3 and 1 before the reload, 2 and 2 after", sizes)
 	}
 }
