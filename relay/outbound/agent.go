@@ -1127,7 +1127,8 @@ func rcptLimit(cfg *config.Config) int {
 //     that a server takes 100, and some answer a bigger transaction with a
 //     refusal of it all rather than a 452 per recipient beyond their limit.
 //     Postfix makes such a message several deliveries; here they share the
-//     connection, so per_domain_concurrency counts one.
+//     connection, so per_domain_concurrency counts one. A server that
+//     announces a lower LIMITS RCPTMAX (RFC 9422) gets that many.
 //   - The recipients a server refused because a transaction had too many
 //     (tooManyRecipients; RFC 5321 §4.5.3.1.10: the client sends to the
 //     accepted ones and tries the rest in a later transaction) go in the
@@ -1148,6 +1149,9 @@ func rcptLimit(cfg *config.Config) int {
 // left pending without a reply (see dropCut). It reports whether cn must
 // not be reused.
 func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, limit int) ([]rcptResult, bool, *stageError) {
+	if cn.rcptMax > 0 {
+		limit = min(limit, cn.rcptMax) // the server said so: no 452 to learn it from
+	}
 	size := min(limit, len(t.rcpts))
 	part := func(ps []int) *txn {
 		p := *t

@@ -60,6 +60,7 @@ type conn struct {
 	utf8     bool
 	eightBit bool  // offers 8BITMIME
 	maxSize  int64 // 0: none announced
+	rcptMax  int   // LIMITS RCPTMAX (RFC 9422): most recipients per transaction; 0: none announced
 	reused   bool
 	used     bool // a transaction was run on it
 	// inTxn: a MAIL was sent and no reply to the end of data came back,
@@ -305,10 +306,29 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	if ok, v := c.Extension("SIZE"); ok {
 		cn.maxSize, _ = strconv.ParseInt(v, 10, 64)
 	}
+	if ok, v := c.Extension("LIMITS"); ok {
+		cn.rcptMax = limitsRcptMax(v)
+	}
 	if cn.tlsVer != "" {
 		a.stats.tlsConns.Add(1)
 	}
 	return cn, nil
+}
+
+// limitsRcptMax returns the RCPTMAX of the LIMITS extension's parameters
+// ("RCPTMAX=30 MAILMAX=100"; RFC 9422 §4.2: the most RCPT commands the
+// server takes in a transaction), 0 when there is none, or none that is a
+// positive number.
+func limitsRcptMax(params string) int {
+	for _, f := range strings.Fields(params) {
+		if k, v, ok := strings.Cut(f, "="); ok && strings.EqualFold(k, "RCPTMAX") {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				return n
+			}
+			return 0
+		}
+	}
+	return 0
 }
 
 // namesUs reports whether the server's greeting or its reply to EHLO

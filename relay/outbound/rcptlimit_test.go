@@ -730,3 +730,41 @@ func TestReload_RcptCap_AppliesToTheNextAttempt(t *testing.T) {
 		t.Errorf("recipients per transaction %v, want 3 and 1 before the reload, 2 and 2 after", sizes)
 	}
 }
+
+// A server that announces LIMITS RCPTMAX=30 (RFC 9422) gets transactions
+// of 30 from the start, below the cap of 50: no recipient refused with 452
+// to learn it (a limit it answers 452 4.5.3 beyond).
+func TestDelivery_RcptCap_LimitsRcptMax(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{MaxRecipients: 30}, zone("example.test", "127.0.0.2"))
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	msgs := h.first.Messages()
+	for i, m := range msgs {
+		if len(m.To) != 30 || m.Conn != 1 {
+			t.Errorf("transaction %d: %d recipients on connection %d, want 30 on the first", i+1, len(m.To), m.Conn)
+		}
+	}
+	if len(msgs) != 4 {
+		t.Errorf("%d transactions, want 4", len(msgs))
+	}
+	if n := strings.Count(strings.ToUpper(h.first.Received()), "RCPT TO:"); n != 120 {
+		t.Errorf("%d RCPT commands, want 120 (none refused)", n)
+	}
+}
+
+func TestLimitsRcptMax(t *testing.T) {
+	t.Parallel()
+	for params, want := range map[string]int{
+		"RCPTMAX=30": 30, "MAILMAX=5 RCPTMAX=100": 100, "rcptmax=7": 7, "MAILMAX=5": 0,
+		"RCPTMAX=0": 0, "RCPTMAX=-3": 0, "RCPTMAX=x": 0, "RCPTMAX": 0, "": 0,
+	} {
+		if got := limitsRcptMax(params); got != want {
+			t.Errorf("limitsRcptMax(%q) = %d, want %d", params, got, want)
+		}
+	}
+}

@@ -3,7 +3,8 @@
 // starts one, records every message it accepts, and closes it when the test
 // ends. A Behaviour can answer 4xx or 5xx per command or recipient, stall,
 // drop the connection in the middle of DATA, and offer or omit STARTTLS,
-// AUTH, DSN, SMTPUTF8, SIZE and REQUIRETLS, and leave out 8BITMIME.
+// AUTH, DSN, SMTPUTF8, SIZE, REQUIRETLS and LIMITS RCPTMAX, and leave out
+// 8BITMIME.
 package smtptest
 
 import (
@@ -46,12 +47,15 @@ type Behaviour struct {
 	BrokenTLS bool        // offer STARTTLS, then fail every handshake
 	Implicit  bool        // TLS from the first byte (with TLS as configuration)
 
-	DSN        bool              // offer DSN
-	RequireTLS bool              // offer REQUIRETLS (RFC 8689; go-smtp offers it over TLS only)
-	SMTPUTF8   bool              // offer SMTPUTF8
-	No8BitMIME bool              // do not offer 8BITMIME (on plain-text connections only)
-	MaxSize    int64             // announce SIZE with this limit (0: SIZE without a limit)
-	Users      map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
+	DSN        bool  // offer DSN
+	RequireTLS bool  // offer REQUIRETLS (RFC 8689; go-smtp offers it over TLS only)
+	SMTPUTF8   bool  // offer SMTPUTF8
+	No8BitMIME bool  // do not offer 8BITMIME (on plain-text connections only)
+	MaxSize    int64 // announce SIZE with this limit (0: SIZE without a limit)
+	// MaxRecipients announces LIMITS RCPTMAX with this limit and answers
+	// 452 4.5.3 to the recipients of a transaction beyond it (0: none).
+	MaxRecipients int
+	Users         map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
 }
 
 // Message is one message the server accepted.
@@ -141,6 +145,7 @@ func NewListener(t testing.TB, ln net.Listener, b Behaviour) *Server {
 	srv.EnableSMTPUTF8 = b.SMTPUTF8
 	srv.EnableREQUIRETLS = b.RequireTLS
 	srv.MaxMessageBytes = b.MaxSize
+	srv.MaxRecipients = b.MaxRecipients
 	srv.ReadTimeout = time.Minute
 	srv.WriteTimeout = time.Minute
 	srv.ErrorLog = quietLog{}
