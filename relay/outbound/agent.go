@@ -1190,7 +1190,7 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		if broken || ctx.Err() != nil {
 			break
 		}
-		if size == 0 {
+		if size == 0 && refused >= 0 {
 			limited = &res[refused]
 			break
 		}
