@@ -270,7 +270,11 @@ func TestDeadDestination_ExpiredMailToStalledDomain_BouncesWithoutConnection(t *
 	h.cfg.Delivery.DataEndTimeout.Duration = 2 * time.Second
 	h.start()
 	stalled := h.submit(testBody, []string{"a@stall.test"})
-	<-tarpit.Stalled()
+	select {
+	case <-tarpit.Stalled():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first message's session did not reach the stall after 10s")
+	}
 	old := h.submit(testBody, []string{"b@stall.test"}, func(e *queue.Envelope) { e.Arrived = time.Now().Add(-49 * time.Hour) })
 	h.waitRecords(stalled, 1)
 	for h.envelope(old) != nil {
