@@ -66,8 +66,8 @@ type Agent struct {
 	mu      sync.Mutex
 	noTLS   map[netip.Addr]time.Time // STARTTLS handshake failed: plain until
 	caPools map[string]*x509.CertPool
-	dead    map[string]deadDest // domains no host of which answered
-	live    map[string]int      // greeted sessions under way, per domain
+	dead    map[string]deadDest     // domains every host of which failed as a site
+	doms    map[string]*domainState // domains with attempts under way
 
 	stats    counters
 	tlsStats tlsrpt.Stats
@@ -101,7 +101,7 @@ func New(opts Options) (*Agent, error) {
 		noTLS:    make(map[netip.Addr]time.Time),
 		caPools:  make(map[string]*x509.CertPool),
 		dead:     make(map[string]deadDest),
-		live:     make(map[string]int),
+		doms:     make(map[string]*domainState),
 	}
 	if a.log == nil {
 		a.log = slog.Default()
@@ -730,7 +730,8 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			a.obs.AttemptDone(gr.dur)
 		}
 	}()
-	flushes := a.q.Flushes(domain) // see markDead
+	mark, end := a.attemptStart(domain) // see markDead
+	defer end()
 	targets, err := a.targets(ctx, cfg, domain)
 	if err != nil {
 		e := dnsFailure(err)
@@ -742,7 +743,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			// mail would each wait for the same lookup in turn, holding a
 			// connection slot; Postfix suspends such a destination too
 			// ("Host or domain name not found ... try again").
-			a.markDead(domain, e, flushes)
+			a.markDead(domain, e, mark, false)
 		}
 		gr.err = e
 		for _, x := range t.rcpts {
@@ -765,9 +766,11 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// the policy (or REQUIRETLS) demands.
 	policyOnly, tried := true, 0
 	// site stays true while every host failed as a site (no connection,
-	// no greeting, a 421, a timeout or a dropped connection), not for a
-	// TLS policy or this message's REQUIRETLS: then the domain is dead.
-	site := true
+	// no greeting, a 421, a timeout or a dropped connection, before or
+	// after the greeting), not for a TLS policy or this message's
+	// REQUIRETLS: then the domain is dead. timedOut: one of them waited
+	// out a timeout (see markDead).
+	site, timedOut := true, false
 	// settled holds the outcomes that stand from hosts that passed other
 	// recipients on to the next address (see passOn); carried holds the
 	// results of the last such host for the recipients it passed on, their
@@ -817,8 +820,43 @@ hosts:
 			if serr == nil {
 				sessions++
 				again, decided, passed := passOn(res)
+				b := brokeOf(passed)
+				var named *smtperr.Error // b's error, naming the host
+				if b != nil && b.err.Code == 0 {
+					// Their reply says which host and stage the
+					// connection failed at, as a failed connection's does.
+					named = hostNamed(tg.host, ap, b.err)
+					for i := range passed {
+						if passed[i].broke != nil {
+							passed[i].reply = named
+						}
+					}
+					for i := range res {
+						if res[i].broke != nil {
+							res[i].reply = named
+						}
+					}
+				}
+				if named != nil && info.fresh {
+					// The session its server greeted timed out or lost its
+					// connection, no reply, in its first transaction: the
+					// host failed as a site, as Postfix throttles a
+					// destination after "conversation with X timed out
+					// while ..." or "lost connection with X while ...".
+					// Not a session that carried mail before (reused from
+					// the pool): one going stale says nothing of the
+					// server; nor one whose host replied 421 or deferred
+					// with a 4xx reply.
+					timedOut = timedOut || b.timeout
+				} else {
+					site = false
+				}
+				policyOnly = false
 				if len(again) == 0 || sessions >= maxSessions || ctx.Err() != nil {
 					gr.rcpts = append(res, settled...)
+					if len(again) > 0 && site && ctx.Err() == nil {
+						a.markDead(domain, named, mark, timedOut)
+					}
 					return gr
 				}
 				// As Postfix does for any server but the last, the
@@ -830,21 +868,15 @@ hosts:
 				rest.rcpts = again
 				t = &rest
 				tried++
-				policyOnly, site = false, false
 				// The attempt line names a later host: the TLS of this
 				// session, where recipients may have been delivered or
 				// refused, is logged here.
 				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(),
 					"tls", info.version, "tls_policy", info.policy, "tls_verified", info.verified}
-				if b := brokeOf(passed); b != nil {
+				if b != nil {
 					last = b.err
-					if last.Code == 0 {
-						last = hostNamed(tg.host, ap, last)
-						for i := range passed {
-							if passed[i].broke != nil {
-								passed[i].reply = last // what they keep if no later host answers
-							}
-						}
+					if named != nil {
+						last = named // what they keep if no later host answers
 					}
 					attrs = append(attrs, "stage", b.stage, "err", b.err.Error())
 					if b.stage == "end of data" && b.err.Code == 0 {
@@ -886,6 +918,7 @@ hosts:
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
 			site = site && !serr.policy && !serr.loop
+			timedOut = timedOut || serr.timeout
 			switch {
 			case last.Code == 0 && !serr.policy:
 				last = hostNamed(tg.host, ap, last)
@@ -937,12 +970,16 @@ hosts:
 		// (TLS policy, a backup MX that is this relay) or cut short.
 		gr.mx, gr.addr, gr.tls, gr.policy, gr.verif = carrier.mx, carrier.addr, carrier.tls, carrier.policy, carrier.verif
 		gr.rcpts = append(carried, settled...)
+		if site && ctx.Err() == nil {
+			// Its session failed as a site (above), and any later host too.
+			a.markDead(domain, &e, mark, timedOut)
+		}
 		return gr
 	}
 	gr.err = &e
 	gr.rcpts = append(allPending(t.rcpts, &e), settled...)
 	if site && tried > 0 && ctx.Err() == nil {
-		a.markDead(domain, &e, flushes)
+		a.markDead(domain, &e, mark, timedOut)
 	}
 	return gr
 }
@@ -1011,6 +1048,9 @@ type connInfo struct {
 	version  string // "" for plain text
 	policy   string // the plan's source
 	verified bool
+	// fresh: the transaction ran on a connection set up for it, not one
+	// reused from the pool (which carried mail before).
+	fresh bool
 }
 
 // tryAddr delivers t through one address under plan: a pooled connection
@@ -1060,9 +1100,11 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			}
 			cn = c
 		}
-		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified}
+		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified, fresh: !cn.reused}
 		greeted()
-		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg))
+		// Each transaction its server answers shows the domain works (see
+		// markDead): a session that stalls in a later one is no site failure.
+		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(domain) })
 		if serr != nil {
 			cn.close()
 			if cn.reused && ctx.Err() == nil {
@@ -1088,6 +1130,21 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		}
 		return res, info, nil
 	}
+}
+
+// answeredAll reports whether the server replied to the transaction of
+// res for every recipient: none was left without a reply by a connection
+// that failed (broke), and a reply came (not only decisions of ours before
+// MAIL, such as a message too large for the server's SIZE).
+func answeredAll(res []rcptResult) bool {
+	replied := false
+	for _, r := range res {
+		if r.broke != nil {
+			return false
+		}
+		replied = replied || r.reply != nil && r.reply.Code != 0
+	}
+	return replied
 }
 
 // connReuseLimit is how long after it was set up a connection is still
@@ -1146,9 +1203,10 @@ func rcptLimit(cfg *config.Config) int {
 // for are left pending as broken off with it (broke: the next address of
 // the attempt may take them, as it may the recipients a broken transaction
 // had accepted); when the attempt is cut short by the shutdown, they are
-// left pending without a reply (see dropCut). It reports whether cn must
-// not be reused.
-func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, limit int) ([]rcptResult, bool, *stageError) {
+// left pending without a reply (see dropCut). answered is called after each
+// transaction whose every recipient got the server's reply (answeredAll).
+// It reports whether cn must not be reused.
+func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, limit int, answered func()) ([]rcptResult, bool, *stageError) {
 	if cn.rcptMax > 0 {
 		limit = min(limit, cn.rcptMax) // the server said so: no 452 to learn it from
 	}
@@ -1168,6 +1226,9 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 	first, broken, serr := a.transact(ctx, cn, part(last), tm)
 	if serr != nil {
 		return nil, true, serr
+	}
+	if answeredAll(first) {
+		answered()
 	}
 	res := make([]rcptResult, len(t.rcpts))
 	copy(res, first)
@@ -1234,6 +1295,9 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 			// that reply, those it was to carry first had none.
 			sent, broken, cause = before, true, serr
 			break
+		}
+		if answeredAll(more) {
+			answered()
 		}
 		for i, p := range next {
 			res[p] = more[i]

@@ -134,8 +134,11 @@ type stageError struct {
 	policy bool
 	// loop: the server greeted or answered EHLO with our own hostname
 	// (RFC 5321 §5.1): delivering would send the mail back to us.
-	loop  bool
-	cause error // the certificate check's error, when it failed
+	loop bool
+	// timeout: no reply or no progress came within the stage's timeout
+	// (not a refusal, reset or close): the session waited it out.
+	timeout bool
+	cause   error // the certificate check's error, when it failed
 	// TLS that was set up before the failure (AUTH refused, no
 	// REQUIRETLS), for the attempt log: "" when none.
 	tlsVer   string
@@ -149,7 +152,14 @@ func stageErr(stage string, err error) *stageError {
 	if se.Code == 0 {
 		se = &smtperr.Error{Enhanced: netStatus(err), Msg: netText(stage, err, se.Msg)}
 	}
-	return &stageError{stage: stage, err: se}
+	return &stageError{stage: stage, err: se, timeout: se.Code == 0 && isTimeout(err)}
+}
+
+// isTimeout reports whether err is a connection's deadline or a context's
+// that passed.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 // netText says what went wrong with the connection in words a sender
@@ -158,9 +168,8 @@ func stageErr(stage string, err error) *stageError {
 // Go's "read tcp 127.0.0.1:39812->192.0.2.1:25: i/o timeout". Errors it does
 // not know keep their own text after the stage.
 func netText(stage string, err error, text string) string {
-	var ne net.Error
 	switch {
-	case errors.As(err, &ne) && ne.Timeout(), errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded):
+	case isTimeout(err):
 		return "timed out during " + stage
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"

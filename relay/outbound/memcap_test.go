@@ -48,7 +48,9 @@ func memAgent(t *testing.T, edit ...func(*config.Config)) (*Agent, func(d time.D
 
 // markDeadNow marks domain dead as an attempt that began now would.
 func (a *Agent) markDeadNow(domain string, e *smtperr.Error) {
-	a.markDead(domain, e, a.q.Flushes(domain))
+	m, end := a.attemptStart(domain)
+	defer end()
+	a.markDead(domain, e, m, false)
 }
 
 // TestMemories_Capped: the dead destinations and the hosts reached without

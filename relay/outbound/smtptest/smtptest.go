@@ -2,9 +2,9 @@
 // manner of net/http/httptest: smtptest.New(t, "127.0.0.2:0", behaviour)
 // starts one, records every message it accepts, and closes it when the test
 // ends. A Behaviour can answer 4xx or 5xx per command or recipient, stall,
-// drop the connection in the middle of DATA, and offer or omit STARTTLS,
-// AUTH, DSN, SMTPUTF8, SIZE, REQUIRETLS and LIMITS RCPTMAX, and leave out
-// 8BITMIME.
+// drop the connection in the middle of DATA (at once or after some messages
+// on the connection), and offer or omit STARTTLS, AUTH, DSN, SMTPUTF8, SIZE,
+// REQUIRETLS and LIMITS RCPTMAX, and leave out 8BITMIME or PIPELINING.
 package smtptest
 
 import (
@@ -42,6 +42,10 @@ type Behaviour struct {
 	StallGreeting    bool // accept connections and never say anything
 	StallData        bool // read the body, then never answer (until the test ends)
 	DropInData       bool // close the connection after the first body bytes
+	// DropInDataAfter: with DropInData, each connection first takes this
+	// many messages, and drops in the body of the next (a server that
+	// drops a connection reused for a further transaction).
+	DropInDataAfter int
 
 	TLS       *tls.Config // offer STARTTLS with this configuration
 	BrokenTLS bool        // offer STARTTLS, then fail every handshake
@@ -56,6 +60,11 @@ type Behaviour struct {
 	// 452 4.5.3 to the recipients of a transaction beyond it (0: none).
 	MaxRecipients int
 	Users         map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
+
+	// NoPipelining: do not offer PIPELINING (on plain-text connections
+	// only), so that each reply goes out as its command is answered (with
+	// PIPELINING the server holds replies back while commands wait).
+	NoPipelining bool
 }
 
 // Message is one message the server accepted.
@@ -229,16 +238,23 @@ type countedConn struct {
 	s  *Server
 }
 
-// Write leaves 8BITMIME out of EHLO replies for No8BitMIME (the server
-// writes each reply in one piece).
+// Write leaves 8BITMIME out of EHLO replies for No8BitMIME, and PIPELINING
+// for NoPipelining (the server writes each reply in one piece).
 func (c *countedConn) Write(p []byte) (int, error) {
-	if c.s.b.No8BitMIME && bytes.Contains(p, []byte("250-8BITMIME\r\n")) {
-		if _, err := c.Conn.Write(bytes.ReplaceAll(p, []byte("250-8BITMIME\r\n"), nil)); err != nil {
-			return 0, err
-		}
-		return len(p), nil
+	q := p
+	if c.s.b.No8BitMIME && bytes.Contains(q, []byte("250-8BITMIME\r\n")) {
+		q = bytes.ReplaceAll(q, []byte("250-8BITMIME\r\n"), nil)
 	}
-	return c.Conn.Write(p)
+	if c.s.b.NoPipelining && bytes.Contains(q, []byte("250-PIPELINING\r\n")) {
+		q = bytes.ReplaceAll(q, []byte("250-PIPELINING\r\n"), nil)
+	}
+	if len(q) == len(p) {
+		return c.Conn.Write(p)
+	}
+	if _, err := c.Conn.Write(q); err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 // Read records what the client sent (see Received).
@@ -338,10 +354,11 @@ func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type session struct {
-	s    *Server
-	c    *smtp.Conn
-	m    Message
-	user string
+	s        *Server
+	c        *smtp.Conn
+	m        Message
+	user     string
+	accepted int // messages recorded on this connection
 }
 
 func (se *session) Reset() {
@@ -399,7 +416,7 @@ func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 func (se *session) Data(r io.Reader) error {
-	if se.s.b.DropInData {
+	if se.s.b.DropInData && se.accepted >= se.s.b.DropInDataAfter {
 		var p [16]byte
 		io.ReadFull(r, p[:])
 		se.c.Conn().Close()
@@ -422,6 +439,7 @@ func (se *session) Data(r io.Reader) error {
 		}
 	}
 	se.s.record(m)
+	se.accepted++
 	return nil
 }
 

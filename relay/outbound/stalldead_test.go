@@ -1,0 +1,341 @@
+package outbound
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/dsn"
+	"github.com/mailhop/mailhop/relay/outbound/smtptest"
+)
+
+// stallUntilEnd returns a callback for smtptest's Mail or Rcpt that tells
+// entered of each call (the address) and then never answers until the
+// test ends: a server that greets, answers EHLO and stalls there.
+func stallUntilEnd(t *testing.T) (stall func(addr string) error, entered <-chan string) {
+	ch := make(chan string, 100)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) }) // before the server's Close (registered earlier)
+	return func(addr string) error {
+		ch <- addr
+		<-release
+		return smtptest.Reply(421, "4.3.0", "closing")
+	}, ch
+}
+
+// next waits for the next value from ch, or fails the test after 10 s.
+func next(t *testing.T, ch <-chan string, what string) string {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s after 10s", what)
+		return ""
+	}
+}
+
+// connRecorder dials as the agent does and keeps every connection, so that
+// a test can make the read a session waits on time out when it chooses
+// (expire): a real timeout of the socket, at a moment the test controls.
+type connRecorder struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (r *connRecorder) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, network, addr)
+	if err == nil {
+		r.mu.Lock()
+		r.conns = append(r.conns, c)
+		r.mu.Unlock()
+	}
+	return c, err
+}
+
+// expire makes the read the i-th connection waits on (from 0) time out now.
+func (r *connRecorder) expire(t *testing.T, i int) {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if i >= len(r.conns) {
+		t.Fatalf("connection %d not dialled (%d so far)", i, len(r.conns))
+	}
+	r.conns[i].SetReadDeadline(time.Unix(1, 0))
+}
+
+// A session its server greeted that then times out or loses its
+// connection, no reply, before any of its transactions was answered is a
+// site failure of the host, as a refused connection is: the attempt marks
+// the domain dead, and its other mail is deferred "delivery temporarily
+// suspended: <host>: <what happened, at which stage>" without a connection
+// (Postfix throttles the destination after "conversation with X timed out
+// while ..." or "lost connection with X while ..."). A session stalled after
+// the server accepted a recipient (after RCPT, in DATA, after the body)
+// counted as no failure at all: each message to such a domain took a slot
+// for a whole timeout, and the domain was never suspended.
+func TestDeadDestination_GreetedThenStalled(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name  string
+		b     func(t *testing.T) smtptest.Behaviour
+		rcpts []string
+		text  string // what the deferral says after the host's name
+	}{
+		{name: "mail", b: func(t *testing.T) smtptest.Behaviour {
+			stall, _ := stallUntilEnd(t)
+			return smtptest.Behaviour{Mail: func(from string, _ *smtp.MailOptions) error { return stall(from) }}
+		}, text: "timed out during mail"},
+		// With PIPELINING the server holds its reply to MAIL back while
+		// the RCPT it stalls on waits: the client sees it stall at MAIL
+		// as above. Without, the replies come one by one.
+		{name: "rcpt", b: func(t *testing.T) smtptest.Behaviour {
+			stall, _ := stallUntilEnd(t)
+			return smtptest.Behaviour{NoPipelining: true, Rcpt: func(to string, _ *smtp.RcptOptions) error { return stall(to) }}
+		}, text: "timed out during rcpt"},
+		{name: "rcpt after another recipient's reply", b: func(t *testing.T) smtptest.Behaviour {
+			stall, _ := stallUntilEnd(t)
+			return smtptest.Behaviour{NoPipelining: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+				if strings.HasPrefix(to, "z@") {
+					return stall(to)
+				}
+				return nil
+			}}
+		}, rcpts: []string{"a@stall.test", "z@stall.test"}, text: "timed out during rcpt"},
+		{name: "end of data", b: func(*testing.T) smtptest.Behaviour {
+			return smtptest.Behaviour{StallData: true}
+		}, text: "timed out during end of data"},
+		{name: "dropped in data", b: func(*testing.T) smtptest.Behaviour {
+			return smtptest.Behaviour{DropInData: true}
+		}, text: "connection "}, // closed, or reset, "by the server during" the body or its end
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.2", "stall.test", "127.0.0.3"))
+			tarpit := h.server("127.0.0.3", tc.b(t))
+			// The replies to pipelined commands are waited for as long as
+			// the 354 to DATA (data_init_timeout).
+			h.cfg.Delivery.DataInitTimeout.Duration = 2 * time.Second
+			h.start()
+			rcpts := tc.rcpts
+			if rcpts == nil {
+				rcpts = []string{"a@stall.test"}
+			}
+			first := h.submit(testBody, rcpts)
+			h.waitRecords(first, 1)
+			host := fmt.Sprintf("mx.stall.test[127.0.0.3]:%d: ", h.port)
+			for i := range rcpts {
+				h.rcptPendingWith(first, i, host+tc.text)
+			}
+			if !strings.Contains(h.logs.String(), "destination marked dead") {
+				t.Error("the domain was not marked dead")
+			}
+			second := h.submit(testBody, []string{"b@stall.test"})
+			h.waitRecords(second, 1)
+			h.rcptPendingWith(second, 0, "delivery temporarily suspended: "+host+tc.text)
+			if n := tarpit.Conns(); n != 1 {
+				t.Errorf("%d connections to the stalled server, want 1 (the second message suspended)", n)
+			}
+			// Other domains are not affected.
+			ok := h.submit(testBody, []string{"a@example.test"})
+			h.first.Wait(t, 1)
+			h.waitRecords(ok, 1)
+		})
+	}
+}
+
+// Sessions that stall do not keep each other's domain alive: the first to
+// time out marks it dead though a second session, started while the first
+// stalled, is stalling too. A greeted session under way kept the domain
+// alive whatever it was doing, so with mail coming in, each slot that a
+// timeout freed started a session that kept the domain alive for the next
+// timeout: it was never marked dead, and every message to it (an expired
+// one's final attempt included) waited for a slot and then a whole timeout.
+func TestDeadDestination_StalledSessionsDoNotKeepEachOtherAlive(t *testing.T) {
+	t.Parallel()
+	stall, entered := stallUntilEnd(t)
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{NoPipelining: true, Rcpt: func(to string, _ *smtp.RcptOptions) error { return stall(to) }})
+	rec := &connRecorder{}
+	h.editOpts = func(o *Options) { o.Dial = rec.dial }
+	h.cfg.Delivery.CommandTimeout.Duration = time.Minute // no timeout but expire's
+	h.start()
+	first := h.submit(testBody, []string{"a@stall.test"})
+	next(t, entered, "RCPT of the first message")
+	second := h.submit(testBody, []string{"b@stall.test"})
+	next(t, entered, "RCPT of the second message")
+	rec.expire(t, 0) // the first session times out; the second stalls on
+	h.waitRecords(first, 1)
+	host := fmt.Sprintf("mx.stall.test[127.0.0.3]:%d: ", h.port)
+	h.rcptPendingWith(first, 0, host+"timed out during rcpt")
+	if e := h.agent.deadErr("stall.test"); e == nil {
+		t.Error("not dead after a session timed out, with only a stalling session under way")
+	}
+	third := h.submit(testBody, []string{"c@stall.test"})
+	h.waitRecords(third, 1)
+	h.rcptPendingWith(third, 0, "delivery temporarily suspended: "+host+"timed out during rcpt")
+	if n := tarpit.Conns(); n != 2 {
+		t.Errorf("%d connections, want 2 (the third message suspended)", n)
+	}
+	if env := h.envelope(second); env == nil || env.Attempts != 0 {
+		t.Errorf("second message: %+v, want still in its stalled attempt", env)
+	}
+}
+
+// A transaction its server answered during the attempt (here every
+// recipient deferred, 451: a server that answers is not dead) keeps the
+// domain alive when a session of that attempt times out: the server works
+// for some sessions. The timeout made the domain dead once that other
+// session had ended.
+func TestDeadDestination_AnsweredDuringTheStall_NotDead(t *testing.T) {
+	t.Parallel()
+	stall, entered := stallUntilEnd(t)
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{NoPipelining: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "busy@") {
+			return smtptest.Reply(451, "4.2.0", "mailbox busy")
+		}
+		return stall(to)
+	}})
+	rec := &connRecorder{}
+	h.editOpts = func(o *Options) { o.Dial = rec.dial }
+	h.cfg.Delivery.CommandTimeout.Duration = time.Minute // no timeout but expire's
+	h.start()
+	first := h.submit(testBody, []string{"a@stall.test"})
+	next(t, entered, "RCPT of the first message")
+	busy := h.submit(testBody, []string{"busy@stall.test"})
+	h.waitRecords(busy, 1)
+	h.rcptPendingWith(busy, 0, "mailbox busy")
+	rec.expire(t, 0)
+	h.waitRecords(first, 1)
+	if e := h.agent.deadErr("stall.test"); e != nil {
+		t.Errorf("dead though its server answered a transaction during the attempt: %v", e)
+	}
+	later := h.submit(testBody, []string{"busy@stall.test"})
+	h.waitRecords(later, 1)
+	h.rcptPendingWith(later, 0, "mailbox busy")
+	if n := tarpit.Conns(); n != 3 {
+		t.Errorf("%d connections, want 3 (none suspended)", n)
+	}
+}
+
+// A session that carried mail before (a connection reused from the pool)
+// and then loses its connection is no site failure: the server took mail
+// on it, and a pooled connection going stale says nothing of the server.
+// The domain stays alive and the next message goes out.
+func TestDeadDestination_ReusedConnectionDropped_NotDead(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{DropInData: true, DropInDataAfter: 1}, zone("example.test", "127.0.0.2"))
+	h.start()
+	first := h.submit(testBody, []string{"a@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(first, 1)
+	second := h.submit(testBody, []string{"b@example.test"}) // on the pooled connection, dropped in its body
+	h.waitRecords(second, 1)
+	h.rcptPendingWith(second, 0, "by the server during")
+	if n := h.first.Conns(); n != 1 {
+		t.Fatalf("%d connections, want the second message on the first's", n)
+	}
+	third := h.submit(testBody, []string{"c@example.test"})
+	h.first.Wait(t, 2)
+	h.waitRecords(third, 1)
+	if strings.Contains(h.logs.String(), "marked dead") {
+		t.Error("marked dead for a reused connection that was dropped")
+	}
+}
+
+// Mail past max_queue_age to a domain whose server greets and then stalls
+// bounces (a DSN to its sender) once the stalled session's timeout makes
+// the domain dead, without a connection of its own: parked for its final
+// attempt behind the stalled session, it is called back and deferred as
+// suspended, which expires it. It waited for the slot and then made its own
+// connection, to stall for another whole timeout: with a steady inflow, a
+// domain's expired mail got two final attempts a minute (10 slots, a
+// 5-minute timeout) and its queue grew without end.
+func TestDeadDestination_ExpiredMailToStalledDomain_BouncesWithoutConnection(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("stall.test", "127.0.0.3"))
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
+	h.cfg.Delivery.PerDomainConcurrency = 1
+	h.cfg.Delivery.MaxQueueAge.Duration = 48 * time.Hour
+	h.cfg.Delivery.DataEndTimeout.Duration = 2 * time.Second
+	h.start()
+	stalled := h.submit(testBody, []string{"a@stall.test"})
+	select {
+	case <-tarpit.Stalled():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first message's session did not reach the stall after 10s")
+	}
+	old := h.submit(testBody, []string{"b@stall.test"}, func(e *queue.Envelope) { e.Arrived = time.Now().Add(-49 * time.Hour) })
+	h.waitRecords(stalled, 1)
+	for h.envelope(old) != nil {
+		h.mu.Lock()
+		ch := h.changed
+		h.mu.Unlock()
+		select {
+		case <-ch:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("expired message still queued 15 s after the stalled session's timeout:\n%s", h.logs.String())
+		}
+	}
+	h.logs.WaitLine(5*time.Second, "msg=expired queue_id="+old)
+	if n := tarpit.Conns(); n != 1 {
+		t.Errorf("%d connections to the stalled server, want 1 (none for the expired message)", n)
+	}
+	// The bounce is queued to the sender, and says why.
+	var report *queue.Envelope
+	for _, env := range h.q.List() {
+		if env.From == "" && len(env.Recipients) == 1 && env.Recipients[0].Address == "sender@sender.test" {
+			report = env
+		}
+	}
+	if report == nil {
+		t.Fatal("no report queued to the sender")
+	}
+	body, err := h.q.Body(report.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer body.Close()
+	rep, err := dsn.Parse(io.NewSectionReader(body, 0, body.Size()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Recipients) != 1 || rep.Recipients[0].Action != "failed" || rep.Recipients[0].FinalRecipient != "rfc822; b@stall.test" {
+		t.Fatalf("report recipients %+v, want b@stall.test failed", rep.Recipients)
+	}
+	if !strings.Contains(rep.Human+rep.Recipients[0].DiagnosticCode, "delivery temporarily suspended") {
+		t.Errorf("the report does not say the destination was suspended:\n%s\n%+v", rep.Human, rep.Recipients[0])
+	}
+}
+
+// A session whose server answered one of its transactions and that then
+// loses its connection in a later one (max_recipients_per_transaction
+// splits a message's recipients) is no site failure: the server took mail
+// on it. The delivered recipient stays delivered, the other waits, and the
+// domain is not marked dead.
+func TestDeadDestination_DroppedAfterAnAnsweredTransaction_NotDead(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{DropInData: true, DropInDataAfter: 1}, zone("example.test", "127.0.0.2"))
+	h.cfg.Delivery.MaxRecipientsPerTransaction = 1
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(id, 1)
+	h.rcptPendingWith(id, 1, "by the server during")
+	if env := h.envelope(id); env == nil || env.Recipients[0].State != queue.Delivered {
+		t.Fatalf("first recipient not delivered: %+v", env)
+	}
+	if e := h.agent.deadErr("example.test"); e != nil {
+		t.Errorf("dead though its server answered the session's first transaction: %v", e)
+	}
+}
