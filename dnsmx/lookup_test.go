@@ -253,7 +253,15 @@ func TestLookupMX_HostFailures(t *testing.T) {
 		srv.Set("ok.example.com")
 		srv.SetRcode("broken.example.com", dns.RcodeServerFailure)
 		_, err := newResolver(t, srv).LookupMX(context.Background(), "example.com")
-		wantError(t, err, true, "4.4.3")
+		e := wantError(t, err, true, "4.4.3")
+		// Each host is named once with its reason, as the permanent ones
+		// are: the message goes into queue list, logs and delay notices.
+		want := "no MX host has an address: broken.example.com: A lookup via " + srv.Addr +
+			": server answered SERVFAIL; gone.example.com: no such host (NXDOMAIN); " +
+			"noaddr.example.com: host has no A or AAAA records; ok.example.com: no such host (NXDOMAIN)"
+		if e.Msg != want {
+			t.Errorf("message\n%q\nwant\n%q", e.Msg, want)
+		}
 	})
 	t.Run("only IP literal", func(t *testing.T) {
 		t.Parallel()
