@@ -584,6 +584,39 @@ func TestResolver_FailoverFromFailingServer(t *testing.T) {
 	}
 }
 
+// A server that knows no EDNS0 answers FORMERR to a query with an OPT
+// record (RFC 6891 §7): the query is sent again without it, and a large
+// answer then comes truncated at 512 octets and again over TCP. Every
+// lookup through such a resolver (an older forwarder) failed as a
+// temporary error, so all mail waited until it expired. A TLSA query asks
+// for DNSSEC (DO): it is not retried without EDNS, and stays a failure.
+func TestResolver_ServerWithoutEDNS(t *testing.T) {
+	t.Parallel()
+	zone := dnstest.Zone{
+		"example.com.":     {dnstest.MX("example.com", 10, "mx.example.com")},
+		"mx.example.com.":  {dnstest.A("mx.example.com", "192.0.2.1")},
+		"big.example.com.": nil,
+	}
+	for i := range 40 {
+		h := fmt.Sprintf("host-with-a-long-name-%02d.big.example.com", i)
+		zone["big.example.com."] = append(zone["big.example.com."], dnstest.MX("big.example.com", 10, h))
+		zone[h+"."] = []dns.RR{dnstest.A(h, "192.0.2.2")}
+	}
+	srv := dnstest.New(t, zone)
+	srv.RefuseEDNS(true)
+	r := newResolver(t, srv)
+	mxs, err := r.LookupMX(context.Background(), "example.com")
+	if err != nil || len(mxs) != 1 || mxs[0].Host != "mx.example.com" {
+		t.Fatalf("LookupMX through a server without EDNS: %v, %v", mxs, err)
+	}
+	if mxs, err := r.LookupMX(context.Background(), "big.example.com"); err != nil || len(mxs) != maxMXHosts {
+		t.Fatalf("a large answer through a server without EDNS: %d hosts, %v", len(mxs), err)
+	}
+	if _, _, err := r.LookupTLSA(context.Background(), "mx.example.com", 25); err == nil {
+		t.Error("a TLSA lookup (DNSSEC asked for) was answered through a server without EDNS")
+	}
+}
+
 func TestError_As(t *testing.T) {
 	t.Parallel()
 	srv := dnstest.New(t, dnstest.Zone{})
