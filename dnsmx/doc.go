@@ -4,8 +4,10 @@
 // Every query goes through github.com/miekg/dns to the configured servers
 // (or those of /etc/resolv.conf), tried in order: UDP with EDNS0 (a
 // 1232-byte payload, the DNS Flag Day 2020 value that avoids IP
-// fragmentation) and the RD bit set, retried over TCP when the answer comes
-// back truncated (TC bit).
+// fragmentation) and the RD bit set, asked again without EDNS0 when the
+// server answers FORMERR or NOTIMP to it (a server that knows no EDNS, RFC
+// 6891 §7; not for TLSA, which needs DNSSEC), and retried over TCP when the
+// answer comes back truncated (TC bit).
 //
 // LookupMX follows RFC 5321 §5.1 and RFC 7505:
 //

@@ -143,11 +143,14 @@ func (r *Resolver) LookupMX(ctx context.Context, domain string) ([]MX, error) {
 			out = append(out, h)
 			continue
 		}
-		var e *Error
-		if errors.As(errs[i], &e) && !e.Temporary {
-			perm = append(perm, h.Host+": "+e.Msg)
+		// Each host's failure as onDomain words it: its message, not the
+		// whole Error() ("dns HOST: ... (4.4.3)"), which repeated the host
+		// name and the code inside the domain's own message.
+		why := onDomain(errs[i], h.Host, "").(*Error)
+		if why.Temporary {
+			temp = append(temp, h.Host+": "+why.Msg)
 		} else {
-			temp = append(temp, h.Host+": "+errs[i].Error())
+			perm = append(perm, h.Host+": "+why.Msg)
 		}
 	}
 	if len(out) > 0 {

@@ -253,7 +253,15 @@ func TestLookupMX_HostFailures(t *testing.T) {
 		srv.Set("ok.example.com")
 		srv.SetRcode("broken.example.com", dns.RcodeServerFailure)
 		_, err := newResolver(t, srv).LookupMX(context.Background(), "example.com")
-		wantError(t, err, true, "4.4.3")
+		e := wantError(t, err, true, "4.4.3")
+		// Each host is named once with its reason, as the permanent ones
+		// are: the message goes into queue list, logs and delay notices.
+		want := "no MX host has an address: broken.example.com: A lookup via " + srv.Addr +
+			": server answered SERVFAIL; gone.example.com: no such host (NXDOMAIN); " +
+			"noaddr.example.com: host has no A or AAAA records; ok.example.com: no such host (NXDOMAIN)"
+		if e.Msg != want {
+			t.Errorf("message\n%q\nwant\n%q", e.Msg, want)
+		}
 	})
 	t.Run("only IP literal", func(t *testing.T) {
 		t.Parallel()
@@ -573,6 +581,39 @@ func TestResolver_FailoverFromFailingServer(t *testing.T) {
 	}
 	if _, err := r.LookupMX(context.Background(), "example.com"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A server that knows no EDNS0 answers FORMERR to a query with an OPT
+// record (RFC 6891 §7): the query is sent again without it, and a large
+// answer then comes truncated at 512 octets and again over TCP. Every
+// lookup through such a resolver (an older forwarder) failed as a
+// temporary error, so all mail waited until it expired. A TLSA query asks
+// for DNSSEC (DO): it is not retried without EDNS, and stays a failure.
+func TestResolver_ServerWithoutEDNS(t *testing.T) {
+	t.Parallel()
+	zone := dnstest.Zone{
+		"example.com.":     {dnstest.MX("example.com", 10, "mx.example.com")},
+		"mx.example.com.":  {dnstest.A("mx.example.com", "192.0.2.1")},
+		"big.example.com.": nil,
+	}
+	for i := range 40 {
+		h := fmt.Sprintf("host-with-a-long-name-%02d.big.example.com", i)
+		zone["big.example.com."] = append(zone["big.example.com."], dnstest.MX("big.example.com", 10, h))
+		zone[h+"."] = []dns.RR{dnstest.A(h, "192.0.2.2")}
+	}
+	srv := dnstest.New(t, zone)
+	srv.RefuseEDNS(true)
+	r := newResolver(t, srv)
+	mxs, err := r.LookupMX(context.Background(), "example.com")
+	if err != nil || len(mxs) != 1 || mxs[0].Host != "mx.example.com" {
+		t.Fatalf("LookupMX through a server without EDNS: %v, %v", mxs, err)
+	}
+	if mxs, err := r.LookupMX(context.Background(), "big.example.com"); err != nil || len(mxs) != maxMXHosts {
+		t.Fatalf("a large answer through a server without EDNS: %d hosts, %v", len(mxs), err)
+	}
+	if _, _, err := r.LookupTLSA(context.Background(), "mx.example.com", 25); err == nil {
+		t.Error("a TLSA lookup (DNSSEC asked for) was answered through a server without EDNS")
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -205,10 +206,22 @@ func (r *Resolver) failure(err error) string {
 
 // exchangeOne sends q to one server over UDP, and again over TCP if the
 // answer was truncated. The per-server timeout applies to each transport.
+// A server that answers a query with EDNS0 FORMERR or NOTIMP knows no EDNS
+// (RFC 6891 §7: older servers and forwarders): it is asked again without
+// the OPT record, as glibc's resolver does, unless q asks for DNSSEC (the
+// DO bit, for TLSA): an answer that could not be validated is no answer
+// for DANE.
 func (r *Resolver) exchangeOne(ctx context.Context, srv string, q *dns.Msg) (*dns.Msg, error) {
 	m, err := r.roundTrip(ctx, "udp", srv, q)
 	if err != nil {
 		return nil, err
+	}
+	if opt := q.IsEdns0(); opt != nil && !opt.Do() &&
+		(m.Rcode == dns.RcodeFormatError || m.Rcode == dns.RcodeNotImplemented) && m.IsEdns0() == nil {
+		q = withoutEDNS(q)
+		if m, err = r.roundTrip(ctx, "udp", srv, q); err != nil {
+			return nil, err
+		}
 	}
 	if m.Truncated {
 		m, err = r.roundTrip(ctx, "tcp", srv, q)
@@ -217,6 +230,13 @@ func (r *Resolver) exchangeOne(ctx context.Context, srv string, q *dns.Msg) (*dn
 		}
 	}
 	return m, nil
+}
+
+// withoutEDNS returns a copy of q without its OPT record.
+func withoutEDNS(q *dns.Msg) *dns.Msg {
+	c := q.Copy()
+	c.Extra = slices.DeleteFunc(c.Extra, func(rr dns.RR) bool { return rr.Header().Rrtype == dns.TypeOPT })
+	return c
 }
 
 func (r *Resolver) roundTrip(ctx context.Context, network, srv string, q *dns.Msg) (*dns.Msg, error) {

@@ -19,7 +19,8 @@
 //
 // Faults are injected per name: SetRcode (SERVFAIL, REFUSED, ...), Drop (no
 // reply, so the client times out) and Truncate (UDP answers empty with TC
-// set; TCP answers complete). All setters are safe to call while serving.
+// set; TCP answers complete); RefuseEDNS makes the whole server one that
+// knows no EDNS0. All setters are safe to call while serving.
 package dnstest
 
 import (
@@ -59,6 +60,7 @@ type Server struct {
 	ad       bool
 	insecure map[string]bool // names answered without AD even with SetAD(true)
 	chase    bool
+	noEDNS   bool
 	closed   bool
 }
 
@@ -231,6 +233,15 @@ func (s *Server) ChaseCNAME(on bool) {
 	s.chase = on
 }
 
+// RefuseEDNS makes the server answer every query that carries EDNS0 (an
+// OPT record) with FORMERR and no OPT, as a server or forwarder that knows
+// no EDNS does (RFC 6891 §7); queries without it are answered as usual.
+func (s *Server) RefuseEDNS(on bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.noEDNS = on
+}
+
 // Queries returns the number of queries received (answered or dropped).
 func (s *Server) Queries() int { return int(s.queries.Load()) }
 
@@ -255,6 +266,13 @@ func (s *Server) answer(req *dns.Msg, udp bool) (m *dns.Msg, drop bool) {
 	m.Compress = true
 	size := dns.MinMsgSize
 	if opt := req.IsEdns0(); opt != nil {
+		s.mu.Lock()
+		noEDNS := s.noEDNS
+		s.mu.Unlock()
+		if noEDNS {
+			m.Rcode = dns.RcodeFormatError
+			return m, false
+		}
 		size = max(int(opt.UDPSize()), dns.MinMsgSize)
 		m.SetEdns0(opt.UDPSize(), false)
 	}

@@ -408,7 +408,7 @@ func (a *Agent) auth(cn *conn, r *config.Route) *stageError {
 	case cn.c.SupportsAuth(sasl.Plain):
 		cl = sasl.NewPlainClient("", r.Username, r.Password)
 	case cn.c.SupportsAuth(sasl.Login):
-		cl = sasl.NewLoginClient(r.Username, r.Password)
+		cl = &loginClient{user: r.Username, pass: r.Password}
 	default:
 		return &stageError{stage: "auth", err: smtperr.New(0, "4.7.4", "server offers neither AUTH PLAIN nor LOGIN")}
 	}
@@ -419,6 +419,34 @@ func (a *Agent) auth(cn *conn, r *config.Route) *stageError {
 		return se
 	}
 	return nil
+}
+
+// loginClient is the client side of AUTH LOGIN (draft-murchison-sasl-login):
+// no initial response, then the user name in answer to the first challenge
+// and the password to the second, whatever they say, as the draft tells
+// clients. go-sasl's LOGIN client sends the user name as an initial response
+// and then takes only the challenge "Password:", which failed every attempt
+// with a server that words it otherwise (Exim's documented example, "User
+// Name : Password"; the draft's own "Password\x00") or that takes no initial
+// response and asks for the user name.
+type loginClient struct {
+	user, pass string
+	step       int
+}
+
+func (l *loginClient) Start() (mech string, ir []byte, err error) {
+	return sasl.Login, nil, nil
+}
+
+func (l *loginClient) Next(challenge []byte) ([]byte, error) {
+	l.step++
+	switch l.step {
+	case 1:
+		return []byte(l.user), nil
+	case 2:
+		return []byte(l.pass), nil
+	}
+	return nil, errors.New("AUTH LOGIN: a third challenge, after the user name and password")
 }
 
 // startTLS sends STARTTLS on raw (after EHLO) and runs the handshake.

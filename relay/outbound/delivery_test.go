@@ -897,6 +897,44 @@ func TestRoute_SmarthostAuthStartTLS_Failover(t *testing.T) {
 	}
 }
 
+// A smarthost that offers only AUTH LOGIN gets the user name in answer to
+// its first challenge and the password to its second, whatever their words
+// (draft-murchison-sasl-login: clients SHOULD ignore them) and whether it
+// takes an initial response or not. go-sasl's LOGIN client, used before,
+// sent the user name as an initial response and then took only
+// "Password:": Exim's documented prompts ("User Name : Password"), the
+// draft's own, and a server that asks for the user name anyway all failed
+// every attempt, and the mail stayed queued until it expired.
+func TestRoute_SmarthostAuthLogin_AnyPrompts(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		prompts [2]string
+		noIR    bool
+	}{
+		{"usual", [2]string{"Username:", "Password:"}, false},
+		{"exim example", [2]string{"User Name", "Password"}, false},
+		{"draft", [2]string{"User Name\x00", "Password\x00"}, false},
+		{"no initial response", [2]string{"Username:", "Password:"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pki := newPKI(t, "smart.test")
+			z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+			h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"},
+				LoginPrompts: tc.prompts, LoginNoIR: tc.noIR}, z)
+			h.cfg.Route = append(h.cfg.Route, routeTo(h, []string{"smart.test"}, "starttls", pki.caFile))
+			h.start()
+			id := h.submit(testBody, []string{"x@routed.test"})
+			h.waitRecords(id, 1)
+			if m := h.first.Messages(); len(m) != 1 || m[0].User != "app" {
+				t.Fatalf("AUTH LOGIN with prompts %q (no initial response: %v): delivered %+v\n%s",
+					tc.prompts, tc.noIR, m, h.logs.String())
+			}
+		})
+	}
+}
+
 func TestRoute_SmarthostUntrustedCertificate_StaysPending(t *testing.T) {
 	t.Parallel()
 	pki := newPKI(t, "smart.test")

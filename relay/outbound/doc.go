@@ -25,8 +25,10 @@
 //  5. On the connection: EHLO with the configured hostname; STARTTLS as
 //     the TLS policy says (below; MX at level may: when offered, no
 //     certificate check, and a failed handshake is retried in plain text
-//     on a new connection and remembered for the host); AUTH
-//     PLAIN/LOGIN for routes with credentials, only over TLS; then MAIL
+//     on a new connection and remembered for the host); AUTH PLAIN (or
+//     LOGIN, when that is all the smarthost offers: our loginClient, which
+//     ignores the words of its challenges) for routes with credentials,
+//     only over TLS; then MAIL
 //     (SIZE, BODY, SMTPUTF8, RET, ENVID), one RCPT per recipient (NOTIFY,
 //     ORCPT) and DATA with the stored bytes — at most
 //     delivery.max_recipients_per_transaction recipients per transaction,

@@ -160,6 +160,47 @@ func TestDelivery_DataAnswered250_Deferred(t *testing.T) {
 	}
 }
 
+// A positive reply whose code RFC 5321 does not list is read by its first
+// digit (§4.2: a client "MUST be prepared to handle codes not specified in
+// this document and MUST do so by interpreting the first digit only"): a
+// 2xx to MAIL, RCPT or the end of data accepts, a 3xx to DATA asks for the
+// body. Before, a 299 to RCPT was a 4.5.0 protocol error: that recipient
+// stayed pending though the server had it (the message went to the others
+// in the same transaction) and got the message again at the next attempt.
+func TestDelivery_UnlistedPositiveReplies_ByFirstDigit(t *testing.T) {
+	t.Parallel()
+	for _, pipelining := range []bool{true, false} {
+		t.Run(fmt.Sprintf("pipelining=%v", pipelining), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+			ehlo := "250-mx.example.test\r\n250 8BITMIME\r\n"
+			if pipelining {
+				ehlo = "250-mx.example.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+			}
+			got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+				switch {
+				case verb == "RCPT" && strings.Contains(line, "<odd@"):
+					return "299 2.1.5 recipient fine\r\n"
+				case verb == "DATA":
+					// The scripted server reads the body after a 354 only.
+					return "354 go ahead\r\n"
+				}
+				return plainReplies(map[string]string{"EHLO": ehlo, "MAIL": "253 2.1.0 sender fine\r\n",
+					".": "259 2.0.0 kept\r\n"})(verb, line)
+			})
+			h.start()
+			id := h.submit(testBody, []string{"a@example.test", "odd@example.test"})
+			h.waitRecords(id, 1)
+			if env := h.envelope(id); env != nil {
+				t.Errorf("recipients %+v, want both delivered", env.Recipients)
+			}
+			if n := strings.Count(got.String(), "DATA\r\n"); n != 1 {
+				t.Errorf("%d DATA commands, want 1:\n%s", n, got.String())
+			}
+		})
+	}
+}
+
 // With opportunistic TLS, a server that refuses STARTTLS (454) gets the
 // mail in plain text in the same session; replies that are only a code
 // ("250", RFC 5321 §4.2) are replies.

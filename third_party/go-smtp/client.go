@@ -386,7 +386,7 @@ func (c *Client) readReply(expectCode int) (int, string, error) {
 	}
 	if code < 400 {
 		return code, text, &textproto.Error{Code: 451,
-			Msg: fmt.Sprintf("4.5.0 %s: the server answered %d where %d was expected: %s", protocolErrorText, code, expectCode, printable(text))}
+			Msg: fmt.Sprintf("4.5.0 %s: the server answered %d where %s was expected: %s", protocolErrorText, code, expectedText(expectCode), printable(text))}
 	}
 	return code, text, &textproto.Error{Code: code, Msg: text}
 }
@@ -419,6 +419,20 @@ const protocolErrorText = "protocol error"
 func IsProtocolError(err error) bool {
 	var se *SMTPError
 	return errors.As(err, &se) && se.Code == 451 && strings.HasPrefix(se.Message, protocolErrorText)
+}
+
+// expectedText writes an expected code as codeMatches reads it: 2 is
+// "2xx", 25 "25x", 250 "250".
+func expectedText(expect int) string {
+	switch {
+	case expect <= 0:
+		return "any code"
+	case expect < 10:
+		return strconv.Itoa(expect) + "xx"
+	case expect < 100:
+		return strconv.Itoa(expect) + "x"
+	}
+	return strconv.Itoa(expect)
 }
 
 // codeMatches is textproto's rule: expect of 1, 2 or 3 digits is a prefix of
@@ -642,7 +656,9 @@ func (c *Client) Mail(from string, opts *MailOptions) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := c.cmd(250, "%s", cmd); err != nil {
+	// Any 2xx accepts (RFC 5321 §4.2: codes not listed are read by their
+	// first digit; mailhop patch).
+	if _, _, err := c.cmd(2, "%s", cmd); err != nil {
 		return err
 	}
 
@@ -753,7 +769,8 @@ func (c *Client) Rcpt(to string, opts *RcptOptions) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := c.cmd(25, "%s", cmd); err != nil {
+	// Any 2xx accepts, not only 250 and 251 (RFC 5321 §4.2; mailhop patch).
+	if _, _, err := c.cmd(2, "%s", cmd); err != nil {
 		return err
 	}
 	c.rcpts = append(c.rcpts, to)
@@ -869,7 +886,8 @@ func (cmd *DataCommand) CloseWithResponse() (*DataResponse, error) {
 	cmd.client.conn.SetDeadline(time.Now().Add(cmd.client.SubmissionTimeout))
 	defer cmd.client.conn.SetDeadline(time.Time{})
 
-	_, msg, err := cmd.client.readResponse(250)
+	// Any 2xx: the message is taken (RFC 5321 §4.2; mailhop patch).
+	_, msg, err := cmd.client.readResponse(2)
 	if err != nil {
 		cmd.closeErr = err
 		return nil, err
@@ -967,7 +985,7 @@ func (lmtpErr LMTPDataError) Unwrap() []error {
 // close the writer before calling any more methods on c. A call to
 // Data must be preceded by one or more calls to Rcpt.
 func (c *Client) Data() (*DataCommand, error) {
-	_, _, err := c.cmd(354, "DATA")
+	_, _, err := c.cmd(3, "DATA") // any 3xx (RFC 5321 §4.2; mailhop patch)
 	if err != nil {
 		return nil, err
 	}

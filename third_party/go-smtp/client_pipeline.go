@@ -31,7 +31,10 @@ type TransactionReplies struct {
 }
 
 // StartTransaction begins a mail transaction: RSET (when reset is true),
-// MAIL FROM, one RCPT TO per recipient and DATA. When the server offers
+// MAIL FROM, one RCPT TO per recipient and DATA. Replies are read by their
+// first digit (RFC 5321 §4.2; mailhop patch): any 2xx accepts RSET, MAIL and
+// RCPT, any 3xx DATA, as a client MUST read codes RFC 5321 does not list;
+// a positive reply of the other kind (250 to DATA) is a protocol error. When the server offers
 // PIPELINING they go out in one write and their replies are read in order
 // (RFC 2920 §3.1); otherwise one at a time, stopping after a failed MAIL or
 // when no recipient was accepted. When the replies allow, the returned
@@ -94,16 +97,16 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 		return err, nil
 	}
 	if reset {
-		if rep.Reset, err = read(250, "RSET"); err != nil {
+		if rep.Reset, err = read(2, "RSET"); err != nil {
 			return rep, nil, err
 		}
 	}
-	if rep.Mail, err = read(250, "MAIL"); err != nil {
+	if rep.Mail, err = read(2, "MAIL"); err != nil {
 		return rep, nil, err
 	}
 	accepted := 0
 	for i, to := range rcpts {
-		if rep.Rcpt[i], err = read(25, "RCPT"); err != nil {
+		if rep.Rcpt[i], err = read(2, "RCPT"); err != nil {
 			return rep, nil, err
 		}
 		rep.RcptRead = i + 1
@@ -112,7 +115,7 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 			accepted++
 		}
 	}
-	if rep.Data, err = read(354, "DATA"); err != nil {
+	if rep.Data, err = read(3, "DATA"); err != nil {
 		return rep, nil, err
 	}
 	if c.text.R.Buffered() > 0 {
@@ -131,7 +134,7 @@ func (c *Client) StartTransaction(reset bool, from string, mopts *MailOptions, r
 		if err := w.Close(); err != nil {
 			return rep, nil, err
 		}
-		_, _, err := c.readResponse(250)
+		_, _, err := c.readResponse(2)
 		rep.Data = fmt.Errorf("smtp: DATA accepted without recipients: %w", errOrNoRcpt(err))
 		return rep, nil, nil
 	}
@@ -170,16 +173,16 @@ func (c *Client) stepTransaction(reset bool, lines, rcpts []string, rep *Transac
 	}
 	var err error
 	if reset {
-		if rep.Reset, err = cmd(250, lines[0]); err != nil {
+		if rep.Reset, err = cmd(2, lines[0]); err != nil {
 			return rep, nil, err
 		}
 		lines = lines[1:]
 	}
-	if rep.Mail, err = cmd(250, lines[0]); err != nil || rep.Mail != nil {
+	if rep.Mail, err = cmd(2, lines[0]); err != nil || rep.Mail != nil {
 		return rep, nil, err
 	}
 	for i, to := range rcpts {
-		if rep.Rcpt[i], err = cmd(25, lines[1+i]); err != nil {
+		if rep.Rcpt[i], err = cmd(2, lines[1+i]); err != nil {
 			return rep, nil, err
 		}
 		rep.RcptRead = i + 1
@@ -191,7 +194,7 @@ func (c *Client) stepTransaction(reset bool, lines, rcpts []string, rep *Transac
 		rep.Data = errors.New("smtp: no recipient accepted")
 		return rep, nil, nil
 	}
-	if rep.Data, err = cmd(354, "DATA"); err != nil || rep.Data != nil {
+	if rep.Data, err = cmd(3, "DATA"); err != nil || rep.Data != nil {
 		return rep, nil, err
 	}
 	return rep, &DataCommand{client: c, wc: newDotWriter(c.text.W)}, nil

@@ -46,7 +46,9 @@ func TestDotWriter(t *testing.T) {
 }
 
 // pipeServer is a minimal scripted SMTP server: it reads commands and
-// answers each from replies (by command verb), recording what it got.
+// answers each from replies, recording what it got. A key is a command verb,
+// "." for the end of data, or for RCPT a part of the address holding "@";
+// a command without one gets 250 (DATA 354).
 func pipeServer(t *testing.T, ext string, replies map[string]string) (net.Conn, *bytes.Buffer, chan struct{}) {
 	t.Helper()
 	client, server := net.Pipe()
@@ -67,7 +69,11 @@ func pipeServer(t *testing.T, ext string, replies map[string]string) (net.Conn, 
 			if inData {
 				if line == ".\r\n" {
 					inData = false
-					io.WriteString(server, "250 2.0.0 queued\r\n")
+					rep := replies["."]
+					if rep == "" {
+						rep = "250 2.0.0 queued\r\n"
+					}
+					io.WriteString(server, rep)
 				}
 				continue
 			}
@@ -81,7 +87,9 @@ func pipeServer(t *testing.T, ext string, replies map[string]string) (net.Conn, 
 			case verb == "RCPT":
 				rep := "250 ok\r\n"
 				for k, v := range replies {
-					if strings.Contains(line, k) {
+					// Keys naming a recipient hold "@"; the others
+					// are verbs ("DATA", "MAIL", "." for the end of data).
+					if strings.Contains(k, "@") && strings.Contains(line, k) {
 						rep = v
 					}
 				}
@@ -92,7 +100,9 @@ func pipeServer(t *testing.T, ext string, replies map[string]string) (net.Conn, 
 					rep = "354 go\r\n"
 				}
 				io.WriteString(server, rep)
-				inData = strings.HasPrefix(rep, "354")
+				inData = strings.HasPrefix(rep, "3")
+			case replies[verb] != "":
+				io.WriteString(server, replies[verb])
 			default:
 				io.WriteString(server, "250 ok\r\n")
 			}
@@ -142,6 +152,36 @@ func TestStartTransaction(t *testing.T) {
 		}
 		if !strings.Contains(got.String(), "\r\n..hi\r\n.\r\n") {
 			t.Errorf("body not dot-stuffed:\n%s", got)
+		}
+	}
+}
+
+// TestStartTransaction_UnlistedCodes: replies are read by their first
+// digit (RFC 5321 §4.2, mailhop patch): 2xx codes RFC 5321 does not list
+// accept RSET, MAIL, RCPT and the end of data, a 3xx other than 354 asks for
+// the body; upstream took only 250 (25x for RCPT) and 354.
+func TestStartTransaction_UnlistedCodes(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		ext := ""
+		if pipelining {
+			ext = "250-PIPELINING\r\n"
+		}
+		conn, got, done := pipeServer(t, ext, map[string]string{"RSET": "299 reset\r\n", "MAIL": "253 2.1.0 sender\r\n",
+			"odd@": "299 2.1.5 recipient\r\n", "DATA": "355 body please\r\n", ".": "259 2.0.0 kept\r\n"})
+		c := NewClient(conn)
+		rep, dc, err := c.StartTransaction(true, "a@x.test", nil, []string{"odd@y.test"}, nil)
+		if err != nil || dc == nil || rep.Reset != nil || rep.Mail != nil || rep.Rcpt[0] != nil || rep.Data != nil {
+			t.Fatalf("pipelining=%v: err %v, DataCommand %v, replies %+v", pipelining, err, dc, rep)
+		}
+		io.WriteString(dc, "Subject: x\r\n\r\nhi\r\n")
+		resp, err := dc.CloseWithResponse()
+		if err != nil || resp.StatusText != "2.0.0 kept" {
+			t.Errorf("pipelining=%v: end of data %+v %v", pipelining, resp, err)
+		}
+		c.Quit()
+		<-done
+		if !strings.Contains(got.String(), "\r\nhi\r\n.\r\n") {
+			t.Errorf("pipelining=%v: body not sent:\n%s", pipelining, got)
 		}
 	}
 }

@@ -60,6 +60,14 @@ type Behaviour struct {
 	// 452 4.5.3 to the recipients of a transaction beyond it (0: none).
 	MaxRecipients int
 	Users         map[string]string // offer AUTH PLAIN (over TLS) for these user/passwords
+	// LoginPrompts, when set, offers AUTH LOGIN instead of PLAIN for Users,
+	// with these two challenges: the user name's, then the password's
+	// (servers word them differently: "Username:", "User Name", the
+	// draft's "User Name\x00"). A user name sent as an initial response
+	// skips the first, unless LoginNoIR: then it is ignored and the first
+	// challenge still sent, as some servers do.
+	LoginPrompts [2]string
+	LoginNoIR    bool
 
 	// NoPipelining: do not offer PIPELINING (on plain-text connections
 	// only), so that each reply goes out as its command is answered (with
@@ -368,20 +376,53 @@ func (se *session) Reset() {
 func (se *session) Logout() error { return nil }
 
 func (se *session) AuthMechanisms() []string {
-	if len(se.s.b.Users) == 0 {
+	switch {
+	case len(se.s.b.Users) == 0:
 		return nil
+	case se.s.b.LoginPrompts != [2]string{}:
+		return []string{sasl.Login}
 	}
 	return []string{sasl.Plain}
 }
 
 func (se *session) Auth(mech string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(identity, user, pass string) error {
+	check := func(identity, user, pass string) error {
 		if p, ok := se.s.b.Users[user]; !ok || p != pass || (identity != "" && identity != user) {
 			return smtp.ErrAuthFailed
 		}
 		se.user, se.m.User = user, user
 		return nil
-	}), nil
+	}
+	if se.s.b.LoginPrompts != [2]string{} {
+		if mech != sasl.Login {
+			return nil, errors.New("only LOGIN is offered")
+		}
+		return &loginServer{b: &se.s.b, check: check}, nil
+	}
+	return sasl.NewPlainServer(check), nil
+}
+
+// loginServer is the server side of AUTH LOGIN with scripted challenges.
+type loginServer struct {
+	b     *Behaviour
+	check func(identity, user, pass string) error
+	step  int
+	user  string
+}
+
+func (l *loginServer) Next(resp []byte) (challenge []byte, done bool, err error) {
+	l.step++
+	switch {
+	case l.step == 1 && resp != nil && !l.b.LoginNoIR:
+		l.user, l.step = string(resp), 2
+		return []byte(l.b.LoginPrompts[1]), false, nil
+	case l.step == 1:
+		return []byte(l.b.LoginPrompts[0]), false, nil
+	case l.step == 2:
+		l.user = string(resp)
+		return []byte(l.b.LoginPrompts[1]), false, nil
+	}
+	return nil, true, l.check("", l.user, string(resp))
 }
 
 func (se *session) Mail(from string, opts *smtp.MailOptions) error {
