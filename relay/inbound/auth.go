@@ -112,13 +112,25 @@ type countedServer struct {
 func (c *countedServer) Next(response []byte) ([]byte, bool, error) {
 	challenge, done, err := c.Server.Next(response)
 	if err != nil {
-		var se *smtp.SMTPError
-		if !errors.As(err, &se) {
-			err = errAuthMalformed
-		}
 		return nil, false, c.fail(err)
 	}
 	return challenge, done, nil
+}
+
+// checkedError is the error of a password check that failed (fails: the
+// failures of the address so far, this one counted) or that was refused
+// before the password was looked at (refused: the address is blocked, or
+// its checks under way already reach the limit).
+type checkedError struct {
+	fails   int
+	refused bool
+}
+
+func (e *checkedError) Error() string {
+	if e.refused {
+		return "authentication refused: too many failures"
+	}
+	return "authentication failed"
 }
 
 // authMechanisms are the mechanisms offered (after TLS only; go-smtp does
@@ -135,10 +147,11 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	case sasl.Plain:
 		inner = sasl.NewPlainServer(func(identity, username, password string) error {
 			if identity != "" && identity != username {
-				// The same time as a wrong password.
-				checkPassword("", password, usualCost(ss.s.cfg.Load().User))
-				ss.log.Info("auth failed", "user", username, "reason", "authorization identity")
-				return errAuthInvalid
+				// Counted, and taking the same time, as a wrong password.
+				return ss.check(username, "authorization identity", func(cfg *config.Config) bool {
+					checkPassword("", password, usualCost(cfg.User))
+					return false
+				})
 			}
 			return ss.authenticate(username, password)
 		})
@@ -153,29 +166,76 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 // authenticate checks a user's password; on success the session is
 // authenticated as that user. Passwords are never logged.
 func (ss *session) authenticate(username, password string) error {
-	cfg := ss.s.cfg.Load()
-	hash := ""
-	if u := cfg.FindUser(username); u != nil {
-		hash = u.PasswordHash
+	return ss.check(username, "", func(cfg *config.Config) bool {
+		hash := ""
+		if u := cfg.FindUser(username); u != nil {
+			hash = u.PasswordHash
+		}
+		return checkPassword(hash, password, usualCost(cfg.User))
+	})
+}
+
+// check runs one password check (ok) for username, within the client
+// address's AUTH failure limit: a check is not even started when the
+// address is blocked or the checks already under way for it could reach
+// limits.max_auth_failures (authFailures.begin); that is answered 421. A
+// failure (logged with reason, when given) is counted as the check ends.
+// Clients in trusted_networks are never refused before a check, as they
+// are never refused at connect.
+func (ss *session) check(username, reason string, ok func(*config.Config) bool) error {
+	s, cfg := ss.s, ss.s.cfg.Load()
+	lim := cfg.Limits
+	trusted := cfg.IsTrusted(ss.ip)
+	if !trusted && !s.authFails.begin(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures) {
+		ss.log.Info("auth failed", "user", username, "reason", "address blocked")
+		return &checkedError{refused: true}
 	}
-	if !checkPassword(hash, password, usualCost(cfg.User)) {
-		ss.log.Info("auth failed", "user", username)
-		return errAuthInvalid
+	good := ok(cfg)
+	n := 0
+	if trusted {
+		if !good {
+			n = s.authFails.fail(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures)
+		}
+	} else {
+		n = s.authFails.end(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures, !good)
+	}
+	if !good {
+		if reason != "" {
+			ss.log.Info("auth failed", "user", username, "reason", reason)
+		} else {
+			ss.log.Info("auth failed", "user", username)
+		}
+		return &checkedError{fails: n}
 	}
 	ss.user = username
 	ss.log.Info("auth succeeded", "user", username)
 	return nil
 }
 
-// authFailed counts a failed AUTH for the client's address: after
-// AuthDelayAfter failures each reply waits AuthDelayStep more per failure;
-// at limits.max_auth_failures the reply is 421 (go-smtp then closes) and the
-// address is refused for limits.auth_block_time.
+// authFailed counts a failed AUTH for the client's address (a failed
+// password check was counted as it ended; a malformed exchange is counted
+// here): after AuthDelayAfter failures each reply waits AuthDelayStep more
+// per failure; at limits.max_auth_failures the reply is 421 (go-smtp then
+// closes) and the address is refused for limits.auth_block_time. A check
+// refused before it started is answered 421 and not counted.
 func (ss *session) authFailed(err error) error {
 	s := ss.s
 	lim := s.cfg.Load().Limits
+	var n int
+	var ce *checkedError
+	var se *smtp.SMTPError
+	switch {
+	case errors.As(err, &ce) && ce.refused:
+		return errAuthTooMany
+	case errors.As(err, &ce):
+		n, err = ce.fails, errAuthInvalid
+	default:
+		if !errors.As(err, &se) {
+			err = errAuthMalformed // go-sasl's "invalid response" and the like
+		}
+		n = s.authFails.fail(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures)
+	}
 	s.stats.authFailures.Add(1)
-	n := s.authFails.fail(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures)
 	if lim.MaxAuthFailures > 0 && n >= lim.MaxAuthFailures {
 		ss.log.Warn("too many failed authentications, address blocked", "failures", n, "for", lim.AuthBlockTime.Duration)
 		return errAuthTooMany

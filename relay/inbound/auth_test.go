@@ -1,7 +1,9 @@
 package inbound
 
 import (
+	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,5 +74,65 @@ func TestUnknownUser_ComparedAtTheUsersCost(t *testing.T) {
 	}
 	if !checkPassword(h4, "pw", 4) || checkPassword(h4, "wrong", 4) {
 		t.Errorf("checkPassword with a real hash is wrong")
+	}
+}
+
+// A connection opened before its address was blocked must not go on
+// guessing: its AUTH is refused with 421 without the password being
+// checked, the right password included. Before, every connection the
+// client held open (up to max_connections_per_ip) got one more guess
+// checked after the block, and a right guess was answered 235.
+func TestAuth_BlockedAddressRefusedOnOpenConnections(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) { c.Limits.MaxAuthFailures = 3 })
+	addr := ts.addr[config.ModeSubmissions]
+	open := func() *dialog {
+		d := dialTLS(t, addr)
+		d.script("S: 220 ", "C: EHLO client.test", "S: 250 ")
+		return d
+	}
+	guesser, waiting := open(), open()
+	wrong := "AUTH PLAIN " + plainIR("alice", "wrong")
+	guesser.script("C: "+wrong, "S: 535 5.7.8 ", "C: "+wrong, "S: 535 5.7.8 ", "C: "+wrong, "S: 421 4.7.0 ")
+	waiting.script("C: AUTH PLAIN "+plainIR("alice", testPassword), "S: 421 4.7.0 ")
+	if !waiting.closed() {
+		t.Error("the connection is still open after its AUTH was refused")
+	}
+	if n := strings.Count(ts.logs.String(), `msg="auth failed"`); n != 4 {
+		t.Errorf("%d auth failed lines, want 3 failures and 1 refusal:\n%s", n, ts.logs.String())
+	}
+	if !strings.Contains(ts.logs.String(), `reason="address blocked"`) {
+		t.Errorf("the refusal is not logged with its reason:\n%s", ts.logs.String())
+	}
+}
+
+// The password checks under way count toward the limit: with 3 allowed
+// failures, a 4th check is not started while 3 are running (each could
+// fail), so guesses sent at once on many connections cannot outrun the
+// counter. A successful check frees its place.
+func TestAuthFailures_ChecksUnderWayCount(t *testing.T) {
+	var f authFailures
+	a := netip.MustParseAddr("192.0.2.1")
+	now := time.Now()
+	for i := range 3 {
+		if !f.begin(a, now, time.Minute, 3) {
+			t.Fatalf("check %d refused", i+1)
+		}
+	}
+	if f.begin(a, now, time.Minute, 3) {
+		t.Fatal("a 4th check started while 3 were under way, with 3 failures allowed")
+	}
+	if n := f.end(a, now, time.Minute, 3, false); n != 0 {
+		t.Errorf("a successful check counted: %d failures", n)
+	}
+	if !f.begin(a, now, time.Minute, 3) {
+		t.Fatal("no check started after one ended well")
+	}
+	for i := range 3 {
+		if n := f.end(a, now, time.Minute, 3, true); n != i+1 {
+			t.Errorf("failure %d counted as %d", i+1, n)
+		}
+	}
+	if !f.blocked(a, now) || f.begin(a, now, time.Minute, 3) {
+		t.Error("the address is not blocked after 3 failures")
 	}
 }

@@ -301,6 +301,7 @@ const minSweep = 1024
 
 type authRecord struct {
 	fails        int
+	checking     int // password checks under way (begin without end)
 	last         time.Time
 	blockedUntil time.Time
 }
@@ -308,9 +309,47 @@ type authRecord struct {
 // fail records a failure for ip and returns the number of failures so far.
 // A record is forgotten blockFor after its last failure.
 func (a *authFailures) fail(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int) int {
-	ip = clientKey(ip)
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	return a.record(ip, now, blockFor).failed(now, blockFor, maxFailures)
+}
+
+// begin reserves a password check for ip. It reports false, reserving
+// nothing, when the address is blocked, or when its failures and the
+// checks under way already reach maxFailures: were those checks all to
+// fail, this one would be past the limit. Guesses sent at once on many
+// connections are so never checked beyond the limit, nor on a connection
+// that was opened before its address was blocked. Each reservation is
+// released by end.
+func (a *authFailures) begin(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.record(ip, now, blockFor)
+	if now.Before(r.blockedUntil) || maxFailures > 0 && r.fails+r.checking >= maxFailures {
+		return false
+	}
+	r.checking++
+	return true
+}
+
+// end releases a reservation of begin and, when the check failed, records
+// the failure in the same step (no other check can be reserved between
+// the two). It returns the number of failures so far.
+func (a *authFailures) end(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int, failed bool) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.record(ip, now, blockFor) // never swept while checking > 0
+	r.checking = max(r.checking-1, 0)
+	if !failed {
+		return r.fails
+	}
+	return r.failed(now, blockFor, maxFailures)
+}
+
+// record returns ip's record, a new one when it has none or it is stale;
+// a.mu is held.
+func (a *authFailures) record(ip netip.Addr, now time.Time, blockFor time.Duration) *authRecord {
+	ip = clientKey(ip)
 	if a.m == nil {
 		a.m = make(map[netip.Addr]*authRecord)
 	}
@@ -320,9 +359,16 @@ func (a *authFailures) fail(ip netip.Addr, now time.Time, blockFor time.Duration
 	}
 	r := a.m[ip]
 	if r == nil || r.stale(now, blockFor) {
-		r = &authRecord{}
+		// A stale record's failures are forgotten, not its checks under
+		// way (end releases them).
+		r = &authRecord{checking: r.checkingOrZero()}
 		a.m[ip] = r
 	}
+	return r
+}
+
+// failed counts one failure in r and returns the failures so far.
+func (r *authRecord) failed(now time.Time, blockFor time.Duration, maxFailures int) int {
 	r.fails++
 	r.last = now
 	if maxFailures > 0 && r.fails >= maxFailures {
@@ -331,10 +377,18 @@ func (a *authFailures) fail(ip netip.Addr, now time.Time, blockFor time.Duration
 	return r.fails
 }
 
+// checkingOrZero is r.checking, 0 for no record.
+func (r *authRecord) checkingOrZero() int {
+	if r == nil {
+		return 0
+	}
+	return r.checking
+}
+
 // expire drops stale records, so the map cannot grow without bound.
 func (a *authFailures) expire(now time.Time, blockFor time.Duration) {
 	for ip, r := range a.m {
-		if r.stale(now, blockFor) {
+		if r.stale(now, blockFor) && r.checking == 0 {
 			delete(a.m, ip)
 		}
 	}

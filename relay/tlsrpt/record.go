@@ -66,17 +66,51 @@ func ParseRecord(recs []string) ([]*url.URL, error) {
 	return out, nil
 }
 
-// reportAddress accepts a plain local@domain address that can go into an
-// envelope and a header unquoted.
+// reportAddress accepts an address an SMTP server takes as it is, in an
+// envelope and a header: a Dot-string local part (RFC 5321 §4.1.2) at a
+// host name of letters, digits and hyphens. Anything else in a record (a
+// DMARC-style size suffix "!5m", a second "@", an empty label) would be
+// queued only to bounce, after a DNS query for a name that cannot exist.
 func reportAddress(addr string) bool {
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 || len(addr) > 254 {
-		return false
-	}
-	for _, c := range addr {
-		if c <= ' ' || c >= 0x7f || strings.ContainsRune("<>()[]\\,;:\"", c) {
+	local, domain, ok := strings.Cut(addr, "@")
+	return ok && len(addr) <= 254 && len(local) <= 64 && dotString(local) && hostName(domain)
+}
+
+// dotString reports whether s is a Dot-string: atoms of atext joined by
+// single dots.
+func dotString(s string) bool {
+	for _, atom := range strings.Split(s, ".") {
+		if atom == "" {
 			return false
+		}
+		for _, c := range atom {
+			if !(c < 0x7f && (isLetDig(c) || strings.ContainsRune("!#$%&'*+-/=?^_`{|}~", c))) {
+				return false
+			}
 		}
 	}
 	return true
+}
+
+// hostName reports whether s is a domain of LDH labels (RFC 5321 §4.1.2
+// sub-domain: a letter or digit first and last), without a final dot.
+func hostName(s string) bool {
+	if len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, c := range label {
+			if !(c < 0x7f && (isLetDig(c) || c == '-')) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func isLetDig(c rune) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 }

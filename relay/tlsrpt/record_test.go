@@ -18,6 +18,20 @@ func TestParseTLSRPT(t *testing.T) {
 		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com?subject=x"}, "mailto:a@example.com"},
 		{[]string{"v=TLSRPTv1; rua=http://r.example/x,ftp://r.example,mailto:a@example.com"}, "mailto:a@example.com"},
 		{[]string{"v=TLSRPTv1; rua=mailto:bad address@example.com"}, "error"},
+		// Only an address an SMTP server takes: a dot-atom local part and
+		// a host name. These were queued before, each bouncing to
+		// tls_report_from after a DNS query for a name that cannot exist.
+		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com!5m"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@b@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@example..com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@-x.example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@x_y.example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a.@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:.a@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a..b@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com."}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:a@" + strings.Repeat("x", 64) + ".example"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tls.rpt+x=y/z@Mail-1.xn--bcher-kva.example"}, "mailto:tls.rpt+x=y/z@Mail-1.xn--bcher-kva.example"},
 		{[]string{"v=TLSRPTv1; rua=https://user:pw@r.example/x"}, "error"},
 		{[]string{"v=TLSRPTv1; ext=1"}, "error"},
 		{[]string{"v=TLSRPTv1"}, "error"},

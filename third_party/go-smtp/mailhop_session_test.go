@@ -50,7 +50,7 @@ func dialServer(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	return c, r
 }
 
-func sessionTestServer(t *testing.T) (*smtp.Server, string) {
+func sessionTestServer(t *testing.T, edit ...func(*smtp.Server)) (*smtp.Server, string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,6 +60,9 @@ func sessionTestServer(t *testing.T) (*smtp.Server, string) {
 	s.Domain = "mx.example"
 	s.AllowInsecureAuth = true
 	s.EnableDSN = true
+	for _, e := range edit {
+		e(s)
+	}
 	go s.Serve(l)
 	t.Cleanup(func() { s.Close() })
 	return s, l.Addr().String()
@@ -436,5 +439,30 @@ func TestHTTPRequestEndsSession(t *testing.T) {
 	io.WriteString(c, "NOOP HTTP/1.1\r\n")
 	if got := reply(t, r); !strings.HasPrefix(got, "250 ") {
 		t.Errorf("NOOP with an argument: %q, want 250", got)
+	}
+}
+
+// SMTPUTF8 and REQUIRETLS take no value (RFC 6531 §3.4, RFC 8689 §3):
+// "SMTPUTF8=no" or "REQUIRETLS=" is a syntax error, not the keyword.
+// Upstream took both as the keyword (REQUIRETLS=no asked for REQUIRETLS).
+func TestParameterValueSyntax(t *testing.T) {
+	_, addr := sessionTestServer(t, func(s *smtp.Server) {
+		s.EnableSMTPUTF8 = true
+		s.EnableREQUIRETLS = true
+	})
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "EHLO client.example\r\n")
+	reply(t, r)
+	for _, tc := range []struct{ cmd, want string }{
+		{"MAIL FROM:<a@example.com> SMTPUTF8=yes", "501 5.5.4 MAIL parameter SMTPUTF8 takes no value"},
+		{"MAIL FROM:<a@example.com> REQUIRETLS=no", "501 5.5.4 MAIL parameter REQUIRETLS takes no value"},
+		{"MAIL FROM:<a@example.com> requiretls=", "501 5.5.4 MAIL parameter REQUIRETLS takes no value"},
+		{"MAIL FROM:<a@example.com> SMTPUTF8 REQUIRETLS", "250 "},
+		{"RCPT TO:<b@example.com> NOTIFY=NEVER", "250 "},
+	} {
+		io.WriteString(c, tc.cmd+"\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.cmd, got, tc.want)
+		}
 	}
 }

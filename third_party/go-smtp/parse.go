@@ -98,6 +98,10 @@ func parseArgs(s string) (map[string]string, error) {
 		switch len(m) {
 		case 2:
 			value = m[1]
+			if keywordParam(key) {
+				// mailhop patch: "SMTPUTF8=no" is not SMTPUTF8.
+				return nil, &valueArgError{key}
+			}
 		case 1:
 		default:
 			return nil, fmt.Errorf("failed to parse arg string: %q", arg)
@@ -123,6 +127,17 @@ func dsnParam(key string) bool {
 	return false
 }
 
+// keywordParam reports whether key is a parameter that takes no value:
+// SMTPUTF8 (RFC 6531 §3.4) and REQUIRETLS (RFC 8689 §3).
+func keywordParam(key string) bool {
+	return key == "SMTPUTF8" || key == "REQUIRETLS"
+}
+
+// valueArgError is a value given to a parameter that takes none.
+type valueArgError struct{ key string }
+
+func (e *valueArgError) Error() string { return "parameter " + e.key + " takes no value" }
+
 // duplicateArgError is a MAIL or RCPT parameter given more than once.
 type duplicateArgError struct{ key string }
 
@@ -133,6 +148,10 @@ func argsError(cmd string, err error) string {
 	var de *duplicateArgError
 	if errors.As(err, &de) {
 		return "Duplicate " + cmd + " parameter " + de.key
+	}
+	var ve *valueArgError
+	if errors.As(err, &ve) {
+		return cmd + " parameter " + ve.key + " takes no value"
 	}
 	return "Unable to parse " + cmd + " ESMTP parameters"
 }
