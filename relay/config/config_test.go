@@ -184,7 +184,7 @@ func TestValuesOverrideDefaults(t *testing.T) {
 trusted_networks = []
 [delivery]
 retry_intervals = ["30s"]
-resolvers = ["9.9.9.9", "2620:fe::fe", "[::1]:5353", "dns.example:53"]
+resolvers = ["9.9.9.9", "2620:fe::fe", "[::1]:5353", "192.0.2.53:5300"]
 [admin]
 socket = "ctl.sock"
 `)
@@ -194,7 +194,7 @@ socket = "ctl.sock"
 	if got := cfg.RetryDurations(); !slices.Equal(got, []time.Duration{30 * time.Second}) {
 		t.Errorf("retry = %v", got)
 	}
-	if want := []string{"9.9.9.9:53", "[2620:fe::fe]:53", "[::1]:5353", "dns.example:53"}; !slices.Equal(cfg.Delivery.Resolvers, want) {
+	if want := []string{"9.9.9.9:53", "[2620:fe::fe]:53", "[::1]:5353", "192.0.2.53:5300"}; !slices.Equal(cfg.Delivery.Resolvers, want) {
 		t.Errorf("resolvers = %q, want %q", cfg.Delivery.Resolvers, want)
 	}
 	if cfg.DataDir != "/var/spool/mailhop" {

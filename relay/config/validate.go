@@ -752,5 +752,11 @@ func normaliseResolver(s string) (string, error) {
 	if err := checkHostPort(s, false); err != nil {
 		return "", err
 	}
+	if host, _, _ := net.SplitHostPort(s); !isIP(host) {
+		// Finding it would take a DNS query through the system's resolver,
+		// which these servers are there to replace (resolv.conf takes
+		// addresses only, too).
+		return "", fmt.Errorf("%q: a resolver is given by its IP address, not a host name", s)
+	}
 	return s, nil
 }
