@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -133,5 +134,60 @@ func TestDeliveryRcptCapKill9DuringSecondTransaction(t *testing.T) {
 		if n := countLines(logs, "msg=delivered", "rcpt="+a+"@dest.test"); n != 1 {
 			t.Errorf("%s logged delivered %d times, want once", a, n)
 		}
+	}
+}
+
+// The first MX takes 120 recipients in three transactions but defers the
+// last one (450), which goes to the second MX in the same attempt; that one
+// stalls at the end of data and the relay is killed (kill -9). The 19
+// recipients the first MX's last transaction delivered were recorded before
+// the second MX's transaction started, so after the restart only r119 gets
+// the message again: nobody twice, r105's success report once. (They were
+// recorded at the attempt's end only, and the kill sent them the message a
+// second time.)
+func TestDeliveryRcptCapKill9AtTheNextMX(t *testing.T) {
+	t.Parallel()
+	w := newMXWorld(t, dnstest.Zone{
+		"dest.test.":     {dnstest.MX("dest.test", 10, "mx1.dest.test"), dnstest.MX("dest.test", 20, "mx2.dest.test")},
+		"mx1.dest.test.": {dnstest.A("mx1.dest.test", "127.0.0.2")},
+		"mx2.dest.test.": {dnstest.A("mx2.dest.test", "127.0.0.3")},
+	})
+	mx1 := w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "mx1.dest.test", Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "r119@") {
+			return smtptest.Reply(450, "4.2.0", "greylisted")
+		}
+		return nil
+	}})
+	var open atomic.Bool
+	data, stalled := stallingData(t, 1, &open)
+	mx2 := w.mx("127.0.0.3", smtptest.Behaviour{Hostname: "mx2.dest.test", Data: data})
+	r := startCapRelay(w)
+	rcpts := capRcpts(120, "dest.test")
+	msg := deliveryMessage("cap-kill9-mx2", "list@dest.test")
+	submitMail(t, r, submission{From: senderAddr, To: rcpts,
+		RcptOpts: map[string]*smtp.RcptOptions{"r105@dest.test": {Notify: []smtp.DSNNotify{smtp.DSNNotifySuccess}}}}, msg)
+	select {
+	case <-stalled:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("r119 never reached the second MX\n%s", r.logs.String())
+	}
+	if n := len(mx1.Messages()); n != 3 {
+		t.Fatalf("the first MX took %d transactions, want 3", n)
+	}
+	r.kill()
+	open.Store(true)
+	r.start()
+	waitQueueEmpty(t, r, 30*time.Second)
+	got := timesDelivered(mx1, mx2)
+	for _, a := range rcpts {
+		if got[a] != 1 {
+			t.Errorf("%s got the message %d times, want once", a, got[a])
+		}
+	}
+	if n := len(w.senderMX.Messages()); n != 1 {
+		t.Errorf("the sender got %d reports, want 1 (r105's success)", n)
+	}
+	if n := countLines(r.logs.String(), "msg=delivered", "rcpt=r105@dest.test"); n != 1 {
+		t.Errorf("r105 logged delivered %d times, want once", n)
 	}
 }

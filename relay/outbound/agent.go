@@ -824,6 +824,12 @@ hosts:
 				// As Postfix does for any server but the last, the
 				// recipients this one deferred, or left when its connection
 				// failed mid-transaction, go on to the next address now.
+				// Those it delivered are recorded first: the next host's
+				// transactions may take minutes, and a crash meanwhile
+				// must not send the message to them again.
+				if t.progress != nil {
+					t.progress(decided)
+				}
 				settled, carried = append(settled, decided...), passed
 				carrier = gr
 				rest := *t

@@ -550,6 +550,41 @@ func TestDelivery_RcptCap_DeliveredRecordedBetweenTransactions(t *testing.T) {
 	}
 }
 
+// The recipients the first MX delivered are recorded before the recipients
+// it deferred go to the next MX: while the second MX stalls at the end of
+// data, the queue has the first MX's 119 delivered — those of its last
+// transaction too, which no further transaction of its own recorded (a
+// crash then sent them the message again) — and each is logged once.
+func TestDelivery_RcptCap_DeliveredRecordedBeforeTheNextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Hour
+	rcptReplyServer(t, h, "127.0.0.3", "<r119@", "450 4.2.0 greylisted\r\n")
+	second := h.server("127.0.0.4", smtptest.Behaviour{StallData: true})
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	select {
+	case <-second.Stalled():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("r119 did not reach the second MX:\n%s", h.logs.String())
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue")
+	}
+	for i, r := range env.Recipients {
+		if want := map[bool]queue.RcptState{true: queue.Delivered, false: queue.Pending}[i < 119]; r.State != want {
+			t.Errorf("%s: %v while the second MX stalls, want %v", r.Address, r.State, want)
+		}
+	}
+	h.stop()
+	for _, r := range []string{"r000", "r100", "r118"} {
+		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+"@")); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once:\n%s", r, n, h.logs.String())
+		}
+	}
+}
+
 // The shutdown cutting the second of three transactions: the first 50 stay
 // delivered, the others keep their state from before the attempt (no reply
 // of the closed connection), so they are tried again after the restart.

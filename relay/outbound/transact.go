@@ -44,9 +44,10 @@ type txn struct {
 	rcpts       []int // indices into env.Recipients
 	tlsOptional bool  // the message says TLS-Required: No
 	forms       *msgForms
-	// progress, when set, records the recipients a transaction delivered
-	// when further transactions of the attempt follow it (recordDelivered),
-	// marking them reported and logged.
+	// progress, when set, records the delivered recipients among its
+	// argument when further transactions of the attempt follow — on the
+	// same connection, or at the next address (recordDelivered) — marking
+	// them reported and logged.
 	progress func(rs []rcptResult)
 }
 
