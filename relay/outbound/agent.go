@@ -968,12 +968,12 @@ const maxSessions = 2
 
 // passOn splits a host's results into those that stand and the recipients
 // to try at the next address now: those the host deferred with a 4xx
-// reply (except "too many recipients", tooManyRecipients, which waits for a
-// later transaction), and those left when its connection failed after
+// reply (except "too many recipients", tooMany, which waits for a later
+// transaction), and those left when its connection failed after
 // accepting them (broke). passed are the host's results for the latter.
 func passOn(res []rcptResult) (again []int, decided, passed []rcptResult) {
 	for _, r := range res {
-		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && !tooManyRecipients(r.reply)
+		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && !r.tooMany
 		if r.broke != nil || soft {
 			again, passed = append(again, r.index), append(passed, r)
 		} else {
@@ -1136,7 +1136,7 @@ func rcptLimit(cfg *config.Config) int {
 //     connection, so per_domain_concurrency counts one. A server that
 //     announces a lower LIMITS RCPTMAX (RFC 9422) gets that many.
 //   - The recipients a server refused because a transaction had too many
-//     (tooManyRecipients; RFC 5321 §4.5.3.1.10: the client sends to the
+//     (limitRefusal; RFC 5321 §4.5.3.1.10: the client sends to the
 //     accepted ones and tries the rest in a later transaction) go in the
 //     next transactions, before those not sent yet. From then on each
 //     transaction carries no more recipients than the last one got
@@ -1178,7 +1178,7 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 	res := make([]rcptResult, len(t.rcpts))
 	copy(res, first)
 	sent := size // res[sent:] have had no transaction
-	tooMany := func(r rcptResult) bool { return r.state == queue.Pending && tooManyRecipients(r.reply) }
+	tooMany := func(r rcptResult) bool { return r.state == queue.Pending && r.tooMany }
 	var cause *stageError   // why the connection carries no more transactions
 	var limited *rcptResult // the last "too many recipients" refusal, when a transaction got none through
 	for {
@@ -1254,7 +1254,7 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		// The server takes no more on this connection: they wait for the
 		// next attempt as those it refused do.
 		for p := sent; p < len(res); p++ {
-			res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: limited.reply, remote: cn.host}
+			res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: limited.reply, remote: cn.host, tooMany: true}
 		}
 		return res, broken, nil
 	case ctx.Err() != nil:

@@ -54,12 +54,44 @@ func TestTooManyRecipients(t *testing.T) {
 		{&smtperr.Error{Code: 452, Enhanced: "4.3.1", Msg: "insufficient system storage"}, false},
 		{&smtperr.Error{Code: 450, Msg: "greylisted"}, false},
 		{&smtperr.Error{Code: 451, Msg: "local error"}, false},
-		{&smtperr.Error{Code: 552, Enhanced: "5.5.3", Msg: "too many recipients"}, false}, // transact makes it a 452 first
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3", Msg: "too many recipients"}, false}, // limitRefusal makes it a 452 first
 		{&smtperr.Error{Code: 0, Enhanced: "4.5.3", Msg: "ours, not a server's"}, false},
 		{nil, false},
 	} {
 		if got := tooManyRecipients(c.e); got != c.want {
 			t.Errorf("tooManyRecipients(%v) = %v, want %v", c.e, got, c.want)
+		}
+	}
+}
+
+// A refusal is for the number of recipients only among a transaction's
+// last ones (no recipient after it accepted); a 552 of that meaning is
+// taken as 452, any other keeps its code.
+func TestLimitRefusal(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		e        *smtperr.Error
+		last     bool
+		code     int
+		enhanced string
+		tooMany  bool
+	}{
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, true, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, false, 452, "4.5.3", false},
+		{&smtperr.Error{Code: 452}, true, 452, "", true},
+		{&smtperr.Error{Code: 452}, false, 452, "", false},
+		{&smtperr.Error{Code: 552}, true, 452, "", true},
+		{&smtperr.Error{Code: 552}, false, 552, "", false},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, true, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, false, 552, "5.5.3", false},
+		{&smtperr.Error{Code: 552, Enhanced: "5.2.2"}, true, 552, "5.2.2", false},
+		{&smtperr.Error{Code: 452, Enhanced: "4.2.2"}, true, 452, "4.2.2", false},
+		{&smtperr.Error{Code: 550, Enhanced: "5.1.1"}, true, 550, "5.1.1", false},
+	} {
+		e, tooMany := limitRefusal(c.e, c.last)
+		if e.Code != c.code || e.Enhanced != c.enhanced || tooMany != c.tooMany {
+			t.Errorf("limitRefusal(%d %s, last %v) = %d %s, %v; want %d %s, %v",
+				c.e.Code, c.e.Enhanced, c.last, e.Code, e.Enhanced, tooMany, c.code, c.enhanced, c.tooMany)
 		}
 	}
 }
@@ -123,6 +155,7 @@ func TestDelivery_552MailboxFullToRcpt_Bounces(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
 	got := rcptReplyServer(t, h, "127.0.0.3", "<b@", "552 5.2.2 Mailbox full, quota exceeded\r\n")
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test", "b@example.test"})
 	h.waitRecords(id, 1)
@@ -134,6 +167,16 @@ func TestDelivery_552MailboxFullToRcpt_Bounces(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "msg=bounced") || !strings.Contains(h.logs.String(), "rcpt=b@example.test") {
 		t.Errorf("b@example.test not bounced:\n%s", h.logs.String())
+	}
+	// The bounce gives the server's reply as it was, not a 452.
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 {
+		t.Fatalf("bounce for %d recipients, want b@example.test alone", len(d.Recipients))
+	}
+	r := d.Recipients[0]
+	if r.Address() != "b@example.test" || r.Action != "failed" || r.Status != "5.2.2" ||
+		r.DiagnosticCode != "smtp; 552 5.2.2 Mailbox full, quota exceeded" || r.RemoteMTA != "dns; mx.example.test" {
+		t.Errorf("bounce: %+v, want b@example.test failed, 5.2.2, the server's 552 reply, from mx.example.test", r)
 	}
 }
 
@@ -801,5 +844,125 @@ func TestLimitsRcptMax(t *testing.T) {
 		if got := limitsRcptMax(params); got != want {
 			t.Errorf("limitsRcptMax(%q) = %d, want %d", params, got, want)
 		}
+	}
+}
+
+// rcptNumber is n of "RCPT TO:<rNNN@...", or -1.
+func rcptNumber(line string) int {
+	var n int
+	if _, err := fmt.Sscanf(strings.ToLower(line), "rcpt to:<r%03d@", &n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// A server without enhanced status codes that answers a bare "452 Mailbox
+// full" for ten recipients early in the first transaction, and takes every
+// recipient after them: that is not a limit on the number of recipients
+// (RFC 5321 §4.5.3.1.10: a server out of room refuses every one beyond its
+// limit), so the ten are deferred with their own reply and not sent again
+// in this attempt, the transactions stay at 50, and the other 190 are
+// delivered. (They were taken for a recipient limit: each transaction sent
+// them again first and shrank by ten, the fifth carried only them, and the
+// 90 recipients not yet sent were deferred with their "Mailbox full".)
+func TestDelivery_RcptCap_Bare452FollowedByAcceptance_NotALimit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if n := rcptNumber(line); verb == "RCPT" && n >= 0 && n < 10 {
+			return "452 Mailbox full\r\n"
+		}
+		return plain(verb, line)
+	})
+	h.start()
+	rcpts := manyRcpts(200, "example.test")
+	id := h.submit(testBody, rcpts)
+	h.waitRecords(id, 1)
+	s := got.String()
+	if per := rcptsPerTransaction(s); !slices.Equal(per, []int{50, 50, 50, 50}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 50 50 50]", per)
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue; want r000 to r009 pending")
+	}
+	for i, r := range env.Recipients {
+		switch {
+		case i < 10 && (r.State != queue.Pending || r.Code != 452 || !strings.Contains(r.Reply, "Mailbox full")):
+			t.Errorf("%s: %v %d %q, want pending with its 452 Mailbox full", r.Address, r.State, r.Code, r.Reply)
+		case i >= 10 && r.State != queue.Delivered:
+			t.Errorf("%s: %v %d %q, want delivered", r.Address, r.State, r.Code, r.Reply)
+		}
+	}
+	for _, r := range rcpts[:10] {
+		if n := strings.Count(s, "RCPT TO:<"+r+">"); n != 1 {
+			t.Errorf("%s: %d RCPT commands, want 1", r, n)
+		}
+	}
+}
+
+// A bare "552 exceeded storage allocation" (no enhanced status) for one
+// recipient that later recipients of the transaction were accepted after
+// is RFC 5321's 552, not RFC 821's "too many recipients": that recipient
+// bounces with the server's 552, as Postfix has it, after one RCPT. (It was
+// rewritten as a 452 and sent again in each further transaction.)
+func TestDelivery_RcptCap_Bare552FollowedByAcceptance_Bounces(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if verb == "RCPT" && rcptNumber(line) == 5 {
+			return "552 Requested mail action aborted: exceeded storage allocation\r\n"
+		}
+		return plain(verb, line)
+	})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, manyRcpts(60, "example.test"))
+	h.waitRecords(id, 1)
+	s := got.String()
+	if per := rcptsPerTransaction(s); !slices.Equal(per, []int{50, 10}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 10]", per)
+	}
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("the message is still queued: %+v", env.Recipients)
+	}
+	bounced := testlog.Lines(h.logs.String(), "msg=bounced", "rcpt=r005@example.test")
+	if len(bounced) != 1 || !strings.Contains(bounced[0], "code=552") {
+		t.Errorf("r005 not bounced with the server's 552: %q\n%s", bounced, h.logs.String())
+	}
+	if n := len(testlog.Lines(h.logs.String(), "msg=delivered")); n != 59 {
+		t.Errorf("%d delivered, want 59", n)
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 {
+		t.Fatalf("bounce for %d recipients, want r005 alone", len(d.Recipients))
+	}
+	if r := d.Recipients[0]; r.Address() != "r005@example.test" || r.Status != "5.0.0" ||
+		r.DiagnosticCode != "smtp; 552 Requested mail action aborted: exceeded storage allocation" {
+		t.Errorf("bounce: %+v, want r005 failed, 5.0.0, with the server's 552", r)
+	}
+}
+
+// A bare "452 insufficient system storage" to MAIL (RFC 5321 §4.3.2) is
+// the server's deferral of the whole transaction, not a recipient limit:
+// its recipients go to the next MX in the same attempt, as with any 4xx to
+// MAIL. (They were taken as "too many recipients" and waited for the next
+// attempt.)
+func TestDelivery_Bare452ToMail_NextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n",
+		"MAIL": "452 Requested action not taken: insufficient system storage\r\n"}))
+	second := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	if msgs := second.Messages(); len(msgs) != 1 || len(msgs[0].To) != 2 {
+		t.Errorf("the second MX got %+v, want one message to both", msgs)
 	}
 }
