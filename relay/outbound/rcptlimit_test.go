@@ -932,7 +932,7 @@ func TestDelivery_RcptCap_Bare552FollowedByAcceptance_Bounces(t *testing.T) {
 	if len(bounced) != 1 || !strings.Contains(bounced[0], "code=552") {
 		t.Errorf("r005 not bounced with the server's 552: %q\n%s", bounced, h.logs.String())
 	}
-	if n := len(testlog.Lines(h.logs.String(), "msg=delivered")); n != 59 {
+	if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "@example.test ")); n != 59 {
 		t.Errorf("%d delivered, want 59", n)
 	}
 	d := parseBounce(t, senderMX.Wait(t, 1)[0])
@@ -964,5 +964,60 @@ func TestDelivery_Bare452ToMail_NextMX(t *testing.T) {
 	}
 	if msgs := second.Messages(); len(msgs) != 1 || len(msgs[0].To) != 2 {
 		t.Errorf("the second MX got %+v, want one message to both", msgs)
+	}
+}
+
+// Two domains of one message, each delivered in three transactions at the
+// same time (their progress recorded concurrently), NOTIFY=SUCCESS for
+// recipients in both, to servers without DSN: every recipient is delivered
+// and logged once, and each success recipient is in exactly one report.
+func TestDelivery_RcptCap_TwoDomainsConcurrently_ReportsOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("a.test", "127.0.0.2", "b.test", "127.0.0.3"))
+	b := h.server("127.0.0.3", smtptest.Behaviour{})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	rcpts := append(manyRcpts(120, "a.test"), manyRcpts(120, "b.test")...)
+	success := map[int]bool{0: true, 60: true, 119: true, 120: true, 180: true, 239: true}
+	id := h.submit(testBody, rcpts, func(e *queue.Envelope) {
+		for i := range success {
+			e.Recipients[i].Notify = queue.NotifySuccess
+		}
+	})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	got := map[string]int{}
+	for _, m := range append(h.first.Messages(), b.Messages()...) {
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	logs := h.logs.String()
+	for _, r := range rcpts {
+		if got[r] != 1 {
+			t.Errorf("%s got the message %d times, want once", r, got[r])
+		}
+		if n := len(testlog.Lines(logs, "msg=delivered", "rcpt="+r+" ")); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once", r, n)
+		}
+	}
+	// Every report is queued by the attempt's end; they reach the sender's
+	// MX one by one, each with at least one of the six recipients.
+	count, total := map[string]int{}, 0
+	for n := 1; total < len(success); n++ {
+		count, total = map[string]int{}, 0
+		for _, m := range senderMX.Wait(t, n) {
+			for _, r := range parseBounce(t, m).Recipients {
+				count[r.Address()]++
+				total++
+			}
+		}
+	}
+	for i := range success {
+		if count[rcpts[i]] != 1 {
+			t.Errorf("%s in %d reports, want 1 (all: %v)", rcpts[i], count[rcpts[i]], count)
+		}
 	}
 }
