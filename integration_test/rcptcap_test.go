@@ -106,6 +106,17 @@ func TestDeliveryRcptCapKill9DuringSecondTransaction(t *testing.T) {
 	if !r.waitLine("msg=delivered", "rcpt=r049@dest.test") {
 		t.Errorf("r049 not logged delivered before the second transaction's end:\n%s", r.logs.String())
 	}
+	// What `queue list` shows meanwhile: the first 50 delivered, the
+	// others pending with no reply yet.
+	if m := queuedFor(r.list(), "r000@dest.test"); m == nil {
+		t.Error("the message is not listed")
+	} else {
+		for i, rc := range m.Recipients {
+			if want := map[bool]string{true: "delivered", false: "pending"}[i < 50]; rc.State != want || (i < 50) != (rc.Code == 250) {
+				t.Errorf("queue list during the second transaction: %s %s %d %q, want %s", rc.Address, rc.State, rc.Code, rc.Reply, want)
+			}
+		}
+	}
 	r.kill()
 	open.Store(true)
 	r.start()
