@@ -1171,12 +1171,17 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 	for i := range last {
 		last[i] = i
 	}
-	first, broken, serr := a.transact(ctx, cn, part(last), tm)
+	sub := t // the common case: one transaction for them all, nothing copied
+	if size < len(t.rcpts) {
+		sub = part(last)
+	}
+	res, broken, serr := a.transact(ctx, cn, sub, tm)
 	if serr != nil {
 		return nil, true, serr
 	}
-	res := make([]rcptResult, len(t.rcpts))
-	copy(res, first)
+	if size < len(t.rcpts) {
+		res = append(res, make([]rcptResult, len(t.rcpts)-size)...)
+	}
 	sent := size // res[sent:] have had no transaction
 	tooMany := func(r rcptResult) bool { return r.state == queue.Pending && r.tooMany }
 	var cause *stageError   // why the connection carries no more transactions
