@@ -1021,3 +1021,67 @@ func TestDelivery_RcptCap_TwoDomainsConcurrently_ReportsOnce(t *testing.T) {
 		}
 	}
 }
+
+// The second of three transactions has its MAIL refused: with a 5xx its
+// 50 recipients bounce with that reply, with a 4xx they go to the next MX
+// in the same attempt; the loop goes on either way, and the first and third
+// transactions' recipients are delivered at the first MX. Nobody is lost or
+// sent the message twice.
+func TestDelivery_RcptCap_SecondMailRefused(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, reply string
+		bounce      bool
+	}{
+		{"5xx", "550 5.7.1 sender rate limited\r\n", true},
+		{"4xx", "451 4.7.1 try again later\r\n", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+			var mu sync.Mutex
+			mails := 0
+			plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+			first := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+				mu.Lock()
+				defer mu.Unlock()
+				if verb == "MAIL" {
+					if mails++; mails == 2 {
+						return c.reply
+					}
+				}
+				return plain(verb, line)
+			})
+			second := h.server("127.0.0.4", smtptest.Behaviour{})
+			h.start()
+			rcpts := manyRcpts(120, "example.test")
+			id := h.submit(testBody, rcpts)
+			h.waitRecords(id, 1)
+			if env := h.envelope(id); env != nil {
+				t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+			}
+			if per := rcptsPerTransaction(first.String()); !slices.Equal(per, []int{50, 50, 20}) {
+				t.Errorf("RCPT commands at the first MX per transaction %v, want [50 50 20]", per)
+			}
+			logs := h.logs.String()
+			var atSecond []string
+			for _, m := range second.Messages() {
+				atSecond = append(atSecond, m.To...)
+			}
+			for i, r := range rcpts {
+				mid := i >= 50 && i < 100
+				bounced := len(testlog.Lines(logs, "msg=bounced", "rcpt="+r+" ")) == 1
+				delivered := len(testlog.Lines(logs, "msg=delivered", "rcpt="+r+" ")) == 1
+				switch {
+				case mid && c.bounce && (!bounced || delivered):
+					t.Errorf("%s: not bounced once", r)
+				case (!mid || !c.bounce) && (!delivered || bounced):
+					t.Errorf("%s: not delivered once", r)
+				}
+			}
+			if want := map[bool][]string{true: nil, false: rcpts[50:100]}[c.bounce]; !slices.Equal(atSecond, want) {
+				t.Errorf("the second MX got %q, want %q", atSecond, want)
+			}
+		})
+	}
+}
