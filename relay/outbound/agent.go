@@ -1149,7 +1149,8 @@ func rcptLimit(cfg *config.Config) int {
 // dial afresh or try the next address) is returned as transact's. When the
 // connection fails or breaks off after a transaction, what the earlier
 // transactions decided stands, and the recipients no transaction was run
-// for are left pending as broken off with it (broke: the next address of
+// for, or that were refused as too many and waited for a further one, are
+// left pending as broken off with it (broke: the next address of
 // the attempt may take them, as it may the recipients a broken transaction
 // had accepted); when the attempt is cut short by the shutdown, they are
 // left pending without a reply (see dropCut). It reports whether cn must
@@ -1251,9 +1252,6 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		}
 		broken, last = br, next
 	}
-	if sent == len(res) {
-		return res, broken, nil
-	}
 	switch {
 	case limited != nil:
 		// The server takes no more on this connection: they wait for the
@@ -1263,12 +1261,25 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		}
 		return res, broken, nil
 	case ctx.Err() != nil:
+		if sent == len(res) {
+			return res, broken, nil
+		}
 		cause = &stageError{stage: "mail", err: smtperr.New(0, "4.3.2", "delivery interrupted before the transaction for this recipient")}
-	case cause == nil:
-		if cause = brokeOf(res[:sent]); cause == nil {
-			// The last transaction left the session unfit for more (a
-			// protocol error, an early reply with the connection closed).
-			cause = &stageError{stage: "mail", err: smtperr.New(0, "4.4.2", "connection given up after the transaction before this recipient's")}
+	default:
+		// The connection carries no more transactions.
+		if cause == nil {
+			if cause = brokeOf(res[:sent]); cause == nil {
+				// The last transaction left the session unfit for more (a
+				// protocol error, an early reply with the connection closed).
+				cause = &stageError{stage: "mail", err: smtperr.New(0, "4.4.2", "connection given up after the transaction before this recipient's")}
+			}
+		}
+		// Those refused as too many were waiting for a further
+		// transaction here: they go on with those that had none.
+		for p := range res[:sent] {
+			if tooMany(res[p]) {
+				res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: cause.err, remote: cn.host, broke: cause}
+			}
 		}
 	}
 	for p := sent; p < len(res); p++ {

@@ -1085,3 +1085,49 @@ func TestDelivery_RcptCap_SecondMailRefused(t *testing.T) {
 		})
 	}
 }
+
+// The first MX takes 30 recipients of the first transaction, refuses the
+// other 20 as too many, and drops the connection after its end of data:
+// those 20 go to the next MX in the same attempt with the 70 that had no
+// transaction, as no further transaction at the first MX can carry them.
+// (They waited for the next attempt, while the next MX took the 70.)
+func TestDelivery_RcptCap_TooManyThenConnectionEnds_NextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	var mu sync.Mutex
+	n := 0
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		switch verb {
+		case "RCPT":
+			if n++; n > 30 {
+				return "452 4.5.3 Too many recipients\r\n"
+			}
+		case ".":
+			return "250 2.0.0 ok\r\n" + closeAfter
+		}
+		return plain(verb, line)
+	})
+	second := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	rcpts := manyRcpts(120, "example.test")
+	id := h.submit(testBody, rcpts)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		for _, r := range env.Recipients {
+			if r.State != queue.Delivered {
+				t.Errorf("%s: %v %q after one attempt, want delivered", r.Address, r.State, r.Reply)
+			}
+		}
+	}
+	var to []string
+	for _, m := range second.Messages() {
+		to = append(to, m.To...)
+	}
+	slices.Sort(to)
+	if !slices.Equal(to, rcpts[30:]) {
+		t.Errorf("the second MX got %d recipients %q, want r030 to r119", len(to), to)
+	}
+}
