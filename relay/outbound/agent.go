@@ -862,6 +862,12 @@ hosts:
 				// As Postfix does for any server but the last, the
 				// recipients this one deferred, or left when its connection
 				// failed mid-transaction, go on to the next address now.
+				// Those it delivered are recorded first: the next host's
+				// transactions may take minutes, and a crash meanwhile
+				// must not send the message to them again.
+				if t.progress != nil {
+					t.progress(decided)
+				}
 				settled, carried = append(settled, decided...), passed
 				carrier = gr
 				rest := *t
@@ -999,12 +1005,12 @@ const maxSessions = 2
 
 // passOn splits a host's results into those that stand and the recipients
 // to try at the next address now: those the host deferred with a 4xx
-// reply (except "too many recipients", tooManyRecipients, which waits for a
-// later transaction), and those left when its connection failed after
+// reply (except "too many recipients", tooMany, which waits for a later
+// transaction), and those left when its connection failed after
 // accepting them (broke). passed are the host's results for the latter.
 func passOn(res []rcptResult) (again []int, decided, passed []rcptResult) {
 	for _, r := range res {
-		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && !tooManyRecipients(r.reply)
+		soft := r.state == queue.Pending && r.reply != nil && r.reply.Code >= 400 && r.reply.Code < 500 && !r.tooMany
 		if r.broke != nil || soft {
 			again, passed = append(again, r.index), append(passed, r)
 		} else {
@@ -1187,7 +1193,7 @@ func rcptLimit(cfg *config.Config) int {
 //     connection, so per_domain_concurrency counts one. A server that
 //     announces a lower LIMITS RCPTMAX (RFC 9422) gets that many.
 //   - The recipients a server refused because a transaction had too many
-//     (tooManyRecipients; RFC 5321 §4.5.3.1.10: the client sends to the
+//     (limitRefusal; RFC 5321 §4.5.3.1.10: the client sends to the
 //     accepted ones and tries the rest in a later transaction) go in the
 //     next transactions, before those not sent yet. From then on each
 //     transaction carries no more recipients than the last one got
@@ -1200,7 +1206,8 @@ func rcptLimit(cfg *config.Config) int {
 // dial afresh or try the next address) is returned as transact's. When the
 // connection fails or breaks off after a transaction, what the earlier
 // transactions decided stands, and the recipients no transaction was run
-// for are left pending as broken off with it (broke: the next address of
+// for, or that were refused as too many and waited for a further one, are
+// left pending as broken off with it (broke: the next address of
 // the attempt may take them, as it may the recipients a broken transaction
 // had accepted); when the attempt is cut short by the shutdown, they are
 // left pending without a reply (see dropCut). answered is called after each
@@ -1223,17 +1230,22 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 	for i := range last {
 		last[i] = i
 	}
-	first, broken, serr := a.transact(ctx, cn, part(last), tm)
+	sub := t // the common case: one transaction for them all, nothing copied
+	if size < len(t.rcpts) {
+		sub = part(last)
+	}
+	res, broken, serr := a.transact(ctx, cn, sub, tm)
 	if serr != nil {
 		return nil, true, serr
 	}
-	if answeredAll(first) {
+	if answeredAll(res) {
 		answered()
 	}
-	res := make([]rcptResult, len(t.rcpts))
-	copy(res, first)
+	if size < len(t.rcpts) {
+		res = append(res, make([]rcptResult, len(t.rcpts)-size)...)
+	}
 	sent := size // res[sent:] have had no transaction
-	tooMany := func(r rcptResult) bool { return r.state == queue.Pending && tooManyRecipients(r.reply) }
+	tooMany := func(r rcptResult) bool { return r.state == queue.Pending && r.tooMany }
 	var cause *stageError   // why the connection carries no more transactions
 	var limited *rcptResult // the last "too many recipients" refusal, when a transaction got none through
 	for {
@@ -1304,24 +1316,34 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		}
 		broken, last = br, next
 	}
-	if sent == len(res) {
-		return res, broken, nil
-	}
 	switch {
 	case limited != nil:
 		// The server takes no more on this connection: they wait for the
 		// next attempt as those it refused do.
 		for p := sent; p < len(res); p++ {
-			res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: limited.reply, remote: cn.host}
+			res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: limited.reply, remote: cn.host, tooMany: true}
 		}
 		return res, broken, nil
 	case ctx.Err() != nil:
+		if sent == len(res) {
+			return res, broken, nil
+		}
 		cause = &stageError{stage: "mail", err: smtperr.New(0, "4.3.2", "delivery interrupted before the transaction for this recipient")}
-	case cause == nil:
-		if cause = brokeOf(res[:sent]); cause == nil {
-			// The last transaction left the session unfit for more (a
-			// protocol error, an early reply with the connection closed).
-			cause = &stageError{stage: "mail", err: smtperr.New(0, "4.4.2", "connection given up after the transaction before this recipient's")}
+	default:
+		// The connection carries no more transactions.
+		if cause == nil {
+			if cause = brokeOf(res[:sent]); cause == nil {
+				// The last transaction left the session unfit for more (a
+				// protocol error, an early reply with the connection closed).
+				cause = &stageError{stage: "mail", err: smtperr.New(0, "4.4.2", "connection given up after the transaction before this recipient's")}
+			}
+		}
+		// Those refused as too many were waiting for a further
+		// transaction here: they go on with those that had none.
+		for p := range res[:sent] {
+			if tooMany(res[p]) {
+				res[p] = rcptResult{index: t.rcpts[p], state: queue.Pending, reply: cause.err, remote: cn.host, broke: cause}
+			}
 		}
 	}
 	for p := sent; p < len(res); p++ {

@@ -54,12 +54,44 @@ func TestTooManyRecipients(t *testing.T) {
 		{&smtperr.Error{Code: 452, Enhanced: "4.3.1", Msg: "insufficient system storage"}, false},
 		{&smtperr.Error{Code: 450, Msg: "greylisted"}, false},
 		{&smtperr.Error{Code: 451, Msg: "local error"}, false},
-		{&smtperr.Error{Code: 552, Enhanced: "5.5.3", Msg: "too many recipients"}, false}, // transact makes it a 452 first
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3", Msg: "too many recipients"}, false}, // limitRefusal makes it a 452 first
 		{&smtperr.Error{Code: 0, Enhanced: "4.5.3", Msg: "ours, not a server's"}, false},
 		{nil, false},
 	} {
 		if got := tooManyRecipients(c.e); got != c.want {
 			t.Errorf("tooManyRecipients(%v) = %v, want %v", c.e, got, c.want)
+		}
+	}
+}
+
+// A refusal is for the number of recipients only among a transaction's
+// last ones (no recipient after it accepted); a 552 of that meaning is
+// taken as 452, any other keeps its code.
+func TestLimitRefusal(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		e        *smtperr.Error
+		last     bool
+		code     int
+		enhanced string
+		tooMany  bool
+	}{
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, true, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, false, 452, "4.5.3", false},
+		{&smtperr.Error{Code: 452}, true, 452, "", true},
+		{&smtperr.Error{Code: 452}, false, 452, "", false},
+		{&smtperr.Error{Code: 552}, true, 452, "", true},
+		{&smtperr.Error{Code: 552}, false, 552, "", false},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, true, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, false, 552, "5.5.3", false},
+		{&smtperr.Error{Code: 552, Enhanced: "5.2.2"}, true, 552, "5.2.2", false},
+		{&smtperr.Error{Code: 452, Enhanced: "4.2.2"}, true, 452, "4.2.2", false},
+		{&smtperr.Error{Code: 550, Enhanced: "5.1.1"}, true, 550, "5.1.1", false},
+	} {
+		e, tooMany := limitRefusal(c.e, c.last)
+		if e.Code != c.code || e.Enhanced != c.enhanced || tooMany != c.tooMany {
+			t.Errorf("limitRefusal(%d %s, last %v) = %d %s, %v; want %d %s, %v",
+				c.e.Code, c.e.Enhanced, c.last, e.Code, e.Enhanced, tooMany, c.code, c.enhanced, c.tooMany)
 		}
 	}
 }
@@ -123,6 +155,7 @@ func TestDelivery_552MailboxFullToRcpt_Bounces(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
 	got := rcptReplyServer(t, h, "127.0.0.3", "<b@", "552 5.2.2 Mailbox full, quota exceeded\r\n")
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
 	h.start()
 	id := h.submit(testBody, []string{"a@example.test", "b@example.test"})
 	h.waitRecords(id, 1)
@@ -134,6 +167,16 @@ func TestDelivery_552MailboxFullToRcpt_Bounces(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "msg=bounced") || !strings.Contains(h.logs.String(), "rcpt=b@example.test") {
 		t.Errorf("b@example.test not bounced:\n%s", h.logs.String())
+	}
+	// The bounce gives the server's reply as it was, not a 452.
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 {
+		t.Fatalf("bounce for %d recipients, want b@example.test alone", len(d.Recipients))
+	}
+	r := d.Recipients[0]
+	if r.Address() != "b@example.test" || r.Action != "failed" || r.Status != "5.2.2" ||
+		r.DiagnosticCode != "smtp; 552 5.2.2 Mailbox full, quota exceeded" || r.RemoteMTA != "dns; mx.example.test" {
+		t.Errorf("bounce: %+v, want b@example.test failed, 5.2.2, the server's 552 reply, from mx.example.test", r)
 	}
 }
 
@@ -550,6 +593,41 @@ func TestDelivery_RcptCap_DeliveredRecordedBetweenTransactions(t *testing.T) {
 	}
 }
 
+// The recipients the first MX delivered are recorded before the recipients
+// it deferred go to the next MX: while the second MX stalls at the end of
+// data, the queue has the first MX's 119 delivered — those of its last
+// transaction too, which no further transaction of its own recorded (a
+// crash then sent them the message again) — and each is logged once.
+func TestDelivery_RcptCap_DeliveredRecordedBeforeTheNextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Hour
+	rcptReplyServer(t, h, "127.0.0.3", "<r119@", "450 4.2.0 greylisted\r\n")
+	second := h.server("127.0.0.4", smtptest.Behaviour{StallData: true})
+	h.start()
+	id := h.submit(testBody, manyRcpts(120, "example.test"))
+	select {
+	case <-second.Stalled():
+	case <-time.After(15 * time.Second):
+		t.Fatalf("r119 did not reach the second MX:\n%s", h.logs.String())
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue")
+	}
+	for i, r := range env.Recipients {
+		if want := map[bool]queue.RcptState{true: queue.Delivered, false: queue.Pending}[i < 119]; r.State != want {
+			t.Errorf("%s: %v while the second MX stalls, want %v", r.Address, r.State, want)
+		}
+	}
+	h.stop()
+	for _, r := range []string{"r000", "r100", "r118"} {
+		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+"@")); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once:\n%s", r, n, h.logs.String())
+		}
+	}
+}
+
 // The shutdown cutting the second of three transactions: the first 50 stay
 // delivered, the others keep their state from before the attempt (no reply
 // of the closed connection), so they are tried again after the restart.
@@ -766,5 +844,290 @@ func TestLimitsRcptMax(t *testing.T) {
 		if got := limitsRcptMax(params); got != want {
 			t.Errorf("limitsRcptMax(%q) = %d, want %d", params, got, want)
 		}
+	}
+}
+
+// rcptNumber is n of "RCPT TO:<rNNN@...", or -1.
+func rcptNumber(line string) int {
+	var n int
+	if _, err := fmt.Sscanf(strings.ToLower(line), "rcpt to:<r%03d@", &n); err != nil {
+		return -1
+	}
+	return n
+}
+
+// A server without enhanced status codes that answers a bare "452 Mailbox
+// full" for ten recipients early in the first transaction, and takes every
+// recipient after them: that is not a limit on the number of recipients
+// (RFC 5321 §4.5.3.1.10: a server out of room refuses every one beyond its
+// limit), so the ten are deferred with their own reply and not sent again
+// in this attempt, the transactions stay at 50, and the other 190 are
+// delivered. (They were taken for a recipient limit: each transaction sent
+// them again first and shrank by ten, the fifth carried only them, and the
+// 90 recipients not yet sent were deferred with their "Mailbox full".)
+func TestDelivery_RcptCap_Bare452FollowedByAcceptance_NotALimit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if n := rcptNumber(line); verb == "RCPT" && n >= 0 && n < 10 {
+			return "452 Mailbox full\r\n"
+		}
+		return plain(verb, line)
+	})
+	h.start()
+	rcpts := manyRcpts(200, "example.test")
+	id := h.submit(testBody, rcpts)
+	h.waitRecords(id, 1)
+	s := got.String()
+	if per := rcptsPerTransaction(s); !slices.Equal(per, []int{50, 50, 50, 50}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 50 50 50]", per)
+	}
+	env := h.envelope(id)
+	if env == nil {
+		t.Fatal("the message left the queue; want r000 to r009 pending")
+	}
+	for i, r := range env.Recipients {
+		switch {
+		case i < 10 && (r.State != queue.Pending || r.Code != 452 || !strings.Contains(r.Reply, "Mailbox full")):
+			t.Errorf("%s: %v %d %q, want pending with its 452 Mailbox full", r.Address, r.State, r.Code, r.Reply)
+		case i >= 10 && r.State != queue.Delivered:
+			t.Errorf("%s: %v %d %q, want delivered", r.Address, r.State, r.Code, r.Reply)
+		}
+	}
+	for _, r := range rcpts[:10] {
+		if n := strings.Count(s, "RCPT TO:<"+r+">"); n != 1 {
+			t.Errorf("%s: %d RCPT commands, want 1", r, n)
+		}
+	}
+}
+
+// A bare "552 exceeded storage allocation" (no enhanced status) for one
+// recipient that later recipients of the transaction were accepted after
+// is RFC 5321's 552, not RFC 821's "too many recipients": that recipient
+// bounces with the server's 552, as Postfix has it, after one RCPT. (It was
+// rewritten as a 452 and sent again in each further transaction.)
+func TestDelivery_RcptCap_Bare552FollowedByAcceptance_Bounces(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	got := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		if verb == "RCPT" && rcptNumber(line) == 5 {
+			return "552 Requested mail action aborted: exceeded storage allocation\r\n"
+		}
+		return plain(verb, line)
+	})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, manyRcpts(60, "example.test"))
+	h.waitRecords(id, 1)
+	s := got.String()
+	if per := rcptsPerTransaction(s); !slices.Equal(per, []int{50, 10}) {
+		t.Errorf("RCPT commands per transaction %v, want [50 10]", per)
+	}
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("the message is still queued: %+v", env.Recipients)
+	}
+	bounced := testlog.Lines(h.logs.String(), "msg=bounced", "rcpt=r005@example.test")
+	if len(bounced) != 1 || !strings.Contains(bounced[0], "code=552") {
+		t.Errorf("r005 not bounced with the server's 552: %q\n%s", bounced, h.logs.String())
+	}
+	if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "@example.test ")); n != 59 {
+		t.Errorf("%d delivered, want 59", n)
+	}
+	d := parseBounce(t, senderMX.Wait(t, 1)[0])
+	if len(d.Recipients) != 1 {
+		t.Fatalf("bounce for %d recipients, want r005 alone", len(d.Recipients))
+	}
+	if r := d.Recipients[0]; r.Address() != "r005@example.test" || r.Status != "5.0.0" ||
+		r.DiagnosticCode != "smtp; 552 Requested mail action aborted: exceeded storage allocation" {
+		t.Errorf("bounce: %+v, want r005 failed, 5.0.0, with the server's 552", r)
+	}
+}
+
+// A bare "452 insufficient system storage" to MAIL (RFC 5321 §4.3.2) is
+// the server's deferral of the whole transaction, not a recipient limit:
+// its recipients go to the next MX in the same attempt, as with any 4xx to
+// MAIL. (They were taken as "too many recipients" and waited for the next
+// attempt.)
+func TestDelivery_Bare452ToMail_NextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	scriptedServer(t, h, "127.0.0.3", plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n",
+		"MAIL": "452 Requested action not taken: insufficient system storage\r\n"}))
+	second := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	id := h.submit(testBody, []string{"a@example.test", "b@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+	}
+	if msgs := second.Messages(); len(msgs) != 1 || len(msgs[0].To) != 2 {
+		t.Errorf("the second MX got %+v, want one message to both", msgs)
+	}
+}
+
+// Two domains of one message, each delivered in three transactions at the
+// same time (their progress recorded concurrently), NOTIFY=SUCCESS for
+// recipients in both, to servers without DSN: every recipient is delivered
+// and logged once, and each success recipient is in exactly one report.
+func TestDelivery_RcptCap_TwoDomainsConcurrently_ReportsOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("a.test", "127.0.0.2", "b.test", "127.0.0.3"))
+	b := h.server("127.0.0.3", smtptest.Behaviour{})
+	senderMX := h.server("127.0.0.250", smtptest.Behaviour{})
+	h.start()
+	rcpts := append(manyRcpts(120, "a.test"), manyRcpts(120, "b.test")...)
+	success := map[int]bool{0: true, 60: true, 119: true, 120: true, 180: true, 239: true}
+	id := h.submit(testBody, rcpts, func(e *queue.Envelope) {
+		for i := range success {
+			e.Recipients[i].Notify = queue.NotifySuccess
+		}
+	})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("still queued: %+v", env.Recipients)
+	}
+	got := map[string]int{}
+	for _, m := range append(h.first.Messages(), b.Messages()...) {
+		for _, to := range m.To {
+			got[to]++
+		}
+	}
+	logs := h.logs.String()
+	for _, r := range rcpts {
+		if got[r] != 1 {
+			t.Errorf("%s got the message %d times, want once", r, got[r])
+		}
+		if n := len(testlog.Lines(logs, "msg=delivered", "rcpt="+r+" ")); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once", r, n)
+		}
+	}
+	// Every report is queued by the attempt's end; they reach the sender's
+	// MX one by one, each with at least one of the six recipients.
+	count, total := map[string]int{}, 0
+	for n := 1; total < len(success); n++ {
+		count, total = map[string]int{}, 0
+		for _, m := range senderMX.Wait(t, n) {
+			for _, r := range parseBounce(t, m).Recipients {
+				count[r.Address()]++
+				total++
+			}
+		}
+	}
+	for i := range success {
+		if count[rcpts[i]] != 1 {
+			t.Errorf("%s in %d reports, want 1 (all: %v)", rcpts[i], count[rcpts[i]], count)
+		}
+	}
+}
+
+// The second of three transactions has its MAIL refused: with a 5xx its
+// 50 recipients bounce with that reply, with a 4xx they go to the next MX
+// in the same attempt; the loop goes on either way, and the first and third
+// transactions' recipients are delivered at the first MX. Nobody is lost or
+// sent the message twice.
+func TestDelivery_RcptCap_SecondMailRefused(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name, reply string
+		bounce      bool
+	}{
+		{"5xx", "550 5.7.1 sender rate limited\r\n", true},
+		{"4xx", "451 4.7.1 try again later\r\n", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+			var mu sync.Mutex
+			mails := 0
+			plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+			first := scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+				mu.Lock()
+				defer mu.Unlock()
+				if verb == "MAIL" {
+					if mails++; mails == 2 {
+						return c.reply
+					}
+				}
+				return plain(verb, line)
+			})
+			second := h.server("127.0.0.4", smtptest.Behaviour{})
+			h.start()
+			rcpts := manyRcpts(120, "example.test")
+			id := h.submit(testBody, rcpts)
+			h.waitRecords(id, 1)
+			if env := h.envelope(id); env != nil {
+				t.Fatalf("after one attempt the message is still queued: %+v", env.Recipients)
+			}
+			if per := rcptsPerTransaction(first.String()); !slices.Equal(per, []int{50, 50, 20}) {
+				t.Errorf("RCPT commands at the first MX per transaction %v, want [50 50 20]", per)
+			}
+			logs := h.logs.String()
+			var atSecond []string
+			for _, m := range second.Messages() {
+				atSecond = append(atSecond, m.To...)
+			}
+			for i, r := range rcpts {
+				mid := i >= 50 && i < 100
+				bounced := len(testlog.Lines(logs, "msg=bounced", "rcpt="+r+" ")) == 1
+				delivered := len(testlog.Lines(logs, "msg=delivered", "rcpt="+r+" ")) == 1
+				switch {
+				case mid && c.bounce && (!bounced || delivered):
+					t.Errorf("%s: not bounced once", r)
+				case (!mid || !c.bounce) && (!delivered || bounced):
+					t.Errorf("%s: not delivered once", r)
+				}
+			}
+			if want := map[bool][]string{true: nil, false: rcpts[50:100]}[c.bounce]; !slices.Equal(atSecond, want) {
+				t.Errorf("the second MX got %q, want %q", atSecond, want)
+			}
+		})
+	}
+}
+
+// The first MX takes 30 recipients of the first transaction, refuses the
+// other 20 as too many, and drops the connection after its end of data:
+// those 20 go to the next MX in the same attempt with the 70 that had no
+// transaction, as no further transaction at the first MX can carry them.
+// (They waited for the next attempt, while the next MX took the 70.)
+func TestDelivery_RcptCap_TooManyThenConnectionEnds_NextMX(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, mxZone("127.0.0.3", "127.0.0.4"))
+	var mu sync.Mutex
+	n := 0
+	plain := plainReplies(map[string]string{"STARTTLS": "502 5.5.1 no\r\n"})
+	scriptedServer(t, h, "127.0.0.3", func(verb, line string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		switch verb {
+		case "RCPT":
+			if n++; n > 30 {
+				return "452 4.5.3 Too many recipients\r\n"
+			}
+		case ".":
+			return "250 2.0.0 ok\r\n" + closeAfter
+		}
+		return plain(verb, line)
+	})
+	second := h.server("127.0.0.4", smtptest.Behaviour{})
+	h.start()
+	rcpts := manyRcpts(120, "example.test")
+	id := h.submit(testBody, rcpts)
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		for _, r := range env.Recipients {
+			if r.State != queue.Delivered {
+				t.Errorf("%s: %v %q after one attempt, want delivered", r.Address, r.State, r.Reply)
+			}
+		}
+	}
+	var to []string
+	for _, m := range second.Messages() {
+		to = append(to, m.To...)
+	}
+	slices.Sort(to)
+	if !slices.Equal(to, rcpts[30:]) {
+		t.Errorf("the second MX got %d recipients %q, want r030 to r119", len(to), to)
 	}
 }

@@ -35,6 +35,10 @@ type rcptResult struct {
 	// logged is set when its outcome was logged before the attempt's end
 	// (recordDelivered).
 	logged bool
+	// tooMany is set when the server refused it for the number of
+	// recipients in the transaction (see limitRefusal): it goes in a
+	// further transaction, not to the next address.
+	tooMany bool
 }
 
 // txn is one SMTP transaction for a domain group.
@@ -44,9 +48,10 @@ type txn struct {
 	rcpts       []int // indices into env.Recipients
 	tlsOptional bool  // the message says TLS-Required: No
 	forms       *msgForms
-	// progress, when set, records the recipients a transaction delivered
-	// when further transactions of the attempt follow it (recordDelivered),
-	// marking them reported and logged.
+	// progress, when set, records the delivered recipients among its
+	// argument when further transactions of the attempt follow — on the
+	// same connection, or at the next address (recordDelivered) — marking
+	// them reported and logged.
 	progress func(rs []rcptResult)
 }
 
@@ -204,6 +209,18 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	if se, ok := replyError(rep.Mail); ok {
 		return all(stateOf(se), se), midway, nil
 	}
+	// A server whose recipient limit is reached refuses every recipient
+	// after it (RFC 5321 §4.5.3.1.10): a refusal followed by a recipient it
+	// accepted is not for their number, whatever its code says.
+	lastTaken := -1 // in send: the last recipient the server accepted
+	for j := range send {
+		if midway && j >= rep.RcptRead {
+			break
+		}
+		if _, ok := replyError(rep.Rcpt[j]); !ok {
+			lastTaken = j
+		}
+	}
 	var accepted []int // positions in res
 	for j, i := range send {
 		if midway && j >= rep.RcptRead {
@@ -211,20 +228,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			continue
 		}
 		if se, ok := replyError(rep.Rcpt[j]); ok {
-			if se.Code == 552 && (se.Enhanced == "" || se.Enhanced == "5.5.3") {
-				// RFC 5321 §4.5.3.1.10: 552 to RCPT is how RFC 821
-				// servers say "too many recipients"; it is taken as 452
-				// so the rest go in a further transaction. A 552 that
-				// says otherwise (5.2.2 mailbox full, 5.3.4) is what it
-				// says, as Postfix takes every 552 (it keeps the RFC's
-				// mapping out: "too much mail data" would be retried).
-				t4 := *se
-				t4.Code = 452
-				if t4.Enhanced != "" {
-					t4.Enhanced = "4.5.3"
-				}
-				se = &t4
-			}
+			se, res[i].tooMany = limitRefusal(se, j > lastTaken)
 			res[i].state, res[i].reply = stateOf(se), se
 			continue
 		}
@@ -340,6 +344,39 @@ func replyError(err error) (*smtperr.Error, bool) {
 	return nil, false
 }
 
+// limitRefusal reads a server's refusal of a RCPT: it returns the reply
+// the recipient keeps, and whether it refuses the recipient for the number
+// of recipients in the transaction (tooManyRecipients), so that it goes in
+// a further transaction. last: no recipient after it in the transaction was
+// accepted; a refusal followed by an accepted recipient is that
+// recipient's own, whatever its code (a bare "452 Mailbox full" from a
+// server without enhanced status codes): taken for a limit, it was sent
+// again first in every further transaction, each one recipient smaller,
+// until they carried only such recipients and the rest of the message
+// waited for the next attempt.
+//
+// RFC 5321 §4.5.3.1.10: 552 to RCPT is how RFC 821 servers say "too many
+// recipients"; as the last refusals of a transaction, without an enhanced
+// status or with X.5.3, it is taken as 452 so the rest go in a further
+// transaction. A 552 that says otherwise (5.2.2 mailbox full, 5.3.4), or
+// that came before an accepted recipient, is what it says, as Postfix
+// takes every 552 (it keeps the RFC's mapping out: "too much mail data"
+// would be retried).
+func limitRefusal(se *smtperr.Error, last bool) (*smtperr.Error, bool) {
+	if !last {
+		return se, false
+	}
+	if se.Code == 552 && (se.Enhanced == "" || se.Enhanced == "5.5.3") {
+		t4 := *se
+		t4.Code = 452
+		if t4.Enhanced != "" {
+			t4.Enhanced = "4.5.3"
+		}
+		se = &t4
+	}
+	return se, tooManyRecipients(se)
+}
+
 // tooManyRecipients reports whether e, a server's reply to RCPT, refuses
 // the recipient for the number of recipients in the transaction (RFC 5321
 // §4.5.3.1.10), so that it goes in a further transaction: a 4xx reply with
@@ -351,7 +388,10 @@ func replyError(err error) (*smtperr.Error, bool) {
 // not lower the next one's size, and, like any other 4xx, goes to the next
 // address of the attempt. (Postfix's SMTP client gives 452 no meaning of its
 // own: a 452 is one recipient's soft error, and its recipient limit is
-// delivery requests of at most smtp_destination_recipient_limit.)
+// delivery requests of at most smtp_destination_recipient_limit.) Only a
+// transaction's last refusals are read so (limitRefusal), and never a reply
+// to MAIL: a bare 452 there is insufficient system storage (RFC 5321
+// §4.3.2), a deferral of the transaction like any 4xx to MAIL.
 func tooManyRecipients(e *smtperr.Error) bool {
 	if e == nil || e.Code < 400 || e.Code >= 500 {
 		return false
