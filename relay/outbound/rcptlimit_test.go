@@ -65,33 +65,39 @@ func TestTooManyRecipients(t *testing.T) {
 }
 
 // A refusal is for the number of recipients only among a transaction's
-// last ones (no recipient after it accepted); a 552 of that meaning is
-// taken as 452, any other keeps its code.
+// last ones (no recipient after it accepted) and, without an enhanced
+// status to say so, only after a recipient it accepted (a bare "552
+// Mailbox full" to a one-recipient message is that mailbox's); a 552 of
+// that meaning is taken as 452, any other keeps its code.
 func TestLimitRefusal(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
-		e        *smtperr.Error
-		last     bool
-		code     int
-		enhanced string
-		tooMany  bool
+		e           *smtperr.Error
+		last, after bool
+		code        int
+		enhanced    string
+		tooMany     bool
 	}{
-		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, true, 452, "4.5.3", true},
-		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, false, 452, "4.5.3", false},
-		{&smtperr.Error{Code: 452}, true, 452, "", true},
-		{&smtperr.Error{Code: 452}, false, 452, "", false},
-		{&smtperr.Error{Code: 552}, true, 452, "", true},
-		{&smtperr.Error{Code: 552}, false, 552, "", false},
-		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, true, 452, "4.5.3", true},
-		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, false, 552, "5.5.3", false},
-		{&smtperr.Error{Code: 552, Enhanced: "5.2.2"}, true, 552, "5.2.2", false},
-		{&smtperr.Error{Code: 452, Enhanced: "4.2.2"}, true, 452, "4.2.2", false},
-		{&smtperr.Error{Code: 550, Enhanced: "5.1.1"}, true, 550, "5.1.1", false},
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, true, true, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, true, false, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 452, Enhanced: "4.5.3"}, false, true, 452, "4.5.3", false},
+		{&smtperr.Error{Code: 452}, true, true, 452, "", true},
+		{&smtperr.Error{Code: 452}, true, false, 452, "", false},
+		{&smtperr.Error{Code: 452}, false, true, 452, "", false},
+		{&smtperr.Error{Code: 552}, true, true, 452, "", true},
+		{&smtperr.Error{Code: 552}, true, false, 552, "", false},
+		{&smtperr.Error{Code: 552}, false, true, 552, "", false},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, true, true, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, true, false, 452, "4.5.3", true},
+		{&smtperr.Error{Code: 552, Enhanced: "5.5.3"}, false, true, 552, "5.5.3", false},
+		{&smtperr.Error{Code: 552, Enhanced: "5.2.2"}, true, true, 552, "5.2.2", false},
+		{&smtperr.Error{Code: 452, Enhanced: "4.2.2"}, true, true, 452, "4.2.2", false},
+		{&smtperr.Error{Code: 550, Enhanced: "5.1.1"}, true, true, 550, "5.1.1", false},
 	} {
-		e, tooMany := limitRefusal(c.e, c.last)
+		e, tooMany := limitRefusal(c.e, c.last, c.after)
 		if e.Code != c.code || e.Enhanced != c.enhanced || tooMany != c.tooMany {
-			t.Errorf("limitRefusal(%d %s, last %v) = %d %s, %v; want %d %s, %v",
-				c.e.Code, c.e.Enhanced, c.last, e.Code, e.Enhanced, tooMany, c.code, c.enhanced, c.tooMany)
+			t.Errorf("limitRefusal(%d %s, last %v, after an accepted one %v) = %d %s, %v; want %d %s, %v",
+				c.e.Code, c.e.Enhanced, c.last, c.after, e.Code, e.Enhanced, tooMany, c.code, c.enhanced, c.tooMany)
 		}
 	}
 }
@@ -177,6 +183,29 @@ func TestDelivery_552MailboxFullToRcpt_Bounces(t *testing.T) {
 	if r.Address() != "b@example.test" || r.Action != "failed" || r.Status != "5.2.2" ||
 		r.DiagnosticCode != "smtp; 552 5.2.2 Mailbox full, quota exceeded" || r.RemoteMTA != "dns; mx.example.test" {
 		t.Errorf("bounce: %+v, want b@example.test failed, 5.2.2, the server's 552 reply, from mx.example.test", r)
+	}
+}
+
+// A bare "552 Mailbox full" (no enhanced status) to a one-recipient
+// message is that mailbox's refusal, not a limit on the number of
+// recipients (there was none before it to be too many): it bounces at
+// once, as in Postfix. Taken for a limit, it waited, the transaction
+// refused each time, until the message expired.
+func TestDelivery_Bare552ToTheOnlyRecipient_Bounces(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{}, zone("example.test", "127.0.0.3"))
+	got := rcptReplyServer(t, h, "127.0.0.3", "<b@", "552 Mailbox full\r\n")
+	h.start()
+	id := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(id, 1)
+	if env := h.envelope(id); env != nil {
+		t.Fatalf("the message is still queued: %+v", env.Recipients)
+	}
+	if !strings.Contains(h.logs.String(), "msg=bounced") {
+		t.Errorf("b@example.test not bounced:\n%s", h.logs.String())
+	}
+	if n := mailCommands(got.String()); n != 1 {
+		t.Errorf("%d transactions, want 1:\n%s", n, got.String())
 	}
 }
 

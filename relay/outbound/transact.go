@@ -212,12 +212,15 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	// A server whose recipient limit is reached refuses every recipient
 	// after it (RFC 5321 §4.5.3.1.10): a refusal followed by a recipient it
 	// accepted is not for their number, whatever its code says.
-	lastTaken := -1 // in send: the last recipient the server accepted
+	firstTaken, lastTaken := -1, -1 // in send: the first and last recipients the server accepted
 	for j := range send {
 		if midway && j >= rep.RcptRead {
 			break
 		}
 		if _, ok := replyError(rep.Rcpt[j]); !ok {
+			if firstTaken < 0 {
+				firstTaken = j
+			}
 			lastTaken = j
 		}
 	}
@@ -228,7 +231,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			continue
 		}
 		if se, ok := replyError(rep.Rcpt[j]); ok {
-			se, res[i].tooMany = limitRefusal(se, j > lastTaken)
+			se, res[i].tooMany = limitRefusal(se, j > lastTaken, firstTaken >= 0 && firstTaken < j)
 			res[i].state, res[i].reply = stateOf(se), se
 			continue
 		}
@@ -362,8 +365,15 @@ func replyError(err error) (*smtperr.Error, bool) {
 // that came before an accepted recipient, is what it says, as Postfix
 // takes every 552 (it keeps the RFC's mapping out: "too much mail data"
 // would be retried).
-func limitRefusal(se *smtperr.Error, last bool) (*smtperr.Error, bool) {
-	if !last {
+//
+// afterAccepted: the server accepted a recipient before this one in the
+// transaction. A bare 452 or 552 (no enhanced status to say which) to a
+// transaction's first recipients is not a limit on their number (a limit
+// of none is no limit): it is that recipient's own, so a "552 Mailbox
+// full" to a one-recipient message bounces, as in Postfix, instead of
+// waiting, a limit each time, until the message expires.
+func limitRefusal(se *smtperr.Error, last, afterAccepted bool) (*smtperr.Error, bool) {
+	if !last || se.Enhanced == "" && !afterAccepted {
 		return se, false
 	}
 	if se.Code == 552 && (se.Enhanced == "" || se.Enhanced == "5.5.3") {
