@@ -265,13 +265,27 @@ func (r *relay) start() {
 			r.t.Fatalf("mailhop did not listen on %s: %v\n--- log ---\n%s", a, err, r.logs.String())
 		}
 	}
+	// The listeners are bound (and take connections into their backlog)
+	// before the pickup directory is drained and the admin socket made;
+	// the relay has started, as it tells systemd, once the socket is up.
+	// Until then a queue command finds no socket and a locked queue.
+	sock := filepath.Join(r.dir, "data", "admin.sock")
+	if err := waitDial("unix", sock, exited, 20*time.Second); err != nil {
+		r.t.Fatalf("mailhop did not open its admin socket %s: %v\n--- log ---\n%s", sock, err, r.logs.String())
+	}
 }
 
 // waitListening dials addr until it accepts, the process exits, or time runs out.
 func waitListening(addr string, exited <-chan struct{}, limit time.Duration) error {
+	return waitDial("tcp", addr, exited, limit)
+}
+
+// waitDial dials addr on network until it accepts, the process exits, or
+// time runs out.
+func waitDial(network, addr string, exited <-chan struct{}, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := net.DialTimeout(network, addr, time.Second)
 		if err == nil {
 			c.Close()
 			return nil

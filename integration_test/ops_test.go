@@ -38,6 +38,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
+	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/relay/admin"
 	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -1273,5 +1274,64 @@ func TestOpsSIGTERMDuringStartExitsZero(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 0 || !strings.Contains(logs.String(), `msg="mailhop stopped"`) {
 			t.Fatalf("start %d: SIGTERM during the start: %v, want exit 0 after 'mailhop stopped'\n%s", i, cmd.ProcessState, logs.String())
 		}
+	}
+}
+
+// TestOpsLogLinesCarryMessageID: every log line about a message carries its
+// queue ID and its Message-ID (issue 5: grep of either ID shows the message's
+// whole life) — also the lines of the hosts a delivery passed over (`host
+// deferred`, `host failed`), the operator's actions and the `report queued`
+// of its bounce, not only `message accepted`, `attempt` and the outcomes.
+func TestOpsLogLinesCarryMessageID(t *testing.T) {
+	t.Parallel()
+	w := newMXWorld(t, dnstest.Zone{
+		"dest.test.":     {dnstest.MX("dest.test", 10, "mx1.dest.test"), dnstest.MX("dest.test", 20, "mx2.dest.test")},
+		"mx1.dest.test.": {dnstest.A("mx1.dest.test", "127.0.0.2")},
+		"mx2.dest.test.": {dnstest.A("mx2.dest.test", "127.0.0.3")},
+	})
+	// mx1 greylists (its recipients go on to mx2: "host deferred"), mx2 is
+	// down ("host failed").
+	w.mx("127.0.0.2", smtptest.Behaviour{Hostname: "mx1.dest.test", Rcpt: func(string, *smtp.RcptOptions) error {
+		return smtptest.Reply(451, "4.7.1", "greylisted, try again later")
+	}})
+	w.down("127.0.0.3")
+	r := w.start("1h", "", "")
+
+	submitMail(t, r, submission{From: senderAddr, To: []string{"bob@dest.test"}}, deliveryMessage("logids", "bob@dest.test"))
+	const mid = "message_id=<logids@client.test>"
+	id := logField(r.logLine("message accepted", mid), "queue_id")
+	if id == "" {
+		t.Fatalf("no `message accepted` line with %s\n%s", mid, r.logs.String())
+	}
+	qid := "queue_id=" + id
+	for _, m := range []string{"host deferred", "host failed", "attempt"} {
+		if !r.waitLine(m, qid) {
+			t.Fatalf("no %q line for %s\n%s", m, id, r.logs.String())
+		}
+	}
+	for _, act := range []string{"hold", "release"} {
+		if out, errs, code := r.mailhop("queue", act, id); code != 0 {
+			t.Fatalf("queue %s: exit %d: %s%s", act, code, out, errs)
+		}
+	}
+	// A bounce is refused while an attempt is under way: the message is
+	// deferred for an hour now, so the first try normally succeeds.
+	waitFor(t, "queue bounce "+id, 20*time.Second, func() bool {
+		_, _, code := r.mailhop("queue", "bounce", id)
+		return code == 0
+	})
+	for _, m := range []string{"queue hold by operator", "queue release by operator", "queue bounce by operator", "report queued", "bounced"} {
+		if !r.waitLine(m, qid) {
+			t.Fatalf("no %q line for %s\n%s", m, id, r.logs.String())
+		}
+	}
+	lines := testlog.Lines(r.logs.String(), qid)
+	for _, l := range lines {
+		if !strings.Contains(l, mid) {
+			t.Errorf("a log line about %s without its Message-ID (%s):\n%s", id, mid, l)
+		}
+	}
+	if len(lines) < 9 {
+		t.Errorf("only %d log lines name %s:\n%s", len(lines), id, strings.Join(lines, "\n"))
 	}
 }

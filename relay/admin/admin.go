@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/mailhdr"
 )
 
 // Bouncer bounces a queued message at once (the delivery agent).
@@ -356,7 +357,8 @@ func (s *Server) show(w http.ResponseWriter, r *http.Request) {
 func (s *Server) message(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if uid, ok := mayAdminister(r); !ok {
-		s.Log.Warn("queue message read refused: not root or the relay's user", "queue_id", id, "uid", uid, "user", userName(uid))
+		s.Log.Warn("queue message read refused: not root or the relay's user", "queue_id", id, "message_id", s.messageID(id),
+			"uid", uid, "user", userName(uid))
 		writeJSON(w, http.StatusForbidden, apiError{Error: "only root or the relay's user may read queued mail"})
 		return
 	}
@@ -413,8 +415,10 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: "unknown action " + act + " (hold, release, delete, bounce)"})
 		return
 	}
+	// Read before the action: a delete takes the content with it.
+	mid := s.messageID(id)
 	if uid, ok := mayAdminister(r); !ok {
-		s.Log.Warn("queue "+act+" refused: not root or the relay's user", "queue_id", id, "uid", uid, "user", userName(uid))
+		s.Log.Warn("queue "+act+" refused: not root or the relay's user", "queue_id", id, "message_id", mid, "uid", uid, "user", userName(uid))
 		writeJSON(w, http.StatusForbidden, apiError{Error: act + ": only root or the relay's user may change queued mail"})
 		return
 	}
@@ -437,6 +441,17 @@ func (s *Server) action(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, err)
 		return
 	}
-	s.Log.Info("queue "+act+" by operator", "queue_id", id, "user", peerUser(r))
+	s.Log.Info("queue "+act+" by operator", "queue_id", id, "message_id", mid, "user", peerUser(r))
 	writeJSON(w, http.StatusOK, Result{OK: true, Count: 1})
+}
+
+// messageID returns the Message-ID of queued message id, for the log lines
+// about it ("" when it has none, or is not queued).
+func (s *Server) messageID(id string) string {
+	b, err := s.Queue.Body(id)
+	if err != nil {
+		return ""
+	}
+	defer b.Close()
+	return mailhdr.MessageID(mailhdr.Block(b, b.Size()))
 }

@@ -157,7 +157,7 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, apiError{Error: err.Error()})
 		return
 	}
-	id, err := in.Inject(env, uid, br, "socket")
+	id, _, err := in.Inject(env, uid, br, "socket")
 	if err != nil {
 		status := http.StatusServiceUnavailable
 		var ie *InjectError
@@ -197,10 +197,11 @@ func readEnvelopeLine(br *bufio.Reader) (*InjectEnvelope, error) {
 
 // Inject checks env, prepends a Received header naming the local user uid,
 // and queues the message read from body. via ("socket", "pickup") is logged.
-func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via string) (string, error) {
+// It returns the queue ID and, for the log, the message's Message-ID.
+func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via string) (string, string, error) {
 	cfg := in.Config()
 	if err := checkInjectEnvelope(env); err != nil {
-		return "", err
+		return "", "", err
 	}
 	name := userName(uid)
 	qe := &queue.Envelope{
@@ -260,17 +261,18 @@ func (in *Injector) Inject(env *InjectEnvelope, uid int, body io.Reader, via str
 	}
 	if err != nil {
 		if le := lim.Err(); le != nil {
-			in.Log.Info("inject: message refused", "queue_id", qe.ID, "from", qe.From, "user", name, "uid", uid,
-				"via", via, "limit", le.Key, "err", le.Error())
-			return "", injectErr(limitStatus(le), "inject: %v", le)
+			in.Log.Info("inject: message refused", "queue_id", qe.ID, "message_id", head.MessageID(), "from", qe.From,
+				"user", name, "uid", uid, "via", via, "limit", le.Key, "err", le.Error())
+			return "", "", injectErr(limitStatus(le), "inject: %v", le)
 		}
 		in.Log.Error("inject: queueing failed", "queue_id", qe.ID, "user", name, "uid", uid, "via", via, "err", err)
-		return "", injectErr(http.StatusServiceUnavailable, "inject: the queue could not store the message; try again later")
+		return "", "", injectErr(http.StatusServiceUnavailable, "inject: the queue could not store the message; try again later")
 	}
 	in.injected.Add(1)
+	messageID := head.MessageID()
 	in.Log.Info("queued", "queue_id", qe.ID, "from", qe.From, "rcpts", len(qe.Recipients), "size", qe.Size,
-		"user", name, "uid", uid, "via", via, "message_id", head.MessageID())
-	return qe.ID, nil
+		"user", name, "uid", uid, "via", via, "message_id", messageID)
+	return qe.ID, messageID, nil
 }
 
 // CheckEnvelope is what the relay checks of an injection's envelope, for
@@ -772,11 +774,11 @@ func (in *Injector) pickupOne(path string) (string, error) {
 		// envelope's word on who submitted it is trusted.
 		uid = env.UID
 	}
-	id, err := in.Inject(env, uid, br, "pickup")
+	id, messageID, err := in.Inject(env, uid, br, "pickup")
 	if err != nil {
 		return "", err
 	}
-	in.Log.Info("pickup: queued", "queue_id", id, "file", filepath.Base(path))
+	in.Log.Info("pickup: queued", "queue_id", id, "message_id", messageID, "file", filepath.Base(path))
 	return id, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mailhop/mailhop/internal/testlog"
 	"github.com/mailhop/mailhop/relay/config"
@@ -73,5 +74,20 @@ func TestTextWithoutHeader_NotHeaderSize(t *testing.T) {
 	}
 	if n := len(ts.q.List()); n != 2 {
 		t.Fatalf("%d messages queued, want 2", n)
+	}
+}
+
+// A refused message's line carries its Message-ID once the header gave it,
+// as an accepted one's does (README, Logs: `message accepted` / `message
+// refused` ... `message_id`): grep of the ID shows why it never arrived.
+func TestRefusedMessageLogsMessageID(t *testing.T) {
+	ts := startServer(t, trustLoopback)
+	d := inData(t, ts.addr[config.ModeRelay])
+	d.write("Message-ID: <refused-1@client.test>\r\nSubject: x\r\n\r\na bare\nline feed\r\n.\r\n")
+	d.expect("550 5.6.11 ")
+	d.script("C: NOOP", "S: 250 ")
+	line := ts.logs.WaitLine(5*time.Second, "message refused")
+	if !strings.Contains(line, "reason=bare_line_ending") || !strings.Contains(line, "message_id=<refused-1@client.test>") {
+		t.Errorf("refusal logged as %q, want its reason and message_id=<refused-1@client.test>", line)
 	}
 }

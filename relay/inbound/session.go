@@ -324,7 +324,7 @@ func (ss *session) Data(r io.Reader) error {
 		var err error
 		signed, err = sg.SpoolFor(body, filepath.Join(cfg.DataDir, "tmp"), ss.maySign(cfg))
 		if err != nil {
-			return ss.refuseData(env, read.n, err)
+			return ss.refuseData(env, read.n, sniff.messageID(), err)
 		}
 		defer signed.Close()
 		body = signed
@@ -340,7 +340,7 @@ func (ss *session) Data(r io.Reader) error {
 		ss.logTransaction("message accepted", env, 250, "2.0.0 "+reply, extra...)
 		return smtpErr(250, smtp.EnhancedCode{2, 0, 0}, reply)
 	}
-	return ss.refuseData(env, read.n, err)
+	return ss.refuseData(env, read.n, sniff.messageID(), err)
 }
 
 // countReader counts the octets read through it.
@@ -368,8 +368,9 @@ func (ss *session) maySign(cfg *config.Config) func(string) bool {
 
 // refuseData turns a failed DATA into its reply and the transaction's log
 // line, whose size is the octets of data read (read), as the client sent
-// them up to where the message was given up: nothing was queued.
-func (ss *session) refuseData(env *queue.Envelope, read int64, err error) error {
+// them up to where the message was given up: nothing was queued. messageID
+// is the Message-ID the header gave ("" when none came).
+func (ss *session) refuseData(env *queue.Envelope, read int64, messageID string, err error) error {
 	env.Size = read
 	// The data reader's own refusals (size, bare CR/LF, line length) carry
 	// their reply; anything else is a local failure.
@@ -401,7 +402,8 @@ func (ss *session) refuseData(env *queue.Envelope, read int64, err error) error 
 			code, text = 421, timeoutReply(ss.conn.Conn())
 		}
 	}
-	ss.logTransaction("message refused", env, code, text, slog.String("reason", reason), slog.String("error", err.Error()))
+	ss.logTransaction("message refused", env, code, text, slog.String("message_id", messageID),
+		slog.String("reason", reason), slog.String("error", err.Error()))
 	return reply
 }
 

@@ -228,9 +228,13 @@ func (h *HeadKeeper) Head() []byte { return h.head }
 
 // MessageID is the message's (first) Message-ID field, unfolded and cut to
 // 200 bytes for the log: "" when it has none in what was kept.
-func (h *HeadKeeper) MessageID() string {
+func (h *HeadKeeper) MessageID() string { return MessageID(h.head) }
+
+// MessageID returns the (first) Message-ID field of the header block h,
+// unfolded and cut to 200 bytes for the log: "" when it has none.
+func MessageID(h []byte) string {
 	var id string
-	Fields(h.head, func(name, value []byte) bool {
+	Fields(h, func(name, value []byte) bool {
 		if Is(name, "message-id") {
 			id = Unfold(value)
 			return false

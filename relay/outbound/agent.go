@@ -309,7 +309,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 	at.messageID = msgID
 	if ctx.Err() != nil {
 		if domains, sent := at.dropCut(); len(domains) > 0 {
-			attrs := []any{"queue_id", env.ID, "domains", strings.Join(domains, ",")}
+			attrs := at.ref(env).attrs("domains", strings.Join(domains, ","))
 			if sent {
 				attrs = append(attrs, "note", "the message may be delivered more than once")
 			}
@@ -317,7 +317,7 @@ func (a *Agent) process(ctx context.Context, env *queue.Envelope) {
 		}
 		if !at.decided() {
 			if err := a.q.Requeue(env.ID); err != nil {
-				a.log.Error("requeue failed", "queue_id", env.ID, "err", err)
+				a.log.Error("requeue failed", at.ref(env).attrs("err", err)...)
 			}
 			if a.onRecord != nil {
 				a.onRecord(env.ID, true)
@@ -334,6 +334,11 @@ type attempt struct {
 	groups    []groupResult
 	lastErr   string
 	messageID string // for the log
+}
+
+// ref names env, the message of at, in the log.
+func (at *attempt) ref(env *queue.Envelope) msgRef {
+	return msgRef{queueID: env.ID, messageID: at.messageID}
 }
 
 // dropCut takes out of at the recipients that a shutdown left pending
@@ -572,7 +577,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 	progress := func(rs []rcptResult) { a.recordDelivered(cfg, env, body, messageID, rs) }
 	if len(order) == 1 {
 		// The common case: one domain, no goroutine to spare.
-		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms, progress: progress}, order[0], slotHeld)
+		groups[0] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, messageID: messageID, rcpts: byDomain[order[0]], tlsOptional: tlsOptional, forms: forms, progress: progress}, order[0], slotHeld)
 		groups[0].cut = ctx.Err() != nil
 	} else {
 		var wg sync.WaitGroup
@@ -582,7 +587,7 @@ func (a *Agent) deliverMessage(ctx context.Context, cfg *config.Config, env *que
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms, progress: progress}, d, false)
+				groups[gi] = a.limitedGroup(ctx, cfg, &txn{env: env, body: body, messageID: messageID, rcpts: byDomain[d], tlsOptional: tlsOptional, forms: forms, progress: progress}, d, false)
 				groups[gi].cut = ctx.Err() != nil
 				if running.Add(-1) > 0 {
 					// Other domains may take minutes yet: what this
@@ -630,7 +635,7 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 		var err error
 		if rep, err = a.buildReport(env, body, cfg.Hostname, success, a.now()); err != nil {
 			// At the attempt's end it is built again, with its outcome.
-			a.log.Warn("cannot build success report before the attempt's end", "queue_id", env.ID, "err", err)
+			a.log.Warn("cannot build success report before the attempt's end", msgRef{queueID: env.ID, messageID: messageID}.attrs("err", err)...)
 			us = slices.DeleteFunc(us, func(u queue.RcptUpdate) bool {
 				return env.Recipients[u.Index].Notify.Has(queue.NotifySuccess)
 			})
@@ -643,7 +648,7 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 	}
 	if err := a.q.ProgressWithReports(env.ID, us, reps); err != nil {
 		if !errors.Is(err, queue.ErrNotFound) {
-			a.log.Warn("recording delivered recipients before the attempt's end failed; they are recorded at its end", "queue_id", env.ID, "err", err)
+			a.log.Warn("recording delivered recipients before the attempt's end failed; they are recorded at its end", msgRef{queueID: env.ID, messageID: messageID}.attrs("err", err)...)
 		}
 		return
 	}
@@ -661,7 +666,7 @@ func (a *Agent) recordDelivered(cfg *config.Config, env *queue.Envelope, body qu
 		}
 	}
 	if rep != nil {
-		a.logReport(env, rep)
+		a.logReport(msgRef{queueID: env.ID, messageID: messageID}, env, rep)
 	}
 }
 
@@ -752,7 +757,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 		return gr
 	}
 	routed := len(targets) > 0 && targets[0].route != nil
-	dt, perr := a.domainPolicy(ctx, cfg, domain, routed, t.env.RequireTLS, t.tlsOptional, t.env.ID)
+	dt, perr := a.domainPolicy(ctx, cfg, domain, routed, t.env.RequireTLS, t.tlsOptional, t.ref())
 	if perr != nil {
 		gr.err = perr
 		for _, x := range t.rcpts {
@@ -789,12 +794,12 @@ hosts:
 		// No connection to this host yet: nothing of the previous one's
 		// address and TLS is left to be logged with its name.
 		gr.mx, gr.addr, gr.tls, gr.verif = tg.host, "", "", false
-		plan, serr := a.plan(ctx, cfg, dt, tg, t.env.ID)
+		plan, serr := a.plan(ctx, cfg, dt, tg, t.ref())
 		if serr != nil {
 			tried++
 			last, policyOnly, site = serr.err, policyOnly && serr.policy, false
 			gr.policy = planFailureSource(dt, serr)
-			a.logPolicyFailure(t.env.ID, domain, tg.host, "", dt, nil, serr)
+			a.logPolicyFailure(t.ref(), domain, tg.host, "", dt, nil, serr)
 			if ctx.Err() != nil {
 				break
 			}
@@ -877,8 +882,8 @@ hosts:
 				// The attempt line names a later host: the TLS of this
 				// session, where recipients may have been delivered or
 				// refused, is logged here.
-				attrs := []any{"queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(),
-					"tls", info.version, "tls_policy", info.policy, "tls_verified", info.verified}
+				attrs := t.ref().attrs("domain", domain, "mx", tg.host, "addr", ap.String(),
+					"tls", info.version, "tls_policy", info.policy, "tls_verified", info.verified)
 				if b != nil {
 					last = b.err
 					if named != nil {
@@ -899,8 +904,8 @@ hosts:
 				// This relay is a backup MX of the domain: RFC 5321 §5.1
 				// leaves out the hosts from its own preference on, so the
 				// mail waits for a more preferred host, as with Postfix.
-				a.log.Info("this relay is a backup MX; waiting for a more preferred host", "queue_id", t.env.ID,
-					"domain", domain, "mx", tg.host, "addr", ap.String(), "pref", tg.pref)
+				a.log.Info("this relay is a backup MX; waiting for a more preferred host", t.ref().attrs(
+					"domain", domain, "mx", tg.host, "addr", ap.String(), "pref", tg.pref)...)
 				break hosts
 			}
 			if carried != nil && ctx.Err() != nil {
@@ -910,7 +915,7 @@ hosts:
 			}
 			carried = nil // this host's error is the news now
 			if serr.loop {
-				le, final := a.loopBack(t.env.ID, domain, tg, ap.String(), serr)
+				le, final := a.loopBack(t.ref(), domain, tg, ap.String(), serr)
 				if final {
 					gr.err = le
 					for _, x := range t.rcpts {
@@ -937,13 +942,13 @@ hosts:
 					tg.host, ap.Addr(), ap.Port(), serr.stage, last.Error())}
 			}
 			if serr.policy {
-				a.logPolicyFailure(t.env.ID, domain, tg.host, ap.String(), dt, plan, serr)
+				a.logPolicyFailure(t.ref(), domain, tg.host, ap.String(), dt, plan, serr)
 			} else if ctx.Err() == nil {
 				// Each failed host has its line, as Postfix logs "connect
 				// to mx1.example.com[192.0.2.1]:25: Connection refused":
 				// the attempt's line names only the host it ended with.
 				// One the shutdown cut short did not fail: see dropCut.
-				a.log.Info("host failed", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())
+				a.log.Info("host failed", t.ref().attrs("domain", domain, "mx", tg.host, "addr", ap.String(), "stage", serr.stage, "err", serr.err.Error())...)
 			}
 			if ctx.Err() != nil {
 				break
@@ -1039,13 +1044,13 @@ func brokeOf(rs []rcptResult) *stageError {
 // a configuration mistake, not the sender's; the host is skipped and,
 // when no other takes the mail, it stays queued with 4.4.6 until the
 // configuration is fixed.
-func (a *Agent) loopBack(queueID, domain string, tg *target, addr string, se *stageError) (*smtperr.Error, bool) {
+func (a *Agent) loopBack(ref msgRef, domain string, tg *target, addr string, se *stageError) (*smtperr.Error, bool) {
 	if tg.route != nil {
-		a.log.Error("smarthost loops back to myself; check the [[route]] for this domain", "queue_id", queueID,
-			"domain", domain, "mx", tg.host, "addr", addr, "err", se.err.Msg)
+		a.log.Error("smarthost loops back to myself; check the [[route]] for this domain", ref.attrs(
+			"domain", domain, "mx", tg.host, "addr", addr, "err", se.err.Msg)...)
 		return smtperr.New(0, "4.4.6", "smarthost %s loops back to myself (%s)", tg.host, se.err.Msg), false
 	}
-	a.log.Warn("mail loops back to myself", "queue_id", queueID, "domain", domain, "mx", tg.host, "addr", addr, "err", se.err.Msg)
+	a.log.Warn("mail loops back to myself", ref.attrs("domain", domain, "mx", tg.host, "addr", addr, "err", se.err.Msg)...)
 	return smtperr.New(0, "5.4.6", "mail for %s loops back to myself (%s)", domain, se.err.Msg), true
 }
 
@@ -1088,13 +1093,13 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// every slot not taken may hold one idle connection, the
 			// rest are closed before this one is opened.
 			a.pool.trim(a.total.free())
-			c, err := a.dialConn(ctx, cfg, tg, ap, plan, t.env.ID, greeted)
+			c, err := a.dialConn(ctx, cfg, tg, ap, plan, t.ref(), greeted)
 			if err != nil {
 				se := err.(*stageError)
 				if se.tls && plan.wantsTLS() && !plan.required && ctx.Err() == nil {
 					// RFC 7435: opportunistic TLS must not make mail
 					// undeliverable; retry in plain text and remember.
-					a.log.Info("STARTTLS failed; retrying without TLS", "queue_id", t.env.ID, "domain", domain, "mx", tg.host, "addr", ap.String(), "err", se.err.Error())
+					a.log.Info("STARTTLS failed; retrying without TLS", t.ref().attrs("domain", domain, "mx", tg.host, "addr", ap.String(), "err", se.err.Error())...)
 					a.rememberNoTLS(ap.Addr())
 					p := *plan
 					p.plain = true
@@ -1367,8 +1372,8 @@ func planFailureSource(dt *domainTLS, se *stageError) string {
 
 // logPolicyFailure logs why a host was skipped for the TLS policy (or
 // could not be asked: a TLSA lookup failed).
-func (a *Agent) logPolicyFailure(queueID, domain, mx, addr string, dt *domainTLS, p *tlsPlan, se *stageError) {
-	attrs := []any{"queue_id", queueID, "domain", domain, "mx", mx}
+func (a *Agent) logPolicyFailure(ref msgRef, domain, mx, addr string, dt *domainTLS, p *tlsPlan, se *stageError) {
+	attrs := ref.attrs("domain", domain, "mx", mx)
 	if addr != "" {
 		attrs = append(attrs, "addr", addr)
 	}

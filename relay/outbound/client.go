@@ -201,9 +201,9 @@ func netStatus(err error) string {
 
 // dialConn connects to addr for target t and runs the greeting, EHLO,
 // STARTTLS and AUTH as plan p says; greeted is called when the server's
-// greeting was a 220. queueID names the message the connection is made
-// for, in the lines logged about it.
-func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, addr netip.AddrPort, p *tlsPlan, queueID string, greeted func()) (*conn, error) {
+// greeting was a 220. ref names the message the connection is made for,
+// in the lines logged about it.
+func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, addr netip.AddrPort, p *tlsPlan, ref msgRef, greeted func()) (*conn, error) {
 	tm := timeouts(cfg)
 	dctx, cancel := context.WithTimeout(ctx, tm.connect)
 	raw, err := a.dial(dctx, "tcp", addr.String())
@@ -256,8 +256,8 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	case !ok && p.required:
 		return fail(policyError("starttls", "4.7.4", "%s does not offer STARTTLS, required by %s", t.host, p.requiredBy()))
 	case !ok && p.stsTesting:
-		a.log.Warn("mta-sts testing: server does not offer STARTTLS; delivering anyway", "queue_id", queueID, "domain", p.policyDomain,
-			"mx", t.host, "addr", addr.String())
+		a.log.Warn("mta-sts testing: server does not offer STARTTLS; delivering anyway", ref.attrs("domain", p.policyDomain,
+			"mx", t.host, "addr", addr.String())...)
 		a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), policyError("starttls", "4.7.4", "STARTTLS not offered"))
 	case ok:
 		tc, err := startTLS(cn.raw, a.clientTLS(p, t.host, &vr), tm.command)
@@ -269,8 +269,8 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 				// STARTTLS refused (454 TLS not available, 502): with
 				// opportunistic TLS the session goes on in plain text,
 				// as Postfix's smtp_tls_security_level = may does.
-				a.log.Info("STARTTLS refused; continuing without TLS", "queue_id", queueID, "mx", t.host, "addr", addr.String(),
-					"reply", err.err.Error())
+				a.log.Info("STARTTLS refused; continuing without TLS", ref.attrs("mx", t.host, "addr", addr.String(),
+					"reply", err.err.Error())...)
 				if p.stsTesting {
 					a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), policyError("starttls", "4.7.4", "STARTTLS refused: %v", err.err))
 				}
@@ -290,8 +290,8 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	}
 	cn.verified = cn.tlsVer != "" && vr.verified
 	if cn.tlsVer != "" && p.stsTesting && !vr.verified {
-		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", "queue_id", queueID, "domain", p.policyDomain,
-			"mx", t.host, "addr", addr.String(), "err", fmt.Sprint(vr.err))
+		a.log.Warn("mta-sts testing: certificate not valid for the MX host; delivering anyway", ref.attrs("domain", p.policyDomain,
+			"mx", t.host, "addr", addr.String(), "err", fmt.Sprint(vr.err))...)
 		a.countTLSFailure(p, t.host, addr.String(), raw.LocalAddr(), &stageError{stage: "tls", err: smtperr.New(0, "4.7.5", "%v", vr.err), tls: true, cause: vr.err})
 	} else if cn.tlsVer != "" && !p.counted {
 		a.tlsStats.AddSuccess(p.policyDomain, p.policyType, p.policyStr, t.host)

@@ -93,7 +93,7 @@ func TestDelivery_PrimaryMXDown_NextMXGetsIt(t *testing.T) {
 	}
 	// The primary's failure has its own line, as Postfix's "connect to
 	// mx1...: Connection refused".
-	if !strings.Contains(h.logs.String(), `level=INFO msg="host failed" queue_id=`+id+` domain=example.test mx=mx1.example.test addr=127.0.0.9:`) {
+	if !strings.Contains(h.logs.String(), `level=INFO msg="host failed" queue_id=`+id+` message_id=<1@sender.test> domain=example.test mx=mx1.example.test addr=127.0.0.9:`) {
 		t.Errorf("no info line for the primary MX that failed:\n%s", h.logs.String())
 	}
 }
@@ -843,7 +843,7 @@ func TestDelivery_OpportunisticTLS(t *testing.T) {
 	if m := broken.Messages(); len(m) != 1 || m[0].TLS {
 		t.Fatalf("fallback delivery: %+v", m)
 	}
-	if !regexp.MustCompile(`msg="STARTTLS failed; retrying without TLS" queue_id=` + id + ` domain=broken.test mx=mx.broken.test`).MatchString(h.logs.String()) {
+	if !regexp.MustCompile(`msg="STARTTLS failed; retrying without TLS" queue_id=` + id + ` message_id=<1@sender.test> domain=broken.test mx=mx.broken.test`).MatchString(h.logs.String()) {
 		t.Errorf("the fallback line does not name the message and domain:\n%s", h.logs.String())
 	}
 	id = h.submit(testBody, []string{"b@broken.test"})

@@ -84,7 +84,7 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		// Nothing was stored: record the outcome without the reports, as
 		// when a report cannot be built. A failure report's recipients
 		// stay pending, to be reported next time.
-		a.log.Error("cannot queue reports; recipients to bounce stay pending", "queue_id", env.ID, "err", err)
+		a.log.Error("cannot queue reports; recipients to bounce stay pending", at.ref(env).attrs("err", err)...)
 		for _, rep := range reps {
 			rep.unsent(at, &res, env, err)
 		}
@@ -96,17 +96,17 @@ func (a *Agent) record(env *queue.Envelope, cfg *config.Config, at *attempt, bod
 		// attempt's outcome (logged below) is all that is left of it —
 		// and its reports, when the delete came while they were being
 		// committed (they are queued then, and are logged).
-		a.log.Info("message deleted during its delivery attempt", "queue_id", env.ID)
+		a.log.Info("message deleted during its delivery attempt", at.ref(env).attrs()...)
 		for _, rep := range reps {
 			if _, queued := a.q.Due(rep.env.ID); queued {
-				a.logReport(env, rep)
+				a.logReport(at.ref(env), env, rep)
 			}
 		}
 	} else if err != nil {
-		a.log.Error("recording attempt failed", "queue_id", env.ID, "err", err)
+		a.log.Error("recording attempt failed", at.ref(env).attrs("err", err)...)
 	} else {
 		for _, rep := range reps {
-			a.logReport(env, rep)
+			a.logReport(at.ref(env), env, rep)
 		}
 	}
 	if !errors.Is(err, queue.ErrNotFound) {
@@ -209,9 +209,9 @@ func warnsAt(env *queue.Envelope, cfg *config.Config) time.Time {
 	return env.Arrived.Add(orDur(cfg.Delivery.DelayWarning, defaultDelayWarning))
 }
 
-// logReport logs a report queued about env.
-func (a *Agent) logReport(env *queue.Envelope, rep *report) {
-	a.log.Info("report queued", "queue_id", env.ID, "report_id", rep.env.ID, "action", rep.action, "to", env.From, "rcpts", rep.rcpts)
+// logReport logs a report queued about env, the message ref names.
+func (a *Agent) logReport(ref msgRef, env *queue.Envelope, rep *report) {
+	a.log.Info("report queued", ref.attrs("report_id", rep.env.ID, "action", rep.action, "to", env.From, "rcpts", rep.rcpts)...)
 }
 
 // attemptResult completes res with the recipients' outcomes of at.
@@ -379,7 +379,7 @@ func (a *Agent) reports(env *queue.Envelope, cfg *config.Config, at *attempt, bo
 	add := func(rcpts []dsn.Outcome, idx []int) {
 		rep, err := a.buildReport(env, body, host, rcpts, now)
 		if err != nil {
-			a.log.Error("cannot build report", "queue_id", env.ID, "action", rcpts[0].Action, "err", err)
+			a.log.Error("cannot build report", at.ref(env).attrs("action", rcpts[0].Action, "err", err)...)
 			(&report{action: rcpts[0].Action, failed: idx}).unsent(at, res, env, err)
 			return
 		}

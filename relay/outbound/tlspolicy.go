@@ -159,7 +159,7 @@ func policyError(stage, enh, format string, args ...any) *stageError {
 // A message with the header field "TLS-Required: No" (RFC 8689 §5; TLS
 // reports carry it, RFC 8460 §5.3) is delivered opportunistically whatever
 // the level, MTA-STS or DANE say, and is not counted for TLS reports.
-func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain string, routed, requireTLS, tlsOptional bool, queueID string) (*domainTLS, *smtperr.Error) {
+func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain string, routed, requireTLS, tlsOptional bool, ref msgRef) (*domainTLS, *smtperr.Error) {
 	dt := &domainTLS{domain: domain, requireTLS: requireTLS, literal: strings.HasPrefix(domain, "[")}
 	if routed {
 		return dt, nil
@@ -183,11 +183,11 @@ func (a *Agent) domainPolicy(ctx context.Context, cfg *config.Config, domain str
 	case p == nil && err != nil && !errors.Is(err, mtasts.ErrNoPolicy):
 		// RFC 8461 §5: no usable policy and none cached: deliver as if
 		// the domain published none.
-		a.log.Info("mta-sts: no policy applied", "queue_id", queueID, "domain", domain, "err", err.Error())
+		a.log.Info("mta-sts: no policy applied", ref.attrs("domain", domain, "err", err.Error())...)
 		a.tlsStats.AddFailure(domain, policySTS, nil, "", "", "", stsFetchResult(err), err.Error())
 		dt.stsFetchFailed = true
 	case p != nil && err != nil:
-		a.log.Debug("mta-sts: refresh failed, cached policy stands", "queue_id", queueID, "domain", domain, "err", err.Error())
+		a.log.Debug("mta-sts: refresh failed, cached policy stands", ref.attrs("domain", domain, "err", err.Error())...)
 	}
 	if p != nil && (p.Mode == mtasts.Enforce || p.Mode == mtasts.Testing) {
 		dt.sts = p
@@ -211,7 +211,7 @@ func stsFetchResult(err error) string {
 }
 
 // plan decides how to use TLS with target tg of domain group dt.
-func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg *target, queueID string) (*tlsPlan, *stageError) {
+func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg *target, ref msgRef) (*tlsPlan, *stageError) {
 	p := &tlsPlan{policyDomain: dt.domain, policyType: policyNone, requireTLS: dt.requireTLS}
 	if r := tg.route; r != nil {
 		// A smarthost is not the domain's MX: its sessions say nothing
@@ -296,8 +296,8 @@ func (a *Agent) plan(ctx context.Context, cfg *config.Config, dt *domainTLS, tg 
 		case mtasts.Testing:
 			p.stsTesting = true
 			if !match {
-				a.log.Warn("mta-sts testing: MX host does not match the policy; delivering anyway", "queue_id", queueID,
-					"domain", dt.domain, "mx", tg.host)
+				a.log.Warn("mta-sts testing: MX host does not match the policy; delivering anyway", ref.attrs(
+					"domain", dt.domain, "mx", tg.host)...)
 				a.tlsStats.AddFailure(dt.domain, policySTS, p.policyStr, tg.host, "", "", "validation-failure", "mx-mismatch")
 				// One session, one count (RFC 8460 §4): this failure,
 				// not also a success when the TLS session works.

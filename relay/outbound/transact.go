@@ -45,14 +45,28 @@ type rcptResult struct {
 type txn struct {
 	env         *queue.Envelope
 	body        queue.Body
-	rcpts       []int // indices into env.Recipients
-	tlsOptional bool  // the message says TLS-Required: No
+	messageID   string // the message's Message-ID, for the log
+	rcpts       []int  // indices into env.Recipients
+	tlsOptional bool   // the message says TLS-Required: No
 	forms       *msgForms
 	// progress, when set, records the delivered recipients among its
 	// argument when further transactions of the attempt follow — on the
 	// same connection, or at the next address (recordDelivered) — marking
 	// them reported and logged.
 	progress func(rs []rcptResult)
+}
+
+// ref names t's message in the log.
+func (t *txn) ref() msgRef { return msgRef{queueID: t.env.ID, messageID: t.messageID} }
+
+// msgRef names a message in the log lines about its delivery.
+type msgRef struct{ queueID, messageID string }
+
+// attrs returns the keys that name the message, its queue ID and its
+// Message-ID ("" when it has none), followed by more: every line about a
+// message carries both, so that grep of either shows its whole life.
+func (m msgRef) attrs(more ...any) []any {
+	return append([]any{"queue_id", m.queueID, "message_id", m.messageID}, more...)
 }
 
 // transact runs MAIL, RCPT and DATA on cn. It returns a result per
@@ -73,7 +87,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		// connection instead (Postfix checks a cached session with RSET).
 		if data, closed := cn.unsolicited(); data || closed {
 			if data {
-				a.log.Info("the server sent data no command asked for; connection not reused", "queue_id", t.env.ID, "mx", cn.host)
+				a.log.Info("the server sent data no command asked for; connection not reused", t.ref().attrs("mx", cn.host)...)
 			}
 			return nil, true, &stageError{stage: "mail", err: smtperr.New(0, "4.5.0", "%s sent data no command asked for, or closed, between transactions", cn.host)}
 		}
@@ -138,13 +152,13 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		var ue *mime7bit.UnconvertibleError
 		switch {
 		case errors.As(err, &ue):
-			a.log.Info("message cannot be converted to 7bit", "queue_id", env.ID, "mx", cn.host, "err", ue.Error())
+			a.log.Info("message cannot be converted to 7bit", t.ref().attrs("mx", cn.host, "err", ue.Error())...)
 			return all(queue.Failed, smtperr.New(0, "5.6.3", "message needs 8BITMIME, which %s does not support (cannot convert to 7bit: %s)", cn.host, ue.Error())), false, nil
 		case err != nil:
 			return all(queue.Pending, smtperr.New(0, "4.3.0", "reading the message: %v", err)), false, nil
 		case seven != nil:
-			a.log.Info("message converted to 7bit", "queue_id", env.ID, "mx", cn.host,
-				"parts_encoded", seven.Encoded(), "size", size, "converted_size", seven.Size())
+			a.log.Info("message converted to 7bit", t.ref().attrs("mx", cn.host,
+				"parts_encoded", seven.Encoded(), "size", size, "converted_size", seven.Size())...)
 			size = seven.Size()
 		}
 	}
