@@ -245,6 +245,30 @@ func TestAngleBracketsAndPostmaster(t *testing.T) {
 	}
 }
 
+// MAIL and RCPT are answered with the enhanced statuses RFC 3463 gives
+// them (2.1.0, 2.1.5; upstream said 2.0.0 "Roger, ..."); VRFY without an
+// address and RSET with a parameter get 501, as in Postfix (upstream: 252,
+// 250). Mailhop patch 65.
+func TestReplyStatusesAndSyntax(t *testing.T) {
+	_, addr := sessionTestServer(t)
+	c, r := dialServer(t, addr)
+	io.WriteString(c, "EHLO client.example\r\n")
+	reply(t, r)
+	for _, tc := range []struct{ cmd, want string }{
+		{"MAIL FROM:<a@example.com>", "250 2.1.0 Sender <a@example.com> OK"},
+		{"RCPT TO:<b@example.com>", "250 2.1.5 Recipient <b@example.com> OK"},
+		{"VRFY", "501 5.5.4 Syntax: VRFY address"},
+		{"VRFY b", "252 2.5.0 "},
+		{"RSET x", "501 5.5.4 Syntax: RSET"},
+		{"RSET", "250 2.0.0 Session reset"},
+	} {
+		io.WriteString(c, tc.cmd+"\r\n")
+		if got := reply(t, r); !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.cmd, got, tc.want)
+		}
+	}
+}
+
 func TestGreetingEchoIsPrintable(t *testing.T) {
 	_, addr := sessionTestServer(t)
 	c, r := dialServer(t, addr)

@@ -729,7 +729,7 @@ func TestServer_otherCommands(t *testing.T) {
 		t.Fatal("Invalid HELP response:", scanner.Text())
 	}
 
-	io.WriteString(c, "VRFY\r\n")
+	io.WriteString(c, "VRFY user\r\n") // mailhop patch 65: a bare VRFY gets 501
 	scanner.Scan()
 	if !strings.HasPrefix(scanner.Text(), "252 ") {
 		t.Fatal("Invalid VRFY response:", scanner.Text())
