@@ -629,6 +629,29 @@ func TestSendmail_BSDSNAndSMTPUTF8(t *testing.T) {
 	}
 }
 
+// TestSendmail_BSSMTPUTF8TakesNoValue: -bs reads SMTPUTF8 as the relay's
+// listeners do (go-smtp patch 63): the keyword in any case and after BODY
+// is taken, and with a value, an empty one too, it gets 501 5.5.4 with the
+// listeners' text. "SMTPUTF8=" was taken as SMTPUTF8, and "SMTPUTF8=yes"
+// got 555 as an unknown parameter.
+func TestSendmail_BSSMTPUTF8TakesNoValue(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	in := "EHLO app.local\r\n" +
+		"MAIL FROM:<app@example.com> SMTPUTF8=\r\n" +
+		"MAIL FROM:<app@example.com> smtputf8=yes\r\n" +
+		"MAIL FROM:<app@example.com> BODY=8BITMIME smtputf8\r\n" +
+		"RCPT TO:<jörg@bücher.example>\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	qe, out := bsQueued(t, r, in, "220 250 501 501 250 250 354 250 221")
+	if n := strings.Count(out, "501 5.5.4 MAIL parameter SMTPUTF8 takes no value\r\n"); n != 2 {
+		t.Errorf("%d refusals worded as the listeners', want 2:\n%s", n, out)
+	}
+	if !qe.SMTPUTF8 || len(qe.Recipients) != 1 || qe.Recipients[0].Address != "jörg@bücher.example" {
+		t.Errorf("envelope %+v, want SMTPUTF8 and the one UTF-8 recipient", qe)
+	}
+}
+
 // TestSendmail_BSORCPTRefusedAtRCPT: an ORCPT the relay would not take (a
 // control character, which utf-8-addr-xtext can carry; over 1,000 octets)
 // gets 501 at RCPT. It got 250 there, and then the whole message, to every

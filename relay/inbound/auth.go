@@ -20,7 +20,15 @@ var (
 		Message: "Malformed authentication response"}
 	errAuthTooMany = &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
 		Message: "Too many failed authentications, closing connection"}
+	errAuthBusy = &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+		Message: "Temporary authentication failure, try again later"}
 )
+
+// authWaitMax bounds how long a password check waits for a place while the
+// checks under way for its address could reach limits.max_auth_failures
+// (each check is one bcrypt comparison, tens of milliseconds); past it the
+// AUTH is answered 454 4.7.0 and the session goes on.
+var authWaitMax = 30 * time.Second
 
 // dummyHashes holds one hash per bcrypt cost (int → []byte), made on first
 // use, for comparing the passwords of unknown users.
@@ -118,17 +126,21 @@ func (c *countedServer) Next(response []byte) ([]byte, bool, error) {
 }
 
 // checkedError is the error of a password check that failed (fails: the
-// failures of the address so far, this one counted) or that was refused
-// before the password was looked at (refused: the address is blocked, or
-// its checks under way already reach the limit).
+// failures of the address so far, this one counted), that was refused
+// before the password was looked at (refused: the address is blocked), or
+// that waited authWaitMax in vain for the checks under way (busy).
 type checkedError struct {
 	fails   int
 	refused bool
+	busy    bool
 }
 
 func (e *checkedError) Error() string {
-	if e.refused {
+	switch {
+	case e.refused:
 		return "authentication refused: too many failures"
+	case e.busy:
+		return "authentication not checked: too many checks under way"
 	}
 	return "authentication failed"
 }
@@ -177,19 +189,31 @@ func (ss *session) authenticate(username, password string) error {
 
 // check runs one password check (ok) for username, within the client
 // address's AUTH failure limit: a check is not even started when the
-// address is blocked or the checks already under way for it could reach
-// limits.max_auth_failures (authFailures.begin); that is answered 421. A
-// failure (logged with reason, when given) is counted as the check ends.
-// Clients in trusted_networks are never refused before a check, as they
-// are never refused at connect.
+// address is blocked (answered 421), and waits while the checks already
+// under way for it could reach limits.max_auth_failures (authFailures.begin;
+// answered 454 after authWaitMax). A failure (logged with reason, when
+// given) is counted as the check ends. Clients in trusted_networks are
+// never refused nor kept waiting, as they are never refused at connect.
 func (ss *session) check(username, reason string, ok func(*config.Config) bool) error {
 	s, cfg := ss.s, ss.s.cfg.Load()
 	lim := cfg.Limits
 	trusted := cfg.IsTrusted(ss.ip)
-	if !trusted && !s.authFails.begin(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures) {
-		ss.log.Info("auth failed", "user", username, "reason", "address blocked")
-		return &checkedError{refused: true}
+	if !trusted {
+		if err := ss.reserveCheck(lim); err != nil {
+			why := "address blocked"
+			if err.busy {
+				why = "too many checks under way"
+			}
+			ss.log.Info("auth failed", "user", username, "reason", why)
+			return err
+		}
 	}
+	ended := trusted
+	defer func() {
+		if !ended { // ok panicked: give the place back, count nothing
+			s.authFails.end(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures, false)
+		}
+	}()
 	good := ok(cfg)
 	n := 0
 	if trusted {
@@ -197,6 +221,7 @@ func (ss *session) check(username, reason string, ok func(*config.Config) bool) 
 			n = s.authFails.fail(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures)
 		}
 	} else {
+		ended = true
 		n = s.authFails.end(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures, !good)
 	}
 	if !good {
@@ -212,12 +237,40 @@ func (ss *session) check(username, reason string, ok func(*config.Config) bool) 
 	return nil
 }
 
+// reserveCheck reserves a password check for the session's address
+// (authFailures.begin), waiting up to authWaitMax while the checks under
+// way stand in the way. The error is refused when the address is blocked,
+// busy when the wait ran out.
+func (ss *session) reserveCheck(lim config.Limits) *checkedError {
+	var timeout <-chan time.Time
+	for {
+		ok, wait := ss.s.authFails.begin(ss.ip, time.Now(), lim.AuthBlockTime.Duration, lim.MaxAuthFailures)
+		switch {
+		case ok:
+			return nil
+		case wait == nil:
+			return &checkedError{refused: true}
+		}
+		if timeout == nil {
+			t := time.NewTimer(authWaitMax)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case <-wait:
+		case <-timeout:
+			return &checkedError{busy: true}
+		}
+	}
+}
+
 // authFailed counts a failed AUTH for the client's address (a failed
 // password check was counted as it ended; a malformed exchange is counted
 // here): after AuthDelayAfter failures each reply waits AuthDelayStep more
 // per failure; at limits.max_auth_failures the reply is 421 (go-smtp then
 // closes) and the address is refused for limits.auth_block_time. A check
-// refused before it started is answered 421 and not counted.
+// refused before it started is answered 421, one that waited in vain for a
+// place 454; neither is counted.
 func (ss *session) authFailed(err error) error {
 	s := ss.s
 	lim := s.cfg.Load().Limits
@@ -227,6 +280,8 @@ func (ss *session) authFailed(err error) error {
 	switch {
 	case errors.As(err, &ce) && ce.refused:
 		return errAuthTooMany
+	case errors.As(err, &ce) && ce.busy:
+		return errAuthBusy // not a failure: nothing was checked
 	case errors.As(err, &ce):
 		n, err = ce.fails, errAuthInvalid
 	default:

@@ -304,6 +304,9 @@ type authRecord struct {
 	checking     int // password checks under way (begin without end)
 	last         time.Time
 	blockedUntil time.Time
+	// ended is closed, and cleared, when a check under way ends; begin
+	// hands it to the checks waiting for a place (nil: none waits).
+	ended chan struct{}
 }
 
 // fail records a failure for ip and returns the number of failures so far.
@@ -314,22 +317,32 @@ func (a *authFailures) fail(ip netip.Addr, now time.Time, blockFor time.Duration
 	return a.record(ip, now, blockFor).failed(now, blockFor, maxFailures)
 }
 
-// begin reserves a password check for ip. It reports false, reserving
-// nothing, when the address is blocked, or when its failures and the
-// checks under way already reach maxFailures: were those checks all to
-// fail, this one would be past the limit. Guesses sent at once on many
-// connections are so never checked beyond the limit, nor on a connection
-// that was opened before its address was blocked. Each reservation is
-// released by end.
-func (a *authFailures) begin(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int) bool {
+// begin reserves a password check for ip; ok reports that it may start,
+// and end releases the reservation. Otherwise, when the address is
+// blocked (or its failures alone reach maxFailures) wait is nil: the check
+// is refused. When only the checks under way stand in the way (were they
+// all to fail, this one would be past the limit), wait is a channel closed
+// as soon as one of them ends, after which begin is to be asked again.
+// Guesses sent at once on many connections are so never checked beyond
+// the limit, nor on a connection that was opened before its address was
+// blocked; and the right password, sent on many connections at once (a
+// busy application, an office behind one NAT address), waits its turn
+// instead of being refused although nothing failed.
+func (a *authFailures) begin(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int) (ok bool, wait <-chan struct{}) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	r := a.record(ip, now, blockFor)
-	if now.Before(r.blockedUntil) || maxFailures > 0 && r.fails+r.checking >= maxFailures {
-		return false
+	switch {
+	case now.Before(r.blockedUntil) || maxFailures > 0 && r.fails >= maxFailures:
+		return false, nil
+	case maxFailures > 0 && r.fails+r.checking >= maxFailures:
+		if r.ended == nil {
+			r.ended = make(chan struct{})
+		}
+		return false, r.ended
 	}
 	r.checking++
-	return true
+	return true, nil
 }
 
 // end releases a reservation of begin and, when the check failed, records
@@ -340,6 +353,10 @@ func (a *authFailures) end(ip netip.Addr, now time.Time, blockFor time.Duration,
 	defer a.mu.Unlock()
 	r := a.record(ip, now, blockFor) // never swept while checking > 0
 	r.checking = max(r.checking-1, 0)
+	if r.ended != nil {
+		close(r.ended)
+		r.ended = nil
+	}
 	if !failed {
 		return r.fails
 	}
@@ -360,8 +377,8 @@ func (a *authFailures) record(ip netip.Addr, now time.Time, blockFor time.Durati
 	r := a.m[ip]
 	if r == nil || r.stale(now, blockFor) {
 		// A stale record's failures are forgotten, not its checks under
-		// way (end releases them).
-		r = &authRecord{checking: r.checkingOrZero()}
+		// way (end releases them) nor the checks waiting for them.
+		r = r.fresh()
 		a.m[ip] = r
 	}
 	return r
@@ -377,12 +394,13 @@ func (r *authRecord) failed(now time.Time, blockFor time.Duration, maxFailures i
 	return r.fails
 }
 
-// checkingOrZero is r.checking, 0 for no record.
-func (r *authRecord) checkingOrZero() int {
+// fresh returns a record without failures that keeps r's checks under way
+// and its waiters (r may be nil).
+func (r *authRecord) fresh() *authRecord {
 	if r == nil {
-		return 0
+		return &authRecord{}
 	}
-	return r.checking
+	return &authRecord{checking: r.checking, ended: r.ended}
 }
 
 // expire drops stale records, so the map cannot grow without bound.

@@ -235,7 +235,7 @@ const bsNeedsUTF8 = "553 5.6.7 Must declare SMTPUTF8 to send unicode address"
 func parseBSParams(params string, mail bool, max int64) (p bsParams, refusal string) {
 	seen := map[string]bool{}
 	for _, f := range strings.Fields(params) {
-		k, v, _ := strings.Cut(f, "=")
+		k, v, valued := strings.Cut(f, "=")
 		k = strings.ToUpper(k)
 		dsn := k == "RET" || k == "ENVID" || k == "NOTIFY" || k == "ORCPT"
 		if dsn && seen[k] {
@@ -252,7 +252,11 @@ func parseBSParams(params string, mail bool, max int64) (p bsParams, refusal str
 				return p, "552 5.3.4 Message size exceeds fixed limit"
 			}
 		case mail && k == "BODY" && (strings.EqualFold(v, "7BIT") || strings.EqualFold(v, "8BITMIME")):
-		case mail && k == "SMTPUTF8" && v == "":
+		case mail && k == "SMTPUTF8" && valued:
+			// A keyword (RFC 6531 §3.4): "SMTPUTF8=" and "SMTPUTF8=no"
+			// are not it, as at the listeners (go-smtp patch 63).
+			return p, "501 5.5.4 MAIL parameter SMTPUTF8 takes no value"
+		case mail && k == "SMTPUTF8":
 			p.utf8 = true
 		case mail && k == "RET":
 			if v == "" || admin.CheckDSN("", v, "") != nil {

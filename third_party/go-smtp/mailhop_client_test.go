@@ -412,3 +412,37 @@ func TestMailBody(t *testing.T) {
 		}
 	}
 }
+
+// TestStartTransaction_NonPositiveClassToRcpt: reading by the first digit
+// accepts only the class asked for: a 1xx or 3xx to RCPT, or a 3xx to MAIL,
+// is a protocol error (451 4.5.0), never an accepted recipient or sender.
+func TestStartTransaction_NonPositiveClassToRcpt(t *testing.T) {
+	for _, pipelining := range []bool{true, false} {
+		ext := ""
+		if pipelining {
+			ext = "250-PIPELINING\r\n"
+		}
+		for _, reply := range []string{"150 wait\r\n", "354 go on\r\n"} {
+			conn, _, done := pipeServer(t, ext, map[string]string{"odd@": reply})
+			c := NewClient(conn)
+			rep, _, err := c.StartTransaction(false, "a@x.test", nil, []string{"odd@y.test", "ok@y.test"}, nil)
+			if err != nil {
+				t.Fatalf("pipelining=%v %q: %v", pipelining, reply, err)
+			}
+			if !IsProtocolError(rep.Rcpt[0]) || rep.Rcpt[1] != nil {
+				t.Errorf("pipelining=%v, RCPT answered %q: replies %v, %v; want a protocol error and an accepted one",
+					pipelining, strings.TrimSpace(reply), rep.Rcpt[0], rep.Rcpt[1])
+			}
+			c.Close()
+			<-done
+		}
+		conn, _, done := pipeServer(t, ext, map[string]string{"MAIL": "354 go on\r\n"})
+		c := NewClient(conn)
+		rep, dc, _ := c.StartTransaction(false, "a@x.test", nil, []string{"ok@y.test"}, nil)
+		if !IsProtocolError(rep.Mail) || dc != nil {
+			t.Errorf("pipelining=%v, MAIL answered 354: %v (DataCommand %v), want a protocol error", pipelining, rep.Mail, dc)
+		}
+		c.Close()
+		<-done
+	}
+}
