@@ -1,7 +1,11 @@
 package inbound
 
 import (
+	"bufio"
+	"crypto/tls"
+	"encoding/base64"
 	"io"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -282,4 +286,64 @@ func TestAuth_TwentyClientsOneAddressAllLogIn(t *testing.T) {
 			t.Errorf("client %d: %q, want 235", i+1, r)
 		}
 	}
+}
+
+// An address blocked before a flood of malformed AUTHs (PLAIN whose base64
+// decodes to no NULs: a failure counted without a password check) from more
+// new addresses than the AUTH failure records hold (lowered to 20 here;
+// 100,000 in use) is still refused at connect after it: the bound evicts
+// the flood's single failures, not the block. Real sessions over implicit
+// TLS, each from its own loopback address (127.0.50.x).
+func TestAuth_BlockSurvivesFloodOfNewAddresses(t *testing.T) {
+	ts := startServer(t, func(c *config.Config) {
+		c.Limits.MaxAuthFailures = 3
+		for i := range c.Listener {
+			c.Listener[i].Address = "127.0.50.1:0"
+		}
+	})
+	const limit = 20
+	ts.s.authFails.mu.Lock()
+	ts.s.authFails.limit = limit
+	ts.s.authFails.mu.Unlock()
+	addr := ts.addr[config.ModeSubmissions]
+	from := func(host int) *dialog {
+		t.Helper()
+		dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 50, byte(host))}, Timeout: 10 * time.Second}
+		c, err := dl.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+		return &dialog{t: t, c: tc, r: bufio.NewReader(tc)}
+	}
+
+	wrong := "C: AUTH PLAIN " + plainIR("alice", "wrong")
+	from(2).script("S: 220 ", "C: EHLO guesser.test", "S: 250 ",
+		wrong, "S: 535 5.7.8 ", wrong, "S: 535 5.7.8 ", wrong, "S: 421 4.7.0 ")
+
+	const flood = 3 * limit
+	for host := 3; host < 3+flood; host++ {
+		d := from(host)
+		d.script("S: 220 ", "C: EHLO flood.test", "S: 250 ",
+			"C: AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("no NULs")), "S: 501 5.5.2 Malformed", "C: QUIT", "S: 221 ")
+		d.c.Close()
+	}
+	ts.s.authFails.mu.Lock()
+	n := len(ts.s.authFails.m)
+	ts.s.authFails.mu.Unlock()
+	if n > limit {
+		t.Errorf("%d AUTH failure records after %d new addresses failed, limit %d", n, flood, limit)
+	}
+	if got := ts.s.stats.authFailures.Load(); got != 3+flood {
+		t.Errorf("%d AUTH failures counted, want %d", got, 3+flood)
+	}
+	blocked := from(2)
+	blocked.script("S: 421 4.7.0 ")
+	if !blocked.closed() {
+		t.Error("the blocked address's connection was left open")
+	}
+	// The flood's last address, not blocked, is still let in.
+	from(3+flood-1).script("S: 220 ", "C: QUIT", "S: 221 ")
 }

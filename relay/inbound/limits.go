@@ -1,9 +1,11 @@
 package inbound
 
 import (
+	"cmp"
 	"crypto/tls"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 )
@@ -284,10 +286,13 @@ func (c *trackedConn) Close() error {
 	return err
 }
 
-// authFailures counts failed AUTH attempts per client (clientKey), in memory.
+// authFailures counts failed AUTH attempts per client (clientKey), in memory,
+// for at most limit clients (see makeRoom).
 type authFailures struct {
 	mu sync.Mutex
 	m  map[netip.Addr]*authRecord
+	// limit is the most records kept (0: maxAuthRecords); tests lower it.
+	limit int
 	// sweepAt is the number of records at which stale ones are dropped
 	// next: twice what was left after the last sweep, so that the map
 	// stays within twice its live records and a failure costs the same
@@ -298,6 +303,15 @@ type authFailures struct {
 
 // minSweep is the fewest records at which a sweep is made.
 const minSweep = 1024
+
+// maxAuthRecords bounds the AUTH failure records. A malformed AUTH counts
+// a failure without a password check, so a client with many addresses (a
+// botnet, or an IPv6 network larger than a /64: a /48 is 65,536 clients, a
+// /32 four billion) could otherwise add a record per connection for as
+// long as it likes. A record costs about 130 bytes (its 80-byte
+// authRecord, and the map's 24-byte key, 8-byte pointer and slot
+// overhead; 132 measured with 100,000 records): 100,000 are some 13 MB.
+const maxAuthRecords = 100_000
 
 type authRecord struct {
 	fails        int
@@ -351,7 +365,7 @@ func (a *authFailures) begin(ip netip.Addr, now time.Time, blockFor time.Duratio
 func (a *authFailures) end(ip netip.Addr, now time.Time, blockFor time.Duration, maxFailures int, failed bool) int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	r := a.record(ip, now, blockFor) // never swept while checking > 0
+	r := a.record(ip, now, blockFor) // never swept nor evicted while checking > 0
 	r.checking = max(r.checking-1, 0)
 	if r.ended != nil {
 		close(r.ended)
@@ -375,6 +389,9 @@ func (a *authFailures) record(ip netip.Addr, now time.Time, blockFor time.Durati
 		a.sweepAt = max(2*len(a.m), minSweep)
 	}
 	r := a.m[ip]
+	if r == nil && len(a.m) >= a.max() {
+		a.makeRoom(now, blockFor)
+	}
 	if r == nil || r.stale(now, blockFor) {
 		// A stale record's failures are forgotten, not its checks under
 		// way (end releases them) nor the checks waiting for them.
@@ -409,6 +426,64 @@ func (a *authFailures) expire(now time.Time, blockFor time.Duration) {
 		if r.stale(now, blockFor) && r.checking == 0 {
 			delete(a.m, ip)
 		}
+	}
+}
+
+// max is the most records a keeps.
+func (a *authFailures) max() int {
+	if a.limit > 0 {
+		return a.limit
+	}
+	return maxAuthRecords
+}
+
+// makeRoom makes room for one more record when a holds its limit or more
+// (a.mu is held), as outbound's makeRoom does for its memories: the stale
+// records go, then, while more than nine tenths of the limit are left,
+// the least worth keeping. Those are, first, the addresses not blocked,
+// fewest failures first, then soonest expiring first (a flood of single
+// failures from new addresses evicts its own kind before a client's
+// tenth guess), and only then the blocked addresses, the soonest
+// unblocked first. A record with a password check under way or waiting
+// for one (checking > 0, ended != nil) is never evicted: end must find
+// the reservation begin counted, and wake its waiters. The next insert to
+// need a pass comes a tenth of the limit later, so its cost per insert
+// is small.
+func (a *authFailures) makeRoom(now time.Time, blockFor time.Duration) {
+	a.expire(now, blockFor)
+	limit := a.max()
+	n := len(a.m) - (limit - limit/10) // how many more to evict
+	if n <= 0 {
+		return
+	}
+	type candidate struct {
+		ip      netip.Addr
+		blocked bool
+		fails   int
+		until   time.Time
+	}
+	cs := make([]candidate, 0, len(a.m))
+	for ip, r := range a.m {
+		if r.checking > 0 || r.ended != nil {
+			continue
+		}
+		until := r.last.Add(blockFor)
+		if r.blockedUntil.After(until) {
+			until = r.blockedUntil
+		}
+		cs = append(cs, candidate{ip, now.Before(r.blockedUntil), r.fails, until})
+	}
+	slices.SortFunc(cs, func(x, y candidate) int {
+		if x.blocked != y.blocked {
+			if x.blocked {
+				return 1
+			}
+			return -1
+		}
+		return cmp.Or(cmp.Compare(x.fails, y.fails), x.until.Compare(y.until))
+	})
+	for _, c := range cs[:min(n, len(cs))] {
+		delete(a.m, c.ip)
 	}
 }
 

@@ -100,3 +100,112 @@ func BenchmarkAuthFailures_ManyClients(b *testing.B) {
 		f.fail(ip, now, time.Hour, 10)
 	}
 }
+
+// The AUTH failure records are bounded: failures from ever new clients
+// (malformed AUTHs cost no password check; an IPv6 /32 holds four billion
+// /64s) cannot grow them past maxAuthRecords. What is evicted is never a
+// record with a check under way or waiting (end must find the reservation
+// and wake the waiter), and blocked addresses are kept over the flood's
+// single failures. Before, the records grew by one per new client for as
+// long as the failures came faster than auth_block_time.
+func TestAuthFailures_Bounded(t *testing.T) {
+	var f authFailures
+	now := time.Now()
+	const block, maxFails = 10 * time.Minute, 3
+	blocked := netip.MustParseAddr("192.0.2.1")
+	checking := netip.MustParseAddr("192.0.2.2")
+	waiting := netip.MustParseAddr("192.0.2.3")
+	for range maxFails {
+		f.fail(blocked, now, block, maxFails)
+	}
+	if ok, _ := f.begin(checking, now, block, maxFails); !ok {
+		t.Fatal("no check reserved")
+	}
+	for range maxFails {
+		if ok, _ := f.begin(waiting, now, block, maxFails); !ok {
+			t.Fatal("no check reserved")
+		}
+	}
+	_, wake := f.begin(waiting, now, block, maxFails)
+	if wake == nil {
+		t.Fatal("a check past the limit was not told to wait")
+	}
+
+	flood := maxAuthRecords + maxAuthRecords/2
+	for i := range flood {
+		// Each a /64 of its own in 2001:db8::/32, one malformed AUTH
+		// each, later than the block.
+		ip := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 24), byte(i >> 16), byte(i >> 8), byte(i), 15: 1})
+		later := now.Add(time.Duration(i+1) * time.Millisecond)
+		if n := f.fail(ip, later, block, maxFails); n != 1 {
+			t.Fatalf("a new client's failure counted as %d", n)
+		}
+		if len(f.m) > maxAuthRecords {
+			t.Fatalf("%d records after %d clients failed, limit %d", len(f.m), i+1, maxAuthRecords)
+		}
+	}
+	end := now.Add(time.Duration(flood) * time.Millisecond)
+	if !f.blocked(blocked, end) {
+		t.Error("an address blocked before the flood is no longer blocked")
+	}
+	if r := f.m[clientKey(checking)]; r == nil || r.checking != 1 {
+		t.Errorf("the record of a check under way was evicted: %+v", r)
+	}
+	for range maxFails {
+		f.end(waiting, end, block, maxFails, true)
+	}
+	select {
+	case <-wake:
+	default:
+		t.Fatal("the check waiting before the flood was not woken when the checks it waited for ended")
+	}
+	if !f.blocked(waiting, end) {
+		t.Error("the failures of checks under way during the flood were not counted")
+	}
+}
+
+// What the bound evicts first: addresses not blocked, fewest failures
+// first, then the soonest expiring; blocked addresses last.
+func TestAuthFailures_EvictionOrder(t *testing.T) {
+	f := authFailures{limit: 10}
+	now := time.Now()
+	const block, maxFails = time.Hour, 5
+	ip := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}) }
+	at := func(i int) time.Time { return now.Add(time.Duration(i) * time.Second) }
+	// 1: blocked first of all (expires soonest); 2: four failures, early;
+	// 3..10: one failure each, in order.
+	for range maxFails {
+		f.fail(ip(1), at(0), block, maxFails)
+	}
+	for range 4 {
+		f.fail(ip(2), at(1), block, maxFails)
+	}
+	for i := 3; i <= 10; i++ {
+		f.fail(ip(i), at(i), block, maxFails)
+	}
+	// Each new record past 10 makes room: down to nine tenths (one goes),
+	// then it is added.
+	for i := 11; i <= 13; i++ {
+		f.fail(ip(i), at(i), block, maxFails)
+		if len(f.m) != 10 {
+			t.Fatalf("%d records, want 10", len(f.m))
+		}
+	}
+	for i, want := range map[int]bool{1: true, 2: true, 3: false, 4: false, 5: false, 6: true, 13: true} {
+		if _, kept := f.m[ip(i)]; kept != want {
+			t.Errorf("record %d kept = %v, want %v", i, kept, want)
+		}
+	}
+	// Only blocked ones left to evict: the soonest unblocked goes first.
+	g := authFailures{limit: 10}
+	for i := 1; i <= 12; i++ {
+		for range maxFails {
+			g.fail(ip(i), at(i), block, maxFails)
+		}
+	}
+	for i, want := range map[int]bool{1: false, 2: false, 3: true, 10: true, 12: true} {
+		if _, kept := g.m[ip(i)]; kept != want {
+			t.Errorf("blocked record %d kept = %v, want %v", i, kept, want)
+		}
+	}
+}
