@@ -6,19 +6,27 @@
 package idn
 
 import (
+	"errors"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/idna"
 )
 
 // ALabel returns d lower-cased, its labels in Unicode as A-labels
 // ("Bücher.example" → "xn--bcher-kva.example"); an error when d is not
-// ASCII and no valid internationalized domain name. An ASCII name is only
+// ASCII and no valid internationalized domain name (invalid UTF-8
+// included). An ASCII name is only
 // lower-cased (no allocation when it is lower case already). A trailing dot
 // is kept: callers that do not want it trim it first.
 func ALabel(d string) (string, error) {
 	for i := 0; i < len(d); i++ {
 		if d[i] >= 0x80 {
+			// idna reads an invalid byte as U+FFFD and encodes that
+			// (which it would itself refuse) into an A-label.
+			if !utf8.ValidString(d) {
+				return "", errors.New("idna: domain name is not valid UTF-8")
+			}
 			a, err := idna.Lookup.ToASCII(d)
 			if err != nil {
 				return "", err

@@ -15,6 +15,11 @@ func TestALabel(t *testing.T) {
 		{"xn--bcher-kva.example", "xn--bcher-kva.example", true},
 		{"straße.test", "xn--strae-oqa.test", true},
 		{"\u0301abc.example", "", false}, // a label that starts with a combining mark: no valid IDN
+		// Invalid UTF-8 (a percent-decoded "%FF") is no name; it was
+		// encoded as U+FFFD, "xn--bcher-lm43a.example", a name IDNA
+		// itself refuses to decode.
+		{"b\xffcher.example", "", false},
+		{"b\ufffdcher.example", "", false},
 	} {
 		got, err := ALabel(c.in)
 		if (err == nil) != c.ok || got != c.want {
