@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/mailhop/mailhop/internal/idn"
 )
 
 // maxRUA bounds the destinations of one domain's report: a record
@@ -14,7 +16,8 @@ const maxRUA = 5
 // ParseRecord returns the usable rua URIs of the TLSRPT record among recs
 // (RFC 8460 §3): records not starting with "v=TLSRPTv1" are ignored, and
 // unless exactly one remains there is no policy. Only mailto: and https:
-// URIs are kept, at most maxRUA (five).
+// URIs are kept, at most maxRUA (five); a mailto: address's Unicode domain
+// is given as its A-label.
 func ParseRecord(recs []string) ([]*url.URL, error) {
 	var rec string
 	n := 0
@@ -44,7 +47,10 @@ func ParseRecord(recs []string) ([]*url.URL, error) {
 			switch strings.ToLower(u.Scheme) {
 			case "mailto":
 				addr, err := url.PathUnescape(u.Opaque)
-				if err != nil || !reportAddress(addr) {
+				if err != nil {
+					continue
+				}
+				if addr, err = aLabelDomain(addr); err != nil || !reportAddress(addr) {
 					continue
 				}
 				out = append(out, &url.URL{Scheme: "mailto", Opaque: addr})
@@ -64,6 +70,29 @@ func ParseRecord(recs []string) ([]*url.URL, error) {
 		return nil, errors.New("TLSRPT record without a usable rua")
 	}
 	return out, nil
+}
+
+// aLabelDomain returns addr with its domain, when that is not ASCII (a
+// percent-encoded UTF-8 domain, as RFC 6068 §2 allows), as its A-label
+// ("tlsrpt@bücher.example" → "tlsrpt@xn--bcher-kva.example"), the form
+// the relay looks up and sends to; an ASCII domain is left as it is. An
+// error when the domain is no valid internationalized domain name.
+func aLabelDomain(addr string) (string, error) {
+	at := strings.LastIndexByte(addr, '@')
+	if at < 0 {
+		return addr, nil // reportAddress refuses it
+	}
+	domain := addr[at+1:]
+	for i := 0; i < len(domain); i++ {
+		if domain[i] >= 0x80 {
+			a, err := idn.ALabel(domain)
+			if err != nil {
+				return "", fmt.Errorf("rua domain %q: %w", domain, err)
+			}
+			return addr[:at+1] + a, nil
+		}
+	}
+	return addr, nil
 }
 
 // reportAddress accepts an address an SMTP server takes as it is, in an

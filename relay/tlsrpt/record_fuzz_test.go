@@ -13,6 +13,7 @@ func FuzzParseTLSRPT(f *testing.F) {
 	f.Add("v=TLSRPTv1; rua=mailto:tls@example.com,https://r.example.com/x", "v=other")
 	f.Add("v=TLSRPTv1;rua=mailto:a%0D%0Ab@x", "")
 	f.Add("v=TLSRPTv1; rua=https://u:p@h/,mailto:%3Ca%3E@b", "v=TLSRPTv1")
+	f.Add("v=TLSRPTv1; rua=mailto:tlsrpt@b%C3%BCcher.example", "")
 	f.Fuzz(func(t *testing.T, a, b string) {
 		urls, err := ParseRecord([]string{a, b})
 		if err != nil {

@@ -32,6 +32,17 @@ func TestParseTLSRPT(t *testing.T) {
 		{[]string{"v=TLSRPTv1; rua=mailto:a@example.com."}, "error"},
 		{[]string{"v=TLSRPTv1; rua=mailto:a@" + strings.Repeat("x", 64) + ".example"}, "error"},
 		{[]string{"v=TLSRPTv1; rua=mailto:tls.rpt+x=y/z@Mail-1.xn--bcher-kva.example"}, "mailto:tls.rpt+x=y/z@Mail-1.xn--bcher-kva.example"},
+		// A percent-encoded UTF-8 domain (RFC 6068 §2) is sent to as its
+		// A-label; it was refused before. A local part stays ASCII (no
+		// SMTPUTF8 for reports), and a name IDNA refuses is refused.
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@b%C3%BCcher.example"}, "mailto:tlsrpt@xn--bcher-kva.example"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@B%C3%9CCHER.Example"}, "mailto:tlsrpt@xn--bcher-kva.example"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@mail.b%C3%BCcher.example,mailto:a@example.com"}, "mailto:tlsrpt@mail.xn--bcher-kva.example mailto:a@example.com"},
+		{[]string{"v=TLSRPTv1; rua=mailto:j%C3%B6rg@example.com"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@b%FFcher.example"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@b%C3%BCcher..example"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@b%C3%BCcher.example!5m"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@%E2%80%AEcher.example"}, "error"}, // U+202E, not allowed in IDNA
 		{[]string{"v=TLSRPTv1; rua=https://user:pw@r.example/x"}, "error"},
 		{[]string{"v=TLSRPTv1; ext=1"}, "error"},
 		{[]string{"v=TLSRPTv1"}, "error"},
