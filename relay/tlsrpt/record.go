@@ -55,7 +55,9 @@ func ParseRecord(recs []string) ([]*url.URL, error) {
 				}
 				out = append(out, &url.URL{Scheme: "mailto", Opaque: addr})
 			case "https":
-				if u.Host == "" || u.User != nil {
+				// url.Parse leaves a space in a query as it is: POSTed,
+				// it would split the request line.
+				if u.Host == "" || u.User != nil || strings.ContainsFunc(u.String(), isSpaceOrCtl) {
 					continue
 				}
 				u.Scheme = "https"
@@ -139,6 +141,10 @@ func hostName(s string) bool {
 	}
 	return true
 }
+
+// isSpaceOrCtl reports whether c is a space or a control character,
+// which a URI never holds as it is (RFC 3986 §2).
+func isSpaceOrCtl(c rune) bool { return c <= ' ' || c == 0x7f }
 
 func isLetDig(c rune) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'

@@ -44,6 +44,9 @@ func TestParseTLSRPT(t *testing.T) {
 		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@b%C3%BCcher.example!5m"}, "error"},
 		{[]string{"v=TLSRPTv1; rua=mailto:tlsrpt@%E2%80%AEcher.example"}, "error"}, // U+202E, not allowed in IDNA
 		{[]string{"v=TLSRPTv1; rua=https://user:pw@r.example/x"}, "error"},
+		// A space in the query was kept (found by FuzzParseTLSRPT).
+		{[]string{"v=TLSRPTv1; rua=https://r.example/x? a"}, "error"},
+		{[]string{"v=TLSRPTv1; rua=https://r.example/x?a=%20"}, "https://r.example/x?a=%20"},
 		{[]string{"v=TLSRPTv1; ext=1"}, "error"},
 		{[]string{"v=TLSRPTv1"}, "error"},
 		{[]string{"v=TLSRPTv10; rua=mailto:a@example.com"}, "error"},
