@@ -769,7 +769,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// no greeting, a 421, a timeout or a dropped connection, before or
 	// after the greeting), not for a TLS policy or this message's
 	// REQUIRETLS: then the domain is dead. timedOut: one of them waited
-	// out a timeout (see markDead).
+	// out a timeout in a session its server greeted (see markDead).
 	site, timedOut := true, false
 	// settled holds the outcomes that stand from hosts that passed other
 	// recipients on to the next address (see passOn); carried holds the
@@ -918,7 +918,11 @@ hosts:
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
 			site = site && !serr.policy && !serr.loop
-			timedOut = timedOut || serr.timeout
+			// Only a session its server greeted counts as having waited
+			// out a timeout (see markDead): greeted sessions under way are
+			// what a stalled one must not be kept alive by, and a
+			// connection or greeting that timed out says nothing of them.
+			timedOut = timedOut || serr.timeout && info.greeted
 			switch {
 			case last.Code == 0 && !serr.policy:
 				last = hostNamed(tg.host, ap, last)
@@ -1051,6 +1055,9 @@ type connInfo struct {
 	// fresh: the transaction ran on a connection set up for it, not one
 	// reused from the pool (which carried mail before).
 	fresh bool
+	// greeted: the server of the connection greeted (a failure came after
+	// the greeting, not at the connect or while waiting for it).
+	greeted bool
 }
 
 // tryAddr delivers t through one address under plan: a pooled connection
@@ -1063,9 +1070,12 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 	}
 	info := connInfo{policy: plan.source}
 	// From its server's greeting to the end, the session keeps domain
-	// alive (see markDead).
+	// alive (see markDead). greetedNow: the server of the connection being
+	// set up greeted.
 	var down func()
+	greetedNow := false
 	greeted := func() {
+		greetedNow = true
 		if down == nil {
 			down = a.sessionUp(domain)
 		}
@@ -1082,6 +1092,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// every slot not taken may hold one idle connection, the
 			// rest are closed before this one is opened.
 			a.pool.trim(a.total.free())
+			greetedNow = false
 			c, err := a.dialConn(ctx, cfg, tg, ap, plan, t.env.ID, greeted)
 			if err != nil {
 				se := err.(*stageError)
@@ -1095,12 +1106,12 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 					plan = &p
 					continue
 				}
-				info.version, info.verified = se.tlsVer, se.verified
+				info.version, info.verified, info.greeted = se.tlsVer, se.verified, greetedNow
 				return nil, info, se
 			}
 			cn = c
 		}
-		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified, fresh: !cn.reused}
+		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified, fresh: !cn.reused, greeted: true}
 		greeted()
 		// Each transaction its server answers shows the domain works (see
 		// markDead): a session that stalls in a later one is no site failure.

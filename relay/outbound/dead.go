@@ -114,12 +114,16 @@ func (a *Agent) attemptStart(domain string) (attemptMark, func()) {
 // was answered since the attempt began (m), or a connection that carried
 // its mail is idle in the pool. Nor is one with a session under way that
 // its server greeted (a server that limits connections per client answers
-// the others with 421) — unless the attempt waited out a timeout (timedOut):
-// a session under way may be stalling just the same, and sessions that
-// stall must not keep each other alive (with mail coming in, each slot a
-// timeout freed started a session that kept the domain alive for the next
-// timeout, and it was never dead); the timeout was long enough for a
-// working server to answer some transaction meanwhile.
+// the others with 421) — unless the attempt waited out a timeout in a
+// session its server greeted (timedOut): a session under way may be
+// stalling just the same, and sessions that stall must not keep each other
+// alive (with mail coming in, each slot a timeout freed started a session
+// that kept the domain alive for the next timeout, and it was never dead);
+// the timeout was long enough for a working server to answer some
+// transaction meanwhile. A connection or greeting that timed out is no
+// such stall: it says nothing of the greeted sessions under way, and a
+// server limiting connections per client that is busy with slow messages
+// answers no transaction within a connect timeout.
 //
 // m.flushes is a.q.Flushes(domain) as the attempt began: one that began
 // before a queue flush does not mark the domain (its lookup or connections

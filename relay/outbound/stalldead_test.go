@@ -339,3 +339,46 @@ func TestDeadDestination_DroppedAfterAnAnsweredTransaction_NotDead(t *testing.T)
 		t.Errorf("dead though its server answered the session's first transaction: %v", e)
 	}
 }
+
+// A timeout that no greeted session waited out (a host that never greeted,
+// or whose address did not answer) does not let the attempt ignore the
+// greeted sessions under way: they were not stalling with it. Here the
+// first MX never greets and the second takes one connection per client
+// (421 to the others) and is busy with a slow message: the second
+// message's attempt, its greeting timeout at the first MX and its 421 at
+// the second, left the domain alive before the dead rule took in stalls;
+// with every timeout counted as one, it was suspended while its server
+// delivered.
+func TestDeadDestination_GreetingTimeoutThen421_SessionUnderWay_NotDead(t *testing.T) {
+	t.Parallel()
+	inData, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h := newHarness(t, smtptest.Behaviour{Greeting421After: 1, Data: func(*smtptest.Message) error {
+		once.Do(func() { close(inData) })
+		<-release
+		return nil
+	}}, mxZone("127.0.0.3", "127.0.0.2"))
+	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute // the slow message is not cut
+	h.start()
+	slow := h.submit(testBody, []string{"a@example.test"})
+	select {
+	case <-inData:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the first message did not reach the second MX's DATA after 15s")
+	}
+	other := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(other, 1)
+	h.rcptPendingWith(other, 0, "not available now")
+	if e := h.agent.deadErr("example.test"); e != nil {
+		t.Errorf("dead while a session its server greeted delivers: %v", e)
+	}
+	close(release)
+	h.waitRecords(slow, 1)
+	if h.envelope(slow) != nil {
+		t.Error("the slow message is still queued")
+	}
+	if strings.Contains(h.logs.String(), "marked dead") {
+		t.Error("marked dead")
+	}
+}
