@@ -730,7 +730,8 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			a.obs.AttemptDone(gr.dur)
 		}
 	}()
-	mark, end := a.attemptStart(domain) // see markDead
+	dest := destination(cfg, domain)  // what the dead rule knows it by
+	mark, end := a.attemptStart(dest) // see markDead
 	defer end()
 	targets, err := a.targets(ctx, cfg, domain)
 	if err != nil {
@@ -743,7 +744,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			// mail would each wait for the same lookup in turn, holding a
 			// connection slot; Postfix suspends such a destination too
 			// ("Host or domain name not found ... try again").
-			a.markDead(domain, e, mark, false)
+			a.markDead(dest, domain, e, mark, false)
 		}
 		gr.err = e
 		for _, x := range t.rcpts {
@@ -815,7 +816,7 @@ hosts:
 		for _, ip := range tg.addrs {
 			ap := netip.AddrPortFrom(ip.Unmap(), uint16(tg.port))
 			gr.mx, gr.addr, gr.tls = tg.host, ap.String(), ""
-			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain)
+			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain, dest)
 			gr.tls, gr.policy, gr.verif = info.version, info.policy, info.verified
 			if serr == nil {
 				sessions++
@@ -855,7 +856,7 @@ hosts:
 				if len(again) == 0 || sessions >= maxSessions || ctx.Err() != nil {
 					gr.rcpts = append(res, settled...)
 					if len(again) > 0 && site && ctx.Err() == nil {
-						a.markDead(domain, named, mark, timedOut)
+						a.markDead(dest, domain, named, mark, timedOut)
 					}
 					return gr
 				}
@@ -976,14 +977,14 @@ hosts:
 		gr.rcpts = append(carried, settled...)
 		if site && ctx.Err() == nil {
 			// Its session failed as a site (above), and any later host too.
-			a.markDead(domain, &e, mark, timedOut)
+			a.markDead(dest, domain, &e, mark, timedOut)
 		}
 		return gr
 	}
 	gr.err = &e
 	gr.rcpts = append(allPending(t.rcpts, &e), settled...)
 	if site && tried > 0 && ctx.Err() == nil {
-		a.markDead(domain, &e, mark, timedOut)
+		a.markDead(dest, domain, &e, mark, timedOut)
 	}
 	return gr
 }
@@ -1062,14 +1063,15 @@ type connInfo struct {
 
 // tryAddr delivers t through one address under plan: a pooled connection
 // if there is one (redialling once when it turns out dead), else a new one.
-func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts, domain string) ([]rcptResult, connInfo, *stageError) {
+// dest is the destination of mail to domain (see destination).
+func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts, domain, dest string) ([]rcptResult, connInfo, *stageError) {
 	if plan.wantsTLS() && !plan.required && a.knownNoTLS(ap.Addr()) {
 		p := *plan
 		p.plain = true
 		plan = &p
 	}
 	info := connInfo{policy: plan.source}
-	// From its server's greeting to the end, the session keeps domain
+	// From its server's greeting to the end, the session keeps dest
 	// alive (see markDead). greetedNow: the server of the connection being
 	// set up greeted.
 	var down func()
@@ -1077,7 +1079,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 	greeted := func() {
 		greetedNow = true
 		if down == nil {
-			down = a.sessionUp(domain)
+			down = a.sessionUp(dest)
 		}
 	}
 	defer func() {
@@ -1115,7 +1117,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		greeted()
 		// Each transaction its server answers shows the domain works (see
 		// markDead): a session that stalls in a later one is no site failure.
-		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(domain) })
+		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(dest) })
 		if serr != nil {
 			cn.close()
 			if cn.reused && ctx.Err() == nil {
@@ -1136,7 +1138,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// one is reused for connReuseLimit at most.
 			go quit(cn)
 		default:
-			cn.reused, cn.domain = false, domain
+			cn.reused, cn.dest = false, dest
 			a.pool.put(cn, tm.idle)
 		}
 		return res, info, nil

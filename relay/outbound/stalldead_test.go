@@ -12,6 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
@@ -381,4 +382,88 @@ func TestDeadDestination_GreetingTimeoutThen421_SessionUnderWay_NotDead(t *testi
 	if strings.Contains(h.logs.String(), "marked dead") {
 		t.Error("marked dead")
 	}
+}
+
+// A smarthost of a [[route]] is one destination for every domain routed to
+// it (Postfix suspends the nexthop): once a session to it that it greeted
+// stalls and times out, mail to every domain routed there is deferred
+// "delivery temporarily suspended" without a connection. Marked under the
+// recipient domain, each other domain's mail stalled for a whole timeout
+// first, holding a connection slot (with "*", one per domain, up to
+// delivery.concurrency). A flush of any domain routed there ends the mark.
+func TestDeadDestination_StalledSmarthost_SuspendsEveryRoutedDomain(t *testing.T) {
+	t.Parallel()
+	stall, _ := stallUntilEnd(t)
+	z := zone("example.test", "127.0.0.2")
+	z["smart.test."] = append(z["smart.test."], dnstest.A("smart.test", "127.0.0.3"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{Mail: func(from string, _ *smtp.MailOptions) error { return stall(from) }})
+	r := routeTo(h, []string{"smart.test"}, "none", "")
+	r.Domains, r.Username, r.Password = []string{"one.test", "two.test"}, "", ""
+	h.cfg.Route = append(h.cfg.Route, r)
+	h.cfg.Delivery.DataInitTimeout.Duration = 2 * time.Second
+	h.start()
+	first := h.submit(testBody, []string{"a@one.test"})
+	h.waitRecords(first, 1)
+	host := fmt.Sprintf("smart.test[127.0.0.3]:%d: ", h.port)
+	h.rcptPendingWith(first, 0, host+"timed out during mail")
+	second := h.submit(testBody, []string{"b@two.test"})
+	h.waitRecords(second, 1)
+	h.rcptPendingWith(second, 0, "delivery temporarily suspended: "+host+"timed out during mail")
+	if n := tarpit.Conns(); n != 1 {
+		t.Errorf("%d connections to the stalled smarthost, want 1 (two.test's mail suspended)", n)
+	}
+	// A domain delivered by MX is another destination.
+	ok := h.submit(testBody, []string{"c@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(ok, 1)
+	// The operator flushes one routed domain: its mail goes to the
+	// smarthost again, which ends the mark for the others too.
+	h.q.Flush("two.test")
+	if e := h.agent.deadErr("two.test"); e != nil {
+		t.Errorf("flushed domain still suspended: %v", e)
+	}
+	if e := h.agent.deadErr("one.test"); e != nil {
+		t.Errorf("still suspended after a flush of a domain routed to the same smarthost: %v", e)
+	}
+}
+
+// The other way round: a smarthost that answers other domains' mail while
+// a session to it stalls works, so the domain whose session stalled is not
+// suspended. Marked under the recipient domain, it was, because no
+// transaction of that domain was answered meanwhile: one message a
+// smarthost was slow with (a big attachment scanned, a slow recipient
+// check) suspended all of that domain's mail through a working smarthost.
+func TestDeadDestination_SmarthostAnsweringOtherDomains_NotDead(t *testing.T) {
+	t.Parallel()
+	stall, entered := stallUntilEnd(t)
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.3")}}
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	smart := h.server("127.0.0.3", smtptest.Behaviour{NoPipelining: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "stall@") {
+			return stall(to)
+		}
+		return nil
+	}})
+	r := routeTo(h, []string{"smart.test"}, "none", "")
+	r.Username, r.Password = "", ""
+	h.cfg.Route = append(h.cfg.Route, r) // "*"
+	rec := &connRecorder{}
+	h.editOpts = func(o *Options) { o.Dial = rec.dial }
+	h.cfg.Delivery.CommandTimeout.Duration = time.Minute // no timeout but expire's
+	h.start()
+	stalled := h.submit(testBody, []string{"stall@one.test"})
+	next(t, entered, "RCPT of the stalled message")
+	other := h.submit(testBody, []string{"x@two.test"})
+	smart.Wait(t, 1)
+	h.waitRecords(other, 1)
+	rec.expire(t, 0)
+	h.waitRecords(stalled, 1)
+	h.rcptPendingWith(stalled, 0, "timed out during rcpt")
+	if e := h.agent.deadErr("one.test"); e != nil {
+		t.Errorf("suspended though its smarthost answered a transaction during the attempt: %v", e)
+	}
+	later := h.submit(testBody, []string{"y@one.test"})
+	smart.Wait(t, 2)
+	h.waitRecords(later, 1)
 }
