@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -466,4 +467,33 @@ func TestDeadDestination_SmarthostAnsweringOtherDomains_NotDead(t *testing.T) {
 	later := h.submit(testBody, []string{"y@one.test"})
 	smart.Wait(t, 2)
 	h.waitRecords(later, 1)
+}
+
+// A reload that sends a dead domain's mail elsewhere (a [[route]] to a
+// smarthost, when its own MX stalls) takes effect at once: the mark is the
+// MX destination's, not the smarthost's, so the domain's next message goes
+// out instead of being suspended for the rest of the mark.
+func TestDeadDestination_ReloadRoutesDeadDomain_NotSuspended(t *testing.T) {
+	t.Parallel()
+	z := zone("stall.test", "127.0.0.3")
+	z["smart.test."] = append(z["smart.test."], dnstest.A("smart.test", "127.0.0.2"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
+	h.start()
+	first := h.submit(testBody, []string{"a@stall.test"})
+	h.waitRecords(first, 1)
+	if e := h.agent.deadErr("stall.test"); e == nil {
+		t.Fatal("the stalled domain was not marked dead")
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) {
+		r := routeTo(h, []string{"smart.test"}, "none", "")
+		r.Domains, r.Username, r.Password = []string{"stall.test"}, "", ""
+		c.Route = append(c.Route, r)
+	}))
+	second := h.submit(testBody, []string{"b@stall.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(second, 1)
+	if h.envelope(second) != nil {
+		t.Error("the routed message is still queued")
+	}
 }
