@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
 
 	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/queue"
@@ -495,5 +496,53 @@ func TestDeadDestination_ReloadRoutesDeadDomain_NotSuspended(t *testing.T) {
 	h.waitRecords(second, 1)
 	if h.envelope(second) != nil {
 		t.Error("the routed message is still queued")
+	}
+}
+
+// The per-destination state of attempts under way (doms) is gone once they
+// end, however they end: delivered, refused, stalled and timed out, a DNS
+// failure, a dead destination's deferral, a smarthost's, and attempts the
+// shutdown cut short; nothing of a domain is kept after its last attempt.
+func TestDeadDestination_AttemptStateGoneAfterAttempts(t *testing.T) {
+	t.Parallel()
+	z := zone("example.test", "127.0.0.2", "refused.test", "127.0.0.9", "stall.test", "127.0.0.3", "cut.test", "127.0.0.4")
+	z["smart.test."] = append(z["smart.test."], dnstest.A("smart.test", "127.0.0.2"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.dns.SetRcode("servfail.test", dns.RcodeServerFailure)
+	h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
+	cut := h.server("127.0.0.4", smtptest.Behaviour{StallData: true})
+	r := routeTo(h, []string{"smart.test"}, "none", "")
+	r.Domains, r.Username, r.Password = []string{"routed.test"}, "", ""
+	h.cfg.Route = append(h.cfg.Route, r)
+	h.start()
+	var ids []string
+	for i := range 4 {
+		for _, d := range []string{"example.test", "refused.test", "stall.test", "servfail.test", "routed.test"} {
+			ids = append(ids, h.submit(testBody, []string{fmt.Sprintf("r%d@%s", i, d)}))
+		}
+		ids = append(ids, h.submit(testBody, []string{fmt.Sprintf("m%d@example.test", i), fmt.Sprintf("m%d@stall.test", i), fmt.Sprintf("m%d@refused.test", i)}))
+	}
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+	}
+	doms := func() int {
+		h.agent.mu.Lock()
+		defer h.agent.mu.Unlock()
+		return len(h.agent.doms)
+	}
+	if n := doms(); n != 0 {
+		t.Errorf("%d destinations with attempt state after every attempt ended, want 0", n)
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.DataEndTimeout.Duration = time.Hour }))
+	last := h.submit(testBody, []string{"x@cut.test"})
+	select {
+	case <-cut.Stalled():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last message did not reach its server's stall after 10s")
+	}
+	h.stop()
+	h.waitRecords(last, 1)
+	if n := doms(); n != 0 {
+		t.Errorf("%d destinations with attempt state after the shutdown cut the last attempt, want 0", n)
 	}
 }
