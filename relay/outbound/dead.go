@@ -26,22 +26,35 @@ type deadDest struct {
 
 // destination returns what the dead rule knows mail to domain by: the
 // domain, when its mail goes to its MX hosts; for a domain that a
-// [[route]] sends to smarthosts, those smarthosts ("[host:port ...]", no
-// domain's name), one destination for every domain routed there, as
-// Postfix's queue manager keys a destination by its nexthop. A smarthost's
-// failure is no failure of the domain whose mail it was carrying, and its
-// answer to any domain's mail shows that it works: known by the recipient
-// domain, a stalled smarthost was found dead one domain at a time (each
-// domain's mail waiting a timeout first, with "*" up to
-// delivery.concurrency sessions stalled at once), and one message a working
-// smarthost was slow with suspended all of that domain's mail.
+// [[route]] sends to smarthosts, those smarthosts as the route reaches them
+// ("[host:port ...]", its tls mode and user when set; no domain's name),
+// one destination for every domain routed there, as Postfix's queue
+// manager keys a destination by its nexthop. A smarthost's failure is no
+// failure of the domain whose mail it was carrying, and its answer to any
+// domain's mail shows that it works: known by the recipient domain, a
+// stalled smarthost was found dead one domain at a time (each domain's
+// mail waiting a timeout first, with "*" up to delivery.concurrency
+// sessions stalled at once), and one message a working smarthost was slow
+// with suspended all of that domain's mail. Routes to the same smarthosts
+// with another user or TLS mode are other destinations: one whose
+// password the smarthost refuses does not suspend the other's mail.
 func destination(cfg *config.Config, domain string) string {
-	if r := cfg.RouteFor(domain); r != nil {
-		if hs := smarthosts(r); len(hs) > 0 {
-			return "[" + strings.ToLower(strings.Join(hs, " ")) + "]"
-		}
+	r := cfg.RouteFor(domain)
+	if r == nil {
+		return domain
 	}
-	return domain
+	hs := smarthosts(r)
+	if len(hs) == 0 {
+		return domain
+	}
+	key := "[" + strings.ToLower(strings.Join(hs, " ")) + "]"
+	if r.TLS != "" {
+		key += " tls=" + strings.ToLower(r.TLS)
+	}
+	if r.Username != "" {
+		key += " user=" + r.Username
+	}
+	return key
 }
 
 // maxDead bounds the dead destinations remembered, and maxNoTLS the hosts

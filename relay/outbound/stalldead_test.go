@@ -546,3 +546,28 @@ func TestDeadDestination_AttemptStateGoneAfterAttempts(t *testing.T) {
 		t.Errorf("%d destinations with attempt state after the shutdown cut the last attempt, want 0", n)
 	}
 }
+
+// Two routes to the same smarthost with other credentials (or TLS) are two
+// destinations: a route whose password the smarthost refuses is marked
+// dead, not the other route's domains, which it takes mail for.
+func TestDeadDestination_RoutesToOneSmarthostWithOtherCredentials_Apart(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart.test")
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"}}, z)
+	bad := routeTo(h, []string{"smart.test"}, "starttls", pki.caFile)
+	bad.Domains, bad.Username, bad.Password = []string{"bad.test"}, "old", "expired"
+	good := routeTo(h, []string{"smart.test"}, "starttls", pki.caFile)
+	good.Domains = []string{"good.test"}
+	h.cfg.Route = append(h.cfg.Route, bad, good)
+	h.start()
+	refused := h.submit(testBody, []string{"a@bad.test"})
+	h.waitRecords(refused, 1)
+	h.rcptPendingWith(refused, 0, "4.7.8")
+	ok := h.submit(testBody, []string{"b@good.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(ok, 1)
+	if h.envelope(ok) != nil {
+		t.Error("the other route's message is still queued")
+	}
+}
