@@ -77,11 +77,14 @@ type Queue struct {
 	heap   slotHeap
 	wake   chan struct{} // closed and replaced when the heap changes
 	closed bool
-	// flushes counts Flush calls for every domain, domainFlushes those
-	// for one, so the agent can forget what it learnt about a dead
-	// destination when an operator asks for its retry now. domainFlushes
-	// holds at most maxDomainFlushes domains (see Flush).
-	flushes       uint64
+	// Each Flush call gets the next number, flushSeq (see LastFlush):
+	// allFlushed is the number of the last flush of every domain,
+	// domainFlushes that of the last flush of each domain flushed alone,
+	// so the agent can forget what it learnt about a dead destination when
+	// an operator asks for its retry now. domainFlushes holds at most
+	// maxDomainFlushes domains (see Flush).
+	flushSeq      uint64
+	allFlushed    uint64
 	domainFlushes map[string]uint64
 }
 
@@ -660,15 +663,27 @@ func (q *Queue) UnparkFor(id, domain string) bool {
 	return true
 }
 
-// Flushes returns how many times Flush has been called for domain or for
-// every domain. Flush and Flushes compare domains as idn.Key gives them
+// FlushSeq returns the number of the latest Flush call, of one domain or
+// of all (0 before the first): a Flush that covers domain after it makes
+// LastFlush(domain) greater than it.
+func (q *Queue) FlushSeq() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.flushSeq
+}
+
+// LastFlush returns the number (see FlushSeq) of the latest Flush call
+// that covered domain — one of domain, or of every domain — or 0 when none
+// did. Numbers only grow, so whether domain was flushed since FlushSeq
+// returned n is LastFlush(domain) > n, whatever other domains were flushed
+// meanwhile. Flush and LastFlush compare domains as idn.Key gives them
 // (lower case, an internationalized one as its A-label), so that an
 // operator may name a domain either way: its mail may be queued under
 // either form, and delivery knows its destinations by the A-label.
-func (q *Queue) Flushes(domain string) uint64 {
+func (q *Queue) LastFlush(domain string) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return q.flushes + q.domainFlushes[idn.Key(domain)]
+	return max(q.allFlushed, q.domainFlushes[idn.Key(domain)])
 }
 
 // List returns copies of every queued envelope, oldest first.
@@ -770,26 +785,22 @@ func (q *Queue) Flush(domain string) int {
 	domain = idn.Key(domain)
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.flushSeq++
 	if domain == "" {
-		q.flushes++
+		q.allFlushed = q.flushSeq
 	} else {
 		if _, ok := q.domainFlushes[domain]; !ok && len(q.domainFlushes) >= maxDomainFlushes {
-			// Full: fold the per-domain counts into flushes, past the
-			// largest, so that Flushes still only grows for every domain
-			// (never giving back a count taken before a flush); the cost
-			// is that every domain counts one flush more, as after a
-			// flush of all (its dead mark, if any, ends).
-			var top uint64
-			for _, n := range q.domainFlushes {
-				top = max(top, n)
-			}
-			q.flushes += top
+			// Full: every domain counts as flushed now, as after a flush
+			// of all (its dead mark, if any, ends), and the per-domain
+			// numbers, all below this one, are forgotten; LastFlush still
+			// never gives back a number from before a flush.
+			q.allFlushed = q.flushSeq
 			q.domainFlushes = nil
 		}
 		if q.domainFlushes == nil {
 			q.domainFlushes = make(map[string]uint64)
 		}
-		q.domainFlushes[domain]++
+		q.domainFlushes[domain] = q.flushSeq
 	}
 	now := q.opts.Now()
 	n := 0

@@ -1103,10 +1103,10 @@ func TestFlushDomains_Bounded(t *testing.T) {
 	before := make([]uint64, n)
 	for i := range n {
 		d := fmt.Sprintf("x%d.fail.test", i)
-		before[i] = q.Flushes(d)
+		before[i] = q.LastFlush(d)
 		q.Flush(d)
-		if got := q.Flushes(d); got <= before[i] {
-			t.Fatalf("Flushes(%s) = %d after its flush, was %d", d, got, before[i])
+		if got := q.LastFlush(d); got <= before[i] {
+			t.Fatalf("LastFlush(%s) = %d after its flush, was %d", d, got, before[i])
 		}
 	}
 	if len(q.domainFlushes) > maxDomainFlushes {
@@ -1114,8 +1114,40 @@ func TestFlushDomains_Bounded(t *testing.T) {
 	}
 	for i := range n {
 		d := fmt.Sprintf("x%d.fail.test", i)
-		if got := q.Flushes(d); got <= before[i] {
-			t.Fatalf("Flushes(%s) = %d, back to (or below) %d, its count before its flush", d, got, before[i])
+		if got := q.LastFlush(d); got <= before[i] {
+			t.Fatalf("LastFlush(%s) = %d, back to (or below) %d, its number before its flush", d, got, before[i])
+		}
+	}
+}
+
+// LastFlush(d) passes a number FlushSeq gave exactly when d, or every
+// domain, was flushed since: the agent ends a dead mark taken at that
+// number for a domain flushed since, also when the mark is one that many
+// domains share (a [[route]]'s smarthosts), whose flushes differ.
+func TestLastFlush_SinceFlushSeq(t *testing.T) {
+	q := openTest(t, t.TempDir())
+	if n := q.FlushSeq(); n != 0 || q.LastFlush("a.test") != 0 {
+		t.Fatalf("before any flush: FlushSeq %d, LastFlush %d", n, q.LastFlush("a.test"))
+	}
+	q.Flush("a.test")
+	mark := q.FlushSeq()
+	if got := q.LastFlush("a.test"); got > mark {
+		t.Errorf("a flush before the mark counts after it: LastFlush %d > %d", got, mark)
+	}
+	q.Flush("b.test")
+	if got := q.LastFlush("a.test"); got > mark {
+		t.Errorf("another domain's flush counts for a.test: LastFlush %d > %d", got, mark)
+	}
+	if got := q.LastFlush("b.test"); got <= mark {
+		t.Errorf("b.test's flush after the mark: LastFlush %d, want > %d", got, mark)
+	}
+	if got := q.LastFlush("B.TEST"); got <= mark {
+		t.Errorf("b.test's flush, in another case: LastFlush %d, want > %d", got, mark)
+	}
+	q.Flush("")
+	for _, d := range []string{"a.test", "b.test", "never.test"} {
+		if got := q.LastFlush(d); got <= mark {
+			t.Errorf("after a flush of all, LastFlush(%s) = %d, want > %d", d, got, mark)
 		}
 	}
 }

@@ -735,7 +735,8 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			a.obs.AttemptDone(gr.dur)
 		}
 	}()
-	mark, end := a.attemptStart(domain) // see markDead
+	dest := destination(cfg, domain)  // what the dead rule knows it by
+	mark, end := a.attemptStart(dest) // see markDead
 	defer end()
 	targets, err := a.targets(ctx, cfg, domain)
 	if err != nil {
@@ -748,7 +749,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			// mail would each wait for the same lookup in turn, holding a
 			// connection slot; Postfix suspends such a destination too
 			// ("Host or domain name not found ... try again").
-			a.markDead(domain, e, mark, false)
+			a.markDead(dest, domain, e, mark, false)
 		}
 		gr.err = e
 		for _, x := range t.rcpts {
@@ -774,7 +775,7 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 	// no greeting, a 421, a timeout or a dropped connection, before or
 	// after the greeting), not for a TLS policy or this message's
 	// REQUIRETLS: then the domain is dead. timedOut: one of them waited
-	// out a timeout (see markDead).
+	// out a timeout in a session its server greeted (see markDead).
 	site, timedOut := true, false
 	// settled holds the outcomes that stand from hosts that passed other
 	// recipients on to the next address (see passOn); carried holds the
@@ -820,7 +821,7 @@ hosts:
 		for _, ip := range tg.addrs {
 			ap := netip.AddrPortFrom(ip.Unmap(), uint16(tg.port))
 			gr.mx, gr.addr, gr.tls = tg.host, ap.String(), ""
-			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain)
+			res, info, serr := a.tryAddr(ctx, cfg, tg, plan, ap, t, tm, domain, dest)
 			gr.tls, gr.policy, gr.verif = info.version, info.policy, info.verified
 			if serr == nil {
 				sessions++
@@ -860,7 +861,7 @@ hosts:
 				if len(again) == 0 || sessions >= maxSessions || ctx.Err() != nil {
 					gr.rcpts = append(res, settled...)
 					if len(again) > 0 && site && ctx.Err() == nil {
-						a.markDead(domain, named, mark, timedOut)
+						a.markDead(dest, domain, named, mark, timedOut)
 					}
 					return gr
 				}
@@ -929,7 +930,11 @@ hosts:
 			tried++
 			last, policyOnly = serr.err, policyOnly && serr.policy
 			site = site && !serr.policy && !serr.loop
-			timedOut = timedOut || serr.timeout
+			// Only a session its server greeted counts as having waited
+			// out a timeout (see markDead): greeted sessions under way are
+			// what a stalled one must not be kept alive by, and a
+			// connection or greeting that timed out says nothing of them.
+			timedOut = timedOut || serr.timeout && info.greeted
 			switch {
 			case last.Code == 0 && !serr.policy:
 				last = hostNamed(tg.host, ap, last)
@@ -983,14 +988,14 @@ hosts:
 		gr.rcpts = append(carried, settled...)
 		if site && ctx.Err() == nil {
 			// Its session failed as a site (above), and any later host too.
-			a.markDead(domain, &e, mark, timedOut)
+			a.markDead(dest, domain, &e, mark, timedOut)
 		}
 		return gr
 	}
 	gr.err = &e
 	gr.rcpts = append(allPending(t.rcpts, &e), settled...)
 	if site && tried > 0 && ctx.Err() == nil {
-		a.markDead(domain, &e, mark, timedOut)
+		a.markDead(dest, domain, &e, mark, timedOut)
 	}
 	return gr
 }
@@ -1062,23 +1067,30 @@ type connInfo struct {
 	// fresh: the transaction ran on a connection set up for it, not one
 	// reused from the pool (which carried mail before).
 	fresh bool
+	// greeted: the server of the connection greeted (a failure came after
+	// the greeting, not at the connect or while waiting for it).
+	greeted bool
 }
 
 // tryAddr delivers t through one address under plan: a pooled connection
 // if there is one (redialling once when it turns out dead), else a new one.
-func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts, domain string) ([]rcptResult, connInfo, *stageError) {
+// dest is the destination of mail to domain (see destination).
+func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, plan *tlsPlan, ap netip.AddrPort, t *txn, tm stageTimeouts, domain, dest string) ([]rcptResult, connInfo, *stageError) {
 	if plan.wantsTLS() && !plan.required && a.knownNoTLS(ap.Addr()) {
 		p := *plan
 		p.plain = true
 		plan = &p
 	}
 	info := connInfo{policy: plan.source}
-	// From its server's greeting to the end, the session keeps domain
-	// alive (see markDead).
+	// From its server's greeting to the end, the session keeps dest
+	// alive (see markDead). greetedNow: the server of the connection being
+	// set up greeted.
 	var down func()
+	greetedNow := false
 	greeted := func() {
+		greetedNow = true
 		if down == nil {
-			down = a.sessionUp(domain)
+			down = a.sessionUp(dest)
 		}
 	}
 	defer func() {
@@ -1093,6 +1105,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// every slot not taken may hold one idle connection, the
 			// rest are closed before this one is opened.
 			a.pool.trim(a.total.free())
+			greetedNow = false
 			c, err := a.dialConn(ctx, cfg, tg, ap, plan, t.ref(), greeted)
 			if err != nil {
 				se := err.(*stageError)
@@ -1106,16 +1119,16 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 					plan = &p
 					continue
 				}
-				info.version, info.verified = se.tlsVer, se.verified
+				info.version, info.verified, info.greeted = se.tlsVer, se.verified, greetedNow
 				return nil, info, se
 			}
 			cn = c
 		}
-		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified, fresh: !cn.reused}
+		info = connInfo{version: cn.tlsVer, policy: plan.source, verified: cn.verified, fresh: !cn.reused, greeted: true}
 		greeted()
 		// Each transaction its server answers shows the domain works (see
 		// markDead): a session that stalls in a later one is no site failure.
-		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(domain) })
+		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(dest) })
 		if serr != nil {
 			cn.close()
 			if cn.reused && ctx.Err() == nil {
@@ -1136,7 +1149,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			// one is reused for connReuseLimit at most.
 			go quit(cn)
 		default:
-			cn.reused, cn.domain = false, domain
+			cn.reused, cn.dest = false, dest
 			a.pool.put(cn, tm.idle)
 		}
 		return res, info, nil

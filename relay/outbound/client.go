@@ -71,9 +71,10 @@ type conn struct {
 	idle  *time.Timer // while in the pool
 	since time.Time   // when it went into the pool
 	born  time.Time   // when it was set up (the agent's clock)
-	// domain whose mail the connection carried last: idle in the pool,
-	// the connection keeps it alive (see markDead).
-	domain string
+	// dest is the destination (see destination) whose mail the
+	// connection carried last: idle in the pool, the connection keeps it
+	// alive (see markDead).
+	dest string
 }
 
 func (cn *conn) close() { cn.raw.Close() }

@@ -2,8 +2,10 @@ package outbound
 
 import (
 	"slices"
+	"strings"
 	"time"
 
+	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
@@ -15,9 +17,44 @@ import (
 // suspended"). Without it each message to a dead domain waited its own
 // timeout in turn, its domain's connection slots taken the whole time.
 type deadDest struct {
-	until   time.Time
-	flushes uint64 // Agent.flushes(domain) when marked: a flush of it (or of all) ends it
-	err     *smtperr.Error
+	until time.Time
+	// seq is the queue's FlushSeq as the attempt that marked it began: a
+	// flush since of a domain whose mail goes there (or of all) ends it.
+	seq uint64
+	err *smtperr.Error
+}
+
+// destination returns what the dead rule knows mail to domain by: the
+// domain, when its mail goes to its MX hosts; for a domain that a
+// [[route]] sends to smarthosts, those smarthosts as the route reaches them
+// ("[host:port ...]", its tls mode and user when set; no domain's name),
+// one destination for every domain routed there, as Postfix's queue
+// manager keys a destination by its nexthop. A smarthost's failure is no
+// failure of the domain whose mail it was carrying, and its answer to any
+// domain's mail shows that it works: known by the recipient domain, a
+// stalled smarthost was found dead one domain at a time (each domain's
+// mail waiting a timeout first, with "*" up to delivery.concurrency
+// sessions stalled at once), and one message a working smarthost was slow
+// with suspended all of that domain's mail. Routes to the same smarthosts
+// with another user or TLS mode are other destinations: one whose
+// password the smarthost refuses does not suspend the other's mail.
+func destination(cfg *config.Config, domain string) string {
+	r := cfg.RouteFor(domain)
+	if r == nil {
+		return domain
+	}
+	hs := smarthosts(r)
+	if len(hs) == 0 {
+		return domain
+	}
+	key := "[" + strings.ToLower(strings.Join(hs, " ")) + "]"
+	if r.TLS != "" {
+		key += " tls=" + strings.ToLower(r.TLS)
+	}
+	if r.Username != "" {
+		key += " user=" + r.Username
+	}
+	return key
 }
 
 // maxDead bounds the dead destinations remembered, and maxNoTLS the hosts
@@ -62,34 +99,34 @@ func makeRoom[K comparable, V any](m map[K]V, limit int, now time.Time, until fu
 	}
 }
 
-// domainState is what the agent knows of a domain while attempts to it
-// are under way: the entry lives from the start of the first to the end
+// domainState is what the agent knows of a destination while attempts to
+// it are under way: the entry lives from the start of the first to the end
 // of the last (attemptStart).
 type domainState struct {
 	attempts int // deliverGroup calls under way
 	live     int // sessions under way that their server greeted
 	// answered counts the transactions whose every recipient got a reply
 	// from the server (delivered, deferred or refused): proof that the
-	// domain's servers work, which a greeting is not.
+	// destination's servers work, which a greeting is not.
 	answered uint64
 }
 
 // attemptMark is what markDead needs to know of the attempt that failed,
 // taken as it began (attemptStart).
 type attemptMark struct {
-	flushes  uint64 // a.q.Flushes(domain)
+	seq      uint64 // a.q.FlushSeq()
 	answered uint64 // domainState.answered
 }
 
-// attemptStart counts an attempt to domain under way until the returned
-// func is called, and returns its mark for markDead.
-func (a *Agent) attemptStart(domain string) (attemptMark, func()) {
-	m := attemptMark{flushes: a.q.Flushes(domain)}
+// attemptStart counts an attempt to dest (a destination) under way until
+// the returned func is called, and returns its mark for markDead.
+func (a *Agent) attemptStart(dest string) (attemptMark, func()) {
+	m := attemptMark{seq: a.q.FlushSeq()}
 	a.mu.Lock()
-	st := a.doms[domain]
+	st := a.doms[dest]
 	if st == nil {
 		st = &domainState{}
-		a.doms[domain] = st
+		a.doms[dest] = st
 	}
 	st.attempts++
 	m.answered = st.answered
@@ -97,37 +134,47 @@ func (a *Agent) attemptStart(domain string) (attemptMark, func()) {
 	return m, func() {
 		a.mu.Lock()
 		if st.attempts--; st.attempts <= 0 {
-			delete(a.doms, domain)
+			delete(a.doms, dest)
 		}
 		a.mu.Unlock()
 	}
 }
 
-// markDead records domain as dead, with e, the reason its mail is
-// deferred, for the first retry interval less its jitter (-10%): the
-// earliest any mail deferred now is tried again, so that attempt is a
-// real one, not another deferral. A domain already dead stays dead until
-// the time it was given (attempts under way when it was marked fail after,
-// and lengthening it would suspend the mail deferred first once more).
+// markDead records dest, the destination of mail to domain (see
+// destination), as dead, with e, the reason its mail is deferred, for the
+// first retry interval less its jitter (-10%): the earliest any mail
+// deferred now is tried again, so that attempt is a real one, not another
+// deferral. A destination already dead stays dead until the time it was
+// given (attempts under way when it was marked fail after, and lengthening
+// it would suspend the mail deferred first once more).
 //
-// A domain whose servers showed they work is not dead: a transaction to it
-// was answered since the attempt began (m), or a connection that carried
-// its mail is idle in the pool. Nor is one with a session under way that
-// its server greeted (a server that limits connections per client answers
-// the others with 421) — unless the attempt waited out a timeout (timedOut):
-// a session under way may be stalling just the same, and sessions that
-// stall must not keep each other alive (with mail coming in, each slot a
-// timeout freed started a session that kept the domain alive for the next
-// timeout, and it was never dead); the timeout was long enough for a
-// working server to answer some transaction meanwhile.
+// A destination whose servers showed they work is not dead: a transaction
+// to it was answered since the attempt began (m), or a connection that
+// carried its mail is idle in the pool. Nor is one with a session under way
+// that its server greeted (a server that limits connections per client
+// answers the others with 421) — unless the attempt waited out a timeout
+// in a session its server greeted (timedOut): a session under way may be
+// stalling just the same, and sessions that stall must not keep each other
+// alive (with mail coming in, each slot a timeout freed started a session
+// that kept the domain alive for the next timeout, and it was never dead);
+// the timeout was long enough for a working server to answer some
+// transaction meanwhile. A connection or greeting that timed out is no
+// such stall: it says nothing of the greeted sessions under way, and a
+// server limiting connections per client that is busy with slow messages
+// answers no transaction within a connect timeout.
 //
-// m.flushes is a.q.Flushes(domain) as the attempt began: one that began
-// before a queue flush does not mark the domain (its lookup or connections
-// may have been cut or stalled before the operator repaired what the flush
-// is for, and its mark would suspend the mail just flushed).
-func (a *Agent) markDead(domain string, e *smtperr.Error, m attemptMark, timedOut bool) {
-	if a.q.Flushes(domain) != m.flushes {
-		a.log.Debug("destination not marked dead: the queue was flushed during the attempt", "domain", domain, "err", e.Error())
+// m.seq is the queue's FlushSeq as the attempt began: one that began
+// before a queue flush of domain (or of all) does not mark it (its lookup
+// or connections may have been cut or stalled before the operator
+// repaired what the flush is for, and its mark would suspend the mail
+// just flushed); see deadErr for other domains routed to dest.
+func (a *Agent) markDead(dest, domain string, e *smtperr.Error, m attemptMark, timedOut bool) {
+	attrs := []any{"domain", domain}
+	if dest != domain {
+		attrs = append(attrs, "destination", dest)
+	}
+	if a.q.LastFlush(domain) > m.seq {
+		a.log.Debug("destination not marked dead: the queue was flushed during the attempt", append(attrs, "err", e.Error())...)
 		return
 	}
 	wait := time.Minute
@@ -136,14 +183,14 @@ func (a *Agent) markDead(domain string, e *smtperr.Error, m attemptMark, timedOu
 	}
 	wait -= wait / 10
 	now := a.now()
-	d := deadDest{until: now.Add(wait), flushes: m.flushes, err: e}
-	if a.pool.holds(domain) {
-		a.log.Debug("destination stays alive: a connection to it is idle in the pool", "domain", domain, "err", e.Error())
+	d := deadDest{until: now.Add(wait), seq: m.seq, err: e}
+	if a.pool.holds(dest) {
+		a.log.Debug("destination stays alive: a connection to it is idle in the pool", append(attrs, "err", e.Error())...)
 		return
 	}
 	a.mu.Lock()
 	alive := ""
-	switch st := a.doms[domain]; {
+	switch st := a.doms[dest]; {
 	case st != nil && st.answered != m.answered:
 		alive = "a transaction to it was answered during the attempt"
 	case st != nil && st.live > 0 && !timedOut:
@@ -151,28 +198,28 @@ func (a *Agent) markDead(domain string, e *smtperr.Error, m attemptMark, timedOu
 	}
 	if alive != "" {
 		a.mu.Unlock()
-		a.log.Debug("destination stays alive: "+alive, "domain", domain, "err", e.Error())
+		a.log.Debug("destination stays alive: "+alive, append(attrs, "err", e.Error())...)
 		return
 	}
-	if cur, ok := a.dead[domain]; ok && now.Before(cur.until) && cur.flushes == d.flushes {
+	if cur, ok := a.dead[dest]; ok && now.Before(cur.until) && cur.seq == d.seq {
 		a.mu.Unlock()
 		return
 	}
-	if _, ok := a.dead[domain]; !ok && len(a.dead) >= maxDead {
+	if _, ok := a.dead[dest]; !ok && len(a.dead) >= maxDead {
 		makeRoom(a.dead, maxDead, now, func(d deadDest) time.Time { return d.until })
 	}
-	a.dead[domain] = d
+	a.dead[dest] = d
 	a.mu.Unlock()
 	a.log.Info("destination marked dead: its other mail is deferred without a connection until then (or a queue flush)",
-		"domain", domain, "until", d.until.UTC().Format(time.RFC3339), "err", e.Error())
+		append(attrs, "until", d.until.UTC().Format(time.RFC3339), "err", e.Error())...)
 }
 
-// sessionUp counts a session to domain that its server greeted, until the
-// returned func is called (see markDead). It is called within an attempt
-// to domain (attemptStart).
-func (a *Agent) sessionUp(domain string) (down func()) {
+// sessionUp counts a session to dest (a destination) that its server
+// greeted, until the returned func is called (see markDead). It is called
+// within an attempt to dest (attemptStart).
+func (a *Agent) sessionUp(dest string) (down func()) {
 	a.mu.Lock()
-	st := a.doms[domain]
+	st := a.doms[dest]
 	if st == nil { // not within an attempt: nothing to keep alive
 		a.mu.Unlock()
 		return func() {}
@@ -186,32 +233,37 @@ func (a *Agent) sessionUp(domain string) (down func()) {
 	}
 }
 
-// answered notes a transaction to domain whose every recipient got the
-// server's reply, within an attempt to it (attemptStart): its servers
-// work, so it is not dead (a mark made meanwhile ends). A greeting does
-// not end it: a server may greet and then stall every session.
-func (a *Agent) answered(domain string) {
+// answered notes a transaction to dest (a destination) whose every
+// recipient got the server's reply, within an attempt to it
+// (attemptStart): its servers work, so it is not dead (a mark made
+// meanwhile ends). A greeting does not end it: a server may greet and then
+// stall every session.
+func (a *Agent) answered(dest string) {
 	a.mu.Lock()
-	if st := a.doms[domain]; st != nil {
+	if st := a.doms[dest]; st != nil {
 		st.answered++
 	}
-	delete(a.dead, domain)
+	delete(a.dead, dest)
 	a.mu.Unlock()
 }
 
-// deadErr returns the deferral for mail to domain while it is a dead
-// destination, else nil.
+// deadErr returns the deferral for mail to domain while its destination
+// (see destination) is dead, else nil. A flush of domain (or of all) since
+// the attempt that marked it began ends the mark: for a route's
+// smarthosts, a flush of any domain routed to them, as the operator asks
+// for their mail to go now.
 func (a *Agent) deadErr(domain string) *smtperr.Error {
+	dest := destination(a.config(), domain)
 	a.mu.Lock()
-	d, ok := a.dead[domain]
+	d, ok := a.dead[dest]
 	a.mu.Unlock()
 	if !ok {
 		return nil
 	}
-	if !a.now().Before(d.until) || d.flushes != a.q.Flushes(domain) {
+	if !a.now().Before(d.until) || a.q.LastFlush(domain) > d.seq {
 		a.mu.Lock()
-		if cur, ok := a.dead[domain]; ok && cur == d {
-			delete(a.dead, domain)
+		if cur, ok := a.dead[dest]; ok && cur == d {
+			delete(a.dead, dest)
 		}
 		a.mu.Unlock()
 		return nil

@@ -50,7 +50,7 @@ func memAgent(t *testing.T, edit ...func(*config.Config)) (*Agent, func(d time.D
 func (a *Agent) markDeadNow(domain string, e *smtperr.Error) {
 	m, end := a.attemptStart(domain)
 	defer end()
-	a.markDead(domain, e, m, false)
+	a.markDead(domain, domain, e, m, false)
 }
 
 // TestMemories_Capped: the dead destinations and the hosts reached without

@@ -67,14 +67,14 @@ func (p *pool) put(cn *conn, idle time.Duration) {
 	})
 }
 
-// holds reports whether a connection that last carried mail to domain is
-// idle in the pool.
-func (p *pool) holds(domain string) bool {
+// holds reports whether a connection that last carried mail to dest (a
+// destination, see destination) is idle in the pool.
+func (p *pool) holds(dest string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, l := range p.idle {
 		for _, cn := range l {
-			if cn.domain == domain {
+			if cn.dest == dest {
 				return true
 			}
 		}

@@ -11,8 +11,11 @@ import (
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/miekg/dns"
 
+	"github.com/mailhop/mailhop/dnsmx/dnstest"
 	"github.com/mailhop/mailhop/queue"
+	"github.com/mailhop/mailhop/relay/config"
 	"github.com/mailhop/mailhop/relay/dsn"
 	"github.com/mailhop/mailhop/relay/outbound/smtptest"
 )
@@ -337,5 +340,234 @@ func TestDeadDestination_DroppedAfterAnAnsweredTransaction_NotDead(t *testing.T)
 	}
 	if e := h.agent.deadErr("example.test"); e != nil {
 		t.Errorf("dead though its server answered the session's first transaction: %v", e)
+	}
+}
+
+// A timeout that no greeted session waited out (a host that never greeted,
+// or whose address did not answer) does not let the attempt ignore the
+// greeted sessions under way: they were not stalling with it. Here the
+// first MX never greets and the second takes one connection per client
+// (421 to the others) and is busy with a slow message: the second
+// message's attempt, its greeting timeout at the first MX and its 421 at
+// the second, left the domain alive before the dead rule took in stalls;
+// with every timeout counted as one, it was suspended while its server
+// delivered.
+func TestDeadDestination_GreetingTimeoutThen421_SessionUnderWay_NotDead(t *testing.T) {
+	t.Parallel()
+	inData, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h := newHarness(t, smtptest.Behaviour{Greeting421After: 1, Data: func(*smtptest.Message) error {
+		once.Do(func() { close(inData) })
+		<-release
+		return nil
+	}}, mxZone("127.0.0.3", "127.0.0.2"))
+	h.server("127.0.0.3", smtptest.Behaviour{StallGreeting: true})
+	h.cfg.Delivery.DataEndTimeout.Duration = time.Minute // the slow message is not cut
+	h.start()
+	slow := h.submit(testBody, []string{"a@example.test"})
+	select {
+	case <-inData:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the first message did not reach the second MX's DATA after 15s")
+	}
+	other := h.submit(testBody, []string{"b@example.test"})
+	h.waitRecords(other, 1)
+	h.rcptPendingWith(other, 0, "not available now")
+	if e := h.agent.deadErr("example.test"); e != nil {
+		t.Errorf("dead while a session its server greeted delivers: %v", e)
+	}
+	close(release)
+	h.waitRecords(slow, 1)
+	if h.envelope(slow) != nil {
+		t.Error("the slow message is still queued")
+	}
+	if strings.Contains(h.logs.String(), "marked dead") {
+		t.Error("marked dead")
+	}
+}
+
+// A smarthost of a [[route]] is one destination for every domain routed to
+// it (Postfix suspends the nexthop): once a session to it that it greeted
+// stalls and times out, mail to every domain routed there is deferred
+// "delivery temporarily suspended" without a connection. Marked under the
+// recipient domain, each other domain's mail stalled for a whole timeout
+// first, holding a connection slot (with "*", one per domain, up to
+// delivery.concurrency). A flush of any domain routed there ends the mark.
+func TestDeadDestination_StalledSmarthost_SuspendsEveryRoutedDomain(t *testing.T) {
+	t.Parallel()
+	stall, _ := stallUntilEnd(t)
+	z := zone("example.test", "127.0.0.2")
+	z["smart.test."] = append(z["smart.test."], dnstest.A("smart.test", "127.0.0.3"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	tarpit := h.server("127.0.0.3", smtptest.Behaviour{Mail: func(from string, _ *smtp.MailOptions) error { return stall(from) }})
+	r := routeTo(h, []string{"smart.test"}, "none", "")
+	r.Domains, r.Username, r.Password = []string{"one.test", "two.test"}, "", ""
+	h.cfg.Route = append(h.cfg.Route, r)
+	h.cfg.Delivery.DataInitTimeout.Duration = 2 * time.Second
+	h.start()
+	first := h.submit(testBody, []string{"a@one.test"})
+	h.waitRecords(first, 1)
+	host := fmt.Sprintf("smart.test[127.0.0.3]:%d: ", h.port)
+	h.rcptPendingWith(first, 0, host+"timed out during mail")
+	second := h.submit(testBody, []string{"b@two.test"})
+	h.waitRecords(second, 1)
+	h.rcptPendingWith(second, 0, "delivery temporarily suspended: "+host+"timed out during mail")
+	if n := tarpit.Conns(); n != 1 {
+		t.Errorf("%d connections to the stalled smarthost, want 1 (two.test's mail suspended)", n)
+	}
+	// A domain delivered by MX is another destination.
+	ok := h.submit(testBody, []string{"c@example.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(ok, 1)
+	// The operator flushes one routed domain: its mail goes to the
+	// smarthost again, which ends the mark for the others too.
+	h.q.Flush("two.test")
+	if e := h.agent.deadErr("two.test"); e != nil {
+		t.Errorf("flushed domain still suspended: %v", e)
+	}
+	if e := h.agent.deadErr("one.test"); e != nil {
+		t.Errorf("still suspended after a flush of a domain routed to the same smarthost: %v", e)
+	}
+}
+
+// The other way round: a smarthost that answers other domains' mail while
+// a session to it stalls works, so the domain whose session stalled is not
+// suspended. Marked under the recipient domain, it was, because no
+// transaction of that domain was answered meanwhile: one message a
+// smarthost was slow with (a big attachment scanned, a slow recipient
+// check) suspended all of that domain's mail through a working smarthost.
+func TestDeadDestination_SmarthostAnsweringOtherDomains_NotDead(t *testing.T) {
+	t.Parallel()
+	stall, entered := stallUntilEnd(t)
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.3")}}
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	smart := h.server("127.0.0.3", smtptest.Behaviour{NoPipelining: true, Rcpt: func(to string, _ *smtp.RcptOptions) error {
+		if strings.HasPrefix(to, "stall@") {
+			return stall(to)
+		}
+		return nil
+	}})
+	r := routeTo(h, []string{"smart.test"}, "none", "")
+	r.Username, r.Password = "", ""
+	h.cfg.Route = append(h.cfg.Route, r) // "*"
+	rec := &connRecorder{}
+	h.editOpts = func(o *Options) { o.Dial = rec.dial }
+	h.cfg.Delivery.CommandTimeout.Duration = time.Minute // no timeout but expire's
+	h.start()
+	stalled := h.submit(testBody, []string{"stall@one.test"})
+	next(t, entered, "RCPT of the stalled message")
+	other := h.submit(testBody, []string{"x@two.test"})
+	smart.Wait(t, 1)
+	h.waitRecords(other, 1)
+	rec.expire(t, 0)
+	h.waitRecords(stalled, 1)
+	h.rcptPendingWith(stalled, 0, "timed out during rcpt")
+	if e := h.agent.deadErr("one.test"); e != nil {
+		t.Errorf("suspended though its smarthost answered a transaction during the attempt: %v", e)
+	}
+	later := h.submit(testBody, []string{"y@one.test"})
+	smart.Wait(t, 2)
+	h.waitRecords(later, 1)
+}
+
+// A reload that sends a dead domain's mail elsewhere (a [[route]] to a
+// smarthost, when its own MX stalls) takes effect at once: the mark is the
+// MX destination's, not the smarthost's, so the domain's next message goes
+// out instead of being suspended for the rest of the mark.
+func TestDeadDestination_ReloadRoutesDeadDomain_NotSuspended(t *testing.T) {
+	t.Parallel()
+	z := zone("stall.test", "127.0.0.3")
+	z["smart.test."] = append(z["smart.test."], dnstest.A("smart.test", "127.0.0.2"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
+	h.start()
+	first := h.submit(testBody, []string{"a@stall.test"})
+	h.waitRecords(first, 1)
+	if e := h.agent.deadErr("stall.test"); e == nil {
+		t.Fatal("the stalled domain was not marked dead")
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) {
+		r := routeTo(h, []string{"smart.test"}, "none", "")
+		r.Domains, r.Username, r.Password = []string{"stall.test"}, "", ""
+		c.Route = append(c.Route, r)
+	}))
+	second := h.submit(testBody, []string{"b@stall.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(second, 1)
+	if h.envelope(second) != nil {
+		t.Error("the routed message is still queued")
+	}
+}
+
+// The per-destination state of attempts under way (doms) is gone once they
+// end, however they end: delivered, refused, stalled and timed out, a DNS
+// failure, a dead destination's deferral, a smarthost's, and attempts the
+// shutdown cut short; nothing of a domain is kept after its last attempt.
+func TestDeadDestination_AttemptStateGoneAfterAttempts(t *testing.T) {
+	t.Parallel()
+	z := zone("example.test", "127.0.0.2", "refused.test", "127.0.0.9", "stall.test", "127.0.0.3", "cut.test", "127.0.0.4")
+	z["smart.test."] = append(z["smart.test."], dnstest.A("smart.test", "127.0.0.2"))
+	h := newHarness(t, smtptest.Behaviour{}, z)
+	h.dns.SetRcode("servfail.test", dns.RcodeServerFailure)
+	h.server("127.0.0.3", smtptest.Behaviour{StallData: true})
+	cut := h.server("127.0.0.4", smtptest.Behaviour{StallData: true})
+	r := routeTo(h, []string{"smart.test"}, "none", "")
+	r.Domains, r.Username, r.Password = []string{"routed.test"}, "", ""
+	h.cfg.Route = append(h.cfg.Route, r)
+	h.start()
+	var ids []string
+	for i := range 4 {
+		for _, d := range []string{"example.test", "refused.test", "stall.test", "servfail.test", "routed.test"} {
+			ids = append(ids, h.submit(testBody, []string{fmt.Sprintf("r%d@%s", i, d)}))
+		}
+		ids = append(ids, h.submit(testBody, []string{fmt.Sprintf("m%d@example.test", i), fmt.Sprintf("m%d@stall.test", i), fmt.Sprintf("m%d@refused.test", i)}))
+	}
+	for _, id := range ids {
+		h.waitRecords(id, 1)
+	}
+	doms := func() int {
+		h.agent.mu.Lock()
+		defer h.agent.mu.Unlock()
+		return len(h.agent.doms)
+	}
+	if n := doms(); n != 0 {
+		t.Errorf("%d destinations with attempt state after every attempt ended, want 0", n)
+	}
+	h.agent.SetConfig(h.reloaded(func(c *config.Config) { c.Delivery.DataEndTimeout.Duration = time.Hour }))
+	last := h.submit(testBody, []string{"x@cut.test"})
+	select {
+	case <-cut.Stalled():
+	case <-time.After(10 * time.Second):
+		t.Fatal("the last message did not reach its server's stall after 10s")
+	}
+	h.stop()
+	h.waitRecords(last, 1)
+	if n := doms(); n != 0 {
+		t.Errorf("%d destinations with attempt state after the shutdown cut the last attempt, want 0", n)
+	}
+}
+
+// Two routes to the same smarthost with other credentials (or TLS) are two
+// destinations: a route whose password the smarthost refuses is marked
+// dead, not the other route's domains, which it takes mail for.
+func TestDeadDestination_RoutesToOneSmarthostWithOtherCredentials_Apart(t *testing.T) {
+	t.Parallel()
+	pki := newPKI(t, "smart.test")
+	z := dnstest.Zone{"smart.test.": {dnstest.A("smart.test", "127.0.0.2")}}
+	h := newHarness(t, smtptest.Behaviour{TLS: pki.serverConfig(), Users: map[string]string{"app": "s3cret"}}, z)
+	bad := routeTo(h, []string{"smart.test"}, "starttls", pki.caFile)
+	bad.Domains, bad.Username, bad.Password = []string{"bad.test"}, "old", "expired"
+	good := routeTo(h, []string{"smart.test"}, "starttls", pki.caFile)
+	good.Domains = []string{"good.test"}
+	h.cfg.Route = append(h.cfg.Route, bad, good)
+	h.start()
+	refused := h.submit(testBody, []string{"a@bad.test"})
+	h.waitRecords(refused, 1)
+	h.rcptPendingWith(refused, 0, "4.7.8")
+	ok := h.submit(testBody, []string{"b@good.test"})
+	h.first.Wait(t, 1)
+	h.waitRecords(ok, 1)
+	if h.envelope(ok) != nil {
+		t.Error("the other route's message is still queued")
 	}
 }
