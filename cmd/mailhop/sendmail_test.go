@@ -652,6 +652,33 @@ func TestSendmail_BSSMTPUTF8TakesNoValue(t *testing.T) {
 	}
 }
 
+// TestSendmail_BSBareVRFYAndRSETWithParameter: -bs answers a VRFY without
+// an address and an RSET with a parameter 501 5.5.4, with the listeners'
+// texts (go-smtp patch 65), and the RSET refused leaves the transaction
+// as it was: its message is queued with its recipients. They got 252 and
+// 250 (the RSET ending the transaction, so that its DATA got 503), where
+// the listeners answer 501.
+func TestSendmail_BSBareVRFYAndRSETWithParameter(t *testing.T) {
+	t.Parallel()
+	r := startLocalRelay(t, "")
+	in := "EHLO app.local\r\n" +
+		"VRFY\r\n" +
+		"VRFY ops@example.net\r\n" +
+		"MAIL FROM:<app@example.com>\r\n" +
+		"RCPT TO:<ops@example.net>\r\n" +
+		"RSET x\r\n" +
+		"DATA\r\nSubject: one\r\n\r\nx\r\n.\r\nQUIT\r\n"
+	qe, out := bsQueued(t, r, in, "220 250 501 252 250 250 501 354 250 221")
+	for _, want := range []string{"501 5.5.4 Syntax: VRFY address\r\n", "501 5.5.4 Syntax: RSET\r\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in the dialog:\n%s", strings.TrimSpace(want), out)
+		}
+	}
+	if len(qe.Recipients) != 1 || qe.Recipients[0].Address != "ops@example.net" {
+		t.Errorf("recipients %+v, want ops@example.net (the transaction kept through the refused RSET)", qe.Recipients)
+	}
+}
+
 // TestSendmail_BSORCPTRefusedAtRCPT: an ORCPT the relay would not take (a
 // control character, which utf-8-addr-xtext can carry; over 1,000 octets)
 // gets 501 at RCPT. It got 250 there, and then the whole message, to every

@@ -142,11 +142,23 @@ func smtpOnStdio(cfg *Config, o *Options, login string, uid int, stdin io.Reader
 				err = reply("%s", bsResult(id, rerr))
 			}
 		case "RSET":
+			if strings.TrimSpace(arg) != "" {
+				// RFC 5321 §4.1.1.5: RSET takes no parameter; the
+				// transaction stands, as at the listeners (go-smtp
+				// patch 65) and in Postfix.
+				err = reply("501 5.5.4 Syntax: RSET")
+				break
+			}
 			open, rcpts = false, nil
 			err = reply("250 2.0.0 Ok")
 		case "NOOP":
 			err = reply("250 2.0.0 Ok")
 		case "VRFY":
+			if strings.TrimSpace(arg) == "" {
+				// As at the listeners (go-smtp patch 65) and in Postfix.
+				err = reply("501 5.5.4 Syntax: VRFY address")
+				break
+			}
 			err = reply("252 2.0.0 Cannot VRFY user, but will accept message")
 		case "QUIT":
 			reply("221 2.0.0 Bye")
