@@ -43,3 +43,51 @@ func FuzzEnvelopeLine(f *testing.F) {
 		}
 	})
 }
+
+// FuzzCRLFReader: the message of an injection (sendmail, the pickup
+// directory) is queued with every line end — CRLF, LF, or a CR alone —
+// made CRLF, and a CRLF at the end when its last line has none, whatever
+// the sizes of the reads, and however the lines fall across the buffer.
+func FuzzCRLFReader(f *testing.F) {
+	for _, s := range []string{"", "a", "a\r\n", "a\rb\r\n\n", "\r", "\r\r\n\n\r", "Subject: x\n\nbody\n.\n"} {
+		f.Add([]byte(s), uint8(0))
+	}
+	f.Fuzz(func(t *testing.T, in []byte, chunk uint8) {
+		var want []byte
+		for i := 0; i < len(in); i++ {
+			switch c := in[i]; c {
+			case '\r':
+				if i+1 < len(in) && in[i+1] == '\n' {
+					i++
+				}
+				want = append(want, '\r', '\n')
+			case '\n':
+				want = append(want, '\r', '\n')
+			default:
+				want = append(want, c)
+			}
+		}
+		if len(want) > 0 && !bytes.HasSuffix(want, []byte("\r\n")) {
+			want = append(want, '\r', '\n')
+		}
+		r := &crlfReader{r: bufio.NewReaderSize(bytes.NewReader(in), 16)}
+		var got []byte
+		buf := make([]byte, int(chunk)%20+1)
+		for {
+			n, err := r.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == 0 {
+				t.Fatalf("%q: a read of nothing before the end", in)
+			}
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%q read in %d-byte reads: %q, want %q", in, len(buf), got, want)
+		}
+	})
+}
