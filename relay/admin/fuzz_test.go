@@ -10,7 +10,7 @@ import (
 
 // FuzzEnvelopeLine: an injection's envelope line (from a local user, or a
 // pickup file) never panics the reader; an envelope CheckEnvelope accepts
-// has addresses and an ENVID that hold no line end to put into a queue
+// has addresses, ORCPTs and an ENVID that hold no line end to put into a queue
 // record, a Received field or an SMTP command, an ENVID of printable ASCII
 // (RFC 3461 §4.4: spaces too, as the listeners take it), and the message
 // after the line is left unread.
@@ -19,6 +19,7 @@ func FuzzEnvelopeLine(f *testing.F) {
 	f.Add([]byte(`{"from":"","recipients":["\"a b\"@d.test","jörg@exämple.test"],"uid":0}` + "\n"))
 	f.Add([]byte(`{"recipients":["a@[192.0.2.1]"],"x":1}` + "\n"))
 	f.Add([]byte(`{"recipients":["a\r\n@d.test"]}` + "\n"))
+	f.Add([]byte(`{"recipients":["a@d.test","b@d.test"],"orcpt":["rfc822;a@d.test","x\r\ny"],"rcpt_notify":["NEVER","SUCCESS\n"]}` + "\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		br := bufio.NewReaderSize(bytes.NewReader(data), 16)
 		env, err := readEnvelopeLine(br)
@@ -33,7 +34,8 @@ func FuzzEnvelopeLine(f *testing.F) {
 		if CheckEnvelope(env) != nil {
 			return
 		}
-		for _, a := range append([]string{env.From, env.EnvID, env.Notify, env.Ret}, env.Recipients...) {
+		all := append([]string{env.From, env.EnvID, env.Notify, env.Ret}, env.Recipients...)
+		for _, a := range append(append(all, env.ORCPT...), env.RcptNotify...) {
 			if strings.ContainsAny(a, "\r\n\x00") {
 				t.Fatalf("accepted %q in %+v", a, env)
 			}
