@@ -8,11 +8,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailhop/mailhop/internal/testlog"
+	"github.com/mailhop/mailhop/internal/testpipe"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 )
@@ -38,45 +38,6 @@ func (l *pipeListener) Close() error { l.once.Do(func() { close(l.done) }); retu
 func (l *pipeListener) Addr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 25}
 }
-
-// halfConn is one end of an in-memory connection whose direction to the
-// other end can be closed alone (CloseWrite), as TCP's shutdown closes
-// it: the server reads the end of the client's input and the client still
-// reads every reply (with net.Pipe, closing the client's end to end the
-// input lost the replies not read yet). It reports a loopback TCP remote
-// address, as the session needs a client IP, and tells when the server
-// closed it. Deadlines are not kept: the session ends at the end of input.
-type halfConn struct {
-	r      *io.PipeReader
-	w      *io.PipeWriter
-	once   sync.Once
-	closed chan struct{}
-}
-
-// halfPipe returns the two ends of a connection.
-func halfPipe() (client, server *halfConn) {
-	cr, sw := io.Pipe()
-	sr, cw := io.Pipe()
-	return &halfConn{r: cr, w: cw, closed: make(chan struct{})}, &halfConn{r: sr, w: sw, closed: make(chan struct{})}
-}
-
-func (c *halfConn) Read(b []byte) (int, error)  { return c.r.Read(b) }
-func (c *halfConn) Write(b []byte) (int, error) { return c.w.Write(b) }
-
-// CloseWrite ends what the other end reads.
-func (c *halfConn) CloseWrite() error { return c.w.Close() }
-
-func (c *halfConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	c.w.Close()
-	return c.r.Close()
-}
-
-func (*halfConn) LocalAddr() net.Addr              { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 25} }
-func (*halfConn) RemoteAddr() net.Addr             { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242} }
-func (*halfConn) SetDeadline(time.Time) error      { return nil }
-func (*halfConn) SetReadDeadline(time.Time) error  { return nil }
-func (*halfConn) SetWriteDeadline(time.Time) error { return nil }
 
 // FuzzSession feeds random dialogs to a relay-mode session (loopback
 // trusted, so transactions reach the queue) over net.Pipe. The session must
@@ -122,7 +83,9 @@ func FuzzSession(f *testing.F) {
 	defer func() { ln.Close(); <-served }()
 
 	f.Fuzz(func(t *testing.T, dialog []byte) {
-		client, server := halfPipe()
+		// The client ends its input with a half-close: it still reads
+		// every reply (closing a net.Pipe lost those not read yet).
+		client, server := testpipe.Pipe()
 		ln.conns <- server
 		var replies bytes.Buffer
 		copied := make(chan struct{})
@@ -132,7 +95,7 @@ func FuzzSession(f *testing.F) {
 		// The server may still wait for data (a BDAT chunk): end of
 		// input. The session must then end: the server closes.
 		client.CloseWrite()
-		<-server.closed
+		<-server.Closed()
 		<-copied
 		client.Close()
 		if out := logs.String(); strings.Contains(out, "panic serving") {

@@ -3,23 +3,27 @@ package smtperr_test
 import (
 	"errors"
 	"io"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mailhop/mailhop/internal/testpipe"
 	"github.com/mailhop/mailhop/relay/smtperr"
 )
 
 // replyTo runs a go-smtp client against a server that greets, answers
 // EHLO, and then answers MAIL FROM with reply (bytes as they come from a
-// remote server), and returns the client's error for MAIL.
+// remote server) and ends its output, and returns the client's error for
+// MAIL.
 func replyTo(t *testing.T, reply string) error {
-	client, server := net.Pipe()
+	client, server := testpipe.Pipe()
 	defer server.Close()
 	go io.Copy(io.Discard, server) // the client's commands
-	go io.WriteString(server, "220 mx.test\r\n250 mx.test\r\n"+reply)
+	go func() {
+		io.WriteString(server, "220 mx.test\r\n250 mx.test\r\n"+reply)
+		server.CloseWrite() // a reply without its line end is cut short
+	}()
 	c := smtp.NewClient(client)
 	defer c.Close()
 	if err := c.Hello("relay.test"); err != nil {
