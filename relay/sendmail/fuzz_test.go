@@ -86,10 +86,10 @@ func FuzzBSPath(f *testing.F) {
 // are those it would have seen in the input (line ends as the relay makes
 // them, an mbox "From " line dropped), without Bcc and Resent-Bcc, then
 // the From, Date and Message-ID (or their Resent- forms) sendmail adds,
-// each only when missing; the body is the input's; and with -t a To, Cc or
-// Bcc field the relay sees gives recipients. A field sendmail read
-// otherwise was kept in the body (a Bcc shown to every recipient) or not
-// sent to.
+// each only when missing; the body is the input's; and with -t a To, Cc
+// or Bcc field the relay sees with a plain address in it gives recipients.
+// A field sendmail read otherwise was kept in the body (a Bcc shown to
+// every recipient) or not sent to.
 func FuzzRewriteHeaders(f *testing.F) {
 	for _, s := range []string{
 		"From: root\nTo: ops@example.com, root\nBcc: hidden@example.org,\n secret@example.org\nSubject: s\n\nbody\n",
@@ -149,7 +149,9 @@ func FuzzRewriteHeaders(f *testing.F) {
 			to := 0
 			mailhdr.Fields(in[:mailhdr.HeaderEnd(in)], func(name, value []byte) bool {
 				n := strings.ToLower(string(name))
-				if (n == prefix+"to" || n == prefix+"cc" || n == prefix+"bcc") && strings.ContainsFunc(mailhdr.Unfold(value), func(r rune) bool { return r != ',' && r != ' ' && r != '\t' }) {
+				// A plain address (no group, comment or quotes,
+				// which can make a list of none).
+				if v := mailhdr.Unfold(value); (n == prefix+"to" || n == prefix+"cc" || n == prefix+"bcc") && strings.Contains(v, "@") && !strings.ContainsAny(v, ":;()\"\\") {
 					to++
 				}
 				return true
