@@ -24,7 +24,7 @@ import (
 // hosts returned are at most 10, in order of preference, each once, each a
 // host name (lower-case letters, digits, '-', '_' and dots; no final dot,
 // no IP address) with at least one address, each a unicast address given
-// once.
+// once; and nothing is secure (DNSSEC, for DANE) without the AD bit.
 func FuzzAnswer(f *testing.F) {
 	msg := func(rcode int, tc bool, rrs ...dns.RR) []byte {
 		m := new(dns.Msg)
@@ -42,6 +42,10 @@ func FuzzAnswer(f *testing.F) {
 		a("mx1.example.test", "192.0.2.1"), aaaa("mx2.example.test", "2001:db8::2"), a("mx.example.test", "192.0.2.3"),
 		dnstest.TXT("_mta-sts.example.test", "v=STSv1; id=1"),
 		dnstest.RR("_25._tcp.mx.example.test. 300 IN TLSA 3 1 1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")))
+	secure := msg(dns.RcodeSuccess, false, mx("example.test", 10, "mx.example.test"), a("mx.example.test", "192.0.2.3"),
+		dnstest.RR("_25._tcp.mx.example.test. 300 IN TLSA 3 1 1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"))
+	secure[3] |= 0x20 // the AD bit: a validating resolver vouches for it
+	f.Add(secure)
 	f.Add(msg(dns.RcodeSuccess, false, mx("example.test", 0, ".")))
 	f.Add(msg(dns.RcodeSuccess, false, mx("example.test", 0, "."), mx("example.test", 5, "mx.example.test"), a("mx.example.test", "0.0.0.0")))
 	f.Add(msg(dns.RcodeSuccess, false, cname("example.test", "a.example.test"), cname("a.example.test", "example.test"),
@@ -77,6 +81,11 @@ func FuzzAnswer(f *testing.F) {
 			return // more than a TCP answer can be; UDP reads see what fits
 		}
 		answer.Store(&data)
+		// Every answer carries the AD bit of this message, if any.
+		ad := false
+		if m := new(dns.Msg); m.Unpack(data) == nil {
+			ad = m.AuthenticatedData
+		}
 		r := newResolver(t, srv)
 		ctx := context.Background()
 		isErr := func(what, name string, err error) {
@@ -121,6 +130,9 @@ func FuzzAnswer(f *testing.F) {
 					t.Fatalf("LookupMX: preference %d after %d", m.Pref, mxs[i-1].Pref)
 				}
 				checkAddrs("LookupMX "+m.Host, m.Addrs)
+				if m.Secure && !ad {
+					t.Fatalf("LookupMX: %s secure without the AD bit", m.Host)
+				}
 			}
 		}
 		if addrs, err := r.LookupHost(ctx, "mx.example.test"); err != nil {
@@ -131,13 +143,16 @@ func FuzzAnswer(f *testing.F) {
 		if _, err := r.LookupTXT(ctx, "_mta-sts.example.test"); err != nil {
 			isErr("LookupTXT", "_mta-sts.example.test", err)
 		}
-		if recs, _, err := r.LookupTLSA(ctx, "mx.example.test", 25); err != nil {
+		if recs, secure, err := r.LookupTLSA(ctx, "mx.example.test", 25); err != nil {
 			isErr("LookupTLSA", "_25._tcp.mx.example.test", err)
 		} else {
 			for _, rec := range recs {
 				if rec == nil {
 					t.Fatal("LookupTLSA: nil record")
 				}
+			}
+			if secure && !ad {
+				t.Fatal("LookupTLSA: secure without the AD bit")
 			}
 		}
 	})
