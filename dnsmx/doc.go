@@ -20,7 +20,9 @@
 //     A/AAAA addresses. A single MX whose target is "." is a null MX: the
 //     domain accepts no mail.
 //  4. The hosts are sorted by preference, shuffled among equal preferences,
-//     and cut to the first 10; an MX target that is an IP literal is ignored.
+//     and cut to the first 10; an MX target that is an IP literal, or no
+//     host name (an octet other than a letter, digit, '-' or '_' in a
+//     label, which miekg/dns writes escaped: "mx\ 1.example"), is ignored.
 //  5. The A and AAAA records of every host are fetched in parallel (IPv4
 //     first); hosts with no address are left out.
 //
@@ -32,7 +34,8 @@
 //   - NXDOMAIN for the domain, or no MX and no address: permanent, 5.1.2
 //     (bounce now).
 //   - MX records of which no host has an address (each NXDOMAIN or without
-//     A and AAAA, or an IP address as MX target): permanent, 5.4.4, as
+//     A and AAAA, or an IP address or no host name as MX target):
+//     permanent, 5.4.4, as
 //     Postfix reports it.
 //   - Null MX (RFC 7505): permanent, 5.1.10.
 //   - SERVFAIL, REFUSED, any other error rcode, timeouts, network errors, a

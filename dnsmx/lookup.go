@@ -109,10 +109,10 @@ func (r *Resolver) LookupMX(ctx context.Context, domain string) ([]MX, error) {
 	seen := make(map[string]bool)
 	for _, rec := range recs {
 		h := hostName(rec.Mx)
-		if h == "" || seen[h] || isIPLiteral(h) {
+		if h == "" || seen[h] || isIPLiteral(h) || !isHostName(h) {
 			// "." in a set of several; a duplicate (kept at its best
 			// preference); an IP literal, which RFC 5321 §5.1 does not
-			// allow as an MX target.
+			// allow as an MX target; a name no host has (below).
 			continue
 		}
 		seen[h] = true
@@ -161,6 +161,31 @@ func (r *Resolver) LookupMX(ctx context.Context, domain string) ([]MX, error) {
 		return nil, temporary(d, "no MX host has an address: %s", strings.Join(append(temp, perm...), "; "))
 	}
 	return nil, permanent(d, CodeUnroutable, "no MX host has an address: %s", strings.Join(perm, "; "))
+}
+
+// isHostName reports whether h, an MX target as hostName writes it, is a
+// host name (RFC 5321 §2.3.5, RFC 1123 §2.1): labels of 1 to 63 letters,
+// digits, hyphens (and underscores, which some sites use), 253 octets in
+// all. miekg/dns writes any other octet of a label escaped ("mx\ 1",
+// "a\.b", "\000"): such a target is no host to connect to, its name no
+// TLS server name and nothing to put in logs and reports (Postfix skips
+// such a record as malformed).
+func isHostName(h string) bool {
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // isIPLiteral reports whether an MX target is an IP address, bare or in

@@ -273,6 +273,36 @@ func TestLookupMX_HostFailures(t *testing.T) {
 	})
 }
 
+// An MX target that is no host name — a label holding an octet other than
+// a letter, digit, '-' or '_', which miekg/dns gives escaped — is skipped
+// like an IP literal, even when an address answers for it: such a name
+// would go into TLS server names, logs and reports.
+func TestLookupMX_TargetNotAHostName(t *testing.T) {
+	t.Parallel()
+	srv := dnstest.New(t, dnstest.Zone{
+		"example.com.": {
+			dnstest.MX("example.com", 5, `mx\ odd.example.com`),
+			dnstest.MX("example.com", 6, `mx\.dot.example.com`),
+			dnstest.MX("example.com", 10, "mx_1.example.com"),
+		},
+		`mx\ odd.example.com.`: {dnstest.A(`mx\ odd.example.com`, "192.0.2.5")},
+		`mx\.dot.example.com.`: {dnstest.A(`mx\.dot.example.com`, "192.0.2.6")},
+		"mx_1.example.com.":    {dnstest.A("mx_1.example.com", "192.0.2.7")},
+		"only.example.":        {dnstest.MX("only.example", 10, `a\000b.only.example`)},
+		`a\000b.only.example.`: {dnstest.A(`a\000b.only.example`, "192.0.2.8")},
+	})
+	r := newResolver(t, srv)
+	mxs, err := r.LookupMX(context.Background(), "example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hosts(mxs); !slices.Equal(got, []string{"mx_1.example.com"}) {
+		t.Fatalf("hosts %q, want only mx_1.example.com", got)
+	}
+	_, err = r.LookupMX(context.Background(), "only.example")
+	wantError(t, err, false, "5.4.4")
+}
+
 // An MX host's address where no server can be (0.0.0.0 would reach this
 // host) is left out, as the address literal [0.0.0.0] is refused.
 func TestLookupMX_NotUnicastAddressesLeftOut(t *testing.T) {

@@ -20,7 +20,9 @@
 // Faults are injected per name: SetRcode (SERVFAIL, REFUSED, ...), Drop (no
 // reply, so the client times out) and Truncate (UDP answers empty with TC
 // set; TCP answers complete); RefuseEDNS makes the whole server one that
-// knows no EDNS0. All setters are safe to call while serving.
+// knows no EDNS0. Respond replaces the zone with a function that writes any
+// octets as the reply (a broken or hostile server). All setters are safe to
+// call while serving.
 package dnstest
 
 import (
@@ -61,6 +63,7 @@ type Server struct {
 	insecure map[string]bool // names answered without AD even with SetAD(true)
 	chase    bool
 	noEDNS   bool
+	respond  func(req *dns.Msg) []byte
 	closed   bool
 }
 
@@ -242,12 +245,35 @@ func (s *Server) RefuseEDNS(on bool) {
 	s.noEDNS = on
 }
 
+// Respond makes fn answer every query in place of the zone and its faults:
+// the octets fn returns go back as they are, over UDP or TCP, but for their
+// first two, the message ID, which are the query's (so the client takes
+// them for its answer); nil sends nothing. A nil fn serves the zone again.
+func (s *Server) Respond(fn func(req *dns.Msg) []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.respond = fn
+}
+
 // Queries returns the number of queries received (answered or dropped).
 func (s *Server) Queries() int { return int(s.queries.Load()) }
 
 // ServeDNS answers one query; it implements dns.Handler.
 func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	s.queries.Add(1)
+	s.mu.Lock()
+	respond := s.respond
+	s.mu.Unlock()
+	if respond != nil {
+		if b := respond(req); b != nil {
+			b = append([]byte(nil), b...)
+			if len(b) >= 2 {
+				b[0], b[1] = byte(req.Id>>8), byte(req.Id)
+			}
+			w.Write(b)
+		}
+		return
+	}
 	m, drop := s.answer(req, w.RemoteAddr().Network() == "udp")
 	if drop {
 		return

@@ -169,3 +169,42 @@ func TestHelpers(t *testing.T) {
 		}()
 	}
 }
+
+// Respond's octets reach the client as they are but for the ID, over UDP
+// and TCP; Respond(nil) serves the zone again.
+func TestServer_Respond(t *testing.T) {
+	t.Parallel()
+	s := New(t, Zone{"example.com.": {A("example.com", "192.0.2.1")}})
+	raw := new(dns.Msg)
+	raw.SetQuestion("other.example.", dns.TypeMX)
+	raw.Response, raw.Id = true, 0
+	raw.Answer = []dns.RR{MX("other.example", 7, "mx.other.example")}
+	b, err := raw.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	asked := make(chan string, 2)
+	s.Respond(func(req *dns.Msg) []byte {
+		asked <- req.Question[0].Name
+		return b
+	})
+	for _, network := range []string{"udp", "tcp"} {
+		q := new(dns.Msg)
+		q.SetQuestion("example.com.", dns.TypeA)
+		c := &dns.Client{Net: network, Timeout: 2 * time.Second}
+		m, _, err := c.Exchange(q, s.Addr)
+		if err != nil {
+			t.Fatalf("%s: %v", network, err)
+		}
+		if m.Id != q.Id || len(m.Question) != 1 || m.Question[0].Name != "other.example." || len(m.Answer) != 1 || m.Answer[0].(*dns.MX).Preference != 7 {
+			t.Errorf("%s: %v", network, m)
+		}
+	}
+	if len(asked) != 2 || <-asked != "example.com." {
+		t.Errorf("respond saw %d queries", len(asked))
+	}
+	s.Respond(nil)
+	if m := ask(t, s, "udp", "example.com", dns.TypeA, false); len(m.Answer) != 1 {
+		t.Errorf("zone not served after Respond(nil): %v", m)
+	}
+}

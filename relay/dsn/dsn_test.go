@@ -286,8 +286,10 @@ func TestBuildDSN_LocalDiagnostic(t *testing.T) {
 // text a report is made of (they come from clients and servers), it is
 // lines of at most 998 octets (RFC 5322 §2.1.1: a next hop may refuse a
 // longer one, and a report about a report is never sent) ending in CRLF,
-// valid UTF-8, Parse reads it back, and the status part of a report
-// about a message without SMTPUTF8 is ASCII.
+// valid UTF-8, Parse reads it back with the recipient's action, status,
+// Remote-MTA, Diagnostic-Code and (for an address the relay takes) address
+// as they were built, and the status part of a report about a message
+// without SMTPUTF8 is ASCII.
 func FuzzBuildDSN(f *testing.F) {
 	f.Add("a@example.test", "rfc822;A@example.test", "E1", "mx.example.test", "no\r\nsuch user", "failed")
 	f.Add("jörg@exämple.test", "utf-8;jörg@exämple.test", "", "", "x"+strings.Repeat("ü", 600), "delayed")
@@ -331,8 +333,24 @@ func FuzzBuildDSN(f *testing.F) {
 		if !utf8.Valid(raw) {
 			t.Fatalf("invalid UTF-8 in the report")
 		}
-		if _, err := Parse(bytes.NewReader(raw)); err != nil {
+		d, err := Parse(bytes.NewReader(raw))
+		if err != nil {
 			t.Fatalf("Parse: %v\n%s", err, raw)
+		}
+		// What the report says per recipient reads back as it was built.
+		status := map[string]string{"failed": "5.1.1", "delayed": "4.0.0", "delivered": "2.0.0", "relayed": "2.0.0"}[action]
+		if len(d.Recipients) != 1 || d.ReportingMTA != "dns; relay.test" {
+			t.Fatalf("read back %d recipients, Reporting-MTA %q:\n%s", len(d.Recipients), d.ReportingMTA, raw)
+		}
+		r := d.Recipients[0]
+		if r.Action != action || r.Status != status || !strings.HasPrefix(r.DiagnosticCode, "smtp; 550 5.1.1") ||
+			remote != "" && r.RemoteMTA != "dns; "+remote {
+			t.Fatalf("recipient read back as %+v; built as %s, %s, remote %q", r, action, status, remote)
+		}
+		// An address as the relay takes it (no control character, at most
+		// 256 octets) is the Final-Recipient as it is.
+		if len(addr) <= 256 && !strings.ContainsFunc(addr, func(r rune) bool { return r < ' ' || r == 0x7f }) && r.Address() != addr {
+			t.Fatalf("Final-Recipient %q for %q", r.FinalRecipient, addr)
 		}
 		if !env.SMTPUTF8 {
 			// Not global: the status part is ASCII (RFC 6533 §6).

@@ -8,11 +8,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
 	"github.com/mailhop/mailhop/internal/testlog"
+	"github.com/mailhop/mailhop/internal/testpipe"
 	"github.com/mailhop/mailhop/queue"
 	"github.com/mailhop/mailhop/relay/config"
 )
@@ -39,25 +39,12 @@ func (l *pipeListener) Addr() net.Addr {
 	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 25}
 }
 
-// pipeConn reports a loopback TCP remote address, as the session needs a
-// client IP, and tells when the server closed it.
-type pipeConn struct {
-	net.Conn
-	once   sync.Once
-	closed chan struct{}
-}
-
-func (*pipeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 4242} }
-
-func (c *pipeConn) Close() error {
-	c.once.Do(func() { close(c.closed) })
-	return c.Conn.Close()
-}
-
 // FuzzSession feeds random dialogs to a relay-mode session (loopback
 // trusted, so transactions reach the queue) over net.Pipe. The session must
 // never panic (go-smtp recovers panics and logs them, so a logged "panic"
-// fails the run), and every reply line must be well formed.
+// fails the run), must end, every reply line must be well formed, and
+// every message acknowledged with 250 (and no other) must be in the queue,
+// without a bare CR or LF.
 func FuzzSession(f *testing.F) {
 	seeds := []string{
 		"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: s\r\n\r\nhi\r\n.\r\nQUIT\r\n",
@@ -96,29 +83,65 @@ func FuzzSession(f *testing.F) {
 	defer func() { ln.Close(); <-served }()
 
 	f.Fuzz(func(t *testing.T, dialog []byte) {
-		client, server := net.Pipe()
-		sc := &pipeConn{Conn: server, closed: make(chan struct{})}
-		ln.conns <- sc
-		client.SetDeadline(time.Now().Add(10 * time.Second))
+		// The client ends its input with a half-close: it still reads
+		// every reply (closing a net.Pipe lost those not read yet).
+		client, server := testpipe.Pipe()
+		ln.conns <- server
 		var replies bytes.Buffer
 		copied := make(chan struct{})
 		go func() { io.Copy(&replies, client); close(copied) }()
 		client.Write(dialog)
 		client.Write([]byte("\r\n.\r\nQUIT\r\n"))
-		// The server may still wait for data (a BDAT chunk): end of input.
-		client.Close()
-		<-sc.closed
+		// The server may still wait for data (a BDAT chunk): end of
+		// input. The session must then end: the server closes.
+		client.CloseWrite()
+		<-server.Closed()
 		<-copied
+		client.Close()
 		if out := logs.String(); strings.Contains(out, "panic serving") {
 			t.Fatalf("panic in session:\n%s", out)
 		}
 		// Every reply line is well formed (RFC 5321 §4.2), whatever of
 		// the client's input it echoes; the last may be cut by the close.
 		lines := bytes.Split(replies.Bytes(), []byte("\r\n"))
+		var ids []string
 		for _, l := range lines[:len(lines)-1] {
 			if len(l) < 4 || l[0] < '2' || l[0] > '5' || l[1] < '0' || l[1] > '9' || l[2] < '0' || l[2] > '9' ||
 				l[3] != ' ' && l[3] != '-' || bytes.ContainsAny(l, "\r\n") || len(l) > 510 {
 				t.Fatalf("bad reply line %q to %q", l, dialog)
+			}
+			if _, id, ok := bytes.Cut(l, []byte(" OK: queued as ")); ok && bytes.HasPrefix(l, []byte("250 ")) {
+				ids = append(ids, string(id))
+			}
+		}
+		// 250 means queued: each "queued as" names a message in the
+		// queue, and nothing else of this dialog is there. What is queued
+		// holds no bare CR or LF (SMTP smuggling) and ends with CRLF.
+		// (The messages are then deleted, so the queue does not grow with
+		// the run.)
+		if n := len(q.List()); n != len(ids) {
+			t.Fatalf("%d messages queued, %d acknowledged (%q) for %q", n, len(ids), ids, dialog)
+		}
+		for _, id := range ids {
+			b, err := q.Body(id)
+			if err != nil {
+				t.Fatalf("acknowledged %s: %v", id, err)
+			}
+			data, err := io.ReadAll(io.NewSectionReader(b, 0, b.Size()))
+			b.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, c := range data {
+				if c == '\n' && (i == 0 || data[i-1] != '\r') || c == '\r' && (i+1 == len(data) || data[i+1] != '\n') {
+					t.Fatalf("queued %s with a bare CR or LF at %d: %q\nfrom %q", id, i, data, dialog)
+				}
+			}
+			if !bytes.HasSuffix(data, []byte("\r\n")) {
+				t.Fatalf("queued %s does not end with CRLF: %q", id, data)
+			}
+			if err := q.Delete(id); err != nil {
+				t.Fatal(err)
 			}
 		}
 	})

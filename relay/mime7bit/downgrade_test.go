@@ -3,7 +3,13 @@ package mime7bit
 import (
 	"bytes"
 	"errors"
+	"io"
+	"mime"
+	"mime/multipart"
+	"mime/quotedprintable"
 	"net/mail"
+	"net/textproto"
+	"slices"
 	"strings"
 	"testing"
 
@@ -90,9 +96,59 @@ func TestTo7bit_LongLines(t *testing.T) {
 	}
 }
 
+// leaves walks msg as a receiver's MIME parser (Go's) reads it and returns
+// each leaf's media type and decoded content; an error where that parser
+// refuses it.
+func leaves(msg []byte) ([][2]string, error) {
+	m, err := mail.ReadMessage(bytes.NewReader(msg))
+	if err != nil {
+		return nil, err
+	}
+	var walk func(h textproto.MIMEHeader, body io.Reader, defType string, depth int) ([][2]string, error)
+	walk = func(h textproto.MIMEHeader, body io.Reader, defType string, depth int) ([][2]string, error) {
+		mt, params := defType, map[string]string(nil)
+		if ct := h.Get("Content-Type"); ct != "" {
+			var err error
+			if mt, params, err = mime.ParseMediaType(ct); err != nil {
+				mt = "text/plain"
+			}
+		}
+		if strings.HasPrefix(mt, "multipart/") && depth < maxMIMEDepth {
+			partType := "text/plain"
+			if mt == "multipart/digest" {
+				partType = "message/rfc822"
+			}
+			var out [][2]string
+			mr := multipart.NewReader(body, params["boundary"])
+			for {
+				p, err := mr.NextRawPart()
+				if err == io.EOF {
+					return out, nil
+				}
+				if err != nil {
+					return nil, err
+				}
+				l, err := walk(p.Header, p, partType, depth+1)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, l...)
+			}
+		}
+		if strings.EqualFold(strings.TrimSpace(h.Get("Content-Transfer-Encoding")), "quoted-printable") {
+			body = quotedprintable.NewReader(body)
+		}
+		b, err := io.ReadAll(body)
+		return [][2]string{{mt, string(b)}}, err
+	}
+	return walk(textproto.MIMEHeader(m.Header), m.Body, "text/plain", 0)
+}
+
 // FuzzTo7bit: whatever the message, Convert does not panic, and a
 // conversion it returns is 7-bit, as long as it says, and the same each
-// time it is written.
+// time it is written. Of a message as queued (CRLF line ends), a receiver's
+// MIME parser reads the same body parts in the conversion as in the
+// original, each with the same content once decoded.
 func FuzzTo7bit(f *testing.F) {
 	f.Add(testmime.Mixed8bit)
 	f.Add("Subject: x\r\n\r\nGrüße\r\n")
@@ -114,6 +170,25 @@ func FuzzTo7bit(f *testing.F) {
 		}
 		if !testmime.Is7bit(out1.Bytes()) {
 			t.Fatalf("8-bit output:\n%q", out1.Bytes())
+		}
+		// The same message with its line ends as the queue keeps them.
+		queued := strings.NewReplacer("\r\n", "\r\n", "\r", "\r\n", "\n", "\r\n").Replace(in)
+		b = newMemBody(queued)
+		if c, err = Convert(b, b.Size()); err != nil || c == nil {
+			return
+		}
+		var out bytes.Buffer
+		c.WriteTo(&out)
+		want, err := leaves([]byte(queued))
+		if err != nil {
+			return
+		}
+		got, err := leaves(out.Bytes())
+		if err != nil {
+			t.Fatalf("%q converted to %q, which does not parse: %v", queued, out.Bytes(), err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("%q converted to %q: parts %q, want %q", queued, out.Bytes(), got, want)
 		}
 	})
 }

@@ -381,7 +381,7 @@ func rewriteHeaders(msg []byte, extract bool, hf headerFields) ([]byte, []string
 			// envelope does (Postfix's append_at_myorigin rewrites the
 			// header of local mail too): a From without a domain is not
 			// RFC 5322, and receivers refuse it.
-			f.raw = qualifyAddrs(f.raw, len(f.name)+1, hf.hostname)
+			f.raw = qualifyAddrs(f.raw, f.colon+1, hf.hostname)
 		}
 		if extract && (name == prefix+"to" || name == prefix+"cc" || name == prefix+"bcc") {
 			addrs, err := parseAddrs(f.value(), hf.hostname)
@@ -449,19 +449,25 @@ func lfLineEnds(msg []byte) []byte {
 
 // field is one header field, with its continuation lines.
 type field struct {
-	name string
-	raw  []byte // every line, with line endings
+	name  string // without the white space the obsolete syntax allows before the colon
+	colon int    // where the colon is in raw
+	raw   []byte // every line, with line endings
 }
 
 // value is the field body, unfolded (RFC 5322 §2.2.3).
 func (f field) value() string {
-	v := string(f.raw[len(f.name)+1:])
+	v := string(f.raw[f.colon+1:])
 	v = strings.NewReplacer("\r\n", "", "\n", "").Replace(v)
 	return strings.TrimSpace(v)
 }
 
 // splitHeader returns the header fields and the rest (blank line included).
-// When the message does not start with a field, there is no header.
+// When the message does not start with a field, there is no header. A
+// field is what the relay takes for one (mailhdr.StartsWithField): white
+// space between the name and the colon (RFC 5322 §4.5.3, "Bcc : x") is
+// allowed, as Postfix allows it; read as the end of the header, such a Bcc
+// went into the body, shown to every recipient, and with -t neither it nor
+// the To and Cc below it were sent to.
 func splitHeader(msg []byte) ([]field, []byte) {
 	var fields []field
 	rest := msg
@@ -480,15 +486,15 @@ func splitHeader(msg []byte) ([]field, []byte) {
 			rest = rest[len(line):]
 			continue
 		}
-		colon := bytes.IndexByte(trim, ':')
-		if colon <= 0 || !isFieldName(trim[:colon]) {
+		if !mailhdr.StartsWithField(trim) {
 			if len(fields) == 0 {
 				return nil, msg
 			}
 			// Not a field: the header ends here without a blank line.
 			return fields, append([]byte("\n"), rest...)
 		}
-		fields = append(fields, field{name: string(trim[:colon]), raw: append([]byte(nil), line...)})
+		colon := bytes.IndexByte(trim, ':')
+		fields = append(fields, field{name: string(bytes.TrimRight(trim[:colon], " \t")), colon: colon, raw: append([]byte(nil), line...)})
 		rest = rest[len(line):]
 		if end < 0 {
 			break
@@ -498,15 +504,6 @@ func splitHeader(msg []byte) ([]field, []byte) {
 		fields[len(fields)-1].raw = append(fields[len(fields)-1].raw, '\n')
 	}
 	return fields, rest
-}
-
-func isFieldName(b []byte) bool {
-	for _, c := range b {
-		if c <= ' ' || c > '~' {
-			return false
-		}
-	}
-	return true
 }
 
 // addressFields are the header fields that hold addresses (RFC 5322 §3.6.2,

@@ -156,3 +156,26 @@ func TestRewriteHeaders_BareCR(t *testing.T) {
 		t.Errorf("added fields are not in the header the relay queues:\n%q", out)
 	}
 }
+
+// TestRewriteHeaders_SpaceBeforeColon reads a field with white space
+// before its colon (RFC 5322 §4.5.3's obsolete syntax) as a field, as the
+// relay (mailhdr) and Postfix read it: a "Bcc :" field is removed, not
+// left in the body for every recipient to see, and with -t its address
+// and those of the fields after it get the message.
+func TestRewriteHeaders_SpaceBeforeColon(t *testing.T) {
+	t.Parallel()
+	hf := headerFields{from: "app@h.test", hostname: "h.test", now: time.Now()}
+	out, rcpts, err := rewriteHeaders([]byte("Subject: x\nBcc\t: hidden@example.org\nTo : b@example.net, root\n\nbody\n"), true, hf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(out), "hidden@") {
+		t.Errorf("Bcc with a space before its colon was kept:\n%q", out)
+	}
+	if want := []string{"hidden@example.org", "b@example.net", "root@h.test"}; !reflect.DeepEqual(rcpts, want) {
+		t.Errorf("rcpts = %q, want %q", rcpts, want)
+	}
+	if !strings.Contains(string(out), "\nTo : b@example.net, root@h.test\nFrom: app@h.test\n") || !strings.HasSuffix(string(out), ">\n\nbody\n") {
+		t.Errorf("out = %q", out)
+	}
+}

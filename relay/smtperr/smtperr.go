@@ -57,14 +57,15 @@ func (e *Error) Temporary() bool {
 	return true
 }
 
-// Status returns the enhanced status to report for e: Enhanced when it agrees
-// with the class of the failure, else a generic "4.0.0" or "5.0.0".
+// Status returns the enhanced status to report for e: Enhanced when it is a
+// valid RFC 3463 code that agrees with the class of the failure, else a
+// generic "4.0.0" or "5.0.0".
 func (e *Error) Status() string {
 	class := "4"
 	if !e.Temporary() {
 		class = "5"
 	}
-	if strings.HasPrefix(e.Enhanced, class+".") {
+	if strings.HasPrefix(e.Enhanced, class+".") && ValidEnhanced(e.Enhanced) {
 		return e.Enhanced
 	}
 	return class + ".0.0"
@@ -75,11 +76,19 @@ func New(code int, enhanced, format string, args ...any) *Error {
 	return &Error{Code: code, Enhanced: enhanced, Msg: fmt.Sprintf(format, args...)}
 }
 
-// FromSMTP converts a go-smtp reply error.
+// FromSMTP converts a go-smtp reply error. go-smtp's client takes any three
+// dot-separated numbers after the reply code for an enhanced status
+// ("5.1234.1", "-5.1.1", "7.0.0"); one that is no RFC 3463 code is left in
+// the text, so it reaches no DSN's Status field.
 func FromSMTP(e *smtp.SMTPError) *Error {
 	out := &Error{Code: e.Code, Msg: strings.ReplaceAll(e.Message, "\n", " ")}
 	if e.EnhancedCode != smtp.NoEnhancedCode && e.EnhancedCode != (smtp.EnhancedCode{}) {
-		out.Enhanced = fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+		enh := fmt.Sprintf("%d.%d.%d", e.EnhancedCode[0], e.EnhancedCode[1], e.EnhancedCode[2])
+		if ValidEnhanced(enh) {
+			out.Enhanced = enh
+		} else {
+			out.Msg = strings.TrimSuffix(enh+" "+out.Msg, " ")
+		}
 	}
 	return out
 }
