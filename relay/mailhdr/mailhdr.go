@@ -19,20 +19,18 @@ const MaxReceived = 50
 
 // Fields calls fn with the name (white space trimmed) and the raw value of
 // each field of the header block at the start of h, in order, until fn
-// returns false, h ends, or the empty line that ends the header. A raw value
-// is everything after the colon, continuation lines included with their
-// line ends (see Unfold). Lines may end in CRLF or LF. A line without a
-// colon, or a continuation line before any field, is skipped. fn's slices
-// point into h.
+// returns false, h ends, or the header ends: at the empty line, or at the
+// first line that is no field (without a colon after a field name, or a
+// continuation line before any field), which starts the body, as HeaderEnd
+// has it (a "Received:" line in a body that follows such a line is no
+// field). A raw value is everything after the colon, continuation lines
+// included with their line ends (see Unfold). Lines may end in CRLF or LF.
+// fn's slices point into h.
 func Fields(h []byte, fn func(name, value []byte) bool) {
 	for len(h) > 0 {
 		line, rest := cutLine(h)
-		if len(line) == 0 {
-			return // the empty line ends the header
-		}
-		if isWSP(line[0]) {
-			h = rest // a continuation of nothing
-			continue
+		if len(line) == 0 || isWSP(line[0]) || !StartsWithField(line) {
+			return // the header ends: the empty line, or the body's first line
 		}
 		end := len(line) // where the value ends in h
 		for len(rest) > 0 && isWSP(rest[0]) {

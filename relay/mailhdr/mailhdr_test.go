@@ -29,8 +29,11 @@ func TestFields(t *testing.T) {
 		{"folded", "Subject: one\r\n two\r\n\tthree\r\nTo: x\r\n\r\n",
 			[]string{`Subject="one two\tthree"`, `To="x"`}},
 		{"name white space", "Received : x\r\n\r\n", []string{`Received="x"`}},
-		{"no colon skipped", "garbage\r\nTo: x\r\n\r\n", []string{`To="x"`}},
-		{"leading continuation skipped", " stray\r\nTo: x\r\n\r\n", []string{`To="x"`}},
+		// A line that is no field starts the body, as HeaderEnd and
+		// Postfix's cleanup have it: fields after it are body text.
+		{"no colon ends the header", "garbage\r\nTo: x\r\n\r\n", nil},
+		{"leading continuation ends the header", " stray\r\nTo: x\r\n\r\n", nil},
+		{"body without the empty line", "To: x\r\nHello there\r\nReceived: y\r\n", []string{`To="x"`}},
 		{"no end of header", "To: x\r\nCc: y", []string{`To="x"`, `Cc="y"`}},
 		{"empty header", "\r\nTo: x\r\n", nil},
 		{"empty value", "X-Empty:\r\n\r\n", []string{`X-Empty=""`}},
@@ -60,9 +63,14 @@ func FuzzFields(f *testing.F) {
 	f.Add([]byte("From: a\r\n b\r\n\r\n"))
 	f.Add([]byte(":\n\t\r\n"))
 	f.Fuzz(func(t *testing.T, h []byte) {
+		end := HeaderEnd(h)
 		Fields(h, func(name, value []byte) bool {
 			if bytes := Unfold(value); strings.ContainsAny(bytes, "\r\n") {
 				t.Fatalf("unfolded value has a line end: %q", bytes)
+			}
+			// Every field lies in the header HeaderEnd finds.
+			if off := cap(h) - cap(value); off > end {
+				t.Fatalf("field %q at %d, after the header's end %d", name, off, end)
 			}
 			return true
 		})
