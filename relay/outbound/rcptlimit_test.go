@@ -609,17 +609,9 @@ func TestDelivery_RcptCap_DeliveredRecordedBetweenTransactions(t *testing.T) {
 	if env == nil {
 		t.Fatal("the message left the queue")
 	}
-	for i, r := range env.Recipients {
-		if want := map[bool]queue.RcptState{true: queue.Delivered, false: queue.Pending}[i < 50]; r.State != want {
-			t.Errorf("%s: %v during the second transaction, want %v", r.Address, r.State, want)
-		}
-	}
+	wantFirstDelivered(t, env, 50, "during the second transaction")
 	h.stop()
-	for _, r := range []string{"r000", "r049"} {
-		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+"@")); n != 1 {
-			t.Errorf("%s logged delivered %d times, want once:\n%s", r, n, h.logs.String())
-		}
-	}
+	wantDeliveredLoggedOnce(t, h.logs.String(), "r000@", "r049@")
 }
 
 // The recipients the first MX delivered are recorded before the recipients
@@ -644,17 +636,9 @@ func TestDelivery_RcptCap_DeliveredRecordedBeforeTheNextMX(t *testing.T) {
 	if env == nil {
 		t.Fatal("the message left the queue")
 	}
-	for i, r := range env.Recipients {
-		if want := map[bool]queue.RcptState{true: queue.Delivered, false: queue.Pending}[i < 119]; r.State != want {
-			t.Errorf("%s: %v while the second MX stalls, want %v", r.Address, r.State, want)
-		}
-	}
+	wantFirstDelivered(t, env, 119, "while the second MX stalls")
 	h.stop()
-	for _, r := range []string{"r000", "r100", "r118"} {
-		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+"@")); n != 1 {
-			t.Errorf("%s logged delivered %d times, want once:\n%s", r, n, h.logs.String())
-		}
-	}
+	wantDeliveredLoggedOnce(t, h.logs.String(), "r000@", "r100@", "r118@")
 }
 
 // The shutdown cutting the second of three transactions: the first 50 stay
@@ -722,11 +706,7 @@ func TestDelivery_RcptCap_TwoDomains_EachLoggedOnce(t *testing.T) {
 	if env := h.envelope(id); env != nil {
 		t.Fatalf("still queued: %+v", env.Recipients)
 	}
-	for _, r := range []string{"r000@a.test", "r049@a.test", "r050@a.test", "r119@a.test", "x@b.test"} {
-		if n := len(testlog.Lines(h.logs.String(), "msg=delivered", "rcpt="+r+" ")); n != 1 {
-			t.Errorf("%s logged delivered %d times, want once", r, n)
-		}
-	}
+	wantDeliveredLoggedOnce(t, h.logs.String(), "r000@a.test ", "r049@a.test ", "r050@a.test ", "r119@a.test ", "x@b.test ")
 }
 
 // NOTIFY=SUCCESS recipients delivered to a server without DSN in three
@@ -1158,5 +1138,28 @@ func TestDelivery_RcptCap_TooManyThenConnectionEnds_NextMX(t *testing.T) {
 	slices.Sort(to)
 	if !slices.Equal(to, rcpts[30:]) {
 		t.Errorf("the second MX got %d recipients %q, want r030 to r119", len(to), to)
+	}
+}
+
+// wantFirstDelivered checks that the first n recipients of env are
+// delivered and the others pending, when says at which moment.
+func wantFirstDelivered(t *testing.T, env *queue.Envelope, n int, when string) {
+	t.Helper()
+	for i, r := range env.Recipients {
+		if want := map[bool]queue.RcptState{true: queue.Delivered, false: queue.Pending}[i < n]; r.State != want {
+			t.Errorf("%s: %v %s, want %v", r.Address, r.State, when, want)
+		}
+	}
+}
+
+// wantDeliveredLoggedOnce checks that each recipient has exactly one
+// "delivered" line in logs; each rcpt is the start of the rcpt value, up to
+// a character that ends what it must match ("r000@" or "x@b.test ").
+func wantDeliveredLoggedOnce(t *testing.T, logs string, rcpts ...string) {
+	t.Helper()
+	for _, r := range rcpts {
+		if n := len(testlog.Lines(logs, "msg=delivered", "rcpt="+r)); n != 1 {
+			t.Errorf("%s logged delivered %d times, want once:\n%s", r, n, logs)
+		}
 	}
 }
