@@ -231,14 +231,26 @@ for key, r in rcpt_meta.items():
                     fig["duplicates: killed after the server's 250, before the relay recorded it"] += 1
                     record_window.append((k - a["time_us"]) / 1e6)
         if n > 2:
-            bad("delivered three times or more", (key, n))
+            # Each copy after the first needs a kill of its own (checked
+            # pair by pair above): the same kill cannot explain two.
+            fig["delivered three times or more (a kill before each further copy)"] += 1
+            pair_kills = [kill_between(a.get("dot_us", a["time_us"]), b["time_us"]) for a, b in zip(ds, ds[1:])]
+            if any(not ks for ks in pair_kills) or len({ks[0] for ks in pair_kills if ks}) < len(pair_kills):
+                bad("delivered three times or more without a kill before each further copy", (key, n))
         if failed:
             bad("delivered, yet a failure report", (key, [rr for _, rr in failed]))
         if [l for l in lines if l[0] != "delivered"]:
             bad("delivered at the server, logged bounced/expired", (key, [l[0] for l in lines]))
+        for e in ds:
+            # DSN parameters go on to a server that offers DSN, and only there.
+            got = set(e["notify"].upper().split(",")) if e.get("notify") else set()
+            want = set(r["notify"].upper().split(",")) if r["notify"] else set()
+            if e.get("dsn_offered", False):
+                if got != want or e.get("envid", "") != m["envid"] or e.get("ret", "") != m["ret"]:
+                    bad("DSN parameters not passed on", (key, r["notify"], e.get("notify"), e.get("envid"), e.get("ret")))
+            elif got or e.get("envid") or e.get("ret"):
+                bad("DSN parameters to a server without DSN", (key, e.get("notify"), e.get("envid"), e.get("ret")))
         want = 1 if (notify_has(r["notify"], "SUCCESS") and not ds[0].get("dsn_offered", False)) else 0
-        if notify_has(r["notify"], "SUCCESS") and ds[0].get("dsn_offered", False) and r["notify"] and ds[0].get("notify", "").upper() != r["notify"].upper():
-            bad("NOTIFY not passed to a DSN server", (key, r["notify"], ds[0].get("notify")))
         got = len(relayed)
         if got != want:
             bad("success reports: got %d, want %d" % (got, want), (key, r["notify"], ds[0].get("dsn_offered", False)))

@@ -33,6 +33,7 @@ ap.add_argument("--seed", type=int, default=1)
 ap.add_argument("--duration", type=float, default=240, help="seconds of load")
 ap.add_argument("--rate", type=float, default=50, help="messages per second")
 ap.add_argument("--kills", type=int, default=4, help="kill -9 and restart this many times during the load")
+ap.add_argument("--kill-gap", type=float, default=15, help="seconds at least between two kills")
 ap.add_argument("--cap", type=int, default=50, help="max_recipients_per_transaction at the start")
 ap.add_argument("--cap2", type=int, default=20, help="max_recipients_per_transaction after the SIGHUP reload")
 ap.add_argument("--net", default="127.0.48.", help="the first three octets of the loopback addresses used")
@@ -207,8 +208,8 @@ load = subprocess.Popen([sys.executable, os.path.join(HERE, "load.py"), "--rate"
                         stdout=subprocess.PIPE, text=True)
 note("load", pid=load.pid, duration=D, rate=args.rate)
 kills = sorted(rnd.uniform(15, D - 5) for _ in range(args.kills))
-for i in range(1, len(kills)):  # at least 15 s apart
-    kills[i] = max(kills[i], kills[i - 1] + 15)
+for i in range(1, len(kills)):
+    kills[i] = max(kills[i], kills[i - 1] + args.kill_gap)
 reload_at = rnd.uniform(D / 3, 2 * D / 3)
 while any(abs(reload_at - k) < 8 for k in kills):
     reload_at += 5
