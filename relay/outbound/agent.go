@@ -1118,7 +1118,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		switch {
 		case broken:
 			cn.end()
-		case cn.spent, allDeferred(res), cn.key.cfg != a.config(), a.now().Sub(cn.born) >= connReuseLimit:
+		case cn.exhausted(), allDeferred(res), cn.key.cfg != a.config(), a.now().Sub(cn.born) >= connReuseLimit:
 			// Not kept for reuse: a session on which the server takes no
 			// more transactions; a server that took nothing and
 			// deferred every recipient may be turning this session away,

@@ -85,6 +85,12 @@ type conn struct {
 
 func (cn *conn) close() { cn.raw.Close() }
 
+// exhausted reports whether the server takes no more transactions on cn:
+// it is spent, or it carried the most its server announced (MAILMAX).
+func (cn *conn) exhausted() bool {
+	return cn.spent || cn.mailMax > 0 && cn.txns >= cn.mailMax
+}
+
 // end closes a connection not to be reused: a spent one, whose server is in
 // step and waiting for a command, with QUIT; any other at once.
 func (cn *conn) end() {

@@ -189,3 +189,25 @@ func TestLimitsMailMax(t *testing.T) {
 		}
 	}
 }
+
+// A connection whose last transaction reached the server's MAILMAX is not
+// kept either: the next message goes over a new connection without a MAIL
+// the server would refuse first.
+func TestDelivery_LimitsMailMax_ReachedNotPooled(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, smtptest.Behaviour{MailsPerConn: 1, AnnounceMailMax: true}, zone("example.test", "127.0.0.2"))
+	h.start()
+	for _, rcpt := range []string{"a@example.test", "b@example.test"} {
+		id := h.submit(testBody, []string{rcpt})
+		h.waitRecords(id, 1)
+		if env := h.envelope(id); env != nil {
+			t.Fatalf("%s was deferred: %+v\nlog:\n%s", rcpt, env.Recipients, h.logs.String())
+		}
+	}
+	if n := mailCommands(h.first.Received()); n != 2 {
+		t.Errorf("%d MAIL commands, want 2 (none refused)", n)
+	}
+	if n := h.first.Conns(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+}
