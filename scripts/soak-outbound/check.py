@@ -84,6 +84,9 @@ for e in events:
         txns.append(e)
     elif e["t"] == "anomaly":
         bad("anomaly at a server", e)
+    elif e["t"] == "mailmax":
+        # A MAIL beyond the LIMITS MAILMAX the server announced.
+        bad("transaction beyond the server's LIMITS MAILMAX", (e["domain"], e["conn"], e["txn"], e["from"]))
 
 # The relay's log, all instances.
 log = []
@@ -165,7 +168,7 @@ def kill_between(t1, t2):
 # listed (drop-data, greet421: working but faulty) may end as anything.
 D, B, E = "delivered", "bounced", "expired"
 EXPECT = {
-    "accept": {D}, "accept-nodsn": {D}, "limit30": {D}, "limit20-552": {D}, "rcptmax10": {D}, "slow": {D}, "mxpair": {D}, "cut-close": {D}, "cut-421": {D}, "stall-2nd": {D}, "accept-7bit": {D}, "stall-data": {E},
+    "accept": {D}, "accept-nodsn": {D}, "limit30": {D}, "limit20-552": {D}, "rcptmax10": {D}, "slow": {D}, "mxpair": {D}, "cut-close": {D}, "cut-421": {D}, "stall-2nd": {D}, "mailmax2": {D}, "accept-7bit": {D}, "stall-data": {E},
     "grey": {D}, ("grey", "t"): {E},
     "reject": {D}, ("reject", "b"): {B}, ("reject", "q"): {B},
     "mbfull": {D}, ("mbfull", "f"): {D, E}, ("mbfull", "h"): {E},

@@ -39,6 +39,7 @@ ap.add_argument("--cap2", type=int, default=20, help="max_recipients_per_transac
 ap.add_argument("--net", default="127.0.48.", help="the first three octets of the loopback addresses used")
 ap.add_argument("--port-base", type=int, default=48000)
 ap.add_argument("--dir", default=None, help="the run directory (default /tmp/mailhop-soak-SEED)")
+ap.add_argument("--mailhop", default=None, help="a mailhop binary to run instead of one built from this checkout")
 args = ap.parse_args()
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,7 +56,12 @@ METRICS = "http://%s/metrics" % METRICS_ADDR
 CONF = os.path.join(RUN, "config.toml")
 MAILHOP = os.path.join(RUN, "mailhop")
 SOAKSRV = os.path.join(RUN, "soaksrv")
-for out, pkg in ((MAILHOP, "./cmd/mailhop"), (SOAKSRV, "./scripts/soak-outbound/soaksrv")):
+builds = [(SOAKSRV, "./scripts/soak-outbound/soaksrv")]
+if args.mailhop:
+    MAILHOP = os.path.abspath(args.mailhop)
+else:
+    builds.append((MAILHOP, "./cmd/mailhop"))
+for out, pkg in builds:
     subprocess.run(["go", "build", "-o", out, pkg], cwd=ROOT, check=True)
 rnd = random.Random(args.seed)
 faults = open(os.path.join(RUN, "faults.jsonl"), "a", buffering=1)

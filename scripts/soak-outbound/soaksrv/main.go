@@ -74,6 +74,7 @@ var kinds = []struct {
 	{"accept-7bit", 2, 2, false, false}, // no 8BITMIME: 8-bit mail comes converted
 	{"cut-close", 2, 1.5, false, true},  // closes the connection after a transaction's 250, 35% of the time
 	{"cut-421", 2, 1.5, false, false},   // 421 to a MAIL after the first transaction, 35% of the time
+	{"mailmax2", 2, 1.5, false, true},   // LIMITS MAILMAX=2; 451 4.5.3 to a connection's third MAIL and after
 	{"nxdomain", 3, 0.5, false, false},  // no such domain
 	{"servfail", 3, 0.5, true, false},   // SERVFAIL
 	{"sender", 1, 0, false, true},       // the senders' domain: records DSNs
@@ -463,6 +464,9 @@ func (s *server) session(c net.Conn) {
 			if s.kind == "rcptmax10" {
 				ss.reply("250-LIMITS RCPTMAX=10")
 			}
+			if s.kind == "mailmax2" {
+				ss.reply("250-LIMITS MAILMAX=2")
+			}
 			if s.dsn {
 				ss.reply("250-DSN")
 			}
@@ -477,6 +481,14 @@ func (s *server) session(c net.Conn) {
 			if s.kind == "stall-2nd" && ss.ntxn > 0 {
 				ss.stall("mail")
 				return
+			}
+			if s.kind == "mailmax2" && ss.ntxn >= 2 {
+				// As Oracle Messaging Server answers past its
+				// ALLOW_TRANSACTIONS_PER_SESSION.
+				from, _ := splitPath(arg, "FROM:")
+				emit(event{T: "mailmax", Domain: s.d.Name, Kind: s.kind, Server: s.ip, Conn: ss.id, ConnAt: ss.at, Txn: ss.ntxn + 1, From: from})
+				ss.reply("451 4.5.3 No more transactions allowed")
+				break
 			}
 			if s.kind == "cut-421" && ss.ntxn > 0 && s.chance(0.35) {
 				ss.reply("421 4.7.0 mx.%s closing: enough for this connection", s.d.Name)
