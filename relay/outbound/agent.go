@@ -1130,18 +1130,21 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		// markDead): a session that stalls in a later one is no site failure.
 		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(dest) })
 		if serr != nil {
-			cn.close()
+			cn.end()
 			if cn.reused && ctx.Err() == nil {
-				cn = nil // a stale pooled connection: dial afresh
+				// A stale pooled connection, or one on which the server
+				// takes no more transactions: dial afresh.
+				cn = nil
 				continue
 			}
 			return nil, info, serr
 		}
 		switch {
 		case broken:
-			cn.close()
-		case allDeferred(res), cn.key.cfg != a.config(), a.now().Sub(cn.born) >= connReuseLimit:
-			// Not kept for reuse: a server that took nothing and
+			cn.end()
+		case cn.exhausted(), allDeferred(res), cn.key.cfg != a.config(), a.now().Sub(cn.born) >= connReuseLimit:
+			// Not kept for reuse: a session on which the server takes no
+			// more transactions; a server that took nothing and
 			// deferred every recipient may be turning this session away,
 			// as postscreen does once its tests pass ("450 4.3.2 Service
 			// currently unavailable" until the client connects again);
@@ -1154,6 +1157,17 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		}
 		return res, info, nil
 	}
+}
+
+// allTooMany reports whether the server refused every recipient of res for
+// the number of recipients (rcptResult.tooMany, see limitRefusal).
+func allTooMany(res []rcptResult) bool {
+	for _, r := range res {
+		if r.state != queue.Pending || !r.tooMany {
+			return false
+		}
+	}
+	return len(res) > 0
 }
 
 // answeredAll reports whether the server replied to the transaction of
@@ -1235,6 +1249,7 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 	if cn.rcptMax > 0 {
 		limit = min(limit, cn.rcptMax) // the server said so: no 452 to learn it from
 	}
+	reused := cn.reused
 	size := min(limit, len(t.rcpts))
 	part := func(ps []int) *txn {
 		p := *t
@@ -1255,6 +1270,14 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 	res, broken, serr := a.transact(ctx, cn, sub, tm)
 	if serr != nil {
 		return nil, true, serr
+	}
+	if reused && allTooMany(res) {
+		// Every recipient refused for too many on a connection from the
+		// pool: the session takes no more (Oracle Messaging Server past
+		// its transactions per session, with TRANSACTION_LIMIT_RCPT_TO),
+		// nothing was decided, and the caller dials afresh.
+		cn.spent = true
+		return nil, true, &stageError{stage: "rcpt", err: res[0].reply}
 	}
 	if answeredAll(res) {
 		answered()
@@ -1283,6 +1306,9 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		}
 		if size == 0 && refused >= 0 {
 			limited = &res[refused]
+			// After a transaction it took recipients in, the session
+			// takes none: it is not kept for the next message.
+			cn.spent = cn.spent || cn.txns > 1
 			break
 		}
 		var next []int
@@ -1297,6 +1323,16 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		}
 		if len(next) == 0 {
 			return res, false, nil
+		}
+		if cn.mailMax > 0 && cn.txns >= cn.mailMax {
+			// RFC 9422 §4.1: the server takes no more transactions in this
+			// session (it would refuse the next MAIL). The recipients left
+			// wait for the next attempt, as those of a server that takes
+			// no more recipients do, and the connection is not kept.
+			cn.spent = true
+			sent = before
+			limited = &rcptResult{reply: smtperr.New(0, "4.5.3", "%s takes at most %d transactions per connection (LIMITS MAILMAX)", cn.host, cn.mailMax)}
+			break
 		}
 		if t.progress != nil {
 			// Delivered now, recorded now: a crash in a later transaction

@@ -61,8 +61,15 @@ type conn struct {
 	eightBit bool  // offers 8BITMIME
 	maxSize  int64 // 0: none announced
 	rcptMax  int   // LIMITS RCPTMAX (RFC 9422): most recipients per transaction; 0: none announced
+	mailMax  int   // LIMITS MAILMAX (RFC 9422): most transactions per connection; 0: none announced
 	reused   bool
 	used     bool // a transaction was run on it
+	txns     int  // the MAIL commands sent on it
+	// spent: the server takes no more transactions on this connection:
+	// it refused one that followed another (a 4xx to MAIL, or to every
+	// RCPT for too many recipients), or its MAILMAX is reached. It is not
+	// kept for reuse.
+	spent bool
 	// inTxn: a MAIL was sent and no reply to the end of data came back,
 	// so the server may still hold a transaction: the next one starts
 	// with RSET (RFC 5321 §4.1.1.5).
@@ -78,6 +85,22 @@ type conn struct {
 }
 
 func (cn *conn) close() { cn.raw.Close() }
+
+// exhausted reports whether the server takes no more transactions on cn:
+// it is spent, or it carried the most its server announced (MAILMAX).
+func (cn *conn) exhausted() bool {
+	return cn.spent || cn.mailMax > 0 && cn.txns >= cn.mailMax
+}
+
+// end closes a connection not to be reused: a spent one, whose server is in
+// step and waiting for a command, with QUIT; any other at once.
+func (cn *conn) end() {
+	if cn.spent {
+		go quit(cn)
+		return
+	}
+	cn.close()
+}
 
 // unsolicited reports whether the server sent something (or closed the
 // connection) that no command asked for: read past the last reply, or
@@ -317,7 +340,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 		cn.maxSize, _ = strconv.ParseInt(v, 10, 64)
 	}
 	if ok, v := c.Extension("LIMITS"); ok {
-		cn.rcptMax = limitsRcptMax(v)
+		cn.rcptMax, cn.mailMax = limitsRcptMax(v), limitsValue(v, "MAILMAX")
 	}
 	if cn.tlsVer != "" {
 		a.stats.tlsConns.Add(1)
@@ -329,9 +352,15 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 // ("RCPTMAX=30 MAILMAX=100"; RFC 9422 §4.2: the most RCPT commands the
 // server takes in a transaction), 0 when there is none, or none that is a
 // positive number.
-func limitsRcptMax(params string) int {
+func limitsRcptMax(params string) int { return limitsValue(params, "RCPTMAX") }
+
+// limitsValue returns the limit name of the LIMITS extension's parameters
+// (RCPTMAX, or MAILMAX: RFC 9422 §4.1, the most transactions the server
+// takes in a session), 0 when there is none, or none that is a positive
+// number.
+func limitsValue(params, name string) int {
 	for _, f := range strings.Fields(params) {
-		if k, v, ok := strings.Cut(f, "="); ok && strings.EqualFold(k, "RCPTMAX") {
+		if k, v, ok := strings.Cut(f, "="); ok && strings.EqualFold(k, name) {
 			if n, err := strconv.Atoi(v); err == nil && n > 0 {
 				return n
 			}

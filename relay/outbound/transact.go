@@ -92,6 +92,9 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 			return nil, true, &stageError{stage: "mail", err: smtperr.New(0, "4.5.0", "%s sent data no command asked for, or closed, between transactions", cn.host)}
 		}
 	}
+	// carried: the connection ran a transaction before this one (reused
+	// from the pool, or an earlier one of this attempt).
+	carried := cn.used
 	cn.used = true
 	c.CommandTimeout = tm.command
 	env := t.env
@@ -199,6 +202,7 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 	c.CommandTimeout = max(tm.command, tm.dataInit)
 	rset := cn.inTxn
 	cn.inTxn = true
+	cn.txns++
 	rep, w, err := c.StartTransaction(rset, from, opts, to, ropts)
 	c.CommandTimeout = tm.command
 	// midway: some or every RCPT reply came, then the connection failed
@@ -221,6 +225,17 @@ func (a *Agent) transact(ctx context.Context, cn *conn, t *txn, tm stageTimeouts
 		return nil, true, stageErr("rset", rep.Reset)
 	}
 	if se, ok := replyError(rep.Mail); ok {
+		if carried && se.Temporary() {
+			// A server that takes a few transactions per session refuses
+			// the next at MAIL ("451 4.5.3 No more transactions allowed",
+			// Oracle Messaging Server; KumoMTA's max_messages_per_connection):
+			// not this message's answer, and the session is spent. Nothing
+			// is decided: a connection from the pool is dialled afresh, the
+			// recipients of a later transaction of the attempt go on as when
+			// the connection ends between transactions.
+			cn.spent = true
+			return nil, true, &stageError{stage: "mail", err: se}
+		}
 		return all(stateOf(se), se), midway, nil
 	}
 	// A server whose recipient limit is reached refuses every recipient

@@ -73,6 +73,18 @@ type Behaviour struct {
 	// only), so that each reply goes out as its command is answered (with
 	// PIPELINING the server holds replies back while commands wait).
 	NoPipelining bool
+
+	// MailsPerConn limits the transactions of a connection: its MAIL
+	// commands after the first MailsPerConn are answered "451 4.5.3 No
+	// more transactions allowed", as Oracle Messaging Server answers
+	// past its ALLOW_TRANSACTIONS_PER_SESSION (0: no limit). With
+	// MailsPerConnAtRcpt the refusal goes to every RCPT of those
+	// transactions instead (its TRANSACTION_LIMIT_RCPT_TO); with
+	// AnnounceMailMax the limit is announced in EHLO, "LIMITS
+	// MAILMAX=N" (RFC 9422; on plain-text connections only).
+	MailsPerConn       int
+	MailsPerConnAtRcpt bool
+	AnnounceMailMax    bool
 }
 
 // Message is one message the server accepted.
@@ -256,6 +268,10 @@ func (c *countedConn) Write(p []byte) (int, error) {
 	if c.s.b.NoPipelining && bytes.Contains(q, []byte("250-PIPELINING\r\n")) {
 		q = bytes.ReplaceAll(q, []byte("250-PIPELINING\r\n"), nil)
 	}
+	if c.s.b.AnnounceMailMax && bytes.Contains(q, []byte("250-ENHANCEDSTATUSCODES\r\n")) {
+		q = bytes.ReplaceAll(q, []byte("250-ENHANCEDSTATUSCODES\r\n"),
+			[]byte("250-ENHANCEDSTATUSCODES\r\n250-LIMITS MAILMAX="+strconv.Itoa(c.s.b.MailsPerConn)+"\r\n"))
+	}
 	if len(q) == len(p) {
 		return c.Conn.Write(p)
 	}
@@ -367,6 +383,15 @@ type session struct {
 	m        Message
 	user     string
 	accepted int // messages recorded on this connection
+	mails    int // MAIL commands on this connection
+}
+
+// pastMailLimit is the refusal of a transaction beyond MailsPerConn.
+func (se *session) pastMailLimit() error {
+	if n := se.s.b.MailsPerConn; n > 0 && se.mails > n {
+		return Reply(451, "4.5.3", "No more transactions allowed")
+	}
+	return nil
 }
 
 func (se *session) Reset() {
@@ -429,6 +454,10 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 	if len(se.s.b.Users) > 0 && se.user == "" {
 		return smtp.ErrAuthRequired
 	}
+	se.mails++
+	if err := se.pastMailLimit(); err != nil && !se.s.b.MailsPerConnAtRcpt {
+		return err
+	}
 	if f := se.s.b.Mail; f != nil {
 		if err := f(from, opts); err != nil {
 			return err
@@ -442,6 +471,9 @@ func (se *session) Mail(from string, opts *smtp.MailOptions) error {
 }
 
 func (se *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if err := se.pastMailLimit(); err != nil {
+		return err
+	}
 	if f := se.s.b.Rcpt; f != nil {
 		if err := f(to, opts); err != nil {
 			return err
