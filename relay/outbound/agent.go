@@ -58,6 +58,7 @@ type Agent struct {
 	dial     func(ctx context.Context, network, addr string) (net.Conn, error)
 
 	cfg      atomic.Pointer[config.Config]
+	routes   atomic.Pointer[routeIDs] // of cfg's routes
 	pool     *pool
 	inflight *sem     // delivery.concurrency messages being delivered
 	total    *sem     // delivery.concurrency connection slots
@@ -123,6 +124,7 @@ func New(opts Options) (*Agent, error) {
 	a.pool = newPool(per)
 	a.domains = newLimiter(per, func(key, id string) bool { return a.q.UnparkFor(id, key) })
 	a.cfg.Store(opts.Config)
+	a.routes.Store(newRouteIDs(opts.Config))
 	a.loadTLSCounts() // after the configuration: its data_dir has the file
 	a.q.SetRetryIntervals(opts.Config.RetryDurations())
 	a.sts = opts.MTASTS
@@ -161,6 +163,7 @@ func concurrency(cfg *config.Config) (total, perDomain int) {
 // resolver (dnsmx.Resolver's SetServers) and data_dir to the process (the
 // reload keeps the running one).
 func (a *Agent) SetConfig(cfg *config.Config) {
+	a.routes.Store(newRouteIDs(cfg))
 	old := a.cfg.Swap(cfg)
 	a.q.SetRetryIntervals(cfg.RetryDurations())
 	n, per := concurrency(cfg)
@@ -735,8 +738,8 @@ func (a *Agent) deliverGroup(ctx context.Context, cfg *config.Config, t *txn, do
 			a.obs.AttemptDone(gr.dur)
 		}
 	}()
-	dest := destination(cfg, domain)  // what the dead rule knows it by
-	mark, end := a.attemptStart(dest) // see markDead
+	dest := a.destination(cfg, domain) // what the dead rule knows it by
+	mark, end := a.attemptStart(dest)  // see markDead
 	defer end()
 	targets, err := a.targets(ctx, cfg, domain)
 	if err != nil {
@@ -1098,7 +1101,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 			down()
 		}
 	}()
-	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: routeKey(tg.route), cfg: cfg})
+	cn := a.pool.get(connKey{addr: ap.String(), host: tg.host, mode: plan.key(), route: a.routeID(cfg, tg.route), cfg: cfg})
 	for {
 		if cn == nil {
 			// delivery.concurrency counts connections, idle ones too:

@@ -239,7 +239,7 @@ func (a *Agent) dialConn(ctx context.Context, cfg *config.Config, t *target, add
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
 
-	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: routeKey(t.route), cfg: cfg}, born: a.now()}
+	cn := &conn{raw: raw, host: t.host, key: connKey{addr: addr.String(), host: t.host, mode: p.key(), route: a.routeID(cfg, t.route), cfg: cfg}, born: a.now()}
 	var vr tlsResult
 	fail := func(se *stageError) (*conn, error) {
 		raw.Close()
@@ -566,13 +566,6 @@ func (g *greetedConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return g.Conn.Read(p)
-}
-
-func routeKey(r *config.Route) string {
-	if r == nil {
-		return ""
-	}
-	return strings.Join(r.Smarthosts, ",") + "|" + r.TLS + "|" + r.Username
 }
 
 // stageTimeouts are the per-stage client timeouts (RFC 5321 §4.5.3.2).

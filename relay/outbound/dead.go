@@ -2,7 +2,6 @@ package outbound
 
 import (
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/mailhop/mailhop/relay/config"
@@ -27,7 +26,7 @@ type deadDest struct {
 // destination returns what the dead rule knows mail to domain by: the
 // domain, when its mail goes to its MX hosts; for a domain that a
 // [[route]] sends to smarthosts, those smarthosts as the route reaches them
-// ("[host:port ...]", its tls mode and user when set; no domain's name),
+// (routeID: "[host:port ...]", its tls mode and user when set; no domain's name),
 // one destination for every domain routed there, as Postfix's queue
 // manager keys a destination by its nexthop. A smarthost's failure is no
 // failure of the domain whose mail it was carrying, and its answer to any
@@ -38,23 +37,11 @@ type deadDest struct {
 // with suspended all of that domain's mail. Routes to the same smarthosts
 // with another user or TLS mode are other destinations: one whose
 // password the smarthost refuses does not suspend the other's mail.
-func destination(cfg *config.Config, domain string) string {
-	r := cfg.RouteFor(domain)
-	if r == nil {
-		return domain
+func (a *Agent) destination(cfg *config.Config, domain string) string {
+	if r := cfg.RouteFor(domain); r != nil && len(smarthosts(r)) > 0 {
+		return a.routeID(cfg, r)
 	}
-	hs := smarthosts(r)
-	if len(hs) == 0 {
-		return domain
-	}
-	key := "[" + strings.ToLower(strings.Join(hs, " ")) + "]"
-	if r.TLS != "" {
-		key += " tls=" + strings.ToLower(r.TLS)
-	}
-	if r.Username != "" {
-		key += " user=" + r.Username
-	}
-	return key
+	return domain
 }
 
 // maxDead bounds the dead destinations remembered, and maxNoTLS the hosts
@@ -253,7 +240,8 @@ func (a *Agent) answered(dest string) {
 // smarthosts, a flush of any domain routed to them, as the operator asks
 // for their mail to go now.
 func (a *Agent) deadErr(domain string) *smtperr.Error {
-	dest := destination(a.config(), domain)
+	cfg := a.config()
+	dest := a.destination(cfg, domain)
 	a.mu.Lock()
 	d, ok := a.dead[dest]
 	a.mu.Unlock()

@@ -122,3 +122,47 @@ func (a *Agent) rememberNoTLS(addr netip.Addr) {
 	}
 	a.noTLS[addr] = now.Add(noTLSFor)
 }
+
+// routeIDs holds the ID of each route of one configuration (routeID), made
+// once when the agent takes the configuration, not per message.
+type routeIDs struct {
+	cfg *config.Config
+	ids map[*config.Route]string
+}
+
+// newRouteIDs makes the IDs of cfg's routes.
+func newRouteIDs(cfg *config.Config) *routeIDs {
+	c := &routeIDs{cfg: cfg, ids: make(map[*config.Route]string, len(cfg.Route))}
+	for i := range cfg.Route {
+		c.ids[&cfg.Route[i]] = makeRouteID(&cfg.Route[i])
+	}
+	return c
+}
+
+// routeID names r, a route of cfg, by how its mail leaves: its smarthosts,
+// its tls mode and user ("[host:port ...] tls=starttls user=u"; "" for no
+// route). Routes with the same ID reach the same servers as the same
+// client: the pool shares their connections, and the dead rule takes them
+// for one destination (see destination).
+func (a *Agent) routeID(cfg *config.Config, r *config.Route) string {
+	if r == nil {
+		return ""
+	}
+	if c := a.routes.Load(); c != nil && c.cfg == cfg {
+		if id, ok := c.ids[r]; ok {
+			return id
+		}
+	}
+	return makeRouteID(r) // an attempt that began before a reload
+}
+
+func makeRouteID(r *config.Route) string {
+	id := "[" + strings.ToLower(strings.Join(smarthosts(r), " ")) + "]"
+	if r.TLS != "" {
+		id += " tls=" + strings.ToLower(r.TLS)
+	}
+	if r.Username != "" {
+		id += " user=" + r.Username
+	}
+	return id
+}
