@@ -1162,6 +1162,28 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 	}
 }
 
+// recordProgress hands t.progress (when set) those of res at positions ps
+// that were delivered and not recorded yet, and keeps what it noted of them.
+func recordProgress(t *txn, res []rcptResult, ps []int) {
+	if t.progress == nil {
+		return
+	}
+	var rs []rcptResult
+	var at []int // positions in res of rs
+	for _, p := range ps {
+		if res[p].state == queue.Delivered && !res[p].logged {
+			rs, at = append(rs, res[p]), append(at, p)
+		}
+	}
+	if len(rs) == 0 {
+		return
+	}
+	t.progress(rs)
+	for i, p := range at {
+		res[p] = rs[i]
+	}
+}
+
 // allTooMany reports whether the server refused every recipient of res for
 // the number of recipients (rcptResult.tooMany, see limitRefusal).
 func allTooMany(res []rcptResult) bool {
@@ -1337,27 +1359,10 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 			limited = &rcptResult{reply: smtperr.New(0, "4.5.3", "%s takes at most %d transactions per connection (LIMITS MAILMAX)", cn.host, cn.mailMax)}
 			break
 		}
-		if t.progress != nil {
-			// Delivered now, recorded now: a crash in a later transaction
-			// (a big message to a slow server takes minutes each) does not
-			// send the message to them again.
-			var done []int // positions in res
-			for _, p := range last {
-				if res[p].state == queue.Delivered && !res[p].logged {
-					done = append(done, p)
-				}
-			}
-			if len(done) > 0 {
-				rs := make([]rcptResult, len(done))
-				for i, p := range done {
-					rs[i] = res[p]
-				}
-				t.progress(rs)
-				for i, p := range done {
-					res[p] = rs[i]
-				}
-			}
-		}
+		// Delivered now, recorded now: a crash in a later transaction (a
+		// big message to a slow server takes minutes each) does not send
+		// the message to them again.
+		recordProgress(t, res, last)
 		more, br, serr := a.transact(ctx, cn, part(next), tm)
 		if serr != nil {
 			// Nothing decided in it: those refused as too many before keep
