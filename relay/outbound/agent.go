@@ -1131,7 +1131,7 @@ func (a *Agent) tryAddr(ctx context.Context, cfg *config.Config, tg *target, pla
 		greeted()
 		// Each transaction its server answers shows the domain works (see
 		// markDead): a session that stalls in a later one is no site failure.
-		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), func() { a.answered(dest) })
+		res, broken, serr := a.transactions(ctx, cn, t, tm, rcptLimit(cfg), dest)
 		if serr != nil {
 			cn.end()
 			if cn.reused && ctx.Err() == nil {
@@ -1267,10 +1267,11 @@ func rcptLimit(cfg *config.Config) int {
 // left pending as broken off with it (broke: the next address of
 // the attempt may take them, as it may the recipients a broken transaction
 // had accepted); when the attempt is cut short by the shutdown, they are
-// left pending without a reply (see dropCut). answered is called after each
-// transaction whose every recipient got the server's reply (answeredAll).
+// left pending without a reply (see dropCut). Each transaction whose every
+// recipient got the server's reply (answeredAll) is noted for dest, the
+// destination, with a.answered.
 // It reports whether cn must not be reused.
-func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, limit int, answered func()) ([]rcptResult, bool, *stageError) {
+func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTimeouts, limit int, dest string) ([]rcptResult, bool, *stageError) {
 	if cn.rcptMax > 0 {
 		limit = min(limit, cn.rcptMax) // the server said so: no 452 to learn it from
 	}
@@ -1305,7 +1306,7 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 		return nil, true, &stageError{stage: "rcpt", err: res[0].reply}
 	}
 	if answeredAll(res) {
-		answered()
+		a.answered(dest)
 	}
 	if size < len(t.rcpts) {
 		res = append(res, make([]rcptResult, len(t.rcpts)-size)...)
@@ -1371,7 +1372,7 @@ func (a *Agent) transactions(ctx context.Context, cn *conn, t *txn, tm stageTime
 			break
 		}
 		if answeredAll(more) {
-			answered()
+			a.answered(dest)
 		}
 		for i, p := range next {
 			res[p] = more[i]
