@@ -29,7 +29,7 @@ const MaxReceived = 50
 func Fields(h []byte, fn func(name, value []byte) bool) {
 	for len(h) > 0 {
 		line, rest := cutLine(h)
-		if len(line) == 0 || isWSP(line[0]) || !StartsWithField(line) {
+		if len(line) == 0 || !StartsWithField(line) { // a continuation line is no field
 			return // the header ends: the empty line, or the body's first line
 		}
 		end := len(line) // where the value ends in h
@@ -38,10 +38,9 @@ func Fields(h []byte, fn func(name, value []byte) bool) {
 			end = len(h) - len(rest) + len(next)
 			rest = after
 		}
-		if colon := bytes.IndexByte(line, ':'); colon >= 0 {
-			if !fn(bytes.TrimSpace(line[:colon]), h[colon+1:end]) {
-				return
-			}
+		colon := bytes.IndexByte(line, ':') // there is one: StartsWithField
+		if !fn(bytes.TrimSpace(line[:colon]), h[colon+1:end]) {
+			return
 		}
 		h = rest
 	}
