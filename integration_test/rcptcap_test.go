@@ -103,6 +103,9 @@ func TestDeliveryRcptCapKill9DuringSecondTransaction(t *testing.T) {
 	// The first transaction's recipients are recorded before the second
 	// starts: its report, queued in that commit, reaches the sender.
 	waitMsgs(t, w.senderMX, 1, 20*time.Second)
+	if !r.waitLine("msg=delivered", "rcpt="+senderAddr) {
+		t.Fatalf("the report's delivery not recorded (a kill now may rightly send it twice)\n%s", r.logs.String())
+	}
 	if !r.waitLine("msg=delivered", "rcpt=r049@dest.test") {
 		t.Errorf("r049 not logged delivered before the second transaction's end:\n%s", r.logs.String())
 	}
@@ -184,6 +187,12 @@ func TestDeliveryRcptCapKill9AtTheNextMX(t *testing.T) {
 	}
 	if n := len(mx1.Messages()); n != 3 {
 		t.Fatalf("the first MX took %d transactions, want 3", n)
+	}
+	// r105's success report, queued with it before the second MX was
+	// tried, is delivered meanwhile: the kill must come after that is
+	// recorded, or the report itself is in flight and may rightly come twice.
+	if !r.waitLine("msg=delivered", "rcpt="+senderAddr) {
+		t.Fatalf("r105's success report not delivered\n%s", r.logs.String())
 	}
 	r.kill()
 	open.Store(true)
